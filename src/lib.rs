@@ -1,0 +1,12 @@
+//! bsync keeps a destination block device or file identical to a source,
+//! block by block, moving only what differs.
+//!
+//! The binary (`src/main.rs`) parses the command line with [`cli`] and hands
+//! the validated [`cli::Config`] to [`run`]. Everything else lives here so
+//! that tests, benchmarks and fuzz targets can reach it.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod error;
+
+pub use error::{Error, Result};
