@@ -6,6 +6,8 @@
 //! that tests, benchmarks and fuzz targets can reach it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod error;
 
