@@ -4,11 +4,58 @@
 //! The binary (`src/main.rs`) parses the command line with [`cli`] and hands
 //! the validated [`cli::Config`] to [`run`]. Everything else lives here so
 //! that tests, benchmarks and fuzz targets can reach it.
+//!
+//! The engine, shared by every mode: one sequential reader per side
+//! ([`disk::read_blocks`]) fills pooled buffers ([`pool`]) into a bounded
+//! prefetch queue; `-w` workers decide per sub-block what the destination
+//! needs ([`block::Extent`]); one [`writer::Writer`] applies it in offset order.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod block;
+pub mod cli;
+/// The block digest (FNV-1a 128 in 16 interleaved lanes).
+pub mod digest;
+pub mod disk;
 pub mod error;
+pub mod local;
+pub mod pool;
+pub mod progress;
+/// Every raw OS call bsync makes; the only module with `unsafe`.
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod writer;
 
 pub use error::{Error, Result};
+
+use cli::{Config, Direction, Mode, Target};
+use progress::Log;
+
+/// Do what `config` asks. Errors carry their exit status.
+pub fn run(config: &Config) -> Result<()> {
+    let log = Log::new(&config.log);
+    match &config.mode {
+        Mode::Target(Target::Local(other)) => {
+            let (src, dst) = match config.direction {
+                Direction::Upload => (config.path.as_path(), other.as_path()),
+                Direction::Download => (other.as_path(), config.path.as_path()),
+            };
+            local::sync(config, src, dst, &log)
+        }
+        Mode::Target(Target::Remote(t)) => Err(Error::usage(format!(
+            "-t {}:{}: SSH mode is not available yet in this build; \
+             use -t /local/path",
+            t.host, t.path
+        ))),
+        Mode::Client { .. } => Err(Error::usage(
+            "-r: network client mode is not available yet in this build",
+        )),
+        Mode::Server { .. } => Err(Error::usage(
+            "server mode (no -r or -t) is not available yet in this build; \
+             for a local copy use -f SRC -t DST",
+        )),
+        Mode::ListDrives => Err(Error::usage("-a is not available yet in this build")),
+    }
+}

@@ -1,0 +1,164 @@
+//! Local mode: `bsync -f SRC -t DST`, both ends on this machine.
+//!
+//! It runs the same engine as the network modes: one sequential reader per
+//! side feeding a bounded prefetch queue, `-w` workers that decide what each
+//! block needs, and the single ordered [`Writer`]. With both ends at hand
+//! there is no need for digests: workers compare the bytes, sub-block by
+//! sub-block, so a changed sector costs one sub-block write.
+
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use crate::block::{ExtentKind, Geometry, is_zero, push_extent};
+use crate::cli::Config;
+use crate::digest::sub_block_size;
+use crate::disk::{Disk, read_blocks};
+use crate::error::{Error, Result};
+use crate::pool::{Pool, Pooled};
+use crate::progress::{Log, Reporter, Stats, Totals, summary};
+use crate::writer::Writer;
+
+/// Make `dst` identical to `src`.
+pub fn sync(config: &Config, src: &Path, dst: &Path, log: &Log) -> Result<()> {
+    let source = Disk::open_source(src)?;
+    if let Ok(existing) = std::fs::metadata(dst) {
+        use std::os::unix::fs::MetadataExt;
+        let (dev, ino, rdev) = source.identity()?;
+        let same_device = source.is_device && existing.rdev() == rdev;
+        if same_device || (existing.dev() == dev && existing.ino() == ino) {
+            return Err(Error::usage(format!(
+                "-t: {} is the source itself; nothing to do",
+                dst.display()
+            )));
+        }
+    }
+    let mut dest = Disk::open_destination(dst)?;
+    dest.fit_to(source.size)?;
+
+    let geo = Geometry {
+        size: source.size,
+        block_size: config.block_size,
+    };
+    let first = config.skip.min(geo.blocks());
+    let stats = Arc::new(Stats::default());
+    let totals = Totals {
+        blocks: geo.blocks() - first,
+        bytes: source.size - geo.offset(first).min(source.size),
+    };
+    if first > 0 {
+        log.info(format!("skipping the first {first} blocks (-s)"));
+    }
+    let reporter = Reporter::start(log, &stats, totals, !log.is_quiet());
+    let next = run_pipeline(config, &source, &dest, geo, first, &stats)?;
+    if next != geo.blocks() {
+        return Err(Error::Failed(format!(
+            "{}: the pipeline stopped before block {next} of {}",
+            dest.label,
+            geo.blocks()
+        )));
+    }
+    Writer::flush(&dest)?;
+    let elapsed = reporter.finish();
+    log.info(summary(&stats, elapsed));
+    Ok(())
+}
+
+/// Run readers, workers and writer; return the first block not written.
+fn run_pipeline(
+    config: &Config,
+    source: &Disk,
+    dest: &Disk,
+    geo: Geometry,
+    first: u64,
+    stats: &Stats,
+) -> Result<u64> {
+    let workers = config.workers;
+    let src_pool = Pool::new(config.prefetch + 2 * workers + 2, geo.block_size, true);
+    let dst_pool = Pool::new(config.prefetch + workers + 1, geo.block_size, false);
+    let (src_tx, src_rx) = sync_channel(config.prefetch);
+    let (dst_tx, dst_rx) = sync_channel(config.prefetch);
+    let (out_tx, out_rx) = sync_channel(workers * 2);
+    // Owned by the workers alone: when the last one quits, the readers'
+    // sends fail and they stop instead of waiting forever.
+    let inputs = Arc::new(Mutex::new((src_rx, dst_rx)));
+    let sub = sub_block_size(geo.block_size);
+    let blocks = first..geo.blocks();
+
+    thread::scope(|s| {
+        let range = blocks.clone();
+        let src_reader =
+            s.spawn(move || read_blocks(source, geo, range, &src_pool, &src_tx, stats));
+        let dst_reader = s.spawn(move || read_blocks(dest, geo, blocks, &dst_pool, &dst_tx, stats));
+        let workers: Vec<_> = (0..workers)
+            .map(|_| {
+                let out = out_tx.clone();
+                let inputs = Arc::clone(&inputs);
+                s.spawn(move || compare_blocks(&inputs, &out, sub))
+            })
+            .collect();
+        drop((out_tx, inputs));
+        let mut outcome = Writer::new(dest, geo, first, stats).run(out_rx, |_| {});
+        let others = [join(src_reader), join(dst_reader)]
+            .into_iter()
+            .chain(workers.into_iter().map(join));
+        for result in others {
+            // The writer only sees its input end early; a reader's or a
+            // worker's error is the cause, so it wins over a short count.
+            if let (Ok(_), Err(e)) = (&outcome, result) {
+                outcome = Err(e);
+            }
+        }
+        outcome
+    })
+}
+
+fn join(h: thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
+    h.join().unwrap_or_else(|_| {
+        Err(Error::Failed(
+            "internal error: a pipeline thread panicked".into(),
+        ))
+    })
+}
+
+/// A worker: take the next (source, destination) pair of blocks, decide the
+/// extents the destination needs, pass the source block to the writer.
+fn compare_blocks(
+    inputs: &Mutex<(Receiver<Pooled>, Receiver<Pooled>)>,
+    out: &SyncSender<Pooled>,
+    sub: usize,
+) -> Result<()> {
+    loop {
+        let (mut src, dst) = {
+            let rx = inputs.lock().unwrap_or_else(|e| e.into_inner());
+            let Ok(src) = rx.0.recv() else { return Ok(()) };
+            let Ok(dst) = rx.1.recv() else { return Ok(()) };
+            (src, dst)
+        };
+        debug_assert_eq!(src.index, dst.index);
+        plan_extents(&mut src, dst.bytes(), sub);
+        drop(dst);
+        if out.send(src).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Fill `src.extents` with what turns `dst` into `src`.
+fn plan_extents(src: &mut Pooled, dst: &[u8], sub: usize) {
+    let block = &mut **src;
+    let bytes = &block.data[..block.len];
+    for start in (0..block.len).step_by(sub) {
+        let end = (start + sub).min(block.len);
+        let want = &bytes[start..end];
+        if want != &dst[start..end] {
+            let kind = if is_zero(want) {
+                ExtentKind::Zero
+            } else {
+                ExtentKind::Data
+            };
+            push_extent(&mut block.extents, start, end - start, kind);
+        }
+    }
+}

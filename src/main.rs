@@ -1,0 +1,34 @@
+//! The `bsync` command: parse the flags, run, turn the outcome into one line
+//! on stderr and an exit status (0 ok, 1 transfer or I/O failure, 2 usage).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use bsync::cli::{self, Command};
+
+fn main() -> ExitCode {
+    let status = match cli::parse(std::env::args_os().skip(1)) {
+        // A closed stdout (`bsync -h | head -1`) is not an error.
+        Ok(Command::Help) => {
+            let _ = std::io::stdout().write_all(cli::HELP.as_bytes());
+            0
+        }
+        Ok(Command::Version) => {
+            let _ = std::io::stdout().write_all(cli::version_text().as_bytes());
+            0
+        }
+        Ok(Command::Run(config)) => match bsync::run(&config) {
+            Ok(()) => 0,
+            Err(e) => {
+                let prefix = bsync::progress::Log::new(&config.log).prefix();
+                eprintln!("{prefix}bsync: {e}");
+                e.exit_status()
+            }
+        },
+        Err(e) => {
+            eprintln!("bsync: {e}");
+            e.exit_status()
+        }
+    };
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
+}

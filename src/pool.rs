@@ -1,0 +1,221 @@
+//! A fixed set of reusable block buffers.
+//!
+//! Blocks are read straight into pooled buffers that travel through the
+//! pipeline and come back when dropped, so the steady state allocates
+//! nothing. The pool's capacity is also the pipeline's memory bound: when every
+//! buffer is in flight the reader waits. Buffers are created lazily (a small
+//! file never allocates the whole pool) and, for the reader, `mlock`ed and
+//! advised `MADV_HUGEPAGE` where the OS permits.
+
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::block::Extent;
+use crate::digest::Digest;
+use crate::sys::PinnedBuf;
+
+/// One block in flight: its place in the file, its bytes and what was
+/// decided about it.
+pub struct Block {
+    /// Block number.
+    pub index: u64,
+    /// Valid bytes in `data`.
+    pub len: usize,
+    /// The buffer, `block_size` long.
+    pub data: PinnedBuf,
+    /// What the destination must do (filled by a worker).
+    pub extents: Vec<Extent>,
+    /// Sub-block digests (network modes).
+    pub digests: Vec<Digest>,
+}
+
+impl Block {
+    /// The valid bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
+
+struct State {
+    free: Vec<Block>,
+    allocated: usize,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    returned: Condvar,
+    capacity: usize,
+    buf_len: usize,
+    lock_memory: bool,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a thread panicked, and panics abort in release;
+        // the free list itself is always consistent, so carry on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A bounded pool of block buffers. Cloning shares the pool.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl Pool {
+    /// A pool of at most `capacity` buffers of `buf_len` bytes; `lock_memory`
+    /// asks for `mlock` (best effort).
+    pub fn new(capacity: usize, buf_len: usize, lock_memory: bool) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    free: Vec::new(),
+                    allocated: 0,
+                }),
+                returned: Condvar::new(),
+                capacity: capacity.max(1),
+                buf_len,
+                lock_memory,
+            }),
+        }
+    }
+
+    /// Take a buffer, waiting for one to come back when all are in use.
+    pub fn get(&self) -> io::Result<Pooled> {
+        let mut state = self.inner.state();
+        loop {
+            if let Some(block) = state.free.pop() {
+                return Ok(self.wrap(block));
+            }
+            if state.allocated < self.inner.capacity {
+                state.allocated += 1;
+                drop(state);
+                return match self.allocate() {
+                    Ok(block) => Ok(self.wrap(block)),
+                    Err(e) => {
+                        self.inner.state().allocated -= 1;
+                        Err(e)
+                    }
+                };
+            }
+            state = self
+                .inner
+                .returned
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Buffers created so far (for tests and the allocation benchmark).
+    pub fn allocated(&self) -> usize {
+        self.inner.state().allocated
+    }
+
+    fn allocate(&self) -> io::Result<Block> {
+        let len = self.inner.buf_len;
+        let data = if self.inner.lock_memory {
+            PinnedBuf::new(len)?
+        } else {
+            PinnedBuf::new_unlocked(len)?
+        };
+        Ok(Block {
+            index: 0,
+            len: 0,
+            data,
+            extents: Vec::new(),
+            digests: Vec::new(),
+        })
+    }
+
+    fn wrap(&self, block: Block) -> Pooled {
+        Pooled {
+            block: Some(block),
+            pool: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// A block borrowed from a [`Pool`]; it goes back when dropped.
+pub struct Pooled {
+    block: Option<Block>,
+    pool: Arc<Inner>,
+}
+
+impl Deref for Pooled {
+    type Target = Block;
+    fn deref(&self) -> &Block {
+        self.block
+            .as_ref()
+            .expect("a pooled block is present until dropped")
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Block {
+        self.block
+            .as_mut()
+            .expect("a pooled block is present until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(mut block) = self.block.take() {
+            block.extents.clear();
+            block.digests.clear();
+            self.pool.state().free.push(block);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+    use std::time::Duration;
+
+    #[test]
+    fn buffers_are_reused_not_reallocated() {
+        let pool = Pool::new(2, 4096, false);
+        for _ in 0..100 {
+            let a = pool.get().unwrap();
+            let b = pool.get().unwrap();
+            assert_eq!(a.data.len(), 4096);
+            drop((a, b));
+        }
+        assert_eq!(pool.allocated(), 2);
+    }
+
+    #[test]
+    fn returned_blocks_are_clean() {
+        let pool = Pool::new(1, 16, false);
+        let mut a = pool.get().unwrap();
+        a.extents.push(Extent {
+            start: 0,
+            len: 1,
+            kind: crate::block::ExtentKind::Data,
+        });
+        a.digests.push(7);
+        drop(a);
+        let b = pool.get().unwrap();
+        assert!(b.extents.is_empty() && b.digests.is_empty());
+    }
+
+    #[test]
+    fn a_full_pool_waits_for_a_return() {
+        let pool = Pool::new(1, 16, false);
+        let held = pool.get().unwrap();
+        let p2 = pool.clone();
+        let waiter = thread::spawn(move || p2.get().map(|b| b.data.len()));
+        thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "get() must wait while the pool is empty"
+        );
+        drop(held);
+        assert_eq!(waiter.join().unwrap().unwrap(), 16);
+    }
+}

@@ -1,0 +1,133 @@
+//! The single destination writer.
+//!
+//! Workers finish blocks in any order; the writer puts them back in block
+//! order with a small map and applies each block's extents in offset order,
+//! so a spinning disk sees one forward-moving stream. It starts writeback
+//! every few MiB (`sync_file_range`) so dirty pages flow steadily instead of
+//! in bursts, and ends with `fdatasync`: a block is only reported done after
+//! its bytes were handed to the kernel, and the run only succeeds after they
+//! reached the device.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::Receiver;
+
+use crate::block::{ExtentKind, Geometry};
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::pool::Pooled;
+use crate::progress::Stats;
+use crate::sys;
+
+/// Start writeback after this many dirty bytes.
+const WRITEBACK_WINDOW: u64 = 16 << 20;
+
+/// Writes blocks to the destination in order.
+pub struct Writer<'a> {
+    disk: &'a Disk,
+    geo: Geometry,
+    stats: &'a Stats,
+    next: u64,
+    pending: BTreeMap<u64, Pooled>,
+    /// Start of the range not yet handed to writeback.
+    dirty_from: u64,
+    /// The window handed to writeback last, waited for before the next one.
+    in_flight: Option<(u64, u64)>,
+}
+
+impl<'a> Writer<'a> {
+    /// A writer whose first block is `first`.
+    pub fn new(disk: &'a Disk, geo: Geometry, first: u64, stats: &'a Stats) -> Writer<'a> {
+        Writer {
+            disk,
+            geo,
+            stats,
+            next: first,
+            pending: BTreeMap::new(),
+            dirty_from: geo.offset(first),
+            in_flight: None,
+        }
+    }
+
+    /// The next block the writer waits for; every block before it is written.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Take every block from `rx` until it closes, calling `done(index)` after
+    /// each block is written, in block order. Returns the next block number
+    /// it would have needed.
+    pub fn run(mut self, rx: Receiver<Pooled>, mut done: impl FnMut(u64)) -> Result<u64> {
+        for block in rx {
+            self.pending.insert(block.index, block);
+            while let Some(block) = self.pending.remove(&self.next) {
+                self.apply(&block)?;
+                done(block.index);
+                self.next += 1;
+            }
+        }
+        Ok(self.next)
+    }
+
+    fn apply(&mut self, block: &Pooled) -> Result<()> {
+        let base = self.geo.offset(block.index);
+        let mut data = false;
+        for ext in &block.extents {
+            let offset = base + ext.start as u64;
+            let fail = |e| {
+                Error::io(
+                    &self.disk.label,
+                    format!("write at block {}", block.index),
+                    e,
+                )
+            };
+            match ext.kind {
+                ExtentKind::Data => {
+                    let bytes = &block.bytes()[ext.start..ext.start + ext.len];
+                    sys::pwrite_all(&self.disk.file, bytes, offset).map_err(fail)?;
+                    Stats::add(&self.stats.bytes_written, ext.len as u64);
+                    data = true;
+                }
+                ExtentKind::Zero => {
+                    sys::clear_range(&self.disk.file, offset, ext.len as u64, self.disk.is_device)
+                        .map_err(fail)?;
+                    Stats::add(&self.stats.bytes_cleared, ext.len as u64);
+                }
+            }
+        }
+        let class = if block.extents.is_empty() {
+            &self.stats.same
+        } else if data {
+            &self.stats.changed
+        } else {
+            &self.stats.zero
+        };
+        Stats::add(class, 1);
+        Stats::add(&self.stats.blocks_done, 1);
+        Stats::add(&self.stats.bytes_done, block.len as u64);
+        if !block.extents.is_empty() {
+            self.steady_writeback(base + block.len as u64);
+        }
+        Ok(())
+    }
+
+    /// Hand the last window of dirty pages to writeback and wait for the one
+    /// before it, so at most two windows are dirty at a time. Best effort.
+    fn steady_writeback(&mut self, written_to: u64) {
+        if written_to < self.dirty_from + WRITEBACK_WINDOW {
+            return;
+        }
+        let window = (self.dirty_from, written_to - self.dirty_from);
+        let _ = sys::start_writeback(&self.disk.file, window.0, window.1);
+        if let Some((from, len)) = self.in_flight.replace(window) {
+            let _ = sys::wait_writeback(&self.disk.file, from, len);
+        }
+        self.dirty_from = written_to;
+    }
+
+    /// Flush everything to the device (`fdatasync`).
+    pub fn flush(disk: &Disk) -> Result<()> {
+        disk.file
+            .sync_data()
+            .map_err(|e| Error::io(&disk.label, "flush (fdatasync)", e))
+    }
+}
