@@ -1,0 +1,746 @@
+//! The wire protocol `ver0.02`: a sans-I/O codec over byte slices.
+//!
+//! No sockets here: [`encode`] appends a frame to a `Vec<u8>`, [`decode`]
+//! reads one from a slice and says how many bytes it used. That keeps the
+//! parser a pure function `fuzz/` can hammer. Nothing read off the wire is
+//! trusted: every length is checked against the negotiated maximum before
+//! anything is allocated or looped over, and malformed input is an error,
+//! never a panic.
+//!
+//! # Layout
+//!
+//! A connection starts with each side sending the 14-byte [`PREAMBLE`]
+//! `BSYNC ver0.02\n`, so a peer of another version is named, not misparsed.
+//! Then frames follow: a 5-byte header — type (`u8`) and payload length
+//! (`u32`, little-endian) — and the payload. All integers are little-endian.
+//!
+//! | type | frame      | direction           | payload |
+//! |------|------------|---------------------|---------|
+//! | 1    | `Hello`    | client → server     | session `u128`, lane `u16`, lanes `u16`, download `u8`, block size `u32`, skip `u64`, source size `u64`, compression `u8`, flags `u8` |
+//! | 2    | `Welcome`  | server → client     | block size `u32`, source size `u64`, skip `u64`, salt `u128`, lanes `u16` |
+//! | 3    | `Error`    | either              | UTF-8 message |
+//! | 4    | `Digests`  | destination → source| block `u64`, then one `u128` digest per sub-block |
+//! | 5    | `Block`    | source → destination| block `u64`, flags `u8` (bit 0: compressed), raw length `u32`, change count `u32`, changes, data |
+//! | 6    | `Ack`      | destination → source| block `u64`: written |
+//! | 7    | `Complete` | destination → source| verification digest `u128`: all written and flushed |
+//! | 8    | `Bye`      | source → destination| nothing: the session is over |
+//!
+//! A change is a sub-block number (`u32`) and a kind (`u8`): 0 = zero (no
+//! data), 1 = data, followed by the source's digest of that sub-block
+//! (`u128`), which the destination checks after decompression. The data
+//! of all data changes, in order, is the (possibly zstd-compressed) tail.
+
+use std::fmt;
+
+use crate::digest::Digest;
+
+/// The first bytes each side sends.
+pub const PREAMBLE: &[u8; 14] = b"BSYNC ver0.02\n";
+/// What every bsync preamble starts with, whatever its version.
+pub const PREAMBLE_MAGIC: &[u8] = b"BSYNC ver";
+/// Frame header: type and length.
+pub const HEADER_LEN: usize = 5;
+/// Largest frame payload before the session parameters are agreed.
+pub const HANDSHAKE_MAX: usize = 4096;
+
+const HELLO: u8 = 1;
+const WELCOME: u8 = 2;
+const ERROR: u8 = 3;
+const DIGESTS: u8 = 4;
+const BLOCK: u8 = 5;
+const ACK: u8 = 6;
+const COMPLETE: u8 = 7;
+const BYE: u8 = 8;
+
+/// Bytes per change without a digest, and the digest.
+const CHANGE_LEN: usize = 5;
+const DIGEST_LEN: usize = 16;
+
+/// Compression codes in [`Hello::compression`].
+pub const COMPRESSION_NONE: u8 = 0;
+
+/// The client's opening: who it is and what it wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Random per client run; joins parallel and re-established connections.
+    pub session: u128,
+    /// This connection's lane: it carries blocks `index % lanes == lane`.
+    pub lane: u16,
+    /// Number of lanes (connections) in the session.
+    pub lanes: u16,
+    /// The server is the source.
+    pub download: bool,
+    /// Block size the client asks for (the source's wins).
+    pub block_size: u32,
+    /// Blocks to skip.
+    pub skip: u64,
+    /// Source size when the client is the source, else 0.
+    pub source_size: u64,
+    /// 0 = none, 1..=4 = `-L` fast, default, better, best.
+    pub compression: u8,
+    /// Reserved for flags (encryption); 0.
+    pub flags: u8,
+}
+
+/// The server's answer: the agreed session parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Agreed block size.
+    pub block_size: u32,
+    /// Source size.
+    pub source_size: u64,
+    /// Blocks to skip.
+    pub skip: u64,
+    /// Per-session digest salt.
+    pub salt: u128,
+    /// Number of lanes.
+    pub lanes: u16,
+}
+
+/// Kind of a sub-block change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The sub-block is all zeros at the source.
+    Zero,
+    /// The sub-block's data follows; the digest is the source's.
+    Data(Digest),
+}
+
+/// One changed sub-block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Sub-block number within the block.
+    pub sub: u32,
+    /// What it became.
+    pub kind: ChangeKind,
+}
+
+/// The changes of a [`BlockFrame`], validated, read lazily.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Changes<'a> {
+    count: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> Changes<'a> {
+    /// Number of changes.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when the block is unchanged.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The changes in order.
+    pub fn iter(&self) -> impl Iterator<Item = Change> + 'a {
+        let mut rest = self.bytes;
+        (0..self.count).map(move |_| {
+            // Validated by decode: every change is complete.
+            let (change, used) = read_change(rest).unwrap_or((
+                Change {
+                    sub: 0,
+                    kind: ChangeKind::Zero,
+                },
+                rest.len(),
+            ));
+            rest = &rest[used..];
+            change
+        })
+    }
+}
+
+/// A block as the source sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockFrame<'a> {
+    /// Block number.
+    pub index: u64,
+    /// The data is zstd-compressed.
+    pub compressed: bool,
+    /// Length of the data once decompressed.
+    pub raw_len: u32,
+    /// Changed sub-blocks; empty means the block is the same.
+    pub changes: Changes<'a>,
+    /// The data of the data changes, concatenated (maybe compressed).
+    pub data: &'a [u8],
+}
+
+/// One frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// The peer gives up, and says why.
+    Error(&'a str),
+    /// The destination's sub-block digests of one block.
+    Digests {
+        /// Block number.
+        index: u64,
+        /// `u128` little-endian digests, 16 bytes each.
+        digests: &'a [u8],
+    },
+    /// See [`BlockFrame`].
+    Block(BlockFrame<'a>),
+    /// The destination wrote the block.
+    Ack {
+        /// Block number.
+        index: u64,
+    },
+    /// The destination wrote and flushed everything.
+    Complete {
+        /// Digest over the final content, for both ends to print.
+        verify: u128,
+    },
+    /// The session is over.
+    Bye,
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtoError {
+    /// The length field exceeds the negotiated maximum.
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Maximum allowed.
+        max: usize,
+    },
+    /// Unknown frame type.
+    UnknownType(u8),
+    /// The payload does not match its type's layout.
+    Malformed {
+        /// Which frame.
+        frame: &'static str,
+        /// What is wrong.
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtoError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max}")
+            }
+            ProtoError::UnknownType(t) => write!(f, "unknown frame type {t}"),
+            ProtoError::Malformed { frame, what } => write!(f, "malformed {frame} frame: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// Largest frame payload for a session with this block size: a block of
+/// raw data plus every sub-block's change record, with room to spare.
+pub fn max_payload(block_size: usize, sub_block: usize) -> usize {
+    let subs = block_size.div_ceil(sub_block.max(1));
+    block_size + subs * (CHANGE_LEN + DIGEST_LEN) + 64
+}
+
+/// Read a frame header: type and payload length, checked against `max`.
+pub fn decode_header(header: &[u8; HEADER_LEN], max: usize) -> Result<(u8, usize), ProtoError> {
+    let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > max {
+        return Err(ProtoError::TooLarge { len, max });
+    }
+    if !(HELLO..=BYE).contains(&header[0]) {
+        return Err(ProtoError::UnknownType(header[0]));
+    }
+    Ok((header[0], len))
+}
+
+/// Decode one frame from the front of `buf`.
+///
+/// `Ok(None)` means more bytes are needed; `Ok(Some((frame, used)))` gives the
+/// frame and the bytes it took. A payload longer than `max` is an error even
+/// before it has arrived.
+pub fn decode(buf: &[u8], max: usize) -> Result<Option<(Frame<'_>, usize)>, ProtoError> {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let (kind, len) = decode_header(header, max)?;
+    let Some(payload) = buf[HEADER_LEN..].get(..len) else {
+        return Ok(None);
+    };
+    let frame = decode_payload(kind, payload)?;
+    Ok(Some((frame, HEADER_LEN + len)))
+}
+
+/// A cursor that reads little-endian fields and fails on a short payload.
+struct Reader<'a> {
+    buf: &'a [u8],
+    frame: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
+        if self.buf.len() < n {
+            return Err(self.malformed("truncated"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ProtoError> {
+        let bytes = self.take(N)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, ProtoError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ProtoError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, ProtoError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, ProtoError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn u128(&mut self) -> Result<u128, ProtoError> {
+        Ok(u128::from_le_bytes(self.array()?))
+    }
+
+    fn bool(&mut self) -> Result<bool, ProtoError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(self.malformed("a flag is neither 0 nor 1")),
+        }
+    }
+
+    /// The payload must be used up exactly.
+    fn end(self) -> Result<(), ProtoError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(self.malformed("trailing bytes"))
+        }
+    }
+
+    fn malformed(&self, what: &'static str) -> ProtoError {
+        ProtoError::Malformed {
+            frame: self.frame,
+            what,
+        }
+    }
+}
+
+fn read_change(buf: &[u8]) -> Option<(Change, usize)> {
+    let sub = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
+    match buf.get(4)? {
+        0 => Some((
+            Change {
+                sub,
+                kind: ChangeKind::Zero,
+            },
+            CHANGE_LEN,
+        )),
+        1 => {
+            let d = buf.get(CHANGE_LEN..CHANGE_LEN + DIGEST_LEN)?;
+            let digest = u128::from_le_bytes(d.try_into().ok()?);
+            Some((
+                Change {
+                    sub,
+                    kind: ChangeKind::Data(digest),
+                },
+                CHANGE_LEN + DIGEST_LEN,
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
+    let name = match kind {
+        HELLO => "Hello",
+        WELCOME => "Welcome",
+        ERROR => "Error",
+        DIGESTS => "Digests",
+        BLOCK => "Block",
+        ACK => "Ack",
+        COMPLETE => "Complete",
+        BYE => "Bye",
+        other => return Err(ProtoError::UnknownType(other)),
+    };
+    let mut r = Reader {
+        buf: payload,
+        frame: name,
+    };
+    let frame = match kind {
+        HELLO => Frame::Hello(Hello {
+            session: r.u128()?,
+            lane: r.u16()?,
+            lanes: r.u16()?,
+            download: r.bool()?,
+            block_size: r.u32()?,
+            skip: r.u64()?,
+            source_size: r.u64()?,
+            compression: r.u8()?,
+            flags: r.u8()?,
+        }),
+        WELCOME => Frame::Welcome(Welcome {
+            block_size: r.u32()?,
+            source_size: r.u64()?,
+            skip: r.u64()?,
+            salt: r.u128()?,
+            lanes: r.u16()?,
+        }),
+        ERROR => {
+            let text = std::str::from_utf8(r.take(payload.len())?)
+                .map_err(|_| r.malformed("message is not UTF-8"))?;
+            Frame::Error(text)
+        }
+        DIGESTS => {
+            let index = r.u64()?;
+            let digests = r.take(r.buf.len())?;
+            if digests.len() % DIGEST_LEN != 0 {
+                return Err(r.malformed("digest list is not a whole number of digests"));
+            }
+            Frame::Digests { index, digests }
+        }
+        BLOCK => {
+            let index = r.u64()?;
+            let flags = r.u8()?;
+            if flags & !1 != 0 {
+                return Err(r.malformed("unknown flags"));
+            }
+            let raw_len = r.u32()?;
+            let count = r.u32()? as usize;
+            // Each change takes at least CHANGE_LEN bytes: bound the loop by
+            // what is actually there before walking it.
+            if count > r.buf.len() / CHANGE_LEN {
+                return Err(r.malformed("more changes than bytes"));
+            }
+            let start = r.buf;
+            let mut last_sub = None;
+            let mut data_changes = 0usize;
+            for _ in 0..count {
+                let (change, used) =
+                    read_change(r.buf).ok_or_else(|| r.malformed("bad change record"))?;
+                if last_sub.is_some_and(|s| change.sub <= s) {
+                    return Err(r.malformed("sub-blocks out of order"));
+                }
+                last_sub = Some(change.sub);
+                data_changes += usize::from(matches!(change.kind, ChangeKind::Data(_)));
+                r.take(used)?;
+            }
+            let changes = Changes {
+                count,
+                bytes: &start[..start.len() - r.buf.len()],
+            };
+            let data = r.take(r.buf.len())?;
+            if data_changes == 0 && (raw_len != 0 || !data.is_empty()) {
+                return Err(r.malformed("data without data changes"));
+            }
+            Frame::Block(BlockFrame {
+                index,
+                compressed: flags & 1 == 1,
+                raw_len,
+                changes,
+                data,
+            })
+        }
+        ACK => Frame::Ack { index: r.u64()? },
+        COMPLETE => Frame::Complete { verify: r.u128()? },
+        _ => Frame::Bye,
+    };
+    r.end()?;
+    Ok(frame)
+}
+
+/// Append a frame header with a placeholder length; returns where the
+/// payload starts, for [`finish_frame`].
+pub fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
+    out.push(kind);
+    out.extend_from_slice(&[0; 4]);
+    out.len()
+}
+
+/// Write the payload length of a frame begun at `start`.
+///
+/// Payloads are bounded by [`max_payload`], far below 4 GiB.
+pub fn finish_frame(out: &mut [u8], start: usize) {
+    let len = (out.len() - start) as u32;
+    out[start - 4..start].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Append the fixed part of a `Block` frame and its changes; the caller then
+/// appends the data and calls [`finish_frame`]. This lets a worker compress
+/// straight into the outgoing buffer.
+pub fn begin_block(
+    out: &mut Vec<u8>,
+    index: u64,
+    compressed: bool,
+    raw_len: u32,
+    changes: &[Change],
+) -> usize {
+    let start = begin_frame(out, BLOCK);
+    out.extend_from_slice(&index.to_le_bytes());
+    out.push(u8::from(compressed));
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.extend_from_slice(&(changes.len() as u32).to_le_bytes());
+    for c in changes {
+        out.extend_from_slice(&c.sub.to_le_bytes());
+        match c.kind {
+            ChangeKind::Zero => out.push(0),
+            ChangeKind::Data(d) => {
+                out.push(1);
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+        }
+    }
+    start
+}
+
+/// Append a whole frame.
+pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
+    let start;
+    match frame {
+        Frame::Hello(h) => {
+            start = begin_frame(out, HELLO);
+            out.extend_from_slice(&h.session.to_le_bytes());
+            out.extend_from_slice(&h.lane.to_le_bytes());
+            out.extend_from_slice(&h.lanes.to_le_bytes());
+            out.push(u8::from(h.download));
+            out.extend_from_slice(&h.block_size.to_le_bytes());
+            out.extend_from_slice(&h.skip.to_le_bytes());
+            out.extend_from_slice(&h.source_size.to_le_bytes());
+            out.push(h.compression);
+            out.push(h.flags);
+        }
+        Frame::Welcome(w) => {
+            start = begin_frame(out, WELCOME);
+            out.extend_from_slice(&w.block_size.to_le_bytes());
+            out.extend_from_slice(&w.source_size.to_le_bytes());
+            out.extend_from_slice(&w.skip.to_le_bytes());
+            out.extend_from_slice(&w.salt.to_le_bytes());
+            out.extend_from_slice(&w.lanes.to_le_bytes());
+        }
+        Frame::Error(msg) => {
+            start = begin_frame(out, ERROR);
+            out.extend_from_slice(msg.as_bytes());
+        }
+        Frame::Digests { index, digests } => {
+            start = begin_frame(out, DIGESTS);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(digests);
+        }
+        Frame::Block(b) => {
+            let changes: Vec<Change> = b.changes.iter().collect();
+            start = begin_block(out, b.index, b.compressed, b.raw_len, &changes);
+            out.extend_from_slice(b.data);
+        }
+        Frame::Ack { index } => {
+            start = begin_frame(out, ACK);
+            out.extend_from_slice(&index.to_le_bytes());
+        }
+        Frame::Complete { verify } => {
+            start = begin_frame(out, COMPLETE);
+            out.extend_from_slice(&verify.to_le_bytes());
+        }
+        Frame::Bye => start = begin_frame(out, BYE),
+    }
+    finish_frame(out, start);
+}
+
+/// Append a `Digests` frame straight from a digest list.
+pub fn encode_digests(out: &mut Vec<u8>, index: u64, digests: &[Digest]) {
+    let start = begin_frame(out, DIGESTS);
+    out.extend_from_slice(&index.to_le_bytes());
+    for d in digests {
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    finish_frame(out, start);
+}
+
+/// Read the digests of a `Digests` frame into `out`.
+pub fn read_digests(bytes: &[u8], out: &mut Vec<Digest>) {
+    out.clear();
+    out.extend(bytes.chunks_exact(DIGEST_LEN).map(|c| {
+        let mut d = [0u8; DIGEST_LEN];
+        d.copy_from_slice(c);
+        u128::from_le_bytes(d)
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn round_trip(frame: Frame<'_>) {
+        let mut buf = Vec::new();
+        encode(&frame, &mut buf);
+        let (back, used) = decode(&buf, MAX).unwrap().unwrap();
+        assert_eq!(back, frame);
+        assert_eq!(used, buf.len());
+        // Every strict prefix asks for more bytes, never errors or panics.
+        for cut in 0..buf.len() {
+            assert_eq!(decode(&buf[..cut], MAX), Ok(None), "cut at {cut}");
+        }
+    }
+
+    fn sample_changes() -> Vec<u8> {
+        let mut out = Vec::new();
+        let changes = [
+            Change {
+                sub: 0,
+                kind: ChangeKind::Zero,
+            },
+            Change {
+                sub: 3,
+                kind: ChangeKind::Data(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            },
+        ];
+        let start = begin_block(&mut out, 42, true, 5, &changes);
+        out.extend_from_slice(b"hello");
+        finish_frame(&mut out, start);
+        out
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        round_trip(Frame::Hello(Hello {
+            session: u128::MAX - 5,
+            lane: 3,
+            lanes: 4,
+            download: true,
+            block_size: 10 << 20,
+            skip: 7,
+            source_size: 1 << 40,
+            compression: 2,
+            flags: 0,
+        }));
+        round_trip(Frame::Welcome(Welcome {
+            block_size: 4096,
+            source_size: 12345,
+            skip: 0,
+            salt: 99,
+            lanes: 1,
+        }));
+        round_trip(Frame::Error("destination full"));
+        let digests: Vec<u8> = (0..48).collect();
+        round_trip(Frame::Digests {
+            index: 9,
+            digests: &digests,
+        });
+        round_trip(Frame::Ack { index: u64::MAX });
+        round_trip(Frame::Complete { verify: 1 << 100 });
+        round_trip(Frame::Bye);
+        let block = sample_changes();
+        let (frame, _) = decode(&block, MAX).unwrap().unwrap();
+        round_trip(frame);
+        let Frame::Block(b) = frame else {
+            panic!("not a block")
+        };
+        assert_eq!(b.changes.len(), 2);
+        assert_eq!(b.data, b"hello");
+        assert!(b.compressed);
+    }
+
+    #[test]
+    fn lengths_above_the_maximum_are_refused_before_reading_them() {
+        let mut buf = Vec::new();
+        encode(&Frame::Error("x"), &mut buf);
+        buf[1..5].copy_from_slice(&(MAX as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            decode(&buf, MAX),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        // A huge length with no payload behind it is still refused at once.
+        assert!(decode(&[ERROR, 0xff, 0xff, 0xff, 0xff], MAX).is_err());
+    }
+
+    #[test]
+    fn unknown_types_and_trailing_bytes_are_errors() {
+        assert_eq!(
+            decode(&[0, 0, 0, 0, 0], MAX),
+            Err(ProtoError::UnknownType(0))
+        );
+        assert_eq!(
+            decode(&[99, 0, 0, 0, 0], MAX),
+            Err(ProtoError::UnknownType(99))
+        );
+        let mut buf = Vec::new();
+        encode(&Frame::Ack { index: 1 }, &mut buf);
+        buf.push(0);
+        buf[1] += 1;
+        assert!(matches!(
+            decode(&buf, MAX),
+            Err(ProtoError::Malformed { what: "trailing bytes", .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_blocks_are_errors() {
+        let good = sample_changes();
+        // Change count larger than the payload could hold.
+        let mut bad = good.clone();
+        bad[HEADER_LEN + 13..HEADER_LEN + 17].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(&bad, MAX).is_err());
+        // Sub-blocks out of order.
+        let mut bad = Vec::new();
+        let twice = [
+            Change {
+                sub: 2,
+                kind: ChangeKind::Zero,
+            },
+            Change {
+                sub: 2,
+                kind: ChangeKind::Zero,
+            },
+        ];
+        let start = begin_block(&mut bad, 0, false, 0, &twice);
+        finish_frame(&mut bad, start);
+        assert!(decode(&bad, MAX).is_err());
+        // Data behind a block with no data change.
+        let mut bad = Vec::new();
+        let start = begin_block(&mut bad, 0, false, 3, &[]);
+        bad.extend_from_slice(b"abc");
+        finish_frame(&mut bad, start);
+        assert!(decode(&bad, MAX).is_err());
+        // An unknown change kind.
+        let mut bad = good.clone();
+        bad[HEADER_LEN + 17 + 4] = 7;
+        assert!(decode(&bad, MAX).is_err());
+    }
+
+    #[test]
+    fn digests_must_be_whole() {
+        let mut buf = Vec::new();
+        encode(
+            &Frame::Digests {
+                index: 1,
+                digests: &[0; 17],
+            },
+            &mut buf,
+        );
+        assert!(decode(&buf, MAX).is_err());
+        let mut out = Vec::new();
+        read_digests(&7u128.to_le_bytes(), &mut out);
+        assert_eq!(out, vec![7]);
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut buf = vec![0u8; 256];
+        for _ in 0..20_000 {
+            let len = rng.usize(..buf.len());
+            rng.fill(&mut buf[..len]);
+            if len > 0 {
+                buf[0] = rng.u8(1..=8);
+            }
+            let _ = decode(&buf[..len], 200);
+        }
+    }
+}
