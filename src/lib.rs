@@ -9,6 +9,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+/// `-a`: list block devices from sysfs.
+pub mod drives;
 pub mod error;
 
 pub use error::{Error, Result};
