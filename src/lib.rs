@@ -19,10 +19,12 @@ pub mod cli;
 /// The block digest (FNV-1a 128 in 16 interleaved lanes).
 pub mod digest;
 pub mod disk;
+pub mod drives;
 pub mod error;
 pub mod local;
 pub mod pool;
 pub mod progress;
+pub mod proto;
 /// Every raw OS call bsync makes; the only module with `unsafe`.
 #[allow(unsafe_code)]
 pub mod sys;
@@ -56,6 +58,27 @@ pub fn run(config: &Config) -> Result<()> {
             "server mode (no -r or -t) is not available yet in this build; \
              for a local copy use -f SRC -t DST",
         )),
-        Mode::ListDrives => Err(Error::usage("-a is not available yet in this build")),
+        Mode::ListDrives => list_drives(),
+    }
+}
+
+/// `-a`: the block devices sysfs knows, then where to learn more.
+fn list_drives() -> Result<()> {
+    use std::io::Write;
+    let root = drives::sysfs_root();
+    let mut out = std::io::stdout().lock();
+    let shown = drives::scan(&root).and_then(|list| drives::print(&list, &mut out));
+    match shown {
+        Ok(()) => Ok(()),
+        // A closed stdout (`bsync -a | head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => {
+            let _ = writeln!(out, "{}", drives::LSBLK_HINT);
+            Err(Error::io(
+                format!("-a: {}", root.join("block").display()),
+                "list block devices",
+                e,
+            ))
+        }
     }
 }

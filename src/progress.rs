@@ -14,6 +14,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::cli::LogOptions;
+pub use crate::drives::human_bytes;
 
 /// Writes log lines to stderr with the `-l` prefix, unless quiet.
 #[derive(Clone, Debug, Default)]
@@ -89,21 +90,6 @@ impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
-}
-
-/// Human size with binary units: `512 B`, `4.0 MiB`, `931.5 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// `1:02:03` or `2:03`.
@@ -271,13 +257,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn human_units() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1024), "1.0 KiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(10 << 30), "10.0 GiB");
-        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    fn human_durations() {
         assert_eq!(human_duration(Duration::from_secs(62)), "1:02");
         assert_eq!(human_duration(Duration::from_secs(3723)), "1:02:03");
     }

@@ -676,7 +676,10 @@ mod tests {
         buf[1] += 1;
         assert!(matches!(
             decode(&buf, MAX),
-            Err(ProtoError::Malformed { what: "trailing bytes", .. })
+            Err(ProtoError::Malformed {
+                what: "trailing bytes",
+                ..
+            })
         ));
     }
 
