@@ -53,18 +53,27 @@ pub struct Extent {
     pub len: usize,
     /// What to do with it.
     pub kind: ExtentKind,
+    /// Where a data extent's bytes start in the block buffer: the same as
+    /// `start` locally; received blocks hold only changed data, packed.
+    pub data: usize,
 }
 
-/// Append an extent, merging it into the last one when they touch and agree,
-/// so a run of changed sub-blocks becomes one write.
-pub fn push_extent(extents: &mut Vec<Extent>, start: usize, len: usize, kind: ExtentKind) {
+/// Append an extent, merging it into the last one when they touch and agree
+/// (in the file and in the buffer), so a run of changed sub-blocks becomes
+/// one write.
+pub fn push_extent(extents: &mut Vec<Extent>, start: usize, len: usize, kind: ExtentKind, data: usize) {
     if let Some(last) = extents.last_mut() {
-        if last.kind == kind && last.start + last.len == start {
+        if last.kind == kind && last.start + last.len == start && last.data + last.len == data {
             last.len += len;
             return;
         }
     }
-    extents.push(Extent { start, len, kind });
+    extents.push(Extent {
+        start,
+        len,
+        kind,
+        data,
+    });
 }
 
 /// True if every byte is zero.

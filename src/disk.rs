@@ -125,7 +125,9 @@ impl Disk {
 
 /// Read `blocks` of `disk` in order into pooled buffers and send them on.
 ///
-/// Stops quietly when the receiver hangs up: whoever dropped it reports why.
+/// `gate` is asked before each block and may wait (the destination's window);
+/// `false` stops the reader. Stops quietly when the receiver hangs up too:
+/// whoever stopped it reports why.
 /// Pages already read are dropped from the page cache behind the reader so a
 /// long run does not evict everything else.
 pub fn read_blocks(
@@ -135,9 +137,13 @@ pub fn read_blocks(
     pool: &Pool,
     tx: &SyncSender<Pooled>,
     stats: &Stats,
+    gate: &dyn Fn() -> bool,
 ) -> Result<()> {
     let mut dropped_to = geo.offset(blocks.start);
     for index in blocks {
+        if !gate() {
+            break;
+        }
         let mut block = pool
             .get()
             .map_err(|e| Error::io(&disk.label, "allocate a block buffer", e))?;

@@ -89,8 +89,8 @@ fn run_pipeline(
     thread::scope(|s| {
         let range = blocks.clone();
         let src_reader =
-            s.spawn(move || read_blocks(source, geo, range, &src_pool, &src_tx, stats));
-        let dst_reader = s.spawn(move || read_blocks(dest, geo, blocks, &dst_pool, &dst_tx, stats));
+            s.spawn(move || read_blocks(source, geo, range, &src_pool, &src_tx, stats, &|| true));
+        let dst_reader = s.spawn(move || read_blocks(dest, geo, blocks, &dst_pool, &dst_tx, stats, &|| true));
         let workers: Vec<_> = (0..workers)
             .map(|_| {
                 let out = out_tx.clone();
@@ -99,7 +99,7 @@ fn run_pipeline(
             })
             .collect();
         drop((out_tx, inputs));
-        let mut outcome = Writer::new(dest, geo, first, stats).run(out_rx, |_| {});
+        let mut outcome = Writer::new(dest, geo, first, stats).run(out_rx, |_| Ok(()));
         let others = [join(src_reader), join(dst_reader)]
             .into_iter()
             .chain(workers.into_iter().map(join));
@@ -158,7 +158,7 @@ fn plan_extents(src: &mut Pooled, dst: &[u8], sub: usize) {
             } else {
                 ExtentKind::Data
             };
-            push_extent(&mut block.extents, start, end - start, kind);
+            push_extent(&mut block.extents, start, end - start, kind, start);
         }
     }
 }

@@ -197,6 +197,7 @@ mod tests {
             start: 0,
             len: 1,
             kind: crate::block::ExtentKind::Data,
+            data: 0,
         });
         a.digests.push(7);
         drop(a);

@@ -500,6 +500,13 @@ pub fn begin_block(
     start
 }
 
+/// Set the compressed flag of a `Block` frame begun at `start` by
+/// [`begin_block`].
+pub fn mark_compressed(out: &mut [u8], start: usize) {
+    // The flags byte follows the 8-byte block number.
+    out[start + 8] |= 1;
+}
+
 /// Append a whole frame.
 pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
     let start;

@@ -48,20 +48,22 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// The next block the writer waits for; every block before it is written.
-    pub fn next(&self) -> u64 {
-        self.next
-    }
-
-    /// Take every block from `rx` until it closes, calling `done(index)` after
-    /// each block is written, in block order. Returns the next block number
-    /// it would have needed.
-    pub fn run(mut self, rx: Receiver<Pooled>, mut done: impl FnMut(u64)) -> Result<u64> {
-        for block in rx {
+    /// Take blocks from `rx` until the last block is written or `rx` closes,
+    /// calling `done(index)` after each block is written, in block order.
+    /// Returns the next block number it would have needed.
+    pub fn run(
+        mut self,
+        rx: Receiver<Pooled>,
+        mut done: impl FnMut(u64) -> Result<()>,
+    ) -> Result<u64> {
+        let end = self.geo.blocks();
+        while self.next < end {
+            let Ok(block) = rx.recv() else { break };
             self.pending.insert(block.index, block);
             while let Some(block) = self.pending.remove(&self.next) {
                 self.apply(&block)?;
-                done(block.index);
+                drop(block);
+                done(self.next)?;
                 self.next += 1;
             }
         }
@@ -82,7 +84,7 @@ impl<'a> Writer<'a> {
             };
             match ext.kind {
                 ExtentKind::Data => {
-                    let bytes = &block.bytes()[ext.start..ext.start + ext.len];
+                    let bytes = &block.data[ext.data..ext.data + ext.len];
                     sys::pwrite_all(&self.disk.file, bytes, offset).map_err(fail)?;
                     Stats::add(&self.stats.bytes_written, ext.len as u64);
                     data = true;

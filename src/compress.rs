@@ -1,0 +1,161 @@
+//! zstd compression of block data, one reusable context per worker.
+//!
+//! The `-L` names map to zstd levels chosen by measurement (BENCHMARKS.md).
+//! Data that does not shrink travels raw. Decompression writes into a slice
+//! of exactly the announced length, so a hostile frame can never make it
+//! write past one block.
+
+use zstd_safe::{CCtx, CParameter, DCtx};
+
+use crate::cli::Level;
+
+/// The zstd level behind a `-L` name.
+pub fn zstd_level(level: Level) -> i32 {
+    match level {
+        Level::Fast => 1,
+        Level::Default => 3,
+        Level::Better => 7,
+        Level::Best => 15,
+    }
+}
+
+/// Wire code of a compression setting (0 = none).
+pub fn code(level: Option<Level>) -> u8 {
+    match level {
+        None => 0,
+        Some(Level::Fast) => 1,
+        Some(Level::Default) => 2,
+        Some(Level::Better) => 3,
+        Some(Level::Best) => 4,
+    }
+}
+
+/// The compression setting of a wire code, if valid.
+pub fn from_code(code: u8) -> Option<Option<Level>> {
+    Some(match code {
+        0 => None,
+        1 => Some(Level::Fast),
+        2 => Some(Level::Default),
+        3 => Some(Level::Better),
+        4 => Some(Level::Best),
+        _ => return None,
+    })
+}
+
+/// A compression context, reused for every block a worker handles.
+pub struct Compressor {
+    cctx: Option<CCtx<'static>>,
+}
+
+impl Compressor {
+    /// A compressor for `level`; `None` never compresses.
+    pub fn new(level: Option<Level>) -> Compressor {
+        let cctx = level.map(|l| {
+            let mut c = CCtx::create();
+            // Only fails for out-of-range levels, and ours are fixed.
+            let _ = c.set_parameter(CParameter::CompressionLevel(zstd_level(l)));
+            c
+        });
+        Compressor { cctx }
+    }
+
+    /// Append `pieces` to `out`, compressed if that makes them smaller.
+    /// Returns whether they were compressed.
+    pub fn append<'a>(&mut self, pieces: impl Iterator<Item = &'a [u8]> + Clone, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        let raw: usize = pieces.clone().map(<[u8]>::len).sum();
+        if let Some(cctx) = &mut self.cctx {
+            let mut ok = true;
+            for piece in pieces.clone() {
+                out.reserve(zstd_safe::compress_bound(piece.len()));
+                if cctx.compress2(out, piece).is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            if ok && out.len() - start < raw {
+                return true;
+            }
+            out.truncate(start);
+        }
+        for piece in pieces {
+            out.extend_from_slice(piece);
+        }
+        false
+    }
+}
+
+/// A decompression context, reused for every block a lane receives.
+pub struct Decompressor {
+    dctx: DCtx<'static>,
+}
+
+impl Default for Decompressor {
+    fn default() -> Self {
+        Decompressor {
+            dctx: DCtx::create(),
+        }
+    }
+}
+
+impl Decompressor {
+    /// Decompress `src` (one or more zstd frames) into exactly `dst`.
+    pub fn decompress(&mut self, src: &[u8], dst: &mut [u8]) -> Result<(), String> {
+        match self.dctx.decompress(dst, src) {
+            Ok(n) if n == dst.len() => Ok(()),
+            Ok(n) => Err(format!(
+                "decompressed to {n} bytes, announced {}",
+                dst.len()
+            )),
+            Err(code) => Err(format!(
+                "cannot decompress: {}",
+                zstd_safe::get_error_name(code)
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_raw_fallback() {
+        let text = b"hello hello hello hello hello hello hello hello ".repeat(100);
+        let mut c = Compressor::new(Some(Level::Default));
+        let mut out = Vec::new();
+        let pieces = [&text[..1000], &text[1000..]];
+        assert!(c.append(pieces.iter().copied(), &mut out));
+        assert!(out.len() < text.len());
+        let mut back = vec![0; text.len()];
+        Decompressor::default().decompress(&out, &mut back).unwrap();
+        assert_eq!(back, text);
+
+        let mut noise = vec![0u8; 4096];
+        fastrand::Rng::with_seed(1).fill(&mut noise);
+        let mut out = vec![9];
+        assert!(!c.append([&noise[..]].into_iter(), &mut out));
+        assert_eq!(&out[1..], &noise[..]);
+        assert!(!Compressor::new(None).append([&text[..]].into_iter(), &mut Vec::new()));
+    }
+
+    #[test]
+    fn decompression_never_exceeds_the_announced_length() {
+        let data = vec![7u8; 10_000];
+        let mut out = Vec::new();
+        Compressor::new(Some(Level::Fast)).append([&data[..]].into_iter(), &mut out);
+        let mut small = vec![0; 100];
+        assert!(Decompressor::default().decompress(&out, &mut small).is_err());
+        let mut big = vec![0; 20_000];
+        assert!(Decompressor::default().decompress(&out, &mut big).is_err());
+        assert!(Decompressor::default().decompress(b"garbage", &mut big).is_err());
+    }
+
+    #[test]
+    fn codes_round_trip() {
+        for l in [None, Some(Level::Fast), Some(Level::Default), Some(Level::Better), Some(Level::Best)] {
+            assert_eq!(from_code(code(l)), Some(l));
+        }
+        assert_eq!(from_code(5), None);
+    }
+}

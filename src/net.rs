@@ -1,0 +1,197 @@
+//! TCP plumbing: socket options, deadlines, the preamble and framed I/O.
+//!
+//! Every socket gets TCP keep-alive (30 s), large buffers, and a deadline on
+//! every blocking read and write (5 minutes; the hidden `BSYNC_IO_TIMEOUT`
+//! environment variable, in seconds, shortens it for tests). A [`Lane`] is one
+//! connection split in two: a [`FrameReader`] owned by the thread that reads
+//! it, and a [`FrameSender`] that any thread may send whole frames through.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE, PREAMBLE_MAGIC};
+use crate::sys;
+
+/// Keep-alive idle time and interval.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+/// Socket buffer size asked for.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The deadline of every blocking network operation.
+pub fn io_timeout() -> Duration {
+    std::env::var("BSYNC_IO_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(Duration::from_secs(300), Duration::from_secs)
+}
+
+/// Apply keep-alive, buffers and deadlines; each is best effort except the
+/// deadlines, without which a dead peer could hang us.
+pub fn configure(stream: &TcpStream, peer: &str) -> Result<()> {
+    let _ = stream.set_nodelay(true);
+    let _ = sys::set_keepalive(stream, KEEPALIVE);
+    let _ = sys::set_socket_buffers(stream, SOCKET_BUFFER);
+    let t = Some(io_timeout());
+    stream
+        .set_read_timeout(t)
+        .and_then(|()| stream.set_write_timeout(t))
+        .map_err(|e| Error::io(peer, "set deadlines", e))
+}
+
+/// Turn an I/O error on a socket into a bsync error naming the peer.
+pub fn net_error(peer: &str, phase: &str, e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+            peer: peer.to_string(),
+            phase: phase.to_string(),
+        },
+        io::ErrorKind::UnexpectedEof => Error::Failed(format!(
+            "{peer}: connection closed during {phase}"
+        )),
+        _ => Error::io(peer, phase, e),
+    }
+}
+
+/// Send our preamble and check the peer's: same protocol version or a clear
+/// error naming both versions.
+pub fn exchange_preamble(stream: &mut TcpStream, peer: &str) -> Result<()> {
+    stream
+        .write_all(PREAMBLE)
+        .map_err(|e| net_error(peer, "handshake", e))?;
+    let mut theirs = [0u8; PREAMBLE.len()];
+    stream
+        .read_exact(&mut theirs)
+        .map_err(|e| net_error(peer, "handshake", e))?;
+    if &theirs == PREAMBLE {
+        return Ok(());
+    }
+    if theirs.starts_with(PREAMBLE_MAGIC) {
+        let version = String::from_utf8_lossy(&theirs[PREAMBLE_MAGIC.len() - 3..])
+            .trim()
+            .to_string();
+        return Err(Error::protocol(
+            peer,
+            format!(
+                "peer speaks protocol {version}, this bsync speaks {}: \
+                 use the same bsync version on both ends",
+                crate::cli::PROTOCOL_VERSION
+            ),
+        ));
+    }
+    Err(Error::protocol(peer, "not a bsync peer (bad preamble)"))
+}
+
+/// Reads frames from one connection into a reused buffer.
+pub struct FrameReader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    max: usize,
+    /// Who is on the other end, for messages.
+    pub peer: String,
+}
+
+impl FrameReader {
+    /// A reader accepting payloads up to `max` bytes.
+    pub fn new(stream: TcpStream, peer: String, max: usize) -> FrameReader {
+        FrameReader {
+            stream,
+            buf: Vec::new(),
+            max,
+            peer,
+        }
+    }
+
+    /// Raise the payload limit once the session parameters are agreed.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// Read the next frame. `phase` names what we wait for, for errors.
+    pub fn read(&mut self, phase: &str) -> Result<Frame<'_>> {
+        let mut header = [0u8; HEADER_LEN];
+        self.stream
+            .read_exact(&mut header)
+            .map_err(|e| net_error(&self.peer, phase, e))?;
+        let (_, len) = proto::decode_header(&header, self.max)
+            .map_err(|e| Error::protocol(&self.peer, e.to_string()))?;
+        self.buf.clear();
+        self.buf.extend_from_slice(&header);
+        self.buf.resize(HEADER_LEN + len, 0);
+        self.stream
+            .read_exact(&mut self.buf[HEADER_LEN..])
+            .map_err(|e| net_error(&self.peer, phase, e))?;
+        match proto::decode(&self.buf, self.max) {
+            Ok(Some((frame, _))) => Ok(frame),
+            Ok(None) => Err(Error::protocol(&self.peer, "incomplete frame")),
+            Err(e) => Err(Error::protocol(&self.peer, e.to_string())),
+        }
+    }
+}
+
+/// Sends whole frames on one connection; safe to share between threads.
+pub struct FrameSender {
+    stream: Mutex<TcpStream>,
+    /// Who is on the other end, for messages.
+    pub peer: String,
+}
+
+impl FrameSender {
+    /// A sender on `stream`.
+    pub fn new(stream: TcpStream, peer: String) -> FrameSender {
+        FrameSender {
+            stream: Mutex::new(stream),
+            peer,
+        }
+    }
+
+    /// Send bytes holding one or more complete frames.
+    pub fn send(&self, frames: &[u8]) -> Result<()> {
+        let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        s.write_all(frames)
+            .map_err(|e| net_error(&self.peer, "send", e))
+    }
+
+    /// Encode and send one frame.
+    pub fn send_frame(&self, frame: &Frame<'_>) -> Result<()> {
+        let mut buf = Vec::new();
+        proto::encode(frame, &mut buf);
+        self.send(&buf)
+    }
+
+    /// Tell the peer why we give up (best effort) and close.
+    pub fn fail(&self, msg: &str) {
+        let _ = self.send_frame(&Frame::Error(msg));
+        self.shutdown();
+    }
+
+    /// Close both directions, waking a thread blocked reading it.
+    pub fn shutdown(&self) {
+        let s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = s.shutdown(Shutdown::Both);
+    }
+}
+
+/// One connection of a session, split for its reader thread and its senders.
+pub struct Lane {
+    /// The reading half.
+    pub reader: FrameReader,
+    /// The writing half.
+    pub sender: std::sync::Arc<FrameSender>,
+}
+
+impl Lane {
+    /// Split a configured, handshaken stream.
+    pub fn new(stream: TcpStream, peer: String, max: usize) -> Result<Lane> {
+        let write_half = stream
+            .try_clone()
+            .map_err(|e| Error::io(&peer, "clone socket", e))?;
+        Ok(Lane {
+            reader: FrameReader::new(stream, peer.clone(), max),
+            sender: std::sync::Arc::new(FrameSender::new(write_half, peer)),
+        })
+    }
+}

@@ -1,0 +1,620 @@
+//! The two roles of a network session: the source side and the destination
+//! side, whichever of them is the client.
+//!
+//! The destination reads its device in order and streams sub-block digests;
+//! the source reads its own in order, compares, and sends each block as a
+//! list of changed sub-blocks (zero markers, or data with the source's
+//! digest, compressed). The destination checks every data sub-block against
+//! that digest after decompression, writes in block order, and acknowledges.
+//! A block counts as done on the source only when acknowledged.
+//!
+//! Connections are lanes: lane `i` of `n` carries every frame about blocks
+//! `index % n == i`. The destination holds a window of permits: a block's
+//! digests go out only with a permit, which comes back when the block is
+//! written, so digests never run unboundedly ahead and every buffer on both
+//! sides is bounded by the pools. When everything is written and flushed the
+//! destination sends `Complete` with a verification digest over the final
+//! content; the source checks it against its own and says `Bye`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use crate::block::{ExtentKind, Geometry, is_zero, push_extent};
+use crate::cli::Level;
+use crate::compress::{Compressor, Decompressor};
+use crate::digest::{self, Digest, digest_sub_blocks};
+use crate::disk::{Disk, read_blocks};
+use crate::error::{Error, Result};
+use crate::net::{FrameReader, FrameSender, Lane};
+use crate::pool::{Pool, Pooled};
+use crate::progress::Stats;
+use crate::proto::{self, Change, ChangeKind, Frame};
+use crate::writer::Writer;
+
+/// The agreed parameters of a session.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// Source size and block size.
+    pub geo: Geometry,
+    /// First block to transfer (`-s`).
+    pub first: u64,
+    /// Digest salt.
+    pub salt: u128,
+    /// Compression of block data.
+    pub compression: Option<Level>,
+    /// CPU workers on this side.
+    pub workers: usize,
+    /// Read-ahead depth on this side.
+    pub prefetch: usize,
+}
+
+impl Params {
+    fn sub(&self) -> usize {
+        digest::sub_block_size(self.geo.block_size)
+    }
+}
+
+/// How often a waiting thread looks whether the session failed.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The first failure of a session; everyone else stops when it is set.
+struct Abort {
+    first: Mutex<Option<Error>>,
+    set: AtomicBool,
+    senders: Vec<Arc<FrameSender>>,
+}
+
+impl Abort {
+    fn new(senders: Vec<Arc<FrameSender>>) -> Abort {
+        Abort {
+            first: Mutex::new(None),
+            set: AtomicBool::new(false),
+            senders,
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Record `e` if it is the first failure, tell the peer, and close every
+    /// lane so threads blocked on the network wake up.
+    fn fail(&self, e: Error) {
+        let mut first = lock(&self.first);
+        if first.is_none() {
+            let msg = e.to_string();
+            *first = Some(e);
+            self.set.store(true, Ordering::Release);
+            drop(first);
+            for s in &self.senders {
+                s.fail(&msg);
+            }
+        }
+    }
+
+    /// Run `f`; a failure aborts the session.
+    fn guard(&self, f: impl FnOnce() -> Result<()>) {
+        if let Err(e) = f() {
+            self.fail(e);
+        }
+    }
+
+    fn outcome(&self) -> Result<()> {
+        match lock(&self.first).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Wait on `cond` until `ready` gives a value, or the session fails.
+fn wait_for<T, R>(
+    m: &Mutex<T>,
+    cond: &Condvar,
+    abort: &Abort,
+    mut ready: impl FnMut(&mut T) -> Option<R>,
+) -> Option<R> {
+    let mut guard = lock(m);
+    loop {
+        if let Some(r) = ready(&mut guard) {
+            return Some(r);
+        }
+        if abort.is_set() {
+            return None;
+        }
+        guard = cond
+            .wait_timeout(guard, POLL)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// Hash of one block's final sub-block digests; the verification digest is
+/// their sum, so lanes may finish blocks in any order.
+fn block_hash(index: u64, digests: &[Digest]) -> u128 {
+    let mut h = digest::fnv1a128(&index.to_le_bytes());
+    for d in digests {
+        h = digest::fnv1a128_update(h, &d.to_le_bytes());
+    }
+    h
+}
+
+/// Blocks `index` belongs to lane `index % lanes`.
+fn lane_of(index: u64, lanes: usize) -> usize {
+    (index % lanes as u64) as usize
+}
+
+// ---------------------------------------------------------------- source ---
+
+#[derive(Default)]
+struct SourceState {
+    /// Destination digests not yet used, by block.
+    remote: HashMap<u64, Vec<Digest>>,
+    /// Blocks sent and not yet acknowledged: their bytes, for progress.
+    unacked: HashMap<u64, u64>,
+    acked: u64,
+    complete: Option<u128>,
+    /// `Bye` went out: lanes closing now is expected.
+    finished: bool,
+}
+
+/// Run the source side over `lanes`; returns the verification digest.
+pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> Result<u128> {
+    let n = lanes.len();
+    let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
+    let abort = Abort::new(senders.clone());
+    let state = Mutex::new(SourceState::default());
+    let cond = Condvar::new();
+    let verify = Mutex::new(0u128);
+    let total = p.geo.blocks() - p.first;
+    let pool = Pool::new(p.prefetch + 2 * p.workers + 2, p.geo.block_size, true);
+    let (tx, rx) = sync_channel(p.prefetch);
+    let rx = Arc::new(Mutex::new(rx));
+    let ctx = SourceCtx {
+        p,
+        abort: &abort,
+        state: &state,
+        cond: &cond,
+        senders: &senders,
+        stats,
+        verify: &verify,
+    };
+
+    thread::scope(|s| {
+        s.spawn(|| {
+            let blocks = p.first..p.geo.blocks();
+            abort.guard(|| read_blocks(disk, p.geo, blocks, &pool, &tx, stats, &|| !abort.is_set()));
+            drop(tx);
+        });
+        for lane in lanes {
+            let mut reader = lane.reader;
+            s.spawn(move || ctx.lane(&mut reader));
+        }
+        for _ in 0..p.workers {
+            let rx = Arc::clone(&rx);
+            s.spawn(move || abort.guard(|| ctx.worker(&rx)));
+        }
+        drop(rx);
+        let theirs = wait_for(&state, &cond, &abort, |st| {
+            (st.acked == total).then_some(st.complete).flatten()
+        });
+        if let Some(theirs) = theirs {
+            let ours = *lock(&verify);
+            if theirs != ours {
+                abort.fail(Error::Failed(format!(
+                    "verification failed: the destination's digest {theirs:032x} \
+                     differs from the source's {ours:032x}"
+                )));
+            } else {
+                lock(&state).finished = true;
+                for s in &senders {
+                    let _ = s.send_frame(&Frame::Bye);
+                    s.shutdown();
+                }
+            }
+        }
+    });
+    abort.outcome()?;
+    let v = *lock(&verify);
+    Ok(v)
+}
+
+#[derive(Clone, Copy)]
+struct SourceCtx<'a> {
+    p: &'a Params,
+    abort: &'a Abort,
+    state: &'a Mutex<SourceState>,
+    cond: &'a Condvar,
+    senders: &'a [Arc<FrameSender>],
+    stats: &'a Stats,
+    verify: &'a Mutex<u128>,
+}
+
+impl SourceCtx<'_> {
+    /// Read digests, acknowledgements and the end of the session off a lane.
+    fn lane(&self, reader: &mut FrameReader) {
+        let result = self.lane_loop(reader);
+        if let Err(e) = result {
+            if !lock(self.state).finished {
+                self.abort.fail(e);
+            }
+        }
+    }
+
+    fn lane_loop(&self, reader: &mut FrameReader) -> Result<()> {
+        let end = self.p.geo.blocks();
+        loop {
+            let peer = reader.peer.clone();
+            let frame = reader.read("digests or acknowledgements")?;
+            match frame {
+                Frame::Digests { index, digests } => {
+                    if index < self.p.first || index >= end {
+                        return Err(Error::protocol(peer, format!("digests for block {index} out of range")));
+                    }
+                    let mut list = Vec::new();
+                    proto::read_digests(digests, &mut list);
+                    lock(self.state).remote.insert(index, list);
+                    self.cond.notify_all();
+                }
+                Frame::Ack { index } => {
+                    let mut st = lock(self.state);
+                    let Some(bytes) = st.unacked.remove(&index) else {
+                        return Err(Error::protocol(peer, format!("acknowledgement of block {index}, which was not sent")));
+                    };
+                    st.acked += 1;
+                    drop(st);
+                    Stats::add(&self.stats.blocks_done, 1);
+                    Stats::add(&self.stats.bytes_done, bytes);
+                    self.cond.notify_all();
+                }
+                Frame::Complete { verify } => {
+                    lock(self.state).complete = Some(verify);
+                    self.cond.notify_all();
+                }
+                Frame::Error(msg) => {
+                    return Err(Error::Remote {
+                        peer,
+                        msg: msg.to_string(),
+                    });
+                }
+                other => {
+                    return Err(Error::protocol(peer, format!("unexpected {} frame", frame_name(&other))));
+                }
+            }
+        }
+    }
+
+    /// Compare blocks with the destination's digests and send what differs.
+    fn worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
+        let p = self.p;
+        let sub = p.sub();
+        let mut compressor = Compressor::new(p.compression);
+        let (mut ours, mut changes, mut frame) = (Vec::new(), Vec::new(), Vec::new());
+        loop {
+            let Ok(mut block) = lock(rx).recv() else {
+                return Ok(());
+            };
+            let index = block.index;
+            digest_sub_blocks(p.salt, block.bytes(), sub, &mut ours);
+            let Some(theirs) = wait_for(self.state, self.cond, self.abort, |st| st.remote.remove(&index)) else {
+                return Ok(());
+            };
+            let lane = lane_of(index, self.senders.len());
+            if theirs.len() != ours.len() {
+                return Err(Error::protocol(
+                    &self.senders[lane].peer,
+                    format!("block {index}: {} digests, expected {}", theirs.len(), ours.len()),
+                ));
+            }
+            changes.clear();
+            let b = &mut *block;
+            let mut raw_len = 0usize;
+            for (j, (mine, other)) in ours.iter().zip(&theirs).enumerate() {
+                if mine == other {
+                    continue;
+                }
+                let start = j * sub;
+                let end = (start + sub).min(b.len);
+                let bytes = &b.data[start..end];
+                let (kind, ext) = if is_zero(bytes) {
+                    (ChangeKind::Zero, ExtentKind::Zero)
+                } else {
+                    raw_len += end - start;
+                    (ChangeKind::Data(*mine), ExtentKind::Data)
+                };
+                changes.push(Change { sub: j as u32, kind });
+                push_extent(&mut b.extents, start, end - start, ext, start);
+            }
+            frame.clear();
+            let start = proto::begin_block(&mut frame, index, false, raw_len as u32, &changes);
+            let pieces = b
+                .extents
+                .iter()
+                .filter(|e| e.kind == ExtentKind::Data)
+                .map(|e| &b.data[e.start..e.start + e.len]);
+            if compressor.append(pieces, &mut frame) {
+                proto::mark_compressed(&mut frame, start);
+            }
+            proto::finish_frame(&mut frame, start);
+
+            let class = if changes.is_empty() {
+                &self.stats.same
+            } else if raw_len > 0 {
+                &self.stats.changed
+            } else {
+                &self.stats.zero
+            };
+            Stats::add(class, 1);
+            Stats::add(&self.stats.wire_sent, frame.len() as u64);
+            {
+                let mut v = lock(self.verify);
+                *v = v.wrapping_add(block_hash(index, &ours));
+            }
+            // Registered before sending: the acknowledgement may beat us back.
+            lock(self.state).unacked.insert(index, b.len as u64);
+            drop(block);
+            self.senders[lane].send(&frame)?;
+        }
+    }
+}
+
+fn frame_name(f: &Frame<'_>) -> &'static str {
+    match f {
+        Frame::Hello(_) => "Hello",
+        Frame::Welcome(_) => "Welcome",
+        Frame::Error(_) => "Error",
+        Frame::Digests { .. } => "Digests",
+        Frame::Block(_) => "Block",
+        Frame::Ack { .. } => "Ack",
+        Frame::Complete { .. } => "Complete",
+        Frame::Bye => "Bye",
+    }
+}
+
+// ----------------------------------------------------------- destination ---
+
+/// Counting permits: how many blocks may be in flight.
+struct Window {
+    free: Mutex<usize>,
+    cond: Condvar,
+}
+
+impl Window {
+    fn acquire(&self, abort: &Abort) -> bool {
+        wait_for(&self.free, &self.cond, abort, |free| {
+            (*free > 0).then(|| *free -= 1)
+        })
+        .is_some()
+    }
+
+    fn release(&self) {
+        *lock(&self.free) += 1;
+        self.cond.notify_one();
+    }
+}
+
+#[derive(Clone, Copy)]
+struct DestCtx<'a> {
+    p: &'a Params,
+    abort: &'a Abort,
+    /// Our own digests of blocks whose data has not arrived yet.
+    expected: &'a Mutex<HashMap<u64, Vec<Digest>>>,
+    senders: &'a [Arc<FrameSender>],
+    stats: &'a Stats,
+    verify: &'a Mutex<u128>,
+    done: &'a AtomicBool,
+}
+
+/// Run the destination side over `lanes` into `disk` (already sized);
+/// returns the verification digest.
+pub fn run_destination(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> Result<u128> {
+    let n = lanes.len();
+    let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
+    let abort = Abort::new(senders.clone());
+    let expected = Mutex::new(HashMap::new());
+    let verify = Mutex::new(0u128);
+    let done = AtomicBool::new(false);
+    let in_flight = p.prefetch + p.workers;
+    let window = Window {
+        free: Mutex::new(in_flight),
+        cond: Condvar::new(),
+    };
+    // Read buffers only live while their digests are computed; received
+    // blocks hold a permit each, so neither pool can run dry for good.
+    let read_pool = Pool::new(p.workers + 1, p.geo.block_size, true);
+    let recv_pool = Pool::new(in_flight + 1, p.geo.block_size, false);
+    let (read_tx, read_rx) = sync_channel(p.workers);
+    let read_rx = Arc::new(Mutex::new(read_rx));
+    let (write_tx, write_rx) = sync_channel::<Pooled>(in_flight);
+    let ctx = DestCtx {
+        p,
+        abort: &abort,
+        expected: &expected,
+        senders: &senders,
+        stats,
+        verify: &verify,
+        done: &done,
+    };
+
+    thread::scope(|s| {
+        s.spawn(|| {
+            let blocks = p.first..p.geo.blocks();
+            abort.guard(|| read_blocks(disk, p.geo, blocks, &read_pool, &read_tx, stats, &|| window.acquire(&abort)));
+            drop(read_tx);
+        });
+        for _ in 0..p.workers {
+            let rx = Arc::clone(&read_rx);
+            s.spawn(move || abort.guard(|| ctx.digest_worker(&rx)));
+        }
+        drop(read_rx);
+        for lane in lanes {
+            let mut reader = lane.reader;
+            let tx = write_tx.clone();
+            let pool = &recv_pool;
+            s.spawn(move || ctx.lane(&mut reader, pool, &tx));
+        }
+        drop(write_tx);
+        abort.guard(|| {
+            let writer = Writer::new(disk, p.geo, p.first, stats);
+            let mut ack = Vec::new();
+            let next = writer.run(write_rx, |index| {
+                ack.clear();
+                proto::encode(&Frame::Ack { index }, &mut ack);
+                window.release();
+                senders[lane_of(index, n)].send(&ack)
+            })?;
+            if next != p.geo.blocks() {
+                // A lane or reader failed and has said why.
+                return Ok(());
+            }
+            Writer::flush(disk)?;
+            done.store(true, Ordering::Release);
+            let v = *lock(&verify);
+            for s in &senders {
+                s.send_frame(&Frame::Complete { verify: v })?;
+            }
+            Ok(())
+        });
+    });
+    abort.outcome()?;
+    if !done.load(Ordering::Acquire) {
+        return Err(Error::Failed(format!("{}: the session ended before every block was written", disk.label)));
+    }
+    let v = *lock(&verify);
+    Ok(v)
+}
+
+impl DestCtx<'_> {
+    /// Digest destination blocks and send the digests to the source.
+    fn digest_worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
+        let mut frame = Vec::new();
+        loop {
+            let Ok(mut block) = lock(rx).recv() else {
+                return Ok(());
+            };
+            let index = block.index;
+            let b = &mut *block;
+            digest_sub_blocks(self.p.salt, &b.data[..b.len], self.p.sub(), &mut b.digests);
+            frame.clear();
+            proto::encode_digests(&mut frame, index, &b.digests);
+            lock(self.expected).insert(index, std::mem::take(&mut b.digests));
+            drop(block);
+            self.senders[lane_of(index, self.senders.len())].send(&frame)?;
+        }
+    }
+
+    /// Receive blocks from a lane, check them and pass them to the writer.
+    fn lane(&self, reader: &mut FrameReader, pool: &Pool, tx: &SyncSender<Pooled>) {
+        let mut decompressor = Decompressor::default();
+        let result = (|| loop {
+            let peer = reader.peer.clone();
+            match reader.read("blocks")? {
+                Frame::Block(b) => {
+                    let block = self.receive(&peer, &b, pool, &mut decompressor)?;
+                    if tx.send(block).is_err() {
+                        return Ok(());
+                    }
+                }
+                Frame::Bye => return Ok(()),
+                Frame::Error(msg) => {
+                    return Err(Error::Remote {
+                        peer,
+                        msg: msg.to_string(),
+                    });
+                }
+                other => {
+                    return Err(Error::protocol(peer, format!("unexpected {} frame", frame_name(&other))));
+                }
+            }
+        })();
+        if let Err(e) = result {
+            if !self.done.load(Ordering::Acquire) || !matches!(e, Error::Failed(_) | Error::Io { .. }) {
+                self.abort.fail(e);
+            }
+        }
+    }
+
+    fn receive(
+        &self,
+        peer: &str,
+        frame: &proto::BlockFrame<'_>,
+        pool: &Pool,
+        decompressor: &mut Decompressor,
+    ) -> Result<Pooled> {
+        let index = frame.index;
+        let bad = |what: String| Error::protocol(peer, format!("block {index}: {what}"));
+        let Some(mut digests) = lock(self.expected).remove(&index) else {
+            return Err(bad("not asked for, or sent twice".into()));
+        };
+        let geo = self.p.geo;
+        let len = geo.len(index);
+        let raw_len = frame.raw_len as usize;
+        if raw_len > len {
+            return Err(bad(format!("{raw_len} bytes of data in a block of {len}")));
+        }
+        let mut block = pool
+            .get()
+            .map_err(|e| Error::io("destination", "allocate a block buffer", e))?;
+        block.index = index;
+        block.len = len;
+        let data = &mut block.data[..raw_len];
+        if frame.compressed {
+            decompressor.decompress(frame.data, data).map_err(&bad)?;
+        } else if frame.data.len() == raw_len {
+            data.copy_from_slice(frame.data);
+        } else {
+            return Err(bad(format!("{} bytes of data, announced {raw_len}", frame.data.len())));
+        }
+        Stats::add(&self.stats.wire_received, frame.data.len() as u64);
+        let sub = self.p.sub();
+        let salt = self.p.salt;
+        let mut at = 0usize;
+        let b = &mut *block;
+        for change in frame.changes.iter() {
+            let j = change.sub as usize;
+            let Some(d) = digests.get_mut(j) else {
+                return Err(bad(format!("sub-block {j} is past the end of the block")));
+            };
+            let start = j * sub;
+            let n = (start + sub).min(len) - start;
+            match change.kind {
+                ChangeKind::Zero => {
+                    *d = digest::digest(salt, &ZEROS[..n]);
+                    push_extent(&mut b.extents, start, n, ExtentKind::Zero, 0);
+                }
+                ChangeKind::Data(theirs) => {
+                    let Some(bytes) = b.data.get(at..at + n).filter(|_| at + n <= raw_len) else {
+                        return Err(bad("less data than its changes need".into()));
+                    };
+                    if digest::digest(salt, bytes) != theirs {
+                        return Err(bad(format!(
+                            "sub-block {j} does not match the source's digest after decompression \
+                             (corrupted in transit)"
+                        )));
+                    }
+                    *d = theirs;
+                    push_extent(&mut b.extents, start, n, ExtentKind::Data, at);
+                    at += n;
+                }
+            }
+        }
+        if at != raw_len {
+            return Err(bad(format!("{raw_len} bytes of data, changes use {at}")));
+        }
+        let h = block_hash(index, &digests);
+        let mut v = lock(self.verify);
+        *v = v.wrapping_add(h);
+        Ok(block)
+    }
+}
+
+/// Zeros to digest a cleared sub-block against.
+static ZEROS: [u8; digest::SUB_BLOCK] = [0; digest::SUB_BLOCK];
