@@ -143,6 +143,9 @@ mod tests {
 
     #[test]
     fn usage_errors_exit_2() {
-        assert_eq!(Error::usage("-b: must be at least 1").exit_status(), EXIT_USAGE);
+        assert_eq!(
+            Error::usage("-b: must be at least 1").exit_status(),
+            EXIT_USAGE
+        );
     }
 }

@@ -10,5 +10,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod error;
+/// Every raw OS call bsync makes; the only module with `unsafe`.
+#[allow(unsafe_code)]
+pub mod sys;
 
 pub use error::{Error, Result};
