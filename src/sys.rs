@@ -51,6 +51,7 @@ mod ioc {
 }
 
 /// The kernel's `_IOC(dir, type, nr, size)` macro.
+#[allow(clippy::cast_possible_truncation)]
 const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
     // Argument sizes are a few bytes: the cast cannot truncate.
     (dir << ioc::DIRSHIFT) | ((size as u32) << 16) | (ty << 8) | nr
@@ -67,6 +68,7 @@ const BLKZEROOUT: u32 = ioc(ioc::NONE, 0x12, 127, 0);
 /// The request argument of `ioctl` is `unsigned long` in glibc and `int` in
 /// musl; the kernel reads it as an unsigned 32-bit number either way, so a
 /// wrapping cast is the intended conversion.
+#[allow(clippy::cast_lossless, clippy::cast_possible_wrap)]
 fn req(n: u32) -> libc::Ioctl {
     n as libc::Ioctl
 }
