@@ -61,7 +61,13 @@ pub struct Extent {
 /// Append an extent, merging it into the last one when they touch and agree
 /// (in the file and in the buffer), so a run of changed sub-blocks becomes
 /// one write.
-pub fn push_extent(extents: &mut Vec<Extent>, start: usize, len: usize, kind: ExtentKind, data: usize) {
+pub fn push_extent(
+    extents: &mut Vec<Extent>,
+    start: usize,
+    len: usize,
+    kind: ExtentKind,
+    data: usize,
+) {
     if let Some(last) = extents.last_mut() {
         if last.kind == kind && last.start + last.len == start && last.data + last.len == data {
             last.len += len;
@@ -118,28 +124,27 @@ mod tests {
     #[test]
     fn extents_merge_only_when_touching_and_alike() {
         let mut v = Vec::new();
-        push_extent(&mut v, 0, 4, ExtentKind::Data);
-        push_extent(&mut v, 4, 4, ExtentKind::Data);
-        push_extent(&mut v, 8, 4, ExtentKind::Zero);
-        push_extent(&mut v, 16, 4, ExtentKind::Zero);
+        push_extent(&mut v, 0, 4, ExtentKind::Data, 0);
+        push_extent(&mut v, 4, 4, ExtentKind::Data, 4);
+        push_extent(&mut v, 8, 4, ExtentKind::Zero, 8);
+        push_extent(&mut v, 16, 4, ExtentKind::Zero, 16);
+        // Adjacent in the file but not in the buffer: two writes.
+        push_extent(&mut v, 20, 4, ExtentKind::Data, 8);
+        push_extent(&mut v, 24, 4, ExtentKind::Data, 20);
+        let e = |start, len, kind, data| Extent {
+            start,
+            len,
+            kind,
+            data,
+        };
         assert_eq!(
             v,
             vec![
-                Extent {
-                    start: 0,
-                    len: 8,
-                    kind: ExtentKind::Data
-                },
-                Extent {
-                    start: 8,
-                    len: 4,
-                    kind: ExtentKind::Zero
-                },
-                Extent {
-                    start: 16,
-                    len: 4,
-                    kind: ExtentKind::Zero
-                },
+                e(0, 8, ExtentKind::Data, 0),
+                e(8, 4, ExtentKind::Zero, 8),
+                e(16, 4, ExtentKind::Zero, 16),
+                e(20, 4, ExtentKind::Data, 8),
+                e(24, 4, ExtentKind::Data, 20),
             ]
         );
     }

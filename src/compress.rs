@@ -61,16 +61,25 @@ impl Compressor {
 
     /// Append `pieces` to `out`, compressed if that makes them smaller.
     /// Returns whether they were compressed.
-    pub fn append<'a>(&mut self, pieces: impl Iterator<Item = &'a [u8]> + Clone, out: &mut Vec<u8>) -> bool {
+    pub fn append<'a>(
+        &mut self,
+        pieces: impl Iterator<Item = &'a [u8]> + Clone,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let start = out.len();
         let raw: usize = pieces.clone().map(<[u8]>::len).sum();
         if let Some(cctx) = &mut self.cctx {
             let mut ok = true;
             for piece in pieces.clone() {
-                out.reserve(zstd_safe::compress_bound(piece.len()));
-                if cctx.compress2(out, piece).is_err() {
-                    ok = false;
-                    break;
+                // zstd writes into an initialised slice, not spare capacity.
+                let at = out.len();
+                out.resize(at + zstd_safe::compress_bound(piece.len()), 0);
+                match cctx.compress2(&mut out[at..], piece) {
+                    Ok(n) => out.truncate(at + n),
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
                 }
             }
             if ok && out.len() - start < raw {
@@ -145,15 +154,29 @@ mod tests {
         let mut out = Vec::new();
         Compressor::new(Some(Level::Fast)).append([&data[..]].into_iter(), &mut out);
         let mut small = vec![0; 100];
-        assert!(Decompressor::default().decompress(&out, &mut small).is_err());
+        assert!(
+            Decompressor::default()
+                .decompress(&out, &mut small)
+                .is_err()
+        );
         let mut big = vec![0; 20_000];
         assert!(Decompressor::default().decompress(&out, &mut big).is_err());
-        assert!(Decompressor::default().decompress(b"garbage", &mut big).is_err());
+        assert!(
+            Decompressor::default()
+                .decompress(b"garbage", &mut big)
+                .is_err()
+        );
     }
 
     #[test]
     fn codes_round_trip() {
-        for l in [None, Some(Level::Fast), Some(Level::Default), Some(Level::Better), Some(Level::Best)] {
+        for l in [
+            None,
+            Some(Level::Fast),
+            Some(Level::Default),
+            Some(Level::Better),
+            Some(Level::Best),
+        ] {
             assert_eq!(from_code(code(l)), Some(l));
         }
         assert_eq!(from_code(5), None);

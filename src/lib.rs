@@ -16,15 +16,20 @@
 
 pub mod block;
 pub mod cli;
+pub mod client;
+pub mod compress;
 /// The block digest (FNV-1a 128 in 16 interleaved lanes).
 pub mod digest;
 pub mod disk;
 pub mod drives;
 pub mod error;
 pub mod local;
+pub mod net;
 pub mod pool;
 pub mod progress;
 pub mod proto;
+pub mod server;
+pub mod session;
 /// Every raw OS call bsync makes; the only module with `unsafe`.
 #[allow(unsafe_code)]
 pub mod sys;
@@ -51,13 +56,14 @@ pub fn run(config: &Config) -> Result<()> {
              use -t /local/path",
             t.host, t.path
         ))),
-        Mode::Client { .. } => Err(Error::usage(
-            "-r: network client mode is not available yet in this build",
+        Mode::Client { .. } | Mode::Server { .. } if config.encrypt => Err(Error::usage(
+            "-e/-K: encryption is not available yet in this build",
         )),
-        Mode::Server { .. } => Err(Error::usage(
-            "server mode (no -r or -t) is not available yet in this build; \
-             for a local copy use -f SRC -t DST",
+        Mode::Client { .. } if config.auto => Err(Error::usage(
+            "-auto: auto-tuning is not available yet in this build",
         )),
+        Mode::Client { host, port } => client::run(config, host, *port, &log),
+        Mode::Server { bind, port } => server::run(config, *bind, *port, &log),
         Mode::ListDrives => list_drives(),
     }
 }

@@ -90,7 +90,8 @@ fn run_pipeline(
         let range = blocks.clone();
         let src_reader =
             s.spawn(move || read_blocks(source, geo, range, &src_pool, &src_tx, stats, &|| true));
-        let dst_reader = s.spawn(move || read_blocks(dest, geo, blocks, &dst_pool, &dst_tx, stats, &|| true));
+        let dst_reader =
+            s.spawn(move || read_blocks(dest, geo, blocks, &dst_pool, &dst_tx, stats, &|| true));
         let workers: Vec<_> = (0..workers)
             .map(|_| {
                 let out = out_tx.clone();

@@ -49,9 +49,9 @@ pub fn net_error(peer: &str, phase: &str, e: io::Error) -> Error {
             peer: peer.to_string(),
             phase: phase.to_string(),
         },
-        io::ErrorKind::UnexpectedEof => Error::Failed(format!(
-            "{peer}: connection closed during {phase}"
-        )),
+        io::ErrorKind::UnexpectedEof => {
+            Error::Failed(format!("{peer}: connection closed during {phase}"))
+        }
         _ => Error::io(peer, phase, e),
     }
 }

@@ -168,7 +168,6 @@ struct SourceState {
 
 /// Run the source side over `lanes`; returns the verification digest.
 pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> Result<u128> {
-    let n = lanes.len();
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
     let abort = Abort::new(senders.clone());
     let state = Mutex::new(SourceState::default());
@@ -188,11 +187,12 @@ pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> R
         verify: &verify,
     };
 
+    let abort = &abort;
+    let pool = &pool;
     thread::scope(|s| {
-        s.spawn(|| {
+        s.spawn(move || {
             let blocks = p.first..p.geo.blocks();
-            abort.guard(|| read_blocks(disk, p.geo, blocks, &pool, &tx, stats, &|| !abort.is_set()));
-            drop(tx);
+            abort.guard(|| read_blocks(disk, p.geo, blocks, pool, &tx, stats, &|| !abort.is_set()));
         });
         for lane in lanes {
             let mut reader = lane.reader;
@@ -203,7 +203,7 @@ pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> R
             s.spawn(move || abort.guard(|| ctx.worker(&rx)));
         }
         drop(rx);
-        let theirs = wait_for(&state, &cond, &abort, |st| {
+        let theirs = wait_for(&state, &cond, abort, |st| {
             (st.acked == total).then_some(st.complete).flatten()
         });
         if let Some(theirs) = theirs {
@@ -257,7 +257,10 @@ impl SourceCtx<'_> {
             match frame {
                 Frame::Digests { index, digests } => {
                     if index < self.p.first || index >= end {
-                        return Err(Error::protocol(peer, format!("digests for block {index} out of range")));
+                        return Err(Error::protocol(
+                            peer,
+                            format!("digests for block {index} out of range"),
+                        ));
                     }
                     let mut list = Vec::new();
                     proto::read_digests(digests, &mut list);
@@ -267,7 +270,10 @@ impl SourceCtx<'_> {
                 Frame::Ack { index } => {
                     let mut st = lock(self.state);
                     let Some(bytes) = st.unacked.remove(&index) else {
-                        return Err(Error::protocol(peer, format!("acknowledgement of block {index}, which was not sent")));
+                        return Err(Error::protocol(
+                            peer,
+                            format!("acknowledgement of block {index}, which was not sent"),
+                        ));
                     };
                     st.acked += 1;
                     drop(st);
@@ -286,7 +292,10 @@ impl SourceCtx<'_> {
                     });
                 }
                 other => {
-                    return Err(Error::protocol(peer, format!("unexpected {} frame", frame_name(&other))));
+                    return Err(Error::protocol(
+                        peer,
+                        format!("unexpected {} frame", frame_name(&other)),
+                    ));
                 }
             }
         }
@@ -304,14 +313,20 @@ impl SourceCtx<'_> {
             };
             let index = block.index;
             digest_sub_blocks(p.salt, block.bytes(), sub, &mut ours);
-            let Some(theirs) = wait_for(self.state, self.cond, self.abort, |st| st.remote.remove(&index)) else {
+            let Some(theirs) = wait_for(self.state, self.cond, self.abort, |st| {
+                st.remote.remove(&index)
+            }) else {
                 return Ok(());
             };
             let lane = lane_of(index, self.senders.len());
             if theirs.len() != ours.len() {
                 return Err(Error::protocol(
                     &self.senders[lane].peer,
-                    format!("block {index}: {} digests, expected {}", theirs.len(), ours.len()),
+                    format!(
+                        "block {index}: {} digests, expected {}",
+                        theirs.len(),
+                        ours.len()
+                    ),
                 ));
             }
             changes.clear();
@@ -330,7 +345,10 @@ impl SourceCtx<'_> {
                     raw_len += end - start;
                     (ChangeKind::Data(*mine), ExtentKind::Data)
                 };
-                changes.push(Change { sub: j as u32, kind });
+                changes.push(Change {
+                    sub: j as u32,
+                    kind,
+                });
                 push_extent(&mut b.extents, start, end - start, ext, start);
             }
             frame.clear();
@@ -444,11 +462,16 @@ pub fn run_destination(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats)
         done: &done,
     };
 
+    let abort = &abort;
+    let (window, read_pool) = (&window, &read_pool);
     thread::scope(|s| {
-        s.spawn(|| {
+        s.spawn(move || {
             let blocks = p.first..p.geo.blocks();
-            abort.guard(|| read_blocks(disk, p.geo, blocks, &read_pool, &read_tx, stats, &|| window.acquire(&abort)));
-            drop(read_tx);
+            abort.guard(|| {
+                read_blocks(disk, p.geo, blocks, read_pool, &read_tx, stats, &|| {
+                    window.acquire(abort)
+                })
+            });
         });
         for _ in 0..p.workers {
             let rx = Arc::clone(&read_rx);
@@ -486,7 +509,10 @@ pub fn run_destination(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats)
     });
     abort.outcome()?;
     if !done.load(Ordering::Acquire) {
-        return Err(Error::Failed(format!("{}: the session ended before every block was written", disk.label)));
+        return Err(Error::Failed(format!(
+            "{}: the session ended before every block was written",
+            disk.label
+        )));
     }
     let v = *lock(&verify);
     Ok(v)
@@ -531,12 +557,17 @@ impl DestCtx<'_> {
                     });
                 }
                 other => {
-                    return Err(Error::protocol(peer, format!("unexpected {} frame", frame_name(&other))));
+                    return Err(Error::protocol(
+                        peer,
+                        format!("unexpected {} frame", frame_name(&other)),
+                    ));
                 }
             }
         })();
         if let Err(e) = result {
-            if !self.done.load(Ordering::Acquire) || !matches!(e, Error::Failed(_) | Error::Io { .. }) {
+            if !self.done.load(Ordering::Acquire)
+                || !matches!(e, Error::Failed(_) | Error::Io { .. })
+            {
                 self.abort.fail(e);
             }
         }
@@ -571,7 +602,10 @@ impl DestCtx<'_> {
         } else if frame.data.len() == raw_len {
             data.copy_from_slice(frame.data);
         } else {
-            return Err(bad(format!("{} bytes of data, announced {raw_len}", frame.data.len())));
+            return Err(bad(format!(
+                "{} bytes of data, announced {raw_len}",
+                frame.data.len()
+            )));
         }
         Stats::add(&self.stats.wire_received, frame.data.len() as u64);
         let sub = self.p.sub();

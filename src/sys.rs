@@ -1,77 +1,1007 @@
-//! TEMPORARY SHIM (replaced by the real sys.rs)
-#![allow(missing_docs)]
+//! Every raw OS call bsync makes, each behind a small safe wrapper.
+//!
+//! This is the only module allowed to write `unsafe`. Each wrapper takes a
+//! `&File`, converts its `u64` offsets with checked conversions, turns a
+//! failed call into an `io::Error` and never panics. Where a call has a
+//! slower equivalent (hole punch → zero range → writing zeros) the wrapper
+//! holds the whole fallback chain, so callers ask for an effect, not a
+//! syscall.
+//!
+//! The block-device ioctl numbers come from `<linux/fs.h>`; the `libc` crate
+//! only carries `BLKSSZGET`, so they are encoded here.
+
+use std::fmt;
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::ptr::NonNull;
+
+/// `_IOC` direction bits and shift: most architectures use the asm-generic
+/// layout, these few their own.
+#[cfg(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "mips32r6",
+    target_arch = "mips64r6",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+mod ioc {
+    pub const NONE: u32 = 1;
+    pub const READ: u32 = 2;
+    pub const DIRSHIFT: u32 = 29;
+}
+#[cfg(not(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "mips32r6",
+    target_arch = "mips64r6",
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+mod ioc {
+    pub const NONE: u32 = 0;
+    pub const READ: u32 = 2;
+    pub const DIRSHIFT: u32 = 30;
+}
+
+/// The kernel's `_IOC(dir, type, nr, size)` macro.
+#[allow(clippy::cast_possible_truncation)]
+const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
+    // Argument sizes are a few bytes: the cast cannot truncate.
+    (dir << ioc::DIRSHIFT) | ((size as u32) << 16) | (ty << 8) | nr
+}
+
+const BLKRASET: u32 = ioc(ioc::NONE, 0x12, 98, 0);
+const BLKRAGET: u32 = ioc(ioc::NONE, 0x12, 99, 0);
+const BLKSSZGET: u32 = ioc(ioc::NONE, 0x12, 104, 0);
+// The kernel header says `size_t` but the value is a u64: the number encodes
+// sizeof(size_t), which is what has to match.
+const BLKGETSIZE64: u32 = ioc(ioc::READ, 0x12, 114, std::mem::size_of::<usize>());
+const BLKZEROOUT: u32 = ioc(ioc::NONE, 0x12, 127, 0);
+
+/// The request argument of `ioctl` is `unsigned long` in glibc and `int` in
+/// musl; the kernel reads it as an unsigned 32-bit number either way, so a
+/// wrapping cast is the intended conversion.
+#[allow(clippy::cast_lossless, clippy::cast_possible_wrap)]
+fn req(n: u32) -> libc::Ioctl {
+    n as libc::Ioctl
+}
+
+/// The largest piece `clear_range` writes at once when it has to write zeros.
+const ZERO_CHUNK: usize = 1 << 20;
+/// Shared source of zeros for writes: in `.bss`, so it costs no binary size
+/// and no allocation per call.
+static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+
+/// Bytes in the sector unit of `BLKRAGET`/`BLKRASET` (always 512, whatever
+/// the device's own sector size).
+const RA_SECTOR: u64 = 512;
+
+/// Converts a `u64` offset or length into whatever integer type a libc call
+/// wants, refusing values it cannot hold instead of wrapping them.
+fn to_c<T: TryFrom<u64>>(v: u64) -> io::Result<T> {
+    T::try_from(v).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("value {v} out of range for the OS call"),
+        )
+    })
+}
+
+/// Maps the `-1`-and-errno convention to `io::Result`.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Size in bytes of a block device (ioctl BLKGETSIZE64); lseek is not enough
+/// for all devices.
+pub fn block_device_size(f: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points
+    // to a live local of that type; the fd is borrowed from an open File.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), req(BLKGETSIZE64), &mut size as *mut u64) })?;
+    Ok(size)
+}
+
+/// Logical sector size (ioctl BLKSSZGET).
+pub fn logical_sector_size(f: &File) -> io::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points to
+    // a live local c_int; the fd is borrowed from an open File.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), req(BLKSSZGET), &mut size as *mut libc::c_int) })?;
+    u32::try_from(size).map_err(|_| io::Error::other(format!("negative sector size {size}")))
+}
+
+/// Current read-ahead in bytes (ioctl BLKRAGET returns 512-byte sectors).
+pub fn read_ahead(f: &File) -> io::Result<u64> {
+    let mut sectors: libc::c_long = 0;
+    // SAFETY: BLKRAGET writes one long through the pointer, which points to
+    // a live local c_long; the fd is borrowed from an open File.
+    check(unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            req(BLKRAGET),
+            &mut sectors as *mut libc::c_long,
+        )
+    })?;
+    let sectors = u64::try_from(sectors)
+        .map_err(|_| io::Error::other(format!("negative read-ahead {sectors}")))?;
+    sectors
+        .checked_mul(RA_SECTOR)
+        .ok_or_else(|| io::Error::other("read-ahead overflows u64"))
+}
+
+/// Set read-ahead in bytes (ioctl BLKRASET takes 512-byte sectors; needs
+/// CAP_SYS_ADMIN). `bytes` is rounded down to whole sectors.
+pub fn set_read_ahead(f: &File, bytes: u64) -> io::Result<()> {
+    let sectors: libc::c_ulong = to_c(bytes / RA_SECTOR)?;
+    // SAFETY: BLKRASET takes its argument by value, no memory is touched;
+    // the fd is borrowed from an open File.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), req(BLKRASET), sectors) })?;
+    Ok(())
+}
+
+/// Zero a range of a block device without writing data (ioctl BLKZEROOUT,
+/// range [offset, len]). The kernel wants both aligned to the logical sector
+/// size and the range inside the device; otherwise this fails with EINVAL.
+pub fn blk_zero_out(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: BLKZEROOUT reads two u64 (start, length) through the pointer,
+    // which points to a live local array of exactly that; the fd is borrowed
+    // from an open File.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), req(BLKZEROOUT), range.as_ptr()) })?;
+    Ok(())
+}
+
+fn fallocate(f: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (to_c(offset)?, to_c(len)?);
+    // SAFETY: fallocate touches no memory of ours; the fd is borrowed from
+    // an open File.
+    check(unsafe { libc::fallocate(f.as_raw_fd(), mode, offset, len) })?;
+    Ok(())
+}
+
+/// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).
+pub fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    fallocate(
+        f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+}
+
+/// fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE).
+pub fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    fallocate(
+        f,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+}
+
+/// Access-pattern advice for [`fadvise`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Advice {
+    /// `POSIX_FADV_SEQUENTIAL`: read ahead aggressively.
     Sequential,
+    /// `POSIX_FADV_DONTNEED`: drop these (clean) pages from the page cache.
     DontNeed,
+    /// `POSIX_FADV_WILLNEED`: start reading these pages now.
     WillNeed,
 }
-pub fn block_device_size(f: &File) -> io::Result<u64> {
-    use std::io::Seek;
-    let mut f = f;
-    f.seek(io::SeekFrom::End(0))
+
+/// posix_fadvise (note: returns the error number directly, not via errno).
+/// len 0 = to end of file.
+pub fn fadvise(f: &File, offset: u64, len: u64, advice: Advice) -> io::Result<()> {
+    let advice = match advice {
+        Advice::Sequential => libc::POSIX_FADV_SEQUENTIAL,
+        Advice::DontNeed => libc::POSIX_FADV_DONTNEED,
+        Advice::WillNeed => libc::POSIX_FADV_WILLNEED,
+    };
+    let (offset, len) = (to_c(offset)?, to_c(len)?);
+    // SAFETY: posix_fadvise touches no memory of ours; the fd is borrowed
+    // from an open File.
+    let err = unsafe { libc::posix_fadvise(f.as_raw_fd(), offset, len, advice) };
+    if err == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(err))
+    }
 }
-pub fn read_ahead(_f: &File) -> io::Result<u64> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-pub fn set_read_ahead(_f: &File, _b: u64) -> io::Result<()> {
+
+fn sync_file_range(f: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
+    let (offset, len) = (to_c(offset)?, to_c(len)?);
+    // SAFETY: sync_file_range touches no memory of ours; the fd is borrowed
+    // from an open File.
+    check(unsafe { libc::sync_file_range(f.as_raw_fd(), offset, len, flags) })?;
     Ok(())
 }
-pub fn fadvise(_f: &File, _o: u64, _l: u64, _a: Advice) -> io::Result<()> {
+
+/// sync_file_range(SYNC_FILE_RANGE_WRITE): start writeback of dirty pages
+/// without waiting. len 0 = to end of file.
+pub fn start_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    sync_file_range(f, offset, len, libc::SYNC_FILE_RANGE_WRITE)
+}
+
+/// sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER) on a range: wait for it
+/// to reach the disk queue. This is not a durability barrier (no metadata,
+/// no cache flush): `File::sync_data` still ends a run. len 0 = to end of
+/// file.
+pub fn wait_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    sync_file_range(
+        f,
+        offset,
+        len,
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+    )
+}
+
+/// Fill buf from the OS random source (getrandom(2), loop on EINTR and short
+/// returns). Never fastrand. Kernels older than 3.17 lack the call (ENOSYS);
+/// there it reads `/dev/urandom` instead.
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the pointer and length describe `rest`, a live, writable,
+        // exclusively borrowed slice; getrandom writes at most that many
+        // bytes into it.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ENOSYS) => return urandom(rest),
+                _ => return Err(e),
+            }
+        }
+        // n >= 0 and <= rest.len() here, so the conversion cannot fail.
+        done += usize::try_from(n).map_err(|_| io::Error::other("getrandom returned garbage"))?;
+    }
     Ok(())
 }
-pub fn start_writeback(_f: &File, _o: u64, _l: u64) -> io::Result<()> {
-    Ok(())
+
+fn urandom(buf: &mut [u8]) -> io::Result<()> {
+    use std::io::Read;
+    File::open("/dev/urandom")?.read_exact(buf)
 }
-pub fn wait_writeback(_f: &File, _o: u64, _l: u64) -> io::Result<()> {
-    Ok(())
-}
+
+/// True if the file is a block device (fstat S_ISBLK).
 pub fn is_block_device(f: &File) -> io::Result<bool> {
     Ok(f.metadata()?.file_type().is_block_device())
 }
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cleared {
-    WroteZeros,
-}
-pub fn clear_range(f: &File, offset: u64, len: u64, _d: bool) -> io::Result<Cleared> {
-    f.write_all_at(&vec![0; len as usize], offset)?;
-    Ok(Cleared::WroteZeros)
-}
+
+/// Writes all of `buf` at `offset`, retrying short writes and EINTR.
 pub fn pwrite_all(f: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     f.write_all_at(buf, offset)
 }
+
+/// Reads at `offset` until `buf` is full or end of file, retrying EINTR;
+/// returns the number of bytes read (less than `buf.len()` only at EOF).
 pub fn pread_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], offset + n as u64) {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
+        match f.read_at(&mut buf[done..], at) {
             Ok(0) => break,
-            Ok(k) => n += k,
+            Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(n)
+    Ok(done)
 }
-pub struct PinnedBuf(Vec<u8>);
+
+/// Turn on TCP keep-alive with `idle` as both the idle time before the first
+/// probe and the interval between probes.
+pub fn set_keepalive(stream: &std::net::TcpStream, idle: std::time::Duration) -> io::Result<()> {
+    let secs = libc::c_int::try_from(idle.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+    setsockopt_int(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    setsockopt_int(stream, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs)?;
+    setsockopt_int(stream, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs)
+}
+
+/// Ask for `bytes` of send and receive buffer (the kernel may cap it).
+pub fn set_socket_buffers(stream: &std::net::TcpStream, bytes: usize) -> io::Result<()> {
+    let n = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt_int(stream, libc::SOL_SOCKET, libc::SO_SNDBUF, n)?;
+    setsockopt_int(stream, libc::SOL_SOCKET, libc::SO_RCVBUF, n)
+}
+
+fn setsockopt_int(
+    stream: &std::net::TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the fd is open for the borrow of `stream`; we pass a pointer to
+    // a live c_int and its exact size, which is what these options take.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// How a zero range was cleared (so a verbose mode can report it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cleared {
+    /// `fallocate(PUNCH_HOLE)`: the range is now unallocated.
+    PunchedHole,
+    /// `fallocate(ZERO_RANGE)`: allocated, but marked as reading zeros.
+    ZeroRange,
+    /// `ioctl(BLKZEROOUT)` on the sector-aligned middle (any unaligned
+    /// edges were written).
+    DeviceZeroOut,
+    /// Zeros were written with pwrite (also the answer for an empty range).
+    WroteZeros,
+}
+
+/// True for the errors that mean "this method is not available here", after
+/// which the next, slower method is worth trying. Anything else (EIO,
+/// ENOSPC, EBADF...) is a real failure that another method would only hide.
+fn not_supported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::ENOSYS)
+    ) || e.raw_os_error() == Some(libc::ENOTSUP)
+}
+
+/// Make [offset, offset+len) of `f` read as zeros, trying in order:
+/// block device: BLKZEROOUT, then writing zeros; regular file: punch hole,
+/// then FALLOC_FL_ZERO_RANGE, then writing zeros (pwrite from a static zero
+/// buffer, at most 1 MiB a call). Falls through to the next method only on
+/// "not supported" style errors (EOPNOTSUPP, ENOTSUP, EINVAL, ENOTTY,
+/// ENOSYS); any other error (EIO, ENOSPC...) is returned.
+///
+/// BLKZEROOUT is used for the middle of the range aligned to the device's
+/// logical sector size (512 if that cannot be read); unaligned edges are
+/// written. The fallocate methods keep the file size; writing zeros past
+/// the end of a regular file extends it.
+pub fn clear_range(f: &File, offset: u64, len: u64, is_block_device: bool) -> io::Result<Cleared> {
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range end overflows"))?;
+    if len == 0 {
+        return Ok(Cleared::WroteZeros);
+    }
+    if is_block_device {
+        clear_device(f, offset, end)
+    } else {
+        clear_file(f, offset, len, Cleared::PunchedHole)
+    }
+}
+
+fn clear_device(f: &File, offset: u64, end: u64) -> io::Result<Cleared> {
+    let sector = logical_sector_size(f)
+        .ok()
+        .map(u64::from)
+        .filter(|s| s.is_power_of_two() && *s >= 512)
+        .unwrap_or(512);
+    // Round inward. Rounding up can overflow only within the last sector of
+    // the u64 range, where there is no aligned middle anyway.
+    let mid_start = offset
+        .checked_add(sector - 1)
+        .map_or(u64::MAX, |v| v & !(sector - 1));
+    let mid_end = end & !(sector - 1);
+    if mid_end > mid_start {
+        match blk_zero_out(f, mid_start, mid_end - mid_start) {
+            Ok(()) => {
+                write_zeros(f, offset, mid_start - offset)?;
+                write_zeros(f, mid_end, end - mid_end)?;
+                return Ok(Cleared::DeviceZeroOut);
+            }
+            Err(e) if not_supported(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    write_zeros(f, offset, end - offset)?;
+    Ok(Cleared::WroteZeros)
+}
+
+/// The regular-file chain, entered at `first` so tests can exercise the
+/// later steps on file systems that support the earlier ones.
+fn clear_file(f: &File, offset: u64, len: u64, first: Cleared) -> io::Result<Cleared> {
+    if first == Cleared::PunchedHole {
+        match punch_hole(f, offset, len) {
+            Ok(()) => return Ok(Cleared::PunchedHole),
+            Err(e) if not_supported(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if matches!(first, Cleared::PunchedHole | Cleared::ZeroRange) {
+        match zero_range(f, offset, len) {
+            Ok(()) => return Ok(Cleared::ZeroRange),
+            Err(e) if not_supported(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    write_zeros(f, offset, len)?;
+    Ok(Cleared::WroteZeros)
+}
+
+fn write_zeros(f: &File, mut offset: u64, mut len: u64) -> io::Result<()> {
+    while len > 0 {
+        let n = usize::try_from(len).map_or(ZERO_CHUNK, |l| l.min(ZERO_CHUNK));
+        pwrite_all(f, &ZEROS[..n], offset)?;
+        offset += n as u64;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+/// Transparent huge pages are 2 MiB on x86_64; smaller buffers cannot use
+/// them, so they are not advised.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A page-aligned anonymous memory buffer (mmap MAP_PRIVATE|MAP_ANONYMOUS),
+/// zero-initialised, of a fixed length, that bsync reads blocks into.
+///
+/// On creation it asks for madvise(MADV_HUGEPAGE) when len >= 2 MiB and
+/// mlock(); both are best effort and [`is_huge`](Self::is_huge) and
+/// [`is_locked`](Self::is_locked) tell whether they succeeded. munlock and
+/// munmap happen in Drop. A zero length maps nothing.
+pub struct PinnedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    locked: bool,
+    huge: bool,
+}
+
+// SAFETY: PinnedBuf exclusively owns its mapping, like a Box<[u8]>: no other
+// handle to the memory exists, so moving it to another thread is sound.
+unsafe impl Send for PinnedBuf {}
+// SAFETY: shared access only hands out `&[u8]`; mutation needs `&mut self`,
+// so the usual borrow rules keep threads from racing, as for Box<[u8]>.
+unsafe impl Sync for PinnedBuf {}
+
 impl PinnedBuf {
+    /// Maps `len` zeroed bytes, advises huge pages (len >= 2 MiB) and tries
+    /// to mlock them.
     pub fn new(len: usize) -> io::Result<PinnedBuf> {
-        Ok(PinnedBuf(vec![0; len]))
+        Self::map(len, true)
     }
+
+    /// Same, but never mlock (for buffers that should not count against
+    /// RLIMIT_MEMLOCK).
     pub fn new_unlocked(len: usize) -> io::Result<PinnedBuf> {
-        Self::new(len)
+        Self::map(len, false)
+    }
+
+    fn map(len: usize, lock: bool) -> io::Result<PinnedBuf> {
+        if len == 0 {
+            return Ok(PinnedBuf {
+                ptr: NonNull::dangling(),
+                len: 0,
+                locked: false,
+                huge: false,
+            });
+        }
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choosing aliases no existing memory; every argument is valid for
+        // MAP_ANONYMOUS (fd -1, offset 0) and the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        // From here on Drop unmaps, also if a later step fails.
+        let mut buf = PinnedBuf {
+            ptr,
+            len,
+            locked: false,
+            huge: false,
+        };
+        if len >= HUGE_PAGE {
+            // Before mlock, so that locking faults the pages in as huge ones.
+            // SAFETY: the range is exactly the mapping made above; the advice
+            // only changes how the kernel backs it.
+            buf.huge = unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) } == 0;
+        }
+        if lock {
+            // SAFETY: the range is exactly the mapping made above; locking
+            // only pins its pages.
+            buf.locked = unsafe { libc::mlock(p, len) } == 0;
+        }
+        Ok(buf)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a zero-length buffer.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True if mlock succeeded: the pages cannot be swapped out.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// True if madvise(MADV_HUGEPAGE) succeeded (a request, not a promise
+    /// that the kernel found huge pages).
+    pub fn is_huge(&self) -> bool {
+        self.huge
     }
 }
+
+impl Drop for PinnedBuf {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        let p = self.ptr.as_ptr().cast::<libc::c_void>();
+        // munmap drops the lock as well; the explicit munlock only keeps the
+        // accounting obvious. Failures cannot be reported from Drop and
+        // would mean the mapping is already gone.
+        if self.locked {
+            // SAFETY: the range is the mapping this value owns, still mapped.
+            unsafe { libc::munlock(p, self.len) };
+        }
+        // SAFETY: the range is the mapping this value owns; nothing can use
+        // it after Drop, so unmapping it leaves no dangling borrow.
+        unsafe { libc::munmap(p, self.len) };
+    }
+}
+
 impl std::ops::Deref for PinnedBuf {
     type Target = [u8];
+
     fn deref(&self) -> &[u8] {
-        &self.0
+        // SAFETY: ptr is valid for len readable, initialised (zero-filled by
+        // mmap) bytes for as long as self lives, or dangling with len 0,
+        // which from_raw_parts allows; the borrow is tied to &self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
+
 impl std::ops::DerefMut for PinnedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.0
+        // SAFETY: as in deref, and &mut self guarantees this is the only
+        // live borrow of the memory.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl fmt::Debug for PinnedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedBuf")
+            .field("len", &self.len)
+            .field("locked", &self.locked)
+            .field("huge", &self.huge)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh directory under `parent`, removed with its contents on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new_in(parent: &Path) -> TempDir {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = parent.join(format!("bsync-sys-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Directories on the file systems the tests should see: the worktree's
+    /// `target/` (the real disk), the system temp dir, and tmpfs if present.
+    fn test_parents() -> Vec<PathBuf> {
+        let mut v = vec![
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+            std::env::temp_dir(),
+        ];
+        if Path::new("/dev/shm").is_dir() {
+            v.push(PathBuf::from("/dev/shm"));
+        }
+        v
+    }
+
+    fn rw(path: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap()
+    }
+
+    /// A file of `len` bytes of a non-zero pattern, flushed so its blocks
+    /// are allocated and counted in st_blocks.
+    fn patterned_file(path: &Path, len: usize) -> (File, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+        let f = rw(path);
+        pwrite_all(&f, &data, 0).unwrap();
+        f.sync_all().unwrap();
+        (f, data)
+    }
+
+    fn read_all(f: &File, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        assert_eq!(pread_full(f, &mut buf, 0).unwrap(), len);
+        buf
+    }
+
+    /// Asserts [off, off+len) reads as zeros and everything else as `orig`.
+    fn assert_cleared(got: &[u8], orig: &[u8], off: usize, len: usize) {
+        assert_eq!(got.len(), orig.len());
+        assert!(
+            got[off..off + len].iter().all(|&b| b == 0),
+            "range not zero"
+        );
+        assert_eq!(&got[..off], &orig[..off], "bytes before the range changed");
+        assert_eq!(
+            &got[off + len..],
+            &orig[off + len..],
+            "bytes after the range changed"
+        );
+    }
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn ioctl_numbers_match_linux_headers() {
+        assert_eq!(BLKRASET, 0x1262);
+        assert_eq!(BLKRAGET, 0x1263);
+        assert_eq!(BLKSSZGET, 0x1268);
+        assert_eq!(BLKGETSIZE64, 0x8008_1272);
+        assert_eq!(BLKZEROOUT, 0x127f);
+    }
+
+    #[test]
+    fn ioctl_encoding_agrees_with_libc() {
+        assert_eq!(req(BLKSSZGET), libc::BLKSSZGET);
+    }
+
+    #[test]
+    fn pinned_buf_sizes_read_write_drop() {
+        for len in [0usize, 4096, 3 << 20] {
+            for locked in [true, false] {
+                let mut b = if locked {
+                    PinnedBuf::new(len).unwrap()
+                } else {
+                    PinnedBuf::new_unlocked(len).unwrap()
+                };
+                assert_eq!(b.len(), len);
+                assert_eq!(b.is_empty(), len == 0);
+                assert!(b.iter().all(|&x| x == 0), "not zero-initialised");
+                for (i, x) in b.iter_mut().enumerate() {
+                    *x = (i % 253) as u8;
+                }
+                assert!(b.iter().enumerate().all(|(i, &x)| x == (i % 253) as u8));
+                if !locked || len == 0 {
+                    assert!(!b.is_locked());
+                }
+                if len < HUGE_PAGE {
+                    assert!(!b.is_huge());
+                }
+                eprintln!("{b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pinned_buf_is_send_and_sync() {
+        fn both<T: Send + Sync>(_: &T) {}
+        let mut b = PinnedBuf::new(8192).unwrap();
+        both(&b);
+        std::thread::scope(|s| {
+            s.spawn(|| b[8191] = 7);
+        });
+        assert_eq!(b[8191], 7);
+    }
+
+    #[test]
+    fn getrandom_fills_and_differs() {
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        getrandom(&mut a).unwrap();
+        getrandom(&mut b).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, [0u8; 64]);
+        // Larger than one getrandom call may return at once for some sources.
+        let mut big = vec![0u8; 1 << 20];
+        getrandom(&mut big).unwrap();
+        assert!(big[big.len() - 64..].iter().any(|&x| x != 0));
+        getrandom(&mut []).unwrap();
+    }
+
+    #[test]
+    fn clear_range_regular_file_on_each_fs() {
+        const LEN: usize = (1 << 20) + 123;
+        // Unaligned both ends, covering many whole 4 KiB blocks.
+        let (off, len) = (3 * 4096 + 100, 50 * 4096 + 333);
+        for parent in test_parents() {
+            let dir = TempDir::new_in(&parent);
+            let path = dir.0.join("data");
+            let (f, orig) = patterned_file(&path, LEN);
+            let blocks_before = f.metadata().unwrap().blocks();
+            let how = clear_range(&f, off as u64, len as u64, false).unwrap();
+            let meta = f.metadata().unwrap();
+            eprintln!(
+                "{}: {how:?}, st_blocks {blocks_before} -> {}",
+                parent.display(),
+                meta.blocks()
+            );
+            assert_eq!(meta.len(), LEN as u64, "size changed");
+            assert_cleared(&read_all(&f, LEN), &orig, off, len);
+            if how == Cleared::PunchedHole {
+                assert!(meta.blocks() < blocks_before, "hole punch freed nothing");
+            }
+        }
+    }
+
+    #[test]
+    fn clear_file_later_steps_of_the_chain() {
+        const LEN: usize = 300_000;
+        let (off, len) = (4097, 200_001);
+        for parent in test_parents() {
+            for first in [Cleared::ZeroRange, Cleared::WroteZeros] {
+                let dir = TempDir::new_in(&parent);
+                let path = dir.0.join("data");
+                let (f, orig) = patterned_file(&path, LEN);
+                let how = clear_file(&f, off as u64, len as u64, first).unwrap();
+                eprintln!("{}: from {first:?}: {how:?}", parent.display());
+                if first == Cleared::WroteZeros {
+                    assert_eq!(how, Cleared::WroteZeros);
+                } else {
+                    // tmpfs has no ZERO_RANGE and must fall through.
+                    assert!(matches!(how, Cleared::ZeroRange | Cleared::WroteZeros));
+                }
+                assert_eq!(f.metadata().unwrap().len(), LEN as u64);
+                assert_cleared(&read_all(&f, LEN), &orig, off, len);
+            }
+        }
+    }
+
+    #[test]
+    fn write_zeros_spans_several_chunks() {
+        let dir = TempDir::new_in(&test_parents()[0]);
+        let len = 2 * ZERO_CHUNK + 5000;
+        let (f, orig) = patterned_file(&dir.0.join("data"), len + 10);
+        write_zeros(&f, 3, len as u64 - 3).unwrap();
+        assert_cleared(&read_all(&f, len + 10), &orig, 3, len - 3);
+    }
+
+    #[test]
+    fn clear_range_edge_cases() {
+        let dir = TempDir::new_in(&test_parents()[0]);
+        let (f, orig) = patterned_file(&dir.0.join("data"), 1000);
+        assert_eq!(clear_range(&f, 10, 0, false).unwrap(), Cleared::WroteZeros);
+        let e = clear_range(&f, u64::MAX, 2, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = clear_range(&f, 1 << 63, 2, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(read_all(&f, 1000), orig);
+    }
+
+    #[test]
+    fn clear_range_returns_real_errors() {
+        let dir = TempDir::new_in(&test_parents()[0]);
+        let path = dir.0.join("data");
+        let (_, orig) = patterned_file(&path, 10_000);
+        let ro = File::open(&path).unwrap();
+        // EBADF is not "unsupported": it must come back, not be papered over.
+        let e = clear_range(&ro, 0, 5000, false).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(read_all(&ro, 10_000), orig);
+    }
+
+    #[test]
+    fn not_supported_classification() {
+        for errno in [
+            libc::EOPNOTSUPP,
+            libc::ENOTSUP,
+            libc::EINVAL,
+            libc::ENOTTY,
+            libc::ENOSYS,
+        ] {
+            assert!(not_supported(&io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::EIO, libc::ENOSPC, libc::EBADF, libc::EPERM] {
+            assert!(!not_supported(&io::Error::from_raw_os_error(errno)));
+        }
+        assert!(!not_supported(&io::Error::other("x")));
+    }
+
+    #[test]
+    fn advice_and_writeback_on_regular_file() {
+        let dir = TempDir::new_in(&test_parents()[0]);
+        let (f, _) = patterned_file(&dir.0.join("data"), 100_000);
+        pwrite_all(&f, &[9u8; 5000], 4096).unwrap();
+        for advice in [Advice::Sequential, Advice::WillNeed, Advice::DontNeed] {
+            fadvise(&f, 0, 0, advice).unwrap();
+            fadvise(&f, 4096, 8192, advice).unwrap();
+        }
+        start_writeback(&f, 0, 0).unwrap();
+        start_writeback(&f, 4096, 5000).unwrap();
+        wait_writeback(&f, 4096, 5000).unwrap();
+        wait_writeback(&f, 0, 0).unwrap();
+        let e = fadvise(&f, u64::MAX, 0, Advice::DontNeed).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = start_writeback(&f, 0, u64::MAX).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn block_ioctls_on_regular_file_fail_cleanly() {
+        let dir = TempDir::new_in(&test_parents()[0]);
+        let (f, _) = patterned_file(&dir.0.join("data"), 4096);
+        let enotty = Some(libc::ENOTTY);
+        assert_eq!(block_device_size(&f).unwrap_err().raw_os_error(), enotty);
+        assert_eq!(logical_sector_size(&f).unwrap_err().raw_os_error(), enotty);
+        assert_eq!(read_ahead(&f).unwrap_err().raw_os_error(), enotty);
+        assert_eq!(
+            set_read_ahead(&f, 4 << 20).unwrap_err().raw_os_error(),
+            enotty
+        );
+        assert_eq!(blk_zero_out(&f, 0, 512).unwrap_err().raw_os_error(), enotty);
+        assert!(!is_block_device(&f).unwrap());
+    }
+
+    #[test]
+    fn pread_full_stops_at_eof() {
+        let dir = TempDir::new_in(&test_parents()[0]);
+        let (f, orig) = patterned_file(&dir.0.join("data"), 3000);
+        let mut buf = [0u8; 4096];
+        assert_eq!(pread_full(&f, &mut buf, 1000).unwrap(), 2000);
+        assert_eq!(&buf[..2000], &orig[1000..]);
+        assert_eq!(pread_full(&f, &mut buf, 5000).unwrap(), 0);
+    }
+
+    /// A loop device, detached on drop even when the test fails.
+    struct Loop(String);
+
+    impl Loop {
+        fn attach(file: &Path, sector: u32) -> Option<Loop> {
+            let out = Command::new("losetup")
+                .args(["-f", "--show", "--sector-size", &sector.to_string()])
+                .arg(file)
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                eprintln!(
+                    "skipping loop-device test: losetup failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                return None;
+            }
+            Some(Loop(
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            ))
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+
+    fn loop_device_case(sector: u32) {
+        const SIZE: usize = 4 << 20;
+        let dir = TempDir::new_in(&test_parents()[0]);
+        let backing = dir.0.join("disk");
+        let (_, orig) = patterned_file(&backing, SIZE);
+        let Some(dev) = Loop::attach(&backing, sector) else {
+            return;
+        };
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev.0)
+            .unwrap();
+        eprintln!("loop device {} with {sector}-byte sectors", dev.0);
+        assert!(is_block_device(&f).unwrap());
+        assert_eq!(block_device_size(&f).unwrap(), SIZE as u64);
+        assert_eq!(logical_sector_size(&f).unwrap(), sector);
+        let ra = read_ahead(&f).unwrap();
+        set_read_ahead(&f, 4 << 20).unwrap();
+        assert_eq!(read_ahead(&f).unwrap(), 4 << 20);
+        set_read_ahead(&f, ra).unwrap();
+        assert_eq!(read_ahead(&f).unwrap(), ra);
+
+        // Unaligned edges around a sector-aligned middle.
+        let (off, len) = (1000, 100_000);
+        assert_eq!(
+            clear_range(&f, off as u64, len as u64, true).unwrap(),
+            Cleared::DeviceZeroOut
+        );
+        assert_cleared(&read_all(&f, SIZE), &orig, off, len);
+        let mut expect = orig.clone();
+        expect[off..off + len].fill(0);
+
+        // Inside one sector there is no aligned middle: plain writes.
+        let (off2, len2) = (200_010, 20);
+        assert_eq!(
+            clear_range(&f, off2 as u64, len2 as u64, true).unwrap(),
+            Cleared::WroteZeros
+        );
+        expect[off2..off2 + len2].fill(0);
+        assert_eq!(read_all(&f, SIZE), expect);
+
+        // Up to the very end of the device.
+        let off3 = SIZE - 70_000 - 3;
+        assert_eq!(
+            clear_range(&f, off3 as u64, (SIZE - off3) as u64, true).unwrap(),
+            Cleared::DeviceZeroOut
+        );
+        expect[off3..].fill(0);
+        assert_eq!(read_all(&f, SIZE), expect);
+
+        // Past the end: BLKZEROOUT refuses, the write fallback fails too.
+        assert!(clear_range(&f, SIZE as u64 - 512, 4096, true).is_err());
+
+        // Everything reached the backing file as well.
+        f.sync_all().unwrap();
+        drop(f);
+        drop(dev);
+        assert_eq!(std::fs::read(&backing).unwrap(), expect);
+    }
+
+    #[test]
+    fn loop_device_512_byte_sectors() {
+        loop_device_case(512);
+    }
+
+    /// A 4 KiB-sector device rejects 512-aligned BLKZEROOUT ranges, so the
+    /// aligned middle must follow the logical sector size.
+    #[test]
+    fn loop_device_4k_sectors() {
+        loop_device_case(4096);
     }
 }

@@ -1,0 +1,159 @@
+//! The client (`-r HOST:PORT`): opens `-w` lanes to a server and runs the
+//! source side (upload) or the destination side (download, `-d`).
+
+use std::net::{TcpStream, ToSocketAddrs};
+
+use crate::block::Geometry;
+use crate::cli::{Config, Direction};
+use crate::compress;
+use crate::digest::sub_block_size;
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::net::{self, FrameReader, Lane};
+use crate::progress::{Log, Reporter, Stats, Totals, summary};
+use crate::proto::{self, Frame, Hello, Welcome};
+use crate::session::{self, Params};
+use crate::sys;
+
+/// Run a client session against `host:port`.
+pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
+    let upload = config.direction == Direction::Upload;
+    let source = if upload {
+        Some(Disk::open_source(&config.path)?)
+    } else {
+        None
+    };
+    let peer = if host.contains(':') {
+        format!("server [{host}]:{port}")
+    } else {
+        format!("server {host}:{port}")
+    };
+    let mut id = [0u8; 16];
+    sys::getrandom(&mut id).map_err(|e| Error::io("client", "get random bytes", e))?;
+    let lanes_n = u16::try_from(config.workers).unwrap_or(u16::MAX);
+    let hello = |lane: u16| Hello {
+        session: u128::from_le_bytes(id),
+        lane,
+        lanes: lanes_n,
+        download: !upload,
+        block_size: config.block_size as u32,
+        skip: config.skip,
+        source_size: source.as_ref().map_or(0, |s| s.size),
+        compression: compress::code(config.compression),
+        flags: 0,
+    };
+
+    let (first, welcome) = connect(host, port, &peer, &hello(0))?;
+    if upload && (welcome.block_size != config.block_size as u32 || welcome.skip != config.skip) {
+        return Err(Error::protocol(
+            &peer,
+            "the server changed the block size or skip of an upload",
+        ));
+    }
+    let block_size = welcome.block_size as usize;
+    if block_size == 0 || block_size > crate::cli::MAX_BLOCK_SIZE {
+        return Err(Error::protocol(
+            &peer,
+            format!("block size {block_size} out of range"),
+        ));
+    }
+    let max = proto::max_payload(block_size, sub_block_size(block_size));
+    let mut lanes = vec![first];
+    for lane in 1..lanes_n {
+        let (l, w) = connect(host, port, &peer, &hello(lane))?;
+        if w != welcome {
+            return Err(Error::protocol(
+                &peer,
+                "lanes of one session got different parameters",
+            ));
+        }
+        lanes.push(l);
+    }
+    for lane in &mut lanes {
+        lane.reader.set_max(max);
+    }
+    let geo = Geometry {
+        size: welcome.source_size,
+        block_size,
+    };
+    let first_block = welcome.skip.min(geo.blocks());
+    let params = Params {
+        geo,
+        first: first_block,
+        salt: welcome.salt,
+        compression: config.compression,
+        workers: config.workers,
+        prefetch: config.prefetch,
+    };
+    log.info(format!(
+        "connected to {peer}: {} {} in blocks of {}, {} lane(s)",
+        if upload { "uploading" } else { "downloading" },
+        crate::progress::human_bytes(geo.size),
+        crate::progress::human_bytes(block_size as u64),
+        lanes.len()
+    ));
+    let stats = std::sync::Arc::new(Stats::default());
+    let totals = Totals {
+        blocks: geo.blocks() - first_block,
+        bytes: geo.size - geo.offset(first_block).min(geo.size),
+    };
+    let reporter = Reporter::start(log, &stats, totals, !log.is_quiet());
+    let verify = match source {
+        Some(source) => session::run_source(&params, &source, lanes, &stats)?,
+        None => {
+            let mut dest = Disk::open_destination(&config.path)?;
+            dest.fit_to(geo.size)?;
+            session::run_destination(&params, &dest, lanes, &stats)?
+        }
+    };
+    let elapsed = reporter.finish();
+    log.info(summary(&stats, elapsed));
+    log.info(format!(
+        "verification digest {verify:032x}: both ends agree"
+    ));
+    Ok(())
+}
+
+/// Open one lane: connect, exchange preambles, say hello, get the welcome.
+fn connect(host: &str, port: u16, peer: &str, hello: &Hello) -> Result<(Lane, Welcome)> {
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| Error::io(peer, "resolve", e))?;
+    let mut last = None;
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, net::io_timeout()) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(mut stream) = stream else {
+        let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
+        return Err(Error::io(peer, "connect", e));
+    };
+    net::configure(&stream, peer)?;
+    net::exchange_preamble(&mut stream, peer)?;
+    let lane = Lane::new(stream, peer.to_string(), proto::HANDSHAKE_MAX)?;
+    lane.sender.send_frame(&Frame::Hello(*hello))?;
+    let mut reader: FrameReader = lane.reader;
+    let welcome = match reader.read("the server's welcome")? {
+        Frame::Welcome(w) => w,
+        Frame::Error(msg) => {
+            return Err(Error::Remote {
+                peer: peer.to_string(),
+                msg: msg.to_string(),
+            });
+        }
+        _ => return Err(Error::protocol(peer, "expected a Welcome frame")),
+    };
+    Ok((
+        Lane {
+            reader,
+            sender: lane.sender,
+        },
+        welcome,
+    ))
+}

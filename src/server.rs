@@ -1,0 +1,239 @@
+//! The server (no `-r`/`-t`): serves exactly one transfer session.
+//!
+//! An accept thread hands every connection to a short-lived handshake
+//! thread, so a silent port scanner cannot stall anyone. Connections that
+//! fail the preamble or send a bad `Hello` are logged in one line and
+//! dropped: they never end the server and never touch the destination. The
+//! first good `Hello` (lane 0) opens the session; the destination is opened
+//! only then. The server exits when that session ends.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread;
+
+use crate::block::Geometry;
+use crate::cli::{Config, Direction, MAX_BLOCK_SIZE, MAX_WORKERS};
+use crate::compress;
+use crate::digest::sub_block_size;
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::net::{self, Lane};
+use crate::progress::{Log, Reporter, Stats, Totals, human_bytes, summary};
+use crate::proto::{self, Frame, Hello, Welcome};
+use crate::session::{self, Params};
+use crate::sys;
+
+/// A connection that passed the preamble and sent a `Hello`.
+struct Arrival {
+    hello: Hello,
+    lane: Lane,
+}
+
+/// Serve one session on `bind:port`.
+pub fn run(config: &Config, bind: std::net::IpAddr, port: u16, log: &Log) -> Result<()> {
+    let upload = config.direction == Direction::Upload;
+    // The source of a download is opened up front so a typo fails at once;
+    // an upload's destination is opened only for a real client.
+    let source = if upload {
+        None
+    } else {
+        Some(Disk::open_source(&config.path)?)
+    };
+    let addr = SocketAddr::new(bind, port);
+    let listener =
+        TcpListener::bind(addr).map_err(|e| Error::io(format!("server {addr}"), "listen", e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io(format!("server {addr}"), "listen", e))?;
+    if port == 0 {
+        // The first line on stdout, for scripts and the SSH launcher.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", local.port());
+        let _ = out.flush();
+    }
+    log.info(format!(
+        "listening on {local}: {} {}",
+        if upload { "destination" } else { "source" },
+        config.path.display()
+    ));
+    let (tx, rx) = mpsc::channel();
+    let accept_log = log.clone();
+    thread::spawn(move || accept(&listener, &tx, &accept_log));
+    let progress = !(log.is_quiet() || config.log.no_server_progress);
+    serve(config, source, &rx, log, progress)
+}
+
+fn accept(listener: &TcpListener, tx: &Sender<Arrival>, log: &Log) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let tx = tx.clone();
+        let log = log.clone();
+        thread::spawn(move || {
+            let peer = stream
+                .peer_addr()
+                .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
+            match handshake(stream, &peer) {
+                Ok(arrival) => {
+                    let _ = tx.send(arrival);
+                }
+                Err(e) => log.line(format!("dropped {peer}: {e}")),
+            }
+        });
+    }
+}
+
+fn handshake(mut stream: TcpStream, peer: &str) -> Result<Arrival> {
+    net::configure(&stream, peer)?;
+    net::exchange_preamble(&mut stream, peer)?;
+    let mut lane = Lane::new(stream, peer.to_string(), proto::HANDSHAKE_MAX)?;
+    match lane.reader.read("the client's hello")? {
+        Frame::Hello(hello) => Ok(Arrival { hello, lane }),
+        _ => Err(Error::protocol(peer, "expected a Hello frame")),
+    }
+}
+
+/// Why a `Hello` cannot start a session with this server.
+fn refuse(config: &Config, h: &Hello) -> Option<String> {
+    let upload = config.direction == Direction::Upload;
+    if h.download && upload {
+        return Some("this server is a destination (upload mode); drop -d on the client or add -d on the server".into());
+    }
+    if !h.download && !upload {
+        return Some("this server is a source (download mode, -d); add -d on the client".into());
+    }
+    if h.lane != 0 {
+        return Some(format!("lane {} of an unknown session", h.lane));
+    }
+    if h.lanes == 0 || usize::from(h.lanes) > MAX_WORKERS {
+        return Some(format!(
+            "{} lanes is out of range (1 to {MAX_WORKERS})",
+            h.lanes
+        ));
+    }
+    if h.block_size == 0 || h.block_size as usize > MAX_BLOCK_SIZE {
+        return Some(format!("block size {} is out of range", h.block_size));
+    }
+    if compress::from_code(h.compression).is_none() {
+        return Some(format!("unknown compression {}", h.compression));
+    }
+    if h.flags != 0 {
+        return Some("encryption is not available in this build".into());
+    }
+    None
+}
+
+fn serve(
+    config: &Config,
+    source: Option<Disk>,
+    rx: &Receiver<Arrival>,
+    log: &Log,
+    progress: bool,
+) -> Result<()> {
+    let (hello, first) = loop {
+        let a = rx
+            .recv()
+            .map_err(|_| Error::Failed("server: the listener stopped".into()))?;
+        match refuse(config, &a.hello) {
+            Some(why) => {
+                log.line(format!("refused {}: {why}", a.lane.reader.peer));
+                a.lane.sender.fail(&why);
+            }
+            None => break (a.hello, a.lane),
+        }
+    };
+    let peer = first.reader.peer.clone();
+    let mut dest = None;
+    let geo = match &source {
+        Some(src) => Geometry {
+            size: src.size,
+            block_size: config.block_size,
+        },
+        None => {
+            let opened = Disk::open_destination(&config.path).and_then(|mut d| {
+                d.fit_to(hello.source_size)?;
+                Ok(d)
+            });
+            match opened {
+                Ok(d) => dest = Some(d),
+                Err(e) => {
+                    first.sender.fail(&format!("server: {e}"));
+                    return Err(e);
+                }
+            }
+            Geometry {
+                size: hello.source_size,
+                block_size: hello.block_size as usize,
+            }
+        }
+    };
+    let mut salt = [0u8; 16];
+    sys::getrandom(&mut salt).map_err(|e| Error::io("server", "get random bytes", e))?;
+    let welcome = Welcome {
+        block_size: geo.block_size as u32,
+        source_size: geo.size,
+        skip: hello.skip,
+        salt: u128::from_le_bytes(salt),
+        lanes: hello.lanes,
+    };
+    let lanes_n = usize::from(hello.lanes);
+    let mut lanes = vec![first];
+    lanes[0].sender.send_frame(&Frame::Welcome(welcome))?;
+    while lanes.len() < lanes_n {
+        let a = rx
+            .recv_timeout(net::io_timeout())
+            .map_err(|_| Error::Timeout {
+                peer: peer.clone(),
+                phase: format!("lane {} of {lanes_n}", lanes.len()),
+            })?;
+        let h = a.hello;
+        let expected = usize::from(h.lane) == lanes.len();
+        if h.session != hello.session || !expected {
+            log.line(format!(
+                "refused {}: busy with another session",
+                a.lane.reader.peer
+            ));
+            a.lane.sender.fail("server is busy with another session");
+            continue;
+        }
+        a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
+        lanes.push(a.lane);
+    }
+    let max = proto::max_payload(geo.block_size, sub_block_size(geo.block_size));
+    for lane in &mut lanes {
+        lane.reader.set_max(max);
+    }
+    let first_block = hello.skip.min(geo.blocks());
+    let params = Params {
+        geo,
+        first: first_block,
+        salt: welcome.salt,
+        compression: compress::from_code(hello.compression).flatten(),
+        workers: lanes_n.max(config.workers),
+        prefetch: config.prefetch.max(lanes_n * 4),
+    };
+    log.info(format!(
+        "session from {peer}: {} in blocks of {}, {lanes_n} lane(s)",
+        human_bytes(geo.size),
+        human_bytes(geo.block_size as u64)
+    ));
+    let stats = std::sync::Arc::new(Stats::default());
+    let totals = Totals {
+        blocks: geo.blocks() - first_block,
+        bytes: geo.size - geo.offset(first_block).min(geo.size),
+    };
+    let reporter = Reporter::start(log, &stats, totals, progress);
+    let verify = match (&source, &dest) {
+        (Some(src), _) => session::run_source(&params, src, lanes, &stats)?,
+        (None, Some(d)) => session::run_destination(&params, d, lanes, &stats)?,
+        (None, None) => return Err(Error::Failed("server: no destination".into())),
+    };
+    let elapsed = reporter.finish();
+    if progress {
+        log.info(summary(&stats, elapsed));
+    }
+    log.info(format!(
+        "verification digest {verify:032x}: both ends agree"
+    ));
+    Ok(())
+}
