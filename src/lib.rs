@@ -9,6 +9,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+/// ChaCha20-Poly1305 AEAD (RFC 8439) and HChaCha20 subkeys.
+pub mod aead;
 pub mod error;
 
 pub use error::{Error, Result};
