@@ -26,13 +26,6 @@ pub const NONCE_LEN: usize = 12;
 /// Length of an authentication tag in bytes.
 pub const TAG_LEN: usize = 16;
 
-/// Seal and open work through the buffer in pieces of this size, encrypting
-/// and MACing each piece while it is still in L1 cache instead of streaming
-/// a multi-megabyte block through the cache twice. A multiple of 64 (the
-/// ChaCha20 block) so the keystream continues across pieces, and of 16 (the
-/// Poly1305 block) so only the final piece is ever zero-padded.
-const CHUNK: usize = 16 * 1024;
-
 /// A 256-bit key.
 #[derive(Clone)]
 pub struct Key([u8; KEY_LEN]);
@@ -143,10 +136,10 @@ fn lengths_block(aad_len: usize, ct_len: usize) -> poly1305::Block {
 /// no bsync frame comes near.
 pub fn seal(key: &Key, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
     let (mut cipher, mut mac) = start(key, nonce, aad);
-    for piece in buf.chunks_mut(CHUNK) {
-        cipher.apply_keystream(piece);
-        mac.update_padded(piece);
-    }
+    // Two passes rather than interleaving encryption and MAC in cache-sized
+    // pieces: on 1 and 8 MiB buffers the interleaved loop measured no faster.
+    cipher.apply_keystream(buf);
+    mac.update_padded(buf);
     mac.update(&[lengths_block(aad.len(), buf.len())]);
     mac.finalize().into()
 }
@@ -162,9 +155,7 @@ pub fn open(
     tag: &[u8; TAG_LEN],
 ) -> Result<(), OpenError> {
     let (mut cipher, mut mac) = start(key, nonce, aad);
-    for piece in buf.chunks(CHUNK) {
-        mac.update_padded(piece);
-    }
+    mac.update_padded(buf);
     mac.update(&[lengths_block(aad.len(), buf.len())]);
     // `verify` compares with `subtle::ConstantTimeEq`.
     mac.verify(tag.into()).map_err(|_| OpenError)?;
@@ -546,15 +537,15 @@ mod tests {
         }
     }
 
-    /// Regression guard for the chunked loop: a message spanning several
-    /// chunks with a ragged tail must equal a one-shot ChaCha20 + Poly1305.
+    /// The AEAD against the RFC's pseudocode spelled out with the bare
+    /// primitives, on lengths around and beyond the padding boundaries.
     #[test]
-    fn multi_chunk_matches_one_pass_reference() {
+    fn matches_rfc_pseudocode_on_longer_buffers() {
         let key = Key::from_bytes([6; 32]);
         let nonce = [7; 12];
         let aad = b"0123456789abcdefX";
         let mut rng = fastrand::Rng::with_seed(2);
-        for len in [CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17] {
+        for len in [1023, 1024, 1025, 3 * 16384 + 17] {
             let pt: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
 
             let mut c = ChaCha20::new(key.as_bytes().into(), (&nonce).into());
