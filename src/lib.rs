@@ -14,6 +14,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod aead;
 pub mod block;
 pub mod cli;
 pub mod client;
