@@ -1,0 +1,314 @@
+//! The command line through the real binary: usage errors are one line on
+//! stderr naming the flag, exit status 2 and no destination touched; the
+//! Go-style flag forms are interchangeable; help and version behave.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::SystemTime;
+
+use common::*;
+
+/// Every flag of the table in SPEC.md.
+const ALL_FLAGS: &[&str] = &[
+    "-a",
+    "-f",
+    "-r",
+    "-b",
+    "-s",
+    "-p",
+    "-i",
+    "-n",
+    "-e",
+    "-K",
+    "-L",
+    "-t",
+    "-l",
+    "-w",
+    "-prefetch",
+    "-auto",
+    "-q",
+    "-d",
+    "-P",
+];
+
+/// A source, an existing destination with known content and an old mtime,
+/// and a destination path that does not exist.
+struct Scene {
+    dir: TempDir,
+    dst_bytes: Vec<u8>,
+    dst_mtime: SystemTime,
+}
+
+impl Scene {
+    fn new(name: &str) -> Scene {
+        let dir = TempDir::new(name);
+        write_file(&dir.join("src"), &random_bytes(50_000, 1));
+        let dst_bytes = random_bytes(40_000, 2);
+        write_file(&dir.join("dst"), &dst_bytes);
+        let dst_mtime = age(&dir.join("dst"));
+        Scene {
+            dir,
+            dst_bytes,
+            dst_mtime,
+        }
+    }
+
+    fn src(&self) -> PathBuf {
+        self.dir.join("src")
+    }
+
+    fn dst(&self) -> PathBuf {
+        self.dir.join("dst")
+    }
+
+    fn new_dst(&self) -> PathBuf {
+        self.dir.join("new")
+    }
+
+    /// Replace the placeholders SRC, DST and NEW with real paths.
+    fn args(&self, args: &[&str]) -> Vec<String> {
+        args.iter()
+            .map(|a| {
+                let path = |p: PathBuf| p.display().to_string();
+                match *a {
+                    "SRC" => path(self.src()),
+                    "DST" => path(self.dst()),
+                    "NEW" => path(self.new_dst()),
+                    other => other.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// Neither destination may have been touched.
+    fn assert_untouched(&self, what: &str) {
+        assert!(
+            read_file(&self.dst()) == self.dst_bytes,
+            "{what}: the destination's content changed"
+        );
+        assert_eq!(
+            mtime(&self.dst()),
+            self.dst_mtime,
+            "{what}: the destination's mtime changed"
+        );
+        assert!(
+            !self.new_dst().exists(),
+            "{what}: a destination that did not exist was created"
+        );
+    }
+}
+
+/// Run `args` and check it is a usage error: status 2, nothing on stdout,
+/// exactly one stderr line starting `bsync: `. Returns that line.
+fn usage_error(scene: &Scene, args: &[&str]) -> String {
+    let args = scene.args(args);
+    let out = run(bsync().args(&args));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr: {err}");
+    assert!(out.stdout.is_empty(), "{args:?}: wrote to stdout");
+    assert_eq!(err.lines().count(), 1, "{args:?}: want one line:\n{err}");
+    assert!(err.ends_with('\n'), "{args:?}: {err:?}");
+    assert!(err.starts_with("bsync: "), "{args:?}: {err}");
+    scene.assert_untouched(&format!("{args:?}"));
+    err.trim_end().to_string()
+}
+
+#[test]
+fn bad_values_name_their_flag() {
+    let scene = Scene::new("bad-values");
+    let key63 = "0123456789abcdef".repeat(4)[..63].to_string();
+    let key_g = format!("{}g", &"0123456789abcdef".repeat(4)[..63]);
+    // (arguments, the line starts with `bsync: FLAG:`)
+    let cases: &[(&[&str], &str)] = &[
+        (&["-f", "SRC", "-t", "DST", "-b"], "-b"),
+        (&["-f", "SRC", "-t", "NEW", "-b"], "-b"),
+        (&["-b", "0", "-f", "SRC", "-t", "DST"], "-b"),
+        (&["-b", "x", "-f", "SRC", "-t", "DST"], "-b"),
+        (&["-b", "2G", "-f", "SRC", "-t", "NEW"], "-b"),
+        (&["-s", "-1", "-f", "SRC", "-t", "DST"], "-s"),
+        (&["-w", "0", "-f", "SRC", "-t", "DST"], "-w"),
+        (&["-w", "65", "-f", "SRC", "-t", "NEW"], "-w"),
+        (&["-prefetch", "-1", "-f", "SRC", "-t", "DST"], "-prefetch"),
+        (&["-p", "65536", "-f", "SRC", "-t", "DST"], "-p"),
+        (&["-p", "x", "-f", "SRC", "-t", "DST"], "-p"),
+        (&["-K", &key63, "-f", "SRC", "-t", "DST"], "-K"),
+        (&["-K", &key_g, "-f", "SRC", "-t", "DST"], "-K"),
+        (&["-L", "ultra", "-f", "SRC", "-t", "DST"], "-L"),
+        (&["-i", "not-an-ip", "-f", "SRC", "-t", "DST"], "-i"),
+        (&["-r", "nohostport", "-f", "SRC", "-t", "DST"], "-r"),
+        (&["-r", "nohostport", "-f", "SRC"], "-r"),
+    ];
+    for (args, flag) in cases {
+        let line = usage_error(&scene, args);
+        assert!(
+            line.starts_with(&format!("bsync: {flag}:")),
+            "{args:?}: want `bsync: {flag}:`, got {line:?}"
+        );
+    }
+    // A key is a secret: a wrong one must not be echoed.
+    for key in [&key63, &key_g] {
+        let line = usage_error(&scene, &["-K", key, "-f", "SRC", "-t", "DST"]);
+        assert!(!line.contains(&key[..16]), "the key was echoed: {line}");
+    }
+}
+
+#[test]
+fn unknown_flags_and_contradictions_are_refused() {
+    let scene = Scene::new("contradictions");
+    // (arguments, words the line must contain)
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["-x", "-f", "SRC", "-t", "DST"], &["-x"]),
+        (&["--bogus", "-f", "SRC", "-t", "DST"], &["-bogus"]),
+        (&["-f", "SRC", "-t", "NEW", "--bogus=1"], &["-bogus"]),
+        (&["-e", "-f", "SRC"], &["-e"]),
+        (&["-e", "-f", "SRC", "-t", "DST"], &["-e"]),
+        (&["-e", "-f", "SRC", "-t", "NEW"], &["-e"]),
+        (
+            &["-r", "127.0.0.1:9", "-f", "SRC", "-t", "DST"],
+            &["-r", "-t"],
+        ),
+        (&["-auto", "-f", "SRC", "-t", "DST"], &["-auto"]),
+        (&["-auto", "-f", "SRC"], &["-auto"]),
+        (
+            &["-auto", "-d", "-r", "127.0.0.1:9", "-f", "DST"],
+            &["-auto", "-d"],
+        ),
+        (&["-auto", "-d", "-f", "DST", "-t", "SRC"], &["-auto"]),
+        (
+            &["-n", "-L", "fast", "-f", "SRC", "-t", "DST"],
+            &["-n", "-L"],
+        ),
+        (&["-f", "SRC", "-t", "DST", "stray"], &["stray"]),
+        (&["-f", "SRC", "stray", "-t", "NEW"], &["stray"]),
+    ];
+    for (args, words) in cases {
+        let line = usage_error(&scene, args);
+        for w in *words {
+            assert!(line.contains(w), "{args:?}: should name {w}: {line}");
+        }
+    }
+}
+
+#[test]
+fn go_style_forms_are_the_same() {
+    let dir = TempDir::new("go-style");
+    let src = dir.join("src");
+    let dst = dir.join("dst");
+    let data = random_bytes(20_000, 3);
+    write_file(&src, &data);
+    let forms: &[&[&str]] = &[
+        &["-b", "4096"],
+        &["--b", "4096"],
+        &["-b=4096"],
+        &["--b=4096"],
+        &["-b", "4K"],
+        &["-b", "4096", "-prefetch", "3"],
+        &["-b", "4096", "--prefetch", "3"],
+        &["-b", "4096", "-prefetch=3"],
+        &["-b", "4096", "--prefetch=3"],
+        &["-b", "4096", "--w=2", "--q=false"],
+    ];
+    for form in forms {
+        let _ = std::fs::remove_file(&dst);
+        let err = run_ok(&mut local(&src, &dst, form));
+        assert_same(&src, &dst);
+        // 20 000 bytes in 4096-byte blocks: five blocks, the last short.
+        assert_eq!(summary(&err).blocks, 5, "{form:?}: {err}");
+    }
+    // Paths in the -flag=value forms too.
+    let _ = std::fs::remove_file(&dst);
+    let f = format!("-f={}", src.display());
+    let t = format!("--t={}", dst.display());
+    run_ok(bsync().args([&f, &t, "--q"]));
+    assert_same(&src, &dst);
+}
+
+#[test]
+fn help_lists_every_flag() {
+    for flag in ["-h", "--help", "-help"] {
+        let out = run(bsync().arg(flag));
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for f in ALL_FLAGS {
+            assert!(
+                text.contains(&format!("{f} ")),
+                "{flag}: help does not mention {f}"
+            );
+        }
+        assert!(out.stderr.is_empty(), "{flag}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn version_names_the_protocol() {
+    for flag in ["--version", "-version"] {
+        let out = run(bsync().arg(flag));
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("ver0.02"), "{flag}: {text}");
+        assert_eq!(text.lines().count(), 1, "{flag}: {text}");
+    }
+}
+
+#[test]
+fn help_into_a_closed_pipe_exits_0() {
+    // `bsync -h | head -1`: read one line, then hang up.
+    let mut child = bsync()
+        .arg("-h")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bsync");
+    let mut first = String::new();
+    let stdout = child.stdout.take().expect("piped stdout");
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("read a line");
+    assert!(first.starts_with("bsync"), "{first:?}");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Make sure the write really meets a closed pipe: the reader (`true`) is
+    // gone before bsync starts writing.
+    let bin = env!("CARGO_BIN_EXE_bsync");
+    let out = run(std::process::Command::new("sh").args([
+        "-c",
+        r#"{ sleep 0.3; "$0" -h; echo "status=$?" >&2; } | true"#,
+        bin,
+    ]));
+    let err = stderr(&out);
+    assert!(err.contains("status=0"), "{err}");
+    assert!(!err.contains("panic"), "{err}");
+}
+
+/// Modes of the original tool that this build does not have yet must say so
+/// (exit 2, one line) rather than do something else. Update as they land.
+#[test]
+fn modes_not_yet_available_say_so() {
+    let scene = Scene::new("not-yet");
+    let cases: &[&[&str]] = &[
+        &["-r", "127.0.0.1:1", "-f", "SRC"],
+        &["-f", "DST"],
+        &["-f", "DST", "-p", "0"],
+        &["-f", "SRC", "-t", "user@host:/x"],
+        &["-a"],
+    ];
+    for args in cases {
+        let line = usage_error(&scene, args);
+        assert!(line.contains("not available yet"), "{args:?}: {line}");
+    }
+}
+
+/// A usage error in a run that also fails to open anything reports the usage
+/// error: flags are checked before any file is opened.
+#[test]
+fn usage_is_checked_before_files() {
+    let scene = Scene::new("order");
+    let missing = Path::new("/nonexistent/src");
+    let args = ["-b", "0", "-f", &missing.display().to_string(), "-t", "NEW"];
+    let line = usage_error(&scene, &args);
+    assert!(line.starts_with("bsync: -b:"), "{line}");
+}

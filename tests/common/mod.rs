@@ -1,0 +1,248 @@
+//! Shared helpers for the integration tests: run the real `bsync` binary on
+//! files in a private temporary directory and check what it did.
+//!
+//! Each test binary uses a different subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+/// A `Command` for the `bsync` binary under test, with stdin closed so a
+/// test can never hang waiting for input.
+pub fn bsync() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bsync"));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// A directory removed when dropped. It lives under the target directory,
+/// which is on the real disk (sparse files and holes behave as in use), not
+/// on a tmpfs.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A fresh, empty directory; `name` says which test made it.
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("bsync-{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    /// `name` inside the directory (not created).
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Write `bytes` to `path`, replacing it.
+pub fn write_file(path: &Path, bytes: &[u8]) {
+    fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Read all of `path`.
+pub fn read_file(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// `len` pseudo-random bytes, the same for the same seed.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
+
+/// Run `cmd` to completion, capturing stdout and stderr.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Run `cmd` and insist on exit status 0; returns stderr.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{cmd:?} failed\nstderr:\n{err}\nstdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+/// Run `cmd` and insist on exit status `code`; returns stderr.
+pub fn run_status(cmd: &mut Command, code: i32) -> String {
+    let out = run(cmd);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{cmd:?}: wrong exit status\nstderr:\n{err}"
+    );
+    err
+}
+
+/// stderr of a finished run, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `bsync -f SRC -t DST` plus `extra` flags.
+pub fn local(src: &Path, dst: &Path, extra: &[&str]) -> Command {
+    let mut cmd = bsync();
+    cmd.arg("-f").arg(src).arg("-t").arg(dst).args(extra);
+    cmd
+}
+
+/// Panic with the first differing offset unless `a` and `b` hold the same bytes.
+pub fn assert_same(a: &Path, b: &Path) {
+    let x = read_file(a);
+    let y = read_file(b);
+    if let Some(at) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!(
+            "{} and {} differ first at byte {at} (block of 4 KiB #{}): {:#04x} != {:#04x}",
+            a.display(),
+            b.display(),
+            at / 4096,
+            x[at],
+            y[at]
+        );
+    }
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "{} ({} bytes) and {} ({} bytes) differ in size (equal up to the shorter)",
+        a.display(),
+        x.len(),
+        b.display(),
+        y.len()
+    );
+}
+
+/// Bytes the file system allocated for `path` (holes cost nothing).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    let m = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    m.blocks() * 512
+}
+
+/// Size of `path` in bytes.
+pub fn file_len(path: &Path) -> u64 {
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .len()
+}
+
+/// Modification time of `path`.
+pub fn mtime(path: &Path) -> SystemTime {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+}
+
+/// Set the modification time of `path` to a day ago, so that any write by
+/// bsync shows; returns the time set.
+pub fn age(path: &Path) -> SystemTime {
+    let old = SystemTime::now() - Duration::from_secs(86_400);
+    File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(old))
+        .unwrap_or_else(|e| panic!("set mtime of {}: {e}", path.display()));
+    mtime(path)
+}
+
+/// The closing `done: ...` line of a run, taken apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub blocks: u64,
+    pub same: u64,
+    pub changed: u64,
+    pub zero: u64,
+    /// Bytes, as rounded by the human-readable units (`64.0 KiB`).
+    pub read: f64,
+    pub written: f64,
+    pub cleared: f64,
+    /// The whole line, for messages.
+    pub line: String,
+}
+
+impl Summary {
+    /// The counts alone, which must not depend on workers or timing.
+    pub fn counts(&self) -> (u64, u64, u64, u64) {
+        (self.blocks, self.same, self.changed, self.zero)
+    }
+}
+
+/// Find and parse the summary line in `stderr`.
+pub fn summary(stderr: &str) -> Summary {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("done: "))
+        .unwrap_or_else(|| panic!("no summary line in stderr:\n{stderr}"));
+    let count_before = |word: &str| -> u64 {
+        let end = line
+            .find(word)
+            .unwrap_or_else(|| panic!("summary lacks {word:?}: {line}"));
+        let digits = line[..end]
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or_default();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("no count before {word:?}: {line}"))
+    };
+    let bytes_after = |word: &str| -> Option<f64> {
+        let start = line.find(word)? + word.len();
+        let mut parts = line[start..].split_whitespace();
+        let value: f64 = parts.next()?.parse().ok()?;
+        let unit = parts.next()?.trim_end_matches([',', ';']);
+        let scale = match unit {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            _ => panic!("unknown unit {unit:?} after {word:?}: {line}"),
+        };
+        Some(value * scale)
+    };
+    let need =
+        |word: &str| bytes_after(word).unwrap_or_else(|| panic!("summary lacks {word:?}: {line}"));
+    Summary {
+        blocks: count_before(" blocks"),
+        same: count_before(" same"),
+        changed: count_before(" changed"),
+        zero: count_before(" zero"),
+        read: need("read "),
+        written: need("written "),
+        cleared: bytes_after("cleared ").unwrap_or(0.0),
+        line: line.to_string(),
+    }
+}
+
+/// True when `actual` (rounded to one decimal of its unit) may be `exact`.
+pub fn about(actual: f64, exact: u64) -> bool {
+    let exact = exact as f64;
+    (actual - exact).abs() <= exact * 0.05 + 1.0
+}
