@@ -9,6 +9,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+/// Block digest: FNV-1a 128 and the striped 16-lane block digest.
+pub mod digest;
 pub mod error;
 
 pub use error::{Error, Result};
