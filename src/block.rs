@@ -27,6 +27,12 @@ impl Geometry {
         index * self.block_size as u64
     }
 
+    /// Buffer length that holds any block: a small file does not get
+    /// block-sized (and maybe mlocked) buffers.
+    pub fn buffer_len(&self) -> usize {
+        self.len(0)
+    }
+
     /// Length of block `index` (short for the last block, 0 past the end).
     pub fn len(&self, index: u64) -> usize {
         let rest = self.size.saturating_sub(self.offset(index));

@@ -38,11 +38,25 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Open `path` read-only as the source.
+    /// Open `path` read-only as the source: a regular file or a block
+    /// device. Anything else (the default `/dev/zero`, a pipe, a directory)
+    /// has no size to copy, and is refused before a destination is touched.
     pub fn open_source(path: &Path) -> Result<Disk> {
         let label = format!("source {}", path.display());
         let file = File::open(path).map_err(|e| Error::io(&label, "open", e))?;
-        Disk::describe(file, label)
+        let disk = Disk::describe(file, label)?;
+        let regular = disk
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&disk.label, "stat", e))?
+            .is_file();
+        if !regular && !disk.is_device {
+            return Err(Error::usage(format!(
+                "{}: not a regular file or block device (-f defaults to /dev/zero: is -f missing?)",
+                disk.label
+            )));
+        }
+        Ok(disk)
     }
 
     /// Open `path` for reading and writing as the destination, creating a

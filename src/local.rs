@@ -75,8 +75,8 @@ fn run_pipeline(
     stats: &Stats,
 ) -> Result<u64> {
     let workers = config.workers;
-    let src_pool = Pool::new(config.prefetch + 2 * workers + 2, geo.block_size, true);
-    let dst_pool = Pool::new(config.prefetch + workers + 1, geo.block_size, false);
+    let src_pool = Pool::new(config.prefetch + 2 * workers + 2, geo.buffer_len(), true);
+    let dst_pool = Pool::new(config.prefetch + workers + 1, geo.buffer_len(), false);
     let (src_tx, src_rx) = sync_channel(config.prefetch);
     let (dst_tx, dst_rx) = sync_channel(config.prefetch);
     let (out_tx, out_rx) = sync_channel(workers * 2);

@@ -174,7 +174,7 @@ pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> R
     let cond = Condvar::new();
     let verify = Mutex::new(0u128);
     let total = p.geo.blocks() - p.first;
-    let pool = Pool::new(p.prefetch + 2 * p.workers + 2, p.geo.block_size, true);
+    let pool = Pool::new(p.prefetch + 2 * p.workers + 2, p.geo.buffer_len(), true);
     let (tx, rx) = sync_channel(p.prefetch);
     let rx = Arc::new(Mutex::new(rx));
     let ctx = SourceCtx {
@@ -447,8 +447,8 @@ pub fn run_destination(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats)
     };
     // Read buffers only live while their digests are computed; received
     // blocks hold a permit each, so neither pool can run dry for good.
-    let read_pool = Pool::new(p.workers + 1, p.geo.block_size, true);
-    let recv_pool = Pool::new(in_flight + 1, p.geo.block_size, false);
+    let read_pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true);
+    let recv_pool = Pool::new(in_flight + 1, p.geo.buffer_len(), false);
     let (read_tx, read_rx) = sync_channel(p.workers);
     let read_rx = Arc::new(Mutex::new(read_rx));
     let (write_tx, write_rx) = sync_channel::<Pooled>(in_flight);
