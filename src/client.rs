@@ -98,12 +98,21 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         bytes: geo.size - geo.offset(first_block).min(geo.size),
     };
     let reporter = Reporter::start(log, &stats, totals, !log.is_quiet());
+    let redial = Redial {
+        host,
+        port,
+        peer: &peer,
+        hello: hello(0),
+        welcome,
+        max,
+        log,
+    };
     let verify = match source {
-        Some(source) => session::run_source(&params, &source, lanes, &stats)?,
+        Some(source) => session::run_source(&params, &source, lanes, &stats, &redial)?,
         None => {
             let mut dest = Disk::open_destination(&config.path)?;
             dest.fit_to(geo.size)?;
-            session::run_destination(&params, &dest, lanes, &stats)?
+            session::run_destination(&params, &dest, lanes, &stats, &redial)?
         }
     };
     let elapsed = reporter.finish();
@@ -112,6 +121,51 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         "verification digest {verify:032x}: both ends agree"
     ));
     Ok(())
+}
+
+/// Connection attempts when a lane is rejoined, and the pause between them.
+const REDIAL_ATTEMPTS: u32 = 3;
+const REDIAL_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Rejoins a lost lane by dialing the server again with the same session.
+struct Redial<'a> {
+    host: &'a str,
+    port: u16,
+    peer: &'a str,
+    hello: Hello,
+    welcome: Welcome,
+    max: usize,
+    log: &'a Log,
+}
+
+impl session::Rejoin for Redial<'_> {
+    fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
+        let hello = Hello {
+            lane: u16::try_from(lane).unwrap_or(u16::MAX),
+            ..self.hello
+        };
+        let mut attempt = 1;
+        loop {
+            self.log.info(format!(
+                "lane {lane}: connection lost, reconnecting ({attempt}/{REDIAL_ATTEMPTS})"
+            ));
+            match connect(self.host, self.port, self.peer, &hello) {
+                Ok((mut fresh, welcome)) if welcome == self.welcome => {
+                    fresh.reader.set_max(self.max);
+                    return Ok(fresh);
+                }
+                Ok(_) => {
+                    return Err(Error::protocol(
+                        self.peer,
+                        "the session changed on reconnect",
+                    ));
+                }
+                Err(e) if attempt >= REDIAL_ATTEMPTS || stop() => return Err(e),
+                Err(_) => std::thread::sleep(REDIAL_PAUSE),
+            }
+            attempt += 1;
+        }
+    }
 }
 
 /// Open one lane: connect, exchange preambles, say hello, get the welcome.

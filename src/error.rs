@@ -46,6 +46,13 @@ pub enum Error {
         /// What we were waiting for.
         phase: String,
     },
+    /// The peer closed the connection before we were done.
+    Closed {
+        /// Who closed it.
+        peer: String,
+        /// What we were waiting for.
+        phase: String,
+    },
     /// The remote end reported a failure of its own.
     Remote {
         /// Who said it.
@@ -106,6 +113,9 @@ impl fmt::Display for Error {
             Error::Protocol { peer, what } => write!(f, "protocol error from {peer}: {what}"),
             Error::Timeout { peer, phase } => {
                 write!(f, "timed out waiting for {peer}: {phase}")
+            }
+            Error::Closed { peer, phase } => {
+                write!(f, "{peer}: connection closed while waiting for {phase}")
             }
             Error::Remote { peer, msg } => write!(f, "{peer} failed: {msg}"),
             Error::Auth { peer } => write!(f, "authentication failed with {peer}"),

@@ -49,9 +49,10 @@ pub fn net_error(peer: &str, phase: &str, e: io::Error) -> Error {
             peer: peer.to_string(),
             phase: phase.to_string(),
         },
-        io::ErrorKind::UnexpectedEof => {
-            Error::Failed(format!("{peer}: connection closed during {phase}"))
-        }
+        io::ErrorKind::UnexpectedEof => Error::Closed {
+            peer: peer.to_string(),
+            phase: phase.to_string(),
+        },
         _ => Error::io(peer, phase, e),
     }
 }
@@ -168,11 +169,26 @@ impl FrameSender {
         self.shutdown();
     }
 
+    /// Send on a new connection from now on (after a reconnect).
+    pub fn replace(&self, other: FrameSender) {
+        let stream = other.stream.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.stream.lock().unwrap_or_else(|e| e.into_inner()) = stream;
+    }
+
     /// Close both directions, waking a thread blocked reading it.
     pub fn shutdown(&self) {
         let s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         let _ = s.shutdown(Shutdown::Both);
     }
+}
+
+/// Whether an error means the connection is gone (and a new one may carry
+/// on), rather than the peer or the data being wrong.
+pub fn is_connection_loss(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Io { .. } | Error::Timeout { .. } | Error::Closed { .. }
+    )
 }
 
 /// One connection of a session, split for its reader thread and its senders.
@@ -184,6 +200,18 @@ pub struct Lane {
 }
 
 impl Lane {
+    /// Hand this lane's halves over to an existing lane's reader and sender.
+    pub fn take_over(self, reader: &mut FrameReader, sender: &FrameSender) {
+        let max = reader.max;
+        *reader = self.reader;
+        reader.max = max;
+        match std::sync::Arc::try_unwrap(self.sender) {
+            Ok(s) => sender.replace(s),
+            // Never shared before it is handed over; keep the old sender.
+            Err(_) => sender.shutdown(),
+        }
+    }
+
     /// Split a configured, handshaken stream.
     pub fn new(stream: TcpStream, peer: String, max: usize) -> Result<Lane> {
         let write_half = stream

@@ -7,10 +7,13 @@
 //! first good `Hello` (lane 0) opens the session; the destination is opened
 //! only then. The server exits when that session ends.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::block::Geometry;
 use crate::cli::{Config, Direction, MAX_BLOCK_SIZE, MAX_WORKERS};
@@ -61,7 +64,7 @@ pub fn run(config: &Config, bind: std::net::IpAddr, port: u16, log: &Log) -> Res
     let accept_log = log.clone();
     thread::spawn(move || accept(&listener, &tx, &accept_log));
     let progress = !(log.is_quiet() || config.log.no_server_progress);
-    serve(config, source, &rx, log, progress)
+    serve(config, source, rx, log, progress)
 }
 
 fn accept(listener: &TcpListener, tx: &Sender<Arrival>, log: &Log) {
@@ -126,7 +129,7 @@ fn refuse(config: &Config, h: &Hello) -> Option<String> {
 fn serve(
     config: &Config,
     source: Option<Disk>,
-    rx: &Receiver<Arrival>,
+    rx: Receiver<Arrival>,
     log: &Log,
     progress: bool,
 ) -> Result<()> {
@@ -222,10 +225,17 @@ fn serve(
         blocks: geo.blocks() - first_block,
         bytes: geo.size - geo.offset(first_block).min(geo.size),
     };
+    let rejoins = Arc::new(Rejoins::default());
+    {
+        let rejoins = Arc::clone(&rejoins);
+        let log = log.clone();
+        let session = hello.session;
+        thread::spawn(move || rejoins.dispatch(&rx, session, lanes_n, &welcome, &log));
+    }
     let reporter = Reporter::start(log, &stats, totals, progress);
     let verify = match (&source, &dest) {
-        (Some(src), _) => session::run_source(&params, src, lanes, &stats)?,
-        (None, Some(d)) => session::run_destination(&params, d, lanes, &stats)?,
+        (Some(src), _) => session::run_source(&params, src, lanes, &stats, &*rejoins)?,
+        (None, Some(d)) => session::run_destination(&params, d, lanes, &stats, &*rejoins)?,
         (None, None) => return Err(Error::Failed("server: no destination".into())),
     };
     let elapsed = reporter.finish();
@@ -236,4 +246,67 @@ fn serve(
         "verification digest {verify:032x}: both ends agree"
     ));
     Ok(())
+}
+
+/// Connections of the running session that come back after a lost lane,
+/// waiting for that lane's reader to pick them up.
+#[derive(Default)]
+struct Rejoins {
+    slots: Mutex<HashMap<usize, Lane>>,
+    arrived: Condvar,
+}
+
+impl Rejoins {
+    /// Route every later arrival: a lane of our session goes to its slot,
+    /// anyone else is told the server is busy.
+    fn dispatch(
+        &self,
+        rx: &Receiver<Arrival>,
+        session: u128,
+        lanes: usize,
+        welcome: &Welcome,
+        log: &Log,
+    ) {
+        for a in rx {
+            let lane = usize::from(a.hello.lane);
+            if a.hello.session != session || lane >= lanes {
+                log.line(format!(
+                    "refused {}: busy with another session",
+                    a.lane.reader.peer
+                ));
+                a.lane.sender.fail("server is busy with another session");
+                continue;
+            }
+            if a.lane.sender.send_frame(&Frame::Welcome(*welcome)).is_err() {
+                continue;
+            }
+            log.info(format!("lane {lane}: {} rejoined", a.lane.reader.peer));
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.insert(lane, a.lane);
+            self.arrived.notify_all();
+        }
+    }
+}
+
+impl session::Rejoin for Rejoins {
+    fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
+        let deadline = Instant::now() + net::io_timeout();
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(fresh) = slots.remove(&lane) {
+                return Ok(fresh);
+            }
+            if stop() || Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    peer: "the client".into(),
+                    phase: format!("lane {lane} to reconnect"),
+                });
+            }
+            slots = self
+                .arrived
+                .wait_timeout(slots, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }

@@ -16,7 +16,7 @@
 //! destination sends `Complete` with a verification digest over the final
 //! content; the source checks it against its own and says `Bye`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -29,7 +29,7 @@ use crate::compress::{Compressor, Decompressor};
 use crate::digest::{self, Digest, digest_sub_blocks};
 use crate::disk::{Disk, read_blocks};
 use crate::error::{Error, Result};
-use crate::net::{FrameReader, FrameSender, Lane};
+use crate::net::{self, FrameReader, FrameSender, Lane};
 use crate::pool::{Pool, Pooled};
 use crate::progress::Stats;
 use crate::proto::{self, Change, ChangeKind, Frame};
@@ -152,33 +152,97 @@ fn lane_of(index: u64, lanes: usize) -> usize {
     (index % lanes as u64) as usize
 }
 
+/// How a lane whose connection was lost gets a new one: the client dials
+/// again, the server waits for the client to come back.
+pub trait Rejoin: Sync {
+    /// A fresh, handshaken connection for `lane`; gives up when `stop` says so.
+    fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane>;
+}
+
+/// Read a lane until it ends; when its connection is lost, rejoin and call
+/// `resumed`, then read on. Errors that are not a lost connection, or a
+/// failed rejoin, abort the session unless `finished` says we are done.
+fn run_lane(
+    lane: usize,
+    reader: &mut FrameReader,
+    sender: &FrameSender,
+    abort: &Abort,
+    rejoin: &dyn Rejoin,
+    mut read: impl FnMut(&mut FrameReader) -> Result<()>,
+    mut resumed: impl FnMut() -> Result<()>,
+    finished: &dyn Fn() -> bool,
+) {
+    loop {
+        let Err(e) = read(reader) else { return };
+        if finished() || abort.is_set() {
+            return;
+        }
+        if !net::is_connection_loss(&e) {
+            abort.fail(e);
+            return;
+        }
+        match rejoin.rejoin(lane, &|| abort.is_set()) {
+            Ok(fresh) => fresh.take_over(reader, sender),
+            Err(again) => {
+                abort.fail(Error::Failed(format!("{e}; reconnecting failed: {again}")));
+                return;
+            }
+        }
+        if let Err(e) = resumed() {
+            abort.fail(e);
+            return;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- source ---
+
+/// How many times a block may be sent before the session gives up.
+const MAX_ATTEMPTS: u8 = 3;
+
+/// A block sent and not yet acknowledged.
+struct Sent {
+    /// Its length, for progress.
+    bytes: u64,
+    attempts: u8,
+}
 
 #[derive(Default)]
 struct SourceState {
     /// Destination digests not yet used, by block.
     remote: HashMap<u64, Vec<Digest>>,
-    /// Blocks sent and not yet acknowledged: their bytes, for progress.
-    unacked: HashMap<u64, u64>,
-    acked: u64,
+    /// Blocks sent and not yet acknowledged.
+    unacked: BTreeMap<u64, Sent>,
+    /// Every block before this one is written at the destination.
+    acked_to: u64,
     complete: Option<u128>,
     /// `Bye` went out: lanes closing now is expected.
     finished: bool,
 }
 
 /// Run the source side over `lanes`; returns the verification digest.
-pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> Result<u128> {
+pub fn run_source(
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    stats: &Stats,
+    rejoin: &dyn Rejoin,
+) -> Result<u128> {
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
     let abort = Abort::new(senders.clone());
-    let state = Mutex::new(SourceState::default());
+    let state = Mutex::new(SourceState {
+        acked_to: p.first,
+        ..SourceState::default()
+    });
     let cond = Condvar::new();
     let verify = Mutex::new(0u128);
-    let total = p.geo.blocks() - p.first;
+    let end = p.geo.blocks();
     let pool = Pool::new(p.prefetch + 2 * p.workers + 2, p.geo.buffer_len(), true);
     let (tx, rx) = sync_channel(p.prefetch);
     let rx = Arc::new(Mutex::new(rx));
     let ctx = SourceCtx {
         p,
+        disk,
         abort: &abort,
         state: &state,
         cond: &cond,
@@ -186,7 +250,6 @@ pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> R
         stats,
         verify: &verify,
     };
-
     let abort = &abort;
     let pool = &pool;
     thread::scope(|s| {
@@ -194,9 +257,21 @@ pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> R
             let blocks = p.first..p.geo.blocks();
             abort.guard(|| read_blocks(disk, p.geo, blocks, pool, &tx, stats, &|| !abort.is_set()));
         });
-        for lane in lanes {
+        for (i, lane) in lanes.into_iter().enumerate() {
             let mut reader = lane.reader;
-            s.spawn(move || ctx.lane(&mut reader));
+            s.spawn(move || {
+                let mut compressor = Compressor::new(p.compression);
+                run_lane(
+                    i,
+                    &mut reader,
+                    &ctx.senders[i],
+                    abort,
+                    rejoin,
+                    |r| ctx.lane_loop(r, &mut compressor),
+                    || Ok(()),
+                    &|| lock(ctx.state).finished,
+                );
+            });
         }
         for _ in 0..p.workers {
             let rx = Arc::clone(&rx);
@@ -204,7 +279,7 @@ pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> R
         }
         drop(rx);
         let theirs = wait_for(&state, &cond, abort, |st| {
-            (st.acked == total).then_some(st.complete).flatten()
+            (st.acked_to == end).then_some(st.complete).flatten()
         });
         if let Some(theirs) = theirs {
             let ours = *lock(&verify);
@@ -230,6 +305,7 @@ pub fn run_source(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> R
 #[derive(Clone, Copy)]
 struct SourceCtx<'a> {
     p: &'a Params,
+    disk: &'a Disk,
     abort: &'a Abort,
     state: &'a Mutex<SourceState>,
     cond: &'a Condvar,
@@ -238,23 +314,37 @@ struct SourceCtx<'a> {
     verify: &'a Mutex<u128>,
 }
 
+/// Reused buffers of a thread that builds `Block` frames.
+#[derive(Default)]
+struct FrameScratch {
+    ours: Vec<Digest>,
+    changes: Vec<Change>,
+    frame: Vec<u8>,
+}
+
 impl SourceCtx<'_> {
-    /// Read digests, acknowledgements and the end of the session off a lane.
-    fn lane(&self, reader: &mut FrameReader) {
-        let result = self.lane_loop(reader);
-        if let Err(e) = result {
-            if !lock(self.state).finished {
-                self.abort.fail(e);
+    /// Everything before block `upto` (exclusive) is written.
+    fn acknowledge(&self, upto: u64) {
+        let mut st = lock(self.state);
+        while let Some(entry) = st.unacked.first_entry() {
+            if *entry.key() >= upto {
+                break;
             }
+            let sent = entry.remove();
+            Stats::add(&self.stats.blocks_done, 1);
+            Stats::add(&self.stats.bytes_done, sent.bytes);
         }
+        st.acked_to = st.acked_to.max(upto);
+        drop(st);
+        self.cond.notify_all();
     }
 
-    fn lane_loop(&self, reader: &mut FrameReader) -> Result<()> {
+    /// Read digests, acknowledgements and the end of the session off a lane.
+    fn lane_loop(&self, reader: &mut FrameReader, compressor: &mut Compressor) -> Result<()> {
         let end = self.p.geo.blocks();
         loop {
             let peer = reader.peer.clone();
-            let frame = reader.read("digests or acknowledgements")?;
-            match frame {
+            match reader.read("digests or acknowledgements")? {
                 Frame::Digests { index, digests } => {
                     if index < self.p.first || index >= end {
                         return Err(Error::protocol(
@@ -264,26 +354,30 @@ impl SourceCtx<'_> {
                     }
                     let mut list = Vec::new();
                     proto::read_digests(digests, &mut list);
-                    lock(self.state).remote.insert(index, list);
-                    self.cond.notify_all();
-                }
-                Frame::Ack { index } => {
                     let mut st = lock(self.state);
-                    let Some(bytes) = st.unacked.remove(&index) else {
-                        return Err(Error::protocol(
-                            peer,
-                            format!("acknowledgement of block {index}, which was not sent"),
-                        ));
-                    };
-                    st.acked += 1;
+                    if index < st.acked_to {
+                        continue; // Stale: already written.
+                    }
+                    if let Some(sent) = st.unacked.get_mut(&index) {
+                        // Asked again after a reconnect: the block was lost.
+                        if sent.attempts >= MAX_ATTEMPTS {
+                            return Err(Error::Failed(format!(
+                                "block {index}: not acknowledged after {MAX_ATTEMPTS} attempts"
+                            )));
+                        }
+                        sent.attempts += 1;
+                        drop(st);
+                        self.resend(index, &list, compressor)?;
+                        continue;
+                    }
+                    st.remote.insert(index, list);
                     drop(st);
-                    Stats::add(&self.stats.blocks_done, 1);
-                    Stats::add(&self.stats.bytes_done, bytes);
                     self.cond.notify_all();
                 }
+                Frame::Ack { index } if index < end => self.acknowledge(index + 1),
                 Frame::Complete { verify } => {
                     lock(self.state).complete = Some(verify);
-                    self.cond.notify_all();
+                    self.acknowledge(end);
                 }
                 Frame::Error(msg) => {
                     return Err(Error::Remote {
@@ -301,69 +395,111 @@ impl SourceCtx<'_> {
         }
     }
 
+    /// Send block `index` again: read it back from the source and compare
+    /// it with the digests the destination sent again.
+    fn resend(&self, index: u64, theirs: &[Digest], compressor: &mut Compressor) -> Result<()> {
+        let len = self.p.geo.len(index);
+        let mut data = vec![0u8; len];
+        let n = crate::sys::pread_full(&self.disk.file, &mut data, self.p.geo.offset(index))
+            .map_err(|e| Error::io(&self.disk.label, format!("read at block {index}"), e))?;
+        if n < len {
+            return Err(Error::Failed(format!(
+                "{}: read at block {index}: the source shrank during the run",
+                self.disk.label
+            )));
+        }
+        let mut scratch = FrameScratch::default();
+        let mut extents = Vec::new();
+        self.build_frame(index, &data, theirs, compressor, &mut scratch, &mut extents)?;
+        // A lost lane will be rejoined and ask again.
+        let _ = self.senders[lane_of(index, self.senders.len())].send(&scratch.frame);
+        Ok(())
+    }
+
+    /// Compare `data` with the destination's digests, fill `extents`, and
+    /// build the `Block` frame in `scratch.frame`. Returns the stats class.
+    fn build_frame(
+        &self,
+        index: u64,
+        data: &[u8],
+        theirs: &[Digest],
+        compressor: &mut Compressor,
+        scratch: &mut FrameScratch,
+        extents: &mut Vec<crate::block::Extent>,
+    ) -> Result<usize> {
+        let sub = self.p.sub();
+        digest_sub_blocks(self.p.salt, data, sub, &mut scratch.ours);
+        if theirs.len() != scratch.ours.len() {
+            let lane = lane_of(index, self.senders.len());
+            return Err(Error::protocol(
+                &self.senders[lane].peer,
+                format!(
+                    "block {index}: {} digests, expected {}",
+                    theirs.len(),
+                    scratch.ours.len()
+                ),
+            ));
+        }
+        scratch.changes.clear();
+        extents.clear();
+        let mut raw_len = 0usize;
+        for (j, (mine, other)) in scratch.ours.iter().zip(theirs).enumerate() {
+            if mine == other {
+                continue;
+            }
+            let start = j * sub;
+            let end = (start + sub).min(data.len());
+            let (kind, ext) = if is_zero(&data[start..end]) {
+                (ChangeKind::Zero, ExtentKind::Zero)
+            } else {
+                raw_len += end - start;
+                (ChangeKind::Data(*mine), ExtentKind::Data)
+            };
+            scratch.changes.push(Change {
+                sub: j as u32,
+                kind,
+            });
+            push_extent(extents, start, end - start, ext, start);
+        }
+        let frame = &mut scratch.frame;
+        frame.clear();
+        let start = proto::begin_block(frame, index, false, raw_len as u32, &scratch.changes);
+        let pieces = extents
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Data)
+            .map(|e| &data[e.start..e.start + e.len]);
+        if compressor.append(pieces, frame) {
+            proto::mark_compressed(frame, start);
+        }
+        proto::finish_frame(frame, start);
+        Stats::add(&self.stats.wire_sent, frame.len() as u64);
+        Ok(raw_len)
+    }
+
     /// Compare blocks with the destination's digests and send what differs.
     fn worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
-        let p = self.p;
-        let sub = p.sub();
-        let mut compressor = Compressor::new(p.compression);
-        let (mut ours, mut changes, mut frame) = (Vec::new(), Vec::new(), Vec::new());
+        let mut compressor = Compressor::new(self.p.compression);
+        let mut scratch = FrameScratch::default();
         loop {
             let Ok(mut block) = lock(rx).recv() else {
                 return Ok(());
             };
             let index = block.index;
-            digest_sub_blocks(p.salt, block.bytes(), sub, &mut ours);
             let Some(theirs) = wait_for(self.state, self.cond, self.abort, |st| {
                 st.remote.remove(&index)
             }) else {
                 return Ok(());
             };
-            let lane = lane_of(index, self.senders.len());
-            if theirs.len() != ours.len() {
-                return Err(Error::protocol(
-                    &self.senders[lane].peer,
-                    format!(
-                        "block {index}: {} digests, expected {}",
-                        theirs.len(),
-                        ours.len()
-                    ),
-                ));
-            }
-            changes.clear();
             let b = &mut *block;
-            let mut raw_len = 0usize;
-            for (j, (mine, other)) in ours.iter().zip(&theirs).enumerate() {
-                if mine == other {
-                    continue;
-                }
-                let start = j * sub;
-                let end = (start + sub).min(b.len);
-                let bytes = &b.data[start..end];
-                let (kind, ext) = if is_zero(bytes) {
-                    (ChangeKind::Zero, ExtentKind::Zero)
-                } else {
-                    raw_len += end - start;
-                    (ChangeKind::Data(*mine), ExtentKind::Data)
-                };
-                changes.push(Change {
-                    sub: j as u32,
-                    kind,
-                });
-                push_extent(&mut b.extents, start, end - start, ext, start);
-            }
-            frame.clear();
-            let start = proto::begin_block(&mut frame, index, false, raw_len as u32, &changes);
-            let pieces = b
-                .extents
-                .iter()
-                .filter(|e| e.kind == ExtentKind::Data)
-                .map(|e| &b.data[e.start..e.start + e.len]);
-            if compressor.append(pieces, &mut frame) {
-                proto::mark_compressed(&mut frame, start);
-            }
-            proto::finish_frame(&mut frame, start);
-
-            let class = if changes.is_empty() {
+            let raw_len = self.build_frame(
+                index,
+                &b.data[..b.len],
+                &theirs,
+                &mut compressor,
+                &mut scratch,
+                &mut b.extents,
+            )?;
+            let class = if scratch.changes.is_empty() {
                 &self.stats.same
             } else if raw_len > 0 {
                 &self.stats.changed
@@ -371,15 +507,22 @@ impl SourceCtx<'_> {
                 &self.stats.zero
             };
             Stats::add(class, 1);
-            Stats::add(&self.stats.wire_sent, frame.len() as u64);
             {
                 let mut v = lock(self.verify);
-                *v = v.wrapping_add(block_hash(index, &ours));
+                *v = v.wrapping_add(block_hash(index, &scratch.ours));
             }
             // Registered before sending: the acknowledgement may beat us back.
-            lock(self.state).unacked.insert(index, b.len as u64);
+            lock(self.state).unacked.insert(
+                index,
+                Sent {
+                    bytes: b.len as u64,
+                    attempts: 1,
+                },
+            );
             drop(block);
-            self.senders[lane].send(&frame)?;
+            // A lost lane is rejoined by its reader, and the destination
+            // asks again for what it did not get.
+            let _ = self.senders[lane_of(index, self.senders.len())].send(&scratch.frame);
         }
     }
 }
@@ -422,24 +565,32 @@ impl Window {
 #[derive(Clone, Copy)]
 struct DestCtx<'a> {
     p: &'a Params,
-    abort: &'a Abort,
     /// Our own digests of blocks whose data has not arrived yet.
     expected: &'a Mutex<HashMap<u64, Vec<Digest>>>,
     senders: &'a [Arc<FrameSender>],
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
     done: &'a AtomicBool,
+    /// A lane was rejoined: duplicate blocks are expected now.
+    rejoined: &'a AtomicBool,
 }
 
 /// Run the destination side over `lanes` into `disk` (already sized);
 /// returns the verification digest.
-pub fn run_destination(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats) -> Result<u128> {
+pub fn run_destination(
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    stats: &Stats,
+    rejoin: &dyn Rejoin,
+) -> Result<u128> {
     let n = lanes.len();
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
     let abort = Abort::new(senders.clone());
     let expected = Mutex::new(HashMap::new());
     let verify = Mutex::new(0u128);
     let done = AtomicBool::new(false);
+    let rejoined = AtomicBool::new(false);
     let in_flight = p.prefetch + p.workers;
     let window = Window {
         free: Mutex::new(in_flight),
@@ -454,12 +605,12 @@ pub fn run_destination(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats)
     let (write_tx, write_rx) = sync_channel::<Pooled>(in_flight);
     let ctx = DestCtx {
         p,
-        abort: &abort,
         expected: &expected,
         senders: &senders,
         stats,
         verify: &verify,
         done: &done,
+        rejoined: &rejoined,
     };
 
     let abort = &abort;
@@ -478,11 +629,23 @@ pub fn run_destination(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats)
             s.spawn(move || abort.guard(|| ctx.digest_worker(&rx)));
         }
         drop(read_rx);
-        for lane in lanes {
+        for (i, lane) in lanes.into_iter().enumerate() {
             let mut reader = lane.reader;
             let tx = write_tx.clone();
             let pool = &recv_pool;
-            s.spawn(move || ctx.lane(&mut reader, pool, &tx));
+            s.spawn(move || {
+                let mut decompressor = Decompressor::default();
+                run_lane(
+                    i,
+                    &mut reader,
+                    &ctx.senders[i],
+                    abort,
+                    rejoin,
+                    |r| ctx.lane_loop(r, pool, &tx, &mut decompressor),
+                    || ctx.resume(i),
+                    &|| ctx.done.load(Ordering::Acquire),
+                );
+            });
         }
         drop(write_tx);
         abort.guard(|| {
@@ -492,7 +655,10 @@ pub fn run_destination(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats)
                 ack.clear();
                 proto::encode(&Frame::Ack { index }, &mut ack);
                 window.release();
-                senders[lane_of(index, n)].send(&ack)
+                // Acks are cumulative: a lost one is covered by the next,
+                // and by Complete at the end.
+                let _ = senders[lane_of(index, n)].send(&ack);
+                Ok(())
             })?;
             if next != p.geo.blocks() {
                 // A lane or reader failed and has said why.
@@ -502,7 +668,8 @@ pub fn run_destination(p: &Params, disk: &Disk, lanes: Vec<Lane>, stats: &Stats)
             done.store(true, Ordering::Release);
             let v = *lock(&verify);
             for s in &senders {
-                s.send_frame(&Frame::Complete { verify: v })?;
+                // A lane that is down sends it again once rejoined.
+                let _ = s.send_frame(&Frame::Complete { verify: v });
             }
             Ok(())
         });
@@ -533,18 +700,51 @@ impl DestCtx<'_> {
             proto::encode_digests(&mut frame, index, &b.digests);
             lock(self.expected).insert(index, std::mem::take(&mut b.digests));
             drop(block);
-            self.senders[lane_of(index, self.senders.len())].send(&frame)?;
+            // A lost lane sends every digest still awaiting data once rejoined.
+            let _ = self.senders[lane_of(index, self.senders.len())].send(&frame);
         }
     }
 
+    /// After lane `lane` was rejoined: ask again for every block of that lane
+    /// whose data has not arrived, and repeat `Complete` if we are done.
+    fn resume(&self, lane: usize) -> Result<()> {
+        self.rejoined.store(true, Ordering::Release);
+        let n = self.senders.len();
+        let sender = &self.senders[lane];
+        let mut frames = Vec::new();
+        {
+            let expected = lock(self.expected);
+            let mut waiting: Vec<_> = expected
+                .iter()
+                .filter(|(index, _)| lane_of(**index, n) == lane)
+                .collect();
+            waiting.sort_unstable_by_key(|(index, _)| **index);
+            for (index, digests) in waiting {
+                proto::encode_digests(&mut frames, *index, digests);
+            }
+        }
+        if self.done.load(Ordering::Acquire) {
+            let v = *lock(self.verify);
+            proto::encode(&Frame::Complete { verify: v }, &mut frames);
+        }
+        sender.send(&frames)
+    }
+
     /// Receive blocks from a lane, check them and pass them to the writer.
-    fn lane(&self, reader: &mut FrameReader, pool: &Pool, tx: &SyncSender<Pooled>) {
-        let mut decompressor = Decompressor::default();
-        let result = (|| loop {
+    fn lane_loop(
+        &self,
+        reader: &mut FrameReader,
+        pool: &Pool,
+        tx: &SyncSender<Pooled>,
+        decompressor: &mut Decompressor,
+    ) -> Result<()> {
+        loop {
             let peer = reader.peer.clone();
             match reader.read("blocks")? {
                 Frame::Block(b) => {
-                    let block = self.receive(&peer, &b, pool, &mut decompressor)?;
+                    let Some(block) = self.receive(&peer, &b, pool, decompressor)? else {
+                        continue;
+                    };
                     if tx.send(block).is_err() {
                         return Ok(());
                     }
@@ -563,13 +763,6 @@ impl DestCtx<'_> {
                     ));
                 }
             }
-        })();
-        if let Err(e) = result {
-            if !self.done.load(Ordering::Acquire)
-                || !matches!(e, Error::Failed(_) | Error::Io { .. })
-            {
-                self.abort.fail(e);
-            }
         }
     }
 
@@ -579,10 +772,15 @@ impl DestCtx<'_> {
         frame: &proto::BlockFrame<'_>,
         pool: &Pool,
         decompressor: &mut Decompressor,
-    ) -> Result<Pooled> {
+    ) -> Result<Option<Pooled>> {
         let index = frame.index;
         let bad = |what: String| Error::protocol(peer, format!("block {index}: {what}"));
         let Some(mut digests) = lock(self.expected).remove(&index) else {
+            let in_range = (self.p.first..self.p.geo.blocks()).contains(&index);
+            if in_range && self.rejoined.load(Ordering::Acquire) {
+                // Sent twice around a reconnect; the first copy counted.
+                return Ok(None);
+            }
             return Err(bad("not asked for, or sent twice".into()));
         };
         let geo = self.p.geo;
@@ -646,7 +844,7 @@ impl DestCtx<'_> {
         let h = block_hash(index, &digests);
         let mut v = lock(self.verify);
         *v = v.wrapping_add(h);
-        Ok(block)
+        Ok(Some(block))
     }
 }
 
