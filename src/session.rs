@@ -165,7 +165,6 @@ pub trait Rejoin: Sync {
 fn run_lane(
     lane: usize,
     reader: &mut FrameReader,
-    sender: &FrameSender,
     abort: &Abort,
     rejoin: &dyn Rejoin,
     mut read: impl FnMut(&mut FrameReader) -> Result<()>,
@@ -182,7 +181,7 @@ fn run_lane(
             return;
         }
         match rejoin.rejoin(lane, &|| abort.is_set()) {
-            Ok(fresh) => fresh.take_over(reader, sender),
+            Ok(fresh) => fresh.take_over(reader, &abort.senders[lane]),
             Err(again) => {
                 abort.fail(Error::Failed(format!("{e}; reconnecting failed: {again}")));
                 return;
@@ -264,7 +263,6 @@ pub fn run_source(
                 run_lane(
                     i,
                     &mut reader,
-                    &ctx.senders[i],
                     abort,
                     rejoin,
                     |r| ctx.lane_loop(r, &mut compressor),
@@ -638,7 +636,6 @@ pub fn run_destination(
                 run_lane(
                     i,
                     &mut reader,
-                    &ctx.senders[i],
                     abort,
                     rejoin,
                     |r| ctx.lane_loop(r, pool, &tx, &mut decompressor),
