@@ -46,6 +46,7 @@ const FLAGS: &[(&str, bool)] = &[
     ("prefetch", true),
     ("auto", false),
     ("q", false),
+    ("v", false),
     ("d", false),
     ("P", false),
     ("h", false),
@@ -139,6 +140,9 @@ pub struct LogOptions {
     pub prefix: String,
     /// `-q`: errors only.
     pub quiet: bool,
+    /// `-v`: also say which kernel hints were applied or skipped, and why
+    /// (`BSYNC_VERBOSE=1` does the same; see [`crate::progress::Log`]).
+    pub verbose: bool,
     /// `-P`: no progress on a server.
     pub no_server_progress: bool,
 }
@@ -170,7 +174,7 @@ pub struct Config {
     pub prefetch: usize,
     /// `-auto`.
     pub auto: bool,
-    /// `-l`, `-q`, `-P`.
+    /// `-l`, `-q`, `-v`, `-P`.
     pub log: LogOptions,
 }
 
@@ -205,6 +209,7 @@ pub struct RawArgs {
     prefetch: Option<usize>,
     auto: bool,
     quiet: bool,
+    verbose: bool,
     download: bool,
     no_server_progress: bool,
     help: bool,
@@ -298,6 +303,7 @@ impl RawArgs {
                 "prefetch" => raw.prefetch = Some(parse_count(p, &flag, MAX_PREFETCH, 0)?),
                 "auto" => raw.auto = bool_flag(p, &flag)?,
                 "q" => raw.quiet = bool_flag(p, &flag)?,
+                "v" => raw.verbose = bool_flag(p, &flag)?,
                 "d" => raw.download = bool_flag(p, &flag)?,
                 "P" => raw.no_server_progress = bool_flag(p, &flag)?,
                 "h" | "help" => raw.help = bool_flag(p, &flag)?,
@@ -384,6 +390,7 @@ impl RawArgs {
             log: LogOptions {
                 prefix: self.prefix,
                 quiet: self.quiet,
+                verbose: self.verbose,
                 no_server_progress: self.no_server_progress,
             },
         })
@@ -661,6 +668,9 @@ SECURITY
 
 OUTPUT
   -q            quiet: errors only
+  -v            verbose: say which kernel I/O hints were applied or skipped, and
+                why (read-ahead, fadvise, mlock, huge pages, how zeros were
+                cleared); BSYNC_VERBOSE=1 does the same
   -l PREFIX     put PREFIX in front of every log and progress line
   -a            list block devices
   -h, --help    this text
@@ -726,6 +736,9 @@ mod tests {
         }
         assert!(config(&["-q=true"]).log.quiet);
         assert!(!config(&["--q=false"]).log.quiet);
+        assert!(config(&["-v"]).log.verbose);
+        assert!(config(&["--v=true"]).log.verbose);
+        assert!(!config(&[]).log.verbose);
     }
 
     #[test]

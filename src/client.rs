@@ -19,7 +19,7 @@ use crate::sys;
 pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
     let upload = config.direction == Direction::Upload;
     let source = if upload {
-        Some(Disk::open_source(&config.path)?)
+        Some(Disk::open_source(&config.path, log)?)
     } else {
         None
     };
@@ -107,12 +107,16 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         max,
         log,
     };
+    // A download into a larger device says so after the summary.
+    let mut excess = None;
     let verify = match source {
         Some(source) => session::run_source(&params, &source, lanes, &stats, &redial)?,
         None => {
-            let mut dest = Disk::open_destination(&config.path)?;
+            let mut dest = Disk::open_destination(&config.path, log)?;
             dest.fit_to(geo.size)?;
-            session::run_destination(&params, &dest, lanes, &stats, &redial)?
+            let verify = session::run_destination(&params, &dest, lanes, &stats, &redial)?;
+            excess = Some(dest.size - geo.size);
+            verify
         }
     };
     let elapsed = reporter.finish();
@@ -120,6 +124,13 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
     log.info(format!(
         "verification digest {verify:032x}: both ends agree"
     ));
+    if let Some(extra) = excess.filter(|&n| n > 0) {
+        log.info(format!(
+            "destination {} is larger than the source by {}; bytes past the source's end were left alone",
+            config.path.display(),
+            crate::progress::human_bytes(extra)
+        ));
+    }
     Ok(())
 }
 

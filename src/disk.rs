@@ -3,26 +3,64 @@
 //! A [`Disk`] is a regular file or a block device with its size and a label
 //! that names its side (`source a.img`), so every error says which end failed.
 //! Opening applies the kernel hints SPEC.md promises (sequential advice,
-//! a 4 MiB read-ahead on devices); each degrades silently where refused.
+//! a 4 MiB read-ahead on devices, put back when the disk is closed); each
+//! degrades silently where refused, and `-v` says which were applied, which
+//! were skipped and why, once per disk (see [`Disk::detail_once`]).
+//! A destination device that is mounted or otherwise in use is refused
+//! before anything is written: blocks written under a live file system
+//! corrupt it.
 //! [`read_blocks`] is the one sequential reader both sides use.
 
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::SyncSender;
 
 use crate::block::Geometry;
 use crate::error::{Error, Result};
 use crate::pool::{Pool, Pooled};
-use crate::progress::{Stats, human_bytes};
-use crate::sys::{self, Advice};
+use crate::progress::{Log, Stats, human_bytes};
+use crate::sys::{self, Advice, Cleared, PinnedBuf};
 
 /// Read-ahead asked for on block devices.
 pub const READ_AHEAD: u64 = 4 << 20;
 
 /// How much the reader reads before it drops the pages behind it.
 const DROP_BEHIND: u64 = 8 << 20;
+
+/// Environment variable that lets bsync write to a mounted or busy device
+/// (any value but empty or `0`). For the rare expert case (a file system
+/// mounted read-only that is about to be thrown away); never the default.
+pub const ALLOW_MOUNTED_ENV: &str = "BSYNC_ALLOW_MOUNTED";
+
+/// One fact `-v` reports about a disk, at most once per run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// mlock and MADV_HUGEPAGE of the read buffers.
+    Buffers,
+    /// Dropping read pages (`POSIX_FADV_DONTNEED`).
+    DropBehind,
+    /// Steady writeback (`sync_file_range`).
+    Writeback,
+    /// How zero ranges were cleared, per method.
+    Cleared(Cleared),
+}
+
+impl Note {
+    fn bit(self) -> u32 {
+        match self {
+            Note::Buffers => 1,
+            Note::DropBehind => 2,
+            Note::Writeback => 4,
+            Note::Cleared(Cleared::PunchedHole) => 8,
+            Note::Cleared(Cleared::ZeroRange) => 16,
+            Note::Cleared(Cleared::DeviceZeroOut) => 32,
+            Note::Cleared(Cleared::WroteZeros) => 64,
+        }
+    }
+}
 
 /// One end of a transfer.
 #[derive(Debug)]
@@ -35,46 +73,102 @@ pub struct Disk {
     pub size: u64,
     /// Block device rather than a regular file.
     pub is_device: bool,
+    /// Where `-v` lines go.
+    log: Log,
+    /// The [`Note`]s already reported.
+    said: AtomicU32,
+    /// The device's read-ahead before we raised it, put back on drop:
+    /// BLKRASET outlives the process.
+    restore_read_ahead: Option<u64>,
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 impl Disk {
     /// Open `path` read-only as the source: a regular file or a block
     /// device. Anything else (the default `/dev/zero`, a pipe, a directory)
     /// has no size to copy, and is refused before a destination is touched.
-    pub fn open_source(path: &Path) -> Result<Disk> {
+    /// `log` gets the `-v` lines about this disk.
+    pub fn open_source(path: &Path, log: &Log) -> Result<Disk> {
         let label = format!("source {}", path.display());
         let file = File::open(path).map_err(|e| Error::io(&label, "open", e))?;
-        let disk = Disk::describe(file, label)?;
-        let regular = disk
-            .file
+        let regular = file
             .metadata()
-            .map_err(|e| Error::io(&disk.label, "stat", e))?
+            .map_err(|e| Error::io(&label, "stat", e))?
             .is_file();
-        if !regular && !disk.is_device {
+        let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
+        if !regular && !is_device {
             return Err(Error::usage(format!(
-                "{}: not a regular file or block device (-f defaults to /dev/zero: is -f missing?)",
-                disk.label
+                "{label}: not a regular file or block device (-f defaults to /dev/zero: is -f missing?)"
             )));
         }
-        Ok(disk)
+        Disk::describe(file, label, log)
     }
 
     /// Open `path` for reading and writing as the destination, creating a
     /// regular file when missing. Nothing is written yet.
-    pub fn open_destination(path: &Path) -> Result<Disk> {
+    ///
+    /// A block device is refused when it (or one of its partitions) is
+    /// mounted, naming the mount point, and is opened exclusively (`O_EXCL`),
+    /// which the kernel refuses while anything else holds it (swap, LVM,
+    /// RAID, device mapper) and which keeps it from being mounted during the
+    /// run. [`ALLOW_MOUNTED_ENV`] skips both, with a warning.
+    pub fn open_destination(path: &Path, log: &Log) -> Result<Disk> {
         let label = format!("destination {}", path.display());
-        let exists = path.exists();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(!exists)
-            .mode(0o644)
-            .open(path)
-            .map_err(|e| Error::io(&label, "open for writing", e))?;
-        Disk::describe(file, label)
+        let meta = std::fs::metadata(path).ok();
+        let exists = meta.is_some();
+        let device = meta
+            .as_ref()
+            .is_some_and(|m| m.file_type().is_block_device());
+        let allow = env_flag(ALLOW_MOUNTED_ENV);
+        if device {
+            let rdev = meta.as_ref().map_or(0, MetadataExt::rdev);
+            if let Some(m) = mount_of(rdev) {
+                let what = format!(
+                    "{label}: {} is mounted on {} ({}{})",
+                    m.source.display(),
+                    m.target.display(),
+                    m.fs_type,
+                    if m.read_write {
+                        ", read-write"
+                    } else {
+                        ", read-only"
+                    }
+                );
+                if !allow {
+                    return Err(Error::Failed(format!(
+                        "{what}; writing blocks under a mounted file system corrupts it. \
+                         Unmount it first ({ALLOW_MOUNTED_ENV}=1 overrides); nothing was written"
+                    )));
+                }
+                log.line(format!(
+                    "warning: {what}; writing anyway because {ALLOW_MOUNTED_ENV} is set"
+                ));
+            }
+        }
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(!exists).mode(0o644);
+        if device && !allow {
+            options.custom_flags(libc::O_EXCL);
+        }
+        let file = options.open(path).map_err(|e| {
+            if device && e.raw_os_error() == Some(libc::EBUSY) {
+                Error::Failed(format!(
+                    "{label}: the device is in use (mounted, swap, LVM, RAID or device \
+                     mapper hold it: see lsblk); refusing to write under it \
+                     ({ALLOW_MOUNTED_ENV}=1 overrides); nothing was written"
+                ))
+            } else {
+                Error::io(&label, "open for writing", e)
+            }
+        })?;
+        Disk::describe(file, label, log)
     }
 
-    fn describe(file: File, label: String) -> Result<Disk> {
+    /// Size the disk and apply the read hints, telling `-v` what happened.
+    fn describe(file: File, label: String, log: &Log) -> Result<Disk> {
         let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
         let size = if is_device {
             sys::block_device_size(&file).map_err(|e| Error::io(&label, "read device size", e))?
@@ -83,16 +177,145 @@ impl Disk {
                 .map_err(|e| Error::io(&label, "stat", e))?
                 .len()
         };
-        let _ = sys::fadvise(&file, 0, 0, Advice::Sequential);
-        if is_device && sys::read_ahead(&file).is_ok_and(|ra| ra < READ_AHEAD) {
-            let _ = sys::set_read_ahead(&file, READ_AHEAD);
-        }
-        Ok(Disk {
+        let mut disk = Disk {
             file,
             label,
             size,
             is_device,
-        })
+            log: log.clone(),
+            said: AtomicU32::new(0),
+            restore_read_ahead: None,
+        };
+        if !sys::hints_enabled() {
+            disk.detail(format!(
+                "kernel hints off ({}): no fadvise, read-ahead, mlock, huge pages or sync_file_range",
+                sys::NO_HINTS_ENV
+            ));
+            return Ok(disk);
+        }
+        match sys::fadvise(&disk.file, 0, 0, Advice::Sequential) {
+            Ok(()) => disk.detail("fadvise SEQUENTIAL applied"),
+            Err(e) => disk.detail(format!("fadvise SEQUENTIAL refused: {e}")),
+        }
+        if is_device {
+            let note = disk.raise_read_ahead();
+            disk.detail(note);
+        } else {
+            disk.detail("read-ahead left to the kernel (not a block device)");
+        }
+        Ok(disk)
+    }
+
+    /// Raise the device's read-ahead to [`READ_AHEAD`]; says what happened.
+    fn raise_read_ahead(&mut self) -> String {
+        let ra = match sys::read_ahead(&self.file) {
+            Ok(ra) => ra,
+            Err(e) => return format!("read-ahead left alone: BLKRAGET failed: {e}"),
+        };
+        if ra >= READ_AHEAD {
+            return format!(
+                "read-ahead left at {} (already at least {})",
+                human_bytes(ra),
+                human_bytes(READ_AHEAD)
+            );
+        }
+        match sys::set_read_ahead(&self.file, READ_AHEAD) {
+            Ok(()) => {
+                self.restore_read_ahead = Some(ra);
+                format!(
+                    "read-ahead raised from {} to {} (put back at the end)",
+                    human_bytes(ra),
+                    human_bytes(READ_AHEAD)
+                )
+            }
+            Err(e) => format!(
+                "read-ahead left at {}: BLKRASET refused: {e}",
+                human_bytes(ra)
+            ),
+        }
+    }
+
+    /// A `-v` line about this disk.
+    pub fn detail(&self, msg: impl std::fmt::Display) {
+        self.log.detail(format_args!("{}: {msg}", self.label));
+    }
+
+    /// A `-v` line about `note`, only the first time it is reported for
+    /// this disk. Costs one atomic operation when verbose, nothing otherwise,
+    /// so the per-block paths may call it.
+    pub fn detail_once(&self, note: Note, msg: impl FnOnce() -> String) {
+        if !self.log.is_verbose() {
+            return;
+        }
+        let bit = note.bit();
+        if self.said.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            self.detail(msg());
+        }
+    }
+
+    /// Report how zeros were cleared (once per method).
+    pub fn note_cleared(&self, how: Cleared) {
+        let device = self.is_device;
+        self.detail_once(Note::Cleared(how), || {
+            match how {
+                Cleared::PunchedHole => "zero ranges cleared by punching holes (fallocate PUNCH_HOLE)",
+                Cleared::ZeroRange => {
+                    "zero ranges cleared with fallocate ZERO_RANGE (hole punching unsupported here)"
+                }
+                Cleared::DeviceZeroOut => "zero ranges cleared with BLKZEROOUT",
+                Cleared::WroteZeros if device => {
+                    "zero ranges cleared by writing zeros (BLKZEROOUT unsupported, or the range is not sector aligned)"
+                }
+                Cleared::WroteZeros => {
+                    "zero ranges cleared by writing zeros (hole punching and ZERO_RANGE unsupported here)"
+                }
+            }
+            .to_string()
+        });
+    }
+
+    /// Report the mlock and huge-page outcome of the first read buffer.
+    fn note_buffer(&self, buf: &PinnedBuf) {
+        self.detail_once(Note::Buffers, || {
+            let size = human_bytes(buf.len() as u64);
+            if !sys::hints_enabled() {
+                return format!("read buffers of {size}, neither locked nor huge (hints off)");
+            }
+            let lock = if buf.is_locked() {
+                "mlock ok".to_string()
+            } else if let Some(e) = buf.lock_error() {
+                let limit = match sys::memlock_limit() {
+                    Ok(Some(l)) => format!("; RLIMIT_MEMLOCK is {}", human_bytes(l)),
+                    _ => String::new(),
+                };
+                format!("mlock refused ({e}{limit}), pages may be swapped")
+            } else {
+                "not locked (not asked for on this side)".to_string()
+            };
+            let huge = if buf.is_huge() {
+                "MADV_HUGEPAGE accepted".to_string()
+            } else if let Some(e) = buf.huge_error() {
+                format!("MADV_HUGEPAGE refused ({e})")
+            } else {
+                format!(
+                    "no MADV_HUGEPAGE (buffers under {})",
+                    human_bytes(sys::HUGE_PAGE_SIZE as u64)
+                )
+            };
+            format!("read buffers of {size}: {lock}, {huge}")
+        });
+    }
+
+    /// After a run into a device larger than the source: say what was left
+    /// alone. Nothing for files (they are cut to size) or equal sizes.
+    pub fn report_excess(&self, source_size: u64) {
+        if self.is_device && self.size > source_size {
+            self.log.info(format!(
+                "{} is larger than the source by {}; bytes past the source's end were left alone",
+                self.label,
+                human_bytes(self.size - source_size)
+            ));
+        }
     }
 
     /// (device, inode) to tell whether two paths are the same file.
@@ -137,6 +360,103 @@ impl Disk {
     }
 }
 
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if let Some(ra) = self.restore_read_ahead {
+            // Best effort, like raising it: nobody is left to tell.
+            let _ = sys::set_read_ahead(&self.file, ra);
+        }
+    }
+}
+
+/// A mounted file system, from `/proc/self/mounts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// The device as the mount table names it.
+    pub source: PathBuf,
+    /// Where it is mounted.
+    pub target: PathBuf,
+    /// `ext4`, `xfs`...
+    pub fs_type: String,
+    /// Mounted read-write (`rw` among the options).
+    pub read_write: bool,
+}
+
+/// Where the block device `rdev`, or one of its partitions, is mounted.
+/// Best effort: an unreadable mount table finds nothing (the exclusive open
+/// still catches a mounted device).
+pub fn mount_of(rdev: u64) -> Option<Mount> {
+    let mut devices = vec![rdev];
+    devices.extend(partitions_of(rdev));
+    let table = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    parse_mounts(&table).into_iter().find(|m| {
+        m.source.is_absolute()
+            && std::fs::metadata(&m.source).is_ok_and(|meta| {
+                meta.file_type().is_block_device() && devices.contains(&meta.rdev())
+            })
+    })
+}
+
+/// Device numbers of the partitions of the whole device `rdev`, from
+/// `/sys/dev/block/MAJ:MIN/*/dev`.
+fn partitions_of(rdev: u64) -> Vec<u64> {
+    let dir = format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().join("partition").exists())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+        .filter_map(|dev| {
+            let (major, minor) = dev.trim().split_once(':')?;
+            Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The lines of a mount table (`fstab` format, with `\040`-style octal
+/// escapes for spaces and such in paths).
+fn parse_mounts(table: &str) -> Vec<Mount> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let source = unescape(fields.next()?);
+            let target = unescape(fields.next()?);
+            let fs_type = fields.next()?.to_string();
+            let read_write = fields.next()?.split(',').any(|o| o == "rw");
+            Some(Mount {
+                source: PathBuf::from(source),
+                target: PathBuf::from(target),
+                fs_type,
+                read_write,
+            })
+        })
+        .collect()
+}
+
+/// Undo the kernel's `\ooo` octal escapes of a mount table field.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|_| bytes[i] == b'\\');
+        match octal.and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Read `blocks` of `disk` in order into pooled buffers and send them on.
 ///
 /// `gate` is asked before each block and may wait (the destination's window);
@@ -154,6 +474,7 @@ pub fn read_blocks(
     gate: &dyn Fn() -> bool,
 ) -> Result<()> {
     let mut dropped_to = geo.offset(blocks.start);
+    let hints = sys::hints_enabled();
     for index in blocks {
         if !gate() {
             break;
@@ -175,10 +496,18 @@ pub fn read_blocks(
         }
         block.index = index;
         block.len = len;
+        disk.note_buffer(&block.data);
         Stats::add(&stats.bytes_read, len as u64);
         let end = offset + len as u64;
-        if end - dropped_to >= DROP_BEHIND {
-            let _ = sys::fadvise(&disk.file, dropped_to, end - dropped_to, Advice::DontNeed);
+        if hints && end - dropped_to >= DROP_BEHIND {
+            let outcome = sys::fadvise(&disk.file, dropped_to, end - dropped_to, Advice::DontNeed);
+            disk.detail_once(Note::DropBehind, || match outcome {
+                Ok(()) => format!(
+                    "read pages dropped from the page cache every {} (fadvise DONTNEED)",
+                    human_bytes(DROP_BEHIND)
+                ),
+                Err(e) => format!("fadvise DONTNEED refused ({e}): read pages stay cached"),
+            });
             dropped_to = end;
         }
         if tx.send(block).is_err() {
@@ -186,4 +515,51 @@ pub fn read_blocks(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_table_lines_are_parsed_and_unescaped() {
+        let table = "/dev/vda / ext4 rw,relatime 0 0\n\
+                     proc /proc proc rw 0 0\n\
+                     /dev/loop3 /mnt/my\\040disk xfs ro,noatime 0 0\n\
+                     garbage\n";
+        let m = parse_mounts(table);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].source, PathBuf::from("/dev/vda"));
+        assert!(m[0].read_write);
+        assert_eq!(m[2].target, PathBuf::from("/mnt/my disk"));
+        assert_eq!(m[2].fs_type, "xfs");
+        assert!(!m[2].read_write);
+        assert_eq!(unescape("a\\134b"), "a\\b");
+        assert_eq!(unescape("end\\04"), "end\\04");
+        assert_eq!(unescape("\\999x"), "\\999x");
+    }
+
+    #[test]
+    fn the_root_file_system_device_counts_as_mounted() {
+        // Whatever backs `/` (when it is a block device) must be found.
+        let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let root = parse_mounts(&table)
+            .into_iter()
+            .find(|m| m.target == Path::new("/") && m.source.is_absolute());
+        let Some(root) = root else {
+            eprintln!("skipped: / is not mounted from a device path");
+            return;
+        };
+        let Ok(meta) = std::fs::metadata(&root.source) else {
+            eprintln!("skipped: {} cannot be stat'ed", root.source.display());
+            return;
+        };
+        if !meta.file_type().is_block_device() {
+            eprintln!("skipped: {} is not a block device", root.source.display());
+            return;
+        }
+        let found = mount_of(meta.rdev()).expect("the root device is mounted");
+        assert_eq!(found.source, root.source);
+        assert_eq!(mount_of(u64::MAX), None);
+    }
 }

@@ -22,7 +22,7 @@ use crate::writer::Writer;
 
 /// Make `dst` identical to `src`.
 pub fn sync(config: &Config, src: &Path, dst: &Path, log: &Log) -> Result<()> {
-    let source = Disk::open_source(src)?;
+    let source = Disk::open_source(src, log)?;
     if let Ok(existing) = std::fs::metadata(dst) {
         use std::os::unix::fs::MetadataExt;
         let (dev, ino, rdev) = source.identity()?;
@@ -34,7 +34,7 @@ pub fn sync(config: &Config, src: &Path, dst: &Path, log: &Log) -> Result<()> {
             )));
         }
     }
-    let mut dest = Disk::open_destination(dst)?;
+    let mut dest = Disk::open_destination(dst, log)?;
     dest.fit_to(source.size)?;
 
     let geo = Geometry {
@@ -62,6 +62,7 @@ pub fn sync(config: &Config, src: &Path, dst: &Path, log: &Log) -> Result<()> {
     Writer::flush(&dest)?;
     let elapsed = reporter.finish();
     log.info(summary(&stats, elapsed));
+    dest.report_excess(source.size);
     Ok(())
 }
 

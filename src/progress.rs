@@ -16,19 +16,38 @@ use std::time::{Duration, Instant};
 use crate::cli::LogOptions;
 pub use crate::drives::human_bytes;
 
+/// Environment variable that turns on `-v` (any value but empty or `0`).
+pub const VERBOSE_ENV: &str = "BSYNC_VERBOSE";
+
 /// Writes log lines to stderr with the `-l` prefix, unless quiet.
 #[derive(Clone, Debug, Default)]
 pub struct Log {
     prefix: String,
     quiet: bool,
+    verbose: bool,
 }
 
 impl Log {
-    /// A log that follows `-l` and `-q`.
+    /// A log that follows `-l`, `-q` and `-v` (or [`VERBOSE_ENV`]).
     pub fn new(opts: &LogOptions) -> Log {
+        let env = std::env::var_os(VERBOSE_ENV).is_some_and(|v| !v.is_empty() && v != "0");
         Log {
             prefix: opts.prefix.clone(),
             quiet: opts.quiet,
+            verbose: opts.verbose || env,
+        }
+    }
+
+    /// True when [`detail`](Self::detail) lines are printed.
+    pub fn is_verbose(&self) -> bool {
+        self.verbose
+    }
+
+    /// A line about how the I/O is done (hints applied or skipped), printed
+    /// only with `-v`. Asking for it explicitly wins over `-q`.
+    pub fn detail(&self, msg: impl std::fmt::Display) {
+        if self.verbose {
+            self.line(msg);
         }
     }
 

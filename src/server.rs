@@ -41,7 +41,7 @@ pub fn run(config: &Config, bind: std::net::IpAddr, port: u16, log: &Log) -> Res
     let source = if upload {
         None
     } else {
-        Some(Disk::open_source(&config.path)?)
+        Some(Disk::open_source(&config.path, log)?)
     };
     let addr = SocketAddr::new(bind, port);
     let listener =
@@ -153,7 +153,7 @@ fn serve(
             block_size: config.block_size,
         },
         None => {
-            let opened = Disk::open_destination(&config.path).and_then(|mut d| {
+            let opened = Disk::open_destination(&config.path, log).and_then(|mut d| {
                 d.fit_to(hello.source_size)?;
                 Ok(d)
             });
@@ -245,6 +245,9 @@ fn serve(
     log.info(format!(
         "verification digest {verify:032x}: both ends agree"
     ));
+    if let Some(d) = &dest {
+        d.report_excess(geo.size);
+    }
     Ok(())
 }
 

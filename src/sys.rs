@@ -471,6 +471,9 @@ pub struct PinnedBuf {
     len: usize,
     locked: bool,
     huge: bool,
+    /// errno of a refused mlock or madvise, for `-v`.
+    lock_errno: Option<i32>,
+    huge_errno: Option<i32>,
 }
 
 // SAFETY: PinnedBuf exclusively owns its mapping, like a Box<[u8]>: no other
@@ -500,6 +503,8 @@ impl PinnedBuf {
                 len: 0,
                 locked: false,
                 huge: false,
+                lock_errno: None,
+                huge_errno: None,
             });
         }
         // SAFETY: an anonymous private mapping at an address of the kernel's
@@ -526,17 +531,28 @@ impl PinnedBuf {
             len,
             locked: false,
             huge: false,
+            lock_errno: None,
+            huge_errno: None,
         };
+        if !hints_enabled() {
+            return Ok(buf);
+        }
         if len >= HUGE_PAGE {
             // Before mlock, so that locking faults the pages in as huge ones.
             // SAFETY: the range is exactly the mapping made above; the advice
             // only changes how the kernel backs it.
             buf.huge = unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) } == 0;
+            if !buf.huge {
+                buf.huge_errno = io::Error::last_os_error().raw_os_error();
+            }
         }
         if lock {
             // SAFETY: the range is exactly the mapping made above; locking
             // only pins its pages.
             buf.locked = unsafe { libc::mlock(p, len) } == 0;
+            if !buf.locked {
+                buf.lock_errno = io::Error::last_os_error().raw_os_error();
+            }
         }
         Ok(buf)
     }
@@ -561,6 +577,47 @@ impl PinnedBuf {
     pub fn is_huge(&self) -> bool {
         self.huge
     }
+
+    /// Why mlock was refused, if it was asked for and refused.
+    pub fn lock_error(&self) -> Option<io::Error> {
+        self.lock_errno.map(io::Error::from_raw_os_error)
+    }
+
+    /// Why madvise(MADV_HUGEPAGE) was refused, if it was asked for (len >=
+    /// 2 MiB) and refused (a kernel without transparent huge pages).
+    pub fn huge_error(&self) -> Option<io::Error> {
+        self.huge_errno.map(io::Error::from_raw_os_error)
+    }
+}
+
+/// Buffers smaller than this are not advised `MADV_HUGEPAGE`.
+pub const HUGE_PAGE_SIZE: usize = HUGE_PAGE;
+
+/// Environment variable that turns every kernel hint off (for benchmarks
+/// that measure what the hints are worth); any value but empty or `0`.
+pub const NO_HINTS_ENV: &str = "BSYNC_NO_HINTS";
+
+/// False when [`NO_HINTS_ENV`] is set: then bsync skips fadvise, read-ahead,
+/// mlock, MADV_HUGEPAGE and sync_file_range and relies on kernel defaults.
+/// Read once per process.
+pub fn hints_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os(NO_HINTS_ENV).is_none_or(|v| v.is_empty() || v == "0"))
+}
+
+/// The soft `RLIMIT_MEMLOCK` in bytes (`None` for unlimited), to explain a
+/// refused mlock.
+pub fn memlock_limit() -> io::Result<Option<u64>> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct rlimit through the pointer, which
+    // points to a live local of that type.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
+    // rlim_t is 32 bits on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then(|| u64::from(lim.rlim_cur)))
 }
 
 impl Drop for PinnedBuf {
@@ -607,6 +664,8 @@ impl fmt::Debug for PinnedBuf {
             .field("len", &self.len)
             .field("locked", &self.locked)
             .field("huge", &self.huge)
+            .field("lock_errno", &self.lock_errno)
+            .field("huge_errno", &self.huge_errno)
             .finish()
     }
 }

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::Receiver;
 
 use crate::block::{ExtentKind, Geometry};
-use crate::disk::Disk;
+use crate::disk::{Disk, Note};
 use crate::error::{Error, Result};
 use crate::pool::Pooled;
-use crate::progress::Stats;
+use crate::progress::{Stats, human_bytes};
 use crate::sys;
 
 /// Start writeback after this many dirty bytes.
@@ -32,6 +32,8 @@ pub struct Writer<'a> {
     dirty_from: u64,
     /// The window handed to writeback last, waited for before the next one.
     in_flight: Option<(u64, u64)>,
+    /// Kernel hints on (see [`sys::hints_enabled`]).
+    hints: bool,
 }
 
 impl<'a> Writer<'a> {
@@ -45,6 +47,7 @@ impl<'a> Writer<'a> {
             pending: BTreeMap::new(),
             dirty_from: geo.offset(first),
             in_flight: None,
+            hints: sys::hints_enabled(),
         }
     }
 
@@ -90,8 +93,14 @@ impl<'a> Writer<'a> {
                     data = true;
                 }
                 ExtentKind::Zero => {
-                    sys::clear_range(&self.disk.file, offset, ext.len as u64, self.disk.is_device)
-                        .map_err(fail)?;
+                    let how = sys::clear_range(
+                        &self.disk.file,
+                        offset,
+                        ext.len as u64,
+                        self.disk.is_device,
+                    )
+                    .map_err(fail)?;
+                    self.disk.note_cleared(how);
                     Stats::add(&self.stats.bytes_cleared, ext.len as u64);
                 }
             }
@@ -115,11 +124,18 @@ impl<'a> Writer<'a> {
     /// Hand the last window of dirty pages to writeback and wait for the one
     /// before it, so at most two windows are dirty at a time. Best effort.
     fn steady_writeback(&mut self, written_to: u64) {
-        if written_to < self.dirty_from + WRITEBACK_WINDOW {
+        if written_to < self.dirty_from + WRITEBACK_WINDOW || !self.hints {
             return;
         }
         let window = (self.dirty_from, written_to - self.dirty_from);
-        let _ = sys::start_writeback(&self.disk.file, window.0, window.1);
+        let started = sys::start_writeback(&self.disk.file, window.0, window.1);
+        self.disk.detail_once(Note::Writeback, || match started {
+            Ok(()) => format!(
+                "writeback started every {} of writes (sync_file_range)",
+                human_bytes(WRITEBACK_WINDOW)
+            ),
+            Err(e) => format!("sync_file_range refused ({e}): dirty pages flush in bursts"),
+        });
         if let Some((from, len)) = self.in_flight.replace(window) {
             let _ = sys::wait_writeback(&self.disk.file, from, len);
         }

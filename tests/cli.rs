@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use common::*;
 
-/// Every flag of the table in SPEC.md.
+/// Every flag of the table in SPEC.md, and `-v`.
 const ALL_FLAGS: &[&str] = &[
     "-a",
     "-f",
@@ -30,6 +30,7 @@ const ALL_FLAGS: &[&str] = &[
     "-prefetch",
     "-auto",
     "-q",
+    "-v",
     "-d",
     "-P",
 ];
