@@ -217,6 +217,8 @@ struct SourceState {
     complete: Option<u128>,
     /// `Bye` went out: lanes closing now is expected.
     finished: bool,
+    /// Digest lists done with, reused so a block costs no allocation.
+    spare: Vec<Vec<Digest>>,
 }
 
 /// Run the source side over `lanes`; returns the verification digest.
@@ -340,8 +342,10 @@ impl SourceCtx<'_> {
     /// Read digests, acknowledgements and the end of the session off a lane.
     fn lane_loop(&self, reader: &mut FrameReader, compressor: &mut Compressor) -> Result<()> {
         let end = self.p.geo.blocks();
+        // Once per call, not per frame: run_lane calls again after a rejoin.
+        let peer = reader.peer.clone();
         loop {
-            let peer = reader.peer.clone();
+            let peer = peer.as_str();
             match reader.read("digests or acknowledgements")? {
                 Frame::Digests { index, digests } => {
                     if index < self.p.first || index >= end {
@@ -350,7 +354,7 @@ impl SourceCtx<'_> {
                             format!("digests for block {index} out of range"),
                         ));
                     }
-                    let mut list = Vec::new();
+                    let mut list = lock(self.state).spare.pop().unwrap_or_default();
                     proto::read_digests(digests, &mut list);
                     let mut st = lock(self.state);
                     if index < st.acked_to {
@@ -379,7 +383,7 @@ impl SourceCtx<'_> {
                 }
                 Frame::Error(msg) => {
                     return Err(Error::Remote {
-                        peer,
+                        peer: peer.to_string(),
                         msg: msg.to_string(),
                     });
                 }
@@ -510,13 +514,16 @@ impl SourceCtx<'_> {
                 *v = v.wrapping_add(block_hash(index, &scratch.ours));
             }
             // Registered before sending: the acknowledgement may beat us back.
-            lock(self.state).unacked.insert(
+            let mut st = lock(self.state);
+            st.unacked.insert(
                 index,
                 Sent {
                     bytes: b.len as u64,
                     attempts: 1,
                 },
             );
+            st.spare.push(theirs);
+            drop(st);
             drop(block);
             // A lost lane is rejoined by its reader, and the destination
             // asks again for what it did not get.
@@ -571,6 +578,8 @@ struct DestCtx<'a> {
     done: &'a AtomicBool,
     /// A lane was rejoined: duplicate blocks are expected now.
     rejoined: &'a AtomicBool,
+    /// Digest lists done with, reused so a block costs no allocation.
+    spare: &'a Mutex<Vec<Vec<Digest>>>,
 }
 
 /// Run the destination side over `lanes` into `disk` (already sized);
@@ -589,6 +598,7 @@ pub fn run_destination(
     let verify = Mutex::new(0u128);
     let done = AtomicBool::new(false);
     let rejoined = AtomicBool::new(false);
+    let spare = Mutex::new(Vec::new());
     let in_flight = p.prefetch + p.workers;
     let window = Window {
         free: Mutex::new(in_flight),
@@ -609,6 +619,7 @@ pub fn run_destination(
         verify: &verify,
         done: &done,
         rejoined: &rejoined,
+        spare: &spare,
     };
 
     let abort = &abort;
@@ -695,7 +706,8 @@ impl DestCtx<'_> {
             digest_sub_blocks(self.p.salt, &b.data[..b.len], self.p.sub(), &mut b.digests);
             frame.clear();
             proto::encode_digests(&mut frame, index, &b.digests);
-            lock(self.expected).insert(index, std::mem::take(&mut b.digests));
+            let fresh = lock(self.spare).pop().unwrap_or_default();
+            lock(self.expected).insert(index, std::mem::replace(&mut b.digests, fresh));
             drop(block);
             // A lost lane sends every digest still awaiting data once rejoined.
             let _ = self.senders[lane_of(index, self.senders.len())].send(&frame);
@@ -735,11 +747,13 @@ impl DestCtx<'_> {
         tx: &SyncSender<Pooled>,
         decompressor: &mut Decompressor,
     ) -> Result<()> {
+        // Once per call, not per frame: run_lane calls again after a rejoin.
+        let peer = reader.peer.clone();
         loop {
-            let peer = reader.peer.clone();
+            let peer = peer.as_str();
             match reader.read("blocks")? {
                 Frame::Block(b) => {
-                    let Some(block) = self.receive(&peer, &b, pool, decompressor)? else {
+                    let Some(block) = self.receive(peer, &b, pool, decompressor)? else {
                         continue;
                     };
                     if tx.send(block).is_err() {
@@ -749,7 +763,7 @@ impl DestCtx<'_> {
                 Frame::Bye => return Ok(()),
                 Frame::Error(msg) => {
                     return Err(Error::Remote {
-                        peer,
+                        peer: peer.to_string(),
                         msg: msg.to_string(),
                     });
                 }
@@ -839,8 +853,11 @@ impl DestCtx<'_> {
             return Err(bad(format!("{raw_len} bytes of data, changes use {at}")));
         }
         let h = block_hash(index, &digests);
-        let mut v = lock(self.verify);
-        *v = v.wrapping_add(h);
+        {
+            let mut v = lock(self.verify);
+            *v = v.wrapping_add(h);
+        }
+        lock(self.spare).push(digests);
         Ok(Some(block))
     }
 }

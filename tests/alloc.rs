@@ -1,0 +1,206 @@
+//! The pipeline allocates nothing per block in the steady state: blocks are
+//! read into pooled buffers that travel through it and come back.
+//!
+//! A counting global allocator wraps the system one; the library's local
+//! sync runs in-process on a short and a long file, both with every block
+//! changed (data and zeros, so both the write and the clearing path run).
+//! Whatever the run costs once (threads, pools, labels) is the same for
+//! both; the difference is what the extra blocks cost, and must stay near
+//! zero. (Block buffers are mmap'ed, not heap: the pool's own bound is
+//! tested in `pool.rs`.)
+//!
+//! The same holds for network sessions, upload and download, both ends in
+//! this process over loopback.
+//!
+//! This binary holds one test only: the counter is process-wide, and a
+//! second test running alongside would add its own allocations.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use bsync::cli::{self, Command, Config};
+use common::*;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which
+// upholds GlobalAlloc's contract; counting touches only an atomic.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const BLOCK: usize = 64 * 1024;
+
+/// Source and destination of `blocks` blocks where every block differs:
+/// even blocks are new data, odd blocks became zeros.
+fn scene(dir: &TempDir, blocks: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut src = random_bytes(blocks * BLOCK, 7);
+    for odd in src.chunks_mut(BLOCK).skip(1).step_by(2) {
+        odd.fill(0);
+    }
+    let dst = random_bytes(blocks * BLOCK, 8);
+    let (s, d) = (dir.join("src"), dir.join("dst"));
+    write_file(&s, &src);
+    write_file(&d, &dst);
+    (s, d)
+}
+
+fn config(args: &[&OsStr]) -> Config {
+    match cli::parse(args.iter().map(OsString::from)) {
+        Ok(Command::Run(config)) => *config,
+        other => panic!("{args:?}: {other:?}"),
+    }
+}
+
+/// Allocations made by one in-process `bsync -q -b 64K -f SRC -t DST`.
+fn allocations_of_sync(src: &Path, dst: &Path, extra: &[&str]) -> u64 {
+    let mut args: Vec<&OsStr> = ["-q", "-b", "64K", "-f"].map(OsStr::new).to_vec();
+    args.extend([src.as_os_str(), "-t".as_ref(), dst.as_os_str()]);
+    args.extend(extra.iter().map(OsStr::new));
+    let config = config(&args);
+    let before = ALLOCATIONS.load(Relaxed);
+    bsync::run(&config).expect("local sync");
+    let used = ALLOCATIONS.load(Relaxed) - before;
+    assert_same(src, dst);
+    used
+}
+
+/// Allocations made by an in-process network sync of `src` into `dst`
+/// (server in a thread, client here; both ends counted) with `-w workers`;
+/// `download` makes the server the source, `compress` turns zstd on.
+fn allocations_of_network(
+    src: &Path,
+    dst: &Path,
+    workers: &str,
+    download: bool,
+    compress: bool,
+) -> u64 {
+    let (server_file, client_file) = if download { (src, dst) } else { (dst, src) };
+    let d = if download { "-d=true" } else { "-d=false" };
+    let n = if compress { "-n=false" } else { "-n=true" };
+    // A free port: taken from the kernel, released, and handed to the server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string();
+    let server = config(&[
+        "-q".as_ref(),
+        "-P".as_ref(),
+        "-i".as_ref(),
+        "127.0.0.1".as_ref(),
+        "-p".as_ref(),
+        port.as_ref(),
+        d.as_ref(),
+        // A download's source sets the block size.
+        "-b".as_ref(),
+        "64K".as_ref(),
+        "-f".as_ref(),
+        server_file.as_os_str(),
+    ]);
+    let remote = format!("127.0.0.1:{port}");
+    let client = config(&[
+        "-q".as_ref(),
+        n.as_ref(),
+        d.as_ref(),
+        "-b".as_ref(),
+        "64K".as_ref(),
+        "-w".as_ref(),
+        workers.as_ref(),
+        "-r".as_ref(),
+        remote.as_ref(),
+        "-f".as_ref(),
+        client_file.as_os_str(),
+    ]);
+    std::thread::scope(|s| {
+        let served = s.spawn(|| bsync::run(&server));
+        let mut tries = 0;
+        let used = loop {
+            let before = ALLOCATIONS.load(Relaxed);
+            match bsync::run(&client) {
+                Ok(()) => break ALLOCATIONS.load(Relaxed) - before,
+                // Not listening yet.
+                Err(e) if tries < 100 && e.to_string().contains("connect") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("network sync failed: {e}"),
+            }
+        };
+        served.join().expect("server thread").expect("server");
+        used
+    })
+}
+
+/// Fails if the extra 448 blocks of the long run cost more than a few
+/// allocations; one per block would add 448.
+fn check(what: &str, short: u64, long: u64) {
+    eprintln!("{what}: 64 blocks: {short} allocations, 512 blocks: {long}");
+    assert!(
+        long.saturating_sub(short) < 50,
+        "{what}: {short} allocations for 64 blocks but {long} for 512: \
+         something allocates per block"
+    );
+}
+
+#[test]
+fn the_pipeline_allocates_nothing_per_block() {
+    let dir = TempDir::new("alloc");
+    for workers in ["1", "3"] {
+        let mut counts = [0u64; 2];
+        for (count, blocks) in counts.iter_mut().zip([64, 512]) {
+            let (s, d) = scene(&dir, blocks);
+            *count = allocations_of_sync(&s, &d, &["-w", workers]);
+        }
+        check(&format!("local -w {workers}"), counts[0], counts[1]);
+    }
+    for (workers, download, compress) in [
+        ("1", false, false),
+        ("2", false, true),
+        ("1", true, false),
+        ("2", true, true),
+    ] {
+        let mut counts = [0u64; 2];
+        for (count, blocks) in counts.iter_mut().zip([64, 512]) {
+            let (s, d) = scene(&dir, blocks);
+            *count = allocations_of_network(&s, &d, workers, download, compress);
+            assert_same(&s, &d);
+        }
+        let what = format!(
+            "{} -w {workers}{}",
+            if download { "download" } else { "upload" },
+            if compress { " zstd" } else { "" }
+        );
+        check(&what, counts[0], counts[1]);
+    }
+}
