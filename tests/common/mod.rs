@@ -29,10 +29,14 @@ pub struct TempDir {
 impl TempDir {
     /// A fresh, empty directory; `name` says which test made it.
     pub fn new(name: &str) -> TempDir {
+        TempDir::new_in(Path::new(env!("CARGO_TARGET_TMPDIR")), name)
+    }
+
+    /// The same under `parent` (another file system, such as a tmpfs).
+    pub fn new_in(parent: &Path, name: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("bsync-{name}-{}-{n}", std::process::id()));
+        let path = parent.join(format!("bsync-{name}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TempDir { path }

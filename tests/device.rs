@@ -1,0 +1,490 @@
+//! Linux I/O through the real binary: block devices (loop devices on files)
+//! as source and destination in local, upload and download modes; a too
+//! small, a larger, a mounted and a busy destination device; `-a`; and
+//! clearing zeros on file systems with and without hole punching.
+//!
+//! Loop devices, mounts and ramfs need root. Without it (or without
+//! `losetup`) each test prints `skipped: ...` and passes: the rest of the
+//! suite must run anywhere.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// A loop device on a backing file, detached on drop even when the test
+/// fails.
+struct Loop {
+    dev: PathBuf,
+}
+
+impl Loop {
+    /// Attach `backing`; `None` (after saying why) when this machine cannot.
+    fn attach(backing: &Path) -> Option<Loop> {
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(backing)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Loop {
+                dev: PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+            }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: losetup failed (loop devices need root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run losetup: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.dev
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// A file system mounted on a directory, unmounted on drop.
+struct Mounted {
+    dir: PathBuf,
+}
+
+impl Mounted {
+    /// `mount ARGS... DIR`; `None` (after saying why) when it fails.
+    fn new(args: &[&str], dir: &Path) -> Option<Mounted> {
+        fs::create_dir_all(dir).expect("mount point");
+        let out = Command::new("mount").args(args).arg(dir).output();
+        match out {
+            Ok(o) if o.status.success() => Some(Mounted {
+                dir: dir.to_path_buf(),
+            }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: mount {args:?} failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// A backing file with `bytes`, and a loop device on it.
+fn device(dir: &TempDir, name: &str, bytes: &[u8]) -> Option<Loop> {
+    let backing = dir.join(name);
+    write_file(&backing, bytes);
+    Loop::attach(&backing)
+}
+
+/// Every byte of a device (or file), read through the device node.
+fn read_all(path: &Path) -> Vec<u8> {
+    read_file(path)
+}
+
+/// Like `assert_eq!` on the bytes, without printing megabytes.
+fn assert_bytes(path: &Path, want: &[u8]) {
+    let got = read_all(path);
+    assert_eq!(got.len(), want.len(), "{}: size", path.display());
+    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{} differs from what it should hold first at byte {at}",
+            path.display()
+        );
+    }
+}
+
+/// Random data with some all-zero runs, so zero clearing is exercised.
+fn with_zeros(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = random_bytes(len, seed);
+    for (i, chunk) in v.chunks_mut(256 * 1024).enumerate() {
+        if i % 3 == 1 {
+            chunk.fill(0);
+        }
+    }
+    v
+}
+
+#[test]
+fn device_to_device_file_to_device_device_to_file() {
+    let dir = TempDir::new("dev-local");
+    let src = with_zeros(4 * MIB, 1);
+    let Some(a) = device(&dir, "a", &src) else {
+        return;
+    };
+    let Some(b) = device(&dir, "b", &random_bytes(4 * MIB, 2)) else {
+        return;
+    };
+    // Device to device, verbose: the hints are reported, per disk, once.
+    let err = run_ok(&mut local(a.path(), b.path(), &["-b", "256K", "-v"]));
+    assert_bytes(b.path(), &src);
+    let dst_label = format!("destination {}", b.path().display());
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&dst_label) && l.contains("read-ahead")),
+        "no read-ahead line for the destination device:\n{err}"
+    );
+    let clear_lines = err.lines().filter(|l| l.contains("zero ranges")).count();
+    assert_eq!(clear_lines, 1, "clearing reported once:\n{err}");
+    let s = summary(&err);
+    assert_eq!(s.blocks, 16, "{}", s.line);
+
+    // Again: nothing left to do.
+    let err = run_ok(&mut local(a.path(), b.path(), &["-b", "256K"]));
+    assert_eq!(summary(&err).same, 16, "{err}");
+
+    // File to device.
+    let file = dir.join("file");
+    let other = with_zeros(4 * MIB, 3);
+    write_file(&file, &other);
+    run_ok(&mut local(&file, b.path(), &["-b", "1M", "-w", "2"]));
+    assert_bytes(b.path(), &other);
+
+    // Device to a new file, then to a stale one.
+    let copy = dir.join("copy");
+    run_ok(&mut local(a.path(), &copy, &["-b", "1M"]));
+    assert_bytes(&copy, &src);
+    write_file(&copy, &random_bytes(5 * MIB, 4));
+    run_ok(&mut local(a.path(), &copy, &["-b", "1M"]));
+    assert_bytes(&copy, &src);
+}
+
+#[test]
+fn zeros_are_cleared_on_a_device() {
+    let dir = TempDir::new("dev-zero");
+    let mut src = random_bytes(4 * MIB, 5);
+    src[MIB..3 * MIB].fill(0);
+    let file = dir.join("src");
+    write_file(&file, &src);
+    // Stale, non-zero bytes where the source is zero.
+    let Some(dst) = device(&dir, "dst", &random_bytes(4 * MIB, 6)) else {
+        return;
+    };
+    let err = run_ok(&mut local(&file, dst.path(), &["-b", "1M", "-v"]));
+    assert_bytes(dst.path(), &src);
+    let s = summary(&err);
+    assert_eq!(s.zero, 2, "{}", s.line);
+    assert!(about(s.cleared, 2 * MIB as u64), "{}", s.line);
+    assert!(
+        err.contains("zero ranges cleared with BLKZEROOUT")
+            || err.contains("zero ranges cleared by writing zeros"),
+        "{err}"
+    );
+    // The backing file agrees once the device is gone.
+    let backing = dir.join("dst");
+    drop(dst);
+    assert!(read_file(&backing) == src, "the backing file differs");
+}
+
+#[test]
+fn a_smaller_device_is_refused_untouched() {
+    let dir = TempDir::new("dev-small");
+    let file = dir.join("src");
+    write_file(&file, &random_bytes(4 * MIB, 7));
+    let before = random_bytes(2 * MIB, 8);
+    let Some(dst) = device(&dir, "dst", &before) else {
+        return;
+    };
+    let err = run_status(&mut local(&file, dst.path(), &["-b", "1M"]), 1);
+    assert!(
+        err.contains(&(2 * MIB).to_string()) && err.contains(&(4 * MIB).to_string()),
+        "both sizes: {err}"
+    );
+    assert!(err.contains("smaller than the source"), "{err}");
+    assert_bytes(dst.path(), &before);
+}
+
+#[test]
+fn a_larger_device_keeps_its_tail_and_says_so() {
+    let dir = TempDir::new("dev-large");
+    let src = random_bytes(2 * MIB, 9);
+    let file = dir.join("src");
+    write_file(&file, &src);
+    let before = random_bytes(3 * MIB, 10);
+    let Some(dst) = device(&dir, "dst", &before) else {
+        return;
+    };
+    let err = run_ok(&mut local(&file, dst.path(), &["-b", "1M"]));
+    let mut want = src.clone();
+    want.extend_from_slice(&before[2 * MIB..]);
+    assert_bytes(dst.path(), &want);
+    assert!(
+        err.contains("is larger than the source by 1.0 MiB")
+            && err.contains("bytes past the source's end were left alone"),
+        "{err}"
+    );
+}
+
+/// Mounted read-write (a live file system writes its own metadata, so the
+/// device is checked for the source's bytes instead), then read-only (where
+/// not a byte may change).
+#[test]
+fn a_mounted_device_is_refused() {
+    let dir = TempDir::new("dev-mounted");
+    let file = dir.join("src");
+    let src = random_bytes(8 * MIB, 11);
+    write_file(&file, &src);
+    let Some(dst) = device(&dir, "dst", &vec![0u8; 8 * MIB]) else {
+        return;
+    };
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(dst.path())
+        .output();
+    if !mkfs.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: mkfs.ext4 is not available or failed");
+        return;
+    }
+    let dev = dst.path().to_str().expect("utf-8");
+    let mnt = dir.join("mnt");
+    for (options, how) in [("rw", "read-write"), ("ro", "read-only")] {
+        let Some(mounted) = Mounted::new(&["-o", options, dev], &mnt) else {
+            return;
+        };
+        let before = read_all(dst.path());
+        let err = run_status(&mut local(&file, dst.path(), &["-b", "1M"]), 1);
+        let mnt_name = mnt.to_str().expect("utf-8");
+        assert!(
+            err.contains(&format!("is mounted on {mnt_name} (ext4, {how})")),
+            "{err}"
+        );
+        assert!(err.contains("nothing was written"), "{err}");
+        let after = read_all(dst.path());
+        let copied = after.chunks(MIB).zip(src.chunks(MIB)).any(|(a, b)| a == b);
+        assert!(!copied, "{how}: a block of the source reached the device");
+        if options == "ro" {
+            assert!(after == before, "{how}: the device changed");
+        }
+        drop(mounted);
+    }
+}
+
+#[test]
+fn a_device_held_exclusively_is_refused() {
+    let dir = TempDir::new("dev-busy");
+    let file = dir.join("src");
+    write_file(&file, &random_bytes(2 * MIB, 12));
+    let before = random_bytes(2 * MIB, 13);
+    let Some(dst) = device(&dir, "dst", &before) else {
+        return;
+    };
+    // What a mounted file system, LVM or RAID does to the device.
+    let held: File = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(dst.path())
+        .expect("exclusive open");
+    let err = run_status(&mut local(&file, dst.path(), &["-b", "1M"]), 1);
+    assert!(err.contains("the device is in use"), "{err}");
+    drop(held);
+    assert_bytes(dst.path(), &before);
+}
+
+#[test]
+fn list_shows_loop_devices() {
+    let dir = TempDir::new("dev-list");
+    let Some(dev) = device(&dir, "d", &random_bytes(MIB, 14)) else {
+        return;
+    };
+    let out = run(bsync().arg("-a"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let name = dev.path().display().to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().next() == Some(&name) && l.contains("1.0 MiB")),
+        "{name} of 1.0 MiB not listed:\n{text}"
+    );
+}
+
+/// A bsync server process, killed on drop if still running.
+struct Server(Child);
+
+impl Server {
+    /// Start `bsync -p 0 -i 127.0.0.1 ARGS`, return it and its port.
+    fn start(args: &[&str]) -> (Server, String) {
+        let mut child = bsync()
+            .args(["-q", "-p", "0", "-i", "127.0.0.1"])
+            .args(args)
+            .env("BSYNC_IO_TIMEOUT", "10")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server's port");
+        let port = line.trim().to_string();
+        assert!(port.parse::<u16>().is_ok(), "not a port: {line:?}");
+        (Server(child), port)
+    }
+
+    /// Wait for the server to end; insist it succeeded.
+    fn finish(mut self) {
+        let status = self.0.wait().expect("wait for the server");
+        let mut err = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        assert!(status.success(), "server failed: {err}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn client(port: &str, args: &[&str], file: &Path) -> Command {
+    let mut cmd = bsync();
+    cmd.args(["-r", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .arg("-f")
+        .arg(file)
+        .env("BSYNC_IO_TIMEOUT", "10");
+    cmd
+}
+
+#[test]
+fn upload_into_a_device_and_download_from_one() {
+    let dir = TempDir::new("dev-net");
+    let src = with_zeros(4 * MIB, 15);
+    let Some(dev) = device(&dir, "dev", &random_bytes(4 * MIB, 16)) else {
+        return;
+    };
+    let dev_path = dev.path().to_str().expect("utf-8");
+
+    // Upload: file -> server's device.
+    let file = dir.join("src");
+    write_file(&file, &src);
+    let (server, port) = Server::start(&["-f", dev_path]);
+    run_ok(&mut client(&port, &["-b", "256K", "-w", "2"], &file));
+    server.finish();
+    assert_bytes(dev.path(), &src);
+
+    // Download: server's device -> a stale file.
+    let copy = dir.join("copy");
+    write_file(&copy, &random_bytes(3 * MIB, 17));
+    let (server, port) = Server::start(&["-d", "-b", "256K", "-f", dev_path]);
+    run_ok(&mut client(&port, &["-d"], &copy));
+    server.finish();
+    assert_bytes(&copy, &src);
+
+    // Download into a device: the client's destination is a device too.
+    let Some(dst) = device(&dir, "dst", &random_bytes(4 * MIB, 18)) else {
+        return;
+    };
+    let (server, port) = Server::start(&["-d", "-b", "256K", "-f", dev_path]);
+    run_ok(&mut client(&port, &["-d", "-w", "2"], dst.path()));
+    server.finish();
+    assert_bytes(dst.path(), &src);
+
+    // An upload into a device that is too small fails on the server before
+    // anything is written, and the client hears why.
+    let big = dir.join("big");
+    write_file(&big, &random_bytes(5 * MIB, 19));
+    let before = read_all(dev.path());
+    let (server, port) = Server::start(&["-f", dev_path]);
+    let err = run_status(&mut client(&port, &["-b", "256K"], &big), 1);
+    drop(server);
+    assert!(err.contains("smaller than the source"), "{err}");
+    assert_bytes(dev.path(), &before);
+}
+
+/// Sync a file with zero runs onto a stale file in `dir`, verbose; returns
+/// stderr after checking the result is byte-identical.
+fn sync_onto(dir: &Path, scratch: &TempDir) -> String {
+    let mut src = random_bytes(4 * MIB, 20);
+    src[512 * 1024..3 * MIB].fill(0);
+    let file = scratch.join("src");
+    write_file(&file, &src);
+    let dst = dir.join("dst");
+    write_file(&dst, &random_bytes(4 * MIB, 21));
+    let err = run_ok(&mut local(&file, &dst, &["-b", "1M", "-v"]));
+    assert_same(&file, &dst);
+    let s = summary(&err);
+    assert!(
+        about(s.cleared, (3 * MIB - 512 * 1024) as u64),
+        "{}",
+        s.line
+    );
+    let _ = fs::remove_file(&dst);
+    err
+}
+
+#[test]
+fn zeros_are_cleared_with_and_without_hole_punching() {
+    let scratch = TempDir::new("fs-zero");
+    // The real disk (ext4 and friends): holes are punched.
+    let err = sync_onto(scratch.path(), &scratch);
+    eprintln!("disk: {}", clearing(&err));
+
+    // tmpfs: punches holes too, but has no ZERO_RANGE. Our own small one if
+    // we may mount, else /dev/shm.
+    let own = Mounted::new(
+        &["-t", "tmpfs", "-o", "size=16m", "tmpfs"],
+        &scratch.join("tmpfs"),
+    );
+    let tmpfs = match &own {
+        Some(m) => Some(m.dir.clone()),
+        None => Some(PathBuf::from("/dev/shm")).filter(|p| p.is_dir()),
+    };
+    if let Some(tmpfs) = tmpfs {
+        let sub = TempDir::new_in(&tmpfs, "fs-zero");
+        let err = sync_onto(sub.path(), &scratch);
+        eprintln!("tmpfs: {}", clearing(&err));
+        assert!(err.contains("punching holes"), "{err}");
+    }
+    drop(own);
+
+    // ramfs supports no fallocate mode at all: zeros must be written.
+    let Some(ramfs) = Mounted::new(&["-t", "ramfs", "ramfs"], &scratch.join("ramfs")) else {
+        return;
+    };
+    let err = sync_onto(&ramfs.dir, &scratch);
+    eprintln!("ramfs: {}", clearing(&err));
+    assert!(
+        err.contains(
+            "zero ranges cleared by writing zeros (hole punching and ZERO_RANGE unsupported here)"
+        ),
+        "{err}"
+    );
+}
+
+/// The `-v` line that says how zeros were cleared.
+fn clearing(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.contains("zero ranges"))
+        .unwrap_or("(no clearing line)")
+}
