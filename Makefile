@@ -31,7 +31,7 @@ all: bsync
 
 musl-target:
 	@if command -v rustup >/dev/null 2>&1 && \
-	    ! rustup target list --installed | grep -qx '$(TARGET)'; then \
+	    ! rustup target list --installed | grep -x '$(TARGET)' >/dev/null; then \
 		echo "rustup: adding target $(TARGET)"; \
 		rustup target add $(TARGET); \
 	fi

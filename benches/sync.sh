@@ -28,7 +28,7 @@ say() { printf '%s\n' "$*"; }
 die() { printf 'sync.sh: error: %s\n' "$*" >&2; exit 1; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-min() { printf '%s\n' "$@" | sort -g | head -n1; }
+min() { printf '%s\n' "$@" | sort -g | sed -n 1p; }
 
 [[ -x ./bsync ]] || die "./bsync is missing: run make first"
 mkdir -p "$dir"
