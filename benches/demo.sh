@@ -39,4 +39,20 @@ run ./bsync -b 1M -f "$src" -t "$dst"
 step "Checking that the destination is now byte-identical to the source"
 run cmp "$src" "$dst"
 
-printf '\ndemo: success: %s is identical to %s\n' "$dst" "$src"
+step "Over the network (loopback): a server writes a new copy, a client uploads"
+net=$dir/net.img
+rm -f "$net"
+portfile=$dir/port
+printf '    $ ./bsync -f %s -p 0 -i 127.0.0.1 &     (prints its port first)\n' "$net"
+./bsync -f "$net" -p 0 -i 127.0.0.1 >"$portfile" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 50); do [[ -s $portfile ]] && break; sleep 0.1; done
+port=$(sed -n 1p "$portfile")
+[[ -n $port ]] || { echo "demo: the server did not report its port" >&2; exit 1; }
+run ./bsync -w 2 -b 1M -f "$src" -r "127.0.0.1:$port"
+wait "$server"
+trap - EXIT
+run cmp "$src" "$net"
+
+printf '\ndemo: success: %s and %s are identical to %s\n' "$dst" "$net" "$src"

@@ -17,7 +17,7 @@ use crate::digest::sub_block_size;
 use crate::disk::{Disk, read_blocks};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, Pooled};
-use crate::progress::{Log, Reporter, Stats, Totals, summary};
+use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
 use crate::writer::Writer;
 
 /// Make `dst` identical to `src`.
@@ -61,7 +61,7 @@ pub fn sync(config: &Config, src: &Path, dst: &Path, log: &Log) -> Result<()> {
     }
     Writer::flush(&dest)?;
     let elapsed = reporter.finish();
-    log.info(summary(&stats, elapsed));
+    log.info(summary(&stats, elapsed, Side::Local));
     Ok(())
 }
 
