@@ -184,6 +184,8 @@ pub struct Summary {
     pub read: f64,
     pub written: f64,
     pub cleared: f64,
+    /// Bytes sent plus received on the network (0 when the run had none).
+    pub wire: f64,
     /// The whole line, for messages.
     pub line: String,
 }
@@ -237,6 +239,7 @@ pub fn summary(stderr: &str) -> Summary {
         read: need("read "),
         written: need("written "),
         cleared: bytes_after("cleared ").unwrap_or(0.0),
+        wire: bytes_after("on the wire ").unwrap_or(0.0),
         line: line.to_string(),
     }
 }
