@@ -432,11 +432,7 @@ fn check_summaries(ends: &Ends, want: &Expect) {
         s.line,
         d.line
     );
-    assert!(
-        s.line.contains("written 0 B"),
-        "the source wrote: {}",
-        s.line
-    );
+    assert!(!s.line.contains("written"), "the source wrote: {}", s.line);
 }
 
 /// Write `src` and `dst` (None: no destination file), transfer with block
@@ -1382,14 +1378,12 @@ fn relay_forwards_whole_sessions() {
 }
 
 #[test]
-#[ignore = "needs reconnect"]
 fn upload_survives_a_cut_connection() {
     let n = through_relay("relay-cut-up", Dir::Up, Cut::ClientBytes(MIB as u64), &[]);
     assert!(n >= 2, "the client did not reconnect ({n} connection)");
 }
 
 #[test]
-#[ignore = "needs reconnect"]
 fn download_survives_a_cut_connection() {
     let n = through_relay(
         "relay-cut-down",
@@ -1401,7 +1395,6 @@ fn download_survives_a_cut_connection() {
 }
 
 #[test]
-#[ignore = "needs reconnect"]
 fn upload_with_four_lanes_survives_a_cut_connection() {
     let n = through_relay(
         "relay-cut-w4",
@@ -1434,7 +1427,6 @@ fn upload_to_an_unopenable_destination_fails_on_both_ends() {
 /// answering new connections, so a second client hung until the session
 /// ended and then saw a misleading "connection closed".
 #[test]
-#[ignore = "BUG: src/server.rs serve() stops reading arrivals once all lanes joined; a second client waits for the whole session"]
 fn second_client_during_a_session_is_refused() {
     let tmp = TempDir::new("busy");
     let (s, d) = (tmp.join("src"), tmp.join("dst"));
