@@ -5,6 +5,7 @@
 #   make test     cargo fmt --check, clippy with -D warnings, cargo test
 #   make demo     sync a small real ext4 image with a modified copy of itself
 #   make bench    cargo bench, then time bsync against the read floor
+#   make fuzz     fuzz the wire codec for FUZZ_SECONDS per target (needs cargo-fuzz)
 #   make deny     licence, ban and source checks (needs cargo-deny)
 #   make clean    remove build output
 
@@ -25,7 +26,7 @@ MUSL_CC_ENV := CC_$(TARGET_ENV)=$${CC_$(TARGET_ENV):-gcc} \
 	CFLAGS_$(TARGET_ENV)="$${CFLAGS_$(TARGET_ENV):--U_FORTIFY_SOURCE}"
 endif
 
-.PHONY: all musl-target test demo bench deny clean FORCE
+.PHONY: all musl-target test demo bench fuzz deny clean FORCE
 
 all: bsync
 
@@ -58,6 +59,16 @@ demo: all
 bench: all
 	$(CARGO) bench --locked
 	benches/sync.sh
+
+# cargo-fuzz wants nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain
+# (the only one this project assumes) accept them.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || \
+		{ echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked"; exit 1; }
+	cd fuzz && for target in decode round_trip; do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 deny:
 	@if $(CARGO) deny --version >/dev/null 2>&1; then \
