@@ -4,7 +4,7 @@
 #   make          static release binary ./bsync (x86_64-unknown-linux-musl)
 #   make test     cargo fmt --check, clippy with -D warnings, cargo test
 #   make demo     sync a small real ext4 image with a modified copy of itself
-#   make bench    cargo bench, then time bsync against the read floor
+#   make bench    cargo bench, bsync against the read floor, then over loopback
 #   make deny     licence, ban and source checks (needs cargo-deny)
 #   make clean    remove build output
 
@@ -58,6 +58,7 @@ demo: all
 bench: all
 	$(CARGO) bench --locked
 	benches/sync.sh
+	benches/net.sh
 
 deny:
 	@if $(CARGO) deny --version >/dev/null 2>&1; then \
