@@ -10,7 +10,7 @@ use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::{self, FrameReader, Lane};
-use crate::progress::{Log, Reporter, Stats, Totals, summary};
+use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
 use crate::proto::{self, Frame, Hello, Welcome};
 use crate::session::{self, Params};
 use crate::sys;
@@ -120,7 +120,12 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         }
     };
     let elapsed = reporter.finish();
-    log.info(summary(&stats, elapsed));
+    let side = if upload {
+        Side::Source
+    } else {
+        Side::Destination
+    };
+    log.info(summary(&stats, elapsed, side));
     log.info(format!(
         "verification digest {verify:032x}: both ends agree"
     ));

@@ -98,6 +98,8 @@ pub struct Stats {
     pub bytes_written: AtomicU64,
     /// Destination bytes made zero by hole punching, zero-out or zero writes.
     pub bytes_cleared: AtomicU64,
+    /// Changed data the source sent, before compression.
+    pub bytes_changed: AtomicU64,
     /// Bytes sent on the network.
     pub wire_sent: AtomicU64,
     /// Bytes received from the network.
@@ -236,12 +238,23 @@ fn progress_line(stats: &Stats, totals: Totals, elapsed: Duration, recent: &str)
     line
 }
 
+/// Which end a summary describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Both ends on this machine.
+    Local,
+    /// The network end that reads and sends.
+    Source,
+    /// The network end that receives and writes.
+    Destination,
+}
+
 /// The closing summary line.
-pub fn summary(stats: &Stats, elapsed: Duration) -> String {
+pub fn summary(stats: &Stats, elapsed: Duration, side: Side) -> String {
     let get = |c: &AtomicU64| c.load(Relaxed);
     let done = get(&stats.bytes_done);
     let mut line = format!(
-        "done: {} blocks ({}) in {} ({}): {} same, {} changed, {} zero; read {}, written {}",
+        "done: {} blocks ({}) in {} ({}): {} same, {} changed, {} zero; read {}",
         get(&stats.blocks_done),
         human_bytes(done),
         human_duration_precise(elapsed),
@@ -250,15 +263,32 @@ pub fn summary(stats: &Stats, elapsed: Duration) -> String {
         get(&stats.changed),
         get(&stats.zero),
         human_bytes(get(&stats.bytes_read)),
-        human_bytes(get(&stats.bytes_written)),
     );
+    if side == Side::Source {
+        let sent = get(&stats.wire_sent);
+        let changed = get(&stats.bytes_changed);
+        let _ = write!(line, "; sent {} on the wire", human_bytes(sent));
+        if changed > 0 && sent > 0 {
+            let _ = write!(
+                line,
+                " for {} of changed data ({:.2}:1)",
+                human_bytes(changed),
+                changed as f64 / sent as f64
+            );
+        }
+        return line;
+    }
+    let _ = write!(line, ", written {}", human_bytes(get(&stats.bytes_written)));
     let cleared = get(&stats.bytes_cleared);
     if cleared > 0 {
         let _ = write!(line, ", cleared {}", human_bytes(cleared));
     }
-    let wire = get(&stats.wire_sent) + get(&stats.wire_received);
-    if wire > 0 {
-        let _ = write!(line, "; on the wire {}", human_bytes(wire));
+    if side == Side::Destination {
+        let _ = write!(
+            line,
+            "; received {} of block data",
+            human_bytes(get(&stats.wire_received))
+        );
     }
     line
 }
@@ -302,7 +332,7 @@ mod tests {
         Stats::add(&stats.same, 1);
         Stats::add(&stats.changed, 1);
         Stats::add(&stats.zero, 1);
-        let s = summary(&stats, Duration::from_secs(1));
+        let s = summary(&stats, Duration::from_secs(1), Side::Local);
         assert!(s.contains("1 same, 1 changed, 1 zero"), "{s}");
         assert!(s.contains("written 0 B"), "{s}");
     }

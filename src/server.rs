@@ -22,7 +22,7 @@ use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::{self, Lane};
-use crate::progress::{Log, Reporter, Stats, Totals, human_bytes, summary};
+use crate::progress::{Log, Reporter, Side, Stats, Totals, human_bytes, summary};
 use crate::proto::{self, Frame, Hello, Welcome};
 use crate::session::{self, Params};
 use crate::sys;
@@ -240,7 +240,12 @@ fn serve(
     };
     let elapsed = reporter.finish();
     if progress {
-        log.info(summary(&stats, elapsed));
+        let side = if source.is_some() {
+            Side::Source
+        } else {
+            Side::Destination
+        };
+        log.info(summary(&stats, elapsed, side));
     }
     log.info(format!(
         "verification digest {verify:032x}: both ends agree"

@@ -475,6 +475,7 @@ impl SourceCtx<'_> {
         }
         proto::finish_frame(frame, start);
         Stats::add(&self.stats.wire_sent, frame.len() as u64);
+        Stats::add(&self.stats.bytes_changed, raw_len as u64);
         Ok(raw_len)
     }
 

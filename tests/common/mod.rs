@@ -188,6 +188,8 @@ pub struct Summary {
     pub read: f64,
     pub written: f64,
     pub cleared: f64,
+    /// Bytes sent plus received on the network (0 when the run had none).
+    pub wire: f64,
     /// The whole line, for messages.
     pub line: String,
 }
@@ -239,8 +241,13 @@ pub fn summary(stderr: &str) -> Summary {
         changed: count_before(" changed"),
         zero: count_before(" zero"),
         read: need("read "),
-        written: need("written "),
+        // A network source writes nothing and says so by leaving it out.
+        written: bytes_after("written ").unwrap_or(0.0),
         cleared: bytes_after("cleared ").unwrap_or(0.0),
+        // The source says "sent X on the wire", the destination "received X".
+        wire: bytes_after("sent ")
+            .or_else(|| bytes_after("received "))
+            .unwrap_or(0.0),
         line: line.to_string(),
     }
 }

@@ -1,0 +1,180 @@
+//! Structured frames, encoded then decoded, come back unchanged.
+//!
+//! Block frames are written the way the source writes them — `begin_block`,
+//! the data, `finish_frame`, sometimes `mark_compressed` — with strictly
+//! increasing sub-block numbers, and into a buffer that already holds other
+//! bytes, so the offsets those helpers take are tested too.
+#![no_main]
+
+use arbitrary::{Result, Unstructured};
+use bsync::proto::{self, Change, ChangeKind, Frame, HEADER_LEN, Hello, ProtoError, Welcome};
+use libfuzzer_sys::fuzz_target;
+
+const MAX: usize = usize::MAX;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = run(&mut Unstructured::new(data));
+});
+
+fn run(u: &mut Unstructured<'_>) -> Result<()> {
+    // Bytes already in the buffer (an earlier frame, say) and after it.
+    let before: &[u8] = u.arbitrary()?;
+    let mut out = before.to_vec();
+    match u.int_in_range(0..=7u8)? {
+        0 => {
+            let block = u.arbitrary()?;
+            encode_block(u, &mut out, block)?;
+        }
+        _ => {
+            let frame = frame(u)?;
+            proto::encode(&frame, &mut out);
+            check(&out[before.len()..], Some(frame));
+            if let Frame::Digests { index, digests } = frame {
+                // The source's shortcut writes the same bytes, and the
+                // reader gives back what went in.
+                let mut list = Vec::new();
+                proto::read_digests(digests, &mut list);
+                assert_eq!(list.len(), digests.len() / 16);
+                let mut direct = Vec::new();
+                proto::encode_digests(&mut direct, index, &list);
+                assert_eq!(direct, &out[before.len()..]);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
+    Ok(match u.int_in_range(0..=6u8)? {
+        0 => Frame::Hello(Hello {
+            session: u.arbitrary()?,
+            lane: u.arbitrary()?,
+            lanes: u.arbitrary()?,
+            download: u.arbitrary()?,
+            block_size: u.arbitrary()?,
+            skip: u.arbitrary()?,
+            source_size: u.arbitrary()?,
+            compression: u.arbitrary()?,
+            flags: u.arbitrary()?,
+        }),
+        1 => Frame::Welcome(Welcome {
+            block_size: u.arbitrary()?,
+            source_size: u.arbitrary()?,
+            skip: u.arbitrary()?,
+            salt: u.arbitrary()?,
+            lanes: u.arbitrary()?,
+        }),
+        2 => Frame::Error(u.arbitrary()?),
+        3 => {
+            let d: &[u8] = u.arbitrary()?;
+            Frame::Digests {
+                index: u.arbitrary()?,
+                digests: &d[..d.len() / 16 * 16],
+            }
+        }
+        4 => Frame::Ack {
+            index: u.arbitrary()?,
+        },
+        5 => Frame::Complete {
+            verify: u.arbitrary()?,
+        },
+        _ => Frame::Bye,
+    })
+}
+
+/// Write a Block frame with the source's helpers and check it decodes to
+/// what went in.
+fn encode_block(u: &mut Unstructured<'_>, out: &mut Vec<u8>, index: u64) -> Result<()> {
+    let at = out.len();
+    let mut changes = Vec::new();
+    let mut sub: u32 = u.arbitrary()?;
+    for _ in 0..u.int_in_range(0..=64u8)? {
+        let kind = if u.arbitrary()? {
+            ChangeKind::Data(u.arbitrary()?)
+        } else {
+            ChangeKind::Zero
+        };
+        changes.push(Change { sub, kind });
+        // Mostly neighbours, sometimes far jumps towards u32::MAX.
+        let step = if u.arbitrary()? {
+            u32::from(u.int_in_range(1..=8u8)?)
+        } else {
+            u.arbitrary::<u32>()?.max(1)
+        };
+        match sub.checked_add(step) {
+            Some(next) => sub = next,
+            None => break,
+        }
+    }
+    // The decoder refuses data behind a block with no data change.
+    let has_data = changes
+        .iter()
+        .any(|c| matches!(c.kind, ChangeKind::Data(_)));
+    let (raw_len, data): (u32, &[u8]) = if has_data {
+        (u.arbitrary()?, u.arbitrary()?)
+    } else {
+        (0, &[])
+    };
+    let compressed: bool = u.arbitrary()?;
+    let mark: bool = u.arbitrary()?;
+
+    let start = proto::begin_block(out, index, compressed && !mark, raw_len, &changes);
+    out.extend_from_slice(data);
+    if compressed && mark {
+        proto::mark_compressed(out, start);
+    }
+    proto::finish_frame(out, start);
+
+    let buf = &out[at..];
+    check(buf, None);
+    let Ok(Some((Frame::Block(b), _))) = proto::decode(buf, MAX) else {
+        panic!("a block did not decode: {:?}", proto::decode(buf, MAX));
+    };
+    assert_eq!(b.index, index);
+    assert_eq!(b.compressed, compressed);
+    assert_eq!(b.raw_len, raw_len);
+    assert_eq!(b.changes.len(), changes.len());
+    assert_eq!(b.changes.iter().collect::<Vec<_>>(), changes);
+    assert_eq!(b.data, data);
+    Ok(())
+}
+
+/// `buf` holds exactly one frame: it decodes (to `want`, if given) using all
+/// of it, re-encodes to the same bytes, respects `max` at the exact boundary,
+/// and any strict prefix asks for more bytes.
+fn check(buf: &[u8], want: Option<Frame<'_>>) {
+    let (frame, used) = match proto::decode(buf, MAX) {
+        Ok(Some(got)) => got,
+        other => panic!("{want:?} did not decode: {other:?}"),
+    };
+    if let Some(want) = want {
+        assert_eq!(frame, want);
+    }
+    assert_eq!(used, buf.len());
+
+    let mut again = Vec::new();
+    proto::encode(&frame, &mut again);
+    assert_eq!(again, buf);
+
+    // Trailing bytes belong to the next frame.
+    let mut longer = buf.to_vec();
+    longer.extend_from_slice(&[8, 0, 0, 0, 0]);
+    assert_eq!(proto::decode(&longer, MAX), Ok(Some((frame, used))));
+
+    let payload = buf.len() - HEADER_LEN;
+    assert_eq!(proto::decode(buf, payload), Ok(Some((frame, used))));
+    if payload > 0 {
+        assert_eq!(
+            proto::decode(buf, payload - 1),
+            Err(ProtoError::TooLarge {
+                len: payload,
+                max: payload - 1
+            })
+        );
+    }
+    for cut in [0, HEADER_LEN - 1, HEADER_LEN, buf.len() - 1] {
+        if cut < buf.len() {
+            assert_eq!(proto::decode(&buf[..cut], MAX), Ok(None), "cut {cut}");
+        }
+    }
+}

@@ -1,0 +1,1449 @@
+//! Network mode through the real binary: a server and a client as two
+//! processes over loopback, in both directions, with odd parameters, hostile
+//! or mistaken peers, a killed server and a cut connection.
+//!
+//! Every process runs with a short `BSYNC_IO_TIMEOUT` and under a bounded
+//! wait, so a hang fails its test instead of stalling the suite, and every
+//! process a test starts is killed when the test ends, whatever happened.
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Network deadline of every bsync process, in seconds (`BSYNC_IO_TIMEOUT`).
+const IO_TIMEOUT: u64 = 10;
+/// How long a process may take to finish before the test kills it and fails.
+const RUN_LIMIT: Duration = Duration::from_secs(20);
+/// How long a server may take to print its port.
+const PORT_LIMIT: Duration = Duration::from_secs(10);
+/// What each side of a connection sends first.
+const PREAMBLE: &[u8; 14] = b"BSYNC ver0.02\n";
+const MIB: usize = 1 << 20;
+/// The destination's digest granularity (see SPEC: 64 KiB or the block size).
+const SUB_BLOCK: usize = 64 * 1024;
+
+// ------------------------------------------------------------- processes ---
+
+/// A running bsync whose stderr is collected as it comes and whose stdout
+/// lines arrive on a channel. Killed when dropped.
+struct Proc {
+    child: Child,
+    /// The command line, for messages.
+    what: String,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<thread::JoinHandle<()>>,
+    stdout: Receiver<String>,
+}
+
+impl Proc {
+    /// `bsync ARGS` with the short network deadline and piped output.
+    fn start(args: &[&str]) -> Proc {
+        Proc::start_env(args, &[])
+    }
+
+    /// Like [`Proc::start`] with extra environment variables.
+    fn start_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = bsync();
+        cmd.env("BSYNC_IO_TIMEOUT", IO_TIMEOUT.to_string())
+            .envs(env.iter().copied())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let what = format!("bsync {}", args.join(" "));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        // Both pipes are drained by threads so the child never blocks on a
+        // full pipe, whatever the test is waiting for.
+        let err = child.stderr.take().expect("stderr is piped");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let stderr_reader = thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let out = child.stdout.take().expect("stdout is piped");
+        let (tx, stdout) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            what,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+            stdout,
+        }
+    }
+
+    /// stderr so far.
+    fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Still running?
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Wait until stderr satisfies `ready`, for up to `limit`; returns stderr.
+    /// Fails at once if the process exits without it.
+    fn wait_stderr(&mut self, limit: Duration, ready: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let exited = !self.is_running();
+            if exited {
+                // Let the reader thread catch the last lines.
+                thread::sleep(Duration::from_millis(100));
+            }
+            let err = self.stderr();
+            if ready(&err) {
+                return err;
+            }
+            assert!(
+                !exited,
+                "{} exited while the test waited for its stderr:\n{err}",
+                self.what
+            );
+            assert!(
+                start.elapsed() < limit,
+                "{}: stderr not as expected after {limit:?}:\n{err}",
+                self.what
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the exit, for up to [`RUN_LIMIT`]; returns the status and all
+    /// of stderr. Kills the process and fails on overtime.
+    fn wait(mut self) -> (ExitStatus, String) {
+        let start = Instant::now();
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() < RUN_LIMIT => thread::sleep(Duration::from_millis(10)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "{} still running after {RUN_LIMIT:?}; killed. stderr:\n{}",
+                        self.what,
+                        self.stderr()
+                    );
+                }
+                Err(e) => panic!("wait for {}: {e}", self.what),
+            }
+        };
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.stderr())
+    }
+
+    /// Wait and insist on exit status `code`; returns stderr.
+    fn expect_status(self, code: i32) -> String {
+        let what = self.what.clone();
+        let (status, err) = self.wait();
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{what}: wrong exit status\nstderr:\n{err}"
+        );
+        err
+    }
+
+    /// Kill now.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A bsync server on a free port.
+struct Server {
+    proc: Proc,
+    host: String,
+    port: u16,
+}
+
+impl Server {
+    /// `bsync -p 0 -i 127.0.0.1 ARGS`, once it has printed its port.
+    fn start(args: &[&str]) -> Server {
+        Server::try_start("127.0.0.1", args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `bsync -p 0 -i BIND ARGS`; `Err` (with its stderr) if it exits
+    /// without printing a port, for instance because `BIND` is unavailable.
+    fn try_start(bind: &str, args: &[&str]) -> Result<Server, String> {
+        let mut all = vec!["-p", "0", "-i", bind];
+        all.extend_from_slice(args);
+        let proc = Proc::start(&all);
+        match proc.stdout.recv_timeout(PORT_LIMIT) {
+            Ok(line) => {
+                let port = line.trim().parse().unwrap_or_else(|_| {
+                    panic!(
+                        "{}: first stdout line {line:?} is not a port; stderr:\n{}",
+                        proc.what,
+                        proc.stderr()
+                    )
+                });
+                Ok(Server {
+                    proc,
+                    host: bind.to_string(),
+                    port,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let what = proc.what.clone();
+                let (status, err) = proc.wait();
+                Err(format!("{what} printed no port ({status}); stderr:\n{err}"))
+            }
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "{} printed no port within {PORT_LIMIT:?}; stderr:\n{}",
+                proc.what,
+                proc.stderr()
+            ),
+        }
+    }
+
+    /// `HOST:PORT` for `-r`.
+    fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The address for a test's own socket.
+    fn socket_addr(&self) -> SocketAddr {
+        self.addr().parse().expect("a socket address")
+    }
+}
+
+/// Path as a command-line argument (test paths are UTF-8).
+fn arg(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test path")
+}
+
+/// Lines of `stderr` containing every one of `words`.
+fn lines_with<'a>(stderr: &'a str, words: &[&str]) -> Vec<&'a str> {
+    stderr
+        .lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .collect()
+}
+
+/// The single error line (`bsync: ...`) of a failed run.
+fn error_line(stderr: &str) -> &str {
+    let errors = lines_with(stderr, &["bsync: "]);
+    assert_eq!(
+        errors.len(),
+        1,
+        "want exactly one error line, stderr:\n{stderr}"
+    );
+    errors[0]
+}
+
+/// The verification digest a run printed.
+fn verify_digest(stderr: &str) -> &str {
+    let line = lines_with(stderr, &["verification digest ", "both ends agree"]);
+    assert_eq!(line.len(), 1, "want one verification line:\n{stderr}");
+    line[0]
+        .split("verification digest ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .expect("a digest")
+}
+
+// ------------------------------------------------------------- transfers ---
+
+/// Which end is the source.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dir {
+    /// The client is the source (default).
+    Up,
+    /// The server is the source (`-d`).
+    Down,
+}
+
+/// What both ends said about a successful transfer.
+struct Ends {
+    source: String,
+    dest: String,
+    client: String,
+    server: String,
+}
+
+/// Run one session `src` → `dst` over loopback: `bs` is the block size given
+/// to the source (authoritative either way), `client` extra client flags.
+/// Both must exit 0 and agree on the verification digest.
+fn transfer(dir: Dir, src: &Path, dst: &Path, bs: Option<&str>, client: &[&str]) -> Ends {
+    transfer_on("127.0.0.1", dir, src, dst, bs, client).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`transfer`] with the server bound to `bind`; `Err` if it cannot bind.
+fn transfer_on(
+    bind: &str,
+    dir: Dir,
+    src: &Path,
+    dst: &Path,
+    bs: Option<&str>,
+    client: &[&str],
+) -> Result<Ends, String> {
+    let bs_args: Vec<&str> = bs.map(|b| vec!["-b", b]).unwrap_or_default();
+    let mut server_args = Vec::new();
+    let mut client_args = Vec::new();
+    match dir {
+        Dir::Up => {
+            server_args.extend(["-f", arg(dst)]);
+            client_args.extend(["-f", arg(src)]);
+            client_args.extend(&bs_args);
+        }
+        Dir::Down => {
+            server_args.extend(["-d", "-f", arg(src)]);
+            server_args.extend(&bs_args);
+            client_args.extend(["-d", "-f", arg(dst)]);
+        }
+    }
+    let server = Server::try_start(bind, &server_args)?;
+    let addr = server.addr();
+    client_args.extend(["-r", &addr]);
+    client_args.extend(client);
+    let client = Proc::start(&client_args).expect_status(0);
+    let server = server.proc.expect_status(0);
+    assert_eq!(
+        verify_digest(&client),
+        verify_digest(&server),
+        "the ends disagree\nclient:\n{client}\nserver:\n{server}"
+    );
+    let (source, dest) = match dir {
+        Dir::Up => (client.clone(), server.clone()),
+        Dir::Down => (server.clone(), client.clone()),
+    };
+    Ok(Ends {
+        source,
+        dest,
+        client,
+        server,
+    })
+}
+
+/// What the destination's summary must say, worked out from the two files
+/// as they were before the run: per block, per sub-block.
+#[derive(Debug, Default, PartialEq)]
+struct Expect {
+    blocks: u64,
+    same: u64,
+    changed: u64,
+    zero: u64,
+    written: u64,
+    cleared: u64,
+}
+
+fn expect(src: &[u8], dst: &[u8], bs: usize, skip: usize) -> Expect {
+    let mut dst = dst.to_vec();
+    dst.resize(src.len(), 0);
+    let sub = bs.min(SUB_BLOCK);
+    let mut e = Expect::default();
+    for (s, d) in src.chunks(bs).zip(dst.chunks(bs)).skip(skip) {
+        e.blocks += 1;
+        let (mut data, mut zero) = (false, false);
+        for (a, b) in s.chunks(sub).zip(d.chunks(sub)) {
+            if a == b {
+                continue;
+            }
+            if a.iter().all(|&x| x == 0) {
+                zero = true;
+                e.cleared += a.len() as u64;
+            } else {
+                data = true;
+                e.written += a.len() as u64;
+            }
+        }
+        match (data, zero) {
+            (true, _) => e.changed += 1,
+            (false, true) => e.zero += 1,
+            (false, false) => e.same += 1,
+        }
+    }
+    e
+}
+
+/// The destination's summary must match `want`; the source must count the
+/// same blocks the same way.
+fn check_summaries(ends: &Ends, want: &Expect) {
+    let d = summary(&ends.dest);
+    assert_eq!(
+        d.counts(),
+        (want.blocks, want.same, want.changed, want.zero),
+        "destination blocks/same/changed/zero; want {want:?}\n{}",
+        d.line
+    );
+    if want.written == 0 {
+        assert!(d.line.contains("written 0 B"), "want {want:?}\n{}", d.line);
+    }
+    assert!(
+        about(d.written, want.written),
+        "written: want {} bytes\n{}",
+        want.written,
+        d.line
+    );
+    assert!(
+        about(d.cleared, want.cleared),
+        "cleared: want {} bytes\n{}",
+        want.cleared,
+        d.line
+    );
+    let s = summary(&ends.source);
+    assert_eq!(
+        s.counts(),
+        d.counts(),
+        "source: {}\ndest: {}",
+        s.line,
+        d.line
+    );
+    assert!(!s.line.contains("written"), "the source wrote: {}", s.line);
+}
+
+/// Write `src` and `dst` (None: no destination file), transfer with block
+/// size `bs` and extra client flags, check the result and both summaries.
+fn sync_and_check(
+    name: &str,
+    dir: Dir,
+    src: &[u8],
+    dst: Option<&[u8]>,
+    bs: usize,
+    client: &[&str],
+) -> Ends {
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, src);
+    if let Some(dst) = dst {
+        write_file(&d, dst);
+    }
+    let ends = transfer(dir, &s, &d, Some(&bs.to_string()), client);
+    assert_same(&s, &d);
+    check_summaries(&ends, &expect(src, dst.unwrap_or_default(), bs, 0));
+    ends
+}
+
+/// A source with a zero region and a stale destination differing from it in
+/// a few scattered bytes and over part of the zero region.
+fn make_pair(len: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut src = random_bytes(len, seed);
+    let zeros = len / 3..len / 3 + len / 8;
+    src[zeros.clone()].fill(0);
+    let mut dst = src.clone();
+    let stale = zeros.start + len / 64..zeros.end - len / 64;
+    dst[stale.clone()].copy_from_slice(&random_bytes(stale.len(), seed + 1));
+    let mut rng = fastrand::Rng::with_seed(seed + 2);
+    for _ in 0..8 {
+        let at = rng.usize(..len);
+        dst[at] = dst[at].wrapping_add(rng.u8(1..));
+    }
+    (src, dst)
+}
+
+// ------------------------------------------------- both directions alike ---
+
+fn identical(name: &str, dir: Dir) {
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    let mut data = random_bytes(3 * MIB + 5, 1);
+    data[MIB..2 * MIB].fill(0);
+    write_file(&s, &data);
+    write_file(&d, &data);
+    let before = age(&d);
+    let ends = transfer(dir, &s, &d, Some("256K"), &[]);
+    assert_same(&s, &d);
+    check_summaries(&ends, &expect(&data, &data, 256 << 10, 0));
+    let sum = summary(&ends.dest);
+    assert!(!sum.line.contains("cleared"), "{}", sum.line);
+    assert_eq!(mtime(&d), before, "identical: the destination was modified");
+}
+
+#[test]
+fn upload_identical_writes_nothing() {
+    identical("up-identical", Dir::Up);
+}
+
+#[test]
+fn download_identical_writes_nothing() {
+    identical("down-identical", Dir::Down);
+}
+
+fn scattered(name: &str, dir: Dir) {
+    let (src, dst) = make_pair(4 * MIB, 20);
+    let ends = sync_and_check(name, dir, &src, Some(&dst), MIB, &[]);
+    let sum = summary(&ends.client);
+    // Only changed sub-blocks travel: far less than the file.
+    assert!(
+        sum.wire < (src.len() / 2) as f64,
+        "too much on the wire: {}",
+        sum.line
+    );
+}
+
+#[test]
+fn upload_scattered_changes() {
+    scattered("up-scattered", Dir::Up);
+}
+
+#[test]
+fn download_scattered_changes() {
+    scattered("down-scattered", Dir::Down);
+}
+
+fn sparse_into_new(name: &str, dir: Dir) {
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    let size = 16 * MIB as u64;
+    let f = File::create(&s).expect("create source");
+    f.set_len(size).expect("size source");
+    drop(f);
+    let f = File::options().write(true).open(&s).expect("open source");
+    for (at, seed) in [(MIB as u64, 31), (9 * MIB as u64 + 12345, 32)] {
+        f.write_all_at(&random_bytes(100_000, seed), at)
+            .expect("write source");
+    }
+    drop(f);
+    let ends = transfer(dir, &s, &d, Some("1M"), &[]);
+    assert_same(&s, &d);
+    let data = read_file(&s);
+    check_summaries(&ends, &expect(&data, &[], MIB, 0));
+    assert_eq!(file_len(&d), size);
+    let alloc = allocated_bytes(&d);
+    assert!(
+        alloc < size / 8,
+        "the new destination is not sparse: {alloc} bytes allocated of {size}"
+    );
+}
+
+#[test]
+fn upload_sparse_source_into_new_destination() {
+    sparse_into_new("up-sparse", Dir::Up);
+}
+
+#[test]
+fn download_sparse_source_into_new_destination() {
+    sparse_into_new("down-sparse", Dir::Down);
+}
+
+fn empty_source(name: &str, dir: Dir) {
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &[]);
+    write_file(&d, &random_bytes(300_000, 4));
+    let ends = transfer(dir, &s, &d, Some("64K"), &[]);
+    assert_eq!(file_len(&d), 0, "the destination was not truncated");
+    check_summaries(&ends, &Expect::default());
+}
+
+#[test]
+fn upload_empty_source_truncates() {
+    empty_source("up-empty", Dir::Up);
+}
+
+#[test]
+fn download_empty_source_truncates() {
+    empty_source("down-empty", Dir::Down);
+}
+
+fn grow(name: &str, dir: Dir) {
+    let (src, dst) = make_pair(2 * MIB + 1000, 5);
+    sync_and_check(name, dir, &src, Some(&dst[..700_000]), 64 << 10, &[]);
+}
+
+fn shrink(name: &str, dir: Dir) {
+    let (src, mut dst) = make_pair(MIB + 1000, 6);
+    dst.extend_from_slice(&random_bytes(MIB + 3, 7));
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &src);
+    write_file(&d, &dst);
+    let ends = transfer(dir, &s, &d, Some("64K"), &[]);
+    assert_same(&s, &d);
+    check_summaries(&ends, &expect(&src, &dst[..src.len()], 64 << 10, 0));
+}
+
+#[test]
+fn upload_grows_destination() {
+    grow("up-grow", Dir::Up);
+}
+
+#[test]
+fn download_grows_destination() {
+    grow("down-grow", Dir::Down);
+}
+
+#[test]
+fn upload_shrinks_destination() {
+    shrink("up-shrink", Dir::Up);
+}
+
+#[test]
+fn download_shrinks_destination() {
+    shrink("down-shrink", Dir::Down);
+}
+
+fn unaligned(name: &str, dir: Dir) {
+    // The last block is partial, and it differs.
+    let (src, mut dst) = make_pair(777_777, 8);
+    let n = dst.len();
+    dst[n - 3] ^= 0x55;
+    sync_and_check(name, dir, &src, Some(&dst), 64 << 10, &[]);
+}
+
+#[test]
+fn upload_size_not_a_multiple_of_the_block_size() {
+    unaligned("up-unaligned", Dir::Up);
+}
+
+#[test]
+fn download_size_not_a_multiple_of_the_block_size() {
+    unaligned("down-unaligned", Dir::Down);
+}
+
+fn lanes(name: &str, dir: Dir, w: &str) {
+    let (src, dst) = make_pair(3 * MIB + 77, 9);
+    let ends = sync_and_check(name, dir, &src, Some(&dst), 64 << 10, &["-w", w]);
+    let lanes = format!("{w} lane(s)");
+    assert_eq!(
+        lines_with(&ends.client, &[&lanes]).len(),
+        1,
+        "{}",
+        ends.client
+    );
+    assert_eq!(
+        lines_with(&ends.server, &[&lanes]).len(),
+        1,
+        "{}",
+        ends.server
+    );
+}
+
+#[test]
+fn upload_one_lane() {
+    lanes("up-w1", Dir::Up, "1");
+}
+
+#[test]
+fn upload_four_lanes() {
+    lanes("up-w4", Dir::Up, "4");
+}
+
+#[test]
+fn download_one_lane() {
+    lanes("down-w1", Dir::Down, "1");
+}
+
+#[test]
+fn download_four_lanes() {
+    lanes("down-w4", Dir::Down, "4");
+}
+
+fn skip_blocks(name: &str, dir: Dir) {
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    let bs = 64 << 10;
+    let src = random_bytes(MIB + 500, 10);
+    let old = random_bytes(MIB + 500, 11);
+    write_file(&s, &src);
+    write_file(&d, &old);
+    let ends = transfer(dir, &s, &d, Some("64K"), &["-s", "5"]);
+    let now = read_file(&d);
+    assert_eq!(now.len(), src.len());
+    assert!(
+        now[..5 * bs] == old[..5 * bs],
+        "-s 5: the skipped blocks were touched"
+    );
+    assert!(now[5 * bs..] == src[5 * bs..], "-s 5: the rest differs");
+    check_summaries(&ends, &expect(&src, &old, bs, 5));
+}
+
+#[test]
+fn upload_skip_leaves_first_blocks_alone() {
+    skip_blocks("up-skip", Dir::Up);
+}
+
+#[test]
+fn download_skip_leaves_first_blocks_alone() {
+    skip_blocks("down-skip", Dir::Down);
+}
+
+/// Sizes and block sizes that do not line up with anything.
+fn odd_block(name: &str, dir: Dir, len: usize, bs: usize) {
+    let (src, dst) = make_pair(len, 12);
+    sync_and_check(name, dir, &src, Some(&dst), bs, &[]);
+}
+
+#[test]
+fn upload_block_size_one() {
+    odd_block("up-b1", Dir::Up, 2000, 1);
+}
+
+#[test]
+fn download_block_size_one() {
+    odd_block("down-b1", Dir::Down, 2000, 1);
+}
+
+#[test]
+fn upload_block_size_4095() {
+    odd_block("up-b4095", Dir::Up, 300_001, 4095);
+}
+
+#[test]
+fn download_block_size_4095() {
+    odd_block("down-b4095", Dir::Down, 300_001, 4095);
+}
+
+#[test]
+fn upload_block_size_100k() {
+    odd_block("up-b100k", Dir::Up, MIB + 7, 100 << 10);
+}
+
+#[test]
+fn download_block_size_100k() {
+    odd_block("down-b100k", Dir::Down, MIB + 7, 100 << 10);
+}
+
+#[test]
+fn upload_block_larger_than_file() {
+    odd_block("up-bbig", Dir::Up, 300 << 10, MIB);
+}
+
+#[test]
+fn download_block_larger_than_file() {
+    odd_block("down-bbig", Dir::Down, 300 << 10, MIB);
+}
+
+#[test]
+fn download_source_block_size_wins() {
+    let tmp = TempDir::new("down-bs-wins");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    let (src, dst) = make_pair(MIB, 13);
+    write_file(&s, &src);
+    write_file(&d, &dst);
+    let ends = transfer(Dir::Down, &s, &d, Some("64K"), &["-b", "1M"]);
+    assert_same(&s, &d);
+    assert_eq!(
+        lines_with(&ends.client, &["connected to", "in blocks of 64.0 KiB"]).len(),
+        1,
+        "the client did not adopt the server's block size:\n{}",
+        ends.client
+    );
+    check_summaries(&ends, &expect(&src, &dst, 64 << 10, 0));
+}
+
+// ----------------------------------------------------------- compression ---
+
+/// Text-like data: numbered lines of words from a small vocabulary.
+fn text(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "block",
+        "device",
+        "sync",
+        "digest",
+        "zero",
+        "sparse",
+        "lane",
+        "server",
+        "client",
+        "source",
+        "target",
+        "write",
+        "read",
+        "frame",
+        "window",
+        "acknowledge",
+    ];
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = Vec::with_capacity(len + 128);
+    let mut n = 0u64;
+    while out.len() < len {
+        n += 1;
+        out.extend_from_slice(format!("{n:08} ").as_bytes());
+        for _ in 0..rng.usize(4..12) {
+            out.extend_from_slice(WORDS[rng.usize(..WORDS.len())].as_bytes());
+            out.push(b' ');
+        }
+        out.push(b'\n');
+    }
+    out.truncate(len);
+    out
+}
+
+/// A full copy of compressible data with `flags`; returns the client's wire
+/// bytes over the file size.
+fn wire_ratio(name: &str, dir: Dir, flags: &[&str]) -> f64 {
+    let data = text(4 * MIB, 14);
+    let ends = sync_and_check(name, dir, &data, None, MIB, flags);
+    let sum = summary(&ends.client);
+    assert!(sum.wire > 0.0, "no wire bytes in {}", sum.line);
+    sum.wire / data.len() as f64
+}
+
+fn compressed(name: &str, dir: Dir, level: &str) {
+    let ratio = wire_ratio(name, dir, &["-L", level]);
+    assert!(
+        ratio < 0.5,
+        "-L {level}: {ratio:.3} of the file went over the wire"
+    );
+}
+
+#[test]
+fn upload_level_fast_compresses() {
+    compressed("up-fast", Dir::Up, "fast");
+}
+
+#[test]
+fn upload_level_default_compresses() {
+    compressed("up-default", Dir::Up, "default");
+}
+
+#[test]
+fn upload_level_better_compresses() {
+    compressed("up-better", Dir::Up, "better");
+}
+
+#[test]
+fn upload_level_best_compresses() {
+    compressed("up-best", Dir::Up, "best");
+}
+
+#[test]
+fn download_level_default_compresses() {
+    compressed("down-default", Dir::Down, "default");
+}
+
+#[test]
+fn upload_no_compression_sends_everything() {
+    let ratio = wire_ratio("up-n", Dir::Up, &["-n"]);
+    assert!(
+        (1.0..1.02).contains(&ratio),
+        "-n: {ratio:.3} of the file went over the wire"
+    );
+}
+
+#[test]
+fn download_no_compression_sends_everything() {
+    let ratio = wire_ratio("down-n", Dir::Down, &["-n"]);
+    assert!(
+        (1.0..1.02).contains(&ratio),
+        "-n: {ratio:.3} of the file went over the wire"
+    );
+}
+
+// ------------------------------------------------------------------ IPv6 ---
+
+fn ipv6(name: &str, dir: Dir) {
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    let (src, dst) = make_pair(MIB + 99, 15);
+    write_file(&s, &src);
+    write_file(&d, &dst);
+    match transfer_on("::1", dir, &s, &d, Some("64K"), &[]) {
+        Ok(ends) => {
+            assert_same(&s, &d);
+            check_summaries(&ends, &expect(&src, &dst, 64 << 10, 0));
+            assert!(ends.client.contains("[::1]:"), "{}", ends.client);
+        }
+        // Only a failure to listen means the host has no IPv6 loopback.
+        Err(e) if e.contains("listen") => eprintln!("skipped: cannot serve on ::1 here: {e}"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn upload_ipv6() {
+    ipv6("up-ipv6", Dir::Up);
+}
+
+#[test]
+fn download_ipv6() {
+    ipv6("down-ipv6", Dir::Down);
+}
+
+// ------------------------------------------------- wrong or hostile peers ---
+
+/// A test's own connection to `addr`, with deadlines.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(IO_TIMEOUT)))
+        .expect("read timeout");
+    s.set_write_timeout(Some(Duration::from_secs(IO_TIMEOUT)))
+        .expect("write timeout");
+    s
+}
+
+/// Everything the peer sends until it closes (errors end it too).
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                assert_ne!(
+                    e.kind(),
+                    ErrorKind::WouldBlock,
+                    "the server kept a bad connection open for {IO_TIMEOUT} s"
+                );
+                return got;
+            }
+        }
+    }
+}
+
+/// A `Hello` frame, encoded by hand from the layout in `src/proto.rs`.
+#[allow(clippy::too_many_arguments)]
+fn hello_frame(
+    lane: u16,
+    lanes: u16,
+    download: bool,
+    block_size: u32,
+    source_size: u64,
+    compression: u8,
+    flags: u8,
+) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&0x1234_5678_9abc_def0_u128.to_le_bytes());
+    p.extend_from_slice(&lane.to_le_bytes());
+    p.extend_from_slice(&lanes.to_le_bytes());
+    p.push(u8::from(download));
+    p.extend_from_slice(&block_size.to_le_bytes());
+    p.extend_from_slice(&0u64.to_le_bytes());
+    p.extend_from_slice(&source_size.to_le_bytes());
+    p.push(compression);
+    p.push(flags);
+    let mut f = vec![1u8];
+    f.extend_from_slice(&(p.len() as u32).to_le_bytes());
+    f.extend_from_slice(&p);
+    f
+}
+
+/// A real upload client against `server`; must succeed.
+fn real_upload(server: Server, src: &Path, dst: &Path) {
+    let client = Proc::start(&["-f", arg(src), "-r", &server.addr(), "-b", "64K"]).expect_status(0);
+    let srv = server.proc.expect_status(0);
+    assert_eq!(verify_digest(&client), verify_digest(&srv));
+    assert_same(src, dst);
+}
+
+#[test]
+fn server_rejects_other_protocol_version_and_stays_up() {
+    let tmp = TempDir::new("fake-client-version");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(300_000, 16));
+    write_file(&d, &random_bytes(200_000, 17));
+    let mut server = Server::start(&["-f", arg(&d)]);
+    let mut fake = connect(server.socket_addr());
+    fake.write_all(b"BSYNC ver0.01\n").expect("send preamble");
+    let mut theirs = [0u8; 14];
+    fake.read_exact(&mut theirs)
+        .expect("read the server's preamble");
+    assert_eq!(&theirs, PREAMBLE, "{:?}", String::from_utf8_lossy(&theirs));
+    let rest = read_to_close(&mut fake);
+    assert!(rest.is_empty(), "the server sent more: {rest:?}");
+    let err = server
+        .proc
+        .wait_stderr(Duration::from_secs(10), |e| e.contains("ver0.01"));
+    assert_eq!(
+        lines_with(&err, &["ver0.01", "ver0.02"]).len(),
+        1,
+        "want one line naming both versions:\n{err}"
+    );
+    assert!(server.proc.is_running(), "the server gave up:\n{err}");
+    real_upload(server, &s, &d);
+}
+
+/// A test listener that plays a server: it answers each connection with
+/// `reply` (after reading the client's preamble) and holds it open until the
+/// client closes. Returns the port and the preambles the clients sent.
+fn fake_server(reply: &'static [u8]) -> (u16, Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(IO_TIMEOUT * 2)));
+        if !reply.is_empty() {
+            let _ = s.write_all(reply);
+        }
+        let mut theirs = [0u8; 14];
+        let _ = s.read_exact(&mut theirs);
+        let _ = tx.send(theirs.to_vec());
+        let _ = read_to_close(&mut s);
+    });
+    (port, rx)
+}
+
+#[test]
+fn client_rejects_other_protocol_version() {
+    let tmp = TempDir::new("fake-server-version");
+    let s = tmp.join("src");
+    write_file(&s, &random_bytes(100_000, 18));
+    let (port, theirs) = fake_server(b"BSYNC ver0.01\n");
+    let addr = format!("127.0.0.1:{port}");
+    let err = Proc::start(&["-f", arg(&s), "-r", &addr]).expect_status(1);
+    let line = error_line(&err);
+    assert!(
+        line.contains("ver0.01") && line.contains("ver0.02"),
+        "want both versions named: {line}"
+    );
+    assert!(!err.contains("done:"), "{err}");
+    let sent = theirs
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the client sent no preamble");
+    assert_eq!(sent, PREAMBLE);
+}
+
+#[test]
+fn client_rejects_a_non_bsync_server() {
+    let tmp = TempDir::new("fake-server-http");
+    let d = tmp.join("dst");
+    let (port, _) = fake_server(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    let addr = format!("127.0.0.1:{port}");
+    let err = Proc::start(&["-d", "-f", arg(&d), "-r", &addr]).expect_status(1);
+    let line = error_line(&err);
+    assert!(line.contains("not a bsync peer"), "{line}");
+    assert!(!d.exists(), "the destination was created");
+}
+
+#[test]
+fn client_times_out_on_a_silent_server() {
+    let (port, _) = fake_server(b"");
+    let tmp = TempDir::new("fake-server-silent");
+    let s = tmp.join("src");
+    write_file(&s, &random_bytes(10_000, 19));
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    let client = Proc::start_env(&["-f", arg(&s), "-r", &addr], &[("BSYNC_IO_TIMEOUT", "2")]);
+    let err = client.expect_status(1);
+    let took = start.elapsed();
+    let line = error_line(&err);
+    assert!(line.contains("127.0.0.1"), "the line names no peer: {line}");
+    assert!(
+        took < Duration::from_secs(8),
+        "a 2 s deadline took {took:?}: {line}"
+    );
+}
+
+#[test]
+fn client_connection_refused() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let tmp = TempDir::new("refused");
+    let s = tmp.join("src");
+    write_file(&s, &random_bytes(10_000, 21));
+    let addr = format!("127.0.0.1:{port}");
+    let err = Proc::start(&["-f", arg(&s), "-r", &addr]).expect_status(1);
+    let line = error_line(&err);
+    assert!(line.contains(&addr), "the line names no peer: {line}");
+}
+
+#[test]
+fn server_survives_garbage_and_serves_the_next_client() {
+    let tmp = TempDir::new("garbage");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(500_000, 22));
+    let old = random_bytes(400_000, 23);
+    write_file(&d, &old);
+    let before = age(&d);
+    let mut server = Server::start(&["-f", arg(&d)]);
+    let addr = server.socket_addr();
+
+    // Random bytes instead of a preamble.
+    let mut c = connect(addr);
+    let _ = c.write_all(&random_bytes(4096, 24));
+    let _ = read_to_close(&mut c);
+    // Nothing at all.
+    drop(connect(addr));
+    // A preamble, then random frames.
+    let mut c = connect(addr);
+    let _ = c.write_all(PREAMBLE);
+    let _ = c.write_all(&random_bytes(4096, 25));
+    let _ = read_to_close(&mut c);
+    // A frame header announcing 4 GiB.
+    let mut c = connect(addr);
+    let _ = c.write_all(PREAMBLE);
+    let _ = c.write_all(&[1, 0xff, 0xff, 0xff, 0xff]);
+    let _ = read_to_close(&mut c);
+    // A truncated Hello, then close.
+    let mut c = connect(addr);
+    let _ = c.write_all(PREAMBLE);
+    let _ = c.write_all(&[1, 10, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    let _ = read_to_close(&mut c);
+    let dropped = 5;
+    // Well-formed Hellos the server must refuse, each with an Error frame:
+    // a lane of no session, zero lanes, a zero block size, an unknown
+    // compression, encryption flags.
+    let refusals = [
+        hello_frame(3, 4, false, 65536, 500_000, 2, 0),
+        hello_frame(0, 0, false, 65536, 500_000, 2, 0),
+        hello_frame(0, 1, false, 0, 500_000, 2, 0),
+        hello_frame(0, 1, false, 65536, 500_000, 9, 0),
+        hello_frame(0, 1, false, 65536, 500_000, 2, 1),
+    ];
+    for hello in &refusals {
+        let mut c = connect(addr);
+        c.write_all(PREAMBLE).expect("send preamble");
+        c.write_all(hello).expect("send hello");
+        let got = read_to_close(&mut c);
+        assert!(got.starts_with(PREAMBLE), "{got:?}");
+        let frame = &got[PREAMBLE.len()..];
+        assert!(
+            frame.len() > 5 && frame[0] == 3,
+            "want an Error frame, got {frame:?}"
+        );
+        let len = u32::from_le_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(frame.len(), 5 + len, "{frame:?}");
+        assert!(std::str::from_utf8(&frame[5..]).is_ok(), "{frame:?}");
+    }
+    let want = dropped + refusals.len();
+    let err = server.proc.wait_stderr(Duration::from_secs(10), |e| {
+        lines_with(e, &["dropped"]).len() + lines_with(e, &["refused"]).len() >= want
+    });
+    assert_eq!(
+        lines_with(&err, &["dropped"]).len() + lines_with(&err, &["refused"]).len(),
+        want,
+        "want one line per bad connection:\n{err}"
+    );
+    assert!(server.proc.is_running(), "the server gave up:\n{err}");
+    assert_eq!(read_file(&d), old, "garbage changed the destination");
+    assert_eq!(mtime(&d), before, "garbage touched the destination");
+    // A silent connection stays open and must not stall the real client.
+    let silent = connect(addr);
+    real_upload(server, &s, &d);
+    drop(silent);
+}
+
+#[test]
+fn upload_server_refuses_download_client() {
+    let tmp = TempDir::new("wrong-mode-up");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(300_000, 26));
+    let old = random_bytes(300_000, 27);
+    write_file(&d, &old);
+    let before = age(&d);
+    let mut server = Server::start(&["-f", arg(&d)]);
+    let other = tmp.join("other");
+    let err = Proc::start(&["-d", "-f", arg(&other), "-r", &server.addr()]).expect_status(1);
+    let line = error_line(&err);
+    assert!(
+        line.contains("-d") && line.contains("upload"),
+        "not a clear line: {line}"
+    );
+    assert!(!other.exists(), "the wrong client created its file");
+    assert!(server.proc.is_running(), "{}", server.proc.stderr());
+    assert_eq!(read_file(&d), old);
+    assert_eq!(
+        mtime(&d),
+        before,
+        "a refused client touched the destination"
+    );
+    real_upload(server, &s, &d);
+}
+
+#[test]
+fn download_server_refuses_upload_client() {
+    let tmp = TempDir::new("wrong-mode-down");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(300_000, 28));
+    let mine = random_bytes(200_000, 29);
+    write_file(&d, &mine);
+    let mut server = Server::start(&["-d", "-f", arg(&s)]);
+    // The mistaken client means to download into d but forgot -d.
+    let err = Proc::start(&["-f", arg(&d), "-r", &server.addr()]).expect_status(1);
+    let line = error_line(&err);
+    assert!(line.contains("-d"), "not a clear line: {line}");
+    assert!(server.proc.is_running(), "{}", server.proc.stderr());
+    assert_eq!(read_file(&d), mine);
+    let client = Proc::start(&["-d", "-f", arg(&d), "-r", &server.addr()]).expect_status(0);
+    let srv = server.proc.expect_status(0);
+    assert_eq!(verify_digest(&client), verify_digest(&srv));
+    assert_same(&s, &d);
+}
+
+// ------------------------------------------------------ failures mid-run ---
+
+/// Start a slow transfer (level `best` on incompressible data), kill the
+/// server once the client is connected, and check how the client ends.
+fn server_killed(name: &str, dir: Dir) {
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(64 * MIB, 30));
+    let (mut server, client_args) = match dir {
+        Dir::Up => (Server::start(&["-f", arg(&d)]), vec!["-f", arg(&s)]),
+        Dir::Down => (
+            Server::start(&["-d", "-f", arg(&s), "-b", "1M"]),
+            vec!["-d", "-f", arg(&d)],
+        ),
+    };
+    let addr = server.addr();
+    let mut args = client_args;
+    args.extend(["-r", &addr, "-b", "1M", "-L", "best"]);
+    let mut client = Proc::start(&args);
+    client.wait_stderr(Duration::from_secs(10), |e| e.contains("connected to"));
+    server.proc.kill();
+    let killed = Instant::now();
+    let err = client.expect_status(1);
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(IO_TIMEOUT + 5),
+        "the client took {took:?} to notice"
+    );
+    assert!(!err.contains("done:"), "a summary after failure:\n{err}");
+    assert!(!err.contains("both ends agree"), "{err}");
+    let line = error_line(&err);
+    assert!(line.contains("127.0.0.1"), "the line names no peer: {line}");
+}
+
+#[test]
+fn upload_server_killed_mid_run() {
+    server_killed("up-killed", Dir::Up);
+}
+
+#[test]
+fn download_server_killed_mid_run() {
+    server_killed("down-killed", Dir::Down);
+}
+
+#[test]
+fn upload_client_killed_mid_run() {
+    let tmp = TempDir::new("client-killed");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(64 * MIB, 31));
+    let mut server = Server::start(&["-f", arg(&d)]);
+    let addr = server.addr();
+    let mut client = Proc::start(&["-f", arg(&s), "-r", &addr, "-b", "1M", "-L", "best"]);
+    server
+        .proc
+        .wait_stderr(Duration::from_secs(10), |e| e.contains("session from"));
+    client.kill();
+    let killed = Instant::now();
+    let err = server.proc.expect_status(1);
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(IO_TIMEOUT + 5),
+        "the server took {took:?} to notice"
+    );
+    assert!(!err.contains("done:"), "a summary after failure:\n{err}");
+    error_line(&err);
+}
+
+/// Where a relay cuts its first connection: after this many bytes in this
+/// direction.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// Forward everything.
+    Never,
+    /// After `n` bytes from the client.
+    ClientBytes(u64),
+    /// After `n` bytes from the server.
+    ServerBytes(u64),
+}
+
+/// A TCP relay on 127.0.0.1 to `target` that cuts its first connection as
+/// `cut` says and forwards later ones whole. Returns the relay's port and a
+/// count of the connections it saw.
+fn relay(target: SocketAddr, cut: Cut) -> (u16, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let port = listener.local_addr().expect("relay address").port();
+    let seen = Arc::new(Mutex::new(0usize));
+    let count = Arc::clone(&seen);
+    // The thread outlives the test's use of it, blocked in accept; the test
+    // binary's exit ends it.
+    thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(client) = conn else { continue };
+            *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            let Ok(server) = TcpStream::connect(target) else {
+                continue;
+            };
+            let (up, down) = match (n, cut) {
+                (0, Cut::ClientBytes(b)) => (Some(b), None),
+                (0, Cut::ServerBytes(b)) => (None, Some(b)),
+                _ => (None, None),
+            };
+            let (c2, s2) = match (client.try_clone(), server.try_clone()) {
+                (Ok(c), Ok(s)) => (c, s),
+                _ => continue,
+            };
+            thread::spawn(move || pipe(client, server, up));
+            thread::spawn(move || pipe(s2, c2, down));
+        }
+    });
+    (port, seen)
+}
+
+/// Copy `from` to `to`; with a limit, cut both sockets once it is reached.
+fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => n,
+        };
+        let take = limit.map_or(n, |l| n.min((l - total) as usize));
+        if to.write_all(&buf[..take]).is_err() {
+            let _ = from.shutdown(Shutdown::Both);
+            return;
+        }
+        total += take as u64;
+        if limit == Some(total) {
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// An 8 MiB transfer into a new destination through a relay cutting as
+/// `cut` says; returns how many connections the relay saw.
+fn through_relay(name: &str, dir: Dir, cut: Cut, client: &[&str]) -> usize {
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(8 * MIB, 32));
+    let (server, mut args) = match dir {
+        Dir::Up => (
+            Server::start(&["-f", arg(&d)]),
+            vec!["-f", arg(&s), "-b", "256K"],
+        ),
+        Dir::Down => (
+            Server::start(&["-d", "-f", arg(&s), "-b", "256K"]),
+            vec!["-d", "-f", arg(&d)],
+        ),
+    };
+    let (port, seen) = relay(server.socket_addr(), cut);
+    let addr = format!("127.0.0.1:{port}");
+    args.extend(["-r", &addr, "-n"]);
+    args.extend(client);
+    let client = Proc::start(&args).expect_status(0);
+    let srv = server.proc.expect_status(0);
+    assert_eq!(verify_digest(&client), verify_digest(&srv));
+    assert_same(&s, &d);
+    *seen.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn relay_forwards_whole_sessions() {
+    // The relay itself must be sound for the cut tests below to mean much.
+    assert_eq!(through_relay("relay-up", Dir::Up, Cut::Never, &[]), 1);
+    assert_eq!(
+        through_relay("relay-down", Dir::Down, Cut::Never, &["-w", "3"]),
+        3
+    );
+}
+
+#[test]
+fn upload_survives_a_cut_connection() {
+    let n = through_relay("relay-cut-up", Dir::Up, Cut::ClientBytes(MIB as u64), &[]);
+    assert!(n >= 2, "the client did not reconnect ({n} connection)");
+}
+
+#[test]
+fn download_survives_a_cut_connection() {
+    let n = through_relay(
+        "relay-cut-down",
+        Dir::Down,
+        Cut::ServerBytes(MIB as u64),
+        &[],
+    );
+    assert!(n >= 2, "the client did not reconnect ({n} connection)");
+}
+
+#[test]
+fn upload_with_four_lanes_survives_a_cut_connection() {
+    let n = through_relay(
+        "relay-cut-w4",
+        Dir::Up,
+        Cut::ClientBytes(MIB as u64 / 2),
+        &["-w", "4"],
+    );
+    assert!(n >= 5, "the client did not reconnect ({n} connections)");
+}
+
+#[test]
+fn upload_to_an_unopenable_destination_fails_on_both_ends() {
+    let tmp = TempDir::new("bad-dest");
+    let s = tmp.join("src");
+    write_file(&s, &random_bytes(100_000, 33));
+    let d = tmp.join("no-such-dir").join("dst");
+    let server = Server::start(&["-f", arg(&d)]);
+    let client = Proc::start(&["-f", arg(&s), "-r", &server.addr()]).expect_status(1);
+    let srv = server.proc.expect_status(1);
+    let line = error_line(&client);
+    assert!(
+        line.contains("no-such-dir"),
+        "the client was not told why: {line}"
+    );
+    let line = error_line(&srv);
+    assert!(line.contains("no-such-dir"), "{line}");
+}
+
+/// Regression guard: once a session has all its lanes the server stopped
+/// answering new connections, so a second client hung until the session
+/// ended and then saw a misleading "connection closed".
+#[test]
+fn second_client_during_a_session_is_refused() {
+    let tmp = TempDir::new("busy");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(64 * MIB, 34));
+    let mut server = Server::start(&["-f", arg(&d)]);
+    let addr = server.addr();
+    let first = Proc::start(&["-f", arg(&s), "-r", &addr, "-b", "1M", "-L", "best"]);
+    server
+        .proc
+        .wait_stderr(Duration::from_secs(10), |e| e.contains("session from"));
+    let start = Instant::now();
+    let err = Proc::start(&["-f", arg(&s), "-r", &addr]).expect_status(1);
+    let took = start.elapsed();
+    let line = error_line(&err);
+    assert!(line.contains("busy"), "not a clear line: {line}");
+    assert!(took < Duration::from_secs(5), "refused only after {took:?}");
+    first.expect_status(0);
+    server.proc.expect_status(0);
+    assert_same(&s, &d);
+}
