@@ -162,12 +162,15 @@ fn allocations_of_network(
     })
 }
 
-/// Fails if the extra 448 blocks of the long run cost more than a few
-/// allocations; one per block would add 448.
+/// Fails if the extra 448 blocks of the long run cost 100 allocations or
+/// more; one per block would add 448. What may legitimately differ is
+/// warm-up: the pools create buffers lazily, and a busier run may touch more
+/// of them, each growing its extent list a few times (at most about 60 with
+/// `-w 3`).
 fn check(what: &str, short: u64, long: u64) {
     eprintln!("{what}: 64 blocks: {short} allocations, 512 blocks: {long}");
     assert!(
-        long.saturating_sub(short) < 50,
+        long.saturating_sub(short) < 100,
         "{what}: {short} allocations for 64 blocks but {long} for 512: \
          something allocates per block"
     );
