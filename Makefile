@@ -4,7 +4,7 @@
 #   make          static release binary ./bsync (x86_64-unknown-linux-musl)
 #   make test     cargo fmt --check, clippy with -D warnings, cargo test
 #   make demo     sync a small real ext4 image with a modified copy of itself
-#   make bench    cargo bench, bsync against the read floor, then over loopback
+#   make bench    cargo bench; bsync against the read floor, dd, and rsync over loopback
 #   make fuzz     fuzz the wire codec for FUZZ_SECONDS per target (needs cargo-fuzz)
 #   make deny     licence, ban and source checks (needs cargo-deny)
 #   make clean    remove build output
@@ -59,6 +59,7 @@ demo: all
 bench: all
 	$(CARGO) bench --locked
 	benches/sync.sh
+	benches/io.sh
 	benches/net.sh
 
 # cargo-fuzz wants nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain
