@@ -211,13 +211,7 @@ fn connect(host: &str, port: u16, peer: &str, hello: &Hello) -> Result<(Lane, We
     let mut reader: FrameReader = lane.reader;
     let welcome = match reader.read("the server's welcome")? {
         Frame::Welcome(w) => w,
-        Frame::Error(msg) => {
-            return Err(Error::Remote {
-                peer: peer.to_string(),
-                msg: msg.to_string(),
-            });
-        }
-        _ => return Err(Error::protocol(peer, "expected a Welcome frame")),
+        other => return Err(session::unexpected(peer, &other)),
     };
     Ok((
         Lane {

@@ -381,18 +381,7 @@ impl SourceCtx<'_> {
                     lock(self.state).complete = Some(verify);
                     self.acknowledge(end);
                 }
-                Frame::Error(msg) => {
-                    return Err(Error::Remote {
-                        peer: peer.to_string(),
-                        msg: msg.to_string(),
-                    });
-                }
-                other => {
-                    return Err(Error::protocol(
-                        peer,
-                        format!("unexpected {} frame", frame_name(&other)),
-                    ));
-                }
+                other => return Err(unexpected(peer, &other)),
             }
         }
     }
@@ -530,6 +519,18 @@ impl SourceCtx<'_> {
             // asks again for what it did not get.
             let _ = self.senders[lane_of(index, self.senders.len())].send(&scratch.frame);
         }
+    }
+}
+
+/// The error for a frame that has no place here: the peer's own `Error`
+/// frame, or a protocol violation.
+pub(crate) fn unexpected(peer: &str, frame: &Frame<'_>) -> Error {
+    match frame {
+        Frame::Error(msg) => Error::Remote {
+            peer: peer.to_string(),
+            msg: msg.to_string(),
+        },
+        other => Error::protocol(peer, format!("unexpected {} frame", frame_name(other))),
     }
 }
 
@@ -762,18 +763,7 @@ impl DestCtx<'_> {
                     }
                 }
                 Frame::Bye => return Ok(()),
-                Frame::Error(msg) => {
-                    return Err(Error::Remote {
-                        peer: peer.to_string(),
-                        msg: msg.to_string(),
-                    });
-                }
-                other => {
-                    return Err(Error::protocol(
-                        peer,
-                        format!("unexpected {} frame", frame_name(&other)),
-                    ));
-                }
+                other => return Err(unexpected(peer, &other)),
             }
         }
     }
