@@ -9,7 +9,7 @@
 //!
 //! Nonces must never repeat under one key. Rather than trusting every caller
 //! to partition one nonce space,
-//! [`derive_subkey`](crate::aead::derive_subkey) gives each connection and
+//! [`derive_subkey`] gives each connection and
 //! direction a key of its own.
 
 use std::fmt;

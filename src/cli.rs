@@ -8,7 +8,7 @@
 //!
 //! Go's `flag` package accepts every flag with one dash or two and takes a
 //! value as `-b 10`, `-b=10`, `--b 10` or `--b=10`; it has no clustered short
-//! flags. [`go_style`] rewrites the arguments so lexopt sees only long options.
+//! flags. `go_style` rewrites the arguments so lexopt sees only long options.
 
 use std::ffi::OsString;
 use std::net::IpAddr;

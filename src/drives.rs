@@ -9,7 +9,7 @@
 //! `-`, and a device that vanishes or reports a malformed size while we read
 //! it is left out rather than failing the whole listing. Only a missing
 //! `<root>/block` directory is an error. The sysfs root can be moved with
-//! [`SYSFS_ENV`](crate::drives::SYSFS_ENV) so that tests (and curious users)
+//! [`SYSFS_ENV`] so that tests (and curious users)
 //! can point at a fake tree.
 
 use std::cmp::Ordering;
