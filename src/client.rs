@@ -93,10 +93,7 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         lanes.len()
     ));
     let stats = std::sync::Arc::new(Stats::default());
-    let totals = Totals {
-        blocks: geo.blocks() - first_block,
-        bytes: geo.size - geo.offset(first_block).min(geo.size),
-    };
+    let totals = Totals::from_block(geo, first_block);
     let reporter = Reporter::start(log, &stats, totals, !log.is_quiet());
     let redial = Redial {
         host,
@@ -108,15 +105,13 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         log,
     };
     // A download into a larger device says so after the summary.
-    let mut excess = None;
+    let mut dest = None;
     let verify = match source {
         Some(source) => session::run_source(&params, &source, lanes, &stats, &redial)?,
         None => {
-            let mut dest = Disk::open_destination(&config.path, log)?;
-            dest.fit_to(geo.size)?;
-            let verify = session::run_destination(&params, &dest, lanes, &stats, &redial)?;
-            excess = Some(dest.size - geo.size);
-            verify
+            let d = dest.insert(Disk::open_destination(&config.path, log)?);
+            d.fit_to(geo.size)?;
+            session::run_destination(&params, d, lanes, &stats, &redial)?
         }
     };
     let elapsed = reporter.finish();
@@ -129,12 +124,8 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
     log.info(format!(
         "verification digest {verify:032x}: both ends agree"
     ));
-    if let Some(extra) = excess.filter(|&n| n > 0) {
-        log.info(format!(
-            "destination {} is larger than the source by {}; bytes past the source's end were left alone",
-            config.path.display(),
-            crate::progress::human_bytes(extra)
-        ));
+    if let Some(d) = &dest {
+        d.report_excess(geo.size);
     }
     Ok(())
 }

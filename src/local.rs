@@ -47,10 +47,7 @@ pub fn sync(config: &Config, src: &Path, dst: &Path, log: &Log) -> Result<()> {
     };
     let first = config.skip.min(geo.blocks());
     let stats = Arc::new(Stats::default());
-    let totals = Totals {
-        blocks: geo.blocks() - first,
-        bytes: source.size - geo.offset(first).min(source.size),
-    };
+    let totals = Totals::from_block(geo, first);
     if first > 0 {
         log.info(format!("skipping the first {first} blocks (-s)"));
     }

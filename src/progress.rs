@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use crate::block::Geometry;
 use crate::cli::LogOptions;
 pub use crate::drives::human_bytes;
 
@@ -138,6 +139,16 @@ pub struct Totals {
     pub blocks: u64,
     /// Source bytes those blocks hold.
     pub bytes: u64,
+}
+
+impl Totals {
+    /// What is left of `geo` from block `first` on (`-s`).
+    pub fn from_block(geo: Geometry, first: u64) -> Totals {
+        Totals {
+            blocks: geo.blocks().saturating_sub(first),
+            bytes: geo.size - geo.offset(first).min(geo.size),
+        }
+    }
 }
 
 /// The live progress display; drop or [`Reporter::finish`] it to stop.

@@ -221,10 +221,7 @@ fn serve(
         human_bytes(geo.block_size as u64)
     ));
     let stats = std::sync::Arc::new(Stats::default());
-    let totals = Totals {
-        blocks: geo.blocks() - first_block,
-        bytes: geo.size - geo.offset(first_block).min(geo.size),
-    };
+    let totals = Totals::from_block(geo, first_block);
     let rejoins = Arc::new(Rejoins::default());
     {
         let rejoins = Arc::clone(&rejoins);
