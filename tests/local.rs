@@ -9,50 +9,13 @@ use std::path::Path;
 
 use common::*;
 
-/// What the summary of a run must say, worked out independently from the
-/// two files: per block, per 4 KiB page (or the block size if smaller): local
-/// mode compares bytes, so it writes only the pages that differ.
-#[derive(Debug, Default, PartialEq)]
-struct Expect {
-    blocks: u64,
-    same: u64,
-    changed: u64,
-    zero: u64,
-    written: u64,
-    cleared: u64,
-}
-
+/// Local mode compares bytes, so it writes only the 4 KiB pages that differ.
 const GRAIN: usize = 4096;
 
-/// The summary a run over `src` and the destination `dst` (as it was before
-/// the run) should print with block size `bs`, skipping `skip` blocks.
+/// The summary a local run over `src` and the destination `dst` (as it was
+/// before the run) should print with block size `bs`, skipping `skip` blocks.
 fn expect(src: &[u8], dst: &[u8], bs: usize, skip: usize) -> Expect {
-    let mut dst = dst.to_vec();
-    dst.resize(src.len(), 0);
-    let sub = bs.min(GRAIN);
-    let mut e = Expect::default();
-    for (s, d) in src.chunks(bs).zip(dst.chunks(bs)).skip(skip) {
-        e.blocks += 1;
-        let (mut data, mut zero) = (false, false);
-        for (a, b) in s.chunks(sub).zip(d.chunks(sub)) {
-            if a == b {
-                continue;
-            }
-            if a.iter().all(|&x| x == 0) {
-                zero = true;
-                e.cleared += a.len() as u64;
-            } else {
-                data = true;
-                e.written += a.len() as u64;
-            }
-        }
-        match (data, zero) {
-            (true, _) => e.changed += 1,
-            (false, true) => e.zero += 1,
-            (false, false) => e.same += 1,
-        }
-    }
-    e
+    expect_summary(src, dst, bs, skip, GRAIN)
 }
 
 /// Compare a run's summary with what the files say it must be.

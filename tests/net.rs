@@ -359,44 +359,9 @@ fn transfer_on(
 }
 
 /// What the destination's summary must say, worked out from the two files
-/// as they were before the run: per block, per sub-block.
-#[derive(Debug, Default, PartialEq)]
-struct Expect {
-    blocks: u64,
-    same: u64,
-    changed: u64,
-    zero: u64,
-    written: u64,
-    cleared: u64,
-}
-
+/// as they were before the run: per block, per 64 KiB sub-block.
 fn expect(src: &[u8], dst: &[u8], bs: usize, skip: usize) -> Expect {
-    let mut dst = dst.to_vec();
-    dst.resize(src.len(), 0);
-    let sub = bs.min(SUB_BLOCK);
-    let mut e = Expect::default();
-    for (s, d) in src.chunks(bs).zip(dst.chunks(bs)).skip(skip) {
-        e.blocks += 1;
-        let (mut data, mut zero) = (false, false);
-        for (a, b) in s.chunks(sub).zip(d.chunks(sub)) {
-            if a == b {
-                continue;
-            }
-            if a.iter().all(|&x| x == 0) {
-                zero = true;
-                e.cleared += a.len() as u64;
-            } else {
-                data = true;
-                e.written += a.len() as u64;
-            }
-        }
-        match (data, zero) {
-            (true, _) => e.changed += 1,
-            (false, true) => e.zero += 1,
-            (false, false) => e.same += 1,
-        }
-    }
-    e
+    expect_summary(src, dst, bs, skip, SUB_BLOCK)
 }
 
 /// The destination's summary must match `want`; the source must count the

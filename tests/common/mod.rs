@@ -257,3 +257,49 @@ pub fn about(actual: f64, exact: u64) -> bool {
     let exact = exact as f64;
     (actual - exact).abs() <= exact * 0.05 + 1.0
 }
+
+/// What the writing end's summary must say, worked out independently from
+/// the two files.
+#[derive(Debug, Default, PartialEq)]
+pub struct Expect {
+    pub blocks: u64,
+    pub same: u64,
+    pub changed: u64,
+    pub zero: u64,
+    pub written: u64,
+    pub cleared: u64,
+}
+
+/// The summary of a run over `src` onto `dst` (as it was before the run)
+/// with block size `bs`, skipping `skip` blocks, when the destination
+/// compares and writes in units of `grain` bytes (or the block size if
+/// smaller): per block, a unit that differs is written, or cleared when
+/// the source has only zeros there.
+pub fn expect_summary(src: &[u8], dst: &[u8], bs: usize, skip: usize, grain: usize) -> Expect {
+    let mut dst = dst.to_vec();
+    dst.resize(src.len(), 0);
+    let unit = bs.min(grain);
+    let mut e = Expect::default();
+    for (s, d) in src.chunks(bs).zip(dst.chunks(bs)).skip(skip) {
+        e.blocks += 1;
+        let (mut data, mut zero) = (false, false);
+        for (a, b) in s.chunks(unit).zip(d.chunks(unit)) {
+            if a == b {
+                continue;
+            }
+            if a.iter().all(|&x| x == 0) {
+                zero = true;
+                e.cleared += a.len() as u64;
+            } else {
+                data = true;
+                e.written += a.len() as u64;
+            }
+        }
+        match (data, zero) {
+            (true, _) => e.changed += 1,
+            (false, true) => e.zero += 1,
+            (false, false) => e.same += 1,
+        }
+    }
+    e
+}
