@@ -39,6 +39,8 @@ const FLAGS: &[(&str, bool)] = &[
     ("n", false),
     ("e", false),
     ("K", true),
+    ("token-file", true),
+    ("ssh", true),
     ("L", true),
     ("t", true),
     ("l", true),
@@ -166,8 +168,13 @@ pub struct Config {
     pub compression: Option<Level>,
     /// Whether to encrypt (`-e`, or implied by `-K`).
     pub encrypt: bool,
-    /// `-K`: the shared key.
+    /// `-K`: the shared key (read from stdin with `-K -`).
     pub key: Option<[u8; 32]>,
+    /// `-token-file`: a shared session token that a client must prove it
+    /// knows (without encryption). A key, when there is one, serves as well.
+    pub token: Option<[u8; 32]>,
+    /// `-ssh`: the remote shell command for `-t user@host:` (default `ssh`).
+    pub ssh: Option<String>,
     /// `-w`, at least 1.
     pub workers: usize,
     /// Prefetch queue depth, resolved (never 0).
@@ -201,7 +208,9 @@ pub struct RawArgs {
     bind: Option<IpAddr>,
     no_compress: bool,
     encrypt: bool,
-    key: Option<[u8; 32]>,
+    key: Option<Secret>,
+    token: Option<Secret>,
+    ssh: Option<String>,
     level: Option<Level>,
     target: Option<Target>,
     prefix: String,
@@ -295,7 +304,9 @@ impl RawArgs {
                 "i" => raw.bind = Some(parse_ip(&string_value(p, &flag)?)?),
                 "n" => raw.no_compress = bool_flag(p, &flag)?,
                 "e" => raw.encrypt = bool_flag(p, &flag)?,
-                "K" => raw.key = Some(parse_key(&string_value(p, &flag)?)?),
+                "K" => raw.key = Some(parse_key_arg(&string_value(p, &flag)?)?),
+                "token-file" => raw.token = Some(secret_path(path_value(p, &flag)?)),
+                "ssh" => raw.ssh = Some(parse_ssh(&string_value(p, &flag)?)?),
                 "L" => raw.level = Some(parse_level(&string_value(p, &flag)?)?),
                 "t" => raw.target = Some(parse_target(&path_value(p, &flag)?)?),
                 "l" => raw.prefix = string_value(p, &flag)?,
@@ -342,10 +353,25 @@ impl RawArgs {
             ));
         }
         let encrypt = self.encrypt || self.key.is_some();
-        if self.encrypt && self.key.is_none() && !self.target.as_ref().is_some_and(is_remote) {
+        let ssh_target = self.target.as_ref().is_some_and(is_remote);
+        if self.encrypt && self.key.is_none() && !ssh_target {
             return Err(Error::usage(
                 "-e needs -t user@host:/path (bsync makes and hands over the key) \
                  or -K KEY (the same 64-hex-digit key on both ends)",
+            ));
+        }
+        if self.target.is_some() && (self.key.is_some() || self.token.is_some()) {
+            return Err(Error::usage(
+                "-K and -token-file are for -r/-p network mode; with -t bsync makes \
+                 its own token (and key, with -e)",
+            ));
+        }
+        if self.ssh.is_some() && !ssh_target {
+            return Err(Error::usage("-ssh applies only to -t user@host:/path"));
+        }
+        if self.key == Some(Secret::Stdin) && self.token == Some(Secret::Stdin) {
+            return Err(Error::usage(
+                "-K - and -token-file - cannot both read stdin; a key also serves as the token",
             ));
         }
         let mode = if self.list_drives {
@@ -383,7 +409,9 @@ impl RawArgs {
                 Some(self.level.unwrap_or(Level::Default))
             },
             encrypt,
-            key: self.key,
+            key: self.key.map(|k| k.read("-K")).transpose()?,
+            token: self.token.map(|t| t.read("-token-file")).transpose()?,
+            ssh: self.ssh,
             workers,
             prefetch,
             auto: self.auto,
@@ -543,18 +571,77 @@ fn parse_host_port(s: &str, flag: &str) -> Result<(String, u16)> {
     Ok((host.to_string(), parse_port(port, flag, false)?))
 }
 
-fn parse_key(s: &str) -> Result<[u8; 32]> {
+/// Where a secret comes from. Only `-K HEX` puts one on the command line,
+/// where `ps` shows it; `-K -` and `-token-file` keep it off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Secret {
+    Hex([u8; 32]),
+    Stdin,
+    File(PathBuf),
+}
+
+impl Secret {
+    /// Resolve to the 32 bytes, reading one line from stdin or the file.
+    fn read(self, flag: &str) -> Result<[u8; 32]> {
+        let (line, from) = match self {
+            Secret::Hex(bytes) => return Ok(bytes),
+            Secret::Stdin => {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .map_err(|e| Error::io("stdin", format!("{flag}: read"), e))?;
+                (line, "stdin".to_string())
+            }
+            Secret::File(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    Error::io(path.display().to_string(), format!("{flag}: read"), e)
+                })?;
+                (text, path.display().to_string())
+            }
+        };
+        parse_hex32(line.trim()).ok_or_else(|| {
+            Error::usage(format!(
+                "{flag}: {from} must hold exactly 64 hexadecimal digits"
+            ))
+        })
+    }
+}
+
+fn parse_key_arg(s: &str) -> Result<Secret> {
+    if s == "-" {
+        return Ok(Secret::Stdin);
+    }
     // Never echo the value: it is a secret.
-    let bad = || Error::usage("-K: the key must be exactly 64 hexadecimal digits");
+    parse_hex32(s)
+        .map(Secret::Hex)
+        .ok_or_else(|| Error::usage("-K: the key must be exactly 64 hexadecimal digits or -"))
+}
+
+fn secret_path(path: PathBuf) -> Secret {
+    if path.as_os_str() == "-" {
+        Secret::Stdin
+    } else {
+        Secret::File(path)
+    }
+}
+
+/// 64 hex digits (either case) as 32 bytes.
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
-        return Err(bad());
+        return None;
     }
-    let mut key = [0u8; 32];
-    for (byte, pair) in key.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
-        let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
-        *byte = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
     }
-    Ok(key)
+    Some(out)
+}
+
+fn parse_ssh(s: &str) -> Result<String> {
+    if s.split_whitespace().next().is_none() {
+        return Err(Error::usage("-ssh: empty command"));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_level(s: &str) -> Result<Level> {
@@ -664,7 +751,11 @@ SPEED
 SECURITY
   -e            encrypt with ChaCha20-Poly1305; with -t a fresh key is made and
                 handed over SSH, in direct mode it needs -K
-  -K HEX        shared 32-byte key as 64 hex digits (same on both ends)
+  -K HEX        shared 32-byte key as 64 hex digits (same on both ends); -K -
+                reads it from stdin, off the command line where ps shows it
+  -token-file FILE  without encryption, accept only clients that know the
+                64-hex-digit token in FILE (- for stdin); give it to both ends
+  -ssh CMD      remote shell for -t, e.g. \"ssh -i key -J jump\" [$BSYNC_SSH or ssh]
 
 OUTPUT
   -q            quiet: errors only
@@ -870,6 +961,12 @@ mod tests {
             (&["-auto", "-r", "h:1", "-d"], "-auto"),
             (&["-n", "-L", "fast"], "-L and -n"),
             (&["-s", "3"], "-s belongs"),
+            (&["-K", &key, "-t", "/x"], "-K and -token-file"),
+            (&["-token-file", "f", "-t", "u@h:/x"], "-K and -token-file"),
+            (&["-ssh", "ssh -4", "-r", "h:1"], "-ssh applies"),
+            (&["-ssh", "ssh", "-t", "/x"], "-ssh applies"),
+            (&["-K", "-", "-token-file", "-", "-r", "h:1"], "-K - and"),
+            (&["-ssh", " ", "-t", "u@h:/x"], "-ssh: empty"),
         ];
         for (args, want) in cases {
             let msg = usage(args);
@@ -886,6 +983,26 @@ mod tests {
         assert!(usage(&["--bogus=1"]).starts_with("unknown flag -bogus"));
         assert!(usage(&["-n=1", "extra"]).starts_with("unexpected argument"));
         assert!(usage(&["-nq"]).starts_with("unknown flag -nq"));
+    }
+
+    #[test]
+    fn token_comes_from_a_file_and_is_checked() {
+        let dir = std::env::temp_dir().join(format!("bsync-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        let bad = dir.join("bad");
+        std::fs::write(&good, format!("{}\n", "0f".repeat(32))).unwrap();
+        std::fs::write(&bad, "secret-but-short\n").unwrap();
+        let c = config(&["-token-file", good.to_str().unwrap()]);
+        assert_eq!(c.token, Some([0x0f; 32]));
+        assert!(!c.encrypt, "a token alone does not encrypt");
+        let msg = usage(&["-token-file", bad.to_str().unwrap()]);
+        assert!(msg.contains("64 hexadecimal digits"), "{msg}");
+        assert!(!msg.contains("secret-but-short"), "{msg}");
+        let missing = dir.join("missing");
+        let err = run(&["-token-file", missing.to_str().unwrap()]).unwrap_err();
+        assert_eq!(err.exit_status(), 1, "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

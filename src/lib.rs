@@ -57,9 +57,11 @@ pub fn run(config: &Config) -> Result<()> {
              use -t /local/path",
             t.host, t.path
         ))),
-        Mode::Client { .. } | Mode::Server { .. } if config.encrypt => Err(Error::usage(
-            "-e/-K: encryption is not available yet in this build",
-        )),
+        Mode::Client { .. } | Mode::Server { .. } if config.encrypt || config.token.is_some() => {
+            Err(Error::usage(
+                "-e/-K/-token-file: encryption and tokens are not available yet in this build",
+            ))
+        }
         Mode::Client { .. } if config.auto => Err(Error::usage(
             "-auto: auto-tuning is not available yet in this build",
         )),
