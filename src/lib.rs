@@ -31,6 +31,7 @@ pub mod progress;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod ssh;
 /// Every raw OS call bsync makes; the only module with `unsafe`.
 #[allow(unsafe_code)]
 pub mod sys;
@@ -52,11 +53,7 @@ pub fn run(config: &Config) -> Result<()> {
             };
             local::sync(config, src, dst, &log)
         }
-        Mode::Target(Target::Remote(t)) => Err(Error::usage(format!(
-            "-t {}:{}: SSH mode is not available yet in this build; \
-             use -t /local/path",
-            t.host, t.path
-        ))),
+        Mode::Target(Target::Remote(t)) => ssh::run(config, t, &log),
         Mode::Client { .. } | Mode::Server { .. } if config.encrypt || config.token.is_some() => {
             Err(Error::usage(
                 "-e/-K/-token-file: encryption and tokens are not available yet in this build",

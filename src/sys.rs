@@ -670,6 +670,79 @@ impl fmt::Debug for PinnedBuf {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Signals and child processes, for the SSH launcher (src/ssh.rs).
+//
+// `-t user@host:` leaves a binary on another machine, so an interrupted run
+// must still clean up there. Instead of async-signal handlers (which may do
+// almost nothing), the termination signals are blocked in every thread and
+// one ordinary thread takes them with sigwait(2), free to spawn `ssh` and
+// wait for it.
+
+/// The signals that end a run: Ctrl-C, `kill`, a closed terminal.
+pub const TERMINATION_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn termination_set() -> io::Result<libc::sigset_t> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given; the pointer is to
+    // a live, writable sigset_t.
+    check(unsafe { libc::sigemptyset(set.as_mut_ptr()) })?;
+    for sig in TERMINATION_SIGNALS {
+        // SAFETY: the set was initialised by sigemptyset above.
+        check(unsafe { libc::sigaddset(set.as_mut_ptr(), sig) })?;
+    }
+    // SAFETY: initialised by sigemptyset and filled by sigaddset.
+    Ok(unsafe { set.assume_init() })
+}
+
+/// Block [`TERMINATION_SIGNALS`] in the calling thread, and so in every
+/// thread it starts afterwards. Call it before starting any thread, then take
+/// the signals with [`wait_termination_signal`]. Child processes start with
+/// an empty mask (the standard library resets it), so `ssh` still dies of
+/// Ctrl-C as usual.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_set()?;
+    // SAFETY: `set` is an initialised sigset_t; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Wait until one of [`TERMINATION_SIGNALS`] is pending and take it; returns
+/// its number. The signals must be blocked ([`block_termination_signals`]).
+pub fn wait_termination_signal() -> io::Result<libc::c_int> {
+    let set = termination_set()?;
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is initialised and `sig` is a live c_int for the
+        // kernel to fill in.
+        let rc = unsafe { libc::sigwait(&set, &mut sig) };
+        match rc {
+            0 => return Ok(sig),
+            libc::EINTR => continue,
+            e => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// Send `sig` to process `pid` (kill(2)). The caller must know that `pid` is
+/// its own child not yet waited for, so the number cannot have been reused.
+pub fn kill(pid: u32, sig: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    if pid <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a single process",
+        ));
+    }
+    // SAFETY: kill takes plain integers; pid > 0 names exactly one process.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
