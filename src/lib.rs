@@ -15,6 +15,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod aead;
+pub mod auth;
 pub mod block;
 pub mod cli;
 pub mod client;
@@ -57,11 +58,6 @@ pub fn run(config: &Config) -> Result<()> {
              use -t /local/path",
             t.host, t.path
         ))),
-        Mode::Client { .. } | Mode::Server { .. } if config.encrypt || config.token.is_some() => {
-            Err(Error::usage(
-                "-e/-K/-token-file: encryption and tokens are not available yet in this build",
-            ))
-        }
         Mode::Client { .. } if config.auto => Err(Error::usage(
             "-auto: auto-tuning is not available yet in this build",
         )),

@@ -290,10 +290,8 @@ fn help_into_a_closed_pipe_exits_0() {
 #[test]
 fn modes_not_yet_available_say_so() {
     let scene = Scene::new("not-yet");
-    let key = "a".repeat(64);
     let cases: &[&[&str]] = &[
         &["-f", "SRC", "-t", "user@host:/x"],
-        &["-K", &key, "-r", "127.0.0.1:1", "-f", "SRC"],
         &["-auto", "-r", "127.0.0.1:1", "-f", "SRC"],
     ];
     for args in cases {
