@@ -26,8 +26,9 @@ pub const NONCE_LEN: usize = 12;
 /// Length of an authentication tag in bytes.
 pub const TAG_LEN: usize = 16;
 
-/// A 256-bit key.
-#[derive(Clone)]
+/// A 256-bit key. Its `Debug` never shows the bytes; its `PartialEq` is
+/// not constant time and is for comparing configurations, never tags.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Key([u8; KEY_LEN]);
 
 impl Key {

@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::aead::Key;
 use crate::error::{Error, Result};
 
 /// The protocol version spoken on the wire.
@@ -169,10 +170,10 @@ pub struct Config {
     /// Whether to encrypt (`-e`, or implied by `-K`).
     pub encrypt: bool,
     /// `-K`: the shared key (read from stdin with `-K -`).
-    pub key: Option<[u8; 32]>,
+    pub key: Option<Key>,
     /// `-token-file`: a shared session token that a client must prove it
     /// knows (without encryption). A key, when there is one, serves as well.
-    pub token: Option<[u8; 32]>,
+    pub token: Option<Key>,
     /// `-ssh`: the remote shell command for `-t user@host:` (default `ssh`).
     pub ssh: Option<String>,
     /// `-w`, at least 1.
@@ -575,16 +576,16 @@ fn parse_host_port(s: &str, flag: &str) -> Result<(String, u16)> {
 /// where `ps` shows it; `-K -` and `-token-file` keep it off.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Secret {
-    Hex([u8; 32]),
+    Hex(Key),
     Stdin,
     File(PathBuf),
 }
 
 impl Secret {
     /// Resolve to the 32 bytes, reading one line from stdin or the file.
-    fn read(self, flag: &str) -> Result<[u8; 32]> {
+    fn read(self, flag: &str) -> Result<Key> {
         let (line, from) = match self {
-            Secret::Hex(bytes) => return Ok(bytes),
+            Secret::Hex(key) => return Ok(key),
             Secret::Stdin => {
                 let mut line = String::new();
                 std::io::stdin()
@@ -599,7 +600,7 @@ impl Secret {
                 (text, path.display().to_string())
             }
         };
-        parse_hex32(line.trim()).ok_or_else(|| {
+        Key::from_hex(line.trim()).map_err(|_| {
             Error::usage(format!(
                 "{flag}: {from} must hold exactly 64 hexadecimal digits"
             ))
@@ -612,9 +613,9 @@ fn parse_key_arg(s: &str) -> Result<Secret> {
         return Ok(Secret::Stdin);
     }
     // Never echo the value: it is a secret.
-    parse_hex32(s)
+    Key::from_hex(s)
         .map(Secret::Hex)
-        .ok_or_else(|| Error::usage("-K: the key must be exactly 64 hexadecimal digits or -"))
+        .map_err(|_| Error::usage("-K: the key must be exactly 64 hexadecimal digits or -"))
 }
 
 fn secret_path(path: PathBuf) -> Secret {
@@ -623,18 +624,6 @@ fn secret_path(path: PathBuf) -> Secret {
     } else {
         Secret::File(path)
     }
-}
-
-/// 64 hex digits (either case) as 32 bytes.
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
 }
 
 fn parse_ssh(s: &str) -> Result<String> {
@@ -994,7 +983,7 @@ mod tests {
         std::fs::write(&good, format!("{}\n", "0f".repeat(32))).unwrap();
         std::fs::write(&bad, "secret-but-short\n").unwrap();
         let c = config(&["-token-file", good.to_str().unwrap()]);
-        assert_eq!(c.token, Some([0x0f; 32]));
+        assert_eq!(c.token, Some(Key::from_bytes([0x0f; 32])));
         assert!(!c.encrypt, "a token alone does not encrypt");
         let msg = usage(&["-token-file", bad.to_str().unwrap()]);
         assert!(msg.contains("64 hexadecimal digits"), "{msg}");

@@ -3,13 +3,14 @@
 
 use std::net::{TcpStream, ToSocketAddrs};
 
+use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
 use crate::cli::{Config, Direction};
 use crate::compress;
 use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::net::{self, FrameReader, Lane};
+use crate::net::{self, Lane};
 use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
 use crate::proto::{self, Frame, Hello, Welcome};
 use crate::session::{self, Params};
@@ -23,6 +24,7 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
     } else {
         None
     };
+    let secret = Secret::from_config(config);
     let peer = if host.contains(':') {
         format!("server [{host}]:{port}")
     } else {
@@ -40,10 +42,18 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         skip: config.skip,
         source_size: source.as_ref().map_or(0, |s| s.size),
         compression: compress::code(config.compression),
-        flags: 0,
+        flags: Secret::flags(secret.as_ref()),
+        // Filled in afresh for every connection.
+        nonce: [0; proto::NONCE_LEN],
+    };
+    let dial = Dial {
+        host,
+        port,
+        peer: &peer,
+        secret: secret.as_ref(),
     };
 
-    let (first, welcome) = connect(host, port, &peer, &hello(0))?;
+    let (first, welcome) = dial.connect(&hello(0))?;
     if upload && (welcome.block_size != config.block_size as u32 || welcome.skip != config.skip) {
         return Err(Error::protocol(
             &peer,
@@ -60,7 +70,7 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
     let max = proto::max_payload(block_size, sub_block_size(block_size));
     let mut lanes = vec![first];
     for lane in 1..lanes_n {
-        let (l, w) = connect(host, port, &peer, &hello(lane))?;
+        let (l, w) = dial.connect(&hello(lane))?;
         if w != welcome {
             return Err(Error::protocol(
                 &peer,
@@ -96,9 +106,7 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
     let totals = Totals::from_block(geo, first_block);
     let reporter = Reporter::start(log, &stats, totals, !log.is_quiet());
     let redial = Redial {
-        host,
-        port,
-        peer: &peer,
+        dial: &dial,
         hello: hello(0),
         welcome,
         max,
@@ -136,9 +144,7 @@ const REDIAL_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Rejoins a lost lane by dialing the server again with the same session.
 struct Redial<'a> {
-    host: &'a str,
-    port: u16,
-    peer: &'a str,
+    dial: &'a Dial<'a>,
     hello: Hello,
     welcome: Welcome,
     max: usize,
@@ -156,17 +162,18 @@ impl session::Rejoin for Redial<'_> {
             self.log.info(format!(
                 "lane {lane}: connection lost, reconnecting ({attempt}/{REDIAL_ATTEMPTS})"
             ));
-            match connect(self.host, self.port, self.peer, &hello) {
+            match self.dial.connect(&hello) {
                 Ok((mut fresh, welcome)) if welcome == self.welcome => {
                     fresh.reader.set_max(self.max);
                     return Ok(fresh);
                 }
                 Ok(_) => {
                     return Err(Error::protocol(
-                        self.peer,
+                        self.dial.peer,
                         "the session changed on reconnect",
                     ));
                 }
+                Err(e @ Error::Auth { .. }) => return Err(e),
                 Err(e) if attempt >= REDIAL_ATTEMPTS || stop() => return Err(e),
                 Err(_) => std::thread::sleep(REDIAL_PAUSE),
             }
@@ -175,40 +182,89 @@ impl session::Rejoin for Redial<'_> {
     }
 }
 
-/// Open one lane: connect, exchange preambles, say hello, get the welcome.
-fn connect(host: &str, port: u16, peer: &str, hello: &Hello) -> Result<(Lane, Welcome)> {
-    let addrs = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| Error::io(peer, "resolve", e))?;
-    let mut last = None;
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, net::io_timeout()) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
+/// Where and how to open a lane.
+struct Dial<'a> {
+    host: &'a str,
+    port: u16,
+    peer: &'a str,
+    secret: Option<&'a Secret>,
+}
+
+impl Dial<'_> {
+    /// Open one lane: connect, exchange preambles, answer the challenge with
+    /// a hello (and a proof), check the server's proof, get the welcome.
+    fn connect(&self, hello: &Hello) -> Result<(Lane, Welcome)> {
+        let peer = self.peer;
+        let mut stream = self.tcp()?;
+        net::configure(&stream, peer)?;
+        net::exchange_preamble(&mut stream, peer)?;
+        let mut lane = Lane::new(stream, peer.to_string(), proto::HANDSHAKE_MAX)?;
+        let (server_nonce, flags) = match lane.reader.read("the server's challenge")? {
+            Frame::Challenge { nonce, flags } => (nonce, flags),
+            other => return Err(session::unexpected(peer, &other)),
+        };
+        // Nothing is sent to a server that cannot prove what we hold.
+        if let Some(why) = auth::mismatch(hello.flags, flags, "server") {
+            let theirs = auth::mismatch(flags, hello.flags, "client").unwrap_or_default();
+            lane.sender
+                .fail(&format!("{}{theirs}", session::AUTH_FAILED));
+            return Err(Error::Auth {
+                peer: peer.to_string(),
+                why,
+            });
         }
+        let mut hello = *hello;
+        sys::getrandom(&mut hello.nonce).map_err(|e| Error::io("client", "get random bytes", e))?;
+        let mut transcript = Vec::new();
+        let challenge = Frame::Challenge {
+            nonce: server_nonce,
+            flags,
+        };
+        proto::encode(&challenge, &mut transcript);
+        proto::encode(&Frame::Hello(hello), &mut transcript);
+        lane.sender.send_frame(&Frame::Hello(hello))?;
+        if let Some(secret) = self.secret {
+            let hs = Handshake::new(secret, &server_nonce, &hello.nonce, transcript);
+            lane.sender.send_frame(&Frame::Proof {
+                tag: hs.proof(auth::Direction::Up),
+            })?;
+            match lane.reader.read("the server's proof")? {
+                Frame::Proof { tag } if hs.verify(auth::Direction::Down, &tag) => {}
+                Frame::Proof { .. } => {
+                    return Err(Error::Auth {
+                        peer: peer.to_string(),
+                        why: "the server holds a different key or token".into(),
+                    });
+                }
+                other => return Err(session::unexpected(peer, &other)),
+            }
+            if secret.encrypts() {
+                lane.encrypt(
+                    hs.cipher(auth::Direction::Up),
+                    hs.cipher(auth::Direction::Down),
+                );
+            }
+        }
+        let welcome = match lane.reader.read("the server's welcome")? {
+            Frame::Welcome(w) => w,
+            other => return Err(session::unexpected(peer, &other)),
+        };
+        Ok((lane, welcome))
     }
-    let Some(mut stream) = stream else {
+
+    /// A TCP connection to the first address of the host that answers.
+    fn tcp(&self) -> Result<TcpStream> {
+        let addrs = (self.host, self.port)
+            .to_socket_addrs()
+            .map_err(|e| Error::io(self.peer, "resolve", e))?;
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, net::io_timeout()) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
         let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
-        return Err(Error::io(peer, "connect", e));
-    };
-    net::configure(&stream, peer)?;
-    net::exchange_preamble(&mut stream, peer)?;
-    let lane = Lane::new(stream, peer.to_string(), proto::HANDSHAKE_MAX)?;
-    lane.sender.send_frame(&Frame::Hello(*hello))?;
-    let mut reader: FrameReader = lane.reader;
-    let welcome = match reader.read("the server's welcome")? {
-        Frame::Welcome(w) => w,
-        other => return Err(session::unexpected(peer, &other)),
-    };
-    Ok((
-        Lane {
-            reader,
-            sender: lane.sender,
-        },
-        welcome,
-    ))
+        Err(Error::io(self.peer, "connect", e))
+    }
 }

@@ -64,6 +64,8 @@ pub enum Error {
     Auth {
         /// Who failed to authenticate.
         peer: String,
+        /// Why: a wrong secret, or one end without one.
+        why: String,
     },
     /// A condition that is neither I/O nor protocol: a destination device too
     /// small, an architecture mismatch, an unacknowledged block after retries.
@@ -118,7 +120,7 @@ impl fmt::Display for Error {
                 write!(f, "{peer}: connection closed while waiting for {phase}")
             }
             Error::Remote { peer, msg } => write!(f, "{peer} failed: {msg}"),
-            Error::Auth { peer } => write!(f, "authentication failed with {peer}"),
+            Error::Auth { peer, why } => write!(f, "authentication failed with {peer}: {why}"),
             Error::Failed(msg) => write!(f, "{msg}"),
         }
     }

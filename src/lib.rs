@@ -15,6 +15,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod aead;
+pub mod auth;
 pub mod block;
 pub mod cli;
 pub mod client;
@@ -54,11 +55,6 @@ pub fn run(config: &Config) -> Result<()> {
             local::sync(config, src, dst, &log)
         }
         Mode::Target(Target::Remote(t)) => ssh::run(config, t, &log),
-        Mode::Client { .. } | Mode::Server { .. } if config.encrypt || config.token.is_some() => {
-            Err(Error::usage(
-                "-e/-K/-token-file: encryption and tokens are not available yet in this build",
-            ))
-        }
         Mode::Client { .. } if config.auto => Err(Error::usage(
             "-auto: auto-tuning is not available yet in this build",
         )),

@@ -6,11 +6,13 @@
 //! connection split in two: a [`FrameReader`] owned by the thread that reads
 //! it, and a [`FrameSender`] that any thread may send whole frames through.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::aead::TAG_LEN;
+use crate::auth::Cipher;
 use crate::error::{Error, Result};
 use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE, PREAMBLE_MAGIC};
 use crate::sys;
@@ -86,11 +88,13 @@ pub fn exchange_preamble(stream: &mut TcpStream, peer: &str) -> Result<()> {
     Err(Error::protocol(peer, "not a bsync peer (bad preamble)"))
 }
 
-/// Reads frames from one connection into a reused buffer.
+/// Reads frames from one connection into a reused buffer, opening sealed
+/// frames once the connection is encrypted.
 pub struct FrameReader {
     stream: TcpStream,
     buf: Vec<u8>,
     max: usize,
+    cipher: Option<Cipher>,
     /// Who is on the other end, for messages.
     pub peer: String,
 }
@@ -102,6 +106,7 @@ impl FrameReader {
             stream,
             buf: Vec::new(),
             max,
+            cipher: None,
             peer,
         }
     }
@@ -117,14 +122,40 @@ impl FrameReader {
         self.stream
             .read_exact(&mut header)
             .map_err(|e| net_error(&self.peer, phase, e))?;
-        let (_, len) = proto::decode_header(&header, self.max)
+        let overhead = if self.cipher.is_some() { TAG_LEN } else { 0 };
+        let (_, len) = proto::decode_header(&header, self.max + overhead)
             .map_err(|e| Error::protocol(&self.peer, e.to_string()))?;
+        if len < overhead {
+            return Err(Error::protocol(
+                &self.peer,
+                "sealed frame shorter than its tag",
+            ));
+        }
         self.buf.clear();
         self.buf.extend_from_slice(&header);
         self.buf.resize(HEADER_LEN + len, 0);
         self.stream
             .read_exact(&mut self.buf[HEADER_LEN..])
             .map_err(|e| net_error(&self.peer, phase, e))?;
+        if let Some(cipher) = &mut self.cipher {
+            let (head, rest) = self.buf.split_at_mut(HEADER_LEN);
+            let Some((payload, tag)) = rest.split_last_chunk_mut::<TAG_LEN>() else {
+                return Err(Error::protocol(
+                    &self.peer,
+                    "sealed frame shorter than its tag",
+                ));
+            };
+            let plain = payload.len();
+            cipher.open(head, payload, tag).map_err(|_| {
+                Error::protocol(
+                    &self.peer,
+                    "a sealed frame failed authentication \
+                     (altered, replayed, reordered or after a dropped one)",
+                )
+            })?;
+            head[1..].copy_from_slice(&(plain as u32).to_le_bytes());
+            self.buf.truncate(HEADER_LEN + plain);
+        }
         match proto::decode(&self.buf, self.max) {
             Ok(Some((frame, _))) => Ok(frame),
             Ok(None) => Err(Error::protocol(&self.peer, "incomplete frame")),
@@ -133,9 +164,16 @@ impl FrameReader {
     }
 }
 
+/// The sending half of a connection: its socket and, once encrypted, the
+/// sealing state, locked together so that counters follow wire order.
+struct SendHalf {
+    stream: TcpStream,
+    cipher: Option<Cipher>,
+}
+
 /// Sends whole frames on one connection; safe to share between threads.
 pub struct FrameSender {
-    stream: Mutex<TcpStream>,
+    half: Mutex<SendHalf>,
     /// Who is on the other end, for messages.
     pub peer: String,
 }
@@ -144,23 +182,36 @@ impl FrameSender {
     /// A sender on `stream`.
     pub fn new(stream: TcpStream, peer: String) -> FrameSender {
         FrameSender {
-            stream: Mutex::new(stream),
+            half: Mutex::new(SendHalf {
+                stream,
+                cipher: None,
+            }),
             peer,
         }
     }
 
-    /// Send bytes holding one or more complete frames.
-    pub fn send(&self, frames: &[u8]) -> Result<()> {
-        let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-        s.write_all(frames)
-            .map_err(|e| net_error(&self.peer, "send", e))
+    fn lock(&self) -> std::sync::MutexGuard<'_, SendHalf> {
+        self.half.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Send bytes holding one or more complete frames. On an encrypted
+    /// connection they are sealed in place, so `frames` holds ciphertext
+    /// afterwards.
+    pub fn send(&self, frames: &mut [u8]) -> Result<()> {
+        let mut half = self.lock();
+        let SendHalf { stream, cipher } = &mut *half;
+        let sent = match cipher {
+            None => stream.write_all(frames),
+            Some(cipher) => seal_and_write(stream, cipher, frames),
+        };
+        sent.map_err(|e| net_error(&self.peer, "send", e))
     }
 
     /// Encode and send one frame.
     pub fn send_frame(&self, frame: &Frame<'_>) -> Result<()> {
         let mut buf = Vec::new();
         proto::encode(frame, &mut buf);
-        self.send(&buf)
+        self.send(&mut buf)
     }
 
     /// Tell the peer why we give up (best effort) and close.
@@ -169,17 +220,63 @@ impl FrameSender {
         self.shutdown();
     }
 
-    /// Send on a new connection from now on (after a reconnect).
+    /// Send on a new connection (and its keys) from now on, after a reconnect.
     pub fn replace(&self, other: FrameSender) {
-        let stream = other.stream.into_inner().unwrap_or_else(|e| e.into_inner());
-        *self.stream.lock().unwrap_or_else(|e| e.into_inner()) = stream;
+        *self.lock() = other.half.into_inner().unwrap_or_else(|e| e.into_inner());
     }
 
     /// Close both directions, waking a thread blocked reading it.
     pub fn shutdown(&self) {
-        let s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = s.shutdown(Shutdown::Both);
+        let _ = self.lock().stream.shutdown(Shutdown::Both);
     }
+}
+
+/// Seal each frame of `frames` and write it as header (with the sealed
+/// length), ciphertext and tag, without copying the payload.
+fn seal_and_write(
+    stream: &mut TcpStream,
+    cipher: &mut Cipher,
+    frames: &mut [u8],
+) -> io::Result<()> {
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let Some(header) = rest.first_chunk::<HEADER_LEN>() else {
+            return Err(io::Error::other("internal error: a partial frame to seal"));
+        };
+        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let sealed_len = u32::try_from(len + TAG_LEN)
+            .map_err(|_| io::Error::other("internal error: frame too large to seal"))?;
+        let mut sealed_header = [header[0], 0, 0, 0, 0];
+        sealed_header[1..].copy_from_slice(&sealed_len.to_le_bytes());
+        let (frame, tail) = std::mem::take(&mut rest)
+            .split_at_mut_checked(HEADER_LEN + len)
+            .ok_or_else(|| io::Error::other("internal error: a partial frame to seal"))?;
+        rest = tail;
+        let payload = &mut frame[HEADER_LEN..];
+        let tag = cipher.seal(&sealed_header, payload);
+        write_all_vectored(
+            stream,
+            &mut [
+                IoSlice::new(&sealed_header),
+                IoSlice::new(payload),
+                IoSlice::new(&tag),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// `Write::write_all_vectored`, which is not stable yet.
+fn write_all_vectored(stream: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match stream.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Whether an error means the connection is gone (and a new one may carry
@@ -210,6 +307,12 @@ impl Lane {
             // Never shared before it is handed over; keep the old sender.
             Err(_) => sender.shutdown(),
         }
+    }
+
+    /// Seal every frame sent and open every frame read from now on.
+    pub fn encrypt(&mut self, send: Cipher, receive: Cipher) {
+        self.reader.cipher = Some(receive);
+        self.sender.lock().cipher = Some(send);
     }
 
     /// Split a configured, handshaken stream.

@@ -16,7 +16,9 @@
 //!
 //! | type | frame      | direction           | payload |
 //! |------|------------|---------------------|---------|
-//! | 1    | `Hello`    | client → server     | session `u128`, lane `u16`, lanes `u16`, download `u8`, block size `u32`, skip `u64`, source size `u64`, compression `u8`, flags `u8` |
+//! | 9    | `Challenge`| server → client     | nonce `[u8; 16]`, flags `u8` (what the server demands) |
+//! | 1    | `Hello`    | client → server     | session `u128`, lane `u16`, lanes `u16`, download `u8`, block size `u32`, skip `u64`, source size `u64`, compression `u8`, flags `u8`, nonce `[u8; 16]` |
+//! | 10   | `Proof`    | either              | tag `[u8; 16]`: proof of the key or token over the handshake |
 //! | 2    | `Welcome`  | server → client     | block size `u32`, source size `u64`, skip `u64`, salt `u128`, lanes `u16` |
 //! | 3    | `Error`    | either              | UTF-8 message |
 //! | 4    | `Digests`  | destination → source| block `u64`, then one `u128` digest per sub-block |
@@ -24,6 +26,14 @@
 //! | 6    | `Ack`      | destination → source| block `u64`: written |
 //! | 7    | `Complete` | destination → source| verification digest `u128`: all written and flushed |
 //! | 8    | `Bye`      | source → destination| nothing: the session is over |
+//!
+//! A connection opens with the server's `Challenge` (sent right after the
+//! preambles, so it costs no round trip), the client's `Hello`, then — when
+//! the server holds a key or token — a `Proof` each way (client first) before
+//! the `Welcome`. Flags: bit 0 = authenticated ([`FLAG_AUTH`]), bit 1 =
+//! encrypted ([`FLAG_ENCRYPT`]). With encryption every frame after the
+//! proofs is sealed: the header (with the sealed length) is the associated
+//! data and the 16-byte tag follows the ciphertext; see `crate::auth`.
 //!
 //! A change is a sub-block number (`u32`) and a kind (`u8`): 0 = zero (no
 //! data), 1 = data, followed by the source's digest of that sub-block
@@ -51,6 +61,15 @@ const BLOCK: u8 = 5;
 const ACK: u8 = 6;
 const COMPLETE: u8 = 7;
 const BYE: u8 = 8;
+const CHALLENGE: u8 = 9;
+const PROOF: u8 = 10;
+
+/// `Hello`/`Challenge` flag: the session proves knowledge of a shared secret.
+pub const FLAG_AUTH: u8 = 1;
+/// `Hello`/`Challenge` flag: frames after the handshake are sealed.
+pub const FLAG_ENCRYPT: u8 = 2;
+/// Length of the handshake nonces and proofs.
+pub const NONCE_LEN: usize = 16;
 
 /// Bytes per change without a digest, and the digest.
 const CHANGE_LEN: usize = 5;
@@ -78,8 +97,11 @@ pub struct Hello {
     pub source_size: u64,
     /// 0 = none, 1..=4 = `-L` fast, default, better, best.
     pub compression: u8,
-    /// Reserved for flags (encryption); 0.
+    /// [`FLAG_AUTH`] and [`FLAG_ENCRYPT`]: what the client holds.
     pub flags: u8,
+    /// Fresh random per connection; with the server's challenge it derives
+    /// the connection's keys.
+    pub nonce: [u8; NONCE_LEN],
 }
 
 /// The server's answer: the agreed session parameters.
@@ -196,6 +218,36 @@ pub enum Frame<'a> {
     },
     /// The session is over.
     Bye,
+    /// The server's first frame on every connection.
+    Challenge {
+        /// Fresh random per connection.
+        nonce: [u8; NONCE_LEN],
+        /// [`FLAG_AUTH`] and [`FLAG_ENCRYPT`]: what the server demands.
+        flags: u8,
+    },
+    /// Proof of the shared secret over this connection's handshake.
+    Proof {
+        /// The tag.
+        tag: [u8; NONCE_LEN],
+    },
+}
+
+impl Frame<'_> {
+    /// The frame's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "Hello",
+            Frame::Welcome(_) => "Welcome",
+            Frame::Error(_) => "Error",
+            Frame::Digests { .. } => "Digests",
+            Frame::Block(_) => "Block",
+            Frame::Ack { .. } => "Ack",
+            Frame::Complete { .. } => "Complete",
+            Frame::Bye => "Bye",
+            Frame::Challenge { .. } => "Challenge",
+            Frame::Proof { .. } => "Proof",
+        }
+    }
 }
 
 /// Why bytes are not a valid frame.
@@ -246,7 +298,7 @@ pub fn decode_header(header: &[u8; HEADER_LEN], max: usize) -> Result<(u8, usize
     if len > max {
         return Err(ProtoError::TooLarge { len, max });
     }
-    if !(HELLO..=BYE).contains(&header[0]) {
+    if !(HELLO..=PROOF).contains(&header[0]) {
         return Err(ProtoError::UnknownType(header[0]));
     }
     Ok((header[0], len))
@@ -316,6 +368,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Handshake flags; encryption without authentication is meaningless.
+    fn flags(&mut self) -> Result<u8, ProtoError> {
+        match self.u8()? {
+            f @ (0 | FLAG_AUTH) => Ok(f),
+            f if f == FLAG_AUTH | FLAG_ENCRYPT => Ok(f),
+            _ => Err(self.malformed("unknown flags")),
+        }
+    }
+
     /// The payload must be used up exactly.
     fn end(self) -> Result<(), ProtoError> {
         if self.buf.is_empty() {
@@ -368,6 +429,8 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
         ACK => "Ack",
         COMPLETE => "Complete",
         BYE => "Bye",
+        CHALLENGE => "Challenge",
+        PROOF => "Proof",
         other => return Err(ProtoError::UnknownType(other)),
     };
     let mut r = Reader {
@@ -384,7 +447,8 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
             skip: r.u64()?,
             source_size: r.u64()?,
             compression: r.u8()?,
-            flags: r.u8()?,
+            flags: r.flags()?,
+            nonce: r.array()?,
         }),
         WELCOME => Frame::Welcome(Welcome {
             block_size: r.u32()?,
@@ -450,6 +514,11 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
         }
         ACK => Frame::Ack { index: r.u64()? },
         COMPLETE => Frame::Complete { verify: r.u128()? },
+        CHALLENGE => Frame::Challenge {
+            nonce: r.array()?,
+            flags: r.flags()?,
+        },
+        PROOF => Frame::Proof { tag: r.array()? },
         _ => Frame::Bye,
     };
     r.end()?;
@@ -522,6 +591,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&h.source_size.to_le_bytes());
             out.push(h.compression);
             out.push(h.flags);
+            out.extend_from_slice(&h.nonce);
         }
         Frame::Welcome(w) => {
             start = begin_frame(out, WELCOME);
@@ -554,6 +624,15 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&verify.to_le_bytes());
         }
         Frame::Bye => start = begin_frame(out, BYE),
+        Frame::Challenge { nonce, flags } => {
+            start = begin_frame(out, CHALLENGE);
+            out.extend_from_slice(nonce);
+            out.push(*flags);
+        }
+        Frame::Proof { tag } => {
+            start = begin_frame(out, PROOF);
+            out.extend_from_slice(tag);
+        }
     }
     finish_frame(out, start);
 }
@@ -625,8 +704,16 @@ mod tests {
             skip: 7,
             source_size: 1 << 40,
             compression: 2,
-            flags: 0,
+            flags: FLAG_AUTH | FLAG_ENCRYPT,
+            nonce: [7; NONCE_LEN],
         }));
+        round_trip(Frame::Challenge {
+            nonce: [0xa5; NONCE_LEN],
+            flags: FLAG_AUTH,
+        });
+        round_trip(Frame::Proof {
+            tag: *b"0123456789abcdef",
+        });
         round_trip(Frame::Welcome(Welcome {
             block_size: 4096,
             source_size: 12345,
@@ -652,6 +739,24 @@ mod tests {
         assert_eq!(b.changes.len(), 2);
         assert_eq!(b.data, b"hello");
         assert!(b.compressed);
+    }
+
+    #[test]
+    fn unknown_handshake_flags_are_errors() {
+        for flags in [FLAG_ENCRYPT, 4, 0x80] {
+            let mut buf = Vec::new();
+            encode(
+                &Frame::Challenge {
+                    nonce: [0; NONCE_LEN],
+                    flags,
+                },
+                &mut buf,
+            );
+            assert!(
+                matches!(decode(&buf, MAX), Err(ProtoError::Malformed { .. })),
+                "flags {flags}"
+            );
+        }
     }
 
     #[test]

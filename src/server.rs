@@ -3,9 +3,11 @@
 //! An accept thread hands every connection to a short-lived handshake
 //! thread, so a silent port scanner cannot stall anyone. Connections that
 //! fail the preamble or send a bad `Hello` are logged in one line and
-//! dropped: they never end the server and never touch the destination. The
-//! first good `Hello` (lane 0) opens the session; the destination is opened
-//! only then. The server exits when that session ends.
+//! dropped: they never end the server and never touch the destination. A
+//! server with a key or token (see [`crate::auth`]) drops, the same way,
+//! every connection that cannot prove it holds the same one. The first good
+//! `Hello` (lane 0) opens the session; the destination is opened only then.
+//! The server exits when that session ends.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
 use crate::cli::{Config, Direction, MAX_BLOCK_SIZE, MAX_WORKERS};
 use crate::compress;
@@ -62,21 +65,23 @@ pub fn run(config: &Config, bind: std::net::IpAddr, port: u16, log: &Log) -> Res
     ));
     let (tx, rx) = mpsc::channel();
     let accept_log = log.clone();
-    thread::spawn(move || accept(&listener, &tx, &accept_log));
+    let secret = Secret::from_config(config).map(Arc::new);
+    thread::spawn(move || accept(&listener, &tx, secret.as_deref(), &accept_log));
     let progress = !(log.is_quiet() || config.log.no_server_progress);
     serve(config, source, rx, log, progress)
 }
 
-fn accept(listener: &TcpListener, tx: &Sender<Arrival>, log: &Log) {
+fn accept(listener: &TcpListener, tx: &Sender<Arrival>, secret: Option<&Secret>, log: &Log) {
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
         let tx = tx.clone();
         let log = log.clone();
+        let secret = secret.cloned();
         thread::spawn(move || {
             let peer = stream
                 .peer_addr()
                 .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
-            match handshake(stream, &peer) {
+            match handshake(stream, &peer, secret.as_ref()) {
                 Ok(arrival) => {
                     let _ = tx.send(arrival);
                 }
@@ -86,14 +91,60 @@ fn accept(listener: &TcpListener, tx: &Sender<Arrival>, log: &Log) {
     }
 }
 
-fn handshake(mut stream: TcpStream, peer: &str) -> Result<Arrival> {
+/// Challenge a new connection, read its hello and, when this server holds a
+/// key or token, check the client's proof and give our own. Nothing of the
+/// session is touched before that.
+fn handshake(mut stream: TcpStream, peer: &str, secret: Option<&Secret>) -> Result<Arrival> {
     net::configure(&stream, peer)?;
     net::exchange_preamble(&mut stream, peer)?;
     let mut lane = Lane::new(stream, peer.to_string(), proto::HANDSHAKE_MAX)?;
-    match lane.reader.read("the client's hello")? {
-        Frame::Hello(hello) => Ok(Arrival { hello, lane }),
-        _ => Err(Error::protocol(peer, "expected a Hello frame")),
+    let ours = Secret::flags(secret);
+    let mut nonce = [0u8; proto::NONCE_LEN];
+    sys::getrandom(&mut nonce).map_err(|e| Error::io("server", "get random bytes", e))?;
+    let mut transcript = Vec::new();
+    proto::encode(&Frame::Challenge { nonce, flags: ours }, &mut transcript);
+    lane.sender.send(&mut transcript.clone())?;
+    let hello = match lane.reader.read("the client's hello")? {
+        Frame::Hello(hello) => hello,
+        Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
+        _ => return Err(Error::protocol(peer, "expected a Hello frame")),
+    };
+    let refuse = |ours_why: String, theirs_why: &str| {
+        lane.sender
+            .fail(&format!("{}{theirs_why}", session::AUTH_FAILED));
+        Err(Error::Auth {
+            peer: peer.to_string(),
+            why: ours_why,
+        })
+    };
+    if let Some(why) = auth::mismatch(ours, hello.flags, "client") {
+        let theirs = auth::mismatch(hello.flags, ours, "server").unwrap_or_default();
+        return refuse(why, &theirs);
     }
+    if let Some(secret) = secret {
+        proto::encode(&Frame::Hello(hello), &mut transcript);
+        let hs = Handshake::new(secret, &nonce, &hello.nonce, transcript);
+        let proven = match lane.reader.read("the client's proof")? {
+            Frame::Proof { tag } => hs.verify(auth::Direction::Up, &tag),
+            _ => return Err(Error::protocol(peer, "expected a Proof frame")),
+        };
+        if !proven {
+            return refuse(
+                "the client holds a different key or token".into(),
+                "the server holds a different key or token",
+            );
+        }
+        lane.sender.send_frame(&Frame::Proof {
+            tag: hs.proof(auth::Direction::Down),
+        })?;
+        if secret.encrypts() {
+            lane.encrypt(
+                hs.cipher(auth::Direction::Down),
+                hs.cipher(auth::Direction::Up),
+            );
+        }
+    }
+    Ok(Arrival { hello, lane })
 }
 
 /// Why a `Hello` cannot start a session with this server.
@@ -119,9 +170,6 @@ fn refuse(config: &Config, h: &Hello) -> Option<String> {
     }
     if compress::from_code(h.compression).is_none() {
         return Some(format!("unknown compression {}", h.compression));
-    }
-    if h.flags != 0 {
-        return Some("encryption is not available in this build".into());
     }
     None
 }

@@ -403,7 +403,7 @@ impl SourceCtx<'_> {
         let mut extents = Vec::new();
         self.build_frame(index, &data, theirs, compressor, &mut scratch, &mut extents)?;
         // A lost lane will be rejoined and ask again.
-        let _ = self.senders[lane_of(index, self.senders.len())].send(&scratch.frame);
+        let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
         Ok(())
     }
 
@@ -517,7 +517,7 @@ impl SourceCtx<'_> {
             drop(block);
             // A lost lane is rejoined by its reader, and the destination
             // asks again for what it did not get.
-            let _ = self.senders[lane_of(index, self.senders.len())].send(&scratch.frame);
+            let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
         }
     }
 }
@@ -526,26 +526,23 @@ impl SourceCtx<'_> {
 /// frame, or a protocol violation.
 pub(crate) fn unexpected(peer: &str, frame: &Frame<'_>) -> Error {
     match frame {
-        Frame::Error(msg) => Error::Remote {
-            peer: peer.to_string(),
-            msg: msg.to_string(),
+        Frame::Error(msg) => match msg.strip_prefix(AUTH_FAILED) {
+            Some(why) => Error::Auth {
+                peer: peer.to_string(),
+                why: why.to_string(),
+            },
+            None => Error::Remote {
+                peer: peer.to_string(),
+                msg: msg.to_string(),
+            },
         },
-        other => Error::protocol(peer, format!("unexpected {} frame", frame_name(other))),
+        other => Error::protocol(peer, format!("unexpected {} frame", other.name())),
     }
 }
 
-fn frame_name(f: &Frame<'_>) -> &'static str {
-    match f {
-        Frame::Hello(_) => "Hello",
-        Frame::Welcome(_) => "Welcome",
-        Frame::Error(_) => "Error",
-        Frame::Digests { .. } => "Digests",
-        Frame::Block(_) => "Block",
-        Frame::Ack { .. } => "Ack",
-        Frame::Complete { .. } => "Complete",
-        Frame::Bye => "Bye",
-    }
-}
+/// How an `Error` frame about authentication starts, so that the other end
+/// reports it as such.
+pub(crate) const AUTH_FAILED: &str = "authentication failed: ";
 
 // ----------------------------------------------------------- destination ---
 
@@ -667,7 +664,7 @@ pub fn run_destination(
                 window.release();
                 // Acks are cumulative: a lost one is covered by the next,
                 // and by Complete at the end.
-                let _ = senders[lane_of(index, n)].send(&ack);
+                let _ = senders[lane_of(index, n)].send(&mut ack);
                 Ok(())
             })?;
             if next != p.geo.blocks() {
@@ -712,7 +709,7 @@ impl DestCtx<'_> {
             lock(self.expected).insert(index, std::mem::replace(&mut b.digests, fresh));
             drop(block);
             // A lost lane sends every digest still awaiting data once rejoined.
-            let _ = self.senders[lane_of(index, self.senders.len())].send(&frame);
+            let _ = self.senders[lane_of(index, self.senders.len())].send(&mut frame);
         }
     }
 
@@ -738,7 +735,7 @@ impl DestCtx<'_> {
             let v = *lock(self.verify);
             proto::encode(&Frame::Complete { verify: v }, &mut frames);
         }
-        sender.send(&frames)
+        sender.send(&mut frames)
     }
 
     /// Receive blocks from a lane, check them and pass them to the writer.

@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::aead::Key;
 use crate::cli::{Config, Direction, Mode, RemoteTarget};
 use crate::client;
 use crate::error::{Error, Result};
@@ -204,6 +205,7 @@ impl Endpoint {
     fn connect_host(&self) -> String {
         let mut cmd = self.ssh();
         cmd.arg("-G").arg(&self.host);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let out = spawn(cmd, "-G", false)
             .ok()
             .and_then(|child| finish(child, Some(Duration::from_secs(10))).ok());
@@ -315,9 +317,9 @@ fn launch_and_sync(
         port,
     };
     if config.encrypt {
-        local.key = Some(secret);
+        local.key = Some(Key::from_bytes(secret));
     } else {
-        local.token = Some(secret);
+        local.token = Some(Key::from_bytes(secret));
     }
     match client::run(&local, &host, port, log) {
         Ok(()) => {

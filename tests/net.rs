@@ -54,16 +54,28 @@ impl Proc {
 
     /// Like [`Proc::start`] with extra environment variables.
     fn start_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::start_with(args, env, None)
+    }
+
+    /// Like [`Proc::start_env`], writing `input` to its stdin (else stdin
+    /// is empty).
+    fn start_with(args: &[&str], env: &[(&str, &str)], input: Option<&str>) -> Proc {
         let mut cmd = bsync();
         cmd.env("BSYNC_IO_TIMEOUT", IO_TIMEOUT.to_string())
             .envs(env.iter().copied())
             .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let what = format!("bsync {}", args.join(" "));
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin
+            .write_all(input.unwrap_or_default().as_bytes())
+            .unwrap_or_else(|e| panic!("{what}: write stdin: {e}"));
+        drop(stdin);
         // Both pipes are drained by threads so the child never blocks on a
         // full pipe, whatever the test is waiting for.
         let err = child.stderr.take().expect("stderr is piped");
@@ -204,9 +216,18 @@ impl Server {
     /// `bsync -p 0 -i BIND ARGS`; `Err` (with its stderr) if it exits
     /// without printing a port, for instance because `BIND` is unavailable.
     fn try_start(bind: &str, args: &[&str]) -> Result<Server, String> {
+        Server::try_start_with(bind, args, None)
+    }
+
+    /// [`Server::start`] with `input` on its stdin.
+    fn start_with(args: &[&str], input: &str) -> Server {
+        Server::try_start_with("127.0.0.1", args, Some(input)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with(bind: &str, args: &[&str], input: Option<&str>) -> Result<Server, String> {
         let mut all = vec!["-p", "0", "-i", bind];
         all.extend_from_slice(args);
-        let proc = Proc::start(&all);
+        let proc = Proc::start_with(&all, &[], input);
         match proc.stdout.recv_timeout(PORT_LIMIT) {
             Ok(line) => {
                 let port = line.trim().parse().unwrap_or_else(|_| {
@@ -914,6 +935,7 @@ fn hello_frame(
     p.extend_from_slice(&source_size.to_le_bytes());
     p.push(compression);
     p.push(flags);
+    p.extend_from_slice(&[0x5a; 16]);
     let mut f = vec![1u8];
     f.extend_from_slice(&(p.len() as u32).to_le_bytes());
     f.extend_from_slice(&p);
@@ -1077,9 +1099,9 @@ fn server_survives_garbage_and_serves_the_next_client() {
     let _ = c.write_all(&[1, 10, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     let _ = read_to_close(&mut c);
     let dropped = 5;
-    // Well-formed Hellos the server must refuse, each with an Error frame:
-    // a lane of no session, zero lanes, a zero block size, an unknown
-    // compression, encryption flags.
+    // Well-formed Hellos the server must refuse, each with an Error frame
+    // after its Challenge: a lane of no session, zero lanes, a zero block
+    // size, an unknown compression, a token this server does not have.
     let refusals = [
         hello_frame(3, 4, false, 65536, 500_000, 2, 0),
         hello_frame(0, 0, false, 65536, 500_000, 2, 0),
@@ -1093,7 +1115,9 @@ fn server_survives_garbage_and_serves_the_next_client() {
         c.write_all(hello).expect("send hello");
         let got = read_to_close(&mut c);
         assert!(got.starts_with(PREAMBLE), "{got:?}");
-        let frame = &got[PREAMBLE.len()..];
+        let challenge = &got[PREAMBLE.len()..];
+        assert_eq!(challenge[..5], [9, 17, 0, 0, 0], "want a Challenge first");
+        let frame = &challenge[5 + 17..];
         assert!(
             frame.len() > 5 && frame[0] == 3,
             "want an Error frame, got {frame:?}"
@@ -1234,55 +1258,96 @@ fn upload_client_killed_mid_run() {
     error_line(&err);
 }
 
-/// Where a relay cuts its first connection: after this many bytes in this
+/// What a relay does to its first connection, at this many bytes in this
 /// direction.
 #[derive(Clone, Copy)]
 enum Cut {
     /// Forward everything.
     Never,
-    /// After `n` bytes from the client.
+    /// Cut after `n` bytes from the client.
     ClientBytes(u64),
-    /// After `n` bytes from the server.
+    /// Cut after `n` bytes from the server.
     ServerBytes(u64),
+    /// Flip the bits of byte `n` from the client (counting from 0).
+    FlipClientByte(u64),
+    /// Flip the bits of byte `n` from the server.
+    FlipServerByte(u64),
 }
 
-/// A TCP relay on 127.0.0.1 to `target` that cuts its first connection as
-/// `cut` says and forwards later ones whole. Returns the relay's port and a
-/// count of the connections it saw.
-fn relay(target: SocketAddr, cut: Cut) -> (u16, Arc<Mutex<usize>>) {
+/// What a relay saw: connections, and every byte it forwarded either way.
+#[derive(Default)]
+struct Wire {
+    connections: usize,
+    bytes: Vec<u8>,
+}
+
+/// A TCP relay on 127.0.0.1 to `target` that treats its first connection as
+/// `cut` says and forwards later ones whole. Returns the relay's port and
+/// what it saw.
+fn relay(target: SocketAddr, cut: Cut) -> (u16, Arc<Mutex<Wire>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
     let port = listener.local_addr().expect("relay address").port();
-    let seen = Arc::new(Mutex::new(0usize));
-    let count = Arc::clone(&seen);
+    let seen = Arc::new(Mutex::new(Wire::default()));
+    let wire = Arc::clone(&seen);
     // The thread outlives the test's use of it, blocked in accept; the test
     // binary's exit ends it.
     thread::spawn(move || {
         for (n, conn) in listener.incoming().enumerate() {
             let Ok(client) = conn else { continue };
-            *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            wire.lock().unwrap_or_else(|e| e.into_inner()).connections += 1;
             let Ok(server) = TcpStream::connect(target) else {
                 continue;
             };
+            let whole = Tamper::default();
             let (up, down) = match (n, cut) {
-                (0, Cut::ClientBytes(b)) => (Some(b), None),
-                (0, Cut::ServerBytes(b)) => (None, Some(b)),
-                _ => (None, None),
+                (0, Cut::ClientBytes(b)) => (Tamper::cut(b), whole),
+                (0, Cut::ServerBytes(b)) => (whole, Tamper::cut(b)),
+                (0, Cut::FlipClientByte(b)) => (Tamper::flip(b), whole),
+                (0, Cut::FlipServerByte(b)) => (whole, Tamper::flip(b)),
+                _ => (whole, whole),
             };
             let (c2, s2) = match (client.try_clone(), server.try_clone()) {
                 (Ok(c), Ok(s)) => (c, s),
                 _ => continue,
             };
-            thread::spawn(move || pipe(client, server, up));
-            thread::spawn(move || pipe(s2, c2, down));
+            let (w1, w2) = (Arc::clone(&wire), Arc::clone(&wire));
+            thread::spawn(move || pipe(client, server, up, &w1));
+            thread::spawn(move || pipe(s2, c2, down, &w2));
         }
     });
     (port, seen)
 }
 
-/// Copy `from` to `to`; with a limit, cut both sockets once it is reached.
-fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>) {
+/// What a pipe does to one direction of a connection.
+#[derive(Clone, Copy, Default)]
+struct Tamper {
+    /// Cut both sockets after this many bytes.
+    limit: Option<u64>,
+    /// Flip the bits of the byte at this offset.
+    flip: Option<u64>,
+}
+
+impl Tamper {
+    fn cut(n: u64) -> Tamper {
+        Tamper {
+            limit: Some(n),
+            flip: None,
+        }
+    }
+
+    fn flip(n: u64) -> Tamper {
+        Tamper {
+            limit: None,
+            flip: Some(n),
+        }
+    }
+}
+
+/// Copy `from` to `to` as `tamper` says, recording what passes in `wire`.
+fn pipe(mut from: TcpStream, mut to: TcpStream, tamper: Tamper, wire: &Mutex<Wire>) {
     let mut buf = vec![0u8; 64 << 10];
     let mut total = 0u64;
+    let limit = tamper.limit;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => {
@@ -1292,6 +1357,16 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>) {
             Ok(n) => n,
         };
         let take = limit.map_or(n, |l| n.min((l - total) as usize));
+        if let Some(at) = tamper
+            .flip
+            .filter(|&at| (total..total + take as u64).contains(&at))
+        {
+            buf[(at - total) as usize] ^= 0xff;
+        }
+        wire.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes
+            .extend_from_slice(&buf[..take]);
         if to.write_all(&buf[..take]).is_err() {
             let _ = from.shutdown(Shutdown::Both);
             return;
@@ -1329,7 +1404,7 @@ fn through_relay(name: &str, dir: Dir, cut: Cut, client: &[&str]) -> usize {
     let srv = server.proc.expect_status(0);
     assert_eq!(verify_digest(&client), verify_digest(&srv));
     assert_same(&s, &d);
-    *seen.lock().unwrap_or_else(|e| e.into_inner())
+    seen.lock().unwrap_or_else(|e| e.into_inner()).connections
 }
 
 #[test]
@@ -1411,4 +1486,244 @@ fn second_client_during_a_session_is_refused() {
     first.expect_status(0);
     server.proc.expect_status(0);
     assert_same(&s, &d);
+}
+
+// ---------------------------------------------- keys, tokens, sealed wire ---
+
+/// The shared key of these tests, and a different one.
+const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const OTHER_KEY: &str = "f0e0d0c0b0a090807060504030201000f0e0d0c0b0a090807060504030201000";
+
+/// A session with `-K` (the server reads it from stdin, as over SSH) in
+/// `dir` with `w` lanes through a relay doing `cut`; both ends must succeed.
+/// Returns the bytes the relay saw.
+fn keyed(dir: Dir, src: &Path, dst: &Path, cut: Cut, client: &[&str]) -> Vec<u8> {
+    let mut server_args = vec!["-K", "-"];
+    let mut args = vec!["-K", KEY];
+    match dir {
+        Dir::Up => {
+            server_args.extend(["-f", arg(dst)]);
+            args.extend(["-f", arg(src), "-b", "256K"]);
+        }
+        Dir::Down => {
+            server_args.extend(["-d", "-f", arg(src), "-b", "256K"]);
+            args.extend(["-d", "-f", arg(dst)]);
+        }
+    }
+    let server = Server::start_with(&server_args, &format!("{KEY}\n"));
+    let (port, wire) = relay(server.socket_addr(), cut);
+    let addr = format!("127.0.0.1:{port}");
+    args.extend(["-r", &addr]);
+    args.extend(client);
+    let client = Proc::start(&args).expect_status(0);
+    let srv = server.proc.expect_status(0);
+    assert_eq!(verify_digest(&client), verify_digest(&srv));
+    assert_same(src, dst);
+    std::mem::take(&mut wire.lock().unwrap_or_else(|e| e.into_inner()).bytes)
+}
+
+/// Source data that is easy to find on the wire: a marker between random
+/// runs, so that compression (off here anyway) cannot hide it.
+fn marked(len: usize) -> Vec<u8> {
+    let mut data = random_bytes(len, 40);
+    for chunk in data.chunks_mut(64 << 10) {
+        let n = MARKER.len().min(chunk.len());
+        chunk[..n].copy_from_slice(&MARKER[..n]);
+    }
+    data
+}
+
+const MARKER: &[u8] = b"--bsync-plaintext-marker--";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn encrypted_sessions_both_ways_one_and_four_lanes() {
+    for (dir, w) in [
+        (Dir::Up, "1"),
+        (Dir::Up, "4"),
+        (Dir::Down, "1"),
+        (Dir::Down, "4"),
+    ] {
+        let tmp = TempDir::new(&format!("keyed-{dir:?}-{w}"));
+        let (s, d) = (tmp.join("src"), tmp.join("dst"));
+        let (src, dst) = make_pair(3 * MIB + 1234, 41);
+        write_file(&s, &src);
+        write_file(&d, &dst);
+        keyed(dir, &s, &d, Cut::Never, &["-w", w]);
+    }
+}
+
+#[test]
+fn the_sealed_wire_never_shows_the_data() {
+    for dir in [Dir::Up, Dir::Down] {
+        let tmp = TempDir::new(&format!("sealed-{dir:?}"));
+        let (s, d) = (tmp.join("src"), tmp.join("dst"));
+        write_file(&s, &marked(2 * MIB));
+        let wire = keyed(dir, &s, &d, Cut::Never, &["-n"]);
+        assert!(
+            wire.len() > 2 * MIB,
+            "the relay saw only {} bytes",
+            wire.len()
+        );
+        assert!(!contains(&wire, MARKER), "{dir:?}: plaintext on the wire");
+        // The same session without a key shows it: the check can fail.
+        std::fs::remove_file(&d).expect("remove destination");
+        let (server, mut args) = match dir {
+            Dir::Up => (Server::start(&["-f", arg(&d)]), vec!["-f", arg(&s)]),
+            Dir::Down => (
+                Server::start(&["-d", "-f", arg(&s)]),
+                vec!["-d", "-f", arg(&d)],
+            ),
+        };
+        let (port, wire) = relay(server.socket_addr(), Cut::Never);
+        let addr = format!("127.0.0.1:{port}");
+        args.extend(["-r", &addr, "-n"]);
+        Proc::start(&args).expect_status(0);
+        server.proc.expect_status(0);
+        let wire = wire.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(contains(&wire.bytes, MARKER), "{dir:?}: control run");
+    }
+}
+
+#[test]
+fn a_flipped_byte_fails_the_session_and_a_rerun_repairs() {
+    for (dir, cut) in [
+        (Dir::Up, Cut::FlipClientByte(MIB as u64)),
+        (Dir::Down, Cut::FlipServerByte(MIB as u64)),
+    ] {
+        let tmp = TempDir::new(&format!("flip-{dir:?}"));
+        let (s, d) = (tmp.join("src"), tmp.join("dst"));
+        write_file(&s, &random_bytes(4 * MIB, 42));
+        let mut server_args = vec!["-K", KEY];
+        let mut args = vec!["-K", KEY, "-n"];
+        match dir {
+            Dir::Up => {
+                server_args.extend(["-f", arg(&d)]);
+                args.extend(["-f", arg(&s), "-b", "256K"]);
+            }
+            Dir::Down => {
+                server_args.extend(["-d", "-f", arg(&s), "-b", "256K"]);
+                args.extend(["-d", "-f", arg(&d)]);
+            }
+        }
+        let server = Server::start(&server_args);
+        let (port, _) = relay(server.socket_addr(), cut);
+        let addr = format!("127.0.0.1:{port}");
+        let mut tampered = args.clone();
+        tampered.extend(["-r", &addr]);
+        let client = Proc::start(&tampered).expect_status(1);
+        let srv = server.proc.expect_status(1);
+        let (victim, other) = match dir {
+            Dir::Up => (&srv, &client),
+            Dir::Down => (&client, &srv),
+        };
+        let line = error_line(victim);
+        assert!(line.contains("failed authentication"), "{dir:?}: {line}");
+        error_line(other);
+        // A re-run on a clean link repairs whatever was written.
+        let server = Server::start(&server_args);
+        let addr = server.addr();
+        args.extend(["-r", &addr]);
+        Proc::start(&args).expect_status(0);
+        server.proc.expect_status(0);
+        assert_same(&s, &d);
+    }
+}
+
+#[test]
+fn without_the_secret_nothing_is_touched_and_the_server_carries_on() {
+    let tmp = TempDir::new("wrong-key");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    let (src, dst) = make_pair(MIB, 43);
+    write_file(&s, &src);
+    write_file(&d, &dst);
+    let before = mtime(&d);
+    let token = tmp.join("token");
+    write_file(&token, format!("{KEY}\n").as_bytes());
+    let mut server = Server::start(&["-K", KEY, "-f", arg(&d)]);
+    let addr = server.addr();
+    let attempts: [(&[&str], &str); 3] = [
+        (&["-K", OTHER_KEY], "holds a different key"),
+        (&[], "the server has a key"),
+        (&["-token-file", arg(&token)], "the server has a key"),
+    ];
+    for (extra, why) in attempts {
+        let mut args = vec!["-f", arg(&s), "-r", &addr];
+        args.extend(extra);
+        let err = Proc::start(&args).expect_status(1);
+        let line = error_line(&err);
+        assert!(line.contains("authentication failed"), "{extra:?}: {line}");
+        assert!(line.contains(why), "{extra:?}: {line}");
+        assert!(
+            !err.contains(KEY) && !err.contains(OTHER_KEY),
+            "a key in:\n{err}"
+        );
+    }
+    let log = server.proc.wait_stderr(Duration::from_secs(10), |e| {
+        lines_with(e, &["dropped", "authentication failed"]).len() >= 3
+    });
+    assert_eq!(
+        lines_with(&log, &["authentication failed"]).len(),
+        3,
+        "{log}"
+    );
+    assert!(
+        !log.contains(KEY) && !log.contains(OTHER_KEY),
+        "a key in:\n{log}"
+    );
+    assert_eq!(read_file(&d), dst, "the destination changed");
+    assert_eq!(mtime(&d), before, "the destination was written");
+    Proc::start(&["-f", arg(&s), "-r", &addr, "-K", KEY]).expect_status(0);
+    server.proc.expect_status(0);
+    assert_same(&s, &d);
+}
+
+#[test]
+fn a_token_admits_only_clients_that_know_it() {
+    let tmp = TempDir::new("token");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(MIB, 44));
+    let (token, other) = (tmp.join("token"), tmp.join("other"));
+    write_file(&token, format!("{KEY}\n").as_bytes());
+    write_file(&other, format!("{OTHER_KEY}\n").as_bytes());
+    let server = Server::start_with(&["-d", "-f", arg(&s), "-token-file", "-"], KEY);
+    let addr = server.addr();
+    for (extra, why) in [
+        (
+            vec!["-token-file", arg(&other)],
+            "holds a different key or token",
+        ),
+        (vec![], "the server has a token"),
+        (vec!["-K", KEY], "the server has a token"),
+    ] {
+        let mut args = vec!["-d", "-f", arg(&d), "-r", &addr];
+        args.extend(&extra);
+        let err = Proc::start(&args).expect_status(1);
+        let line = error_line(&err);
+        assert!(line.contains(why), "{extra:?}: {line}");
+        assert!(!d.exists(), "{extra:?}: the destination was created");
+    }
+    Proc::start(&["-d", "-f", arg(&d), "-r", &addr, "-token-file", arg(&token)]).expect_status(0);
+    server.proc.expect_status(0);
+    assert_same(&s, &d);
+}
+
+#[test]
+fn a_keyed_client_will_not_talk_to_an_open_server() {
+    let tmp = TempDir::new("open-server");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(100_000, 45));
+    let mut server = Server::start(&["-f", arg(&d)]);
+    let err = Proc::start(&["-f", arg(&s), "-r", &server.addr(), "-K", KEY]).expect_status(1);
+    let line = error_line(&err);
+    assert!(line.contains("the server has neither"), "{line}");
+    let log = server
+        .proc
+        .wait_stderr(Duration::from_secs(10), |e| e.contains("dropped"));
+    assert!(log.contains("authentication failed"), "{log}");
+    assert!(!d.exists(), "the destination was created");
+    server.proc.kill();
 }

@@ -45,7 +45,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
 }
 
 fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
-    Ok(match u.int_in_range(0..=6u8)? {
+    Ok(match u.int_in_range(0..=8u8)? {
         0 => Frame::Hello(Hello {
             session: u.arbitrary()?,
             lane: u.arbitrary()?,
@@ -55,7 +55,8 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
             skip: u.arbitrary()?,
             source_size: u.arbitrary()?,
             compression: u.arbitrary()?,
-            flags: u.arbitrary()?,
+            flags: flags(u)?,
+            nonce: u.arbitrary()?,
         }),
         1 => Frame::Welcome(Welcome {
             block_size: u.arbitrary()?,
@@ -78,8 +79,21 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
         5 => Frame::Complete {
             verify: u.arbitrary()?,
         },
+        6 => Frame::Challenge {
+            nonce: u.arbitrary()?,
+            flags: flags(u)?,
+        },
+        7 => Frame::Proof {
+            tag: u.arbitrary()?,
+        },
         _ => Frame::Bye,
     })
+}
+
+/// The handshake flags the decoder accepts: none, a token, a key.
+fn flags(u: &mut Unstructured<'_>) -> Result<u8> {
+    let all = [0, proto::FLAG_AUTH, proto::FLAG_AUTH | proto::FLAG_ENCRYPT];
+    Ok(*u.choose(&all)?)
 }
 
 /// Write a Block frame with the source's helpers and check it decodes to
