@@ -1,0 +1,544 @@
+//! `-t user@host:/path` against a real OpenSSH server.
+//!
+//! These tests need an sshd on this machine that the current user can log
+//! into with a key: `eval "$(tests/sshd.sh start)"` starts one on loopback
+//! and exports `BSYNC_TEST_SSH` (`user@127.0.0.1:PORT`) and `BSYNC_SSH` (the
+//! ssh command with its key and options). Without `BSYNC_TEST_SSH` each test
+//! says "skipped: no sshd" and passes. The "remote" is this machine, so the
+//! tests look at the remote files and processes directly.
+//!
+//! Every run goes through a wrapper script given as `-ssh` that logs each
+//! argument vector it is called with (scp calls it too, through `-S`), then
+//! runs the real ssh. From that log the tests learn the remote directory bsync
+//! made (to check it is gone afterwards) and check that no secret was ever
+//! on a command line.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Where the test sshd is, and the ssh command that reaches it.
+struct Sshd {
+    /// `user@127.0.0.1:PORT`.
+    remote: String,
+    /// The real ssh program and its options, from `BSYNC_SSH`.
+    program: String,
+    options: String,
+}
+
+fn sshd(test: &str) -> Option<Sshd> {
+    let remote = std::env::var("BSYNC_TEST_SSH")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let Some(remote) = remote else {
+        eprintln!("{test}: skipped: no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
+        return None;
+    };
+    let shell = std::env::var("BSYNC_SSH").unwrap_or_else(|_| "ssh".into());
+    let mut words = shell.split_whitespace();
+    let program = words.next().unwrap_or("ssh").to_string();
+    let options = words.collect::<Vec<_>>().join(" ");
+    Some(Sshd {
+        remote,
+        program,
+        options,
+    })
+}
+
+/// One test's scene: a temporary directory, the logging ssh wrapper.
+struct Scene {
+    sshd: Sshd,
+    dir: TempDir,
+    log: PathBuf,
+    wrapper: PathBuf,
+}
+
+impl Scene {
+    fn new(name: &str) -> Option<Scene> {
+        let sshd = sshd(name)?;
+        let dir = TempDir::new(&format!("ssh-{name}"));
+        let log = dir.join("ssh-calls.log");
+        let wrapper = dir.join("logging-ssh");
+        Scene::write_wrapper(&wrapper, &log, &sshd.program, "");
+        Some(Scene {
+            sshd,
+            dir,
+            log,
+            wrapper,
+        })
+    }
+
+    /// A wrapper that logs its argv, puts `prelude` in front of the remote
+    /// command (the last argument) and runs the real ssh.
+    fn write_wrapper(path: &Path, log: &Path, real: &str, prelude: &str) {
+        let script = format!(
+            "#!/bin/bash\n\
+             printf '%s\\n' '--- call' \"$@\" >> '{}'\n\
+             if [ -n '{prelude}' ] && [ $# -gt 0 ]; then\n\
+             \x20 set -- \"${{@:1:$#-1}}\" '{prelude}'\"${{@: -1}}\"\n\
+             fi\n\
+             exec '{real}' \"$@\"\n",
+            log.display()
+        );
+        fs::write(path, script).unwrap();
+        Command::new("chmod").arg("755").arg(path).status().unwrap();
+    }
+
+    /// `-t user@host:port:PATH`.
+    fn target(&self, path: &Path) -> String {
+        format!("{}:{}", self.sshd.remote, path.display())
+    }
+
+    /// `bsync -ssh WRAPPER... -f LOCAL -t REMOTE extra...`
+    fn bsync(&self, local: &Path, remote: &Path, extra: &[&str]) -> Command {
+        let mut cmd = bsync();
+        cmd.arg("-ssh")
+            .arg(format!("{} {}", self.wrapper.display(), self.sshd.options))
+            .arg("-f")
+            .arg(local)
+            .arg("-t")
+            .arg(self.target(remote))
+            .args(extra);
+        cmd
+    }
+
+    fn calls(&self) -> Vec<Vec<String>> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let mut calls: Vec<Vec<String>> = Vec::new();
+        for line in text.lines() {
+            if line == "--- call" {
+                calls.push(Vec::new());
+            } else if let Some(c) = calls.last_mut() {
+                c.push(line.to_string());
+            }
+        }
+        calls
+    }
+
+    /// Remote directories bsync made, as named in the commands it sent.
+    fn remote_dirs(&self) -> Vec<String> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let mut dirs: Vec<String> = text
+            .split("d='")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('\'').map(|(d, _)| d.to_string()))
+            .collect();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Everything a run must leave behind: no remote directory, no secret
+    /// on any command line.
+    fn check_clean(&self) {
+        for dir in self.remote_dirs() {
+            assert!(
+                !Path::new(&dir).exists(),
+                "remote directory {dir} is still there"
+            );
+        }
+        for call in self.calls() {
+            for arg in &call {
+                assert!(!has_secret(arg), "a secret on a command line: {arg:?}");
+            }
+        }
+    }
+}
+
+/// True if `s` holds a run of 64 hex digits (a key or token).
+fn has_secret(s: &str) -> bool {
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c.is_ascii_hexdigit() { run + 1 } else { 0 };
+        if run >= 64 {
+            return true;
+        }
+    }
+    false
+}
+
+/// `len` bytes: random, with a zero stretch in the middle.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = random_bytes(len, seed);
+    let (a, b) = (len / 3, len / 2);
+    v[a..b].fill(0);
+    v
+}
+
+fn last_line(stderr: &str) -> &str {
+    stderr.lines().last().unwrap_or("")
+}
+
+#[test]
+fn upload_then_delta_upload() {
+    let Some(s) = Scene::new("upload") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    let dst = s.dir.join("dst.img");
+    let mut bytes = data(3 << 20, 1);
+    write_file(&src, &bytes);
+    run_ok(&mut s.bsync(&src, &dst, &["-b", "64K"]));
+    assert_same(&src, &dst);
+    bytes[100_000..100_100].fill(7);
+    bytes[2_000_000..2_000_010].fill(0);
+    write_file(&src, &bytes);
+    let err = run_ok(&mut s.bsync(&src, &dst, &["-b", "64K"]));
+    assert_same(&src, &dst);
+    assert!(err.contains("changed"), "{err}");
+    s.check_clean();
+    // Each run: one ssh for uname+mktemp, scp's, the server, ssh -G.
+    let run_script = s
+        .calls()
+        .into_iter()
+        .filter(|c| c.last().is_some_and(|l| l.contains("-token-file -")));
+    assert_eq!(run_script.count(), 2, "{:?}", s.calls());
+}
+
+#[test]
+fn download_into_existing_and_new_files() {
+    let Some(s) = Scene::new("download") else {
+        return;
+    };
+    let remote = s.dir.join("remote.img");
+    let local = s.dir.join("local.img");
+    write_file(&remote, &data(2 << 20, 2));
+    run_ok(&mut s.bsync(&local, &remote, &["-d", "-b", "128K"]));
+    assert_same(&remote, &local);
+    // An existing destination with junk, longer than the source.
+    write_file(&local, &random_bytes(3 << 20, 3));
+    run_ok(&mut s.bsync(&local, &remote, &["-d", "-b", "128K", "-L", "fast"]));
+    assert_same(&remote, &local);
+    s.check_clean();
+}
+
+#[test]
+fn encrypted_both_ways() {
+    let Some(s) = Scene::new("encrypted") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    let dst = s.dir.join("dst.img");
+    let back = s.dir.join("back.img");
+    write_file(&src, &data(1 << 20, 4));
+    run_ok(&mut s.bsync(&src, &dst, &["-e", "-b", "64K"]));
+    assert_same(&src, &dst);
+    run_ok(&mut s.bsync(&back, &dst, &["-e", "-d", "-n"]));
+    assert_same(&src, &back);
+    s.check_clean();
+    let keyed = s
+        .calls()
+        .into_iter()
+        .filter(|c| c.last().is_some_and(|l| l.contains("-K -")))
+        .count();
+    assert_eq!(
+        keyed,
+        2,
+        "the key goes to the remote on stdin: {:?}",
+        s.calls()
+    );
+}
+
+#[test]
+fn four_workers_both_ways() {
+    let Some(s) = Scene::new("workers") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    let dst = s.dir.join("dst.img");
+    let back = s.dir.join("back.img");
+    write_file(&src, &data(4 << 20, 5));
+    run_ok(&mut s.bsync(&src, &dst, &["-w", "4", "-b", "256K"]));
+    assert_same(&src, &dst);
+    run_ok(&mut s.bsync(&back, &dst, &["-w", "4", "-d", "-b", "256K"]));
+    assert_same(&src, &back);
+    s.check_clean();
+}
+
+/// Remote paths are quoted for the remote shell, whatever they hold.
+#[test]
+fn remote_path_with_shell_metacharacters() {
+    let Some(s) = Scene::new("quoting") else {
+        return;
+    };
+    let odd = s.dir.join("sp ace 'q' \"dq\" $HOME `x` \\b; *&|");
+    fs::create_dir(&odd).unwrap();
+    let src = s.dir.join("src.img");
+    let dst = odd.join("d $x'.img");
+    let back = s.dir.join("back.img");
+    write_file(&src, &data(1 << 20, 6));
+    run_ok(&mut s.bsync(&src, &dst, &[]));
+    assert_same(&src, &dst);
+    run_ok(&mut s.bsync(&back, &dst, &["-d"]));
+    assert_same(&src, &back);
+    s.check_clean();
+}
+
+#[test]
+fn missing_remote_path_is_one_clear_line() {
+    let Some(s) = Scene::new("missing") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    write_file(&src, &data(64 << 10, 7));
+    let nowhere = s.dir.join("no/such/dir/x.img");
+    let err = run_status(&mut s.bsync(&src, &nowhere, &[]), 1);
+    let line = last_line(&err);
+    assert!(line.starts_with("bsync: "), "{err}");
+    assert!(line.contains("No such file or directory"), "{err}");
+    assert!(line.contains("no/such/dir/x.img"), "{err}");
+    assert_eq!(err.matches("bsync:").count(), 1, "one error line: {err}");
+
+    let local = s.dir.join("local.img");
+    let err = run_status(&mut s.bsync(&local, &nowhere, &["-d"]), 1);
+    let line = last_line(&err);
+    assert!(line.contains("No such file or directory"), "{err}");
+    assert!(line.contains("no/such/dir/x.img"), "{err}");
+    assert!(!local.exists(), "nothing is created locally");
+    s.check_clean();
+}
+
+/// A remote that says it is another machine gets nothing copied. The wrapper
+/// makes the remote shell's `uname` lie; everything else is real.
+#[test]
+fn architecture_mismatch_copies_nothing() {
+    let Some(s) = Scene::new("arch") else { return };
+    let liar = s.dir.join("lying-ssh");
+    Scene::write_wrapper(
+        &liar,
+        &s.log,
+        &s.sshd.program,
+        "uname() { echo Linux armv7l; }; ",
+    );
+    let src = s.dir.join("src.img");
+    write_file(&src, b"data");
+    let mut cmd = bsync();
+    cmd.arg("-ssh")
+        .arg(format!("{} {}", liar.display(), s.sshd.options))
+        .arg("-f")
+        .arg(&src)
+        .arg("-t")
+        .arg(s.target(&s.dir.join("dst.img")));
+    let err = run_status(&mut cmd, 1);
+    let line = last_line(&err);
+    assert!(line.contains("architecture mismatch"), "{err}");
+    assert!(line.contains("armv7l"), "{err}");
+    assert_eq!(s.calls().len(), 1, "no mktemp, no scp: {:?}", s.calls());
+    assert!(!s.dir.join("dst.img").exists());
+}
+
+/// ssh's own failure (exit 255) names the host and says what ssh said.
+/// Needs no sshd: nothing listens on the port.
+#[test]
+fn ssh_failure_names_host_and_reason() {
+    if Command::new("ssh").arg("-V").output().is_err() {
+        eprintln!("ssh_failure_names_host_and_reason: skipped: no ssh client");
+        return;
+    }
+    let dir = TempDir::new("ssh-refused");
+    let src = dir.join("src.img");
+    write_file(&src, b"data");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cmd = bsync();
+    cmd.env("BSYNC_SSH", "ssh -o BatchMode=yes -o ConnectTimeout=5")
+        .arg("-f")
+        .arg(&src)
+        .arg("-t")
+        .arg(format!("nobody@127.0.0.1:{port}:/tmp/x"));
+    let err = run_status(&mut cmd, 1);
+    let line = last_line(&err);
+    assert!(
+        line.starts_with("bsync: ssh to 127.0.0.1 failed: "),
+        "{err}"
+    );
+    assert!(line.contains("refused"), "{err}");
+
+    // A remote shell that does not exist.
+    let mut cmd = bsync();
+    cmd.args(["-ssh", "/nonexistent/ssh -v", "-f"])
+        .arg(&src)
+        .args(["-t", "h:/x"]);
+    let err = run_status(&mut cmd, 1);
+    assert!(last_line(&err).contains("/nonexistent/ssh"), "{err}");
+}
+
+/// IPv6 literal targets, where the test sshd also listens on ::1.
+#[test]
+fn ipv6_literal_target() {
+    let Some(s) = Scene::new("ipv6") else { return };
+    let Some((user, port)) = s.sshd.remote.rsplit_once(':') else {
+        return;
+    };
+    let user = user.split_once('@').map_or("", |(u, _)| u);
+    if std::net::TcpStream::connect(("::1", port.parse::<u16>().unwrap())).is_err() {
+        eprintln!("ipv6_literal_target: skipped: the sshd does not listen on ::1");
+        return;
+    }
+    let src = s.dir.join("src.img");
+    let dst = s.dir.join("dst.img");
+    write_file(&src, &data(256 << 10, 8));
+    let mut cmd = bsync();
+    cmd.arg("-ssh")
+        .arg(format!("{} {}", s.wrapper.display(), s.sshd.options))
+        .arg("-f")
+        .arg(&src)
+        .arg("-t")
+        .arg(format!("{user}@[::1]:{port}:{}", dst.display()));
+    run_ok(&mut cmd);
+    assert_same(&src, &dst);
+    s.check_clean();
+}
+
+/// A large transfer that level `best` makes slow: 16-letter text.
+fn slow_source(path: &Path, len: usize) {
+    let mut v = random_bytes(len, 9);
+    for b in &mut v {
+        *b = b'a' + (*b & 15);
+    }
+    write_file(path, &v);
+}
+
+/// Processes whose command line contains `needle`, with that command line.
+fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(raw) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Start a slow upload and wait until the remote server has written some of
+/// the destination. Returns the local process and the remote server's pid.
+fn start_slow_upload(s: &Scene, src: &Path, dst: &Path) -> (Child, u32) {
+    slow_source(src, 256 << 20);
+    let mut child = s
+        .bsync(src, dst, &["-L", "best", "-b", "1M", "-q"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the transfer ended before it could be interrupted"
+        );
+        let written = dst.exists() && allocated_bytes(dst) > 0;
+        let servers: Vec<(u32, String)> = s
+            .remote_dirs()
+            .iter()
+            .flat_map(|d| processes_with(&format!("{d}/bsync")))
+            .filter(|(_, c)| c.contains("-p 0"))
+            .collect();
+        if written && !servers.is_empty() {
+            // The remote's `ps` while a transfer runs: no secret in the
+            // command line of anything of this run (the local bsync and
+            // ssh, the remote shell, the remote bsync).
+            let ours = s
+                .remote_dirs()
+                .into_iter()
+                .chain([s.dir.path().display().to_string()]);
+            for needle in ours {
+                for (_, cmdline) in processes_with(&needle) {
+                    assert!(!has_secret(&cmdline), "secret in a command line: {cmdline}");
+                }
+            }
+            return (child, servers[0].0);
+        }
+        assert!(Instant::now() < deadline, "the transfer did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> (Option<i32>, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code(), err);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bsync did not end within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait (bounded) until no process runs the remote copies any more.
+fn assert_remote_gone(s: &Scene) {
+    let dirs = s.remote_dirs();
+    assert!(!dirs.is_empty(), "no remote directory was made");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for dir in &dirs {
+        while !processes_with(&format!("{dir}/bsync")).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "remote bsync in {dir} still runs"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    s.check_clean();
+}
+
+/// Ctrl-C on this side stops the remote server and removes its directory.
+#[test]
+fn interrupt_cleans_up_the_remote() {
+    let Some(s) = Scene::new("sigint") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    let dst = s.dir.join("dst.img");
+    let (mut child, _) = start_slow_upload(&s, &src, &dst);
+    bsync::sys::kill(child.id(), libc::SIGINT).unwrap();
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(60));
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert_remote_gone(&s);
+}
+
+/// A remote server that dies mid-run fails the run with one clear line.
+#[test]
+fn remote_dying_mid_run_fails_clearly() {
+    let Some(s) = Scene::new("remote-dies") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    let dst = s.dir.join("dst.img");
+    let (mut child, server) = start_slow_upload(&s, &src, &dst);
+    Command::new("kill")
+        .args(["-KILL", &server.to_string()])
+        .status()
+        .unwrap();
+    let (code, err) = wait_bounded(&mut child, Duration::from_secs(90));
+    assert_eq!(code, Some(1), "{err}");
+    let line = last_line(&err);
+    assert!(line.starts_with("bsync: "), "{err}");
+    assert!(line.contains("killed by signal 9"), "{err}");
+    assert_remote_gone(&s);
+}
