@@ -3,6 +3,12 @@
 #
 #   make          static release binary ./bsync (x86_64-unknown-linux-musl)
 #   make test     cargo fmt --check, clippy with -D warnings, cargo test
+#                 (tests/ssh.rs runs against an sshd when BSYNC_TEST_SSH is set:
+#                 eval "$(tests/sshd.sh start)" starts one on loopback)
+#   make test-remote REMOTE=user@host[:port] [SSH_OPTS='-i key ...']
+#                 the live -t matrix (tests/remote.sh) against a real SSH
+#                 server; with the loopback sshd: REMOTE=$BSYNC_TEST_SSH
+#                 SSH_OPTS="$SSH_OPTS"
 #   make demo     sync a small real ext4 image with a modified copy of itself
 #   make bench    cargo bench; bsync against the read floor, dd, and rsync over loopback
 #   make fuzz     fuzz the wire codec for FUZZ_SECONDS per target (needs cargo-fuzz)
@@ -26,7 +32,7 @@ MUSL_CC_ENV := CC_$(TARGET_ENV)=$${CC_$(TARGET_ENV):-gcc} \
 	CFLAGS_$(TARGET_ENV)="$${CFLAGS_$(TARGET_ENV):--U_FORTIFY_SOURCE}"
 endif
 
-.PHONY: all musl-target test demo bench fuzz deny clean FORCE
+.PHONY: all musl-target test test-remote demo bench fuzz deny clean FORCE
 
 all: bsync
 
@@ -52,6 +58,12 @@ test:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked
+
+# SSH_OPTS reaches tests/remote.sh through the environment, quotes and all.
+export SSH_OPTS REMOTE
+test-remote: all
+	@[ -n "$(REMOTE)" ] || { echo "usage: make test-remote REMOTE=user@host[:port] [SSH_OPTS='-i key ...']" >&2; exit 2; }
+	tests/remote.sh "$$REMOTE"
 
 demo: all
 	benches/demo.sh

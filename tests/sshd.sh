@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 dir=${SSHD_DIR:-${CARGO_TARGET_DIR:-target}/sshd}
 sshd=${SSHD:-/usr/sbin/sshd}
 
+say() { printf 'sshd.sh: %s\n' "$*" >&2; }
 die() { printf 'sshd.sh: error: %s\n' "$*" >&2; exit 1; }
 
 running() { [[ -s $dir/pid ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; }
@@ -37,8 +38,18 @@ print_env() {
     printf 'export SSH_OPTS=%q\n' "$opts"
 }
 
+# A port nothing listens on (no python or ss needed: /proc/net/tcp*).
 free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    local port hex i
+    for ((i = 0; i < 100; i++)); do
+        port=$((20000 + RANDOM % 40000))
+        printf -v hex ':%04X ' "$port"
+        if ! cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q "$hex"; then
+            echo "$port"
+            return
+        fi
+    done
+    die "no free port found"
 }
 
 start() {
@@ -56,9 +67,22 @@ start() {
     ssh-keygen -q -t ed25519 -N '' -C bsync-test-client -f "$dir/client_key"
     cp "$dir/client_key.pub" "$dir/authorized_keys"
     chmod 600 "$dir/authorized_keys"
-    local port listen6='' sftp
-    port=$(free_port)
-    echo "$port" >"$dir/port"
+    local port try
+    for try in 1 2 3 4 5; do
+        port=$(free_port)
+        if start_on "$port"; then
+            echo "$port" >"$dir/port"
+            print_env
+            return
+        fi
+        say "port $port: sshd did not start (attempt $try); see $dir/log"
+    done
+    die "sshd did not start; see $dir/log"
+}
+
+# Start sshd on PORT; false if it does not come up.
+start_on() {
+    local port=$1 listen6='' sftp i
     # ::1 only where the kernel has IPv6 loopback; sshd skips what it
     # cannot bind as long as one address works.
     if [[ -e /proc/net/if_inet6 ]] && grep -q '^0\{31\}1 ' /proc/net/if_inet6; then
@@ -87,14 +111,13 @@ MaxSessions 64
 ${sftp:+Subsystem sftp $sftp}
 EOF
     "$sshd" -t -f "$dir/sshd_config" || die "sshd rejected $dir/sshd_config"
-    "$sshd" -f "$dir/sshd_config" -E "$dir/log"
-    local i
+    rm -f "$dir/pid"
+    "$sshd" -f "$dir/sshd_config" -E "$dir/log" || return 1
     for ((i = 0; i < 100; i++)); do
-        running && break
+        running && return 0
         sleep 0.05
     done
-    running || die "sshd did not start; see $dir/log"
-    print_env
+    return 1
 }
 
 stop() {
