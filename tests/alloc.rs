@@ -10,8 +10,7 @@
 //! tested in `pool.rs`.)
 //!
 //! The same holds for network sessions, upload and download, sealed (`-K`)
-//! or not, both ends in
-//! this process over loopback.
+//! or not, both ends in this process over loopback.
 //!
 //! This binary holds one test only: the counter is process-wide, and a
 //! second test running alongside would add its own allocations.
