@@ -9,8 +9,8 @@
 //! zero. (Block buffers are mmap'ed, not heap: the pool's own bound is
 //! tested in `pool.rs`.)
 //!
-//! The same holds for network sessions, upload and download, both ends in
-//! this process over loopback.
+//! The same holds for network sessions, upload and download, sealed (`-K`)
+//! or not, both ends in this process over loopback.
 //!
 //! This binary holds one test only: the counter is process-wide, and a
 //! second test running alongside would add its own allocations.
@@ -56,6 +56,9 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// The key of the sealed runs.
+const KEY: &str = "-K=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
@@ -97,13 +100,15 @@ fn allocations_of_sync(src: &Path, dst: &Path, extra: &[&str]) -> u64 {
 
 /// Allocations made by an in-process network sync of `src` into `dst`
 /// (server in a thread, client here; both ends counted) with `-w workers`;
-/// `download` makes the server the source, `compress` turns zstd on.
+/// `download` makes the server the source, `compress` turns zstd on, `key`
+/// seals every frame.
 fn allocations_of_network(
     src: &Path,
     dst: &Path,
     workers: &str,
     download: bool,
     compress: bool,
+    key: bool,
 ) -> u64 {
     let (server_file, client_file) = if download { (src, dst) } else { (dst, src) };
     let d = if download { "-d=true" } else { "-d=false" };
@@ -114,7 +119,7 @@ fn allocations_of_network(
         .expect("free port")
         .port()
         .to_string();
-    let server = config(&[
+    let mut server = vec![
         "-q".as_ref(),
         "-P".as_ref(),
         "-i".as_ref(),
@@ -127,9 +132,9 @@ fn allocations_of_network(
         "64K".as_ref(),
         "-f".as_ref(),
         server_file.as_os_str(),
-    ]);
+    ];
     let remote = format!("127.0.0.1:{port}");
-    let client = config(&[
+    let mut client = vec![
         "-q".as_ref(),
         n.as_ref(),
         d.as_ref(),
@@ -141,7 +146,12 @@ fn allocations_of_network(
         remote.as_ref(),
         "-f".as_ref(),
         client_file.as_os_str(),
-    ]);
+    ];
+    if key {
+        server.push(KEY.as_ref());
+        client.push(KEY.as_ref());
+    }
+    let (server, client) = (config(&server), config(&client));
     std::thread::scope(|s| {
         let served = s.spawn(|| bsync::run(&server));
         let mut tries = 0;
@@ -187,23 +197,26 @@ fn the_pipeline_allocates_nothing_per_block() {
         }
         check(&format!("local -w {workers}"), counts[0], counts[1]);
     }
-    for (workers, download, compress) in [
-        ("1", false, false),
-        ("2", false, true),
-        ("1", true, false),
-        ("2", true, true),
+    for (workers, download, compress, key) in [
+        ("1", false, false, false),
+        ("2", false, true, false),
+        ("1", true, false, false),
+        ("2", true, true, false),
+        ("1", false, false, true),
+        ("2", true, true, true),
     ] {
         let mut counts = [0u64; 2];
         for (count, blocks) in counts.iter_mut().zip([64, 512]) {
             let (s, d) = scene(&dir, blocks);
-            *count = allocations_of_network(&s, &d, workers, download, compress);
+            *count = allocations_of_network(&s, &d, workers, download, compress, key);
             assert_same(&s, &d);
         }
         let what = format!(
             "{} -w {workers}{}",
             if download { "download" } else { "upload" },
-            if compress { " zstd" } else { "" }
+            if compress { " zstd" } else { "" },
         );
+        let what = if key { format!("{what} -K") } else { what };
         check(&what, counts[0], counts[1]);
     }
 }

@@ -1498,18 +1498,7 @@ const OTHER_KEY: &str = "f0e0d0c0b0a090807060504030201000f0e0d0c0b0a090807060504
 /// `dir` with `w` lanes through a relay doing `cut`; both ends must succeed.
 /// Returns the bytes the relay saw.
 fn keyed(dir: Dir, src: &Path, dst: &Path, cut: Cut, client: &[&str]) -> Vec<u8> {
-    let mut server_args = vec!["-K", "-"];
-    let mut args = vec!["-K", KEY];
-    match dir {
-        Dir::Up => {
-            server_args.extend(["-f", arg(dst)]);
-            args.extend(["-f", arg(src), "-b", "256K"]);
-        }
-        Dir::Down => {
-            server_args.extend(["-d", "-f", arg(src), "-b", "256K"]);
-            args.extend(["-d", "-f", arg(dst)]);
-        }
-    }
+    let (server_args, mut args) = keyed_args(dir, src, dst, "-");
     let server = Server::start_with(&server_args, &format!("{KEY}\n"));
     let (port, wire) = relay(server.socket_addr(), cut);
     let addr = format!("127.0.0.1:{port}");
@@ -1520,6 +1509,30 @@ fn keyed(dir: Dir, src: &Path, dst: &Path, cut: Cut, client: &[&str]) -> Vec<u8>
     assert_eq!(verify_digest(&client), verify_digest(&srv));
     assert_same(src, dst);
     std::mem::take(&mut wire.lock().unwrap_or_else(|e| e.into_inner()).bytes)
+}
+
+/// Server and client arguments of a keyed session in `dir` with 256 KiB
+/// blocks; the server's key is `server_key` (`-` reads it from stdin), the
+/// client's [`KEY`].
+fn keyed_args<'a>(
+    dir: Dir,
+    src: &'a Path,
+    dst: &'a Path,
+    server_key: &'a str,
+) -> (Vec<&'a str>, Vec<&'a str>) {
+    let mut server = vec!["-K", server_key];
+    let mut client = vec!["-K", KEY];
+    match dir {
+        Dir::Up => {
+            server.extend(["-f", arg(dst)]);
+            client.extend(["-f", arg(src), "-b", "256K"]);
+        }
+        Dir::Down => {
+            server.extend(["-d", "-f", arg(src), "-b", "256K"]);
+            client.extend(["-d", "-f", arg(dst)]);
+        }
+    }
+    (server, client)
 }
 
 /// Source data that is easy to find on the wire: a marker between random
@@ -1597,18 +1610,8 @@ fn a_flipped_byte_fails_the_session_and_a_rerun_repairs() {
         let tmp = TempDir::new(&format!("flip-{dir:?}"));
         let (s, d) = (tmp.join("src"), tmp.join("dst"));
         write_file(&s, &random_bytes(4 * MIB, 42));
-        let mut server_args = vec!["-K", KEY];
-        let mut args = vec!["-K", KEY, "-n"];
-        match dir {
-            Dir::Up => {
-                server_args.extend(["-f", arg(&d)]);
-                args.extend(["-f", arg(&s), "-b", "256K"]);
-            }
-            Dir::Down => {
-                server_args.extend(["-d", "-f", arg(&s), "-b", "256K"]);
-                args.extend(["-d", "-f", arg(&d)]);
-            }
-        }
+        let (server_args, mut args) = keyed_args(dir, &s, &d, KEY);
+        args.push("-n");
         let server = Server::start(&server_args);
         let (port, _) = relay(server.socket_addr(), cut);
         let addr = format!("127.0.0.1:{port}");
