@@ -86,6 +86,7 @@ restore() {
 
 # bsync_run DIR SERVER_FILE CLIENT_FILE DELAY_MS [FLAGS...]
 #   DIR is "up" or "down"; DELAY_MS is "" (no relay) or a one-way delay.
+#   Both ends read stdin from $bsync_stdin (default /dev/null).
 #   Sets $took (seconds), $took_cpu (CPU seconds of client and server,
 #   relay excluded) and leaves the client's log in $tmp/client.log.
 bsync_run() {
@@ -97,7 +98,7 @@ bsync_run() {
     [[ $way == down ]] && flags=(-d "${flags[@]}")
     : >"$tmp/server.out"
     ./bsync -q "${flags[@]}" -f "$sfile" -p 0 -i 127.0.0.1 \
-        >"$tmp/server.out" 2>"$tmp/server.log" &
+        <"${bsync_stdin:-/dev/null}" >"$tmp/server.out" 2>"$tmp/server.log" &
     server_pid=$!
     pids+=("$server_pid")
     port=$(wait_port "$tmp/server.out" "$server_pid" "the bsync server")
@@ -111,7 +112,8 @@ bsync_run() {
     fi
     t0=$(now)
     rc=0
-    ./bsync "${flags[@]}" -f "$cfile" -r "127.0.0.1:$port" 2>"$tmp/client.log" || rc=$?
+    ./bsync "${flags[@]}" -f "$cfile" -r "127.0.0.1:$port" \
+        <"${bsync_stdin:-/dev/null}" 2>"$tmp/client.log" || rc=$?
     wait "$server_pid" || rc=$((rc ? rc : $?))
     forget "$server_pid"
     t1=$(now)

@@ -16,18 +16,20 @@ dir=${CARGO_TARGET_DIR:-target}/bench
 orig=$dir/ext4-1G.img
 fresh=$dir/seal-new.img
 target=1.3
-key=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 
 bench=seal.sh
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 
 [[ -s $orig ]] || benches/mkimage.sh 1G "$orig"
+# Both ends read the key from stdin (-K -), as they should outside a bench.
+(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$tmp/key")
+bsync_stdin=$tmp/key
 size=$(stat -c %s "$orig")
 say "== encryption cost: full copy of the 1 GiB image into a new destination ($runs runs each, min)"
 say "   machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
 say "   before each run: rm -f $fresh; cat $orig > /dev/null"
-say "   ./bsync -q [-K KEY] [-n] -f $fresh -p 0 -i 127.0.0.1 &   ./bsync [-K KEY] [-n] -f $orig -r 127.0.0.1:PORT"
+say "   ./bsync -q [-K -] [-n] -f $fresh -p 0 -i 127.0.0.1 <key &   ./bsync [-K -] [-n] -f $orig -r 127.0.0.1:PORT <key"
 rows=()
 for level in "" "-n"; do
     plain=()
@@ -36,7 +38,7 @@ for level in "" "-n"; do
         for mode in plain keyed; do
             flags=()
             [[ -n $level ]] && flags+=("$level")
-            [[ $mode == keyed ]] && flags+=(-K "$key")
+            [[ $mode == keyed ]] && flags+=(-K -)
             rm -f "$fresh"
             warm "$orig"
             bsync_run up "$fresh" "$orig" "" "${flags[@]}"
