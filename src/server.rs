@@ -109,7 +109,7 @@ fn handshake(mut stream: TcpStream, peer: &str, secret: Option<&Secret>) -> Resu
         Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
         _ => return Err(Error::protocol(peer, "expected a Hello frame")),
     };
-    let refuse = |ours_why: String, theirs_why: &str| {
+    let deny = |ours_why: String, theirs_why: &str| {
         lane.sender
             .fail(&format!("{}{theirs_why}", session::AUTH_FAILED));
         Err(Error::Auth {
@@ -119,7 +119,7 @@ fn handshake(mut stream: TcpStream, peer: &str, secret: Option<&Secret>) -> Resu
     };
     if let Some(why) = auth::mismatch(ours, hello.flags, "client") {
         let theirs = auth::mismatch(hello.flags, ours, "server").unwrap_or_default();
-        return refuse(why, &theirs);
+        return deny(why, &theirs);
     }
     if let Some(secret) = secret {
         proto::encode(&Frame::Hello(hello), &mut transcript);
@@ -129,7 +129,7 @@ fn handshake(mut stream: TcpStream, peer: &str, secret: Option<&Secret>) -> Resu
             _ => return Err(Error::protocol(peer, "expected a Proof frame")),
         };
         if !proven {
-            return refuse(
+            return deny(
                 "the client holds a different key or token".into(),
                 "the server holds a different key or token",
             );
