@@ -1496,8 +1496,8 @@ const OTHER_KEY: &str = "f0e0d0c0b0a090807060504030201000f0e0d0c0b0a090807060504
 
 /// A session with `-K` (the server reads it from stdin, as over SSH) in
 /// `dir` with `w` lanes through a relay doing `cut`; both ends must succeed.
-/// Returns the bytes the relay saw.
-fn keyed(dir: Dir, src: &Path, dst: &Path, cut: Cut, client: &[&str]) -> Vec<u8> {
+/// Returns what the relay saw.
+fn keyed(dir: Dir, src: &Path, dst: &Path, cut: Cut, client: &[&str]) -> Wire {
     let (server_args, mut args) = keyed_args(dir, src, dst, "-");
     let server = Server::start_with(&server_args, &format!("{KEY}\n"));
     let (port, wire) = relay(server.socket_addr(), cut);
@@ -1508,7 +1508,7 @@ fn keyed(dir: Dir, src: &Path, dst: &Path, cut: Cut, client: &[&str]) -> Vec<u8>
     let srv = server.proc.expect_status(0);
     assert_eq!(verify_digest(&client), verify_digest(&srv));
     assert_same(src, dst);
-    std::mem::take(&mut wire.lock().unwrap_or_else(|e| e.into_inner()).bytes)
+    std::mem::take(&mut *wire.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Server and client arguments of a keyed session in `dir` with 256 KiB
@@ -1570,12 +1570,27 @@ fn encrypted_sessions_both_ways_one_and_four_lanes() {
 }
 
 #[test]
+fn encrypted_sessions_survive_a_cut_connection() {
+    // The lane comes back with fresh nonces and a fresh connection key.
+    for (dir, cut) in [
+        (Dir::Up, Cut::ClientBytes(MIB as u64)),
+        (Dir::Down, Cut::ServerBytes(MIB as u64)),
+    ] {
+        let tmp = TempDir::new(&format!("keyed-cut-{dir:?}"));
+        let (s, d) = (tmp.join("src"), tmp.join("dst"));
+        write_file(&s, &random_bytes(4 * MIB, 46));
+        let wire = keyed(dir, &s, &d, cut, &["-n", "-w", "2"]);
+        assert!(wire.connections >= 3, "{dir:?}: no reconnect");
+    }
+}
+
+#[test]
 fn the_sealed_wire_never_shows_the_data() {
     for dir in [Dir::Up, Dir::Down] {
         let tmp = TempDir::new(&format!("sealed-{dir:?}"));
         let (s, d) = (tmp.join("src"), tmp.join("dst"));
         write_file(&s, &marked(2 * MIB));
-        let wire = keyed(dir, &s, &d, Cut::Never, &["-n"]);
+        let wire = keyed(dir, &s, &d, Cut::Never, &["-n"]).bytes;
         assert!(
             wire.len() > 2 * MIB,
             "the relay saw only {} bytes",
