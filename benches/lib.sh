@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Helpers shared by the network benches (benches/net.sh, benches/seal.sh):
-# timing, CPU accounting, a bsync server and client pair over 127.0.0.1,
-# and cleanup of every background process. Source it after setting
-# `bench` (the script's name, for messages) and `dir` (the cache of images).
+# Helpers shared by the benches (sync.sh, net.sh, seal.sh, ssh.sh): timing,
+# CPU accounting, a bsync server and client pair over 127.0.0.1, and
+# cleanup of every background process. Source it after setting `bench` (the
+# script's name, for messages) and `dir` (the cache of images).
 #
-# It makes $tmp (removed on exit) and checks ./bsync and python3.
+# It checks ./bsync and makes $tmp; on exit it ends the recorded background
+# processes, calls the script's own `on_exit` if it defines one, and
+# removes $tmp.
 
 say() { printf '%s\n' "$*"; }
 die() { printf '%s: error: %s\n' "$bench" "$*" >&2; exit 1; }
@@ -33,6 +35,7 @@ cleanup() {
     for p in "${pids[@]}"; do
         wait "$p" 2>/dev/null || true
     done
+    if declare -F on_exit >/dev/null; then on_exit; fi
     if [[ -n ${tmp:-} ]]; then rm -rf "$tmp"; fi
 }
 # Drop PID from the list once it has been waited for: its number may be reused.
@@ -61,6 +64,7 @@ wait_port() {
 }
 
 free_port() {
+    command -v python3 >/dev/null || die "python3 is needed to find a free port"
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
@@ -140,6 +144,5 @@ wire_ratio() { summary_line | sed -n 's/.*(\([0-9.]*\):1).*/\1/p'; }
 check_same() { cmp "$1" "$2" || die "$3: destination differs from source"; }
 
 [[ -x ./bsync ]] || die "./bsync is missing: run make first"
-command -v python3 >/dev/null || die "python3 is needed for free ports and the delay relay"
 mkdir -p "$dir"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bsync-$bench.XXXXXX")

@@ -46,6 +46,7 @@ target_latency=1.10
 bench=net.sh
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
+command -v python3 >/dev/null || die "python3 is needed for the delay relay"
 
 # ---------------------------------------------------------------- images
 say "== preparing images (cached under $dir)"

@@ -26,13 +26,9 @@ orig=$dir/ext4-1G.img
 changed=$dir/ext4-1G-changed5.img
 target_ratio=0.5
 
-say() { printf '%s\n' "$*"; }
-die() { printf 'ssh.sh: error: %s\n' "$*" >&2; exit 1; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-min() { printf '%s\n' "$@" | sort -g | sed -n 1p; }
-
-[[ -x ./bsync ]] || die "./bsync is missing: run make first"
+bench=ssh.sh
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 command -v rsync >/dev/null || die "rsync is not installed"
 started=''
 if [[ -z ${BSYNC_TEST_SSH:-} ]]; then
@@ -44,18 +40,13 @@ if [[ -z ${BSYNC_TEST_SSH:-} ]]; then
     eval "$env_lines"
     started=1
 fi
-mkdir -p "$dir"
 [[ -s $orig ]] || benches/mkimage.sh 1G "$orig"
 [[ -s $changed ]] || benches/mkimage.sh --modify "$orig" "$changed" 5
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/bsync-ssh-bench.XXXXXX")
 dst=$dir/ssh-dst.img
-cleanup() {
-    rm -rf "$tmp"
+on_exit() {
     rm -f "$dst"
     [[ -z $started ]] || tests/sshd.sh stop
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 remote=$BSYNC_TEST_SSH
 port=${remote##*:}
@@ -65,7 +56,6 @@ dst=$(cd "$(dirname "$dst")" && pwd)/$(basename "$dst")
 opts=(${SSH_OPTS:-})
 export BSYNC_SSH="ssh ${SSH_OPTS:-}"
 
-warm() { cat "$@" >/dev/null; }
 fresh() { cp --sparse=always "$orig" "$dst"; }
 
 bsync_cmd=(./bsync -q -f "$changed" -t "$remote:$dst")
@@ -96,6 +86,5 @@ for ((i = 0; i < runs; i++)); do
 done
 b=$(min "${tb[@]}")
 r=$(min "${tr[@]}")
-ratio=$(awk -v b="$b" -v r="$r" 'BEGIN { printf "%.2f", b / r }')
-verdict=$(awk -v x="$ratio" -v t="$target_ratio" 'BEGIN { print (x <= t ? "PASS" : "FAIL") }')
-say "   best of $runs: bsync $b s, rsync $r s: bsync/rsync = $ratio (target <= $target_ratio: $verdict)"
+ratio=$(calc 'sprintf("%.2f", b / r)' "b=$b" "r=$r")
+say "   best of $runs: bsync $b s, rsync $r s: bsync/rsync = $ratio (target <= $target_ratio: $(verdict "$ratio" "$target_ratio"))"

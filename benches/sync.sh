@@ -24,14 +24,9 @@ src=$dir/ext4-$size-changed$percent.img
 dst=$dir/sync-dst.img
 target_ratio=1.2
 
-say() { printf '%s\n' "$*"; }
-die() { printf 'sync.sh: error: %s\n' "$*" >&2; exit 1; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-min() { printf '%s\n' "$@" | sort -g | sed -n 1p; }
-
-[[ -x ./bsync ]] || die "./bsync is missing: run make first"
-mkdir -p "$dir"
+bench=sync.sh
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
 
 say "== preparing images (cached under $dir)"
 [[ -s $orig ]] || benches/mkimage.sh "$size" "$orig"
