@@ -21,7 +21,7 @@
 
 use crate::aead::{self, Key, NONCE_LEN, TAG_LEN};
 use crate::cli::Config;
-use crate::proto::{FLAG_AUTH, FLAG_ENCRYPT};
+use crate::proto::{self, FLAG_AUTH, FLAG_ENCRYPT, Frame, Hello};
 
 /// The shared secret of a session, and whether it encrypts.
 #[derive(Clone, Debug)]
@@ -105,18 +105,21 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    /// Derive the connection key from the secret and both nonces.
-    /// `transcript` is the encoded `Challenge` then the encoded `Hello`.
-    pub fn new(
-        secret: &Secret,
-        server_nonce: &[u8; 16],
-        client_nonce: &[u8; 16],
-        transcript: Vec<u8>,
-    ) -> Handshake {
+    /// Derive the connection key from the secret and both nonces; the
+    /// proofs cover the server's `Challenge` (its nonce and flags) and the
+    /// client's `Hello` as encoded on the wire.
+    pub fn new(secret: &Secret, server_nonce: &[u8; 16], flags: u8, hello: &Hello) -> Handshake {
         let key = aead::derive_subkey(
             &aead::derive_subkey(&secret.key, server_nonce),
-            client_nonce,
+            &hello.nonce,
         );
+        let mut transcript = Vec::new();
+        let challenge = Frame::Challenge {
+            nonce: *server_nonce,
+            flags,
+        };
+        proto::encode(&challenge, &mut transcript);
+        proto::encode(&Frame::Hello(*hello), &mut transcript);
         Handshake { key, transcript }
     }
 
@@ -188,11 +191,23 @@ mod tests {
     use super::*;
 
     fn handshake(secret: [u8; 32], server: u8, client: u8) -> Handshake {
+        let hello = Hello {
+            session: 7,
+            lane: 0,
+            lanes: 1,
+            download: false,
+            block_size: 4096,
+            skip: 0,
+            source_size: 1 << 20,
+            compression: 0,
+            flags: FLAG_AUTH | FLAG_ENCRYPT,
+            nonce: [client; 16],
+        };
         Handshake::new(
             &Secret::new(secret, true),
             &[server; 16],
-            &[client; 16],
-            b"challenge hello".to_vec(),
+            hello.flags,
+            &hello,
         )
     }
 

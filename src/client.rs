@@ -215,16 +215,9 @@ impl Dial<'_> {
         }
         let mut hello = *hello;
         sys::getrandom(&mut hello.nonce).map_err(|e| Error::io("client", "get random bytes", e))?;
-        let mut transcript = Vec::new();
-        let challenge = Frame::Challenge {
-            nonce: server_nonce,
-            flags,
-        };
-        proto::encode(&challenge, &mut transcript);
-        proto::encode(&Frame::Hello(hello), &mut transcript);
         lane.sender.send_frame(&Frame::Hello(hello))?;
         if let Some(secret) = self.secret {
-            let hs = Handshake::new(secret, &server_nonce, &hello.nonce, transcript);
+            let hs = Handshake::new(secret, &server_nonce, flags, &hello);
             lane.sender.send_frame(&Frame::Proof {
                 tag: hs.proof(auth::Direction::Up),
             })?;

@@ -101,9 +101,8 @@ fn handshake(mut stream: TcpStream, peer: &str, secret: Option<&Secret>) -> Resu
     let ours = Secret::flags(secret);
     let mut nonce = [0u8; proto::NONCE_LEN];
     sys::getrandom(&mut nonce).map_err(|e| Error::io("server", "get random bytes", e))?;
-    let mut transcript = Vec::new();
-    proto::encode(&Frame::Challenge { nonce, flags: ours }, &mut transcript);
-    lane.sender.send(&mut transcript.clone())?;
+    lane.sender
+        .send_frame(&Frame::Challenge { nonce, flags: ours })?;
     let hello = match lane.reader.read("the client's hello")? {
         Frame::Hello(hello) => hello,
         Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
@@ -122,8 +121,7 @@ fn handshake(mut stream: TcpStream, peer: &str, secret: Option<&Secret>) -> Resu
         return deny(why, &theirs);
     }
     if let Some(secret) = secret {
-        proto::encode(&Frame::Hello(hello), &mut transcript);
-        let hs = Handshake::new(secret, &nonce, &hello.nonce, transcript);
+        let hs = Handshake::new(secret, &nonce, ours, &hello);
         let proven = match lane.reader.read("the client's proof")? {
             Frame::Proof { tag } => hs.verify(auth::Direction::Up, &tag),
             _ => return Err(Error::protocol(peer, "expected a Proof frame")),
