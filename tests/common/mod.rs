@@ -270,6 +270,34 @@ pub struct Expect {
     pub cleared: u64,
 }
 
+impl Expect {
+    /// Assert that the writing end's summary `s` says what is expected:
+    /// the block counts exactly, bytes written and cleared about right.
+    pub fn check(&self, s: &Summary) {
+        assert_eq!(
+            s.counts(),
+            (self.blocks, self.same, self.changed, self.zero),
+            "blocks/same/changed/zero; want {self:?}\n{}",
+            s.line
+        );
+        if self.written == 0 {
+            assert!(s.line.contains("written 0 B"), "want {self:?}\n{}", s.line);
+        }
+        assert!(
+            about(s.written, self.written),
+            "written: want {} bytes\n{}",
+            self.written,
+            s.line
+        );
+        assert!(
+            about(s.cleared, self.cleared),
+            "cleared: want {} bytes\n{}",
+            self.cleared,
+            s.line
+        );
+    }
+}
+
 /// The summary of a run over `src` onto `dst` (as it was before the run)
 /// with block size `bs`, skipping `skip` blocks, when the destination
 /// compares and writes in units of `grain` bytes (or the block size if
