@@ -65,23 +65,26 @@ say "   sshd on $remote; ssh options: ${SSH_OPTS:-none}"
 say "   ${bsync_cmd[*]}"
 say "   ${rsync_cmd[*]}"
 
+# timed NAME CMD...: update a fresh, hot copy of the old image with CMD,
+# check it, and set $took.
+timed() {
+    local name=$1 t0 t1
+    shift
+    fresh
+    warm "$changed" "$dst"
+    t0=$(now)
+    "$@" 2>"$tmp/$name.err" || { cat "$tmp/$name.err" >&2; die "$name failed"; }
+    t1=$(now)
+    cmp "$changed" "$dst" || die "$name: destination differs"
+    took=$(elapsed "$t0" "$t1")
+}
+
 declare -a tb tr
 for ((i = 0; i < runs; i++)); do
-    fresh
-    warm "$changed" "$dst"
-    t0=$(now)
-    "${bsync_cmd[@]}" 2>"$tmp/bsync.err" || { cat "$tmp/bsync.err" >&2; die "bsync failed"; }
-    t1=$(now)
-    cmp "$changed" "$dst" || die "bsync: destination differs"
-    tb+=("$(elapsed "$t0" "$t1")")
-
-    fresh
-    warm "$changed" "$dst"
-    t0=$(now)
-    "${rsync_cmd[@]}" 2>"$tmp/rsync.err" || { cat "$tmp/rsync.err" >&2; die "rsync failed"; }
-    t1=$(now)
-    cmp "$changed" "$dst" || die "rsync: destination differs"
-    tr+=("$(elapsed "$t0" "$t1")")
+    timed bsync "${bsync_cmd[@]}"
+    tb+=("$took")
+    timed rsync "${rsync_cmd[@]}"
+    tr+=("$took")
     say "   run $((i + 1)): bsync ${tb[$i]} s, rsync ${tr[$i]} s"
 done
 b=$(min "${tb[@]}")
