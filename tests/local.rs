@@ -23,23 +23,6 @@ fn check_summary(stderr: &str, want: &Expect) {
     want.check(&summary(stderr));
 }
 
-/// A source with a zero region and a stale destination differing from it in
-/// a few scattered bytes and over part of the zero region.
-fn make_pair(len: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
-    let mut src = random_bytes(len, seed);
-    let zeros = len / 3..len / 3 + len / 8;
-    src[zeros.clone()].fill(0);
-    let mut dst = src.clone();
-    let stale = zeros.start + len / 64..zeros.end - len / 64;
-    dst[stale.clone()].copy_from_slice(&random_bytes(stale.len(), seed + 1));
-    let mut rng = fastrand::Rng::with_seed(seed + 2);
-    for _ in 0..8 {
-        let at = rng.usize(..len);
-        dst[at] = dst[at].wrapping_add(rng.u8(1..));
-    }
-    (src, dst)
-}
-
 /// Write `src` and `dst` (None: no destination file), run with `extra`,
 /// check the result and the summary.
 fn sync_and_check(dir: &TempDir, src: &[u8], dst: Option<&[u8]>, bs: usize, extra: &[&str]) {

@@ -77,6 +77,23 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// A source with a zero region and a stale destination differing from it in
+/// a few scattered bytes and over part of the zero region.
+pub fn make_pair(len: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut src = random_bytes(len, seed);
+    let zeros = len / 3..len / 3 + len / 8;
+    src[zeros.clone()].fill(0);
+    let mut dst = src.clone();
+    let stale = zeros.start + len / 64..zeros.end - len / 64;
+    dst[stale.clone()].copy_from_slice(&random_bytes(stale.len(), seed + 1));
+    let mut rng = fastrand::Rng::with_seed(seed + 2);
+    for _ in 0..8 {
+        let at = rng.usize(..len);
+        dst[at] = dst[at].wrapping_add(rng.u8(1..));
+    }
+    (src, dst)
+}
+
 /// Run `cmd` to completion, capturing stdout and stderr.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
