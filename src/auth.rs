@@ -20,39 +20,20 @@
 //! tag. The proofs are counter 0 of each direction; frames start at 1.
 
 use crate::aead::{self, Key, NONCE_LEN, TAG_LEN};
-use crate::cli::Config;
 use crate::proto::{self, FLAG_AUTH, FLAG_ENCRYPT, Frame, Hello};
 
 /// The shared secret of a session, and whether it encrypts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Secret {
     key: Key,
     encrypt: bool,
 }
 
 impl Secret {
-    /// The key (which encrypts) or else the token (which only authenticates)
-    /// of a configuration; `None` for an open session.
-    pub fn from_config(config: &Config) -> Option<Secret> {
-        match (&config.key, &config.token) {
-            (Some(key), _) => Some(Secret {
-                key: key.clone(),
-                encrypt: true,
-            }),
-            (None, Some(token)) => Some(Secret {
-                key: token.clone(),
-                encrypt: false,
-            }),
-            (None, None) => None,
-        }
-    }
-
-    /// A secret from raw bytes.
-    pub fn new(bytes: [u8; 32], encrypt: bool) -> Secret {
-        Secret {
-            key: Key::from_bytes(bytes),
-            encrypt,
-        }
+    /// A secret: a key (`encrypt`, which seals every frame) or a token
+    /// (which only proves the handshake).
+    pub fn new(key: Key, encrypt: bool) -> Secret {
+        Secret { key, encrypt }
     }
 
     /// Whether frames are sealed (a key), or only the handshake is proven
@@ -204,7 +185,7 @@ mod tests {
             nonce: [client; 16],
         };
         Handshake::new(
-            &Secret::new(secret, true),
+            &Secret::new(Key::from_bytes(secret), true),
             &[server; 16],
             hello.flags,
             &hello,

@@ -1,4 +1,4 @@
-//! Block geometry and the per-block write plan.
+//! A block in flight, block geometry and the per-block write plan.
 //!
 //! A transfer cuts the source into `block_size` blocks (the last one may be
 //! short); a block is the unit of reading, progress, resume (`-s`) and
@@ -6,6 +6,31 @@
 //! ([`crate::digest::SUB_BLOCK`], or the block size if smaller), so a 10 MiB
 //! block with one changed sector writes one sub-block. What a block needs at
 //! the destination is a list of [`Extent`]s, written in offset order.
+
+use crate::digest::Digest;
+use crate::sys::PinnedBuf;
+
+/// One block in flight: its place in the file, its bytes and what was
+/// decided about it.
+pub struct Block {
+    /// Block number.
+    pub index: u64,
+    /// Valid bytes in `data`.
+    pub len: usize,
+    /// The buffer, `block_size` long.
+    pub data: PinnedBuf,
+    /// What the destination must do (filled by a worker).
+    pub extents: Vec<Extent>,
+    /// Sub-block digests (network modes).
+    pub digests: Vec<Digest>,
+}
+
+impl Block {
+    /// The valid bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
 
 /// How a source of `size` bytes is cut into blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,30 +1,33 @@
-//! The client (`-r HOST:PORT`): opens `-w` lanes to a server and runs the
-//! source side (upload) or the destination side (download, `-d`).
+//! The client (`-r HOST:PORT`, and `-t` once the remote end runs): opens
+//! `-w` lanes to a server and runs the source role (upload) or the
+//! destination role (download, `-d`) over them.
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
 
 use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
-use crate::cli::{Config, Direction};
 use crate::compress;
+use crate::config::{Connect, Env, Role, Transfer};
 use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::{self, Lane};
-use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
-use crate::proto::{self, Frame, Hello, Welcome};
+use crate::progress::Log;
+use crate::proto::{self, AUTH_FAILED, Frame, Hello, MAX_BLOCK_SIZE, Welcome};
 use crate::session::{self, Params};
 use crate::sys;
 
-/// Run a client session against `host:port`.
-pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
-    let upload = config.direction == Direction::Upload;
+/// Run a client session as `c` says, moving data as `t` says.
+pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
+    let (host, port) = (c.host.as_str(), c.port);
+    let upload = c.role == Role::Source;
     let source = if upload {
-        Some(Disk::open_source(&config.path, log)?)
+        Some(Disk::open_source(&c.path, env, log)?)
     } else {
         None
     };
-    let secret = Secret::from_config(config);
+    let secret = c.secret.as_ref();
     let peer = if host.contains(':') {
         format!("server [{host}]:{port}")
     } else {
@@ -32,17 +35,20 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
     };
     let mut id = [0u8; 16];
     sys::getrandom(&mut id).map_err(|e| Error::io("client", "get random bytes", e))?;
-    let lanes_n = u16::try_from(config.workers).unwrap_or(u16::MAX);
+    let lanes_n = u16::try_from(t.workers).unwrap_or(u16::MAX);
+    // Validation caps -b at MAX_BLOCK_SIZE, 1 GiB.
+    let block_size = u32::try_from(t.block_size)
+        .map_err(|_| Error::usage(format!("-b: {} is too large", t.block_size)))?;
     let hello = |lane: u16| Hello {
         session: u128::from_le_bytes(id),
         lane,
         lanes: lanes_n,
         download: !upload,
-        block_size: config.block_size as u32,
-        skip: config.skip,
-        source_size: source.as_ref().map_or(0, |s| s.size),
-        compression: compress::code(config.compression),
-        flags: Secret::flags(secret.as_ref()),
+        block_size,
+        skip: t.skip,
+        source_size: source.as_ref().map_or(0, Disk::size),
+        compression: compress::code(t.compression),
+        flags: Secret::flags(secret),
         // Filled in afresh for every connection.
         nonce: [0; proto::NONCE_LEN],
     };
@@ -50,18 +56,19 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         host,
         port,
         peer: &peer,
-        secret: secret.as_ref(),
+        secret,
+        deadline: env.io_timeout,
     };
 
     let (first, welcome) = dial.connect(&hello(0))?;
-    if upload && (welcome.block_size != config.block_size as u32 || welcome.skip != config.skip) {
+    if upload && (welcome.block_size != block_size || welcome.skip != t.skip) {
         return Err(Error::protocol(
             &peer,
             "the server changed the block size or skip of an upload",
         ));
     }
-    let block_size = welcome.block_size as usize;
-    if block_size == 0 || block_size > crate::cli::MAX_BLOCK_SIZE {
+    let block_size = usize::try_from(welcome.block_size).unwrap_or(usize::MAX);
+    if block_size == 0 || block_size > MAX_BLOCK_SIZE {
         return Err(Error::protocol(
             &peer,
             format!("block size {block_size} out of range"),
@@ -91,9 +98,9 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         geo,
         first: first_block,
         salt: welcome.salt,
-        compression: config.compression,
-        workers: config.workers,
-        prefetch: config.prefetch,
+        compression: t.compression,
+        workers: t.workers,
+        prefetch: t.prefetch,
     };
     log.info(format!(
         "connected to {peer}: {} {} in blocks of {}, {} lane(s)",
@@ -102,9 +109,6 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         crate::progress::human_bytes(block_size as u64),
         lanes.len()
     ));
-    let stats = std::sync::Arc::new(Stats::default());
-    let totals = Totals::from_block(geo, first_block);
-    let reporter = Reporter::start(log, &stats, totals, !log.is_quiet());
     let redial = Redial {
         dial: &dial,
         hello: hello(0),
@@ -112,30 +116,15 @@ pub fn run(config: &Config, host: &str, port: u16, log: &Log) -> Result<()> {
         max,
         log,
     };
-    // A download into a larger device says so after the summary.
-    let mut dest = None;
-    let verify = match source {
-        Some(source) => session::run_source(&params, &source, lanes, &stats, &redial)?,
+    let disk = match source {
+        Some(source) => source,
         None => {
-            let d = dest.insert(Disk::open_destination(&config.path, log)?);
+            let mut d = Disk::open_destination(&c.path, env, log)?;
             d.fit_to(geo.size)?;
-            session::run_destination(&params, d, lanes, &stats, &redial)?
+            d
         }
     };
-    let elapsed = reporter.finish();
-    let side = if upload {
-        Side::Source
-    } else {
-        Side::Destination
-    };
-    log.info(summary(&stats, elapsed, side));
-    log.info(format!(
-        "verification digest {verify:032x}: both ends agree"
-    ));
-    if let Some(d) = &dest {
-        d.report_excess(geo.size);
-    }
-    Ok(())
+    session::run(c.role, &params, &disk, lanes, &redial, log, !log.is_quiet())
 }
 
 /// Connection attempts when a lane is rejoined, and the pause between them.
@@ -188,6 +177,8 @@ struct Dial<'a> {
     port: u16,
     peer: &'a str,
     secret: Option<&'a Secret>,
+    /// The deadline of connecting and of every read and write.
+    deadline: Duration,
 }
 
 impl Dial<'_> {
@@ -195,10 +186,9 @@ impl Dial<'_> {
     /// a hello (and a proof), check the server's proof, get the welcome.
     fn connect(&self, hello: &Hello) -> Result<(Lane, Welcome)> {
         let peer = self.peer;
-        let mut stream = self.tcp()?;
-        net::configure(&stream, peer)?;
-        net::exchange_preamble(&mut stream, peer)?;
-        let mut lane = Lane::new(stream, peer.to_string(), proto::HANDSHAKE_MAX)?;
+        let stream = self.tcp()?;
+        net::configure_tcp(&stream);
+        let mut lane = Lane::open(stream, peer.to_string(), self.deadline)?;
         let (server_nonce, flags) = match lane.reader.read("the server's challenge")? {
             Frame::Challenge { nonce, flags } => (nonce, flags),
             other => return Err(session::unexpected(peer, &other)),
@@ -206,8 +196,7 @@ impl Dial<'_> {
         // Nothing is sent to a server that cannot prove what we hold.
         if let Some(why) = auth::mismatch(hello.flags, flags, "server") {
             let theirs = auth::mismatch(flags, hello.flags, "client").unwrap_or_default();
-            lane.sender
-                .fail(&format!("{}{theirs}", session::AUTH_FAILED));
+            lane.sender.fail(&format!("{AUTH_FAILED}{theirs}"));
             return Err(Error::Auth {
                 peer: peer.to_string(),
                 why,
@@ -252,7 +241,7 @@ impl Dial<'_> {
             .map_err(|e| Error::io(self.peer, "resolve", e))?;
         let mut last = None;
         for addr in addrs {
-            match TcpStream::connect_timeout(&addr, net::io_timeout()) {
+            match TcpStream::connect_timeout(&addr, self.deadline) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }

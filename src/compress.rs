@@ -7,7 +7,20 @@
 
 use zstd_safe::{CCtx, CParameter, DCtx};
 
-use crate::cli::Level;
+use crate::proto::compression as code;
+
+/// zstd compression level names of `-L`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Fastest, larger output.
+    Fast,
+    /// Balanced.
+    Default,
+    /// Smaller output, slower.
+    Better,
+    /// Smallest output, slowest.
+    Best,
+}
 
 /// The zstd level behind a `-L` name. Measured on a real ext4 image
 /// (benches/BENCHMARKS.md): past level 3 the ratio barely moves while the
@@ -21,25 +34,25 @@ pub fn zstd_level(level: Level) -> i32 {
     }
 }
 
-/// Wire code of a compression setting (0 = none).
+/// Wire code of a compression setting ([`crate::proto::compression`]).
 pub fn code(level: Option<Level>) -> u8 {
     match level {
-        None => 0,
-        Some(Level::Fast) => 1,
-        Some(Level::Default) => 2,
-        Some(Level::Better) => 3,
-        Some(Level::Best) => 4,
+        None => code::NONE,
+        Some(Level::Fast) => code::FAST,
+        Some(Level::Default) => code::DEFAULT,
+        Some(Level::Better) => code::BETTER,
+        Some(Level::Best) => code::BEST,
     }
 }
 
 /// The compression setting of a wire code, if valid.
-pub fn from_code(code: u8) -> Option<Option<Level>> {
-    Some(match code {
-        0 => None,
-        1 => Some(Level::Fast),
-        2 => Some(Level::Default),
-        3 => Some(Level::Better),
-        4 => Some(Level::Best),
+pub fn from_code(c: u8) -> Option<Option<Level>> {
+    Some(match c {
+        code::NONE => None,
+        code::FAST => Some(Level::Fast),
+        code::DEFAULT => Some(Level::Default),
+        code::BETTER => Some(Level::Better),
+        code::BEST => Some(Level::Best),
         _ => return None,
     })
 }

@@ -9,31 +9,25 @@
 //! A destination device that is mounted or otherwise in use is refused
 //! before anything is written: blocks written under a live file system
 //! corrupt it.
-//! [`read_blocks`] is the one sequential reader both sides use.
+//!
+//! The fields are private: the pipeline reads, writes, clears and flushes
+//! through [`Disk`]'s methods, which name the disk in every error and hold
+//! the kernel hints, so nothing above this module calls into `sys` for a
+//! disk.
 
 use std::fs::{File, OpenOptions};
-use std::ops::Range;
+use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::SyncSender;
 
-use crate::block::Geometry;
+use crate::config::{ALLOW_MOUNTED_ENV, Env, NO_HINTS_ENV};
 use crate::error::{Error, Result};
-use crate::pool::{Pool, Pooled};
-use crate::progress::{Log, Stats, human_bytes};
+use crate::progress::{Log, human_bytes};
 use crate::sys::{self, Advice, Cleared, PinnedBuf};
 
 /// Read-ahead asked for on block devices.
 pub const READ_AHEAD: u64 = 4 << 20;
-
-/// How much the reader reads before it drops the pages behind it.
-const DROP_BEHIND: u64 = 8 << 20;
-
-/// Environment variable that lets bsync write to a mounted or busy device
-/// (any value but empty or `0`). For the rare expert case (a file system
-/// mounted read-only that is about to be thrown away); never the default.
-pub const ALLOW_MOUNTED_ENV: &str = "BSYNC_ALLOW_MOUNTED";
 
 /// One fact `-v` reports about a disk, at most once per run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,13 +60,15 @@ impl Note {
 #[derive(Debug)]
 pub struct Disk {
     /// The open file or device.
-    pub file: File,
+    file: File,
     /// `source a.img` or `destination /dev/vdb`.
-    pub label: String,
+    label: String,
     /// Size in bytes (device size, or file length when opened).
-    pub size: u64,
+    size: u64,
     /// Block device rather than a regular file.
-    pub is_device: bool,
+    is_device: bool,
+    /// Kernel I/O hints are on.
+    hints: bool,
     /// Where `-v` lines go.
     log: Log,
     /// The [`Note`]s already reported.
@@ -82,16 +78,12 @@ pub struct Disk {
     restore_read_ahead: Option<u64>,
 }
 
-fn env_flag(name: &str) -> bool {
-    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
-}
-
 impl Disk {
     /// Open `path` read-only as the source: a regular file or a block
     /// device. Anything else (the default `/dev/zero`, a pipe, a directory)
     /// has no size to copy, and is refused before a destination is touched.
     /// `log` gets the `-v` lines about this disk.
-    pub fn open_source(path: &Path, log: &Log) -> Result<Disk> {
+    pub fn open_source(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
         let label = format!("source {}", path.display());
         let file = File::open(path).map_err(|e| Error::io(&label, "open", e))?;
         let regular = file
@@ -104,7 +96,7 @@ impl Disk {
                 "{label}: not a regular file or block device (-f defaults to /dev/zero: is -f missing?)"
             )));
         }
-        Disk::describe(file, label, log)
+        Disk::describe(file, label, env, log)
     }
 
     /// Open `path` for reading and writing as the destination, creating a
@@ -115,14 +107,14 @@ impl Disk {
     /// which the kernel refuses while anything else holds it (swap, LVM,
     /// RAID, device mapper) and which keeps it from being mounted during the
     /// run. [`ALLOW_MOUNTED_ENV`] skips both, with a warning.
-    pub fn open_destination(path: &Path, log: &Log) -> Result<Disk> {
+    pub fn open_destination(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
         let label = format!("destination {}", path.display());
         let meta = std::fs::metadata(path).ok();
         let exists = meta.is_some();
         let device = meta
             .as_ref()
             .is_some_and(|m| m.file_type().is_block_device());
-        let allow = env_flag(ALLOW_MOUNTED_ENV);
+        let allow = env.allow_mounted;
         if device {
             let rdev = meta.as_ref().map_or(0, MetadataExt::rdev);
             if let Some(m) = mount_of(rdev) {
@@ -164,11 +156,11 @@ impl Disk {
                 Error::io(&label, "open for writing", e)
             }
         })?;
-        Disk::describe(file, label, log)
+        Disk::describe(file, label, env, log)
     }
 
     /// Size the disk and apply the read hints, telling `-v` what happened.
-    fn describe(file: File, label: String, log: &Log) -> Result<Disk> {
+    fn describe(file: File, label: String, env: &Env, log: &Log) -> Result<Disk> {
         let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
         let size = if is_device {
             sys::block_device_size(&file).map_err(|e| Error::io(&label, "read device size", e))?
@@ -182,14 +174,14 @@ impl Disk {
             label,
             size,
             is_device,
+            hints: env.hints,
             log: log.clone(),
             said: AtomicU32::new(0),
             restore_read_ahead: None,
         };
-        if !sys::hints_enabled() {
+        if !disk.hints {
             disk.detail(format!(
-                "kernel hints off ({}): no fadvise, read-ahead, mlock, huge pages or sync_file_range",
-                sys::NO_HINTS_ENV
+                "kernel hints off ({NO_HINTS_ENV}): no fadvise, read-ahead, mlock, huge pages or sync_file_range"
             ));
             return Ok(disk);
         }
@@ -254,7 +246,7 @@ impl Disk {
     }
 
     /// Report how zeros were cleared (once per method).
-    pub fn note_cleared(&self, how: Cleared) {
+    fn note_cleared(&self, how: Cleared) {
         let device = self.is_device;
         self.detail_once(Note::Cleared(how), || {
             match how {
@@ -275,10 +267,10 @@ impl Disk {
     }
 
     /// Report the mlock and huge-page outcome of the first read buffer.
-    fn note_buffer(&self, buf: &PinnedBuf) {
+    pub fn note_buffer(&self, buf: &PinnedBuf) {
         self.detail_once(Note::Buffers, || {
             let size = human_bytes(buf.len() as u64);
-            if !sys::hints_enabled() {
+            if !self.hints {
                 return format!("read buffers of {size}, neither locked nor huge (hints off)");
             }
             let lock = if buf.is_locked() {
@@ -316,6 +308,67 @@ impl Disk {
                 human_bytes(self.size - source_size)
             ));
         }
+    }
+
+    /// `source a.img` or `destination /dev/vdb`, for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether this is a block device rather than a regular file.
+    pub fn is_device(&self) -> bool {
+        self.is_device
+    }
+
+    /// Whether kernel I/O hints are on for this disk.
+    pub fn hints(&self) -> bool {
+        self.hints
+    }
+
+    /// Read `buf.len()` bytes at `offset`, or fewer only at the end of the
+    /// disk; returns how many were read.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        sys::pread_full(&self.file, buf, offset)
+    }
+
+    /// Write all of `buf` at `offset`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        sys::pwrite_all(&self.file, buf, offset)
+    }
+
+    /// Make `len` bytes at `offset` read as zeros, by the cheapest means the
+    /// disk allows (`-v` says which, once).
+    pub fn clear(&self, offset: u64, len: u64) -> io::Result<()> {
+        let how = sys::clear_range(&self.file, offset, len, self.is_device)?;
+        self.note_cleared(how);
+        Ok(())
+    }
+
+    /// Drop the read pages of `len` bytes at `offset` from the page cache.
+    pub fn drop_behind(&self, offset: u64, len: u64) -> io::Result<()> {
+        sys::fadvise(&self.file, offset, len, Advice::DontNeed)
+    }
+
+    /// Start writeback of `len` bytes at `offset` without waiting.
+    pub fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        sys::start_writeback(&self.file, offset, len)
+    }
+
+    /// Wait for the writeback of `len` bytes at `offset`.
+    pub fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        sys::wait_writeback(&self.file, offset, len)
+    }
+
+    /// Flush everything written to the device (`fdatasync`).
+    pub fn flush(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(&self.label, "flush (fdatasync)", e))
     }
 
     /// (device, inode) to tell whether two paths are the same file.
@@ -455,66 +508,6 @@ fn unescape(field: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Read `blocks` of `disk` in order into pooled buffers and send them on.
-///
-/// `gate` is asked before each block and may wait (the destination's window);
-/// `false` stops the reader. Stops quietly when the receiver hangs up too:
-/// whoever stopped it reports why.
-/// Pages already read are dropped from the page cache behind the reader so a
-/// long run does not evict everything else.
-pub fn read_blocks(
-    disk: &Disk,
-    geo: Geometry,
-    blocks: Range<u64>,
-    pool: &Pool,
-    tx: &SyncSender<Pooled>,
-    stats: &Stats,
-    gate: &dyn Fn() -> bool,
-) -> Result<()> {
-    let mut dropped_to = geo.offset(blocks.start);
-    let hints = sys::hints_enabled();
-    for index in blocks {
-        if !gate() {
-            break;
-        }
-        let mut block = pool
-            .get()
-            .map_err(|e| Error::io(&disk.label, "allocate a block buffer", e))?;
-        let len = geo.len(index);
-        let offset = geo.offset(index);
-        let n = sys::pread_full(&disk.file, &mut block.data[..len], offset)
-            .map_err(|e| Error::io(&disk.label, format!("read at block {index}"), e))?;
-        if n < len {
-            return Err(Error::Failed(format!(
-                "{}: read at block {index}: unexpected end of file at byte {} \
-                 (did it shrink during the run?)",
-                disk.label,
-                offset + n as u64
-            )));
-        }
-        block.index = index;
-        block.len = len;
-        disk.note_buffer(&block.data);
-        Stats::add(&stats.bytes_read, len as u64);
-        let end = offset + len as u64;
-        if hints && end - dropped_to >= DROP_BEHIND {
-            let outcome = sys::fadvise(&disk.file, dropped_to, end - dropped_to, Advice::DontNeed);
-            disk.detail_once(Note::DropBehind, || match outcome {
-                Ok(()) => format!(
-                    "read pages dropped from the page cache every {} (fadvise DONTNEED)",
-                    human_bytes(DROP_BEHIND)
-                ),
-                Err(e) => format!("fadvise DONTNEED refused ({e}): read pages stay cached"),
-            });
-            dropped_to = end;
-        }
-        if tx.send(block).is_err() {
-            break;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

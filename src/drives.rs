@@ -8,17 +8,16 @@
 //! Everything here degrades quietly: a missing optional attribute is shown as
 //! `-`, and a device that vanishes or reports a malformed size while we read
 //! it is left out rather than failing the whole listing. Only a missing
-//! `<root>/block` directory is an error. The sysfs root can be moved with
-//! [`SYSFS_ENV`] so that tests (and curious users)
-//! can point at a fake tree.
+//! `<root>/block` directory is an error. The sysfs root is a parameter
+//! (`BSYNC_SYSFS` moves it, see [`crate::config::SYSFS_ENV`]) so that tests
+//! (and curious users) can point at a fake tree.
 
 use std::cmp::Ordering;
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Environment variable that points the sysfs root elsewhere (tests use a fake tree).
-pub const SYSFS_ENV: &str = "BSYNC_SYSFS";
+use crate::progress::human_bytes;
 
 /// The guidance line printed after the table, and by the caller when sysfs
 /// cannot be read at all.
@@ -84,14 +83,6 @@ pub fn scan(root: &Path) -> io::Result<Vec<Drive>> {
     Ok(drives)
 }
 
-/// The sysfs root: `$BSYNC_SYSFS` if set and non-empty, else `/sys`.
-pub fn sysfs_root() -> PathBuf {
-    match std::env::var_os(SYSFS_ENV) {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => PathBuf::from("/sys"),
-    }
-}
-
 /// Print the device table, a blank line and [`LSBLK_HINT`] to `out`.
 ///
 /// Partitions are indented under their disk. A partition that sysfs gives no
@@ -138,28 +129,6 @@ pub fn print(drives: &[Drive], out: &mut impl Write) -> io::Result<()> {
     }
     writeln!(out)?;
     writeln!(out, "{LSBLK_HINT}")
-}
-
-/// Human size with binary units and one decimal, e.g. `931.5 GiB`,
-/// `4.0 MiB`; plain bytes below 1 KiB (`512 B`).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut unit = 0;
-    while unit + 1 < UNITS.len() && n >> (10 * (unit + 1)) > 0 {
-        unit += 1;
-    }
-    if unit == 0 {
-        return format!("{n} B");
-    }
-    // Integer tenths, rounded half up; u128 so that u64::MAX * 10 fits.
-    let div = 1u128 << (10 * unit);
-    let mut tenths = (u128::from(n) * 10 + div / 2) / div;
-    // 1048575 B would otherwise print as "1024.0 KiB".
-    if tenths >= 10240 && unit + 1 < UNITS.len() {
-        unit += 1;
-        tenths = (u128::from(n) * 10 + (div << 9)) / (div << 10);
-    }
-    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
 }
 
 /// Read one device directory; `None` if it has no usable `size`.
@@ -311,6 +280,7 @@ fn yes_no(v: Option<bool>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
     /// A unique temporary directory, removed on drop.
@@ -595,22 +565,6 @@ mod tests {
     }
 
     #[test]
-    fn human_bytes_examples() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1024), "1.0 KiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(4 << 20), "4.0 MiB");
-        assert_eq!(human_bytes(10 << 30), "10.0 GiB");
-        assert_eq!(human_bytes(1_953_525_168 * 512), "931.5 GiB");
-        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
-        // Rounding never shows 1024.0 of a unit.
-        assert_eq!(human_bytes((1 << 20) - 1), "1.0 MiB");
-        assert_eq!(human_bytes((1 << 20) - 52), "1023.9 KiB");
-    }
-
-    #[test]
     fn natural_order() {
         let mut v = [
             "sda10", "sda2", "loop10", "loop2", "sda", "nvme0n1", "sda02",
@@ -622,14 +576,5 @@ mod tests {
                 "loop2", "loop10", "nvme0n1", "sda", "sda2", "sda02", "sda10"
             ]
         );
-    }
-
-    #[test]
-    fn sysfs_root_defaults_to_sys() {
-        // Only the default is checked: setting the variable would race with
-        // other tests in this process.
-        if std::env::var_os(SYSFS_ENV).is_none() {
-            assert_eq!(sysfs_root(), PathBuf::from("/sys"));
-        }
     }
 }

@@ -1,12 +1,14 @@
 //! bsync keeps a destination block device or file identical to a source,
 //! block by block, moving only what differs.
 //!
-//! The binary (`src/main.rs`) parses the command line with [`cli`] and hands
-//! the validated [`cli::Config`] to [`run`]. Everything else lives here so
-//! that tests, benchmarks and fuzz targets can reach it.
+//! The binary (`src/main.rs`) parses the command line with [`cli`] into a
+//! [`config::Config`], a plan in the roles' terms, and hands it to [`run`].
+//! Only `main.rs`, this file and `cli/` know the command line; everything
+//! else reads the plan. ARCHITECTURE.md draws the layers and follows one
+//! block from `-f` to the destination.
 //!
 //! The engine, shared by every mode: one sequential reader per side
-//! ([`disk::read_blocks`]) fills pooled buffers ([`pool`]) into a bounded
+//! ([`reader::read_blocks`]) fills pooled buffers ([`pool`]) into a bounded
 //! prefetch queue; `-w` workers decide per sub-block what the destination
 //! needs ([`block::Extent`]); one [`writer::Writer`] applies it in offset order.
 #![deny(unsafe_code)]
@@ -20,16 +22,19 @@ pub mod block;
 pub mod cli;
 pub mod client;
 pub mod compress;
+pub mod config;
 /// The block digest (FNV-1a 128 in 16 interleaved lanes).
 pub mod digest;
 pub mod disk;
 pub mod drives;
 pub mod error;
 pub mod local;
+pub mod lock;
 pub mod net;
 pub mod pool;
 pub mod progress;
 pub mod proto;
+pub mod reader;
 pub mod server;
 pub mod session;
 pub mod ssh;
@@ -40,36 +45,29 @@ pub mod writer;
 
 pub use error::{Error, Result};
 
-use cli::{Config, Direction, Mode, Target};
+use config::{Config, Mode};
 use progress::Log;
 
 /// Do what `config` asks. Errors carry their exit status.
 pub fn run(config: &Config) -> Result<()> {
     let log = Log::new(&config.log);
     match &config.mode {
-        Mode::Target(Target::Local(other)) => {
-            let (src, dst) = match config.direction {
-                Direction::Upload => (config.path.as_path(), other.as_path()),
-                Direction::Download => (other.as_path(), config.path.as_path()),
-            };
-            local::sync(config, src, dst, &log)
-        }
-        Mode::Target(Target::Remote(t)) => ssh::run(config, t, &log),
-        Mode::Client { .. } if config.auto => Err(Error::usage(
-            "-auto: auto-tuning is not available yet in this build",
-        )),
-        Mode::Client { host, port } => client::run(config, host, *port, &log),
-        Mode::Server { bind, port } => server::run(config, *bind, *port, &log),
-        Mode::ListDrives => list_drives(),
+        Mode::Local {
+            source,
+            destination,
+        } => local::sync(&config.transfer, &config.env, source, destination, &log),
+        Mode::Ssh { .. } => ssh::run(config, &log),
+        Mode::Connect(c) => client::run(c, &config.transfer, &config.env, &log),
+        Mode::Serve(s) => server::run(s, config, &log),
+        Mode::ListDrives { sysfs } => list_drives(sysfs),
     }
 }
 
 /// `-a`: the block devices sysfs knows, then where to learn more.
-fn list_drives() -> Result<()> {
+fn list_drives(root: &std::path::Path) -> Result<()> {
     use std::io::Write;
-    let root = drives::sysfs_root();
     let mut out = std::io::stdout().lock();
-    let shown = drives::scan(&root).and_then(|list| drives::print(&list, &mut out));
+    let shown = drives::scan(root).and_then(|list| drives::print(&list, &mut out));
     match shown {
         Ok(()) => Ok(()),
         // A closed stdout (`bsync -a | head`) is not an error.

@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::block::{ExtentKind, Geometry, is_zero, push_extent};
-use crate::cli::Config;
-use crate::disk::{Disk, read_blocks};
+use crate::config::{Env, Transfer};
+use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::lock::lock;
 use crate::pool::{Pool, Pooled};
 use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
+use crate::reader::read_blocks;
 use crate::writer::Writer;
 
 /// Comparison and write granularity: a page. Finer writes would make the
@@ -25,12 +27,12 @@ use crate::writer::Writer;
 pub const GRAIN: usize = 4096;
 
 /// Make `dst` identical to `src`.
-pub fn sync(config: &Config, src: &Path, dst: &Path, log: &Log) -> Result<()> {
-    let source = Disk::open_source(src, log)?;
+pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Result<()> {
+    let source = Disk::open_source(src, env, log)?;
     if let Ok(existing) = std::fs::metadata(dst) {
         use std::os::unix::fs::MetadataExt;
         let (dev, ino, rdev) = source.identity()?;
-        let same_device = source.is_device && existing.rdev() == rdev;
+        let same_device = source.is_device() && existing.rdev() == rdev;
         if same_device || (existing.dev() == dev && existing.ino() == ino) {
             return Err(Error::usage(format!(
                 "-t: {} is the source itself; nothing to do",
@@ -38,49 +40,49 @@ pub fn sync(config: &Config, src: &Path, dst: &Path, log: &Log) -> Result<()> {
             )));
         }
     }
-    let mut dest = Disk::open_destination(dst, log)?;
-    dest.fit_to(source.size)?;
+    let mut dest = Disk::open_destination(dst, env, log)?;
+    dest.fit_to(source.size())?;
 
     let geo = Geometry {
-        size: source.size,
-        block_size: config.block_size,
+        size: source.size(),
+        block_size: t.block_size,
     };
-    let first = config.skip.min(geo.blocks());
+    let first = t.skip.min(geo.blocks());
     let stats = Arc::new(Stats::default());
     let totals = Totals::from_block(geo, first);
     if first > 0 {
         log.info(format!("skipping the first {first} blocks (-s)"));
     }
     let reporter = Reporter::start(log, &stats, totals, !log.is_quiet());
-    let next = run_pipeline(config, &source, &dest, geo, first, &stats)?;
+    let next = run_pipeline(t, &source, &dest, geo, first, &stats)?;
     if next != geo.blocks() {
         return Err(Error::Failed(format!(
             "{}: the pipeline stopped before block {next} of {}",
-            dest.label,
+            dest.label(),
             geo.blocks()
         )));
     }
-    Writer::flush(&dest)?;
+    dest.flush()?;
     let elapsed = reporter.finish();
     log.info(summary(&stats, elapsed, Side::Local));
-    dest.report_excess(source.size);
+    dest.report_excess(source.size());
     Ok(())
 }
 
 /// Run readers, workers and writer; return the first block not written.
 fn run_pipeline(
-    config: &Config,
+    t: &Transfer,
     source: &Disk,
     dest: &Disk,
     geo: Geometry,
     first: u64,
     stats: &Stats,
 ) -> Result<u64> {
-    let workers = config.workers;
-    let src_pool = Pool::new(config.prefetch + 2 * workers + 2, geo.buffer_len(), true);
-    let dst_pool = Pool::new(config.prefetch + workers + 1, geo.buffer_len(), false);
-    let (src_tx, src_rx) = sync_channel(config.prefetch);
-    let (dst_tx, dst_rx) = sync_channel(config.prefetch);
+    let workers = t.workers;
+    let src_pool = Pool::new(t.prefetch + 2 * workers + 2, geo.buffer_len(), true);
+    let dst_pool = Pool::new(t.prefetch + workers + 1, geo.buffer_len(), false);
+    let (src_tx, src_rx) = sync_channel(t.prefetch);
+    let (dst_tx, dst_rx) = sync_channel(t.prefetch);
     let (out_tx, out_rx) = sync_channel(workers * 2);
     // Owned by the workers alone: when the last one quits, the readers'
     // sends fail and they stop instead of waiting forever.
@@ -134,7 +136,7 @@ fn compare_blocks(
 ) -> Result<()> {
     loop {
         let (mut src, dst) = {
-            let rx = inputs.lock().unwrap_or_else(|e| e.into_inner());
+            let rx = lock(inputs);
             let Ok(src) = rx.0.recv() else { return Ok(()) };
             let Ok(dst) = rx.1.recv() else { return Ok(()) };
             (src, dst)

@@ -1,47 +1,84 @@
-//! TCP plumbing: socket options, deadlines, the preamble and framed I/O.
+//! Framed I/O over any byte stream: deadlines, the preamble, lanes.
 //!
-//! Every socket gets TCP keep-alive (30 s), large buffers, and a deadline on
-//! every blocking read and write (5 minutes; the hidden `BSYNC_IO_TIMEOUT`
-//! environment variable, in seconds, shortens it for tests). A [`Lane`] is one
-//! connection split in two: a [`FrameReader`] owned by the thread that reads
-//! it, and a [`FrameSender`] that any thread may send whole frames through.
+//! A session runs over anything that implements [`Stream`]: a TCP socket, a
+//! `UnixStream::pair()` in the roles' tests. TCP sockets also get keep-alive
+//! (30 s) and large buffers ([`configure_tcp`]); every stream gets a deadline
+//! on every blocking read and write ([`crate::config::Env::io_timeout`]). A
+//! [`Lane`] is one connection split in two: a [`FrameReader`] owned by the
+//! thread that reads it, and a [`FrameSender`] that any thread may send
+//! whole frames through.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::Mutex;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::aead::TAG_LEN;
 use crate::auth::Cipher;
 use crate::error::{Error, Result};
-use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE, PREAMBLE_MAGIC};
+use crate::lock::lock;
+use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE, PREAMBLE_MAGIC, PROTOCOL_VERSION};
 use crate::sys;
+
+/// A byte stream a session can run over.
+pub trait Stream: Read + Write + Send + Sized + 'static {
+    /// A second handle on the same stream, for the sending half.
+    fn try_clone(&self) -> io::Result<Self>;
+    /// Close both directions, waking a thread blocked reading it.
+    fn shutdown(&self) -> io::Result<()>;
+    /// Fail every blocking read and write that waits longer than `limit`.
+    fn set_deadline(&self, limit: Duration) -> io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        TcpStream::try_clone(self)
+    }
+    fn shutdown(&self) -> io::Result<()> {
+        TcpStream::shutdown(self, Shutdown::Both)
+    }
+    fn set_deadline(&self, limit: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(limit))?;
+        self.set_write_timeout(Some(limit))
+    }
+}
+
+impl Stream for UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+    fn shutdown(&self) -> io::Result<()> {
+        UnixStream::shutdown(self, Shutdown::Both)
+    }
+    fn set_deadline(&self, limit: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(limit))?;
+        self.set_write_timeout(Some(limit))
+    }
+}
+
+/// The sending half of a stream, as the lanes hold it.
+trait Sink: Write + Send {
+    fn close(&self);
+}
+
+impl<S: Stream> Sink for S {
+    fn close(&self) {
+        let _ = self.shutdown();
+    }
+}
 
 /// Keep-alive idle time and interval.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Socket buffer size asked for.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-/// The deadline of every blocking network operation.
-pub fn io_timeout() -> Duration {
-    std::env::var("BSYNC_IO_TIMEOUT")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|&s| s > 0)
-        .map_or(Duration::from_secs(300), Duration::from_secs)
-}
-
-/// Apply keep-alive, buffers and deadlines; each is best effort except the
-/// deadlines, without which a dead peer could hang us.
-pub fn configure(stream: &TcpStream, peer: &str) -> Result<()> {
+/// Apply no-delay, keep-alive and large buffers to a TCP socket; each is
+/// best effort.
+pub fn configure_tcp(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = sys::set_keepalive(stream, KEEPALIVE);
     let _ = sys::set_socket_buffers(stream, SOCKET_BUFFER);
-    let t = Some(io_timeout());
-    stream
-        .set_read_timeout(t)
-        .and_then(|()| stream.set_write_timeout(t))
-        .map_err(|e| Error::io(peer, "set deadlines", e))
 }
 
 /// Turn an I/O error on a socket into a bsync error naming the peer.
@@ -61,7 +98,7 @@ pub fn net_error(peer: &str, phase: &str, e: io::Error) -> Error {
 
 /// Send our preamble and check the peer's: same protocol version or a clear
 /// error naming both versions.
-pub fn exchange_preamble(stream: &mut TcpStream, peer: &str) -> Result<()> {
+fn exchange_preamble(stream: &mut impl Stream, peer: &str) -> Result<()> {
     stream
         .write_all(PREAMBLE)
         .map_err(|e| net_error(peer, "handshake", e))?;
@@ -81,7 +118,7 @@ pub fn exchange_preamble(stream: &mut TcpStream, peer: &str) -> Result<()> {
             format!(
                 "peer speaks protocol {version}, this bsync speaks {}: \
                  use the same bsync version on both ends",
-                crate::cli::PROTOCOL_VERSION
+                PROTOCOL_VERSION
             ),
         ));
     }
@@ -91,7 +128,7 @@ pub fn exchange_preamble(stream: &mut TcpStream, peer: &str) -> Result<()> {
 /// Reads frames from one connection into a reused buffer, opening sealed
 /// frames once the connection is encrypted.
 pub struct FrameReader {
-    stream: TcpStream,
+    stream: Box<dyn Read + Send>,
     buf: Vec<u8>,
     max: usize,
     cipher: Option<Cipher>,
@@ -101,7 +138,7 @@ pub struct FrameReader {
 
 impl FrameReader {
     /// A reader accepting payloads up to `max` bytes.
-    pub fn new(stream: TcpStream, peer: String, max: usize) -> FrameReader {
+    fn new(stream: Box<dyn Read + Send>, peer: String, max: usize) -> FrameReader {
         FrameReader {
             stream,
             buf: Vec::new(),
@@ -147,7 +184,9 @@ impl FrameReader {
                      (altered, replayed, reordered or after a dropped one)",
                 )
             })?;
-            head[1..].copy_from_slice(&(plain as u32).to_le_bytes());
+            // The sealed length fitted the header, so the plain one does.
+            let plain_len = u32::try_from(plain).unwrap_or(u32::MAX);
+            head[1..].copy_from_slice(&plain_len.to_le_bytes());
             self.buf.truncate(HEADER_LEN + plain);
         }
         match proto::decode(&self.buf, self.max) {
@@ -161,7 +200,7 @@ impl FrameReader {
 /// The sending half of a connection: its socket and, once encrypted, the
 /// sealing state, locked together so that counters follow wire order.
 struct SendHalf {
-    stream: TcpStream,
+    stream: Box<dyn Sink>,
     cipher: Option<Cipher>,
 }
 
@@ -174,7 +213,7 @@ pub struct FrameSender {
 
 impl FrameSender {
     /// A sender on `stream`.
-    pub fn new(stream: TcpStream, peer: String) -> FrameSender {
+    fn new(stream: Box<dyn Sink>, peer: String) -> FrameSender {
         FrameSender {
             half: Mutex::new(SendHalf {
                 stream,
@@ -185,7 +224,7 @@ impl FrameSender {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SendHalf> {
-        self.half.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.half)
     }
 
     /// Send bytes holding one or more complete frames. On an encrypted
@@ -196,7 +235,7 @@ impl FrameSender {
         let SendHalf { stream, cipher } = &mut *half;
         let sent = match cipher {
             None => stream.write_all(frames),
-            Some(cipher) => seal_and_write(stream, cipher, frames),
+            Some(cipher) => seal_and_write(&mut **stream, cipher, frames),
         };
         sent.map_err(|e| net_error(&self.peer, "send", e))
     }
@@ -221,23 +260,22 @@ impl FrameSender {
 
     /// Close both directions, waking a thread blocked reading it.
     pub fn shutdown(&self) {
-        let _ = self.lock().stream.shutdown(Shutdown::Both);
+        self.lock().stream.close();
     }
 }
 
 /// Seal each frame of `frames` and write it as header (with the sealed
 /// length), ciphertext and tag, without copying the payload.
-fn seal_and_write(
-    stream: &mut TcpStream,
-    cipher: &mut Cipher,
-    frames: &mut [u8],
-) -> io::Result<()> {
+fn seal_and_write(stream: &mut dyn Sink, cipher: &mut Cipher, frames: &mut [u8]) -> io::Result<()> {
     let mut rest = frames;
     while !rest.is_empty() {
         let Some(header) = rest.first_chunk::<HEADER_LEN>() else {
             return Err(io::Error::other("internal error: a partial frame to seal"));
         };
-        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let len = usize::try_from(u32::from_le_bytes([
+            header[1], header[2], header[3], header[4],
+        ]))
+        .map_err(|_| io::Error::other("internal error: frame too large to seal"))?;
         let sealed_len = u32::try_from(len + TAG_LEN)
             .map_err(|_| io::Error::other("internal error: frame too large to seal"))?;
         let mut sealed_header = [header[0], 0, 0, 0, 0];
@@ -261,7 +299,7 @@ fn seal_and_write(
 }
 
 /// `Write::write_all_vectored`, which is not stable yet.
-fn write_all_vectored(stream: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+fn write_all_vectored(stream: &mut dyn Sink, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !bufs.is_empty() {
         match stream.write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -287,16 +325,34 @@ pub struct Lane {
     /// The reading half.
     pub reader: FrameReader,
     /// The writing half.
-    pub sender: std::sync::Arc<FrameSender>,
+    pub sender: Arc<FrameSender>,
 }
 
 impl Lane {
+    /// Open a lane on `stream`: set its deadline, exchange preambles with
+    /// `peer` (a version mismatch is named on both ends) and split it.
+    /// Frames up to the handshake's limit are accepted until
+    /// [`FrameReader::set_max`] raises it.
+    pub fn open<S: Stream>(mut stream: S, peer: String, deadline: Duration) -> Result<Lane> {
+        stream
+            .set_deadline(deadline)
+            .map_err(|e| Error::io(&peer, "set deadlines", e))?;
+        exchange_preamble(&mut stream, &peer)?;
+        let write_half = stream
+            .try_clone()
+            .map_err(|e| Error::io(&peer, "clone socket", e))?;
+        Ok(Lane {
+            reader: FrameReader::new(Box::new(stream), peer.clone(), proto::HANDSHAKE_MAX),
+            sender: Arc::new(FrameSender::new(Box::new(write_half), peer)),
+        })
+    }
+
     /// Hand this lane's halves over to an existing lane's reader and sender.
     pub fn take_over(self, reader: &mut FrameReader, sender: &FrameSender) {
         let max = reader.max;
         *reader = self.reader;
         reader.max = max;
-        match std::sync::Arc::try_unwrap(self.sender) {
+        match Arc::try_unwrap(self.sender) {
             Ok(s) => sender.replace(s),
             // Never shared before it is handed over; keep the old sender.
             Err(_) => sender.shutdown(),
@@ -307,16 +363,5 @@ impl Lane {
     pub fn encrypt(&mut self, send: Cipher, receive: Cipher) {
         self.reader.cipher = Some(receive);
         self.sender.lock().cipher = Some(send);
-    }
-
-    /// Split a configured, handshaken stream.
-    pub fn new(stream: TcpStream, peer: String, max: usize) -> Result<Lane> {
-        let write_half = stream
-            .try_clone()
-            .map_err(|e| Error::io(&peer, "clone socket", e))?;
-        Ok(Lane {
-            reader: FrameReader::new(stream, peer.clone(), max),
-            sender: std::sync::Arc::new(FrameSender::new(write_half, peer)),
-        })
     }
 }

@@ -11,31 +11,9 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::block::Extent;
-use crate::digest::Digest;
+use crate::block::Block;
+use crate::lock::{lock, wait};
 use crate::sys::PinnedBuf;
-
-/// One block in flight: its place in the file, its bytes and what was
-/// decided about it.
-pub struct Block {
-    /// Block number.
-    pub index: u64,
-    /// Valid bytes in `data`.
-    pub len: usize,
-    /// The buffer, `block_size` long.
-    pub data: PinnedBuf,
-    /// What the destination must do (filled by a worker).
-    pub extents: Vec<Extent>,
-    /// Sub-block digests (network modes).
-    pub digests: Vec<Digest>,
-}
-
-impl Block {
-    /// The valid bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.data[..self.len]
-    }
-}
 
 struct State {
     free: Vec<Block>,
@@ -52,9 +30,7 @@ struct Inner {
 
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock means a thread panicked, and panics abort in release;
-        // the free list itself is always consistent, so carry on.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 }
 
@@ -100,11 +76,7 @@ impl Pool {
                     }
                 };
             }
-            state = self
-                .inner
-                .returned
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = wait(&self.inner.returned, state);
         }
     }
 
@@ -174,6 +146,7 @@ impl Drop for Pooled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::Extent;
     use std::thread;
     use std::time::Duration;
 

@@ -19,14 +19,15 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
-use crate::cli::{Config, Direction, MAX_BLOCK_SIZE, MAX_WORKERS};
 use crate::compress;
+use crate::config::{Config, Role, Serve};
 use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::lock::{lock, wait_timeout};
 use crate::net::{self, Lane};
-use crate::progress::{Log, Reporter, Side, Stats, Totals, human_bytes, summary};
-use crate::proto::{self, Frame, Hello, Welcome};
+use crate::progress::{Log, human_bytes};
+use crate::proto::{self, AUTH_FAILED, Frame, Hello, MAX_BLOCK_SIZE, MAX_LANES, Welcome};
 use crate::session::{self, Params};
 use crate::sys;
 
@@ -36,16 +37,18 @@ struct Arrival {
     lane: Lane,
 }
 
-/// Serve one session on `bind:port`.
-pub fn run(config: &Config, bind: std::net::IpAddr, port: u16, log: &Log) -> Result<()> {
-    let upload = config.direction == Direction::Upload;
+/// Serve one session as `s` says; `config` gives the transfer settings,
+/// the environment and the log.
+pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
+    let upload = s.role == Role::Destination;
     // The source of a download is opened up front so a typo fails at once;
     // an upload's destination is opened only for a real client.
     let source = if upload {
         None
     } else {
-        Some(Disk::open_source(&config.path, log)?)
+        Some(Disk::open_source(&s.path, &config.env, log)?)
     };
+    let (bind, port) = (s.bind, s.port);
     let addr = SocketAddr::new(bind, port);
     let listener =
         TcpListener::bind(addr).map_err(|e| Error::io(format!("server {addr}"), "listen", e))?;
@@ -61,17 +64,24 @@ pub fn run(config: &Config, bind: std::net::IpAddr, port: u16, log: &Log) -> Res
     log.info(format!(
         "listening on {local}: {} {}",
         if upload { "destination" } else { "source" },
-        config.path.display()
+        s.path.display()
     ));
     let (tx, rx) = mpsc::channel();
     let accept_log = log.clone();
-    let secret = Secret::from_config(config).map(Arc::new);
-    thread::spawn(move || accept(&listener, &tx, secret.as_deref(), &accept_log));
+    let secret = s.secret.clone().map(Arc::new);
+    let deadline = config.env.io_timeout;
+    thread::spawn(move || accept(&listener, &tx, secret.as_deref(), deadline, &accept_log));
     let progress = !(log.is_quiet() || config.log.no_server_progress);
-    serve(config, source, rx, log, progress)
+    serve(s, config, source, rx, log, progress)
 }
 
-fn accept(listener: &TcpListener, tx: &Sender<Arrival>, secret: Option<&Secret>, log: &Log) {
+fn accept(
+    listener: &TcpListener,
+    tx: &Sender<Arrival>,
+    secret: Option<&Secret>,
+    deadline: Duration,
+    log: &Log,
+) {
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
         let tx = tx.clone();
@@ -81,7 +91,7 @@ fn accept(listener: &TcpListener, tx: &Sender<Arrival>, secret: Option<&Secret>,
             let peer = stream
                 .peer_addr()
                 .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
-            match handshake(stream, &peer, secret.as_ref()) {
+            match handshake(stream, &peer, secret.as_ref(), deadline) {
                 Ok(arrival) => {
                     let _ = tx.send(arrival);
                 }
@@ -94,10 +104,14 @@ fn accept(listener: &TcpListener, tx: &Sender<Arrival>, secret: Option<&Secret>,
 /// Challenge a new connection, read its hello and, when this server holds a
 /// key or token, check the client's proof and give our own. Nothing of the
 /// session is touched before that.
-fn handshake(mut stream: TcpStream, peer: &str, secret: Option<&Secret>) -> Result<Arrival> {
-    net::configure(&stream, peer)?;
-    net::exchange_preamble(&mut stream, peer)?;
-    let mut lane = Lane::new(stream, peer.to_string(), proto::HANDSHAKE_MAX)?;
+fn handshake(
+    stream: TcpStream,
+    peer: &str,
+    secret: Option<&Secret>,
+    deadline: Duration,
+) -> Result<Arrival> {
+    net::configure_tcp(&stream);
+    let mut lane = Lane::open(stream, peer.to_string(), deadline)?;
     let ours = Secret::flags(secret);
     let mut nonce = [0u8; proto::NONCE_LEN];
     sys::getrandom(&mut nonce).map_err(|e| Error::io("server", "get random bytes", e))?;
@@ -109,8 +123,7 @@ fn handshake(mut stream: TcpStream, peer: &str, secret: Option<&Secret>) -> Resu
         _ => return Err(Error::protocol(peer, "expected a Hello frame")),
     };
     let deny = |ours_why: String, theirs_why: &str| {
-        lane.sender
-            .fail(&format!("{}{theirs_why}", session::AUTH_FAILED));
+        lane.sender.fail(&format!("{AUTH_FAILED}{theirs_why}"));
         Err(Error::Auth {
             peer: peer.to_string(),
             why: ours_why,
@@ -146,8 +159,8 @@ fn handshake(mut stream: TcpStream, peer: &str, secret: Option<&Secret>) -> Resu
 }
 
 /// Why a `Hello` cannot start a session with this server.
-fn refuse(config: &Config, h: &Hello) -> Option<String> {
-    let upload = config.direction == Direction::Upload;
+fn refuse(role: Role, h: &Hello) -> Option<String> {
+    let upload = role == Role::Destination;
     if h.download && upload {
         return Some("this server is a destination (upload mode); drop -d on the client or add -d on the server".into());
     }
@@ -157,13 +170,13 @@ fn refuse(config: &Config, h: &Hello) -> Option<String> {
     if h.lane != 0 {
         return Some(format!("lane {} of an unknown session", h.lane));
     }
-    if h.lanes == 0 || usize::from(h.lanes) > MAX_WORKERS {
+    if h.lanes == 0 || h.lanes > MAX_LANES {
         return Some(format!(
-            "{} lanes is out of range (1 to {MAX_WORKERS})",
+            "{} lanes is out of range (1 to {MAX_LANES})",
             h.lanes
         ));
     }
-    if h.block_size == 0 || h.block_size as usize > MAX_BLOCK_SIZE {
+    if h.block_size == 0 || usize::try_from(h.block_size).map_or(true, |b| b > MAX_BLOCK_SIZE) {
         return Some(format!("block size {} is out of range", h.block_size));
     }
     if compress::from_code(h.compression).is_none() {
@@ -173,17 +186,20 @@ fn refuse(config: &Config, h: &Hello) -> Option<String> {
 }
 
 fn serve(
+    s: &Serve,
     config: &Config,
     source: Option<Disk>,
     rx: Receiver<Arrival>,
     log: &Log,
     progress: bool,
 ) -> Result<()> {
+    let env = &config.env;
+    let t = &config.transfer;
     let (hello, first) = loop {
         let a = rx
             .recv()
             .map_err(|_| Error::Failed("server: the listener stopped".into()))?;
-        match refuse(config, &a.hello) {
+        match refuse(s.role, &a.hello) {
             Some(why) => {
                 log.line(format!("refused {}: {why}", a.lane.reader.peer));
                 a.lane.sender.fail(&why);
@@ -192,34 +208,40 @@ fn serve(
         }
     };
     let peer = first.reader.peer.clone();
-    let mut dest = None;
-    let geo = match &source {
-        Some(src) => Geometry {
-            size: src.size,
-            block_size: config.block_size,
-        },
+    let (disk, geo) = match source {
+        Some(src) => {
+            let geo = Geometry {
+                size: src.size(),
+                block_size: t.block_size,
+            };
+            (src, geo)
+        }
         None => {
-            let opened = Disk::open_destination(&config.path, log).and_then(|mut d| {
+            let opened = Disk::open_destination(&s.path, env, log).and_then(|mut d| {
                 d.fit_to(hello.source_size)?;
                 Ok(d)
             });
-            match opened {
-                Ok(d) => dest = Some(d),
+            let d = match opened {
+                Ok(d) => d,
                 Err(e) => {
                     first.sender.fail(&format!("server: {e}"));
                     return Err(e);
                 }
-            }
-            Geometry {
+            };
+            // refuse() checked it against MAX_BLOCK_SIZE.
+            let block_size = usize::try_from(hello.block_size).unwrap_or(MAX_BLOCK_SIZE);
+            let geo = Geometry {
                 size: hello.source_size,
-                block_size: hello.block_size as usize,
-            }
+                block_size,
+            };
+            (d, geo)
         }
     };
     let mut salt = [0u8; 16];
     sys::getrandom(&mut salt).map_err(|e| Error::io("server", "get random bytes", e))?;
     let welcome = Welcome {
-        block_size: geo.block_size as u32,
+        // At most MAX_BLOCK_SIZE: validated -b, or refuse()d in the hello.
+        block_size: u32::try_from(geo.block_size).unwrap_or(u32::MAX),
         source_size: geo.size,
         skip: hello.skip,
         salt: u128::from_le_bytes(salt),
@@ -230,7 +252,7 @@ fn serve(
     lanes[0].sender.send_frame(&Frame::Welcome(welcome))?;
     while lanes.len() < lanes_n {
         let a = rx
-            .recv_timeout(net::io_timeout())
+            .recv_timeout(env.io_timeout)
             .map_err(|_| Error::Timeout {
                 peer: peer.clone(),
                 phase: format!("lane {} of {lanes_n}", lanes.len()),
@@ -258,45 +280,25 @@ fn serve(
         first: first_block,
         salt: welcome.salt,
         compression: compress::from_code(hello.compression).flatten(),
-        workers: lanes_n.max(config.workers),
-        prefetch: config.prefetch.max(lanes_n * 4),
+        workers: lanes_n.max(t.workers),
+        prefetch: t.prefetch.max(lanes_n * 4),
     };
     log.info(format!(
         "session from {peer}: {} in blocks of {}, {lanes_n} lane(s)",
         human_bytes(geo.size),
         human_bytes(geo.block_size as u64)
     ));
-    let stats = std::sync::Arc::new(Stats::default());
-    let totals = Totals::from_block(geo, first_block);
-    let rejoins = Arc::new(Rejoins::default());
+    let rejoins = Arc::new(Rejoins {
+        deadline: env.io_timeout,
+        ..Rejoins::default()
+    });
     {
         let rejoins = Arc::clone(&rejoins);
         let log = log.clone();
         let session = hello.session;
         thread::spawn(move || rejoins.dispatch(&rx, session, lanes_n, &welcome, &log));
     }
-    let reporter = Reporter::start(log, &stats, totals, progress);
-    let verify = match (&source, &dest) {
-        (Some(src), _) => session::run_source(&params, src, lanes, &stats, &*rejoins)?,
-        (None, Some(d)) => session::run_destination(&params, d, lanes, &stats, &*rejoins)?,
-        (None, None) => return Err(Error::Failed("server: no destination".into())),
-    };
-    let elapsed = reporter.finish();
-    if progress {
-        let side = if source.is_some() {
-            Side::Source
-        } else {
-            Side::Destination
-        };
-        log.info(summary(&stats, elapsed, side));
-    }
-    log.info(format!(
-        "verification digest {verify:032x}: both ends agree"
-    ));
-    if let Some(d) = &dest {
-        d.report_excess(geo.size);
-    }
-    Ok(())
+    session::run(s.role, &params, &disk, lanes, &*rejoins, log, progress)
 }
 
 /// Connections of the running session that come back after a lost lane,
@@ -305,6 +307,8 @@ fn serve(
 struct Rejoins {
     slots: Mutex<HashMap<usize, Lane>>,
     arrived: Condvar,
+    /// How long a lost lane may take to come back.
+    deadline: Duration,
 }
 
 impl Rejoins {
@@ -332,7 +336,7 @@ impl Rejoins {
                 continue;
             }
             log.info(format!("lane {lane}: {} rejoined", a.lane.reader.peer));
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slots = lock(&self.slots);
             slots.insert(lane, a.lane);
             self.arrived.notify_all();
         }
@@ -341,23 +345,27 @@ impl Rejoins {
 
 impl session::Rejoin for Rejoins {
     fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
-        let deadline = Instant::now() + net::io_timeout();
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + self.deadline;
+        let mut slots = lock(&self.slots);
         loop {
             if let Some(fresh) = slots.remove(&lane) {
                 return Ok(fresh);
             }
-            if stop() || Instant::now() >= deadline {
+            let now = Instant::now();
+            if stop() || now >= deadline {
                 return Err(Error::Timeout {
                     peer: "the client".into(),
                     phase: format!("lane {lane} to reconnect"),
                 });
             }
-            slots = self
-                .arrived
-                .wait_timeout(slots, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            slots = wait_timeout(&self.arrived, slots, deadline - now);
         }
+    }
+
+    fn wake(&self) {
+        // Under the lock: a waiter is either before its stop() check or
+        // already waiting.
+        drop(lock(&self.slots));
+        self.arrived.notify_all();
     }
 }

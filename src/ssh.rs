@@ -43,14 +43,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::aead::Key;
-use crate::cli::{Config, Direction, Mode, RemoteTarget};
+use crate::auth::Secret;
 use crate::client;
+use crate::config::{Config, Connect, Mode, RemoteTarget, Role, Transfer};
 use crate::error::{Error, Result};
 use crate::progress::Log;
 use crate::sys;
-
-/// Environment variable naming the remote shell when `-ssh` is not given.
-pub const SSH_ENV: &str = "BSYNC_SSH";
 
 /// Lines of the remote's stderr kept to explain a failure.
 const TAIL_LINES: usize = 20;
@@ -79,19 +77,6 @@ impl Shell {
             program,
             options: words.collect(),
         })
-    }
-
-    /// `-ssh CMD` if given, else `$BSYNC_SSH` if not empty, else `ssh`.
-    pub fn choose(flag: Option<&str>) -> Shell {
-        let env = std::env::var(SSH_ENV).ok();
-        [flag, env.as_deref()]
-            .into_iter()
-            .flatten()
-            .find_map(Shell::parse)
-            .unwrap_or_else(|| Shell {
-                program: "ssh".into(),
-                options: Vec::new(),
-            })
     }
 
     /// The options rewritten for `scp`, which shares most of ssh's but not
@@ -236,8 +221,24 @@ fn pending() -> std::sync::MutexGuard<'static, Option<Pending>> {
     PENDING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Run the transfer `config` describes against `target` over SSH.
-pub fn run(config: &Config, target: &RemoteTarget, log: &Log) -> Result<()> {
+/// Run the transfer `config` describes (a [`Mode::Ssh`]) over SSH.
+pub fn run(config: &Config, log: &Log) -> Result<()> {
+    let Mode::Ssh {
+        target,
+        role,
+        path,
+        shell,
+        encrypt,
+    } = &config.mode
+    else {
+        return Err(Error::Failed("internal error: ssh::run without -t".into()));
+    };
+    let launch = Launch {
+        config,
+        role: *role,
+        path,
+        encrypt: *encrypt,
+    };
     for (what, s) in [("host", Some(&target.host)), ("user", target.user.as_ref())] {
         if s.is_some_and(|s| s.starts_with('-')) {
             return Err(Error::usage(format!(
@@ -245,13 +246,17 @@ pub fn run(config: &Config, target: &RemoteTarget, log: &Log) -> Result<()> {
             )));
         }
     }
-    if config.direction == Direction::Upload {
+    if *role == Role::Source {
         // A typo in -f should fail before anything happens on the remote.
-        std::fs::File::open(&config.path)
-            .map_err(|e| Error::io(format!("source {}", config.path.display()), "open", e))?;
+        std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("source {}", path.display()), "open", e))?;
     }
     let endpoint = Endpoint {
-        shell: Shell::choose(config.ssh.as_deref()),
+        // Validation never lets an empty command through.
+        shell: Shell::parse(shell).unwrap_or_else(|| Shell {
+            program: "ssh".into(),
+            options: Vec::new(),
+        }),
         user: target.user.clone(),
         host: target.host.clone(),
         port: target.port,
@@ -262,7 +267,7 @@ pub fn run(config: &Config, target: &RemoteTarget, log: &Log) -> Result<()> {
         dir: None,
         child: None,
     });
-    let result = launch_and_sync(config, target, &endpoint, log);
+    let result = launch_and_sync(&launch, target, &endpoint, log);
     let left = pending().take();
     if INTERRUPTED.load(Ordering::SeqCst) {
         // The signal thread is cleaning up and will end the process.
@@ -278,8 +283,16 @@ pub fn run(config: &Config, target: &RemoteTarget, log: &Log) -> Result<()> {
     result
 }
 
+/// This end of a `-t` run: what the plan says beside the target.
+struct Launch<'a> {
+    config: &'a Config,
+    role: Role,
+    path: &'a std::path::Path,
+    encrypt: bool,
+}
+
 fn launch_and_sync(
-    config: &Config,
+    launch: &Launch,
     target: &RemoteTarget,
     endpoint: &Endpoint,
     log: &Log,
@@ -295,7 +308,15 @@ fn launch_and_sync(
 
     let mut secret = [0u8; 32];
     sys::getrandom(&mut secret).map_err(|e| Error::io("ssh", "get random bytes", e))?;
-    let script = server_script(&dir, &target.path, config);
+    let config = launch.config;
+    let script = server_script(
+        &dir,
+        &target.path,
+        launch.role,
+        &config.transfer,
+        config.log.verbose,
+        launch.encrypt,
+    );
     let mut cmd = endpoint.command(&script);
     cmd.stdin(Stdio::piped());
     let mut remote = Remote::start(cmd, log)?;
@@ -311,21 +332,18 @@ fn launch_and_sync(
     log.info(format!(
         "{name}: bsync is listening on port {port}; connecting to {host}"
     ));
-    let mut local = config.clone();
-    local.mode = Mode::Client {
+    let connect = Connect {
         host: host.clone(),
         port,
+        role: launch.role,
+        path: launch.path.to_path_buf(),
+        secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
     };
-    if config.encrypt {
-        local.key = Some(Key::from_bytes(secret));
-    } else {
-        local.token = Some(Key::from_bytes(secret));
-    }
-    match client::run(&local, &host, port, log) {
+    match client::run(&connect, &config.transfer, &config.env, log) {
         Ok(()) => {
             // The server exits once the destination is flushed; it gets as
             // long as any other network step.
-            let exit = remote.finish(Some(crate::net::io_timeout()));
+            let exit = remote.finish(Some(config.env.io_timeout));
             if exit.success() {
                 // Warnings of a quiet remote; -v showed them as they came.
                 if !log.is_verbose() {
@@ -746,27 +764,29 @@ fn is_safe_dir(dir: &str) -> bool {
 /// - A watchdog reads the ssh session's stdin to its end, which comes when
 ///   this side goes away, and then stops bsync.
 /// - The `EXIT` trap removes the directory however the shell ends.
-pub fn server_script(dir: &str, path: &str, config: &Config) -> String {
+///
+/// `role` is this (the local) end's; `t` the transfer settings.
+pub fn server_script(
+    dir: &str,
+    path: &str,
+    role: Role,
+    t: &Transfer,
+    verbose: bool,
+    encrypt: bool,
+) -> String {
     let mut args = vec![
         "-p 0".to_string(),
         "-i \"$a\"".to_string(),
         "-P".to_string(),
     ];
-    args.push(if config.log.verbose { "-v" } else { "-q" }.to_string());
+    args.push(if verbose { "-v" } else { "-q" }.to_string());
     args.push(format!("-f {}", remote_path(path)));
-    if config.direction == Direction::Download {
+    if role == Role::Destination {
         // The source's block size is the one that counts: the server's.
         args.push("-d".to_string());
-        args.push(format!("-b {}", config.block_size));
+        args.push(format!("-b {}", t.block_size));
     }
-    args.push(
-        if config.encrypt {
-            "-K -"
-        } else {
-            "-token-file -"
-        }
-        .to_string(),
-    );
+    args.push(if encrypt { "-K -" } else { "-token-file -" }.to_string());
     format!(
         "d={}; trap 'rm -rf \"$d\"' EXIT; \
          IFS= read -r k || exit 1; \

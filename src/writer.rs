@@ -16,7 +16,6 @@ use crate::disk::{Disk, Note};
 use crate::error::{Error, Result};
 use crate::pool::Pooled;
 use crate::progress::{Stats, human_bytes};
-use crate::sys;
 
 /// Start writeback after this many dirty bytes.
 const WRITEBACK_WINDOW: u64 = 16 << 20;
@@ -32,7 +31,7 @@ pub struct Writer<'a> {
     dirty_from: u64,
     /// The window handed to writeback last, waited for before the next one.
     in_flight: Option<(u64, u64)>,
-    /// Kernel hints on (see [`sys::hints_enabled`]).
+    /// Kernel hints on (see [`Disk::hints`]).
     hints: bool,
 }
 
@@ -47,7 +46,7 @@ impl<'a> Writer<'a> {
             pending: BTreeMap::new(),
             dirty_from: geo.offset(first),
             in_flight: None,
-            hints: sys::hints_enabled(),
+            hints: disk.hints(),
         }
     }
 
@@ -80,7 +79,7 @@ impl<'a> Writer<'a> {
             let offset = base + ext.start as u64;
             let fail = |e| {
                 Error::io(
-                    &self.disk.label,
+                    self.disk.label(),
                     format!("write at block {}", block.index),
                     e,
                 )
@@ -88,19 +87,12 @@ impl<'a> Writer<'a> {
             match ext.kind {
                 ExtentKind::Data => {
                     let bytes = &block.data[ext.data..ext.data + ext.len];
-                    sys::pwrite_all(&self.disk.file, bytes, offset).map_err(fail)?;
+                    self.disk.write_at(bytes, offset).map_err(fail)?;
                     Stats::add(&self.stats.bytes_written, ext.len as u64);
                     data = true;
                 }
                 ExtentKind::Zero => {
-                    let how = sys::clear_range(
-                        &self.disk.file,
-                        offset,
-                        ext.len as u64,
-                        self.disk.is_device,
-                    )
-                    .map_err(fail)?;
-                    self.disk.note_cleared(how);
+                    self.disk.clear(offset, ext.len as u64).map_err(fail)?;
                     Stats::add(&self.stats.bytes_cleared, ext.len as u64);
                 }
             }
@@ -128,7 +120,7 @@ impl<'a> Writer<'a> {
             return;
         }
         let window = (self.dirty_from, written_to - self.dirty_from);
-        let started = sys::start_writeback(&self.disk.file, window.0, window.1);
+        let started = self.disk.start_writeback(window.0, window.1);
         self.disk.detail_once(Note::Writeback, || match started {
             Ok(()) => format!(
                 "writeback started every {} of writes (sync_file_range)",
@@ -137,15 +129,8 @@ impl<'a> Writer<'a> {
             Err(e) => format!("sync_file_range refused ({e}): dirty pages flush in bursts"),
         });
         if let Some((from, len)) = self.in_flight.replace(window) {
-            let _ = sys::wait_writeback(&self.disk.file, from, len);
+            let _ = self.disk.wait_writeback(from, len);
         }
         self.dirty_from = written_to;
-    }
-
-    /// Flush everything to the device (`fdatasync`).
-    pub fn flush(disk: &Disk) -> Result<()> {
-        disk.file
-            .sync_data()
-            .map_err(|e| Error::io(&disk.label, "flush (fdatasync)", e))
     }
 }

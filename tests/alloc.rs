@@ -22,7 +22,8 @@ use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use bsync::cli::{self, Command, Config};
+use bsync::cli::{self, Command};
+use bsync::config::Config;
 use common::*;
 
 struct Counting;

@@ -1,296 +1,8 @@
-//! The wire protocol `ver0.02`: a sans-I/O codec over byte slices.
-//!
-//! No sockets here: [`encode`] appends a frame to a `Vec<u8>`, [`decode`]
-//! reads one from a slice and says how many bytes it used. That keeps the
-//! parser a pure function `fuzz/` can hammer. Nothing read off the wire is
-//! trusted: every length is checked against the negotiated maximum before
-//! anything is allocated or looped over, and malformed input is an error,
-//! never a panic.
-//!
-//! # Layout
-//!
-//! A connection starts with each side sending the 14-byte [`PREAMBLE`]
-//! `BSYNC ver0.02\n`, so a peer of another version is named, not misparsed.
-//! Then frames follow: a 5-byte header — type (`u8`) and payload length
-//! (`u32`, little-endian) — and the payload. All integers are little-endian.
-//!
-//! | type | frame      | direction           | payload |
-//! |------|------------|---------------------|---------|
-//! | 9    | `Challenge`| server → client     | nonce `[u8; 16]`, flags `u8` (what the server demands) |
-//! | 1    | `Hello`    | client → server     | session `u128`, lane `u16`, lanes `u16`, download `u8`, block size `u32`, skip `u64`, source size `u64`, compression `u8`, flags `u8`, nonce `[u8; 16]` |
-//! | 10   | `Proof`    | either              | tag `[u8; 16]`: proof of the key or token over the handshake |
-//! | 2    | `Welcome`  | server → client     | block size `u32`, source size `u64`, skip `u64`, salt `u128`, lanes `u16` |
-//! | 3    | `Error`    | either              | UTF-8 message |
-//! | 4    | `Digests`  | destination → source| block `u64`, then one `u128` digest per sub-block |
-//! | 5    | `Block`    | source → destination| block `u64`, flags `u8` (bit 0: compressed), raw length `u32`, change count `u32`, changes, data |
-//! | 6    | `Ack`      | destination → source| block `u64`: written |
-//! | 7    | `Complete` | destination → source| verification digest `u128`: all written and flushed |
-//! | 8    | `Bye`      | source → destination| nothing: the session is over |
-//!
-//! A connection opens with the server's `Challenge` (sent right after the
-//! preambles, so it costs no round trip), the client's `Hello`, then — when
-//! the server holds a key or token — a `Proof` each way (client first) before
-//! the `Welcome`. Flags: bit 0 = authenticated ([`FLAG_AUTH`]), bit 1 =
-//! encrypted ([`FLAG_ENCRYPT`]). With encryption every frame after the
-//! proofs is sealed: the header (with the sealed length) is the associated
-//! data and the 16-byte tag follows the ciphertext; see `crate::auth`.
-//!
-//! A change is a sub-block number (`u32`) and a kind (`u8`): 0 = zero (no
-//! data), 1 = data, followed by the source's digest of that sub-block
-//! (`u128`), which the destination checks after decompression. The data
-//! of all data changes, in order, is the (possibly zstd-compressed) tail.
+//! Frames to bytes and back: a pure function over slices, so `fuzz/` can
+//! hammer it. Every length read is checked against the negotiated maximum
+//! before anything is allocated or looped over.
 
-use std::fmt;
-
-use crate::digest::Digest;
-
-/// The first bytes each side sends.
-pub const PREAMBLE: &[u8; 14] = b"BSYNC ver0.02\n";
-/// What every bsync preamble starts with, whatever its version.
-pub const PREAMBLE_MAGIC: &[u8] = b"BSYNC ver";
-/// Frame header: type and length.
-pub const HEADER_LEN: usize = 5;
-/// Largest frame payload before the session parameters are agreed.
-pub const HANDSHAKE_MAX: usize = 4096;
-
-const HELLO: u8 = 1;
-const WELCOME: u8 = 2;
-const ERROR: u8 = 3;
-const DIGESTS: u8 = 4;
-const BLOCK: u8 = 5;
-const ACK: u8 = 6;
-const COMPLETE: u8 = 7;
-const BYE: u8 = 8;
-const CHALLENGE: u8 = 9;
-const PROOF: u8 = 10;
-
-/// `Hello`/`Challenge` flag: the session proves knowledge of a shared secret.
-pub const FLAG_AUTH: u8 = 1;
-/// `Hello`/`Challenge` flag: frames after the handshake are sealed.
-pub const FLAG_ENCRYPT: u8 = 2;
-/// Length of the handshake nonces and proofs.
-pub const NONCE_LEN: usize = 16;
-
-/// Bytes per change without a digest, and the digest.
-const CHANGE_LEN: usize = 5;
-const DIGEST_LEN: usize = 16;
-
-/// Compression codes in [`Hello::compression`].
-pub const COMPRESSION_NONE: u8 = 0;
-
-/// The client's opening: who it is and what it wants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Hello {
-    /// Random per client run; joins parallel and re-established connections.
-    pub session: u128,
-    /// This connection's lane: it carries blocks `index % lanes == lane`.
-    pub lane: u16,
-    /// Number of lanes (connections) in the session.
-    pub lanes: u16,
-    /// The server is the source.
-    pub download: bool,
-    /// Block size the client asks for (the source's wins).
-    pub block_size: u32,
-    /// Blocks to skip.
-    pub skip: u64,
-    /// Source size when the client is the source, else 0.
-    pub source_size: u64,
-    /// 0 = none, 1..=4 = `-L` fast, default, better, best.
-    pub compression: u8,
-    /// [`FLAG_AUTH`] and [`FLAG_ENCRYPT`]: what the client holds.
-    pub flags: u8,
-    /// Fresh random per connection; with the server's challenge it derives
-    /// the connection's keys.
-    pub nonce: [u8; NONCE_LEN],
-}
-
-/// The server's answer: the agreed session parameters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Welcome {
-    /// Agreed block size.
-    pub block_size: u32,
-    /// Source size.
-    pub source_size: u64,
-    /// Blocks to skip.
-    pub skip: u64,
-    /// Per-session digest salt.
-    pub salt: u128,
-    /// Number of lanes.
-    pub lanes: u16,
-}
-
-/// Kind of a sub-block change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChangeKind {
-    /// The sub-block is all zeros at the source.
-    Zero,
-    /// The sub-block's data follows; the digest is the source's.
-    Data(Digest),
-}
-
-/// One changed sub-block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// Sub-block number within the block.
-    pub sub: u32,
-    /// What it became.
-    pub kind: ChangeKind,
-}
-
-/// The changes of a [`BlockFrame`], validated, read lazily.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Changes<'a> {
-    count: usize,
-    bytes: &'a [u8],
-}
-
-impl<'a> Changes<'a> {
-    /// Number of changes.
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    /// True when the block is unchanged.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// The changes in order.
-    pub fn iter(&self) -> impl Iterator<Item = Change> + 'a {
-        let mut rest = self.bytes;
-        (0..self.count).map(move |_| {
-            // Validated by decode: every change is complete.
-            let (change, used) = read_change(rest).unwrap_or((
-                Change {
-                    sub: 0,
-                    kind: ChangeKind::Zero,
-                },
-                rest.len(),
-            ));
-            rest = &rest[used..];
-            change
-        })
-    }
-}
-
-/// A block as the source sends it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlockFrame<'a> {
-    /// Block number.
-    pub index: u64,
-    /// The data is zstd-compressed.
-    pub compressed: bool,
-    /// Length of the data once decompressed.
-    pub raw_len: u32,
-    /// Changed sub-blocks; empty means the block is the same.
-    pub changes: Changes<'a>,
-    /// The data of the data changes, concatenated (maybe compressed).
-    pub data: &'a [u8],
-}
-
-/// One frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Frame<'a> {
-    /// See [`Hello`].
-    Hello(Hello),
-    /// See [`Welcome`].
-    Welcome(Welcome),
-    /// The peer gives up, and says why.
-    Error(&'a str),
-    /// The destination's sub-block digests of one block.
-    Digests {
-        /// Block number.
-        index: u64,
-        /// `u128` little-endian digests, 16 bytes each.
-        digests: &'a [u8],
-    },
-    /// See [`BlockFrame`].
-    Block(BlockFrame<'a>),
-    /// The destination wrote the block.
-    Ack {
-        /// Block number.
-        index: u64,
-    },
-    /// The destination wrote and flushed everything.
-    Complete {
-        /// Digest over the final content, for both ends to print.
-        verify: u128,
-    },
-    /// The session is over.
-    Bye,
-    /// The server's first frame on every connection.
-    Challenge {
-        /// Fresh random per connection.
-        nonce: [u8; NONCE_LEN],
-        /// [`FLAG_AUTH`] and [`FLAG_ENCRYPT`]: what the server demands.
-        flags: u8,
-    },
-    /// Proof of the shared secret over this connection's handshake.
-    Proof {
-        /// The tag.
-        tag: [u8; NONCE_LEN],
-    },
-}
-
-impl Frame<'_> {
-    /// The frame's name, for messages.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Frame::Hello(_) => "Hello",
-            Frame::Welcome(_) => "Welcome",
-            Frame::Error(_) => "Error",
-            Frame::Digests { .. } => "Digests",
-            Frame::Block(_) => "Block",
-            Frame::Ack { .. } => "Ack",
-            Frame::Complete { .. } => "Complete",
-            Frame::Bye => "Bye",
-            Frame::Challenge { .. } => "Challenge",
-            Frame::Proof { .. } => "Proof",
-        }
-    }
-}
-
-/// Why bytes are not a valid frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProtoError {
-    /// The length field exceeds the negotiated maximum.
-    TooLarge {
-        /// Announced length.
-        len: usize,
-        /// Maximum allowed.
-        max: usize,
-    },
-    /// Unknown frame type.
-    UnknownType(u8),
-    /// The payload does not match its type's layout.
-    Malformed {
-        /// Which frame.
-        frame: &'static str,
-        /// What is wrong.
-        what: &'static str,
-    },
-}
-
-impl fmt::Display for ProtoError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProtoError::TooLarge { len, max } => {
-                write!(f, "frame of {len} bytes exceeds the maximum of {max}")
-            }
-            ProtoError::UnknownType(t) => write!(f, "unknown frame type {t}"),
-            ProtoError::Malformed { frame, what } => write!(f, "malformed {frame} frame: {what}"),
-        }
-    }
-}
-
-impl std::error::Error for ProtoError {}
-
-/// Largest frame payload for a session with this block size: a block of
-/// raw data plus every sub-block's change record, with room to spare.
-pub fn max_payload(block_size: usize, sub_block: usize) -> usize {
-    let subs = block_size.div_ceil(sub_block.max(1));
-    block_size + subs * (CHANGE_LEN + DIGEST_LEN) + 64
-}
+use super::*;
 
 /// Read a frame header: type and payload length, checked against `max`.
 pub fn decode_header(header: &[u8; HEADER_LEN], max: usize) -> Result<(u8, usize), ProtoError> {
@@ -298,7 +10,7 @@ pub fn decode_header(header: &[u8; HEADER_LEN], max: usize) -> Result<(u8, usize
     if len > max {
         return Err(ProtoError::TooLarge { len, max });
     }
-    if !(HELLO..=PROOF).contains(&header[0]) {
+    if !FRAME_TYPES.contains(&header[0]) {
         return Err(ProtoError::UnknownType(header[0]));
     }
     Ok((header[0], len))
@@ -394,17 +106,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn read_change(buf: &[u8]) -> Option<(Change, usize)> {
+pub(super) fn read_change(buf: &[u8]) -> Option<(Change, usize)> {
     let sub = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
-    match buf.get(4)? {
-        0 => Some((
+    match *buf.get(4)? {
+        CHANGE_ZERO => Some((
             Change {
                 sub,
                 kind: ChangeKind::Zero,
             },
             CHANGE_LEN,
         )),
-        1 => {
+        CHANGE_DATA => {
             let d = buf.get(CHANGE_LEN..CHANGE_LEN + DIGEST_LEN)?;
             let digest = u128::from_le_bytes(d.try_into().ok()?);
             Some((
@@ -506,7 +218,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
             }
             Frame::Block(BlockFrame {
                 index,
-                compressed: flags & 1 == 1,
+                compressed: flags & BLOCK_COMPRESSED != 0,
                 raw_len,
                 changes,
                 data,
@@ -527,53 +239,70 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
 
 /// Append a frame header with a placeholder length; returns where the
 /// payload starts, for [`finish_frame`].
-pub fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
+fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
     out.push(kind);
     out.extend_from_slice(&[0; 4]);
     out.len()
 }
 
 /// Write the payload length of a frame begun at `start`.
-///
-/// Payloads are bounded by [`max_payload`], far below 4 GiB.
-pub fn finish_frame(out: &mut [u8], start: usize) {
-    let len = (out.len() - start) as u32;
+fn finish_frame(out: &mut [u8], start: usize) {
+    // Payloads are bounded by max_payload, far below 4 GiB; a longer one
+    // would be refused by the peer, never silently cut.
+    let len = u32::try_from(out.len() - start).unwrap_or(u32::MAX);
     out[start - 4..start].copy_from_slice(&len.to_le_bytes());
 }
 
-/// Append the fixed part of a `Block` frame and its changes; the caller then
-/// appends the data and calls [`finish_frame`]. This lets a worker compress
-/// straight into the outgoing buffer.
-pub fn begin_block(
-    out: &mut Vec<u8>,
-    index: u64,
-    compressed: bool,
-    raw_len: u32,
-    changes: &[Change],
-) -> usize {
-    let start = begin_frame(out, BLOCK);
-    out.extend_from_slice(&index.to_le_bytes());
-    out.push(u8::from(compressed));
-    out.extend_from_slice(&raw_len.to_le_bytes());
-    out.extend_from_slice(&(changes.len() as u32).to_le_bytes());
-    for c in changes {
-        out.extend_from_slice(&c.sub.to_le_bytes());
-        match c.kind {
-            ChangeKind::Zero => out.push(0),
-            ChangeKind::Data(d) => {
-                out.push(1);
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-        }
-    }
-    start
+/// Where the flags byte of a `Block` payload is: after the block number.
+const BLOCK_FLAGS_AT: usize = 8;
+
+/// A `Block` frame being built in place: the fixed part and the changes
+/// first, then the data appended straight into the outgoing buffer (a
+/// compressor writes there without a copy), then [`BlockBuilder::finish`].
+pub struct BlockBuilder<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
 }
 
-/// Set the compressed flag of a `Block` frame begun at `start` by
-/// [`begin_block`].
-pub fn mark_compressed(out: &mut [u8], start: usize) {
-    // The flags byte follows the 8-byte block number.
-    out[start + 8] |= 1;
+impl<'a> BlockBuilder<'a> {
+    /// Append the header, block number, raw data length and changes to `out`.
+    pub fn begin(
+        out: &'a mut Vec<u8>,
+        index: u64,
+        raw_len: u32,
+        changes: &[Change],
+    ) -> BlockBuilder<'a> {
+        let start = begin_frame(out, BLOCK);
+        out.extend_from_slice(&index.to_le_bytes());
+        out.push(0);
+        out.extend_from_slice(&raw_len.to_le_bytes());
+        let count = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for c in changes {
+            out.extend_from_slice(&c.sub.to_le_bytes());
+            match c.kind {
+                ChangeKind::Zero => out.push(CHANGE_ZERO),
+                ChangeKind::Data(d) => {
+                    out.push(CHANGE_DATA);
+                    out.extend_from_slice(&d.to_le_bytes());
+                }
+            }
+        }
+        BlockBuilder { out, start }
+    }
+
+    /// The buffer to append the block's data to.
+    pub fn data(&mut self) -> &mut Vec<u8> {
+        self.out
+    }
+
+    /// Close the frame; `compressed` says whether the data is zstd.
+    pub fn finish(self, compressed: bool) {
+        if compressed {
+            self.out[self.start + BLOCK_FLAGS_AT] |= BLOCK_COMPRESSED;
+        }
+        finish_frame(self.out, self.start);
+    }
 }
 
 /// Append a whole frame.
@@ -612,8 +341,10 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         }
         Frame::Block(b) => {
             let changes: Vec<Change> = b.changes.iter().collect();
-            start = begin_block(out, b.index, b.compressed, b.raw_len, &changes);
-            out.extend_from_slice(b.data);
+            let mut block = BlockBuilder::begin(out, b.index, b.raw_len, &changes);
+            block.data().extend_from_slice(b.data);
+            block.finish(b.compressed);
+            return;
         }
         Frame::Ack { index } => {
             start = begin_frame(out, ACK);
@@ -687,9 +418,9 @@ mod tests {
                 kind: ChangeKind::Data(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
             },
         ];
-        let start = begin_block(&mut out, 42, true, 5, &changes);
-        out.extend_from_slice(b"hello");
-        finish_frame(&mut out, start);
+        let mut block = BlockBuilder::begin(&mut out, 42, 5, &changes);
+        block.data().extend_from_slice(b"hello");
+        block.finish(true);
         out
     }
 
@@ -814,14 +545,13 @@ mod tests {
                 kind: ChangeKind::Zero,
             },
         ];
-        let start = begin_block(&mut bad, 0, false, 0, &twice);
-        finish_frame(&mut bad, start);
+        BlockBuilder::begin(&mut bad, 0, 0, &twice).finish(false);
         assert!(decode(&bad, MAX).is_err());
         // Data behind a block with no data change.
         let mut bad = Vec::new();
-        let start = begin_block(&mut bad, 0, false, 3, &[]);
-        bad.extend_from_slice(b"abc");
-        finish_frame(&mut bad, start);
+        let mut block = BlockBuilder::begin(&mut bad, 0, 3, &[]);
+        block.data().extend_from_slice(b"abc");
+        block.finish(false);
         assert!(decode(&bad, MAX).is_err());
         // An unknown change kind.
         let mut bad = good.clone();

@@ -2,9 +2,10 @@
 //!
 //! Parsing happens in two steps, as in ripgrep's `lowargs`/`hiargs`: lexopt
 //! fills [`RawArgs`] with what was typed (each value already parsed, so a bad
-//! number names its flag), then [`RawArgs::validate`] checks the combination
-//! and builds a [`Config`] whose fields can no longer be wrong. Nothing here
-//! opens a file: a usage error leaves every disk untouched.
+//! number names its flag), then [`RawArgs::validate`] (in `validate.rs`)
+//! checks the combination and builds a [`Config`] in the roles' terms, whose
+//! fields can no longer be wrong. Nothing here opens a file for writing: a
+//! usage error leaves every disk untouched. The help text is in `help.rs`.
 //!
 //! Go's `flag` package accepts every flag with one dash or two and takes a
 //! value as `-b 10`, `-b=10`, `--b 10` or `--b=10`; it has no clustered short
@@ -15,16 +16,18 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::aead::Key;
+use crate::compress::Level;
+use crate::config::{Config, RemoteTarget};
 use crate::error::{Error, Result};
+use crate::proto::{MAX_BLOCK_SIZE, MAX_LANES};
 
-/// The protocol version spoken on the wire.
-pub const PROTOCOL_VERSION: &str = "ver0.02";
+mod help;
+mod validate;
+
+pub use help::{HELP, version_text};
+
 /// Default block size: 10 MiB.
 pub const DEFAULT_BLOCK_SIZE: usize = 10 * 1024 * 1024;
-/// Largest block size accepted: every block is held in memory several times.
-pub const MAX_BLOCK_SIZE: usize = 1024 * 1024 * 1024;
-/// Most workers accepted.
-pub const MAX_WORKERS: usize = 64;
 /// Deepest prefetch queue accepted.
 pub const MAX_PREFETCH: usize = 1024;
 
@@ -57,40 +60,6 @@ const FLAGS: &[(&str, bool)] = &[
     ("version", false),
 ];
 
-/// zstd compression level names of `-L`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    /// Fastest, larger output.
-    Fast,
-    /// Balanced.
-    Default,
-    /// Smaller output, slower.
-    Better,
-    /// Smallest output, slowest.
-    Best,
-}
-
-impl Level {
-    fn parse(s: &str) -> Option<Level> {
-        match s {
-            "fast" => Some(Level::Fast),
-            "default" => Some(Level::Default),
-            "better" => Some(Level::Better),
-            "best" => Some(Level::Best),
-            _ => None,
-        }
-    }
-}
-
-/// Which way the data flows between client and server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// The client (or `-f` locally) is the source.
-    Upload,
-    /// The server (or the `-t` path locally) is the source.
-    Download,
-}
-
 /// Where `-t` points.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -98,92 +67,6 @@ pub enum Target {
     Local(PathBuf),
     /// A path on another machine, reached over SSH.
     Remote(RemoteTarget),
-}
-
-/// `[user@]host[:port]:/path` of `-t`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteTarget {
-    /// Login name; `None` leaves it to the ssh configuration.
-    pub user: Option<String>,
-    /// Host name or address (IPv6 without brackets).
-    pub host: String,
-    /// SSH port; `None` leaves it to the ssh configuration.
-    pub port: Option<u16>,
-    /// Path on the remote machine.
-    pub path: String,
-}
-
-/// What this run does.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// `-a`: list block devices.
-    ListDrives,
-    /// No `-r`/`-t`: serve one session.
-    Server {
-        /// `-i`.
-        bind: IpAddr,
-        /// `-p`; 0 picks a free port.
-        port: u16,
-    },
-    /// `-r HOST:PORT`.
-    Client {
-        /// Host name or address (IPv6 without brackets).
-        host: String,
-        /// Server port.
-        port: u16,
-    },
-    /// `-t`.
-    Target(Target),
-}
-
-/// Where log and progress lines go and how they look.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LogOptions {
-    /// `-l`: put in front of every line.
-    pub prefix: String,
-    /// `-q`: errors only.
-    pub quiet: bool,
-    /// `-v`: also say which kernel hints were applied or skipped, and why
-    /// (`BSYNC_VERBOSE=1` does the same; see [`crate::progress::Log`]).
-    pub verbose: bool,
-    /// `-P`: no progress on a server.
-    pub no_server_progress: bool,
-}
-
-/// A validated run configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// What to do.
-    pub mode: Mode,
-    /// `-f`.
-    pub path: PathBuf,
-    /// `-d` or not.
-    pub direction: Direction,
-    /// `-b`, in bytes, at least 1.
-    pub block_size: usize,
-    /// Whether `-b` was given (in download mode the source's wins).
-    pub block_size_given: bool,
-    /// `-s`: blocks to skip.
-    pub skip: u64,
-    /// `None` with `-n`.
-    pub compression: Option<Level>,
-    /// Whether to encrypt (`-e`, or implied by `-K`).
-    pub encrypt: bool,
-    /// `-K`: the shared key (read from stdin with `-K -`).
-    pub key: Option<Key>,
-    /// `-token-file`: a shared session token that a client must prove it
-    /// knows (without encryption). A key, when there is one, serves as well.
-    pub token: Option<Key>,
-    /// `-ssh`: the remote shell command for `-t user@host:` (default `ssh`).
-    pub ssh: Option<String>,
-    /// `-w`, at least 1.
-    pub workers: usize,
-    /// Prefetch queue depth, resolved (never 0).
-    pub prefetch: usize,
-    /// `-auto`.
-    pub auto: bool,
-    /// `-l`, `-q`, `-v`, `-P`.
-    pub log: LogOptions,
 }
 
 /// What the user asked for: a run, or just help or the version.
@@ -311,7 +194,7 @@ impl RawArgs {
                 "L" => raw.level = Some(parse_level(&string_value(p, &flag)?)?),
                 "t" => raw.target = Some(parse_target(&path_value(p, &flag)?)?),
                 "l" => raw.prefix = string_value(p, &flag)?,
-                "w" => raw.workers = Some(parse_count(p, &flag, MAX_WORKERS, 1)?),
+                "w" => raw.workers = Some(parse_count(p, &flag, usize::from(MAX_LANES), 1)?),
                 "prefetch" => raw.prefetch = Some(parse_count(p, &flag, MAX_PREFETCH, 0)?),
                 "auto" => raw.auto = bool_flag(p, &flag)?,
                 "q" => raw.quiet = bool_flag(p, &flag)?,
@@ -327,107 +210,6 @@ impl RawArgs {
         }
         Ok(raw)
     }
-
-    /// Check the flags against each other and resolve defaults.
-    pub fn validate(self) -> Result<Config> {
-        let workers = self.workers.unwrap_or(1);
-        let prefetch = match self.prefetch {
-            None | Some(0) => workers * 4,
-            Some(n) => n,
-        };
-        if self.remote.is_some() && self.target.is_some() {
-            return Err(Error::usage(
-                "-r and -t cannot be combined: -r connects to a running server, -t starts one",
-            ));
-        }
-        if self.no_compress && self.level.is_some() {
-            return Err(Error::usage(
-                "-L and -n cannot be combined: -n turns compression off",
-            ));
-        }
-        if self.auto && self.remote.is_none() {
-            return Err(Error::usage("-auto works only for a client (-r HOST:PORT)"));
-        }
-        if self.auto && self.download {
-            return Err(Error::usage(
-                "-auto tunes uploads only; it cannot be combined with -d",
-            ));
-        }
-        let encrypt = self.encrypt || self.key.is_some();
-        let ssh_target = self.target.as_ref().is_some_and(is_remote);
-        if self.encrypt && self.key.is_none() && !ssh_target {
-            return Err(Error::usage(
-                "-e needs -t user@host:/path (bsync makes and hands over the key) \
-                 or -K KEY (the same 64-hex-digit key on both ends)",
-            ));
-        }
-        if self.target.is_some() && (self.key.is_some() || self.token.is_some()) {
-            return Err(Error::usage(
-                "-K and -token-file are for -r/-p network mode; with -t bsync makes \
-                 its own token (and key, with -e)",
-            ));
-        }
-        if self.ssh.is_some() && !ssh_target {
-            return Err(Error::usage("-ssh applies only to -t user@host:/path"));
-        }
-        if self.key == Some(Secret::Stdin) && self.token == Some(Secret::Stdin) {
-            return Err(Error::usage(
-                "-K - and -token-file - cannot both read stdin; a key also serves as the token",
-            ));
-        }
-        let mode = if self.list_drives {
-            Mode::ListDrives
-        } else if let Some((host, port)) = self.remote {
-            Mode::Client { host, port }
-        } else if let Some(target) = self.target {
-            Mode::Target(target)
-        } else {
-            Mode::Server {
-                bind: self.bind.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-                port: self.port.unwrap_or(8080),
-            }
-        };
-        let is_server = matches!(mode, Mode::Server { .. });
-        if is_server && self.skip > 0 {
-            return Err(Error::usage(
-                "-s belongs to the client (-r or -t); the server learns it in the handshake",
-            ));
-        }
-        Ok(Config {
-            mode,
-            path: self.file.unwrap_or_else(|| PathBuf::from("/dev/zero")),
-            direction: if self.download {
-                Direction::Download
-            } else {
-                Direction::Upload
-            },
-            block_size: self.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
-            block_size_given: self.block_size.is_some(),
-            skip: self.skip,
-            compression: if self.no_compress {
-                None
-            } else {
-                Some(self.level.unwrap_or(Level::Default))
-            },
-            encrypt,
-            key: self.key.map(|k| k.read("-K")).transpose()?,
-            token: self.token.map(|t| t.read("-token-file")).transpose()?,
-            ssh: self.ssh,
-            workers,
-            prefetch,
-            auto: self.auto,
-            log: LogOptions {
-                prefix: self.prefix,
-                quiet: self.quiet,
-                verbose: self.verbose,
-                no_server_progress: self.no_server_progress,
-            },
-        })
-    }
-}
-
-fn is_remote(t: &Target) -> bool {
-    matches!(t, Target::Remote(_))
 }
 
 fn lexopt_error(e: lexopt::Error) -> Error {
@@ -634,11 +416,15 @@ fn parse_ssh(s: &str) -> Result<String> {
 }
 
 fn parse_level(s: &str) -> Result<Level> {
-    Level::parse(s).ok_or_else(|| {
-        Error::usage(format!(
+    match s {
+        "fast" => Ok(Level::Fast),
+        "default" => Ok(Level::Default),
+        "better" => Ok(Level::Better),
+        "best" => Ok(Level::Best),
+        _ => Err(Error::usage(format!(
             "-L: {s:?} is not a level (fast, default, better, best)"
-        ))
-    })
+        ))),
+    }
 }
 
 /// `-t`: a local path, or `[user@]host[:port]:/path` with IPv6 hosts in brackets.
@@ -691,83 +477,12 @@ pub fn parse_target(value: &std::path::Path) -> Result<Target> {
     }))
 }
 
-/// The `--version` text.
-pub fn version_text() -> String {
-    format!(
-        "bsync {} (protocol {PROTOCOL_VERSION})\n",
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
-/// The `-h` text, grouped by task.
-pub const HELP: &str = "\
-bsync - keep a block device or disk image identical to another, block by block
-
-Only blocks that differ are written; zero blocks become holes or cleared
-ranges. Every flag works with one dash or two, and as -flag=value.
-
-COPY ON THIS MACHINE
-  bsync -f SRC -t DST              make DST (file or device) identical to SRC
-  bsync -f DST -t SRC -d           the same, reading from the -t path
-
-OVER THE NETWORK (two machines)
-  bsync -f DST [-p PORT] [-i ADDR]  run a server; in upload mode it writes DST
-  bsync -f SRC -r HOST:PORT        connect and upload SRC
-  bsync -f SRC -p PORT -d          run a server that is the source (download)
-  bsync -f DST -r HOST:PORT -d     connect and download into DST
-  bsync -f SRC -t user@host:/dev/vda   start the remote end over SSH
-
-WHAT AND HOW
-  -f PATH       file or device to read (source) or write (destination) [/dev/zero]
-  -t TARGET     /path, user@host:/path or user@host:port:/path (IPv6: user@[::1]:/path)
-  -r HOST:PORT  connect to a bsync server (IPv6: [::1]:8080)
-  -d            download: the server (or -t path) is the source
-  -b N          block size in bytes, or with K/M/G (binary) [10M]; at most 1G
-  -s N          skip the first N blocks (resume; they are neither read nor checked) [0]
-
-SERVER
-  -p PORT       port to listen on; 0 picks a free one and prints it [8080]
-  -i ADDR       address to listen on [0.0.0.0]
-  -P            print no progress on the server (-t sets it)
-
-SPEED
-  -w N          workers: parallel connections and CPU threads [1] (HDD: 1, SSD: 4-8)
-  -prefetch N   blocks read ahead; 0 means workers x 4 [0]
-  -n            no compression
-  -L LEVEL      zstd level: fast, default, better, best [default]
-  -auto         measure link and CPU, then pick -b, -w and -L (client -r only)
-
-SECURITY
-  -e            encrypt with ChaCha20-Poly1305; with -t a fresh key is made and
-                handed over SSH, in direct mode it needs -K
-  -K HEX        shared 32-byte key as 64 hex digits (same on both ends); -K -
-                reads it from stdin, off the command line where ps shows it
-  -token-file FILE  without encryption, accept only clients that know the
-                64-hex-digit token in FILE (- for stdin); give it to both ends
-  -ssh CMD      remote shell for -t, e.g. \"ssh -i key -J jump\" [$BSYNC_SSH or ssh]
-
-OUTPUT
-  -q            quiet: errors only
-  -v            verbose: say which kernel I/O hints were applied or skipped, and
-                why (read-ahead, fadvise, mlock, huge pages, how zeros were
-                cleared); BSYNC_VERBOSE=1 does the same
-  -l PREFIX     put PREFIX in front of every log and progress line
-  -a            list block devices
-  -h, --help    this text
-  --version     version and protocol version
-
-EXIT STATUS
-  0 success, 1 transfer or I/O failure, 2 usage error (nothing was opened)
-
-EXAMPLES
-  bsync -f /dev/vda -t root@newhost:/dev/vda       migrate a disk over SSH
-  bsync -e -L fast -w 4 -f /dev/sda -t backup@nas:/srv/sda.img
-  bsync -f disk.img -t /mnt/backup/disk.img        local, only changes written
-";
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Secret;
+    use crate::config::{Connect, Mode, Role, Serve};
+    use crate::proto::PROTOCOL_VERSION;
 
     fn run(args: &[&str]) -> Result<Command> {
         parse(args.iter().map(OsString::from))
@@ -792,16 +507,43 @@ mod tests {
         let c = config(&[]);
         assert_eq!(
             c.mode,
-            Mode::Server {
+            Mode::Serve(Serve {
                 bind: IpAddr::from([0, 0, 0, 0]),
-                port: 8080
-            }
+                port: 8080,
+                role: Role::Destination,
+                path: PathBuf::from("/dev/zero"),
+                secret: None,
+            })
         );
-        assert_eq!(c.path, PathBuf::from("/dev/zero"));
-        assert_eq!(c.block_size, 10_485_760);
-        assert_eq!((c.workers, c.prefetch), (1, 4));
-        assert_eq!(c.compression, Some(Level::Default));
-        assert_eq!(c.direction, Direction::Upload);
+        let t = c.transfer;
+        assert_eq!(t.block_size, 10_485_760);
+        assert_eq!((t.workers, t.prefetch), (1, 4));
+        assert_eq!(t.compression, Some(Level::Default));
+    }
+
+    #[test]
+    fn roles_follow_the_direction() {
+        let role = |args: &[&str]| match config(args).mode {
+            Mode::Serve(Serve { role, .. })
+            | Mode::Connect(Connect { role, .. })
+            | Mode::Ssh { role, .. } => role,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert_eq!(role(&["-d"]), Role::Source);
+        assert_eq!(role(&["-r", "h:1"]), Role::Source);
+        assert_eq!(role(&["-r", "h:1", "-d"]), Role::Destination);
+        assert_eq!(role(&["-t", "u@h:/x"]), Role::Source);
+        assert_eq!(role(&["-t", "u@h:/x", "-d"]), Role::Destination);
+        let local = |args: &[&str]| match config(args).mode {
+            Mode::Local {
+                source,
+                destination,
+            } => (source, destination),
+            other => panic!("{args:?}: {other:?}"),
+        };
+        let (a, b) = (PathBuf::from("a"), PathBuf::from("b"));
+        assert_eq!(local(&["-f", "a", "-t", "b"]), (a.clone(), b.clone()));
+        assert_eq!(local(&["-f", "a", "-t", "b", "-d"]), (b, a));
     }
 
     #[test]
@@ -812,7 +554,7 @@ mod tests {
             &["-prefetch=8"],
             &["--prefetch=8"],
         ] {
-            assert_eq!(config(args).prefetch, 8, "{args:?}");
+            assert_eq!(config(args).transfer.prefetch, 8, "{args:?}");
         }
         assert!(config(&["-q=true"]).log.quiet);
         assert!(!config(&["--q=false"]).log.quiet);
@@ -823,7 +565,7 @@ mod tests {
 
     #[test]
     fn prefetch_zero_means_four_per_worker() {
-        assert_eq!(config(&["-w", "3", "-prefetch", "0"]).prefetch, 12);
+        assert_eq!(config(&["-w", "3", "-prefetch", "0"]).transfer.prefetch, 12);
     }
 
     #[test]
@@ -844,21 +586,14 @@ mod tests {
 
     #[test]
     fn remote_addresses() {
-        let c = config(&["-r", "[::1]:9000"]);
+        let host_port = |args: &[&str]| match config(args).mode {
+            Mode::Connect(Connect { host, port, .. }) => (host, port),
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert_eq!(host_port(&["-r", "[::1]:9000"]), ("::1".into(), 9000));
         assert_eq!(
-            c.mode,
-            Mode::Client {
-                host: "::1".into(),
-                port: 9000
-            }
-        );
-        let c = config(&["-r", "example.org:22"]);
-        assert_eq!(
-            c.mode,
-            Mode::Client {
-                host: "example.org".into(),
-                port: 22
-            }
+            host_port(&["-r", "example.org:22"]),
+            ("example.org".into(), 22)
         );
         for bad in [
             "nohost", ":80", "h:0", "h:70000", "::1:80", "[::1]80", "h:x",
@@ -961,9 +696,17 @@ mod tests {
             let msg = usage(args);
             assert!(msg.starts_with(want), "{args:?}: {msg}");
         }
-        assert!(config(&["-e", "-K", &key, "-r", "h:1"]).encrypt);
-        assert!(config(&["-K", &key, "-r", "h:1"]).encrypt, "-K implies -e");
-        assert!(config(&["-e", "-t", "u@h:/x"]).encrypt);
+        let encrypts = |args: &[&str]| match config(args).mode {
+            Mode::Connect(Connect { secret, .. }) | Mode::Serve(Serve { secret, .. }) => {
+                secret.is_some_and(|s| s.encrypts())
+            }
+            Mode::Ssh { encrypt, .. } => encrypt,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert!(encrypts(&["-e", "-K", &key, "-r", "h:1"]));
+        assert!(encrypts(&["-K", &key, "-r", "h:1"]), "-K implies -e");
+        assert!(encrypts(&["-e", "-t", "u@h:/x"]));
+        assert!(!encrypts(&["-t", "u@h:/x"]));
     }
 
     #[test]
@@ -983,8 +726,13 @@ mod tests {
         std::fs::write(&good, format!("{}\n", "0f".repeat(32))).unwrap();
         std::fs::write(&bad, "secret-but-short\n").unwrap();
         let c = config(&["-token-file", good.to_str().unwrap()]);
-        assert_eq!(c.token, Some(Key::from_bytes([0x0f; 32])));
-        assert!(!c.encrypt, "a token alone does not encrypt");
+        let Mode::Serve(Serve { secret, .. }) = c.mode else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            secret,
+            Some(Secret::new(Key::from_bytes([0x0f; 32]), false))
+        );
         let msg = usage(&["-token-file", bad.to_str().unwrap()]);
         assert!(msg.contains("64 hexadecimal digits"), "{msg}");
         assert!(!msg.contains("secret-but-short"), "{msg}");

@@ -1,0 +1,231 @@
+//! The run plan: what the command line and the environment ask for, said in
+//! the roles' terms.
+//!
+//! `cli` turns flags into a [`Config`]; everything below it reads this and
+//! never the flags. Where the command line says "`-f` plus a direction",
+//! the plan says which path is the source and which the destination, and
+//! which end serves: that is worked out once, in `cli`, and never again.
+//! The environment variables bsync honours are read once too, into [`Env`]
+//! and [`LogOptions`], when the plan is made.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::auth::Secret;
+use crate::compress::Level;
+
+/// Which end of a transfer this process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Reads the data and sends what differs.
+    Source,
+    /// Writes the data: the disk that is made identical.
+    Destination,
+}
+
+/// `[user@]host[:port]:/path` of `-t`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteTarget {
+    /// Login name; `None` leaves it to the ssh configuration.
+    pub user: Option<String>,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// SSH port; `None` leaves it to the ssh configuration.
+    pub port: Option<u16>,
+    /// Path on the remote machine.
+    pub path: String,
+}
+
+/// What this run does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `-a`: list block devices from the sysfs tree at `sysfs`.
+    ListDrives {
+        /// `/sys`, or `BSYNC_SYSFS` for a fake tree.
+        sysfs: PathBuf,
+    },
+    /// Both ends on this machine.
+    Local {
+        /// The path read.
+        source: PathBuf,
+        /// The path made identical to it.
+        destination: PathBuf,
+    },
+    /// Serve one session (no `-r`/`-t`).
+    Serve(Serve),
+    /// Connect to a running server (`-r`).
+    Connect(Connect),
+    /// Start the other end over SSH, then connect to it as `role`.
+    Ssh {
+        /// Where the other end runs.
+        target: RemoteTarget,
+        /// What this end is.
+        role: Role,
+        /// This end's file or device.
+        path: PathBuf,
+        /// The remote shell command (`-ssh`, else `BSYNC_SSH`, else `ssh`).
+        shell: String,
+        /// Seal every frame with a fresh key (`-e`), not only authenticate.
+        encrypt: bool,
+    },
+}
+
+/// A server: where it listens and what it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Serve {
+    /// `-i`.
+    pub bind: IpAddr,
+    /// `-p`; 0 picks a free port and prints it on stdout.
+    pub port: u16,
+    /// What this end is.
+    pub role: Role,
+    /// This end's file or device.
+    pub path: PathBuf,
+    /// The key or token every client must prove it holds.
+    pub secret: Option<Secret>,
+}
+
+/// A client: where it connects and what it brings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connect {
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// What this end is.
+    pub role: Role,
+    /// This end's file or device.
+    pub path: PathBuf,
+    /// The key or token to prove, and to seal frames with if a key.
+    pub secret: Option<Secret>,
+}
+
+/// How the transfer moves data; the same on every mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// `-b`, in bytes, at least 1 (the source's wins in a download).
+    pub block_size: usize,
+    /// `-s`: blocks to skip.
+    pub skip: u64,
+    /// `None` with `-n`.
+    pub compression: Option<Level>,
+    /// `-w`, at least 1.
+    pub workers: usize,
+    /// Prefetch queue depth, resolved (never 0).
+    pub prefetch: usize,
+}
+
+/// Where log and progress lines go and how they look.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// `-l`: put in front of every line.
+    pub prefix: String,
+    /// `-q`: errors only.
+    pub quiet: bool,
+    /// `-v` or [`VERBOSE_ENV`]: also say which kernel hints were applied or
+    /// skipped, and why.
+    pub verbose: bool,
+    /// `-P`: no progress on a server.
+    pub no_server_progress: bool,
+}
+
+/// Environment variable that turns on `-v` (any value but empty or `0`).
+pub const VERBOSE_ENV: &str = "BSYNC_VERBOSE";
+/// Environment variable that turns the kernel I/O hints off (any value but
+/// empty or `0`): no fadvise, read-ahead, mlock, huge pages or
+/// `sync_file_range`. For comparing against plain I/O.
+pub const NO_HINTS_ENV: &str = "BSYNC_NO_HINTS";
+/// Environment variable that lets bsync write to a mounted or busy device
+/// (any value but empty or `0`). For the rare expert case (a file system
+/// mounted read-only that is about to be thrown away); never the default.
+pub const ALLOW_MOUNTED_ENV: &str = "BSYNC_ALLOW_MOUNTED";
+/// Environment variable, in whole seconds, that shortens the network
+/// deadline (hidden: for tests).
+pub const IO_TIMEOUT_ENV: &str = "BSYNC_IO_TIMEOUT";
+/// Environment variable naming the remote shell of `-t` when `-ssh` is not
+/// given.
+pub const SSH_ENV: &str = "BSYNC_SSH";
+/// Environment variable naming another sysfs tree for `-a` (tests).
+pub const SYSFS_ENV: &str = "BSYNC_SYSFS";
+
+/// The deadline of every blocking network operation, unless shortened.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the environment says about I/O, read once when the plan is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Env {
+    /// The deadline of every blocking network operation.
+    pub io_timeout: Duration,
+    /// Kernel I/O hints are on (see [`NO_HINTS_ENV`]).
+    pub hints: bool,
+    /// Mounted or busy destination devices are written anyway (see
+    /// [`ALLOW_MOUNTED_ENV`]).
+    pub allow_mounted: bool,
+}
+
+impl Default for Env {
+    fn default() -> Env {
+        Env {
+            io_timeout: IO_TIMEOUT,
+            hints: true,
+            allow_mounted: false,
+        }
+    }
+}
+
+impl Env {
+    /// Read the variables of this process.
+    pub fn from_process() -> Env {
+        let io_timeout = std::env::var(IO_TIMEOUT_ENV)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&s| s > 0)
+            .map_or(IO_TIMEOUT, Duration::from_secs);
+        Env {
+            io_timeout,
+            hints: !env_flag(NO_HINTS_ENV),
+            allow_mounted: env_flag(ALLOW_MOUNTED_ENV),
+        }
+    }
+}
+
+/// The sysfs root: `$BSYNC_SYSFS` if set and non-empty, else `/sys`.
+pub fn sysfs_root() -> PathBuf {
+    match std::env::var_os(SYSFS_ENV) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from("/sys"),
+    }
+}
+
+/// Whether a boolean environment variable is set (anything but empty or `0`).
+pub fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A validated run plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// What to do, and which end is which.
+    pub mode: Mode,
+    /// How data moves.
+    pub transfer: Transfer,
+    /// `-l`, `-q`, `-v`, `-P`.
+    pub log: LogOptions,
+    /// What the environment says about I/O.
+    pub env: Env,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysfs_root_defaults_to_sys() {
+        // Only the default is checked: setting the variable would race with
+        // other tests in this process.
+        if std::env::var_os(SYSFS_ENV).is_none() {
+            assert_eq!(sysfs_root(), PathBuf::from("/sys"));
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The wire protocol `ver0.02`: everything that travels between two bsyncs,
+//! defined once.
+//!
+//! The version, the preamble, the limits both ends enforce, the frame types,
+//! the compression codes and the text that marks an authentication failure
+//! live here and nowhere else. The codec (`codec.rs`) is sans-I/O: [`encode`]
+//! appends a frame to a `Vec<u8>`, [`decode`] reads one from a slice and says
+//! how many bytes it used. That keeps the parser a pure function `fuzz/` can
+//! hammer. Nothing read off the wire is trusted: every length is checked
+//! against the negotiated maximum before anything is allocated or looped
+//! over, and malformed input is an error, never a panic. This module imports
+//! nothing of bsync but the digest type.
+//!
+//! # Layout
+//!
+//! A connection starts with each side sending the 14-byte [`PREAMBLE`]
+//! `BSYNC ver0.02\n`, so a peer of another version is named, not misparsed.
+//! Then frames follow: a 5-byte header — type (`u8`) and payload length
+//! (`u32`, little-endian) — and the payload. All integers are little-endian.
+//!
+//! | type | frame      | direction           | payload |
+//! |------|------------|---------------------|---------|
+//! | 9    | `Challenge`| server → client     | nonce `[u8; 16]`, flags `u8` (what the server demands) |
+//! | 1    | `Hello`    | client → server     | session `u128`, lane `u16`, lanes `u16`, download `u8`, block size `u32`, skip `u64`, source size `u64`, compression `u8`, flags `u8`, nonce `[u8; 16]` |
+//! | 10   | `Proof`    | either              | tag `[u8; 16]`: proof of the key or token over the handshake |
+//! | 2    | `Welcome`  | server → client     | block size `u32`, source size `u64`, skip `u64`, salt `u128`, lanes `u16` |
+//! | 3    | `Error`    | either              | UTF-8 message |
+//! | 4    | `Digests`  | destination → source| block `u64`, then one `u128` digest per sub-block |
+//! | 5    | `Block`    | source → destination| block `u64`, flags `u8` (bit 0: compressed), raw length `u32`, change count `u32`, changes, data |
+//! | 6    | `Ack`      | destination → source| block `u64`: written |
+//! | 7    | `Complete` | destination → source| verification digest `u128`: all written and flushed |
+//! | 8    | `Bye`      | source → destination| nothing: the session is over |
+//!
+//! A connection opens with the server's `Challenge` (sent right after the
+//! preambles, so it costs no round trip), the client's `Hello`, then — when
+//! the server holds a key or token — a `Proof` each way (client first) before
+//! the `Welcome`. Flags: bit 0 = authenticated ([`FLAG_AUTH`]), bit 1 =
+//! encrypted ([`FLAG_ENCRYPT`]). With encryption every frame after the
+//! proofs is sealed: the header (with the sealed length) is the associated
+//! data and the 16-byte tag follows the ciphertext; see `crate::auth`.
+//!
+//! A change is a sub-block number (`u32`) and a kind (`u8`): 0 = zero (no
+//! data), 1 = data, followed by the source's digest of that sub-block
+//! (`u128`), which the destination checks after decompression. The data
+//! of all data changes, in order, is the (possibly zstd-compressed) tail.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+
+use crate::digest::Digest;
+
+mod codec;
+
+use codec::read_change;
+pub use codec::{BlockBuilder, decode, decode_header, encode, encode_digests, read_digests};
+
+/// The protocol version spoken on the wire.
+pub const PROTOCOL_VERSION: &str = "ver0.02";
+/// The first bytes each side sends.
+pub const PREAMBLE: &[u8; 14] = b"BSYNC ver0.02\n";
+/// What every bsync preamble starts with, whatever its version.
+pub const PREAMBLE_MAGIC: &[u8] = b"BSYNC ver";
+/// Frame header: type and length.
+pub const HEADER_LEN: usize = 5;
+/// Largest frame payload before the session parameters are agreed.
+pub const HANDSHAKE_MAX: usize = 4096;
+/// Largest block size a session may use: every block is held in memory
+/// several times on both ends.
+pub const MAX_BLOCK_SIZE: usize = 1024 * 1024 * 1024;
+/// Most lanes (connections) in one session.
+pub const MAX_LANES: u16 = 64;
+
+/// How an `Error` frame about authentication starts, so that the other end
+/// reports it as such.
+pub const AUTH_FAILED: &str = "authentication failed: ";
+
+const HELLO: u8 = 1;
+const WELCOME: u8 = 2;
+const ERROR: u8 = 3;
+const DIGESTS: u8 = 4;
+const BLOCK: u8 = 5;
+const ACK: u8 = 6;
+const COMPLETE: u8 = 7;
+const BYE: u8 = 8;
+const CHALLENGE: u8 = 9;
+const PROOF: u8 = 10;
+/// Every frame type; anything else is refused at the header.
+pub const FRAME_TYPES: RangeInclusive<u8> = HELLO..=PROOF;
+
+/// `Hello`/`Challenge` flag: the session proves knowledge of a shared secret.
+pub const FLAG_AUTH: u8 = 1;
+/// `Hello`/`Challenge` flag: frames after the handshake are sealed.
+pub const FLAG_ENCRYPT: u8 = 2;
+/// Length of the handshake nonces and proofs.
+pub const NONCE_LEN: usize = 16;
+
+/// Bytes per change without a digest, and the digest.
+const CHANGE_LEN: usize = 5;
+const DIGEST_LEN: usize = 16;
+/// Change kinds on the wire.
+const CHANGE_ZERO: u8 = 0;
+const CHANGE_DATA: u8 = 1;
+/// `Block` flags bit: the data is zstd-compressed.
+const BLOCK_COMPRESSED: u8 = 1;
+
+/// Compression codes of [`Hello::compression`]: none, or the `-L` levels.
+pub mod compression {
+    /// No compression (`-n`).
+    pub const NONE: u8 = 0;
+    /// `-L fast`.
+    pub const FAST: u8 = 1;
+    /// `-L default`.
+    pub const DEFAULT: u8 = 2;
+    /// `-L better`.
+    pub const BETTER: u8 = 3;
+    /// `-L best`.
+    pub const BEST: u8 = 4;
+}
+
+/// The client's opening: who it is and what it wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Random per client run; joins parallel and re-established connections.
+    pub session: u128,
+    /// This connection's lane: it carries blocks `index % lanes == lane`.
+    pub lane: u16,
+    /// Number of lanes (connections) in the session.
+    pub lanes: u16,
+    /// The server is the source.
+    pub download: bool,
+    /// Block size the client asks for (the source's wins).
+    pub block_size: u32,
+    /// Blocks to skip.
+    pub skip: u64,
+    /// Source size when the client is the source, else 0.
+    pub source_size: u64,
+    /// 0 = none, 1..=4 = `-L` fast, default, better, best.
+    pub compression: u8,
+    /// [`FLAG_AUTH`] and [`FLAG_ENCRYPT`]: what the client holds.
+    pub flags: u8,
+    /// Fresh random per connection; with the server's challenge it derives
+    /// the connection's keys.
+    pub nonce: [u8; NONCE_LEN],
+}
+
+/// The server's answer: the agreed session parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Agreed block size.
+    pub block_size: u32,
+    /// Source size.
+    pub source_size: u64,
+    /// Blocks to skip.
+    pub skip: u64,
+    /// Per-session digest salt.
+    pub salt: u128,
+    /// Number of lanes.
+    pub lanes: u16,
+}
+
+/// Kind of a sub-block change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The sub-block is all zeros at the source.
+    Zero,
+    /// The sub-block's data follows; the digest is the source's.
+    Data(Digest),
+}
+
+/// One changed sub-block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Sub-block number within the block.
+    pub sub: u32,
+    /// What it became.
+    pub kind: ChangeKind,
+}
+
+/// The changes of a [`BlockFrame`], validated, read lazily.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Changes<'a> {
+    count: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> Changes<'a> {
+    /// Number of changes.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when the block is unchanged.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The changes in order.
+    pub fn iter(&self) -> impl Iterator<Item = Change> + 'a {
+        let mut rest = self.bytes;
+        (0..self.count).map(move |_| {
+            // Validated by decode: every change is complete.
+            let (change, used) = read_change(rest).unwrap_or((
+                Change {
+                    sub: 0,
+                    kind: ChangeKind::Zero,
+                },
+                rest.len(),
+            ));
+            rest = &rest[used..];
+            change
+        })
+    }
+}
+
+/// A block as the source sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockFrame<'a> {
+    /// Block number.
+    pub index: u64,
+    /// The data is zstd-compressed.
+    pub compressed: bool,
+    /// Length of the data once decompressed.
+    pub raw_len: u32,
+    /// Changed sub-blocks; empty means the block is the same.
+    pub changes: Changes<'a>,
+    /// The data of the data changes, concatenated (maybe compressed).
+    pub data: &'a [u8],
+}
+
+/// One frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// The peer gives up, and says why.
+    Error(&'a str),
+    /// The destination's sub-block digests of one block.
+    Digests {
+        /// Block number.
+        index: u64,
+        /// `u128` little-endian digests, 16 bytes each.
+        digests: &'a [u8],
+    },
+    /// See [`BlockFrame`].
+    Block(BlockFrame<'a>),
+    /// The destination wrote the block.
+    Ack {
+        /// Block number.
+        index: u64,
+    },
+    /// The destination wrote and flushed everything.
+    Complete {
+        /// Digest over the final content, for both ends to print.
+        verify: u128,
+    },
+    /// The session is over.
+    Bye,
+    /// The server's first frame on every connection.
+    Challenge {
+        /// Fresh random per connection.
+        nonce: [u8; NONCE_LEN],
+        /// [`FLAG_AUTH`] and [`FLAG_ENCRYPT`]: what the server demands.
+        flags: u8,
+    },
+    /// Proof of the shared secret over this connection's handshake.
+    Proof {
+        /// The tag.
+        tag: [u8; NONCE_LEN],
+    },
+}
+
+impl Frame<'_> {
+    /// The frame's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "Hello",
+            Frame::Welcome(_) => "Welcome",
+            Frame::Error(_) => "Error",
+            Frame::Digests { .. } => "Digests",
+            Frame::Block(_) => "Block",
+            Frame::Ack { .. } => "Ack",
+            Frame::Complete { .. } => "Complete",
+            Frame::Bye => "Bye",
+            Frame::Challenge { .. } => "Challenge",
+            Frame::Proof { .. } => "Proof",
+        }
+    }
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtoError {
+    /// The length field exceeds the negotiated maximum.
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Maximum allowed.
+        max: usize,
+    },
+    /// Unknown frame type.
+    UnknownType(u8),
+    /// The payload does not match its type's layout.
+    Malformed {
+        /// Which frame.
+        frame: &'static str,
+        /// What is wrong.
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtoError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the maximum of {max}")
+            }
+            ProtoError::UnknownType(t) => write!(f, "unknown frame type {t}"),
+            ProtoError::Malformed { frame, what } => write!(f, "malformed {frame} frame: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// Largest frame payload for a session with this block size: a block of
+/// raw data plus every sub-block's change record, with room to spare.
+pub fn max_payload(block_size: usize, sub_block: usize) -> usize {
+    let subs = block_size.div_ceil(sub_block.max(1));
+    block_size + subs * (CHANGE_LEN + DIGEST_LEN) + 64
+}

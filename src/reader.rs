@@ -1,0 +1,80 @@
+//! The one sequential reader both ends use: blocks in order, read straight
+//! into pooled buffers and handed down a bounded queue.
+//!
+//! Reading in block order keeps a spinning disk streaming; the queue's bound
+//! (the pool's size) is the prefetch depth. Pages already read are dropped
+//! from the page cache behind the reader so a long run does not evict
+//! everything else.
+
+use std::ops::Range;
+use std::sync::mpsc::SyncSender;
+
+use crate::block::Geometry;
+use crate::disk::{Disk, Note};
+use crate::error::{Error, Result};
+use crate::pool::{Pool, Pooled};
+use crate::progress::{Stats, human_bytes};
+
+/// How much the reader reads before it drops the pages behind it.
+const DROP_BEHIND: u64 = 8 << 20;
+
+/// Read `blocks` of `disk` in order into pooled buffers and send them on.
+///
+/// `gate` is asked before each block and may wait (the destination's window);
+/// `false` stops the reader. Stops quietly when the receiver hangs up too:
+/// whoever stopped it reports why.
+/// Pages already read are dropped from the page cache behind the reader so a
+/// long run does not evict everything else.
+pub fn read_blocks(
+    disk: &Disk,
+    geo: Geometry,
+    blocks: Range<u64>,
+    pool: &Pool,
+    tx: &SyncSender<Pooled>,
+    stats: &Stats,
+    gate: &dyn Fn() -> bool,
+) -> Result<()> {
+    let mut dropped_to = geo.offset(blocks.start);
+    let hints = disk.hints();
+    for index in blocks {
+        if !gate() {
+            break;
+        }
+        let mut block = pool
+            .get()
+            .map_err(|e| Error::io(disk.label(), "allocate a block buffer", e))?;
+        let len = geo.len(index);
+        let offset = geo.offset(index);
+        let n = disk
+            .read_at(&mut block.data[..len], offset)
+            .map_err(|e| Error::io(disk.label(), format!("read at block {index}"), e))?;
+        if n < len {
+            return Err(Error::Failed(format!(
+                "{}: read at block {index}: unexpected end of file at byte {} \
+                 (did it shrink during the run?)",
+                disk.label(),
+                offset + n as u64
+            )));
+        }
+        block.index = index;
+        block.len = len;
+        disk.note_buffer(&block.data);
+        Stats::add(&stats.bytes_read, len as u64);
+        let end = offset + len as u64;
+        if hints && end - dropped_to >= DROP_BEHIND {
+            let outcome = disk.drop_behind(dropped_to, end - dropped_to);
+            disk.detail_once(Note::DropBehind, || match outcome {
+                Ok(()) => format!(
+                    "read pages dropped from the page cache every {} (fadvise DONTNEED)",
+                    human_bytes(DROP_BEHIND)
+                ),
+                Err(e) => format!("fadvise DONTNEED refused ({e}): read pages stay cached"),
+            });
+            dropped_to = end;
+        }
+        if tx.send(block).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}

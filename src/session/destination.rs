@@ -1,0 +1,322 @@
+//! The destination role (rsync's receiver): digest the destination in
+//! block order and send the digests, check every sub-block that arrives
+//! against the source's digest, write in block order through the one
+//! writer, acknowledge, and say `Complete` once everything is flushed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use super::{Abort, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use crate::block::{ExtentKind, push_extent};
+use crate::compress::Decompressor;
+use crate::digest::{self, Digest, digest_sub_blocks};
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::lock::lock;
+use crate::net::{FrameReader, FrameSender, Lane};
+use crate::pool::{Pool, Pooled};
+use crate::progress::Stats;
+use crate::proto::{self, ChangeKind, Frame};
+use crate::reader::read_blocks;
+use crate::writer::Writer;
+
+/// Counting permits: how many blocks may be in flight.
+type Window = Signal<usize>;
+
+impl Window {
+    fn acquire(&self, abort: &Abort) -> bool {
+        self.wait_for(abort, |free| (*free > 0).then(|| *free -= 1))
+            .is_some()
+    }
+
+    fn release(&self) {
+        *self.lock() += 1;
+        self.notify();
+    }
+}
+
+#[derive(Clone, Copy)]
+struct DestCtx<'a> {
+    p: &'a Params,
+    /// Our own digests of blocks whose data has not arrived yet.
+    expected: &'a Mutex<HashMap<u64, Vec<Digest>>>,
+    senders: &'a [Arc<FrameSender>],
+    stats: &'a Stats,
+    verify: &'a Mutex<u128>,
+    done: &'a AtomicBool,
+    /// A lane was rejoined: duplicate blocks are expected now.
+    rejoined: &'a AtomicBool,
+    /// Digest lists done with, reused so a block costs no allocation.
+    spare: &'a Mutex<Vec<Vec<Digest>>>,
+}
+
+/// Run the destination side over `lanes` into `disk` (already sized);
+/// returns the verification digest.
+pub(super) fn run(
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    stats: &Stats,
+    rejoin: &dyn Rejoin,
+) -> Result<u128> {
+    let n = lanes.len();
+    let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
+    let expected = Mutex::new(HashMap::new());
+    let verify = Mutex::new(0u128);
+    let done = AtomicBool::new(false);
+    let rejoined = AtomicBool::new(false);
+    let spare = Mutex::new(Vec::new());
+    let in_flight = p.prefetch + p.workers;
+    let window = Window::new(in_flight);
+    let abort = Abort::new(senders.clone(), vec![&window], rejoin);
+    // Read buffers only live while their digests are computed; received
+    // blocks hold a permit each, so neither pool can run dry for good.
+    let read_pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true);
+    let recv_pool = Pool::new(in_flight + 1, p.geo.buffer_len(), false);
+    let (read_tx, read_rx) = sync_channel(p.workers);
+    let read_rx = Arc::new(Mutex::new(read_rx));
+    let (write_tx, write_rx) = sync_channel::<Pooled>(in_flight);
+    let ctx = DestCtx {
+        p,
+        expected: &expected,
+        senders: &senders,
+        stats,
+        verify: &verify,
+        done: &done,
+        rejoined: &rejoined,
+        spare: &spare,
+    };
+
+    let abort = &abort;
+    let (window, read_pool) = (&window, &read_pool);
+    thread::scope(|s| {
+        s.spawn(move || {
+            let blocks = p.first..p.geo.blocks();
+            abort.guard(|| {
+                read_blocks(disk, p.geo, blocks, read_pool, &read_tx, stats, &|| {
+                    window.acquire(abort)
+                })
+            });
+        });
+        for _ in 0..p.workers {
+            let rx = Arc::clone(&read_rx);
+            s.spawn(move || abort.guard(|| ctx.digest_worker(&rx)));
+        }
+        drop(read_rx);
+        for (i, lane) in lanes.into_iter().enumerate() {
+            let mut reader = lane.reader;
+            let tx = write_tx.clone();
+            let pool = &recv_pool;
+            s.spawn(move || {
+                let mut decompressor = Decompressor::default();
+                run_lane(
+                    i,
+                    &mut reader,
+                    abort,
+                    |r| ctx.lane_loop(r, pool, &tx, &mut decompressor),
+                    || ctx.resume(i),
+                    &|| ctx.done.load(Ordering::Acquire),
+                );
+            });
+        }
+        drop(write_tx);
+        abort.guard(|| {
+            let writer = Writer::new(disk, p.geo, p.first, stats);
+            let mut ack = Vec::new();
+            let next = writer.run(write_rx, |index| {
+                ack.clear();
+                proto::encode(&Frame::Ack { index }, &mut ack);
+                window.release();
+                // Acks are cumulative: a lost one is covered by the next,
+                // and by Complete at the end.
+                let _ = senders[lane_of(index, n)].send(&mut ack);
+                Ok(())
+            })?;
+            if next != p.geo.blocks() {
+                // A lane or reader failed and has said why.
+                return Ok(());
+            }
+            disk.flush()?;
+            done.store(true, Ordering::Release);
+            let v = *lock(&verify);
+            for s in &senders {
+                // A lane that is down sends it again once rejoined.
+                let _ = s.send_frame(&Frame::Complete { verify: v });
+            }
+            Ok(())
+        });
+    });
+    abort.outcome()?;
+    if !done.load(Ordering::Acquire) {
+        return Err(Error::Failed(format!(
+            "{}: the session ended before every block was written",
+            disk.label()
+        )));
+    }
+    let v = *lock(&verify);
+    Ok(v)
+}
+
+impl DestCtx<'_> {
+    /// Digest destination blocks and send the digests to the source.
+    fn digest_worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
+        let mut frame = Vec::new();
+        loop {
+            let Ok(mut block) = lock(rx).recv() else {
+                return Ok(());
+            };
+            let index = block.index;
+            let b = &mut *block;
+            digest_sub_blocks(self.p.salt, &b.data[..b.len], self.p.sub(), &mut b.digests);
+            frame.clear();
+            proto::encode_digests(&mut frame, index, &b.digests);
+            let fresh = lock(self.spare).pop().unwrap_or_default();
+            lock(self.expected).insert(index, std::mem::replace(&mut b.digests, fresh));
+            drop(block);
+            // A lost lane sends every digest still awaiting data once rejoined.
+            let _ = self.senders[lane_of(index, self.senders.len())].send(&mut frame);
+        }
+    }
+
+    /// After lane `lane` was rejoined: ask again for every block of that lane
+    /// whose data has not arrived, and repeat `Complete` if we are done.
+    fn resume(&self, lane: usize) -> Result<()> {
+        self.rejoined.store(true, Ordering::Release);
+        let n = self.senders.len();
+        let sender = &self.senders[lane];
+        let mut frames = Vec::new();
+        {
+            let expected = lock(self.expected);
+            let mut waiting: Vec<_> = expected
+                .iter()
+                .filter(|(index, _)| lane_of(**index, n) == lane)
+                .collect();
+            waiting.sort_unstable_by_key(|(index, _)| **index);
+            for (index, digests) in waiting {
+                proto::encode_digests(&mut frames, *index, digests);
+            }
+        }
+        if self.done.load(Ordering::Acquire) {
+            let v = *lock(self.verify);
+            proto::encode(&Frame::Complete { verify: v }, &mut frames);
+        }
+        sender.send(&mut frames)
+    }
+
+    /// Receive blocks from a lane, check them and pass them to the writer.
+    fn lane_loop(
+        &self,
+        reader: &mut FrameReader,
+        pool: &Pool,
+        tx: &SyncSender<Pooled>,
+        decompressor: &mut Decompressor,
+    ) -> Result<()> {
+        // Once per call, not per frame: run_lane calls again after a rejoin.
+        let peer = reader.peer.clone();
+        loop {
+            let peer = peer.as_str();
+            match reader.read("blocks")? {
+                Frame::Block(b) => {
+                    let Some(block) = self.receive(peer, &b, pool, decompressor)? else {
+                        continue;
+                    };
+                    if tx.send(block).is_err() {
+                        return Ok(());
+                    }
+                }
+                Frame::Bye => return Ok(()),
+                other => return Err(unexpected(peer, &other)),
+            }
+        }
+    }
+
+    fn receive(
+        &self,
+        peer: &str,
+        frame: &proto::BlockFrame<'_>,
+        pool: &Pool,
+        decompressor: &mut Decompressor,
+    ) -> Result<Option<Pooled>> {
+        let index = frame.index;
+        let bad = |what: String| Error::protocol(peer, format!("block {index}: {what}"));
+        let Some(mut digests) = lock(self.expected).remove(&index) else {
+            let in_range = (self.p.first..self.p.geo.blocks()).contains(&index);
+            if in_range && self.rejoined.load(Ordering::Acquire) {
+                // Sent twice around a reconnect; the first copy counted.
+                return Ok(None);
+            }
+            return Err(bad("not asked for, or sent twice".into()));
+        };
+        let geo = self.p.geo;
+        let len = geo.len(index);
+        let raw_len = frame.raw_len as usize;
+        if raw_len > len {
+            return Err(bad(format!("{raw_len} bytes of data in a block of {len}")));
+        }
+        let mut block = pool
+            .get()
+            .map_err(|e| Error::io("destination", "allocate a block buffer", e))?;
+        block.index = index;
+        block.len = len;
+        let data = &mut block.data[..raw_len];
+        if frame.compressed {
+            decompressor.decompress(frame.data, data).map_err(&bad)?;
+        } else if frame.data.len() == raw_len {
+            data.copy_from_slice(frame.data);
+        } else {
+            return Err(bad(format!(
+                "{} bytes of data, announced {raw_len}",
+                frame.data.len()
+            )));
+        }
+        Stats::add(&self.stats.wire_received, frame.data.len() as u64);
+        let sub = self.p.sub();
+        let salt = self.p.salt;
+        let mut at = 0usize;
+        let b = &mut *block;
+        for change in frame.changes.iter() {
+            let j = change.sub as usize;
+            let Some(d) = digests.get_mut(j) else {
+                return Err(bad(format!("sub-block {j} is past the end of the block")));
+            };
+            let start = j * sub;
+            let n = (start + sub).min(len) - start;
+            match change.kind {
+                ChangeKind::Zero => {
+                    *d = digest::digest(salt, &ZEROS[..n]);
+                    push_extent(&mut b.extents, start, n, ExtentKind::Zero, 0);
+                }
+                ChangeKind::Data(theirs) => {
+                    let Some(bytes) = b.data.get(at..at + n).filter(|_| at + n <= raw_len) else {
+                        return Err(bad("less data than its changes need".into()));
+                    };
+                    if digest::digest(salt, bytes) != theirs {
+                        return Err(bad(format!(
+                            "sub-block {j} does not match the source's digest after decompression \
+                             (corrupted in transit)"
+                        )));
+                    }
+                    *d = theirs;
+                    push_extent(&mut b.extents, start, n, ExtentKind::Data, at);
+                    at += n;
+                }
+            }
+        }
+        if at != raw_len {
+            return Err(bad(format!("{raw_len} bytes of data, changes use {at}")));
+        }
+        let h = block_hash(index, &digests);
+        {
+            let mut v = lock(self.verify);
+            *v = v.wrapping_add(h);
+        }
+        lock(self.spare).push(digests);
+        Ok(Some(block))
+    }
+}
+
+/// Zeros to digest a cleared sub-block against.
+static ZEROS: [u8; digest::SUB_BLOCK] = [0; digest::SUB_BLOCK];

@@ -1,0 +1,296 @@
+//! A network session: the two roles, the source (`source.rs`, rsync's
+//! sender) and the destination (`destination.rs`, rsync's receiver), and
+//! what they share, whichever of them is the client.
+//!
+//! The destination reads its device in order and streams sub-block digests;
+//! the source reads its own in order, compares, and sends each block as a
+//! list of changed sub-blocks (zero markers, or data with the source's
+//! digest, compressed). The destination checks every data sub-block against
+//! that digest after decompression, writes in block order, and acknowledges.
+//! A block counts as done on the source only when acknowledged.
+//!
+//! Connections are lanes: lane `i` of `n` carries every frame about blocks
+//! `index % n == i`. The destination holds a window of permits: a block's
+//! digests go out only with a permit, which comes back when the block is
+//! written, so digests never run unboundedly ahead and every buffer on both
+//! sides is bounded by the pools. When everything is written and flushed the
+//! destination sends `Complete` with a verification digest over the final
+//! content; the source checks it against its own and says `Bye`.
+//!
+//! [`run`] is the one entry point: it runs either role over lanes that the
+//! client or the server opened, with progress, the summary and the
+//! verification line, so neither of them repeats that.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use crate::block::Geometry;
+use crate::compress::Level;
+use crate::config::Role;
+use crate::digest::{self, Digest};
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::lock::{lock, wait};
+use crate::net::{self, FrameReader, FrameSender, Lane};
+use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
+use crate::proto::{AUTH_FAILED, Frame};
+
+mod destination;
+mod source;
+#[cfg(test)]
+mod tests;
+
+/// The agreed parameters of a session.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// Source size and block size.
+    pub geo: Geometry,
+    /// First block to transfer (`-s`).
+    pub first: u64,
+    /// Digest salt.
+    pub salt: u128,
+    /// Compression of block data.
+    pub compression: Option<Level>,
+    /// CPU workers on this side.
+    pub workers: usize,
+    /// Read-ahead depth on this side.
+    pub prefetch: usize,
+}
+
+impl Params {
+    fn sub(&self) -> usize {
+        digest::sub_block_size(self.geo.block_size)
+    }
+}
+
+/// Run one end of a session as `role` on `disk` (a destination already
+/// sized) over `lanes`, rejoining lost lanes through `rejoin`. Shows
+/// progress when `progress` says so, then the summary and the verification
+/// digest both ends agreed on.
+pub fn run(
+    role: Role,
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    rejoin: &dyn Rejoin,
+    log: &Log,
+    progress: bool,
+) -> Result<()> {
+    let stats = Arc::new(Stats::default());
+    let totals = Totals::from_block(p.geo, p.first);
+    let reporter = Reporter::start(log, &stats, totals, progress);
+    let (verify, side) = match role {
+        Role::Source => (source::run(p, disk, lanes, &stats, rejoin)?, Side::Source),
+        Role::Destination => (
+            destination::run(p, disk, lanes, &stats, rejoin)?,
+            Side::Destination,
+        ),
+    };
+    let elapsed = reporter.finish();
+    if progress {
+        log.info(summary(&stats, elapsed, side));
+    }
+    log.info(format!(
+        "verification digest {verify:032x}: both ends agree"
+    ));
+    if role == Role::Destination {
+        disk.report_excess(p.geo.size);
+    }
+    Ok(())
+}
+
+/// How a lane whose connection was lost gets a new one: the client dials
+/// again, the server waits for the client to come back.
+pub trait Rejoin: Sync {
+    /// A fresh, handshaken connection for `lane`; gives up when `stop` says so.
+    fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane>;
+
+    /// The session failed: a thread waiting in [`Rejoin::rejoin`] should
+    /// look at `stop` again now.
+    fn wake(&self) {}
+}
+
+/// Something threads wait on, woken when the session fails.
+trait Wake: Sync {
+    fn wake(&self);
+}
+
+/// State that threads wait on, with the condition variable that says it
+/// changed.
+struct Signal<T> {
+    state: Mutex<T>,
+    changed: Condvar,
+}
+
+impl<T> Signal<T> {
+    fn new(state: T) -> Signal<T> {
+        Signal {
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, T> {
+        lock(&self.state)
+    }
+
+    /// Wake every waiter; call after changing the state.
+    fn notify(&self) {
+        self.changed.notify_all();
+    }
+
+    /// Wait until `ready` gives a value, or the session fails.
+    fn wait_for<R>(&self, abort: &Abort, mut ready: impl FnMut(&mut T) -> Option<R>) -> Option<R> {
+        let mut guard = self.lock();
+        loop {
+            if let Some(r) = ready(&mut guard) {
+                return Some(r);
+            }
+            if abort.is_set() {
+                return None;
+            }
+            guard = wait(&self.changed, guard);
+        }
+    }
+}
+
+impl<T: Send> Wake for Signal<T> {
+    fn wake(&self) {
+        // Taking the lock orders this after a waiter's check of the abort
+        // flag: it is either past the check or already waiting.
+        drop(self.lock());
+        self.notify();
+    }
+}
+
+/// The first failure of a session; everyone else stops when it is set.
+struct Abort<'a> {
+    first: Mutex<Option<Error>>,
+    set: AtomicBool,
+    senders: Vec<Arc<FrameSender>>,
+    /// Waiters to wake on failure.
+    wakers: Vec<&'a dyn Wake>,
+    rejoin: &'a dyn Rejoin,
+}
+
+impl<'a> Abort<'a> {
+    fn new(
+        senders: Vec<Arc<FrameSender>>,
+        wakers: Vec<&'a dyn Wake>,
+        rejoin: &'a dyn Rejoin,
+    ) -> Abort<'a> {
+        Abort {
+            first: Mutex::new(None),
+            set: AtomicBool::new(false),
+            senders,
+            wakers,
+            rejoin,
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Record `e` if it is the first failure, tell the peer, close every
+    /// lane so threads blocked on the network wake up, and wake every
+    /// thread waiting on the session's state.
+    fn fail(&self, e: Error) {
+        let mut first = lock(&self.first);
+        if first.is_none() {
+            let msg = e.to_string();
+            *first = Some(e);
+            self.set.store(true, Ordering::Release);
+            drop(first);
+            for s in &self.senders {
+                s.fail(&msg);
+            }
+            for w in &self.wakers {
+                w.wake();
+            }
+            self.rejoin.wake();
+        }
+    }
+
+    /// Run `f`; a failure aborts the session.
+    fn guard(&self, f: impl FnOnce() -> Result<()>) {
+        if let Err(e) = f() {
+            self.fail(e);
+        }
+    }
+
+    fn outcome(&self) -> Result<()> {
+        match lock(&self.first).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Hash of one block's final sub-block digests; the verification digest is
+/// their sum, so lanes may finish blocks in any order.
+fn block_hash(index: u64, digests: &[Digest]) -> u128 {
+    let mut h = digest::fnv1a128(&index.to_le_bytes());
+    for d in digests {
+        h = digest::fnv1a128_update(h, &d.to_le_bytes());
+    }
+    h
+}
+
+/// Blocks `index` belongs to lane `index % lanes`.
+fn lane_of(index: u64, lanes: usize) -> usize {
+    // The remainder is below `lanes`, a usize.
+    usize::try_from(index % lanes as u64).unwrap_or(0)
+}
+
+/// Read a lane until it ends; when its connection is lost, rejoin and call
+/// `resumed`, then read on. Errors that are not a lost connection, or a
+/// failed rejoin, abort the session unless `finished` says we are done.
+fn run_lane(
+    lane: usize,
+    reader: &mut FrameReader,
+    abort: &Abort,
+    mut read: impl FnMut(&mut FrameReader) -> Result<()>,
+    mut resumed: impl FnMut() -> Result<()>,
+    finished: &dyn Fn() -> bool,
+) {
+    loop {
+        let Err(e) = read(reader) else { return };
+        if finished() || abort.is_set() {
+            return;
+        }
+        if !net::is_connection_loss(&e) {
+            abort.fail(e);
+            return;
+        }
+        match abort.rejoin.rejoin(lane, &|| abort.is_set()) {
+            Ok(fresh) => fresh.take_over(reader, &abort.senders[lane]),
+            Err(again) => {
+                abort.fail(Error::Failed(format!("{e}; reconnecting failed: {again}")));
+                return;
+            }
+        }
+        if let Err(e) = resumed() {
+            abort.fail(e);
+            return;
+        }
+    }
+}
+
+/// The error for a frame that has no place here: the peer's own `Error`
+/// frame, or a protocol violation.
+pub fn unexpected(peer: &str, frame: &Frame<'_>) -> Error {
+    match frame {
+        Frame::Error(msg) => match msg.strip_prefix(AUTH_FAILED) {
+            Some(why) => Error::Auth {
+                peer: peer.to_string(),
+                why: why.to_string(),
+            },
+            None => Error::Remote {
+                peer: peer.to_string(),
+                msg: msg.to_string(),
+            },
+        },
+        other => Error::protocol(peer, format!("unexpected {} frame", other.name())),
+    }
+}

@@ -1,0 +1,349 @@
+//! The source role (rsync's sender): read the source in block order,
+//! compare each block with the destination's digests, and send what
+//! differs; count a block done only when the destination acknowledges it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use super::{Abort, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use crate::block::{Extent, ExtentKind, is_zero, push_extent};
+use crate::compress::Compressor;
+use crate::digest::{Digest, digest_sub_blocks};
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::lock::lock;
+use crate::net::{FrameReader, FrameSender, Lane};
+use crate::pool::{Pool, Pooled};
+use crate::progress::Stats;
+use crate::proto::{self, BlockBuilder, Change, ChangeKind, Frame};
+use crate::reader::read_blocks;
+
+/// How many times a block may be sent before the session gives up.
+const MAX_ATTEMPTS: u8 = 3;
+
+/// A block sent and not yet acknowledged.
+struct Sent {
+    /// Its length, for progress.
+    bytes: u64,
+    attempts: u8,
+}
+
+#[derive(Default)]
+struct SourceState {
+    /// Destination digests not yet used, by block.
+    remote: HashMap<u64, Vec<Digest>>,
+    /// Blocks sent and not yet acknowledged.
+    unacked: BTreeMap<u64, Sent>,
+    /// Every block before this one is written at the destination.
+    acked_to: u64,
+    complete: Option<u128>,
+    /// `Bye` went out: lanes closing now is expected.
+    finished: bool,
+    /// Digest lists done with, reused so a block costs no allocation.
+    spare: Vec<Vec<Digest>>,
+}
+
+/// Run the source side over `lanes`; returns the verification digest.
+pub(super) fn run(
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    stats: &Stats,
+    rejoin: &dyn Rejoin,
+) -> Result<u128> {
+    let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
+    let state = Signal::new(SourceState {
+        acked_to: p.first,
+        ..SourceState::default()
+    });
+    let abort = Abort::new(senders.clone(), vec![&state], rejoin);
+    let verify = Mutex::new(0u128);
+    let end = p.geo.blocks();
+    let pool = Pool::new(p.prefetch + 2 * p.workers + 2, p.geo.buffer_len(), true);
+    let (tx, rx) = sync_channel(p.prefetch);
+    let rx = Arc::new(Mutex::new(rx));
+    let ctx = SourceCtx {
+        p,
+        disk,
+        abort: &abort,
+        state: &state,
+        senders: &senders,
+        stats,
+        verify: &verify,
+    };
+    let abort = &abort;
+    let pool = &pool;
+    thread::scope(|s| {
+        s.spawn(move || {
+            let blocks = p.first..p.geo.blocks();
+            abort.guard(|| read_blocks(disk, p.geo, blocks, pool, &tx, stats, &|| !abort.is_set()));
+        });
+        for (i, lane) in lanes.into_iter().enumerate() {
+            let mut reader = lane.reader;
+            s.spawn(move || {
+                let mut compressor = Compressor::new(p.compression);
+                run_lane(
+                    i,
+                    &mut reader,
+                    abort,
+                    |r| ctx.lane_loop(r, &mut compressor),
+                    || Ok(()),
+                    &|| ctx.state.lock().finished,
+                );
+            });
+        }
+        for _ in 0..p.workers {
+            let rx = Arc::clone(&rx);
+            s.spawn(move || abort.guard(|| ctx.worker(&rx)));
+        }
+        drop(rx);
+        let theirs = state.wait_for(abort, |st| {
+            (st.acked_to == end).then_some(st.complete).flatten()
+        });
+        if let Some(theirs) = theirs {
+            let ours = *lock(&verify);
+            if theirs != ours {
+                abort.fail(Error::Failed(format!(
+                    "verification failed: the destination's digest {theirs:032x} \
+                     differs from the source's {ours:032x}"
+                )));
+            } else {
+                state.lock().finished = true;
+                for s in &senders {
+                    let _ = s.send_frame(&Frame::Bye);
+                    s.shutdown();
+                }
+            }
+        }
+    });
+    abort.outcome()?;
+    let v = *lock(&verify);
+    Ok(v)
+}
+
+#[derive(Clone, Copy)]
+struct SourceCtx<'a> {
+    p: &'a Params,
+    disk: &'a Disk,
+    abort: &'a Abort<'a>,
+    state: &'a Signal<SourceState>,
+    senders: &'a [Arc<FrameSender>],
+    stats: &'a Stats,
+    verify: &'a Mutex<u128>,
+}
+
+/// Reused buffers of a thread that builds `Block` frames.
+#[derive(Default)]
+struct FrameScratch {
+    ours: Vec<Digest>,
+    changes: Vec<Change>,
+    frame: Vec<u8>,
+}
+
+impl SourceCtx<'_> {
+    /// Everything before block `upto` (exclusive) is written.
+    fn acknowledge(&self, upto: u64) {
+        let mut st = self.state.lock();
+        while let Some(entry) = st.unacked.first_entry() {
+            if *entry.key() >= upto {
+                break;
+            }
+            let sent = entry.remove();
+            Stats::add(&self.stats.blocks_done, 1);
+            Stats::add(&self.stats.bytes_done, sent.bytes);
+        }
+        st.acked_to = st.acked_to.max(upto);
+        drop(st);
+        self.state.notify();
+    }
+
+    /// Read digests, acknowledgements and the end of the session off a lane.
+    fn lane_loop(&self, reader: &mut FrameReader, compressor: &mut Compressor) -> Result<()> {
+        let end = self.p.geo.blocks();
+        // Once per call, not per frame: run_lane calls again after a rejoin.
+        let peer = reader.peer.clone();
+        loop {
+            let peer = peer.as_str();
+            match reader.read("digests or acknowledgements")? {
+                Frame::Digests { index, digests } => {
+                    if index < self.p.first || index >= end {
+                        return Err(Error::protocol(
+                            peer,
+                            format!("digests for block {index} out of range"),
+                        ));
+                    }
+                    let mut list = self.state.lock().spare.pop().unwrap_or_default();
+                    proto::read_digests(digests, &mut list);
+                    let mut st = self.state.lock();
+                    if index < st.acked_to {
+                        continue; // Stale: already written.
+                    }
+                    if let Some(sent) = st.unacked.get_mut(&index) {
+                        // Asked again after a reconnect: the block was lost.
+                        if sent.attempts >= MAX_ATTEMPTS {
+                            return Err(Error::Failed(format!(
+                                "block {index}: not acknowledged after {MAX_ATTEMPTS} attempts"
+                            )));
+                        }
+                        sent.attempts += 1;
+                        drop(st);
+                        self.resend(index, &list, compressor)?;
+                        continue;
+                    }
+                    st.remote.insert(index, list);
+                    drop(st);
+                    self.state.notify();
+                }
+                Frame::Ack { index } if index < end => self.acknowledge(index + 1),
+                Frame::Complete { verify } => {
+                    self.state.lock().complete = Some(verify);
+                    self.acknowledge(end);
+                }
+                other => return Err(unexpected(peer, &other)),
+            }
+        }
+    }
+
+    /// Send block `index` again: read it back from the source and compare
+    /// it with the digests the destination sent again.
+    fn resend(&self, index: u64, theirs: &[Digest], compressor: &mut Compressor) -> Result<()> {
+        let len = self.p.geo.len(index);
+        let mut data = vec![0u8; len];
+        let n = self
+            .disk
+            .read_at(&mut data, self.p.geo.offset(index))
+            .map_err(|e| Error::io(self.disk.label(), format!("read at block {index}"), e))?;
+        if n < len {
+            return Err(Error::Failed(format!(
+                "{}: read at block {index}: the source shrank during the run",
+                self.disk.label()
+            )));
+        }
+        let mut scratch = FrameScratch::default();
+        let mut extents = Vec::new();
+        self.build_frame(index, &data, theirs, compressor, &mut scratch, &mut extents)?;
+        // A lost lane will be rejoined and ask again.
+        let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
+        Ok(())
+    }
+
+    /// Compare `data` with the destination's digests, fill `extents`, and
+    /// build the `Block` frame in `scratch.frame`. Returns the stats class.
+    fn build_frame(
+        &self,
+        index: u64,
+        data: &[u8],
+        theirs: &[Digest],
+        compressor: &mut Compressor,
+        scratch: &mut FrameScratch,
+        extents: &mut Vec<Extent>,
+    ) -> Result<usize> {
+        let sub = self.p.sub();
+        digest_sub_blocks(self.p.salt, data, sub, &mut scratch.ours);
+        if theirs.len() != scratch.ours.len() {
+            let lane = lane_of(index, self.senders.len());
+            return Err(Error::protocol(
+                &self.senders[lane].peer,
+                format!(
+                    "block {index}: {} digests, expected {}",
+                    theirs.len(),
+                    scratch.ours.len()
+                ),
+            ));
+        }
+        scratch.changes.clear();
+        extents.clear();
+        let mut raw_len = 0usize;
+        for (j, (mine, other)) in scratch.ours.iter().zip(theirs).enumerate() {
+            if mine == other {
+                continue;
+            }
+            let start = j * sub;
+            let end = (start + sub).min(data.len());
+            let (kind, ext) = if is_zero(&data[start..end]) {
+                (ChangeKind::Zero, ExtentKind::Zero)
+            } else {
+                raw_len += end - start;
+                (ChangeKind::Data(*mine), ExtentKind::Data)
+            };
+            scratch.changes.push(Change {
+                // Sub-blocks of a block of at most MAX_BLOCK_SIZE bytes.
+                sub: u32::try_from(j)
+                    .map_err(|_| Error::Failed(format!("block {index}: too many sub-blocks")))?,
+                kind,
+            });
+            push_extent(extents, start, end - start, ext, start);
+        }
+        let frame = &mut scratch.frame;
+        frame.clear();
+        // A block is at most MAX_BLOCK_SIZE, 1 GiB.
+        let raw = u32::try_from(raw_len)
+            .map_err(|_| Error::Failed(format!("block {index}: {raw_len} bytes of data")))?;
+        let mut block = BlockBuilder::begin(frame, index, raw, &scratch.changes);
+        let pieces = extents
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Data)
+            .map(|e| &data[e.start..e.start + e.len]);
+        let compressed = compressor.append(pieces, block.data());
+        block.finish(compressed);
+        Stats::add(&self.stats.wire_sent, frame.len() as u64);
+        Stats::add(&self.stats.bytes_changed, raw_len as u64);
+        Ok(raw_len)
+    }
+
+    /// Compare blocks with the destination's digests and send what differs.
+    fn worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
+        let mut compressor = Compressor::new(self.p.compression);
+        let mut scratch = FrameScratch::default();
+        loop {
+            let Ok(mut block) = lock(rx).recv() else {
+                return Ok(());
+            };
+            let index = block.index;
+            let Some(theirs) = self
+                .state
+                .wait_for(self.abort, |st| st.remote.remove(&index))
+            else {
+                return Ok(());
+            };
+            let b = &mut *block;
+            let raw_len = self.build_frame(
+                index,
+                &b.data[..b.len],
+                &theirs,
+                &mut compressor,
+                &mut scratch,
+                &mut b.extents,
+            )?;
+            let class = if scratch.changes.is_empty() {
+                &self.stats.same
+            } else if raw_len > 0 {
+                &self.stats.changed
+            } else {
+                &self.stats.zero
+            };
+            Stats::add(class, 1);
+            {
+                let mut v = lock(self.verify);
+                *v = v.wrapping_add(block_hash(index, &scratch.ours));
+            }
+            // Registered before sending: the acknowledgement may beat us back.
+            let mut st = self.state.lock();
+            st.unacked.insert(
+                index,
+                Sent {
+                    bytes: b.len as u64,
+                    attempts: 1,
+                },
+            );
+            st.spare.push(theirs);
+            drop(st);
+            drop(block);
+            // A lost lane is rejoined by its reader, and the destination
+            // asks again for what it did not get.
+            let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
+        }
+    }
+}
