@@ -118,11 +118,16 @@ pub(super) fn watch_signals(log: &Log, name: &str) {
             return;
         };
         INTERRUPTED.store(true, Ordering::SeqCst);
-        let taken = pending().take();
-        if let Some(p) = taken {
-            if let Some(pid) = p.child {
+        let taken = {
+            let mut pending = pending();
+            // Under the lock: the child cannot be reaped (and its number
+            // reused) between reading the number and signalling it.
+            if let Some(pid) = pending.as_ref().and_then(|p| p.child) {
                 let _ = sys::kill(pid, libc::SIGTERM);
             }
+            pending.take()
+        };
+        if let Some(p) = taken {
             if let Some(dir) = p.dir {
                 log.line(format!("interrupted: removing {dir} on {name}"));
                 remove_remote(&p.endpoint, &dir, &log);
