@@ -79,8 +79,18 @@ fn run_pipeline(
     stats: &Stats,
 ) -> Result<u64> {
     let workers = t.workers;
-    let src_pool = Pool::new(t.prefetch + 2 * workers + 2, geo.buffer_len(), true);
-    let dst_pool = Pool::new(t.prefetch + workers + 1, geo.buffer_len(), false);
+    let src_pool = Pool::new(
+        t.prefetch + 2 * workers + 2,
+        geo.buffer_len(),
+        true,
+        source.hints(),
+    );
+    let dst_pool = Pool::new(
+        t.prefetch + workers + 1,
+        geo.buffer_len(),
+        false,
+        dest.hints(),
+    );
     let (src_tx, src_rx) = sync_channel(t.prefetch);
     let (dst_tx, dst_rx) = sync_channel(t.prefetch);
     let (out_tx, out_rx) = sync_channel(workers * 2);

@@ -26,6 +26,7 @@ struct Inner {
     capacity: usize,
     buf_len: usize,
     lock_memory: bool,
+    hints: bool,
 }
 
 impl Inner {
@@ -41,9 +42,10 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of at most `capacity` buffers of `buf_len` bytes; `lock_memory`
-    /// asks for `mlock` (best effort).
-    pub fn new(capacity: usize, buf_len: usize, lock_memory: bool) -> Pool {
+    /// A pool of at most `capacity` buffers of `buf_len` bytes. With `hints`
+    /// (the kernel hints are on) buffers are advised huge pages, and with
+    /// `lock_memory` too they are `mlock`ed (both best effort).
+    pub fn new(capacity: usize, buf_len: usize, lock_memory: bool, hints: bool) -> Pool {
         Pool {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -54,6 +56,7 @@ impl Pool {
                 capacity: capacity.max(1),
                 buf_len,
                 lock_memory,
+                hints,
             }),
         }
     }
@@ -87,11 +90,7 @@ impl Pool {
 
     fn allocate(&self) -> io::Result<Block> {
         let len = self.inner.buf_len;
-        let data = if self.inner.lock_memory {
-            PinnedBuf::new(len)?
-        } else {
-            PinnedBuf::new_unlocked(len)?
-        };
+        let data = PinnedBuf::new(len, self.inner.lock_memory, self.inner.hints)?;
         Ok(Block {
             index: 0,
             len: 0,
@@ -152,7 +151,7 @@ mod tests {
 
     #[test]
     fn buffers_are_reused_not_reallocated() {
-        let pool = Pool::new(2, 4096, false);
+        let pool = Pool::new(2, 4096, false, true);
         for _ in 0..100 {
             let a = pool.get().unwrap();
             let b = pool.get().unwrap();
@@ -164,7 +163,7 @@ mod tests {
 
     #[test]
     fn returned_blocks_are_clean() {
-        let pool = Pool::new(1, 16, false);
+        let pool = Pool::new(1, 16, false, true);
         let mut a = pool.get().unwrap();
         a.extents.push(Extent {
             start: 0,
@@ -180,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_full_pool_waits_for_a_return() {
-        let pool = Pool::new(1, 16, false);
+        let pool = Pool::new(1, 16, false, true);
         let held = pool.get().unwrap();
         let p2 = pool.clone();
         let waiter = thread::spawn(move || p2.get().map(|b| b.data.len()));

@@ -74,8 +74,8 @@ pub(super) fn run(
     let abort = Abort::new(senders.clone(), vec![&window], rejoin);
     // Read buffers only live while their digests are computed; received
     // blocks hold a permit each, so neither pool can run dry for good.
-    let read_pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true);
-    let recv_pool = Pool::new(in_flight + 1, p.geo.buffer_len(), false);
+    let read_pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
+    let recv_pool = Pool::new(in_flight + 1, p.geo.buffer_len(), false, disk.hints());
     let (read_tx, read_rx) = sync_channel(p.workers);
     let read_rx = Arc::new(Mutex::new(read_rx));
     let (write_tx, write_rx) = sync_channel::<Pooled>(in_flight);

@@ -61,7 +61,12 @@ pub(super) fn run(
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
-    let pool = Pool::new(p.prefetch + 2 * p.workers + 2, p.geo.buffer_len(), true);
+    let pool = Pool::new(
+        p.prefetch + 2 * p.workers + 2,
+        p.geo.buffer_len(),
+        true,
+        disk.hints(),
+    );
     let (tx, rx) = sync_channel(p.prefetch);
     let rx = Arc::new(Mutex::new(rx));
     let ctx = SourceCtx {

@@ -1,21 +1,22 @@
-//! Every raw OS call bsync makes, each behind a small safe wrapper.
+//! Files and block devices: the ioctls that size and tune a device,
+//! positioned reads and writes, page-cache advice and writeback, and the
+//! chain that makes a range read as zeros (punch hole → zero range →
+//! BLKZEROOUT → writing zeros).
 //!
-//! This is the only module allowed to write `unsafe`. Each wrapper takes a
-//! `&File`, converts its `u64` offsets with checked conversions, turns a
-//! failed call into an `io::Error` and never panics. Where a call has a
-//! slower equivalent (hole punch → zero range → writing zeros) the wrapper
-//! holds the whole fallback chain, so callers ask for an effect, not a
-//! syscall.
+//! Each wrapper takes a `&File`, converts its `u64` offsets with checked
+//! conversions, turns a failed call into an `io::Error` and never panics.
+//! Where a call has a slower equivalent the wrapper holds the whole fallback
+//! chain, so callers ask for an effect, not a syscall.
 //!
 //! The block-device ioctl numbers come from `<linux/fs.h>`; the `libc` crate
 //! only carries `BLKSSZGET`, so they are encoded here.
 
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
-use std::ptr::NonNull;
+
+use super::{check, to_c};
 
 /// `_IOC` direction bits and shift: most architectures use the asm-generic
 /// layout, these few their own.
@@ -82,26 +83,6 @@ static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
 /// Bytes in the sector unit of `BLKRAGET`/`BLKRASET` (always 512, whatever
 /// the device's own sector size).
 const RA_SECTOR: u64 = 512;
-
-/// Converts a `u64` offset or length into whatever integer type a libc call
-/// wants, refusing values it cannot hold instead of wrapping them.
-fn to_c<T: TryFrom<u64>>(v: u64) -> io::Result<T> {
-    T::try_from(v).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("value {v} out of range for the OS call"),
-        )
-    })
-}
-
-/// Maps the `-1`-and-errno convention to `io::Result`.
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
 
 /// Size in bytes of a block device (ioctl BLKGETSIZE64); lseek is not enough
 /// for all devices.
@@ -250,36 +231,6 @@ pub fn wait_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
     )
 }
 
-/// Fill buf from the OS random source (getrandom(2), loop on EINTR and short
-/// returns). Never fastrand. Kernels older than 3.17 lack the call (ENOSYS);
-/// there it reads `/dev/urandom` instead.
-pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: the pointer and length describe `rest`, a live, writable,
-        // exclusively borrowed slice; getrandom writes at most that many
-        // bytes into it.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ENOSYS) => return urandom(rest),
-                _ => return Err(e),
-            }
-        }
-        // n >= 0 and <= rest.len() here, so the conversion cannot fail.
-        done += usize::try_from(n).map_err(|_| io::Error::other("getrandom returned garbage"))?;
-    }
-    Ok(())
-}
-
-fn urandom(buf: &mut [u8]) -> io::Result<()> {
-    use std::io::Read;
-    File::open("/dev/urandom")?.read_exact(buf)
-}
-
 /// True if the file is a block device (fstat S_ISBLK).
 pub fn is_block_device(f: &File) -> io::Result<bool> {
     Ok(f.metadata()?.file_type().is_block_device())
@@ -306,46 +257,6 @@ pub fn pread_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         }
     }
     Ok(done)
-}
-
-/// Turn on TCP keep-alive with `idle` as both the idle time before the first
-/// probe and the interval between probes.
-pub fn set_keepalive(stream: &std::net::TcpStream, idle: std::time::Duration) -> io::Result<()> {
-    let secs = libc::c_int::try_from(idle.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
-    setsockopt_int(stream, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-    setsockopt_int(stream, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs)?;
-    setsockopt_int(stream, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs)
-}
-
-/// Ask for `bytes` of send and receive buffer (the kernel may cap it).
-pub fn set_socket_buffers(stream: &std::net::TcpStream, bytes: usize) -> io::Result<()> {
-    let n = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    setsockopt_int(stream, libc::SOL_SOCKET, libc::SO_SNDBUF, n)?;
-    setsockopt_int(stream, libc::SOL_SOCKET, libc::SO_RCVBUF, n)
-}
-
-fn setsockopt_int(
-    stream: &std::net::TcpStream,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the fd is open for the borrow of `stream`; we pass a pointer to
-    // a live c_int and its exact size, which is what these options take.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            level,
-            name,
-            (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// How a zero range was cleared (so a verbose mode can report it).
@@ -455,294 +366,6 @@ fn write_zeros(f: &File, mut offset: u64, mut len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Transparent huge pages are 2 MiB on x86_64; smaller buffers cannot use
-/// them, so they are not advised.
-const HUGE_PAGE: usize = 2 << 20;
-
-/// A page-aligned anonymous memory buffer (mmap MAP_PRIVATE|MAP_ANONYMOUS),
-/// zero-initialised, of a fixed length, that bsync reads blocks into.
-///
-/// On creation it asks for madvise(MADV_HUGEPAGE) when len >= 2 MiB and
-/// mlock(); both are best effort and [`is_huge`](Self::is_huge) and
-/// [`is_locked`](Self::is_locked) tell whether they succeeded. munlock and
-/// munmap happen in Drop. A zero length maps nothing.
-pub struct PinnedBuf {
-    ptr: NonNull<u8>,
-    len: usize,
-    locked: bool,
-    huge: bool,
-    /// errno of a refused mlock or madvise, for `-v`.
-    lock_errno: Option<i32>,
-    huge_errno: Option<i32>,
-}
-
-// SAFETY: PinnedBuf exclusively owns its mapping, like a Box<[u8]>: no other
-// handle to the memory exists, so moving it to another thread is sound.
-unsafe impl Send for PinnedBuf {}
-// SAFETY: shared access only hands out `&[u8]`; mutation needs `&mut self`,
-// so the usual borrow rules keep threads from racing, as for Box<[u8]>.
-unsafe impl Sync for PinnedBuf {}
-
-impl PinnedBuf {
-    /// Maps `len` zeroed bytes, advises huge pages (len >= 2 MiB) and tries
-    /// to mlock them.
-    pub fn new(len: usize) -> io::Result<PinnedBuf> {
-        Self::map(len, true)
-    }
-
-    /// Same, but never mlock (for buffers that should not count against
-    /// RLIMIT_MEMLOCK).
-    pub fn new_unlocked(len: usize) -> io::Result<PinnedBuf> {
-        Self::map(len, false)
-    }
-
-    fn map(len: usize, lock: bool) -> io::Result<PinnedBuf> {
-        if len == 0 {
-            return Ok(PinnedBuf {
-                ptr: NonNull::dangling(),
-                len: 0,
-                locked: false,
-                huge: false,
-                lock_errno: None,
-                huge_errno: None,
-            });
-        }
-        // SAFETY: an anonymous private mapping at an address of the kernel's
-        // choosing aliases no existing memory; every argument is valid for
-        // MAP_ANONYMOUS (fd -1, offset 0) and the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
-        // From here on Drop unmaps, also if a later step fails.
-        let mut buf = PinnedBuf {
-            ptr,
-            len,
-            locked: false,
-            huge: false,
-            lock_errno: None,
-            huge_errno: None,
-        };
-        if !hints_enabled() {
-            return Ok(buf);
-        }
-        if len >= HUGE_PAGE {
-            // Before mlock, so that locking faults the pages in as huge ones.
-            // SAFETY: the range is exactly the mapping made above; the advice
-            // only changes how the kernel backs it.
-            buf.huge = unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) } == 0;
-            if !buf.huge {
-                buf.huge_errno = io::Error::last_os_error().raw_os_error();
-            }
-        }
-        if lock {
-            // SAFETY: the range is exactly the mapping made above; locking
-            // only pins its pages.
-            buf.locked = unsafe { libc::mlock(p, len) } == 0;
-            if !buf.locked {
-                buf.lock_errno = io::Error::last_os_error().raw_os_error();
-            }
-        }
-        Ok(buf)
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True for a zero-length buffer.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// True if mlock succeeded: the pages cannot be swapped out.
-    pub fn is_locked(&self) -> bool {
-        self.locked
-    }
-
-    /// True if madvise(MADV_HUGEPAGE) succeeded (a request, not a promise
-    /// that the kernel found huge pages).
-    pub fn is_huge(&self) -> bool {
-        self.huge
-    }
-
-    /// Why mlock was refused, if it was asked for and refused.
-    pub fn lock_error(&self) -> Option<io::Error> {
-        self.lock_errno.map(io::Error::from_raw_os_error)
-    }
-
-    /// Why madvise(MADV_HUGEPAGE) was refused, if it was asked for (len >=
-    /// 2 MiB) and refused (a kernel without transparent huge pages).
-    pub fn huge_error(&self) -> Option<io::Error> {
-        self.huge_errno.map(io::Error::from_raw_os_error)
-    }
-}
-
-/// Buffers smaller than this are not advised `MADV_HUGEPAGE`.
-pub const HUGE_PAGE_SIZE: usize = HUGE_PAGE;
-
-/// Environment variable that turns every kernel hint off (for benchmarks
-/// that measure what the hints are worth); any value but empty or `0`.
-pub const NO_HINTS_ENV: &str = "BSYNC_NO_HINTS";
-
-/// False when [`NO_HINTS_ENV`] is set: then bsync skips fadvise, read-ahead,
-/// mlock, MADV_HUGEPAGE and sync_file_range and relies on kernel defaults.
-/// Read once per process.
-pub fn hints_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os(NO_HINTS_ENV).is_none_or(|v| v.is_empty() || v == "0"))
-}
-
-/// The soft `RLIMIT_MEMLOCK` in bytes (`None` for unlimited), to explain a
-/// refused mlock.
-pub fn memlock_limit() -> io::Result<Option<u64>> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one struct rlimit through the pointer, which
-    // points to a live local of that type.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
-    // rlim_t is 32 bits on some 32-bit targets.
-    #[allow(clippy::useless_conversion)]
-    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then(|| u64::from(lim.rlim_cur)))
-}
-
-impl Drop for PinnedBuf {
-    fn drop(&mut self) {
-        if self.len == 0 {
-            return;
-        }
-        let p = self.ptr.as_ptr().cast::<libc::c_void>();
-        // munmap drops the lock as well; the explicit munlock only keeps the
-        // accounting obvious. Failures cannot be reported from Drop and
-        // would mean the mapping is already gone.
-        if self.locked {
-            // SAFETY: the range is the mapping this value owns, still mapped.
-            unsafe { libc::munlock(p, self.len) };
-        }
-        // SAFETY: the range is the mapping this value owns; nothing can use
-        // it after Drop, so unmapping it leaves no dangling borrow.
-        unsafe { libc::munmap(p, self.len) };
-    }
-}
-
-impl std::ops::Deref for PinnedBuf {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        // SAFETY: ptr is valid for len readable, initialised (zero-filled by
-        // mmap) bytes for as long as self lives, or dangling with len 0,
-        // which from_raw_parts allows; the borrow is tied to &self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl std::ops::DerefMut for PinnedBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in deref, and &mut self guarantees this is the only
-        // live borrow of the memory.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl fmt::Debug for PinnedBuf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedBuf")
-            .field("len", &self.len)
-            .field("locked", &self.locked)
-            .field("huge", &self.huge)
-            .field("lock_errno", &self.lock_errno)
-            .field("huge_errno", &self.huge_errno)
-            .finish()
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Signals and child processes, for the SSH launcher (src/ssh.rs).
-//
-// `-t user@host:` leaves a binary on another machine, so an interrupted run
-// must still clean up there. Instead of async-signal handlers (which may do
-// almost nothing), the termination signals are blocked in every thread and
-// one ordinary thread takes them with sigwait(2), free to spawn `ssh` and
-// wait for it.
-
-/// The signals that end a run: Ctrl-C, `kill`, a closed terminal.
-pub const TERMINATION_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-
-fn termination_set() -> io::Result<libc::sigset_t> {
-    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set it is given; the pointer is to
-    // a live, writable sigset_t.
-    check(unsafe { libc::sigemptyset(set.as_mut_ptr()) })?;
-    for sig in TERMINATION_SIGNALS {
-        // SAFETY: the set was initialised by sigemptyset above.
-        check(unsafe { libc::sigaddset(set.as_mut_ptr(), sig) })?;
-    }
-    // SAFETY: initialised by sigemptyset and filled by sigaddset.
-    Ok(unsafe { set.assume_init() })
-}
-
-/// Block [`TERMINATION_SIGNALS`] in the calling thread, and so in every
-/// thread it starts afterwards. Call it before starting any thread, then take
-/// the signals with [`wait_termination_signal`]. Child processes start with
-/// an empty mask (the standard library resets it), so `ssh` still dies of
-/// Ctrl-C as usual.
-pub fn block_termination_signals() -> io::Result<()> {
-    let set = termination_set()?;
-    // SAFETY: `set` is an initialised sigset_t; the old mask is not wanted.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
-}
-
-/// Wait until one of [`TERMINATION_SIGNALS`] is pending and take it; returns
-/// its number. The signals must be blocked ([`block_termination_signals`]).
-pub fn wait_termination_signal() -> io::Result<libc::c_int> {
-    let set = termination_set()?;
-    loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is initialised and `sig` is a live c_int for the
-        // kernel to fill in.
-        let rc = unsafe { libc::sigwait(&set, &mut sig) };
-        match rc {
-            0 => return Ok(sig),
-            libc::EINTR => continue,
-            e => return Err(io::Error::from_raw_os_error(e)),
-        }
-    }
-}
-
-/// Send `sig` to process `pid` (kill(2)). The caller must know that `pid` is
-/// its own child not yet waited for, so the number cannot have been reused.
-pub fn kill(pid: u32, sig: libc::c_int) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
-    if pid <= 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a single process",
-        ));
-    }
-    // SAFETY: kill takes plain integers; pid > 0 names exactly one process.
-    check(unsafe { libc::kill(pid, sig) }).map(drop)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,58 +461,6 @@ mod tests {
     #[test]
     fn ioctl_encoding_agrees_with_libc() {
         assert_eq!(req(BLKSSZGET), libc::BLKSSZGET);
-    }
-
-    #[test]
-    fn pinned_buf_sizes_read_write_drop() {
-        for len in [0usize, 4096, 3 << 20] {
-            for locked in [true, false] {
-                let mut b = if locked {
-                    PinnedBuf::new(len).unwrap()
-                } else {
-                    PinnedBuf::new_unlocked(len).unwrap()
-                };
-                assert_eq!(b.len(), len);
-                assert_eq!(b.is_empty(), len == 0);
-                assert!(b.iter().all(|&x| x == 0), "not zero-initialised");
-                for (i, x) in b.iter_mut().enumerate() {
-                    *x = (i % 253) as u8;
-                }
-                assert!(b.iter().enumerate().all(|(i, &x)| x == (i % 253) as u8));
-                if !locked || len == 0 {
-                    assert!(!b.is_locked());
-                }
-                if len < HUGE_PAGE {
-                    assert!(!b.is_huge());
-                }
-                eprintln!("{b:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn pinned_buf_is_send_and_sync() {
-        fn both<T: Send + Sync>(_: &T) {}
-        let mut b = PinnedBuf::new(8192).unwrap();
-        both(&b);
-        std::thread::scope(|s| {
-            s.spawn(|| b[8191] = 7);
-        });
-        assert_eq!(b[8191], 7);
-    }
-
-    #[test]
-    fn getrandom_fills_and_differs() {
-        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
-        getrandom(&mut a).unwrap();
-        getrandom(&mut b).unwrap();
-        assert_ne!(a, b);
-        assert_ne!(a, [0u8; 64]);
-        // Larger than one getrandom call may return at once for some sources.
-        let mut big = vec![0u8; 1 << 20];
-        getrandom(&mut big).unwrap();
-        assert!(big[big.len() - 64..].iter().any(|&x| x != 0));
-        getrandom(&mut []).unwrap();
     }
 
     #[test]

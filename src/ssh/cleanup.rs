@@ -1,0 +1,140 @@
+//! What a stopped run must undo on the remote, and the thread that undoes
+//! it when SIGINT, SIGTERM or SIGHUP arrives.
+//!
+//! The remote command removes its directory itself when bsync exits; this is
+//! the second line of defence. While a run is in progress, [`PENDING`] holds
+//! the remote directory (once made) and the local `ssh` or `scp` running at
+//! the moment. After a failure the main thread removes the directory; after
+//! a signal, the signal thread kills the child, removes the directory and
+//! exits with 128 + the signal number, and the main thread leaves the exit
+//! to it.
+
+use std::io;
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use super::command::Endpoint;
+use super::process;
+use super::script::quote;
+use crate::lock::lock;
+use crate::progress::Log;
+use crate::sys;
+
+/// How long the explicit `ssh host rm -rf DIR` of a cleanup may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What cleanup must undo if the run stops: the directory made on the
+/// remote, and the child process running at the moment.
+struct Pending {
+    endpoint: Endpoint,
+    dir: Option<String>,
+    child: Option<u32>,
+}
+
+static PENDING: Mutex<Option<Pending>> = Mutex::new(None);
+/// Set by the signal thread; the main thread then leaves the exit to it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn pending() -> MutexGuard<'static, Option<Pending>> {
+    lock(&PENDING)
+}
+
+/// A run against `endpoint` starts: nothing to undo yet.
+pub(super) fn begin(endpoint: &Endpoint) {
+    *pending() = Some(Pending {
+        endpoint: endpoint.clone(),
+        dir: None,
+        child: None,
+    });
+}
+
+/// The run made `dir` on the remote.
+pub(super) fn made_dir(dir: &str) {
+    if let Some(p) = pending().as_mut() {
+        p.dir = Some(dir.to_string());
+    }
+}
+
+/// The run started child process `pid`.
+pub(super) fn record_child(pid: u32) {
+    if let Some(p) = pending().as_mut() {
+        p.child = Some(pid);
+    }
+}
+
+/// `try_wait` on `child`, forgetting its number once it is reaped. Both
+/// happen under the [`PENDING`] lock, so the signal thread never signals a
+/// process number that has been reused.
+pub(super) fn try_reap(child: &mut Child) -> io::Result<Option<ExitStatus>> {
+    let mut p = pending();
+    let status = child.try_wait()?;
+    if status.is_some() {
+        if let Some(p) = p.as_mut().filter(|p| p.child == Some(child.id())) {
+            p.child = None;
+        }
+    }
+    Ok(status)
+}
+
+/// The run is over: stop tracking it and return the remote directory it
+/// left, if any. Never returns if a signal came: the signal thread is
+/// cleaning up and will end the process.
+pub(super) fn end() -> Option<String> {
+    let left = pending().take();
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        loop {
+            thread::park();
+        }
+    }
+    left.and_then(|p| p.dir)
+}
+
+/// `rm -rf DIR` on the remote, bounded in time; says so when it fails.
+pub(super) fn remove_remote(endpoint: &Endpoint, dir: &str, log: &Log) {
+    let cmd = endpoint.command(&format!("rm -rf {}", quote(dir)));
+    let done = process::bounded(cmd, "start", CLEANUP_TIMEOUT).is_ok_and(|f| f.status.success());
+    if !done {
+        log.line(format!(
+            "{}: could not remove {dir}; remove it by hand",
+            endpoint.host
+        ));
+    }
+}
+
+/// Take SIGINT/SIGTERM/SIGHUP in a thread of our own: clean up, then exit.
+pub(super) fn watch_signals(log: &Log, name: &str) {
+    if let Err(e) = sys::block_termination_signals() {
+        log.detail(format!(
+            "signals: cannot block ({e}); Ctrl-C may leave a remote copy"
+        ));
+        return;
+    }
+    let log = log.clone();
+    let name = name.to_string();
+    thread::spawn(move || {
+        let Ok(sig) = sys::wait_termination_signal() else {
+            return;
+        };
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        let taken = {
+            let mut pending = pending();
+            // Under the lock: the child cannot be reaped (and its number
+            // reused) between reading the number and signalling it.
+            if let Some(pid) = pending.as_ref().and_then(|p| p.child) {
+                let _ = sys::kill(pid, libc::SIGTERM);
+            }
+            pending.take()
+        };
+        if let Some(p) = taken {
+            if let Some(dir) = p.dir {
+                log.line(format!("interrupted: removing {dir} on {name}"));
+                remove_remote(&p.endpoint, &dir, &log);
+            }
+        }
+        log.line("interrupted");
+        std::process::exit(128 + sig);
+    });
+}

@@ -1,0 +1,206 @@
+//! ssh and scp command lines: the remote shell the user chose ([`Shell`]),
+//! the machine it reaches ([`Endpoint`]), and the translation of ssh's
+//! options into the ones scp understands.
+//!
+//! The remote shell is `ssh`, or the `-ssh` flag, or `$BSYNC_SSH` (the flag
+//! wins; `cli` resolves which), split on whitespace without any shell
+//! evaluation: the first word is the program, the rest are ssh options. `scp` runs that program
+//! (`scp -S PROGRAM`) with the options it understands translated (`-p PORT`
+//! becomes `-P PORT`, `-l USER` becomes `-o User=USER`).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::process;
+use crate::config::RemoteTarget;
+
+/// The remote shell command: a program and the ssh options to give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shell {
+    /// The ssh program (`ssh`, a path, or a wrapper that speaks ssh's options).
+    pub program: String,
+    /// Options for every ssh call, in order.
+    pub options: Vec<String>,
+}
+
+impl Shell {
+    /// Split `cmd` on whitespace; `None` when it has no words.
+    pub fn parse(cmd: &str) -> Option<Shell> {
+        let mut words = cmd.split_whitespace().map(str::to_string);
+        let program = words.next()?;
+        Some(Shell {
+            program,
+            options: words.collect(),
+        })
+    }
+
+    /// The options rewritten for `scp`, which shares most of ssh's but not
+    /// all: some letters mean something else there (`-p`, `-l`, `-T`), and
+    /// options that matter only to an interactive session are dropped.
+    pub fn scp_options(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut args = self.options.iter();
+        while let Some(arg) = args.next() {
+            let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.is_empty()) else {
+                // Not an option: ssh would take it as the host. Not scp's.
+                continue;
+            };
+            for (i, c) in cluster.char_indices() {
+                if !SSH_VALUE_OPTIONS.contains(c) {
+                    if SCP_SHARED_FLAGS.contains(c) {
+                        out.push(format!("-{c}"));
+                    }
+                    continue;
+                }
+                // getopt: the value is the rest of this word, or the next one.
+                let rest = &cluster[i + c.len_utf8()..];
+                let value = if rest.is_empty() {
+                    match args.next() {
+                        Some(v) => v.clone(),
+                        None => break,
+                    }
+                } else {
+                    rest.to_string()
+                };
+                match c {
+                    'c' | 'F' | 'i' | 'J' | 'o' => out.extend([format!("-{c}"), value]),
+                    'p' => out.extend(["-P".to_string(), value]),
+                    'l' => out.extend(["-o".to_string(), format!("User={value}")]),
+                    'b' => out.extend(["-o".to_string(), format!("BindAddress={value}")]),
+                    'B' => out.extend(["-o".to_string(), format!("BindInterface={value}")]),
+                    'm' => out.extend(["-o".to_string(), format!("MACs={value}")]),
+                    'S' => out.extend(["-o".to_string(), format!("ControlPath={value}")]),
+                    _ => {}
+                }
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// ssh's options that take a value (from its getopt string).
+const SSH_VALUE_OPTIONS: &str = "bceilmopBDEFIJLOPQRSwW";
+/// ssh's flags that mean the same to scp.
+const SCP_SHARED_FLAGS: &str = "46ACqv";
+
+/// One remote machine as ssh reaches it.
+#[derive(Clone, Debug)]
+pub(super) struct Endpoint {
+    shell: Shell,
+    user: Option<String>,
+    /// The host as typed in `-t`.
+    pub(super) host: String,
+    port: Option<u16>,
+}
+
+impl Endpoint {
+    /// The machine `target` names, reached with the remote shell command
+    /// `shell` (validation never lets an empty one through; it would mean
+    /// plain `ssh`).
+    pub(super) fn new(shell: &str, target: &RemoteTarget) -> Endpoint {
+        Endpoint {
+            shell: Shell::parse(shell).unwrap_or_else(|| Shell {
+                program: "ssh".into(),
+                options: Vec::new(),
+            }),
+            user: target.user.clone(),
+            host: target.host.clone(),
+            port: target.port,
+        }
+    }
+
+    /// `ssh [options] [-l user] [-p port] host SCRIPT`; stdin closed.
+    pub(super) fn command(&self, script: &str) -> Command {
+        let mut cmd = self.ssh();
+        cmd.arg(&self.host).arg(script);
+        cmd
+    }
+
+    fn ssh(&self) -> Command {
+        let mut cmd = Command::new(&self.shell.program);
+        cmd.args(&self.shell.options);
+        if let Some(user) = &self.user {
+            cmd.arg("-l").arg(user);
+        }
+        if let Some(port) = self.port {
+            cmd.arg("-p").arg(port.to_string());
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// `scp -S program [options] [-P port] -q SRC [user@]host:DST`.
+    pub(super) fn scp(&self, src: &str, dst: &str, legacy: bool) -> Command {
+        let mut cmd = Command::new("scp");
+        cmd.arg("-S").arg(&self.shell.program);
+        cmd.args(self.shell.scp_options());
+        if let Some(port) = self.port {
+            cmd.arg("-P").arg(port.to_string());
+        }
+        if legacy {
+            cmd.arg("-O");
+        }
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let user = self
+            .user
+            .as_ref()
+            .map_or(String::new(), |u| format!("{u}@"));
+        cmd.arg("-q").arg(src).arg(format!("{user}{host}:{dst}"));
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// The host name the data connection should use: ssh's configuration
+    /// may map the name typed to another (`Host`/`HostName`), so ask
+    /// `ssh -G`. Anything that goes wrong leaves the name as typed.
+    pub(super) fn connect_host(&self) -> String {
+        let mut cmd = self.ssh();
+        cmd.arg("-G").arg(&self.host);
+        process::bounded(cmd, "-G", Duration::from_secs(10))
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| {
+                o.stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("hostname ").map(|h| h.trim().to_string()))
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| self.host.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(cmd: &str) -> Shell {
+        Shell::parse(cmd).unwrap()
+    }
+
+    #[test]
+    fn shell_splits_on_whitespace() {
+        let s = shell("  ssh -i key\t-o  StrictHostKeyChecking=yes ");
+        assert_eq!(s.program, "ssh");
+        assert_eq!(s.options, ["-i", "key", "-o", "StrictHostKeyChecking=yes"]);
+        assert_eq!(Shell::parse("  "), None);
+    }
+
+    #[test]
+    fn scp_gets_translated_options() {
+        let s = shell("ssh -p 2222 -l bob -i k -ofoo=bar -J jump -4Cv -T -x -A -L 1:h:2 -p22");
+        assert_eq!(
+            s.scp_options(),
+            [
+                "-P", "2222", "-o", "User=bob", "-i", "k", "-o", "foo=bar", "-J", "jump", "-4",
+                "-C", "-v", "-A", "-P", "22"
+            ]
+        );
+        // A value glued to its flag inside a cluster, and a dangling flag.
+        assert_eq!(shell("ssh -qikey -o").scp_options(), ["-q", "-i", "key"]);
+    }
+}

@@ -1,0 +1,289 @@
+//! The SSH launcher: `-t [user@]host[:port]:/path` in one command.
+//!
+//! Nothing needs to be installed on the other machine. The launcher
+//!
+//! 1. asks the remote over `ssh` for `uname -sm` and, only if that matches
+//!    this binary, makes a fresh `mktemp -d` directory (mode 0700, random
+//!    name) — one round trip;
+//! 2. copies this very executable (`/proc/PID/exe`) there with `scp`;
+//! 3. starts it over `ssh` as a one-session server (`-p 0`, so the kernel
+//!    picks a free port, printed as the first line of stdout) bound to the
+//!    address the SSH connection arrived on (`$SSH_CONNECTION`), so it never
+//!    listens on more than that one address;
+//! 4. connects to it directly over TCP with the ordinary client
+//!    ([`crate::client::run`]): the data never goes through ssh's own
+//!    encryption and flow control, which is what makes it fast.
+//!
+//! A fresh 32-byte secret from `getrandom` travels on that ssh session's
+//! stdin, never on a command line (a remote `ps` would show it): with `-e`
+//! it is the encryption key (`-K -`), otherwise the session token
+//! (`-token-file -`). The remote shell reads it with its `read` builtin and
+//! hands it to bsync through a pipe from the `printf` builtin.
+//!
+//! Cleanup. The remote command removes its directory itself when bsync exits
+//! (an `EXIT` trap), and kills bsync when the ssh session's stdin reaches
+//! end of file, which is how it learns that this side has gone away. As a
+//! second line of defence this side runs `ssh host rm -rf DIR` after any
+//! failure and after Ctrl-C: SIGINT, SIGTERM and SIGHUP are blocked in every
+//! thread and taken by one thread with `sigwait`, which cleans up and exits
+//! with 128 + the signal number.
+//!
+//! The parts, each in its own file:
+//!
+//! - `command`: the ssh and scp command lines, and ssh's options for scp;
+//! - `script`: the shell lines run on the remote, and quoting;
+//! - `process`: starting, waiting for and stopping the local ssh and scp;
+//! - `cleanup`: what to undo on the remote, and the signal thread.
+//!
+//! This file puts them in order: [`run`].
+
+mod cleanup;
+mod command;
+mod process;
+mod script;
+
+pub use command::Shell;
+pub use script::{quote, server_script};
+
+use std::path::Path;
+
+use crate::aead::Key;
+use crate::auth::Secret;
+use crate::client;
+use crate::config::{Config, Connect, Mode, RemoteTarget, Role};
+use crate::error::{Error, Result};
+use crate::progress::Log;
+use crate::sys;
+use command::Endpoint;
+use process::{FAILED_REMOTE_GRACE, Finished, Remote, RemoteExit, SSH_FAILED, captured};
+use script::{is_safe_dir, prepare_script};
+
+/// This end of a `-t` run, as the plan says it.
+struct Launch<'a> {
+    config: &'a Config,
+    target: &'a RemoteTarget,
+    role: Role,
+    path: &'a Path,
+    encrypt: bool,
+}
+
+/// Run the transfer `config` describes (a [`Mode::Ssh`]) over SSH.
+pub fn run(config: &Config, log: &Log) -> Result<()> {
+    let Mode::Ssh {
+        target,
+        role,
+        path,
+        shell,
+        encrypt,
+    } = &config.mode
+    else {
+        return Err(Error::Failed("internal error: ssh::run without -t".into()));
+    };
+    let launch = Launch {
+        config,
+        target,
+        role: *role,
+        path,
+        encrypt: *encrypt,
+    };
+    for (what, s) in [("host", Some(&target.host)), ("user", target.user.as_ref())] {
+        if s.is_some_and(|s| s.starts_with('-')) {
+            return Err(Error::usage(format!(
+                "-t: the {what} cannot start with '-'"
+            )));
+        }
+    }
+    if *role == Role::Source {
+        // A typo in -f should fail before anything happens on the remote.
+        std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("source {}", path.display()), "open", e))?;
+    }
+    let endpoint = Endpoint::new(shell, target);
+    cleanup::watch_signals(log, &target.host);
+    cleanup::begin(&endpoint);
+    let result = launch_and_sync(&launch, &endpoint, log);
+    let left = cleanup::end();
+    if result.is_err() {
+        if let Some(dir) = left {
+            cleanup::remove_remote(&endpoint, &dir, log);
+        }
+    }
+    result
+}
+
+/// Steps 1 to 4: make the directory, copy bsync, start it, sync with it.
+fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()> {
+    let (config, target) = (launch.config, launch.target);
+    let name = &target.host;
+    log.info(format!("{name}: checking the architecture"));
+    let dir = make_remote_dir(endpoint, name)?;
+    cleanup::made_dir(&dir);
+    log.info(format!("{name}: copying bsync to {dir}"));
+    deploy(endpoint, &dir, name)?;
+
+    let mut secret = [0u8; 32];
+    sys::getrandom(&mut secret).map_err(|e| Error::io("ssh", "get random bytes", e))?;
+    let script = server_script(
+        &dir,
+        &target.path,
+        launch.role,
+        &config.transfer,
+        config.log.verbose,
+        launch.encrypt,
+    );
+    let mut remote = Remote::start(endpoint.command(&script), log)?;
+    remote.send_secret(&secret);
+    let Some(port) = remote.port() else {
+        let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
+        return Err(explain(None, &exit, name, "the remote bsync did not start"));
+    };
+    let host = endpoint.connect_host();
+    log.info(format!(
+        "{name}: bsync is listening on port {port}; connecting to {host}"
+    ));
+    // This side's half of the session: a client of the remote server,
+    // proving itself with the secret (a key with -e, else a token).
+    let connect = Connect {
+        host,
+        port,
+        role: launch.role,
+        path: launch.path.to_path_buf(),
+        secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
+    };
+    let synced = client::run(&connect, &config.transfer, &config.env, log);
+    conclude(synced, remote, config, name, log)
+}
+
+/// Wait for the remote after the client's part ended with `synced`, and
+/// say in one line what went wrong on either side.
+fn conclude(
+    synced: Result<()>,
+    remote: Remote,
+    config: &Config,
+    name: &str,
+    log: &Log,
+) -> Result<()> {
+    if let Err(e) = synced {
+        let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
+        return Err(explain(Some(e), &exit, name, "the remote bsync failed"));
+    }
+    // The server exits once the destination is flushed; it gets as long as
+    // any other network step.
+    let exit = remote.finish(Some(config.env.io_timeout));
+    if !exit.success() {
+        return Err(explain(
+            None,
+            &exit,
+            name,
+            "the remote bsync failed after the transfer",
+        ));
+    }
+    // Warnings of a quiet remote; -v showed them as they came.
+    if !log.is_verbose() {
+        for line in &exit.tail {
+            log.line(format!("{name}: {line}"));
+        }
+    }
+    Ok(())
+}
+
+/// One line out of the local error (if any) and how the remote ended.
+fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> Error {
+    if exit.status.and_then(|s| s.code()) == Some(SSH_FAILED) {
+        return Error::Failed(format!(
+            "ssh to {name} failed: {}",
+            exit.last_line().unwrap_or("(ssh said nothing)")
+        ));
+    }
+    match local {
+        // The server told the client why; that is the clearest line.
+        Some(e @ Error::Remote { .. }) => e,
+        // Stopped by this side after the failure: its status says nothing.
+        Some(e) if exit.success() || !exit.own => e,
+        Some(e) => Error::Failed(format!(
+            "{e}; the remote bsync on {name} {}",
+            exit.describe()
+        )),
+        None => Error::Failed(format!("{name}: {what}: {}", exit.describe())),
+    }
+}
+
+/// Step 1: check `uname -sm` and make the directory, in one round trip.
+fn make_remote_dir(endpoint: &Endpoint, name: &str) -> Result<String> {
+    let out = captured(endpoint.command(&prepare_script()), "start")?;
+    if !out.status.success() {
+        return Err(explain(
+            None,
+            &out.tail,
+            name,
+            "cannot make a directory for bsync",
+        ));
+    }
+    let mut lines = out.stdout.lines();
+    let uname = lines.next().unwrap_or("").trim().to_string();
+    let dir = lines.next().unwrap_or("").trim().to_string();
+    if uname.is_empty() {
+        return Err(Error::Failed(format!(
+            "{name}: `uname -sm` printed nothing; is the remote shell a POSIX shell?"
+        )));
+    }
+    if dir.is_empty() {
+        return Err(Error::Failed(format!(
+            "{name} is {uname:?}, but this bsync is built for Linux {}: \
+             architecture mismatch, nothing was copied",
+            std::env::consts::ARCH
+        )));
+    }
+    if !is_safe_dir(&dir) {
+        return Err(Error::Failed(format!(
+            "{name}: mktemp gave an unexpected directory {dir:?}"
+        )));
+    }
+    Ok(dir)
+}
+
+/// Step 2: copy this executable into `dir`. scp's default protocol (SFTP)
+/// needs the sftp subsystem; without it, the old scp protocol is tried.
+fn deploy(endpoint: &Endpoint, dir: &str, name: &str) -> Result<()> {
+    let exe = format!("/proc/{}/exe", std::process::id());
+    let dst = format!("{dir}/bsync");
+    let mut out = captured(endpoint.scp(&exe, &dst, false), "start scp")?;
+    let no_sftp = |f: &Finished| f.tail.tail.iter().any(|l| l.contains("subsystem"));
+    if !out.status.success() && no_sftp(&out) {
+        out = captured(endpoint.scp(&exe, &dst, true), "start scp")?;
+    }
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Failed(format!(
+        "scp to {name} failed: {}",
+        out.tail.last_line().unwrap_or("(scp said nothing)")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn ssh_failure_names_the_host_and_ssh_line() {
+        use std::os::unix::process::ExitStatusExt;
+        let exit = RemoteExit {
+            status: Some(ExitStatus::from_raw(255 << 8)),
+            own: true,
+            tail: vec!["ssh: connect to host h port 1: Connection refused".into()],
+        };
+        let e = explain(None, &exit, "h", "failed");
+        assert_eq!(
+            e.to_string(),
+            "ssh to h failed: ssh: connect to host h port 1: Connection refused"
+        );
+        let killed = RemoteExit {
+            status: Some(ExitStatus::from_raw(137 << 8)),
+            own: true,
+            tail: vec![],
+        };
+        assert_eq!(killed.describe(), "was killed by signal 9");
+    }
+}

@@ -1,0 +1,246 @@
+//! Memory that bsync reads blocks into: [`PinnedBuf`], an anonymous
+//! mapping that asks for huge pages and mlock and gives everything back in
+//! `Drop`, and the `RLIMIT_MEMLOCK` that explains a refused mlock.
+
+use std::fmt;
+use std::io;
+use std::ptr::NonNull;
+
+use super::check;
+
+/// Transparent huge pages are 2 MiB on x86_64; smaller buffers cannot use
+/// them, so they are not advised.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A page-aligned anonymous memory buffer (mmap MAP_PRIVATE|MAP_ANONYMOUS),
+/// zero-initialised, of a fixed length, that bsync reads blocks into.
+///
+/// On creation it asks for madvise(MADV_HUGEPAGE) when len >= 2 MiB and
+/// mlock(); both are best effort and [`is_huge`](Self::is_huge) and
+/// [`is_locked`](Self::is_locked) tell whether they succeeded. munlock and
+/// munmap happen in Drop. A zero length maps nothing.
+pub struct PinnedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    locked: bool,
+    huge: bool,
+    /// errno of a refused mlock or madvise, for `-v`.
+    lock_errno: Option<i32>,
+    huge_errno: Option<i32>,
+}
+
+// SAFETY: PinnedBuf exclusively owns its mapping, like a Box<[u8]>: no other
+// handle to the memory exists, so moving it to another thread is sound.
+unsafe impl Send for PinnedBuf {}
+// SAFETY: shared access only hands out `&[u8]`; mutation needs `&mut self`,
+// so the usual borrow rules keep threads from racing, as for Box<[u8]>.
+unsafe impl Sync for PinnedBuf {}
+
+impl PinnedBuf {
+    /// Maps `len` zeroed bytes. With `hints`, advises huge pages (len >=
+    /// 2 MiB) and, with `lock` too, tries to mlock them; `lock` is false for
+    /// buffers that should not count against RLIMIT_MEMLOCK.
+    pub fn new(len: usize, lock: bool, hints: bool) -> io::Result<PinnedBuf> {
+        if len == 0 {
+            return Ok(PinnedBuf {
+                ptr: NonNull::dangling(),
+                len: 0,
+                locked: false,
+                huge: false,
+                lock_errno: None,
+                huge_errno: None,
+            });
+        }
+        // SAFETY: an anonymous private mapping at an address of the kernel's
+        // choosing aliases no existing memory; every argument is valid for
+        // MAP_ANONYMOUS (fd -1, offset 0) and the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        // From here on Drop unmaps, also if a later step fails.
+        let mut buf = PinnedBuf {
+            ptr,
+            len,
+            locked: false,
+            huge: false,
+            lock_errno: None,
+            huge_errno: None,
+        };
+        if !hints {
+            return Ok(buf);
+        }
+        if len >= HUGE_PAGE {
+            // Before mlock, so that locking faults the pages in as huge ones.
+            // SAFETY: the range is exactly the mapping made above; the advice
+            // only changes how the kernel backs it.
+            buf.huge = unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) } == 0;
+            if !buf.huge {
+                buf.huge_errno = io::Error::last_os_error().raw_os_error();
+            }
+        }
+        if lock {
+            // SAFETY: the range is exactly the mapping made above; locking
+            // only pins its pages.
+            buf.locked = unsafe { libc::mlock(p, len) } == 0;
+            if !buf.locked {
+                buf.lock_errno = io::Error::last_os_error().raw_os_error();
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a zero-length buffer.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True if mlock succeeded: the pages cannot be swapped out.
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    /// True if madvise(MADV_HUGEPAGE) succeeded (a request, not a promise
+    /// that the kernel found huge pages).
+    pub fn is_huge(&self) -> bool {
+        self.huge
+    }
+
+    /// Why mlock was refused, if it was asked for and refused.
+    pub fn lock_error(&self) -> Option<io::Error> {
+        self.lock_errno.map(io::Error::from_raw_os_error)
+    }
+
+    /// Why madvise(MADV_HUGEPAGE) was refused, if it was asked for (len >=
+    /// 2 MiB) and refused (a kernel without transparent huge pages).
+    pub fn huge_error(&self) -> Option<io::Error> {
+        self.huge_errno.map(io::Error::from_raw_os_error)
+    }
+}
+
+/// Buffers smaller than this are not advised `MADV_HUGEPAGE`.
+pub const HUGE_PAGE_SIZE: usize = HUGE_PAGE;
+
+/// The soft `RLIMIT_MEMLOCK` in bytes (`None` for unlimited), to explain a
+/// refused mlock.
+pub fn memlock_limit() -> io::Result<Option<u64>> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct rlimit through the pointer, which
+    // points to a live local of that type.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
+    // rlim_t is 32 bits on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then(|| u64::from(lim.rlim_cur)))
+}
+
+impl Drop for PinnedBuf {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        let p = self.ptr.as_ptr().cast::<libc::c_void>();
+        // munmap drops the lock as well; the explicit munlock only keeps the
+        // accounting obvious. Failures cannot be reported from Drop and
+        // would mean the mapping is already gone.
+        if self.locked {
+            // SAFETY: the range is the mapping this value owns, still mapped.
+            unsafe { libc::munlock(p, self.len) };
+        }
+        // SAFETY: the range is the mapping this value owns; nothing can use
+        // it after Drop, so unmapping it leaves no dangling borrow.
+        unsafe { libc::munmap(p, self.len) };
+    }
+}
+
+impl std::ops::Deref for PinnedBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len readable, initialised (zero-filled by
+        // mmap) bytes for as long as self lives, or dangling with len 0,
+        // which from_raw_parts allows; the borrow is tied to &self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for PinnedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in deref, and &mut self guarantees this is the only
+        // live borrow of the memory.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl fmt::Debug for PinnedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedBuf")
+            .field("len", &self.len)
+            .field("locked", &self.locked)
+            .field("huge", &self.huge)
+            .field("lock_errno", &self.lock_errno)
+            .field("huge_errno", &self.huge_errno)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_buf_sizes_read_write_drop() {
+        for len in [0usize, 4096, 3 << 20] {
+            for locked in [true, false] {
+                let mut b = if locked {
+                    PinnedBuf::new(len, true, true).unwrap()
+                } else {
+                    PinnedBuf::new(len, false, true).unwrap()
+                };
+                assert_eq!(b.len(), len);
+                assert_eq!(b.is_empty(), len == 0);
+                assert!(b.iter().all(|&x| x == 0), "not zero-initialised");
+                for (i, x) in b.iter_mut().enumerate() {
+                    *x = (i % 253) as u8;
+                }
+                assert!(b.iter().enumerate().all(|(i, &x)| x == (i % 253) as u8));
+                if !locked || len == 0 {
+                    assert!(!b.is_locked());
+                }
+                if len < HUGE_PAGE {
+                    assert!(!b.is_huge());
+                }
+                eprintln!("{b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pinned_buf_is_send_and_sync() {
+        fn both<T: Send + Sync>(_: &T) {}
+        let mut b = PinnedBuf::new(8192, true, true).unwrap();
+        both(&b);
+        std::thread::scope(|s| {
+            s.spawn(|| b[8191] = 7);
+        });
+        assert_eq!(b[8191], 7);
+    }
+}
