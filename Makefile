@@ -2,7 +2,8 @@
 # that can be copied onto any x86_64 Linux (rescue systems included).
 #
 #   make          static release binary ./bsync (x86_64-unknown-linux-musl)
-#   make test     cargo fmt --check, clippy with -D warnings, cargo test
+#   make test     cargo fmt --check, clippy with -D warnings, the fuzz crate
+#                 builds (cargo check in fuzz/), cargo test
 #                 (tests/ssh.rs runs against an sshd when BSYNC_TEST_SSH is set:
 #                 eval "$(tests/sshd.sh start)" starts one on loopback)
 #   make test-remote REMOTE=user@host[:port] [SSH_OPTS='-i key ...']
@@ -66,6 +67,7 @@ bsync: musl-target FORCE
 test:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	cd fuzz && $(CARGO) check --locked
 	$(CARGO) test --locked
 
 # SSH_OPTS reaches tests/remote.sh through the environment, quotes and all.

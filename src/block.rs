@@ -62,7 +62,8 @@ impl Geometry {
     pub fn len(&self, index: u64) -> usize {
         let rest = self.size.saturating_sub(self.offset(index));
         // Never more than block_size, which is a usize.
-        rest.min(self.block_size as u64) as usize
+        // Never more than block_size, which is a usize.
+        usize::try_from(rest.min(self.block_size as u64)).unwrap_or(self.block_size)
     }
 }
 

@@ -15,6 +15,10 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
+// Every narrowing conversion says what happens when it does not fit; test
+// code builds byte patterns with `as u8` on purpose.
+#![warn(clippy::cast_possible_truncation)]
+#![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
 pub mod aead;
 pub mod auth;

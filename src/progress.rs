@@ -124,7 +124,10 @@ fn rate(bytes: u64, elapsed: Duration) -> String {
     if secs <= 0.0 {
         return "-".into();
     }
-    format!("{}/s", human_bytes((bytes as f64 / secs) as u64))
+    // A float-to-integer `as` saturates, which is right for a rate.
+    #[allow(clippy::cast_possible_truncation)]
+    let rate = (bytes as f64 / secs) as u64;
+    format!("{}/s", human_bytes(rate))
 }
 
 /// What the run covers, for percentages and the ETA.

@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
                 let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
                 assert!(len <= max, "oversized length not refused");
                 assert!(HEADER_LEN + len > buf.len(), "whole frame not decoded");
-                assert!((1..=8).contains(&h[0]), "unknown type not refused");
+                assert!(proto::FRAME_TYPES.contains(&h[0]), "unknown type not refused");
             }
         }
         Err(ProtoError::TooLarge { len, max: m }) => {

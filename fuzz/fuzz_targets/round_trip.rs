@@ -1,13 +1,16 @@
 //! Structured frames, encoded then decoded, come back unchanged.
 //!
-//! Block frames are written the way the source writes them — `begin_block`,
-//! the data, `finish_frame`, sometimes `mark_compressed` — with strictly
-//! increasing sub-block numbers, and into a buffer that already holds other
-//! bytes, so the offsets those helpers take are tested too.
+//! Block frames are written the way the source writes them — with
+//! `BlockBuilder`: the changes, the data appended to its buffer, then
+//! `finish` — with strictly increasing sub-block numbers, and into a buffer
+//! that already holds other bytes, so the offsets the builder keeps are
+//! tested too.
 #![no_main]
 
 use arbitrary::{Result, Unstructured};
-use bsync::proto::{self, Change, ChangeKind, Frame, HEADER_LEN, Hello, ProtoError, Welcome};
+use bsync::proto::{
+    self, BlockBuilder, Change, ChangeKind, Frame, HEADER_LEN, Hello, ProtoError, Welcome,
+};
 use libfuzzer_sys::fuzz_target;
 
 const MAX: usize = usize::MAX;
@@ -130,14 +133,10 @@ fn encode_block(u: &mut Unstructured<'_>, out: &mut Vec<u8>, index: u64) -> Resu
         (0, &[])
     };
     let compressed: bool = u.arbitrary()?;
-    let mark: bool = u.arbitrary()?;
 
-    let start = proto::begin_block(out, index, compressed && !mark, raw_len, &changes);
-    out.extend_from_slice(data);
-    if compressed && mark {
-        proto::mark_compressed(out, start);
-    }
-    proto::finish_frame(out, start);
+    let mut block = BlockBuilder::begin(out, index, raw_len, &changes);
+    block.data().extend_from_slice(data);
+    block.finish(compressed);
 
     let buf = &out[at..];
     check(buf, None);
@@ -172,7 +171,7 @@ fn check(buf: &[u8], want: Option<Frame<'_>>) {
 
     // Trailing bytes belong to the next frame.
     let mut longer = buf.to_vec();
-    longer.extend_from_slice(&[8, 0, 0, 0, 0]);
+    proto::encode(&Frame::Bye, &mut longer);
     assert_eq!(proto::decode(&longer, MAX), Ok(Some((frame, used))));
 
     let payload = buf.len() - HEADER_LEN;

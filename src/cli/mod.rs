@@ -311,8 +311,8 @@ pub fn parse_block_size(s: &str) -> Result<usize> {
 
 fn parse_port(s: &str, flag: &str, zero_ok: bool) -> Result<u16> {
     let lowest = if zero_ok { 0 } else { 1 };
-    match s.parse::<u32>() {
-        Ok(n) if n >= lowest && n <= 65535 => Ok(n as u16),
+    match s.parse::<u16>() {
+        Ok(n) if n >= lowest => Ok(n),
         _ => Err(Error::usage(format!(
             "-{flag}: {s:?} is not a port ({lowest} to 65535)"
         ))),

@@ -1,1 +1,349 @@
+//! The two roles against each other in one process, over Unix socket pairs:
+//! no binary, no TCP, milliseconds a case. A relay thread between the roles
+//! can cut a lane or flip a byte on its way; a peer can fall silent.
 
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{Params, Rejoin, destination, source};
+use crate::block::Geometry;
+use crate::compress::Level;
+use crate::config::Env;
+use crate::digest::sub_block_size;
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::lock::{lock, wait_timeout};
+use crate::net::{Lane, Stream};
+use crate::progress::{Log, Stats};
+use crate::proto;
+
+/// Deadline of every test stream: short, so a silent peer is found fast.
+const DEADLINE: Duration = Duration::from_secs(2);
+const BLOCK: usize = 256 << 10;
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "bsync-session-{name}-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    fastrand::Rng::with_seed(seed).fill(&mut v);
+    v
+}
+
+/// Lanes on both ends of `stream`s that are already joined, opened in
+/// parallel since each side waits for the other's preamble.
+fn open_both<S: Stream>(a: S, b: S) -> (Lane, Lane) {
+    thread::scope(|s| {
+        let far = s.spawn(move || Lane::open(b, "destination".into(), DEADLINE));
+        let near = Lane::open(a, "source".into(), DEADLINE).unwrap();
+        (near, far.join().unwrap().unwrap())
+    })
+}
+
+fn raise_max(lane: &mut Lane) {
+    lane.reader
+        .set_max(proto::max_payload(BLOCK, sub_block_size(BLOCK)));
+}
+
+/// A lane's two ends joined directly: (source's, destination's).
+fn direct() -> (Lane, Lane) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let (mut s, mut d) = open_both(a, b);
+    raise_max(&mut s);
+    raise_max(&mut d);
+    (s, d)
+}
+
+/// What a relay does to the bytes going from the source to the destination.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Close both directions after this many bytes.
+    Cut(usize),
+    /// Invert the byte at this offset.
+    Flip(usize),
+}
+
+/// A lane through a relay thread that applies `fault` to the source's
+/// bytes: (source's end, destination's end).
+fn relayed(fault: Fault) -> (Lane, Lane) {
+    let (src, relay_a) = UnixStream::pair().unwrap();
+    let (relay_b, dst) = UnixStream::pair().unwrap();
+    let (a2, b2) = (relay_a.try_clone().unwrap(), relay_b.try_clone().unwrap());
+    thread::spawn(move || forward(relay_a, relay_b, Some(fault)));
+    thread::spawn(move || forward(b2, a2, None));
+    let (mut s, mut d) = open_both(src, dst);
+    raise_max(&mut s);
+    raise_max(&mut d);
+    (s, d)
+}
+
+/// Copy `from` to `to` until either ends, applying `fault`.
+fn forward(mut from: UnixStream, mut to: UnixStream, fault: Option<Fault>) {
+    let mut buf = [0u8; 8192];
+    let mut total = 0usize;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &mut buf[..n];
+        match fault {
+            Some(Fault::Cut(at)) if total + n >= at => {
+                let _ = to.write_all(&chunk[..at - total]);
+                break;
+            }
+            Some(Fault::Flip(at)) if (total..total + n).contains(&at) => {
+                chunk[at - total] ^= 0xff;
+            }
+            _ => {}
+        }
+        total += n;
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = Stream::shutdown(&from);
+    let _ = Stream::shutdown(&to);
+}
+
+/// Rejoins lost lanes with fresh direct pairs: the dialing end makes the
+/// pair and leaves the other half where the waiting end picks it up, as a
+/// client and a server do over TCP.
+#[derive(Default)]
+struct Pairs {
+    slots: Mutex<HashMap<usize, Lane>>,
+    arrived: Condvar,
+    /// Lanes dialed again.
+    dialed: AtomicUsize,
+}
+
+struct Dialer<'a>(&'a Pairs);
+struct Waiter<'a>(&'a Pairs);
+
+impl Rejoin for Dialer<'_> {
+    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
+        let (ours, theirs) = direct();
+        self.0.dialed.fetch_add(1, Ordering::Relaxed);
+        lock(&self.0.slots).insert(lane, theirs);
+        self.0.arrived.notify_all();
+        Ok(ours)
+    }
+}
+
+impl Rejoin for Waiter<'_> {
+    fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut slots = lock(&self.0.slots);
+        loop {
+            if let Some(l) = slots.remove(&lane) {
+                return Ok(l);
+            }
+            let now = Instant::now();
+            if stop() || now >= deadline {
+                return Err(Error::Failed(format!("lane {lane} did not come back")));
+            }
+            slots = wait_timeout(&self.0.arrived, slots, deadline - now);
+        }
+    }
+
+    fn wake(&self) {
+        drop(lock(&self.0.slots));
+        self.0.arrived.notify_all();
+    }
+}
+
+/// Gives up on every lost lane.
+struct NoRejoin;
+
+impl Rejoin for NoRejoin {
+    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
+        Err(Error::Failed(format!(
+            "lane {lane}: no rejoin in this test"
+        )))
+    }
+}
+
+fn params(size: u64, workers: usize, compression: Option<Level>) -> Params {
+    Params {
+        geo: Geometry {
+            size,
+            block_size: BLOCK,
+        },
+        first: 0,
+        salt: 0x5eed,
+        compression,
+        workers,
+        prefetch: workers * 4,
+    }
+}
+
+/// Both roles over `lanes`; (source's outcome, destination's outcome).
+fn sync(
+    src: &Path,
+    dst: &Path,
+    p: &Params,
+    lanes: Vec<(Lane, Lane)>,
+    rejoin: (&dyn Rejoin, &dyn Rejoin),
+) -> (Result<u128>, Result<u128>) {
+    let (env, log) = (Env::default(), Log::default());
+    let source_disk = Disk::open_source(src, &env, &log).unwrap();
+    let mut dest_disk = Disk::open_destination(dst, &env, &log).unwrap();
+    dest_disk.fit_to(p.geo.size).unwrap();
+    let (ours, theirs): (Vec<_>, Vec<_>) = lanes.into_iter().unzip();
+    let (stats_s, stats_d) = (Stats::default(), Stats::default());
+    thread::scope(|s| {
+        let d = s.spawn(|| destination::run(p, &dest_disk, theirs, &stats_d, rejoin.1));
+        let r = source::run(p, &source_disk, ours, &stats_s, rejoin.0);
+        (r, d.join().unwrap())
+    })
+}
+
+/// A source of `len` random bytes with a zero run, and a destination that
+/// differs from it in every block.
+fn pair(dir: &TempDir, len: usize) -> (PathBuf, PathBuf, Vec<u8>) {
+    let mut data = random(len, 7);
+    data[BLOCK..BLOCK + 100_000].fill(0);
+    let src = dir.file("src", &data);
+    let dst = dir.file("dst", &random(len / 2, 8));
+    (src, dst, data)
+}
+
+#[test]
+fn upload_over_two_lanes_makes_the_destination_identical() {
+    let dir = TempDir::new("upload");
+    let (src, dst, data) = pair(&dir, 5 * BLOCK + 123);
+    let p = params(data.len() as u64, 2, Some(Level::Fast));
+    let (s, d) = sync(
+        &src,
+        &dst,
+        &p,
+        vec![direct(), direct()],
+        (&NoRejoin, &NoRejoin),
+    );
+    let (s, d) = (s.unwrap(), d.unwrap());
+    assert_eq!(s, d, "both ends compute the same verification digest");
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+}
+
+#[test]
+fn identical_ends_send_no_data() {
+    let dir = TempDir::new("same");
+    let data = random(3 * BLOCK, 9);
+    let src = dir.file("src", &data);
+    let dst = dir.file("dst", &data);
+    let p = params(data.len() as u64, 1, None);
+    let (env, log) = (Env::default(), Log::default());
+    let source_disk = Disk::open_source(&src, &env, &log).unwrap();
+    let dest_disk = Disk::open_destination(&dst, &env, &log).unwrap();
+    let (ours, theirs) = direct();
+    let stats = Stats::default();
+    let sent = thread::scope(|s| {
+        let d = s.spawn(|| destination::run(&p, &dest_disk, vec![theirs], &stats, &NoRejoin));
+        let source_stats = Stats::default();
+        source::run(&p, &source_disk, vec![ours], &source_stats, &NoRejoin).unwrap();
+        d.join().unwrap().unwrap();
+        source_stats.bytes_changed.load(Ordering::Relaxed)
+    });
+    assert_eq!(sent, 0);
+    assert_eq!(stats.bytes_written.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn upload_rejoins_a_cut_lane() {
+    // The source dials again, as the client does in an upload.
+    let dir = TempDir::new("cut-up");
+    let (src, dst, data) = pair(&dir, 6 * BLOCK);
+    let p = params(data.len() as u64, 2, None);
+    let pairs = Pairs::default();
+    let lanes = vec![direct(), relayed(Fault::Cut(3 * BLOCK / 2))];
+    let (s, d) = sync(&src, &dst, &p, lanes, (&Dialer(&pairs), &Waiter(&pairs)));
+    assert_eq!(s.unwrap(), d.unwrap());
+    assert_eq!(
+        pairs.dialed.load(Ordering::Relaxed),
+        1,
+        "the cut lane came back"
+    );
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+}
+
+#[test]
+fn download_rejoins_a_cut_lane() {
+    // The destination dials again, as the client does in a download.
+    let dir = TempDir::new("cut-down");
+    let (src, dst, data) = pair(&dir, 6 * BLOCK);
+    let p = params(data.len() as u64, 2, Some(Level::Default));
+    let pairs = Pairs::default();
+    let lanes = vec![relayed(Fault::Cut(BLOCK)), direct()];
+    let (s, d) = sync(&src, &dst, &p, lanes, (&Waiter(&pairs), &Dialer(&pairs)));
+    assert_eq!(s.unwrap(), d.unwrap());
+    assert_eq!(
+        pairs.dialed.load(Ordering::Relaxed),
+        1,
+        "the cut lane came back"
+    );
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+}
+
+#[test]
+fn a_corrupted_block_fails_both_ends_and_a_rerun_repairs() {
+    let dir = TempDir::new("flip");
+    let (src, dst, data) = pair(&dir, 4 * BLOCK);
+    let p = params(data.len() as u64, 1, None);
+    // Deep inside the first block's raw data (no compression).
+    let lanes = vec![relayed(Fault::Flip(100_000))];
+    let (s, d) = sync(&src, &dst, &p, lanes, (&NoRejoin, &NoRejoin));
+    let d = d.unwrap_err().to_string();
+    assert!(d.contains("does not match the source's digest"), "{d}");
+    assert!(s.is_err(), "the source must not report success");
+    assert_ne!(std::fs::read(&dst).unwrap(), data);
+
+    let (s, d) = sync(&src, &dst, &p, vec![direct()], (&NoRejoin, &NoRejoin));
+    assert_eq!(s.unwrap(), d.unwrap());
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+}
+
+#[test]
+fn a_silent_destination_times_out_the_source() {
+    let dir = TempDir::new("silent");
+    let (src, _, data) = pair(&dir, 2 * BLOCK);
+    let p = params(data.len() as u64, 1, None);
+    let (env, log) = (Env::default(), Log::default());
+    let source_disk = Disk::open_source(&src, &env, &log).unwrap();
+    // The destination's end stays open and says nothing.
+    let (ours, _silent) = direct();
+    let started = Instant::now();
+    let e = source::run(&p, &source_disk, vec![ours], &Stats::default(), &NoRejoin).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("timed out"), "{msg}");
+    assert!(started.elapsed() < DEADLINE * 5, "{:?}", started.elapsed());
+}

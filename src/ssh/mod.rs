@@ -11,7 +11,7 @@
 //!    address the SSH connection arrived on (`$SSH_CONNECTION`), so it never
 //!    listens on more than that one address;
 //! 4. connects to it directly over TCP with the ordinary client
-//!    ([`crate::client::run`]): the data never goes through ssh's own
+//!    ([`client::run`]): the data never goes through ssh's own
 //!    encryption and flow control, which is what makes it fast.
 //!
 //! A fresh 32-byte secret from `getrandom` travels on that ssh session's
@@ -49,11 +49,10 @@ use std::path::Path;
 
 use crate::aead::Key;
 use crate::auth::Secret;
-use crate::client;
 use crate::config::{Config, Connect, Mode, RemoteTarget, Role};
 use crate::error::{Error, Result};
 use crate::progress::Log;
-use crate::sys;
+use crate::{client, sys};
 use command::Endpoint;
 use process::{FAILED_REMOTE_GRACE, Finished, Remote, RemoteExit, SSH_FAILED, captured};
 use script::{is_safe_dir, prepare_script};

@@ -33,7 +33,8 @@ fn setsockopt_int(
             level,
             name,
             (&raw const value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            // The size of a C int, 4: it fits.
+            libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4),
         )
     };
     if rc == 0 {
