@@ -14,17 +14,11 @@ use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
 
 use super::command::Endpoint;
-use super::process;
-use super::script::quote;
 use crate::lock::lock;
 use crate::progress::Log;
 use crate::sys;
-
-/// How long the explicit `ssh host rm -rf DIR` of a cleanup may take.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What cleanup must undo if the run stops: the directory made on the
 /// remote, and the child process running at the moment.
@@ -92,20 +86,9 @@ pub(super) fn end() -> Option<String> {
     left.and_then(|p| p.dir)
 }
 
-/// `rm -rf DIR` on the remote, bounded in time; says so when it fails.
-pub(super) fn remove_remote(endpoint: &Endpoint, dir: &str, log: &Log) {
-    let cmd = endpoint.command(&format!("rm -rf {}", quote(dir)));
-    let done = process::bounded(cmd, "start", CLEANUP_TIMEOUT).is_ok_and(|f| f.status.success());
-    if !done {
-        log.line(format!(
-            "{}: could not remove {dir}; remove it by hand",
-            endpoint.host
-        ));
-    }
-}
-
-/// Take SIGINT/SIGTERM/SIGHUP in a thread of our own: clean up, then exit.
-pub(super) fn watch_signals(log: &Log, name: &str) {
+/// Take SIGINT/SIGTERM/SIGHUP in a thread of our own: kill the child, call
+/// `remove` for the remote directory if one was made, then exit.
+pub(super) fn watch_signals(log: &Log, name: &str, remove: fn(&Endpoint, &str, &Log)) {
     if let Err(e) = sys::block_termination_signals() {
         log.detail(format!(
             "signals: cannot block ({e}); Ctrl-C may leave a remote copy"
@@ -131,7 +114,7 @@ pub(super) fn watch_signals(log: &Log, name: &str) {
         if let Some(p) = taken {
             if let Some(dir) = p.dir {
                 log.line(format!("interrupted: removing {dir} on {name}"));
-                remove_remote(&p.endpoint, &dir, &log);
+                remove(&p.endpoint, &dir, &log);
             }
         }
         log.line("interrupted");

@@ -46,6 +46,7 @@ pub use command::Shell;
 pub use script::{quote, server_script};
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::aead::Key;
 use crate::auth::Secret;
@@ -98,13 +99,13 @@ pub fn run(config: &Config, log: &Log) -> Result<()> {
             .map_err(|e| Error::io(format!("source {}", path.display()), "open", e))?;
     }
     let endpoint = Endpoint::new(shell, target);
-    cleanup::watch_signals(log, &target.host);
+    cleanup::watch_signals(log, &target.host, remove_remote);
     cleanup::begin(&endpoint);
     let result = launch_and_sync(&launch, &endpoint, log);
     let left = cleanup::end();
     if result.is_err() {
         if let Some(dir) = left {
-            cleanup::remove_remote(&endpoint, &dir, log);
+            remove_remote(&endpoint, &dir, log);
         }
     }
     result
@@ -184,6 +185,21 @@ fn conclude(
         }
     }
     Ok(())
+}
+
+/// How long the explicit `ssh host rm -rf DIR` of a cleanup may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `rm -rf DIR` on the remote, bounded in time; says so when it fails.
+fn remove_remote(endpoint: &Endpoint, dir: &str, log: &Log) {
+    let cmd = endpoint.command(&format!("rm -rf {}", quote(dir)));
+    let done = process::bounded(cmd, "start", CLEANUP_TIMEOUT).is_ok_and(|f| f.status.success());
+    if !done {
+        log.line(format!(
+            "{}: could not remove {dir}; remove it by hand",
+            endpoint.host
+        ));
+    }
 }
 
 /// One line out of the local error (if any) and how the remote ended.
