@@ -9,7 +9,6 @@ use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress;
 use crate::config::{Connect, Env, Role, Transfer};
-use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::{self, Lane};
@@ -74,7 +73,7 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
             format!("block size {block_size} out of range"),
         ));
     }
-    let max = proto::max_payload(block_size, sub_block_size(block_size));
+    let max = proto::max_payload(block_size);
     let mut lanes = vec![first];
     for lane in 1..lanes_n {
         let (l, w) = dial.connect(&hello(lane))?;

@@ -29,11 +29,12 @@
 //!     states in lane order, each as 16 bytes little-endian, then
 //!     `(data.len() as u64).to_le_bytes()`. The resulting state is the
 //!     digest, a `u128`; on the wire it travels as 16 bytes little-endian.
-//! * **Sub-blocks.** Blocks are compared at sub-block granularity. For a
-//!   block size `B` the sub-block size is `min(SUB_BLOCK, B)` with
-//!   `SUB_BLOCK = 64 KiB`; a block of length `L` (the last block of a device
-//!   may be short) has `ceil(L / sub)` sub-blocks, the last possibly short,
-//!   each digested independently with the block digest above.
+//! * **Pages.** Blocks are compared per page: for a block size `B` the page
+//!   size is `min(4 KiB, B)` (`crate::proto::PAGE`); a block of length `L`
+//!   (the last block of a device may be short) has `ceil(L / page)` pages,
+//!   the last possibly short, each digested independently with the block
+//!   digest above. The coarser range digests built from page digests are
+//!   defined with the protocol, in `crate::proto`.
 //!
 //! # Implementation notes
 //!
@@ -56,9 +57,6 @@
 //! `u128` multiply in the loop (1.51), the chunk loop unrolled twice (1.32).
 //! The loop is sensitive to code layout, hence `#[inline(never)]` on
 //! [`digest`].
-
-/// Sub-block size: the granularity at which blocks are compared.
-pub const SUB_BLOCK: usize = 64 * 1024;
 
 /// A block digest; on the wire it is 16 bytes little-endian.
 pub type Digest = u128;
@@ -112,11 +110,6 @@ pub fn digest(salt: u128, data: &[u8]) -> Digest {
         *lane = step(*lane, b);
     }
     finish(&lanes, data.len())
-}
-
-/// Sub-block size for a block size: `min(SUB_BLOCK, block_size)`.
-pub fn sub_block_size(block_size: usize) -> usize {
-    SUB_BLOCK.min(block_size)
 }
 
 /// Clears `out` and pushes the digest of every sub-block of `block` (no
@@ -272,6 +265,9 @@ mod tests {
         }
     }
 
+    /// A long input that crosses several windows.
+    const SUB_BLOCK: usize = 64 * 1024;
+
     #[test]
     fn digest_matches_reference_around_sub_block_and_window_sizes() {
         let data = random_bytes(SUB_BLOCK + 1 + 3 * WINDOW, 2);
@@ -329,13 +325,6 @@ mod tests {
             );
             assert_eq!(digest(salt, input), want, "digest, len {}", input.len());
         }
-    }
-
-    #[test]
-    fn sub_block_size_is_capped() {
-        assert_eq!(sub_block_size(4096), 4096);
-        assert_eq!(sub_block_size(SUB_BLOCK), SUB_BLOCK);
-        assert_eq!(sub_block_size(10 << 20), SUB_BLOCK);
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub struct Stats {
     pub bytes_cleared: AtomicU64,
     /// Changed data the source sent, before compression.
     pub bytes_changed: AtomicU64,
-    /// Bytes sent on the network.
+    /// Bytes sent on the network: block data and page requests by the
+    /// source, digests and acknowledgements by the destination.
     pub wire_sent: AtomicU64,
     /// Bytes received from the network.
     pub wire_received: AtomicU64,
@@ -295,8 +296,9 @@ pub fn summary(stats: &Stats, elapsed: Duration, side: Side) -> String {
     if side == Side::Destination {
         let _ = write!(
             line,
-            "; received {} of block data",
-            human_bytes(get(&stats.wire_received))
+            "; received {} of block data, sent {} of digests and acknowledgements",
+            human_bytes(get(&stats.wire_received)),
+            human_bytes(get(&stats.wire_sent))
         );
     }
     line

@@ -21,7 +21,6 @@ use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress;
 use crate::config::{Config, Role, Serve};
-use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
@@ -270,7 +269,7 @@ fn serve(
         a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
         lanes.push(a.lane);
     }
-    let max = proto::max_payload(geo.block_size, sub_block_size(geo.block_size));
+    let max = proto::max_payload(geo.block_size);
     for lane in &mut lanes {
         lane.reader.set_max(max);
     }

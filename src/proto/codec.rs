@@ -107,11 +107,11 @@ impl<'a> Reader<'a> {
 }
 
 pub(super) fn read_change(buf: &[u8]) -> Option<(Change, usize)> {
-    let sub = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
+    let page = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
     match *buf.get(4)? {
         CHANGE_ZERO => Some((
             Change {
-                sub,
+                page,
                 kind: ChangeKind::Zero,
             },
             CHANGE_LEN,
@@ -121,7 +121,7 @@ pub(super) fn read_change(buf: &[u8]) -> Option<(Change, usize)> {
             let digest = u128::from_le_bytes(d.try_into().ok()?);
             Some((
                 Change {
-                    sub,
+                    page,
                     kind: ChangeKind::Data(digest),
                 },
                 CHANGE_LEN + DIGEST_LEN,
@@ -137,6 +137,8 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
         WELCOME => "Welcome",
         ERROR => "Error",
         DIGESTS => "Digests",
+        REFINE => "Refine",
+        PAGES => "Pages",
         BLOCK => "Block",
         ACK => "Ack",
         COMPLETE => "Complete",
@@ -174,14 +176,22 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
                 .map_err(|_| r.malformed("message is not UTF-8"))?;
             Frame::Error(text)
         }
-        DIGESTS => {
+        DIGESTS | PAGES => {
             let index = r.u64()?;
             let digests = r.take(r.buf.len())?;
             if digests.len() % DIGEST_LEN != 0 {
                 return Err(r.malformed("digest list is not a whole number of digests"));
             }
-            Frame::Digests { index, digests }
+            if kind == DIGESTS {
+                Frame::Digests { index, digests }
+            } else {
+                Frame::Pages { index, digests }
+            }
         }
+        REFINE => Frame::Refine {
+            index: r.u64()?,
+            ranges: r.take(r.buf.len())?,
+        },
         BLOCK => {
             let index = r.u64()?;
             let flags = r.u8()?;
@@ -196,15 +206,15 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
                 return Err(r.malformed("more changes than bytes"));
             }
             let start = r.buf;
-            let mut last_sub = None;
+            let mut last_page = None;
             let mut data_changes = 0usize;
             for _ in 0..count {
                 let (change, used) =
                     read_change(r.buf).ok_or_else(|| r.malformed("bad change record"))?;
-                if last_sub.is_some_and(|s| change.sub <= s) {
-                    return Err(r.malformed("sub-blocks out of order"));
+                if last_page.is_some_and(|s| change.page <= s) {
+                    return Err(r.malformed("pages out of order"));
                 }
-                last_sub = Some(change.sub);
+                last_page = Some(change.page);
                 data_changes += usize::from(matches!(change.kind, ChangeKind::Data(_)));
                 r.take(used)?;
             }
@@ -279,7 +289,7 @@ impl<'a> BlockBuilder<'a> {
         let count = u32::try_from(changes.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&count.to_le_bytes());
         for c in changes {
-            out.extend_from_slice(&c.sub.to_le_bytes());
+            out.extend_from_slice(&c.page.to_le_bytes());
             match c.kind {
                 ChangeKind::Zero => out.push(CHANGE_ZERO),
                 ChangeKind::Data(d) => {
@@ -339,6 +349,16 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&index.to_le_bytes());
             out.extend_from_slice(digests);
         }
+        Frame::Refine { index, ranges } => {
+            start = begin_frame(out, REFINE);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(ranges);
+        }
+        Frame::Pages { index, digests } => {
+            start = begin_frame(out, PAGES);
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(digests);
+        }
         Frame::Block(b) => {
             let changes: Vec<Change> = b.changes.iter().collect();
             let mut block = BlockBuilder::begin(out, b.index, b.raw_len, &changes);
@@ -368,9 +388,23 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
     finish_frame(out, start);
 }
 
-/// Append a `Digests` frame straight from a digest list.
+/// Append a `Digests` frame straight from a list of range digests.
 pub fn encode_digests(out: &mut Vec<u8>, index: u64, digests: &[Digest]) {
-    let start = begin_frame(out, DIGESTS);
+    encode_list(out, DIGESTS, index, digests.iter());
+}
+
+/// Append a `Pages` frame straight from page digests.
+pub fn encode_pages<'d>(out: &mut Vec<u8>, index: u64, digests: impl Iterator<Item = &'d Digest>) {
+    encode_list(out, PAGES, index, digests);
+}
+
+fn encode_list<'d>(
+    out: &mut Vec<u8>,
+    kind: u8,
+    index: u64,
+    digests: impl Iterator<Item = &'d Digest>,
+) {
+    let start = begin_frame(out, kind);
     out.extend_from_slice(&index.to_le_bytes());
     for d in digests {
         out.extend_from_slice(&d.to_le_bytes());
@@ -410,11 +444,11 @@ mod tests {
         let mut out = Vec::new();
         let changes = [
             Change {
-                sub: 0,
+                page: 0,
                 kind: ChangeKind::Zero,
             },
             Change {
-                sub: 3,
+                page: 3,
                 kind: ChangeKind::Data(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
             },
         ];
@@ -457,6 +491,14 @@ mod tests {
         round_trip(Frame::Digests {
             index: 9,
             digests: &digests,
+        });
+        round_trip(Frame::Pages {
+            index: 10,
+            digests: &digests[..32],
+        });
+        round_trip(Frame::Refine {
+            index: 11,
+            ranges: &[0b101, 0x80],
         });
         round_trip(Frame::Ack { index: u64::MAX });
         round_trip(Frame::Complete { verify: 1 << 100 });
@@ -537,11 +579,11 @@ mod tests {
         let mut bad = Vec::new();
         let twice = [
             Change {
-                sub: 2,
+                page: 2,
                 kind: ChangeKind::Zero,
             },
             Change {
-                sub: 2,
+                page: 2,
                 kind: ChangeKind::Zero,
             },
         ];
@@ -583,7 +625,7 @@ mod tests {
             let len = rng.usize(..buf.len());
             rng.fill(&mut buf[..len]);
             if len > 0 {
-                buf[0] = rng.u8(1..=8);
+                buf[0] = rng.u8(*FRAME_TYPES.start()..=*FRAME_TYPES.end());
             }
             let _ = decode(&buf[..len], 200);
         }

@@ -1,7 +1,11 @@
-//! The destination role (rsync's receiver): digest the destination in
-//! block order and send the digests, check every sub-block that arrives
-//! against the source's digest, write in block order through the one
-//! writer, acknowledge, and say `Complete` once everything is flushed.
+//! The destination role (rsync's receiver): digest the destination's
+//! pages in block order and send the range digests, answer the source's
+//! `Refine` with the page digests it asks for, check every page that
+//! arrives against the source's digest, write in block order through the
+//! one writer, acknowledge, and say `Complete` once everything is flushed.
+//!
+//! A lane's reader answers `Refine` itself: the answer is small, and the
+//! source's lane readers never stop reading to send, so it cannot stall.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +45,7 @@ impl Window {
 #[derive(Clone, Copy)]
 struct DestCtx<'a> {
     p: &'a Params,
-    /// Our own digests of blocks whose data has not arrived yet.
+    /// Our own page digests of blocks whose data has not arrived yet.
     expected: &'a Mutex<HashMap<u64, Vec<Digest>>>,
     senders: &'a [Arc<FrameSender>],
     stats: &'a Stats,
@@ -51,6 +55,8 @@ struct DestCtx<'a> {
     rejoined: &'a AtomicBool,
     /// Digest lists done with, reused so a block costs no allocation.
     spare: &'a Mutex<Vec<Vec<Digest>>>,
+    /// The digest of a whole page of zeros.
+    zero_page: Digest,
 }
 
 /// Run the destination side over `lanes` into `disk` (already sized);
@@ -88,6 +94,7 @@ pub(super) fn run(
         done: &done,
         rejoined: &rejoined,
         spare: &spare,
+        zero_page: digest::digest(p.salt, &ZEROS[..p.page()]),
     };
 
     let abort = &abort;
@@ -112,11 +119,12 @@ pub(super) fn run(
             let pool = &recv_pool;
             s.spawn(move || {
                 let mut decompressor = Decompressor::default();
+                let mut answer = Vec::new();
                 run_lane(
                     i,
                     &mut reader,
                     abort,
-                    |r| ctx.lane_loop(r, pool, &tx, &mut decompressor),
+                    |r| ctx.lane_loop(r, pool, &tx, &mut decompressor, &mut answer),
                     || ctx.resume(i),
                     &|| ctx.done.load(Ordering::Acquire),
                 );
@@ -129,6 +137,7 @@ pub(super) fn run(
             let next = writer.run(write_rx, |index| {
                 ack.clear();
                 proto::encode(&Frame::Ack { index }, &mut ack);
+                Stats::add(&stats.wire_sent, ack.len() as u64);
                 window.release();
                 // Acks are cumulative: a lost one is covered by the next,
                 // and by Complete at the end.
@@ -161,18 +170,22 @@ pub(super) fn run(
 }
 
 impl DestCtx<'_> {
-    /// Digest destination blocks and send the digests to the source.
+    /// Digest destination blocks and send their range digests to the
+    /// source, keeping the page digests for `Refine` and the check.
     fn digest_worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
         let mut frame = Vec::new();
+        let mut ranges = Vec::new();
         loop {
             let Ok(mut block) = lock(rx).recv() else {
                 return Ok(());
             };
             let index = block.index;
             let b = &mut *block;
-            digest_sub_blocks(self.p.salt, &b.data[..b.len], self.p.sub(), &mut b.digests);
+            digest_sub_blocks(self.p.salt, &b.data[..b.len], self.p.page(), &mut b.digests);
+            proto::range_digests(&b.digests, &mut ranges);
             frame.clear();
-            proto::encode_digests(&mut frame, index, &b.digests);
+            proto::encode_digests(&mut frame, index, &ranges);
+            Stats::add(&self.stats.wire_sent, frame.len() as u64);
             let fresh = lock(self.spare).pop().unwrap_or_default();
             lock(self.expected).insert(index, std::mem::replace(&mut b.digests, fresh));
             drop(block);
@@ -195,8 +208,10 @@ impl DestCtx<'_> {
                 .filter(|(index, _)| lane_of(**index, n) == lane)
                 .collect();
             waiting.sort_unstable_by_key(|(index, _)| **index);
-            for (index, digests) in waiting {
-                proto::encode_digests(&mut frames, *index, digests);
+            let mut ranges = Vec::new();
+            for (index, pages) in waiting {
+                proto::range_digests(pages, &mut ranges);
+                proto::encode_digests(&mut frames, *index, &ranges);
             }
         }
         if self.done.load(Ordering::Acquire) {
@@ -213,12 +228,14 @@ impl DestCtx<'_> {
         pool: &Pool,
         tx: &SyncSender<Pooled>,
         decompressor: &mut Decompressor,
+        answer: &mut Vec<u8>,
     ) -> Result<()> {
         // Once per call, not per frame: run_lane calls again after a rejoin.
         let peer = reader.peer.clone();
         loop {
             let peer = peer.as_str();
             match reader.read("blocks")? {
+                Frame::Refine { index, ranges } => self.refine(peer, index, ranges, answer)?,
                 Frame::Block(b) => {
                     let Some(block) = self.receive(peer, &b, pool, decompressor)? else {
                         continue;
@@ -231,6 +248,39 @@ impl DestCtx<'_> {
                 other => return Err(unexpected(peer, &other)),
             }
         }
+    }
+
+    /// Answer a `Refine`: the page digests of the ranges asked for.
+    fn refine(&self, peer: &str, index: u64, ranges: &[u8], answer: &mut Vec<u8>) -> Result<()> {
+        let bad = |what: String| Error::protocol(peer, format!("block {index}: {what}"));
+        answer.clear();
+        {
+            let expected = lock(self.expected);
+            let Some(pages) = expected.get(&index) else {
+                let in_range = (self.p.first..self.p.geo.blocks()).contains(&index);
+                if in_range && self.rejoined.load(Ordering::Acquire) {
+                    // Asked twice around a reconnect, and answered since.
+                    return Ok(());
+                }
+                return Err(bad("page digests asked for a block not in flight".into()));
+            };
+            let n = proto::ranges(pages.len());
+            let past_end = (n..ranges.len() * 8).any(|r| proto::marked(ranges, r));
+            if ranges.len() != proto::bitmap_len(n) || past_end {
+                return Err(bad(format!(
+                    "a Refine bitmap of {} bytes for {n} ranges",
+                    ranges.len()
+                )));
+            }
+            let asked = (0..n)
+                .filter(|&r| proto::marked(ranges, r))
+                .flat_map(|r| &pages[proto::range_pages(r, pages.len())]);
+            proto::encode_pages(answer, index, asked);
+        }
+        Stats::add(&self.stats.wire_sent, answer.len() as u64);
+        // A lost lane is rejoined, and the source asks again.
+        let _ = self.senders[lane_of(index, self.senders.len())].send(answer);
+        Ok(())
     }
 
     fn receive(
@@ -273,20 +323,24 @@ impl DestCtx<'_> {
             )));
         }
         Stats::add(&self.stats.wire_received, frame.data.len() as u64);
-        let sub = self.p.sub();
+        let page = self.p.page();
         let salt = self.p.salt;
         let mut at = 0usize;
         let b = &mut *block;
         for change in frame.changes.iter() {
-            let j = change.sub as usize;
+            let j = change.page as usize;
             let Some(d) = digests.get_mut(j) else {
-                return Err(bad(format!("sub-block {j} is past the end of the block")));
+                return Err(bad(format!("page {j} is past the end of the block")));
             };
-            let start = j * sub;
-            let n = (start + sub).min(len) - start;
+            let start = j * page;
+            let n = (start + page).min(len) - start;
             match change.kind {
                 ChangeKind::Zero => {
-                    *d = digest::digest(salt, &ZEROS[..n]);
+                    *d = if n == page {
+                        self.zero_page
+                    } else {
+                        digest::digest(salt, &ZEROS[..n])
+                    };
                     push_extent(&mut b.extents, start, n, ExtentKind::Zero, 0);
                 }
                 ChangeKind::Data(theirs) => {
@@ -295,7 +349,7 @@ impl DestCtx<'_> {
                     };
                     if digest::digest(salt, bytes) != theirs {
                         return Err(bad(format!(
-                            "sub-block {j} does not match the source's digest after decompression \
+                            "page {j} does not match the source's digest after decompression \
                              (corrupted in transit)"
                         )));
                     }
@@ -318,5 +372,5 @@ impl DestCtx<'_> {
     }
 }
 
-/// Zeros to digest a cleared sub-block against.
-static ZEROS: [u8; digest::SUB_BLOCK] = [0; digest::SUB_BLOCK];
+/// Zeros to digest a cleared page against.
+static ZEROS: [u8; proto::PAGE] = [0; proto::PAGE];

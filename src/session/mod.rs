@@ -2,12 +2,16 @@
 //! sender) and the destination (`destination.rs`, rsync's receiver), and
 //! what they share, whichever of them is the client.
 //!
-//! The destination reads its device in order and streams sub-block digests;
-//! the source reads its own in order, compares, and sends each block as a
-//! list of changed sub-blocks (zero markers, or data with the source's
-//! digest, compressed). The destination checks every data sub-block against
-//! that digest after decompression, writes in block order, and acknowledges.
-//! A block counts as done on the source only when acknowledged.
+//! The destination reads its device in order and streams range digests
+//! (one per 64 KiB); the source reads its own in order and compares. A
+//! block whose ranges all match is answered at once; for one that differs
+//! the source asks for the page digests (one per 4 KiB) of the differing
+//! ranges, and goes on with the next block while the answer travels. Then
+//! it sends the block as a list of changed pages (zero markers, or data
+//! with the source's digest, compressed). The destination checks every data
+//! page against that digest after decompression, writes in block order, and
+//! acknowledges. A block counts as done on the source only when
+//! acknowledged. `crate::proto` describes the exchange frame by frame.
 //!
 //! Connections are lanes: lane `i` of `n` carries every frame about blocks
 //! `index % n == i`. The destination holds a window of permits: a block's
@@ -58,8 +62,9 @@ pub struct Params {
 }
 
 impl Params {
-    fn sub(&self) -> usize {
-        digest::sub_block_size(self.geo.block_size)
+    /// The change grain: a page, or the block if smaller.
+    fn page(&self) -> usize {
+        crate::proto::page_size(self.geo.block_size)
     }
 }
 
@@ -227,7 +232,7 @@ impl<'a> Abort<'a> {
     }
 }
 
-/// Hash of one block's final sub-block digests; the verification digest is
+/// Hash of one block's final page digests; the verification digest is
 /// their sum, so lanes may finish blocks in any order.
 fn block_hash(index: u64, digests: &[Digest]) -> u128 {
     let mut h = digest::fnv1a128(&index.to_le_bytes());

@@ -1,8 +1,18 @@
 //! The source role (rsync's sender): read the source in block order,
-//! compare each block with the destination's digests, and send what
-//! differs; count a block done only when the destination acknowledges it.
+//! compare each block with the destination's range digests, ask for the
+//! page digests of the ranges that differ, and send the pages that differ;
+//! count a block done only when the destination acknowledges it.
+//!
+//! Workers digest each block's pages once, fold them into range digests and
+//! compare. A block whose ranges all match is answered at once. Otherwise
+//! the worker sends `Refine`, parks the block (its pooled buffer and page
+//! digests) and takes the next one, so no block waits a round trip with a
+//! worker held. When the `Pages` answer arrives, the lane's reader files it
+//! and a finisher thread builds and sends the `Block`. Lane readers never
+//! send anything themselves, so a full socket can never stop a lane from
+//! reading the answers that would empty it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -23,26 +33,89 @@ use crate::reader::read_blocks;
 /// How many times a block may be sent before the session gives up.
 const MAX_ATTEMPTS: u8 = 3;
 
-/// A block sent and not yet acknowledged.
+/// A block sent (or refined) and not yet acknowledged.
 struct Sent {
     /// Its length, for progress.
     bytes: u64,
     attempts: u8,
+    /// Set aside while its `Refine` is answered.
+    waiting: Option<Parked>,
+}
+
+/// A block's bytes and page digests while it waits for `Pages`: the pooled
+/// buffer it was read into, or (when sent again after a lost connection) a
+/// copy read back.
+enum Held {
+    Pooled(Pooled),
+    Owned { data: Vec<u8>, pages: Vec<Digest> },
+}
+
+impl Held {
+    fn data(&self) -> &[u8] {
+        match self {
+            Held::Pooled(b) => b.bytes(),
+            Held::Owned { data, .. } => data,
+        }
+    }
+
+    fn pages(&self) -> &[Digest] {
+        match self {
+            Held::Pooled(b) => &b.digests,
+            Held::Owned { pages, .. } => pages,
+        }
+    }
+}
+
+/// A block set aside until the destination's page digests arrive.
+struct Parked {
+    held: Held,
+    /// The `Refine` bitmap: the ranges asked about.
+    ranges: Vec<u8>,
+    /// The destination's page digests of those ranges, once arrived.
+    theirs: Option<Vec<Digest>>,
+    /// The first time this block is sent: it counts in the summary.
+    first: bool,
+}
+
+/// Work for the finishers, filed by lane readers (which never send).
+enum Task {
+    /// The `Pages` of a parked block arrived: send its `Block`.
+    Finish(u64),
+    /// Asked again for a parked block: send its `Refine` again.
+    Refine(u64),
+    /// Asked again for a block already sent: read it back and start over
+    /// with these range digests.
+    Resend(u64, Vec<Digest>),
 }
 
 #[derive(Default)]
 struct SourceState {
-    /// Destination digests not yet used, by block.
+    /// Destination range digests not yet used, by block.
     remote: HashMap<u64, Vec<Digest>>,
-    /// Blocks sent and not yet acknowledged.
+    /// Blocks sent or refined and not yet acknowledged.
     unacked: BTreeMap<u64, Sent>,
+    /// Work for the finishers.
+    tasks: VecDeque<Task>,
     /// Every block before this one is written at the destination.
     acked_to: u64,
     complete: Option<u128>,
     /// `Bye` went out: lanes closing now is expected.
     finished: bool,
+    /// A lane was rejoined: repeated answers are expected now.
+    rejoined: bool,
     /// Digest lists done with, reused so a block costs no allocation.
     spare: Vec<Vec<Digest>>,
+    /// `Refine` bitmaps done with, reused likewise.
+    spare_maps: Vec<Vec<u8>>,
+}
+
+impl SourceState {
+    fn recycle(&mut self, parked: Parked) {
+        if let Some(theirs) = parked.theirs {
+            self.spare.push(theirs);
+        }
+        self.spare_maps.push(parked.ranges);
+    }
 }
 
 /// Run the source side over `lanes`; returns the verification digest.
@@ -88,13 +161,15 @@ pub(super) fn run(
         for (i, lane) in lanes.into_iter().enumerate() {
             let mut reader = lane.reader;
             s.spawn(move || {
-                let mut compressor = Compressor::new(p.compression);
                 run_lane(
                     i,
                     &mut reader,
                     abort,
-                    |r| ctx.lane_loop(r, &mut compressor),
-                    || Ok(()),
+                    |r| ctx.lane_loop(r),
+                    || {
+                        ctx.state.lock().rejoined = true;
+                        Ok(())
+                    },
                     &|| ctx.state.lock().finished,
                 );
             });
@@ -102,6 +177,7 @@ pub(super) fn run(
         for _ in 0..p.workers {
             let rx = Arc::clone(&rx);
             s.spawn(move || abort.guard(|| ctx.worker(&rx)));
+            s.spawn(move || abort.guard(|| ctx.finisher()));
         }
         drop(rx);
         let theirs = state.wait_for(abort, |st| {
@@ -116,6 +192,7 @@ pub(super) fn run(
                 )));
             } else {
                 state.lock().finished = true;
+                state.notify();
                 for s in &senders {
                     let _ = s.send_frame(&Frame::Bye);
                     s.shutdown();
@@ -139,12 +216,22 @@ struct SourceCtx<'a> {
     verify: &'a Mutex<u128>,
 }
 
-/// Reused buffers of a thread that builds `Block` frames.
+/// Reused buffers of a thread that builds frames.
 #[derive(Default)]
 struct FrameScratch {
-    ours: Vec<Digest>,
+    /// Our range digests.
+    ranges: Vec<Digest>,
     changes: Vec<Change>,
+    extents: Vec<Extent>,
     frame: Vec<u8>,
+}
+
+/// What comparing a block's range digests decided.
+enum Compared {
+    /// Every range matches: `scratch.frame` holds the empty `Block`.
+    Same,
+    /// `scratch.frame` holds the `Refine`; park the block with this bitmap.
+    Refine(Vec<u8>),
 }
 
 impl SourceCtx<'_> {
@@ -156,6 +243,9 @@ impl SourceCtx<'_> {
                 break;
             }
             let sent = entry.remove();
+            if let Some(parked) = sent.waiting {
+                st.recycle(parked);
+            }
             Stats::add(&self.stats.blocks_done, 1);
             Stats::add(&self.stats.bytes_done, sent.bytes);
         }
@@ -164,8 +254,21 @@ impl SourceCtx<'_> {
         self.state.notify();
     }
 
-    /// Read digests, acknowledgements and the end of the session off a lane.
-    fn lane_loop(&self, reader: &mut FrameReader, compressor: &mut Compressor) -> Result<()> {
+    fn peer(&self, index: u64) -> &str {
+        &self.senders[lane_of(index, self.senders.len())].peer
+    }
+
+    /// Send a frame on block `index`'s lane. A lost lane is rejoined by its
+    /// reader, and the destination asks again for what it did not get.
+    fn send(&self, index: u64, frame: &mut [u8]) {
+        Stats::add(&self.stats.wire_sent, frame.len() as u64);
+        let _ = self.senders[lane_of(index, self.senders.len())].send(frame);
+    }
+
+    /// Read range digests, page digests, acknowledgements and the end of
+    /// the session off a lane. Anything that needs sending is left to the
+    /// finishers.
+    fn lane_loop(&self, reader: &mut FrameReader) -> Result<()> {
         let end = self.p.geo.blocks();
         // Once per call, not per frame: run_lane calls again after a rejoin.
         let peer = reader.peer.clone();
@@ -186,21 +289,35 @@ impl SourceCtx<'_> {
                         continue; // Stale: already written.
                     }
                     if let Some(sent) = st.unacked.get_mut(&index) {
-                        // Asked again after a reconnect: the block was lost.
+                        // Asked again after a reconnect: what we sent was lost.
                         if sent.attempts >= MAX_ATTEMPTS {
                             return Err(Error::Failed(format!(
                                 "block {index}: not acknowledged after {MAX_ATTEMPTS} attempts"
                             )));
                         }
                         sent.attempts += 1;
+                        let task = match &sent.waiting {
+                            Some(parked) if parked.theirs.is_some() => {
+                                // Its Block goes out soon, on the new connection.
+                                st.spare.push(list);
+                                continue;
+                            }
+                            Some(_) => {
+                                st.spare.push(list);
+                                Task::Refine(index)
+                            }
+                            None => Task::Resend(index, list),
+                        };
+                        st.tasks.push_back(task);
                         drop(st);
-                        self.resend(index, &list, compressor)?;
+                        self.state.notify();
                         continue;
                     }
                     st.remote.insert(index, list);
                     drop(st);
                     self.state.notify();
                 }
+                Frame::Pages { index, digests } => self.pages(peer, index, digests)?,
                 Frame::Ack { index } if index < end => self.acknowledge(index + 1),
                 Frame::Complete { verify } => {
                     self.state.lock().complete = Some(verify);
@@ -211,75 +328,135 @@ impl SourceCtx<'_> {
         }
     }
 
-    /// Send block `index` again: read it back from the source and compare
-    /// it with the digests the destination sent again.
-    fn resend(&self, index: u64, theirs: &[Digest], compressor: &mut Compressor) -> Result<()> {
-        let len = self.p.geo.len(index);
-        let mut data = vec![0u8; len];
-        let n = self
-            .disk
-            .read_at(&mut data, self.p.geo.offset(index))
-            .map_err(|e| Error::io(self.disk.label(), format!("read at block {index}"), e))?;
-        if n < len {
-            return Err(Error::Failed(format!(
-                "{}: read at block {index}: the source shrank during the run",
-                self.disk.label()
+    /// File the destination's page digests for a parked block and hand it
+    /// to a finisher.
+    fn pages(&self, peer: &str, index: u64, digests: &[u8]) -> Result<()> {
+        let bad = |what: String| Error::protocol(peer, format!("block {index}: {what}"));
+        let mut st = self.state.lock();
+        let rejoined = st.rejoined;
+        let st = &mut *st;
+        let parked = st
+            .unacked
+            .get_mut(&index)
+            .and_then(|s| s.waiting.as_mut())
+            .filter(|w| w.theirs.is_none());
+        let Some(parked) = parked else {
+            let in_range = (self.p.first..self.p.geo.blocks()).contains(&index);
+            if in_range && (rejoined || index < st.acked_to) {
+                // Answered twice around a reconnect; the first answer counted.
+                return Ok(());
+            }
+            return Err(bad("page digests that were not asked for".into()));
+        };
+        let npages = parked.held.pages().len();
+        let want: usize = (0..proto::ranges(npages))
+            .filter(|&r| proto::marked(&parked.ranges, r))
+            .map(|r| proto::range_pages(r, npages).len())
+            .sum();
+        if digests.len() != want * 16 {
+            return Err(bad(format!(
+                "{} page digests, asked for {want}",
+                digests.len() / 16
             )));
         }
-        let mut scratch = FrameScratch::default();
-        let mut extents = Vec::new();
-        self.build_frame(index, &data, theirs, compressor, &mut scratch, &mut extents)?;
-        // A lost lane will be rejoined and ask again.
-        let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
+        let mut list = st.spare.pop().unwrap_or_default();
+        proto::read_digests(digests, &mut list);
+        parked.theirs = Some(list);
+        st.tasks.push_back(Task::Finish(index));
+        self.state.notify();
         Ok(())
     }
 
-    /// Compare `data` with the destination's digests, fill `extents`, and
-    /// build the `Block` frame in `scratch.frame`. Returns the stats class.
-    fn build_frame(
+    /// Digest `data`'s pages into `pages` and its ranges into
+    /// `scratch.ranges`, compare those with the destination's, and build
+    /// the answer in `scratch.frame`: an empty `Block`, or a `Refine`.
+    fn compare(
         &self,
         index: u64,
         data: &[u8],
+        pages: &mut Vec<Digest>,
         theirs: &[Digest],
-        compressor: &mut Compressor,
         scratch: &mut FrameScratch,
-        extents: &mut Vec<Extent>,
-    ) -> Result<usize> {
-        let sub = self.p.sub();
-        digest_sub_blocks(self.p.salt, data, sub, &mut scratch.ours);
-        if theirs.len() != scratch.ours.len() {
-            let lane = lane_of(index, self.senders.len());
+        map: Vec<u8>,
+    ) -> Result<Compared> {
+        digest_sub_blocks(self.p.salt, data, self.p.page(), pages);
+        proto::range_digests(pages, &mut scratch.ranges);
+        if theirs.len() != scratch.ranges.len() {
             return Err(Error::protocol(
-                &self.senders[lane].peer,
+                self.peer(index),
                 format!(
-                    "block {index}: {} digests, expected {}",
+                    "block {index}: {} range digests, expected {}",
                     theirs.len(),
-                    scratch.ours.len()
+                    scratch.ranges.len()
                 ),
             ));
         }
-        scratch.changes.clear();
-        extents.clear();
-        let mut raw_len = 0usize;
-        for (j, (mine, other)) in scratch.ours.iter().zip(theirs).enumerate() {
-            if mine == other {
-                continue;
+        let mut map = map;
+        map.clear();
+        map.resize(proto::bitmap_len(theirs.len()), 0);
+        let mut differ = false;
+        for (r, (mine, other)) in scratch.ranges.iter().zip(theirs).enumerate() {
+            if mine != other {
+                map[r / 8] |= 1 << (r % 8);
+                differ = true;
             }
-            let start = j * sub;
-            let end = (start + sub).min(data.len());
-            let (kind, ext) = if is_zero(&data[start..end]) {
-                (ChangeKind::Zero, ExtentKind::Zero)
-            } else {
-                raw_len += end - start;
-                (ChangeKind::Data(*mine), ExtentKind::Data)
-            };
-            scratch.changes.push(Change {
-                // Sub-blocks of a block of at most MAX_BLOCK_SIZE bytes.
-                sub: u32::try_from(j)
-                    .map_err(|_| Error::Failed(format!("block {index}: too many sub-blocks")))?,
-                kind,
-            });
-            push_extent(extents, start, end - start, ext, start);
+        }
+        scratch.frame.clear();
+        if differ {
+            proto::encode(
+                &Frame::Refine {
+                    index,
+                    ranges: &map,
+                },
+                &mut scratch.frame,
+            );
+            Ok(Compared::Refine(map))
+        } else {
+            self.state.lock().spare_maps.push(map);
+            BlockBuilder::begin(&mut scratch.frame, index, 0, &[]).finish(false);
+            Ok(Compared::Same)
+        }
+    }
+
+    /// Build the `Block` of a parked block in `scratch.frame`: the pages of
+    /// the asked ranges whose digests differ. Returns the raw data length.
+    fn build_block(
+        &self,
+        index: u64,
+        parked: &Parked,
+        compressor: &mut Compressor,
+        scratch: &mut FrameScratch,
+    ) -> Result<usize> {
+        let page = self.p.page();
+        let data = parked.held.data();
+        let ours = parked.held.pages();
+        let theirs = parked.theirs.as_deref().unwrap_or_default();
+        let mut theirs = theirs.iter();
+        scratch.changes.clear();
+        scratch.extents.clear();
+        let mut raw_len = 0usize;
+        for r in (0..proto::ranges(ours.len())).filter(|&r| proto::marked(&parked.ranges, r)) {
+            for j in proto::range_pages(r, ours.len()) {
+                // The count was checked when the digests arrived.
+                if theirs.next() == Some(&ours[j]) {
+                    continue;
+                }
+                let start = j * page;
+                let end = (start + page).min(data.len());
+                let (kind, ext) = if is_zero(&data[start..end]) {
+                    (ChangeKind::Zero, ExtentKind::Zero)
+                } else {
+                    raw_len += end - start;
+                    (ChangeKind::Data(ours[j]), ExtentKind::Data)
+                };
+                scratch.changes.push(Change {
+                    // Pages of a block of at most MAX_BLOCK_SIZE bytes.
+                    page: u32::try_from(j)
+                        .map_err(|_| Error::Failed(format!("block {index}: too many pages")))?,
+                    kind,
+                });
+                push_extent(&mut scratch.extents, start, end - start, ext, start);
+            }
         }
         let frame = &mut scratch.frame;
         frame.clear();
@@ -287,20 +464,20 @@ impl SourceCtx<'_> {
         let raw = u32::try_from(raw_len)
             .map_err(|_| Error::Failed(format!("block {index}: {raw_len} bytes of data")))?;
         let mut block = BlockBuilder::begin(frame, index, raw, &scratch.changes);
-        let pieces = extents
+        let pieces = scratch
+            .extents
             .iter()
             .filter(|e| e.kind == ExtentKind::Data)
             .map(|e| &data[e.start..e.start + e.len]);
         let compressed = compressor.append(pieces, block.data());
         block.finish(compressed);
-        Stats::add(&self.stats.wire_sent, frame.len() as u64);
         Stats::add(&self.stats.bytes_changed, raw_len as u64);
         Ok(raw_len)
     }
 
-    /// Compare blocks with the destination's digests and send what differs.
+    /// Compare blocks with the destination's range digests; send the blocks
+    /// that match, park the others and ask for their page digests.
     fn worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
-        let mut compressor = Compressor::new(self.p.compression);
         let mut scratch = FrameScratch::default();
         loop {
             let Ok(mut block) = lock(rx).recv() else {
@@ -313,15 +490,109 @@ impl SourceCtx<'_> {
             else {
                 return Ok(());
             };
+            let map = self.state.lock().spare_maps.pop().unwrap_or_default();
             let b = &mut *block;
-            let raw_len = self.build_frame(
+            let data = &b.data[..b.len];
+            let compared = self.compare(index, data, &mut b.digests, &theirs, &mut scratch, map)?;
+            {
+                let mut v = lock(self.verify);
+                *v = v.wrapping_add(block_hash(index, &b.digests));
+            }
+            let bytes = b.len as u64;
+            // Registered before sending: the answer may beat us back.
+            let mut st = self.state.lock();
+            st.spare.push(theirs);
+            let waiting = match compared {
+                Compared::Same => {
+                    Stats::add(&self.stats.same, 1);
+                    drop(block);
+                    None
+                }
+                Compared::Refine(ranges) => Some(Parked {
+                    held: Held::Pooled(block),
+                    ranges,
+                    theirs: None,
+                    first: true,
+                }),
+            };
+            st.unacked.insert(
                 index,
-                &b.data[..b.len],
-                &theirs,
-                &mut compressor,
-                &mut scratch,
-                &mut b.extents,
-            )?;
+                Sent {
+                    bytes,
+                    attempts: 1,
+                    waiting,
+                },
+            );
+            drop(st);
+            self.send(index, &mut scratch.frame);
+        }
+    }
+
+    /// Carry out the lane readers' tasks until every block is acknowledged.
+    fn finisher(&self) -> Result<()> {
+        let end = self.p.geo.blocks();
+        let mut compressor = Compressor::new(self.p.compression);
+        let mut scratch = FrameScratch::default();
+        loop {
+            let Some(task) = self
+                .state
+                .wait_for(self.abort, |st| match st.tasks.pop_front() {
+                    Some(task) => Some(Some(task)),
+                    None => (st.acked_to == end || st.finished).then_some(None),
+                })
+            else {
+                return Ok(());
+            };
+            match task {
+                None => return Ok(()),
+                Some(Task::Finish(index)) => self.finish(index, &mut compressor, &mut scratch)?,
+                Some(Task::Refine(index)) => {
+                    let st = self.state.lock();
+                    let Some(parked) = st.unacked.get(&index).and_then(|s| s.waiting.as_ref())
+                    else {
+                        continue;
+                    };
+                    scratch.frame.clear();
+                    proto::encode(
+                        &Frame::Refine {
+                            index,
+                            ranges: &parked.ranges,
+                        },
+                        &mut scratch.frame,
+                    );
+                    drop(st);
+                    self.send(index, &mut scratch.frame);
+                }
+                Some(Task::Resend(index, theirs)) => {
+                    let outcome = self.resend(index, &theirs, &mut scratch);
+                    self.state.lock().spare.push(theirs);
+                    outcome?;
+                }
+            }
+        }
+    }
+
+    /// Send the `Block` of a parked block whose page digests arrived.
+    fn finish(
+        &self,
+        index: u64,
+        compressor: &mut Compressor,
+        scratch: &mut FrameScratch,
+    ) -> Result<()> {
+        let Some(parked) = self
+            .state
+            .lock()
+            .unacked
+            .get_mut(&index)
+            .and_then(|s| s.waiting.take())
+        else {
+            return Ok(()); // Acknowledged meanwhile.
+        };
+        let raw_len = self.build_block(index, &parked, compressor, scratch);
+        let first = parked.first;
+        self.state.lock().recycle(parked);
+        let raw_len = raw_len?;
+        if first {
             let class = if scratch.changes.is_empty() {
                 &self.stats.same
             } else if raw_len > 0 {
@@ -330,25 +601,42 @@ impl SourceCtx<'_> {
                 &self.stats.zero
             };
             Stats::add(class, 1);
-            {
-                let mut v = lock(self.verify);
-                *v = v.wrapping_add(block_hash(index, &scratch.ours));
-            }
-            // Registered before sending: the acknowledgement may beat us back.
-            let mut st = self.state.lock();
-            st.unacked.insert(
-                index,
-                Sent {
-                    bytes: b.len as u64,
-                    attempts: 1,
-                },
-            );
-            st.spare.push(theirs);
-            drop(st);
-            drop(block);
-            // A lost lane is rejoined by its reader, and the destination
-            // asks again for what it did not get.
-            let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
         }
+        self.send(index, &mut scratch.frame);
+        Ok(())
+    }
+
+    /// Start block `index` over: read it back from the source and compare
+    /// it with the range digests the destination sent again.
+    fn resend(&self, index: u64, theirs: &[Digest], scratch: &mut FrameScratch) -> Result<()> {
+        let len = self.p.geo.len(index);
+        let mut data = vec![0u8; len];
+        let n = self
+            .disk
+            .read_at(&mut data, self.p.geo.offset(index))
+            .map_err(|e| Error::io(self.disk.label(), format!("read at block {index}"), e))?;
+        if n < len {
+            return Err(Error::Failed(format!(
+                "{}: read at block {index}: the source shrank during the run",
+                self.disk.label()
+            )));
+        }
+        let mut pages = Vec::new();
+        let compared = self.compare(index, &data, &mut pages, theirs, scratch, Vec::new())?;
+        let mut st = self.state.lock();
+        let Some(sent) = st.unacked.get_mut(&index) else {
+            return Ok(()); // Acknowledged meanwhile.
+        };
+        if let Compared::Refine(ranges) = compared {
+            sent.waiting = Some(Parked {
+                held: Held::Owned { data, pages },
+                ranges,
+                theirs: None,
+                first: false,
+            });
+        }
+        drop(st);
+        self.send(index, &mut scratch.frame);
+        Ok(())
     }
 }

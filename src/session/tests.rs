@@ -15,7 +15,6 @@ use super::{Params, Rejoin, destination, source};
 use crate::block::Geometry;
 use crate::compress::Level;
 use crate::config::Env;
-use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
@@ -71,8 +70,7 @@ fn open_both<S: Stream>(a: S, b: S) -> (Lane, Lane) {
 }
 
 fn raise_max(lane: &mut Lane) {
-    lane.reader
-        .set_max(proto::max_payload(BLOCK, sub_block_size(BLOCK)));
+    lane.reader.set_max(proto::max_payload(BLOCK));
 }
 
 /// A lane's two ends joined directly: (source's, destination's).
