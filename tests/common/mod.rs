@@ -205,8 +205,11 @@ pub struct Summary {
     pub read: f64,
     pub written: f64,
     pub cleared: f64,
-    /// Bytes sent plus received on the network (0 when the run had none).
+    /// Block data on the network: what the source sent, or what the
+    /// destination received (0 when the run had none).
     pub wire: f64,
+    /// What the destination sent: digests and acknowledgements.
+    pub digests: f64,
     /// The whole line, for messages.
     pub line: String,
 }
@@ -261,10 +264,12 @@ pub fn summary(stderr: &str) -> Summary {
         // A network source writes nothing and says so by leaving it out.
         written: bytes_after("written ").unwrap_or(0.0),
         cleared: bytes_after("cleared ").unwrap_or(0.0),
-        // The source says "sent X on the wire", the destination "received X".
-        wire: bytes_after("sent ")
-            .or_else(|| bytes_after("received "))
+        // The source says "sent X on the wire", the destination "received
+        // X of block data, sent Y of digests and acknowledgements".
+        wire: bytes_after("received ")
+            .or_else(|| bytes_after("sent "))
             .unwrap_or(0.0),
+        digests: bytes_after("block data, sent ").unwrap_or(0.0),
         line: line.to_string(),
     }
 }
