@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -82,31 +82,55 @@ fn direct() -> (Lane, Lane) {
     (s, d)
 }
 
-/// What a relay does to the bytes going from the source to the destination.
+/// What a relay does to the bytes going one way.
 #[derive(Clone, Copy)]
 enum Fault {
-    /// Close both directions after this many bytes.
+    /// Close both directions after this many bytes from the source.
     Cut(usize),
-    /// Invert the byte at this offset.
+    /// Close both directions after this many bytes from the destination
+    /// (where the digests travel).
+    CutBack(usize),
+    /// Invert the byte at this offset from the source.
     Flip(usize),
 }
 
-/// A lane through a relay thread that applies `fault` to the source's
-/// bytes: (source's end, destination's end).
+/// Bytes a relay forwarded: (source to destination, destination to source).
+#[derive(Default)]
+struct Counted {
+    up: AtomicUsize,
+    back: AtomicUsize,
+}
+
+/// A lane through a relay thread that applies `fault`: (source's end,
+/// destination's end).
 fn relayed(fault: Fault) -> (Lane, Lane) {
+    relay(Some(fault), Arc::default())
+}
+
+/// A lane through a relay that only counts what passes.
+fn counted(count: &Arc<Counted>) -> (Lane, Lane) {
+    relay(None, Arc::clone(count))
+}
+
+fn relay(fault: Option<Fault>, count: Arc<Counted>) -> (Lane, Lane) {
     let (src, relay_a) = UnixStream::pair().unwrap();
     let (relay_b, dst) = UnixStream::pair().unwrap();
     let (a2, b2) = (relay_a.try_clone().unwrap(), relay_b.try_clone().unwrap());
-    thread::spawn(move || forward(relay_a, relay_b, Some(fault)));
-    thread::spawn(move || forward(b2, a2, None));
+    let (up, back) = match fault {
+        Some(Fault::CutBack(at)) => (None, Some(Fault::Cut(at))),
+        other => (other, None),
+    };
+    let c2 = Arc::clone(&count);
+    thread::spawn(move || forward(relay_a, relay_b, up, &count.up));
+    thread::spawn(move || forward(b2, a2, back, &c2.back));
     let (mut s, mut d) = open_both(src, dst);
     raise_max(&mut s);
     raise_max(&mut d);
     (s, d)
 }
 
-/// Copy `from` to `to` until either ends, applying `fault`.
-fn forward(mut from: UnixStream, mut to: UnixStream, fault: Option<Fault>) {
+/// Copy `from` to `to` until either ends, applying `fault`, counting.
+fn forward(mut from: UnixStream, mut to: UnixStream, fault: Option<Fault>, count: &AtomicUsize) {
     let mut buf = [0u8; 8192];
     let mut total = 0usize;
     loop {
@@ -126,6 +150,7 @@ fn forward(mut from: UnixStream, mut to: UnixStream, fault: Option<Fault>) {
             _ => {}
         }
         total += n;
+        count.fetch_add(n, Ordering::Relaxed);
         if to.write_all(chunk).is_err() {
             break;
         }
@@ -192,11 +217,12 @@ impl Rejoin for NoRejoin {
 }
 
 fn params(size: u64, workers: usize, compression: Option<Level>) -> Params {
+    params_bs(size, BLOCK, workers, compression)
+}
+
+fn params_bs(size: u64, block_size: usize, workers: usize, compression: Option<Level>) -> Params {
     Params {
-        geo: Geometry {
-            size,
-            block_size: BLOCK,
-        },
+        geo: Geometry { size, block_size },
         first: 0,
         salt: 0x5eed,
         compression,
@@ -213,17 +239,30 @@ fn sync(
     lanes: Vec<(Lane, Lane)>,
     rejoin: (&dyn Rejoin, &dyn Rejoin),
 ) -> (Result<u128>, Result<u128>) {
+    let (s, d, _) = sync_stats(src, dst, p, lanes, rejoin);
+    (s, d)
+}
+
+/// [`sync`], also returning both ends' counters: (source's, destination's).
+fn sync_stats(
+    src: &Path,
+    dst: &Path,
+    p: &Params,
+    lanes: Vec<(Lane, Lane)>,
+    rejoin: (&dyn Rejoin, &dyn Rejoin),
+) -> (Result<u128>, Result<u128>, (Stats, Stats)) {
     let (env, log) = (Env::default(), Log::default());
     let source_disk = Disk::open_source(src, &env, &log).unwrap();
     let mut dest_disk = Disk::open_destination(dst, &env, &log).unwrap();
     dest_disk.fit_to(p.geo.size).unwrap();
     let (ours, theirs): (Vec<_>, Vec<_>) = lanes.into_iter().unzip();
     let (stats_s, stats_d) = (Stats::default(), Stats::default());
-    thread::scope(|s| {
+    let (s, d) = thread::scope(|s| {
         let d = s.spawn(|| destination::run(p, &dest_disk, theirs, &stats_d, rejoin.1));
         let r = source::run(p, &source_disk, ours, &stats_s, rejoin.0);
         (r, d.join().unwrap())
-    })
+    });
+    (s, d, (stats_s, stats_d))
 }
 
 /// A source of `len` random bytes with a zero run, and a destination that
@@ -344,4 +383,207 @@ fn a_silent_destination_times_out_the_source() {
     let msg = e.to_string();
     assert!(msg.contains("timed out"), "{msg}");
     assert!(started.elapsed() < DEADLINE * 5, "{:?}", started.elapsed());
+}
+
+// ------------------------------------------------- two-level digests ---
+
+const PAGE: usize = proto::PAGE;
+
+/// Data bytes and zero bytes the exchange must move from block `first`
+/// on: the pages that differ, worked out from the two files.
+fn page_diff(src: &[u8], dst: &[u8], block: usize, first: usize) -> (u64, u64) {
+    let mut dst = dst.to_vec();
+    dst.resize(src.len(), 0);
+    let (mut data, mut zero) = (0, 0);
+    for (a, b) in src.chunks(block).zip(dst.chunks(block)).skip(first) {
+        for (a, b) in a.chunks(PAGE).zip(b.chunks(PAGE)) {
+            if a == b {
+                continue;
+            }
+            if a.iter().all(|&x| x == 0) {
+                zero += a.len() as u64;
+            } else {
+                data += a.len() as u64;
+            }
+        }
+    }
+    (data, zero)
+}
+
+/// `data` with these pages overwritten by other random bytes.
+fn change_pages(data: &[u8], pages: impl IntoIterator<Item = usize>, seed: u64) -> Vec<u8> {
+    let mut out = data.to_vec();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for p in pages {
+        let end = ((p + 1) * PAGE).min(out.len());
+        rng.fill(&mut out[p * PAGE..end]);
+    }
+    out
+}
+
+/// Source and destination contents the two-level exchange must handle.
+fn scenes() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+    let len = 6 * BLOCK + 777;
+    let pages = len.div_ceil(PAGE);
+    let base = random(len, 20);
+    let mut rng = fastrand::Rng::with_seed(21);
+    let scattered: Vec<usize> = (0..pages).filter(|_| rng.u8(..100) < 5).collect();
+    let clustered = (3..40).chain(130..131).chain(200..260);
+    let mut zeros = base.clone();
+    zeros[BLOCK..2 * BLOCK].fill(0);
+    for p in (200..260).step_by(3) {
+        zeros[p * PAGE..(p + 1) * PAGE].fill(0);
+    }
+    let mut short = base.clone();
+    short[len - 3] ^= 1;
+    vec![
+        ("identical", base.clone(), base.clone()),
+        (
+            "scattered",
+            base.clone(),
+            change_pages(&base, scattered, 22),
+        ),
+        (
+            "clustered",
+            base.clone(),
+            change_pages(&base, clustered, 23),
+        ),
+        ("zero pages", zeros, base.clone()),
+        ("short last block", short, base.clone()),
+        (
+            "shorter destination",
+            base.clone(),
+            base[..len / 3].to_vec(),
+        ),
+    ]
+}
+
+#[test]
+fn two_level_exchange_moves_exactly_the_pages_that_differ() {
+    let dir = TempDir::new("two-level");
+    for (name, src_data, dst_data) in scenes() {
+        for (workers, lanes) in [(1, 1), (4, 4)] {
+            for first in [0u64, 2] {
+                let case = format!("{name}, -w {workers}, {lanes} lanes, -s {first}");
+                let src = dir.file("src", &src_data);
+                let dst = dir.file("dst", &dst_data);
+                let mut p = params(src_data.len() as u64, workers, Some(Level::Fast));
+                p.first = first;
+                let lanes = (0..lanes).map(|_| direct()).collect();
+                let (s, d, (ss, ds)) = sync_stats(&src, &dst, &p, lanes, (&NoRejoin, &NoRejoin));
+                assert_eq!(s.unwrap(), d.unwrap(), "{case}: verification");
+                let now = std::fs::read(&dst).unwrap();
+                let from = first as usize * BLOCK;
+                assert_eq!(now.len(), src_data.len(), "{case}: size");
+                assert!(now[from..] == src_data[from..], "{case}: content");
+                let kept = from.min(dst_data.len());
+                assert!(now[..kept] == dst_data[..kept], "{case}: -s touched");
+                let (data, zero) = page_diff(&src_data, &dst_data, BLOCK, first as usize);
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                assert_eq!(get(&ss.bytes_changed), data, "{case}: data sent");
+                assert_eq!(get(&ds.bytes_written), data, "{case}: data written");
+                assert_eq!(get(&ds.bytes_cleared), zero, "{case}: zeros cleared");
+            }
+        }
+    }
+}
+
+#[test]
+fn identical_data_costs_at_most_a_thousandth_in_digests() {
+    let dir = TempDir::new("digest-cost");
+    let data = random(16 * BLOCK, 24);
+    let src = dir.file("src", &data);
+    let dst = dir.file("dst", &data);
+    let p = params(data.len() as u64, 1, None);
+    let count = Arc::new(Counted::default());
+    let (s, d) = sync(
+        &src,
+        &dst,
+        &p,
+        vec![counted(&count)],
+        (&NoRejoin, &NoRejoin),
+    );
+    assert_eq!(s.unwrap(), d.unwrap());
+    let back = count.back.load(Ordering::Relaxed);
+    let up = count.up.load(Ordering::Relaxed);
+    assert!(back * 1000 <= data.len(), "{back} bytes of digests");
+    assert!(up * 1000 <= data.len(), "{up} bytes from the source");
+}
+
+#[test]
+fn one_changed_sector_in_a_10_mib_block_moves_one_page() {
+    let dir = TempDir::new("sector");
+    let bs = 10 << 20;
+    let data = random(bs, 25);
+    let mut old = data.clone();
+    old[5 * PAGE + 512..5 * PAGE + 1024].fill(7);
+    let src = dir.file("src", &data);
+    let dst = dir.file("dst", &old);
+    let p = params_bs(data.len() as u64, bs, 1, None);
+    let count = Arc::new(Counted::default());
+    let lane = counted(&count);
+    let (env, log) = (Env::default(), Log::default());
+    let source_disk = Disk::open_source(&src, &env, &log).unwrap();
+    let dest_disk = Disk::open_destination(&dst, &env, &log).unwrap();
+    let (mut ours, mut theirs) = lane;
+    ours.reader.set_max(proto::max_payload(bs));
+    theirs.reader.set_max(proto::max_payload(bs));
+    let stats = Stats::default();
+    thread::scope(|s| {
+        let d = s.spawn(|| destination::run(&p, &dest_disk, vec![theirs], &stats, &NoRejoin));
+        let source_stats = Stats::default();
+        source::run(&p, &source_disk, vec![ours], &source_stats, &NoRejoin).unwrap();
+        d.join().unwrap().unwrap();
+    });
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    let up = count.up.load(Ordering::Relaxed);
+    let back = count.back.load(Ordering::Relaxed);
+    // One page of data with its change record and the frame headers.
+    assert!(
+        (PAGE..PAGE + 200).contains(&up),
+        "{up} bytes from the source"
+    );
+    // 160 range digests, then the 16 page digests of one range.
+    let digests = (160 + proto::RANGE_PAGES) * 16;
+    assert!(
+        (digests..digests + 200).contains(&back),
+        "{back} bytes of digests"
+    );
+}
+
+#[test]
+fn a_lane_cut_anywhere_in_the_exchange_is_rejoined() {
+    // Cuts while range digests, Refine, Pages and Block frames are in
+    // flight, in both directions, with either end dialing again.
+    let dir = TempDir::new("cut-two-level");
+    let (_, src_data, dst_data) = scenes().swap_remove(1);
+    let src = dir.file("src", &src_data);
+    let p = params(src_data.len() as u64, 2, None);
+    let cuts = [
+        Fault::CutBack(20),
+        Fault::CutBack(150),
+        Fault::CutBack(500),
+        Fault::CutBack(1000),
+        Fault::Cut(30),
+        Fault::Cut(2000),
+        Fault::Cut(15000),
+    ];
+    for (i, cut) in cuts.into_iter().enumerate() {
+        for source_dials in [true, false] {
+            let case = format!("cut {i}, source dials: {source_dials}");
+            let dst = dir.file("dst", &dst_data);
+            let pairs = Pairs::default();
+            let (dialer, waiter) = (Dialer(&pairs), Waiter(&pairs));
+            let rejoin: (&dyn Rejoin, &dyn Rejoin) = if source_dials {
+                (&dialer, &waiter)
+            } else {
+                (&waiter, &dialer)
+            };
+            let lanes = vec![relayed(cut), direct()];
+            let (s, d) = sync(&src, &dst, &p, lanes, rejoin);
+            assert_eq!(s.unwrap(), d.unwrap(), "{case}");
+            assert_eq!(pairs.dialed.load(Ordering::Relaxed), 1, "{case}: no cut");
+            assert!(std::fs::read(&dst).unwrap() == src_data, "{case}: content");
+        }
+    }
 }
