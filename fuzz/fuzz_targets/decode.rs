@@ -30,15 +30,21 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(proto::decode(&buf[..used], max), Ok(Some((frame, used))));
             assert_eq!(proto::decode(&buf[..used - 1], max), Ok(None));
 
-            if let Frame::Block(b) = frame {
-                let mut last = None;
-                let mut n = 0;
-                for c in b.changes.iter() {
-                    assert!(last.is_none_or(|l| c.sub > l), "subs not increasing");
-                    last = Some(c.sub);
-                    n += 1;
+            match frame {
+                Frame::Block(b) => {
+                    let mut last = None;
+                    let mut n = 0;
+                    for c in b.changes.iter() {
+                        assert!(last.is_none_or(|l| c.page > l), "pages not increasing");
+                        last = Some(c.page);
+                        n += 1;
+                    }
+                    assert_eq!(n, b.changes.len());
                 }
-                assert_eq!(n, b.changes.len());
+                Frame::Digests { digests, .. } | Frame::Pages { digests, .. } => {
+                    assert_eq!(digests.len() % proto::DIGEST_LEN, 0, "a partial digest");
+                }
+                _ => {}
             }
         }
         Ok(None) => {
@@ -48,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
                 let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
                 assert!(len <= max, "oversized length not refused");
                 assert!(HEADER_LEN + len > buf.len(), "whole frame not decoded");
-                assert!(proto::FRAME_TYPES.contains(&h[0]), "unknown type not refused");
+                assert!(
+                    proto::FRAME_TYPES.contains(&h[0]),
+                    "unknown type not refused"
+                );
             }
         }
         Err(ProtoError::TooLarge { len, max: m }) => {

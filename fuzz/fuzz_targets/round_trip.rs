@@ -2,7 +2,7 @@
 //!
 //! Block frames are written the way the source writes them — with
 //! `BlockBuilder`: the changes, the data appended to its buffer, then
-//! `finish` — with strictly increasing sub-block numbers, and into a buffer
+//! `finish` — with strictly increasing page numbers, and into a buffer
 //! that already holds other bytes, so the offsets the builder keeps are
 //! tested too.
 #![no_main]
@@ -32,23 +32,29 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             let frame = frame(u)?;
             proto::encode(&frame, &mut out);
             check(&out[before.len()..], Some(frame));
-            if let Frame::Digests { index, digests } = frame {
-                // The source's shortcut writes the same bytes, and the
-                // reader gives back what went in.
-                let mut list = Vec::new();
-                proto::read_digests(digests, &mut list);
-                assert_eq!(list.len(), digests.len() / 16);
-                let mut direct = Vec::new();
+            // The digest lists' shortcuts write the same bytes, and the
+            // reader gives back what went in.
+            let (Frame::Digests { index, digests } | Frame::Pages { index, digests }) = frame
+            else {
+                return Ok(());
+            };
+            let mut list = Vec::new();
+            proto::read_digests(digests, &mut list);
+            assert_eq!(list.len(), digests.len() / proto::DIGEST_LEN);
+            let mut direct = Vec::new();
+            if matches!(frame, Frame::Digests { .. }) {
                 proto::encode_digests(&mut direct, index, &list);
-                assert_eq!(direct, &out[before.len()..]);
+            } else {
+                proto::encode_pages(&mut direct, index, list.iter());
             }
+            assert_eq!(direct, &out[before.len()..]);
         }
     }
     Ok(())
 }
 
 fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
-    Ok(match u.int_in_range(0..=8u8)? {
+    Ok(match u.int_in_range(0..=10u8)? {
         0 => Frame::Hello(Hello {
             session: u.arbitrary()?,
             lane: u.arbitrary()?,
@@ -69,13 +75,18 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
             lanes: u.arbitrary()?,
         }),
         2 => Frame::Error(u.arbitrary()?),
-        3 => {
-            let d: &[u8] = u.arbitrary()?;
-            Frame::Digests {
-                index: u.arbitrary()?,
-                digests: &d[..d.len() / 16 * 16],
-            }
-        }
+        3 => Frame::Digests {
+            index: u.arbitrary()?,
+            digests: whole_digests(u)?,
+        },
+        8 => Frame::Pages {
+            index: u.arbitrary()?,
+            digests: whole_digests(u)?,
+        },
+        9 => Frame::Refine {
+            index: u.arbitrary()?,
+            ranges: u.arbitrary()?,
+        },
         4 => Frame::Ack {
             index: u.arbitrary()?,
         },
@@ -93,6 +104,12 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
     })
 }
 
+/// A list of whole digests, as the decoder accepts.
+fn whole_digests<'a>(u: &mut Unstructured<'a>) -> Result<&'a [u8]> {
+    let d: &[u8] = u.arbitrary()?;
+    Ok(&d[..d.len() / proto::DIGEST_LEN * proto::DIGEST_LEN])
+}
+
 /// The handshake flags the decoder accepts: none, a token, a key.
 fn flags(u: &mut Unstructured<'_>) -> Result<u8> {
     let all = [0, proto::FLAG_AUTH, proto::FLAG_AUTH | proto::FLAG_ENCRYPT];
@@ -104,22 +121,22 @@ fn flags(u: &mut Unstructured<'_>) -> Result<u8> {
 fn encode_block(u: &mut Unstructured<'_>, out: &mut Vec<u8>, index: u64) -> Result<()> {
     let at = out.len();
     let mut changes = Vec::new();
-    let mut sub: u32 = u.arbitrary()?;
+    let mut page: u32 = u.arbitrary()?;
     for _ in 0..u.int_in_range(0..=64u8)? {
         let kind = if u.arbitrary()? {
             ChangeKind::Data(u.arbitrary()?)
         } else {
             ChangeKind::Zero
         };
-        changes.push(Change { sub, kind });
+        changes.push(Change { page, kind });
         // Mostly neighbours, sometimes far jumps towards u32::MAX.
         let step = if u.arbitrary()? {
             u32::from(u.int_in_range(1..=8u8)?)
         } else {
             u.arbitrary::<u32>()?.max(1)
         };
-        match sub.checked_add(step) {
-            Some(next) => sub = next,
+        match page.checked_add(step) {
+            Some(next) => page = next,
             None => break,
         }
     }

@@ -618,6 +618,76 @@ mod tests {
     }
 
     #[test]
+    fn page_digests_must_be_whole_and_refine_takes_any_bitmap() {
+        let mut buf = Vec::new();
+        encode(
+            &Frame::Pages {
+                index: 1,
+                digests: &[0; 33],
+            },
+            &mut buf,
+        );
+        assert!(decode(&buf, MAX).is_err());
+        // The bitmap's length depends on the block: the session checks it.
+        for ranges in [&[][..], &[1], &[0xff; 300]] {
+            round_trip(Frame::Refine { index: 3, ranges });
+        }
+        let mut direct = Vec::new();
+        encode_pages(&mut direct, 8, [1u128, 2].iter());
+        let (frame, _) = decode(&direct, MAX).unwrap().unwrap();
+        let Frame::Pages { index: 8, digests } = frame else {
+            panic!("not a Pages frame: {frame:?}")
+        };
+        let mut out = Vec::new();
+        read_digests(digests, &mut out);
+        assert_eq!(out, vec![1, 2]);
+    }
+
+    #[test]
+    fn pages_and_ranges_cover_a_block_with_short_ends() {
+        assert_eq!(page_size(10 << 20), PAGE);
+        assert_eq!(page_size(4095), 4095);
+        assert_eq!(page_size(1), 1);
+        let page = page_size(100_000);
+        let n = pages(100_000, page);
+        assert_eq!(n, 25);
+        assert_eq!(ranges(n), 2);
+        assert_eq!(range_pages(0, n), 0..16);
+        assert_eq!(range_pages(1, n), 16..25);
+        assert_eq!(bitmap_len(ranges(n)), 1);
+        assert_eq!(bitmap_len(8), 1);
+        assert_eq!(bitmap_len(9), 2);
+        let map = [0b0000_0101, 0b1000_0000];
+        let set: Vec<usize> = (0..16).filter(|&r| marked(&map, r)).collect();
+        assert_eq!(set, vec![0, 2, 15]);
+        assert!(!marked(&map, 16), "past the bitmap");
+        // The largest block's frames fit the negotiated maximum.
+        let max = max_payload(MAX_BLOCK_SIZE);
+        assert!(max > MAX_BLOCK_SIZE && max < u32::MAX as usize);
+    }
+
+    #[test]
+    fn range_digests_fold_the_page_digests_of_each_range() {
+        let pages: Vec<Digest> = (0..20u128).map(|i| i * 0x1234_5678).collect();
+        let mut out = Vec::new();
+        range_digests(&pages, &mut out);
+        assert_eq!(out.len(), 2);
+        let fold = |ds: &[Digest]| {
+            let bytes: Vec<u8> = ds.iter().flat_map(|d| d.to_le_bytes()).collect();
+            crate::digest::fnv1a128(&bytes)
+        };
+        assert_eq!(out[0], fold(&pages[..RANGE_PAGES]));
+        assert_eq!(out[1], fold(&pages[RANGE_PAGES..]));
+        // Order matters: swapping two pages changes the range digest.
+        let mut swapped = pages.clone();
+        swapped.swap(0, 1);
+        let mut again = Vec::new();
+        range_digests(&swapped, &mut again);
+        assert_ne!(again[0], out[0]);
+        assert_eq!(again[1], out[1]);
+    }
+
+    #[test]
     fn random_bytes_never_panic() {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut buf = vec![0u8; 256];

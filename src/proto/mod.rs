@@ -149,9 +149,10 @@ pub const FLAG_ENCRYPT: u8 = 2;
 /// Length of the handshake nonces and proofs.
 pub const NONCE_LEN: usize = 16;
 
-/// Bytes per change without a digest, and the digest.
+/// Bytes per change without a digest.
 const CHANGE_LEN: usize = 5;
-const DIGEST_LEN: usize = 16;
+/// Bytes of a digest on the wire.
+pub const DIGEST_LEN: usize = 16;
 /// Change kinds on the wire.
 const CHANGE_ZERO: u8 = 0;
 const CHANGE_DATA: u8 = 1;
