@@ -101,7 +101,10 @@ bsync_run() {
     local flags=("$@")
     [[ $way == down ]] && flags=(-d "${flags[@]}")
     : >"$tmp/server.out"
-    ./bsync -q "${flags[@]}" -f "$sfile" -p 0 -i 127.0.0.1 \
+    # With $server_summary set the server prints its summary too.
+    local quiet=(-q)
+    [[ -n ${server_summary:-} ]] && quiet=()
+    ./bsync "${quiet[@]}" "${flags[@]}" -f "$sfile" -p 0 -i 127.0.0.1 \
         <"${bsync_stdin:-/dev/null}" >"$tmp/server.out" 2>"$tmp/server.log" &
     server_pid=$!
     pids+=("$server_pid")
@@ -140,6 +143,13 @@ bsync_run() {
 summary_line() { grep -o 'done: .*' "$tmp/client.log" | tail -n 1; }
 wire_sent() { summary_line | sed -n 's/.*; sent \(.*\) on the wire.*/\1/p'; }
 wire_ratio() { summary_line | sed -n 's/.*(\([0-9.]*\):1).*/\1/p'; }
+# What the destination sent (digests and acknowledgements), from its
+# summary: the client's in a download, the server's (with $server_summary
+# set) in an upload.
+digests_sent() {
+    grep -ho 'done: .*' "$tmp/client.log" "$tmp/server.log" 2>/dev/null |
+        sed -n 's/.*block data, sent \(.*\) of digests.*/\1/p' | tail -n 1
+}
 
 check_same() { cmp "$1" "$2" || die "$3: destination differs from source"; }
 

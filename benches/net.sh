@@ -5,10 +5,11 @@
 # loopback TCP, so every number here includes both ends sharing the same
 # CPUs. The files are the ones benches/sync.sh uses (cached under
 # target/bench/): a 1 GiB ext4 image of real files, and a copy with ~5 % of
-# its 4 KiB blocks overwritten by random data.
+# its 4 KiB blocks overwritten by random data at uniformly random places.
 #
 #   1. delta upload (5 % changed) against rsync's delta transfer
-#   2. upload of 2 GiB onto an identical copy (nothing to send)
+#   2. upload of 2 GiB onto an identical copy (nothing to send), and the
+#      digests the destination sent for it
 #   3. full copy into a new destination at every -L level and with -n
 #   4. delta download (-d), the same 5 % case
 #   5. delta upload through a relay adding 10 ms of round trip
@@ -40,7 +41,8 @@ big=$dir/ext4-2G-twice.img
 bigdst=$dir/net-2G-dst.img
 fresh=$dir/net-new.img
 relay_delay_ms=5
-target_rsync=0.4
+target_rsync=0.35
+target_digests_mib=2
 target_latency=1.10
 
 bench=net.sh
@@ -153,13 +155,18 @@ say "== 2. upload of 2 GiB onto an identical copy (1 run)"
 say "   $big = $orig twice; destination $bigdst already identical"
 say "   ./bsync -q -f $bigdst -p 0 -i 127.0.0.1 &   ./bsync -f $big -r 127.0.0.1:PORT"
 warm "$big" "$bigdst"
-bsync_run up "$bigdst" "$big" ""
+server_summary=1 bsync_run up "$bigdst" "$big" ""
+same_digests=$(digests_sent)
 same_t=$took
 same_cpu=$took_cpu
 check_same "$big" "$bigdst" "identical upload"
 same_gbps=$(gbps "$bigsize" "$same_t")
 say "   run 1: $same_t s = $same_gbps GB/s, CPU $same_cpu s   (cmp: identical)"
 say "   $(summary_line)"
+say "   server: $(grep -o 'done: .*' "$tmp/server.log" | tail -n 1)"
+same_digests_mib=$(awk '{ s = 1; if ($2 == "KiB") s = 2^10; if ($2 == "MiB") s = 2^20; if ($2 == "GiB") s = 2^30
+    printf "%.2f", $1 * s / 2^20 }' <<<"$same_digests")
+say "   digests and acknowledgements the destination sent: $same_digests = $same_digests_mib MiB (target <= $target_digests_mib MiB: $(verdict "$same_digests_mib" "$target_digests_mib"))"
 
 # ------------------------------------------------ 3. full copy per level
 say ""
@@ -248,7 +255,8 @@ say "   CPU = user + system seconds of bsync client and server together)"
     row "   rsync, loopback daemon (min of $runs)" "$rs1_min" "-" "1.00"
     row "   rsync, local pipe (1 run)" "$rs_local" "$rs_local_cpu" \
         "$(calc 'sprintf("%.2f", a / b)' "a=$rs_local" "b=$rs1_min") x rsync daemon"
-    row "2. identical 2 GiB upload" "$same_t" "$same_cpu" "$same_gbps GB/s"
+    row "2. identical 2 GiB upload" "$same_t" "$same_cpu" \
+        "$same_gbps GB/s, $same_digests_mib MiB of digests (target <= $target_digests_mib: $(verdict "$same_digests_mib" "$target_digests_mib"))"
     for i in "${!levels[@]}"; do
         row "3. full copy ${levels[i]}" "${full_t[i]}" "${full_cpu[i]}" \
             "$(gbps "$size" "${full_t[i]}") GB/s, ${full_ratio[i]:-1.00}:1 (sent ${full_wire[i]})"

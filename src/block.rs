@@ -2,9 +2,9 @@
 //!
 //! A transfer cuts the source into `block_size` blocks (the last one may be
 //! short); a block is the unit of reading, progress, resume (`-s`) and
-//! acknowledgement. Inside a block, comparison happens per sub-block
-//! ([`crate::digest::SUB_BLOCK`], or the block size if smaller), so a 10 MiB
-//! block with one changed sector writes one sub-block. What a block needs at
+//! acknowledgement. Inside a block, comparison happens per 4 KiB page
+//! ([`crate::proto::PAGE`], or the block size if smaller), so a 10 MiB
+//! block with one changed sector writes one page. What a block needs at
 //! the destination is a list of [`Extent`]s, written in offset order.
 
 use crate::digest::Digest;
@@ -21,7 +21,7 @@ pub struct Block {
     pub data: PinnedBuf,
     /// What the destination must do (filled by a worker).
     pub extents: Vec<Extent>,
-    /// Sub-block digests (network modes).
+    /// Page digests (network modes).
     pub digests: Vec<Digest>,
 }
 
@@ -91,7 +91,7 @@ pub struct Extent {
 }
 
 /// Append an extent, merging it into the last one when they touch and agree
-/// (in the file and in the buffer), so a run of changed sub-blocks becomes
+/// (in the file and in the buffer), so a run of changed pages becomes
 /// one write.
 pub fn push_extent(
     extents: &mut Vec<Extent>,

@@ -9,7 +9,7 @@
 //!
 //! The engine, shared by every mode: one sequential reader per side
 //! ([`reader::read_blocks`]) fills pooled buffers ([`pool`]) into a bounded
-//! prefetch queue; `-w` workers decide per sub-block what the destination
+//! prefetch queue; `-w` workers decide per 4 KiB page what the destination
 //! needs ([`block::Extent`]); one [`writer::Writer`] applies it in offset order.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

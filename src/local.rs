@@ -4,8 +4,8 @@
 //! side feeding a bounded prefetch queue, `-w` workers that decide what each
 //! block needs, and the single ordered [`Writer`]. With both ends at hand
 //! there is no need for digests: workers compare the bytes page by page
-//! ([`GRAIN`]), so a changed sector costs one page write, not a 64 KiB
-//! sub-block as on the network, where the grain is what a digest covers.
+//! ([`GRAIN`], the same 4 KiB grain as the network's `proto::PAGE`), so a
+//! changed sector costs one page write.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
