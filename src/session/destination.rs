@@ -75,7 +75,12 @@ pub(super) fn run(
     let done = AtomicBool::new(false);
     let rejoined = AtomicBool::new(false);
     let spare = Mutex::new(Vec::new());
-    let in_flight = p.prefetch + p.workers;
+    // A changed block spends two round trips in flight (range digests to
+    // Refine, Pages to Block), an identical one one: the window is twice
+    // the read-ahead so the second round trip overlaps too. Received
+    // buffers come from a pool that allocates on demand, and a block holds
+    // one only from its arrival to its write.
+    let in_flight = 2 * (p.prefetch + p.workers);
     let window = Window::new(in_flight);
     let abort = Abort::new(senders.clone(), vec![&window], rejoin);
     // Read buffers only live while their digests are computed; received
