@@ -92,8 +92,16 @@ impl Disk {
             .is_file();
         let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
         if !regular && !is_device {
+            let kind = file.metadata().map(|m| m.file_type()).ok();
+            let hint = if path == Path::new("/dev/zero") {
+                "-f defaults to /dev/zero: is -f missing?"
+            } else if kind.is_some_and(|k| k.is_dir()) {
+                "a directory: give the file or device inside it"
+            } else {
+                "a pipe, terminal or stream has no size to copy: save it to a file first"
+            };
             return Err(Error::usage(format!(
-                "{label}: not a regular file or block device (-f defaults to /dev/zero: is -f missing?)"
+                "{label}: not a regular file or block device ({hint})"
             )));
         }
         Disk::describe(file, label, env, log)

@@ -17,6 +17,14 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().write_all(cli::version_text().as_bytes());
             0
         }
+        Ok(Command::Manual) => {
+            let _ = std::io::stdout().write_all(cli::manual().as_bytes());
+            0
+        }
+        Ok(Command::Completions(shell)) => {
+            let _ = std::io::stdout().write_all(cli::completions(shell).as_bytes());
+            0
+        }
         Ok(Command::Run(config)) => match bsync::run(&config) {
             Ok(()) => 0,
             Err(e) => {

@@ -42,7 +42,7 @@ mod command;
 mod process;
 mod script;
 
-pub use command::Shell;
+pub use command::{Shell, split_words};
 pub use script::{quote, server_script};
 
 use std::path::Path;
