@@ -138,8 +138,11 @@ impl RawArgs {
         };
         match &mode {
             Mode::Local { destination, .. } => {
-                let flag = if self.download { "-f" } else { "-t" };
-                check_writing_end(destination, flag, true)?;
+                if self.download {
+                    check_writing_end(destination, "-f", given_file)?;
+                } else {
+                    check_writing_end(destination, "-t", true)?;
+                }
             }
             Mode::Serve(Serve {
                 role: Role::Destination,
