@@ -101,6 +101,8 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
         compression: t.compression,
         workers: t.workers,
         prefetch: t.prefetch,
+        encrypted: secret.is_some_and(Secret::encrypts),
+        bwlimit: t.bwlimit,
     };
     log.info(format!(
         "connected to {peer}: {} {} in blocks of {}, {} lane(s)",

@@ -28,8 +28,11 @@ fn main() -> ExitCode {
         Ok(Command::Run(config)) => match bsync::run(&config) {
             Ok(()) => 0,
             Err(e) => {
-                let prefix = bsync::progress::Log::new(&config.log).prefix();
-                eprintln!("{prefix}bsync: {e}");
+                let log = bsync::progress::Log::new(&config.log);
+                log.line(format!("bsync: {e}"));
+                if let Some(hint) = bsync::progress::resume_hint() {
+                    log.line(hint);
+                }
                 e.exit_status()
             }
         },
