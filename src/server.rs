@@ -239,9 +239,13 @@ fn serve(
         &rejoins,
         &mut handoff,
     );
-    let taken = lock(&rejoins.newcomer).take();
-    match (taken, handoff.map(thread::JoinHandle::join)) {
-        (Some((arrival, abandoned)), Some(Ok(rx))) => (result, Some((rx, arrival, abandoned))),
+    // Only a takeover ends the dispatcher; otherwise it is left waiting
+    // and ends with the process.
+    let Some((arrival, abandoned)) = lock(&rejoins.newcomer).take() else {
+        return (result, None);
+    };
+    match handoff.map(thread::JoinHandle::join) {
+        Some(Ok(rx)) => (result, Some((rx, arrival, abandoned))),
         _ => (result, None),
     }
 }

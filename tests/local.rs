@@ -398,21 +398,51 @@ fn source_directory_fails_naming_it() {
 
 #[test]
 fn write_failure_exits_1_naming_destination() {
-    // /dev/full reads as zeros and refuses every write with ENOSPC.
-    let full = Path::new("/dev/full");
-    if !full.exists() {
-        eprintln!("skipped: no /dev/full");
-        return;
-    }
+    // A 256 KiB tmpfs of our own (root only) runs out of space part way.
     let dir = TempDir::new("full");
     let s = dir.join("src");
-    write_file(&s, &random_bytes(300_000, 24));
-    let err = run_status(&mut local(&s, full, &["-b", "64K"]), 1);
-    assert!(err.contains("/dev/full"), "{err}");
+    write_file(&s, &random_bytes(1024 * 1024, 24));
+    let mnt = dir.join("small");
+    std::fs::create_dir_all(&mnt).expect("mount point");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs (needs root)");
+        return;
+    }
+    let d = mnt.join("dst");
+    let out = run(&mut local(&s, &d, &["-b", "64K"]));
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&d.display().to_string()), "{err}");
     assert!(
         !err.contains("done:"),
         "a failed run printed a summary: {err}"
     );
+    // Issue 15, item 5: the last line says where a resume may start.
+    let last = err.lines().last().unwrap_or_default();
+    let n: u64 = last
+        .strip_prefix("resume with -s ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line last: {err}"));
+    assert!(n <= 4, "only 256 KiB fit, yet resume at block {n}: {err}");
+}
+
+/// A writing end that is a character device is refused before the run.
+#[test]
+fn a_character_device_destination_is_refused() {
+    let dir = TempDir::new("chardev");
+    let s = dir.join("src");
+    write_file(&s, &random_bytes(300_000, 24));
+    for dev in ["/dev/full", "/dev/null"] {
+        let err = run_status(&mut local(&s, Path::new(dev), &["-b", "64K"]), 2);
+        assert!(err.contains("character device"), "{err}");
+    }
 }
 
 // A forgotten -f leaves the default source /dev/zero, a character device
