@@ -1886,3 +1886,106 @@ fn bwlimit_holds_the_rate_and_json_summarises() {
         "{stdout}"
     );
 }
+
+/// Issue 15, item 7, on a terminal (a pty from `script`, 60 columns, a
+/// long -l prefix): the live line never gets wider than the terminal, and a
+/// log line printed meanwhile starts on a line of its own. Off a terminal,
+/// each plain line carries a timestamp, the "encrypted" marker and the
+/// bandwidth limit.
+#[test]
+fn progress_fits_the_terminal_and_keeps_log_lines_apart() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no script(1) for a pty");
+        return;
+    }
+    let tmp = TempDir::new("tty");
+    let (s, d, out) = (tmp.join("src"), tmp.join("dst"), tmp.join("pty.out"));
+    write_file(&s, &random_bytes(2 * MIB, 155));
+    let key = "5a".repeat(32);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let inner = format!(
+        "stty cols 60 rows 20; exec {} -p {port} -i 127.0.0.1 -f {} -K {key} -l db01-migration:",
+        env!("CARGO_BIN_EXE_bsync"),
+        arg(&d)
+    );
+    let mut server = std::process::Command::new("script")
+        .args(["-qfec", &inner])
+        .arg(&out)
+        .env("BSYNC_IO_TIMEOUT", IO_TIMEOUT.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script");
+    let pty = || String::from_utf8_lossy(&std::fs::read(&out).unwrap_or_default()).to_string();
+    let start = Instant::now();
+    while !pty().contains("listening on") {
+        assert!(
+            start.elapsed() < PORT_LIMIT,
+            "the server did not start:\n{}",
+            pty()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let addr = format!("127.0.0.1:{port}");
+    let client = Proc::start(&[
+        "-f",
+        arg(&s),
+        "-r",
+        &addr,
+        "-b",
+        "64K",
+        "-K",
+        &key,
+        "-bwlimit",
+        "256K",
+    ]);
+    thread::sleep(Duration::from_millis(1500));
+    // A second client is refused: the server logs a line mid-progress.
+    let busy = Proc::start(&["-f", arg(&s), "-r", &addr, "-K", &key]).expect_status(1);
+    assert!(busy.contains("busy"), "{busy}");
+    let err = client.expect_status(0);
+    let status = server.wait().expect("wait for script");
+    let raw = pty();
+    assert!(status.success(), "server:\n{raw}");
+    assert_same(&s, &d);
+
+    assert!(
+        raw.contains("\r\x1b[Kdb01-migration: refused"),
+        "glued:\n{raw:?}"
+    );
+    let mut drawn = 0;
+    for piece in raw.split(['\r', '\n']) {
+        let visible = piece.replace("\x1b[K", "");
+        if visible.contains('%') {
+            drawn += 1;
+            assert!(
+                visible.chars().count() < 60,
+                "{} columns: {visible:?}",
+                visible.len()
+            );
+        }
+    }
+    assert!(drawn > 2, "no live progress seen:\n{raw:?}");
+
+    let plain = err
+        .lines()
+        .find(|l| l.contains(" blocks ") && l.contains("ETA"))
+        .unwrap_or_else(|| panic!("no plain progress line:\n{err}"));
+    let stamp = plain.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    assert!(
+        stamp.len() == 19 && stamp.as_bytes()[4] == b'-' && stamp.as_bytes()[13] == b':',
+        "no timestamp: {plain}"
+    );
+    assert!(
+        plain.contains("encrypted") && plain.contains("limit 256.0 KiB/s"),
+        "{plain}"
+    );
+}
