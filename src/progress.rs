@@ -362,7 +362,11 @@ fn progress_parts(
         recent.to_string(),
     ];
     let secs = elapsed.as_secs_f64();
-    if bytes > 0 && secs > 0.0 {
+    if bytes < totals.bytes && recent == rate(0, Duration::from_secs(1)) {
+        // Nothing moved lately (a lost connection, a slow peer): an ETA
+        // from the mean rate would only grow.
+        parts.push("stalled".to_string());
+    } else if bytes > 0 && secs > 0.0 {
         let left = (totals.bytes.saturating_sub(bytes)) as f64 / (bytes as f64 / secs);
         parts.push(format!(
             "ETA {}",

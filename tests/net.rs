@@ -638,6 +638,10 @@ fn skip_blocks(name: &str, dir: Dir) {
     );
     assert!(now[5 * bs..] == src[5 * bs..], "-s 5: the rest differs");
     check_summaries(&ends, &expect(&src, &old, bs, 5));
+    // Issue 15, item 7: both summaries say what -s left out.
+    for end in [&ends.client, &ends.server] {
+        assert!(summary(end).line.contains(", 5 skipped (-s 5)"), "{end}");
+    }
 }
 
 #[test]

@@ -31,7 +31,7 @@ COPY ON THIS MACHINE
   bsync -f DST -t SRC -d           the same, reading from the -t path
 
 OVER THE NETWORK (two machines)
-  bsync -f DST [-p PORT] [-i ADDR] run a server; in upload mode it writes DST
+  bsync -f DST [-p PORT] [-i ADDR]  run a server; in upload mode, writes DST
   bsync -f SRC -r HOST:PORT        connect and upload SRC
   bsync -f SRC -p PORT -d          run a server that is the source (download)
   bsync -f DST -r HOST:PORT -d     connect and download into DST
@@ -165,6 +165,13 @@ fn term_and_text(line: &str) -> (&str, &str) {
     }
 }
 
+/// `SECURITY`, `OVER THE NETWORK (two machines)`: capitals up to any
+/// parenthesis.
+fn is_heading(line: &str) -> bool {
+    let head = line.split(" (").next().unwrap_or_default();
+    !head.is_empty() && head == head.to_uppercase() && head.chars().any(char::is_alphabetic)
+}
+
 /// roff-escape `s`: backslashes, dashes and a leading dot or quote.
 fn roff(s: &str) -> String {
     let mut out = s.replace('\\', "\\e").replace('-', "\\-");
@@ -191,7 +198,7 @@ pub fn manual() -> String {
     for line in lines {
         if line.is_empty() {
             out.push_str(".PP\n");
-        } else if !line.starts_with(' ') && line == line.to_uppercase() {
+        } else if !line.starts_with(' ') && is_heading(line) {
             let _ = writeln!(out, ".SH {}", roff(line));
         } else if !line.starts_with(' ') {
             let _ = writeln!(out, "{}", roff(line));
@@ -253,9 +260,11 @@ pub fn completions(shell: ShellKind) -> String {
                     }
                 }
             }
+            // Every flag takes one dash or two; offer the form being typed.
             let _ = writeln!(
                 out,
-                "  esac\n  COMPREPLY=($(compgen -W \"{}\" -- \"$cur\"))\n}}\ncomplete -F _bsync bsync",
+                "  esac\n  local words=\"{}\"\n  [[ $cur == --* ]] && words=\"-${{words// / -}}\"\n  \
+                 COMPREPLY=($(compgen -W \"$words\" -- \"$cur\"))\n}}\ncomplete -F _bsync bsync",
                 words.join(" ")
             );
         }
@@ -322,7 +331,14 @@ mod tests {
     fn manual_has_every_section_and_flag() {
         let man = manual();
         assert!(man.starts_with(".TH BSYNC 1"));
-        for section in ["NAME", "SYNOPSIS", "SECURITY", "EXIT STATUS", "EXAMPLES"] {
+        for section in [
+            "NAME",
+            "SYNOPSIS",
+            "OVER THE NETWORK (two machines)",
+            "SECURITY",
+            "EXIT STATUS",
+            "EXAMPLES",
+        ] {
             assert!(man.contains(&format!(".SH {section}\n")), "{section}");
         }
         assert!(man.contains(".TP\n\\fB\\-bwlimit RATE\\fR\n"), "{man}");

@@ -46,6 +46,9 @@ pub fn stderr_columns() -> Option<u16> {
 /// The local wall-clock time of `secs` seconds after the epoch as
 /// `(year, month, day, hour, minute, second)`, by `localtime_r` (which
 /// honours `TZ` and `/etc/localtime`); UTC when that fails.
+// The libc crate deprecates musl's `time_t` only to announce its change to
+// 64 bits; the checked conversion below holds either way.
+#[allow(deprecated)]
 pub fn local_time(secs: u64) -> (i32, u32, u32, u32, u32, u32) {
     let t = libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX);
     // SAFETY: an all-zero `tm` is a valid value of this plain C struct.
