@@ -477,6 +477,18 @@ fn manual_and_completions_are_generated() {
         assert_eq!(out.status.code(), Some(0), "{shell}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("bwlimit"), "{shell}: {text}");
+        // The shell itself must accept it, where it is installed.
+        let dir = TempDir::new(&format!("completion-{shell}"));
+        let file = dir.join("completion");
+        write_file(&file, &out.stdout);
+        match std::process::Command::new(shell)
+            .arg("-n")
+            .arg(&file)
+            .output()
+        {
+            Ok(check) => assert!(check.status.success(), "{shell} -n: {}", stderr(&check)),
+            Err(_) => eprintln!("{shell} not installed: syntax not checked"),
+        }
     }
     let out = run(bsync().args(["--completions", "tcsh"]));
     assert_eq!(out.status.code(), Some(2));

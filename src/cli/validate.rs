@@ -227,7 +227,9 @@ impl RawArgs {
         }
         if self.bwlimit.is_some() {
             let sends = match (&self.remote, &self.target) {
-                (Some(_), _) | (None, Some(Target::Remote(_))) => !self.download,
+                (Some(_), _) => !self.download,
+                // With -d the remote end sends, and gets the limit.
+                (None, Some(Target::Remote(_))) => true,
                 (None, Some(Target::Local(_))) => false,
                 (None, None) => self.download,
             };
