@@ -23,10 +23,13 @@ pub struct Block {
     pub extents: Vec<Extent>,
     /// Sub-block digests (network modes).
     pub digests: Vec<Digest>,
+    /// The block lies in a hole of its file: it is all zeros and was not
+    /// read, so `data` holds nothing of it.
+    pub hole: bool,
 }
 
 impl Block {
-    /// The valid bytes.
+    /// The valid bytes; not the block's content when it is a [`hole`](Self::hole).
     pub fn bytes(&self) -> &[u8] {
         &self.data[..self.len]
     }
