@@ -167,7 +167,7 @@ fn plan_extents(src: &mut Pooled, dst: &[u8], grain: usize) {
     for start in (0..block.len).step_by(grain) {
         let end = (start + grain).min(block.len);
         let want = &bytes[start..end];
-        if want != &dst[start..end] {
+        if !crate::sys::simd::equal(want, &dst[start..end]) {
             let kind = if is_zero(want) {
                 ExtentKind::Zero
             } else {
