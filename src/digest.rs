@@ -79,7 +79,7 @@
 //! `#[inline(never)]` on [`digest`](crate::digest::digest) and the portable
 //! loop.
 
-use crate::sys::simd::{self, Isa};
+use crate::sys::simd::{self, CHAINS, Isa};
 
 /// Sub-block size: the granularity at which blocks are compared.
 pub const SUB_BLOCK: usize = 64 * 1024;
@@ -213,9 +213,9 @@ pub fn digest_sub_blocks_on(
     }
 }
 
-/// Sub-blocks digested together by [`digest_sub_blocks_on`]; a multiple of
-/// the eight fold chains [`simd::fnv1a128_words_x8`] runs at once.
-const BATCH: usize = 16;
+/// Sub-blocks digested together by [`digest_sub_blocks_on`]: as many as
+/// fold chains [`simd::fnv1a128_words`] runs at once.
+const BATCH: usize = CHAINS;
 
 /// Runs the 16-byte-multiple `body` through the lanes.
 fn absorb(isa: Option<Isa>, lanes: &mut [u128; LANES], body: &[u8]) {
@@ -244,13 +244,12 @@ fn absorb_tail(lanes: &mut [u128; LANES], tail: &[u8]) {
 }
 
 /// Pushes onto `out` the digests of the lane states `lanes` of inputs of
-/// lengths `lens`: [`finish`] for up to [`BATCH`] digests, eight chains in
-/// step.
+/// lengths `lens`: [`finish`] for up to [`CHAINS`] digests in step.
 fn finish_many(isa: Option<Isa>, lanes: &[[u128; LANES]], lens: &[usize], out: &mut Vec<Digest>) {
-    for (lanes, lens) in lanes.chunks(8).zip(lens.chunks(8)) {
+    for (lanes, lens) in lanes.chunks(CHAINS).zip(lens.chunks(CHAINS)) {
         // Chain j absorbs word column j: lane 0 low, lane 0 high, ...,
         // lane 15 high, the length.
-        let mut words = [[0u64; 8]; 2 * LANES + 1];
+        let mut words = [[0u64; CHAINS]; 2 * LANES + 1];
         for (j, (lanes, &len)) in lanes.iter().zip(lens).enumerate() {
             for (k, &h) in lanes.iter().enumerate() {
                 words[2 * k][j] = h as u64;
@@ -258,19 +257,19 @@ fn finish_many(isa: Option<Isa>, lanes: &[[u128; LANES]], lens: &[usize], out: &
             }
             words[2 * LANES][j] = len as u64;
         }
-        let mut digests = [0u128; 8];
-        if !isa.is_some_and(|isa| simd::fnv1a128_words_x8(isa, OFFSET, &words, &mut digests)) {
-            fnv1a128_words_x8(OFFSET, &words, &mut digests);
+        let mut digests = [0u128; CHAINS];
+        if !isa.is_some_and(|isa| simd::fnv1a128_words(isa, OFFSET, &words, &mut digests)) {
+            fnv1a128_words(OFFSET, &words, &mut digests);
         }
         out.extend_from_slice(&digests[..lanes.len()]);
     }
 }
 
-/// Eight FNV-1a 128 chains from `start`, chain `j` over the little-endian
-/// bytes of `words[0][j]`, `words[1][j]`, ...; four in step at a time, so
-/// their multiplies overlap.
-fn fnv1a128_words_x8(start: u128, words: &[[u64; 8]], out: &mut [u128; 8]) {
-    for first in (0..8).step_by(GROUP) {
+/// [`CHAINS`] FNV-1a 128 chains from `start`, chain `j` over the
+/// little-endian bytes of `words[0][j]`, `words[1][j]`, ...; four in step at
+/// a time, so their multiplies overlap.
+fn fnv1a128_words(start: u128, words: &[[u64; CHAINS]], out: &mut [u128; CHAINS]) {
+    for first in (0..CHAINS).step_by(GROUP) {
         let mut lo = [start as u64; GROUP];
         let mut hi = [(start >> 64) as u64; GROUP];
         for row in words {
@@ -592,20 +591,20 @@ mod tests {
     fn every_path_folds_words_like_fnv1a128() {
         let mut rng = fastrand::Rng::with_seed(25);
         for rows in [0, 1, 2, 33] {
-            let words: Vec<[u64; 8]> = (0..rows)
+            let words: Vec<[u64; CHAINS]> = (0..rows)
                 .map(|_| std::array::from_fn(|_| rng.u64(..)))
                 .collect();
             let start = rng.u128(..);
-            let want: [u128; 8] = std::array::from_fn(|j| {
+            let want: [u128; CHAINS] = std::array::from_fn(|j| {
                 let bytes: Vec<u8> = words.iter().flat_map(|r| r[j].to_le_bytes()).collect();
                 fnv1a128_update(start, &bytes)
             });
-            let mut got = [0u128; 8];
-            fnv1a128_words_x8(start, &words, &mut got);
+            let mut got = [0u128; CHAINS];
+            fnv1a128_words(start, &words, &mut got);
             assert_eq!(got, want, "portable, {rows} rows");
             for isa in Isa::ALL.into_iter().filter(|isa| isa.is_available()) {
-                got = [0; 8];
-                assert!(simd::fnv1a128_words_x8(isa, start, &words, &mut got));
+                got = [0; CHAINS];
+                assert!(simd::fnv1a128_words(isa, start, &words, &mut got));
                 assert_eq!(got, want, "{isa:?}, {rows} rows");
             }
         }

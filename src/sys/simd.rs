@@ -164,18 +164,27 @@ pub fn absorb4(isa: Isa, lanes: &mut [[u128; LANES]; 4], parts: [&[u8]; 4]) -> b
     true
 }
 
-/// Runs eight independent FNV-1a 128 chains, all starting at `start`:
+/// Chains [`fnv1a128_words`] runs at once.
+pub const CHAINS: usize = 16;
+
+/// Runs [`CHAINS`] independent FNV-1a 128 chains, all starting at `start`:
 /// chain `j` absorbs the bytes of `words[0][j]`, `words[1][j]`, ... (each
-/// word little-endian) and ends in `out[j]`. Returns false, with `out`
-/// untouched, when this CPU does not run `isa`.
-pub fn fnv1a128_words_x8(isa: Isa, start: u128, words: &[[u64; 8]], out: &mut [u128; 8]) -> bool {
+/// word little-endian) and ends in `out[j]`. Each chain is serial; sixteen
+/// in step keep the multipliers busy. Returns false, with `out` untouched,
+/// when this CPU does not run `isa`.
+pub fn fnv1a128_words(
+    isa: Isa,
+    start: u128,
+    words: &[[u64; CHAINS]],
+    out: &mut [u128; CHAINS],
+) -> bool {
     if !isa.is_available() {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let mut lo = [start as u64; 8];
-        let mut hi = [(start >> 64) as u64; 8];
+        let mut lo = [start as u64; CHAINS];
+        let mut hi = [(start >> 64) as u64; CHAINS];
         // SAFETY: `is_available` checked that the CPU has every feature the
         // kernel enables; the kernels touch only their arguments.
         unsafe {
@@ -301,7 +310,7 @@ fn equal_portable(a: &[u8], b: &[u8]) -> bool {
 mod x86 {
     pub(super) use std::arch::x86_64::*;
 
-    use super::{LANES, PRIME_LO, equal_portable, is_zero_portable};
+    use super::{CHAINS, LANES, PRIME_LO, equal_portable, is_zero_portable};
 
     /// One digest's lane states, split: `[low words, high words]`.
     pub(super) type Split = [[u64; LANES]; 2];
@@ -408,32 +417,48 @@ mod x86 {
                 }
             }
 
-            /// Eight FNV-1a 128 chains over little-endian word columns.
+            /// [`CHAINS`] FNV-1a 128 chains over little-endian word
+            /// columns, two vectors of eight.
             ///
             /// # Safety
             /// The CPU must have the enabled features.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $words(lo: &mut [u64; 8], hi: &mut [u64; 8], words: &[[u64; 8]]) {
-                // SAFETY: each array holds 8 u64, one vector.
-                let (mut l, mut h) = unsafe {
-                    (
-                        _mm512_loadu_si512(lo.as_ptr().cast()),
-                        _mm512_loadu_si512(hi.as_ptr().cast()),
-                    )
-                };
-                let mask = _mm512_set1_epi64(0xff);
-                for row in words {
-                    // SAFETY: `row` holds 8 u64, one vector.
-                    let mut w = unsafe { _mm512_loadu_si512(row.as_ptr().cast()) };
-                    for _ in 0..8 {
-                        (l, h) = $step(l, h, _mm512_and_si512(w, mask));
-                        w = _mm512_srli_epi64::<8>(w);
+            pub(super) unsafe fn $words(
+                lo: &mut [u64; CHAINS],
+                hi: &mut [u64; CHAINS],
+                words: &[[u64; CHAINS]],
+            ) {
+                let mut l = [_mm512_setzero_si512(); 2];
+                let mut h = [_mm512_setzero_si512(); 2];
+                for q in 0..2 {
+                    // SAFETY: each array holds 16 u64, two vectors' worth.
+                    unsafe {
+                        l[q] = _mm512_loadu_si512(lo.as_ptr().add(8 * q).cast());
+                        h[q] = _mm512_loadu_si512(hi.as_ptr().add(8 * q).cast());
                     }
                 }
-                // SAFETY: as for the loads.
-                unsafe {
-                    _mm512_storeu_si512(lo.as_mut_ptr().cast(), l);
-                    _mm512_storeu_si512(hi.as_mut_ptr().cast(), h);
+                let mask = _mm512_set1_epi64(0xff);
+                for row in words {
+                    // SAFETY: `row` holds 16 u64, two vectors' worth.
+                    let mut w = unsafe {
+                        [
+                            _mm512_loadu_si512(row.as_ptr().cast()),
+                            _mm512_loadu_si512(row.as_ptr().add(8).cast()),
+                        ]
+                    };
+                    for _ in 0..8 {
+                        for q in 0..2 {
+                            (l[q], h[q]) = $step(l[q], h[q], _mm512_and_si512(w[q], mask));
+                            w[q] = _mm512_srli_epi64::<8>(w[q]);
+                        }
+                    }
+                }
+                for q in 0..2 {
+                    // SAFETY: as for the loads.
+                    unsafe {
+                        _mm512_storeu_si512(lo.as_mut_ptr().add(8 * q).cast(), l[q]);
+                        _mm512_storeu_si512(hi.as_mut_ptr().add(8 * q).cast(), h[q]);
+                    }
                 }
             }
         };
@@ -509,17 +534,21 @@ mod x86 {
         }
     }
 
-    /// Eight FNV-1a 128 chains over little-endian word columns, two ymm
-    /// vectors of four.
+    /// [`CHAINS`] FNV-1a 128 chains over little-endian word columns, four
+    /// ymm vectors of four.
     ///
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn words_avx2(lo: &mut [u64; 8], hi: &mut [u64; 8], words: &[[u64; 8]]) {
-        let mut l = [_mm256_setzero_si256(); 2];
-        let mut h = [_mm256_setzero_si256(); 2];
-        for q in 0..2 {
-            // SAFETY: each array holds 8 u64, two vectors' worth.
+    pub(super) unsafe fn words_avx2(
+        lo: &mut [u64; CHAINS],
+        hi: &mut [u64; CHAINS],
+        words: &[[u64; CHAINS]],
+    ) {
+        let mut l = [_mm256_setzero_si256(); 4];
+        let mut h = [_mm256_setzero_si256(); 4];
+        for q in 0..4 {
+            // SAFETY: each array holds 16 u64, four vectors' worth.
             unsafe {
                 l[q] = _mm256_loadu_si256(lo.as_ptr().add(4 * q).cast());
                 h[q] = _mm256_loadu_si256(hi.as_ptr().add(4 * q).cast());
@@ -527,8 +556,8 @@ mod x86 {
         }
         let mask = _mm256_set1_epi64x(0xff);
         for row in words {
-            for q in 0..2 {
-                // SAFETY: `row` holds 8 u64, two vectors' worth.
+            for q in 0..4 {
+                // SAFETY: `row` holds 16 u64, four vectors' worth.
                 let mut w = unsafe { _mm256_loadu_si256(row.as_ptr().add(4 * q).cast()) };
                 for _ in 0..8 {
                     (l[q], h[q]) = step256(l[q], h[q], _mm256_and_si256(w, mask));
@@ -536,7 +565,7 @@ mod x86 {
                 }
             }
         }
-        for q in 0..2 {
+        for q in 0..4 {
             // SAFETY: as for the loads.
             unsafe {
                 _mm256_storeu_si256(lo.as_mut_ptr().add(4 * q).cast(), l[q]);
