@@ -71,9 +71,10 @@
 //!
 //! Measured with `cargo bench --bench digest` on one core of a shared AMD
 //! EPYC (Zen 5, 2 vCPUs), `digest_sub_blocks` over 4 KiB / 64 KiB
-//! sub-blocks: AVX-512 with IFMA 9.3 / 11.5 GB/s, AVX-512 without 7.6 /
-//! 9.0, AVX2 3.1 / 3.5, portable 2.0 / 2.15; byte-at-a-time FNV-1a 1.0
-//! (benches/BENCHMARKS.md). On Zen 4 the portable loop's variants that lost
+//! sub-blocks: AVX-512 with IFMA 9.5 / 11.4 GB/s, AVX-512 without 7.7 /
+//! 8.9, AVX2 3.1 / 3.5, portable 1.96 / 2.15; byte-at-a-time FNV-1a 1.0
+//! (benches/BENCHMARKS.md). A lone [`digest`](crate::digest::digest) of 4 KiB
+//! pays its fold alone: 5.5 GB/s with IFMA. On Zen 4 the portable loop's variants that lost
 //! were groups of 2 lanes or 8 (spills), a plain `u128` multiply, and the
 //! chunk loop unrolled twice; it is sensitive to code layout, hence
 //! `#[inline(never)]` on [`digest`](crate::digest::digest) and the portable
