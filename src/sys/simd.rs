@@ -22,8 +22,7 @@ use std::sync::OnceLock;
 #[cfg(target_arch = "x86_64")]
 use x86::*;
 
-/// A vector instruction set with kernels here. The sets nest (a CPU with
-/// IFMA has AVX-512, one with AVX-512 has AVX2), so they are ordered.
+/// A vector instruction set with kernels here, slowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// AVX2 (Intel Haswell, AMD Zen 1 and later).
@@ -39,16 +38,18 @@ impl Isa {
     /// Every instruction set, slowest first.
     pub const ALL: [Isa; 3] = [Isa::Avx2, Isa::Avx512, Isa::Avx512Ifma];
 
-    /// The fastest instruction set this CPU runs, asked once per process;
-    /// `None` means the portable code.
+    /// The fastest instruction set this CPU runs; `None` means the portable
+    /// code.
     pub fn detected() -> Option<Isa> {
-        static BEST: OnceLock<Option<Isa>> = OnceLock::new();
-        *BEST.get_or_init(|| Isa::ALL.into_iter().rev().find(|isa| isa.probe()))
+        Isa::ALL.into_iter().rev().find(|isa| isa.is_available())
     }
 
-    /// True if this CPU runs `self` (cached after the first call).
+    /// True if this CPU runs `self`. The CPU is asked once per process.
     pub fn is_available(self) -> bool {
-        Isa::detected().is_some_and(|best| best >= self)
+        // Each set is probed on its own rather than inferred from a faster
+        // one: a hypervisor may hide any feature.
+        static AVAILABLE: OnceLock<[bool; 3]> = OnceLock::new();
+        AVAILABLE.get_or_init(|| Isa::ALL.map(Isa::probe))[self as usize]
     }
 
     /// A short name for benchmarks and logs.
