@@ -253,7 +253,7 @@ fn finish_many(isa: Option<Isa>, lanes: &[[u128; LANES]], lens: &[usize], out: &
         let mut words = [[0u64; CHAINS]; 2 * LANES + 1];
         for (j, (lanes, &len)) in lanes.iter().zip(lens).enumerate() {
             for (k, &h) in lanes.iter().enumerate() {
-                words[2 * k][j] = h as u64;
+                words[2 * k][j] = low64(h);
                 words[2 * k + 1][j] = (h >> 64) as u64;
             }
             words[2 * LANES][j] = len as u64;
@@ -271,12 +271,12 @@ fn finish_many(isa: Option<Isa>, lanes: &[[u128; LANES]], lens: &[usize], out: &
 /// a time, so their multiplies overlap.
 fn fnv1a128_words(start: u128, words: &[[u64; CHAINS]], out: &mut [u128; CHAINS]) {
     for first in (0..CHAINS).step_by(GROUP) {
-        let mut lo = [start as u64; GROUP];
+        let mut lo = [low64(start); GROUP];
         let mut hi = [(start >> 64) as u64; GROUP];
         for row in words {
             for byte in 0..8 {
                 for j in 0..GROUP {
-                    let b = (row[first + j] >> (8 * byte)) as u8;
+                    let b = row[first + j].to_le_bytes()[byte];
                     (lo[j], hi[j]) = split_step(lo[j], hi[j], b);
                 }
             }
@@ -307,6 +307,13 @@ fn finish(lanes: &[u128; LANES], len: usize) -> Digest {
     fnv1a128_update(h, &(len as u64).to_le_bytes())
 }
 
+/// The low word of a state or product: dropping the high word is the point.
+#[allow(clippy::cast_possible_truncation)]
+#[inline(always)]
+fn low64(h: u128) -> u64 {
+    h as u64
+}
+
 /// [`step`] on a state held as its two 64-bit halves (see the module
 /// notes): one widening multiply and one plain one instead of a full
 /// 128-bit product.
@@ -318,7 +325,7 @@ fn split_step(lo: u64, hi: u64, b: u8) -> (u64, u64) {
         .wrapping_mul(PRIME_LO)
         .wrapping_add((wide >> 64) as u64)
         .wrapping_add(x << 24);
-    (wide as u64, hi)
+    (low64(wide), hi)
 }
 
 /// Runs lanes `first..first + GROUP` over `window` (a multiple of 16 bytes),
@@ -331,7 +338,7 @@ fn absorb_group(lanes: &mut [u128; LANES], first: usize, window: &[u8]) {
     let mut hi = [0u64; GROUP];
     for j in 0..GROUP {
         let h = lanes[first + j];
-        lo[j] = h as u64;
+        lo[j] = low64(h);
         hi[j] = (h >> 64) as u64;
     }
     for chunk in window.chunks_exact(LANES) {

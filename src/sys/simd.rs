@@ -82,6 +82,13 @@ impl Isa {
     }
 }
 
+/// The low word of a lane state: dropping the high word is the point.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::cast_possible_truncation)]
+fn low64(h: u128) -> u64 {
+    h as u64
+}
+
 /// Lanes of the block digest (fixed by its definition).
 const LANES: usize = 16;
 /// Low word of the FNV-1a 128 prime; its high word is `1 << 24`.
@@ -171,7 +178,7 @@ pub fn fnv1a128_words(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        let mut lo = [start as u64; CHAINS];
+        let mut lo = [low64(start); CHAINS];
         let mut hi = [(start >> 64) as u64; CHAINS];
         // SAFETY: `is_available` checked that the CPU has every feature the
         // kernel enables; the kernels touch only their arguments.
@@ -300,7 +307,7 @@ fn equal_portable(a: &[u8], b: &[u8]) -> bool {
 mod x86 {
     pub(super) use std::arch::x86_64::*;
 
-    use super::{CHAINS, LANES, PRIME_LO, equal_portable, is_zero_portable};
+    use super::{CHAINS, LANES, PRIME_LO, equal_portable, is_zero_portable, low64};
 
     /// One digest's lane states, split: `[low words, high words]`.
     pub(super) type Split = [[u64; LANES]; 2];
@@ -308,7 +315,7 @@ mod x86 {
     pub(super) fn split(lanes: &[u128; LANES]) -> Split {
         let mut s = [[0u64; LANES]; 2];
         for (k, &h) in lanes.iter().enumerate() {
-            s[0][k] = h as u64;
+            s[0][k] = low64(h);
             s[1][k] = (h >> 64) as u64;
         }
         s
