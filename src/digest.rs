@@ -330,8 +330,6 @@ fn split_step(lo: u64, hi: u64, b: u8) -> (u64, u64) {
 
 /// Runs lanes `first..first + GROUP` over `window` (a multiple of 16 bytes),
 /// holding their states in registers as split 64-bit halves.
-// Taking the low 64 bits of a u128 is the point of the split.
-#[allow(clippy::cast_possible_truncation)]
 #[inline(always)]
 fn absorb_group(lanes: &mut [u128; LANES], first: usize, window: &[u8]) {
     let mut lo = [0u64; GROUP];
