@@ -65,7 +65,6 @@ impl Geometry {
     pub fn len(&self, index: u64) -> usize {
         let rest = self.size.saturating_sub(self.offset(index));
         // Never more than block_size, which is a usize.
-        // Never more than block_size, which is a usize.
         usize::try_from(rest.min(self.block_size as u64)).unwrap_or(self.block_size)
     }
 }
@@ -119,16 +118,7 @@ pub fn push_extent(
 
 /// True if every byte is zero.
 pub fn is_zero(buf: &[u8]) -> bool {
-    // OR-folding fixed chunks lets the compiler vectorise; checking a whole
-    // chunk before testing keeps the loop branch-light.
-    let mut chunks = buf.chunks_exact(64);
-    for chunk in &mut chunks {
-        let acc = chunk.iter().fold(0u8, |a, &b| a | b);
-        if acc != 0 {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|&b| b == 0)
+    crate::sys::simd::is_zero(buf)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::lock::lock;
 use crate::pool::{Pool, Pooled};
 use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
 use crate::reader::read_blocks;
+use crate::sys::simd::equal;
 use crate::writer::Writer;
 
 /// Comparison and write granularity: a page. Finer writes would make the
@@ -178,7 +179,7 @@ fn plan_extents(src: &mut Block, dst: &Block, grain: usize) {
         let want = (!*hole).then(|| &data[start..end]);
         let have = (!dst.hole).then(|| &dst.data[start..end]);
         let kind = match (want, have) {
-            (Some(want), Some(have)) if want == have => None,
+            (Some(want), Some(have)) if equal(want, have) => None,
             (Some(want), _) if !is_zero(want) => Some(ExtentKind::Data),
             (Some(_), Some(_)) => Some(ExtentKind::Zero),
             (Some(_), None) => None,

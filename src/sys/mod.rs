@@ -21,6 +21,7 @@ use std::io;
 mod file;
 mod memory;
 mod process;
+pub mod simd;
 mod socket;
 
 pub use file::{
