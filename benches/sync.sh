@@ -73,7 +73,7 @@ case_local() {
         warm "$src" "$dst"
     }
     check() { :; }
-    time_min floor cat "$src" "$dst"
+    time_min floor warm "$src" "$dst"
     check() { check_same "$src" "$dst" "$name"; }
     time_min static ./bsync -q -f "$src" -t "$dst"
     time_min glib "$glibc" -q -f "$src" -t "$dst"
@@ -113,7 +113,7 @@ if [[ -w /proc/sys/vm/drop_caches ]]; then
     drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
     prepare() { restore "$orig" "$dst"; drop; }
     check() { :; }
-    time_min cold_floor cat "$scatter" "$dst"
+    time_min cold_floor warm "$scatter" "$dst"
     check() { check_same "$scatter" "$dst" "cold"; }
     time_min cold_sync ./bsync -q -f "$scatter" -t "$dst"
     r=$(calc 'sprintf("%.2f", s / f)' "s=$cold_sync" "f=$cold_floor")
