@@ -21,12 +21,13 @@ use std::io;
 mod file;
 mod memory;
 mod process;
+pub mod simd;
 mod socket;
 
 pub use file::{
     Advice, Cleared, blk_zero_out, block_device_size, clear_range, fadvise, is_block_device,
-    logical_sector_size, may_write, pread_full, punch_hole, pwrite_all, read_ahead, set_read_ahead,
-    start_writeback, wait_writeback, zero_range,
+    logical_sector_size, may_write, next_data, pread_full, punch_hole, pwrite_all, read_ahead,
+    set_read_ahead, start_writeback, wait_writeback, zero_range,
 };
 pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, memlock_limit};
 pub use process::{
