@@ -135,7 +135,10 @@ pub fn set_server() {
 /// interrupted run still says where to resume (then exits 128 + the
 /// signal). Called before any other thread starts, so all inherit the mask.
 pub fn watch_interrupts(log: &Log) {
-    if crate::sys::block_termination_signals().is_err() {
+    // Once per process, however often `run` is called (tests call it
+    // in-process).
+    static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WATCHING.swap(true, Relaxed) || crate::sys::block_termination_signals().is_err() {
         return;
     }
     let log = log.clone();
