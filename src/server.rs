@@ -6,8 +6,15 @@
 //! dropped: they never end the server and never touch the destination. A
 //! server with a key or token (see [`crate::auth`]) drops, the same way,
 //! every connection that cannot prove it holds the same one. The first good
-//! `Hello` (lane 0) opens the session; the destination is opened only then.
-//! The server exits when that session ends.
+//! `Hello` (lane 0) opens the session; the destination is opened only then
+//! (an upload's destination is checked, without opening it, before the
+//! server listens). The server exits when that session ends.
+//!
+//! Lost lanes come back through `Rejoins`. When every lane of the session
+//! is lost the server says until when it waits; a new client (another
+//! session) that arrives then is held for [`TAKEOVER_GRACE`] and, if the
+//! old client has not come back, takes the server over: the old session
+//! fails, and `run` serves the new one with the same arrivals channel.
 
 use std::collections::HashMap;
 use std::io::Write;
