@@ -52,7 +52,8 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
     let stats = Arc::new(Stats::default());
     let totals = Totals::from_block(geo, first);
     if first > 0 {
-        log.info(format!("skipping the first {first} blocks (-s)"));
+        let blocks = crate::progress::plural(first, "block");
+        log.info(format!("skipping the first {first} {blocks} (-s)"));
     }
     let reporter = Reporter::start(log, &stats, totals, !log.is_quiet(), &[]);
     let next = run_pipeline(t, &source, &dest, geo, first, &stats)?;

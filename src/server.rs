@@ -368,9 +368,10 @@ fn serve_session(
         bwlimit: t.bwlimit,
     };
     log.info(format!(
-        "session from {peer}: {} in blocks of {}, {lanes_n} lane(s)",
+        "session from {peer}: {} in blocks of {}, {lanes_n} {}",
         human_bytes(geo.size),
-        human_bytes(geo.block_size as u64)
+        human_bytes(geo.block_size as u64),
+        crate::progress::plural(lanes_n as u64, "lane")
     ));
     lock(&rejoins.slots).lanes = lanes_n;
     {

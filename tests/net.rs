@@ -613,7 +613,12 @@ fn download_size_not_a_multiple_of_the_block_size() {
 fn lanes(name: &str, dir: Dir, w: &str) {
     let (src, dst) = make_pair(3 * MIB + 77, 9);
     let ends = sync_and_check(name, dir, &src, Some(&dst), 64 << 10, &["-w", w]);
-    let lanes = format!("{w} lane(s)");
+    // Issue 15, item 7: singular and plural right.
+    let lanes = if w == "1" {
+        "1 lane".to_string()
+    } else {
+        format!("{w} lanes")
+    };
     assert_eq!(
         lines_with(&ends.client, &[&lanes]).len(),
         1,
