@@ -56,8 +56,8 @@ SPEED
   -w N          workers: parallel connections and CPU threads [1]
                 (HDD: 1, SSD: 4-8)
   -prefetch N   blocks read ahead; 0 means workers x 4 [0]
-  -n            no compression
-  -L LEVEL      zstd level: fast, default, better, best [default]
+  -n            no compression (the client chooses, for both directions)
+  -L LEVEL      zstd level: fast, default, better, best [default] (client)
   -bwlimit RATE  at most RATE bytes/s of block data from the sending end,
                 with K/M/G (binary), e.g. 20M
   -auto         not available yet in this build: refused with exit status 2

@@ -786,6 +786,11 @@ mod tests {
             (&["-P", "-r", "h:1"], "-P applies only"),
             (&["-P", "-f", "a", "-t", "b"], "-P applies only"),
             (&["-b", "1M", "-d", "-r", "h:1"], "-b has no effect"),
+            (&["-n", "-f", "x"], "-n has no effect on a server"),
+            (
+                &["-L", "best", "-d", "-f", "x"],
+                "-L has no effect on a server",
+            ),
             (&["-bwlimit", "1M", "-f", "a", "-t", "b"], "-bwlimit limits"),
             (&["-bwlimit", "1M", "-f", "a"], "-bwlimit limits"),
             (&["-bwlimit", "1M", "-d", "-r", "h:1"], "-bwlimit limits"),

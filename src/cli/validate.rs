@@ -219,6 +219,13 @@ impl RawArgs {
                 }
             }
         }
+        if !client && (self.no_compress || self.level.is_some()) {
+            let flag = if self.no_compress { "-n" } else { "-L" };
+            return Err(Error::usage(format!(
+                "{flag} has no effect on a server: the client picks the compression of \
+                 the session, in both directions; give {flag} to the client"
+            )));
+        }
         if given("b") && self.download && self.remote.is_some() {
             return Err(Error::usage(
                 "-b has no effect on a downloading client: the server is the source and its \
