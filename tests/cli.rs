@@ -371,8 +371,14 @@ fn flags_without_effect_are_refused() {
             &["-b", "1M", "-d", "-f", "DST", "-r", "127.0.0.1:9"],
             "-b has no effect",
         ),
-        (&["-n", "-f", "DST", "-p", "0"], "-n has no effect on a server"),
-        (&["-L", "best", "-d", "-f", "SRC"], "-L has no effect on a server"),
+        (
+            &["-n", "-f", "DST", "-p", "0"],
+            "-n has no effect on a server",
+        ),
+        (
+            &["-L", "best", "-d", "-f", "SRC"],
+            "-L has no effect on a server",
+        ),
         (
             &[
                 "-K",
