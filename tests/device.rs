@@ -555,6 +555,21 @@ fn a_source_mounted_read_write_gets_a_warning() {
     let (server, port) = Server::start(&["-f", dir.join("copy2").to_str().expect("utf-8")]);
     check(&run_ok(&mut client(&port, &["-b", "1M"], dev.path())));
     server.finish();
+    // A download server whose source is mounted says so too.
+    let mut served = bsync()
+        .args(["-q", "-d", "-p", "0", "-i", "127.0.0.1", "-f", dev_path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut line = String::new();
+    let stdout = served.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the port");
+    run_ok(&mut client(line.trim(), &["-d"], &dir.join("copy3")));
+    let out = served.wait_with_output().expect("the server");
+    check(&String::from_utf8_lossy(&out.stderr));
     // Not a warning when mounted read-only.
     drop(mounted);
     let Some(_ro) = Mounted::new(&["-o", "ro", dev_path], &dir.join("mnt")) else {
