@@ -260,6 +260,9 @@ pub struct Reporter {
 /// line is printed elsewhere.
 const TTY_EVERY: Duration = Duration::from_millis(500);
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
+/// Nothing done for this long: the line says `stalled` instead of an ETA
+/// that would only grow (a lost connection, a peer that went away).
+const STALLED_AFTER: Duration = Duration::from_secs(5);
 
 impl Reporter {
     /// Start reporting, unless `enabled` is false (quiet, or a `-P` server).
@@ -288,12 +291,17 @@ impl Reporter {
         let every = if tty { TTY_EVERY } else { PLAIN_EVERY };
         let thread = std::thread::spawn(move || {
             let mut last = (Instant::now(), 0u64);
+            let mut moved = Instant::now();
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                 let now = Instant::now();
                 let done = stats.bytes_done.load(Relaxed);
                 let recent = rate(done - last.1, now - last.0);
+                if done != last.1 {
+                    moved = now;
+                }
                 last = (now, done);
-                let parts = progress_parts(&stats, totals, now - started, &recent, &notes);
+                let stalled = now - moved >= STALLED_AFTER;
+                let parts = progress_parts(&stats, totals, now - started, &recent, stalled, &notes);
                 if tty {
                     let width = crate::sys::stderr_columns().map_or(80, usize::from);
                     let line = fit(&log.prefix(), &parts, width);
@@ -338,13 +346,14 @@ impl Drop for Reporter {
     }
 }
 
-/// The pieces of a progress line, most important first: counts, percent,
-/// bytes, rate, ETA, then the notes.
+/// The pieces of a progress line: counts, percent, bytes, rate, the ETA
+/// (or `stalled`), then the notes. [`fit`] relies on that order.
 fn progress_parts(
     stats: &Stats,
     totals: Totals,
     elapsed: Duration,
     recent: &str,
+    stalled: bool,
     notes: &[String],
 ) -> Vec<String> {
     let blocks = stats.blocks_done.load(Relaxed);
@@ -365,9 +374,7 @@ fn progress_parts(
         recent.to_string(),
     ];
     let secs = elapsed.as_secs_f64();
-    if bytes < totals.bytes && recent == rate(0, Duration::from_secs(1)) {
-        // Nothing moved lately (a lost connection, a slow peer): an ETA
-        // from the mean rate would only grow.
+    if stalled && bytes < totals.bytes {
         parts.push("stalled".to_string());
     } else if bytes > 0 && secs > 0.0 {
         let left = (totals.bytes.saturating_sub(bytes)) as f64 / (bytes as f64 / secs);
@@ -375,6 +382,8 @@ fn progress_parts(
             "ETA {}",
             human_duration(Duration::from_secs_f64(left))
         ));
+    } else {
+        parts.push("ETA -".to_string());
     }
     parts.extend(notes.iter().cloned());
     parts
@@ -586,10 +595,21 @@ mod tests {
             blocks: 10,
             bytes: 10 << 20,
         };
-        let parts = progress_parts(&stats, totals, Duration::from_secs(5), "1.0 MiB/s", &[]);
+        let parts = progress_parts(
+            &stats,
+            totals,
+            Duration::from_secs(5),
+            "1.0 MiB/s",
+            false,
+            &[],
+        );
         let line = parts.join("  ");
         assert!(line.starts_with("5/10 blocks   50.0%"), "{line}");
         assert!(line.contains("ETA 0:05"), "{line}");
+        // Issue 15, item 1: a server whose client is gone does not show a
+        // growing ETA.
+        let parts = progress_parts(&stats, totals, Duration::from_secs(60), "0 B/s", true, &[]);
+        assert_eq!(parts[4], "stalled");
     }
 
     #[test]
@@ -607,6 +627,7 @@ mod tests {
             totals,
             Duration::from_secs(99),
             "97.3 MiB/s",
+            false,
             &notes,
         );
         for (prefix, width) in [
