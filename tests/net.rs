@@ -1876,9 +1876,10 @@ fn an_interrupted_upload_says_where_to_resume() {
     ]);
     client.wait_stderr(RUN_LIMIT, |e| e.contains("connected to"));
     thread::sleep(Duration::from_millis(1200));
-    let pid = libc::pid_t::try_from(client.child.id()).expect("pid");
-    // SAFETY: the pid is our own live child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &client.child.id().to_string()])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -INT failed");
     let err = client.expect_status(130);
     assert!(err.contains("interrupted"), "{err}");
     let n = resume_point(err.lines().last().unwrap_or_default());
