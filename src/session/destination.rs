@@ -13,10 +13,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use super::{Abort, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use super::{Abort, Content, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
 use crate::block::{ExtentKind, push_extent};
 use crate::compress::Decompressor;
-use crate::digest::{self, Digest, digest_sub_blocks};
+use crate::digest::{self, Digest};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
@@ -56,7 +56,7 @@ struct DestCtx<'a> {
     /// Digest lists done with, reused so a block costs no allocation.
     spare: &'a Mutex<Vec<Vec<Digest>>>,
     /// The digest of a whole page of zeros.
-    zero_page: Digest,
+    zero: Digest,
 }
 
 /// Run the destination side over `lanes` into `disk` (already sized);
@@ -99,7 +99,7 @@ pub(super) fn run(
         done: &done,
         rejoined: &rejoined,
         spare: &spare,
-        zero_page: digest::digest(p.salt, &ZEROS[..p.page()]),
+        zero: p.zero_digest(p.page()),
     };
 
     let abort = &abort;
@@ -186,7 +186,9 @@ impl DestCtx<'_> {
             };
             let index = block.index;
             let b = &mut *block;
-            digest_sub_blocks(self.p.salt, &b.data[..b.len], self.p.page(), &mut b.digests);
+            let mut digests = std::mem::take(&mut b.digests);
+            Content::of(b).digests(self.p, self.zero, &mut digests);
+            b.digests = digests;
             proto::range_digests(&b.digests, &mut ranges);
             frame.clear();
             proto::encode_digests(&mut frame, index, &ranges);
@@ -342,9 +344,9 @@ impl DestCtx<'_> {
             match change.kind {
                 ChangeKind::Zero => {
                     *d = if n == page {
-                        self.zero_page
+                        self.zero
                     } else {
-                        digest::digest(salt, &ZEROS[..n])
+                        self.p.zero_digest(n)
                     };
                     push_extent(&mut b.extents, start, n, ExtentKind::Zero, 0);
                 }
@@ -376,6 +378,3 @@ impl DestCtx<'_> {
         Ok(Some(block))
     }
 }
-
-/// Zeros to digest a cleared page against.
-static ZEROS: [u8; proto::PAGE] = [0; proto::PAGE];

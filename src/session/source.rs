@@ -17,10 +17,10 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use super::{Abort, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
-use crate::block::{Extent, ExtentKind, is_zero, push_extent};
+use super::{Abort, Content, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use crate::block::{Extent, ExtentKind, push_extent};
 use crate::compress::Compressor;
-use crate::digest::{Digest, digest_sub_blocks};
+use crate::digest::Digest;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
@@ -51,10 +51,10 @@ enum Held {
 }
 
 impl Held {
-    fn data(&self) -> &[u8] {
+    fn content(&self) -> Content<'_> {
         match self {
-            Held::Pooled(b) => b.bytes(),
-            Held::Owned { data, .. } => data,
+            Held::Pooled(b) => Content::of(b),
+            Held::Owned { data, .. } => Content::Bytes(data),
         }
     }
 
@@ -142,14 +142,17 @@ pub(super) fn run(
     );
     let (tx, rx) = sync_channel(p.prefetch);
     let rx = Arc::new(Mutex::new(rx));
+    let throttle = p.bwlimit.map(super::Throttle::new);
     let ctx = SourceCtx {
         p,
+        throttle: throttle.as_ref(),
         disk,
         abort: &abort,
         state: &state,
         senders: &senders,
         stats,
         verify: &verify,
+        zero: p.zero_digest(p.page()),
     };
     let abort = &abort;
     let pool = &pool;
@@ -208,12 +211,16 @@ pub(super) fn run(
 #[derive(Clone, Copy)]
 struct SourceCtx<'a> {
     p: &'a Params,
+    /// `--bwlimit`.
+    throttle: Option<&'a super::Throttle>,
     disk: &'a Disk,
     abort: &'a Abort<'a>,
     state: &'a Signal<SourceState>,
     senders: &'a [Arc<FrameSender>],
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
+    /// The digest of a whole zero page.
+    zero: Digest,
 }
 
 /// Reused buffers of a thread that builds frames.
@@ -250,6 +257,11 @@ impl SourceCtx<'_> {
             Stats::add(&self.stats.bytes_done, sent.bytes);
         }
         st.acked_to = st.acked_to.max(upto);
+        // Acknowledgements are cumulative: every block before acked_to is
+        // written, whatever -w.
+        self.stats
+            .resume_at
+            .store(st.acked_to, std::sync::atomic::Ordering::Relaxed);
         drop(st);
         self.state.notify();
     }
@@ -262,6 +274,9 @@ impl SourceCtx<'_> {
     /// reader, and the destination asks again for what it did not get.
     fn send(&self, index: u64, frame: &mut [u8]) {
         Stats::add(&self.stats.wire_sent, frame.len() as u64);
+        if let Some(t) = self.throttle {
+            t.take(frame.len());
+        }
         let _ = self.senders[lane_of(index, self.senders.len())].send(frame);
     }
 
@@ -373,13 +388,13 @@ impl SourceCtx<'_> {
     fn compare(
         &self,
         index: u64,
-        data: &[u8],
+        data: Content<'_>,
         pages: &mut Vec<Digest>,
         theirs: &[Digest],
         scratch: &mut FrameScratch,
         map: Vec<u8>,
     ) -> Result<Compared> {
-        digest_sub_blocks(self.p.salt, data, self.p.page(), pages);
+        data.digests(self.p, self.zero, pages);
         proto::range_digests(pages, &mut scratch.ranges);
         if theirs.len() != scratch.ranges.len() {
             return Err(Error::protocol(
@@ -428,7 +443,7 @@ impl SourceCtx<'_> {
         scratch: &mut FrameScratch,
     ) -> Result<usize> {
         let page = self.p.page();
-        let data = parked.held.data();
+        let data = parked.held.content();
         let ours = parked.held.pages();
         let theirs = parked.theirs.as_deref().unwrap_or_default();
         let mut theirs = theirs.iter();
@@ -443,7 +458,7 @@ impl SourceCtx<'_> {
                 }
                 let start = j * page;
                 let end = (start + page).min(data.len());
-                let (kind, ext) = if is_zero(&data[start..end]) {
+                let (kind, ext) = if data.is_zero(start, end) {
                     (ChangeKind::Zero, ExtentKind::Zero)
                 } else {
                     raw_len += end - start;
@@ -464,11 +479,16 @@ impl SourceCtx<'_> {
         let raw = u32::try_from(raw_len)
             .map_err(|_| Error::Failed(format!("block {index}: {raw_len} bytes of data")))?;
         let mut block = BlockBuilder::begin(frame, index, raw, &scratch.changes);
+        // Only bytes that were read have data extents.
+        let bytes = match data {
+            Content::Bytes(b) => b,
+            Content::Hole(_) => &[],
+        };
         let pieces = scratch
             .extents
             .iter()
             .filter(|e| e.kind == ExtentKind::Data)
-            .map(|e| &data[e.start..e.start + e.len]);
+            .map(|e| &bytes[e.start..e.start + e.len]);
         let compressed = compressor.append(pieces, block.data());
         block.finish(compressed);
         Stats::add(&self.stats.bytes_changed, raw_len as u64);
@@ -492,8 +512,17 @@ impl SourceCtx<'_> {
             };
             let map = self.state.lock().spare_maps.pop().unwrap_or_default();
             let b = &mut *block;
-            let data = &b.data[..b.len];
-            let compared = self.compare(index, data, &mut b.digests, &theirs, &mut scratch, map)?;
+            let mut pages = std::mem::take(&mut b.digests);
+            let compared = self.compare(
+                index,
+                Content::of(b),
+                &mut pages,
+                &theirs,
+                &mut scratch,
+                map,
+            );
+            b.digests = pages;
+            let compared = compared?;
             {
                 let mut v = lock(self.verify);
                 *v = v.wrapping_add(block_hash(index, &b.digests));
@@ -622,7 +651,8 @@ impl SourceCtx<'_> {
             )));
         }
         let mut pages = Vec::new();
-        let compared = self.compare(index, &data, &mut pages, theirs, scratch, Vec::new())?;
+        let content = Content::Bytes(&data);
+        let compared = self.compare(index, content, &mut pages, theirs, scratch, Vec::new())?;
         let mut st = self.state.lock();
         let Some(sent) = st.unacked.get_mut(&index) else {
             return Ok(()); // Acknowledged meanwhile.

@@ -228,6 +228,8 @@ fn params_bs(size: u64, block_size: usize, workers: usize, compression: Option<L
         compression,
         workers,
         prefetch: workers * 4,
+        encrypted: false,
+        bwlimit: None,
     }
 }
 

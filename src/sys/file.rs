@@ -231,6 +231,17 @@ pub fn wait_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
     )
 }
 
+/// Whether this process may write `path` (`access(W_OK)`), asked without
+/// opening, creating or changing anything.
+pub fn may_write(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which
+    // only reads it.
+    check(unsafe { libc::access(c.as_ptr(), libc::W_OK) }).map(drop)
+}
+
 /// True if the file is a block device (fstat S_ISBLK).
 pub fn is_block_device(f: &File) -> io::Result<bool> {
     Ok(f.metadata()?.file_type().is_block_device())
@@ -257,6 +268,29 @@ pub fn pread_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         }
     }
     Ok(done)
+}
+
+/// Where the next data at or after `offset` starts (`lseek` `SEEK_DATA`):
+/// everything between is a hole and reads as zeros. `None` when only a
+/// hole follows up to the end of the file. A file system that cannot say
+/// reports data at `offset`, so callers read it as before.
+pub fn next_data(f: &File, offset: u64) -> io::Result<Option<u64>> {
+    let at: libc::off_t = to_c(offset)?;
+    // SAFETY: lseek only moves this descriptor's file offset, which bsync
+    // never relies on (every read and write is positioned); it touches no
+    // memory of ours.
+    let ret = unsafe { libc::lseek(f.as_raw_fd(), at, libc::SEEK_DATA) };
+    if ret >= 0 {
+        return Ok(u64::try_from(ret).ok());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // No data past `offset`.
+        Some(libc::ENXIO) => Ok(None),
+        // SEEK_DATA unsupported here: no holes are known.
+        Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(Some(offset)),
+        _ => Err(e),
+    }
 }
 
 /// How a zero range was cleared (so a verbose mode can report it).
