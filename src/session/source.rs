@@ -134,8 +134,14 @@ pub(super) fn run(
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
+    // Beyond the read-ahead and the workers' blocks, room for as many
+    // parked blocks again: a block waiting for its page digests holds its
+    // buffer for a round trip, and without that room the reader, always
+    // ahead, would leave the parked blocks two buffers and the link idle.
+    // The pool allocates on demand, so the room costs nothing until a long
+    // round trip uses it.
     let pool = Pool::new(
-        p.prefetch + 2 * p.workers + 2,
+        2 * p.prefetch + 3 * p.workers + 2,
         p.geo.buffer_len(),
         true,
         disk.hints(),
