@@ -8,18 +8,32 @@ use std::time::Duration;
 use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress;
-use crate::config::{Connect, Env, Role, Transfer};
+use crate::config::{Connect, DryRun, Env, Role, Transfer};
 use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::net::{self, Lane};
+use crate::net::{self, Lane, Stream};
+use crate::patch;
 use crate::progress::Log;
-use crate::proto::{self, AUTH_FAILED, Frame, Hello, MAX_BLOCK_SIZE, Welcome};
+use crate::proto::{self, AUTH_FAILED, FLAG_DRY, Frame, Hello, MAX_BLOCK_SIZE, Welcome};
 use crate::session::{self, Params};
 use crate::sys;
 
 /// Run a client session as `c` says, moving data as `t` says.
 pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
+    run_dry(c, t, env, log, None, b"")
+}
+
+/// [`run`], or with `dry` a dry run that writes nothing to the server's
+/// destination (`--compare`, `--write-patch`); a patch names `target`.
+pub fn run_dry(
+    c: &Connect,
+    t: &Transfer,
+    env: &Env,
+    log: &Log,
+    dry: Option<&DryRun>,
+    target: &[u8],
+) -> Result<()> {
     let (host, port) = (c.host.as_str(), c.port);
     let upload = c.role == Role::Source;
     let source = if upload {
@@ -48,7 +62,7 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
         skip: t.skip,
         source_size: source.as_ref().map_or(0, Disk::size),
         compression: compress::code(t.compression),
-        flags: Secret::flags(secret),
+        flags: Secret::flags(secret) | if dry.is_some() { FLAG_DRY } else { 0 },
         // Filled in afresh for every connection.
         nonce: [0; proto::NONCE_LEN],
     };
@@ -124,7 +138,123 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
             d
         }
     };
-    session::run(c.role, &params, &disk, lanes, &redial, log, !log.is_quiet())
+    let progress = !log.is_quiet();
+    match dry {
+        Some(dry) => {
+            patch::make::run_source(dry, target, &params, &disk, lanes, &redial, log, progress)
+        }
+        None => session::run(c.role, &params, &disk, lanes, &redial, log, progress),
+    }
+}
+
+/// A lane that is lost stays lost: a session over one stream (a remote
+/// shell's pipes) cannot dial again.
+pub struct NoRejoin;
+
+impl session::Rejoin for NoRejoin {
+    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
+        Err(Error::Failed(format!(
+            "lane {lane}: the remote shell's stream is gone and cannot be reopened"
+        )))
+    }
+}
+
+/// Run `role` on `disk` (a source, or a dry destination) in a one-lane
+/// session over `stream`, the pipes of a remote shell running
+/// `bsync --server`; `dry` as in [`run_dry`]. Returns the verification
+/// digest.
+#[allow(clippy::too_many_arguments)]
+pub fn run_over<S: Stream>(
+    stream: S,
+    peer: &str,
+    role: Role,
+    disk: &mut Disk,
+    t: &Transfer,
+    env: &Env,
+    log: &Log,
+    dry: Option<&DryRun>,
+    target: &[u8],
+    on_params: Option<&dyn Fn(&Params)>,
+) -> Result<u128> {
+    let upload = role == Role::Source;
+    let mut id = [0u8; 16];
+    sys::getrandom(&mut id).map_err(|e| Error::io("client", "get random bytes", e))?;
+    let block_size = u32::try_from(t.block_size)
+        .map_err(|_| Error::usage(format!("-b: {} is too large", t.block_size)))?;
+    let hello = Hello {
+        session: u128::from_le_bytes(id),
+        lane: 0,
+        lanes: 1,
+        download: !upload,
+        block_size,
+        skip: t.skip,
+        source_size: if upload { disk.size() } else { 0 },
+        compression: compress::code(t.compression),
+        flags: if dry.is_some() { FLAG_DRY } else { 0 },
+        nonce: [0; proto::NONCE_LEN],
+    };
+    let (mut lane, welcome) = handshake(stream, peer, &hello, None, env.io_timeout)?;
+    if welcome.block_size != block_size || welcome.skip != t.skip || welcome.lanes != 1 {
+        return Err(Error::protocol(
+            peer,
+            "the server changed the session's parameters",
+        ));
+    }
+    let max = proto::max_payload(t.block_size, sub_block_size(t.block_size));
+    lane.reader.set_max(max);
+    let geo = Geometry {
+        size: welcome.source_size,
+        block_size: t.block_size,
+    };
+    let params = Params {
+        geo,
+        first: welcome.skip.min(geo.blocks()),
+        salt: welcome.salt,
+        compression: t.compression,
+        workers: t.workers,
+        prefetch: t.prefetch,
+    };
+    if let Some(f) = on_params {
+        f(&params);
+    }
+    if !upload {
+        disk.fit_to(geo.size)?;
+    }
+    let disk = &*disk;
+    log.info(format!(
+        "connected to {peer}: {} {} in blocks of {}",
+        match (dry.is_some(), upload) {
+            (true, _) => "comparing",
+            (false, true) => "uploading",
+            (false, false) => "downloading",
+        },
+        crate::progress::human_bytes(geo.size),
+        crate::progress::human_bytes(t.block_size as u64),
+    ));
+    let progress = !log.is_quiet();
+    match dry {
+        Some(dry) => patch::make::run_source(
+            dry,
+            target,
+            &params,
+            disk,
+            vec![lane],
+            &NoRejoin,
+            log,
+            progress,
+        )
+        .map(|()| 0),
+        None => session::run_dry(
+            role,
+            &params,
+            disk,
+            vec![lane],
+            &NoRejoin,
+            log,
+            progress,
+            None,
+        ),
+    }
 }
 
 /// Connection attempts when a lane is rejoined, and the pause between them.
@@ -185,53 +315,9 @@ impl Dial<'_> {
     /// Open one lane: connect, exchange preambles, answer the challenge with
     /// a hello (and a proof), check the server's proof, get the welcome.
     fn connect(&self, hello: &Hello) -> Result<(Lane, Welcome)> {
-        let peer = self.peer;
         let stream = self.tcp()?;
         net::configure_tcp(&stream);
-        let mut lane = Lane::open(stream, peer.to_string(), self.deadline)?;
-        let (server_nonce, flags) = match lane.reader.read("the server's challenge")? {
-            Frame::Challenge { nonce, flags } => (nonce, flags),
-            other => return Err(session::unexpected(peer, &other)),
-        };
-        // Nothing is sent to a server that cannot prove what we hold.
-        if let Some(why) = auth::mismatch(hello.flags, flags, "server") {
-            let theirs = auth::mismatch(flags, hello.flags, "client").unwrap_or_default();
-            lane.sender.fail(&format!("{AUTH_FAILED}{theirs}"));
-            return Err(Error::Auth {
-                peer: peer.to_string(),
-                why,
-            });
-        }
-        let mut hello = *hello;
-        sys::getrandom(&mut hello.nonce).map_err(|e| Error::io("client", "get random bytes", e))?;
-        lane.sender.send_frame(&Frame::Hello(hello))?;
-        if let Some(secret) = self.secret {
-            let hs = Handshake::new(secret, &server_nonce, flags, &hello);
-            lane.sender.send_frame(&Frame::Proof {
-                tag: hs.proof(auth::Direction::Up),
-            })?;
-            match lane.reader.read("the server's proof")? {
-                Frame::Proof { tag } if hs.verify(auth::Direction::Down, &tag) => {}
-                Frame::Proof { .. } => {
-                    return Err(Error::Auth {
-                        peer: peer.to_string(),
-                        why: "the server holds a different key or token".into(),
-                    });
-                }
-                other => return Err(session::unexpected(peer, &other)),
-            }
-            if secret.encrypts() {
-                lane.encrypt(
-                    hs.cipher(auth::Direction::Up),
-                    hs.cipher(auth::Direction::Down),
-                );
-            }
-        }
-        let welcome = match lane.reader.read("the server's welcome")? {
-            Frame::Welcome(w) => w,
-            other => return Err(session::unexpected(peer, &other)),
-        };
-        Ok((lane, welcome))
+        handshake(stream, self.peer, hello, self.secret, self.deadline)
     }
 
     /// A TCP connection to the first address of the host that answers.
@@ -249,4 +335,59 @@ impl Dial<'_> {
         let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
         Err(Error::io(self.peer, "connect", e))
     }
+}
+
+/// Open one lane on `stream`: exchange preambles, answer the challenge with
+/// a hello (and a proof), check the server's proof, get the welcome.
+fn handshake<S: Stream>(
+    stream: S,
+    peer: &str,
+    hello: &Hello,
+    secret: Option<&Secret>,
+    deadline: Duration,
+) -> Result<(Lane, Welcome)> {
+    let mut lane = Lane::open(stream, peer.to_string(), deadline)?;
+    let (server_nonce, flags) = match lane.reader.read("the server's challenge")? {
+        Frame::Challenge { nonce, flags } => (nonce, flags),
+        other => return Err(session::unexpected(peer, &other)),
+    };
+    // Nothing is sent to a server that cannot prove what we hold.
+    if let Some(why) = auth::mismatch(hello.flags, flags, "server") {
+        let theirs = auth::mismatch(flags, hello.flags, "client").unwrap_or_default();
+        lane.sender.fail(&format!("{AUTH_FAILED}{theirs}"));
+        return Err(Error::Auth {
+            peer: peer.to_string(),
+            why,
+        });
+    }
+    let mut hello = *hello;
+    sys::getrandom(&mut hello.nonce).map_err(|e| Error::io("client", "get random bytes", e))?;
+    lane.sender.send_frame(&Frame::Hello(hello))?;
+    if let Some(secret) = secret {
+        let hs = Handshake::new(secret, &server_nonce, flags, &hello);
+        lane.sender.send_frame(&Frame::Proof {
+            tag: hs.proof(auth::Direction::Up),
+        })?;
+        match lane.reader.read("the server's proof")? {
+            Frame::Proof { tag } if hs.verify(auth::Direction::Down, &tag) => {}
+            Frame::Proof { .. } => {
+                return Err(Error::Auth {
+                    peer: peer.to_string(),
+                    why: "the server holds a different key or token".into(),
+                });
+            }
+            other => return Err(session::unexpected(peer, &other)),
+        }
+        if secret.encrypts() {
+            lane.encrypt(
+                hs.cipher(auth::Direction::Up),
+                hs.cipher(auth::Direction::Down),
+            );
+        }
+    }
+    let welcome = match lane.reader.read("the server's welcome")? {
+        Frame::Welcome(w) => w,
+        other => return Err(session::unexpected(peer, &other)),
+    };
+    Ok((lane, welcome))
 }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -20,15 +20,17 @@ use std::time::{Duration, Instant};
 use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress;
-use crate::config::{Config, Role, Serve};
+use crate::config::{Config, Role, Serve, Stdio};
 use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
+use crate::net::Stream;
 use crate::net::{self, Lane};
 use crate::progress::{Log, human_bytes};
-use crate::proto::{self, AUTH_FAILED, Frame, Hello, MAX_BLOCK_SIZE, MAX_LANES, Welcome};
+use crate::proto::{self, AUTH_FAILED, FLAG_DRY, Frame, Hello, MAX_BLOCK_SIZE, MAX_LANES, Welcome};
 use crate::session::{self, Params};
+use crate::stdio::{OpenRequest, PipeStream};
 use crate::sys;
 
 /// A connection that passed the preamble and sent a `Hello`.
@@ -75,6 +77,53 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
     serve(s, config, source, rx, log, progress)
 }
 
+/// `--server`: one session, one lane, on stdin and stdout. Without `-f`
+/// the client names the device first ([`OpenRequest`]). Logs go to
+/// stderr; there is no progress (a remote shell would mix it into the
+/// client's terminal).
+pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
+    let peer = "client on stdin".to_string();
+    let mut stream =
+        PipeStream::stdio().map_err(|e| Error::io("server", "take stdin/stdout", e))?;
+    stream
+        .set_deadline(config.env.io_timeout)
+        .map_err(|e| Error::io(&peer, "set deadlines", e))?;
+    let mut config = config.clone();
+    let (role, path) = match &s.path {
+        Some(path) => (s.role, path.clone()),
+        None => {
+            let req = OpenRequest::read(&mut stream, &peer)?;
+            if req.block_size == 0 || req.block_size > MAX_BLOCK_SIZE {
+                return Err(Error::protocol(&peer, "block size out of range"));
+            }
+            config.transfer.block_size = req.block_size;
+            (req.role, req.path)
+        }
+    };
+    let serve_plan = Serve {
+        bind: std::net::IpAddr::from([0, 0, 0, 0]),
+        port: 0,
+        role,
+        path,
+        secret: s.secret.clone(),
+    };
+    let source = if role == Role::Source {
+        Some(Disk::open_source(&serve_plan.path, &config.env, log)?)
+    } else {
+        None
+    };
+    let arrival = handshake(stream, &peer, s.secret.as_ref(), config.env.io_timeout)?;
+    if arrival.hello.lanes != 1 {
+        let why = "a session on stdin/stdout has one lane (-w 1)";
+        arrival.lane.sender.fail(why);
+        return Err(Error::protocol(&peer, why));
+    }
+    let (tx, rx) = mpsc::channel();
+    let _ = tx.send(arrival);
+    drop(tx);
+    serve(&serve_plan, &config, source, rx, log, false)
+}
+
 fn accept(
     listener: &TcpListener,
     tx: &Sender<Arrival>,
@@ -91,6 +140,7 @@ fn accept(
             let peer = stream
                 .peer_addr()
                 .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
+            net::configure_tcp(&stream);
             match handshake(stream, &peer, secret.as_ref(), deadline) {
                 Ok(arrival) => {
                     let _ = tx.send(arrival);
@@ -104,13 +154,12 @@ fn accept(
 /// Challenge a new connection, read its hello and, when this server holds a
 /// key or token, check the client's proof and give our own. Nothing of the
 /// session is touched before that.
-fn handshake(
-    stream: TcpStream,
+fn handshake<S: Stream>(
+    stream: S,
     peer: &str,
     secret: Option<&Secret>,
     deadline: Duration,
 ) -> Result<Arrival> {
-    net::configure_tcp(&stream);
     let mut lane = Lane::open(stream, peer.to_string(), deadline)?;
     let ours = Secret::flags(secret);
     let mut nonce = [0u8; proto::NONCE_LEN];
@@ -215,6 +264,18 @@ fn serve(
                 block_size: t.block_size,
             };
             (src, geo)
+        }
+        None if hello.flags & FLAG_DRY != 0 => {
+            // A dry run: read and digest only, whatever the sizes.
+            let d = Disk::open_dry(&s.path, env, log).inspect_err(|e| {
+                first.sender.fail(&format!("server: {e}"));
+            })?;
+            let block_size = usize::try_from(hello.block_size).unwrap_or(MAX_BLOCK_SIZE);
+            let geo = Geometry {
+                size: hello.source_size,
+                block_size,
+            };
+            (d, geo)
         }
         None => {
             let opened = Disk::open_destination(&s.path, env, log).and_then(|mut d| {

@@ -31,6 +31,21 @@ OVER THE NETWORK (two machines)
   bsync -f DST -r HOST:PORT -d     connect and download into DST
   bsync -f SRC -t user@host:/dev/vda   start the remote end over SSH
 
+PATCHES, COMPARING, ANY REMOTE SHELL (bdsync's workflow)
+  bsync -f SRC -t DST --compare    read both, change nothing, say what differs
+                                   (-r and -t user@host: too); exit 3 if they differ
+  bsync -f SRC -t DST --write-patch FILE   dry run leaving a patch (- for stdout)
+  bsync --patch[=DST] < PATCH      apply a patch; refuses a target it was not made for
+  bsync 'ssh host bsync --server' LOCDEV REMDEV > PATCH   bdsync's client
+  bsync --server                   one session on stdin/stdout, for any remote shell
+  -server       speak on stdin/stdout (with -f: that path; without: the client names it)
+  -write-patch FILE  with -r or -t: write a patch instead of the destination
+  -compare      with -r or -t: compare only (0 same, 3 differ)
+  -over-ssh     with -t user@host: carry the data inside ssh (automatic when
+                the remote's port cannot be reached)
+  bdsync options: --diffsize[=strict|resize|minsize] --remdata[=UNDO] --blocksize=N
+                --progress --verbose (see README, \"For bdsync users\")
+
 WHAT AND HOW
   -f PATH       file or device to read (source) or write (destination) [/dev/zero]
   -t TARGET     /path, user@host:/path or user@host:port:/path (IPv6: user@[::1]:/path)
@@ -71,7 +86,8 @@ OUTPUT
   --version     version and protocol version
 
 EXIT STATUS
-  0 success, 1 transfer or I/O failure, 2 usage error (nothing was opened)
+  0 success, 1 transfer or I/O failure, 2 usage error (nothing was opened),
+  3 --compare found differences
 
 EXAMPLES
   bsync -f /dev/vda -t root@newhost:/dev/vda       migrate a disk over SSH

@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use super::{Abort, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use super::{Abort, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
 use crate::block::{Extent, ExtentKind, is_zero, push_extent};
 use crate::compress::Compressor;
 use crate::digest::{Digest, digest_sub_blocks};
@@ -46,12 +46,27 @@ struct SourceState {
 }
 
 /// Run the source side over `lanes`; returns the verification digest.
+/// (The roles' tests call it; the session calls [`run_with`].)
+#[cfg(test)]
 pub(super) fn run(
     p: &Params,
     disk: &Disk,
     lanes: Vec<Lane>,
     stats: &Stats,
     rejoin: &dyn Rejoin,
+) -> Result<u128> {
+    run_with(p, disk, lanes, stats, rejoin, None)
+}
+
+/// [`run`]; with `dry`, every block goes to it instead of its changes to
+/// the destination, which writes nothing.
+pub(super) fn run_with(
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    stats: &Stats,
+    rejoin: &dyn Rejoin,
+    dry: Option<&dyn DrySink>,
 ) -> Result<u128> {
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
     let state = Signal::new(SourceState {
@@ -77,6 +92,7 @@ pub(super) fn run(
         senders: &senders,
         stats,
         verify: &verify,
+        dry,
     };
     let abort = &abort;
     let pool = &pool;
@@ -137,6 +153,7 @@ struct SourceCtx<'a> {
     senders: &'a [Arc<FrameSender>],
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
+    dry: Option<&'a dyn DrySink>,
 }
 
 /// Reused buffers of a thread that builds `Block` frames.
@@ -227,6 +244,12 @@ impl SourceCtx<'_> {
             )));
         }
         let mut scratch = FrameScratch::default();
+        if self.dry.is_some() {
+            // Already given to the sink: the destination only acknowledges.
+            empty_block(index, &mut scratch.frame);
+            let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
+            return Ok(());
+        }
         let mut extents = Vec::new();
         self.build_frame(index, &data, theirs, compressor, &mut scratch, &mut extents)?;
         // A lost lane will be rejoined and ask again.
@@ -298,6 +321,47 @@ impl SourceCtx<'_> {
         Ok(raw_len)
     }
 
+    /// A dry run's block: the sink gets it with both sides' digests, the
+    /// destination an empty `Block` to acknowledge, and the verification
+    /// digest is over the destination's unchanged content.
+    fn dry_block(
+        &self,
+        dry: &dyn DrySink,
+        index: u64,
+        data: &[u8],
+        theirs: &[Digest],
+        scratch: &mut FrameScratch,
+    ) -> Result<()> {
+        digest_sub_blocks(self.p.salt, data, self.p.sub(), &mut scratch.ours);
+        if theirs.len() != scratch.ours.len() {
+            let lane = lane_of(index, self.senders.len());
+            return Err(Error::protocol(
+                &self.senders[lane].peer,
+                format!(
+                    "block {index}: {} digests, expected {}",
+                    theirs.len(),
+                    scratch.ours.len()
+                ),
+            ));
+        }
+        let (changed, data_bytes) = dry.block(index, data, theirs, &scratch.ours)?;
+        let class = if !changed {
+            &self.stats.same
+        } else if data_bytes > 0 {
+            &self.stats.changed
+        } else {
+            &self.stats.zero
+        };
+        Stats::add(class, 1);
+        Stats::add(&self.stats.bytes_changed, data_bytes);
+        {
+            let mut v = lock(self.verify);
+            *v = v.wrapping_add(block_hash(index, theirs));
+        }
+        empty_block(index, &mut scratch.frame);
+        Ok(())
+    }
+
     /// Compare blocks with the destination's digests and send what differs.
     fn worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
         let mut compressor = Compressor::new(self.p.compression);
@@ -314,6 +378,22 @@ impl SourceCtx<'_> {
                 return Ok(());
             };
             let b = &mut *block;
+            if let Some(dry) = self.dry {
+                self.dry_block(dry, index, &b.data[..b.len], &theirs, &mut scratch)?;
+                let mut st = self.state.lock();
+                st.unacked.insert(
+                    index,
+                    Sent {
+                        bytes: b.len as u64,
+                        attempts: 1,
+                    },
+                );
+                st.spare.push(theirs);
+                drop(st);
+                drop(block);
+                let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
+                continue;
+            }
             let raw_len = self.build_frame(
                 index,
                 &b.data[..b.len],
@@ -351,4 +431,10 @@ impl SourceCtx<'_> {
             let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
         }
     }
+}
+
+/// A `Block` frame with no changes: "nothing to write here".
+fn empty_block(index: u64, frame: &mut Vec<u8>) {
+    frame.clear();
+    BlockBuilder::begin(frame, index, 0, &[]).finish(false);
 }

@@ -37,6 +37,7 @@
 //!
 //! This file puts them in order: [`run`].
 
+mod channel;
 mod cleanup;
 mod command;
 mod process;
@@ -53,7 +54,7 @@ use crate::auth::Secret;
 use crate::config::{Config, Connect, Mode, RemoteTarget, Role};
 use crate::error::{Error, Result};
 use crate::progress::Log;
-use crate::{client, sys};
+use crate::sys;
 use command::Endpoint;
 use process::{FAILED_REMOTE_GRACE, Finished, Remote, RemoteExit, SSH_FAILED, captured};
 use script::{is_safe_dir, prepare_script};
@@ -150,8 +151,15 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         path: launch.path.to_path_buf(),
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
     };
-    let synced = client::run(&connect, &config.transfer, &config.env, log);
-    conclude(synced, remote, config, name, log)
+    match channel::sync(endpoint, &dir, &target.path, &connect, config, log) {
+        // The one-session server was not used: stop it (which removes the
+        // directory; the binary inside ssh already runs).
+        Ok(channel::Carried::Channel) => {
+            let _ = remote.finish(Some(Duration::ZERO));
+            Ok(())
+        }
+        synced => conclude(synced.map(|_| ()), remote, config, name, log),
+    }
 }
 
 /// Wait for the remote after the client's part ended with `synced`, and
