@@ -390,10 +390,10 @@ fn apply_pipe(
             }
         ))
     };
-    let trailer = loop {
+    let trailer = 'records: loop {
         let item = match d.next(&mut dec) {
             Ok(item) => item,
-            Err(e) => return Err(stopped(&disk, corrupt(what, e), written, applied)),
+            Err(e) => break Err(stopped(&disk, corrupt(what, e), written, applied)),
         };
         match item {
             Item::Record(rec, check) => {
@@ -410,7 +410,7 @@ fn apply_pipe(
                         }
                         State::Other => {
                             let e = differs(&disk, &rec, r, "this range was not written");
-                            return Err(stopped(&disk, e, written, applied));
+                            break 'records Err(stopped(&disk, e, written, applied));
                         }
                     }
                 }
@@ -431,14 +431,25 @@ fn apply_pipe(
                 written += write_record(&disk, &rec, &skip)?;
                 applied += skip.iter().filter(|s| !**s).count() as u64;
             }
-            Item::End(t) => break t,
+            Item::End(t) => break Ok(t),
         }
     };
-    if let Err(e) = check_trailer(what, &trailer, records, ranges, chain) {
-        return Err(stopped(&disk, e, written, applied));
-    }
+    let trailer = match trailer {
+        Ok(t) => t,
+        Err(e) => {
+            // What was replaced so far can be put back.
+            if let Some(u) = undo {
+                u.finish()?;
+            }
+            return Err(e);
+        }
+    };
+    let trailer_ok = check_trailer(what, &trailer, records, ranges, chain);
     if let Some(u) = undo {
         u.finish()?;
+    }
+    if let Err(e) = trailer_ok {
+        return Err(stopped(&disk, e, written, applied));
     }
     if applied == 0 && (disk.size() == h.source_size || a.diffsize != DiffSize::Resize) {
         let got = result_digest(&disk, &h, h.source_size)?;
