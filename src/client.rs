@@ -34,6 +34,24 @@ pub fn run_dry(
     dry: Option<&DryRun>,
     target: &[u8],
 ) -> Result<()> {
+    run_dry_within(c, t, env, log, dry, target, None)
+}
+
+/// What the first lane's failed connect says when it had a deadline of its
+/// own ([`run_dry_within`]): nothing of the session has started.
+pub const FIRST_CONNECT: &str = "connect (first lane, short deadline)";
+
+/// [`run_dry`], the first lane's TCP connect limited to `first_connect`;
+/// failing that, the error's operation is [`FIRST_CONNECT`].
+pub fn run_dry_within(
+    c: &Connect,
+    t: &Transfer,
+    env: &Env,
+    log: &Log,
+    dry: Option<&DryRun>,
+    target: &[u8],
+    first_connect: Option<Duration>,
+) -> Result<()> {
     let (host, port) = (c.host.as_str(), c.port);
     let upload = c.role == Role::Source;
     let source = if upload {
@@ -74,7 +92,21 @@ pub fn run_dry(
         deadline: env.io_timeout,
     };
 
-    let (first, welcome) = dial.connect(&hello(0))?;
+    let (first, welcome) = match first_connect {
+        Some(limit) => {
+            let stream = dial.tcp_within(limit).map_err(|e| match e {
+                Error::Io { what, source, .. } => Error::Io {
+                    what,
+                    op: FIRST_CONNECT.into(),
+                    source,
+                },
+                other => other,
+            })?;
+            net::configure_tcp(&stream);
+            handshake(stream, dial.peer, &hello(0), dial.secret, dial.deadline)?
+        }
+        None => dial.connect(&hello(0))?,
+    };
     if upload && (welcome.block_size != block_size || welcome.skip != t.skip) {
         return Err(Error::protocol(
             &peer,
@@ -322,12 +354,17 @@ impl Dial<'_> {
 
     /// A TCP connection to the first address of the host that answers.
     fn tcp(&self) -> Result<TcpStream> {
+        self.tcp_within(self.deadline)
+    }
+
+    /// [`Dial::tcp`], each address given `limit` to answer.
+    fn tcp_within(&self, limit: Duration) -> Result<TcpStream> {
         let addrs = (self.host, self.port)
             .to_socket_addrs()
             .map_err(|e| Error::io(self.peer, "resolve", e))?;
         let mut last = None;
         for addr in addrs {
-            match TcpStream::connect_timeout(&addr, self.deadline) {
+            match TcpStream::connect_timeout(&addr, limit) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }

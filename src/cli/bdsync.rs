@@ -153,12 +153,14 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         verbose: verbose > 1 || env_flag(VERBOSE_ENV),
         no_server_progress: true,
     };
+    // Compressing the patch is the costly part: a worker per core, up to 4.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let transfer = Transfer {
         block_size: block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
         skip: 0,
         compression: (!no_compress).then_some(Level::Default),
-        workers: 1,
-        prefetch: 4,
+        workers,
+        prefetch: workers * 4,
     };
     let mode = if let Some(target) = patch {
         if !positional.is_empty() {

@@ -249,6 +249,8 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     // target compared, before anything is written.
     let mut dec = Decompressor::default();
     let mut d = Decoder::new(&mut r);
+    // The records' checks cover their stored bytes: no need to decompress.
+    d.skip_data = true;
     let h = d.header().map_err(|e| corrupt(what, e))?;
     let path = target_path(a, &h)?;
     let mut disk = open_target(&path, env, log)?;
@@ -257,6 +259,8 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
     let (mut pending, mut applied) = (0u64, 0u64);
     let mut first_other: Option<Error> = None;
+    // Which ranges hold their new content already, for the second pass.
+    let mut done: Vec<bool> = Vec::new();
     let trailer = loop {
         match d.next(&mut dec).map_err(|e| corrupt(what, e))? {
             Item::Record(rec, check) => {
@@ -264,7 +268,9 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
                 chain = format::chain(chain, check);
                 for r in &rec.ranges {
                     ranges += 1;
-                    match range_state(&disk, &h, &rec, r, &mut buf)? {
+                    let state = range_state(&disk, &h, &rec, r, &mut buf)?;
+                    done.push(state == State::After);
+                    match state {
                         State::Before => pending += 1,
                         State::After => applied += 1,
                         State::Other => {
@@ -316,20 +322,15 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     if a.diffsize == DiffSize::Resize && !disk.is_device() && disk.size() < h.source_size {
         disk.fit_to(h.source_size)?;
     }
+    // The target was opened exclusively where it is a device; a file that
+    // someone else writes meanwhile is caught by the result digest.
+    let mut states = done.into_iter();
     while let Item::Record(rec, _) = d.next(&mut dec).map_err(|e| corrupt(what, e))? {
-        let mut skip = Vec::with_capacity(rec.ranges.len());
-        for r in &rec.ranges {
-            let s = range_state(&disk, &h, &rec, r, &mut buf)?;
-            if s == State::Other {
-                // Changed between the passes: someone else writes it.
-                return Err(differs(
-                    &disk,
-                    &rec,
-                    r,
-                    &format!("{} bytes were applied before it", written),
-                ));
-            }
-            skip.push(s == State::After);
+        let skip: Vec<bool> = states.by_ref().take(rec.ranges.len()).collect();
+        if skip.len() != rec.ranges.len() {
+            return Err(Error::Failed(format!(
+                "{what}: changed while it was applied"
+            )));
         }
         if let Some(u) = &mut undo {
             u.record(&disk, &rec, &skip)?;

@@ -216,6 +216,9 @@ pub fn encode_trailer(t: &Trailer, out: &mut Vec<u8>) {
 /// a length before it is bounded.
 pub struct Decoder<R> {
     r: R,
+    /// Check records without decompressing their data (`Record::data` is
+    /// then empty): a first pass that only compares digests.
+    pub skip_data: bool,
     /// Bytes consumed, for messages.
     pub at: u64,
     scratch: Vec<u8>,
@@ -235,6 +238,7 @@ impl<R: std::io::Read> Decoder<R> {
     pub fn new(r: R) -> Decoder<R> {
         Decoder {
             r,
+            skip_data: false,
             at: 0,
             scratch: Vec::new(),
         }
@@ -408,8 +412,9 @@ impl<R: std::io::Read> Decoder<R> {
         }
         let data_at = self.scratch.len();
         self.take(stored_len, "a record's data")?;
-        let mut data = vec![0u8; raw_len];
+        let mut data = vec![0u8; if self.skip_data { 0 } else { raw_len }];
         match codec {
+            CODEC_RAW | CODEC_ZSTD if self.skip_data => {}
             CODEC_RAW if stored_len == raw_len => data.copy_from_slice(&self.scratch[data_at..]),
             CODEC_ZSTD => {
                 let stored = &self.scratch[data_at..];

@@ -4,7 +4,6 @@
 //! starts the copied binary as `bsync --server`. ssh then encrypts and
 //! carries everything, in one stream (one lane, ssh's cipher).
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use super::command::Endpoint;
@@ -30,19 +29,6 @@ pub(super) enum Carried {
     Channel,
 }
 
-/// Whether `host:port` accepts a connection within [`PROBE_DEADLINE`].
-fn reachable(host: &str, port: u16) -> std::result::Result<(), String> {
-    let addrs = (host, port).to_socket_addrs().map_err(|e| e.to_string())?;
-    let mut last = "no address".to_string();
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, PROBE_DEADLINE) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(last)
-}
-
 /// The client's half of a `-t` run: over TCP to `connect` when that port
 /// answers and `-over-ssh` is off, else inside ssh with `dir/bsync --server`.
 pub(super) fn sync(
@@ -59,22 +45,23 @@ pub(super) fn sync(
             "{name}: carrying the session inside ssh (-over-ssh)"
         ));
     } else {
-        match reachable(&connect.host, connect.port) {
-            Ok(()) => {
-                client::run_dry(
-                    connect,
-                    &config.transfer,
-                    &config.env,
-                    log,
-                    config.dry.as_ref(),
-                    remote.as_bytes(),
-                )?;
-                return Ok(Carried::Tcp);
+        let direct = client::run_dry_within(
+            connect,
+            &config.transfer,
+            &config.env,
+            log,
+            config.dry.as_ref(),
+            remote.as_bytes(),
+            Some(PROBE_DEADLINE),
+        );
+        match direct {
+            Err(Error::Io { op, source, .. }) if op == client::FIRST_CONNECT => {
+                log.line(format!(
+                    "{name}: port {} on {} cannot be reached ({source}): carrying the session inside ssh",
+                    connect.port, connect.host
+                ));
             }
-            Err(why) => log.line(format!(
-                "{name}: port {} on {} cannot be reached ({why}): carrying the session inside ssh",
-                connect.port, connect.host
-            )),
+            other => return other.map(|()| Carried::Tcp),
         }
     }
     let mut args = vec!["--server".to_string(), "-q".to_string()];
