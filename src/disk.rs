@@ -115,8 +115,19 @@ impl Disk {
     /// `--write-patch`): it is read and digested, never written or resized,
     /// and reads past its end see zeros.
     pub fn open_dry(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
-        let mut disk = Disk::open_source(path, env, log)?;
-        disk.label = format!("destination {} (read only)", path.display());
+        let label = format!("destination {} (read only)", path.display());
+        let file = File::open(path).map_err(|e| Error::io(&label, "open", e))?;
+        let regular = file
+            .metadata()
+            .map_err(|e| Error::io(&label, "stat", e))?
+            .is_file();
+        let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
+        if !regular && !is_device {
+            return Err(Error::Failed(format!(
+                "{label}: not a regular file or block device"
+            )));
+        }
+        let mut disk = Disk::describe(file, label, env, log)?;
         disk.dry = true;
         Ok(disk)
     }

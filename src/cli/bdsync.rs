@@ -158,7 +158,9 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
     let transfer = Transfer {
         block_size: block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
         skip: 0,
-        compression: (!no_compress).then_some(Level::Default),
+        // Fast: a patch is often compressed again on its way (gzip in
+        // bdsync's examples), and making it is the slow part.
+        compression: (!no_compress).then_some(Level::Fast),
         workers,
         prefetch: workers * 4,
     };
