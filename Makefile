@@ -14,7 +14,8 @@
 #   make bench    cargo bench; bsync against the read floor, dd, and rsync over loopback
 #                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd;
 #                 benches/patch.sh: patch files against rsync batch files)
-#   make fuzz     fuzz the wire codec for FUZZ_SECONDS per target (needs cargo-fuzz)
+#   make fuzz     fuzz the wire codec and the patch decoder for FUZZ_SECONDS per
+#                 target (needs cargo-fuzz)
 #   make deny     licence, ban and source checks (needs cargo-deny)
 #   make clean    remove build output
 
@@ -95,7 +96,7 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || \
 		{ echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked"; exit 1; }
-	cd fuzz && for target in decode round_trip; do \
+	cd fuzz && for target in decode round_trip patch; do \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

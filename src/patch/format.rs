@@ -219,6 +219,10 @@ pub struct Decoder<R> {
     /// Check records without decompressing their data (`Record::data` is
     /// then empty): a first pass that only compares digests.
     pub skip_data: bool,
+    /// From the header: every range lies below `size`, none is longer
+    /// than `block`.
+    size: u64,
+    block: u32,
     /// Bytes consumed, for messages.
     pub at: u64,
     scratch: Vec<u8>,
@@ -239,6 +243,8 @@ impl<R: std::io::Read> Decoder<R> {
         Decoder {
             r,
             skip_data: false,
+            size: 0,
+            block: 0,
             at: 0,
             scratch: Vec::new(),
         }
@@ -335,6 +341,8 @@ impl<R: std::io::Read> Decoder<R> {
         if block_size == 0 || grain == 0 || grain > block_size {
             return Err(bad("corrupted header: block size or grain out of range"));
         }
+        self.size = source_size;
+        self.block = block_size;
         Ok(Header {
             kind,
             source_size,
@@ -440,15 +448,21 @@ impl<R: std::io::Read> Decoder<R> {
             }
         }
         let check = self.check("the record")?;
-        // Ranges in order, inside the record.
+        // Ranges in order, inside the record, none longer than a block,
+        // all below the source's size (so no offset can overflow).
         let mut end = 0u64;
         for r in &ranges {
-            if u64::from(r.start) < end || r.len == 0 {
+            if u64::from(r.start) < end || r.len == 0 || r.len > self.block {
                 return Err(bad(format!(
-                    "corrupted: record at byte {start}: ranges overlap or are empty"
+                    "corrupted: record at byte {start}: ranges overlap, are empty or too long"
                 )));
             }
             end = u64::from(r.start) + u64::from(r.len);
+        }
+        if offset.checked_add(end).is_none_or(|e| e > self.size) {
+            return Err(bad(format!(
+                "corrupted: record at byte {start} reaches past the source's size"
+            )));
         }
         Ok(Item::Record(
             Record {
