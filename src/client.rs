@@ -147,13 +147,16 @@ pub fn run_dry_within(
         compression: t.compression,
         workers: t.workers,
         prefetch: t.prefetch,
+        encrypted: secret.is_some_and(Secret::encrypts),
+        bwlimit: t.bwlimit,
     };
     log.info(format!(
-        "connected to {peer}: {} {} in blocks of {}, {} lane(s)",
+        "connected to {peer}: {} {} in blocks of {}, {} {}",
         if upload { "uploading" } else { "downloading" },
         crate::progress::human_bytes(geo.size),
         crate::progress::human_bytes(block_size as u64),
-        lanes.len()
+        lanes.len(),
+        crate::progress::plural(lanes.len() as u64, "lane")
     ));
     let redial = Redial {
         dial: &dial,
@@ -245,6 +248,9 @@ pub fn run_over<S: Stream>(
         compression: t.compression,
         workers: t.workers,
         prefetch: t.prefetch,
+        // A remote shell's pipes: whatever protects them (ssh) seals.
+        encrypted: false,
+        bwlimit: t.bwlimit,
     };
     if let Some(f) = on_params {
         f(&params);

@@ -152,6 +152,8 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         quiet: verbose == 0 && !progress,
         verbose: verbose > 1 || env_flag(VERBOSE_ENV),
         no_server_progress: true,
+        // stdout is the patch.
+        json: false,
     };
     // Compressing the patch is the costly part: a worker per core, up to 4.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
@@ -163,6 +165,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         compression: (!no_compress).then_some(Level::Fast),
         workers,
         prefetch: workers * 4,
+        bwlimit: None,
     };
     let mode = if let Some(target) = patch {
         if !positional.is_empty() {

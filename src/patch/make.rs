@@ -395,6 +395,8 @@ pub fn local(
         compression: t.compression,
         workers: t.workers,
         prefetch: t.prefetch,
+        encrypted: false,
+        bwlimit: None,
     };
     let (a, b) = UnixStream::pair().map_err(|e| Error::io("bsync", "socket pair", e))?;
     let max = crate::proto::max_payload(t.block_size, p.sub_size());
