@@ -41,6 +41,7 @@ pub mod proto;
 pub mod reader;
 pub mod server;
 pub mod session;
+pub mod sha256;
 pub mod ssh;
 /// Every raw OS call bsync makes; the only module with `unsafe`.
 #[allow(unsafe_code)]
