@@ -146,6 +146,11 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         launch.encrypt,
     );
     log.info(format!("{name}: logging in, checking the architecture"));
+    // ssh -G only reads ssh's configuration; it runs while ssh logs in.
+    let connect_host = {
+        let endpoint = endpoint.clone();
+        std::thread::spawn(move || endpoint.connect_host())
+    };
     let mut remote = Remote::start(endpoint.command(&script), log)?;
     remote.send_secret(&secret);
     if let Err(what) = provide(&mut remote, &exe, name, log) {
@@ -165,7 +170,9 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
         return Err(explain(None, &exit, name, "the remote bsync did not start"));
     };
-    let host = endpoint.connect_host();
+    let host = connect_host
+        .join()
+        .unwrap_or_else(|_| endpoint.host.clone());
     log.info(format!(
         "{name}: bsync is listening on port {port}; connecting to {host}"
     ));
@@ -177,6 +184,7 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         role: launch.role,
         path: launch.path.to_path_buf(),
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
+        auto: false,
     };
     let synced = client::run(&connect, &config.transfer, &config.env, log);
     conclude(synced, remote, config, name, log)
