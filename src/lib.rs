@@ -22,6 +22,7 @@
 
 pub mod aead;
 pub mod auth;
+pub mod auto;
 pub mod block;
 pub mod cli;
 pub mod client;

@@ -285,18 +285,6 @@ fn help_into_a_closed_pipe_exits_0() {
     assert!(!err.contains("panic"), "{err}");
 }
 
-/// Modes of the original tool that this build does not have yet must say so
-/// (exit 2, one line) rather than do something else. Update as they land.
-#[test]
-fn modes_not_yet_available_say_so() {
-    let scene = Scene::new("not-yet");
-    let cases: &[&[&str]] = &[&["-auto", "-r", "127.0.0.1:1", "-f", "SRC"]];
-    for args in cases {
-        let line = usage_error(&scene, args);
-        assert!(line.contains("not available yet"), "{args:?}: {line}");
-    }
-}
-
 /// A usage error in a run that also fails to open anything reports the usage
 /// error: flags are checked before any file is opened.
 #[test]

@@ -49,7 +49,9 @@ SPEED
   -prefetch N   blocks read ahead; 0 means workers x 4 [0]
   -n            no compression
   -L LEVEL      zstd level: fast, default, better, best [default]
-  -auto         measure link and CPU, then pick -b, -w and -L (client -r only)
+  -auto         measure round trip, throughput and zstd speed (a few hundred
+                ms), then pick -b, -w, -prefetch and -L and say why in one
+                line (client -r upload only)
 
 SECURITY
   -e            encrypt with ChaCha20-Poly1305; with -t a fresh key is made and
