@@ -1755,7 +1755,8 @@ fn probes_before_hello_are_answered_and_bounded() {
     proto::encode(&Frame::Probe(&[]), &mut frames);
     c.write_all(&frames).unwrap();
     let mut answer = [0u8; 5];
-    c.read_exact(&mut answer).expect("an answer to the empty probe");
+    c.read_exact(&mut answer)
+        .expect("an answer to the empty probe");
     assert_eq!(answer, [11, 0, 0, 0, 0]);
     // Past the limit the server drops the connection.
     let mut full = Vec::new();
@@ -1766,9 +1767,9 @@ fn probes_before_hello_are_answered_and_bounded() {
         }
     }
     let _ = read_to_close(&mut c);
-    let err = server
-        .proc
-        .wait_stderr(Duration::from_secs(20), |e| e.contains("too many Probe bytes"));
+    let err = server.proc.wait_stderr(Duration::from_secs(20), |e| {
+        e.contains("too many Probe bytes")
+    });
     assert!(err.contains("too many Probe bytes"), "{err}");
     assert!(!d.exists(), "the destination is opened only for a session");
     real_upload(server, &s, &d);
