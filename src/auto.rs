@@ -340,6 +340,7 @@ mod tests {
             compression: Some(Level::Default),
             workers: 1,
             prefetch: 4,
+            bwlimit: None,
         }
     }
 

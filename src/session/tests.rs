@@ -204,6 +204,8 @@ fn params(size: u64, workers: usize, compression: Option<Level>) -> Params {
         compression,
         workers,
         prefetch: workers * 4,
+        encrypted: false,
+        bwlimit: None,
     }
 }
 

@@ -53,7 +53,7 @@ mod command;
 mod process;
 mod script;
 
-pub use command::Shell;
+pub use command::{Shell, split_words};
 pub use script::{Binary, quote, session_script};
 
 use std::path::Path;
@@ -162,7 +162,12 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
                  architecture mismatch, nothing was copied",
                 std::env::consts::ARCH
             )),
-            Provide::Mismatch(_) => explain(None, &exit, name, "the remote shell failed"),
+            Provide::Mismatch(line) => {
+                // A login shell such as nologin says why on stdout.
+                let mut exit = exit;
+                exit.tail.push(line);
+                explain(None, &exit, name, "the remote shell failed")
+            }
             Provide::Failed(what) => explain(None, &exit, name, &what),
         });
     }
@@ -186,7 +191,15 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
         auto: false,
     };
-    let synced = client::run(&connect, &config.transfer, &config.env, log);
+    let synced = client::run(&connect, &config.transfer, &config.env, log).map_err(|e| match e {
+        // The remote's own words, said of the host as it was typed, not of
+        // the address this side connected to.
+        Error::Remote { msg, .. } => Error::Remote {
+            peer: name.clone(),
+            msg: msg.strip_prefix("server: ").unwrap_or(&msg).to_string(),
+        },
+        other => other,
+    });
     conclude(synced, remote, config, name, log)
 }
 
@@ -297,7 +310,9 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
     if exit.status.and_then(|s| s.code()) == Some(SSH_FAILED) {
         return Error::Failed(format!(
             "ssh to {name} failed: {}",
-            exit.last_line().unwrap_or("(ssh said nothing)")
+            exit.last_lines(3)
+                .as_deref()
+                .unwrap_or("(ssh said nothing)")
         ));
     }
     match local {

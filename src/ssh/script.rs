@@ -100,6 +100,10 @@ pub fn session_script(
         // The source's block size is the one that counts: the server's.
         args.push("-d".to_string());
         args.push(format!("-b {}", t.block_size));
+        // The remote sends: the limit is its to hold.
+        if let Some(rate) = t.bwlimit {
+            args.push(format!("-bwlimit {rate}"));
+        }
     }
     args.push(if encrypt { "-K -" } else { "-token-file -" }.to_string());
     // Hex digits only: no quoting needed, and nothing to inject.
@@ -197,6 +201,7 @@ mod tests {
             compression: None,
             workers: 1,
             prefetch: 4,
+            bwlimit: None,
         };
         let script = session_script(&b, "/x", Role::Source, &t, false, false);
         assert!(script.contains(&format!("Linux\\ {}", std::env::consts::ARCH)));
