@@ -13,7 +13,9 @@
 #   make demo     sync a small real ext4 image with a modified copy of itself
 #   make bench    cargo bench; bsync against the read floor, dd, and rsync over loopback
 #                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd;
-#                 benches/patch.sh: patch files against rsync batch files)
+#                 benches/patch.sh: patch files against rsync batch files;
+#                 benches/auto.sh: -auto against the defaults, on loopback and
+#                 on a 100 Mbit/s veth between two network namespaces)
 #   make fuzz     fuzz the wire codec and the patch decoder for FUZZ_SECONDS per
 #                 target (needs cargo-fuzz)
 #   make deny     licence, ban and source checks (needs cargo-deny)
@@ -91,6 +93,7 @@ bench: all
 	benches/seal.sh
 	benches/ssh.sh
 	benches/patch.sh
+	benches/auto.sh
 
 # cargo-fuzz wants nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain
 # (the only one this project assumes) accept them.

@@ -19,7 +19,8 @@ use crate::proto::{self, AUTH_FAILED, FLAG_DRY, Frame, Hello, MAX_BLOCK_SIZE, We
 use crate::session::{self, Params};
 use crate::sys;
 
-/// Run a client session as `c` says, moving data as `t` says.
+/// Run a client session as `c` says, moving data as `t` says (or as
+/// `-auto` chooses, when `c.auto`).
 pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
     run_dry(c, t, env, log, None, b"")
 }
@@ -65,6 +66,30 @@ pub fn run_dry_within(
     } else {
         format!("server {host}:{port}")
     };
+    let dial = Dial {
+        host,
+        port,
+        peer: &peer,
+        secret,
+        deadline: env.io_timeout,
+    };
+    // -auto measures on the first connection, before its Hello says the
+    // block size and the lanes.
+    let mut opened = None;
+    let mut tuned = *t;
+    if let (true, Some(disk)) = (c.auto, source.as_ref()) {
+        let started = std::time::Instant::now();
+        let mut o = dial.open()?;
+        let choice = crate::auto::tune(&mut o.lane, &peer, o.connected, disk, t)?;
+        log.info(format!(
+            "{} ({:.0} ms)",
+            choice.why,
+            started.elapsed().as_secs_f64() * 1e3
+        ));
+        tuned = choice.transfer;
+        opened = Some(o);
+    }
+    let t = &tuned;
     let mut id = [0u8; 16];
     sys::getrandom(&mut id).map_err(|e| Error::io("client", "get random bytes", e))?;
     let lanes_n = u16::try_from(t.workers).unwrap_or(u16::MAX);
@@ -84,16 +109,10 @@ pub fn run_dry_within(
         // Filled in afresh for every connection.
         nonce: [0; proto::NONCE_LEN],
     };
-    let dial = Dial {
-        host,
-        port,
-        peer: &peer,
-        secret,
-        deadline: env.io_timeout,
-    };
 
-    let (first, welcome) = match first_connect {
-        Some(limit) => {
+    let (first, welcome) = match (opened, first_connect) {
+        (Some(o), _) => dial.greet(o, &hello(0))?,
+        (None, Some(limit)) => {
             let stream = dial.tcp_within(limit).map_err(|e| match e {
                 Error::Io { what, source, .. } => Error::Io {
                     what,
@@ -103,9 +122,10 @@ pub fn run_dry_within(
                 other => other,
             })?;
             net::configure_tcp(&stream);
-            handshake(stream, dial.peer, &hello(0), dial.secret, dial.deadline)?
+            let opened = dial.open_on(stream, Duration::ZERO)?;
+            dial.greet(opened, &hello(0))?
         }
-        None => dial.connect(&hello(0))?,
+        (None, None) => dial.connect(&hello(0))?,
     };
     if upload && (welcome.block_size != block_size || welcome.skip != t.skip) {
         return Err(Error::protocol(
@@ -349,13 +369,98 @@ struct Dial<'a> {
     deadline: Duration,
 }
 
+/// A connection that has the server's challenge and has not said hello.
+struct Opened {
+    lane: Lane,
+    server_nonce: [u8; proto::NONCE_LEN],
+    flags: u8,
+    /// How long the TCP connect took: about one round trip.
+    connected: Duration,
+}
+
 impl Dial<'_> {
     /// Open one lane: connect, exchange preambles, answer the challenge with
     /// a hello (and a proof), check the server's proof, get the welcome.
     fn connect(&self, hello: &Hello) -> Result<(Lane, Welcome)> {
+        let opened = self.open()?;
+        self.greet(opened, hello)
+    }
+
+    /// Connect, exchange preambles, read the challenge.
+    fn open(&self) -> Result<Opened> {
+        let started = std::time::Instant::now();
         let stream = self.tcp()?;
+        let connected = started.elapsed();
         net::configure_tcp(&stream);
-        handshake(stream, self.peer, hello, self.secret, self.deadline)
+        self.open_on(stream, connected)
+    }
+
+    /// Exchange preambles on `stream` and read the challenge; `connected`
+    /// is how long connecting took.
+    fn open_on<S: Stream>(&self, stream: S, connected: Duration) -> Result<Opened> {
+        let peer = self.peer;
+        let mut lane = Lane::open(stream, peer.to_string(), self.deadline)?;
+        let (server_nonce, flags) = match lane.reader.read("the server's challenge")? {
+            Frame::Challenge { nonce, flags } => (nonce, flags),
+            other => return Err(session::unexpected(peer, &other)),
+        };
+        Ok(Opened {
+            lane,
+            server_nonce,
+            flags,
+            connected,
+        })
+    }
+
+    /// Answer the challenge of `opened` with `hello` (and a proof), check
+    /// the server's proof, get the welcome.
+    fn greet(&self, opened: Opened, hello: &Hello) -> Result<(Lane, Welcome)> {
+        let peer = self.peer;
+        let Opened {
+            mut lane,
+            server_nonce,
+            flags,
+            ..
+        } = opened;
+        // Nothing is sent to a server that cannot prove what we hold.
+        if let Some(why) = auth::mismatch(hello.flags, flags, "server") {
+            let theirs = auth::mismatch(flags, hello.flags, "client").unwrap_or_default();
+            lane.sender.fail(&format!("{AUTH_FAILED}{theirs}"));
+            return Err(Error::Auth {
+                peer: peer.to_string(),
+                why,
+            });
+        }
+        let mut hello = *hello;
+        sys::getrandom(&mut hello.nonce).map_err(|e| Error::io("client", "get random bytes", e))?;
+        lane.sender.send_frame(&Frame::Hello(hello))?;
+        if let Some(secret) = self.secret {
+            let hs = Handshake::new(secret, &server_nonce, flags, &hello);
+            lane.sender.send_frame(&Frame::Proof {
+                tag: hs.proof(auth::Direction::Up),
+            })?;
+            match lane.reader.read("the server's proof")? {
+                Frame::Proof { tag } if hs.verify(auth::Direction::Down, &tag) => {}
+                Frame::Proof { .. } => {
+                    return Err(Error::Auth {
+                        peer: peer.to_string(),
+                        why: "the server holds a different key or token".into(),
+                    });
+                }
+                other => return Err(session::unexpected(peer, &other)),
+            }
+            if secret.encrypts() {
+                lane.encrypt(
+                    hs.cipher(auth::Direction::Up),
+                    hs.cipher(auth::Direction::Down),
+                );
+            }
+        }
+        let welcome = match lane.reader.read("the server's welcome")? {
+            Frame::Welcome(w) => w,
+            other => return Err(session::unexpected(peer, &other)),
+        };
+        Ok((lane, welcome))
     }
 
     /// A TCP connection to the first address of the host that answers.
@@ -380,8 +485,9 @@ impl Dial<'_> {
     }
 }
 
-/// Open one lane on `stream`: exchange preambles, answer the challenge with
-/// a hello (and a proof), check the server's proof, get the welcome.
+/// Open one lane on `stream` (a remote shell's pipes): exchange preambles,
+/// answer the challenge with a hello (and a proof), check the server's
+/// proof, get the welcome.
 fn handshake<S: Stream>(
     stream: S,
     peer: &str,
@@ -389,48 +495,13 @@ fn handshake<S: Stream>(
     secret: Option<&Secret>,
     deadline: Duration,
 ) -> Result<(Lane, Welcome)> {
-    let mut lane = Lane::open(stream, peer.to_string(), deadline)?;
-    let (server_nonce, flags) = match lane.reader.read("the server's challenge")? {
-        Frame::Challenge { nonce, flags } => (nonce, flags),
-        other => return Err(session::unexpected(peer, &other)),
+    let dial = Dial {
+        host: "",
+        port: 0,
+        peer,
+        secret,
+        deadline,
     };
-    // Nothing is sent to a server that cannot prove what we hold.
-    if let Some(why) = auth::mismatch(hello.flags, flags, "server") {
-        let theirs = auth::mismatch(flags, hello.flags, "client").unwrap_or_default();
-        lane.sender.fail(&format!("{AUTH_FAILED}{theirs}"));
-        return Err(Error::Auth {
-            peer: peer.to_string(),
-            why,
-        });
-    }
-    let mut hello = *hello;
-    sys::getrandom(&mut hello.nonce).map_err(|e| Error::io("client", "get random bytes", e))?;
-    lane.sender.send_frame(&Frame::Hello(hello))?;
-    if let Some(secret) = secret {
-        let hs = Handshake::new(secret, &server_nonce, flags, &hello);
-        lane.sender.send_frame(&Frame::Proof {
-            tag: hs.proof(auth::Direction::Up),
-        })?;
-        match lane.reader.read("the server's proof")? {
-            Frame::Proof { tag } if hs.verify(auth::Direction::Down, &tag) => {}
-            Frame::Proof { .. } => {
-                return Err(Error::Auth {
-                    peer: peer.to_string(),
-                    why: "the server holds a different key or token".into(),
-                });
-            }
-            other => return Err(session::unexpected(peer, &other)),
-        }
-        if secret.encrypts() {
-            lane.encrypt(
-                hs.cipher(auth::Direction::Up),
-                hs.cipher(auth::Direction::Down),
-            );
-        }
-    }
-    let welcome = match lane.reader.read("the server's welcome")? {
-        Frame::Welcome(w) => w,
-        other => return Err(session::unexpected(peer, &other)),
-    };
-    Ok((lane, welcome))
+    let opened = dial.open_on(stream, Duration::ZERO)?;
+    dial.greet(opened, hello)
 }

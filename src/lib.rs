@@ -22,6 +22,7 @@
 
 pub mod aead;
 pub mod auth;
+pub mod auto;
 pub mod block;
 pub mod cli;
 pub mod client;
@@ -43,6 +44,7 @@ pub mod reader;
 pub mod remote_shell;
 pub mod server;
 pub mod session;
+pub mod sha256;
 pub mod ssh;
 pub mod stdio;
 /// Every raw OS call bsync makes; the only module with `unsafe`.

@@ -145,6 +145,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
         BYE => "Bye",
         CHALLENGE => "Challenge",
         PROOF => "Proof",
+        PROBE => "Probe",
         other => return Err(ProtoError::UnknownType(other)),
     };
     let mut r = Reader {
@@ -233,6 +234,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
             flags: r.flags()?,
         },
         PROOF => Frame::Proof { tag: r.array()? },
+        PROBE => Frame::Probe(r.take(payload.len())?),
         _ => Frame::Bye,
     };
     r.end()?;
@@ -366,6 +368,10 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             start = begin_frame(out, PROOF);
             out.extend_from_slice(tag);
         }
+        Frame::Probe(bytes) => {
+            start = begin_frame(out, PROBE);
+            out.extend_from_slice(bytes);
+        }
     }
     finish_frame(out, start);
 }
@@ -444,6 +450,8 @@ mod tests {
             nonce: [0xa5; NONCE_LEN],
             flags: FLAG_AUTH,
         });
+        round_trip(Frame::Probe(&[]));
+        round_trip(Frame::Probe(&[0x5a; HANDSHAKE_MAX]));
         round_trip(Frame::Proof {
             tag: *b"0123456789abcdef",
         });

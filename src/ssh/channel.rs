@@ -30,10 +30,11 @@ pub(super) enum Carried {
 }
 
 /// The client's half of a `-t` run: over TCP to `connect` when that port
-/// answers and `-over-ssh` is off, else inside ssh with `dir/bsync --server`.
+/// answers and `-over-ssh` is off, else inside ssh with `BINARY --server`
+/// (the remote's copy of bsync, as the launch named it).
 pub(super) fn sync(
     endpoint: &Endpoint,
-    dir: &str,
+    binary: &str,
     remote: &str,
     connect: &Connect,
     config: &Config,
@@ -70,7 +71,7 @@ pub(super) fn sync(
         args.push("-d".to_string());
     }
     args.push(format!("-b {}", config.transfer.block_size));
-    let script = format!("exec {}/bsync {}", quote(dir), args.join(" "));
+    let script = format!("exec {} {}", quote(binary), args.join(" "));
     let mut cmd = endpoint.command(&script);
     cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
