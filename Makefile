@@ -12,8 +12,12 @@
 #                 SSH_OPTS="$SSH_OPTS"
 #   make demo     sync a small real ext4 image with a modified copy of itself
 #   make bench    cargo bench; bsync against the read floor, dd, and rsync over loopback
-#                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd)
-#   make fuzz     fuzz the wire codec for FUZZ_SECONDS per target (needs cargo-fuzz)
+#                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd;
+#                 benches/patch.sh: patch files against rsync batch files;
+#                 benches/auto.sh: -auto against the defaults, on loopback and
+#                 on a 100 Mbit/s veth between two network namespaces)
+#   make fuzz     fuzz the wire codec and the patch decoder for FUZZ_SECONDS per
+#                 target (needs cargo-fuzz)
 #   make deny     licence, ban and source checks (needs cargo-deny)
 #   make install  the binary, its manual page bsync.1 and bash/zsh/fish
 #                 completions under PREFIX (/usr/local), staged in DESTDIR
@@ -88,6 +92,8 @@ bench: all
 	benches/net.sh
 	benches/seal.sh
 	benches/ssh.sh
+	benches/patch.sh
+	benches/auto.sh
 
 # cargo-fuzz wants nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain
 # (the only one this project assumes) accept them.
@@ -95,7 +101,7 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || \
 		{ echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked"; exit 1; }
-	cd fuzz && for target in decode round_trip; do \
+	cd fuzz && for target in decode round_trip patch; do \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

@@ -76,6 +76,18 @@ pub struct Disk {
     /// The device's read-ahead before we raised it, put back on drop:
     /// BLKRASET outlives the process.
     restore_read_ahead: Option<u64>,
+    /// A dry run's destination: read-only, and reads past its end see
+    /// zeros (what a grown file would hold), so sizes may differ.
+    dry: bool,
+    /// Writes go here instead of to the disk (bdsync's `--remdata`).
+    capture: Option<std::sync::Arc<dyn Capture>>,
+}
+
+/// Takes a destination's writes instead of the disk: the writer's extents,
+/// in offset order, with the data (`None`: zeros).
+pub trait Capture: Send + Sync + std::fmt::Debug {
+    /// `len` bytes at `offset` would become `data`, or zeros.
+    fn write(&self, disk: &Disk, offset: u64, data: Option<&[u8]>, len: u64) -> io::Result<()>;
 }
 
 impl Disk {
@@ -109,6 +121,32 @@ impl Disk {
             warn_if_mounted_read_write(&label, rdev, log);
         }
         Disk::describe(file, label, env, log)
+    }
+
+    /// Open `path` read-only as the destination of a dry run (`--compare`,
+    /// `--write-patch`): it is read and digested, never written or resized,
+    /// and reads past its end see zeros.
+    pub fn open_dry(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
+        let label = format!("destination {} (read only)", path.display());
+        let file = File::open(path).map_err(|e| Error::io(&label, "open", e))?;
+        let regular = file
+            .metadata()
+            .map_err(|e| Error::io(&label, "stat", e))?
+            .is_file();
+        let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
+        if !regular && !is_device {
+            return Err(Error::Failed(format!(
+                "{label}: not a regular file or block device"
+            )));
+        }
+        let mut disk = Disk::describe(file, label, env, log)?;
+        disk.dry = true;
+        Ok(disk)
+    }
+
+    /// Send every write of this (dry) destination to `capture` instead.
+    pub fn capture_writes(&mut self, capture: std::sync::Arc<dyn Capture>) {
+        self.capture = Some(capture);
     }
 
     /// Open `path` for reading and writing as the destination, creating a
@@ -168,6 +206,8 @@ impl Disk {
             log: log.clone(),
             said: AtomicU32::new(0),
             restore_read_ahead: None,
+            dry: false,
+            capture: None,
         };
         if !disk.hints {
             disk.detail(format!(
@@ -323,7 +363,12 @@ impl Disk {
     /// Read `buf.len()` bytes at `offset`, or fewer only at the end of the
     /// disk; returns how many were read.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        sys::pread_full(&self.file, buf, offset)
+        let n = sys::pread_full(&self.file, buf, offset)?;
+        if self.dry && n < buf.len() {
+            buf[n..].fill(0);
+            return Ok(buf.len());
+        }
+        Ok(n)
     }
 
     /// Where the next data at or after `offset` starts: the range between is
@@ -351,12 +396,24 @@ impl Disk {
 
     /// Write all of `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if let Some(c) = &self.capture {
+            return c.write(self, offset, Some(buf), buf.len() as u64);
+        }
+        if self.dry {
+            return Err(dry_write());
+        }
         sys::pwrite_all(&self.file, buf, offset)
     }
 
     /// Make `len` bytes at `offset` read as zeros, by the cheapest means the
     /// disk allows (`-v` says which, once).
     pub fn clear(&self, offset: u64, len: u64) -> io::Result<()> {
+        if let Some(c) = &self.capture {
+            return c.write(self, offset, None, len);
+        }
+        if self.dry {
+            return Err(dry_write());
+        }
         let how = sys::clear_range(&self.file, offset, len, self.is_device)?;
         self.note_cleared(how);
         Ok(())
@@ -397,6 +454,10 @@ impl Disk {
     /// grown (sparsely) or truncated to exactly `size`; a device must be at
     /// least that large and is refused otherwise, before anything is written.
     pub fn fit_to(&mut self, size: u64) -> Result<()> {
+        if self.dry {
+            // Read-only: reads past the end see zeros instead.
+            return Ok(());
+        }
         if self.is_device {
             if self.size < size {
                 return Err(Error::Failed(format!(
@@ -424,6 +485,11 @@ impl Disk {
         }
         Ok(())
     }
+}
+
+/// A dry run's destination refused a write (a bug if it ever shows).
+fn dry_write() -> io::Error {
+    io::Error::other("a dry run never writes to its destination")
 }
 
 impl Drop for Disk {

@@ -54,7 +54,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
 }
 
 fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
-    Ok(match u.int_in_range(0..=10u8)? {
+    Ok(match u.int_in_range(0..=11u8)? {
         0 => Frame::Hello(Hello {
             session: u.arbitrary()?,
             lane: u.arbitrary()?,
@@ -79,11 +79,11 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
             index: u.arbitrary()?,
             digests: whole_digests(u)?,
         },
-        8 => Frame::Pages {
+        9 => Frame::Pages {
             index: u.arbitrary()?,
             digests: whole_digests(u)?,
         },
-        9 => Frame::Refine {
+        10 => Frame::Refine {
             index: u.arbitrary()?,
             ranges: u.arbitrary()?,
         },
@@ -100,6 +100,10 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
         7 => Frame::Proof {
             tag: u.arbitrary()?,
         },
+        8 => {
+            let bytes: &[u8] = u.arbitrary()?;
+            Frame::Probe(&bytes[..bytes.len().min(proto::HANDSHAKE_MAX)])
+        }
         _ => Frame::Bye,
     })
 }

@@ -81,10 +81,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Handshake flags; encryption without authentication is meaningless.
+    /// [`FLAG_DRY`] may come with any of them.
     fn flags(&mut self) -> Result<u8, ProtoError> {
-        match self.u8()? {
-            f @ (0 | FLAG_AUTH) => Ok(f),
-            f if f == FLAG_AUTH | FLAG_ENCRYPT => Ok(f),
+        let f = self.u8()?;
+        match f & !FLAG_DRY {
+            0 | FLAG_AUTH => Ok(f),
+            s if s == FLAG_AUTH | FLAG_ENCRYPT => Ok(f),
             _ => Err(self.malformed("unknown flags")),
         }
     }
@@ -145,6 +147,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
         BYE => "Bye",
         CHALLENGE => "Challenge",
         PROOF => "Proof",
+        PROBE => "Probe",
         other => return Err(ProtoError::UnknownType(other)),
     };
     let mut r = Reader {
@@ -241,6 +244,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
             flags: r.flags()?,
         },
         PROOF => Frame::Proof { tag: r.array()? },
+        PROBE => Frame::Probe(r.take(payload.len())?),
         _ => Frame::Bye,
     };
     r.end()?;
@@ -384,6 +388,10 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             start = begin_frame(out, PROOF);
             out.extend_from_slice(tag);
         }
+        Frame::Probe(bytes) => {
+            start = begin_frame(out, PROBE);
+            out.extend_from_slice(bytes);
+        }
     }
     finish_frame(out, start);
 }
@@ -476,6 +484,8 @@ mod tests {
             nonce: [0xa5; NONCE_LEN],
             flags: FLAG_AUTH,
         });
+        round_trip(Frame::Probe(&[]));
+        round_trip(Frame::Probe(&[0x5a; HANDSHAKE_MAX]));
         round_trip(Frame::Proof {
             tag: *b"0123456789abcdef",
         });
@@ -516,7 +526,8 @@ mod tests {
 
     #[test]
     fn unknown_handshake_flags_are_errors() {
-        for flags in [FLAG_ENCRYPT, 4, 0x80] {
+        // A dry run's flag may come with the others, never encryption alone.
+        for flags in [FLAG_ENCRYPT, FLAG_ENCRYPT | FLAG_DRY, 8, 0x80] {
             let mut buf = Vec::new();
             encode(
                 &Frame::Challenge {

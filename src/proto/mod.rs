@@ -26,12 +26,13 @@
 //! | 2    | `Welcome`  | server → client     | block size `u32`, source size `u64`, skip `u64`, salt `u128`, lanes `u16` |
 //! | 3    | `Error`    | either              | UTF-8 message |
 //! | 4    | `Digests`  | destination → source| block `u64`, then one `u128` range digest per range |
-//! | 11   | `Refine`   | source → destination| block `u64`, then a bitmap of the ranges that differ, `ceil(ranges / 8)` bytes |
-//! | 12   | `Pages`    | destination → source| block `u64`, then one `u128` page digest per page of the asked ranges |
+//! | 12   | `Refine`   | source → destination| block `u64`, then a bitmap of the ranges that differ, `ceil(ranges / 8)` bytes |
+//! | 13   | `Pages`    | destination → source| block `u64`, then one `u128` page digest per page of the asked ranges |
 //! | 5    | `Block`    | source → destination| block `u64`, flags `u8` (bit 0: compressed), raw length `u32`, change count `u32`, changes, data |
 //! | 6    | `Ack`      | destination → source| block `u64`: written |
 //! | 7    | `Complete` | destination → source| verification digest `u128`: all written and flushed |
 //! | 8    | `Bye`      | source → destination| nothing: the session is over |
+//! | 11   | `Probe`    | either, before `Hello` | any bytes, at most [`HANDSHAKE_MAX`] |
 //!
 //! A connection opens with the server's `Challenge` (sent right after the
 //! preambles, so it costs no round trip), the client's `Hello`, then — when
@@ -40,6 +41,14 @@
 //! encrypted ([`FLAG_ENCRYPT`]). With encryption every frame after the
 //! proofs is sealed: the header (with the sealed length) is the associated
 //! data and the 16-byte tag follows the ciphertext; see `crate::auth`.
+//!
+//! `-auto` measures the link on the first connection before it says
+//! `Hello`: after the server's `Challenge` the client may send `Probe`
+//! frames. The server reads and discards them (at most [`PROBE_LIMIT`]
+//! bytes in all per connection); to an empty one it answers at once with an
+//! empty `Probe`, so an empty `Probe` is a ping and a burst of full ones
+//! followed by an empty one times the link's throughput. Then the `Hello`
+//! follows as on any connection. A `Probe` at any other point is an error.
 //!
 //! A change is a page number (`u32`, within the block) and a kind (`u8`):
 //! 0 = zero (no data), 1 = data, followed by the source's digest of that
@@ -110,6 +119,8 @@ pub const PREAMBLE_MAGIC: &[u8] = b"BSYNC ver";
 pub const HEADER_LEN: usize = 5;
 /// Largest frame payload before the session parameters are agreed.
 pub const HANDSHAKE_MAX: usize = 4096;
+/// Most `Probe` payload bytes a server takes on one connection.
+pub const PROBE_LIMIT: usize = 64 << 20;
 /// Largest block size a session may use: every block is held in memory
 /// several times on both ends.
 pub const MAX_BLOCK_SIZE: usize = 1024 * 1024 * 1024;
@@ -130,8 +141,9 @@ const COMPLETE: u8 = 7;
 const BYE: u8 = 8;
 const CHALLENGE: u8 = 9;
 const PROOF: u8 = 10;
-const REFINE: u8 = 11;
-const PAGES: u8 = 12;
+const PROBE: u8 = 11;
+const REFINE: u8 = 12;
+const PAGES: u8 = 13;
 /// Every frame type; anything else is refused at the header.
 pub const FRAME_TYPES: RangeInclusive<u8> = HELLO..=PAGES;
 
@@ -146,6 +158,11 @@ pub const RANGE_PAGES: usize = 16;
 pub const FLAG_AUTH: u8 = 1;
 /// `Hello`/`Challenge` flag: frames after the handshake are sealed.
 pub const FLAG_ENCRYPT: u8 = 2;
+/// `Hello` flag: a dry run (`--compare`, `--write-patch`): the destination
+/// is opened read-only, never resized, and the source sends no data.
+pub const FLAG_DRY: u8 = 4;
+/// The flags that say what secret a peer holds.
+pub const SECRET_FLAGS: u8 = FLAG_AUTH | FLAG_ENCRYPT;
 /// Length of the handshake nonces and proofs.
 pub const NONCE_LEN: usize = 16;
 
@@ -339,6 +356,9 @@ pub enum Frame<'a> {
         /// The tag.
         tag: [u8; NONCE_LEN],
     },
+    /// Link measurement before the `Hello` (`-auto`): discarded; an empty
+    /// one asks for an empty one back.
+    Probe(&'a [u8]),
 }
 
 impl Frame<'_> {
@@ -357,6 +377,7 @@ impl Frame<'_> {
             Frame::Bye => "Bye",
             Frame::Challenge { .. } => "Challenge",
             Frame::Proof { .. } => "Proof",
+            Frame::Probe(_) => "Probe",
         }
     }
 }
@@ -439,9 +460,28 @@ pub fn range_pages(r: usize, pages: usize) -> std::ops::Range<usize> {
 /// little-endian each (see the module docs).
 pub fn range_digests(pages: &[Digest], out: &mut Vec<Digest>) {
     out.clear();
-    out.extend(pages.chunks(RANGE_PAGES).map(|range| {
-        range.iter().fold(crate::digest::fnv1a128(&[]), |h, d| {
-            crate::digest::fnv1a128_update(h, &d.to_le_bytes())
-        })
-    }));
+    out.extend(pages.chunks(RANGE_PAGES).map(range_digest));
+}
+
+/// The range digest of one range's page digests.
+pub fn range_digest(pages: &[Digest]) -> Digest {
+    pages.iter().fold(crate::digest::fnv1a128(&[]), |h, d| {
+        crate::digest::fnv1a128_update(h, &d.to_le_bytes())
+    })
+}
+
+/// The range digest of `data` (at most one range) cut in pages of `page`
+/// bytes under `salt`: what `Digests` says of those bytes. For code that
+/// holds the bytes of a range rather than its page digests (patch files).
+pub fn range_digest_of(salt: u128, data: &[u8], page: usize) -> Digest {
+    let mut pages = Vec::new();
+    crate::digest::digest_sub_blocks(salt, data, page, &mut pages);
+    range_digest(&pages)
+}
+
+/// The range digests of a block's `data` cut in pages of `page` bytes.
+pub fn digest_ranges(salt: u128, data: &[u8], page: usize, out: &mut Vec<Digest>) {
+    let mut pages = Vec::new();
+    crate::digest::digest_sub_blocks(salt, data, page, &mut pages);
+    range_digests(&pages, out);
 }

@@ -13,7 +13,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use super::{Abort, Content, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use super::{
+    Abort, Content, Params, Rejoin, Signal, block_hash_of_pages, lane_of, run_lane, unexpected,
+};
 use crate::block::{ExtentKind, push_extent};
 use crate::compress::Decompressor;
 use crate::digest::{self, Digest};
@@ -369,7 +371,7 @@ impl DestCtx<'_> {
         if at != raw_len {
             return Err(bad(format!("{raw_len} bytes of data, changes use {at}")));
         }
-        let h = block_hash(index, &digests);
+        let h = block_hash_of_pages(index, &digests);
         {
             let mut v = lock(self.verify);
             *v = v.wrapping_add(h);

@@ -72,6 +72,12 @@ impl Params {
         crate::proto::page_size(self.geo.block_size)
     }
 
+    /// The size of the grains a dry run's sink gets digests of: a range
+    /// (the destination's first level; a dry run asks no page digests).
+    pub fn sub_size(&self) -> usize {
+        crate::proto::RANGE_PAGES * self.page()
+    }
+
     /// The digest of `n` zero bytes (at most a page) under this
     /// session's salt.
     fn zero_digest(&self, n: usize) -> Digest {
@@ -146,6 +152,39 @@ pub fn run(
     log: &Log,
     progress: bool,
 ) -> Result<()> {
+    run_dry(role, p, disk, lanes, rejoin, log, progress, None).map(|_| ())
+}
+
+/// What a dry run's source does with each block instead of sending its
+/// changes (`--compare`, `--write-patch`). Called by the workers in any
+/// block order, for every block, unchanged ones included.
+pub trait DrySink: Sync {
+    /// Block `index` of the source holds `data`, whose grains digest to
+    /// `ours`; the destination's digest to `theirs`. Returns whether the
+    /// block differs and how many bytes of data (not zeros) it would send.
+    fn block(
+        &self,
+        index: u64,
+        data: &[u8],
+        theirs: &[Digest],
+        ours: &[Digest],
+    ) -> Result<(bool, u64)>;
+}
+
+/// [`run`], and on the source with `dry`, a dry run: the destination is
+/// read and acknowledges, nothing is written to it, and every block goes
+/// to `dry` instead.
+#[allow(clippy::too_many_arguments)]
+pub fn run_dry(
+    role: Role,
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    rejoin: &dyn Rejoin,
+    log: &Log,
+    progress: bool,
+    dry: Option<&dyn DrySink>,
+) -> Result<u128> {
     let stats = Arc::new(Stats::default());
     stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);
@@ -158,21 +197,26 @@ pub fn run(
     }
     let reporter = Reporter::start(log, &stats, totals, progress, &notes);
     let (verify, side) = match role {
-        Role::Source => (source::run(p, disk, lanes, &stats, rejoin)?, Side::Source),
+        Role::Source => (
+            source::run_with(p, disk, lanes, &stats, rejoin, dry)?,
+            Side::Source,
+        ),
         Role::Destination => (
             destination::run(p, disk, lanes, &stats, rejoin)?,
             Side::Destination,
         ),
     };
     let elapsed = reporter.finish();
-    report_summary(log, &stats, elapsed, side, p.first, progress);
-    log.info(format!(
-        "verification digest {verify:032x}: both ends agree"
-    ));
+    if dry.is_none() {
+        report_summary(log, &stats, elapsed, side, p.first, progress);
+        log.info(format!(
+            "verification digest {verify:032x}: both ends agree"
+        ));
+    }
     if role == Role::Destination {
         disk.report_excess(p.geo.size);
     }
-    Ok(())
+    Ok(verify)
 }
 
 /// `--bwlimit`: a token bucket shared by every thread that sends block
@@ -339,11 +383,28 @@ impl<'a> Abort<'a> {
     }
 }
 
-/// Hash of one block's final page digests; the verification digest is
-/// their sum, so lanes may finish blocks in any order.
-fn block_hash(index: u64, digests: &[Digest]) -> u128 {
+/// Hash of one block's final range digests; the verification digest is
+/// their sum, so lanes may finish blocks in any order. Range digests, not
+/// page digests, so that a dry run's source, which only ever sees the
+/// destination's ranges, computes the same sum.
+fn block_hash(index: u64, ranges: &[Digest]) -> u128 {
+    block_hash_of(index, ranges.iter().copied())
+}
+
+/// [`block_hash`] from a block's page digests, folded into ranges on the
+/// way (no allocation).
+fn block_hash_of_pages(index: u64, pages: &[Digest]) -> u128 {
+    block_hash_of(
+        index,
+        pages
+            .chunks(crate::proto::RANGE_PAGES)
+            .map(crate::proto::range_digest),
+    )
+}
+
+fn block_hash_of(index: u64, ranges: impl Iterator<Item = Digest>) -> u128 {
     let mut h = digest::fnv1a128(&index.to_le_bytes());
-    for d in digests {
+    for d in ranges {
         h = digest::fnv1a128_update(h, &d.to_le_bytes());
     }
     h

@@ -17,7 +17,9 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use super::{Abort, Content, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use super::{
+    Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected,
+};
 use crate::block::{Extent, ExtentKind, push_extent};
 use crate::compress::Compressor;
 use crate::digest::Digest;
@@ -119,12 +121,27 @@ impl SourceState {
 }
 
 /// Run the source side over `lanes`; returns the verification digest.
+/// (The roles' tests call it; the session calls [`run_with`].)
+#[cfg(test)]
 pub(super) fn run(
     p: &Params,
     disk: &Disk,
     lanes: Vec<Lane>,
     stats: &Stats,
     rejoin: &dyn Rejoin,
+) -> Result<u128> {
+    run_with(p, disk, lanes, stats, rejoin, None)
+}
+
+/// [`run`]; with `dry`, every block goes to it instead of its changes to
+/// the destination, which writes nothing.
+pub(super) fn run_with(
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    stats: &Stats,
+    rejoin: &dyn Rejoin,
+    dry: Option<&dyn DrySink>,
 ) -> Result<u128> {
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
     let state = Signal::new(SourceState {
@@ -158,6 +175,7 @@ pub(super) fn run(
         senders: &senders,
         stats,
         verify: &verify,
+        dry,
         zero: p.zero_digest(p.page()),
     };
     let abort = &abort;
@@ -225,6 +243,7 @@ struct SourceCtx<'a> {
     senders: &'a [Arc<FrameSender>],
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
+    dry: Option<&'a dyn DrySink>,
     /// The digest of a whole zero page.
     zero: Digest,
 }
@@ -501,6 +520,48 @@ impl SourceCtx<'_> {
         Ok(raw_len)
     }
 
+    /// A dry run's block: the sink gets it with both sides' range digests,
+    /// the destination an empty `Block` to acknowledge, and the
+    /// verification digest is over the destination's unchanged content.
+    fn dry_block(
+        &self,
+        dry: &dyn DrySink,
+        index: u64,
+        data: &[u8],
+        theirs: &[Digest],
+        pages: &mut Vec<Digest>,
+        scratch: &mut FrameScratch,
+    ) -> Result<()> {
+        Content::Bytes(data).digests(self.p, self.zero, pages);
+        proto::range_digests(pages, &mut scratch.ranges);
+        if theirs.len() != scratch.ranges.len() {
+            return Err(Error::protocol(
+                self.peer(index),
+                format!(
+                    "block {index}: {} range digests, expected {}",
+                    theirs.len(),
+                    scratch.ranges.len()
+                ),
+            ));
+        }
+        let (changed, data_bytes) = dry.block(index, data, theirs, &scratch.ranges)?;
+        let class = if !changed {
+            &self.stats.same
+        } else if data_bytes > 0 {
+            &self.stats.changed
+        } else {
+            &self.stats.zero
+        };
+        Stats::add(class, 1);
+        Stats::add(&self.stats.bytes_changed, data_bytes);
+        {
+            let mut v = lock(self.verify);
+            *v = v.wrapping_add(block_hash(index, theirs));
+        }
+        empty_block(index, &mut scratch.frame);
+        Ok(())
+    }
+
     /// Compare blocks with the destination's range digests; send the blocks
     /// that match, park the others and ask for their page digests.
     fn worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
@@ -518,6 +579,37 @@ impl SourceCtx<'_> {
             };
             let map = self.state.lock().spare_maps.pop().unwrap_or_default();
             let b = &mut *block;
+            if let Some(dry) = self.dry {
+                if b.hole {
+                    // Never read: the sink wants the zeros it stands for.
+                    b.data[..b.len].fill(0);
+                }
+                let mut pages = std::mem::take(&mut b.digests);
+                let done = self.dry_block(
+                    dry,
+                    index,
+                    &b.data[..b.len],
+                    &theirs,
+                    &mut pages,
+                    &mut scratch,
+                );
+                b.digests = pages;
+                done?;
+                let mut st = self.state.lock();
+                st.unacked.insert(
+                    index,
+                    Sent {
+                        bytes: b.len as u64,
+                        attempts: 1,
+                        waiting: None,
+                    },
+                );
+                st.spare.push(theirs);
+                drop(st);
+                drop(block);
+                self.send(index, &mut scratch.frame);
+                continue;
+            }
             let mut pages = std::mem::take(&mut b.digests);
             let compared = self.compare(
                 index,
@@ -531,7 +623,7 @@ impl SourceCtx<'_> {
             let compared = compared?;
             {
                 let mut v = lock(self.verify);
-                *v = v.wrapping_add(block_hash(index, &b.digests));
+                *v = v.wrapping_add(block_hash(index, &scratch.ranges));
             }
             let bytes = b.len as u64;
             // Registered before sending: the answer may beat us back.
@@ -644,6 +736,12 @@ impl SourceCtx<'_> {
     /// Start block `index` over: read it back from the source and compare
     /// it with the range digests the destination sent again.
     fn resend(&self, index: u64, theirs: &[Digest], scratch: &mut FrameScratch) -> Result<()> {
+        if self.dry.is_some() {
+            // Already given to the sink: the destination only acknowledges.
+            empty_block(index, &mut scratch.frame);
+            self.send(index, &mut scratch.frame);
+            return Ok(());
+        }
         let len = self.p.geo.len(index);
         let mut data = vec![0u8; len];
         let n = self
@@ -675,4 +773,10 @@ impl SourceCtx<'_> {
         self.send(index, &mut scratch.frame);
         Ok(())
     }
+}
+
+/// A `Block` frame with no changes: "nothing to write here".
+fn empty_block(index: u64, frame: &mut Vec<u8>) {
+    frame.clear();
+    BlockBuilder::begin(frame, index, 0, &[]).finish(false);
 }
