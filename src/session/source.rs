@@ -12,7 +12,7 @@
 //! send anything themselves, so a full socket can never stop a lane from
 //! reading the answers that would empty it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -94,8 +94,10 @@ enum Task {
 struct SourceState {
     /// Destination range digests not yet used, by block.
     remote: HashMap<u64, Vec<Digest>>,
-    /// Blocks sent or refined and not yet acknowledged.
-    unacked: BTreeMap<u64, Sent>,
+    /// Blocks sent or refined and not yet acknowledged. A map that reuses
+    /// its table: a B-tree would allocate a node every few blocks once the
+    /// window outgrows a leaf.
+    unacked: HashMap<u64, Sent>,
     /// Work for the finishers.
     tasks: VecDeque<Task>,
     /// Every block before this one is written at the destination.
@@ -270,17 +272,23 @@ impl SourceCtx<'_> {
     /// Everything before block `upto` (exclusive) is written.
     fn acknowledge(&self, upto: u64) {
         let mut st = self.state.lock();
-        while let Some(entry) = st.unacked.first_entry() {
-            if *entry.key() >= upto {
-                break;
+        let state = &mut *st;
+        let (unacked, spare, spare_maps) =
+            (&mut state.unacked, &mut state.spare, &mut state.spare_maps);
+        unacked.retain(|&index, sent| {
+            if index >= upto {
+                return true;
             }
-            let sent = entry.remove();
-            if let Some(parked) = sent.waiting {
-                st.recycle(parked);
+            if let Some(parked) = sent.waiting.take() {
+                if let Some(theirs) = parked.theirs {
+                    spare.push(theirs);
+                }
+                spare_maps.push(parked.ranges);
             }
             Stats::add(&self.stats.blocks_done, 1);
             Stats::add(&self.stats.bytes_done, sent.bytes);
-        }
+            false
+        });
         st.acked_to = st.acked_to.max(upto);
         // Acknowledgements are cumulative: every block before acked_to is
         // written, whatever -w.
