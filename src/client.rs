@@ -60,11 +60,11 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
         deadline: env.io_timeout,
     };
 
-    let (first, welcome) = dial.connect(&hello(0))?;
-    if upload && (welcome.block_size != block_size || welcome.skip != t.skip) {
+    let (first, welcome) = first_connect(&dial, &hello(0), log)?;
+    if let Some(why) = welcome_mismatch(&hello(0), &welcome, upload) {
         return Err(Error::protocol(
             &peer,
-            "the server changed the block size or skip of an upload",
+            format!("the server's Welcome does not match this end's Hello: {why}"),
         ));
     }
     let block_size = usize::try_from(welcome.block_size).unwrap_or(usize::MAX);
@@ -125,6 +125,55 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
         }
     };
     session::run(c.role, &params, &disk, lanes, &redial, log, !log.is_quiet())
+}
+
+/// What in a `Welcome` contradicts the `Hello` it answers: the skip and
+/// the lanes always, and in an upload the block size and the source size
+/// too (the source's are authoritative).
+fn welcome_mismatch(hello: &Hello, welcome: &Welcome, upload: bool) -> Option<String> {
+    if welcome.skip != hello.skip {
+        return Some(format!("skip {} instead of {}", welcome.skip, hello.skip));
+    }
+    if welcome.lanes != hello.lanes {
+        return Some(format!("{} lanes instead of {}", welcome.lanes, hello.lanes));
+    }
+    if upload && welcome.block_size != hello.block_size {
+        return Some(format!(
+            "block size {} instead of {}",
+            welcome.block_size, hello.block_size
+        ));
+    }
+    if upload && welcome.source_size != hello.source_size {
+        return Some(format!(
+            "source size {} instead of {}",
+            welcome.source_size, hello.source_size
+        ));
+    }
+    None
+}
+
+/// Open the first lane, retrying a connection lost during the handshake
+/// as a rejoined lane is retried; a refused or unreachable server is not
+/// retried (it is not there, and saying so at once is kinder).
+fn first_connect(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Welcome)> {
+    let mut attempt = 1;
+    loop {
+        match dial.connect(hello) {
+            Ok(ok) => return Ok(ok),
+            Err(e @ Error::Io { .. }) if matches!(&e, Error::Io { op, .. } if op == "connect" || op == "resolve") => {
+                return Err(e);
+            }
+            Err(e) if net::is_connection_loss(&e) && attempt < REDIAL_ATTEMPTS => {
+                log.info(format!(
+                    "{e}; connecting again ({}/{REDIAL_ATTEMPTS})",
+                    attempt + 1
+                ));
+                std::thread::sleep(REDIAL_PAUSE);
+            }
+            Err(e) => return Err(e),
+        }
+        attempt += 1;
+    }
 }
 
 /// Connection attempts when a lane is rejoined, and the pause between them.
@@ -204,29 +253,37 @@ impl Dial<'_> {
         }
         let mut hello = *hello;
         sys::getrandom(&mut hello.nonce).map_err(|e| Error::io("client", "get random bytes", e))?;
-        lane.sender.send_frame(&Frame::Hello(hello))?;
-        if let Some(secret) = self.secret {
-            let hs = Handshake::new(secret, &server_nonce, flags, &hello);
-            lane.sender.send_frame(&Frame::Proof {
-                tag: hs.proof(auth::Direction::Up),
-            })?;
-            match lane.reader.read("the server's proof")? {
-                Frame::Proof { tag } if hs.verify(auth::Direction::Down, &tag) => {}
-                Frame::Proof { .. } => {
+        // Proven with or without a secret: the proofs also show that the
+        // challenge and the hello arrived as they were sent.
+        let hs = Handshake::new(self.secret, &server_nonce, flags, &hello);
+        let (check, tag) = hs.proof(auth::Direction::Up);
+        let mut out = Vec::new();
+        proto::encode(&Frame::Hello(hello), &mut out);
+        proto::encode(&Frame::Proof { check, tag }, &mut out);
+        lane.sender.send(&mut out)?;
+        match lane.reader.read("the server's proof")? {
+            Frame::Proof { check, tag } => match hs.verify(auth::Direction::Down, &check, &tag) {
+                Ok(()) => {}
+                Err(auth::Refusal::Corrupted) => {
+                    return Err(Error::protocol(
+                        peer,
+                        "the handshake was changed in transit (the server's proof \
+                         covers other bytes than this end sent and received)",
+                    ));
+                }
+                Err(auth::Refusal::WrongSecret) => {
                     return Err(Error::Auth {
                         peer: peer.to_string(),
                         why: "the server holds a different key or token".into(),
                     });
                 }
-                other => return Err(session::unexpected(peer, &other)),
-            }
-            if secret.encrypts() {
-                lane.encrypt(
-                    hs.cipher(auth::Direction::Up),
-                    hs.cipher(auth::Direction::Down),
-                );
-            }
+            },
+            other => return Err(session::unexpected(peer, &other)),
         }
+        lane.protect(
+            hs.cipher(auth::Direction::Up),
+            hs.cipher(auth::Direction::Down),
+        );
         let welcome = match lane.reader.read("the server's welcome")? {
             Frame::Welcome(w) => w,
             other => return Err(session::unexpected(peer, &other)),

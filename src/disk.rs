@@ -354,14 +354,19 @@ impl Disk {
         sys::fadvise(&self.file, offset, len, Advice::DontNeed)
     }
 
-    /// Start writeback of `len` bytes at `offset` without waiting.
-    pub fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
-        sys::start_writeback(&self.file, offset, len)
+    /// Start writeback of `len` bytes at `offset` without waiting. `Ok(false)`
+    /// when this disk does not support it (dirty pages then flush in
+    /// bursts); an error is the kernel reporting a failed write.
+    pub fn start_writeback(&self, offset: u64, len: u64) -> io::Result<bool> {
+        supported(sys::start_writeback(&self.file, offset, len))
     }
 
-    /// Wait for the writeback of `len` bytes at `offset`.
-    pub fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
-        sys::wait_writeback(&self.file, offset, len)
+    /// Wait for the writeback of `len` bytes at `offset`. `Ok(false)` when
+    /// not supported; an error is a write the kernel could not complete, and
+    /// it reports that only once per open file (the final `fdatasync` would
+    /// not see it again), so it must never be ignored.
+    pub fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<bool> {
+        supported(sys::wait_writeback(&self.file, offset, len))
     }
 
     /// Flush everything written to the device (`fdatasync`).
@@ -410,6 +415,15 @@ impl Disk {
             self.size = size;
         }
         Ok(())
+    }
+}
+
+/// `sync_file_range`'s outcome: done, not supported here, or a real error.
+fn supported(r: io::Result<()>) -> io::Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if sys::writeback_unsupported(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -125,8 +125,8 @@ fn exchange_preamble(stream: &mut impl Stream, peer: &str) -> Result<()> {
     Err(Error::protocol(peer, "not a bsync peer (bad preamble)"))
 }
 
-/// Reads frames from one connection into a reused buffer, opening sealed
-/// frames once the connection is encrypted.
+/// Reads frames from one connection into a reused buffer, checking each
+/// frame's tag (and decrypting it under a key) once the handshake is done.
 pub struct FrameReader {
     stream: Box<dyn Read + Send>,
     buf: Vec<u8>,
@@ -177,11 +177,15 @@ impl FrameReader {
                 ));
             };
             let plain = payload.len();
+            let sealed = cipher.encrypts();
             cipher.open(head, payload, tag).map_err(|_| {
                 Error::protocol(
                     &self.peer,
-                    "a sealed frame failed authentication \
-                     (altered, replayed, reordered or after a dropped one)",
+                    format!(
+                        "a {} frame failed its integrity check: changed in transit \
+                         (or replayed, reordered, or after a dropped one)",
+                        if sealed { "sealed" } else { "tagged" }
+                    ),
                 )
             })?;
             // The sealed length fitted the header, so the plain one does.
@@ -359,8 +363,9 @@ impl Lane {
         }
     }
 
-    /// Seal every frame sent and open every frame read from now on.
-    pub fn encrypt(&mut self, send: Cipher, receive: Cipher) {
+    /// Tag (or seal) every frame sent and check (or open) every frame read
+    /// from now on.
+    pub fn protect(&mut self, send: Cipher, receive: Cipher) {
         self.reader.cipher = Some(receive);
         self.sender.lock().cipher = Some(send);
     }

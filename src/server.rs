@@ -133,28 +133,36 @@ fn handshake(
         let theirs = auth::mismatch(hello.flags, ours, "server").unwrap_or_default();
         return deny(why, &theirs);
     }
-    if let Some(secret) = secret {
-        let hs = Handshake::new(secret, &nonce, ours, &hello);
-        let proven = match lane.reader.read("the client's proof")? {
-            Frame::Proof { tag } => hs.verify(auth::Direction::Up, &tag),
-            _ => return Err(Error::protocol(peer, "expected a Proof frame")),
-        };
-        if !proven {
+    // Proven with or without a secret: the proofs also show that the
+    // challenge and the hello arrived as they were sent, before anything
+    // of the session is touched.
+    let hs = Handshake::new(secret, &nonce, ours, &hello);
+    let proof = match lane.reader.read("the client's proof")? {
+        Frame::Proof { check, tag } => hs.verify(auth::Direction::Up, &check, &tag),
+        Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
+        _ => return Err(Error::protocol(peer, "expected a Proof frame")),
+    };
+    match proof {
+        Ok(()) => {}
+        Err(auth::Refusal::Corrupted) => {
+            let why = "the handshake was changed in transit (the client's proof \
+                       covers other bytes than the server sent and received)";
+            lane.sender.fail(why);
+            return Err(Error::protocol(peer, why));
+        }
+        Err(auth::Refusal::WrongSecret) => {
             return deny(
                 "the client holds a different key or token".into(),
                 "the server holds a different key or token",
             );
         }
-        lane.sender.send_frame(&Frame::Proof {
-            tag: hs.proof(auth::Direction::Down),
-        })?;
-        if secret.encrypts() {
-            lane.encrypt(
-                hs.cipher(auth::Direction::Down),
-                hs.cipher(auth::Direction::Up),
-            );
-        }
     }
+    let (check, tag) = hs.proof(auth::Direction::Down);
+    lane.sender.send_frame(&Frame::Proof { check, tag })?;
+    lane.protect(
+        hs.cipher(auth::Direction::Down),
+        hs.cipher(auth::Direction::Up),
+    );
     Ok(Arrival { hello, lane })
 }
 

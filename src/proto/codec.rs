@@ -225,13 +225,19 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
             })
         }
         ACK => Frame::Ack { index: r.u64()? },
-        COMPLETE => Frame::Complete { verify: r.u128()? },
+        COMPLETE => Frame::Complete {
+            blocks: r.u64()?,
+            verify: r.u128()?,
+        },
         CHALLENGE => Frame::Challenge {
             nonce: r.array()?,
             flags: r.flags()?,
         },
-        PROOF => Frame::Proof { tag: r.array()? },
-        _ => Frame::Bye,
+        PROOF => Frame::Proof {
+            check: r.array()?,
+            tag: r.array()?,
+        },
+        _ => Frame::Bye { verify: r.u128()? },
     };
     r.end()?;
     Ok(frame)
@@ -350,18 +356,23 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             start = begin_frame(out, ACK);
             out.extend_from_slice(&index.to_le_bytes());
         }
-        Frame::Complete { verify } => {
+        Frame::Complete { blocks, verify } => {
             start = begin_frame(out, COMPLETE);
+            out.extend_from_slice(&blocks.to_le_bytes());
             out.extend_from_slice(&verify.to_le_bytes());
         }
-        Frame::Bye => start = begin_frame(out, BYE),
+        Frame::Bye { verify } => {
+            start = begin_frame(out, BYE);
+            out.extend_from_slice(&verify.to_le_bytes());
+        }
         Frame::Challenge { nonce, flags } => {
             start = begin_frame(out, CHALLENGE);
             out.extend_from_slice(nonce);
             out.push(*flags);
         }
-        Frame::Proof { tag } => {
+        Frame::Proof { check, tag } => {
             start = begin_frame(out, PROOF);
+            out.extend_from_slice(check);
             out.extend_from_slice(tag);
         }
     }
@@ -443,6 +454,7 @@ mod tests {
             flags: FLAG_AUTH,
         });
         round_trip(Frame::Proof {
+            check: *b"fedcba9876543210",
             tag: *b"0123456789abcdef",
         });
         round_trip(Frame::Welcome(Welcome {
@@ -459,8 +471,11 @@ mod tests {
             digests: &digests,
         });
         round_trip(Frame::Ack { index: u64::MAX });
-        round_trip(Frame::Complete { verify: 1 << 100 });
-        round_trip(Frame::Bye);
+        round_trip(Frame::Complete {
+            blocks: 12,
+            verify: 1 << 100,
+        });
+        round_trip(Frame::Bye { verify: 3 << 90 });
         let block = sample_changes();
         let (frame, _) = decode(&block, MAX).unwrap().unwrap();
         round_trip(frame);

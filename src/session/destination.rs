@@ -47,6 +47,8 @@ struct DestCtx<'a> {
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
     done: &'a AtomicBool,
+    /// The source's `Bye` confirmed the verification digest.
+    confirmed: &'a AtomicBool,
     /// A lane was rejoined: duplicate blocks are expected now.
     rejoined: &'a AtomicBool,
     /// Digest lists done with, reused so a block costs no allocation.
@@ -67,6 +69,7 @@ pub(super) fn run(
     let expected = Mutex::new(HashMap::new());
     let verify = Mutex::new(0u128);
     let done = AtomicBool::new(false);
+    let confirmed = AtomicBool::new(false);
     let rejoined = AtomicBool::new(false);
     let spare = Mutex::new(Vec::new());
     let in_flight = p.prefetch + p.workers;
@@ -86,6 +89,7 @@ pub(super) fn run(
         stats,
         verify: &verify,
         done: &done,
+        confirmed: &confirmed,
         rejoined: &rejoined,
         spare: &spare,
     };
@@ -144,7 +148,10 @@ pub(super) fn run(
             let v = *lock(&verify);
             for s in &senders {
                 // A lane that is down sends it again once rejoined.
-                let _ = s.send_frame(&Frame::Complete { verify: v });
+                let _ = s.send_frame(&Frame::Complete {
+                    blocks: p.geo.blocks(),
+                    verify: v,
+                });
             }
             Ok(())
         });
@@ -153,6 +160,13 @@ pub(super) fn run(
     if !done.load(Ordering::Acquire) {
         return Err(Error::Failed(format!(
             "{}: the session ended before every block was written",
+            disk.label()
+        )));
+    }
+    if !confirmed.load(Ordering::Acquire) {
+        return Err(Error::Failed(format!(
+            "{}: every block was written and flushed, but the source never confirmed \
+             the verification digest (its Bye did not arrive): the run may not be complete",
             disk.label()
         )));
     }
@@ -201,7 +215,8 @@ impl DestCtx<'_> {
         }
         if self.done.load(Ordering::Acquire) {
             let v = *lock(self.verify);
-            proto::encode(&Frame::Complete { verify: v }, &mut frames);
+            let blocks = self.p.geo.blocks();
+            proto::encode(&Frame::Complete { blocks, verify: v }, &mut frames);
         }
         sender.send(&mut frames)
     }
@@ -227,10 +242,30 @@ impl DestCtx<'_> {
                         return Ok(());
                     }
                 }
-                Frame::Bye => return Ok(()),
+                Frame::Bye { verify } => return self.bye(peer, verify),
                 other => return Err(unexpected(peer, &other)),
             }
         }
+    }
+
+    /// The source's verdict: it saw our `Complete` and its digest equals
+    /// ours. Success is reported only after this.
+    fn bye(&self, peer: &str, theirs: u128) -> Result<()> {
+        if !self.done.load(Ordering::Acquire) {
+            return Err(Error::protocol(
+                peer,
+                "the source ended the session before every block was written",
+            ));
+        }
+        let ours = *lock(self.verify);
+        if theirs != ours {
+            return Err(Error::Failed(format!(
+                "verification failed: the source's digest {theirs:032x} \
+                 differs from the destination's {ours:032x}"
+            )));
+        }
+        self.confirmed.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn receive(

@@ -38,6 +38,9 @@ struct SourceState {
     unacked: BTreeMap<u64, Sent>,
     /// Every block before this one is written at the destination.
     acked_to: u64,
+    /// Blocks sent at least once: an acknowledgement or a completion may
+    /// only cover these.
+    sent: u64,
     complete: Option<u128>,
     /// `Bye` went out: lanes closing now is expected.
     finished: bool,
@@ -117,7 +120,7 @@ pub(super) fn run(
             } else {
                 state.lock().finished = true;
                 for s in &senders {
-                    let _ = s.send_frame(&Frame::Bye);
+                    let _ = s.send_frame(&Frame::Bye { verify: ours });
                     s.shutdown();
                 }
             }
@@ -164,6 +167,36 @@ impl SourceCtx<'_> {
         self.state.notify();
     }
 
+    /// Whether an acknowledgement (or completion) of every block before
+    /// `upto` covers only blocks that were sent: one that covers a block
+    /// never sent is a protocol error, never a reason to reconnect.
+    fn check_covered(&self, peer: &str, what: &str, upto: u64) -> Result<()> {
+        let end = self.p.geo.blocks();
+        let st = self.state.lock();
+        if upto <= st.acked_to {
+            return Ok(()); // Cumulative: already covered by an earlier one.
+        }
+        let unsent = if upto > end {
+            Some(end)
+        } else {
+            // Blocks from acked_to on are acknowledged only once sent, so
+            // every one of them below `upto` must be waiting in `unacked`.
+            let waiting = st.unacked.range(st.acked_to..upto).count() as u64;
+            (waiting != upto - st.acked_to).then(|| {
+                (st.acked_to..upto)
+                    .find(|b| !st.unacked.contains_key(b))
+                    .unwrap_or(st.acked_to)
+            })
+        };
+        match unsent {
+            None => Ok(()),
+            Some(block) => Err(Error::protocol(
+                peer,
+                format!("{what} covers block {block}, which was never sent"),
+            )),
+        }
+    }
+
     /// Read digests, acknowledgements and the end of the session off a lane.
     fn lane_loop(&self, reader: &mut FrameReader, compressor: &mut Compressor) -> Result<()> {
         let end = self.p.geo.blocks();
@@ -201,8 +234,20 @@ impl SourceCtx<'_> {
                     drop(st);
                     self.state.notify();
                 }
-                Frame::Ack { index } if index < end => self.acknowledge(index + 1),
-                Frame::Complete { verify } => {
+                Frame::Ack { index } => {
+                    self.check_covered(peer, "an acknowledgement", index.saturating_add(1))?;
+                    self.acknowledge(index + 1);
+                }
+                Frame::Complete { blocks, verify } => {
+                    if blocks != end {
+                        return Err(Error::protocol(
+                            peer,
+                            format!(
+                                "the destination completed {blocks} blocks, the session has {end}"
+                            ),
+                        ));
+                    }
+                    self.check_covered(peer, "the completion", end)?;
                     self.state.lock().complete = Some(verify);
                     self.acknowledge(end);
                 }
@@ -343,6 +388,7 @@ impl SourceCtx<'_> {
                     attempts: 1,
                 },
             );
+            st.sent += 1;
             st.spare.push(theirs);
             drop(st);
             drop(block);

@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
 use crate::net::{Lane, Stream};
 use crate::progress::{Log, Stats};
+use crate::aead::Key;
+use crate::auth::{Direction, Handshake, Secret};
 use crate::proto;
 
 /// Deadline of every test stream: short, so a silent peer is found fast.
@@ -61,13 +63,36 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Lanes on both ends of `stream`s that are already joined, opened in
-/// parallel since each side waits for the other's preamble.
+/// parallel since each side waits for the other's preamble, and tagged as
+/// after a handshake without a key (`KEY`: with one).
 fn open_both<S: Stream>(a: S, b: S) -> (Lane, Lane) {
-    thread::scope(|s| {
+    let (mut near, mut far) = thread::scope(|s| {
         let far = s.spawn(move || Lane::open(b, "destination".into(), DEADLINE));
         let near = Lane::open(a, "source".into(), DEADLINE).unwrap();
         (near, far.join().unwrap().unwrap())
-    })
+    });
+    let secret = KEY.with(|k| k.get()).map(|k| Secret::new(Key::from_bytes(k), true));
+    let hello = proto::Hello {
+        session: 1,
+        lane: 0,
+        lanes: 1,
+        download: false,
+        block_size: 4096,
+        skip: 0,
+        source_size: 0,
+        compression: 0,
+        flags: Secret::flags(secret.as_ref()),
+        nonce: fastrand::u128(..).to_le_bytes(),
+    };
+    let hs = Handshake::new(secret.as_ref(), &fastrand::u128(..).to_le_bytes(), 0, &hello);
+    near.protect(hs.cipher(Direction::Up), hs.cipher(Direction::Down));
+    far.protect(hs.cipher(Direction::Down), hs.cipher(Direction::Up));
+    (near, far)
+}
+
+thread_local! {
+    /// The key lanes opened on this thread are sealed under, if any.
+    static KEY: std::cell::Cell<Option<[u8; 32]>> = const { std::cell::Cell::new(None) };
 }
 
 fn raise_max(lane: &mut Lane) {
@@ -323,7 +348,7 @@ fn a_corrupted_block_fails_both_ends_and_a_rerun_repairs() {
     let lanes = vec![relayed(Fault::Flip(100_000))];
     let (s, d) = sync(&src, &dst, &p, lanes, (&NoRejoin, &NoRejoin));
     let d = d.unwrap_err().to_string();
-    assert!(d.contains("does not match the source's digest"), "{d}");
+    assert!(d.contains("failed its integrity check"), "{d}");
     assert!(s.is_err(), "the source must not report success");
     assert_ne!(std::fs::read(&dst).unwrap(), data);
 

@@ -210,6 +210,14 @@ fn sync_file_range(f: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::
     Ok(())
 }
 
+/// Whether a `sync_file_range` error only means the call does not apply to
+/// this file (a pipe, a file system without it): writeback then happens in
+/// bursts, which is fine. Anything else is the kernel reporting a write that
+/// failed, and it says so only once per open file.
+pub fn writeback_unsupported(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ESPIPE) || not_supported(e)
+}
+
 /// sync_file_range(SYNC_FILE_RANGE_WRITE): start writeback of dirty pages
 /// without waiting. len 0 = to end of file.
 pub fn start_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
@@ -276,7 +284,7 @@ pub enum Cleared {
 /// True for the errors that mean "this method is not available here", after
 /// which the next, slower method is worth trying. Anything else (EIO,
 /// ENOSPC, EBADF...) is a real failure that another method would only hide.
-fn not_supported(e: &io::Error) -> bool {
+pub fn not_supported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::ENOSYS)
