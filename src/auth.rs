@@ -117,9 +117,8 @@ impl Handshake {
         flags: u8,
         hello: &Hello,
     ) -> Handshake {
-        let derive = |k: &Key| {
-            aead::derive_subkey(&aead::derive_subkey(k, server_nonce), &hello.nonce)
-        };
+        let derive =
+            |k: &Key| aead::derive_subkey(&aead::derive_subkey(k, server_nonce), &hello.nonce);
         let plain = derive(&Key::from_bytes([0; aead::KEY_LEN]));
         let key = secret.map_or_else(|| plain.clone(), |s| derive(&s.key));
         let mut transcript = Vec::new();

@@ -135,7 +135,10 @@ fn welcome_mismatch(hello: &Hello, welcome: &Welcome, upload: bool) -> Option<St
         return Some(format!("skip {} instead of {}", welcome.skip, hello.skip));
     }
     if welcome.lanes != hello.lanes {
-        return Some(format!("{} lanes instead of {}", welcome.lanes, hello.lanes));
+        return Some(format!(
+            "{} lanes instead of {}",
+            welcome.lanes, hello.lanes
+        ));
     }
     if upload && welcome.block_size != hello.block_size {
         return Some(format!(
@@ -160,7 +163,8 @@ fn first_connect(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Wel
     loop {
         match dial.connect(hello) {
             Ok(ok) => return Ok(ok),
-            Err(e @ Error::Io { .. }) if matches!(&e, Error::Io { op, .. } if op == "connect" || op == "resolve") => {
+            Err(e @ Error::Io { .. }) if matches!(&e, Error::Io { op, .. } if op == "connect" || op == "resolve") =>
+            {
                 return Err(e);
             }
             Err(e) if net::is_connection_loss(&e) && attempt < REDIAL_ATTEMPTS => {

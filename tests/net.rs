@@ -1625,7 +1625,10 @@ fn a_flipped_byte_fails_the_session_and_a_rerun_repairs() {
             Dir::Down => (&client, &srv),
         };
         let line = error_line(victim);
-        assert!(line.contains("failed its integrity check"), "{dir:?}: {line}");
+        assert!(
+            line.contains("failed its integrity check"),
+            "{dir:?}: {line}"
+        );
         error_line(other);
         // A re-run on a clean link repairs whatever was written.
         let server = Server::start(&server_args);

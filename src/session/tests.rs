@@ -12,6 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{Params, Rejoin, destination, source};
+use crate::aead::Key;
+use crate::auth::{Direction, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress::Level;
 use crate::config::Env;
@@ -21,8 +23,6 @@ use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
 use crate::net::{Lane, Stream};
 use crate::progress::{Log, Stats};
-use crate::aead::Key;
-use crate::auth::{Direction, Handshake, Secret};
 use crate::proto;
 
 /// Deadline of every test stream: short, so a silent peer is found fast.
@@ -71,7 +71,9 @@ fn open_both<S: Stream>(a: S, b: S) -> (Lane, Lane) {
         let near = Lane::open(a, "source".into(), DEADLINE).unwrap();
         (near, far.join().unwrap().unwrap())
     });
-    let secret = KEY.with(|k| k.get()).map(|k| Secret::new(Key::from_bytes(k), true));
+    let secret = KEY
+        .with(|k| k.get())
+        .map(|k| Secret::new(Key::from_bytes(k), true));
     let hello = proto::Hello {
         session: 1,
         lane: 0,
@@ -84,7 +86,12 @@ fn open_both<S: Stream>(a: S, b: S) -> (Lane, Lane) {
         flags: Secret::flags(secret.as_ref()),
         nonce: fastrand::u128(..).to_le_bytes(),
     };
-    let hs = Handshake::new(secret.as_ref(), &fastrand::u128(..).to_le_bytes(), 0, &hello);
+    let hs = Handshake::new(
+        secret.as_ref(),
+        &fastrand::u128(..).to_le_bytes(),
+        0,
+        &hello,
+    );
     near.protect(hs.cipher(Direction::Up), hs.cipher(Direction::Down));
     far.protect(hs.cipher(Direction::Down), hs.cipher(Direction::Up));
     (near, far)

@@ -32,7 +32,7 @@ pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, memlock_limit};
 pub use process::{
     TERMINATION_SIGNALS, block_termination_signals, getrandom, kill, wait_termination_signal,
 };
-pub use socket::{set_keepalive, set_socket_buffers};
+pub use socket::{reset_on_close, set_keepalive, set_socket_buffers};
 
 /// Converts a `u64` offset or length into whatever integer type a libc call
 /// wants, refusing values it cannot hold instead of wrapping them.
