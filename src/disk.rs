@@ -76,6 +76,9 @@ pub struct Disk {
     /// The device's read-ahead before we raised it, put back on drop:
     /// BLKRASET outlives the process.
     restore_read_ahead: Option<u64>,
+    /// A regular file's size and modification time when opened, to tell
+    /// whether it changed during the run.
+    stamp: Option<(u64, i64, i64)>,
 }
 
 impl Disk {
@@ -96,7 +99,46 @@ impl Disk {
                 "{label}: not a regular file or block device (-f defaults to /dev/zero: is -f missing?)"
             )));
         }
+        if is_device {
+            let rdev = file.metadata().map_or(0, |m| m.rdev());
+            if let Some(m) = mount_of(rdev).filter(|m| m.read_write) {
+                log.line(format!(
+                    "warning: {label}: {} is mounted read-write on {}: blocks may change while \
+                     they are read, and the copy would then not be consistent. Copy a snapshot \
+                     (LVM, btrfs, ZFS) or remount it read-only first",
+                    m.source.display(),
+                    m.target.display()
+                ));
+            }
+        }
         Disk::describe(file, label, env, log)
+    }
+
+    /// Fail when this regular file's size or modification time changed
+    /// since it was opened: a source rewritten or grown during a run was
+    /// copied partly old and partly new. Devices are not checked (a
+    /// mounted one is warned about when opened).
+    pub fn check_unchanged(&self) -> Result<()> {
+        let Some((size, sec, nsec)) = self.stamp else {
+            return Ok(());
+        };
+        let m = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.label, "stat", e))?;
+        if (m.len(), m.mtime(), m.mtime_nsec()) == (size, sec, nsec) {
+            return Ok(());
+        }
+        let what = if m.len() == size {
+            "was modified".to_string()
+        } else {
+            format!("changed size from {size} to {} bytes", m.len())
+        };
+        Err(Error::Failed(format!(
+            "{}: the source {what} during the run, so the destination may hold a mix of \
+             old and new data; run again when nothing writes to it (or from a snapshot)",
+            self.label
+        )))
     }
 
     /// Open `path` for reading and writing as the destination, creating a
@@ -178,7 +220,15 @@ impl Disk {
             log: log.clone(),
             said: AtomicU32::new(0),
             restore_read_ahead: None,
+            stamp: None,
         };
+        if !is_device {
+            let m = disk
+                .file
+                .metadata()
+                .map_err(|e| Error::io(&disk.label, "stat", e))?;
+            disk.stamp = Some((m.len(), m.mtime(), m.mtime_nsec()));
+        }
         if !disk.hints {
             disk.detail(format!(
                 "kernel hints off ({NO_HINTS_ENV}): no fadvise, read-ahead, mlock, huge pages or sync_file_range"

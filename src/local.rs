@@ -63,6 +63,7 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
         )));
     }
     dest.flush()?;
+    source.check_unchanged()?;
     let elapsed = reporter.finish();
     log.info(summary(&stats, elapsed, Side::Local));
     dest.report_excess(source.size());

@@ -70,7 +70,10 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
     let accept_log = log.clone();
     let secret = s.secret.clone().map(Arc::new);
     let deadline = config.env.io_timeout;
-    thread::spawn(move || accept(&listener, &tx, secret.as_deref(), deadline, &accept_log));
+    thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || accept(&listener, &tx, secret.as_deref(), deadline, &accept_log))
+        .map_err(|e| Error::io("server", "start the accept thread", e))?;
     let progress = !(log.is_quiet() || config.log.no_server_progress);
     serve(s, config, source, rx, log, progress)
 }
@@ -82,24 +85,52 @@ fn accept(
     deadline: Duration,
     log: &Log,
 ) {
+    let mut pause = ACCEPT_PAUSE_MIN;
     for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
+        let stream = match conn {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // Out of file descriptors: the pending connection stays in
+                // the backlog and accept would fail again at once. Back off
+                // instead of spinning, and say so the first time.
+                if pause == ACCEPT_PAUSE_MIN {
+                    log.line(format!(
+                        "accept: {e}; pausing new connections until descriptors are free"
+                    ));
+                }
+                thread::sleep(pause);
+                pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                continue;
+            }
+            Err(_) => continue,
+        };
+        pause = ACCEPT_PAUSE_MIN;
         let tx = tx.clone();
         let log = log.clone();
         let secret = secret.cloned();
-        thread::spawn(move || {
-            let peer = stream
-                .peer_addr()
-                .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
-            match handshake(stream, &peer, secret.as_ref(), deadline) {
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
+        let log2 = log.clone();
+        let who = peer.clone();
+        let spawned = thread::Builder::new()
+            .name("handshake".into())
+            .spawn(move || match handshake(stream, &peer, secret.as_ref(), deadline) {
                 Ok(arrival) => {
                     let _ = tx.send(arrival);
                 }
                 Err(e) => log.line(format!("dropped {peer}: {e}")),
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            // The closure, and the connection with it, is dropped.
+            log2.line(format!("dropped {who}: cannot start a thread for it: {e}"));
+        }
     }
 }
+
+/// Pauses of the accept loop when out of file descriptors.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Challenge a new connection, read its hello and, when this server holds a
 /// key or token, check the client's proof and give our own. Nothing of the
@@ -304,7 +335,10 @@ fn serve(
         let rejoins = Arc::clone(&rejoins);
         let log = log.clone();
         let session = hello.session;
-        thread::spawn(move || rejoins.dispatch(&rx, session, lanes_n, &welcome, &log));
+        thread::Builder::new()
+            .name("rejoins".into())
+            .spawn(move || rejoins.dispatch(&rx, session, lanes_n, &welcome, &log))
+            .map_err(|e| Error::io("server", "start the rejoin thread", e))?;
     }
     session::run(s.role, &params, &disk, lanes, &*rejoins, log, progress)
 }

@@ -326,21 +326,18 @@ fn case(name: &str, dir: Dir, key: bool, w: &str, rule: Rule) -> (i32, Option<i3
     let c = client
         .wait(limit)
         .unwrap_or_else(|| panic!("{name}: the client hung\n{}", client.stderr()));
-    let started = server.stderr().contains("session from") || c == 0;
-    // A server whose session began must end it; one that only dropped a
-    // bad handshake keeps listening for the next client.
-    let grace = if started {
-        limit
-    } else {
-        Duration::from_millis(300)
-    };
-    let sv = server.wait(grace);
-    if started {
-        assert!(
-            sv.is_some(),
-            "{name}: the server never exited\n{}",
-            server.stderr()
-        );
+    // A server that only dropped a bad handshake says so and keeps
+    // listening for the next client; one whose session began must end it.
+    let mut sv = server.wait(Duration::from_millis(200));
+    let dropped = |e: &str| e.contains("dropped ") || e.contains("refused ");
+    let until = Instant::now() + Duration::from_secs(1);
+    while sv.is_none() && !dropped(&server.stderr()) && Instant::now() < until {
+        sv = server.wait(Duration::from_millis(50));
+    }
+    let started = sv.is_some() || !dropped(&server.stderr());
+    if sv.is_none() && started {
+        sv = server.wait(limit);
+        assert!(sv.is_some(), "{name}: the server never exited\n{}", server.stderr());
     }
     let same = read_file(&d) == read_file(&s);
     for (end, status, err) in [

@@ -80,6 +80,15 @@ impl RawArgs {
             ));
         }
 
+        if !self.list_drives {
+            check_buffer_memory(
+                self.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+                workers,
+                prefetch,
+                available_memory(),
+            )?;
+        }
+
         let path = self.file.unwrap_or_else(|| PathBuf::from("/dev/zero"));
         // Which end this process is, as the client or the local `-f`; a
         // server is the other one.
@@ -157,6 +166,51 @@ impl RawArgs {
     }
 }
 
+/// Bytes of block buffers a run holds at most: the pool of
+/// `prefetch + 2·workers + 2` blocks each end keeps, plus a frame per worker
+/// being built or decompressed, as SPEC.md and issue 13 count them.
+pub fn buffer_memory(block_size: usize, workers: usize, prefetch: usize) -> u64 {
+    let blocks = prefetch
+        .saturating_add(workers.saturating_mul(4))
+        .saturating_add(2);
+    (blocks as u64).saturating_mul(block_size as u64)
+}
+
+/// The hard limit on buffer memory, checked before anything is opened:
+/// more than the memory available (`MemAvailable`, when it can be read)
+/// would end in the out-of-memory killer, with no message. Read buffers are
+/// locked where permitted, so they cannot be swapped out either. A usage
+/// error naming the flags that set the figure. (`RLIMIT_MEMLOCK` is not a
+/// limit here: locking is best effort and a lower limit only leaves the
+/// buffers unlocked.)
+pub fn check_buffer_memory(
+    block_size: usize,
+    workers: usize,
+    prefetch: usize,
+    available: Option<u64>,
+) -> Result<()> {
+    let need = buffer_memory(block_size, workers, prefetch);
+    match available {
+        Some(avail) if need > avail => Err(Error::usage(format!(
+            "-b {}, -w {workers} and -prefetch {prefetch} need about {} of buffers \
+             ((prefetch + 4 x workers + 2) x block size), more than the {} of memory available; \
+             use a smaller -b, -w or -prefetch",
+            crate::progress::human_bytes(block_size as u64),
+            crate::progress::human_bytes(need),
+            crate::progress::human_bytes(avail),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes; None when unknown.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// The session secret of `-K` (which encrypts) or else `-token-file` (which
 /// only authenticates), read from where it was given.
 fn secret(key: Option<SecretArg>, token: Option<SecretArg>) -> Result<Option<Secret>> {
@@ -167,4 +221,22 @@ fn secret(key: Option<SecretArg>, token: Option<SecretArg>) -> Result<Option<Sec
         (None, Some(token)) => Some(Secret::new(token, false)),
         (None, None) => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_beyond_available_memory_are_refused_naming_the_flags() {
+        let gib = 1usize << 30;
+        let e = check_buffer_memory(gib, 1, 4, Some(4 << 30)).unwrap_err();
+        assert_eq!(e.exit_status(), 2);
+        let msg = e.to_string();
+        for flag in ["-b", "-w", "-prefetch"] {
+            assert!(msg.contains(flag), "{msg}");
+        }
+        assert!(check_buffer_memory(10 << 20, 1, 4, Some(4 << 30)).is_ok());
+        assert!(check_buffer_memory(gib, 64, 256, None).is_ok(), "unknown: no refusal");
+    }
 }

@@ -112,7 +112,9 @@ pub(super) fn run(
         });
         if let Some(theirs) = theirs {
             let ours = *lock(&verify);
-            if theirs != ours {
+            if let Err(e) = disk.check_unchanged() {
+                abort.fail(e);
+            } else if theirs != ours {
                 abort.fail(Error::Failed(format!(
                     "verification failed: the destination's digest {theirs:032x} \
                      differs from the source's {ours:032x}"
