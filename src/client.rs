@@ -77,7 +77,7 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
     let max = proto::max_payload(block_size, sub_block_size(block_size));
     let mut lanes = vec![first];
     for lane in 1..lanes_n {
-        let (l, w) = dial.connect(&hello(lane))?;
+        let (l, w) = first_connect(&dial, &hello(lane), log)?;
         if w != welcome {
             return Err(Error::protocol(
                 &peer,
@@ -155,7 +155,7 @@ fn welcome_mismatch(hello: &Hello, welcome: &Welcome, upload: bool) -> Option<St
     None
 }
 
-/// Open the first lane, retrying a connection lost during the handshake
+/// Open a lane for the first time, retrying a connection lost during the handshake
 /// as a rejoined lane is retried; a refused or unreachable server is not
 /// retried (it is not there, and saying so at once is kinder).
 fn first_connect(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Welcome)> {

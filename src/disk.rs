@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{ALLOW_MOUNTED_ENV, Env, NO_HINTS_ENV};
@@ -79,6 +80,19 @@ pub struct Disk {
     /// A regular file's size and modification time when opened, to tell
     /// whether it changed during the run.
     stamp: Option<(u64, i64, i64)>,
+    /// Replaces single `pread`/`pwrite` calls: the strict I/O tests' shim.
+    io: Option<Arc<dyn DiskIo>>,
+}
+
+/// One positioned read or write call, as `pread` and `pwrite` make it:
+/// short counts, `EINTR` and `EAGAIN` allowed. [`Disk::with_io`] puts one in
+/// place of the system calls so that tests can fail block K, or answer every
+/// call short, and check what bsync makes of it.
+pub trait DiskIo: Send + Sync + std::fmt::Debug {
+    /// One `pread` of `buf.len()` bytes at `offset` of `file`.
+    fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// One `pwrite` of `buf` at `offset` of `file`.
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<usize>;
 }
 
 impl Disk {
@@ -221,6 +235,7 @@ impl Disk {
             said: AtomicU32::new(0),
             restore_read_ahead: None,
             stamp: None,
+            io: None,
         };
         if !is_device {
             let m = disk
@@ -383,12 +398,24 @@ impl Disk {
     /// Read `buf.len()` bytes at `offset`, or fewer only at the end of the
     /// disk; returns how many were read.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        sys::pread_full(&self.file, buf, offset)
+        match &self.io {
+            None => sys::pread_full(&self.file, buf, offset),
+            Some(io) => sys::read_full_with(buf, offset, |b, at| io.read_at(&self.file, b, at)),
+        }
     }
 
     /// Write all of `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        sys::pwrite_all(&self.file, buf, offset)
+        match &self.io {
+            None => sys::pwrite_all(&self.file, buf, offset),
+            Some(io) => sys::write_all_with(buf, offset, |b, at| io.write_at(&self.file, b, at)),
+        }
+    }
+
+    /// Make every read and write of this disk go through `io` (tests).
+    pub fn with_io(mut self, io: Arc<dyn DiskIo>) -> Disk {
+        self.io = Some(io);
+        self
     }
 
     /// Make `len` bytes at `offset` read as zeros, by the cheapest means the

@@ -113,14 +113,17 @@ fn accept(
             .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
         let log2 = log.clone();
         let who = peer.clone();
-        let spawned = thread::Builder::new()
-            .name("handshake".into())
-            .spawn(move || match handshake(stream, &peer, secret.as_ref(), deadline) {
-                Ok(arrival) => {
-                    let _ = tx.send(arrival);
-                }
-                Err(e) => log.line(format!("dropped {peer}: {e}")),
-            });
+        let spawned =
+            thread::Builder::new()
+                .name("handshake".into())
+                .spawn(
+                    move || match handshake(stream, &peer, secret.as_ref(), deadline) {
+                        Ok(arrival) => {
+                            let _ = tx.send(arrival);
+                        }
+                        Err(e) => log.line(format!("dropped {peer}: {e}")),
+                    },
+                );
         if let Err(e) = spawned {
             // The closure, and the connection with it, is dropped.
             log2.line(format!("dropped {who}: cannot start a thread for it: {e}"));
@@ -297,7 +300,16 @@ fn serve(
                 phase: format!("lane {} of {lanes_n}", lanes.len()),
             })?;
         let h = a.hello;
-        let expected = usize::from(h.lane) == lanes.len();
+        let lane = usize::from(h.lane);
+        if h.session == hello.session && lane < lanes.len() {
+            // A lane of this session dialed again: its first connection was
+            // lost during the handshake, and the client retried it.
+            log.info(format!("lane {lane}: {} dialed again", a.lane.reader.peer));
+            a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
+            lanes[lane] = a.lane;
+            continue;
+        }
+        let expected = lane == lanes.len();
         if h.session != hello.session || !expected {
             log.line(format!(
                 "refused {}: busy with another session",

@@ -535,7 +535,10 @@ fn measured_3_a_writeback_error_on_a_loop_device_fails_the_run() {
         eprintln!("{mode}: {}", err.trim());
         assert_eq!(out.status.code(), Some(1), "{mode}: {err}");
         if mode != "upload" {
-            assert!(err.contains(&dev_name), "{mode}: the error names the device: {err}");
+            assert!(
+                err.contains(&dev_name),
+                "{mode}: the error names the device: {err}"
+            );
         }
         drop(dev);
         let _ = fs::remove_file(&backing);

@@ -329,15 +329,19 @@ fn case(name: &str, dir: Dir, key: bool, w: &str, rule: Rule) -> (i32, Option<i3
     // A server that only dropped a bad handshake says so and keeps
     // listening for the next client; one whose session began must end it.
     let mut sv = server.wait(Duration::from_millis(200));
-    let dropped = |e: &str| e.contains("dropped ") || e.contains("refused ");
+    let dropped = |e: &str| e.contains("dropped ");
     let until = Instant::now() + Duration::from_secs(1);
-    while sv.is_none() && !dropped(&server.stderr()) && Instant::now() < until {
+    while c != 0 && sv.is_none() && !dropped(&server.stderr()) && Instant::now() < until {
         sv = server.wait(Duration::from_millis(50));
     }
-    let started = sv.is_some() || !dropped(&server.stderr());
+    let started = c == 0 || sv.is_some() || !dropped(&server.stderr());
     if sv.is_none() && started {
         sv = server.wait(limit);
-        assert!(sv.is_some(), "{name}: the server never exited\n{}", server.stderr());
+        assert!(
+            sv.is_some(),
+            "{name}: the server never exited\n{}",
+            server.stderr()
+        );
     }
     let same = read_file(&d) == read_file(&s);
     for (end, status, err) in [
@@ -473,12 +477,18 @@ fn flip_matrix(dir: Dir, key: bool, w: &str) {
                 act: Act::Flip(at, 0x01),
             },
         );
-        // A flip anywhere fails at least one end (the source may already
-        // be done when its Bye is hit; the destination then fails).
-        assert!(
-            c != 0 || s != Some(0),
-            "{name}: a flipped bit went unnoticed"
-        );
+        // After the handshake, on a single lane, the tag catches a flipped
+        // payload bit: at least one end fails (the source may be done when
+        // its Bye is hit). Elsewhere a retried handshake, or another lane's
+        // copy of Complete or Bye, may legitimately carry the run through:
+        // case() has checked that an end exiting 0 left an identical copy.
+        let session = ![CHALLENGE, HELLO, PROOF].contains(&ty);
+        if w == "1" && session && !matches!(at, At::Header(_)) {
+            assert!(
+                c != 0 || s != Some(0),
+                "{name}: a flipped bit went unnoticed"
+            );
+        }
     }
 }
 

@@ -237,6 +237,9 @@ mod tests {
             assert!(msg.contains(flag), "{msg}");
         }
         assert!(check_buffer_memory(10 << 20, 1, 4, Some(4 << 30)).is_ok());
-        assert!(check_buffer_memory(gib, 64, 256, None).is_ok(), "unknown: no refusal");
+        assert!(
+            check_buffer_memory(gib, 64, 256, None).is_ok(),
+            "unknown: no refusal"
+        );
     }
 }

@@ -379,3 +379,194 @@ fn a_silent_destination_times_out_the_source() {
     assert!(msg.contains("timed out"), "{msg}");
     assert!(started.elapsed() < DEADLINE * 5, "{:?}", started.elapsed());
 }
+
+#[test]
+fn measured_6_an_ack_for_a_block_never_sent_is_a_protocol_error() {
+    // It used to be taken as written; the destination's requests for that
+    // block were then dropped as stale, and the client reconnected forever.
+    let dir = TempDir::new("ack-unsent");
+    let (src, _, data) = pair(&dir, 4 * BLOCK);
+    let p = params(data.len() as u64, 1, None);
+    let (env, log) = (Env::default(), Log::default());
+    let source_disk = Disk::open_source(&src, &env, &log).unwrap();
+    let (ours, mut theirs) = direct();
+    theirs
+        .sender
+        .send_frame(&proto::Frame::Ack { index: 2 })
+        .unwrap();
+    let e = source::run(&p, &source_disk, vec![ours], &Stats::default(), &NoRejoin).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("block 0, which was never sent"), "{msg}");
+    let _ = theirs.reader.read("anything");
+}
+
+#[test]
+fn a_completion_of_blocks_never_sent_is_a_protocol_error() {
+    let dir = TempDir::new("complete-unsent");
+    let (src, _, data) = pair(&dir, 4 * BLOCK);
+    let p = params(data.len() as u64, 1, None);
+    let (env, log) = (Env::default(), Log::default());
+    let source_disk = Disk::open_source(&src, &env, &log).unwrap();
+    let (ours, theirs) = direct();
+    theirs
+        .sender
+        .send_frame(&proto::Frame::Complete {
+            blocks: 4,
+            verify: 0,
+        })
+        .unwrap();
+    let e = source::run(&p, &source_disk, vec![ours], &Stats::default(), &NoRejoin).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("never sent"), "{msg}");
+}
+
+/// Dials again like [`Dialer`], rewriting the source first: the source
+/// changes in the middle of the run.
+struct Rewrite<'a>(&'a Pairs, PathBuf);
+
+impl Rejoin for Rewrite<'_> {
+    fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.1)
+            .unwrap();
+        f.write_all_at(b"rewritten", 0).unwrap();
+        Dialer(self.0).rejoin(lane, stop)
+    }
+}
+
+#[test]
+fn measured_9_a_source_rewritten_during_the_run_fails_it() {
+    let dir = TempDir::new("rewritten");
+    let (src, dst, data) = pair(&dir, 6 * BLOCK);
+    let p = params(data.len() as u64, 2, None);
+    let pairs = Pairs::default();
+    let lanes = vec![direct(), relayed(Fault::Cut(3 * BLOCK / 2))];
+    let (s, d) = sync(
+        &src,
+        &dst,
+        &p,
+        lanes,
+        (&Rewrite(&pairs, src.clone()), &Waiter(&pairs)),
+    );
+    let msg = s.unwrap_err().to_string();
+    assert!(msg.contains("was modified during the run"), "{msg}");
+    assert!(d.is_err(), "the destination must not report success");
+}
+
+#[test]
+fn every_frame_is_tagged_with_or_without_a_key() {
+    // A flipped bit deep in a digest list (destination to source, which the
+    // relay does not touch) or in block data is caught by the tag, key or
+    // no key, before any digest comparison.
+    for key in [None, Some([9u8; 32])] {
+        KEY.with(|k| k.set(key));
+        let dir = TempDir::new("tagged");
+        let (src, dst, data) = pair(&dir, 4 * BLOCK);
+        let p = params(data.len() as u64, 1, Some(Level::Fast));
+        let lanes = vec![relayed(Fault::Flip(BLOCK / 3))];
+        let (s, d) = sync(&src, &dst, &p, lanes, (&NoRejoin, &NoRejoin));
+        let d = d.unwrap_err().to_string();
+        assert!(d.contains("failed its integrity check"), "{key:?}: {d}");
+        assert!(s.is_err());
+        let (s, d) = sync(&src, &dst, &p, vec![direct()], (&NoRejoin, &NoRejoin));
+        assert_eq!(s.unwrap(), d.unwrap());
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+    }
+    KEY.with(|k| k.set(None));
+}
+
+/// Answers every call short (at most 4097 bytes), with EINTR and EAGAIN in
+/// between, and fails with `errno` from block `fail_at` on (writes only,
+/// or reads only, as `errno_on_write` says).
+#[derive(Debug)]
+struct Shim {
+    calls: AtomicUsize,
+    fail_at: u64,
+    errno: i32,
+    errno_on_write: bool,
+}
+
+impl Shim {
+    fn step(&self, offset: u64, len: usize, write: bool) -> std::io::Result<usize> {
+        if write == self.errno_on_write && offset >= self.fail_at * BLOCK as u64 {
+            return Err(std::io::Error::from_raw_os_error(self.errno));
+        }
+        match self.calls.fetch_add(1, Ordering::Relaxed) % 3 {
+            0 => Err(std::io::Error::from_raw_os_error(libc::EINTR)),
+            1 => Err(std::io::Error::from_raw_os_error(libc::EAGAIN)),
+            _ => Ok(len.min(4097)),
+        }
+    }
+}
+
+impl crate::disk::DiskIo for Shim {
+    fn read_at(&self, file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.step(offset, buf.len(), false)?;
+        file.read_at(&mut buf[..n], offset)
+    }
+    fn write_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.step(offset, buf.len(), true)?;
+        file.write_at(&buf[..n], offset)
+    }
+}
+
+#[test]
+fn strict_io_short_counts_and_retries_end_identical_and_errors_name_block_k() {
+    let dir = TempDir::new("shim");
+    let (src, dst, data) = pair(&dir, 5 * BLOCK);
+    let p = params(data.len() as u64, 2, Some(Level::Fast));
+    let (env, log) = (Env::default(), Log::default());
+    let shim = |fail_at, errno| {
+        std::sync::Arc::new(Shim {
+            calls: AtomicUsize::new(0),
+            fail_at,
+            errno,
+            errno_on_write: errno == libc::ENOSPC,
+        })
+    };
+    let run = |source: Disk, dest: Disk| {
+        let (ours, theirs) = direct();
+        thread::scope(|s| {
+            let d =
+                s.spawn(|| destination::run(&p, &dest, vec![theirs], &Stats::default(), &NoRejoin));
+            let r = source::run(&p, &source, vec![ours], &Stats::default(), &NoRejoin);
+            (r, d.join().unwrap())
+        })
+    };
+    let open_dest = || {
+        let mut d = Disk::open_destination(&dst, &env, &log).unwrap();
+        d.fit_to(data.len() as u64).unwrap();
+        d
+    };
+    // ENOSPC writing block 3: exit 1 naming block 3 and the path.
+    let source = Disk::open_source(&src, &env, &log).unwrap();
+    let (s, d) = run(source, open_dest().with_io(shim(3, libc::ENOSPC)));
+    let d = d.unwrap_err().to_string();
+    assert!(d.contains("write at block 3"), "{d}");
+    assert!(d.contains(&dst.display().to_string()), "{d}");
+    assert!(d.contains("No space left"), "{d}");
+    assert!(s.is_err());
+    // EIO reading block 2 of the source.
+    let source = Disk::open_source(&src, &env, &log)
+        .unwrap()
+        .with_io(shim(2, libc::EIO));
+    let (s, d) = run(source, open_dest());
+    let s = s.unwrap_err().to_string();
+    assert!(s.contains("read at block 2"), "{s}");
+    assert!(s.contains(&src.display().to_string()), "{s}");
+    assert!(d.is_err());
+    // Short counts, EINTR and EAGAIN on every call of both ends: identical.
+    let source = Disk::open_source(&src, &env, &log)
+        .unwrap()
+        .with_io(shim(u64::MAX / BLOCK as u64, 0));
+    let (s, d) = run(
+        source,
+        open_dest().with_io(shim(u64::MAX / BLOCK as u64, 0)),
+    );
+    assert_eq!(s.unwrap(), d.unwrap());
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+}
