@@ -101,6 +101,7 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
         compression: t.compression,
         workers: t.workers,
         prefetch: t.prefetch,
+        deadline: env.io_timeout,
     };
     log.info(format!(
         "connected to {peer}: {} {} in blocks of {}, {} lane(s)",

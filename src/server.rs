@@ -333,6 +333,7 @@ fn serve(
         compression: compress::from_code(hello.compression).flatten(),
         workers: lanes_n.max(t.workers),
         prefetch: t.prefetch.max(lanes_n * 4),
+        deadline: env.io_timeout,
     };
     log.info(format!(
         "session from {peer}: {} in blocks of {}, {lanes_n} lane(s)",

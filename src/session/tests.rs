@@ -236,6 +236,7 @@ fn params(size: u64, workers: usize, compression: Option<Level>) -> Params {
         compression,
         workers,
         prefetch: workers * 4,
+        deadline: DEADLINE,
     }
 }
 
@@ -569,4 +570,27 @@ fn strict_io_short_counts_and_retries_end_identical_and_errors_name_block_k() {
     );
     assert_eq!(s.unwrap(), d.unwrap());
     assert_eq!(std::fs::read(&dst).unwrap(), data);
+}
+
+#[test]
+fn a_silent_peer_is_named_with_the_deadline() {
+    let line = super::silent_line(
+        "server 10.0.0.1:8080",
+        Duration::from_secs(30),
+        Duration::from_secs(300),
+    );
+    assert!(line.contains("no progress for 30 s"), "{line}");
+    assert!(line.contains("waiting for server 10.0.0.1:8080"), "{line}");
+    assert!(line.contains("ends the wait in about 270 s"), "{line}");
+    // The watchdog itself stops at once when the session ends.
+    let stats = std::sync::Arc::new(Stats::default());
+    let started = Instant::now();
+    drop(super::Watchdog::start(
+        &stats,
+        "x".into(),
+        DEADLINE,
+        Duration::from_secs(30),
+        &Log::default(),
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2));
 }
