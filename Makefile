@@ -27,7 +27,9 @@
 #   make demo     sync a small real ext4 image with a modified copy of itself
 #   make bench    cargo bench; bsync against the read floor, dd, and rsync over loopback
 #                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd)
-#   make fuzz     fuzz the wire codec for FUZZ_SECONDS per target (needs cargo-fuzz)
+#   make fuzz     fuzz the wire codec, the handshake proofs, the decompression
+#                 bound and the frame opener for FUZZ_SECONDS per target, from
+#                 the seed corpus in fuzz/corpus/ (needs cargo-fuzz)
 #   make deny     licence, ban and source checks (needs cargo-deny)
 #   make clean    remove build output
 
@@ -131,8 +133,10 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || \
 		{ echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked"; exit 1; }
-	cd fuzz && for target in decode round_trip; do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	cd fuzz && for target in decode round_trip handshake decompress open; do \
+		mkdir -p ../target/fuzz-corpus/$$target; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target ../target/fuzz-corpus/$$target corpus/$$target \
+			-- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
 	done
 
 deny:
