@@ -286,7 +286,11 @@ impl FrameSender {
 
 /// Seal each frame of `frames` and write it as header (with the sealed
 /// length), ciphertext and tag, without copying the payload.
-fn seal_and_write(stream: &mut dyn Write, cipher: &mut Cipher, frames: &mut [u8]) -> io::Result<()> {
+fn seal_and_write(
+    stream: &mut dyn Write,
+    cipher: &mut Cipher,
+    frames: &mut [u8],
+) -> io::Result<()> {
     let mut rest = frames;
     while !rest.is_empty() {
         let Some(header) = rest.first_chunk::<HEADER_LEN>() else {

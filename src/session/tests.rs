@@ -594,3 +594,85 @@ fn a_silent_peer_is_named_with_the_deadline() {
     ));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// A destination facing a hostile source on one lane: the destination's
+/// lane and a raw handle on the source's end of the stream (no tags).
+fn hostile_destination(
+    dst: &Path,
+    p: &Params,
+    attack: impl FnOnce(&mut Lane, &mut UnixStream) + Send,
+) -> String {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut raw = a.try_clone().unwrap();
+    let (mut src_lane, dst_lane) = open_both(a, b);
+    raise_max(&mut src_lane);
+    let mut dst_lane = dst_lane;
+    raise_max(&mut dst_lane);
+    let (env, log) = (Env::default(), Log::default());
+    let mut disk = Disk::open_destination(dst, &env, &log).unwrap();
+    disk.fit_to(p.geo.size).unwrap();
+    let before = std::fs::read(dst).unwrap();
+    let e = thread::scope(|s| {
+        let d =
+            s.spawn(|| destination::run(p, &disk, vec![dst_lane], &Stats::default(), &NoRejoin));
+        attack(&mut src_lane, &mut raw);
+        d.join().unwrap().unwrap_err().to_string()
+    });
+    assert_eq!(
+        std::fs::read(dst).unwrap(),
+        before,
+        "a hostile peer changed the destination"
+    );
+    e
+}
+
+#[test]
+fn hostile_a_block_that_decompresses_beyond_its_length_is_refused() {
+    let dir = TempDir::new("bomb");
+    let dst = dir.file("dst", &random(2 * BLOCK, 3));
+    let p = params(2 * BLOCK as u64, 1, Some(Level::Fast));
+    let e = hostile_destination(&dst, &p, |lane, _| {
+        // Wait for the destination's digests of block 0, then answer with
+        // one data sub-block whose compressed data expands to a megabyte.
+        let _ = lane.reader.read("digests");
+        let mut c = crate::compress::Compressor::new(Some(Level::Fast));
+        let zeros = vec![7u8; 1 << 20];
+        let mut frame = Vec::new();
+        let changes = [proto::Change {
+            sub: 0,
+            kind: proto::ChangeKind::Data(0),
+        }];
+        let sub = u32::try_from(sub_block_size(BLOCK)).unwrap();
+        let mut b = proto::BlockBuilder::begin(&mut frame, 0, sub, &changes);
+        assert!(c.append(std::iter::once(&zeros[..]), b.data()));
+        b.finish(true);
+        let _ = lane.sender.send(&mut frame);
+        let _ = lane.reader.read("the end");
+    });
+    assert!(e.contains("block 0") && e.contains("decompress"), "{e}");
+}
+
+#[test]
+fn hostile_frames_after_the_handshake_are_refused() {
+    let dir = TempDir::new("hostile");
+    let p = params(2 * BLOCK as u64, 1, None);
+    let cases: [(&str, &[u8]); 3] = [
+        ("exceeds the maximum", &[5, 0xff, 0xff, 0xff, 0x7f]),
+        ("unknown frame type", &[200, 20, 0, 0, 0]),
+        (
+            "failed its integrity check",
+            &[
+                6, 24, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+                20, 21, 22, 23, 24,
+            ],
+        ),
+    ];
+    for (want, bytes) in cases {
+        let dst = dir.file("dst", &random(2 * BLOCK, 4));
+        let e = hostile_destination(&dst, &p, |_, raw| {
+            raw.write_all(bytes).unwrap();
+            let _ = raw.read(&mut [0u8; 64]);
+        });
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
