@@ -727,3 +727,84 @@ fn tampered_bit(
     let act = Act::Flip(At::Payload(at), mask);
     tampered(dir, s, d, extra, Rule { ty, nth, act })
 }
+
+#[test]
+fn measured_8_buffers_beyond_available_memory_are_refused_before_anything_is_created() {
+    let tmp = TempDir::new("measured-8");
+    let (s, d) = (tmp.join("src"), tmp.join("new-dst"));
+    write_file(&s, &random_bytes(1 << 20, 1));
+    let out = run(bsync()
+        .args(["-b", "1G", "-w", "32", "-prefetch", "64", "-f"])
+        .arg(&s)
+        .arg("-t")
+        .arg(&d));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for flag in ["-b", "-w", "-prefetch"] {
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+    assert!(!d.exists(), "the destination was created");
+}
+
+/// User plus system CPU time of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15.
+    let get = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+#[test]
+fn measured_7_running_out_of_descriptors_backs_off_instead_of_spinning() {
+    let tmp = TempDir::new("measured-7");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(1 << 20, 2));
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 20 && exec {} -q -p 0 -i 127.0.0.1 -f {}",
+            env!("CARGO_BIN_EXE_bsync"),
+            d.display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().expect("port");
+    // Silent connections hold the server's descriptors until it runs out.
+    let hogs: Vec<_> = (0..40)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(child.id());
+    thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(child.id()) - before;
+    // 100 ticks a second: a spinning accept loop burns about 200 here.
+    assert!(
+        spent < 40,
+        "the server burnt {spent} ticks in 2 s while out of descriptors"
+    );
+    drop(hogs);
+    // Once they are gone (dropped after their handshake deadline), a real
+    // client is served.
+    let addr = format!("127.0.0.1:{port}");
+    let out = run(bsync()
+        .args(["-q", "-f"])
+        .arg(&s)
+        .args(["-r", &addr])
+        .env("BSYNC_IO_TIMEOUT", "10"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = child.wait();
+    assert_same(&s, &d);
+}
