@@ -101,7 +101,7 @@ bsync_run() {
     local flags=("$@")
     [[ $way == down ]] && flags=(-d "${flags[@]}")
     : >"$tmp/server.out"
-    ./bsync -q "${flags[@]}" -f "$sfile" -p 0 -i 127.0.0.1 \
+    "${bsync_bin:-./bsync}" -q "${flags[@]}" -f "$sfile" -p 0 -i 127.0.0.1 \
         <"${bsync_stdin:-/dev/null}" >"$tmp/server.out" 2>"$tmp/server.log" &
     server_pid=$!
     pids+=("$server_pid")
@@ -116,7 +116,7 @@ bsync_run() {
     fi
     t0=$(now)
     rc=0
-    ./bsync "${flags[@]}" -f "$cfile" -r "127.0.0.1:$port" \
+    "${bsync_bin:-./bsync}" "${flags[@]}" -f "$cfile" -r "127.0.0.1:$port" \
         <"${bsync_stdin:-/dev/null}" 2>"$tmp/client.log" || rc=$?
     wait "$server_pid" || rc=$((rc ? rc : $?))
     forget "$server_pid"

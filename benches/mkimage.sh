@@ -13,7 +13,16 @@
 #       overwritten by random data at random block offsets. The offsets come
 #       from a fixed seed, so every run changes the same blocks.
 #
-# Needs no root: mkfs.ext4 -d builds the filesystem from a directory.
+#   benches/mkimage.sh --realistic IN OUT
+#       Copy IN to OUT and change the copy the way a day of use changes a
+#       disk: through a loop mount, some files are deleted, some rewritten
+#       in place, some appended to, and new ones added, with a fixed seed.
+#       The changes cluster as on a real file system (whole files, their
+#       metadata and journal), unlike --modify's uniform scatter. Needs root
+#       and loop devices; says so and fails where there are none.
+#
+# Without --realistic it needs no root: mkfs.ext4 -d builds the filesystem
+# from a directory.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -124,13 +133,89 @@ modify_image() {
     ' "$out" "$percent"
 }
 
+# Change a copy of an image through a loop mount (see --realistic).
+realistic_image() {
+    local in=$1 out=$2 mnt
+    [[ -f $in ]] || die "no such image: $in"
+    (($(id -u) == 0)) || die "--realistic mounts the image: run as root"
+    command -v losetup >/dev/null || die "losetup not found (util-linux)"
+    copy "$in" "$out"
+    mnt=$(mktemp -d)
+    mount -o loop "$out" "$mnt" || { rmdir "$mnt"; die "cannot loop-mount $out"; }
+    # One perl for every change, seeded: the same files change every run.
+    perl -e '
+        use strict;
+        use File::Find;
+        my ($root) = @ARGV;
+        srand(7);
+        my @files;
+        find({ no_chdir => 1, wanted => sub { push @files, $_ if -f $_ } }, $root);
+        @files = sort @files;
+        open(my $rnd, "<:raw", "/dev/urandom") or die "/dev/urandom: $!";
+        my ($deleted, $rewritten, $appended, $added, $bytes) = (0, 0, 0, 0, 0);
+        for my $f (@files) {
+            my $r = rand();
+            if ($r < 0.03) {
+                unlink($f) or die "$f: $!";
+                $deleted++;
+            } elsif ($r < 0.06) {
+                # Rewrite a run of the file in place, as an editor or a
+                # database page update does.
+                my $size = -s $f or next;
+                my $len = int(rand($size < 65536 ? $size : 65536)) + 1;
+                my $at = int(rand($size - $len + 1));
+                sysread($rnd, my $buf, $len) == $len or die "urandom: $!";
+                open(my $h, "+<:raw", $f) or die "$f: $!";
+                sysseek($h, $at, 0) or die "$f: seek: $!";
+                syswrite($h, $buf) == $len or die "$f: write: $!";
+                close($h) or die "$f: $!";
+                $rewritten++;
+                $bytes += $len;
+            } elsif ($r < 0.08) {
+                my $len = int(rand(32768)) + 1;
+                sysread($rnd, my $buf, $len) == $len or die "urandom: $!";
+                open(my $h, ">>:raw", $f) or die "$f: $!";
+                print $h $buf or die "$f: $!";
+                close($h) or die "$f: $!";
+                $appended++;
+                $bytes += $len;
+            }
+        }
+        # New files: copies of existing ones with a changed head, so they
+        # compress like real data.
+        my @kept = grep { -f $_ } @files;
+        mkdir("$root/new") or die "$root/new: $!";
+        for my $i (1 .. int(@kept * 0.02)) {
+            my $from = $kept[int(rand(@kept))];
+            open(my $in, "<:raw", $from) or die "$from: $!";
+            local $/;
+            my $data = <$in> // "";
+            close($in);
+            substr($data, 0, 16) = sprintf("%016d", $i) if length($data) >= 16;
+            open(my $o, ">:raw", "$root/new/f$i") or die "new/f$i: $!";
+            print $o $data;
+            close($o) or die "new/f$i: $!";
+            $added++;
+            $bytes += length($data);
+        }
+        printf STDERR "mkimage: %d files: %d deleted, %d rewritten in place, %d appended to, %d added (%d MiB written)\n",
+            scalar(@files), $deleted, $rewritten, $appended, $added, $bytes >> 20;
+    ' "$mnt" || { umount "$mnt"; rmdir "$mnt"; die "changing $out failed"; }
+    umount "$mnt"
+    rmdir "$mnt"
+}
+
 case ${1:-} in
+--realistic)
+    (($# == 3)) || die "usage: $0 --realistic IN OUT"
+    realistic_image "$2" "$3"
+    ;;
 --modify)
     (($# == 3 || $# == 4)) || die "usage: $0 --modify IN OUT [PERCENT]"
     modify_image "$2" "$3" "${4:-5}"
     ;;
 -h | --help | "")
-    sed -n '2,16s/^# \{0,1\}//p' "$0"
+    sed -n '2,27s/^# \{0,1\}//p' "$0"
     ;;
 *)
     (($# == 2)) || die "usage: $0 SIZE OUT"

@@ -23,10 +23,13 @@ pub struct Block {
     pub extents: Vec<Extent>,
     /// Sub-block digests (network modes).
     pub digests: Vec<Digest>,
+    /// The block lies in a hole of its file: it is all zeros and was not
+    /// read, so `data` holds nothing of it.
+    pub hole: bool,
 }
 
 impl Block {
-    /// The valid bytes.
+    /// The valid bytes; not the block's content when it is a [`hole`](Self::hole).
     pub fn bytes(&self) -> &[u8] {
         &self.data[..self.len]
     }
@@ -61,7 +64,6 @@ impl Geometry {
     /// Length of block `index` (short for the last block, 0 past the end).
     pub fn len(&self, index: u64) -> usize {
         let rest = self.size.saturating_sub(self.offset(index));
-        // Never more than block_size, which is a usize.
         // Never more than block_size, which is a usize.
         usize::try_from(rest.min(self.block_size as u64)).unwrap_or(self.block_size)
     }
@@ -116,16 +118,7 @@ pub fn push_extent(
 
 /// True if every byte is zero.
 pub fn is_zero(buf: &[u8]) -> bool {
-    // OR-folding fixed chunks lets the compiler vectorise; checking a whole
-    // chunk before testing keeps the loop branch-light.
-    let mut chunks = buf.chunks_exact(64);
-    for chunk in &mut chunks {
-        let acc = chunk.iter().fold(0u8, |a, &b| a | b);
-        if acc != 0 {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|&b| b == 0)
+    crate::sys::simd::is_zero(buf)
 }
 
 #[cfg(test)]

@@ -404,6 +404,29 @@ impl Disk {
         }
     }
 
+    /// Where the next data at or after `offset` starts: the range between is
+    /// a hole and reads as zeros. `None` when only holes follow. Files whose
+    /// file system cannot say report data at `offset`.
+    fn next_data(&self, offset: u64) -> Option<u64> {
+        sys::next_data(&self.file, offset).unwrap_or(Some(offset))
+    }
+
+    /// Whether the `len` bytes at `offset` are a hole of a regular file, all
+    /// zeros without reading them. `next` caches where the next data
+    /// starts (0 to start with); it stays valid while it is past `offset`.
+    /// A range past the file's current end is never a hole: a file that
+    /// shrank must fail its read, not read as zeros.
+    pub fn is_hole(&self, offset: u64, len: usize, next: &mut u64) -> bool {
+        if self.is_device || len == 0 {
+            return false;
+        }
+        if *next <= offset {
+            *next = self.next_data(offset).unwrap_or(u64::MAX);
+        }
+        let end = offset.saturating_add(len as u64);
+        *next >= end && self.file.metadata().is_ok_and(|m| m.len() >= end)
+    }
+
     /// Write all of `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         match &self.io {

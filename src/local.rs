@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use crate::block::{ExtentKind, Geometry, is_zero, push_extent};
+use crate::block::{Block, ExtentKind, Geometry, is_zero, push_extent};
 use crate::config::{Env, Transfer};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -20,6 +20,7 @@ use crate::lock::lock;
 use crate::pool::{Pool, Pooled};
 use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
 use crate::reader::read_blocks;
+use crate::sys::simd::equal;
 use crate::writer::Writer;
 
 /// Comparison and write granularity: a page. Finer writes would make the
@@ -153,7 +154,7 @@ fn compare_blocks(
             (src, dst)
         };
         debug_assert_eq!(src.index, dst.index);
-        plan_extents(&mut src, dst.bytes(), grain);
+        plan_extents(&mut src, &dst, grain);
         drop(dst);
         if out.send(src).is_err() {
             return Ok(());
@@ -161,20 +162,33 @@ fn compare_blocks(
     }
 }
 
-/// Fill `src.extents` with what turns `dst` into `src`.
-fn plan_extents(src: &mut Pooled, dst: &[u8], grain: usize) {
-    let block = &mut **src;
-    let bytes = &block.data[..block.len];
-    for start in (0..block.len).step_by(grain) {
-        let end = (start + grain).min(block.len);
-        let want = &bytes[start..end];
-        if want != &dst[start..end] {
-            let kind = if is_zero(want) {
-                ExtentKind::Zero
-            } else {
-                ExtentKind::Data
-            };
-            push_extent(&mut block.extents, start, end - start, kind, start);
+/// Fill `src.extents` with what turns `dst` into `src`. A hole on either
+/// side is known to be zeros and is not looked at.
+fn plan_extents(src: &mut Block, dst: &Block, grain: usize) {
+    if src.hole && dst.hole {
+        return;
+    }
+    let Block {
+        data,
+        len,
+        extents,
+        hole,
+        ..
+    } = src;
+    for start in (0..*len).step_by(grain) {
+        let end = (start + grain).min(*len);
+        let want = (!*hole).then(|| &data[start..end]);
+        let have = (!dst.hole).then(|| &dst.data[start..end]);
+        let kind = match (want, have) {
+            (Some(want), Some(have)) if equal(want, have) => None,
+            (Some(want), _) if !is_zero(want) => Some(ExtentKind::Data),
+            (Some(_), Some(_)) => Some(ExtentKind::Zero),
+            (Some(_), None) => None,
+            (None, Some(have)) => (!is_zero(have)).then_some(ExtentKind::Zero),
+            (None, None) => None,
+        };
+        if let Some(kind) = kind {
+            push_extent(extents, start, end - start, kind, start);
         }
     }
 }

@@ -97,6 +97,7 @@ impl Pool {
             data,
             extents: Vec::new(),
             digests: Vec::new(),
+            hole: false,
         })
     }
 
@@ -136,6 +137,7 @@ impl Drop for Pooled {
         if let Some(mut block) = self.block.take() {
             block.extents.clear();
             block.digests.clear();
+            block.hole = false;
             self.pool.state().free.push(block);
             self.pool.returned.notify_one();
         }

@@ -1,6 +1,11 @@
 //! The one sequential reader both ends use: blocks in order, read straight
 //! into pooled buffers and handed down a bounded queue.
 //!
+//! A block that lies in a hole of a regular file (`SEEK_DATA`) is not read
+//! at all: it goes down the queue marked [`Block::hole`](crate::block::Block),
+//! and nobody digests or compares its zeros. A 100 GiB sparse file costs a
+//! seek per block, not 100 GiB of reading and hashing.
+//!
 //! Reading in block order keeps a spinning disk streaming; the queue's bound
 //! (the pool's size) is the prefetch depth. Pages already read are dropped
 //! from the page cache behind the reader so a long run does not evict
@@ -35,6 +40,7 @@ pub fn read_blocks(
     gate: &dyn Fn() -> bool,
 ) -> Result<()> {
     let mut dropped_to = geo.offset(blocks.start);
+    let mut next_data = 0u64;
     let hints = disk.hints();
     for index in blocks {
         if !gate() {
@@ -45,6 +51,15 @@ pub fn read_blocks(
             .map_err(|e| Error::io(disk.label(), "allocate a block buffer", e))?;
         let len = geo.len(index);
         let offset = geo.offset(index);
+        block.index = index;
+        block.len = len;
+        block.hole = disk.is_hole(offset, len, &mut next_data);
+        if block.hole {
+            if tx.send(block).is_err() {
+                break;
+            }
+            continue;
+        }
         let n = disk
             .read_at(&mut block.data[..len], offset)
             .map_err(|e| Error::io(disk.label(), format!("read at block {index}"), e))?;
@@ -56,8 +71,6 @@ pub fn read_blocks(
                 offset + n as u64
             )));
         }
-        block.index = index;
-        block.len = len;
         disk.note_buffer(&block.data);
         Stats::add(&stats.bytes_read, len as u64);
         let end = offset + len as u64;

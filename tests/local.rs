@@ -466,3 +466,47 @@ fn expect_model_counts_classes() {
     assert_eq!((e.written, e.cleared), (1, 1));
     assert_eq!(expect(&src, &dst, 1, 3).blocks, 1);
 }
+
+/// A sparse file of `size` bytes with 64 KiB of data at each of `at`.
+fn sparse_file(path: &Path, size: u64, at: &[u64]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    for &offset in at {
+        f.write_all_at(&random_bytes(64 * 1024, offset), offset)
+            .unwrap();
+    }
+}
+
+#[test]
+fn holes_are_neither_read_nor_compared() {
+    // A 1 GiB sparse source with two data blocks into a new file: only the
+    // blocks with data are read; the rest is known zero on both sides.
+    let dir = TempDir::new("holes");
+    let (s, d) = (dir.join("src"), dir.join("dst"));
+    let size = 1u64 << 30;
+    sparse_file(&s, size, &[0, size / 2 + 12345]);
+    let err = run_ok(&mut local(&s, &d, &[]));
+    let sum = summary(&err);
+    assert!(
+        sum.read <= (40 << 20) as f64,
+        "holes were read: {}",
+        sum.line
+    );
+    assert_eq!(file_len(&d), size);
+    assert!(allocated_bytes(&d) < 32 << 20, "the copy is not sparse");
+    assert_same(&s, &d);
+}
+
+#[test]
+fn a_hole_in_the_source_clears_data_in_the_destination() {
+    // The destination has data where the source has holes, and holes where
+    // the source has data: both must be made right.
+    let dir = TempDir::new("holes-clear");
+    let (s, d) = (dir.join("src"), dir.join("dst"));
+    let size = 64u64 << 20;
+    sparse_file(&s, size, &[20 << 20]);
+    sparse_file(&d, size, &[0, 40 << 20, (64 << 20) - 65536]);
+    run_ok(&mut local(&s, &d, &["-b", "1M"]));
+    assert_same(&s, &d);
+}

@@ -498,6 +498,33 @@ fn sparse_into_new(name: &str, dir: Dir) {
     );
 }
 
+/// A sparse source's holes are not read, and clear the destination's data.
+fn holes_over_data(name: &str, dir: Dir) {
+    let tmp = TempDir::new(name);
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    let size = 64 * MIB as u64;
+    let f = File::create(&s).expect("create source");
+    f.set_len(size).expect("size source");
+    f.write_all_at(&random_bytes(100_000, 41), 20 * MIB as u64)
+        .expect("write source");
+    drop(f);
+    write_file(&d, &random_bytes(size as usize, 42));
+    let ends = transfer(dir, &s, &d, Some("1M"), &[]);
+    assert_same(&s, &d);
+    let read = summary(&ends.source).read;
+    assert!(read <= (2 * MIB) as f64, "holes were read: {read} bytes");
+}
+
+#[test]
+fn upload_holes_are_not_read_and_clear_data() {
+    holes_over_data("up-holes", Dir::Up);
+}
+
+#[test]
+fn download_holes_are_not_read_and_clear_data() {
+    holes_over_data("down-holes", Dir::Down);
+}
+
 #[test]
 fn upload_sparse_source_into_new_destination() {
     sparse_into_new("up-sparse", Dir::Up);

@@ -9,10 +9,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use super::{Abort, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use super::{Abort, Content, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
 use crate::block::{ExtentKind, push_extent};
 use crate::compress::Decompressor;
-use crate::digest::{self, Digest, digest_sub_blocks};
+use crate::digest::{self, Digest};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
@@ -53,6 +53,8 @@ struct DestCtx<'a> {
     rejoined: &'a AtomicBool,
     /// Digest lists done with, reused so a block costs no allocation.
     spare: &'a Mutex<Vec<Vec<Digest>>>,
+    /// The digest of a whole zero sub-block.
+    zero: Digest,
 }
 
 /// Run the destination side over `lanes` into `disk` (already sized);
@@ -92,6 +94,7 @@ pub(super) fn run(
         confirmed: &confirmed,
         rejoined: &rejoined,
         spare: &spare,
+        zero: p.zero_digest(p.sub()),
     };
 
     let abort = &abort;
@@ -184,7 +187,9 @@ impl DestCtx<'_> {
             };
             let index = block.index;
             let b = &mut *block;
-            digest_sub_blocks(self.p.salt, &b.data[..b.len], self.p.sub(), &mut b.digests);
+            let mut digests = std::mem::take(&mut b.digests);
+            Content::of(b).digests(self.p, self.zero, &mut digests);
+            b.digests = digests;
             frame.clear();
             proto::encode_digests(&mut frame, index, &b.digests);
             let fresh = lock(self.spare).pop().unwrap_or_default();
@@ -321,7 +326,11 @@ impl DestCtx<'_> {
             let n = (start + sub).min(len) - start;
             match change.kind {
                 ChangeKind::Zero => {
-                    *d = digest::digest(salt, &ZEROS[..n]);
+                    *d = if n == sub {
+                        self.zero
+                    } else {
+                        self.p.zero_digest(n)
+                    };
                     push_extent(&mut b.extents, start, n, ExtentKind::Zero, 0);
                 }
                 ChangeKind::Data(theirs) => {
@@ -352,6 +361,3 @@ impl DestCtx<'_> {
         Ok(Some(block))
     }
 }
-
-/// Zeros to digest a cleared sub-block against.
-static ZEROS: [u8; digest::SUB_BLOCK] = [0; digest::SUB_BLOCK];

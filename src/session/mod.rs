@@ -26,7 +26,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::block::Geometry;
+use crate::block::{Block, Geometry};
 use crate::compress::Level;
 use crate::config::Role;
 use crate::digest::{self, Digest};
@@ -64,6 +64,66 @@ pub struct Params {
 impl Params {
     fn sub(&self) -> usize {
         digest::sub_block_size(self.geo.block_size)
+    }
+
+    /// The digest of `n` zero bytes (at most a sub-block) under this
+    /// session's salt.
+    fn zero_digest(&self, n: usize) -> Digest {
+        digest::digest(self.salt, &ZEROS[..n.min(ZEROS.len())])
+    }
+}
+
+/// Zeros to digest an unread or cleared sub-block against.
+static ZEROS: [u8; digest::SUB_BLOCK] = [0; digest::SUB_BLOCK];
+
+/// What a block holds, as the digests see it.
+#[derive(Clone, Copy)]
+enum Content<'a> {
+    /// The bytes read.
+    Bytes(&'a [u8]),
+    /// A hole of this many zero bytes, never read.
+    Hole(usize),
+}
+
+impl<'a> Content<'a> {
+    fn of(block: &'a Block) -> Content<'a> {
+        if block.hole {
+            Content::Hole(block.len)
+        } else {
+            Content::Bytes(&block.data[..block.len])
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Content::Bytes(b) => b.len(),
+            Content::Hole(n) => *n,
+        }
+    }
+
+    /// Fill `out` with the digest of every sub-block. A hole's come from
+    /// `zero`, the digest of one whole zero sub-block, computed once per
+    /// session: zeros that were never read are never hashed either.
+    fn digests(&self, p: &Params, zero: Digest, out: &mut Vec<Digest>) {
+        match *self {
+            Content::Bytes(data) => digest::digest_sub_blocks(p.salt, data, p.sub(), out),
+            Content::Hole(len) => {
+                out.clear();
+                let sub = p.sub();
+                out.extend((0..len / sub).map(|_| zero));
+                if len % sub != 0 {
+                    out.push(p.zero_digest(len % sub));
+                }
+            }
+        }
+    }
+
+    /// Whether `start..end` is all zeros.
+    fn is_zero(&self, start: usize, end: usize) -> bool {
+        match self {
+            Content::Bytes(b) => crate::block::is_zero(&b[start..end]),
+            Content::Hole(_) => true,
+        }
     }
 }
 

@@ -7,10 +7,10 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use super::{Abort, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
-use crate::block::{Extent, ExtentKind, is_zero, push_extent};
+use super::{Abort, Content, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use crate::block::{Extent, ExtentKind, push_extent};
 use crate::compress::Compressor;
-use crate::digest::{Digest, digest_sub_blocks};
+use crate::digest::Digest;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
@@ -80,6 +80,7 @@ pub(super) fn run(
         senders: &senders,
         stats,
         verify: &verify,
+        zero: p.zero_digest(p.sub()),
     };
     let abort = &abort;
     let pool = &pool;
@@ -142,6 +143,8 @@ struct SourceCtx<'a> {
     senders: &'a [Arc<FrameSender>],
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
+    /// The digest of a whole zero sub-block.
+    zero: Digest,
 }
 
 /// Reused buffers of a thread that builds `Block` frames.
@@ -275,25 +278,27 @@ impl SourceCtx<'_> {
         }
         let mut scratch = FrameScratch::default();
         let mut extents = Vec::new();
-        self.build_frame(index, &data, theirs, compressor, &mut scratch, &mut extents)?;
+        let data = Content::Bytes(&data);
+        self.build_frame(index, data, theirs, compressor, &mut scratch, &mut extents)?;
         // A lost lane will be rejoined and ask again.
         let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
         Ok(())
     }
 
     /// Compare `data` with the destination's digests, fill `extents`, and
-    /// build the `Block` frame in `scratch.frame`. Returns the stats class.
+    /// build the `Block` frame in `scratch.frame`. Returns the bytes of
+    /// data the frame carries, before compression.
     fn build_frame(
         &self,
         index: u64,
-        data: &[u8],
+        data: Content<'_>,
         theirs: &[Digest],
         compressor: &mut Compressor,
         scratch: &mut FrameScratch,
         extents: &mut Vec<Extent>,
     ) -> Result<usize> {
         let sub = self.p.sub();
-        digest_sub_blocks(self.p.salt, data, sub, &mut scratch.ours);
+        data.digests(self.p, self.zero, &mut scratch.ours);
         if theirs.len() != scratch.ours.len() {
             let lane = lane_of(index, self.senders.len());
             return Err(Error::protocol(
@@ -314,7 +319,7 @@ impl SourceCtx<'_> {
             }
             let start = j * sub;
             let end = (start + sub).min(data.len());
-            let (kind, ext) = if is_zero(&data[start..end]) {
+            let (kind, ext) = if data.is_zero(start, end) {
                 (ChangeKind::Zero, ExtentKind::Zero)
             } else {
                 raw_len += end - start;
@@ -334,10 +339,15 @@ impl SourceCtx<'_> {
         let raw = u32::try_from(raw_len)
             .map_err(|_| Error::Failed(format!("block {index}: {raw_len} bytes of data")))?;
         let mut block = BlockBuilder::begin(frame, index, raw, &scratch.changes);
+        // Only bytes that were read have data extents.
+        let bytes = match data {
+            Content::Bytes(b) => b,
+            Content::Hole(_) => &[],
+        };
         let pieces = extents
             .iter()
             .filter(|e| e.kind == ExtentKind::Data)
-            .map(|e| &data[e.start..e.start + e.len]);
+            .map(|e| &bytes[e.start..e.start + e.len]);
         let compressed = compressor.append(pieces, block.data());
         block.finish(compressed);
         Stats::add(&self.stats.wire_sent, frame.len() as u64);
@@ -361,9 +371,14 @@ impl SourceCtx<'_> {
                 return Ok(());
             };
             let b = &mut *block;
+            let content = if b.hole {
+                Content::Hole(b.len)
+            } else {
+                Content::Bytes(&b.data[..b.len])
+            };
             let raw_len = self.build_frame(
                 index,
-                &b.data[..b.len],
+                content,
                 &theirs,
                 &mut compressor,
                 &mut scratch,

@@ -327,6 +327,29 @@ pub fn write_all_with(
     Ok(())
 }
 
+/// Where the next data at or after `offset` starts (`lseek` `SEEK_DATA`):
+/// everything between is a hole and reads as zeros. `None` when only a
+/// hole follows up to the end of the file. A file system that cannot say
+/// reports data at `offset`, so callers read it as before.
+pub fn next_data(f: &File, offset: u64) -> io::Result<Option<u64>> {
+    let at: libc::off_t = to_c(offset)?;
+    // SAFETY: lseek only moves this descriptor's file offset, which bsync
+    // never relies on (every read and write is positioned); it touches no
+    // memory of ours.
+    let ret = unsafe { libc::lseek(f.as_raw_fd(), at, libc::SEEK_DATA) };
+    if ret >= 0 {
+        return Ok(u64::try_from(ret).ok());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // No data past `offset`.
+        Some(libc::ENXIO) => Ok(None),
+        // SEEK_DATA unsupported here: no holes are known.
+        Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(Some(offset)),
+        _ => Err(e),
+    }
+}
+
 /// How a zero range was cleared (so a verbose mode can report it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cleared {

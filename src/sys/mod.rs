@@ -21,11 +21,12 @@ use std::io;
 mod file;
 mod memory;
 mod process;
+pub mod simd;
 mod socket;
 
 pub use file::{
     Advice, Cleared, blk_zero_out, block_device_size, clear_range, fadvise, is_block_device,
-    logical_sector_size, pread_full, punch_hole, pwrite_all, read_ahead, read_full_with,
+    logical_sector_size, next_data, pread_full, punch_hole, pwrite_all, read_ahead, read_full_with,
     set_read_ahead, start_writeback, wait_writeback, write_all_with, writeback_unsupported,
     zero_range,
 };

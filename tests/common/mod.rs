@@ -138,28 +138,57 @@ pub fn local(src: &Path, dst: &Path, extra: &[&str]) -> Command {
 }
 
 /// Panic with the first differing offset unless `a` and `b` hold the same bytes.
+/// Reads both a MiB at a time, so multi-GiB sparse files cost no memory.
 pub fn assert_same(a: &Path, b: &Path) {
-    let x = read_file(a);
-    let y = read_file(b);
-    if let Some(at) = x.iter().zip(&y).position(|(p, q)| p != q) {
-        panic!(
-            "{} and {} differ first at byte {at} (block of 4 KiB #{}): {:#04x} != {:#04x}",
-            a.display(),
-            b.display(),
-            at / 4096,
-            x[at],
-            y[at]
-        );
+    use std::io::Read;
+    let open = |p: &Path| fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    let (mut fa, mut fb) = (open(a), open(b));
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut base = 0usize;
+    loop {
+        let fill = |f: &mut fs::File, buf: &mut [u8], p: &Path| {
+            let mut n = 0;
+            while n < buf.len() {
+                match f.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => panic!("read {}: {e}", p.display()),
+                }
+            }
+            n
+        };
+        let (n, m) = (fill(&mut fa, &mut x, a), fill(&mut fb, &mut y, b));
+        let common = n.min(m);
+        let first_difference = || x.iter().zip(&y).take(common).position(|(p, q)| p != q);
+        if let Some(i) = (x[..common] != y[..common])
+            .then(first_difference)
+            .flatten()
+        {
+            let at = base + i;
+            panic!(
+                "{} and {} differ first at byte {at} (block of 4 KiB #{}): {:#04x} != {:#04x}",
+                a.display(),
+                b.display(),
+                at / 4096,
+                x[i],
+                y[i]
+            );
+        }
+        if n != m {
+            let len = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            panic!(
+                "{} ({} bytes) and {} ({} bytes) differ in size (equal up to the shorter)",
+                a.display(),
+                len(a),
+                b.display(),
+                len(b)
+            );
+        }
+        if n == 0 {
+            return;
+        }
+        base += n;
     }
-    assert_eq!(
-        x.len(),
-        y.len(),
-        "{} ({} bytes) and {} ({} bytes) differ in size (equal up to the shorter)",
-        a.display(),
-        x.len(),
-        b.display(),
-        y.len()
-    );
 }
 
 /// Bytes the file system allocated for `path` (holes cost nothing).
