@@ -156,19 +156,17 @@ fn welcome_mismatch(hello: &Hello, welcome: &Welcome, upload: bool) -> Option<St
     None
 }
 
-/// Open a lane for the first time, retrying a connection lost during the handshake
-/// as a rejoined lane is retried; a refused or unreachable server is not
-/// retried (it is not there, and saying so at once is kinder).
+/// Open a lane for the first time, retrying a connection lost during the
+/// handshake as a rejoined lane is retried; a refused or unreachable server
+/// is not retried (it is not there, and saying so at once is kinder).
 fn first_connect(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Welcome)> {
     let mut attempt = 1;
     loop {
         match dial.connect(hello) {
             Ok(ok) => return Ok(ok),
-            Err(e @ Error::Io { .. }) if matches!(&e, Error::Io { op, .. } if op == "connect" || op == "resolve") =>
+            Err(e)
+                if net::is_connection_loss(&e) && !unreachable(&e) && attempt < REDIAL_ATTEMPTS =>
             {
-                return Err(e);
-            }
-            Err(e) if net::is_connection_loss(&e) && attempt < REDIAL_ATTEMPTS => {
                 log.info(format!(
                     "{e}; connecting again ({}/{REDIAL_ATTEMPTS})",
                     attempt + 1
@@ -179,6 +177,12 @@ fn first_connect(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Wel
         }
         attempt += 1;
     }
+}
+
+/// Whether `e` says the server could not be reached at all (resolving or
+/// connecting failed), rather than that a connection was lost.
+fn unreachable(e: &Error) -> bool {
+    matches!(e, Error::Io { op, .. } if op == "connect" || op == "resolve")
 }
 
 /// Connection attempts when a lane is rejoined, and the pause between them.
