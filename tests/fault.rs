@@ -808,3 +808,89 @@ fn measured_7_running_out_of_descriptors_backs_off_instead_of_spinning() {
     let _ = child.wait();
     assert_same(&s, &d);
 }
+
+#[test]
+fn measured_7_a_thread_limit_drops_the_connection_without_a_panic() {
+    // RLIMIT_NPROC binds only an unprivileged user: run the server as
+    // nobody with room for a few threads, and flood it.
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root || !setpriv.exists() {
+        eprintln!("skipped: needs root and setpriv to run the server as nobody");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("bsync-nproc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s, d) = (dir.join("src"), dir.join("dst"));
+    write_file(&s, &random_bytes(1 << 20, 4));
+    let bin = dir.join("bsync");
+    std::fs::copy(env!("CARGO_BIN_EXE_bsync"), &bin).unwrap();
+    std::process::Command::new("chmod")
+        .args(["-R", "a+rwx"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    let mut child = std::process::Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "exec prlimit --nproc=8:8 {} -q -p 0 -i 127.0.0.1 -f {}",
+            bin.display(),
+            d.display()
+        ))
+        .env("BSYNC_IO_TIMEOUT", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let Ok(port) = line.trim().parse::<u16>() else {
+        let _ = child.kill();
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!("skipped: the server did not start as nobody: {line:?}");
+        return;
+    };
+    let hogs: Vec<_> = (0..30)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server died under a thread limit"
+    );
+    drop(hogs);
+    thread::sleep(Duration::from_millis(500));
+    let addr = format!("127.0.0.1:{port}");
+    let out = run(bsync()
+        .args(["-q", "-f"])
+        .arg(&s)
+        .args(["-r", &addr])
+        .env("BSYNC_IO_TIMEOUT", "10"));
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let dropped = err.matches("cannot start a thread").count();
+    eprintln!("{dropped} connections dropped for want of a thread");
+    assert!(dropped > 0, "the flood never hit the thread limit: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success(),
+        "a real client after the flood: {}\n{err}",
+        stderr(&out)
+    );
+    let _ = status;
+    assert_same(&s, &d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
