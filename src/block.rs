@@ -102,11 +102,13 @@ pub fn push_extent(
     kind: ExtentKind,
     data: usize,
 ) {
-    if let Some(last) = extents.last_mut() {
-        if last.kind == kind && last.start + last.len == start && last.data + last.len == data {
-            last.len += len;
-            return;
-        }
+    if let Some(last) = extents.last_mut()
+        && last.kind == kind
+        && last.start + last.len == start
+        && last.data + last.len == data
+    {
+        last.len += len;
+        return;
     }
     extents.push(Extent {
         start,

@@ -135,10 +135,10 @@ impl<'a> Writer<'a> {
         if let Err(e) = started {
             return Err(self.writeback_error(window, index, e));
         }
-        if let Some((from, len)) = self.in_flight.replace(window) {
-            if let Err(e) = self.disk.wait_writeback(from, len) {
-                return Err(self.writeback_error((from, len), index, e));
-            }
+        if let Some((from, len)) = self.in_flight.replace(window)
+            && let Err(e) = self.disk.wait_writeback(from, len)
+        {
+            return Err(self.writeback_error((from, len), index, e));
         }
         self.dirty_from = written_to;
         Ok(())

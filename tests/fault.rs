@@ -857,6 +857,7 @@ fn measured_7_a_thread_limit_drops_the_connection_without_a_panic() {
         .unwrap();
     let Ok(port) = line.trim().parse::<u16>() else {
         let _ = child.kill();
+        let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
         eprintln!("skipped: the server did not start as nobody: {line:?}");
         return;

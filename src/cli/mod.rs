@@ -150,10 +150,11 @@ fn go_style<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
         };
         out.push(OsString::from(format!("--{body}")));
         let takes_value = FLAGS.iter().any(|&(n, v)| n == name && v);
-        if takes_value && !has_value {
-            if let Some(value) = args.next() {
-                out.push(value);
-            }
+        if takes_value
+            && !has_value
+            && let Some(value) = args.next()
+        {
+            out.push(value);
         }
     }
     out

@@ -65,10 +65,10 @@ pub(super) fn record_child(pid: u32) {
 pub(super) fn try_reap(child: &mut Child) -> io::Result<Option<ExitStatus>> {
     let mut p = pending();
     let status = child.try_wait()?;
-    if status.is_some() {
-        if let Some(p) = p.as_mut().filter(|p| p.child == Some(child.id())) {
-            p.child = None;
-        }
+    if status.is_some()
+        && let Some(p) = p.as_mut().filter(|p| p.child == Some(child.id()))
+    {
+        p.child = None;
     }
     Ok(status)
 }
@@ -111,11 +111,11 @@ pub(super) fn watch_signals(log: &Log, name: &str, remove: fn(&Endpoint, &str, &
             }
             pending.take()
         };
-        if let Some(p) = taken {
-            if let Some(dir) = p.dir {
-                log.line(format!("interrupted: removing {dir} on {name}"));
-                remove(&p.endpoint, &dir, &log);
-            }
+        if let Some(p) = taken
+            && let Some(dir) = p.dir
+        {
+            log.line(format!("interrupted: removing {dir} on {name}"));
+            remove(&p.endpoint, &dir, &log);
         }
         log.line("interrupted");
         std::process::exit(128 + sig);

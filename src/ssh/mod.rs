@@ -103,10 +103,10 @@ pub fn run(config: &Config, log: &Log) -> Result<()> {
     cleanup::begin(&endpoint);
     let result = launch_and_sync(&launch, &endpoint, log);
     let left = cleanup::end();
-    if result.is_err() {
-        if let Some(dir) = left {
-            remove_remote(&endpoint, &dir, log);
-        }
+    if result.is_err()
+        && let Some(dir) = left
+    {
+        remove_remote(&endpoint, &dir, log);
     }
     result
 }

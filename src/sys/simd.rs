@@ -127,7 +127,7 @@ pub fn absorb(isa: Isa, lanes: &mut [u128; LANES], data: &[u8]) -> bool {
 pub fn absorb4(isa: Isa, lanes: &mut [[u128; LANES]; 4], parts: [&[u8]; 4]) -> bool {
     let len = parts[0].len();
     assert!(
-        len % LANES == 0 && parts.iter().all(|p| p.len() == len),
+        len.is_multiple_of(LANES) && parts.iter().all(|p| p.len() == len),
         "absorb4: parts of unequal or ragged length"
     );
     if !isa.is_available() {
