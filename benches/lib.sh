@@ -143,6 +143,6 @@ wire_ratio() { summary_line | sed -n 's/.*(\([0-9.]*\):1).*/\1/p'; }
 
 check_same() { cmp "$1" "$2" || die "$3: destination differs from source"; }
 
-[[ -x ./bsync ]] || die "./bsync is missing: run make first"
+[[ -x ${bsync_bin:-./bsync} ]] || die "${bsync_bin:-./bsync} is missing: run make first"
 mkdir -p "$dir"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bsync-$bench.XXXXXX")

@@ -19,6 +19,7 @@ fresh=$dir/tag-new.img
 target=1.03
 
 bench=tag.sh
+bsync_bin=$new
 # shellcheck source=benches/lib.sh
 . benches/lib.sh
 

@@ -24,7 +24,9 @@
 //! Every later frame, the `Welcome` first, carries a 16-byte tag under the
 //! connection key: with `-K` the frame is sealed (encrypted and
 //! authenticated), otherwise only authenticated (the payload travels in
-//! clear; see [`aead::authenticate`]). The nonce is the direction (client to
+//! clear; see [`aead::authenticate`]) — all of it but the data of a `Block`
+//! frame, which the destination checks sub-block by sub-block against the
+//! source's digests in the tagged change records ([`proto::tagged_len`]). The nonce is the direction (client to
 //! server, or back) and a counter the receiver keeps too, so a replayed,
 //! reordered, dropped or altered frame fails its tag, key or no key. The
 //! proofs are counter 0 of each direction; frames start at 1.
@@ -194,7 +196,8 @@ impl Cipher {
         let tag = if self.encrypt {
             aead::seal(&self.key, &n, header, payload)
         } else {
-            aead::authenticate(&self.key, &n, header, payload)
+            let covered = proto::tagged_len(header.first().copied().unwrap_or(0), payload);
+            aead::authenticate(&self.key, &n, header, &payload[..covered])
         };
         self.counter += 1;
         tag
@@ -213,7 +216,8 @@ impl Cipher {
         if self.encrypt {
             aead::open(&self.key, &n, header, payload, tag)?;
         } else {
-            aead::verify(&self.key, &n, header, payload, tag)?;
+            let covered = proto::tagged_len(header.first().copied().unwrap_or(0), payload);
+            aead::verify(&self.key, &n, header, &payload[..covered], tag)?;
         }
         self.counter += 1;
         Ok(())

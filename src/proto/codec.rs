@@ -243,6 +243,34 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
     Ok(frame)
 }
 
+/// How much of a frame's payload the tag of a connection without a key
+/// covers: everything, except the data of a `Block` frame. That data is
+/// checked already, and more cheaply, where it matters: the destination
+/// digests every data sub-block after decompression and compares it with
+/// the source's digest, carried in the tagged change records. Skipping it
+/// keeps an unkeyed upload's tag at a few bytes a block (see
+/// benches/BENCHMARKS.md, "Tagging every frame"). The change records are
+/// read leniently: a corrupted count or kind moves the end of the covered
+/// part, and with it the tag, which then fails.
+pub fn tagged_len(kind: u8, payload: &[u8]) -> usize {
+    if kind != BLOCK {
+        return payload.len();
+    }
+    let Some(count) = payload.get(13..17) else {
+        return payload.len();
+    };
+    let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]) as usize;
+    let mut at = 17usize;
+    for _ in 0..count.min(payload.len() / CHANGE_LEN) {
+        match payload.get(at + 4) {
+            Some(&CHANGE_DATA) => at += CHANGE_LEN + DIGEST_LEN,
+            Some(_) => at += CHANGE_LEN,
+            None => return payload.len(),
+        }
+    }
+    at.min(payload.len())
+}
+
 /// Append a frame header with a placeholder length; returns where the
 /// payload starts, for [`finish_frame`].
 fn begin_frame(out: &mut Vec<u8>, kind: u8) -> usize {
@@ -602,5 +630,31 @@ mod tests {
             }
             let _ = decode(&buf[..len], 200);
         }
+    }
+
+    #[test]
+    fn an_unkeyed_tag_covers_all_but_block_data() {
+        let mut buf = Vec::new();
+        let changes = [
+            Change {
+                sub: 0,
+                kind: ChangeKind::Zero,
+            },
+            Change {
+                sub: 1,
+                kind: ChangeKind::Data(5),
+            },
+        ];
+        let mut b = BlockBuilder::begin(&mut buf, 3, 4, &changes);
+        b.data().extend_from_slice(b"data");
+        b.finish(false);
+        let payload = &buf[HEADER_LEN..];
+        assert_eq!(tagged_len(BLOCK, payload), payload.len() - 4);
+        assert_eq!(tagged_len(ACK, &[1; 8]), 8);
+        // Truncated or lying change records never point past the payload.
+        assert_eq!(tagged_len(BLOCK, &payload[..20]), 20);
+        let mut lying = payload.to_vec();
+        lying[13] = 0xff;
+        assert!(tagged_len(BLOCK, &lying) <= lying.len());
     }
 }

@@ -43,8 +43,11 @@
 //! a 16-byte tag after its payload; the length in the header counts it and
 //! the header is the associated data. With encryption the payload is
 //! ciphertext; without, it travels in clear under a tag keyed from both
-//! handshake nonces (see `crate::auth`). A tag that fails — a bit changed,
-//! a frame replayed, reordered, dropped or cut — is a protocol error.
+//! handshake nonces (see `crate::auth`) that covers the header and the
+//! whole payload except a `Block`'s data ([`tagged_len`]): the destination
+//! checks that data against the source's digests, which the tag covers. A
+//! tag that fails — a bit changed, a frame replayed, reordered, dropped or
+//! cut — is a protocol error.
 //!
 //! # The end of a session
 //!
@@ -72,7 +75,9 @@ use crate::digest::Digest;
 mod codec;
 
 use codec::read_change;
-pub use codec::{BlockBuilder, decode, decode_header, encode, encode_digests, read_digests};
+pub use codec::{
+    BlockBuilder, decode, decode_header, encode, encode_digests, read_digests, tagged_len,
+};
 
 /// The protocol version spoken on the wire.
 pub const PROTOCOL_VERSION: &str = "ver0.02";
