@@ -31,6 +31,8 @@
 #                 bound and the frame opener for FUZZ_SECONDS per target, from
 #                 the seed corpus in fuzz/corpus/ (needs cargo-fuzz)
 #   make deny     licence, ban and source checks (needs cargo-deny)
+#   make install  the binary, its manual page bsync.1 and bash/zsh/fish
+#                 completions under PREFIX (/usr/local), staged in DESTDIR
 #   make clean    remove build output
 
 SHELL := /bin/bash
@@ -58,7 +60,7 @@ endif
 RUSTFLAGS += --cfg chacha20_avx512
 export RUSTFLAGS
 
-.PHONY: all musl-target test test-fault test-stress test-remote demo bench fuzz deny clean FORCE
+.PHONY: all musl-target test test-fault test-stress test-remote demo bench fuzz deny clean install FORCE
 
 all: bsync
 
@@ -146,6 +148,24 @@ deny:
 		echo "cargo-deny is not installed: cargo install cargo-deny --locked"; \
 		exit 1; \
 	fi
+
+# The manual page and the completions come out of the binary itself
+# (`--help-man`, `--completions SHELL`), made from the same text as -h.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR := $(DESTDIR)$(PREFIX)/bin
+MAN1DIR := $(DESTDIR)$(PREFIX)/share/man/man1
+BASHDIR := $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+ZSHDIR := $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+FISHDIR := $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+install: all
+	install -d '$(BINDIR)' '$(MAN1DIR)' '$(BASHDIR)' '$(ZSHDIR)' '$(FISHDIR)'
+	install -m 755 bsync '$(BINDIR)/bsync'
+	./bsync --help-man > '$(MAN1DIR)/bsync.1'
+	./bsync --completions bash > '$(BASHDIR)/bsync'
+	./bsync --completions zsh > '$(ZSHDIR)/_bsync'
+	./bsync --completions fish > '$(FISHDIR)/bsync.fish'
+	chmod 644 '$(MAN1DIR)/bsync.1' '$(BASHDIR)/bsync' '$(ZSHDIR)/_bsync' '$(FISHDIR)/bsync.fish'
 
 clean:
 	$(CARGO) clean

@@ -90,7 +90,9 @@ restore() {
 
 # bsync_run DIR SERVER_FILE CLIENT_FILE DELAY_MS [FLAGS...]
 #   DIR is "up" or "down"; DELAY_MS is "" (no relay) or a one-way delay.
-#   Both ends read stdin from $bsync_stdin (default /dev/null).
+#   FLAGS go to both ends, but -n and -L (the client picks the compression)
+#   only to the client. Both ends read stdin from $bsync_stdin (default
+#   /dev/null).
 #   Sets $took (seconds), $took_cpu (CPU seconds of client and server,
 #   relay excluded) and leaves the client's log in $tmp/client.log.
 bsync_run() {
@@ -98,10 +100,18 @@ bsync_run() {
     shift 4
     cpu_now
     cpu0=$cpu
-    local flags=("$@")
+    local flags=("$@") sflags=() i
     [[ $way == down ]] && flags=(-d "${flags[@]}")
+    # The client picks the compression; a server refuses -n and -L.
+    for ((i = 0; i < ${#flags[@]}; i++)); do
+        case ${flags[i]} in
+        -n) ;;
+        -L) i=$((i + 1)) ;;
+        *) sflags+=("${flags[i]}") ;;
+        esac
+    done
     : >"$tmp/server.out"
-    "${bsync_bin:-./bsync}" -q "${flags[@]}" -f "$sfile" -p 0 -i 127.0.0.1 \
+    "${bsync_bin:-./bsync}" -q "${sflags[@]}" -f "$sfile" -p 0 -i 127.0.0.1 \
         <"${bsync_stdin:-/dev/null}" >"$tmp/server.out" 2>"$tmp/server.log" &
     server_pid=$!
     pids+=("$server_pid")

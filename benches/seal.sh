@@ -29,7 +29,7 @@ size=$(stat -c %s "$orig")
 say "== encryption cost: full copy of the 1 GiB image into a new destination ($runs runs each, min)"
 say "   machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
 say "   before each run: rm -f $fresh; cat $orig > /dev/null"
-say "   ./bsync -q [-K -] [-n] -f $fresh -p 0 -i 127.0.0.1 <key &   ./bsync [-K -] [-n] -f $orig -r 127.0.0.1:PORT <key"
+say "   ./bsync -q [-K -] -f $fresh -p 0 -i 127.0.0.1 <key &   ./bsync [-K -] [-n] -f $orig -r 127.0.0.1:PORT <key"
 rows=()
 for level in "" "-n"; do
     plain=()

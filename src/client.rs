@@ -102,13 +102,16 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
         workers: t.workers,
         prefetch: t.prefetch,
         deadline: env.io_timeout,
+        encrypted: secret.is_some_and(Secret::encrypts),
+        bwlimit: t.bwlimit,
     };
     log.info(format!(
-        "connected to {peer}: {} {} in blocks of {}, {} lane(s)",
+        "connected to {peer}: {} {} in blocks of {}, {} {}",
         if upload { "uploading" } else { "downloading" },
         crate::progress::human_bytes(geo.size),
         crate::progress::human_bytes(block_size as u64),
-        lanes.len()
+        lanes.len(),
+        crate::progress::plural(lanes.len() as u64, "lane")
     ));
     let redial = Redial {
         dial: &dial,

@@ -114,6 +114,9 @@ pub struct Transfer {
     pub workers: usize,
     /// Prefetch queue depth, resolved (never 0).
     pub prefetch: usize,
+    /// `--bwlimit`: the most block data the sending end puts on the wire,
+    /// in bytes per second.
+    pub bwlimit: Option<u64>,
 }
 
 /// Where log and progress lines go and how they look.
@@ -128,6 +131,8 @@ pub struct LogOptions {
     pub verbose: bool,
     /// `-P`: no progress on a server.
     pub no_server_progress: bool,
+    /// `--json`: a machine-readable closing summary on stdout.
+    pub json: bool,
 }
 
 /// Environment variable that turns on `-v` (any value but empty or `0`).
@@ -203,6 +208,75 @@ pub fn env_flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Block buffers one end holds at most, the bound the pools set: on the
+/// network `prefetch + 2 × workers + 2` per side (the source's read pool;
+/// the destination's read and receive pools together), and locally both
+/// sides at once, `2 × prefetch + 3 × workers + 3`.
+pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
+    if local {
+        2 * prefetch + 3 * workers + 3
+    } else {
+        prefetch + 2 * workers + 2
+    }
+}
+
+/// The memory the block buffers of one end may take, in bytes.
+pub fn memory_needed(t: &Transfer, local: bool) -> u64 {
+    let buffers = buffers_needed(t.workers, t.prefetch, local) as u64;
+    buffers.saturating_mul(t.block_size as u64)
+}
+
+/// The memory this process may use: `MemAvailable` from `/proc/meminfo`,
+/// lowered to the cgroup's `memory.max` when that is smaller. `None` when
+/// neither can be read.
+pub fn memory_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let available = meminfo.as_deref().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib.saturating_mul(1024))
+    });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match (available, cgroup) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
+/// Why `t` needs too much memory: more than half of `available`. The
+/// message gives the figure and the formula, so the user knows which of
+/// `-b`, `-w` and `-prefetch` to lower.
+pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<String> {
+    let need = memory_needed(t, local);
+    if need <= available / 2 {
+        return None;
+    }
+    let formula = if local {
+        format!(
+            "(2 × prefetch {} + 3 × workers {} + 3) blocks of {}",
+            t.prefetch,
+            t.workers,
+            crate::progress::human_bytes(t.block_size as u64)
+        )
+    } else {
+        format!(
+            "(prefetch {} + 2 × workers {} + 2) blocks of {}",
+            t.prefetch,
+            t.workers,
+            crate::progress::human_bytes(t.block_size as u64)
+        )
+    };
+    Some(format!(
+        "-b/-w/-prefetch: the block buffers would need {} = {formula}, more than half \
+         of the {} of memory available; lower -b, -w or -prefetch",
+        crate::progress::human_bytes(need),
+        crate::progress::human_bytes(available)
+    ))
+}
+
 /// A validated run plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -227,5 +301,25 @@ mod tests {
         if std::env::var_os(SYSFS_ENV).is_none() {
             assert_eq!(sysfs_root(), PathBuf::from("/sys"));
         }
+    }
+
+    #[test]
+    fn the_readme_example_needs_thirteen_gigabytes() {
+        // The original README's `-b 524288000 -w 4`: prefetch 16.
+        let t = Transfer {
+            block_size: 524_288_000,
+            skip: 0,
+            compression: None,
+            workers: 4,
+            prefetch: 16,
+            bwlimit: None,
+        };
+        assert_eq!(memory_needed(&t, false), 26 * 524_288_000);
+        let msg = memory_refusal(&t, false, 16 << 30).unwrap_or_default();
+        assert!(
+            msg.contains("12.7 GiB = (prefetch 16 + 2 × workers 4 + 2)"),
+            "{msg}"
+        );
+        assert!(memory_refusal(&t, false, 64 << 30).is_none());
     }
 }

@@ -109,21 +109,21 @@ impl Disk {
             .is_file();
         let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
         if !regular && !is_device {
+            let kind = file.metadata().map(|m| m.file_type()).ok();
+            let hint = if path == Path::new("/dev/zero") {
+                "-f defaults to /dev/zero: is -f missing?"
+            } else if kind.is_some_and(|k| k.is_dir()) {
+                "a directory: give the file or device inside it"
+            } else {
+                "a pipe, terminal or stream has no size to copy: save it to a file first"
+            };
             return Err(Error::usage(format!(
-                "{label}: not a regular file or block device (-f defaults to /dev/zero: is -f missing?)"
+                "{label}: not a regular file or block device ({hint})"
             )));
         }
         if is_device {
             let rdev = file.metadata().map_or(0, |m| m.rdev());
-            if let Some(m) = mount_of(rdev).filter(|m| m.read_write) {
-                log.line(format!(
-                    "warning: {label}: {} is mounted read-write on {}: blocks may change while \
-                     they are read, and the copy would then not be consistent. Copy a snapshot \
-                     (LVM, btrfs, ZFS) or remount it read-only first",
-                    m.source.display(),
-                    m.target.display()
-                ));
-            }
+            warn_if_mounted_read_write(&label, rdev, log);
         }
         Disk::describe(file, label, env, log)
     }
@@ -172,29 +172,7 @@ impl Disk {
             .is_some_and(|m| m.file_type().is_block_device());
         let allow = env.allow_mounted;
         if device {
-            let rdev = meta.as_ref().map_or(0, MetadataExt::rdev);
-            if let Some(m) = mount_of(rdev) {
-                let what = format!(
-                    "{label}: {} is mounted on {} ({}{})",
-                    m.source.display(),
-                    m.target.display(),
-                    m.fs_type,
-                    if m.read_write {
-                        ", read-write"
-                    } else {
-                        ", read-only"
-                    }
-                );
-                if !allow {
-                    return Err(Error::Failed(format!(
-                        "{what}; writing blocks under a mounted file system corrupts it. \
-                         Unmount it first ({ALLOW_MOUNTED_ENV}=1 overrides); nothing was written"
-                    )));
-                }
-                log.line(format!(
-                    "warning: {what}; writing anyway because {ALLOW_MOUNTED_ENV} is set"
-                ));
-            }
+            refuse_mounted(&label, meta.as_ref(), env, log)?;
         }
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(!exists).mode(0o644);
@@ -533,6 +511,93 @@ impl Drop for Disk {
             // Best effort, like raising it: nobody is left to tell.
             let _ = sys::set_read_ahead(&self.file, ra);
         }
+    }
+}
+
+/// Refuse a destination device that is mounted (itself or a partition),
+/// naming the mount, unless [`ALLOW_MOUNTED_ENV`] says to warn instead.
+fn refuse_mounted(
+    label: &str,
+    meta: Option<&std::fs::Metadata>,
+    env: &Env,
+    log: &Log,
+) -> Result<()> {
+    let allow = env.allow_mounted;
+    let rdev = meta.map_or(0, MetadataExt::rdev);
+    if let Some(m) = mount_of(rdev) {
+        let what = format!(
+            "{label}: {} is mounted on {} ({}{})",
+            m.source.display(),
+            m.target.display(),
+            m.fs_type,
+            if m.read_write {
+                ", read-write"
+            } else {
+                ", read-only"
+            }
+        );
+        if !allow {
+            return Err(Error::Failed(format!(
+                "{what}; writing blocks under a mounted file system corrupts it. \
+                         Unmount it first ({ALLOW_MOUNTED_ENV}=1 overrides); nothing was written"
+            )));
+        }
+        log.line(format!(
+            "warning: {what}; writing anyway because {ALLOW_MOUNTED_ENV} is set"
+        ));
+    }
+    Ok(())
+}
+
+/// Warn when the source device (or a partition of it) is mounted
+/// read-write: its file system may change while it is copied, so the copy
+/// can be inconsistent. One line, with what to do instead.
+pub fn warn_if_mounted_read_write(label: &str, rdev: u64, log: &Log) {
+    if let Some(m) = mount_of(rdev).filter(|m| m.read_write) {
+        log.line(format!(
+            "warning: {label}: {} is mounted read-write on {}; files written during the copy \
+             can leave it inconsistent. Copy a snapshot (LVM, btrfs, a stopped VM), or \
+             remount it read-only first (mount -o remount,ro {})",
+            m.source.display(),
+            m.target.display(),
+            m.target.display()
+        ));
+    }
+}
+
+/// Check, before a server waits for its client, that `path` can be opened
+/// for writing as the destination, without creating, truncating or opening
+/// anything: an existing file or device must be writable (and a device not
+/// mounted), a missing file must have a writable directory to be made in.
+pub fn check_destination(path: &Path, env: &Env, log: &Log) -> Result<()> {
+    let label = format!("destination {}", path.display());
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            if meta.file_type().is_block_device() {
+                refuse_mounted(&label, Some(&meta), env, log)?;
+            }
+            sys::may_write(path).map_err(|e| Error::io(&label, "open for writing", e))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let why = match std::fs::metadata(parent) {
+                Ok(m) if m.is_dir() => sys::may_write(parent).err(),
+                Ok(_) => Some(io::Error::from_raw_os_error(libc::ENOTDIR)),
+                Err(e) => Some(e),
+            };
+            match why {
+                None => Ok(()),
+                Some(e) => Err(Error::io(
+                    &label,
+                    format!("create in {}", parent.display()),
+                    e,
+                )),
+            }
+        }
+        Err(e) => Err(Error::io(&label, "stat", e)),
     }
 }
 

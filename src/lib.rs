@@ -55,6 +55,16 @@ use progress::Log;
 /// Do what `config` asks. Errors carry their exit status.
 pub fn run(config: &Config) -> Result<()> {
     let log = Log::new(&config.log);
+    if matches!(
+        config.mode,
+        Mode::Local { .. } | Mode::Connect(_) | Mode::Serve(_)
+    ) {
+        // -t has its own signal thread, which also removes the remote copy.
+        progress::watch_interrupts(&log);
+    }
+    if matches!(config.mode, Mode::Serve(_)) {
+        progress::set_server();
+    }
     match &config.mode {
         Mode::Local {
             source,

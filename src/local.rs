@@ -18,7 +18,7 @@ use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::pool::{Pool, Pooled};
-use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
+use crate::progress::{Log, Reporter, Side, Stats, Totals, report_summary};
 use crate::reader::read_blocks;
 use crate::sys::simd::equal;
 use crate::writer::Writer;
@@ -52,9 +52,10 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
     let stats = Arc::new(Stats::default());
     let totals = Totals::from_block(geo, first);
     if first > 0 {
-        log.info(format!("skipping the first {first} blocks (-s)"));
+        let blocks = crate::progress::plural(first, "block");
+        log.info(format!("skipping the first {first} {blocks} (-s)"));
     }
-    let reporter = Reporter::start(log, &stats, totals, !log.is_quiet());
+    let reporter = Reporter::start(log, &stats, totals, !log.is_quiet(), &[]);
     let next = run_pipeline(t, &source, &dest, geo, first, &stats)?;
     if next != geo.blocks() {
         return Err(Error::Failed(format!(
@@ -66,7 +67,7 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
     dest.flush()?;
     source.check_unchanged()?;
     let elapsed = reporter.finish();
-    log.info(summary(&stats, elapsed, Side::Local));
+    report_summary(log, &stats, elapsed, Side::Local, first, true);
     dest.report_excess(source.size());
     Ok(())
 }

@@ -17,11 +17,22 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().write_all(cli::version_text().as_bytes());
             0
         }
+        Ok(Command::Manual) => {
+            let _ = std::io::stdout().write_all(cli::manual().as_bytes());
+            0
+        }
+        Ok(Command::Completions(shell)) => {
+            let _ = std::io::stdout().write_all(cli::completions(shell).as_bytes());
+            0
+        }
         Ok(Command::Run(config)) => match bsync::run(&config) {
             Ok(()) => 0,
             Err(e) => {
-                let prefix = bsync::progress::Log::new(&config.log).prefix();
-                eprintln!("{prefix}bsync: {e}");
+                let log = bsync::progress::Log::new(&config.log);
+                log.line(format!("bsync: {e}"));
+                if let Some(hint) = bsync::progress::resume_hint() {
+                    log.line(hint);
+                }
                 e.exit_status()
             }
         },

@@ -4,13 +4,19 @@
 //! the port of `-p 0`) and starts with the `-l` prefix. Counters are atomics
 //! that the pipeline threads bump; one reporter thread samples them: on a
 //! terminal it redraws one line a few times a second, elsewhere it prints a
-//! plain line every few seconds so logs stay readable.
+//! plain line every few seconds, stamped with the time, so logs stay
+//! readable.
+//!
+//! On a terminal the live line is never wider than the terminal (it is
+//! shortened, never wrapped), and a log line printed meanwhile goes on its
+//! own line above it: [`Log::line`] clears the live line, prints, and draws
+//! it again.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::block::Geometry;
@@ -22,6 +28,8 @@ pub struct Log {
     prefix: String,
     quiet: bool,
     verbose: bool,
+    /// `--json`: the closing summary also goes to stdout as JSON.
+    json: bool,
 }
 
 impl Log {
@@ -31,6 +39,7 @@ impl Log {
             prefix: opts.prefix.clone(),
             quiet: opts.quiet,
             verbose: opts.verbose,
+            json: opts.json,
         }
     }
 
@@ -70,9 +79,79 @@ impl Log {
 
     /// A line printed even with `-q`.
     pub fn line(&self, msg: impl std::fmt::Display) {
+        let live = crate::lock::lock(&LIVE);
+        let mut err = std::io::stderr().lock();
         // A closed stderr is not worth dying for.
-        let _ = writeln!(std::io::stderr().lock(), "{}{msg}", self.prefix());
+        match live.as_deref() {
+            Some(progress) => {
+                let _ = write!(err, "\r\x1b[K{}{msg}\n{progress}", self.prefix());
+            }
+            None => {
+                let _ = writeln!(err, "{}{msg}", self.prefix());
+            }
+        }
     }
+}
+
+/// The live progress line on the terminal, as drawn (prefix included);
+/// `None` when none is shown. Held while writing to stderr, so a log line
+/// and a redraw never interleave.
+static LIVE: Mutex<Option<String>> = Mutex::new(None);
+
+/// The counters of the transfer running now, for the resume line after a
+/// failure or an interrupt.
+static CURRENT: Mutex<Option<Arc<Stats>>> = Mutex::new(None);
+
+/// Make `stats` the transfer the resume line speaks about.
+pub fn track(stats: &Arc<Stats>) {
+    *crate::lock::lock(&CURRENT) = Some(Arc::clone(stats));
+}
+
+/// `resume with -s N`, where every block before N is written and
+/// acknowledged, for the transfer running now (if one has started). On a
+/// server, which takes no `-s`, it is the client's to give.
+pub fn resume_hint() -> Option<String> {
+    let stats = crate::lock::lock(&CURRENT).clone()?;
+    let at = stats.resume_at.load(Relaxed);
+    let who = if SERVER.load(Relaxed) {
+        "the client may resume"
+    } else {
+        "resume"
+    };
+    Some(format!(
+        "{who} with -s {at}: every block before {at} is written at the destination"
+    ))
+}
+
+/// This process is a server: the resume line speaks of the client.
+static SERVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say that this process is a server (for [`resume_hint`]).
+pub fn set_server() {
+    SERVER.store(true, Relaxed);
+}
+
+/// Take Ctrl-C, SIGTERM and SIGHUP in a thread of our own, so an
+/// interrupted run still says where to resume (then exits 128 + the
+/// signal). Called before any other thread starts, so all inherit the mask.
+pub fn watch_interrupts(log: &Log) {
+    // Once per process, however often `run` is called (tests call it
+    // in-process).
+    static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WATCHING.swap(true, Relaxed) || crate::sys::block_termination_signals().is_err() {
+        return;
+    }
+    let log = log.clone();
+    std::thread::spawn(move || {
+        let Ok(sig) = crate::sys::wait_termination_signal() else {
+            return;
+        };
+        log.line("interrupted");
+        if let Some(hint) = resume_hint() {
+            log.line(hint);
+        }
+        std::process::exit(128 + sig);
+    });
 }
 
 /// Counters the pipeline threads update while a transfer runs.
@@ -100,6 +179,9 @@ pub struct Stats {
     pub wire_sent: AtomicU64,
     /// Bytes received from the network.
     pub wire_received: AtomicU64,
+    /// Every block before this one is written at the destination (and,
+    /// on the source, acknowledged): where a resume may start (`-s`).
+    pub resume_at: AtomicU64,
 }
 
 impl Stats {
@@ -107,6 +189,24 @@ impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
+}
+
+/// The local time of day of `t`, `14:03:59`.
+pub fn clock(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (_, _, _, h, m, s) = crate::sys::local_time(secs);
+    format!("{h:02}:{m:02}:{s:02}")
+}
+
+/// The local date and time of `t`, `2026-11-30 14:03:59`.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, mo, d, h, m, s) = crate::sys::local_time(secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}")
 }
 
 /// `1:02:03` or `2:03`.
@@ -156,10 +256,26 @@ pub struct Reporter {
     started: Instant,
 }
 
+/// How often the live line is redrawn on a terminal, and how often a plain
+/// line is printed elsewhere.
+const TTY_EVERY: Duration = Duration::from_millis(500);
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+/// Nothing done for this long: the line says `stalled` instead of an ETA
+/// that would only grow (a lost connection, a peer that went away).
+const STALLED_AFTER: Duration = Duration::from_secs(5);
+
 impl Reporter {
     /// Start reporting, unless `enabled` is false (quiet, or a `-P` server).
-    pub fn start(log: &Log, stats: &Arc<Stats>, totals: Totals, enabled: bool) -> Reporter {
+    /// `notes` are shown after the figures (`encrypted`, `limit 2.0 MiB/s`).
+    pub fn start(
+        log: &Log,
+        stats: &Arc<Stats>,
+        totals: Totals,
+        enabled: bool,
+        notes: &[String],
+    ) -> Reporter {
         let started = Instant::now();
+        track(stats);
         if !enabled {
             return Reporter {
                 stop: None,
@@ -170,28 +286,37 @@ impl Reporter {
         let (stop, stopped) = mpsc::channel::<()>();
         let log = log.clone();
         let stats = Arc::clone(stats);
+        let notes = notes.to_vec();
         let tty = std::io::stderr().is_terminal();
-        let every = if tty {
-            Duration::from_millis(500)
-        } else {
-            Duration::from_secs(5)
-        };
+        let every = if tty { TTY_EVERY } else { PLAIN_EVERY };
         let thread = std::thread::spawn(move || {
             let mut last = (Instant::now(), 0u64);
+            let mut moved = Instant::now();
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                 let now = Instant::now();
                 let done = stats.bytes_done.load(Relaxed);
                 let recent = rate(done - last.1, now - last.0);
+                if done != last.1 {
+                    moved = now;
+                }
                 last = (now, done);
-                let line = progress_line(&stats, totals, now - started, &recent);
+                let stalled = now - moved >= STALLED_AFTER;
+                let parts = progress_parts(&stats, totals, now - started, &recent, stalled, &notes);
                 if tty {
-                    let _ = write!(std::io::stderr().lock(), "\r{}{line}\x1b[K", log.prefix());
+                    let width = crate::sys::stderr_columns().map_or(80, usize::from);
+                    let line = fit(&log.prefix(), &parts, width);
+                    let mut live = crate::lock::lock(&LIVE);
+                    let _ = write!(std::io::stderr().lock(), "\r{line}\x1b[K");
+                    *live = Some(line);
                 } else {
-                    log.line(line);
+                    let stamp = timestamp(std::time::SystemTime::now());
+                    log.line(format!("{stamp} {}", parts.join("  ")));
                 }
             }
             if tty {
+                let mut live = crate::lock::lock(&LIVE);
                 let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+                *live = None;
             }
         });
         Reporter {
@@ -221,7 +346,16 @@ impl Drop for Reporter {
     }
 }
 
-fn progress_line(stats: &Stats, totals: Totals, elapsed: Duration, recent: &str) -> String {
+/// The pieces of a progress line: counts, percent, bytes, rate, the ETA
+/// (or `stalled`), then the notes. [`fit`] relies on that order.
+fn progress_parts(
+    stats: &Stats,
+    totals: Totals,
+    elapsed: Duration,
+    recent: &str,
+    stalled: bool,
+    notes: &[String],
+) -> Vec<String> {
     let blocks = stats.blocks_done.load(Relaxed);
     let bytes = stats.bytes_done.load(Relaxed);
     let percent = if totals.bytes == 0 {
@@ -229,22 +363,63 @@ fn progress_line(stats: &Stats, totals: Totals, elapsed: Duration, recent: &str)
     } else {
         bytes as f64 * 100.0 / totals.bytes as f64
     };
-    let mut line = format!(
-        "{blocks}/{} blocks {percent:5.1}%  {} of {}  {recent}",
-        totals.blocks,
-        human_bytes(bytes),
-        human_bytes(totals.bytes),
-    );
+    let mut parts = vec![
+        format!(
+            "{blocks}/{} {}",
+            totals.blocks,
+            plural(totals.blocks, "block")
+        ),
+        format!("{percent:5.1}%"),
+        format!("{} of {}", human_bytes(bytes), human_bytes(totals.bytes)),
+        recent.to_string(),
+    ];
     let secs = elapsed.as_secs_f64();
-    if bytes > 0 && secs > 0.0 {
+    if stalled && bytes < totals.bytes {
+        parts.push("stalled".to_string());
+    } else if bytes > 0 && secs > 0.0 {
         let left = (totals.bytes.saturating_sub(bytes)) as f64 / (bytes as f64 / secs);
-        let _ = write!(
-            line,
-            "  ETA {}",
+        parts.push(format!(
+            "ETA {}",
             human_duration(Duration::from_secs_f64(left))
-        );
+        ));
+    } else {
+        parts.push("ETA -".to_string());
     }
-    line
+    parts.extend(notes.iter().cloned());
+    parts
+}
+
+/// One terminal line of at most `width - 1` columns (the last column would
+/// make some terminals wrap): the prefix and as many parts as fit, dropping
+/// the least useful first (notes, then the byte counts, then the block
+/// counts), and cut short as a last resort. Never wraps.
+fn fit(prefix: &str, parts: &[String], width: usize) -> String {
+    let max = width.saturating_sub(1).max(1);
+    let join = |keep: &[usize]| {
+        let body: Vec<&str> = keep.iter().map(|&i| parts[i].as_str()).collect();
+        format!("{prefix}{}", body.join("  "))
+    };
+    // Indexes into `parts`, in the order they are given up.
+    let mut keep: Vec<usize> = (0..parts.len()).collect();
+    let give_up: Vec<usize> = (5..parts.len()).rev().chain([2, 0]).collect();
+    let mut line = join(&keep);
+    for drop in give_up {
+        if line.chars().count() <= max {
+            return line;
+        }
+        keep.retain(|&i| i != drop);
+        line = join(&keep);
+    }
+    line.chars().take(max).collect()
+}
+
+/// `1 block`, `2 blocks`.
+pub fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
 }
 
 /// Which end a summary describes.
@@ -258,21 +433,25 @@ pub enum Side {
     Destination,
 }
 
-/// The closing summary line.
-pub fn summary(stats: &Stats, elapsed: Duration, side: Side) -> String {
+/// The closing summary line; `skipped` is `-s`.
+pub fn summary(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> String {
     let get = |c: &AtomicU64| c.load(Relaxed);
     let done = get(&stats.bytes_done);
+    let blocks = get(&stats.blocks_done);
     let mut line = format!(
-        "done: {} blocks ({}) in {} ({}): {} same, {} changed, {} zero; read {}",
-        get(&stats.blocks_done),
+        "done: {blocks} {} ({}) in {} ({}): {} same, {} changed, {} zero",
+        plural(blocks, "block"),
         human_bytes(done),
         human_duration_precise(elapsed),
         rate(done, elapsed),
         get(&stats.same),
         get(&stats.changed),
         get(&stats.zero),
-        human_bytes(get(&stats.bytes_read)),
     );
+    if skipped > 0 {
+        let _ = write!(line, ", {skipped} skipped (-s {skipped})");
+    }
+    let _ = write!(line, "; read {}", human_bytes(get(&stats.bytes_read)));
     if side == Side::Source {
         let sent = get(&stats.wire_sent);
         let changed = get(&stats.bytes_changed);
@@ -300,6 +479,55 @@ pub fn summary(stats: &Stats, elapsed: Duration, side: Side) -> String {
         );
     }
     line
+}
+
+/// The closing summary as one JSON object (`--json`, on stdout): every
+/// counter in plain numbers, for scripts.
+pub fn summary_json(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> String {
+    let get = |c: &AtomicU64| c.load(Relaxed);
+    let side = match side {
+        Side::Local => "local",
+        Side::Source => "source",
+        Side::Destination => "destination",
+    };
+    format!(
+        "{{\"side\":\"{side}\",\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
+         \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
+         \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
+         \"wire_sent\":{},\"wire_received\":{},\"seconds\":{:.3}}}",
+        get(&stats.blocks_done),
+        get(&stats.bytes_done),
+        get(&stats.same),
+        get(&stats.changed),
+        get(&stats.zero),
+        get(&stats.bytes_read),
+        get(&stats.bytes_written),
+        get(&stats.bytes_cleared),
+        get(&stats.bytes_changed),
+        get(&stats.wire_sent),
+        get(&stats.wire_received),
+        elapsed.as_secs_f64(),
+    )
+}
+
+/// Print the closing summary: the line on stderr (unless quiet) and, with
+/// `--json`, the JSON object on stdout.
+pub fn report_summary(
+    log: &Log,
+    stats: &Stats,
+    elapsed: Duration,
+    side: Side,
+    skipped: u64,
+    show: bool,
+) {
+    if show {
+        log.info(summary(stats, elapsed, side, skipped));
+    }
+    if log.json {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", summary_json(stats, elapsed, side, skipped));
+        let _ = out.flush();
+    }
 }
 
 fn human_duration_precise(d: Duration) -> String {
@@ -367,9 +595,57 @@ mod tests {
             blocks: 10,
             bytes: 10 << 20,
         };
-        let line = progress_line(&stats, totals, Duration::from_secs(5), "1.0 MiB/s");
-        assert!(line.starts_with("5/10 blocks  50.0%"), "{line}");
+        let parts = progress_parts(
+            &stats,
+            totals,
+            Duration::from_secs(5),
+            "1.0 MiB/s",
+            false,
+            &[],
+        );
+        let line = parts.join("  ");
+        assert!(line.starts_with("5/10 blocks   50.0%"), "{line}");
         assert!(line.contains("ETA 0:05"), "{line}");
+        // Issue 15, item 1: a server whose client is gone does not show a
+        // growing ETA.
+        let parts = progress_parts(&stats, totals, Duration::from_secs(60), "0 B/s", true, &[]);
+        assert_eq!(parts[4], "stalled");
+    }
+
+    #[test]
+    fn progress_never_wider_than_the_terminal() {
+        let stats = Stats::default();
+        Stats::add(&stats.blocks_done, 123_456);
+        Stats::add(&stats.bytes_done, 1 << 40);
+        let totals = Totals {
+            blocks: 209_716,
+            bytes: 2 << 40,
+        };
+        let notes = ["encrypted".to_string(), "limit 20.0 MiB/s".to_string()];
+        let parts = progress_parts(
+            &stats,
+            totals,
+            Duration::from_secs(99),
+            "97.3 MiB/s",
+            false,
+            &notes,
+        );
+        for (prefix, width) in [
+            ("", 60),
+            ("db01-migration: ", 80),
+            ("", 20),
+            ("x".repeat(90).as_str(), 80),
+        ] {
+            let line = fit(prefix, &parts, width);
+            assert!(line.chars().count() < width, "{width}: {line}");
+        }
+        let wide = fit("", &parts, 200);
+        assert!(
+            wide.contains("encrypted") && wide.contains("limit"),
+            "{wide}"
+        );
+        let narrow = fit("db01-migration: ", &parts, 60);
+        assert!(narrow.contains('%') && narrow.contains("ETA"), "{narrow}");
     }
 
     #[test]
@@ -379,8 +655,15 @@ mod tests {
         Stats::add(&stats.same, 1);
         Stats::add(&stats.changed, 1);
         Stats::add(&stats.zero, 1);
-        let s = summary(&stats, Duration::from_secs(1), Side::Local);
-        assert!(s.contains("1 same, 1 changed, 1 zero"), "{s}");
+        let s = summary(&stats, Duration::from_secs(1), Side::Local, 2);
+        assert!(
+            s.contains("1 same, 1 changed, 1 zero, 2 skipped (-s 2)"),
+            "{s}"
+        );
         assert!(s.contains("written 0 B"), "{s}");
+        let one = Stats::default();
+        Stats::add(&one.blocks_done, 1);
+        let s = summary(&one, Duration::from_secs(1), Side::Source, 0);
+        assert!(s.starts_with("done: 1 block ("), "{s}");
     }
 }

@@ -6,8 +6,15 @@
 //! dropped: they never end the server and never touch the destination. A
 //! server with a key or token (see [`crate::auth`]) drops, the same way,
 //! every connection that cannot prove it holds the same one. The first good
-//! `Hello` (lane 0) opens the session; the destination is opened only then.
-//! The server exits when that session ends.
+//! `Hello` (lane 0) opens the session; the destination is opened only then
+//! (an upload's destination is checked, without opening it, before the
+//! server listens). The server exits when that session ends.
+//!
+//! Lost lanes come back through `Rejoins`. When every lane of the session
+//! is lost the server says until when it waits; a new client (another
+//! session) that arrives then is held for [`TAKEOVER_GRACE`] and, if the
+//! old client has not come back, takes the server over: the old session
+//! fails, and `run` serves the new one with the same arrivals channel.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -22,11 +29,11 @@ use crate::block::Geometry;
 use crate::compress;
 use crate::config::{Config, Role, Serve};
 use crate::digest::sub_block_size;
-use crate::disk::Disk;
+use crate::disk::{self, Disk};
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
 use crate::net::{self, Lane};
-use crate::progress::{Log, human_bytes};
+use crate::progress::{Log, clock, human_bytes};
 use crate::proto::{self, AUTH_FAILED, Frame, Hello, MAX_BLOCK_SIZE, MAX_LANES, Welcome};
 use crate::session::{self, Params};
 use crate::sys;
@@ -44,6 +51,9 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
     // The source of a download is opened up front so a typo fails at once;
     // an upload's destination is opened only for a real client.
     let source = if upload {
+        // Not opened yet, but checked: a typo or a read-only file fails now,
+        // not once a client has connected. Nothing is created or changed.
+        disk::check_destination(&s.path, &config.env, log)?;
         None
     } else {
         Some(Disk::open_source(&s.path, &config.env, log)?)
@@ -75,8 +85,30 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
         .spawn(move || accept(&listener, &tx, secret.as_deref(), deadline, &accept_log))
         .map_err(|e| Error::io("server", "start the accept thread", e))?;
     let progress = !(log.is_quiet() || config.log.no_server_progress);
-    serve(s, config, source, rx, log, progress)
+    let mut rx = rx;
+    let mut first = None;
+    loop {
+        let (result, next) = serve(s, config, source.as_ref(), rx, first, log, progress);
+        let Some((back, arrival, abandoned)) = next else {
+            return result;
+        };
+        log.line(format!(
+            "the session from {abandoned} was abandoned (every connection lost); \
+             serving the new client {}",
+            arrival.lane.reader.peer
+        ));
+        (rx, first) = (back, Some(arrival));
+    }
 }
+
+/// After every lane of a session is lost, how long a new client waits
+/// before it may take the server over (if the old client has not come
+/// back by then).
+pub const TAKEOVER_GRACE: Duration = Duration::from_secs(5);
+
+/// What `serve` hands back when a new client took the server over: the
+/// arrivals, the new client's first lane, and who the old session was from.
+type Takeover = (Receiver<Arrival>, Arrival, String);
 
 fn accept(
     listener: &TcpListener,
@@ -227,20 +259,68 @@ fn refuse(role: Role, h: &Hello) -> Option<String> {
     None
 }
 
+/// Serve one session: the one `first` opens, or the first good arrival.
+/// Returns its outcome, and a [`Takeover`] when a new client replaced a
+/// session whose client was gone.
 fn serve(
     s: &Serve,
     config: &Config,
-    source: Option<Disk>,
+    source: Option<&Disk>,
     rx: Receiver<Arrival>,
+    first: Option<Arrival>,
     log: &Log,
     progress: bool,
+) -> (Result<()>, Option<Takeover>) {
+    let rejoins = Arc::new(Rejoins {
+        deadline: config.env.io_timeout,
+        log: log.clone(),
+        ..Rejoins::default()
+    });
+    let mut handoff = None;
+    let result = serve_session(
+        s,
+        config,
+        source,
+        rx,
+        first,
+        log,
+        progress,
+        &rejoins,
+        &mut handoff,
+    );
+    // Only a takeover ends the dispatcher; otherwise it is left waiting
+    // and ends with the process.
+    let Some((arrival, abandoned)) = lock(&rejoins.newcomer).take() else {
+        return (result, None);
+    };
+    match handoff.map(thread::JoinHandle::join) {
+        Some(Ok(rx)) => (result, Some((rx, arrival, abandoned))),
+        _ => (result, None),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_session(
+    s: &Serve,
+    config: &Config,
+    source: Option<&Disk>,
+    rx: Receiver<Arrival>,
+    first: Option<Arrival>,
+    log: &Log,
+    progress: bool,
+    rejoins: &Arc<Rejoins>,
+    handoff: &mut Option<thread::JoinHandle<Receiver<Arrival>>>,
 ) -> Result<()> {
     let env = &config.env;
     let t = &config.transfer;
+    let mut first = first;
     let (hello, first) = loop {
-        let a = rx
-            .recv()
-            .map_err(|_| Error::Failed("server: the listener stopped".into()))?;
+        let a = match first.take() {
+            Some(a) => a,
+            None => rx
+                .recv()
+                .map_err(|_| Error::Failed("server: the listener stopped".into()))?,
+        };
         match refuse(s.role, &a.hello) {
             Some(why) => {
                 log.line(format!("refused {}: {why}", a.lane.reader.peer));
@@ -250,6 +330,7 @@ fn serve(
         }
     };
     let peer = first.reader.peer.clone();
+    let held;
     let (disk, geo) = match source {
         Some(src) => {
             let geo = Geometry {
@@ -276,7 +357,8 @@ fn serve(
                 size: hello.source_size,
                 block_size,
             };
-            (d, geo)
+            held = d;
+            (&held, geo)
         }
     };
     let mut salt = [0u8; 16];
@@ -334,87 +416,165 @@ fn serve(
         workers: lanes_n.max(t.workers),
         prefetch: t.prefetch.max(lanes_n * 4),
         deadline: env.io_timeout,
+        encrypted: s.secret.as_ref().is_some_and(Secret::encrypts),
+        bwlimit: t.bwlimit,
     };
     log.info(format!(
-        "session from {peer}: {} in blocks of {}, {lanes_n} lane(s)",
+        "session from {peer}: {} in blocks of {}, {lanes_n} {}",
         human_bytes(geo.size),
-        human_bytes(geo.block_size as u64)
+        human_bytes(geo.block_size as u64),
+        crate::progress::plural(lanes_n as u64, "lane")
     ));
-    let rejoins = Arc::new(Rejoins {
-        deadline: env.io_timeout,
-        ..Rejoins::default()
-    });
+    lock(&rejoins.slots).lanes = lanes_n;
     {
-        let rejoins = Arc::clone(&rejoins);
+        let rejoins = Arc::clone(rejoins);
         let log = log.clone();
         let session = hello.session;
-        thread::Builder::new()
-            .name("rejoins".into())
-            .spawn(move || rejoins.dispatch(&rx, session, lanes_n, &welcome, &log))
-            .map_err(|e| Error::io("server", "start the rejoin thread", e))?;
+        let peer = peer.clone();
+        *handoff = Some(
+            thread::Builder::new()
+                .name("rejoins".into())
+                .spawn(move || rejoins.dispatch(rx, session, &welcome, &peer, &log))
+                .map_err(|e| Error::io("server", "start the rejoin thread", e))?,
+        );
     }
-    session::run(s.role, &params, &disk, lanes, &*rejoins, log, progress)
+    session::run(s.role, &params, disk, lanes, &**rejoins, log, progress)
 }
 
-/// Connections of the running session that come back after a lost lane,
-/// waiting for that lane's reader to pick them up.
+/// Lanes of the running session: the connections that came back after a
+/// lost lane, waiting for that lane's reader to pick them up, and how many
+/// lanes are lost right now.
+#[derive(Default)]
+struct Slots {
+    fresh: HashMap<usize, Lane>,
+    /// Lanes of the session.
+    lanes: usize,
+    /// Lanes whose reader is waiting for its client to come back.
+    lost: usize,
+    /// Since when every lane has been lost.
+    all_lost: Option<Instant>,
+    /// A new client took over: every waiting reader gives up.
+    superseded: bool,
+}
+
+/// The running session's connections: lanes that come back, and a new
+/// client that may take over once every lane is lost.
 #[derive(Default)]
 struct Rejoins {
-    slots: Mutex<HashMap<usize, Lane>>,
+    slots: Mutex<Slots>,
     arrived: Condvar,
     /// How long a lost lane may take to come back.
     deadline: Duration,
+    /// The client that took over, and who the abandoned session was from.
+    newcomer: Mutex<Option<(Arrival, String)>>,
+    /// Where the server's lines go.
+    log: Log,
 }
 
 impl Rejoins {
-    /// Route every later arrival: a lane of our session goes to its slot,
-    /// anyone else is told the server is busy.
+    /// Route every later arrival: a lane of our session goes to its slot;
+    /// a new client waits out [`TAKEOVER_GRACE`] once every lane of ours is
+    /// lost and then takes over (this returns the arrivals, for the next
+    /// session); anyone else is told the server is busy.
     fn dispatch(
         &self,
-        rx: &Receiver<Arrival>,
+        rx: Receiver<Arrival>,
         session: u128,
-        lanes: usize,
         welcome: &Welcome,
+        owner: &str,
         log: &Log,
-    ) {
-        for a in rx {
-            let lane = usize::from(a.hello.lane);
-            if a.hello.session != session || lane >= lanes {
-                log.line(format!(
-                    "refused {}: busy with another session",
-                    a.lane.reader.peer
-                ));
-                a.lane.sender.fail("server is busy with another session");
-                continue;
+    ) -> Receiver<Arrival> {
+        let mut pending: Option<Arrival> = None;
+        loop {
+            let wait = match (&pending, lock(&self.slots).all_lost) {
+                (Some(_), Some(since)) => {
+                    (since + TAKEOVER_GRACE).saturating_duration_since(Instant::now())
+                }
+                (Some(_), None) => Duration::ZERO,
+                (None, _) => Duration::from_secs(3600),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(a) => {
+                    let lane = usize::from(a.hello.lane);
+                    let lanes = lock(&self.slots).lanes;
+                    if a.hello.session == session && lane < lanes {
+                        if a.lane.sender.send_frame(&Frame::Welcome(*welcome)).is_ok() {
+                            log.info(format!("lane {lane}: {} rejoined", a.lane.reader.peer));
+                            lock(&self.slots).fresh.insert(lane, a.lane);
+                            self.arrived.notify_all();
+                        }
+                    } else if a.hello.lane == 0 && a.hello.session != session {
+                        if let Some(old) = pending.replace(a) {
+                            busy(old, log);
+                        }
+                    } else {
+                        busy(a, log);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return rx,
             }
-            if a.lane.sender.send_frame(&Frame::Welcome(*welcome)).is_err() {
-                continue;
-            }
-            log.info(format!("lane {lane}: {} rejoined", a.lane.reader.peer));
+            let Some(a) = pending.take() else { continue };
             let mut slots = lock(&self.slots);
-            slots.insert(lane, a.lane);
-            self.arrived.notify_all();
+            match slots.all_lost {
+                // Our client is (partly) there: the newcomer must wait.
+                None => {
+                    drop(slots);
+                    busy(a, log);
+                }
+                Some(since) if since.elapsed() >= TAKEOVER_GRACE => {
+                    slots.superseded = true;
+                    drop(slots);
+                    *lock(&self.newcomer) = Some((a, owner.to_string()));
+                    self.arrived.notify_all();
+                    return rx;
+                }
+                Some(_) => pending = Some(a),
+            }
         }
     }
+}
+
+/// Tell a connection this server is busy with another session.
+fn busy(a: Arrival, log: &Log) {
+    log.line(format!(
+        "refused {}: busy with another session",
+        a.lane.reader.peer
+    ));
+    a.lane.sender.fail("server is busy with another session");
 }
 
 impl session::Rejoin for Rejoins {
     fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
         let deadline = Instant::now() + self.deadline;
         let mut slots = lock(&self.slots);
-        loop {
-            if let Some(fresh) = slots.remove(&lane) {
-                return Ok(fresh);
+        slots.lost += 1;
+        if slots.lost == slots.lanes && slots.all_lost.is_none() {
+            let now = std::time::SystemTime::now();
+            slots.all_lost = Some(Instant::now());
+            self.announce(now);
+        }
+        let outcome = loop {
+            if let Some(fresh) = slots.fresh.remove(&lane) {
+                break Ok(fresh);
             }
             let now = Instant::now();
+            if slots.superseded {
+                break Err(Error::Failed(
+                    "a new client took the server over after every connection was lost".into(),
+                ));
+            }
             if stop() || now >= deadline {
-                return Err(Error::Timeout {
+                break Err(Error::Timeout {
                     peer: "the client".into(),
                     phase: format!("lane {lane} to reconnect"),
                 });
             }
             slots = wait_timeout(&self.arrived, slots, deadline - now);
-        }
+        };
+        slots.lost -= 1;
+        slots.all_lost = None;
+        outcome
     }
 
     fn wake(&self) {
@@ -422,5 +582,18 @@ impl session::Rejoin for Rejoins {
         // already waiting.
         drop(lock(&self.slots));
         self.arrived.notify_all();
+    }
+}
+
+impl Rejoins {
+    /// Say, once, that every connection is lost: what the server waits
+    /// for, and until when.
+    fn announce(&self, now: std::time::SystemTime) {
+        let until = clock(now + self.deadline);
+        let takeover = clock(now + TAKEOVER_GRACE);
+        self.log.line(format!(
+            "every connection of the session is lost: waiting until {until} for its client \
+             to come back (a new client is admitted from {takeover})"
+        ));
     }
 }

@@ -38,6 +38,9 @@ pub struct Writer<'a> {
 impl<'a> Writer<'a> {
     /// A writer whose first block is `first`.
     pub fn new(disk: &'a Disk, geo: Geometry, first: u64, stats: &'a Stats) -> Writer<'a> {
+        stats
+            .resume_at
+            .store(first, std::sync::atomic::Ordering::Relaxed);
         Writer {
             disk,
             geo,
@@ -67,6 +70,9 @@ impl<'a> Writer<'a> {
                 drop(block);
                 done(self.next)?;
                 self.next += 1;
+                self.stats
+                    .resume_at
+                    .store(self.next, std::sync::atomic::Ordering::Relaxed);
             }
         }
         Ok(self.next)

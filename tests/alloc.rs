@@ -135,19 +135,22 @@ fn allocations_of_network(
         server_file.as_os_str(),
     ];
     let remote = format!("127.0.0.1:{port}");
-    let mut client = vec![
-        "-q".as_ref(),
-        n.as_ref(),
-        d.as_ref(),
-        "-b".as_ref(),
-        "64K".as_ref(),
+    // A downloading client takes the server's block size (and refuses -b).
+    let client_bs: &[&OsStr] = if download {
+        &[]
+    } else {
+        &["-b".as_ref(), "64K".as_ref()]
+    };
+    let mut client = vec!["-q".as_ref(), n.as_ref(), d.as_ref()];
+    client.extend_from_slice(client_bs);
+    client.extend_from_slice(&[
         "-w".as_ref(),
         workers.as_ref(),
         "-r".as_ref(),
         remote.as_ref(),
         "-f".as_ref(),
         client_file.as_os_str(),
-    ];
+    ]);
     if key {
         server.push(KEY.as_ref());
         client.push(KEY.as_ref());

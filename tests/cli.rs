@@ -307,3 +307,197 @@ fn usage_is_checked_before_files() {
     let line = usage_error(&scene, &args);
     assert!(line.starts_with("bsync: -b:"), "{line}");
 }
+
+/// Issue 15, items 2 and 3: a writing end that can never hold the data
+/// (`/dev/zero` because -f was forgotten, `/dev/null`, a directory), a `-t`
+/// that looks like `user@host` without `:/path`, and `-t -` are refused
+/// before anything starts: exit 2, no file created.
+#[test]
+fn runs_that_cannot_succeed_are_refused() {
+    let scene = Scene::new("cannot-succeed");
+    let dir = scene.dir.path().display().to_string();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["-p", "0"], &["-f is missing", "/dev/zero"]),
+        (&["-d", "-r", "127.0.0.1:9"], &["-f is missing"]),
+        (&["-d", "-t", "SRC"], &["-f is missing"]),
+        (
+            &["-f", "SRC", "-t", "/dev/null"],
+            &["-t: /dev/null", "character device"],
+        ),
+        (
+            &["-f", "/dev/null", "-p", "0"],
+            &["-f: /dev/null", "character device"],
+        ),
+        (&["-f", &dir, "-p", "0"], &["is a directory"]),
+        (
+            &["-f", "SRC", "-t", "root@newhost"],
+            &["root@newhost", "no :/path"],
+        ),
+        (&["-f", "SRC", "-t", "-"], &["-t: - is not a target"]),
+    ];
+    for (args, words) in cases {
+        let line = usage_error(&scene, args);
+        for w in *words {
+            assert!(line.contains(w), "{args:?}: should say {w}: {line}");
+        }
+    }
+    assert!(!Path::new("root@newhost").exists() && !Path::new("-").exists());
+}
+
+/// Issue 15, item 8: a flag given where it has no effect is refused,
+/// naming it, and -token-file naming a missing file is a usage error.
+#[test]
+fn flags_without_effect_are_refused() {
+    let scene = Scene::new("no-effect");
+    let key = "ab".repeat(32);
+    let token = scene.dir.join("token");
+    write_file(&token, format!("{key}\n").as_bytes());
+    let token = token.display().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["-p", "2222", "-f", "SRC", "-t", "root@h:/p"],
+            "-p is the port",
+        ),
+        (
+            &["-p", "2222", "-f", "SRC", "-r", "127.0.0.1:9"],
+            "-p applies only",
+        ),
+        (
+            &["-i", "::", "-f", "SRC", "-r", "127.0.0.1:9"],
+            "-i applies only",
+        ),
+        (&["-P", "-f", "SRC", "-r", "127.0.0.1:9"], "-P applies only"),
+        (
+            &["-b", "1M", "-d", "-f", "DST", "-r", "127.0.0.1:9"],
+            "-b has no effect",
+        ),
+        (
+            &["-n", "-f", "DST", "-p", "0"],
+            "-n has no effect on a server",
+        ),
+        (
+            &["-L", "best", "-d", "-f", "SRC"],
+            "-L has no effect on a server",
+        ),
+        (
+            &[
+                "-K",
+                &key,
+                "-token-file",
+                &token,
+                "-f",
+                "SRC",
+                "-r",
+                "127.0.0.1:9",
+            ],
+            "-token-file",
+        ),
+        (
+            &[
+                "-token-file",
+                "/nonexistent/token",
+                "-f",
+                "SRC",
+                "-r",
+                "127.0.0.1:9",
+            ],
+            "-token-file",
+        ),
+    ];
+    for (args, want) in cases {
+        let line = usage_error(&scene, args);
+        assert!(line.contains(want), "{args:?}: should say {want}: {line}");
+    }
+}
+
+/// Issue 15, item 10: `-f DIR` and `-f /dev/stdin` as a source get a hint
+/// that fits, not "is -f missing?".
+#[test]
+fn unreadable_sources_get_a_hint_that_fits() {
+    let scene = Scene::new("source-hint");
+    let dir = scene.dir.path().display().to_string();
+    for (src, want) in [
+        (dir.as_str(), "directory"),
+        ("/dev/stdin", "save it to a file"),
+    ] {
+        let line = usage_error(&scene, &["-f", src, "-t", "NEW"]);
+        assert!(line.contains(want), "{src}: {line}");
+        assert!(!line.contains("is -f missing"), "{src}: {line}");
+    }
+}
+
+/// Issue 15, item 12: buffers that would take more than half the memory are
+/// refused with the figure and the formula.
+#[test]
+fn buffers_beyond_half_the_memory_are_refused() {
+    let scene = Scene::new("memory");
+    let line = usage_error(
+        &scene,
+        &[
+            "-b",
+            "1G",
+            "-w",
+            "64",
+            "-prefetch",
+            "1024",
+            "-f",
+            "SRC",
+            "-r",
+            "127.0.0.1:9",
+        ],
+    );
+    assert!(
+        line.contains("(prefetch 1024 + 2 × workers 64 + 2) blocks of 1.0 GiB"),
+        "{line}"
+    );
+    assert!(line.contains("more than half"), "{line}");
+}
+
+/// Issue 15, item 11: -h does not offer -auto as if it worked, and no help
+/// line is wider than 80 columns.
+#[test]
+fn help_is_truthful_and_narrow() {
+    let out = run(bsync().arg("-h"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "too wide: {line}");
+    }
+    let auto = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("-auto"))
+        .unwrap_or_default();
+    assert!(auto.contains("not available yet"), "{auto}");
+}
+
+/// Issue 15, item 13: the manual page and the completions come out of the
+/// binary, from the same table as -h.
+#[test]
+fn manual_and_completions_are_generated() {
+    let out = run(bsync().arg("--help-man"));
+    assert_eq!(out.status.code(), Some(0));
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(man.starts_with(".TH BSYNC 1"), "{man}");
+    for f in ALL_FLAGS {
+        assert!(man.contains(&format!("\\fB\\{f}")), "the manual lacks {f}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(bsync().args(["--completions", shell]));
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("bwlimit"), "{shell}: {text}");
+        // The shell itself must accept it, where it is installed.
+        let dir = TempDir::new(&format!("completion-{shell}"));
+        let file = dir.join("completion");
+        write_file(&file, &out.stdout);
+        match std::process::Command::new(shell)
+            .arg("-n")
+            .arg(&file)
+            .output()
+        {
+            Ok(check) => assert!(check.status.success(), "{shell} -n: {}", stderr(&check)),
+            Err(_) => eprintln!("{shell} not installed: syntax not checked"),
+        }
+    }
+    let out = run(bsync().args(["--completions", "tcsh"]));
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -544,3 +544,93 @@ fn measured_3_a_writeback_error_on_a_loop_device_fails_the_run() {
         let _ = fs::remove_file(&backing);
     }
 }
+
+/// Issue 15, item 1: a downloading client that refuses a device too small
+/// for the source no longer holds the server for five minutes: once its
+/// connections are gone, the retry is admitted after the grace.
+#[test]
+fn a_download_server_takes_the_retry_after_a_refused_small_device() {
+    let dir = TempDir::new("dev-small-retry");
+    let src = dir.join("src");
+    let bytes = random_bytes(4 * MIB, 40);
+    write_file(&src, &bytes);
+    let Some(small) = device(&dir, "small", &vec![0u8; 2 * MIB]) else {
+        return;
+    };
+    let (server, port) = Server::start(&["-d", "-b", "256K", "-f", src.to_str().expect("utf-8")]);
+    let err = run_status(&mut client(&port, &["-d"], small.path()), 1);
+    assert!(err.contains("smaller than the source"), "{err}");
+    let copy = dir.join("copy");
+    let started = std::time::Instant::now();
+    run_ok(&mut client(&port, &["-d"], &copy));
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "the retry took {took:?}"
+    );
+    server.finish();
+    assert_bytes(&copy, &bytes);
+}
+
+/// Issue 15, item 6: a source device mounted read-write is copied, with a
+/// warning and what to do instead, locally and by an uploading client.
+#[test]
+fn a_source_mounted_read_write_gets_a_warning() {
+    let dir = TempDir::new("dev-src-mounted");
+    let Some(dev) = device(&dir, "dev", &vec![0u8; 8 * MIB]) else {
+        return;
+    };
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(dev.path())
+        .output();
+    if !mkfs.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: mkfs.ext4 is not available or failed");
+        return;
+    }
+    let dev_path = dev.path().to_str().expect("utf-8");
+    let Some(mounted) = Mounted::new(&["-o", "rw", dev_path], &dir.join("mnt")) else {
+        return;
+    };
+    let check = |err: &str| {
+        let line = err
+            .lines()
+            .find(|l| l.contains("warning:"))
+            .unwrap_or_else(|| panic!("no warning:\n{err}"));
+        assert!(line.contains("mounted read-write"), "{line}");
+        assert!(
+            line.contains("snapshot") && line.contains("remount"),
+            "{line}"
+        );
+    };
+    check(&run_ok(&mut local(
+        dev.path(),
+        &dir.join("copy"),
+        &["-b", "1M"],
+    )));
+    let (server, port) = Server::start(&["-f", dir.join("copy2").to_str().expect("utf-8")]);
+    check(&run_ok(&mut client(&port, &["-b", "1M"], dev.path())));
+    server.finish();
+    // A download server whose source is mounted says so too.
+    let mut served = bsync()
+        .args(["-q", "-d", "-p", "0", "-i", "127.0.0.1", "-f", dev_path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut line = String::new();
+    let stdout = served.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("the port");
+    run_ok(&mut client(line.trim(), &["-d"], &dir.join("copy3")));
+    let out = served.wait_with_output().expect("the server");
+    check(&String::from_utf8_lossy(&out.stderr));
+    // Not a warning when mounted read-only.
+    drop(mounted);
+    let Some(_ro) = Mounted::new(&["-o", "ro", dev_path], &dir.join("mnt")) else {
+        return;
+    };
+    let err = run_ok(&mut local(dev.path(), &dir.join("copy"), &["-b", "1M"]));
+    assert!(!err.contains("warning:"), "{err}");
+}

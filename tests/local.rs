@@ -398,21 +398,51 @@ fn source_directory_fails_naming_it() {
 
 #[test]
 fn write_failure_exits_1_naming_destination() {
-    // /dev/full reads as zeros and refuses every write with ENOSPC.
-    let full = Path::new("/dev/full");
-    if !full.exists() {
-        eprintln!("skipped: no /dev/full");
-        return;
-    }
+    // A 256 KiB tmpfs of our own (root only) runs out of space part way.
     let dir = TempDir::new("full");
     let s = dir.join("src");
-    write_file(&s, &random_bytes(300_000, 24));
-    let err = run_status(&mut local(&s, full, &["-b", "64K"]), 1);
-    assert!(err.contains("/dev/full"), "{err}");
+    write_file(&s, &random_bytes(1024 * 1024, 24));
+    let mnt = dir.join("small");
+    std::fs::create_dir_all(&mnt).expect("mount point");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs (needs root)");
+        return;
+    }
+    let d = mnt.join("dst");
+    let out = run(&mut local(&s, &d, &["-b", "64K"]));
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&d.display().to_string()), "{err}");
     assert!(
         !err.contains("done:"),
         "a failed run printed a summary: {err}"
     );
+    // Issue 15, item 5: the last line says where a resume may start.
+    let last = err.lines().last().unwrap_or_default();
+    let n: u64 = last
+        .strip_prefix("resume with -s ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line last: {err}"));
+    assert!(n <= 4, "only 256 KiB fit, yet resume at block {n}: {err}");
+}
+
+/// A writing end that is a character device is refused before the run.
+#[test]
+fn a_character_device_destination_is_refused() {
+    let dir = TempDir::new("chardev");
+    let s = dir.join("src");
+    write_file(&s, &random_bytes(300_000, 24));
+    for dev in ["/dev/full", "/dev/null"] {
+        let err = run_status(&mut local(&s, Path::new(dev), &["-b", "64K"]), 2);
+        assert!(err.contains("character device"), "{err}");
+    }
 }
 
 // A forgotten -f leaves the default source /dev/zero, a character device
@@ -509,4 +539,44 @@ fn a_hole_in_the_source_clears_data_in_the_destination() {
     sparse_file(&d, size, &[0, 40 << 20, (64 << 20) - 65536]);
     run_ok(&mut local(&s, &d, &["-b", "1M"]));
     assert_same(&s, &d);
+}
+
+/// Issue 15, item 5: Ctrl-C during a local run ends with the block a resume
+/// may start at; everything before it is already in the destination.
+#[test]
+fn an_interrupted_local_run_says_where_to_resume() {
+    let dir = TempDir::new("local-int");
+    let (s, d) = (dir.join("src"), dir.join("dst"));
+    let data = random_bytes(32 << 20, 26);
+    write_file(&s, &data);
+    // Tiny blocks make the run last a few seconds.
+    let child = local(&s, &d, &["-b", "512", "-prefetch", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start bsync");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -INT failed");
+    let out = child.wait_with_output().expect("wait");
+    let err = stderr(&out);
+    if out.status.code() == Some(0) {
+        eprintln!("skipped: the run ended before the interrupt");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    let n: usize = last
+        .strip_prefix("resume with -s ")
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line last: {err}"));
+    let have = read_file(&d);
+    assert!(n > 0 && n * 512 <= data.len(), "{err}");
+    assert!(
+        have[..n * 512] == data[..n * 512],
+        "a block before {n} is missing"
+    );
 }

@@ -613,7 +613,12 @@ fn download_size_not_a_multiple_of_the_block_size() {
 fn lanes(name: &str, dir: Dir, w: &str) {
     let (src, dst) = make_pair(3 * MIB + 77, 9);
     let ends = sync_and_check(name, dir, &src, Some(&dst), 64 << 10, &["-w", w]);
-    let lanes = format!("{w} lane(s)");
+    // Issue 15, item 7: singular and plural right.
+    let lanes = if w == "1" {
+        "1 lane".to_string()
+    } else {
+        format!("{w} lanes")
+    };
     assert_eq!(
         lines_with(&ends.client, &[&lanes]).len(),
         1,
@@ -665,6 +670,10 @@ fn skip_blocks(name: &str, dir: Dir) {
     );
     assert!(now[5 * bs..] == src[5 * bs..], "-s 5: the rest differs");
     check_summaries(&ends, &expect(&src, &old, bs, 5));
+    // Issue 15, item 7: both summaries say what -s left out.
+    for end in [&ends.client, &ends.server] {
+        assert!(summary(end).line.contains(", 5 skipped (-s 5)"), "{end}");
+    }
 }
 
 #[test]
@@ -730,7 +739,10 @@ fn download_source_block_size_wins() {
     let (src, dst) = make_pair(MIB, 13);
     write_file(&s, &src);
     write_file(&d, &dst);
-    let ends = transfer(Dir::Down, &s, &d, Some("64K"), &["-b", "1M"]);
+    // A client's -b would have no effect: it is refused (issue 15, item 8).
+    let out = run(bsync().args(["-d", "-f", arg(&d), "-r", "127.0.0.1:9", "-b", "1M"]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let ends = transfer(Dir::Down, &s, &d, Some("64K"), &[]);
     assert_same(&s, &d);
     assert_eq!(
         lines_with(&ends.client, &["connected to", "in blocks of 64.0 KiB"]).len(),
@@ -1221,7 +1233,11 @@ fn server_killed(name: &str, dir: Dir) {
     };
     let addr = server.addr();
     let mut args = client_args;
-    args.extend(["-r", &addr, "-b", "1M", "-L", "best"]);
+    args.extend(["-r", &addr, "-L", "best"]);
+    if matches!(dir, Dir::Up) {
+        // A downloading client takes the server's block size.
+        args.extend(["-b", "1M"]);
+    }
     let mut client = Proc::start(&args);
     client.wait_stderr(Duration::from_secs(10), |e| e.contains("connected to"));
     server.proc.kill();
@@ -1458,22 +1474,20 @@ fn upload_with_four_lanes_survives_a_cut_connection() {
     assert!(n >= 5, "the client did not reconnect ({n} connections)");
 }
 
+/// Issue 15, item 4: an upload server checks its destination before it
+/// listens (it used to fail only once a client had connected), without
+/// creating anything.
 #[test]
-fn upload_to_an_unopenable_destination_fails_on_both_ends() {
+fn an_upload_server_checks_its_destination_at_start() {
     let tmp = TempDir::new("bad-dest");
-    let s = tmp.join("src");
-    write_file(&s, &random_bytes(100_000, 33));
     let d = tmp.join("no-such-dir").join("dst");
-    let server = Server::start(&["-f", arg(&d)]);
-    let client = Proc::start(&["-f", arg(&s), "-r", &server.addr()]).expect_status(1);
-    let srv = server.proc.expect_status(1);
-    let line = error_line(&client);
-    assert!(
-        line.contains("no-such-dir"),
-        "the client was not told why: {line}"
-    );
-    let line = error_line(&srv);
-    assert!(line.contains("no-such-dir"), "{line}");
+    let err = match Server::try_start("127.0.0.1", &["-f", arg(&d)]) {
+        Ok(_) => panic!("the server listened with an impossible destination"),
+        Err(e) => e,
+    };
+    assert!(err.contains("exit status: 1"), "{err}");
+    assert!(err.contains("no-such-dir: No such file"), "{err}");
+    assert!(!tmp.join("no-such-dir").exists());
 }
 
 /// Regression guard: once a session has all its lanes the server stopped
@@ -1760,4 +1774,281 @@ fn a_keyed_client_will_not_talk_to_an_open_server() {
     assert!(log.contains("authentication failed"), "{log}");
     assert!(!d.exists(), "the destination was created");
     server.proc.kill();
+}
+
+// ------------------------------------------------------------ issue 15 ---
+
+/// The resume point out of a `resume with -s N` line, if `stderr` has one.
+fn resume_point(stderr: &str) -> Option<u64> {
+    stderr.lines().find_map(|l| {
+        l.split("resume with -s ")
+            .nth(1)?
+            .split(':')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// Issue 15, item 1: a killed client no longer holds the server for five
+/// minutes. Once every connection of its session is gone the server says
+/// what it waits for and until when, and a new client is admitted after
+/// the grace: the retry succeeds against the same server.
+#[test]
+fn a_new_client_takes_over_after_the_old_one_was_killed() {
+    let dir = TempDir::new("takeover");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &random_bytes(4 * MIB, 151));
+    let server = Server::start(&["-f", arg(&dst)]);
+    let addr = server.addr();
+    let mut server_proc = server.proc;
+    // Slow enough to be killed in the middle.
+    let mut first = Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &addr,
+        "-b",
+        "64K",
+        "-bwlimit",
+        "256K",
+    ]);
+    server_proc.wait_stderr(RUN_LIMIT, |e| e.contains("session from"));
+    thread::sleep(Duration::from_millis(500));
+    first.kill();
+    let err = server_proc.wait_stderr(RUN_LIMIT, |e| e.contains("waiting until"));
+    let line = lines_with(&err, &["waiting until"]).join("\n");
+    assert!(line.contains("a new client is admitted from"), "{line}");
+    let started = Instant::now();
+    let retry = Proc::start(&["-f", arg(&src), "-r", &addr, "-b", "64K"]).expect_status(0);
+    assert!(started.elapsed() < Duration::from_secs(15), "{retry}");
+    let err = server_proc.expect_status(0);
+    assert!(err.contains("was abandoned"), "{err}");
+    assert_same(&src, &dst);
+}
+
+/// Issue 15, item 5: a failed network run ends with the block a resume may
+/// start at, the lowest unacknowledged one with -w 4; resuming there with
+/// -s makes the destination whole.
+#[test]
+fn a_failed_upload_says_where_to_resume() {
+    let dir = TempDir::new("resume-line");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    let data = random_bytes(4 * MIB, 152);
+    write_file(&src, &data);
+    let server = Server::start(&["-f", arg(&dst)]);
+    let addr = server.addr();
+    let mut server_proc = server.proc;
+    let client = Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &addr,
+        "-b",
+        "64K",
+        "-w",
+        "4",
+        "-bwlimit",
+        "512K",
+    ]);
+    server_proc.wait_stderr(RUN_LIMIT, |e| e.contains("session from"));
+    thread::sleep(Duration::from_millis(1500));
+    server_proc.kill();
+    let err = client.expect_status(1);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("resume with -s "), "not last: {err}");
+    let n = resume_point(last).unwrap_or_else(|| panic!("{err}"));
+    assert!(n > 0 && n < 64, "resume at {n}: {err}");
+    // Every block before n is there already.
+    let have = read_file(&dst);
+    let upto = usize::try_from(n).expect("small") * 64 * 1024;
+    assert!(
+        have[..upto] == data[..upto],
+        "a block before {n} is missing"
+    );
+    let server = Server::start(&["-f", arg(&dst)]);
+    let skip = n.to_string();
+    Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &server.addr(),
+        "-b",
+        "64K",
+        "-s",
+        &skip,
+    ])
+    .expect_status(0);
+    server.proc.expect_status(0);
+    assert_same(&src, &dst);
+}
+
+/// Issue 15, item 5: Ctrl-C says where to resume too.
+#[test]
+fn an_interrupted_upload_says_where_to_resume() {
+    let dir = TempDir::new("resume-int");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &random_bytes(2 * MIB, 153));
+    let server = Server::start(&["-f", arg(&dst)]);
+    let mut client = Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &server.addr(),
+        "-b",
+        "64K",
+        "-bwlimit",
+        "256K",
+    ]);
+    client.wait_stderr(RUN_LIMIT, |e| e.contains("connected to"));
+    thread::sleep(Duration::from_millis(1200));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &client.child.id().to_string()])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -INT failed");
+    let err = client.expect_status(130);
+    assert!(err.contains("interrupted"), "{err}");
+    let n = resume_point(err.lines().last().unwrap_or_default());
+    assert!(n.is_some_and(|n| n > 0 && n < 32), "{err}");
+}
+
+/// Issue 15, item 13: --bwlimit holds the sending rate and --json prints
+/// the closing summary as JSON on stdout.
+#[test]
+fn bwlimit_holds_the_rate_and_json_summarises() {
+    let dir = TempDir::new("bwlimit");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &random_bytes(3 * MIB / 2, 154));
+    let server = Server::start(&["-f", arg(&dst)]);
+    let started = Instant::now();
+    let client = Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &server.addr(),
+        "-b",
+        "64K",
+        "-n",
+        "-bwlimit",
+        "1M",
+        "-json",
+    ]);
+    let stdout = client.stdout.recv_timeout(RUN_LIMIT).unwrap_or_default();
+    client.expect_status(0);
+    let took = started.elapsed();
+    server.proc.expect_status(0);
+    assert_same(&src, &dst);
+    // 1.5 MiB at 1 MiB/s, less the bucket's first tenth of a second.
+    assert!(took >= Duration::from_millis(1300), "took {took:?}");
+    assert!(
+        stdout.starts_with("{\"side\":\"source\",\"blocks\":24,"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"wire_sent\":") && stdout.ends_with('}'),
+        "{stdout}"
+    );
+}
+
+/// Issue 15, item 7, on a terminal (a pty from `script`, 60 columns, a
+/// long -l prefix): the live line never gets wider than the terminal, and a
+/// log line printed meanwhile starts on a line of its own. Off a terminal,
+/// each plain line carries a timestamp, the "encrypted" marker and the
+/// bandwidth limit.
+#[test]
+fn progress_fits_the_terminal_and_keeps_log_lines_apart() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no script(1) for a pty");
+        return;
+    }
+    let tmp = TempDir::new("tty");
+    let (s, d, out) = (tmp.join("src"), tmp.join("dst"), tmp.join("pty.out"));
+    write_file(&s, &random_bytes(2 * MIB, 155));
+    let key = "5a".repeat(32);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let inner = format!(
+        "stty cols 60 rows 20; exec {} -p {port} -i 127.0.0.1 -f {} -K {key} -l db01-migration:",
+        env!("CARGO_BIN_EXE_bsync"),
+        arg(&d)
+    );
+    let mut server = std::process::Command::new("script")
+        .args(["-qfec", &inner])
+        .arg(&out)
+        .env("BSYNC_IO_TIMEOUT", IO_TIMEOUT.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script");
+    let pty = || String::from_utf8_lossy(&std::fs::read(&out).unwrap_or_default()).to_string();
+    let start = Instant::now();
+    while !pty().contains("listening on") {
+        assert!(
+            start.elapsed() < PORT_LIMIT,
+            "the server did not start:\n{}",
+            pty()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let addr = format!("127.0.0.1:{port}");
+    let client = Proc::start(&[
+        "-f",
+        arg(&s),
+        "-r",
+        &addr,
+        "-b",
+        "64K",
+        "-K",
+        &key,
+        "-bwlimit",
+        "256K",
+    ]);
+    thread::sleep(Duration::from_millis(1500));
+    // A second client is refused: the server logs a line mid-progress.
+    let busy = Proc::start(&["-f", arg(&s), "-r", &addr, "-K", &key]).expect_status(1);
+    assert!(busy.contains("busy"), "{busy}");
+    let err = client.expect_status(0);
+    let status = server.wait().expect("wait for script");
+    let raw = pty();
+    assert!(status.success(), "server:\n{raw}");
+    assert_same(&s, &d);
+
+    assert!(
+        raw.contains("\r\x1b[Kdb01-migration: refused"),
+        "glued:\n{raw:?}"
+    );
+    let mut drawn = 0;
+    for piece in raw.split(['\r', '\n']) {
+        let visible = piece.replace("\x1b[K", "");
+        if visible.contains('%') {
+            drawn += 1;
+            assert!(
+                visible.chars().count() < 60,
+                "{} columns: {visible:?}",
+                visible.len()
+            );
+        }
+    }
+    assert!(drawn > 2, "no live progress seen:\n{raw:?}");
+
+    let plain = err
+        .lines()
+        .find(|l| l.contains(" blocks ") && l.contains("ETA"))
+        .unwrap_or_else(|| panic!("no plain progress line:\n{err}"));
+    let stamp = plain.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    assert!(
+        stamp.len() == 19 && stamp.as_bytes()[4] == b'-' && stamp.as_bytes()[13] == b':',
+        "no timestamp: {plain}"
+    );
+    assert!(
+        plain.contains("encrypted") && plain.contains("limit 256.0 KiB/s"),
+        "{plain}"
+    );
 }

@@ -537,8 +537,153 @@ fn remote_dying_mid_run_fails_clearly() {
         .unwrap();
     let (code, err) = wait_bounded(&mut child, Duration::from_secs(90));
     assert_eq!(code, Some(1), "{err}");
-    let line = last_line(&err);
+    // The error, then where to resume (issue 15, item 5).
+    assert!(last_line(&err).starts_with("resume with -s "), "{err}");
+    let line = err.lines().rev().nth(1).unwrap_or_default();
     assert!(line.starts_with("bsync: "), "{err}");
     assert!(line.contains("killed by signal 9"), "{err}");
     assert_remote_gone(&s);
+}
+
+// ------------------------------------------------------------ issue 15 ---
+// These need no sshd: a stand-in ssh says what a real one would.
+
+/// A stand-in for ssh in `dir` that logs its arguments one per line to
+/// `args.log`, prints `stdout` and `stderr`, and exits with `status`.
+fn fake_ssh(dir: &TempDir, stdout: &str, stderr: &str, status: i32) -> PathBuf {
+    let path = dir.join("fake ssh");
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> '{}'\nprintf '{stdout}'\nprintf '{stderr}' >&2\nexit {status}\n",
+        dir.join("args.log").display()
+    );
+    fs::write(&path, script).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&path)
+        .status()
+        .unwrap();
+    path
+}
+
+/// Issue 15, item 9: when the login fails, the error shows what ssh and
+/// the login said, the line that explains it included (nologin prints
+/// "This account is currently not available." after sshd's chdir warning).
+#[test]
+fn a_failed_login_shows_the_lines_that_explain_it() {
+    let dir = TempDir::new("ssh-nologin");
+    let src = dir.join("src");
+    write_file(&src, &random_bytes(10_000, 160));
+    let fake = fake_ssh(
+        &dir,
+        "This account is currently not available.\\n",
+        "Could not chdir to home directory /nonexistent: No such file or directory\\n",
+        1,
+    );
+    let shell = format!("'{}'", fake.display());
+    let err = run_status(
+        bsync().args(["-ssh", &shell, "-f", arg(&src), "-t", "nobody@somehost:/x"]),
+        1,
+    );
+    let line = last_line(&err);
+    assert!(line.contains("somehost"), "{line}");
+    assert!(
+        line.contains("This account is currently not available"),
+        "{line}"
+    );
+    assert!(line.contains("Could not chdir"), "{line}");
+}
+
+/// Issue 15, item 9: `-ssh` and `BSYNC_SSH` are split as a shell would,
+/// quotes and backslashes included; an open quote is a usage error.
+#[test]
+fn the_remote_shell_command_understands_quotes() {
+    let dir = TempDir::new("ssh-quotes");
+    let src = dir.join("src");
+    write_file(&src, &random_bytes(10_000, 161));
+    let fake = fake_ssh(
+        &dir,
+        "",
+        "ssh: connect to host h port 22: Connection refused\\n",
+        255,
+    );
+    let quoted = format!(
+        "'{}' -o \"StrictHostKeyChecking no\" -i my\\ key",
+        fake.display()
+    );
+    let err = run_status(
+        bsync().args(["-ssh", &quoted, "-f", arg(&src), "-t", "u@h:/x"]),
+        1,
+    );
+    assert!(
+        last_line(&err).contains("ssh to h failed: ssh: connect to host"),
+        "{err}"
+    );
+    let args = fs::read_to_string(dir.join("args.log")).unwrap_or_default();
+    let args: Vec<&str> = args.lines().collect();
+    assert!(args.contains(&"StrictHostKeyChecking no"), "{args:?}");
+    assert!(args.contains(&"my key"), "{args:?}");
+    // The same through the environment.
+    fs::remove_file(dir.join("args.log")).unwrap();
+    let mut cmd = bsync();
+    cmd.env("BSYNC_SSH", &quoted)
+        .args(["-f", arg(&src), "-t", "u@h:/x"]);
+    run_status(&mut cmd, 1);
+    let args = fs::read_to_string(dir.join("args.log")).unwrap_or_default();
+    assert!(
+        args.lines().any(|l| l == "StrictHostKeyChecking no"),
+        "{args}"
+    );
+    let err = run_status(
+        bsync().args(["-ssh", "ssh -o 'open", "-f", arg(&src), "-t", "u@h:/x"]),
+        2,
+    );
+    assert!(err.contains("-ssh: a single quote"), "{err}");
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// Issue 15, item 9: a remote failure over -t names the host as typed, not
+/// the address and port the data connection used.
+#[test]
+fn a_remote_failure_names_the_host_as_typed() {
+    let Some(s) = Scene::new("remote-name") else {
+        return;
+    };
+    // A 256 KiB tmpfs on the "remote" fills up mid-transfer.
+    let mnt = s.dir.join("small");
+    fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs (needs root)");
+        return;
+    }
+    let src = s.dir.join("src");
+    write_file(&src, &random_bytes(1 << 20, 162));
+    let out = run(&mut s.bsync(&src, &mnt.join("dst"), &["-b", "64K"]));
+    let _ = Command::new("umount").arg(&mnt).status();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("bsync: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let host = s
+        .sshd
+        .remote
+        .split('@')
+        .nth(1)
+        .and_then(|h| h.split(':').next());
+    let host = host.unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("bsync: {host} failed: destination")),
+        "{line}"
+    );
+    assert!(!line.contains("server: "), "{line}");
+    s.check_clean();
 }

@@ -3,6 +3,10 @@
 //! Kept apart from the parser so the help reads as one page; a test in
 //! `cli` checks that it names every flag the parser knows.
 
+use std::fmt::Write as _;
+
+use super::{FLAGS, HIDDEN_FLAGS};
+use crate::error::{Error, Result};
 use crate::proto::PROTOCOL_VERSION;
 
 /// The `--version` text.
@@ -13,7 +17,9 @@ pub fn version_text() -> String {
     )
 }
 
-/// The `-h` text, grouped by task.
+/// The `-h` text, grouped by task. The manual page and the shell
+/// completions are made from it and from the flag table ([`manual`],
+/// [`completions`]); no line is wider than 80 columns (a test says so).
 pub const HELP: &str = "\
 bsync - keep a block device or disk image identical to another, block by block
 
@@ -25,19 +31,21 @@ COPY ON THIS MACHINE
   bsync -f DST -t SRC -d           the same, reading from the -t path
 
 OVER THE NETWORK (two machines)
-  bsync -f DST [-p PORT] [-i ADDR]  run a server; in upload mode it writes DST
+  bsync -f DST [-p PORT] [-i ADDR]  run a server; in upload mode, writes DST
   bsync -f SRC -r HOST:PORT        connect and upload SRC
   bsync -f SRC -p PORT -d          run a server that is the source (download)
   bsync -f DST -r HOST:PORT -d     connect and download into DST
   bsync -f SRC -t user@host:/dev/vda   start the remote end over SSH
 
 WHAT AND HOW
-  -f PATH       file or device to read (source) or write (destination) [/dev/zero]
-  -t TARGET     /path, user@host:/path or user@host:port:/path (IPv6: user@[::1]:/path)
+  -f PATH       file or device to read (source) or write (destination);
+                the writing end must give it [/dev/zero]
+  -t TARGET     /path, user@host:/path or user@host:port:/path
+                (IPv6: user@[::1]:/path)
   -r HOST:PORT  connect to a bsync server (IPv6: [::1]:8080)
   -d            download: the server (or -t path) is the source
   -b N          block size in bytes, or with K/M/G (binary) [10M]; at most 1G
-  -s N          skip the first N blocks (resume; they are neither read nor checked) [0]
+  -s N          skip the first N blocks (resume; neither read nor checked) [0]
 
 SERVER
   -p PORT       port to listen on; 0 picks a free one and prints it [8080]
@@ -45,11 +53,14 @@ SERVER
   -P            print no progress on the server (-t sets it)
 
 SPEED
-  -w N          workers: parallel connections and CPU threads [1] (HDD: 1, SSD: 4-8)
+  -w N          workers: parallel connections and CPU threads [1]
+                (HDD: 1, SSD: 4-8)
   -prefetch N   blocks read ahead; 0 means workers x 4 [0]
-  -n            no compression
-  -L LEVEL      zstd level: fast, default, better, best [default]
-  -auto         measure link and CPU, then pick -b, -w and -L (client -r only)
+  -n            no compression (the client chooses, for both directions)
+  -L LEVEL      zstd level: fast, default, better, best [default] (client)
+  -bwlimit RATE  at most RATE bytes/s of block data from the sending end,
+                with K/M/G (binary), e.g. 20M
+  -auto         not available yet in this build: refused with exit status 2
 
 SECURITY
   -e            encrypt with ChaCha20-Poly1305; with -t a fresh key is made and
@@ -58,7 +69,8 @@ SECURITY
                 reads it from stdin, off the command line where ps shows it
   -token-file FILE  without encryption, accept only clients that know the
                 64-hex-digit token in FILE (- for stdin); give it to both ends
-  -ssh CMD      remote shell for -t, e.g. \"ssh -i key -J jump\" [$BSYNC_SSH or ssh]
+  -ssh CMD      remote shell for -t, quoted as in sh, e.g.
+                \"ssh -i key -J jump\" [$BSYNC_SSH or ssh]
 
 OUTPUT
   -q            quiet: errors only
@@ -66,6 +78,7 @@ OUTPUT
                 why (read-ahead, fadvise, mlock, huge pages, how zeros were
                 cleared); BSYNC_VERBOSE=1 does the same
   -l PREFIX     put PREFIX in front of every log and progress line
+  -json         print the closing summary as one JSON object on stdout
   -a            list block devices
   -h, --help    this text
   --version     version and protocol version
@@ -78,3 +91,271 @@ EXAMPLES
   bsync -e -L fast -w 4 -f /dev/sda -t backup@nas:/srv/sda.img
   bsync -f disk.img -t /mnt/backup/disk.img        local, only changes written
 ";
+
+/// The shells [`completions`] writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShellKind {
+    /// bash (`complete -F`).
+    Bash,
+    /// zsh (`#compdef`, `_arguments`).
+    Zsh,
+    /// fish (`complete -c`).
+    Fish,
+}
+
+impl ShellKind {
+    /// `--completions`'s value.
+    pub fn parse(s: &str) -> Result<ShellKind> {
+        match s {
+            "bash" => Ok(ShellKind::Bash),
+            "zsh" => Ok(ShellKind::Zsh),
+            "fish" => Ok(ShellKind::Fish),
+            _ => Err(Error::usage(format!(
+                "-completions: {s:?} is not a shell (bash, zsh, fish)"
+            ))),
+        }
+    }
+}
+
+/// The flags a user sees: the flag table without the packaging ones.
+fn visible_flags() -> impl Iterator<Item = (&'static str, bool)> {
+    FLAGS
+        .iter()
+        .copied()
+        .filter(|(name, _)| !HIDDEN_FLAGS.contains(name))
+}
+
+/// What `-h` says about `-flag`, on one line.
+fn describe(flag: &str) -> String {
+    let mut text = String::new();
+    let mut lines = HELP.lines();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.strip_prefix("  -") else {
+            continue;
+        };
+        let names: Vec<&str> = rest
+            .split("  ")
+            .next()
+            .unwrap_or_default()
+            .split([',', ' '])
+            .map(|w| w.trim_start_matches('-'))
+            .collect();
+        if !names.contains(&flag) {
+            continue;
+        }
+        text.push_str(term_and_text(line).1.trim());
+        for more in lines.by_ref() {
+            if !more.starts_with("   ") || more.trim_start().starts_with('-') {
+                break;
+            }
+            text.push(' ');
+            text.push_str(more.trim());
+        }
+        break;
+    }
+    text
+}
+
+/// `("-f PATH", "file or device...")` out of a two-column help line.
+fn term_and_text(line: &str) -> (&str, &str) {
+    let body = line.trim_start();
+    match body.find("  ") {
+        Some(i) => (&body[..i], body[i..].trim_start()),
+        None => (body, ""),
+    }
+}
+
+/// `SECURITY`, `OVER THE NETWORK (two machines)`: capitals up to any
+/// parenthesis.
+fn is_heading(line: &str) -> bool {
+    let head = line.split(" (").next().unwrap_or_default();
+    !head.is_empty() && head == head.to_uppercase() && head.chars().any(char::is_alphabetic)
+}
+
+/// roff-escape `s`: backslashes, dashes and a leading dot or quote.
+fn roff(s: &str) -> String {
+    let mut out = s.replace('\\', "\\e").replace('-', "\\-");
+    if out.starts_with('.') || out.starts_with('\'') {
+        out.insert_str(0, "\\&");
+    }
+    out
+}
+
+/// The manual page `bsync.1`, in roff, made from [`HELP`]: each heading a
+/// section, each two-column line a tagged paragraph.
+pub fn manual() -> String {
+    let mut out = String::new();
+    let version = env!("CARGO_PKG_VERSION");
+    let _ = writeln!(
+        out,
+        ".TH BSYNC 1 \"\" \"bsync {version}\" \"User Commands\""
+    );
+    let mut lines = HELP.lines();
+    let title = lines.next().unwrap_or_default();
+    let _ = writeln!(out, ".SH NAME\n{}", roff(title));
+    let _ = writeln!(out, ".SH SYNOPSIS\n.B bsync\n[\\fIflags\\fR]");
+    let _ = writeln!(out, ".SH DESCRIPTION");
+    for line in lines {
+        if line.is_empty() {
+            out.push_str(".PP\n");
+        } else if !line.starts_with(' ') && is_heading(line) {
+            let _ = writeln!(out, ".SH {}", roff(line));
+        } else if !line.starts_with(' ') {
+            let _ = writeln!(out, "{}", roff(line));
+        } else if line.starts_with("   ") {
+            let _ = writeln!(out, "{}", roff(line.trim()));
+        } else {
+            let (term, text) = term_and_text(line);
+            if text.is_empty() {
+                let _ = writeln!(out, ".TP\n\\fB{}\\fR", roff(term));
+            } else {
+                let _ = writeln!(out, ".TP\n\\fB{}\\fR\n{}", roff(term), roff(text));
+            }
+        }
+    }
+    out.push_str(
+        ".SH SEE ALSO\nThe README that comes with bsync: retries, refusals, resuming, \
+         \\-bwlimit, \\-json.\n",
+    );
+    out
+}
+
+/// Values a flag's argument is completed from: `Some(words)`, or `None`
+/// for a path.
+fn value_words(flag: &str) -> Option<&'static str> {
+    match flag {
+        "f" | "t" | "token-file" => None,
+        "L" => Some("fast default better best"),
+        _ => Some(""),
+    }
+}
+
+/// A completion script for `shell`, made from the flag table and `-h`.
+pub fn completions(shell: ShellKind) -> String {
+    let mut out = String::new();
+    match shell {
+        ShellKind::Bash => {
+            let words: Vec<String> = visible_flags().map(|(n, _)| format!("-{n}")).collect();
+            out.push_str("# bash completion for bsync (made by bsync --completions bash)\n");
+            out.push_str("_bsync() {\n  local cur=\"${COMP_WORDS[COMP_CWORD]}\"\n");
+            out.push_str("  local prev=\"${COMP_WORDS[COMP_CWORD-1]}\"\n  case \"${prev#-}\" in\n");
+            for (name, takes) in visible_flags() {
+                if !takes {
+                    continue;
+                }
+                let pattern = format!("{name}|-{name}");
+                match value_words(name) {
+                    None => {
+                        let _ = writeln!(
+                            out,
+                            "    {pattern}) compopt -o filenames 2>/dev/null; \
+                             COMPREPLY=($(compgen -f -- \"$cur\")); return ;;"
+                        );
+                    }
+                    Some(w) => {
+                        let _ = writeln!(
+                            out,
+                            "    {pattern}) COMPREPLY=($(compgen -W \"{w}\" -- \"$cur\")); return ;;"
+                        );
+                    }
+                }
+            }
+            // Every flag takes one dash or two; offer the form being typed.
+            let _ = writeln!(
+                out,
+                "  esac\n  local words=\"{}\"\n  [[ $cur == --* ]] && words=\"-${{words// / -}}\"\n  \
+                 COMPREPLY=($(compgen -W \"$words\" -- \"$cur\"))\n}}\ncomplete -F _bsync bsync",
+                words.join(" ")
+            );
+        }
+        ShellKind::Zsh => {
+            out.push_str(
+                "#compdef bsync\n# zsh completion for bsync (made by bsync --completions zsh)\n",
+            );
+            out.push_str("_arguments \\\n");
+            for (name, takes) in visible_flags() {
+                let desc = describe(name)
+                    .replace('\'', "'\\''")
+                    .replace('[', "\\[")
+                    .replace(']', "\\]")
+                    .replace(':', "\\:");
+                let value = match (takes, value_words(name)) {
+                    (false, _) => String::new(),
+                    (true, None) => ":path:_files".into(),
+                    (true, Some("")) => ": : ".into(),
+                    (true, Some(w)) => format!(":value:({w})"),
+                };
+                let _ = writeln!(out, "  '-{name}[{desc}]{value}' \\");
+            }
+            out.push_str("  '--help[help]' '--version[version]'\n");
+        }
+        ShellKind::Fish => {
+            out.push_str("# fish completion for bsync (made by bsync --completions fish)\n");
+            for (name, takes) in visible_flags() {
+                let desc = describe(name).replace('\\', "\\\\").replace('\'', "\\'");
+                let value = match (takes, value_words(name)) {
+                    (false, _) => String::new(),
+                    (true, None) => " -r -F".into(),
+                    (true, Some("")) => " -x".into(),
+                    (true, Some(w)) => format!(" -x -a '{w}'"),
+                };
+                let _ = writeln!(out, "complete -c bsync -o {name}{value} -d '{desc}'");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lines_fit_in_80_columns() {
+        for line in HELP.lines() {
+            assert!(line.chars().count() <= 80, "{} columns: {line}", line.len());
+        }
+    }
+
+    #[test]
+    fn every_visible_flag_is_described() {
+        for (name, _) in visible_flags() {
+            if !matches!(name, "help" | "version") {
+                assert!(!describe(name).is_empty(), "-{name} has no help line");
+            }
+        }
+        assert!(describe("f").contains("the writing end must give it"));
+    }
+
+    #[test]
+    fn manual_has_every_section_and_flag() {
+        let man = manual();
+        assert!(man.starts_with(".TH BSYNC 1"));
+        for section in [
+            "NAME",
+            "SYNOPSIS",
+            "OVER THE NETWORK (two machines)",
+            "SECURITY",
+            "EXIT STATUS",
+            "EXAMPLES",
+        ] {
+            assert!(man.contains(&format!(".SH {section}\n")), "{section}");
+        }
+        assert!(man.contains(".TP\n\\fB\\-bwlimit RATE\\fR\n"), "{man}");
+    }
+
+    #[test]
+    fn completions_name_every_flag() {
+        for shell in [ShellKind::Bash, ShellKind::Zsh, ShellKind::Fish] {
+            let text = completions(shell);
+            for (name, _) in visible_flags() {
+                let flag = match shell {
+                    ShellKind::Fish => format!("-o {name} "),
+                    _ => format!("-{name}"),
+                };
+                assert!(text.contains(&flag), "{shell:?} lacks -{name}");
+            }
+            assert!(!text.contains("help-man"), "{shell:?}");
+        }
+    }
+}

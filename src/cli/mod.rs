@@ -24,7 +24,7 @@ use crate::proto::{MAX_BLOCK_SIZE, MAX_LANES};
 mod help;
 mod validate;
 
-pub use help::{HELP, version_text};
+pub use help::{HELP, ShellKind, completions, manual, version_text};
 
 /// Default block size: 10 MiB.
 pub const DEFAULT_BLOCK_SIZE: usize = 10 * 1024 * 1024;
@@ -55,10 +55,17 @@ const FLAGS: &[(&str, bool)] = &[
     ("v", false),
     ("d", false),
     ("P", false),
+    ("bwlimit", true),
+    ("json", false),
     ("h", false),
     ("help", false),
     ("version", false),
+    ("help-man", false),
+    ("completions", true),
 ];
+
+/// Flags that exist for packaging, not for runs: left out of `-h`.
+pub const HIDDEN_FLAGS: &[&str] = &["help-man", "completions"];
 
 /// Where `-t` points.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +85,10 @@ pub enum Command {
     Help,
     /// `--version`.
     Version,
+    /// `--help-man`: the manual page, in roff.
+    Manual,
+    /// `--completions SHELL`: a completion script for bash, zsh or fish.
+    Completions(help::ShellKind),
 }
 
 /// The flags as typed, each value parsed but not yet checked against the others.
@@ -105,8 +116,14 @@ pub struct RawArgs {
     verbose: bool,
     download: bool,
     no_server_progress: bool,
+    bwlimit: Option<u64>,
+    json: bool,
     help: bool,
     version: bool,
+    manual: bool,
+    completions: Option<help::ShellKind>,
+    /// Flags given, by name, for the rules about where each applies.
+    given: Vec<String>,
 }
 
 /// Parse the program's arguments (without the program name).
@@ -117,6 +134,12 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command> {
     }
     if raw.version {
         return Ok(Command::Version);
+    }
+    if raw.manual {
+        return Ok(Command::Manual);
+    }
+    if let Some(shell) = raw.completions {
+        return Ok(Command::Completions(shell));
     }
     Ok(Command::Run(Box::new(raw.validate()?)))
 }
@@ -179,6 +202,7 @@ impl RawArgs {
                 }
             };
             let p = &mut parser;
+            raw.given.push(flag.clone());
             match flag.as_str() {
                 "a" => raw.list_drives = bool_flag(p, &flag)?,
                 "f" => raw.file = Some(path_value(p, &flag)?),
@@ -204,6 +228,12 @@ impl RawArgs {
                 "P" => raw.no_server_progress = bool_flag(p, &flag)?,
                 "h" | "help" => raw.help = bool_flag(p, &flag)?,
                 "version" => raw.version = bool_flag(p, &flag)?,
+                "bwlimit" => raw.bwlimit = Some(parse_rate(&string_value(p, &flag)?)?),
+                "json" => raw.json = bool_flag(p, &flag)?,
+                "help-man" => raw.manual = bool_flag(p, &flag)?,
+                "completions" => {
+                    raw.completions = Some(help::ShellKind::parse(&string_value(p, &flag)?)?);
+                }
                 _ => {
                     return Err(Error::usage(format!("unknown flag -{flag} (see bsync -h)")));
                 }
@@ -310,6 +340,35 @@ pub fn parse_block_size(s: &str) -> Result<usize> {
     }
 }
 
+/// `--bwlimit`: bytes per second, with binary `K`, `M` or `G` suffixes
+/// (`10M` is 10 MiB/s); a trailing `/s` is allowed.
+pub fn parse_rate(s: &str) -> Result<u64> {
+    let t = s.trim().trim_end_matches("/s");
+    let bad = || {
+        Error::usage(format!(
+            "-bwlimit: {s:?} is not a rate (bytes per second, or with K, M or G, e.g. 20M)"
+        ))
+    };
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let rate = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    if rate < 1024 {
+        return Err(Error::usage(format!(
+            "-bwlimit: {s} is below the lowest rate, 1K (1024 bytes per second)"
+        )));
+    }
+    Ok(rate)
+}
+
 fn parse_port(s: &str, flag: &str, zero_ok: bool) -> Result<u16> {
     let lowest = if zero_ok { 0 } else { 1 };
     match s.parse::<u16>() {
@@ -377,9 +436,10 @@ impl Secret {
                 (line, "stdin".to_string())
             }
             Secret::File(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    Error::io(path.display().to_string(), format!("{flag}: read"), e)
-                })?;
+                // A missing or unreadable file is a mistake on the command
+                // line: exit 2, like any other bad value.
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| Error::usage(format!("{flag}: {}: {e}", path.display())))?;
                 (text, path.display().to_string())
             }
         };
@@ -410,10 +470,11 @@ fn secret_path(path: PathBuf) -> Secret {
 }
 
 fn parse_ssh(s: &str) -> Result<String> {
-    if s.split_whitespace().next().is_none() {
-        return Err(Error::usage("-ssh: empty command"));
+    match crate::ssh::split_words(s) {
+        Ok(words) if words.is_empty() => Err(Error::usage("-ssh: empty command")),
+        Ok(_) => Ok(s.to_string()),
+        Err(why) => Err(Error::usage(format!("-ssh: {why}"))),
     }
-    Ok(s.to_string())
 }
 
 fn parse_level(s: &str) -> Result<Level> {
@@ -436,7 +497,20 @@ pub fn parse_target(value: &std::path::Path) -> Result<Target> {
     let Some(s) = value.to_str() else {
         return Ok(Target::Local(value.to_path_buf()));
     };
-    if !s.contains(':') || s.starts_with('/') || s.starts_with('.') {
+    if s == "-" {
+        return Err(Error::usage(
+            "-t: - is not a target: bsync needs a file or device it can seek in, \
+             not stdin or stdout (write ./- for a file named -)",
+        ));
+    }
+    let local = s.starts_with('/') || s.starts_with('.');
+    if !local && !s.contains(':') && s.contains('@') {
+        return Err(Error::usage(format!(
+            "-t: {s:?} looks like user@host but has no :/path (e.g. {s}:/dev/vda); \
+             for a local file of that name write ./{s}"
+        )));
+    }
+    if !s.contains(':') || local {
         return Ok(Target::Local(value.to_path_buf()));
     }
     let bad = |why: &str| {
@@ -489,7 +563,13 @@ mod tests {
         parse(args.iter().map(OsString::from))
     }
 
+    /// The plan for `args`, with a writing end given when they give none.
     fn config(args: &[&str]) -> Config {
+        let mut args = args.to_vec();
+        if !args.contains(&"-f") {
+            args.extend(["-f", "/nonexistent/bsync-test.img"]);
+        }
+        let args = &args[..];
         match run(args) {
             Ok(Command::Run(c)) => *c,
             other => panic!("{args:?}: {other:?}"),
@@ -505,13 +585,15 @@ mod tests {
 
     #[test]
     fn defaults_make_a_server() {
-        let c = config(&[]);
+        let Ok(Command::Run(c)) = run(&["-d"]) else {
+            panic!("-d alone should make a server")
+        };
         assert_eq!(
             c.mode,
             Mode::Serve(Serve {
                 bind: IpAddr::from([0, 0, 0, 0]),
                 port: 8080,
-                role: Role::Destination,
+                role: Role::Source,
                 path: PathBuf::from("/dev/zero"),
                 secret: None,
             })
@@ -690,7 +772,46 @@ mod tests {
             (&["-token-file", "f", "-t", "u@h:/x"], "-K and -token-file"),
             (&["-ssh", "ssh -4", "-r", "h:1"], "-ssh applies"),
             (&["-ssh", "ssh", "-t", "/x"], "-ssh applies"),
-            (&["-K", "-", "-token-file", "-", "-r", "h:1"], "-K - and"),
+            (
+                &["-K", "-", "-token-file", "-", "-r", "h:1"],
+                "-K and -token-file cannot",
+            ),
+            (
+                &["-K", &key, "-token-file", "f", "-r", "h:1"],
+                "-K and -token-file cannot",
+            ),
+            (&["-p", "2222", "-t", "u@h:/x"], "-p is the port"),
+            (&["-p", "1", "-r", "h:1"], "-p applies only"),
+            (&["-i", "::", "-r", "h:1"], "-i applies only"),
+            (&["-P", "-r", "h:1"], "-P applies only"),
+            (&["-P", "-f", "a", "-t", "b"], "-P applies only"),
+            (&["-b", "1M", "-d", "-r", "h:1"], "-b has no effect"),
+            (&["-n", "-f", "x"], "-n has no effect on a server"),
+            (
+                &["-L", "best", "-d", "-f", "x"],
+                "-L has no effect on a server",
+            ),
+            (&["-bwlimit", "1M", "-f", "a", "-t", "b"], "-bwlimit limits"),
+            (&["-bwlimit", "1M", "-f", "a"], "-bwlimit limits"),
+            (&["-bwlimit", "1M", "-d", "-r", "h:1"], "-bwlimit limits"),
+            (&["-t", "-"], "-t: - is not"),
+            (
+                &["-t", "root@newhost"],
+                "-t: \"root@newhost\" looks like user@host",
+            ),
+            (
+                &["-f", "/dev/zero", "-t", "/dev/null"],
+                "-t: /dev/null is a character",
+            ),
+            (&["-r", "h:1", "-d"], "-f is missing"),
+            (
+                &["-f", "/dev/null", "-r", "h:1", "-d"],
+                "-f: /dev/null is a character",
+            ),
+            (
+                &["-b", "1G", "-w", "64", "-prefetch", "1024", "-f", "x"],
+                "-b/-w/-prefetch",
+            ),
             (&["-ssh", " ", "-t", "u@h:/x"], "-ssh: empty"),
         ];
         for (args, want) in cases {
@@ -739,7 +860,7 @@ mod tests {
         assert!(!msg.contains("secret-but-short"), "{msg}");
         let missing = dir.join("missing");
         let err = run(&["-token-file", missing.to_str().unwrap()]).unwrap_err();
-        assert_eq!(err.exit_status(), 1, "{err}");
+        assert_eq!(err.exit_status(), 2, "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -757,7 +878,7 @@ mod tests {
         assert!(matches!(run(&["-version"]), Ok(Command::Version)));
         assert!(version_text().contains(PROTOCOL_VERSION));
         for (flag, _) in FLAGS {
-            if !matches!(*flag, "h" | "help" | "version") {
+            if !matches!(*flag, "h" | "help" | "version") && !HIDDEN_FLAGS.contains(flag) {
                 assert!(HELP.contains(&format!("-{flag} ")), "help lacks -{flag}");
             }
         }

@@ -7,14 +7,14 @@
 //! engine never sees `-f` or `-d`.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{DEFAULT_BLOCK_SIZE, RawArgs, Secret as SecretArg, Target};
 use crate::auth::Secret;
 use crate::compress::Level;
 use crate::config::{
     Config, Connect, Env, LogOptions, Mode, Role, SSH_ENV, Serve, Transfer, VERBOSE_ENV, env_flag,
-    sysfs_root,
+    memory_available, memory_refusal, sysfs_root,
 };
 use crate::error::{Error, Result};
 
@@ -64,11 +64,13 @@ impl RawArgs {
         if self.ssh.is_some() && !ssh_target {
             return Err(Error::usage("-ssh applies only to -t user@host:/path"));
         }
-        if self.key == Some(SecretArg::Stdin) && self.token == Some(SecretArg::Stdin) {
+        if self.key.is_some() && self.token.is_some() {
             return Err(Error::usage(
-                "-K - and -token-file - cannot both read stdin; a key also serves as the token",
+                "-K and -token-file cannot be combined: the key also serves as the token, \
+                 so the token would be ignored; give one of them (the same on both ends)",
             ));
         }
+        self.check_flags_apply()?;
         if !self.list_drives && self.remote.is_none() && self.target.is_none() && self.skip > 0 {
             return Err(Error::usage(
                 "-s belongs to the client (-r or -t); the server learns it in the handshake",
@@ -80,15 +82,7 @@ impl RawArgs {
             ));
         }
 
-        if !self.list_drives {
-            check_buffer_memory(
-                self.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
-                workers,
-                prefetch,
-                available_memory(),
-            )?;
-        }
-
+        let given_file = self.file.is_some();
         let path = self.file.unwrap_or_else(|| PathBuf::from("/dev/zero"));
         // Which end this process is, as the client or the local `-f`; a
         // server is the other one.
@@ -142,73 +136,153 @@ impl RawArgs {
                 secret: secret(self.key, self.token)?,
             })
         };
+        match &mode {
+            Mode::Local { destination, .. } => {
+                if self.download {
+                    check_writing_end(destination, "-f", given_file)?;
+                } else {
+                    check_writing_end(destination, "-t", true)?;
+                }
+            }
+            Mode::Serve(Serve {
+                role: Role::Destination,
+                path,
+                ..
+            })
+            | Mode::Connect(Connect {
+                role: Role::Destination,
+                path,
+                ..
+            })
+            | Mode::Ssh {
+                role: Role::Destination,
+                path,
+                ..
+            } => check_writing_end(path, "-f", given_file)?,
+            _ => {}
+        }
+        let transfer = Transfer {
+            block_size: self.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+            skip: self.skip,
+            compression: if self.no_compress {
+                None
+            } else {
+                Some(self.level.unwrap_or(Level::Default))
+            },
+            workers,
+            prefetch,
+            bwlimit: self.bwlimit,
+        };
+        if !matches!(mode, Mode::ListDrives { .. }) {
+            let local = matches!(mode, Mode::Local { .. });
+            if let Some(why) = memory_available().and_then(|a| memory_refusal(&transfer, local, a))
+            {
+                return Err(Error::usage(why));
+            }
+        }
         Ok(Config {
             mode,
-            transfer: Transfer {
-                block_size: self.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
-                skip: self.skip,
-                compression: if self.no_compress {
-                    None
-                } else {
-                    Some(self.level.unwrap_or(Level::Default))
-                },
-                workers,
-                prefetch,
-            },
+            transfer,
             log: LogOptions {
                 prefix: self.prefix,
                 quiet: self.quiet,
                 verbose: self.verbose || env_flag(VERBOSE_ENV),
                 no_server_progress: self.no_server_progress,
+                json: self.json,
             },
             env: Env::from_process(),
         })
     }
-}
 
-/// Bytes of block buffers a run holds at most: the pool of
-/// `prefetch + 2·workers + 2` blocks each end keeps, plus a frame per worker
-/// being built or decompressed, as SPEC.md and issue 13 count them.
-pub fn buffer_memory(block_size: usize, workers: usize, prefetch: usize) -> u64 {
-    let blocks = prefetch
-        .saturating_add(workers.saturating_mul(4))
-        .saturating_add(2);
-    (blocks as u64).saturating_mul(block_size as u64)
-}
-
-/// The hard limit on buffer memory, checked before anything is opened:
-/// more than the memory available (`MemAvailable`, when it can be read)
-/// would end in the out-of-memory killer, with no message. Read buffers are
-/// locked where permitted, so they cannot be swapped out either. A usage
-/// error naming the flags that set the figure. (`RLIMIT_MEMLOCK` is not a
-/// limit here: locking is best effort and a lower limit only leaves the
-/// buffers unlocked.)
-pub fn check_buffer_memory(
-    block_size: usize,
-    workers: usize,
-    prefetch: usize,
-    available: Option<u64>,
-) -> Result<()> {
-    let need = buffer_memory(block_size, workers, prefetch);
-    match available {
-        Some(avail) if need > avail => Err(Error::usage(format!(
-            "-b {}, -w {workers} and -prefetch {prefetch} need about {} of buffers \
-             ((prefetch + 4 x workers + 2) x block size), more than the {} of memory available; \
-             use a smaller -b, -w or -prefetch",
-            crate::progress::human_bytes(block_size as u64),
-            crate::progress::human_bytes(need),
-            crate::progress::human_bytes(avail),
-        ))),
-        _ => Ok(()),
+    /// Every flag given where it has no effect is refused, naming it: a
+    /// flag silently ignored is a run that does not do what was asked.
+    fn check_flags_apply(&self) -> Result<()> {
+        let given = |flag: &str| self.given.iter().any(|g| g == flag);
+        let ssh_target = matches!(self.target, Some(Target::Remote(_)));
+        let client = self.remote.is_some() || self.target.is_some();
+        if self.list_drives {
+            return Ok(());
+        }
+        if client {
+            if given("p") && ssh_target {
+                return Err(Error::usage(
+                    "-p is the port a server listens on; with -t the ssh port goes in the \
+                     target: -t user@host:PORT:/path",
+                ));
+            }
+            for flag in ["p", "i", "P"] {
+                if given(flag) {
+                    return Err(Error::usage(format!(
+                        "-{flag} applies only to a server (no -r or -t); this run is a client, \
+                         where it has no effect"
+                    )));
+                }
+            }
+        }
+        if !client && (self.no_compress || self.level.is_some()) {
+            let flag = if self.no_compress { "-n" } else { "-L" };
+            return Err(Error::usage(format!(
+                "{flag} has no effect on a server: the client picks the compression of \
+                 the session, in both directions; give {flag} to the client"
+            )));
+        }
+        if given("b") && self.download && self.remote.is_some() {
+            return Err(Error::usage(
+                "-b has no effect on a downloading client: the server is the source and its \
+                 block size wins; give -b to the server",
+            ));
+        }
+        if self.bwlimit.is_some() {
+            let sends = match (&self.remote, &self.target) {
+                (Some(_), _) => !self.download,
+                // With -d the remote end sends, and gets the limit.
+                (None, Some(Target::Remote(_))) => true,
+                (None, Some(Target::Local(_))) => false,
+                (None, None) => self.download,
+            };
+            if !sends {
+                return Err(Error::usage(
+                    "-bwlimit limits the end that sends (an uploading client, a download \
+                     server); this end sends no block data, so it would have no effect",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
-/// `MemAvailable` from `/proc/meminfo`, in bytes; None when unknown.
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+/// Refuse a writing end that can never hold the data: a character device
+/// (the default `/dev/zero`, `/dev/null`), a pipe or a directory. Only a
+/// `stat`: nothing is opened.
+fn check_writing_end(path: &Path, flag: &str, given: bool) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let kind = meta.file_type();
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_fifo() {
+        "a pipe"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        return Ok(());
+    };
+    if !given {
+        return Err(Error::usage(format!(
+            "-f is missing: this end writes the destination, and without -f it would \
+             write to {} ({what}); give -f PATH",
+            path.display()
+        )));
+    }
+    Err(Error::usage(format!(
+        "{flag}: {} is {what}, not a file or block device that can be made identical \
+         to the source; nothing was written",
+        path.display()
+    )))
 }
 
 /// The session secret of `-K` (which encrypts) or else `-token-file` (which
@@ -221,25 +295,4 @@ fn secret(key: Option<SecretArg>, token: Option<SecretArg>) -> Result<Option<Sec
         (None, Some(token)) => Some(Secret::new(token, false)),
         (None, None) => None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buffers_beyond_available_memory_are_refused_naming_the_flags() {
-        let gib = 1usize << 30;
-        let e = check_buffer_memory(gib, 1, 4, Some(4 << 30)).unwrap_err();
-        assert_eq!(e.exit_status(), 2);
-        let msg = e.to_string();
-        for flag in ["-b", "-w", "-prefetch"] {
-            assert!(msg.contains(flag), "{msg}");
-        }
-        assert!(check_buffer_memory(10 << 20, 1, 4, Some(4 << 30)).is_ok());
-        assert!(
-            check_buffer_memory(gib, 64, 256, None).is_ok(),
-            "unknown: no refusal"
-        );
-    }
 }

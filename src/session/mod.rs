@@ -34,7 +34,7 @@ use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait};
 use crate::net::{self, FrameReader, FrameSender, Lane};
-use crate::progress::{Log, Reporter, Side, Stats, Totals, summary};
+use crate::progress::{Log, Reporter, Side, Stats, Totals, human_bytes, report_summary};
 use crate::proto::{AUTH_FAILED, Frame};
 
 mod destination;
@@ -59,6 +59,10 @@ pub struct Params {
     pub prefetch: usize,
     /// The network deadline of every blocking read and write.
     pub deadline: Duration,
+    /// Frames are sealed (`-K`, `-e`): progress says "encrypted".
+    pub encrypted: bool,
+    /// `--bwlimit` of a sending end, in bytes per second.
+    pub bwlimit: Option<u64>,
 }
 
 impl Params {
@@ -141,8 +145,16 @@ pub fn run(
     progress: bool,
 ) -> Result<()> {
     let stats = Arc::new(Stats::default());
+    stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);
-    let reporter = Reporter::start(log, &stats, totals, progress);
+    let mut notes = Vec::new();
+    if p.encrypted {
+        notes.push("encrypted".to_string());
+    }
+    if let (Some(rate), Role::Source) = (p.bwlimit, role) {
+        notes.push(format!("limit {}/s", human_bytes(rate)));
+    }
+    let reporter = Reporter::start(log, &stats, totals, progress, &notes);
     let peer = lanes
         .first()
         .map_or_else(|| "the peer".to_string(), |l| l.reader.peer.clone());
@@ -155,9 +167,7 @@ pub fn run(
         ),
     };
     let elapsed = reporter.finish();
-    if progress {
-        log.info(summary(&stats, elapsed, side));
-    }
+    report_summary(log, &stats, elapsed, side, p.first, progress);
     log.info(format!(
         "verification digest {verify:032x}: both ends agree"
     ));
@@ -237,6 +247,42 @@ impl Drop for Watchdog {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// `--bwlimit`: a token bucket shared by every thread that sends block
+/// data. A frame larger than the bucket runs it into debt, which the next
+/// sender waits off, so the mean rate holds whatever the frame sizes.
+pub struct Throttle {
+    rate: f64,
+    state: Mutex<(std::time::Instant, f64)>,
+}
+
+impl Throttle {
+    /// A bucket of `rate` bytes per second, holding at most a tenth of a
+    /// second's worth.
+    pub fn new(rate: u64) -> Throttle {
+        Throttle {
+            rate: rate as f64,
+            state: Mutex::new((std::time::Instant::now(), rate as f64 / 10.0)),
+        }
+    }
+
+    /// Take `bytes` out of the bucket, sleeping while it is in debt.
+    pub fn take(&self, bytes: usize) {
+        let wait = {
+            let mut st = lock(&self.state);
+            let now = std::time::Instant::now();
+            let (last, tokens) = *st;
+            let filled =
+                (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate / 10.0);
+            let left = filled - bytes as f64;
+            *st = (now, left);
+            if left < 0.0 { -left / self.rate } else { 0.0 }
+        };
+        if wait > 0.0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(wait));
         }
     }
 }

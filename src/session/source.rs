@@ -72,8 +72,10 @@ pub(super) fn run(
     );
     let (tx, rx) = sync_channel(p.prefetch);
     let rx = Arc::new(Mutex::new(rx));
+    let throttle = p.bwlimit.map(super::Throttle::new);
     let ctx = SourceCtx {
         p,
+        throttle: throttle.as_ref(),
         disk,
         abort: &abort,
         state: &state,
@@ -137,6 +139,8 @@ pub(super) fn run(
 #[derive(Clone, Copy)]
 struct SourceCtx<'a> {
     p: &'a Params,
+    /// `--bwlimit`.
+    throttle: Option<&'a super::Throttle>,
     disk: &'a Disk,
     abort: &'a Abort<'a>,
     state: &'a Signal<SourceState>,
@@ -168,6 +172,11 @@ impl SourceCtx<'_> {
             Stats::add(&self.stats.bytes_done, sent.bytes);
         }
         st.acked_to = st.acked_to.max(upto);
+        // Acknowledgements are cumulative: every block before acked_to is
+        // written, whatever -w.
+        self.stats
+            .resume_at
+            .store(st.acked_to, std::sync::atomic::Ordering::Relaxed);
         drop(st);
         self.state.notify();
     }
@@ -280,6 +289,9 @@ impl SourceCtx<'_> {
         let mut extents = Vec::new();
         let data = Content::Bytes(&data);
         self.build_frame(index, data, theirs, compressor, &mut scratch, &mut extents)?;
+        if let Some(t) = self.throttle {
+            t.take(scratch.frame.len());
+        }
         // A lost lane will be rejoined and ask again.
         let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
         Ok(())
@@ -409,6 +421,9 @@ impl SourceCtx<'_> {
             st.spare.push(theirs);
             drop(st);
             drop(block);
+            if let Some(t) = self.throttle {
+                t.take(scratch.frame.len());
+            }
             // A lost lane is rejoined by its reader, and the destination
             // asks again for what it did not get.
             let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);

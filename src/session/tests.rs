@@ -237,6 +237,8 @@ fn params(size: u64, workers: usize, compression: Option<Level>) -> Params {
         workers,
         prefetch: workers * 4,
         deadline: DEADLINE,
+        encrypted: false,
+        bwlimit: None,
     }
 }
 

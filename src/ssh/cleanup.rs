@@ -118,6 +118,9 @@ pub(super) fn watch_signals(log: &Log, name: &str, remove: fn(&Endpoint, &str, &
             remove(&p.endpoint, &dir, &log);
         }
         log.line("interrupted");
+        if let Some(hint) = crate::progress::resume_hint() {
+            log.line(hint);
+        }
         std::process::exit(128 + sig);
     });
 }

@@ -3,8 +3,9 @@
 //! options into the ones scp understands.
 //!
 //! The remote shell is `ssh`, or the `-ssh` flag, or `$BSYNC_SSH` (the flag
-//! wins; `cli` resolves which), split on whitespace without any shell
-//! evaluation: the first word is the program, the rest are ssh options. `scp` runs that program
+//! wins; `cli` resolves which), split into words as a POSIX shell would
+//! ([`split_words`]: single and double quotes, backslashes) but without any
+//! expansion: the first word is the program, the rest are ssh options. `scp` runs that program
 //! (`scp -S PROGRAM`) with the options it understands translated (`-p PORT`
 //! becomes `-P PORT`, `-l USER` becomes `-o User=USER`).
 
@@ -24,9 +25,10 @@ pub struct Shell {
 }
 
 impl Shell {
-    /// Split `cmd` on whitespace; `None` when it has no words.
+    /// Split `cmd` into words ([`split_words`]); `None` when it has no
+    /// words or a quote is left open (validation refuses both).
     pub fn parse(cmd: &str) -> Option<Shell> {
-        let mut words = cmd.split_whitespace().map(str::to_string);
+        let mut words = split_words(cmd).ok()?.into_iter();
         let program = words.next()?;
         Some(Shell {
             program,
@@ -77,6 +79,59 @@ impl Shell {
         }
         out
     }
+}
+
+/// Split `s` into words the way a POSIX shell does, without expanding
+/// anything: whitespace separates words; `'...'` keeps everything
+/// literally; `"..."` keeps everything but `\"`, `\\`, `\$` and `` \` ``;
+/// a backslash outside quotes keeps the next character. An open quote or a
+/// trailing backslash is an error, which says so.
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                words.extend(word.take());
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("a single quote (') is not closed".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("a double quote (\") is not closed".into()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("a double quote (\") is not closed".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err("it ends with a lone backslash".into()),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
 }
 
 /// ssh's options that take a value (from its getopt string).
@@ -188,6 +243,33 @@ mod tests {
         assert_eq!(s.program, "ssh");
         assert_eq!(s.options, ["-i", "key", "-o", "StrictHostKeyChecking=yes"]);
         assert_eq!(Shell::parse("  "), None);
+    }
+
+    #[test]
+    fn shell_words_follow_posix_quoting() {
+        let s = shell(r#"ssh -o "StrictHostKeyChecking no" -i '/my keys/id' -o User\ Name"#);
+        assert_eq!(
+            s.options,
+            [
+                "-o",
+                "StrictHostKeyChecking no",
+                "-i",
+                "/my keys/id",
+                "-o",
+                "User Name"
+            ]
+        );
+        assert_eq!(
+            split_words(r#"a"b\"c"'d'"#),
+            Ok(vec![r#"ab"cd"#.to_string()])
+        );
+        assert_eq!(
+            split_words(r#"x "" y"#),
+            Ok(vec!["x".into(), String::new(), "y".into()])
+        );
+        assert!(split_words("ssh 'open").is_err());
+        assert!(split_words("ssh \"open").is_err());
+        assert!(split_words("ssh \\").is_err());
     }
 
     #[test]

@@ -42,7 +42,7 @@ mod command;
 mod process;
 mod script;
 
-pub use command::Shell;
+pub use command::{Shell, split_words};
 pub use script::{quote, server_script};
 
 use std::path::Path;
@@ -150,7 +150,15 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         path: launch.path.to_path_buf(),
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
     };
-    let synced = client::run(&connect, &config.transfer, &config.env, log);
+    let synced = client::run(&connect, &config.transfer, &config.env, log).map_err(|e| match e {
+        // The remote's own words, said of the host as it was typed, not of
+        // the address this side connected to.
+        Error::Remote { msg, .. } => Error::Remote {
+            peer: name.clone(),
+            msg: msg.strip_prefix("server: ").unwrap_or(&msg).to_string(),
+        },
+        other => other,
+    });
     conclude(synced, remote, config, name, log)
 }
 
@@ -207,7 +215,9 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
     if exit.status.and_then(|s| s.code()) == Some(SSH_FAILED) {
         return Error::Failed(format!(
             "ssh to {name} failed: {}",
-            exit.last_line().unwrap_or("(ssh said nothing)")
+            exit.last_lines(3)
+                .as_deref()
+                .unwrap_or("(ssh said nothing)")
         ));
     }
     match local {
@@ -225,8 +235,10 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
 
 /// Step 1: check `uname -sm` and make the directory, in one round trip.
 fn make_remote_dir(endpoint: &Endpoint, name: &str) -> Result<String> {
-    let out = captured(endpoint.command(&prepare_script()), "start")?;
+    let mut out = captured(endpoint.command(&prepare_script()), "start")?;
     if !out.status.success() {
+        // A login shell such as nologin says why on stdout.
+        out.tail.tail.extend(out.stdout.lines().map(str::to_string));
         return Err(explain(
             None,
             &out.tail,

@@ -48,11 +48,25 @@ impl RemoteExit {
     }
 
     pub(super) fn last_line(&self) -> Option<&str> {
+        self.meaningful().next_back()
+    }
+
+    /// The lines worth showing: not empty, not ssh's host-key chatter.
+    fn meaningful(&self) -> impl DoubleEndedIterator<Item = &str> {
         self.tail
             .iter()
-            .rev()
-            .map(String::as_str)
-            .find(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+            .map(|l| l.trim())
+            .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+    }
+
+    /// The last `n` meaningful lines, oldest first, joined with ` / `: when
+    /// ssh or the login fails, the line that explains it is often not the
+    /// last one ("Could not chdir to home directory" before "This account
+    /// is currently not available").
+    pub(super) fn last_lines(&self, n: usize) -> Option<String> {
+        let mut lines: Vec<&str> = self.meaningful().rev().take(n).collect();
+        lines.reverse();
+        (!lines.is_empty()).then(|| lines.join(" / "))
     }
 
     /// `exited with status 1: LINE`, `was killed by signal 9`, ...
@@ -69,7 +83,18 @@ impl RemoteExit {
                 (None, None) => "ended".to_string(),
             },
         };
-        match self.last_line() {
+        // An ordinary failure (not a signal): the lines before the last may
+        // be the ones that explain it.
+        let failed = self
+            .status
+            .and_then(|s| s.code())
+            .is_some_and(|c| c > 0 && c < 128);
+        let said = if self.own && failed {
+            self.last_lines(3)
+        } else {
+            self.last_line().map(str::to_string)
+        };
+        match said {
             Some(line) => format!("{how}: {}", line.trim_start_matches("bsync: ")),
             None => how,
         }

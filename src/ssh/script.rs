@@ -77,6 +77,10 @@ pub fn server_script(
         // The source's block size is the one that counts: the server's.
         args.push("-d".to_string());
         args.push(format!("-b {}", t.block_size));
+        // The remote sends: the limit is its to hold.
+        if let Some(rate) = t.bwlimit {
+            args.push(format!("-bwlimit {rate}"));
+        }
     }
     args.push(if encrypt { "-K -" } else { "-token-file -" }.to_string());
     format!(

@@ -239,6 +239,17 @@ pub fn wait_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
     )
 }
 
+/// Whether this process may write `path` (`access(W_OK)`), asked without
+/// opening, creating or changing anything.
+pub fn may_write(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, which
+    // only reads it.
+    check(unsafe { libc::access(c.as_ptr(), libc::W_OK) }).map(drop)
+}
+
 /// True if the file is a block device (fstat S_ISBLK).
 pub fn is_block_device(f: &File) -> io::Result<bool> {
     Ok(f.metadata()?.file_type().is_block_device())

@@ -26,15 +26,54 @@ mod socket;
 
 pub use file::{
     Advice, Cleared, blk_zero_out, block_device_size, clear_range, fadvise, is_block_device,
-    logical_sector_size, next_data, pread_full, punch_hole, pwrite_all, read_ahead, read_full_with,
-    set_read_ahead, start_writeback, wait_writeback, write_all_with, writeback_unsupported,
-    zero_range,
+    logical_sector_size, may_write, next_data, pread_full, punch_hole, pwrite_all, read_ahead,
+    read_full_with, set_read_ahead, start_writeback, wait_writeback, write_all_with,
+    writeback_unsupported, zero_range,
 };
 pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, memlock_limit};
 pub use process::{
     TERMINATION_SIGNALS, block_termination_signals, getrandom, kill, wait_termination_signal,
 };
 pub use socket::{reset_on_close, set_keepalive, set_socket_buffers};
+
+/// Columns of the terminal on standard error, if it is one (TIOCGWINSZ).
+pub fn stderr_columns() -> Option<u16> {
+    // SAFETY: an all-zero winsize is a valid value of this plain C struct.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize into the live local `ws`.
+    let rc = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_col > 0).then_some(ws.ws_col)
+}
+
+/// The local wall-clock time of `secs` seconds after the epoch as
+/// `(year, month, day, hour, minute, second)`, by `localtime_r` (which
+/// honours `TZ` and `/etc/localtime`); UTC when that fails.
+// The libc crate deprecates musl's `time_t` only to announce its change to
+// 64 bits; the checked conversion below holds either way.
+#[allow(deprecated)]
+pub fn local_time(secs: u64) -> (i32, u32, u32, u32, u32, u32) {
+    let t = libc::time_t::try_from(secs).unwrap_or(libc::time_t::MAX);
+    // SAFETY: an all-zero `tm` is a valid value of this plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals for the duration of the
+    // call; localtime_r is the thread-safe variant.
+    let ok = !unsafe { libc::localtime_r(&t, &mut tm) }.is_null();
+    if !ok {
+        // The time of day in UTC, without a date.
+        let rem = secs % 86_400;
+        let hms = |v: u64| u32::try_from(v).unwrap_or(0);
+        return (0, 0, 0, hms(rem / 3600), hms(rem / 60 % 60), hms(rem % 60));
+    }
+    let u = |v: libc::c_int| u32::try_from(v).unwrap_or(0);
+    (
+        tm.tm_year + 1900,
+        u(tm.tm_mon + 1),
+        u(tm.tm_mday),
+        u(tm.tm_hour),
+        u(tm.tm_min),
+        u(tm.tm_sec),
+    )
+}
 
 /// Converts a `u64` offset or length into whatever integer type a libc call
 /// wants, refusing values it cannot hold instead of wrapping them.

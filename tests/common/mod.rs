@@ -282,7 +282,7 @@ pub fn summary(stderr: &str) -> Summary {
     let need =
         |word: &str| bytes_after(word).unwrap_or_else(|| panic!("summary lacks {word:?}: {line}"));
     Summary {
-        blocks: count_before(" blocks"),
+        blocks: count_before(" block"),
         same: count_before(" same"),
         changed: count_before(" changed"),
         zero: count_before(" zero"),
