@@ -91,7 +91,7 @@ test:
 # The relay cases mostly wait on deadlines, so they run many at a time.
 test-fault: all
 	$(CARGO) test --locked --lib -- session:: sys::file::tests::strict cli:: drives:: auth:: aead::tests::authenticate
-	$(CARGO) test --locked --test fault -- --test-threads=8
+	$(CARGO) test --locked --test fault -- --include-ignored --test-threads=8
 	$(CARGO) test --locked --test cli
 	$(CARGO) test --locked --test device measured_3
 	tests/netns.sh ./bsync

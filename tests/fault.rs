@@ -107,8 +107,13 @@ fn args(dir: Dir, src: &Path, dst: &Path, key: bool, w: &str) -> (Vec<String>, V
         Dir::Up => (s(&["-f", dst]), s(&["-f", src])),
         Dir::Down => (s(&["-d", "-f", src]), s(&["-d", "-f", dst])),
     };
-    server.extend(s(&["-p", "0", "-i", "127.0.0.1", "-q", "-b", "256K"]));
-    client.extend(s(&["-q", "-b", "256K", "-w", w]));
+    server.extend(s(&["-p", "0", "-i", "127.0.0.1", "-q"]));
+    client.extend(s(&["-q", "-w", w]));
+    // The source's block size wins: -b goes to the source's end only.
+    match dir {
+        Dir::Up => client.extend(s(&["-b", "256K"])),
+        Dir::Down => server.extend(s(&["-b", "256K"])),
+    }
     if key {
         server.extend(s(&["-K", KEY]));
         client.extend(s(&["-K", KEY]));
@@ -339,8 +344,9 @@ fn case(name: &str, dir: Dir, key: bool, w: &str, rule: Rule) -> (i32, Option<i3
         sv = server.wait(limit);
         assert!(
             sv.is_some(),
-            "{name}: the server never exited\n{}",
-            server.stderr()
+            "{name}: the server never exited (client exit {c})\nserver: {}\nclient: {}",
+            server.stderr(),
+            client.stderr()
         );
     }
     let same = read_file(&d) == read_file(&s);
@@ -354,10 +360,9 @@ fn case(name: &str, dir: Dir, key: bool, w: &str, rule: Rule) -> (i32, Option<i3
                 "{name}: the {end} exited 0 but the destination differs\n{err}"
             );
         } else if status.is_some() {
-            let last = err.lines().last().unwrap_or_default();
             assert!(
-                last.starts_with("bsync"),
-                "{name}: {end}: no clear last line: {err}"
+                err.lines().any(|l| l.starts_with("bsync")),
+                "{name}: {end}: no clear error line: {err}"
             );
         }
     }
@@ -460,7 +465,12 @@ fn fields() -> Vec<(&'static str, u8, usize, At)> {
 }
 
 fn flip_matrix(dir: Dir, key: bool, w: &str) {
+    // FAULT_ONLY=WORDS runs only the fields whose name contains them.
+    let only = std::env::var("FAULT_ONLY").unwrap_or_default();
     for (field, ty, nth, at) in fields() {
+        if !field.contains(only.as_str()) {
+            continue;
+        }
         let name = format!(
             "{dir:?}-w{w}-{}-{}",
             if key { "key" } else { "plain" },
@@ -493,26 +503,32 @@ fn flip_matrix(dir: Dir, key: bool, w: &str) {
 }
 
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn flips_upload_w1_plain() {
     flip_matrix(Dir::Up, false, "1");
 }
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn flips_upload_w4_key() {
     flip_matrix(Dir::Up, true, "4");
 }
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn flips_download_w1_key() {
     flip_matrix(Dir::Down, true, "1");
 }
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn flips_download_w4_plain() {
     flip_matrix(Dir::Down, false, "4");
 }
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn flips_upload_w4_plain() {
     flip_matrix(Dir::Up, false, "4");
 }
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn flips_download_w1_plain() {
     flip_matrix(Dir::Down, false, "1");
 }
@@ -540,18 +556,22 @@ fn stream_faults(dir: Dir, key: bool, w: &str) {
 }
 
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn stream_faults_upload_w1_plain() {
     stream_faults(Dir::Up, false, "1");
 }
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn stream_faults_download_w4_key() {
     stream_faults(Dir::Down, true, "4");
 }
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn stream_faults_upload_w4_key() {
     stream_faults(Dir::Up, true, "4");
 }
 #[test]
+#[ignore = "the relay matrix: make test-fault"]
 fn stream_faults_download_w1_plain() {
     stream_faults(Dir::Down, false, "1");
 }
@@ -812,7 +832,8 @@ fn measured_7_running_out_of_descriptors_backs_off_instead_of_spinning() {
 #[test]
 fn measured_7_a_thread_limit_drops_the_connection_without_a_panic() {
     // RLIMIT_NPROC binds only an unprivileged user: run the server as
-    // nobody with room for a few threads, and flood it.
+    // nobody with room for a session's threads, and flood it with more
+    // silent connections than that.
     let setpriv = std::path::Path::new("/usr/bin/setpriv");
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -842,7 +863,7 @@ fn measured_7_a_thread_limit_drops_the_connection_without_a_panic() {
             "-c",
         ])
         .arg(format!(
-            "exec prlimit --nproc=8:8 {} -q -p 0 -i 127.0.0.1 -f {}",
+            "exec prlimit --nproc=24:24 {} -q -p 0 -i 127.0.0.1 -f {}",
             bin.display(),
             d.display()
         ))
@@ -862,7 +883,7 @@ fn measured_7_a_thread_limit_drops_the_connection_without_a_panic() {
         eprintln!("skipped: the server did not start as nobody: {line:?}");
         return;
     };
-    let hogs: Vec<_> = (0..30)
+    let hogs: Vec<_> = (0..60)
         .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
         .collect();
     thread::sleep(Duration::from_millis(500));
