@@ -26,7 +26,9 @@
 #                 SSH_OPTS="$SSH_OPTS"
 #   make demo     sync a small real ext4 image with a modified copy of itself
 #   make bench    cargo bench; bsync against the read floor, dd, and rsync over loopback
-#                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd)
+#                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd;
+#                 benches/auto.sh: -auto against the defaults, on loopback and
+#                 on a 100 Mbit/s veth between two network namespaces)
 #   make fuzz     fuzz the wire codec, the handshake proofs, the decompression
 #                 bound and the frame opener for FUZZ_SECONDS per target, from
 #                 the seed corpus in fuzz/corpus/ (needs cargo-fuzz)
@@ -128,6 +130,7 @@ bench: all
 	benches/net.sh
 	benches/seal.sh
 	benches/ssh.sh
+	benches/auto.sh
 
 # cargo-fuzz wants nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain
 # (the only one this project assumes) accept them.

@@ -12,6 +12,15 @@
 #
 # rsync gets -I so it never skips the file on size and time. Files are hot
 # in the page cache before each run; every result is compared with cmp.
+#
+# Then what -t costs over -r: the same update with -r to a bsync server
+# started (untimed) beforehand on 127.0.0.1, and, to see the fixed cost
+# without the transfer's noise, a 64 MiB random file with one 1 MiB change
+# both ways. -t runs with bsync already in the remote's cache (the usual
+# case after the first run); one run with this build's cache entry removed
+# shows the first-run cost, when bsync sends itself (target: -t <= -r +
+# 0.35 s with the cache). `ssh host true` is timed beside them: the one
+# login -t cannot avoid.
 # The sshd: the one named by BSYNC_TEST_SSH/SSH_OPTS if set (tests/sshd.sh
 # prints them), else one started here with tests/sshd.sh and stopped at the
 # end; without openssh-server the benchmark says so and is skipped.
@@ -79,15 +88,73 @@ timed() {
     took=$(elapsed "$t0" "$t1")
 }
 
-declare -a tb tr
+# The cache entry of this build on the remote (the sshd is this machine).
+sha=$(sha256sum <./bsync | cut -d' ' -f1)
+cache_entry=$(ssh "${opts[@]}" -p "$port" "$login" \
+    'c=${XDG_CACHE_HOME:-}; case $c in /*) ;; *) c=$HOME/.cache;; esac; echo "$c/bsync"')/$sha
+[[ $cache_entry == /*/bsync/$sha ]] || die "cannot find the remote's cache"
+
+small=$tmp/small.img
+small_old=$tmp/small-old.img
+head -c 64M /dev/urandom >"$small"
+cp "$small" "$small_old"
+dd if=/dev/urandom of="$small" bs=1M seek=20 count=1 conv=notrunc status=none
+small_dst=$(cd "$tmp" && pwd)/small-dst.img
+small_t=(./bsync -q -f "$small" -t "$remote:$small_dst")
+# One untimed run puts this build into the remote's cache.
+"${small_t[@]}" 2>"$tmp/small.err" || { cat "$tmp/small.err" >&2; die "bsync -t failed"; }
+
+declare -a tb tr tdirect
 for ((i = 0; i < runs; i++)); do
     timed bsync "${bsync_cmd[@]}"
     tb+=("$took")
+    fresh
+    warm "$changed" "$dst"
+    bsync_run up "$dst" "$changed" ""
+    cmp "$changed" "$dst" || die "bsync -r: destination differs"
+    tdirect+=("$took")
     timed rsync "${rsync_cmd[@]}"
     tr+=("$took")
-    say "   run $((i + 1)): bsync ${tb[$i]} s, rsync ${tr[$i]} s"
+    say "   run $((i + 1)): bsync -t ${tb[$i]} s, rsync ${tr[$i]} s, bsync -r ${tdirect[$i]} s"
 done
 b=$(min "${tb[@]}")
 r=$(min "${tr[@]}")
+d=$(min "${tdirect[@]}")
 ratio=$(calc 'sprintf("%.2f", b / r)' "b=$b" "r=$r")
 say "   best of $runs: bsync $b s, rsync $r s: bsync/rsync = $ratio (target <= $target_ratio: $(verdict "$ratio" "$target_ratio"))"
+say "   same update with -r to a running server: $d s; -t costs $(calc 'sprintf("%.2f", b - d)' "b=$b" "d=$d") s more"
+
+say "== -t against -r on a small update: 64 MiB random file, 1 MiB changed"
+declare -a ts tsr tl
+for ((i = 0; i < runs; i++)); do
+    t0=$(now)
+    ssh "${opts[@]}" -p "$port" "$login" true </dev/null || die "ssh $login true failed"
+    t1=$(now)
+    tl+=("$(elapsed "$t0" "$t1")")
+    cp "$small_old" "$small_dst"
+    warm "$small" "$small_dst"
+    t0=$(now)
+    "${small_t[@]}" 2>"$tmp/small.err" || { cat "$tmp/small.err" >&2; die "bsync -t failed"; }
+    t1=$(now)
+    cmp "$small" "$small_dst" || die "bsync -t: small destination differs"
+    ts+=("$(elapsed "$t0" "$t1")")
+    cp "$small_old" "$small_dst"
+    warm "$small" "$small_dst"
+    bsync_run up "$small_dst" "$small" ""
+    cmp "$small" "$small_dst" || die "bsync -r: small destination differs"
+    tsr+=("$took")
+    say "   run $((i + 1)): -t ${ts[$i]} s, -r ${tsr[$i]} s, ssh true ${tl[$i]} s"
+done
+rm -rf "$cache_entry"
+cp "$small_old" "$small_dst"
+t0=$(now)
+"${small_t[@]}" 2>"$tmp/small.err" || { cat "$tmp/small.err" >&2; die "bsync -t failed"; }
+t1=$(now)
+cmp "$small" "$small_dst" || die "bsync -t: small destination differs"
+cold=$(elapsed "$t0" "$t1")
+s_t=$(min "${ts[@]}")
+s_r=$(min "${tsr[@]}")
+extra=$(calc 'sprintf("%.2f", t - r)' "t=$s_t" "r=$s_r")
+login=$(min "${tl[@]}")
+say "   best of $runs: -t $s_t s (bsync cached on the remote), -r $s_r s: -t costs $extra s more (target <= 0.35: $(verdict "$extra" 0.35)); one ssh login (ssh true) costs $login s"
+say "   first run, bsync sent to the remote: -t $cold s ($(calc 'sprintf("%.2f", t - r)' "t=$cold" "r=$s_r") s more than -r)"

@@ -18,7 +18,8 @@ use crate::proto::{self, AUTH_FAILED, Frame, Hello, MAX_BLOCK_SIZE, Welcome};
 use crate::session::{self, Params};
 use crate::sys;
 
-/// Run a client session as `c` says, moving data as `t` says.
+/// Run a client session as `c` says, moving data as `t` says (or as
+/// `-auto` chooses, when `c.auto`).
 pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
     let (host, port) = (c.host.as_str(), c.port);
     let upload = c.role == Role::Source;
@@ -33,6 +34,30 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
     } else {
         format!("server {host}:{port}")
     };
+    let dial = Dial {
+        host,
+        port,
+        peer: &peer,
+        secret,
+        deadline: env.io_timeout,
+    };
+    // -auto measures on the first connection, before its Hello says the
+    // block size and the lanes.
+    let mut opened = None;
+    let mut tuned = *t;
+    if let (true, Some(disk)) = (c.auto, source.as_ref()) {
+        let started = std::time::Instant::now();
+        let mut o = dial.open()?;
+        let choice = crate::auto::tune(&mut o.lane, &peer, o.connected, disk, t)?;
+        log.info(format!(
+            "{} ({:.0} ms)",
+            choice.why,
+            started.elapsed().as_secs_f64() * 1e3
+        ));
+        tuned = choice.transfer;
+        opened = Some(o);
+    }
+    let t = &tuned;
     let mut id = [0u8; 16];
     sys::getrandom(&mut id).map_err(|e| Error::io("client", "get random bytes", e))?;
     let lanes_n = u16::try_from(t.workers).unwrap_or(u16::MAX);
@@ -52,15 +77,11 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
         // Filled in afresh for every connection.
         nonce: [0; proto::NONCE_LEN],
     };
-    let dial = Dial {
-        host,
-        port,
-        peer: &peer,
-        secret,
-        deadline: env.io_timeout,
-    };
 
-    let (first, welcome) = first_connect(&dial, &hello(0), log)?;
+    let (first, welcome) = match opened {
+        Some(o) => dial.greet(o, &hello(0))?,
+        None => first_connect(&dial, &hello(0), log)?,
+    };
     if let Some(why) = welcome_mismatch(&hello(0), &welcome, upload) {
         return Err(Error::protocol(
             &peer,
@@ -242,18 +263,53 @@ struct Dial<'a> {
     deadline: Duration,
 }
 
+/// A connection that has the server's challenge and has not said hello.
+struct Opened {
+    lane: Lane,
+    server_nonce: [u8; proto::NONCE_LEN],
+    flags: u8,
+    /// How long the TCP connect took: about one round trip.
+    connected: Duration,
+}
+
 impl Dial<'_> {
     /// Open one lane: connect, exchange preambles, answer the challenge with
     /// a hello (and a proof), check the server's proof, get the welcome.
     fn connect(&self, hello: &Hello) -> Result<(Lane, Welcome)> {
+        let opened = self.open()?;
+        self.greet(opened, hello)
+    }
+
+    /// Connect, exchange preambles, read the challenge.
+    fn open(&self) -> Result<Opened> {
         let peer = self.peer;
+        let started = std::time::Instant::now();
         let stream = self.tcp()?;
+        let connected = started.elapsed();
         net::configure_tcp(&stream);
         let mut lane = Lane::open(stream, peer.to_string(), self.deadline)?;
         let (server_nonce, flags) = match lane.reader.read("the server's challenge")? {
             Frame::Challenge { nonce, flags } => (nonce, flags),
             other => return Err(session::unexpected(peer, &other)),
         };
+        Ok(Opened {
+            lane,
+            server_nonce,
+            flags,
+            connected,
+        })
+    }
+
+    /// Answer the challenge of `opened` with `hello` (and a proof), check
+    /// the server's proof, get the welcome.
+    fn greet(&self, opened: Opened, hello: &Hello) -> Result<(Lane, Welcome)> {
+        let peer = self.peer;
+        let Opened {
+            mut lane,
+            server_nonce,
+            flags,
+            ..
+        } = opened;
         // Nothing is sent to a server that cannot prove what we hold.
         if let Some(why) = auth::mismatch(hello.flags, flags, "server") {
             let theirs = auth::mismatch(flags, hello.flags, "client").unwrap_or_default();

@@ -99,6 +99,9 @@ pub struct Connect {
     pub path: PathBuf,
     /// The key or token to prove, and to seal frames with if a key.
     pub secret: Option<Secret>,
+    /// `-auto`: measure the link and the source first, then choose the
+    /// block size, workers, prefetch and level (an upload only).
+    pub auto: bool,
 }
 
 /// How the transfer moves data; the same on every mode.

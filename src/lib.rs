@@ -22,6 +22,7 @@
 
 pub mod aead;
 pub mod auth;
+pub mod auto;
 pub mod block;
 pub mod cli;
 pub mod client;
@@ -41,6 +42,7 @@ pub mod proto;
 pub mod reader;
 pub mod server;
 pub mod session;
+pub mod sha256;
 pub mod ssh;
 /// Every raw OS call bsync makes; the only module with `unsafe`.
 #[allow(unsafe_code)]

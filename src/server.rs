@@ -183,10 +183,21 @@ fn handshake(
     sys::getrandom(&mut nonce).map_err(|e| Error::io("server", "get random bytes", e))?;
     lane.sender
         .send_frame(&Frame::Challenge { nonce, flags: ours })?;
-    let hello = match lane.reader.read("the client's hello")? {
-        Frame::Hello(hello) => hello,
-        Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
-        _ => return Err(Error::protocol(peer, "expected a Hello frame")),
+    // `-auto` may measure the link first: see `proto`, "Probe".
+    let mut probed = 0usize;
+    let hello = loop {
+        match lane.reader.read("the client's hello")? {
+            Frame::Hello(hello) => break hello,
+            Frame::Probe(bytes) if probed + bytes.len() <= proto::PROBE_LIMIT => {
+                probed += bytes.len();
+                if bytes.is_empty() {
+                    lane.sender.send_frame(&Frame::Probe(&[]))?;
+                }
+            }
+            Frame::Probe(_) => return Err(Error::protocol(peer, "too many Probe bytes")),
+            Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
+            _ => return Err(Error::protocol(peer, "expected a Hello frame")),
+        }
     };
     let deny = |ours_why: String, theirs_why: &str| {
         lane.sender.fail(&format!("{AUTH_FAILED}{theirs_why}"));

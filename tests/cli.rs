@@ -285,18 +285,6 @@ fn help_into_a_closed_pipe_exits_0() {
     assert!(!err.contains("panic"), "{err}");
 }
 
-/// Modes of the original tool that this build does not have yet must say so
-/// (exit 2, one line) rather than do something else. Update as they land.
-#[test]
-fn modes_not_yet_available_say_so() {
-    let scene = Scene::new("not-yet");
-    let cases: &[&[&str]] = &[&["-auto", "-r", "127.0.0.1:1", "-f", "SRC"]];
-    for args in cases {
-        let line = usage_error(&scene, args);
-        assert!(line.contains("not available yet"), "{args:?}: {line}");
-    }
-}
-
 /// A usage error in a run that also fails to open anything reports the usage
 /// error: flags are checked before any file is opened.
 #[test]
@@ -453,8 +441,8 @@ fn buffers_beyond_half_the_memory_are_refused() {
     assert!(line.contains("more than half"), "{line}");
 }
 
-/// Issue 15, item 11: -h does not offer -auto as if it worked, and no help
-/// line is wider than 80 columns.
+/// Issue 15, item 11: -h says what -auto does (issue 12 made it work), and
+/// no help line is wider than 80 columns.
 #[test]
 fn help_is_truthful_and_narrow() {
     let out = run(bsync().arg("-h"));
@@ -466,7 +454,7 @@ fn help_is_truthful_and_narrow() {
         .lines()
         .find(|l| l.trim_start().starts_with("-auto"))
         .unwrap_or_default();
-    assert!(auto.contains("not available yet"), "{auto}");
+    assert!(auto.contains("measure round trip"), "{auto}");
 }
 
 /// Issue 15, item 13: the manual page and the completions come out of the

@@ -1776,6 +1776,44 @@ fn a_keyed_client_will_not_talk_to_an_open_server() {
     server.proc.kill();
 }
 
+/// `-auto`'s `Probe` frames before a `Hello`: an empty one is answered with
+/// an empty one, full ones are discarded, and more than `PROBE_LIMIT` bytes
+/// of them drop the connection without ending the server.
+#[test]
+fn probes_before_hello_are_answered_and_bounded() {
+    use bsync::proto::{self, Frame, HANDSHAKE_MAX, PROBE_LIMIT};
+    let tmp = TempDir::new("probe");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(300_000, 31));
+    let mut server = Server::start(&["-f", arg(&d)]);
+    let mut c = connect(server.socket_addr());
+    c.write_all(PREAMBLE).unwrap();
+    let mut head = [0u8; 14 + 5 + 17];
+    c.read_exact(&mut head).expect("preamble and challenge");
+    let mut frames = Vec::new();
+    proto::encode(&Frame::Probe(&[7; HANDSHAKE_MAX]), &mut frames);
+    proto::encode(&Frame::Probe(&[]), &mut frames);
+    c.write_all(&frames).unwrap();
+    let mut answer = [0u8; 5];
+    c.read_exact(&mut answer)
+        .expect("an answer to the empty probe");
+    assert_eq!(answer, [11, 0, 0, 0, 0]);
+    // Past the limit the server drops the connection.
+    let mut full = Vec::new();
+    proto::encode(&Frame::Probe(&[1; HANDSHAKE_MAX]), &mut full);
+    for _ in 0..=PROBE_LIMIT / HANDSHAKE_MAX {
+        if c.write_all(&full).is_err() {
+            break;
+        }
+    }
+    let _ = read_to_close(&mut c);
+    let err = server.proc.wait_stderr(Duration::from_secs(20), |e| {
+        e.contains("too many Probe bytes")
+    });
+    assert!(err.contains("too many Probe bytes"), "{err}");
+    real_upload(server, &s, &d);
+}
+
 // ------------------------------------------------------------ issue 15 ---
 
 /// The resume point out of a `resume with -s N` line, if `stderr` has one.

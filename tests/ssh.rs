@@ -8,10 +8,12 @@
 //! tests look at the remote files and processes directly.
 //!
 //! Every run goes through a wrapper script given as `-ssh` that logs each
-//! argument vector it is called with (scp calls it too, through `-S`), then
-//! runs the real ssh. From that log the tests learn the remote directory bsync
-//! made (to check it is gone afterwards) and check that no secret was ever
-//! on a command line.
+//! argument vector it is called with, then runs the real ssh. From that log
+//! the tests count the logins of a run and check that no secret was ever on
+//! a command line. The wrapper also points the remote's cache
+//! (`XDG_CACHE_HOME`) and `TMPDIR` into the test's own directory, so that
+//! the tests can look at what a run leaves there and never touch the real
+//! `~/.cache/bsync`.
 
 mod common;
 
@@ -57,6 +59,12 @@ struct Scene {
     dir: TempDir,
     log: PathBuf,
     wrapper: PathBuf,
+    /// The remote's `$XDG_CACHE_HOME`.
+    cache: PathBuf,
+    /// The remote's `$TMPDIR`.
+    tmp: PathBuf,
+    /// The SHA-256 of the bsync under test, which names its cached copy.
+    sha256: String,
 }
 
 impl Scene {
@@ -65,13 +73,44 @@ impl Scene {
         let dir = TempDir::new(&format!("ssh-{name}"));
         let log = dir.join("ssh-calls.log");
         let wrapper = dir.join("logging-ssh");
-        Scene::write_wrapper(&wrapper, &log, &sshd.program, "");
-        Some(Scene {
+        let (cache, tmp) = (dir.join("cache"), dir.join("tmp"));
+        fs::create_dir(&tmp).unwrap();
+        let sha256 = bsync::sha256::hex(&fs::read(env!("CARGO_BIN_EXE_bsync")).unwrap());
+        let s = Scene {
             sshd,
             dir,
             log,
             wrapper,
-        })
+            cache,
+            tmp,
+            sha256,
+        };
+        Scene::write_wrapper(&s.wrapper, &s.log, &s.sshd.program, &s.prelude(""));
+        Some(s)
+    }
+
+    /// Remote shell lines that point the cache and `TMPDIR` into the
+    /// scene, then `more`.
+    fn prelude(&self, more: &str) -> String {
+        format!(
+            "XDG_CACHE_HOME=\"{}\"; TMPDIR=\"{}\"; export XDG_CACHE_HOME TMPDIR; {more}",
+            self.cache.display(),
+            self.tmp.display()
+        )
+    }
+
+    /// Where the remote keeps its copy of the bsync under test.
+    fn cached(&self) -> PathBuf {
+        self.cache.join("bsync").join(&self.sha256).join("bsync")
+    }
+
+    /// The calls of the log that log in: all but `ssh -G`, which only
+    /// prints ssh's configuration.
+    fn logins(&self) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| !c.iter().any(|a| a == "-G"))
+            .count()
     }
 
     /// A wrapper that logs its argv, puts `prelude` in front of the remote
@@ -121,30 +160,33 @@ impl Scene {
         calls
     }
 
-    /// Remote directories bsync made, as named in the commands it sent.
-    fn remote_dirs(&self) -> Vec<String> {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let mut dirs: Vec<String> = text
-            .split("d='")
-            .skip(1)
-            .filter_map(|rest| rest.split_once('\'').map(|(d, _)| d.to_string()))
-            .collect();
-        dirs.dedup();
-        dirs
-    }
-
-    /// Everything a run must leave behind: no remote directory, no secret
-    /// on any command line.
+    /// Everything a run must leave behind: nothing in the remote's
+    /// `TMPDIR`, in the cache nothing but whole copies in private
+    /// directories, no secret on any command line.
     fn check_clean(&self) {
-        for dir in self.remote_dirs() {
-            assert!(
-                !Path::new(&dir).exists(),
-                "remote directory {dir} is still there"
-            );
+        use std::os::unix::fs::PermissionsExt;
+        let left: Vec<_> = fs::read_dir(&self.tmp).unwrap().flatten().collect();
+        assert!(left.is_empty(), "left in the remote's TMPDIR: {left:?}");
+        let root = self.cache.join("bsync");
+        if root.exists() {
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&root), 0o700, "{}", root.display());
+            for build in fs::read_dir(&root).unwrap().flatten() {
+                assert_eq!(mode(&build.path()), 0o700, "{}", build.path().display());
+                let names: Vec<_> = fs::read_dir(build.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .collect();
+                assert_eq!(names, ["bsync"], "in {}", build.path().display());
+            }
         }
         for call in self.calls() {
             for arg in &call {
-                assert!(!has_secret(arg), "a secret on a command line: {arg:?}");
+                // The executable's digest is public; nothing else may be
+                // 64 hex digits.
+                let arg = arg.replace(&self.sha256, "");
+                assert!(!has_secret(&arg), "a secret on a command line: {arg:?}");
             }
         }
     }
@@ -192,12 +234,88 @@ fn upload_then_delta_upload() {
     assert_same(&src, &dst);
     assert!(err.contains("changed"), "{err}");
     s.check_clean();
-    // Each run: one ssh for uname+mktemp, scp's, the server, ssh -G.
+    // Each run: one ssh session (and ssh -G, which does not log in).
+    assert_eq!(s.logins(), 2, "{:?}", s.calls());
     let run_script = s
         .calls()
         .into_iter()
         .filter(|c| c.last().is_some_and(|l| l.contains("-token-file -")));
     assert_eq!(run_script.count(), 2, "{:?}", s.calls());
+}
+
+/// One ssh login per run: the first run sends bsync into the remote's
+/// cache, the second finds it there and sends nothing; a damaged copy is
+/// noticed and replaced.
+#[test]
+fn one_login_per_run_and_the_cache_is_reused() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(s) = Scene::new("logins") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    let dst = s.dir.join("dst.img");
+    write_file(&src, &data(1 << 20, 11));
+    let err = run_ok(&mut s.bsync(&src, &dst, &["-v"]));
+    assert_same(&src, &dst);
+    assert_eq!(s.logins(), 1, "{:?}", s.calls());
+    assert!(err.contains("copying bsync"), "{err}");
+    let first = fs::metadata(s.cached()).unwrap();
+
+    let err = run_ok(&mut s.bsync(&src, &dst, &["-v"]));
+    assert_eq!(s.logins(), 2, "{:?}", s.calls());
+    assert!(!err.contains("copying bsync"), "{err}");
+    assert!(err.contains("using the copy of bsync"), "{err}");
+    let second = fs::metadata(s.cached()).unwrap();
+    assert_eq!(
+        (first.ino(), first.mtime_nsec()),
+        (second.ino(), second.mtime_nsec()),
+        "the cached copy was not rewritten"
+    );
+
+    // A copy that does not match its digest is never run: it is sent anew.
+    let mut bytes = fs::read(s.cached()).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(s.cached(), &bytes).unwrap();
+    let err = run_ok(&mut s.bsync(&src, &dst, &["-v", "-d"]));
+    assert!(err.contains("copying bsync"), "{err}");
+    assert_eq!(s.logins(), 3, "{:?}", s.calls());
+    assert_eq!(bsync::sha256::hex(&fs::read(s.cached()).unwrap()), s.sha256);
+    s.check_clean();
+}
+
+/// Without a cache directory (no `$HOME`), the copy goes into a `mktemp -d`
+/// directory in the remote's `TMPDIR`, which is gone after the run.
+#[test]
+fn no_cache_directory_uses_a_temporary_one() {
+    let Some(s) = Scene::new("nocache") else {
+        return;
+    };
+    let nocache = s.dir.join("nocache-ssh");
+    Scene::write_wrapper(
+        &nocache,
+        &s.log,
+        &s.sshd.program,
+        &s.prelude("unset XDG_CACHE_HOME; HOME=; "),
+    );
+    let src = s.dir.join("src.img");
+    let dst = s.dir.join("dst.img");
+    write_file(&src, &data(1 << 20, 12));
+    let mut cmd = bsync();
+    cmd.arg("-ssh")
+        .arg(format!("{} {}", nocache.display(), s.sshd.options))
+        .args(["-v", "-f"])
+        .arg(&src)
+        .arg("-t")
+        .arg(s.target(&dst));
+    let err = run_ok(&mut cmd);
+    assert_same(&src, &dst);
+    let tmp = s.tmp.display().to_string();
+    assert!(err.contains("copying bsync"), "{err}");
+    assert!(err.contains(&format!("{tmp}/bsync.")), "{err}");
+    assert!(!s.cache.exists());
+    assert_eq!(s.logins(), 1, "{:?}", s.calls());
+    s.check_clean();
 }
 
 #[test]
@@ -313,7 +431,7 @@ fn architecture_mismatch_copies_nothing() {
         &liar,
         &s.log,
         &s.sshd.program,
-        "uname() { echo Linux armv7l; }; ",
+        &s.prelude("uname() { echo Linux armv7l; }; "),
     );
     let src = s.dir.join("src.img");
     write_file(&src, b"data");
@@ -328,8 +446,10 @@ fn architecture_mismatch_copies_nothing() {
     let line = last_line(&err);
     assert!(line.contains("architecture mismatch"), "{err}");
     assert!(line.contains("armv7l"), "{err}");
-    assert_eq!(s.calls().len(), 1, "no mktemp, no scp: {:?}", s.calls());
+    assert_eq!(s.logins(), 1, "{:?}", s.calls());
     assert!(!s.dir.join("dst.img").exists());
+    assert!(!s.cache.exists(), "nothing is copied or made");
+    s.check_clean();
 }
 
 /// ssh's own failure (exit 255) names the host and says what ssh said.
@@ -443,24 +563,17 @@ fn start_slow_upload(s: &Scene, src: &Path, dst: &Path) -> (Child, u32) {
             "the transfer ended before it could be interrupted"
         );
         let written = dst.exists() && allocated_bytes(dst) > 0;
-        let servers: Vec<(u32, String)> = s
-            .remote_dirs()
-            .iter()
-            .flat_map(|d| processes_with(&format!("{d}/bsync")))
+        let servers: Vec<(u32, String)> = processes_with(&s.cached().display().to_string())
+            .into_iter()
             .filter(|(_, c)| c.contains("-p 0"))
             .collect();
         if written && !servers.is_empty() {
             // The remote's `ps` while a transfer runs: no secret in the
             // command line of anything of this run (the local bsync and
             // ssh, the remote shell, the remote bsync).
-            let ours = s
-                .remote_dirs()
-                .into_iter()
-                .chain([s.dir.path().display().to_string()]);
-            for needle in ours {
-                for (_, cmdline) in processes_with(&needle) {
-                    assert!(!has_secret(&cmdline), "secret in a command line: {cmdline}");
-                }
+            for (_, cmdline) in processes_with(&s.dir.path().display().to_string()) {
+                let cmdline = cmdline.replace(&s.sha256, "");
+                assert!(!has_secret(&cmdline), "secret in a command line: {cmdline}");
             }
             return (child, servers[0].0);
         }
@@ -489,19 +602,14 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> (Option<i32>, String) {
     }
 }
 
-/// Wait (bounded) until no process runs the remote copies any more.
+/// Wait (bounded) until no process runs the remote copy any more.
 fn assert_remote_gone(s: &Scene) {
-    let dirs = s.remote_dirs();
-    assert!(!dirs.is_empty(), "no remote directory was made");
+    let copy = s.cached().display().to_string();
+    assert!(s.cached().exists(), "no remote copy was made");
     let deadline = Instant::now() + Duration::from_secs(15);
-    for dir in &dirs {
-        while !processes_with(&format!("{dir}/bsync")).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "remote bsync in {dir} still runs"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+    while !processes_with(&copy).is_empty() {
+        assert!(Instant::now() < deadline, "remote bsync {copy} still runs");
+        thread::sleep(Duration::from_millis(50));
     }
     s.check_clean();
 }
@@ -519,6 +627,22 @@ fn interrupt_cleans_up_the_remote() {
     let (code, err) = wait_bounded(&mut child, Duration::from_secs(60));
     assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
+    assert_remote_gone(&s);
+}
+
+/// SIGKILL on this side leaves nothing to clean up: the remote notices the
+/// end of the session's stdin and stops its server; nothing is left in its
+/// TMPDIR.
+#[test]
+fn sigkill_of_this_side_stops_the_remote() {
+    let Some(s) = Scene::new("sigkill") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    let dst = s.dir.join("dst.img");
+    let (mut child, _) = start_slow_upload(&s, &src, &dst);
+    child.kill().unwrap();
+    let _ = child.wait();
     assert_remote_gone(&s);
 }
 

@@ -48,7 +48,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
 }
 
 fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
-    Ok(match u.int_in_range(0..=8u8)? {
+    Ok(match u.int_in_range(0..=9u8)? {
         0 => Frame::Hello(Hello {
             session: u.arbitrary()?,
             lane: u.arbitrary()?,
@@ -91,6 +91,10 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
             check: u.arbitrary()?,
             tag: u.arbitrary()?,
         },
+        8 => {
+            let bytes: &[u8] = u.arbitrary()?;
+            Frame::Probe(&bytes[..bytes.len().min(proto::HANDSHAKE_MAX)])
+        }
         _ => Frame::Bye {
             verify: u.arbitrary()?,
         },

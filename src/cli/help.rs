@@ -60,7 +60,9 @@ SPEED
   -L LEVEL      zstd level: fast, default, better, best [default] (client)
   -bwlimit RATE  at most RATE bytes/s of block data from the sending end,
                 with K/M/G (binary), e.g. 20M
-  -auto         not available yet in this build: refused with exit status 2
+  -auto         measure round trip, throughput and zstd speed (a few hundred
+                ms), then pick -b, -w, -prefetch and -L and say why in one
+                line (client -r upload only)
 
 SECURITY
   -e            encrypt with ChaCha20-Poly1305; with -t a fresh key is made and

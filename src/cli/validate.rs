@@ -76,10 +76,19 @@ impl RawArgs {
                 "-s belongs to the client (-r or -t); the server learns it in the handshake",
             ));
         }
-        if self.auto && !self.list_drives {
-            return Err(Error::usage(
-                "-auto: auto-tuning is not available yet in this build",
-            ));
+        if self.auto {
+            let chosen = [
+                ("-b", self.block_size.is_some()),
+                ("-w", self.workers.is_some()),
+                ("-prefetch", self.prefetch.is_some()),
+                ("-L", self.level.is_some()),
+                ("-n", self.no_compress),
+            ];
+            if let Some((flag, _)) = chosen.iter().find(|(_, given)| *given) {
+                return Err(Error::usage(format!(
+                    "-auto chooses -b, -w, -prefetch and -L itself; drop {flag} or -auto"
+                )));
+            }
         }
 
         let given_file = self.file.is_some();
@@ -102,6 +111,7 @@ impl RawArgs {
                 role,
                 path,
                 secret: secret(self.key, self.token)?,
+                auto: self.auto,
             })
         } else if let Some(Target::Local(other)) = self.target {
             let (source, destination) = match role {

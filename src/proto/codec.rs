@@ -143,6 +143,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
         BYE => "Bye",
         CHALLENGE => "Challenge",
         PROOF => "Proof",
+        PROBE => "Probe",
         other => return Err(ProtoError::UnknownType(other)),
     };
     let mut r = Reader {
@@ -237,6 +238,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
             check: r.array()?,
             tag: r.array()?,
         },
+        PROBE => Frame::Probe(r.take(payload.len())?),
         _ => Frame::Bye { verify: r.u128()? },
     };
     r.end()?;
@@ -403,6 +405,10 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(check);
             out.extend_from_slice(tag);
         }
+        Frame::Probe(bytes) => {
+            start = begin_frame(out, PROBE);
+            out.extend_from_slice(bytes);
+        }
     }
     finish_frame(out, start);
 }
@@ -481,6 +487,8 @@ mod tests {
             nonce: [0xa5; NONCE_LEN],
             flags: FLAG_AUTH,
         });
+        round_trip(Frame::Probe(&[]));
+        round_trip(Frame::Probe(&[0x5a; HANDSHAKE_MAX]));
         round_trip(Frame::Proof {
             check: *b"fedcba9876543210",
             tag: *b"0123456789abcdef",

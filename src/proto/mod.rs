@@ -30,6 +30,7 @@
 //! | 6    | `Ack`      | destination → source| block `u64`: written |
 //! | 7    | `Complete` | destination → source| blocks `u64`, verification digest `u128`: blocks `skip..blocks` written and flushed |
 //! | 8    | `Bye`      | source → destination| verification digest `u128`: the source's verdict, equal to the destination's |
+//! | 11   | `Probe`    | either, before `Hello` | any bytes, at most [`HANDSHAKE_MAX`] |
 //!
 //! A connection opens with the server's `Challenge` (sent right after the
 //! preambles, so it costs no round trip), the client's `Hello` and `Proof`,
@@ -62,6 +63,14 @@
 //! `Bye` whose digest equals its own: a lane that closes without one fails
 //! the run on both ends.
 //!
+//! `-auto` measures the link on the first connection before it says
+//! `Hello`: after the server's `Challenge` the client may send `Probe`
+//! frames. The server reads and discards them (at most [`PROBE_LIMIT`]
+//! bytes in all per connection); to an empty one it answers at once with an
+//! empty `Probe`, so an empty `Probe` is a ping and a burst of full ones
+//! followed by an empty one times the link's throughput. Then the `Hello`
+//! follows as on any connection. A `Probe` at any other point is an error.
+//!
 //! A change is a sub-block number (`u32`) and a kind (`u8`): 0 = zero (no
 //! data), 1 = data, followed by the source's digest of that sub-block
 //! (`u128`), which the destination checks after decompression. The data
@@ -89,6 +98,8 @@ pub const PREAMBLE_MAGIC: &[u8] = b"BSYNC ver";
 pub const HEADER_LEN: usize = 5;
 /// Largest frame payload before the session parameters are agreed.
 pub const HANDSHAKE_MAX: usize = 4096;
+/// Most `Probe` payload bytes a server takes on one connection.
+pub const PROBE_LIMIT: usize = 64 << 20;
 /// Largest block size a session may use: every block is held in memory
 /// several times on both ends.
 pub const MAX_BLOCK_SIZE: usize = 1024 * 1024 * 1024;
@@ -109,8 +120,9 @@ const COMPLETE: u8 = 7;
 const BYE: u8 = 8;
 const CHALLENGE: u8 = 9;
 const PROOF: u8 = 10;
+const PROBE: u8 = 11;
 /// Every frame type; anything else is refused at the header.
-pub const FRAME_TYPES: RangeInclusive<u8> = HELLO..=PROOF;
+pub const FRAME_TYPES: RangeInclusive<u8> = HELLO..=PROBE;
 
 /// `Hello`/`Challenge` flag: the session proves knowledge of a shared secret.
 pub const FLAG_AUTH: u8 = 1;
@@ -304,6 +316,9 @@ pub enum Frame<'a> {
         /// The tag under the connection key: the sender holds the secret.
         tag: [u8; NONCE_LEN],
     },
+    /// Link measurement before the `Hello` (`-auto`): discarded; an empty
+    /// one asks for an empty one back.
+    Probe(&'a [u8]),
 }
 
 impl Frame<'_> {
@@ -320,6 +335,7 @@ impl Frame<'_> {
             Frame::Bye { .. } => "Bye",
             Frame::Challenge { .. } => "Challenge",
             Frame::Proof { .. } => "Proof",
+            Frame::Probe(_) => "Probe",
         }
     }
 }

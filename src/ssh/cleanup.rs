@@ -1,10 +1,11 @@
 //! What a stopped run must undo on the remote, and the thread that undoes
 //! it when SIGINT, SIGTERM or SIGHUP arrives.
 //!
-//! The remote command removes its directory itself when bsync exits; this is
-//! the second line of defence. While a run is in progress, [`PENDING`] holds
-//! the remote directory (once made) and the local `ssh` or `scp` running at
-//! the moment. After a failure the main thread removes the directory; after
+//! The remote script removes a partial copy and a temporary directory (made
+//! only where the remote has no usable cache) itself when bsync exits; this
+//! is the second line of defence. While a run is in progress, [`PENDING`]
+//! holds that temporary directory (once made) and the local `ssh` running
+//! at the moment. After a failure the main thread removes the directory; after
 //! a signal, the signal thread kills the child, removes the directory and
 //! exits with 128 + the signal number, and the main thread leaves the exit
 //! to it.

@@ -1,13 +1,12 @@
-//! ssh and scp command lines: the remote shell the user chose ([`Shell`]),
-//! the machine it reaches ([`Endpoint`]), and the translation of ssh's
-//! options into the ones scp understands.
+//! ssh command lines: the remote shell the user chose ([`Shell`]) and the
+//! machine it reaches ([`Endpoint`]).
 //!
 //! The remote shell is `ssh`, or the `-ssh` flag, or `$BSYNC_SSH` (the flag
 //! wins; `cli` resolves which), split into words as a POSIX shell would
 //! ([`split_words`]: single and double quotes, backslashes) but without any
-//! expansion: the first word is the program, the rest are ssh options. `scp` runs that program
-//! (`scp -S PROGRAM`) with the options it understands translated (`-p PORT`
-//! becomes `-P PORT`, `-l USER` becomes `-o User=USER`).
+//! expansion: the first word is the program, the rest are ssh options.
+//! Only the program is run, with those options: no `scp`, so any program
+//! that takes ssh's options, a host and a command will do.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -34,50 +33,6 @@ impl Shell {
             program,
             options: words.collect(),
         })
-    }
-
-    /// The options rewritten for `scp`, which shares most of ssh's but not
-    /// all: some letters mean something else there (`-p`, `-l`, `-T`), and
-    /// options that matter only to an interactive session are dropped.
-    pub fn scp_options(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut args = self.options.iter();
-        while let Some(arg) = args.next() {
-            let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.is_empty()) else {
-                // Not an option: ssh would take it as the host. Not scp's.
-                continue;
-            };
-            for (i, c) in cluster.char_indices() {
-                if !SSH_VALUE_OPTIONS.contains(c) {
-                    if SCP_SHARED_FLAGS.contains(c) {
-                        out.push(format!("-{c}"));
-                    }
-                    continue;
-                }
-                // getopt: the value is the rest of this word, or the next one.
-                let rest = &cluster[i + c.len_utf8()..];
-                let value = if rest.is_empty() {
-                    match args.next() {
-                        Some(v) => v.clone(),
-                        None => break,
-                    }
-                } else {
-                    rest.to_string()
-                };
-                match c {
-                    'c' | 'F' | 'i' | 'J' | 'o' => out.extend([format!("-{c}"), value]),
-                    'p' => out.extend(["-P".to_string(), value]),
-                    'l' => out.extend(["-o".to_string(), format!("User={value}")]),
-                    'b' => out.extend(["-o".to_string(), format!("BindAddress={value}")]),
-                    'B' => out.extend(["-o".to_string(), format!("BindInterface={value}")]),
-                    'm' => out.extend(["-o".to_string(), format!("MACs={value}")]),
-                    'S' => out.extend(["-o".to_string(), format!("ControlPath={value}")]),
-                    _ => {}
-                }
-                break;
-            }
-        }
-        out
     }
 }
 
@@ -134,11 +89,6 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-/// ssh's options that take a value (from its getopt string).
-const SSH_VALUE_OPTIONS: &str = "bceilmopBDEFIJLOPQRSwW";
-/// ssh's flags that mean the same to scp.
-const SCP_SHARED_FLAGS: &str = "46ACqv";
-
 /// One remote machine as ssh reaches it.
 #[derive(Clone, Debug)]
 pub(super) struct Endpoint {
@@ -181,31 +131,6 @@ impl Endpoint {
         if let Some(port) = self.port {
             cmd.arg("-p").arg(port.to_string());
         }
-        cmd.stdin(Stdio::null());
-        cmd
-    }
-
-    /// `scp -S program [options] [-P port] -q SRC [user@]host:DST`.
-    pub(super) fn scp(&self, src: &str, dst: &str, legacy: bool) -> Command {
-        let mut cmd = Command::new("scp");
-        cmd.arg("-S").arg(&self.shell.program);
-        cmd.args(self.shell.scp_options());
-        if let Some(port) = self.port {
-            cmd.arg("-P").arg(port.to_string());
-        }
-        if legacy {
-            cmd.arg("-O");
-        }
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let user = self
-            .user
-            .as_ref()
-            .map_or(String::new(), |u| format!("{u}@"));
-        cmd.arg("-q").arg(src).arg(format!("{user}{host}:{dst}"));
         cmd.stdin(Stdio::null());
         cmd
     }
@@ -270,19 +195,5 @@ mod tests {
         assert!(split_words("ssh 'open").is_err());
         assert!(split_words("ssh \"open").is_err());
         assert!(split_words("ssh \\").is_err());
-    }
-
-    #[test]
-    fn scp_gets_translated_options() {
-        let s = shell("ssh -p 2222 -l bob -i k -ofoo=bar -J jump -4Cv -T -x -A -L 1:h:2 -p22");
-        assert_eq!(
-            s.scp_options(),
-            [
-                "-P", "2222", "-o", "User=bob", "-i", "k", "-o", "foo=bar", "-J", "jump", "-4",
-                "-C", "-v", "-A", "-P", "22"
-            ]
-        );
-        // A value glued to its flag inside a cluster, and a dangling flag.
-        assert_eq!(shell("ssh -qikey -o").scp_options(), ["-q", "-i", "key"]);
     }
 }

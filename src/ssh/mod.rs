@@ -1,38 +1,49 @@
 //! The SSH launcher: `-t [user@]host[:port]:/path` in one command.
 //!
-//! Nothing needs to be installed on the other machine. The launcher
+//! Nothing needs to be installed on the other machine, and the launcher
+//! logs in once: one `ssh` session runs one remote shell script
+//! ([`session_script`]) that
 //!
-//! 1. asks the remote over `ssh` for `uname -sm` and, only if that matches
-//!    this binary, makes a fresh `mktemp -d` directory (mode 0700, random
-//!    name) — one round trip;
-//! 2. copies this very executable (`/proc/PID/exe`) there with `scp`;
-//! 3. starts it over `ssh` as a one-session server (`-p 0`, so the kernel
-//!    picks a free port, printed as the first line of stdout) bound to the
-//!    address the SSH connection arrived on (`$SSH_CONNECTION`), so it never
-//!    listens on more than that one address;
-//! 4. connects to it directly over TCP with the ordinary client
-//!    ([`client::run`]): the data never goes through ssh's own
-//!    encryption and flow control, which is what makes it fast.
+//! 1. prints `uname -sm` and stops, with nothing written, unless that
+//!    matches this binary;
+//! 2. looks in the remote user's cache
+//!    (`${XDG_CACHE_HOME:-$HOME/.cache}/bsync/SHA256/bsync`, mode 0700) for
+//!    this exact executable, checked with `sha256sum`; only if it is missing
+//!    or wrong does it ask, and this side sends the executable
+//!    (`/proc/PID/exe`) down the same session's stdin;
+//! 3. starts it as a one-session server (`-p 0`, so the kernel picks a free
+//!    port, printed on stdout) bound to the address the SSH connection
+//!    arrived on (`$SSH_CONNECTION`), so it never listens on more than that
+//!    one address;
 //!
-//! A fresh 32-byte secret from `getrandom` travels on that ssh session's
-//! stdin, never on a command line (a remote `ps` would show it): with `-e`
-//! it is the encryption key (`-K -`), otherwise the session token
+//! and this side then connects to it directly over TCP with the ordinary
+//! client ([`client::run`]): the data never goes through ssh's own
+//! encryption and flow control, which is what makes it fast. One login
+//! means a password or passphrase is asked for once.
+//!
+//! A fresh 32-byte secret from `getrandom` is the first line on that ssh
+//! session's stdin, never on a command line (a remote `ps` would show it):
+//! with `-e` it is the encryption key (`-K -`), otherwise the session token
 //! (`-token-file -`). The remote shell reads it with its `read` builtin and
 //! hands it to bsync through a pipe from the `printf` builtin.
 //!
-//! Cleanup. The remote command removes its directory itself when bsync exits
-//! (an `EXIT` trap), and kills bsync when the ssh session's stdin reaches
-//! end of file, which is how it learns that this side has gone away. As a
-//! second line of defence this side runs `ssh host rm -rf DIR` after any
-//! failure and after Ctrl-C: SIGINT, SIGTERM and SIGHUP are blocked in every
-//! thread and taken by one thread with `sigwait`, which cleans up and exits
-//! with 128 + the signal number.
+//! Cleanup. The cached copy stays (that is its point); nothing else is left.
+//! A partial copy is removed by the remote script's `EXIT` trap, and a
+//! complete one only ever appears under its final name by `mv`. Where there
+//! is no usable cache directory the copy goes into a `mktemp -d` directory,
+//! which the same trap removes when bsync exits. The remote kills bsync
+//! when the ssh session's stdin reaches end of file, which is how it learns
+//! that this side has gone away. As a second line of defence for such a
+//! directory, this side runs `ssh host rm -rf DIR` after any failure and
+//! after Ctrl-C: SIGINT, SIGTERM and SIGHUP are blocked in every thread and
+//! taken by one thread with `sigwait`, which cleans up and exits with
+//! 128 + the signal number.
 //!
 //! The parts, each in its own file:
 //!
-//! - `command`: the ssh and scp command lines, and ssh's options for scp;
-//! - `script`: the shell lines run on the remote, and quoting;
-//! - `process`: starting, waiting for and stopping the local ssh and scp;
+//! - `command`: the ssh command lines;
+//! - `script`: the shell script run on the remote, and quoting;
+//! - `process`: starting, waiting for and stopping the local ssh;
 //! - `cleanup`: what to undo on the remote, and the signal thread.
 //!
 //! This file puts them in order: [`run`].
@@ -43,7 +54,7 @@ mod process;
 mod script;
 
 pub use command::{Shell, split_words};
-pub use script::{quote, server_script};
+pub use script::{Binary, quote, session_script};
 
 use std::path::Path;
 use std::time::Duration;
@@ -55,8 +66,8 @@ use crate::error::{Error, Result};
 use crate::progress::Log;
 use crate::{client, sys};
 use command::Endpoint;
-use process::{FAILED_REMOTE_GRACE, Finished, Remote, RemoteExit, SSH_FAILED, captured};
-use script::{is_safe_dir, prepare_script};
+use process::{FAILED_REMOTE_GRACE, Remote, RemoteExit, SSH_FAILED};
+use script::{DIR, HAVE, SEND, is_safe_dir};
 
 /// This end of a `-t` run, as the plan says it.
 struct Launch<'a> {
@@ -111,33 +122,62 @@ pub fn run(config: &Config, log: &Log) -> Result<()> {
     result
 }
 
-/// Steps 1 to 4: make the directory, copy bsync, start it, sync with it.
+/// One ssh session: check the machine, send bsync if the remote's cache
+/// lacks it, start it; then sync with it.
 fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()> {
     let (config, target) = (launch.config, launch.target);
     let name = &target.host;
-    log.info(format!("{name}: checking the architecture"));
-    let dir = make_remote_dir(endpoint, name)?;
-    cleanup::made_dir(&dir);
-    log.info(format!("{name}: copying bsync to {dir}"));
-    deploy(endpoint, &dir, name)?;
+    let exe_path = format!("/proc/{}/exe", std::process::id());
+    let exe = std::fs::read(&exe_path)
+        .map_err(|e| Error::io(format!("this executable {exe_path}"), "read", e))?;
+    let binary = Binary {
+        sha256: crate::sha256::hex(&exe),
+        len: exe.len(),
+    };
 
     let mut secret = [0u8; 32];
     sys::getrandom(&mut secret).map_err(|e| Error::io("ssh", "get random bytes", e))?;
-    let script = server_script(
-        &dir,
+    let script = session_script(
+        &binary,
         &target.path,
         launch.role,
         &config.transfer,
         config.log.verbose,
         launch.encrypt,
     );
+    log.info(format!("{name}: logging in, checking the architecture"));
+    // ssh -G only reads ssh's configuration; it runs while ssh logs in.
+    let connect_host = {
+        let endpoint = endpoint.clone();
+        std::thread::spawn(move || endpoint.connect_host())
+    };
     let mut remote = Remote::start(endpoint.command(&script), log)?;
     remote.send_secret(&secret);
+    if let Err(what) = provide(&mut remote, &exe, name, log) {
+        let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
+        // A remote that ended well after one line did not match.
+        return Err(match what {
+            Provide::Mismatch(uname) if exit.success() => Error::Failed(format!(
+                "{name} is {uname:?}, but this bsync is built for Linux {}: \
+                 architecture mismatch, nothing was copied",
+                std::env::consts::ARCH
+            )),
+            Provide::Mismatch(line) => {
+                // A login shell such as nologin says why on stdout.
+                let mut exit = exit;
+                exit.tail.push(line);
+                explain(None, &exit, name, "the remote shell failed")
+            }
+            Provide::Failed(what) => explain(None, &exit, name, &what),
+        });
+    }
     let Some(port) = remote.port() else {
         let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
         return Err(explain(None, &exit, name, "the remote bsync did not start"));
     };
-    let host = endpoint.connect_host();
+    let host = connect_host
+        .join()
+        .unwrap_or_else(|_| endpoint.host.clone());
     log.info(format!(
         "{name}: bsync is listening on port {port}; connecting to {host}"
     ));
@@ -149,6 +189,7 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         role: launch.role,
         path: launch.path.to_path_buf(),
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
+        auto: false,
     };
     let synced = client::run(&connect, &config.transfer, &config.env, log).map_err(|e| match e {
         // The remote's own words, said of the host as it was typed, not of
@@ -160,6 +201,60 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         other => other,
     });
     conclude(synced, remote, config, name, log)
+}
+
+/// Why the remote script stopped before its server started.
+enum Provide {
+    /// It said `uname -sm` and nothing more: another machine, if it ended
+    /// well.
+    Mismatch(String),
+    /// Anything else, for [`explain`] to put with how the remote ended.
+    Failed(String),
+}
+
+/// Read what the remote script says before its server starts (`uname -sm`,
+/// maybe `dir`, then `have`, or `send`) and send `exe` if it asks.
+fn provide(
+    remote: &mut Remote,
+    exe: &[u8],
+    name: &str,
+    log: &Log,
+) -> std::result::Result<(), Provide> {
+    use Provide::Failed;
+    let Some(uname) = remote.line().filter(|l| !l.trim().is_empty()) else {
+        return Err(Failed(
+            "`uname -sm` printed nothing; is the remote shell a POSIX shell?".into(),
+        ));
+    };
+    loop {
+        let Some(line) = remote.line() else {
+            return Err(Provide::Mismatch(uname.trim().to_string()));
+        };
+        if let Some(dir) = line.strip_prefix(DIR) {
+            if !is_safe_dir(dir) {
+                return Err(Failed(format!(
+                    "mktemp gave an unexpected directory {dir:?}"
+                )));
+            }
+            cleanup::made_dir(dir);
+        } else if let Some(path) = line.strip_prefix(HAVE) {
+            log.info(format!("{name}: using the copy of bsync in {path}"));
+            return Ok(());
+        } else if let Some(path) = line.strip_prefix(SEND) {
+            log.info(format!(
+                "{name}: copying bsync ({} bytes) to {path}",
+                exe.len()
+            ));
+            // A remote that stopped reading says why on stderr.
+            return remote
+                .send(exe)
+                .map_err(|e| Failed(format!("sending bsync failed: {e}")));
+        } else {
+            return Err(Failed(format!(
+                "unexpected line from the remote shell: {line:?}"
+            )));
+        }
+    }
 }
 
 /// Wait for the remote after the client's part ended with `synced`, and
@@ -231,61 +326,6 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
         )),
         None => Error::Failed(format!("{name}: {what}: {}", exit.describe())),
     }
-}
-
-/// Step 1: check `uname -sm` and make the directory, in one round trip.
-fn make_remote_dir(endpoint: &Endpoint, name: &str) -> Result<String> {
-    let mut out = captured(endpoint.command(&prepare_script()), "start")?;
-    if !out.status.success() {
-        // A login shell such as nologin says why on stdout.
-        out.tail.tail.extend(out.stdout.lines().map(str::to_string));
-        return Err(explain(
-            None,
-            &out.tail,
-            name,
-            "cannot make a directory for bsync",
-        ));
-    }
-    let mut lines = out.stdout.lines();
-    let uname = lines.next().unwrap_or("").trim().to_string();
-    let dir = lines.next().unwrap_or("").trim().to_string();
-    if uname.is_empty() {
-        return Err(Error::Failed(format!(
-            "{name}: `uname -sm` printed nothing; is the remote shell a POSIX shell?"
-        )));
-    }
-    if dir.is_empty() {
-        return Err(Error::Failed(format!(
-            "{name} is {uname:?}, but this bsync is built for Linux {}: \
-             architecture mismatch, nothing was copied",
-            std::env::consts::ARCH
-        )));
-    }
-    if !is_safe_dir(&dir) {
-        return Err(Error::Failed(format!(
-            "{name}: mktemp gave an unexpected directory {dir:?}"
-        )));
-    }
-    Ok(dir)
-}
-
-/// Step 2: copy this executable into `dir`. scp's default protocol (SFTP)
-/// needs the sftp subsystem; without it, the old scp protocol is tried.
-fn deploy(endpoint: &Endpoint, dir: &str, name: &str) -> Result<()> {
-    let exe = format!("/proc/{}/exe", std::process::id());
-    let dst = format!("{dir}/bsync");
-    let mut out = captured(endpoint.scp(&exe, &dst, false), "start scp")?;
-    let no_sftp = |f: &Finished| f.tail.tail.iter().any(|l| l.contains("subsystem"));
-    if !out.status.success() && no_sftp(&out) {
-        out = captured(endpoint.scp(&exe, &dst, true), "start scp")?;
-    }
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(Error::Failed(format!(
-        "scp to {name} failed: {}",
-        out.tail.last_line().unwrap_or("(scp said nothing)")
-    )))
 }
 
 #[cfg(test)]

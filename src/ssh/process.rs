@@ -1,5 +1,5 @@
-//! Supervision of the local `ssh` and `scp` processes: start one with its
-//! output piped, keep the last lines of its stderr, and end it one way only.
+//! Supervision of the local `ssh` processes: start one with its output
+//! piped, keep the last lines of its stderr, and end it one way only.
 //!
 //! Every child, a short command or the long-running remote server, ends
 //! through [`Supervised::end`]: wait up to a limit, close its stdin (the
@@ -208,24 +208,13 @@ fn collect_lines(from: impl Read, tail: &Mutex<VecDeque<String>>, echo: Option<&
 pub(super) struct Finished {
     pub(super) status: ExitStatus,
     pub(super) stdout: String,
-    pub(super) tail: RemoteExit,
-}
-
-/// Run a step of the run (`uname`/`mktemp`, `scp`) to its end, however long
-/// it takes, with its output captured. The signal thread knows about it.
-pub(super) fn captured(cmd: Command, what: &str) -> Result<Finished> {
-    run_to_end(cmd, what, true, None)
 }
 
 /// Run a side query or a cleanup command with its output captured, killed
 /// if it has not ended after `limit`. The signal thread does not know
 /// about it.
 pub(super) fn bounded(cmd: Command, what: &str, limit: Duration) -> Result<Finished> {
-    run_to_end(cmd, what, false, Some(limit))
-}
-
-fn run_to_end(cmd: Command, what: &str, record: bool, limit: Option<Duration>) -> Result<Finished> {
-    let (child, mut out) = Supervised::spawn(cmd, what, record, None)?;
+    let (child, mut out) = Supervised::spawn(cmd, what, false, None)?;
     // Read on a thread of its own so that `limit` holds even while the
     // child keeps its stdout open.
     let reader = thread::spawn(move || {
@@ -233,16 +222,12 @@ fn run_to_end(cmd: Command, what: &str, record: bool, limit: Option<Duration>) -
         let _ = out.read_to_string(&mut stdout);
         stdout
     });
-    let tail = child.end(limit, Duration::ZERO);
+    let tail = child.end(Some(limit), Duration::ZERO);
     let stdout = reader.join().unwrap_or_default();
     let status = tail
         .status
         .ok_or_else(|| Error::Failed("ssh did not end in time".into()))?;
-    Ok(Finished {
-        status,
-        stdout,
-        tail,
-    })
+    Ok(Finished { status, stdout })
 }
 
 /// The remote command that runs bsync as a one-session server.
@@ -276,12 +261,29 @@ impl Remote {
         }
     }
 
-    /// The port from the first line of stdout; `None` if the remote ended
+    /// `bytes` on the remote's stdin, as they are (this executable, when
+    /// the remote asks for it).
+    pub(super) fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self.child.stdin.as_mut() {
+            Some(s) => s.write_all(bytes).and_then(|()| s.flush()),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// The next line of stdout without its line end; `None` once the
+    /// remote has ended it (or it is not text).
+    pub(super) fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end_matches(['\n', '\r']).to_string()),
+        }
+    }
+
+    /// The port from the next line of stdout; `None` if the remote ended
     /// (or printed something else) first.
     pub(super) fn port(&mut self) -> Option<u16> {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).ok()?;
-        line.trim().parse::<u16>().ok().filter(|&p| p != 0)
+        self.line()?.trim().parse::<u16>().ok().filter(|&p| p != 0)
     }
 
     /// Wait up to `limit` for the remote to end, then close its stdin (the

@@ -1,27 +1,12 @@
 //! The shell lines bsync runs on the remote machine, and the quoting that
 //! keeps paths and directory names one word each.
 //!
-//! The remote shell is assumed to be POSIX `sh` and nothing else: no bash,
-//! no installed bsync. The secret is never on a command line (a remote `ps`
+//! The remote shell is assumed to be POSIX `sh` with `uname`, `head -c`,
+//! `mkdir`, `mv` (and `mktemp` without a cache): no bash, no installed
+//! bsync. The secret is never on a command line (a remote `ps`
 //! would show it): it arrives on stdin and is read with the `read` builtin.
 
 use crate::config::{Role, Transfer};
-
-/// The `uname -sm` check and `mktemp -d`, as one remote shell line. The
-/// directory is made only if the machine matches, so a mismatch leaves
-/// nothing behind. `$TMPDIR` is used only if it is a plain absolute path.
-pub(super) fn prepare_script() -> String {
-    let patterns: Vec<String> = machine_patterns(std::env::consts::ARCH)
-        .iter()
-        .map(|m| format!("Linux\\ {m}"))
-        .collect();
-    format!(
-        "s=$(uname -sm) || exit 1; echo \"$s\"; case $s in {}) ;; *) exit 0;; esac; \
-         t=${{TMPDIR:-/tmp}}; case $t in /*[!A-Za-z0-9._/-]*|[!/]*) t=/tmp;; esac; \
-         mktemp -d \"$t/bsync.XXXXXXXXXX\"",
-        patterns.join("|")
-    )
-}
 
 /// `uname -m` values (shell patterns) that run a binary built for `arch`
 /// (a `std::env::consts::ARCH` name).
@@ -38,7 +23,7 @@ fn machine_patterns(arch: &str) -> Vec<&str> {
     }
 }
 
-/// mktemp output we are willing to put in later commands unquoted by scp.
+/// mktemp output we are willing to remove with `rm -rf` later.
 pub(super) fn is_safe_dir(dir: &str) -> bool {
     dir.starts_with('/')
         && dir.contains("/bsync.")
@@ -47,25 +32,63 @@ pub(super) fn is_safe_dir(dir: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
 }
 
-/// The remote command that serves one session and then removes `dir`.
+/// This executable as the remote must have it: its SHA-256 (64 hex
+/// digits, which also name its cache directory) and its length.
+#[derive(Clone, Debug)]
+pub struct Binary {
+    /// `sha256sum`'s digest of the executable.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// What the remote shell says on stdout before the server's port: the
+/// line that asks for the executable.
+pub(super) const SEND: &str = "send ";
+/// The line that says the cached copy is good.
+pub(super) const HAVE: &str = "have ";
+/// The line that names a directory made with `mktemp -d` (no usable cache).
+pub(super) const DIR: &str = "dir ";
+
+/// The whole remote side of a `-t` run, one ssh session: check the
+/// machine, make sure an intact copy of this executable is there, and run
+/// it as a one-session server. In order:
 ///
-/// - The secret is read with the shell's `read` builtin and piped into
-///   bsync with the `printf` builtin: it is never in any argv.
-/// - The server binds the address the SSH connection came in on (the third
-///   field of `$SSH_CONNECTION`), falling back to all IPv4 addresses.
-/// - A watchdog reads the ssh session's stdin to its end, which comes when
-///   this side goes away, and then stops bsync.
-/// - The `EXIT` trap removes the directory however the shell ends.
+/// 1. Read the secret from stdin with the `read` builtin: it is never in
+///    any argv. Print `uname -sm`; stop (status 0, nothing written) unless
+///    the machine runs this build.
+/// 2. The copy lives in `${XDG_CACHE_HOME:-$HOME/.cache}/bsync/SHA256/bsync`
+///    (directories 0700). If it is there and `sha256sum` agrees, print
+///    `have PATH`. Otherwise print `send PATH` and read exactly the
+///    executable's length from stdin with `head -c` into a temporary name
+///    beside it; check it (`sha256sum`, or only its length where there is
+///    no `sha256sum`: then every run sends it), then `mv` it into place, so
+///    a copy under the final name is always whole. Without a usable cache
+///    directory (no `$HOME`, not writable) the copy goes into a fresh
+///    `mktemp -d` directory (printed as `dir PATH`) that the `EXIT` trap
+///    removes.
+/// 3. Serve: the server binds the address the SSH connection came in on
+///    (the third field of `$SSH_CONNECTION`), falling back to all IPv4
+///    addresses, and prints its port; the secret reaches it through a pipe
+///    from the `printf` builtin. A watchdog reads the ssh session's stdin
+///    to its end, which comes when this side goes away, and then stops
+///    bsync.
 ///
-/// `role` is this (the local) end's; `t` the transfer settings.
-pub fn server_script(
-    dir: &str,
+/// The `EXIT` trap removes a partial copy and the `mktemp` directory
+/// however the shell ends. `role` is this (the local) end's; `t` the
+/// transfer settings.
+pub fn session_script(
+    binary: &Binary,
     path: &str,
     role: Role,
     t: &Transfer,
     verbose: bool,
     encrypt: bool,
 ) -> String {
+    let patterns: Vec<String> = machine_patterns(std::env::consts::ARCH)
+        .iter()
+        .map(|m| format!("Linux\\ {m}"))
+        .collect();
     let mut args = vec![
         "-p 0".to_string(),
         "-i \"$a\"".to_string(),
@@ -83,19 +106,42 @@ pub fn server_script(
         }
     }
     args.push(if encrypt { "-K -" } else { "-token-file -" }.to_string());
+    // Hex digits only: no quoting needed, and nothing to inject.
+    let sha: String = binary
+        .sha256
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect();
     format!(
-        "d={}; trap 'rm -rf \"$d\"' EXIT; \
+        "u=; d=; trap '[ -z \"$u\" ] || rm -f \"$u\"; [ -z \"$d\" ] || rm -rf \"$d\"' EXIT; \
+         trap 'exit 143' TERM; trap 'exit 129' HUP; \
          IFS= read -r k || exit 1; \
+         s=$(uname -sm) || exit 1; echo \"$s\"; case $s in {patterns}) ;; *) exit 0;; esac; \
+         h={sha}; n={len}; \
+         v() {{ command -v sha256sum >/dev/null 2>&1 && set -- $(sha256sum <\"$1\") && [ \"$1\" = $h ]; }}; \
+         c=${{XDG_CACHE_HOME:-}}; case $c in /*) ;; *) c=${{HOME:+$HOME/.cache}};; esac; b=; \
+         case $c in /?*) c=$c/bsync/$h; (umask 077; mkdir -p \"$c\") 2>/dev/null && \
+         chmod 700 \"${{c%/*}}\" \"$c\" 2>/dev/null && [ -w \"$c\" ] && b=$c/bsync;; esac; \
+         if [ -z \"$b\" ]; then t=${{TMPDIR:-/tmp}}; \
+         case $t in /*[!A-Za-z0-9._/-]*|[!/]*) t=/tmp;; esac; \
+         d=$(mktemp -d \"$t/bsync.XXXXXXXXXX\") || exit 1; echo \"{DIR}$d\"; b=$d/bsync; fi; \
+         if [ -f \"$b\" ] && [ -x \"$b\" ] && v \"$b\"; then echo \"{HAVE}$b\"; else \
+         echo \"{SEND}$b\"; u=$b.$$; \
+         head -c $n >\"$u\" && {{ v \"$u\" || {{ ! command -v sha256sum >/dev/null 2>&1 && \
+         set -- $(wc -c <\"$u\") && [ \"$1\" = $n ]; }}; }} && chmod 700 \"$u\" && mv -f \"$u\" \"$b\" || \
+         {{ echo \"bsync: the copy of bsync that arrived is incomplete or corrupt\" >&2; exit 1; }}; \
+         u=; fi; \
          a=${{SSH_CONNECTION:-}}; a=${{a#* * }}; a=${{a%% *}}; \
          case $a in ''|*[!0-9A-Fa-f.:]*) a=0.0.0.0;; esac; \
          exec 3<&0; \
-         printf '%s\\n' \"$k\" | \"$d/bsync\" {} & p=$!; k=; \
+         printf '%s\\n' \"$k\" | \"$b\" {args} & p=$!; k=; \
          trap 'kill $p 2>/dev/null; exit 143' TERM; \
          trap 'kill $p 2>/dev/null; exit 129' HUP; \
          {{ while IFS= read -r x <&3; do :; done; kill $p 2>/dev/null; }} & w=$!; \
          wait $p; s=$?; kill $w 2>/dev/null; exit $s",
-        quote(dir),
-        args.join(" ")
+        patterns = patterns.join("|"),
+        len = binary.len,
+        args = args.join(" "),
     )
 }
 
@@ -145,7 +191,20 @@ mod tests {
     fn machines_match_the_build() {
         assert_eq!(machine_patterns("x86_64"), ["x86_64"]);
         assert_eq!(machine_patterns("x86"), ["i[3-6]86", "x86_64"]);
-        assert!(prepare_script().contains(&format!("Linux\\ {}", std::env::consts::ARCH)));
+        let b = Binary {
+            sha256: "ab".repeat(32),
+            len: 7,
+        };
+        let t = Transfer {
+            block_size: 1 << 20,
+            skip: 0,
+            compression: None,
+            workers: 1,
+            prefetch: 4,
+            bwlimit: None,
+        };
+        let script = session_script(&b, "/x", Role::Source, &t, false, false);
+        assert!(script.contains(&format!("Linux\\ {}", std::env::consts::ARCH)));
     }
 
     #[test]
