@@ -27,11 +27,13 @@
 #   make demo     sync a small real ext4 image with a modified copy of itself
 #   make bench    cargo bench; bsync against the read floor, dd, and rsync over loopback
 #                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd;
+#                 benches/patch.sh: patch files against rsync batch files;
 #                 benches/auto.sh: -auto against the defaults, on loopback and
 #                 on a 100 Mbit/s veth between two network namespaces)
-#   make fuzz     fuzz the wire codec, the handshake proofs, the decompression
-#                 bound and the frame opener for FUZZ_SECONDS per target, from
-#                 the seed corpus in fuzz/corpus/ (needs cargo-fuzz)
+#   make fuzz     fuzz the wire codec, the patch decoder, the handshake proofs,
+#                 the decompression bound and the frame opener for
+#                 FUZZ_SECONDS per target, from the seed corpus in
+#                 fuzz/corpus/ (needs cargo-fuzz)
 #   make deny     licence, ban and source checks (needs cargo-deny)
 #   make install  the binary, its manual page bsync.1 and bash/zsh/fish
 #                 completions under PREFIX (/usr/local), staged in DESTDIR
@@ -130,6 +132,7 @@ bench: all
 	benches/net.sh
 	benches/seal.sh
 	benches/ssh.sh
+	benches/patch.sh
 	benches/auto.sh
 
 # cargo-fuzz wants nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain
@@ -138,7 +141,7 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || \
 		{ echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked"; exit 1; }
-	cd fuzz && for target in decode round_trip handshake decompress open; do \
+	cd fuzz && for target in decode round_trip patch handshake decompress open; do \
 		mkdir -p ../target/fuzz-corpus/$$target; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target ../target/fuzz-corpus/$$target corpus/$$target \
 			-- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \

@@ -32,7 +32,7 @@
 //! proofs are counter 0 of each direction; frames start at 1.
 
 use crate::aead::{self, Key, NONCE_LEN, TAG_LEN};
-use crate::proto::{self, FLAG_AUTH, FLAG_ENCRYPT, Frame, Hello};
+use crate::proto::{self, FLAG_AUTH, FLAG_ENCRYPT, Frame, Hello, SECRET_FLAGS};
 
 /// The shared secret of a session, and whether it encrypts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +67,7 @@ impl Secret {
 /// Why the peer's flags do not match ours, if they don't: the text that
 /// follows "authentication failed" on our side. `ours` are our flags.
 pub fn mismatch(ours: u8, theirs: u8, peer_role: &str) -> Option<String> {
+    let (ours, theirs) = (ours & SECRET_FLAGS, theirs & SECRET_FLAGS);
     if ours == theirs {
         return None;
     }

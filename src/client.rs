@@ -8,19 +8,51 @@ use std::time::Duration;
 use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress;
-use crate::config::{Connect, Env, Role, Transfer};
+use crate::config::{Connect, DryRun, Env, Role, Transfer};
 use crate::digest::sub_block_size;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::net::{self, Lane};
+use crate::net::{self, Lane, Stream};
+use crate::patch;
 use crate::progress::Log;
-use crate::proto::{self, AUTH_FAILED, Frame, Hello, MAX_BLOCK_SIZE, Welcome};
+use crate::proto::{self, AUTH_FAILED, FLAG_DRY, Frame, Hello, MAX_BLOCK_SIZE, Welcome};
 use crate::session::{self, Params};
 use crate::sys;
 
 /// Run a client session as `c` says, moving data as `t` says (or as
 /// `-auto` chooses, when `c.auto`).
 pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
+    run_dry(c, t, env, log, None, b"")
+}
+
+/// [`run`], or with `dry` a dry run that writes nothing to the server's
+/// destination (`--compare`, `--write-patch`); a patch names `target`.
+pub fn run_dry(
+    c: &Connect,
+    t: &Transfer,
+    env: &Env,
+    log: &Log,
+    dry: Option<&DryRun>,
+    target: &[u8],
+) -> Result<()> {
+    run_dry_within(c, t, env, log, dry, target, None)
+}
+
+/// What the first lane's failed connect says when it had a deadline of its
+/// own ([`run_dry_within`]): nothing of the session has started.
+pub const FIRST_CONNECT: &str = "connect (first lane, short deadline)";
+
+/// [`run_dry`], the first lane's TCP connect limited to `first_connect`;
+/// failing that, the error's operation is [`FIRST_CONNECT`].
+pub fn run_dry_within(
+    c: &Connect,
+    t: &Transfer,
+    env: &Env,
+    log: &Log,
+    dry: Option<&DryRun>,
+    target: &[u8],
+    first_connect: Option<Duration>,
+) -> Result<()> {
     let (host, port) = (c.host.as_str(), c.port);
     let upload = c.role == Role::Source;
     let source = if upload {
@@ -73,14 +105,27 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
         skip: t.skip,
         source_size: source.as_ref().map_or(0, Disk::size),
         compression: compress::code(t.compression),
-        flags: Secret::flags(secret),
+        flags: Secret::flags(secret) | if dry.is_some() { FLAG_DRY } else { 0 },
         // Filled in afresh for every connection.
         nonce: [0; proto::NONCE_LEN],
     };
 
-    let (first, welcome) = match opened {
-        Some(o) => dial.greet(o, &hello(0))?,
-        None => first_connect(&dial, &hello(0), log)?,
+    let (first, welcome) = match (opened, first_connect) {
+        (Some(o), _) => dial.greet(o, &hello(0))?,
+        (None, Some(limit)) => {
+            let stream = dial.tcp_within(limit).map_err(|e| match e {
+                Error::Io { what, source, .. } => Error::Io {
+                    what,
+                    op: FIRST_CONNECT.into(),
+                    source,
+                },
+                other => other,
+            })?;
+            net::configure_tcp(&stream);
+            let opened = dial.open_on(stream, Duration::ZERO)?;
+            dial.greet(opened, &hello(0))?
+        }
+        (None, None) => connect_retrying(&dial, &hello(0), log)?,
     };
     if let Some(why) = welcome_mismatch(&hello(0), &welcome, upload) {
         return Err(Error::protocol(
@@ -98,7 +143,7 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
     let max = proto::max_payload(block_size, sub_block_size(block_size));
     let mut lanes = vec![first];
     for lane in 1..lanes_n {
-        let (l, w) = first_connect(&dial, &hello(lane), log)?;
+        let (l, w) = connect_retrying(&dial, &hello(lane), log)?;
         if w != welcome {
             return Err(Error::protocol(
                 &peer,
@@ -149,7 +194,127 @@ pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
             d
         }
     };
-    session::run(c.role, &params, &disk, lanes, &redial, log, !log.is_quiet())
+    let progress = !log.is_quiet();
+    match dry {
+        Some(dry) => {
+            patch::make::run_source(dry, target, &params, &disk, lanes, &redial, log, progress)
+        }
+        None => session::run(c.role, &params, &disk, lanes, &redial, log, progress),
+    }
+}
+
+/// A lane that is lost stays lost: a session over one stream (a remote
+/// shell's pipes) cannot dial again.
+pub struct NoRejoin;
+
+impl session::Rejoin for NoRejoin {
+    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
+        Err(Error::Failed(format!(
+            "lane {lane}: the remote shell's stream is gone and cannot be reopened"
+        )))
+    }
+}
+
+/// Run `role` on `disk` (a source, or a dry destination) in a one-lane
+/// session over `stream`, the pipes of a remote shell running
+/// `bsync --server`; `dry` as in [`run_dry`]. Returns the verification
+/// digest.
+#[allow(clippy::too_many_arguments)]
+pub fn run_over<S: Stream>(
+    stream: S,
+    peer: &str,
+    role: Role,
+    disk: &mut Disk,
+    t: &Transfer,
+    env: &Env,
+    log: &Log,
+    dry: Option<&DryRun>,
+    target: &[u8],
+    on_params: Option<&dyn Fn(&Params)>,
+) -> Result<u128> {
+    let upload = role == Role::Source;
+    let mut id = [0u8; 16];
+    sys::getrandom(&mut id).map_err(|e| Error::io("client", "get random bytes", e))?;
+    let block_size = u32::try_from(t.block_size)
+        .map_err(|_| Error::usage(format!("-b: {} is too large", t.block_size)))?;
+    let hello = Hello {
+        session: u128::from_le_bytes(id),
+        lane: 0,
+        lanes: 1,
+        download: !upload,
+        block_size,
+        skip: t.skip,
+        source_size: if upload { disk.size() } else { 0 },
+        compression: compress::code(t.compression),
+        flags: if dry.is_some() { FLAG_DRY } else { 0 },
+        nonce: [0; proto::NONCE_LEN],
+    };
+    let (mut lane, welcome) = handshake(stream, peer, &hello, None, env.io_timeout)?;
+    if welcome.block_size != block_size || welcome.skip != t.skip || welcome.lanes != 1 {
+        return Err(Error::protocol(
+            peer,
+            "the server changed the session's parameters",
+        ));
+    }
+    let max = proto::max_payload(t.block_size, sub_block_size(t.block_size));
+    lane.reader.set_max(max);
+    let geo = Geometry {
+        size: welcome.source_size,
+        block_size: t.block_size,
+    };
+    let params = Params {
+        geo,
+        first: welcome.skip.min(geo.blocks()),
+        salt: welcome.salt,
+        compression: t.compression,
+        workers: t.workers,
+        prefetch: t.prefetch,
+        // A remote shell's pipes: whatever protects them (ssh) seals.
+        encrypted: false,
+        bwlimit: t.bwlimit,
+        deadline: env.io_timeout,
+    };
+    if let Some(f) = on_params {
+        f(&params);
+    }
+    if !upload {
+        disk.fit_to(geo.size)?;
+    }
+    let disk = &*disk;
+    log.info(format!(
+        "connected to {peer}: {} {} in blocks of {}",
+        match (dry.is_some(), upload) {
+            (true, _) => "comparing",
+            (false, true) => "uploading",
+            (false, false) => "downloading",
+        },
+        crate::progress::human_bytes(geo.size),
+        crate::progress::human_bytes(t.block_size as u64),
+    ));
+    let progress = !log.is_quiet();
+    match dry {
+        Some(dry) => patch::make::run_source(
+            dry,
+            target,
+            &params,
+            disk,
+            vec![lane],
+            &NoRejoin,
+            log,
+            progress,
+        )
+        .map(|()| 0),
+        None => session::run_dry(
+            role,
+            &params,
+            disk,
+            vec![lane],
+            &NoRejoin,
+            log,
+            progress,
+            None,
+        ),
+    }
 }
 
 /// What in a `Welcome` contradicts the `Hello` it answers: the skip and
@@ -183,7 +348,7 @@ fn welcome_mismatch(hello: &Hello, welcome: &Welcome, upload: bool) -> Option<St
 /// Open a lane for the first time, retrying a connection lost during the
 /// handshake as a rejoined lane is retried; a refused or unreachable server
 /// is not retried (it is not there, and saying so at once is kinder).
-fn first_connect(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Welcome)> {
+fn connect_retrying(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Welcome)> {
     let mut attempt = 1;
     loop {
         match dial.connect(hello) {
@@ -282,11 +447,17 @@ impl Dial<'_> {
 
     /// Connect, exchange preambles, read the challenge.
     fn open(&self) -> Result<Opened> {
-        let peer = self.peer;
         let started = std::time::Instant::now();
         let stream = self.tcp()?;
         let connected = started.elapsed();
         net::configure_tcp(&stream);
+        self.open_on(stream, connected)
+    }
+
+    /// Exchange preambles on `stream` and read the challenge; `connected`
+    /// is how long connecting took.
+    fn open_on<S: Stream>(&self, stream: S, connected: Duration) -> Result<Opened> {
+        let peer = self.peer;
         let mut lane = Lane::open(stream, peer.to_string(), self.deadline)?;
         let (server_nonce, flags) = match lane.reader.read("the server's challenge")? {
             Frame::Challenge { nonce, flags } => (nonce, flags),
@@ -361,12 +532,17 @@ impl Dial<'_> {
 
     /// A TCP connection to the first address of the host that answers.
     fn tcp(&self) -> Result<TcpStream> {
+        self.tcp_within(self.deadline)
+    }
+
+    /// [`Dial::tcp`], each address given `limit` to answer.
+    fn tcp_within(&self, limit: Duration) -> Result<TcpStream> {
         let addrs = (self.host, self.port)
             .to_socket_addrs()
             .map_err(|e| Error::io(self.peer, "resolve", e))?;
         let mut last = None;
         for addr in addrs {
-            match TcpStream::connect_timeout(&addr, self.deadline) {
+            match TcpStream::connect_timeout(&addr, limit) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
@@ -374,4 +550,25 @@ impl Dial<'_> {
         let e = last.unwrap_or_else(|| std::io::Error::other("no address"));
         Err(Error::io(self.peer, "connect", e))
     }
+}
+
+/// Open one lane on `stream` (a remote shell's pipes): exchange preambles,
+/// answer the challenge with a hello (and a proof), check the server's
+/// proof, get the welcome.
+fn handshake<S: Stream>(
+    stream: S,
+    peer: &str,
+    hello: &Hello,
+    secret: Option<&Secret>,
+    deadline: Duration,
+) -> Result<(Lane, Welcome)> {
+    let dial = Dial {
+        host: "",
+        port: 0,
+        peer,
+        secret,
+        deadline,
+    };
+    let opened = dial.open_on(stream, Duration::ZERO)?;
+    dial.greet(opened, hello)
 }

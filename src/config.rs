@@ -56,6 +56,13 @@ pub enum Mode {
     Serve(Serve),
     /// Connect to a running server (`-r`).
     Connect(Connect),
+    /// `--server`: one session on stdin/stdout, for a remote shell command.
+    Stdio(Stdio),
+    /// `bsync REMSHCMD LOCDEV REMDEV` (bdsync's client): compare through a
+    /// remote shell command and write a patch to stdout.
+    RemoteShell(RemoteShell),
+    /// `--patch[=DST]`: apply a patch read from stdin.
+    Apply(Apply),
     /// Start the other end over SSH, then connect to it as `role`.
     Ssh {
         /// Where the other end runs.
@@ -84,6 +91,68 @@ pub struct Serve {
     pub path: PathBuf,
     /// The key or token every client must prove it holds.
     pub secret: Option<Secret>,
+}
+
+/// `--server`: a session on stdin and stdout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stdio {
+    /// What this end is (`-d`: the source).
+    pub role: Role,
+    /// `-f`; `None`: the client names it (bdsync's `--server`).
+    pub path: Option<PathBuf>,
+    /// The key or token the client must prove it holds.
+    pub secret: Option<Secret>,
+}
+
+/// bdsync's client form: `REMSHCMD LOCDEV REMDEV`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteShell {
+    /// Run with `sh -c`; its stdin and stdout reach `bsync --server`.
+    pub command: String,
+    /// This machine's device: what the patch makes the remote one into.
+    pub local: PathBuf,
+    /// The remote device, as the remote end opens it.
+    pub remote: String,
+    /// `--remdata`: an undo patch (the remote's data) instead.
+    pub undo: bool,
+    /// `--diffsize`: which size differences the patch may carry.
+    pub diffsize: DiffSize,
+}
+
+/// How a patch treats a target whose size differs from the source's
+/// (bdsync's `--diffsize`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiffSize {
+    /// Sizes must be equal.
+    #[default]
+    Strict,
+    /// A regular-file target is grown or truncated to the source's size.
+    Resize,
+    /// The target may be larger; it is left alone past the source's end.
+    MinSize,
+}
+
+/// `--patch[=DST]`: what to apply, to what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Apply {
+    /// The patch; `None` reads stdin.
+    pub patch: Option<PathBuf>,
+    /// The target; `None` takes the name stored in the patch.
+    pub target: Option<PathBuf>,
+    /// `--diffsize`.
+    pub diffsize: DiffSize,
+    /// `--remdata=FILE`: before each range is written, its current data
+    /// goes into an undo patch here.
+    pub undo: Option<PathBuf>,
+}
+
+/// A run that reads both sides and writes nothing to the destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DryRun {
+    /// `--compare`: say what would be sent; exit 3 when they differ.
+    Compare,
+    /// `--write-patch FILE`: leave a patch behind; `None` is stdout (`-`).
+    Patch(Option<PathBuf>),
 }
 
 /// A client: where it connects and what it brings.
@@ -291,6 +360,11 @@ pub struct Config {
     pub log: LogOptions,
     /// What the environment says about I/O.
     pub env: Env,
+    /// `--compare` or `--write-patch`: nothing is written to the destination.
+    pub dry: Option<DryRun>,
+    /// `-over-ssh`: `-t` carries the session inside the ssh session even
+    /// when the remote's port could be reached.
+    pub over_ssh: bool,
 }
 
 #[cfg(test)]

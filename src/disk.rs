@@ -82,6 +82,11 @@ pub struct Disk {
     stamp: Option<(u64, i64, i64)>,
     /// Replaces single `pread`/`pwrite` calls: the strict I/O tests' shim.
     io: Option<Arc<dyn DiskIo>>,
+    /// A dry run's destination: read-only, and reads past its end see
+    /// zeros (what a grown file would hold), so sizes may differ.
+    dry: bool,
+    /// Writes go here instead of to the disk (bdsync's `--remdata`).
+    capture: Option<std::sync::Arc<dyn Capture>>,
 }
 
 /// One positioned read or write call, as `pread` and `pwrite` make it:
@@ -93,6 +98,13 @@ pub trait DiskIo: Send + Sync + std::fmt::Debug {
     fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize>;
     /// One `pwrite` of `buf` at `offset` of `file`.
     fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<usize>;
+}
+
+/// Takes a destination's writes instead of the disk: the writer's extents,
+/// in offset order, with the data (`None`: zeros).
+pub trait Capture: Send + Sync + std::fmt::Debug {
+    /// `len` bytes at `offset` would become `data`, or zeros.
+    fn write(&self, disk: &Disk, offset: u64, data: Option<&[u8]>, len: u64) -> io::Result<()>;
 }
 
 impl Disk {
@@ -155,6 +167,32 @@ impl Disk {
         )))
     }
 
+    /// Open `path` read-only as the destination of a dry run (`--compare`,
+    /// `--write-patch`): it is read and digested, never written or resized,
+    /// and reads past its end see zeros.
+    pub fn open_dry(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
+        let label = format!("destination {} (read only)", path.display());
+        let file = File::open(path).map_err(|e| Error::io(&label, "open", e))?;
+        let regular = file
+            .metadata()
+            .map_err(|e| Error::io(&label, "stat", e))?
+            .is_file();
+        let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
+        if !regular && !is_device {
+            return Err(Error::Failed(format!(
+                "{label}: not a regular file or block device"
+            )));
+        }
+        let mut disk = Disk::describe(file, label, env, log)?;
+        disk.dry = true;
+        Ok(disk)
+    }
+
+    /// Send every write of this (dry) destination to `capture` instead.
+    pub fn capture_writes(&mut self, capture: std::sync::Arc<dyn Capture>) {
+        self.capture = Some(capture);
+    }
+
     /// Open `path` for reading and writing as the destination, creating a
     /// regular file when missing. Nothing is written yet.
     ///
@@ -214,6 +252,8 @@ impl Disk {
             restore_read_ahead: None,
             stamp: None,
             io: None,
+            dry: false,
+            capture: None,
         };
         if !is_device {
             let m = disk
@@ -376,10 +416,15 @@ impl Disk {
     /// Read `buf.len()` bytes at `offset`, or fewer only at the end of the
     /// disk; returns how many were read.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        match &self.io {
-            None => sys::pread_full(&self.file, buf, offset),
-            Some(io) => sys::read_full_with(buf, offset, |b, at| io.read_at(&self.file, b, at)),
+        let n = match &self.io {
+            None => sys::pread_full(&self.file, buf, offset)?,
+            Some(io) => sys::read_full_with(buf, offset, |b, at| io.read_at(&self.file, b, at))?,
+        };
+        if self.dry && n < buf.len() {
+            buf[n..].fill(0);
+            return Ok(buf.len());
         }
+        Ok(n)
     }
 
     /// Where the next data at or after `offset` starts: the range between is
@@ -407,6 +452,12 @@ impl Disk {
 
     /// Write all of `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if let Some(c) = &self.capture {
+            return c.write(self, offset, Some(buf), buf.len() as u64);
+        }
+        if self.dry {
+            return Err(dry_write());
+        }
         match &self.io {
             None => sys::pwrite_all(&self.file, buf, offset),
             Some(io) => sys::write_all_with(buf, offset, |b, at| io.write_at(&self.file, b, at)),
@@ -422,6 +473,12 @@ impl Disk {
     /// Make `len` bytes at `offset` read as zeros, by the cheapest means the
     /// disk allows (`-v` says which, once).
     pub fn clear(&self, offset: u64, len: u64) -> io::Result<()> {
+        if let Some(c) = &self.capture {
+            return c.write(self, offset, None, len);
+        }
+        if self.dry {
+            return Err(dry_write());
+        }
         let how = sys::clear_range(&self.file, offset, len, self.is_device)?;
         self.note_cleared(how);
         Ok(())
@@ -436,6 +493,9 @@ impl Disk {
     /// when this disk does not support it (dirty pages then flush in
     /// bursts); an error is the kernel reporting a failed write.
     pub fn start_writeback(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.dry || self.capture.is_some() {
+            return Ok(false);
+        }
         supported(sys::start_writeback(&self.file, offset, len))
     }
 
@@ -444,6 +504,9 @@ impl Disk {
     /// it reports that only once per open file (the final `fdatasync` would
     /// not see it again), so it must never be ignored.
     pub fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.dry || self.capture.is_some() {
+            return Ok(false);
+        }
         supported(sys::wait_writeback(&self.file, offset, len))
     }
 
@@ -467,6 +530,10 @@ impl Disk {
     /// grown (sparsely) or truncated to exactly `size`; a device must be at
     /// least that large and is refused otherwise, before anything is written.
     pub fn fit_to(&mut self, size: u64) -> Result<()> {
+        if self.dry {
+            // Read-only: reads past the end see zeros instead.
+            return Ok(());
+        }
         if self.is_device {
             if self.size < size {
                 return Err(Error::Failed(format!(
@@ -503,6 +570,11 @@ fn supported(r: io::Result<()>) -> io::Result<bool> {
         Err(e) if sys::writeback_unsupported(&e) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// A dry run's destination refused a write (a bug if it ever shows).
+fn dry_write() -> io::Error {
+    io::Error::other("a dry run never writes to its destination")
 }
 
 impl Drop for Disk {

@@ -9,6 +9,7 @@
 //! | 0      | success                                   |
 //! | 1      | transfer or I/O failure (anything else)   |
 //! | 2      | usage error: bad flags, nothing was opened |
+//! | 3      | `--compare`: the two sides differ          |
 
 use std::fmt;
 use std::io;
@@ -17,6 +18,8 @@ use std::io;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit status for a transfer or I/O failure.
 pub const EXIT_FAILURE: i32 = 1;
+/// Exit status of `--compare` when the two sides differ.
+pub const EXIT_DIFFER: i32 = 3;
 
 /// Everything that can make a bsync run fail.
 #[derive(Debug)]
@@ -70,6 +73,8 @@ pub enum Error {
     /// A condition that is neither I/O nor protocol: a destination device too
     /// small, an architecture mismatch, an unacknowledged block after retries.
     Failed(String),
+    /// `--compare` found differences (not a failure: exit status 3).
+    Differ(String),
 }
 
 /// The result type used throughout bsync.
@@ -80,6 +85,7 @@ impl Error {
     pub fn exit_status(&self) -> i32 {
         match self {
             Error::Usage(_) => EXIT_USAGE,
+            Error::Differ(_) => EXIT_DIFFER,
             _ => EXIT_FAILURE,
         }
     }
@@ -121,7 +127,7 @@ impl fmt::Display for Error {
             }
             Error::Remote { peer, msg } => write!(f, "{peer} failed: {msg}"),
             Error::Auth { peer, why } => write!(f, "authentication failed with {peer}: {why}"),
-            Error::Failed(msg) => write!(f, "{msg}"),
+            Error::Failed(msg) | Error::Differ(msg) => write!(f, "{msg}"),
         }
     }
 }

@@ -36,14 +36,17 @@ pub mod error;
 pub mod local;
 pub mod lock;
 pub mod net;
+pub mod patch;
 pub mod pool;
 pub mod progress;
 pub mod proto;
 pub mod reader;
+pub mod remote_shell;
 pub mod server;
 pub mod session;
 pub mod sha256;
 pub mod ssh;
+pub mod stdio;
 /// Every raw OS call bsync makes; the only module with `unsafe`.
 #[allow(unsafe_code)]
 pub mod sys;
@@ -71,10 +74,24 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::Local {
             source,
             destination,
+        } if config.dry.is_some() => patch::make::local(config, source, destination, &log),
+        Mode::Local {
+            source,
+            destination,
         } => local::sync(&config.transfer, &config.env, source, destination, &log),
         Mode::Ssh { .. } => ssh::run(config, &log),
-        Mode::Connect(c) => client::run(c, &config.transfer, &config.env, &log),
+        Mode::Connect(c) => client::run_dry(
+            c,
+            &config.transfer,
+            &config.env,
+            &log,
+            config.dry.as_ref(),
+            b"",
+        ),
         Mode::Serve(s) => server::run(s, config, &log),
+        Mode::Stdio(s) => server::run_stdio(s, config, &log),
+        Mode::Apply(a) => patch::apply::run(a, &config.env, &log),
+        Mode::RemoteShell(r) => remote_shell::run(r, config, &log),
         Mode::ListDrives { sysfs } => list_drives(sysfs),
     }
 }

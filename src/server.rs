@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -27,15 +27,17 @@ use std::time::{Duration, Instant};
 use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress;
-use crate::config::{Config, Role, Serve};
+use crate::config::{Config, Role, Serve, Stdio};
 use crate::digest::sub_block_size;
 use crate::disk::{self, Disk};
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
+use crate::net::Stream;
 use crate::net::{self, Lane};
 use crate::progress::{Log, clock, human_bytes};
-use crate::proto::{self, AUTH_FAILED, Frame, Hello, MAX_BLOCK_SIZE, MAX_LANES, Welcome};
+use crate::proto::{self, AUTH_FAILED, FLAG_DRY, Frame, Hello, MAX_BLOCK_SIZE, MAX_LANES, Welcome};
 use crate::session::{self, Params};
+use crate::stdio::{OpenRequest, PipeStream};
 use crate::sys;
 
 /// A connection that passed the preamble and sent a `Hello`.
@@ -101,6 +103,62 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
     }
 }
 
+/// `--server`: one session, one lane, on stdin and stdout. Without `-f`
+/// the client names the device first ([`OpenRequest`]). Logs go to
+/// stderr; there is no progress (a remote shell would mix it into the
+/// client's terminal).
+pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
+    let peer = "client on stdin".to_string();
+    let mut stream =
+        PipeStream::stdio().map_err(|e| Error::io("server", "take stdin/stdout", e))?;
+    stream
+        .set_deadline(config.env.io_timeout)
+        .map_err(|e| Error::io(&peer, "set deadlines", e))?;
+    let mut config = config.clone();
+    let (role, path) = match &s.path {
+        Some(path) => (s.role, path.clone()),
+        None => {
+            let req = OpenRequest::read(&mut stream, &peer)?;
+            if req.block_size == 0 || req.block_size > MAX_BLOCK_SIZE {
+                return Err(Error::protocol(&peer, "block size out of range"));
+            }
+            config.transfer.block_size = req.block_size;
+            (req.role, req.path)
+        }
+    };
+    let serve_plan = Serve {
+        bind: std::net::IpAddr::from([0, 0, 0, 0]),
+        port: 0,
+        role,
+        path,
+        secret: s.secret.clone(),
+    };
+    let source = if role == Role::Source {
+        Some(Disk::open_source(&serve_plan.path, &config.env, log)?)
+    } else {
+        None
+    };
+    let arrival = handshake(stream, &peer, s.secret.as_ref(), config.env.io_timeout)?;
+    if arrival.hello.lanes != 1 {
+        let why = "a session on stdin/stdout has one lane (-w 1)";
+        arrival.lane.sender.fail(why);
+        return Err(Error::protocol(&peer, why));
+    }
+    // No other connection can arrive: the channel is closed at once.
+    let (tx, rx) = mpsc::channel();
+    drop(tx);
+    let (result, _) = serve(
+        &serve_plan,
+        &config,
+        source.as_ref(),
+        rx,
+        Some(arrival),
+        log,
+        false,
+    );
+    result
+}
+
 /// After every lane of a session is lost, how long a new client waits
 /// before it may take the server over (if the old client has not come
 /// back by then).
@@ -140,25 +198,26 @@ fn accept(
         let tx = tx.clone();
         let log = log.clone();
         let secret = secret.cloned();
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
         let log2 = log.clone();
-        let who = peer.clone();
-        let spawned =
-            thread::Builder::new()
-                .name("handshake".into())
-                .spawn(
-                    move || match handshake(stream, &peer, secret.as_ref(), deadline) {
-                        Ok(arrival) => {
-                            let _ = tx.send(arrival);
-                        }
-                        Err(e) => log.line(format!("dropped {peer}: {e}")),
-                    },
-                );
+        let spawned = thread::Builder::new()
+            .name("handshake".into())
+            .spawn(move || {
+                let peer = stream
+                    .peer_addr()
+                    .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
+                net::configure_tcp(&stream);
+                match handshake(stream, &peer, secret.as_ref(), deadline) {
+                    Ok(arrival) => {
+                        let _ = tx.send(arrival);
+                    }
+                    Err(e) => log.line(format!("dropped {peer}: {e}")),
+                }
+            });
         if let Err(e) = spawned {
             // The closure, and the connection with it, is dropped.
-            log2.line(format!("dropped {who}: cannot start a thread for it: {e}"));
+            log2.line(format!(
+                "dropped a connection: cannot start a thread for it: {e}"
+            ));
         }
     }
 }
@@ -170,13 +229,12 @@ const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// Challenge a new connection, read its hello and, when this server holds a
 /// key or token, check the client's proof and give our own. Nothing of the
 /// session is touched before that.
-fn handshake(
-    stream: TcpStream,
+fn handshake<S: Stream>(
+    stream: S,
     peer: &str,
     secret: Option<&Secret>,
     deadline: Duration,
 ) -> Result<Arrival> {
-    net::configure_tcp(&stream);
     let mut lane = Lane::open(stream, peer.to_string(), deadline)?;
     let ours = Secret::flags(secret);
     let mut nonce = [0u8; proto::NONCE_LEN];
@@ -349,6 +407,19 @@ fn serve_session(
                 block_size: t.block_size,
             };
             (src, geo)
+        }
+        None if hello.flags & FLAG_DRY != 0 => {
+            // A dry run: read and digest only, whatever the sizes.
+            let d = Disk::open_dry(&s.path, env, log).inspect_err(|e| {
+                first.sender.fail(&format!("server: {e}"));
+            })?;
+            let block_size = usize::try_from(hello.block_size).unwrap_or(MAX_BLOCK_SIZE);
+            let geo = Geometry {
+                size: hello.source_size,
+                block_size,
+            };
+            held = d;
+            (&held, geo)
         }
         None => {
             let opened = Disk::open_destination(&s.path, env, log).and_then(|mut d| {

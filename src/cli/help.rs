@@ -37,6 +37,21 @@ OVER THE NETWORK (two machines)
   bsync -f DST -r HOST:PORT -d     connect and download into DST
   bsync -f SRC -t user@host:/dev/vda   start the remote end over SSH
 
+PATCHES, COMPARING, ANY REMOTE SHELL (bdsync's workflow)
+  bsync -f SRC -t DST --compare    read both, change nothing, say what
+                                   differs (also -r, -t user@host:)
+  bsync -f SRC -t DST --write-patch FILE   a dry run leaving a patch
+  bsync --patch[=DST] < PATCH      apply; refuses a target it was not made for
+  bsync 'ssh host bsync --server' LOCDEV REMDEV > PATCH   bdsync's client
+  -server       one session on stdin/stdout, for any remote shell (with -f:
+                that path; without: the client names it)
+  -write-patch FILE  with -r or -t: a patch instead of writing (- is stdout)
+  -compare      with -r or -t: compare only; exit 0 same, 3 differ
+  -over-ssh     with -t user@host: carry the data inside ssh (automatic when
+                the remote's port cannot be reached)
+  bdsync's options: --diffsize[=strict|resize|minsize] --remdata[=UNDO]
+                --blocksize=N --progress --verbose (README, \"For bdsync users\")
+
 WHAT AND HOW
   -f PATH       file or device to read (source) or write (destination);
                 the writing end must give it [/dev/zero]
@@ -86,7 +101,8 @@ OUTPUT
   --version     version and protocol version
 
 EXIT STATUS
-  0 success, 1 transfer or I/O failure, 2 usage error (nothing was opened)
+  0 success, 1 transfer or I/O failure, 2 usage error (nothing was opened),
+  3 --compare found differences
 
 EXAMPLES
   bsync -f /dev/vda -t root@newhost:/dev/vda       migrate a disk over SSH

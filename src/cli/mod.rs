@@ -21,6 +21,7 @@ use crate::config::{Config, RemoteTarget};
 use crate::error::{Error, Result};
 use crate::proto::{MAX_BLOCK_SIZE, MAX_LANES};
 
+mod bdsync;
 mod help;
 mod validate;
 
@@ -32,7 +33,7 @@ pub const DEFAULT_BLOCK_SIZE: usize = 10 * 1024 * 1024;
 pub const MAX_PREFETCH: usize = 1024;
 
 /// Every flag bsync knows, and whether it takes a value.
-const FLAGS: &[(&str, bool)] = &[
+pub(super) const FLAGS: &[(&str, bool)] = &[
     ("a", false),
     ("f", true),
     ("r", true),
@@ -55,6 +56,10 @@ const FLAGS: &[(&str, bool)] = &[
     ("v", false),
     ("d", false),
     ("P", false),
+    ("server", false),
+    ("write-patch", true),
+    ("compare", false),
+    ("over-ssh", false),
     ("bwlimit", true),
     ("json", false),
     ("h", false),
@@ -120,6 +125,14 @@ pub struct RawArgs {
     json: bool,
     help: bool,
     version: bool,
+    /// `--server`: a session on stdin/stdout.
+    server: bool,
+    /// `--write-patch FILE` (`-` is stdout).
+    write_patch: Option<PathBuf>,
+    /// `--compare`.
+    compare: bool,
+    /// `-over-ssh`: `-t` carries the data inside the ssh session.
+    over_ssh: bool,
     manual: bool,
     completions: Option<help::ShellKind>,
     /// Flags given, by name, for the rules about where each applies.
@@ -128,6 +141,10 @@ pub struct RawArgs {
 
 /// Parse the program's arguments (without the program name).
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    if bdsync::is_bdsync_form(&args) {
+        return bdsync::parse(&args).map(|c| Command::Run(Box::new(c)));
+    }
     let raw = RawArgs::parse(args)?;
     if raw.help {
         return Ok(Command::Help);
@@ -226,6 +243,10 @@ impl RawArgs {
                 "v" => raw.verbose = bool_flag(p, &flag)?,
                 "d" => raw.download = bool_flag(p, &flag)?,
                 "P" => raw.no_server_progress = bool_flag(p, &flag)?,
+                "server" => raw.server = bool_flag(p, &flag)?,
+                "write-patch" => raw.write_patch = Some(path_value(p, &flag)?),
+                "compare" => raw.compare = bool_flag(p, &flag)?,
+                "over-ssh" => raw.over_ssh = bool_flag(p, &flag)?,
                 "h" | "help" => raw.help = bool_flag(p, &flag)?,
                 "version" => raw.version = bool_flag(p, &flag)?,
                 "bwlimit" => raw.bwlimit = Some(parse_rate(&string_value(p, &flag)?)?),

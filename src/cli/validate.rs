@@ -13,8 +13,8 @@ use super::{DEFAULT_BLOCK_SIZE, RawArgs, Secret as SecretArg, Target};
 use crate::auth::Secret;
 use crate::compress::Level;
 use crate::config::{
-    Config, Connect, Env, LogOptions, Mode, Role, SSH_ENV, Serve, Transfer, VERBOSE_ENV, env_flag,
-    memory_available, memory_refusal, sysfs_root,
+    Config, Connect, DryRun, Env, LogOptions, Mode, Role, SSH_ENV, Serve, Stdio, Transfer,
+    VERBOSE_ENV, env_flag, memory_available, memory_refusal, sysfs_root,
 };
 use crate::error::{Error, Result};
 
@@ -91,6 +91,10 @@ impl RawArgs {
             }
         }
 
+        let dry = self.dry_run()?;
+        if self.server {
+            return self.stdio_server(workers, prefetch);
+        }
         let given_file = self.file.is_some();
         let path = self.file.unwrap_or_else(|| PathBuf::from("/dev/zero"));
         // Which end this process is, as the client or the local `-f`; a
@@ -201,6 +205,120 @@ impl RawArgs {
                 json: self.json,
             },
             env: Env::from_process(),
+            dry,
+            over_ssh: self.over_ssh,
+        })
+    }
+
+    /// `--compare` and `--write-patch`: a source that reads a destination
+    /// and writes nothing to it.
+    fn dry_run(&self) -> Result<Option<DryRun>> {
+        let dry = match (&self.write_patch, self.compare) {
+            (Some(_), true) => {
+                return Err(Error::usage(
+                    "--compare and --write-patch cannot be combined: a patch already says what differs",
+                ));
+            }
+            (Some(p), false) if p.as_os_str() == "-" => DryRun::Patch(None),
+            (Some(p), false) => DryRun::Patch(Some(p.clone())),
+            (None, true) => DryRun::Compare,
+            (None, false) => {
+                if self.over_ssh && !matches!(self.target, Some(Target::Remote(_))) {
+                    return Err(Error::usage("-over-ssh applies only to -t user@host:/path"));
+                }
+                return Ok(None);
+            }
+        };
+        let flag = if self.compare {
+            "--compare"
+        } else {
+            "--write-patch"
+        };
+        if self.remote.is_none() && self.target.is_none() {
+            return Err(Error::usage(format!(
+                "{flag} needs a destination to read: -t PATH, -t user@host:/path or -r HOST:PORT"
+            )));
+        }
+        if self.download {
+            return Err(Error::usage(format!(
+                "{flag} reads this end as the source: drop -d (swap -f and the -t path instead)"
+            )));
+        }
+        if self.skip > 0 {
+            return Err(Error::usage(format!(
+                "{flag} covers the whole device: -s cannot be combined with it"
+            )));
+        }
+        if self.auto {
+            return Err(Error::usage(format!(
+                "{flag} cannot be combined with -auto"
+            )));
+        }
+        Ok(Some(dry))
+    }
+
+    /// `--server`: one session on stdin/stdout.
+    fn stdio_server(self, workers: usize, prefetch: usize) -> Result<Config> {
+        if self.remote.is_some()
+            || self.target.is_some()
+            || self.port.is_some()
+            || self.bind.is_some()
+        {
+            return Err(Error::usage(
+                "--server speaks on stdin/stdout: -r, -t, -p and -i do not apply",
+            ));
+        }
+        if self.key == Some(SecretArg::Stdin) || self.token == Some(SecretArg::Stdin) {
+            return Err(Error::usage(
+                "--server: stdin carries the session, so -K - and -token-file - cannot read it; \
+                 give a file (-token-file FILE)",
+            ));
+        }
+        if self.write_patch.is_some() || self.compare {
+            return Err(Error::usage(
+                "--server serves; --compare and --write-patch belong to the client",
+            ));
+        }
+        if self.json {
+            return Err(Error::usage(
+                "--server: stdout carries the session, so -json cannot print there",
+            ));
+        }
+        let role = if self.download {
+            Role::Source
+        } else {
+            Role::Destination
+        };
+        Ok(Config {
+            mode: Mode::Stdio(Stdio {
+                role,
+                path: self.file,
+                secret: secret(self.key, self.token)?,
+            }),
+            transfer: Transfer {
+                block_size: self.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+                skip: 0,
+                compression: if self.no_compress {
+                    None
+                } else {
+                    Some(self.level.unwrap_or(Level::Default))
+                },
+                workers,
+                prefetch,
+                bwlimit: self.bwlimit,
+            },
+            log: LogOptions {
+                prefix: self.prefix,
+                // Its stderr is the remote shell's, mixed into the client's
+                // terminal: errors only, unless -v.
+                quiet: self.quiet || !(self.verbose || env_flag(VERBOSE_ENV)),
+                verbose: self.verbose || env_flag(VERBOSE_ENV),
+                no_server_progress: true,
+                json: false,
+            },
+            env: Env::from_process(),
+            dry: None,
+            over_ssh: false,
         })
     }
 

@@ -81,10 +81,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Handshake flags; encryption without authentication is meaningless.
+    /// [`FLAG_DRY`] may come with any of them.
     fn flags(&mut self) -> Result<u8, ProtoError> {
-        match self.u8()? {
-            f @ (0 | FLAG_AUTH) => Ok(f),
-            f if f == FLAG_AUTH | FLAG_ENCRYPT => Ok(f),
+        let f = self.u8()?;
+        match f & !FLAG_DRY {
+            0 | FLAG_AUTH => Ok(f),
+            s if s == FLAG_AUTH | FLAG_ENCRYPT => Ok(f),
             _ => Err(self.malformed("unknown flags")),
         }
     }
@@ -525,7 +527,8 @@ mod tests {
 
     #[test]
     fn unknown_handshake_flags_are_errors() {
-        for flags in [FLAG_ENCRYPT, 4, 0x80] {
+        // A dry run's flag may come with the others, never encryption alone.
+        for flags in [FLAG_ENCRYPT, FLAG_ENCRYPT | FLAG_DRY, 8, 0x80] {
             let mut buf = Vec::new();
             encode(
                 &Frame::Challenge {

@@ -128,6 +128,11 @@ pub const FRAME_TYPES: RangeInclusive<u8> = HELLO..=PROBE;
 pub const FLAG_AUTH: u8 = 1;
 /// `Hello`/`Challenge` flag: frames after the handshake are sealed.
 pub const FLAG_ENCRYPT: u8 = 2;
+/// `Hello` flag: a dry run (`--compare`, `--write-patch`): the destination
+/// is opened read-only, never resized, and the source sends no data.
+pub const FLAG_DRY: u8 = 4;
+/// The flags that say what secret a peer holds.
+pub const SECRET_FLAGS: u8 = FLAG_AUTH | FLAG_ENCRYPT;
 /// Length of the handshake nonces and proofs.
 pub const NONCE_LEN: usize = 16;
 

@@ -70,6 +70,11 @@ impl Params {
         digest::sub_block_size(self.geo.block_size)
     }
 
+    /// The size of the grains digests are taken over within a block.
+    pub fn sub_size(&self) -> usize {
+        self.sub()
+    }
+
     /// The digest of `n` zero bytes (at most a sub-block) under this
     /// session's salt.
     fn zero_digest(&self, n: usize) -> Digest {
@@ -144,6 +149,39 @@ pub fn run(
     log: &Log,
     progress: bool,
 ) -> Result<()> {
+    run_dry(role, p, disk, lanes, rejoin, log, progress, None).map(|_| ())
+}
+
+/// What a dry run's source does with each block instead of sending its
+/// changes (`--compare`, `--write-patch`). Called by the workers in any
+/// block order, for every block, unchanged ones included.
+pub trait DrySink: Sync {
+    /// Block `index` of the source holds `data`, whose grains digest to
+    /// `ours`; the destination's digest to `theirs`. Returns whether the
+    /// block differs and how many bytes of data (not zeros) it would send.
+    fn block(
+        &self,
+        index: u64,
+        data: &[u8],
+        theirs: &[Digest],
+        ours: &[Digest],
+    ) -> Result<(bool, u64)>;
+}
+
+/// [`run`], and on the source with `dry`, a dry run: the destination is
+/// read and acknowledges, nothing is written to it, and every block goes
+/// to `dry` instead.
+#[allow(clippy::too_many_arguments)]
+pub fn run_dry(
+    role: Role,
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    rejoin: &dyn Rejoin,
+    log: &Log,
+    progress: bool,
+    dry: Option<&dyn DrySink>,
+) -> Result<u128> {
     let stats = Arc::new(Stats::default());
     stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);
@@ -160,21 +198,26 @@ pub fn run(
         .map_or_else(|| "the peer".to_string(), |l| l.reader.peer.clone());
     let _watch = Watchdog::start(&stats, peer, p.deadline, SILENT_AFTER, log);
     let (verify, side) = match role {
-        Role::Source => (source::run(p, disk, lanes, &stats, rejoin)?, Side::Source),
+        Role::Source => (
+            source::run_with(p, disk, lanes, &stats, rejoin, dry)?,
+            Side::Source,
+        ),
         Role::Destination => (
             destination::run(p, disk, lanes, &stats, rejoin)?,
             Side::Destination,
         ),
     };
     let elapsed = reporter.finish();
-    report_summary(log, &stats, elapsed, side, p.first, progress);
-    log.info(format!(
-        "verification digest {verify:032x}: both ends agree"
-    ));
+    if dry.is_none() {
+        report_summary(log, &stats, elapsed, side, p.first, progress);
+        log.info(format!(
+            "verification digest {verify:032x}: both ends agree"
+        ));
+    }
     if role == Role::Destination {
         disk.report_excess(p.geo.size);
     }
-    Ok(())
+    Ok(verify)
 }
 
 /// How long without progress before the operator is told who went silent.

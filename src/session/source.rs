@@ -7,7 +7,9 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use super::{Abort, Content, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected};
+use super::{
+    Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected,
+};
 use crate::block::{Extent, ExtentKind, push_extent};
 use crate::compress::Compressor;
 use crate::digest::Digest;
@@ -49,12 +51,27 @@ struct SourceState {
 }
 
 /// Run the source side over `lanes`; returns the verification digest.
+/// (The roles' tests call it; the session calls [`run_with`].)
+#[cfg(test)]
 pub(super) fn run(
     p: &Params,
     disk: &Disk,
     lanes: Vec<Lane>,
     stats: &Stats,
     rejoin: &dyn Rejoin,
+) -> Result<u128> {
+    run_with(p, disk, lanes, stats, rejoin, None)
+}
+
+/// [`run`]; with `dry`, every block goes to it instead of its changes to
+/// the destination, which writes nothing.
+pub(super) fn run_with(
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    stats: &Stats,
+    rejoin: &dyn Rejoin,
+    dry: Option<&dyn DrySink>,
 ) -> Result<u128> {
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
     let state = Signal::new(SourceState {
@@ -82,6 +99,7 @@ pub(super) fn run(
         senders: &senders,
         stats,
         verify: &verify,
+        dry,
         zero: p.zero_digest(p.sub()),
     };
     let abort = &abort;
@@ -147,6 +165,7 @@ struct SourceCtx<'a> {
     senders: &'a [Arc<FrameSender>],
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
+    dry: Option<&'a dyn DrySink>,
     /// The digest of a whole zero sub-block.
     zero: Digest,
 }
@@ -286,6 +305,12 @@ impl SourceCtx<'_> {
             )));
         }
         let mut scratch = FrameScratch::default();
+        if self.dry.is_some() {
+            // Already given to the sink: the destination only acknowledges.
+            empty_block(index, &mut scratch.frame);
+            let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
+            return Ok(());
+        }
         let mut extents = Vec::new();
         let data = Content::Bytes(&data);
         self.build_frame(index, data, theirs, compressor, &mut scratch, &mut extents)?;
@@ -367,6 +392,47 @@ impl SourceCtx<'_> {
         Ok(raw_len)
     }
 
+    /// A dry run's block: the sink gets it with both sides' digests, the
+    /// destination an empty `Block` to acknowledge, and the verification
+    /// digest is over the destination's unchanged content.
+    fn dry_block(
+        &self,
+        dry: &dyn DrySink,
+        index: u64,
+        data: &[u8],
+        theirs: &[Digest],
+        scratch: &mut FrameScratch,
+    ) -> Result<()> {
+        Content::Bytes(data).digests(self.p, self.zero, &mut scratch.ours);
+        if theirs.len() != scratch.ours.len() {
+            let lane = lane_of(index, self.senders.len());
+            return Err(Error::protocol(
+                &self.senders[lane].peer,
+                format!(
+                    "block {index}: {} digests, expected {}",
+                    theirs.len(),
+                    scratch.ours.len()
+                ),
+            ));
+        }
+        let (changed, data_bytes) = dry.block(index, data, theirs, &scratch.ours)?;
+        let class = if !changed {
+            &self.stats.same
+        } else if data_bytes > 0 {
+            &self.stats.changed
+        } else {
+            &self.stats.zero
+        };
+        Stats::add(class, 1);
+        Stats::add(&self.stats.bytes_changed, data_bytes);
+        {
+            let mut v = lock(self.verify);
+            *v = v.wrapping_add(block_hash(index, theirs));
+        }
+        empty_block(index, &mut scratch.frame);
+        Ok(())
+    }
+
     /// Compare blocks with the destination's digests and send what differs.
     fn worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
         let mut compressor = Compressor::new(self.p.compression);
@@ -383,6 +449,26 @@ impl SourceCtx<'_> {
                 return Ok(());
             };
             let b = &mut *block;
+            if let Some(dry) = self.dry {
+                if b.hole {
+                    // Never read: the sink wants the zeros it stands for.
+                    b.data[..b.len].fill(0);
+                }
+                self.dry_block(dry, index, &b.data[..b.len], &theirs, &mut scratch)?;
+                let mut st = self.state.lock();
+                st.unacked.insert(
+                    index,
+                    Sent {
+                        bytes: b.len as u64,
+                        attempts: 1,
+                    },
+                );
+                st.spare.push(theirs);
+                drop(st);
+                drop(block);
+                let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
+                continue;
+            }
             let content = if b.hole {
                 Content::Hole(b.len)
             } else {
@@ -429,4 +515,10 @@ impl SourceCtx<'_> {
             let _ = self.senders[lane_of(index, self.senders.len())].send(&mut scratch.frame);
         }
     }
+}
+
+/// A `Block` frame with no changes: "nothing to write here".
+fn empty_block(index: u64, frame: &mut Vec<u8>) {
+    frame.clear();
+    BlockBuilder::begin(frame, index, 0, &[]).finish(false);
 }

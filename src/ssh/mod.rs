@@ -48,6 +48,7 @@
 //!
 //! This file puts them in order: [`run`].
 
+mod channel;
 mod cleanup;
 mod command;
 mod process;
@@ -64,7 +65,7 @@ use crate::auth::Secret;
 use crate::config::{Config, Connect, Mode, RemoteTarget, Role};
 use crate::error::{Error, Result};
 use crate::progress::Log;
-use crate::{client, sys};
+use crate::sys;
 use command::Endpoint;
 use process::{FAILED_REMOTE_GRACE, Remote, RemoteExit, SSH_FAILED};
 use script::{DIR, HAVE, SEND, is_safe_dir};
@@ -153,24 +154,27 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
     };
     let mut remote = Remote::start(endpoint.command(&script), log)?;
     remote.send_secret(&secret);
-    if let Err(what) = provide(&mut remote, &exe, name, log) {
-        let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
-        // A remote that ended well after one line did not match.
-        return Err(match what {
-            Provide::Mismatch(uname) if exit.success() => Error::Failed(format!(
-                "{name} is {uname:?}, but this bsync is built for Linux {}: \
+    let copy = match provide(&mut remote, &exe, name, log) {
+        Ok(copy) => copy,
+        Err(what) => {
+            let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
+            // A remote that ended well after one line did not match.
+            return Err(match what {
+                Provide::Mismatch(uname) if exit.success() => Error::Failed(format!(
+                    "{name} is {uname:?}, but this bsync is built for Linux {}: \
                  architecture mismatch, nothing was copied",
-                std::env::consts::ARCH
-            )),
-            Provide::Mismatch(line) => {
-                // A login shell such as nologin says why on stdout.
-                let mut exit = exit;
-                exit.tail.push(line);
-                explain(None, &exit, name, "the remote shell failed")
-            }
-            Provide::Failed(what) => explain(None, &exit, name, &what),
-        });
-    }
+                    std::env::consts::ARCH
+                )),
+                Provide::Mismatch(line) => {
+                    // A login shell such as nologin says why on stdout.
+                    let mut exit = exit;
+                    exit.tail.push(line);
+                    explain(None, &exit, name, "the remote shell failed")
+                }
+                Provide::Failed(what) => explain(None, &exit, name, &what),
+            });
+        }
+    };
     let Some(port) = remote.port() else {
         let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
         return Err(explain(None, &exit, name, "the remote bsync did not start"));
@@ -191,16 +195,26 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
         auto: false,
     };
-    let synced = client::run(&connect, &config.transfer, &config.env, log).map_err(|e| match e {
-        // The remote's own words, said of the host as it was typed, not of
-        // the address this side connected to.
-        Error::Remote { msg, .. } => Error::Remote {
-            peer: name.clone(),
-            msg: msg.strip_prefix("server: ").unwrap_or(&msg).to_string(),
-        },
-        other => other,
+    let synced = channel::sync(endpoint, &copy, &target.path, &connect, config, log).map_err(|e| {
+        match e {
+            // The remote's own words, said of the host as it was typed, not
+            // of the address this side connected to.
+            Error::Remote { msg, .. } => Error::Remote {
+                peer: name.clone(),
+                msg: msg.strip_prefix("server: ").unwrap_or(&msg).to_string(),
+            },
+            other => other,
+        }
     });
-    conclude(synced, remote, config, name, log)
+    match synced {
+        // The one-session server was not used: stop it (which removes the
+        // directory; the binary inside ssh already runs).
+        Ok(channel::Carried::Channel) => {
+            let _ = remote.finish(Some(Duration::ZERO));
+            Ok(())
+        }
+        synced => conclude(synced.map(|_| ()), remote, config, name, log),
+    }
 }
 
 /// Why the remote script stopped before its server started.
@@ -213,13 +227,14 @@ enum Provide {
 }
 
 /// Read what the remote script says before its server starts (`uname -sm`,
-/// maybe `dir`, then `have`, or `send`) and send `exe` if it asks.
+/// maybe `dir`, then `have`, or `send`) and send `exe` if it asks. Returns
+/// where the remote's copy is.
 fn provide(
     remote: &mut Remote,
     exe: &[u8],
     name: &str,
     log: &Log,
-) -> std::result::Result<(), Provide> {
+) -> std::result::Result<String, Provide> {
     use Provide::Failed;
     let Some(uname) = remote.line().filter(|l| !l.trim().is_empty()) else {
         return Err(Failed(
@@ -239,7 +254,7 @@ fn provide(
             cleanup::made_dir(dir);
         } else if let Some(path) = line.strip_prefix(HAVE) {
             log.info(format!("{name}: using the copy of bsync in {path}"));
-            return Ok(());
+            return Ok(path.to_string());
         } else if let Some(path) = line.strip_prefix(SEND) {
             log.info(format!(
                 "{name}: copying bsync ({} bytes) to {path}",
@@ -248,6 +263,7 @@ fn provide(
             // A remote that stopped reading says why on stderr.
             return remote
                 .send(exe)
+                .map(|()| path.to_string())
                 .map_err(|e| Failed(format!("sending bsync failed: {e}")));
         } else {
             return Err(Failed(format!(

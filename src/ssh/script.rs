@@ -147,7 +147,7 @@ pub fn session_script(
 
 /// A remote path for the remote shell: quoted, except that a leading `~/`
 /// still means the login's home directory, as it does for scp.
-fn remote_path(path: &str) -> String {
+pub(super) fn remote_path(path: &str) -> String {
     match path.strip_prefix("~/") {
         Some(rest) if !rest.is_empty() => format!("~/{}", quote(rest)),
         _ if path == "~" || path == "~/" => "~".to_string(),

@@ -10,6 +10,8 @@
 //! - `file`: block-device ioctls, pread/pwrite, fadvise, writeback, and
 //!   the chain that clears a range (punch hole → zero range → write zeros);
 //! - `memory`: `PinnedBuf` (mlocked, huge-page mapped) and the memlock limit;
+//! - `pipe`: `poll` with a deadline, and stdout moved onto stderr, for
+//!   sessions on stdin/stdout (`bsync --server`);
 //! - `process`: random bytes, termination signals and `kill`;
 //! - `socket`: TCP keep-alive and buffer sizes.
 //!
@@ -20,6 +22,7 @@ use std::io;
 
 mod file;
 mod memory;
+mod pipe;
 mod process;
 pub mod simd;
 mod socket;
@@ -31,6 +34,7 @@ pub use file::{
     writeback_unsupported, zero_range,
 };
 pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, memlock_limit};
+pub use pipe::{stdout_to_stderr, wait_ready};
 pub use process::{
     TERMINATION_SIGNALS, block_termination_signals, getrandom, kill, wait_termination_signal,
 };

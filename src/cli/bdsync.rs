@@ -1,0 +1,291 @@
+//! bdsync's command line, as its users type it, with `bsync` as the
+//! program:
+//!
+//! ```text
+//! bsync [--verbose] [--remdata] [--diffsize[=MODE]] [--blocksize=N] REMSHCMD LOCDEV REMDEV > PATCH
+//! bsync --server                       (the main parser: a bsync flag too)
+//! bsync --patch[=DSTDEV] [--diffsize[=MODE]] [--remdata=UNDO] < PATCH
+//! ```
+//!
+//! It is recognised by its positional arguments (bsync's own flags take
+//! none) or by `--patch`. bdsync options bsync does not offer are refused
+//! with one line naming them (exit 2).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::{DEFAULT_BLOCK_SIZE, FLAGS, parse_block_size};
+use crate::compress::Level;
+use crate::config::{
+    Apply, Config, DiffSize, Env, LogOptions, Mode, RemoteShell, Transfer, VERBOSE_ENV, env_flag,
+};
+use crate::error::{Error, Result};
+
+/// bdsync options that bsync refuses, and why.
+const REFUSED: &[(&str, &str)] = &[
+    ("digest", "bsync always uses its own FNV-1a 128 digest"),
+    ("hash", "bsync always uses its own FNV-1a 128 digest"),
+    ("checksum", "bsync always uses its own FNV-1a 128 digest"),
+    ("zeroblocks", "bsync always sends zero ranges as markers"),
+    (
+        "flushcache",
+        "bsync drops read pages behind its reader by itself",
+    ),
+    ("twopass", "bsync compares in one pass, per 64 KiB grain"),
+    ("warndev", "bsync refuses mounted destinations by itself"),
+];
+
+/// Whether `args` are in bdsync's form: `--patch`, or three positionals
+/// (anything else with positionals gets bsync's own "unexpected argument").
+pub fn is_bdsync_form(args: &[OsString]) -> bool {
+    let mut i = 0;
+    let mut positionals = 0;
+    while i < args.len() {
+        let Some(s) = args[i].to_str() else {
+            positionals += 1;
+            i += 1;
+            continue;
+        };
+        if s == "--" {
+            positionals += args.len() - i - 1;
+            break;
+        }
+        let body = s.strip_prefix("--").or_else(|| s.strip_prefix('-'));
+        match body.filter(|b| !b.is_empty()) {
+            None => positionals += 1,
+            Some(b) => {
+                let name = b.split_once('=').map_or(b, |(n, _)| n);
+                if name == "patch" {
+                    return true;
+                }
+                let takes_value = FLAGS.iter().any(|&(n, v)| n == name && v);
+                if takes_value && !b.contains('=') {
+                    i += 1;
+                }
+            }
+        }
+        i += 1;
+    }
+    positionals == 3
+}
+
+fn usage(msg: impl Into<String>) -> Error {
+    Error::usage(msg.into())
+}
+
+fn diffsize(v: Option<&str>) -> Result<DiffSize> {
+    match v {
+        None | Some("strict") => Ok(DiffSize::Strict),
+        Some("resize") => Ok(DiffSize::Resize),
+        Some("minsize") => Ok(DiffSize::MinSize),
+        Some(other) => Err(usage(format!(
+            "--diffsize: {other:?} is not strict, resize or minsize"
+        ))),
+    }
+}
+
+/// Parse bdsync's client or patcher form into a plan.
+pub fn parse(args: &[OsString]) -> Result<Config> {
+    let mut verbose = 0u32;
+    let mut progress = false;
+    let mut remdata: Option<Option<PathBuf>> = None;
+    let mut size = DiffSize::Strict;
+    let mut block_size = None;
+    let mut patch: Option<Option<PathBuf>> = None;
+    let mut no_compress = false;
+    let mut positional: Vec<OsString> = Vec::new();
+    let mut rest = false;
+    for arg in args {
+        let s = match arg.to_str() {
+            Some(s) if !rest => s,
+            _ => {
+                positional.push(arg.clone());
+                continue;
+            }
+        };
+        if s == "--" {
+            rest = true;
+            continue;
+        }
+        let Some(body) = s
+            .strip_prefix("--")
+            .or_else(|| s.strip_prefix('-'))
+            .filter(|b| !b.is_empty())
+        else {
+            positional.push(arg.clone());
+            continue;
+        };
+        let (name, value) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (body, None),
+        };
+        match (name, value) {
+            ("verbose" | "v", None) => verbose += 1,
+            ("progress", None) => progress = true,
+            ("remdata", v) => remdata = Some(v.map(PathBuf::from)),
+            ("diffsize", v) => size = diffsize(v)?,
+            ("blocksize" | "b", Some(v)) => block_size = Some(parse_block_size(v)?),
+            ("patch", v) => patch = Some(v.filter(|v| !v.is_empty()).map(PathBuf::from)),
+            ("n", None) => no_compress = true,
+            ("server", _) => {
+                return Err(usage(
+                    "--server takes no device: run `bsync --server` alone (the client names the device)",
+                ));
+            }
+            (n, _) => {
+                if let Some((_, why)) = REFUSED.iter().find(|(r, _)| *r == n) {
+                    return Err(usage(format!(
+                        "--{n}: a bdsync option bsync does not offer ({why}); see README, \"For bdsync users\""
+                    )));
+                }
+                return Err(usage(format!(
+                    "-{n}: not an option of bdsync's form (bsync [--verbose] [--remdata] \
+                     [--diffsize[=MODE]] [--blocksize=N] REMSHCMD LOCDEV REMDEV, or bsync --patch[=DEV]); \
+                     bsync's own flags take no positional arguments"
+                )));
+            }
+        }
+    }
+    let log = LogOptions {
+        prefix: String::new(),
+        // bdsync is silent unless asked; so is this form.
+        quiet: verbose == 0 && !progress,
+        verbose: verbose > 1 || env_flag(VERBOSE_ENV),
+        no_server_progress: true,
+        // stdout is the patch.
+        json: false,
+    };
+    // Compressing the patch is the costly part: a worker per core, up to 4.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let transfer = Transfer {
+        block_size: block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+        skip: 0,
+        // Fast: a patch is often compressed again on its way (gzip in
+        // bdsync's examples), and making it is the slow part.
+        compression: (!no_compress).then_some(Level::Fast),
+        workers,
+        prefetch: workers * 4,
+        bwlimit: None,
+    };
+    let mode = if let Some(target) = patch {
+        if !positional.is_empty() {
+            return Err(usage(
+                "--patch reads the patch on stdin and takes no other arguments: bsync --patch[=DEV] < PATCH",
+            ));
+        }
+        let undo = match remdata {
+            Some(Some(p)) => Some(p),
+            Some(None) => {
+                return Err(usage(
+                    "--remdata with --patch needs a file for the undo data: --remdata=FILE",
+                ));
+            }
+            None => None,
+        };
+        Mode::Apply(Apply {
+            patch: None,
+            target,
+            diffsize: size,
+            undo,
+        })
+    } else {
+        let [command, local, remote] = <[OsString; 3]>::try_from(positional).map_err(|p| {
+            usage(format!(
+                "bdsync's client form takes three arguments, REMSHCMD LOCDEV REMDEV; got {}",
+                p.len()
+            ))
+        })?;
+        let command = command
+            .into_string()
+            .map_err(|_| usage("REMSHCMD: not valid UTF-8"))?;
+        let remote = remote
+            .into_string()
+            .map_err(|_| usage("REMDEV: not valid UTF-8"))?;
+        if let Some(Some(_)) = remdata {
+            return Err(usage(
+                "--remdata takes no value in the client form: the undo patch goes to stdout",
+            ));
+        }
+        if command.trim().is_empty() {
+            return Err(usage("REMSHCMD is empty"));
+        }
+        Mode::RemoteShell(RemoteShell {
+            command,
+            local: PathBuf::from(local),
+            remote,
+            undo: remdata.is_some(),
+            diffsize: size,
+        })
+    };
+    Ok(Config {
+        mode,
+        transfer,
+        log,
+        env: Env::from_process(),
+        dry: None,
+        over_ssh: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn recognised_by_positionals_or_patch() {
+        assert!(is_bdsync_form(&args(&[
+            "ssh h bsync --server",
+            "/dev/a",
+            "/dev/b"
+        ])));
+        assert!(is_bdsync_form(&args(&["--patch=/dev/b"])));
+        assert!(is_bdsync_form(&args(&["--patch"])));
+        assert!(!is_bdsync_form(&args(&["-f", "a.img", "-t", "b.img"])));
+        assert!(!is_bdsync_form(&args(&["--server"])));
+        assert!(!is_bdsync_form(&args(&["-b=4M", "-f", "x", "-r", "h:1"])));
+        assert!(!is_bdsync_form(&args(&["-n", "extra"])));
+    }
+
+    #[test]
+    fn client_and_patch_forms() {
+        let c = parse(&args(&[
+            "--verbose",
+            "--diffsize=resize",
+            "sh -c x",
+            "/a",
+            "/b",
+        ]))
+        .unwrap();
+        let Mode::RemoteShell(r) = c.mode else {
+            panic!("not a client")
+        };
+        assert_eq!((r.command.as_str(), r.remote.as_str()), ("sh -c x", "/b"));
+        assert_eq!(r.diffsize, DiffSize::Resize);
+        assert!(!r.undo);
+        let c = parse(&args(&["--patch=/dev/x", "--diffsize=minsize"])).unwrap();
+        assert!(matches!(
+            c.mode,
+            Mode::Apply(Apply {
+                diffsize: DiffSize::MinSize,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn refused_options_are_usage_errors() {
+        for bad in [
+            &["--digest=md5", "c", "a", "b"][..],
+            &["--twopass", "c", "a", "b"],
+            &["--diffsize=huge", "c", "a", "b"],
+            &["--patch", "extra"],
+        ] {
+            let e = parse(&args(bad)).unwrap_err();
+            assert_eq!(e.exit_status(), 2, "{bad:?}");
+        }
+    }
+}

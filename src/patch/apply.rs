@@ -1,0 +1,602 @@
+//! `bsync --patch[=TARGET]`: apply a patch, refusing the wrong target.
+//!
+//! Every range of a patch carries the digest of what the target must hold
+//! there before (and after). From a file (a regular file on stdin
+//! included) every range is checked first and nothing is written unless all
+//! of them match; from a pipe each record is checked just before it is
+//! written, and a mismatch stops at once, saying how much was applied. A
+//! range that already holds its new content is skipped, so a patch applied
+//! twice (or resumed) writes nothing more. At the end the digest of the
+//! whole result is checked against the patch's trailer.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{self, Decoder, Header, Item, Kind, Range, Record, Trailer};
+use crate::block::is_zero;
+use crate::compress::{Compressor, Decompressor, Level};
+use crate::config::{Apply, DiffSize, Env};
+use crate::digest::{self, digest_sub_blocks};
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::progress::{Log, human_bytes};
+
+/// Where the patch comes from.
+enum Input {
+    /// Seekable: checked in full before anything is written.
+    File(BufReader<File>, String),
+    /// Read once.
+    Pipe(BufReader<Box<dyn Read>>, String),
+}
+
+fn corrupt(what: &str, e: format::FormatError) -> Error {
+    Error::Failed(format!("{what}: {e}"))
+}
+
+/// Apply the patch `a` names.
+pub fn run(a: &Apply, env: &Env, log: &Log) -> Result<()> {
+    let input = open_input(a.patch.as_deref())?;
+    let what = match &input {
+        Input::File(_, w) | Input::Pipe(_, w) => w.clone(),
+    };
+    match input {
+        Input::File(r, _) => apply_file(a, r, &what, env, log),
+        Input::Pipe(r, _) => apply_pipe(a, r, &what, env, log),
+    }
+}
+
+fn open_input(path: Option<&Path>) -> Result<Input> {
+    let (file, what) = match path {
+        Some(p) => {
+            let what = format!("patch {}", p.display());
+            let f = File::open(p).map_err(|e| Error::io(&what, "open", e))?;
+            (f, what)
+        }
+        None => {
+            let fd = std::os::fd::AsFd::as_fd(&std::io::stdin())
+                .try_clone_to_owned()
+                .map_err(|e| Error::io("patch on stdin", "open", e))?;
+            (File::from(fd), "patch on stdin".to_string())
+        }
+    };
+    let regular = file.metadata().is_ok_and(|m| m.is_file());
+    if regular {
+        Ok(Input::File(BufReader::with_capacity(1 << 20, file), what))
+    } else {
+        let r: Box<dyn Read> = Box::new(file);
+        Ok(Input::Pipe(BufReader::with_capacity(1 << 20, r), what))
+    }
+}
+
+/// The target: the one named, else the one the patch names.
+fn target_path(a: &Apply, h: &Header) -> Result<PathBuf> {
+    if let Some(t) = &a.target {
+        return Ok(t.clone());
+    }
+    if h.name.is_empty() {
+        return Err(Error::usage(
+            "--patch: the patch names no target; give one: --patch=DEVICE",
+        ));
+    }
+    use std::os::unix::ffi::OsStringExt;
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(h.name.clone())))
+}
+
+fn open_target(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
+    if std::fs::metadata(path).is_err() {
+        return Err(Error::Failed(format!(
+            "target {}: does not exist; a patch only changes an existing copy",
+            path.display()
+        )));
+    }
+    Disk::open_destination(path, env, log)
+}
+
+/// Whether the target's size is acceptable as `diffsize` says.
+fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<()> {
+    let (have, want) = (disk.size(), h.source_size);
+    let refuse = |why: &str| {
+        Err(Error::Failed(format!(
+            "{}: {have} bytes, the patch makes {want} bytes: {why}; nothing was written",
+            disk.label()
+        )))
+    };
+    match diffsize {
+        DiffSize::Strict if have != want => {
+            refuse("sizes differ (--diffsize=resize or --diffsize=minsize to allow)")
+        }
+        DiffSize::MinSize if have < want => refuse("the target is smaller (--diffsize=minsize)"),
+        DiffSize::Resize if have < want && disk.is_device() => {
+            refuse("a device cannot grow (--diffsize=resize)")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Read `len` bytes at `offset`, zeros past the end.
+fn read_range(disk: &Disk, offset: u64, buf: &mut Vec<u8>, len: usize) -> Result<()> {
+    buf.clear();
+    buf.resize(len, 0);
+    disk.read_at(buf, offset)
+        .map_err(|e| Error::io(disk.label(), format!("read at offset {offset}"), e))?;
+    Ok(())
+}
+
+/// How a range of the target compares with what the patch expects.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum State {
+    Before,
+    After,
+    Other,
+}
+
+fn range_state(
+    disk: &Disk,
+    h: &Header,
+    rec: &Record,
+    r: &Range,
+    buf: &mut Vec<u8>,
+) -> Result<State> {
+    read_range(disk, rec.offset + u64::from(r.start), buf, r.len as usize)?;
+    let d = digest::digest(h.salt, buf);
+    Ok(if d == r.before {
+        State::Before
+    } else if d == r.after {
+        State::After
+    } else {
+        State::Other
+    })
+}
+
+fn differs(disk: &Disk, rec: &Record, r: &Range, done: &str) -> Error {
+    Error::Failed(format!(
+        "{}: differs from what the patch expects at offset {} ({} bytes): not the target \
+         the patch was made for, or changed since; {done}",
+        disk.label(),
+        rec.offset + u64::from(r.start),
+        r.len
+    ))
+}
+
+/// Write one record's ranges that are not already applied; returns bytes written.
+fn write_record(disk: &Disk, rec: &Record, skip: &[bool]) -> Result<u64> {
+    let mut at = 0usize;
+    let mut written = 0;
+    for (r, &skip) in rec.ranges.iter().zip(skip) {
+        let offset = rec.offset + u64::from(r.start);
+        let len = r.len as usize;
+        let fail = |e| Error::io(disk.label(), format!("write at offset {offset}"), e);
+        if !r.zero {
+            if !skip {
+                disk.write_at(&rec.data[at..at + len], offset)
+                    .map_err(fail)?;
+            }
+            at += len;
+        } else if !skip {
+            disk.clear(offset, len as u64).map_err(fail)?;
+        }
+        if !skip {
+            written += len as u64;
+        }
+    }
+    Ok(written)
+}
+
+/// The digest of the whole content of `disk` up to `size`, zeros past its
+/// end, as the patch's trailer defines it. Blocks are summed in any order,
+/// so a thread per core (up to 4) takes a share of them.
+fn result_digest(disk: &Disk, h: &Header, size: u64) -> Result<u128> {
+    let bs = u64::from(h.block_size);
+    let blocks = size.div_ceil(bs);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
+    let share = blocks.div_ceil(threads.max(1)).max(1);
+    let part = |first: u64, end: u64| -> Result<u128> {
+        let mut buf = Vec::new();
+        let mut digests = Vec::new();
+        let mut sum = 0u128;
+        for index in first..end {
+            let offset = index * bs;
+            let len = usize::try_from((size - offset).min(bs)).unwrap_or(0);
+            read_range(disk, offset, &mut buf, len)?;
+            digest_sub_blocks(h.salt, &buf, h.grain as usize, &mut digests);
+            sum = sum.wrapping_add(format::block_hash(index, &digests));
+        }
+        Ok(sum)
+    };
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..blocks)
+            .step_by(usize::try_from(share).unwrap_or(usize::MAX))
+            .map(|first| {
+                let part = &part;
+                s.spawn(move || part(first, (first + share).min(blocks)))
+            })
+            .collect();
+        let mut sum = 0u128;
+        for p in parts {
+            let got = p
+                .join()
+                .unwrap_or_else(|_| Err(Error::Failed("a digest thread panicked".into())))?;
+            sum = sum.wrapping_add(got);
+        }
+        Ok(sum)
+    })
+}
+
+fn check_trailer(what: &str, t: &Trailer, records: u64, ranges: u64, chain: u128) -> Result<()> {
+    if t.records != records || t.ranges != ranges || t.chain != chain {
+        return Err(Error::Failed(format!(
+            "{what}: corrupted: the trailer does not match the records read \
+             ({} records, {records} read)",
+            t.records
+        )));
+    }
+    Ok(())
+}
+
+/// After writing: fit the size, flush, and check the whole result.
+fn finish(
+    disk: &mut Disk,
+    h: &Header,
+    t: &Trailer,
+    a: &Apply,
+    what: &str,
+    log: &Log,
+) -> Result<()> {
+    if a.diffsize == DiffSize::Resize && !disk.is_device() && disk.size() != h.source_size {
+        disk.fit_to(h.source_size)?;
+    }
+    disk.flush()?;
+    let size = h.source_size;
+    let got = result_digest(disk, h, size)?;
+    if got != t.result {
+        return Err(Error::Failed(format!(
+            "{}: after applying {what}, the content's digest {got:032x} is not the \
+             patch's result {:032x}",
+            disk.label(),
+            t.result
+        )));
+    }
+    log.info(format!(
+        "{}: result digest {got:032x} checked",
+        disk.label()
+    ));
+    Ok(())
+}
+
+fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Log) -> Result<()> {
+    // Pass 1: the whole patch is read and checked, and every range of the
+    // target compared, before anything is written.
+    let mut dec = Decompressor::default();
+    let mut d = Decoder::new(&mut r);
+    // The records' checks cover their stored bytes: no need to decompress.
+    d.skip_data = true;
+    let h = d.header().map_err(|e| corrupt(what, e))?;
+    let path = target_path(a, &h)?;
+    let mut disk = open_target(&path, env, log)?;
+    check_size(&disk, &h, a.diffsize)?;
+    let mut buf = Vec::new();
+    let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
+    let (mut pending, mut applied) = (0u64, 0u64);
+    let mut first_other: Option<Error> = None;
+    // Which ranges hold their new content already, for the second pass.
+    let mut done: Vec<bool> = Vec::new();
+    let trailer = loop {
+        match d.next(&mut dec).map_err(|e| corrupt(what, e))? {
+            Item::Record(rec, check) => {
+                records += 1;
+                chain = format::chain(chain, check);
+                for r in &rec.ranges {
+                    ranges += 1;
+                    let state = range_state(&disk, &h, &rec, r, &mut buf)?;
+                    done.push(state == State::After);
+                    match state {
+                        State::Before => pending += 1,
+                        State::After => applied += 1,
+                        State::Other => {
+                            if first_other.is_none() {
+                                first_other = Some(differs(&disk, &rec, r, "nothing was written"));
+                            }
+                        }
+                    }
+                }
+            }
+            Item::End(t) => break t,
+        }
+    };
+    check_trailer(what, &trailer, records, ranges, chain)?;
+    let mut extra = [0u8; 1];
+    if d_read_more(&mut r, &mut extra) {
+        return Err(Error::Failed(format!(
+            "{what}: corrupted: bytes after the trailer"
+        )));
+    }
+    if let Some(e) = first_other {
+        return Err(e);
+    }
+    let undo = a
+        .undo
+        .as_deref()
+        .map(|p| UndoWriter::create(p, &h, &disk, &path))
+        .transpose()?;
+    if pending == 0 && (disk.size() == h.source_size || a.diffsize != DiffSize::Resize) {
+        let got = result_digest(&disk, &h, h.source_size)?;
+        if got == trailer.result {
+            log.line(format!(
+                "{}: this patch is already applied ({applied} ranges); nothing was written",
+                disk.label()
+            ));
+            if let Some(u) = undo {
+                u.finish()?;
+            }
+            return Ok(());
+        }
+    }
+    // Pass 2: write.
+    r.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(what, "seek", e))?;
+    let mut d = Decoder::new(&mut r);
+    d.header().map_err(|e| corrupt(what, e))?;
+    let mut undo = undo;
+    let mut written = 0u64;
+    if a.diffsize == DiffSize::Resize && !disk.is_device() && disk.size() < h.source_size {
+        disk.fit_to(h.source_size)?;
+    }
+    // The target was opened exclusively where it is a device; a file that
+    // someone else writes meanwhile is caught by the result digest.
+    let mut states = done.into_iter();
+    while let Item::Record(rec, _) = d.next(&mut dec).map_err(|e| corrupt(what, e))? {
+        let skip: Vec<bool> = states.by_ref().take(rec.ranges.len()).collect();
+        if skip.len() != rec.ranges.len() {
+            return Err(Error::Failed(format!(
+                "{what}: changed while it was applied"
+            )));
+        }
+        if let Some(u) = &mut undo {
+            u.record(&disk, &rec, &skip)?;
+        }
+        written += write_record(&disk, &rec, &skip)?;
+    }
+    if let Some(u) = undo {
+        u.finish()?;
+    }
+    finish(&mut disk, &h, &trailer, a, what, log)?;
+    log.info(format!(
+        "{}: applied {what}: {} written in {pending} ranges{}",
+        disk.label(),
+        human_bytes(written),
+        if applied > 0 {
+            format!(", {applied} ranges were already applied")
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
+}
+
+fn d_read_more(r: &mut impl Read, b: &mut [u8; 1]) -> bool {
+    matches!(r.read(b), Ok(n) if n > 0)
+}
+
+fn apply_pipe(
+    a: &Apply,
+    mut r: BufReader<Box<dyn Read>>,
+    what: &str,
+    env: &Env,
+    log: &Log,
+) -> Result<()> {
+    let mut dec = Decompressor::default();
+    let mut d = Decoder::new(&mut r);
+    let h = d.header().map_err(|e| corrupt(what, e))?;
+    let path = target_path(a, &h)?;
+    let mut disk = open_target(&path, env, log)?;
+    check_size(&disk, &h, a.diffsize)?;
+    let mut undo = a
+        .undo
+        .as_deref()
+        .map(|p| UndoWriter::create(p, &h, &disk, &path))
+        .transpose()?;
+    let mut buf = Vec::new();
+    let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
+    let (mut written, mut applied, mut skipped) = (0u64, 0u64, 0u64);
+    let mut resized = false;
+    let stopped = |disk: &Disk, e: Error, written: u64, applied: u64| -> Error {
+        let _ = disk.flush();
+        Error::Failed(format!(
+            "{e}; stopped after applying {applied} ranges ({written} bytes){}",
+            if a.undo.is_some() {
+                " (the undo patch puts them back)"
+            } else {
+                ""
+            }
+        ))
+    };
+    let trailer = 'records: loop {
+        let item = match d.next(&mut dec) {
+            Ok(item) => item,
+            Err(e) => break Err(stopped(&disk, corrupt(what, e), written, applied)),
+        };
+        match item {
+            Item::Record(rec, check) => {
+                records += 1;
+                chain = format::chain(chain, check);
+                let mut skip = Vec::with_capacity(rec.ranges.len());
+                for r in &rec.ranges {
+                    ranges += 1;
+                    match range_state(&disk, &h, &rec, r, &mut buf)? {
+                        State::Before => skip.push(false),
+                        State::After => {
+                            skipped += 1;
+                            skip.push(true);
+                        }
+                        State::Other => {
+                            let e = differs(&disk, &rec, r, "this range was not written");
+                            break 'records Err(stopped(&disk, e, written, applied));
+                        }
+                    }
+                }
+                if skip.iter().all(|s| *s) {
+                    continue;
+                }
+                if !resized
+                    && a.diffsize == DiffSize::Resize
+                    && !disk.is_device()
+                    && disk.size() < h.source_size
+                {
+                    disk.fit_to(h.source_size)?;
+                    resized = true;
+                }
+                if let Some(u) = &mut undo {
+                    u.record(&disk, &rec, &skip)?;
+                }
+                written += write_record(&disk, &rec, &skip)?;
+                applied += skip.iter().filter(|s| !**s).count() as u64;
+            }
+            Item::End(t) => break Ok(t),
+        }
+    };
+    let trailer = match trailer {
+        Ok(t) => t,
+        Err(e) => {
+            // What was replaced so far can be put back.
+            if let Some(u) = undo {
+                u.finish()?;
+            }
+            return Err(e);
+        }
+    };
+    let trailer_ok = check_trailer(what, &trailer, records, ranges, chain);
+    if let Some(u) = undo {
+        u.finish()?;
+    }
+    if let Err(e) = trailer_ok {
+        return Err(stopped(&disk, e, written, applied));
+    }
+    if applied == 0 && (disk.size() == h.source_size || a.diffsize != DiffSize::Resize) {
+        let got = result_digest(&disk, &h, h.source_size)?;
+        if got == trailer.result {
+            log.line(format!(
+                "{}: this patch is already applied ({skipped} ranges); nothing was written",
+                disk.label()
+            ));
+            return Ok(());
+        }
+    }
+    finish(&mut disk, &h, &trailer, a, what, log)?;
+    log.info(format!(
+        "{}: applied {what}: {} written in {applied} ranges",
+        disk.label(),
+        human_bytes(written)
+    ));
+    Ok(())
+}
+
+/// `--remdata=FILE` while applying: before a record is written, what the
+/// target holds there goes into an undo patch, which puts it back.
+struct UndoWriter {
+    out: std::io::BufWriter<File>,
+    header: Header,
+    compressor: Compressor,
+    trailer: Trailer,
+    path: PathBuf,
+    buf: Vec<u8>,
+}
+
+impl UndoWriter {
+    fn create(path: &Path, h: &Header, disk: &Disk, target: &Path) -> Result<UndoWriter> {
+        use std::os::unix::ffi::OsStrExt;
+        let what = format!("undo patch {}", path.display());
+        let f = File::create(path).map_err(|e| Error::io(&what, "create", e))?;
+        let header = Header {
+            kind: Kind::Undo,
+            source_size: disk.size(),
+            name: target.as_os_str().as_bytes().to_vec(),
+            ..h.clone()
+        };
+        // The result of undoing is the target as it is now.
+        let result = result_digest(disk, &header, disk.size())?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+        let mut head = Vec::new();
+        format::encode_header(&header, &mut head);
+        out.write_all(&head)
+            .map_err(|e| Error::io(&what, "write", e))?;
+        Ok(UndoWriter {
+            out,
+            header,
+            compressor: Compressor::new(Some(Level::Fast)),
+            trailer: Trailer {
+                records: 0,
+                ranges: 0,
+                data_bytes: 0,
+                result,
+                chain: 0,
+            },
+            path: path.to_path_buf(),
+            buf: Vec::new(),
+        })
+    }
+
+    fn record(&mut self, disk: &Disk, rec: &Record, skip: &[bool]) -> Result<()> {
+        let mut ranges = Vec::new();
+        let mut raw = Vec::new();
+        for (r, &skip) in rec.ranges.iter().zip(skip) {
+            if skip {
+                continue;
+            }
+            read_range(
+                disk,
+                rec.offset + u64::from(r.start),
+                &mut self.buf,
+                r.len as usize,
+            )?;
+            let zero = is_zero(&self.buf);
+            if !zero {
+                raw.extend_from_slice(&self.buf);
+            }
+            ranges.push(Range {
+                zero,
+                before: r.after,
+                after: r.before,
+                ..*r
+            });
+        }
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let mut stored = Vec::new();
+        let compressed = self
+            .compressor
+            .append(std::iter::once(&raw[..]), &mut stored);
+        let mut bytes = Vec::new();
+        let raw_len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
+        let check = format::encode_record(
+            rec.offset, &ranges, raw_len, compressed, &stored, &mut bytes,
+        );
+        self.trailer.records += 1;
+        self.trailer.ranges += ranges.len() as u64;
+        self.trailer.data_bytes += raw.len() as u64;
+        self.trailer.chain = format::chain(self.trailer.chain, check);
+        self.out
+            .write_all(&bytes)
+            .map_err(|e| Error::io(format!("undo patch {}", self.path.display()), "write", e))?;
+        // On disk before the target changes: a crash leaves the undo data.
+        self.out
+            .flush()
+            .map_err(|e| Error::io(format!("undo patch {}", self.path.display()), "write", e))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        let _ = &self.header;
+        let mut tail = Vec::new();
+        format::encode_trailer(&self.trailer, &mut tail);
+        let what = format!("undo patch {}", self.path.display());
+        self.out
+            .write_all(&tail)
+            .and_then(|()| self.out.flush())
+            .map_err(|e| Error::io(&what, "write", e))?;
+        self.out
+            .get_ref()
+            .sync_data()
+            .map_err(|e| Error::io(&what, "flush", e))
+    }
+}

@@ -1,0 +1,446 @@
+//! The second sink beside the writer: a dry run's source hands every block
+//! here instead of sending its changes, and this either writes a patch
+//! (`--write-patch`, bdsync's client) or only counts (`--compare`).
+//!
+//! Workers finish blocks in any order; records are put back in block order
+//! with a small map and written as they become ready, so a patch streams to
+//! a pipe. The pre-image digest of every changed grain is the destination's
+//! own digest, which the session already carries: making a patch moves no
+//! destination data.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::format::{self, Header, Kind, Range, Trailer};
+use crate::block::is_zero;
+use crate::compress::{Compressor, Level};
+use crate::config::DryRun;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::lock::lock;
+use crate::progress::{Log, human_bytes};
+use crate::session::{DrySink, Params};
+
+/// A block's contribution, waiting for its turn.
+struct Ready {
+    /// Encoded record and its check; `None` when the block is unchanged.
+    record: Option<(Vec<u8>, u128)>,
+    /// Changed ranges, for `-v` (absolute offset, length, zeros).
+    ranges: Vec<(u64, u64, bool)>,
+    data_bytes: u64,
+    zero_bytes: u64,
+}
+
+struct State {
+    next: u64,
+    pending: BTreeMap<u64, Ready>,
+    out: Option<Box<dyn Write + Send>>,
+    trailer: Trailer,
+    zero_bytes: u64,
+    changed_blocks: u64,
+    failed: Option<String>,
+}
+
+/// Makes a patch, or counts what one would hold.
+pub struct Maker<'a> {
+    p: Params,
+    state: Mutex<State>,
+    compressors: Mutex<Vec<Compressor>>,
+    level: Option<Level>,
+    what: String,
+    log: &'a Log,
+}
+
+/// Where a patch goes: a file, renamed into place once complete, or stdout.
+pub struct Output {
+    pub(super) writer: Box<dyn Write + Send>,
+    /// (partial, final) names of a file.
+    rename: Option<(PathBuf, PathBuf)>,
+}
+
+impl Output {
+    /// `None` is stdout; a path gets `PATH.part` until the trailer is written.
+    pub fn open(path: Option<&Path>) -> Result<Output> {
+        match path {
+            None => Ok(Output {
+                writer: Box::new(std::io::BufWriter::with_capacity(
+                    1 << 20,
+                    std::io::stdout(),
+                )),
+                rename: None,
+            }),
+            Some(path) => {
+                let mut part = path.as_os_str().to_owned();
+                part.push(".part");
+                let part = PathBuf::from(part);
+                let f = std::fs::File::create(&part)
+                    .map_err(|e| Error::io(format!("patch {}", part.display()), "create", e))?;
+                Ok(Output {
+                    writer: Box::new(std::io::BufWriter::with_capacity(1 << 20, f)),
+                    rename: Some((part, path.to_path_buf())),
+                })
+            }
+        }
+    }
+}
+
+impl<'a> Maker<'a> {
+    /// A maker for a session with parameters `p`; with `out`, a patch of
+    /// `kind` naming `target` is written there, header first.
+    pub fn new(
+        p: &Params,
+        out: Option<Box<dyn Write + Send>>,
+        target: &[u8],
+        what: &str,
+        log: &'a Log,
+    ) -> Result<Maker<'a>> {
+        let mut state = State {
+            next: p.first,
+            pending: BTreeMap::new(),
+            out,
+            trailer: Trailer {
+                records: 0,
+                ranges: 0,
+                data_bytes: 0,
+                result: 0,
+                chain: 0,
+            },
+            zero_bytes: 0,
+            changed_blocks: 0,
+            failed: None,
+        };
+        if let Some(out) = &mut state.out {
+            let mut head = Vec::new();
+            format::encode_header(
+                &Header {
+                    kind: Kind::Forward,
+                    source_size: p.geo.size,
+                    block_size: u32::try_from(p.geo.block_size).unwrap_or(u32::MAX),
+                    grain: u32::try_from(p.sub_size()).unwrap_or(u32::MAX),
+                    salt: p.salt,
+                    name: target.to_vec(),
+                },
+                &mut head,
+            );
+            out.write_all(&head)
+                .map_err(|e| Error::io(what, "write the header", e))?;
+        }
+        Ok(Maker {
+            p: *p,
+            state: Mutex::new(state),
+            compressors: Mutex::new(Vec::new()),
+            level: p.compression,
+            what: what.to_string(),
+            log,
+        })
+    }
+
+    fn encode(&self, index: u64, data: &[u8], ranges: &[Range]) -> (Vec<u8>, u128) {
+        let mut raw = Vec::new();
+        for r in ranges.iter().filter(|r| !r.zero) {
+            raw.extend_from_slice(&data[r.start as usize..(r.start + r.len) as usize]);
+        }
+        let mut c = lock(&self.compressors)
+            .pop()
+            .unwrap_or_else(|| Compressor::new(self.level));
+        let mut stored = Vec::new();
+        let compressed = c.append(std::iter::once(&raw[..]), &mut stored);
+        lock(&self.compressors).push(c);
+        let mut rec = Vec::with_capacity(stored.len() + 64 + ranges.len() * 41);
+        // A block is at most 1 GiB.
+        let raw_len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
+        let check = format::encode_record(
+            self.p.geo.offset(index),
+            ranges,
+            raw_len,
+            compressed,
+            &stored,
+            &mut rec,
+        );
+        (rec, check)
+    }
+
+    /// Write every block whose turn it is.
+    fn drain(&self, st: &mut State) -> Result<()> {
+        while let Some(ready) = st.pending.remove(&st.next) {
+            st.next += 1;
+            st.zero_bytes += ready.zero_bytes;
+            if ready.ranges.is_empty() {
+                continue;
+            }
+            st.changed_blocks += 1;
+            st.trailer.ranges += ready.ranges.len() as u64;
+            st.trailer.data_bytes += ready.data_bytes;
+            if self.log.is_verbose() {
+                for (offset, len, zero) in &ready.ranges {
+                    self.log.line(format!(
+                        "differs: {len} bytes at offset {offset}{}",
+                        if *zero { " (zeros)" } else { "" }
+                    ));
+                }
+            }
+            if let (Some((rec, check)), Some(out)) = (ready.record, st.out.as_mut()) {
+                st.trailer.records += 1;
+                st.trailer.chain = format::chain(st.trailer.chain, check);
+                out.write_all(&rec)
+                    .map_err(|e| Error::io(&self.what, "write", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After the session: write the trailer and say what the patch holds
+    /// (or, comparing, what would be sent). Returns whether anything differs.
+    pub fn finish(&self, output: Option<Output>) -> Result<bool> {
+        let mut st = lock(&self.state);
+        if let Some(why) = st.failed.take() {
+            return Err(Error::Failed(why));
+        }
+        if st.next != self.p.geo.blocks() || !st.pending.is_empty() {
+            return Err(Error::Failed(format!(
+                "{}: the session ended at block {} of {}",
+                self.what,
+                st.next,
+                self.p.geo.blocks()
+            )));
+        }
+        let t = st.trailer;
+        if let Some(mut out) = st.out.take() {
+            let mut tail = Vec::new();
+            format::encode_trailer(&t, &mut tail);
+            out.write_all(&tail)
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::io(&self.what, "write", e))?;
+            drop(out);
+            if let Some(Output {
+                rename: Some((part, path)),
+                ..
+            }) = output
+            {
+                std::fs::rename(&part, &path)
+                    .map_err(|e| Error::io(&self.what, "rename into place", e))?;
+            }
+        }
+        let differ = st.changed_blocks > 0;
+        let what = format!(
+            "{} of {} blocks differ: {} of data and {} of zeros in {} ranges",
+            st.changed_blocks,
+            self.p.geo.blocks() - self.p.first,
+            human_bytes(t.data_bytes),
+            human_bytes(st.zero_bytes),
+            t.ranges,
+        );
+        self.log.info(format!("{}: {what}", self.what));
+        Ok(differ)
+    }
+}
+
+impl DrySink for Maker<'_> {
+    fn block(
+        &self,
+        index: u64,
+        data: &[u8],
+        theirs: &[Digest],
+        ours: &[Digest],
+    ) -> Result<(bool, u64)> {
+        let sub = self.p.sub_size();
+        let mut ranges = Vec::new();
+        let mut listed = Vec::new();
+        let (mut data_bytes, mut zero_bytes) = (0u64, 0u64);
+        for (j, (mine, other)) in ours.iter().zip(theirs).enumerate() {
+            if mine == other {
+                continue;
+            }
+            let start = j * sub;
+            let end = (start + sub).min(data.len());
+            let zero = is_zero(&data[start..end]);
+            let len = (end - start) as u64;
+            if zero {
+                zero_bytes += len;
+            } else {
+                data_bytes += len;
+            }
+            listed.push((self.p.geo.offset(index) + start as u64, len, zero));
+            ranges.push(Range {
+                // Within a block of at most 1 GiB.
+                start: u32::try_from(start).unwrap_or(u32::MAX),
+                len: u32::try_from(end - start).unwrap_or(u32::MAX),
+                zero,
+                before: *other,
+                after: *mine,
+            });
+        }
+        let writes = lock(&self.state).out.is_some();
+        let record = (writes && !ranges.is_empty()).then(|| self.encode(index, data, &ranges));
+        let hash = format::block_hash(index, ours);
+        let mut st = lock(&self.state);
+        st.trailer.result = st.trailer.result.wrapping_add(hash);
+        st.pending.insert(
+            index,
+            Ready {
+                record,
+                ranges: listed,
+                data_bytes,
+                zero_bytes,
+            },
+        );
+        if let Err(e) = self.drain(&mut st) {
+            st.failed.get_or_insert_with(|| e.to_string());
+            return Err(e);
+        }
+        Ok((!ranges.is_empty(), data_bytes))
+    }
+}
+
+/// Run the source of a dry session as `dry` asks: the session, then the
+/// patch's trailer or the comparison's verdict (`Error::Differ`, exit 3).
+/// `target` is the destination's name, stored in a patch.
+#[allow(clippy::too_many_arguments)]
+pub fn run_source(
+    dry: &DryRun,
+    target: &[u8],
+    p: &Params,
+    disk: &crate::disk::Disk,
+    lanes: Vec<crate::net::Lane>,
+    rejoin: &dyn crate::session::Rejoin,
+    log: &Log,
+    progress: bool,
+) -> Result<()> {
+    let (output, what) = match dry {
+        DryRun::Compare => (None, "compare".to_string()),
+        DryRun::Patch(path) => (
+            Some(Output::open(path.as_deref())?),
+            match path {
+                Some(p) => format!("patch {}", p.display()),
+                None => "patch on stdout".to_string(),
+            },
+        ),
+    };
+    let (writer, output) = match output {
+        Some(o) => (
+            Some(o.writer),
+            Some(Output {
+                writer: Box::new(std::io::sink()),
+                rename: o.rename,
+            }),
+        ),
+        None => (None, None),
+    };
+    let maker = Maker::new(p, writer, target, &what, log)?;
+    let ran = crate::session::run_dry(
+        crate::config::Role::Source,
+        p,
+        disk,
+        lanes,
+        rejoin,
+        log,
+        progress,
+        Some(&maker),
+    );
+    if let Err(e) = ran.map(|_| ()) {
+        if let Some(Output {
+            rename: Some((part, _)),
+            ..
+        }) = output
+        {
+            let _ = std::fs::remove_file(part);
+        }
+        return Err(e);
+    }
+    let differ = maker.finish(output)?;
+    if *dry == DryRun::Compare {
+        if differ {
+            return Err(Error::Differ("compare: the two sides differ".into()));
+        }
+        log.info("compare: the two sides are identical");
+    }
+    Ok(())
+}
+
+/// `--compare` or `--write-patch` with both ends on this machine: the two
+/// roles of a session run in this process over a socket pair, the
+/// destination opened read-only.
+pub fn local(
+    config: &crate::config::Config,
+    source: &Path,
+    destination: &Path,
+    log: &Log,
+) -> Result<()> {
+    use crate::block::Geometry;
+    use crate::config::Role;
+    use crate::disk::Disk;
+    use crate::net::Lane;
+    use std::os::unix::net::UnixStream;
+
+    let Some(dry) = &config.dry else {
+        return Err(Error::Failed(
+            "internal error: a dry run without --compare or --write-patch".into(),
+        ));
+    };
+    let env = &config.env;
+    let t = &config.transfer;
+    let src = Disk::open_source(source, env, log)?;
+    let dst = Disk::open_dry(destination, env, log)?;
+    let mut salt = [0u8; 16];
+    crate::sys::getrandom(&mut salt).map_err(|e| Error::io("bsync", "get random bytes", e))?;
+    let p = Params {
+        geo: Geometry {
+            size: src.size(),
+            block_size: t.block_size,
+        },
+        first: 0,
+        salt: u128::from_le_bytes(salt),
+        compression: t.compression,
+        workers: t.workers,
+        prefetch: t.prefetch,
+        encrypted: false,
+        bwlimit: None,
+        deadline: env.io_timeout,
+    };
+    let (a, b) = UnixStream::pair().map_err(|e| Error::io("bsync", "socket pair", e))?;
+    let max = crate::proto::max_payload(t.block_size, p.sub_size());
+    let quiet = Log::new(&crate::config::LogOptions {
+        quiet: true,
+        ..config.log.clone()
+    });
+    let name = destination.as_os_str();
+    use std::os::unix::ffi::OsStrExt;
+    std::thread::scope(|s| {
+        let dest = s.spawn(|| -> Result<()> {
+            let mut lane = Lane::open(b, "source".into(), env.io_timeout)?;
+            lane.reader.set_max(max);
+            crate::session::run(
+                Role::Destination,
+                &p,
+                &dst,
+                vec![lane],
+                &crate::client::NoRejoin,
+                &quiet,
+                false,
+            )
+        });
+        let ours = Lane::open(a, "destination".into(), env.io_timeout).and_then(|mut lane| {
+            lane.reader.set_max(max);
+            run_source(
+                dry,
+                name.as_bytes(),
+                &p,
+                &src,
+                vec![lane],
+                &crate::client::NoRejoin,
+                log,
+                !log.is_quiet(),
+            )
+        });
+        let theirs = dest
+            .join()
+            .unwrap_or_else(|_| Err(Error::Failed("the destination thread panicked".into())));
+        match (ours, theirs) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,112 @@
+//! `-t` through the ssh session itself: when the remote's port cannot be
+//! reached from here (a firewall, NAT, a jump host), or with `-over-ssh`,
+//! the session runs over the stdin and stdout of a second ssh command that
+//! starts the copied binary as `bsync --server`. ssh then encrypts and
+//! carries everything, in one stream (one lane, ssh's cipher).
+
+use std::time::Duration;
+
+use super::command::Endpoint;
+use super::script::{quote, remote_path};
+use crate::client;
+use crate::config::{Config, Connect, Role};
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::net::Stream;
+use crate::progress::Log;
+use crate::remote_shell;
+use crate::stdio::PipeStream;
+
+/// How long the remote's port may take to accept before the session goes
+/// inside ssh instead.
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How the session was carried.
+pub(super) enum Carried {
+    /// Directly over TCP, to the one-session server.
+    Tcp,
+    /// Inside ssh; the one-session server was never used.
+    Channel,
+}
+
+/// The client's half of a `-t` run: over TCP to `connect` when that port
+/// answers and `-over-ssh` is off, else inside ssh with `BINARY --server`
+/// (the remote's copy of bsync, as the launch named it).
+pub(super) fn sync(
+    endpoint: &Endpoint,
+    binary: &str,
+    remote: &str,
+    connect: &Connect,
+    config: &Config,
+    log: &Log,
+) -> Result<Carried> {
+    let name = &endpoint.host;
+    if config.over_ssh {
+        log.line(format!(
+            "{name}: carrying the session inside ssh (-over-ssh)"
+        ));
+    } else {
+        let direct = client::run_dry_within(
+            connect,
+            &config.transfer,
+            &config.env,
+            log,
+            config.dry.as_ref(),
+            remote.as_bytes(),
+            Some(PROBE_DEADLINE),
+        );
+        match direct {
+            Err(Error::Io { op, source, .. }) if op == client::FIRST_CONNECT => {
+                log.line(format!(
+                    "{name}: port {} on {} cannot be reached ({source}): carrying the session inside ssh",
+                    connect.port, connect.host
+                ));
+            }
+            other => return other.map(|()| Carried::Tcp),
+        }
+    }
+    let mut args = vec!["--server".to_string(), "-q".to_string()];
+    args.push(format!("-f {}", remote_path(remote)));
+    if connect.role == Role::Destination {
+        args.push("-d".to_string());
+    }
+    args.push(format!("-b {}", config.transfer.block_size));
+    let script = format!("exec {} {}", quote(binary), args.join(" "));
+    let mut cmd = endpoint.command(&script);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("ssh to {name}"), "start", e))?;
+    let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(Error::Failed("ssh: no pipes".into()));
+    };
+    let stream = PipeStream::new(output.into(), input.into());
+    let peer = format!("{name} (inside ssh)");
+    let session = open_local(connect, config, log).and_then(|mut disk| {
+        client::run_over(
+            stream.clone(),
+            &peer,
+            connect.role,
+            &mut disk,
+            &config.transfer,
+            &config.env,
+            log,
+            config.dry.as_ref(),
+            remote.as_bytes(),
+            None,
+        )
+        .map(|_| ())
+    });
+    let _ = stream.shutdown();
+    remote_shell::reap(child, &format!("ssh to {name}"), session)?;
+    Ok(Carried::Channel)
+}
+
+fn open_local(c: &Connect, config: &Config, log: &Log) -> Result<Disk> {
+    match c.role {
+        Role::Source => Disk::open_source(&c.path, &config.env, log),
+        Role::Destination => Disk::open_destination(&c.path, &config.env, log),
+    }
+}

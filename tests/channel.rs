@@ -1,0 +1,162 @@
+//! Sessions carried by a real OpenSSH server (`tests/sshd.sh`): bdsync's
+//! client with `ssh ... bsync --server` as its remote shell command, and
+//! `-t` inside the ssh session, asked for (`-over-ssh`) or because the
+//! remote's port cannot be reached. Without `BSYNC_TEST_SSH` each test says
+//! "skipped: no sshd" and passes.
+
+mod common;
+
+use std::fs::{self, File};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bsync");
+
+/// (`user@host:port`, the ssh command with its options).
+fn sshd(test: &str) -> Option<(String, String)> {
+    let remote = std::env::var("BSYNC_TEST_SSH")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let Some(remote) = remote else {
+        eprintln!("{test}: skipped: no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
+        return None;
+    };
+    let shell = std::env::var("BSYNC_SSH").unwrap_or_else(|_| "ssh".into());
+    Some((remote, shell))
+}
+
+/// `ssh OPTIONS -p PORT user@host` for a remote shell command.
+fn ssh_login(remote: &str, shell: &str) -> String {
+    let (login, port) = remote.rsplit_once(':').unwrap();
+    format!("{shell} -p {port} {login}")
+}
+
+#[test]
+fn bdsync_client_through_a_real_sshd() {
+    let Some((remote, shell)) = sshd("bdsync_client_through_a_real_sshd") else {
+        return;
+    };
+    let dir = TempDir::new("channel-bdsync");
+    let (src, dst) = make_pair(3 << 20, 21);
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &src);
+    write_file(&b, &dst);
+    let patch = dir.join("p.bsync");
+    let remsh = format!("{} {BIN} --server", ssh_login(&remote, &shell));
+    run_ok(
+        bsync()
+            .args(["--blocksize=262144", &remsh])
+            .arg(&a)
+            .arg(&b)
+            .stdout(File::create(&patch).unwrap()),
+    );
+    assert_eq!(read_file(&b), dst);
+    run_ok(bsync().arg("--patch").stdin(File::open(&patch).unwrap()));
+    assert_same(&a, &b);
+}
+
+/// A wrapper for `-ssh` that runs the one-session server of `-t` in a
+/// network namespace of its own, so its port cannot be reached from here
+/// (as behind a firewall); everything else goes to ssh unchanged.
+fn walled_ssh(dir: &Path, shell: &str) -> Option<String> {
+    let probe = Command::new("unshare").args(["-rn", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    let mut words = shell.split_whitespace();
+    let real = words.next().unwrap();
+    let opts: Vec<&str> = words.collect();
+    let path = dir.join("walled-ssh");
+    let script = format!(
+        r#"#!/bin/sh
+n=$#; i=0; for a in "$@"; do i=$((i+1)); [ $i -eq $n ] && last=$a; done
+case $last in
+*"-p 0"*)
+  q=$(printf '%s' "$last" | sed "s/'/'\\\\''/g")
+  i=0; for a in "$@"; do i=$((i+1)); [ $i -lt $n ] && set -- "$@" "$a"; done
+  shift $n
+  exec {real} "$@" "exec unshare -rn sh -c 'ip link set lo up 2>/dev/null; eval \"\$1\"' sh '$q'" ;;
+*) exec {real} "$@" ;;
+esac
+"#
+    );
+    fs::write(&path, script).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&path)
+        .status()
+        .unwrap();
+    Some(format!("{} {}", path.display(), opts.join(" ")))
+}
+
+#[test]
+fn t_falls_back_into_ssh_when_the_port_is_walled_off() {
+    let Some((remote, shell)) = sshd("t_falls_back_into_ssh_when_the_port_is_walled_off") else {
+        return;
+    };
+    let dir = TempDir::new("channel-walled");
+    let Some(walled) = walled_ssh(dir.path(), &shell) else {
+        eprintln!("skipped: unshare -rn is not permitted here");
+        return;
+    };
+    let (src, dst) = make_pair(3 << 20, 22);
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &src);
+    write_file(&b, &dst);
+    let err = run_ok(
+        bsync()
+            .args(["-b", "262144", "-ssh", &walled, "-f"])
+            .arg(&a)
+            .arg("-t")
+            .arg(format!("{remote}:{}", b.display())),
+    );
+    assert!(err.contains("cannot be reached"), "{err}");
+    assert!(err.contains("inside ssh"), "{err}");
+    assert_same(&a, &b);
+}
+
+#[test]
+fn over_ssh_uploads_downloads_compares_and_writes_patches() {
+    let Some((remote, shell)) = sshd("over_ssh_uploads_downloads_compares_and_writes_patches")
+    else {
+        return;
+    };
+    let dir = TempDir::new("channel-over");
+    let (src, dst) = make_pair(3 << 20, 23);
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    let target = |p: &Path| format!("{remote}:{}", p.display());
+    let t = |extra: &[&str]| {
+        let mut c = bsync();
+        c.args(["-b", "262144", "-ssh", &shell, "-f"])
+            .arg(&a)
+            .arg("-t")
+            .arg(target(&b))
+            .args(extra);
+        c
+    };
+    write_file(&a, &src);
+    write_file(&b, &dst);
+    // Compare and write a patch, over TCP and inside ssh: b is untouched.
+    for over in [&[][..], &["-over-ssh"][..]] {
+        run_status(
+            t(&[&["--compare"], over].concat()).stdin(File::open("/dev/null").unwrap()),
+            3,
+        );
+        let patch = dir.join("p.bsync");
+        run_ok(&mut t(
+            &[&["--write-patch", patch.to_str().unwrap()], over].concat()
+        ));
+        assert_eq!(read_file(&b), dst, "{over:?}");
+        assert!(fs::metadata(&patch).unwrap().len() > 0);
+    }
+    // Upload inside ssh, then download the other way.
+    let err = run_ok(&mut t(&["-over-ssh"]));
+    assert!(err.contains("inside ssh"), "{err}");
+    assert_same(&a, &b);
+    write_file(&a, &dst);
+    run_ok(&mut t(&["-over-ssh", "-d"]));
+    assert_same(&a, &b);
+    run_ok(&mut t(&["--compare", "-over-ssh"]));
+}

@@ -1,0 +1,388 @@
+//! bdsync's workflow against the real binary: `bsync --server` behind a
+//! remote shell (`sh -c` here; `tests/channel.rs` uses a real sshd), patch
+//! files made, applied, refused and undone, `--compare`, and `--write-patch`.
+
+mod common;
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bsync");
+/// Small blocks, so that a few MiB make several blocks and records.
+const BS: &str = "262144";
+const LEN: usize = 3 << 20;
+
+/// The remote shell command of bdsync's examples, adapted to loopback:
+/// `sh -c` starts the server on this machine.
+fn remshcmd() -> String {
+    format!("{BIN} --server")
+}
+
+/// `bsync [extra] REMSHCMD LOCAL REMOTE > patch`.
+fn make_patch(local: &Path, remote: &Path, patch: &Path, extra: &[&str]) -> String {
+    let mut cmd = bsync();
+    cmd.args(extra)
+        .arg(format!("--blocksize={BS}"))
+        .arg(remshcmd())
+        .arg(local)
+        .arg(remote)
+        .stdout(File::create(patch).unwrap());
+    run_ok(&mut cmd)
+}
+
+/// `bsync --patch[=target] extra < patch` (a regular file on stdin).
+fn apply(patch: &Path, target: Option<&Path>, extra: &[&str]) -> Command {
+    let mut cmd = bsync();
+    match target {
+        Some(t) => cmd.arg(format!("--patch={}", t.display())),
+        None => cmd.arg("--patch"),
+    };
+    cmd.args(extra).stdin(File::open(patch).unwrap());
+    cmd
+}
+
+/// The same, with the patch coming through a pipe.
+fn apply_piped(patch: &[u8], target: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let mut child = bsync()
+        .arg(format!("--patch={}", target.display()))
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = patch.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&bytes);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    (out.status.code(), stderr(&out))
+}
+
+struct Pair {
+    dir: TempDir,
+    src: PathBuf,
+    dst: PathBuf,
+    src_bytes: Vec<u8>,
+    dst_bytes: Vec<u8>,
+}
+
+fn pair(name: &str) -> Pair {
+    let dir = TempDir::new(name);
+    let (src_bytes, dst_bytes) = make_pair(LEN, 14);
+    let src = dir.join("src.img");
+    let dst = dir.join("dst.img");
+    write_file(&src, &src_bytes);
+    write_file(&dst, &dst_bytes);
+    Pair {
+        dir,
+        src,
+        dst,
+        src_bytes,
+        dst_bytes,
+    }
+}
+
+#[test]
+fn bdsync_examples_on_loopback() {
+    // bdsync "bdsync --server" /dev/LOCDEV /dev/REMDEV > DEV.bdsync, then
+    // bdsync --patch=/dev/DSTDEV < DEV.bdsync on "the remote".
+    let p = pair("bdsync-simple");
+    let patch = p.dir.join("DEV.bsync");
+    make_patch(&p.src, &p.dst, &patch, &["--verbose"]);
+    assert_eq!(
+        read_file(&p.dst),
+        p.dst_bytes,
+        "making a patch wrote REMDEV"
+    );
+    run_ok(&mut apply(&patch, Some(&p.dst), &[]));
+    assert_same(&p.src, &p.dst);
+
+    // ... | gzip > DEV.bdsync.gz, and back through a pipe: gzip -dc | bsync --patch.
+    let p = pair("bdsync-gzip");
+    let gz = p.dir.join("DEV.bsync.gz");
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(format!(
+        "'{BIN}' --blocksize={BS} \"$1\" \"$2\" \"$3\" | gzip > \"$4\" && gzip -dc \"$4\" | '{BIN}' --patch",
+    ))
+    .arg("sh")
+    .arg(remshcmd())
+    .arg(&p.src)
+    .arg(&p.dst)
+    .arg(&gz);
+    run_ok(&mut sh);
+    assert_same(&p.src, &p.dst);
+}
+
+#[test]
+fn round_trip_takes_the_target_named_in_the_patch_and_twice_writes_nothing() {
+    let p = pair("round-trip");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let size = fs::metadata(&patch).unwrap().len();
+    assert!(size < (LEN / 2) as u64, "patch of {size} bytes");
+    run_ok(&mut apply(&patch, None, &[]));
+    assert_same(&p.src, &p.dst);
+    // Twice in a row: says so, writes nothing, exit 0.
+    let before = mtime(&p.dst);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let err = run_ok(&mut apply(&patch, None, &[]));
+    assert!(err.contains("already applied"), "{err}");
+    assert_eq!(mtime(&p.dst), before);
+    // The same from a pipe.
+    let (code, err) = apply_piped(&read_file(&patch), &p.dst, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("already applied"), "{err}");
+}
+
+#[test]
+fn a_wrong_target_is_refused_and_left_untouched() {
+    let p = pair("wrong-target");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let other = p.dir.join("other.img");
+    let other_bytes = random_bytes(LEN, 99);
+    write_file(&other, &other_bytes);
+    let err = run_status(&mut apply(&patch, Some(&other), &[]), 1);
+    assert!(
+        err.contains("differs from what the patch expects at offset"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written"), "{err}");
+    assert_eq!(read_file(&other), other_bytes);
+}
+
+#[test]
+fn a_target_changed_after_the_patch_was_made_is_refused() {
+    let p = pair("changed-target");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    // Change the target after the patch was made, late in the file, inside
+    // a range the patch changes (the stale region of make_pair).
+    let mut changed = p.dst_bytes.clone();
+    let at = LEN / 3 + LEN / 8 - LEN / 64 - 10;
+    changed[at] ^= 0xff;
+    write_file(&p.dst, &changed);
+    // From a file: nothing written.
+    let err = run_status(&mut apply(&patch, Some(&p.dst), &[]), 1);
+    assert!(err.contains("at offset"), "{err}");
+    assert_eq!(read_file(&p.dst), changed);
+    // From a pipe: stops at the mismatch, says how much went in, and the
+    // undo data written on the side puts it back.
+    let undo = p.dir.join("undo.bsync");
+    let (code, err) = apply_piped(
+        &read_file(&patch),
+        &p.dst,
+        &[&format!("--remdata={}", undo.display())],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stopped after applying"), "{err}");
+    assert!(err.contains("at offset"), "{err}");
+    assert_ne!(
+        read_file(&p.dst),
+        changed,
+        "nothing was applied before the mismatch"
+    );
+    run_ok(&mut apply(&undo, Some(&p.dst), &[]));
+    assert_eq!(
+        read_file(&p.dst),
+        changed,
+        "the undo data did not put it back"
+    );
+}
+
+#[test]
+fn undo_data_written_while_applying_restores_the_original() {
+    let p = pair("apply-undo");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let undo = p.dir.join("undo.bsync");
+    let (code, err) = apply_piped(
+        &read_file(&patch),
+        &p.dst,
+        &[&format!("--remdata={}", undo.display())],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_same(&p.src, &p.dst);
+    run_ok(&mut apply(&undo, Some(&p.dst), &[]));
+    assert_eq!(read_file(&p.dst), p.dst_bytes);
+}
+
+#[test]
+fn client_remdata_makes_an_undo_patch_that_restores_byte_for_byte() {
+    let p = pair("client-remdata");
+    let patch = p.dir.join("p.bsync");
+    let undo = p.dir.join("undo.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    make_patch(&p.src, &p.dst, &undo, &["--remdata"]);
+    assert_eq!(read_file(&p.dst), p.dst_bytes);
+    run_ok(&mut apply(&patch, None, &[]));
+    assert_same(&p.src, &p.dst);
+    run_ok(&mut apply(&undo, None, &[]));
+    assert_eq!(read_file(&p.dst), p.dst_bytes);
+    // The undo patch is no forward patch: applied again it is already in.
+    let err = run_ok(&mut apply(&undo, None, &[]));
+    assert!(err.contains("already applied"), "{err}");
+}
+
+#[test]
+fn truncated_and_corrupted_patches_are_named_and_leave_the_target_alone() {
+    let p = pair("bad-patch");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let bytes = read_file(&patch);
+    let cut = p.dir.join("cut.bsync");
+    write_file(&cut, &bytes[..bytes.len() - 100]);
+    let err = run_status(&mut apply(&cut, Some(&p.dst), &[]), 1);
+    assert!(err.contains("truncated"), "{err}");
+    assert_eq!(read_file(&p.dst), p.dst_bytes);
+    // A flipped byte in the middle, and one in the last record.
+    for at in [bytes.len() / 2, bytes.len() - 80] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01;
+        let f = p.dir.join("bad.bsync");
+        write_file(&f, &bad);
+        let err = run_status(&mut apply(&f, Some(&p.dst), &[]), 1);
+        assert!(err.contains("corrupted"), "flip at {at}: {err}");
+        assert_eq!(read_file(&p.dst), p.dst_bytes, "flip at {at}");
+    }
+    // Not a patch at all.
+    let err = run_status(&mut apply(&p.src, Some(&p.dst), &[]), 1);
+    assert!(err.contains("not a bsync patch"), "{err}");
+}
+
+#[test]
+fn sizes_follow_diffsize() {
+    let dir = TempDir::new("diffsize");
+    let src_bytes = random_bytes(LEN, 5);
+    let src = dir.join("src.img");
+    write_file(&src, &src_bytes);
+    let patch = dir.join("p.bsync");
+    for (name, len) in [("smaller", LEN - 300_000), ("larger", LEN + 300_000)] {
+        let mut stale = random_bytes(len, 6);
+        stale[..LEN.min(len) / 2].copy_from_slice(&src_bytes[..LEN.min(len) / 2]);
+        let base = dir.join(&format!("{name}.img"));
+        write_file(&base, &stale);
+        make_patch(&src, &base, &patch, &[]);
+        let t = dir.join("t.img");
+        // strict: refused, untouched.
+        write_file(&t, &stale);
+        let err = run_status(&mut apply(&patch, Some(&t), &[]), 1);
+        assert!(err.contains("sizes differ"), "{name}: {err}");
+        assert_eq!(read_file(&t), stale);
+        // minsize: a larger target keeps its tail, a smaller one is refused.
+        let err = run(&mut apply(&patch, Some(&t), &["--diffsize=minsize"]));
+        if len > LEN {
+            assert_eq!(err.status.code(), Some(0), "{}", stderr(&err));
+            let got = read_file(&t);
+            assert_eq!(&got[..LEN], &src_bytes[..]);
+            assert_eq!(&got[LEN..], &stale[LEN..]);
+        } else {
+            assert_eq!(err.status.code(), Some(1));
+            assert_eq!(read_file(&t), stale);
+        }
+        // resize: exactly the source.
+        write_file(&t, &stale);
+        run_ok(&mut apply(&patch, Some(&t), &["--diffsize=resize"]));
+        assert_same(&src, &t);
+    }
+}
+
+#[test]
+fn compare_says_whether_they_differ() {
+    let p = pair("compare");
+    let same = p.dir.join("same.img");
+    write_file(&same, &p.src_bytes);
+    run_ok(&mut local(&p.src, &same, &["--compare", "-b", BS]));
+    let out = run(local(&p.src, &p.dst, &["--compare", "-v", "-b", BS]).stderr(Stdio::piped()));
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(err.contains("differs: "), "{err}");
+    assert!(err.contains("blocks differ"), "{err}");
+    assert_eq!(read_file(&p.dst), p.dst_bytes);
+}
+
+#[test]
+fn compare_and_write_patch_against_a_server_write_nothing() {
+    let p = pair("compare-r");
+    for (extra, code) in [(&["--compare"][..], 3), (&["--write-patch", "-"][..], 0)] {
+        let mut server = bsync()
+            .args(["-q", "-p", "0", "-i", "127.0.0.1", "-f"])
+            .arg(&p.dst)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port = line.trim();
+        let patch = p.dir.join("r.bsync");
+        let out = run(bsync()
+            .args(["-q", "-b", BS, "-f"])
+            .arg(&p.src)
+            .args(["-r", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(File::create(&patch).unwrap()));
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {}", stderr(&out));
+        assert!(server.wait().unwrap().success());
+        assert_eq!(
+            read_file(&p.dst),
+            p.dst_bytes,
+            "{extra:?} wrote the destination"
+        );
+        if code == 0 {
+            run_ok(&mut apply(&patch, Some(&p.dst), &[]));
+            assert_same(&p.src, &p.dst);
+            write_file(&p.dst, &p.dst_bytes);
+        }
+    }
+}
+
+#[test]
+fn write_patch_locally_to_a_file() {
+    let p = pair("write-patch");
+    let patch = p.dir.join("local.bsync");
+    run_ok(&mut local(
+        &p.src,
+        &p.dst,
+        &["--write-patch", patch.to_str().unwrap(), "-b", BS, "-n"],
+    ));
+    assert_eq!(read_file(&p.dst), p.dst_bytes);
+    assert!(!p.dir.join("local.bsync.part").exists());
+    run_ok(&mut apply(&patch, None, &[]));
+    assert_same(&p.src, &p.dst);
+}
+
+#[test]
+fn bdsync_options_bsync_lacks_are_refused() {
+    for args in [
+        &["--digest=md5", "sh", "a", "b"][..],
+        &["--twopass", "sh", "a", "b"],
+        &["--patch", "x"],
+        &["--diffsize=big", "--patch"],
+        &["--compare"],
+        &["--compare", "--write-patch", "-", "-f", "a", "-t", "b"],
+        &["--server", "-p", "1"],
+    ] {
+        let err = run_status(bsync().args(args), 2);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn server_without_a_bsync_client_fails_cleanly() {
+    // Not an open request on stdin: one line, exit 1, nothing opened.
+    let out = run(bsync()
+        .arg("--server")
+        .stdin(File::open("/dev/null").unwrap()));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
