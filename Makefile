@@ -6,6 +6,20 @@
 #                 builds (cargo check in fuzz/), cargo test
 #                 (tests/ssh.rs runs against an sshd when BSYNC_TEST_SSH is set:
 #                 eval "$(tests/sshd.sh start)" starts one on loopback)
+#   make test-fault  deterministic fault injection, a few minutes: a relay
+#                 that flips a bit in every field of every frame type, drops,
+#                 duplicates, reorders, truncates, cuts, resets and stalls
+#                 frames (tests/fault.rs); the roles in-process over socket
+#                 pairs with a strict I/O shim (short counts, EINTR, EAGAIN,
+#                 ENOSPC/EIO at block K); the bad-CLI table; -a on a simulated
+#                 sysfs; a writeback error on a loop device; real resets and
+#                 silent drops between two network namespaces (tests/netns.sh).
+#                 The root-only parts say "skipped" without root.
+#   make test-stress  concurrent local and loopback transfers (sizes x workers
+#                 x block sizes x levels), kill -9 of either end at seeded
+#                 random moments (tests/stress.sh, STRESS_SEED, STRESS_KILLS),
+#                 then ThreadSanitizer over the library tests when a nightly
+#                 toolchain with rust-src is installed (says so when not)
 #   make test-remote REMOTE=user@host[:port] [SSH_OPTS='-i key ...']
 #                 the live -t matrix (tests/remote.sh) against a real SSH
 #                 server; with the loopback sshd: REMOTE=$BSYNC_TEST_SSH
@@ -16,8 +30,10 @@
 #                 benches/patch.sh: patch files against rsync batch files;
 #                 benches/auto.sh: -auto against the defaults, on loopback and
 #                 on a 100 Mbit/s veth between two network namespaces)
-#   make fuzz     fuzz the wire codec and the patch decoder for FUZZ_SECONDS per
-#                 target (needs cargo-fuzz)
+#   make fuzz     fuzz the wire codec, the patch decoder, the handshake proofs,
+#                 the decompression bound and the frame opener for
+#                 FUZZ_SECONDS per target, from the seed corpus in
+#                 fuzz/corpus/ (needs cargo-fuzz)
 #   make deny     licence, ban and source checks (needs cargo-deny)
 #   make install  the binary, its manual page bsync.1 and bash/zsh/fish
 #                 completions under PREFIX (/usr/local), staged in DESTDIR
@@ -48,7 +64,7 @@ endif
 RUSTFLAGS += --cfg chacha20_avx512
 export RUSTFLAGS
 
-.PHONY: all musl-target test test-remote demo bench fuzz deny clean install FORCE
+.PHONY: all musl-target test test-fault test-stress test-remote demo bench fuzz deny clean install FORCE
 
 all: bsync
 
@@ -76,6 +92,30 @@ test:
 	cd fuzz && $(CARGO) check --locked
 	$(CARGO) test --locked
 
+# The relay cases mostly wait on deadlines, so they run many at a time.
+test-fault: all
+	$(CARGO) test --locked --lib -- session:: sys::file::tests::strict cli:: drives:: auth:: aead::tests::authenticate
+	$(CARGO) test --locked --test fault -- --include-ignored --test-threads=8
+	$(CARGO) test --locked --test cli
+	$(CARGO) test --locked --test device measured_3
+	tests/netns.sh ./bsync
+
+STRESS_SEED ?= 13
+STRESS_KILLS ?= 12
+TSAN_TOOLCHAIN ?= nightly
+test-stress: all
+	tests/stress.sh ./bsync $(STRESS_SEED) $(STRESS_KILLS)
+	@if $(CARGO) +$(TSAN_TOOLCHAIN) --version >/dev/null 2>&1 && \
+	    [ -d "$$(rustc +$(TSAN_TOOLCHAIN) --print sysroot)/lib/rustlib/src/rust/library" ]; then \
+		echo "ThreadSanitizer: library tests under $(TSAN_TOOLCHAIN) with -Zbuild-std"; \
+		RUSTFLAGS='-Zsanitizer=thread --cfg chacha20_avx512' RUSTDOCFLAGS='-Zsanitizer=thread' \
+		TSAN_OPTIONS='halt_on_error=1' CARGO_TARGET_DIR=target/tsan \
+		$(CARGO) +$(TSAN_TOOLCHAIN) test -Zbuild-std --locked --target x86_64-unknown-linux-gnu --lib -- session:: pool:: writer::; \
+	else \
+		echo "ThreadSanitizer: skipped, no $(TSAN_TOOLCHAIN) toolchain with rust-src" \
+		     "(rustup toolchain install $(TSAN_TOOLCHAIN) --component rust-src)"; \
+	fi
+
 # SSH_OPTS reaches tests/remote.sh through the environment, quotes and all.
 export SSH_OPTS REMOTE
 test-remote: all
@@ -101,8 +141,10 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || \
 		{ echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked"; exit 1; }
-	cd fuzz && for target in decode round_trip patch; do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	cd fuzz && for target in decode round_trip patch handshake decompress open; do \
+		mkdir -p ../target/fuzz-corpus/$$target; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$target ../target/fuzz-corpus/$$target corpus/$$target \
+			-- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
 	done
 
 deny:

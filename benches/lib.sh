@@ -114,7 +114,7 @@ bsync_run() {
     # With $server_summary set the server prints its summary too.
     local quiet=(-q)
     [[ -n ${server_summary:-} ]] && quiet=()
-    ./bsync "${quiet[@]}" "${sflags[@]}" -f "$sfile" -p 0 -i 127.0.0.1 \
+    "${bsync_bin:-./bsync}" "${quiet[@]}" "${sflags[@]}" -f "$sfile" -p 0 -i 127.0.0.1 \
         <"${bsync_stdin:-/dev/null}" >"$tmp/server.out" 2>"$tmp/server.log" &
     server_pid=$!
     pids+=("$server_pid")
@@ -129,7 +129,7 @@ bsync_run() {
     fi
     t0=$(now)
     rc=0
-    ./bsync "${flags[@]}" -f "$cfile" -r "127.0.0.1:$port" \
+    "${bsync_bin:-./bsync}" "${flags[@]}" -f "$cfile" -r "127.0.0.1:$port" \
         <"${bsync_stdin:-/dev/null}" 2>"$tmp/client.log" || rc=$?
     wait "$server_pid" || rc=$((rc ? rc : $?))
     forget "$server_pid"
@@ -163,6 +163,6 @@ digests_sent() {
 
 check_same() { cmp "$1" "$2" || die "$3: destination differs from source"; }
 
-[[ -x ./bsync ]] || die "./bsync is missing: run make first"
+[[ -x ${bsync_bin:-./bsync} ]] || die "${bsync_bin:-./bsync} is missing: run make first"
 mkdir -p "$dir"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bsync-$bench.XXXXXX")

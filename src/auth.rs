@@ -1,4 +1,5 @@
-//! Who may talk to a bsync server, and sealing frames once they have shown it.
+//! Who may talk to a bsync server, and checking (or sealing) every frame
+//! once they have shown it.
 //!
 //! A shared 32-byte secret — the `-K` key, or without encryption the session
 //! token of `-token-file` — is never sent. Each connection proves it instead:
@@ -9,15 +10,26 @@
 //!    `HChaCha20(HChaCha20(secret, server nonce), client nonce)`: fresh per
 //!    connection as long as either side's randomness is, so no two
 //!    connections — parallel lanes, reconnects, other sessions — share one.
-//! 3. The client sends a `Proof`: the ChaCha20-Poly1305 tag, under the
-//!    connection key, of nothing, with the two handshake frames as associated
-//!    data. The server checks it before it opens anything; then it answers
+//!    Without a secret the secret is 32 zero bytes: the key then proves
+//!    nothing about who is talking, but it still catches every bit the
+//!    network or a broken middlebox changed.
+//! 3. The client sends a `Proof`: two ChaCha20-Poly1305 tags of nothing with
+//!    the two handshake frames, as each end sent or received them, as
+//!    associated data — `check` under the key without a secret, `tag` under
+//!    the connection key. The server checks both before it opens anything:
+//!    a bad `check` means the handshake was corrupted in transit, a good
+//!    `check` with a bad `tag` means a different secret. Then it answers
 //!    with its own proof, which the client checks before it reads anything.
 //!
-//! With encryption, every later frame is sealed under the connection key.
-//! The nonce is the direction (client to server, or back) and a counter the
-//! receiver keeps too, so a replayed, reordered or dropped frame fails its
-//! tag. The proofs are counter 0 of each direction; frames start at 1.
+//! Every later frame, the `Welcome` first, carries a 16-byte tag under the
+//! connection key: with `-K` the frame is sealed (encrypted and
+//! authenticated), otherwise only authenticated (the payload travels in
+//! clear; see [`aead::authenticate`]) — all of it but the data of a `Block`
+//! frame, which the destination checks sub-block by sub-block against the
+//! source's digests in the tagged change records ([`proto::tagged_len`]). The nonce is the direction (client to
+//! server, or back) and a counter the receiver keeps too, so a replayed,
+//! reordered, dropped or altered frame fails its tag, key or no key. The
+//! proofs are counter 0 of each direction; frames start at 1.
 
 use crate::aead::{self, Key, NONCE_LEN, TAG_LEN};
 use crate::proto::{self, FLAG_AUTH, FLAG_ENCRYPT, Frame, Hello, SECRET_FLAGS};
@@ -80,21 +92,38 @@ pub enum Direction {
     Down = 2,
 }
 
-/// One connection's handshake: the derived key and the transcript.
+/// One connection's handshake: the derived keys and the transcript.
 pub struct Handshake {
     key: Key,
+    /// The key without a secret, for the `check` of a proof.
+    plain: Key,
     transcript: Vec<u8>,
+    encrypt: bool,
+}
+
+/// Why a peer's proof was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The handshake frames differ between the ends: changed in transit.
+    Corrupted,
+    /// The handshake arrived intact, but the peer holds another secret.
+    WrongSecret,
 }
 
 impl Handshake {
-    /// Derive the connection key from the secret and both nonces; the
-    /// proofs cover the server's `Challenge` (its nonce and flags) and the
-    /// client's `Hello` as encoded on the wire.
-    pub fn new(secret: &Secret, server_nonce: &[u8; 16], flags: u8, hello: &Hello) -> Handshake {
-        let key = aead::derive_subkey(
-            &aead::derive_subkey(&secret.key, server_nonce),
-            &hello.nonce,
-        );
+    /// Derive the connection keys from the secret (if any) and both nonces;
+    /// the proofs cover the server's `Challenge` (its nonce and flags) and
+    /// the client's `Hello` as encoded on the wire.
+    pub fn new(
+        secret: Option<&Secret>,
+        server_nonce: &[u8; 16],
+        flags: u8,
+        hello: &Hello,
+    ) -> Handshake {
+        let derive =
+            |k: &Key| aead::derive_subkey(&aead::derive_subkey(k, server_nonce), &hello.nonce);
+        let plain = derive(&Key::from_bytes([0; aead::KEY_LEN]));
+        let key = secret.map_or_else(|| plain.clone(), |s| derive(&s.key));
         let mut transcript = Vec::new();
         let challenge = Frame::Challenge {
             nonce: *server_nonce,
@@ -102,25 +131,44 @@ impl Handshake {
         };
         proto::encode(&challenge, &mut transcript);
         proto::encode(&Frame::Hello(*hello), &mut transcript);
-        Handshake { key, transcript }
+        Handshake {
+            key,
+            plain,
+            transcript,
+            encrypt: secret.is_some_and(Secret::encrypts),
+        }
     }
 
-    /// The proof the sender in `dir` gives.
-    pub fn proof(&self, dir: Direction) -> [u8; TAG_LEN] {
-        aead::seal(&self.key, &nonce(dir, 0), &self.transcript, &mut [])
+    /// The proof the sender in `dir` gives: (check, tag).
+    pub fn proof(&self, dir: Direction) -> ([u8; TAG_LEN], [u8; TAG_LEN]) {
+        (
+            aead::seal(&self.plain, &nonce(dir, 0), &self.transcript, &mut []),
+            aead::seal(&self.key, &nonce(dir, 0), &self.transcript, &mut []),
+        )
     }
 
-    /// Whether `tag` is the proof of the sender in `dir` (constant time).
-    pub fn verify(&self, dir: Direction, tag: &[u8; TAG_LEN]) -> bool {
-        aead::open(&self.key, &nonce(dir, 0), &self.transcript, &mut [], tag).is_ok()
+    /// Whether `check` and `tag` are the proof of the sender in `dir`
+    /// (constant time), and if not, why.
+    pub fn verify(
+        &self,
+        dir: Direction,
+        check: &[u8; TAG_LEN],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), Refusal> {
+        let n = nonce(dir, 0);
+        aead::open(&self.plain, &n, &self.transcript, &mut [], check)
+            .map_err(|_| Refusal::Corrupted)?;
+        aead::open(&self.key, &n, &self.transcript, &mut [], tag).map_err(|_| Refusal::WrongSecret)
     }
 
-    /// The sealing state for frames sent in `dir` (or received from it).
+    /// The state for frames sent in `dir` (or received from it): sealed
+    /// with a key, authenticated only without one.
     pub fn cipher(&self, dir: Direction) -> Cipher {
         Cipher {
             key: self.key.clone(),
             dir,
             counter: 1,
+            encrypt: self.encrypt,
         }
     }
 }
@@ -132,39 +180,53 @@ fn nonce(dir: Direction, counter: u64) -> [u8; NONCE_LEN] {
     n
 }
 
-/// Seals or opens the frames of one direction of one connection, in order.
+/// Seals or opens (or, without a key, tags and checks) the frames of one
+/// direction of one connection, in order.
 pub struct Cipher {
     key: Key,
     dir: Direction,
     counter: u64,
+    encrypt: bool,
 }
 
 impl Cipher {
-    /// Encrypt `payload` in place with `header` as associated data; returns
-    /// the tag to send after it.
+    /// Encrypt `payload` in place (only with a key) with `header` as
+    /// associated data; returns the tag to send after it.
     pub fn seal(&mut self, header: &[u8], payload: &mut [u8]) -> [u8; TAG_LEN] {
-        let tag = aead::seal(&self.key, &nonce(self.dir, self.counter), header, payload);
+        let n = nonce(self.dir, self.counter);
+        let tag = if self.encrypt {
+            aead::seal(&self.key, &n, header, payload)
+        } else {
+            let covered = proto::tagged_len(header.first().copied().unwrap_or(0), payload);
+            aead::authenticate(&self.key, &n, header, &payload[..covered])
+        };
         self.counter += 1;
         tag
     }
 
-    /// Check the next frame's tag and decrypt `payload` in place. A frame
-    /// that was forged, replayed, reordered or follows a dropped one fails.
+    /// Check the next frame's tag and (with a key) decrypt `payload` in
+    /// place. A frame that was altered, forged, replayed, reordered or
+    /// follows a dropped one fails.
     pub fn open(
         &mut self,
         header: &[u8],
         payload: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), aead::OpenError> {
-        aead::open(
-            &self.key,
-            &nonce(self.dir, self.counter),
-            header,
-            payload,
-            tag,
-        )?;
+        let n = nonce(self.dir, self.counter);
+        if self.encrypt {
+            aead::open(&self.key, &n, header, payload, tag)?;
+        } else {
+            let covered = proto::tagged_len(header.first().copied().unwrap_or(0), payload);
+            aead::verify(&self.key, &n, header, &payload[..covered], tag)?;
+        }
         self.counter += 1;
         Ok(())
+    }
+
+    /// Whether frames are encrypted, not only authenticated.
+    pub fn encrypts(&self) -> bool {
+        self.encrypt
     }
 }
 
@@ -186,7 +248,7 @@ mod tests {
             nonce: [client; 16],
         };
         Handshake::new(
-            &Secret::new(Key::from_bytes(secret), true),
+            Some(&Secret::new(Key::from_bytes(secret), true)),
             &[server; 16],
             hello.flags,
             &hello,
@@ -196,24 +258,36 @@ mod tests {
     #[test]
     fn proofs_need_the_secret_and_the_direction() {
         let ours = handshake([1; 32], 2, 3);
-        let up = ours.proof(Direction::Up);
-        assert!(ours.verify(Direction::Up, &up));
-        assert!(!ours.verify(Direction::Down, &up), "a reflected proof");
+        let (check, tag) = ours.proof(Direction::Up);
+        assert_eq!(ours.verify(Direction::Up, &check, &tag), Ok(()));
         assert!(
-            !handshake([9; 32], 2, 3).verify(Direction::Up, &up),
+            ours.verify(Direction::Down, &check, &tag).is_err(),
+            "a reflected proof"
+        );
+        assert_eq!(
+            handshake([9; 32], 2, 3).verify(Direction::Up, &check, &tag),
+            Err(Refusal::WrongSecret),
             "wrong secret"
         );
         assert!(
-            !handshake([1; 32], 4, 3).verify(Direction::Up, &up),
+            handshake([1; 32], 4, 3)
+                .verify(Direction::Up, &check, &tag)
+                .is_err(),
             "old challenge"
         );
         assert!(
-            !handshake([1; 32], 2, 4).verify(Direction::Up, &up),
+            handshake([1; 32], 2, 4)
+                .verify(Direction::Up, &check, &tag)
+                .is_err(),
             "other client"
         );
         let mut other = handshake([1; 32], 2, 3);
         other.transcript.push(0);
-        assert!(!other.verify(Direction::Up, &up), "altered transcript");
+        assert_eq!(
+            other.verify(Direction::Up, &check, &tag),
+            Err(Refusal::Corrupted),
+            "altered transcript"
+        );
     }
 
     #[test]

@@ -124,12 +124,12 @@ pub fn run_dry_within(
             let opened = dial.open_on(stream, Duration::ZERO)?;
             dial.greet(opened, &hello(0))?
         }
-        (None, None) => dial.connect(&hello(0))?,
+        (None, None) => connect_retrying(&dial, &hello(0), log)?,
     };
-    if upload && (welcome.block_size != block_size || welcome.skip != t.skip) {
+    if let Some(why) = welcome_mismatch(&hello(0), &welcome, upload) {
         return Err(Error::protocol(
             &peer,
-            "the server changed the block size or skip of an upload",
+            format!("the server's Welcome does not match this end's Hello: {why}"),
         ));
     }
     let block_size = usize::try_from(welcome.block_size).unwrap_or(usize::MAX);
@@ -142,7 +142,7 @@ pub fn run_dry_within(
     let max = proto::max_payload(block_size);
     let mut lanes = vec![first];
     for lane in 1..lanes_n {
-        let (l, w) = dial.connect(&hello(lane))?;
+        let (l, w) = connect_retrying(&dial, &hello(lane), log)?;
         if w != welcome {
             return Err(Error::protocol(
                 &peer,
@@ -166,6 +166,7 @@ pub fn run_dry_within(
         compression: t.compression,
         workers: t.workers,
         prefetch: t.prefetch,
+        deadline: env.io_timeout,
         encrypted: secret.is_some_and(Secret::encrypts),
         bwlimit: t.bwlimit,
     };
@@ -270,6 +271,7 @@ pub fn run_over<S: Stream>(
         // A remote shell's pipes: whatever protects them (ssh) seals.
         encrypted: false,
         bwlimit: t.bwlimit,
+        deadline: env.io_timeout,
     };
     if let Some(f) = on_params {
         f(&params);
@@ -312,6 +314,63 @@ pub fn run_over<S: Stream>(
             None,
         ),
     }
+}
+
+/// What in a `Welcome` contradicts the `Hello` it answers: the skip and
+/// the lanes always, and in an upload the block size and the source size
+/// too (the source's are authoritative).
+fn welcome_mismatch(hello: &Hello, welcome: &Welcome, upload: bool) -> Option<String> {
+    if welcome.skip != hello.skip {
+        return Some(format!("skip {} instead of {}", welcome.skip, hello.skip));
+    }
+    if welcome.lanes != hello.lanes {
+        return Some(format!(
+            "{} lanes instead of {}",
+            welcome.lanes, hello.lanes
+        ));
+    }
+    if upload && welcome.block_size != hello.block_size {
+        return Some(format!(
+            "block size {} instead of {}",
+            welcome.block_size, hello.block_size
+        ));
+    }
+    if upload && welcome.source_size != hello.source_size {
+        return Some(format!(
+            "source size {} instead of {}",
+            welcome.source_size, hello.source_size
+        ));
+    }
+    None
+}
+
+/// Open a lane for the first time, retrying a connection lost during the
+/// handshake as a rejoined lane is retried; a refused or unreachable server
+/// is not retried (it is not there, and saying so at once is kinder).
+fn connect_retrying(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Welcome)> {
+    let mut attempt = 1;
+    loop {
+        match dial.connect(hello) {
+            Ok(ok) => return Ok(ok),
+            Err(e)
+                if net::is_connection_loss(&e) && !unreachable(&e) && attempt < REDIAL_ATTEMPTS =>
+            {
+                log.info(format!(
+                    "{e}; connecting again ({}/{REDIAL_ATTEMPTS})",
+                    attempt + 1
+                ));
+                std::thread::sleep(REDIAL_PAUSE);
+            }
+            Err(e) => return Err(e),
+        }
+        attempt += 1;
+    }
+}
+
+/// Whether `e` says the server could not be reached at all (resolving or
+/// connecting failed), rather than that a connection was lost.
+fn unreachable(e: &Error) -> bool {
+    matches!(e, Error::Io { op, .. } if op == "connect" || op == "resolve")
 }
 
 /// Connection attempts when a lane is rejoined, and the pause between them.
@@ -432,29 +491,37 @@ impl Dial<'_> {
         }
         let mut hello = *hello;
         sys::getrandom(&mut hello.nonce).map_err(|e| Error::io("client", "get random bytes", e))?;
-        lane.sender.send_frame(&Frame::Hello(hello))?;
-        if let Some(secret) = self.secret {
-            let hs = Handshake::new(secret, &server_nonce, flags, &hello);
-            lane.sender.send_frame(&Frame::Proof {
-                tag: hs.proof(auth::Direction::Up),
-            })?;
-            match lane.reader.read("the server's proof")? {
-                Frame::Proof { tag } if hs.verify(auth::Direction::Down, &tag) => {}
-                Frame::Proof { .. } => {
+        // Proven with or without a secret: the proofs also show that the
+        // challenge and the hello arrived as they were sent.
+        let hs = Handshake::new(self.secret, &server_nonce, flags, &hello);
+        let (check, tag) = hs.proof(auth::Direction::Up);
+        let mut out = Vec::new();
+        proto::encode(&Frame::Hello(hello), &mut out);
+        proto::encode(&Frame::Proof { check, tag }, &mut out);
+        lane.sender.send(&mut out)?;
+        match lane.reader.read("the server's proof")? {
+            Frame::Proof { check, tag } => match hs.verify(auth::Direction::Down, &check, &tag) {
+                Ok(()) => {}
+                Err(auth::Refusal::Corrupted) => {
+                    return Err(Error::protocol(
+                        peer,
+                        "the handshake was changed in transit (the server's proof \
+                         covers other bytes than this end sent and received)",
+                    ));
+                }
+                Err(auth::Refusal::WrongSecret) => {
                     return Err(Error::Auth {
                         peer: peer.to_string(),
                         why: "the server holds a different key or token".into(),
                     });
                 }
-                other => return Err(session::unexpected(peer, &other)),
-            }
-            if secret.encrypts() {
-                lane.encrypt(
-                    hs.cipher(auth::Direction::Up),
-                    hs.cipher(auth::Direction::Down),
-                );
-            }
+            },
+            other => return Err(session::unexpected(peer, &other)),
         }
+        lane.protect(
+            hs.cipher(auth::Direction::Up),
+            hs.cipher(auth::Direction::Down),
+        );
         let welcome = match lane.reader.read("the server's welcome")? {
             Frame::Welcome(w) => w,
             other => return Err(session::unexpected(peer, &other)),

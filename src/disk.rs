@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{ALLOW_MOUNTED_ENV, Env, NO_HINTS_ENV};
@@ -76,11 +77,27 @@ pub struct Disk {
     /// The device's read-ahead before we raised it, put back on drop:
     /// BLKRASET outlives the process.
     restore_read_ahead: Option<u64>,
+    /// A regular file's size and modification time when opened, to tell
+    /// whether it changed during the run.
+    stamp: Option<(u64, i64, i64)>,
+    /// Replaces single `pread`/`pwrite` calls: the strict I/O tests' shim.
+    io: Option<Arc<dyn DiskIo>>,
     /// A dry run's destination: read-only, and reads past its end see
     /// zeros (what a grown file would hold), so sizes may differ.
     dry: bool,
     /// Writes go here instead of to the disk (bdsync's `--remdata`).
     capture: Option<std::sync::Arc<dyn Capture>>,
+}
+
+/// One positioned read or write call, as `pread` and `pwrite` make it:
+/// short counts, `EINTR` and `EAGAIN` allowed. [`Disk::with_io`] puts one in
+/// place of the system calls so that tests can fail block K, or answer every
+/// call short, and check what bsync makes of it.
+pub trait DiskIo: Send + Sync + std::fmt::Debug {
+    /// One `pread` of `buf.len()` bytes at `offset` of `file`.
+    fn read_at(&self, file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// One `pwrite` of `buf` at `offset` of `file`.
+    fn write_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<usize>;
 }
 
 /// Takes a destination's writes instead of the disk: the writer's extents,
@@ -121,6 +138,33 @@ impl Disk {
             warn_if_mounted_read_write(&label, rdev, log);
         }
         Disk::describe(file, label, env, log)
+    }
+
+    /// Fail when this regular file's size or modification time changed
+    /// since it was opened: a source rewritten or grown during a run was
+    /// copied partly old and partly new. Devices are not checked (a
+    /// mounted one is warned about when opened).
+    pub fn check_unchanged(&self) -> Result<()> {
+        let Some((size, sec, nsec)) = self.stamp else {
+            return Ok(());
+        };
+        let m = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(&self.label, "stat", e))?;
+        if (m.len(), m.mtime(), m.mtime_nsec()) == (size, sec, nsec) {
+            return Ok(());
+        }
+        let what = if m.len() == size {
+            "was modified".to_string()
+        } else {
+            format!("changed size from {size} to {} bytes", m.len())
+        };
+        Err(Error::Failed(format!(
+            "{}: the source {what} during the run, so the destination may hold a mix of \
+             old and new data; run again when nothing writes to it (or from a snapshot)",
+            self.label
+        )))
     }
 
     /// Open `path` read-only as the destination of a dry run (`--compare`,
@@ -206,9 +250,18 @@ impl Disk {
             log: log.clone(),
             said: AtomicU32::new(0),
             restore_read_ahead: None,
+            stamp: None,
+            io: None,
             dry: false,
             capture: None,
         };
+        if !is_device {
+            let m = disk
+                .file
+                .metadata()
+                .map_err(|e| Error::io(&disk.label, "stat", e))?;
+            disk.stamp = Some((m.len(), m.mtime(), m.mtime_nsec()));
+        }
         if !disk.hints {
             disk.detail(format!(
                 "kernel hints off ({NO_HINTS_ENV}): no fadvise, read-ahead, mlock, huge pages or sync_file_range"
@@ -363,7 +416,10 @@ impl Disk {
     /// Read `buf.len()` bytes at `offset`, or fewer only at the end of the
     /// disk; returns how many were read.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let n = sys::pread_full(&self.file, buf, offset)?;
+        let n = match &self.io {
+            None => sys::pread_full(&self.file, buf, offset)?,
+            Some(io) => sys::read_full_with(buf, offset, |b, at| io.read_at(&self.file, b, at))?,
+        };
         if self.dry && n < buf.len() {
             buf[n..].fill(0);
             return Ok(buf.len());
@@ -402,7 +458,16 @@ impl Disk {
         if self.dry {
             return Err(dry_write());
         }
-        sys::pwrite_all(&self.file, buf, offset)
+        match &self.io {
+            None => sys::pwrite_all(&self.file, buf, offset),
+            Some(io) => sys::write_all_with(buf, offset, |b, at| io.write_at(&self.file, b, at)),
+        }
+    }
+
+    /// Make every read and write of this disk go through `io` (tests).
+    pub fn with_io(mut self, io: Arc<dyn DiskIo>) -> Disk {
+        self.io = Some(io);
+        self
     }
 
     /// Make `len` bytes at `offset` read as zeros, by the cheapest means the
@@ -424,14 +489,25 @@ impl Disk {
         sys::fadvise(&self.file, offset, len, Advice::DontNeed)
     }
 
-    /// Start writeback of `len` bytes at `offset` without waiting.
-    pub fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
-        sys::start_writeback(&self.file, offset, len)
+    /// Start writeback of `len` bytes at `offset` without waiting. `Ok(false)`
+    /// when this disk does not support it (dirty pages then flush in
+    /// bursts); an error is the kernel reporting a failed write.
+    pub fn start_writeback(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.dry || self.capture.is_some() {
+            return Ok(false);
+        }
+        supported(sys::start_writeback(&self.file, offset, len))
     }
 
-    /// Wait for the writeback of `len` bytes at `offset`.
-    pub fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
-        sys::wait_writeback(&self.file, offset, len)
+    /// Wait for the writeback of `len` bytes at `offset`. `Ok(false)` when
+    /// not supported; an error is a write the kernel could not complete, and
+    /// it reports that only once per open file (the final `fdatasync` would
+    /// not see it again), so it must never be ignored.
+    pub fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<bool> {
+        if self.dry || self.capture.is_some() {
+            return Ok(false);
+        }
+        supported(sys::wait_writeback(&self.file, offset, len))
     }
 
     /// Flush everything written to the device (`fdatasync`).
@@ -484,6 +560,15 @@ impl Disk {
             self.size = size;
         }
         Ok(())
+    }
+}
+
+/// `sync_file_range`'s outcome: done, not supported here, or a real error.
+fn supported(r: io::Result<()>) -> io::Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if sys::writeback_unsupported(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

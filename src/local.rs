@@ -65,6 +65,7 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
         )));
     }
     dest.flush()?;
+    source.check_unchanged()?;
     let elapsed = reporter.finish();
     report_summary(log, &stats, elapsed, Side::Local, first, true);
     dest.report_excess(source.size());

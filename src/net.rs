@@ -125,8 +125,8 @@ fn exchange_preamble(stream: &mut impl Stream, peer: &str) -> Result<()> {
     Err(Error::protocol(peer, "not a bsync peer (bad preamble)"))
 }
 
-/// Reads frames from one connection into a reused buffer, opening sealed
-/// frames once the connection is encrypted.
+/// Reads frames from one connection into a reused buffer, checking each
+/// frame's tag (and decrypting it under a key) once the handshake is done.
 pub struct FrameReader {
     stream: Box<dyn Read + Send>,
     buf: Vec<u8>,
@@ -169,25 +169,7 @@ impl FrameReader {
             .read_exact(&mut self.buf[HEADER_LEN..])
             .map_err(|e| net_error(&self.peer, phase, e))?;
         if let Some(cipher) = &mut self.cipher {
-            let (head, rest) = self.buf.split_at_mut(HEADER_LEN);
-            let Some((payload, tag)) = rest.split_last_chunk_mut::<TAG_LEN>() else {
-                return Err(Error::protocol(
-                    &self.peer,
-                    "sealed frame shorter than its tag",
-                ));
-            };
-            let plain = payload.len();
-            cipher.open(head, payload, tag).map_err(|_| {
-                Error::protocol(
-                    &self.peer,
-                    "a sealed frame failed authentication \
-                     (altered, replayed, reordered or after a dropped one)",
-                )
-            })?;
-            // The sealed length fitted the header, so the plain one does.
-            let plain_len = u32::try_from(plain).unwrap_or(u32::MAX);
-            head[1..].copy_from_slice(&plain_len.to_le_bytes());
-            self.buf.truncate(HEADER_LEN + plain);
+            open_frame(cipher, &mut self.buf).map_err(|e| Error::protocol(&self.peer, e))?;
         }
         match proto::decode(&self.buf, self.max) {
             Ok(Some((frame, _))) => Ok(frame),
@@ -195,6 +177,44 @@ impl FrameReader {
             Err(e) => Err(Error::protocol(&self.peer, e.to_string())),
         }
     }
+}
+
+/// Check the tag of one tagged (or sealed) frame in `buf` — header, payload,
+/// 16-byte tag, as read off the wire — and turn it in place into the plain
+/// frame (decrypted under a key, the tag removed, the header's length
+/// without it). Sans-I/O, so that `fuzz/` can hammer it; what comes back is
+/// a message for a protocol error.
+pub fn open_frame(cipher: &mut Cipher, buf: &mut Vec<u8>) -> std::result::Result<(), String> {
+    if buf.len() < HEADER_LEN {
+        return Err("frame shorter than its header".into());
+    }
+    let (head, rest) = buf.split_at_mut(HEADER_LEN);
+    let Some((payload, tag)) = rest.split_last_chunk_mut::<TAG_LEN>() else {
+        return Err("tagged frame shorter than its tag".into());
+    };
+    let plain = payload.len();
+    let sealed = cipher.encrypts();
+    cipher.open(head, payload, tag).map_err(|_| {
+        format!(
+            "a {} frame failed its integrity check: changed in transit \
+             (or replayed, reordered, or after a dropped one)",
+            if sealed { "sealed" } else { "tagged" }
+        )
+    })?;
+    // The sealed length fitted the header, so the plain one does.
+    let plain_len = u32::try_from(plain).unwrap_or(u32::MAX);
+    head[1..].copy_from_slice(&plain_len.to_le_bytes());
+    buf.truncate(HEADER_LEN + plain);
+    Ok(())
+}
+
+/// Tag (or seal) the frames of `frames` in place and return the bytes to
+/// send: the sans-I/O twin of what [`FrameSender::send`] writes, for the
+/// tests and `fuzz/`.
+pub fn seal_frames(cipher: &mut Cipher, frames: &mut [u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    seal_and_write(&mut out, cipher, frames)?;
+    Ok(out)
 }
 
 /// The sending half of a connection: its socket and, once encrypted, the
@@ -266,7 +286,11 @@ impl FrameSender {
 
 /// Seal each frame of `frames` and write it as header (with the sealed
 /// length), ciphertext and tag, without copying the payload.
-fn seal_and_write(stream: &mut dyn Sink, cipher: &mut Cipher, frames: &mut [u8]) -> io::Result<()> {
+fn seal_and_write(
+    stream: &mut dyn Write,
+    cipher: &mut Cipher,
+    frames: &mut [u8],
+) -> io::Result<()> {
     let mut rest = frames;
     while !rest.is_empty() {
         let Some(header) = rest.first_chunk::<HEADER_LEN>() else {
@@ -299,7 +323,7 @@ fn seal_and_write(stream: &mut dyn Sink, cipher: &mut Cipher, frames: &mut [u8])
 }
 
 /// `Write::write_all_vectored`, which is not stable yet.
-fn write_all_vectored(stream: &mut dyn Sink, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+fn write_all_vectored(stream: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !bufs.is_empty() {
         match stream.write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -359,8 +383,9 @@ impl Lane {
         }
     }
 
-    /// Seal every frame sent and open every frame read from now on.
-    pub fn encrypt(&mut self, send: Cipher, receive: Cipher) {
+    /// Tag (or seal) every frame sent and check (or open) every frame read
+    /// from now on.
+    pub fn protect(&mut self, send: Cipher, receive: Cipher) {
         self.reader.cipher = Some(receive);
         self.sender.lock().cipher = Some(send);
     }

@@ -81,7 +81,10 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
     let accept_log = log.clone();
     let secret = s.secret.clone().map(Arc::new);
     let deadline = config.env.io_timeout;
-    thread::spawn(move || accept(&listener, &tx, secret.as_deref(), deadline, &accept_log));
+    thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || accept(&listener, &tx, secret.as_deref(), deadline, &accept_log))
+        .map_err(|e| Error::io("server", "start the accept thread", e))?;
     let progress = !(log.is_quiet() || config.log.no_server_progress);
     let mut rx = rx;
     let mut first = None;
@@ -171,25 +174,56 @@ fn accept(
     deadline: Duration,
     log: &Log,
 ) {
+    let mut pause = ACCEPT_PAUSE_MIN;
     for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
+        let stream = match conn {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // Out of file descriptors: the pending connection stays in
+                // the backlog and accept would fail again at once. Back off
+                // instead of spinning, and say so the first time.
+                if pause == ACCEPT_PAUSE_MIN {
+                    log.line(format!(
+                        "accept: {e}; pausing new connections until descriptors are free"
+                    ));
+                }
+                thread::sleep(pause);
+                pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                continue;
+            }
+            Err(_) => continue,
+        };
+        pause = ACCEPT_PAUSE_MIN;
         let tx = tx.clone();
         let log = log.clone();
         let secret = secret.cloned();
-        thread::spawn(move || {
-            let peer = stream
-                .peer_addr()
-                .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
-            net::configure_tcp(&stream);
-            match handshake(stream, &peer, secret.as_ref(), deadline) {
-                Ok(arrival) => {
-                    let _ = tx.send(arrival);
+        let log2 = log.clone();
+        let spawned = thread::Builder::new()
+            .name("handshake".into())
+            .spawn(move || {
+                let peer = stream
+                    .peer_addr()
+                    .map_or_else(|_| "client ?".to_string(), |a| format!("client {a}"));
+                net::configure_tcp(&stream);
+                match handshake(stream, &peer, secret.as_ref(), deadline) {
+                    Ok(arrival) => {
+                        let _ = tx.send(arrival);
+                    }
+                    Err(e) => log.line(format!("dropped {peer}: {e}")),
                 }
-                Err(e) => log.line(format!("dropped {peer}: {e}")),
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            // The closure, and the connection with it, is dropped.
+            log2.line(format!(
+                "dropped a connection: cannot start a thread for it: {e}"
+            ));
+        }
     }
 }
+
+/// Pauses of the accept loop when out of file descriptors.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// Challenge a new connection, read its hello and, when this server holds a
 /// key or token, check the client's proof and give our own. Nothing of the
@@ -233,28 +267,36 @@ fn handshake<S: Stream>(
         let theirs = auth::mismatch(hello.flags, ours, "server").unwrap_or_default();
         return deny(why, &theirs);
     }
-    if let Some(secret) = secret {
-        let hs = Handshake::new(secret, &nonce, ours, &hello);
-        let proven = match lane.reader.read("the client's proof")? {
-            Frame::Proof { tag } => hs.verify(auth::Direction::Up, &tag),
-            _ => return Err(Error::protocol(peer, "expected a Proof frame")),
-        };
-        if !proven {
+    // Proven with or without a secret: the proofs also show that the
+    // challenge and the hello arrived as they were sent, before anything
+    // of the session is touched.
+    let hs = Handshake::new(secret, &nonce, ours, &hello);
+    let proof = match lane.reader.read("the client's proof")? {
+        Frame::Proof { check, tag } => hs.verify(auth::Direction::Up, &check, &tag),
+        Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
+        _ => return Err(Error::protocol(peer, "expected a Proof frame")),
+    };
+    match proof {
+        Ok(()) => {}
+        Err(auth::Refusal::Corrupted) => {
+            let why = "the handshake was changed in transit (the client's proof \
+                       covers other bytes than the server sent and received)";
+            lane.sender.fail(why);
+            return Err(Error::protocol(peer, why));
+        }
+        Err(auth::Refusal::WrongSecret) => {
             return deny(
                 "the client holds a different key or token".into(),
                 "the server holds a different key or token",
             );
         }
-        lane.sender.send_frame(&Frame::Proof {
-            tag: hs.proof(auth::Direction::Down),
-        })?;
-        if secret.encrypts() {
-            lane.encrypt(
-                hs.cipher(auth::Direction::Down),
-                hs.cipher(auth::Direction::Up),
-            );
-        }
     }
+    let (check, tag) = hs.proof(auth::Direction::Down);
+    lane.sender.send_frame(&Frame::Proof { check, tag })?;
+    lane.protect(
+        hs.cipher(auth::Direction::Down),
+        hs.cipher(auth::Direction::Up),
+    );
     Ok(Arrival { hello, lane })
 }
 
@@ -421,7 +463,16 @@ fn serve_session(
                 phase: format!("lane {} of {lanes_n}", lanes.len()),
             })?;
         let h = a.hello;
-        let expected = usize::from(h.lane) == lanes.len();
+        let lane = usize::from(h.lane);
+        if h.session == hello.session && lane < lanes.len() {
+            // A lane of this session dialed again: its first connection was
+            // lost during the handshake, and the client retried it.
+            log.info(format!("lane {lane}: {} dialed again", a.lane.reader.peer));
+            a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
+            lanes[lane] = a.lane;
+            continue;
+        }
+        let expected = lane == lanes.len();
         if h.session != hello.session || !expected {
             log.line(format!(
                 "refused {}: busy with another session",
@@ -445,6 +496,7 @@ fn serve_session(
         compression: compress::from_code(hello.compression).flatten(),
         workers: lanes_n.max(t.workers),
         prefetch: t.prefetch.max(lanes_n * 4),
+        deadline: env.io_timeout,
         encrypted: s.secret.as_ref().is_some_and(Secret::encrypts),
         bwlimit: t.bwlimit,
     };
@@ -460,9 +512,12 @@ fn serve_session(
         let log = log.clone();
         let session = hello.session;
         let peer = peer.clone();
-        *handoff = Some(thread::spawn(move || {
-            rejoins.dispatch(rx, session, &welcome, &peer, &log)
-        }));
+        *handoff = Some(
+            thread::Builder::new()
+                .name("rejoins".into())
+                .spawn(move || rejoins.dispatch(rx, session, &welcome, &peer, &log))
+                .map_err(|e| Error::io("server", "start the rejoin thread", e))?,
+        );
     }
     session::run(s.role, &params, disk, lanes, &**rejoins, log, progress)
 }

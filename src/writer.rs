@@ -114,29 +114,54 @@ impl<'a> Writer<'a> {
         Stats::add(&self.stats.blocks_done, 1);
         Stats::add(&self.stats.bytes_done, block.len as u64);
         if !block.extents.is_empty() {
-            self.steady_writeback(base + block.len as u64);
+            self.steady_writeback(base + block.len as u64, block.index)?;
         }
         Ok(())
     }
 
     /// Hand the last window of dirty pages to writeback and wait for the one
-    /// before it, so at most two windows are dirty at a time. Best effort.
-    fn steady_writeback(&mut self, written_to: u64) {
+    /// before it, so at most two windows are dirty at a time. Not supported
+    /// is fine (pages flush in bursts); a write error the kernel reports here
+    /// fails the run naming the blocks: it is reported once per open file,
+    /// so the final `fdatasync` would not see it again.
+    fn steady_writeback(&mut self, written_to: u64, index: u64) -> Result<()> {
         if written_to < self.dirty_from + WRITEBACK_WINDOW || !self.hints {
-            return;
+            return Ok(());
         }
         let window = (self.dirty_from, written_to - self.dirty_from);
         let started = self.disk.start_writeback(window.0, window.1);
-        self.disk.detail_once(Note::Writeback, || match started {
-            Ok(()) => format!(
+        self.disk.detail_once(Note::Writeback, || match &started {
+            Ok(true) => format!(
                 "writeback started every {} of writes (sync_file_range)",
                 human_bytes(WRITEBACK_WINDOW)
             ),
-            Err(e) => format!("sync_file_range refused ({e}): dirty pages flush in bursts"),
+            Ok(false) => "sync_file_range not supported: dirty pages flush in bursts".into(),
+            Err(e) => format!("sync_file_range failed: {e}"),
         });
-        if let Some((from, len)) = self.in_flight.replace(window) {
-            let _ = self.disk.wait_writeback(from, len);
+        if let Err(e) = started {
+            return Err(self.writeback_error(window, index, e));
+        }
+        if let Some((from, len)) = self.in_flight.replace(window)
+            && let Err(e) = self.disk.wait_writeback(from, len)
+        {
+            return Err(self.writeback_error((from, len), index, e));
         }
         self.dirty_from = written_to;
+        Ok(())
+    }
+
+    /// A failed writeback of the bytes `window` (offset, length), found
+    /// while writing block `index`, naming the blocks it covers.
+    fn writeback_error(&self, window: (u64, u64), index: u64, e: std::io::Error) -> Error {
+        let bs = self.geo.block_size.max(1) as u64;
+        let first = window.0 / bs;
+        let last = (window.0 + window.1).saturating_sub(1) / bs;
+        Error::io(
+            self.disk.label(),
+            format!(
+                "writeback of blocks {first} to {last} (sync_file_range, while writing block {index})"
+            ),
+            e,
+        )
     }
 }

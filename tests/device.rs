@@ -489,6 +489,62 @@ fn clearing(stderr: &str) -> &str {
         .unwrap_or("(no clearing line)")
 }
 
+/// Issue 13, measured defect 3: a loop device whose backing store runs out
+/// fails only in writeback, and Linux reports that once per open file. A
+/// run that ignored the `sync_file_range` wait exited 0 with 32 MiB lost.
+#[test]
+fn measured_3_a_writeback_error_on_a_loop_device_fails_the_run() {
+    let dir = TempDir::new("dev-enospc");
+    let small = dir.join("small");
+    let Some(_tmpfs) = Mounted::new(&["-t", "tmpfs", "-o", "size=8m", "tmpfs"], &small) else {
+        return;
+    };
+    let src = dir.join("src");
+    write_file(&src, &random_bytes(48 * MIB, 31));
+    for mode in ["local", "upload", "download"] {
+        // A sparse 64 MiB backing file on an 8 MiB tmpfs.
+        let backing = small.join(format!("backing-{mode}"));
+        File::create(&backing)
+            .and_then(|f| f.set_len(64 * MIB as u64))
+            .expect("backing file");
+        let Some(dev) = Loop::attach(&backing) else {
+            return;
+        };
+        let dev_name = dev.path().display().to_string();
+        let out = match mode {
+            "local" => run(&mut local(&src, dev.path(), &["-q"])),
+            "upload" => {
+                let (server, port) = Server::start(&["-f", &dev_name]);
+                let out = run(client(&port, &["-q"], &src).env("BSYNC_IO_TIMEOUT", "10"));
+                let mut server = server;
+                let status = server.0.wait().expect("wait for the server");
+                let mut err = String::new();
+                if let Some(mut e) = server.0.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                assert!(!status.success(), "upload: the server exited 0: {err}");
+                assert!(err.contains(&dev_name), "upload: {err}");
+                out
+            }
+            _ => {
+                let (_server, port) = Server::start(&["-d", "-f", src.to_str().unwrap()]);
+                run(&mut client(&port, &["-q", "-d"], dev.path()))
+            }
+        };
+        let err = stderr(&out);
+        eprintln!("{mode}: {}", err.trim());
+        assert_eq!(out.status.code(), Some(1), "{mode}: {err}");
+        if mode != "upload" {
+            assert!(
+                err.contains(&dev_name),
+                "{mode}: the error names the device: {err}"
+            );
+        }
+        drop(dev);
+        let _ = fs::remove_file(&backing);
+    }
+}
+
 /// Issue 15, item 1: a downloading client that refuses a device too small
 /// for the source no longer holds the server for five minutes: once its
 /// connections are gone, the retry is admitted after the grace.

@@ -91,6 +91,7 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
             index: u.arbitrary()?,
         },
         5 => Frame::Complete {
+            blocks: u.arbitrary()?,
             verify: u.arbitrary()?,
         },
         6 => Frame::Challenge {
@@ -98,13 +99,16 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
             flags: flags(u)?,
         },
         7 => Frame::Proof {
+            check: u.arbitrary()?,
             tag: u.arbitrary()?,
         },
         8 => {
             let bytes: &[u8] = u.arbitrary()?;
             Frame::Probe(&bytes[..bytes.len().min(proto::HANDSHAKE_MAX)])
         }
-        _ => Frame::Bye,
+        _ => Frame::Bye {
+            verify: u.arbitrary()?,
+        },
     })
 }
 
@@ -192,7 +196,7 @@ fn check(buf: &[u8], want: Option<Frame<'_>>) {
 
     // Trailing bytes belong to the next frame.
     let mut longer = buf.to_vec();
-    proto::encode(&Frame::Bye, &mut longer);
+    proto::encode(&Frame::Bye { verify: 1 }, &mut longer);
     assert_eq!(proto::decode(&longer, MAX), Ok(Some((frame, used))));
 
     let payload = buf.len() - HEADER_LEN;

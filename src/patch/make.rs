@@ -397,6 +397,7 @@ pub fn local(
         prefetch: t.prefetch,
         encrypted: false,
         bwlimit: None,
+        deadline: env.io_timeout,
     };
     let (a, b) = UnixStream::pair().map_err(|e| Error::io("bsync", "socket pair", e))?;
     let max = crate::proto::max_payload(t.block_size);

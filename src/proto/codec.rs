@@ -238,17 +238,51 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
             })
         }
         ACK => Frame::Ack { index: r.u64()? },
-        COMPLETE => Frame::Complete { verify: r.u128()? },
+        COMPLETE => Frame::Complete {
+            blocks: r.u64()?,
+            verify: r.u128()?,
+        },
         CHALLENGE => Frame::Challenge {
             nonce: r.array()?,
             flags: r.flags()?,
         },
-        PROOF => Frame::Proof { tag: r.array()? },
+        PROOF => Frame::Proof {
+            check: r.array()?,
+            tag: r.array()?,
+        },
         PROBE => Frame::Probe(r.take(payload.len())?),
-        _ => Frame::Bye,
+        _ => Frame::Bye { verify: r.u128()? },
     };
     r.end()?;
     Ok(frame)
+}
+
+/// How much of a frame's payload the tag of a connection without a key
+/// covers: everything, except the data of a `Block` frame. That data is
+/// checked already, and more cheaply, where it matters: the destination
+/// digests every data sub-block after decompression and compares it with
+/// the source's digest, carried in the tagged change records. Skipping it
+/// keeps an unkeyed upload's tag at a few bytes a block (see
+/// benches/BENCHMARKS.md, "Tagging every frame"). The change records are
+/// read leniently: a corrupted count or kind moves the end of the covered
+/// part, and with it the tag, which then fails.
+pub fn tagged_len(kind: u8, payload: &[u8]) -> usize {
+    if kind != BLOCK {
+        return payload.len();
+    }
+    let Some(count) = payload.get(13..17) else {
+        return payload.len();
+    };
+    let count = u32::from_le_bytes([count[0], count[1], count[2], count[3]]) as usize;
+    let mut at = 17usize;
+    for _ in 0..count.min(payload.len() / CHANGE_LEN) {
+        match payload.get(at + 4) {
+            Some(&CHANGE_DATA) => at += CHANGE_LEN + DIGEST_LEN,
+            Some(_) => at += CHANGE_LEN,
+            None => return payload.len(),
+        }
+    }
+    at.min(payload.len())
 }
 
 /// Append a frame header with a placeholder length; returns where the
@@ -374,18 +408,23 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             start = begin_frame(out, ACK);
             out.extend_from_slice(&index.to_le_bytes());
         }
-        Frame::Complete { verify } => {
+        Frame::Complete { blocks, verify } => {
             start = begin_frame(out, COMPLETE);
+            out.extend_from_slice(&blocks.to_le_bytes());
             out.extend_from_slice(&verify.to_le_bytes());
         }
-        Frame::Bye => start = begin_frame(out, BYE),
+        Frame::Bye { verify } => {
+            start = begin_frame(out, BYE);
+            out.extend_from_slice(&verify.to_le_bytes());
+        }
         Frame::Challenge { nonce, flags } => {
             start = begin_frame(out, CHALLENGE);
             out.extend_from_slice(nonce);
             out.push(*flags);
         }
-        Frame::Proof { tag } => {
+        Frame::Proof { check, tag } => {
             start = begin_frame(out, PROOF);
+            out.extend_from_slice(check);
             out.extend_from_slice(tag);
         }
         Frame::Probe(bytes) => {
@@ -487,6 +526,7 @@ mod tests {
         round_trip(Frame::Probe(&[]));
         round_trip(Frame::Probe(&[0x5a; HANDSHAKE_MAX]));
         round_trip(Frame::Proof {
+            check: *b"fedcba9876543210",
             tag: *b"0123456789abcdef",
         });
         round_trip(Frame::Welcome(Welcome {
@@ -511,8 +551,11 @@ mod tests {
             ranges: &[0b101, 0x80],
         });
         round_trip(Frame::Ack { index: u64::MAX });
-        round_trip(Frame::Complete { verify: 1 << 100 });
-        round_trip(Frame::Bye);
+        round_trip(Frame::Complete {
+            blocks: 12,
+            verify: 1 << 100,
+        });
+        round_trip(Frame::Bye { verify: 3 << 90 });
         let block = sample_changes();
         let (frame, _) = decode(&block, MAX).unwrap().unwrap();
         round_trip(frame);
@@ -710,5 +753,31 @@ mod tests {
             }
             let _ = decode(&buf[..len], 200);
         }
+    }
+
+    #[test]
+    fn an_unkeyed_tag_covers_all_but_block_data() {
+        let mut buf = Vec::new();
+        let changes = [
+            Change {
+                page: 0,
+                kind: ChangeKind::Zero,
+            },
+            Change {
+                page: 1,
+                kind: ChangeKind::Data(5),
+            },
+        ];
+        let mut b = BlockBuilder::begin(&mut buf, 3, 4, &changes);
+        b.data().extend_from_slice(b"data");
+        b.finish(false);
+        let payload = &buf[HEADER_LEN..];
+        assert_eq!(tagged_len(BLOCK, payload), payload.len() - 4);
+        assert_eq!(tagged_len(ACK, &[1; 8]), 8);
+        // Truncated or lying change records never point past the payload.
+        assert_eq!(tagged_len(BLOCK, &payload[..20]), 20);
+        let mut lying = payload.to_vec();
+        lying[13] = 0xff;
+        assert!(tagged_len(BLOCK, &lying) <= lying.len());
     }
 }

@@ -22,7 +22,7 @@
 //! |------|------------|---------------------|---------|
 //! | 9    | `Challenge`| server → client     | nonce `[u8; 16]`, flags `u8` (what the server demands) |
 //! | 1    | `Hello`    | client → server     | session `u128`, lane `u16`, lanes `u16`, download `u8`, block size `u32`, skip `u64`, source size `u64`, compression `u8`, flags `u8`, nonce `[u8; 16]` |
-//! | 10   | `Proof`    | either              | tag `[u8; 16]`: proof of the key or token over the handshake |
+//! | 10   | `Proof`    | either              | check `[u8; 16]`, tag `[u8; 16]`: the handshake as received, without and with the secret |
 //! | 2    | `Welcome`  | server → client     | block size `u32`, source size `u64`, skip `u64`, salt `u128`, lanes `u16` |
 //! | 3    | `Error`    | either              | UTF-8 message |
 //! | 4    | `Digests`  | destination → source| block `u64`, then one `u128` range digest per range |
@@ -30,17 +30,40 @@
 //! | 13   | `Pages`    | destination → source| block `u64`, then one `u128` page digest per page of the asked ranges |
 //! | 5    | `Block`    | source → destination| block `u64`, flags `u8` (bit 0: compressed), raw length `u32`, change count `u32`, changes, data |
 //! | 6    | `Ack`      | destination → source| block `u64`: written |
-//! | 7    | `Complete` | destination → source| verification digest `u128`: all written and flushed |
-//! | 8    | `Bye`      | source → destination| nothing: the session is over |
+//! | 7    | `Complete` | destination → source| blocks `u64`, verification digest `u128`: blocks `skip..blocks` written and flushed |
+//! | 8    | `Bye`      | source → destination| verification digest `u128`: the source's verdict, equal to the destination's |
 //! | 11   | `Probe`    | either, before `Hello` | any bytes, at most [`HANDSHAKE_MAX`] |
 //!
 //! A connection opens with the server's `Challenge` (sent right after the
-//! preambles, so it costs no round trip), the client's `Hello`, then — when
-//! the server holds a key or token — a `Proof` each way (client first) before
-//! the `Welcome`. Flags: bit 0 = authenticated ([`FLAG_AUTH`]), bit 1 =
-//! encrypted ([`FLAG_ENCRYPT`]). With encryption every frame after the
-//! proofs is sealed: the header (with the sealed length) is the associated
-//! data and the 16-byte tag follows the ciphertext; see `crate::auth`.
+//! preambles, so it costs no round trip), the client's `Hello` and `Proof`,
+//! the server's `Proof`, then the `Welcome`. The proofs cover the
+//! `Challenge` and the `Hello` as each end saw them, so a bit changed in
+//! transit is caught before the server opens, sizes or writes anything.
+//! Flags: bit 0 = authenticated ([`FLAG_AUTH`]), bit 1 = encrypted
+//! ([`FLAG_ENCRYPT`]).
+//!
+//! Every frame after the proofs, the `Welcome` first, key or no key, carries
+//! a 16-byte tag after its payload; the length in the header counts it and
+//! the header is the associated data. With encryption the payload is
+//! ciphertext; without, it travels in clear under a tag keyed from both
+//! handshake nonces (see `crate::auth`) that covers the header and the
+//! whole payload except a `Block`'s data ([`tagged_len`]): the destination
+//! checks that data against the source's digests, which the tag covers. A
+//! tag that fails — a bit changed, a frame replayed, reordered, dropped or
+//! cut — is a protocol error.
+//!
+//! # The end of a session
+//!
+//! The destination acknowledges blocks cumulatively (`Ack { n }`: every
+//! block up to `n` is written) and only blocks the source sent: an `Ack` or a
+//! `Complete` covering a block the source has not sent is a protocol error,
+//! never a reason to reconnect. Once every block is written and flushed the
+//! destination sends `Complete` with the block count and its verification
+//! digest on every lane; the source compares the count and the digest with
+//! its own and answers `Bye` carrying its digest on every lane, or an
+//! `Error` naming both digests. The destination reports success only after a
+//! `Bye` whose digest equals its own: a lane that closes without one fails
+//! the run on both ends.
 //!
 //! `-auto` measures the link on the first connection before it says
 //! `Hello`: after the server's `Challenge` the client may send `Probe`
@@ -107,6 +130,7 @@ mod codec;
 use codec::read_change;
 pub use codec::{
     BlockBuilder, decode, decode_header, encode, encode_digests, encode_pages, read_digests,
+    tagged_len,
 };
 
 /// The protocol version spoken on the wire.
@@ -339,11 +363,18 @@ pub enum Frame<'a> {
     },
     /// The destination wrote and flushed everything.
     Complete {
+        /// The session's block count (skipped blocks included): the
+        /// blocks this completion covers are `skip..blocks`.
+        blocks: u64,
         /// Digest over the final content, for both ends to print.
         verify: u128,
     },
-    /// The session is over.
-    Bye,
+    /// The session is over: the source checked the destination's
+    /// verification digest and found it equal to its own.
+    Bye {
+        /// The source's verification digest.
+        verify: u128,
+    },
     /// The server's first frame on every connection.
     Challenge {
         /// Fresh random per connection.
@@ -351,9 +382,12 @@ pub enum Frame<'a> {
         /// [`FLAG_AUTH`] and [`FLAG_ENCRYPT`]: what the server demands.
         flags: u8,
     },
-    /// Proof of the shared secret over this connection's handshake.
+    /// Proof of the handshake as received, and of the shared secret.
     Proof {
-        /// The tag.
+        /// The tag under the key without a secret: the handshake arrived
+        /// intact.
+        check: [u8; NONCE_LEN],
+        /// The tag under the connection key: the sender holds the secret.
         tag: [u8; NONCE_LEN],
     },
     /// Link measurement before the `Hello` (`-auto`): discarded; an empty
@@ -374,7 +408,7 @@ impl Frame<'_> {
             Frame::Block(_) => "Block",
             Frame::Ack { .. } => "Ack",
             Frame::Complete { .. } => "Complete",
-            Frame::Bye => "Bye",
+            Frame::Bye { .. } => "Bye",
             Frame::Challenge { .. } => "Challenge",
             Frame::Proof { .. } => "Proof",
             Frame::Probe(_) => "Probe",

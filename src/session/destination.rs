@@ -53,6 +53,8 @@ struct DestCtx<'a> {
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
     done: &'a AtomicBool,
+    /// The source's `Bye` confirmed the verification digest.
+    confirmed: &'a AtomicBool,
     /// A lane was rejoined: duplicate blocks are expected now.
     rejoined: &'a AtomicBool,
     /// Digest lists done with, reused so a block costs no allocation.
@@ -75,6 +77,7 @@ pub(super) fn run(
     let expected = Mutex::new(HashMap::new());
     let verify = Mutex::new(0u128);
     let done = AtomicBool::new(false);
+    let confirmed = AtomicBool::new(false);
     let rejoined = AtomicBool::new(false);
     let spare = Mutex::new(Vec::new());
     // A changed block spends two round trips in flight (range digests to
@@ -99,6 +102,7 @@ pub(super) fn run(
         stats,
         verify: &verify,
         done: &done,
+        confirmed: &confirmed,
         rejoined: &rejoined,
         spare: &spare,
         zero: p.zero_digest(p.page()),
@@ -160,7 +164,10 @@ pub(super) fn run(
             let v = *lock(&verify);
             for s in &senders {
                 // A lane that is down sends it again once rejoined.
-                let _ = s.send_frame(&Frame::Complete { verify: v });
+                let _ = s.send_frame(&Frame::Complete {
+                    blocks: p.geo.blocks(),
+                    verify: v,
+                });
             }
             Ok(())
         });
@@ -169,6 +176,13 @@ pub(super) fn run(
     if !done.load(Ordering::Acquire) {
         return Err(Error::Failed(format!(
             "{}: the session ended before every block was written",
+            disk.label()
+        )));
+    }
+    if !confirmed.load(Ordering::Acquire) {
+        return Err(Error::Failed(format!(
+            "{}: every block was written and flushed, but the source never confirmed \
+             the verification digest (its Bye did not arrive): the run may not be complete",
             disk.label()
         )));
     }
@@ -225,7 +239,8 @@ impl DestCtx<'_> {
         }
         if self.done.load(Ordering::Acquire) {
             let v = *lock(self.verify);
-            proto::encode(&Frame::Complete { verify: v }, &mut frames);
+            let blocks = self.p.geo.blocks();
+            proto::encode(&Frame::Complete { blocks, verify: v }, &mut frames);
         }
         sender.send(&mut frames)
     }
@@ -253,7 +268,7 @@ impl DestCtx<'_> {
                         return Ok(());
                     }
                 }
-                Frame::Bye => return Ok(()),
+                Frame::Bye { verify } => return self.bye(peer, verify),
                 other => return Err(unexpected(peer, &other)),
             }
         }
@@ -289,6 +304,26 @@ impl DestCtx<'_> {
         Stats::add(&self.stats.wire_sent, answer.len() as u64);
         // A lost lane is rejoined, and the source asks again.
         let _ = self.senders[lane_of(index, self.senders.len())].send(answer);
+        Ok(())
+    }
+
+    /// The source's verdict: it saw our `Complete` and its digest equals
+    /// ours. Success is reported only after this.
+    fn bye(&self, peer: &str, theirs: u128) -> Result<()> {
+        if !self.done.load(Ordering::Acquire) {
+            return Err(Error::protocol(
+                peer,
+                "the source ended the session before every block was written",
+            ));
+        }
+        let ours = *lock(self.verify);
+        if theirs != ours {
+            return Err(Error::Failed(format!(
+                "verification failed: the source's digest {theirs:032x} \
+                 differs from the destination's {ours:032x}"
+            )));
+        }
+        self.confirmed.store(true, Ordering::Release);
         Ok(())
     }
 

@@ -26,8 +26,9 @@
 //! verification line, so neither of them repeats that.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::block::{Block, Geometry};
 use crate::compress::Level;
@@ -60,6 +61,8 @@ pub struct Params {
     pub workers: usize,
     /// Read-ahead depth on this side.
     pub prefetch: usize,
+    /// The network deadline of every blocking read and write.
+    pub deadline: Duration,
     /// Frames are sealed (`-K`, `-e`): progress says "encrypted".
     pub encrypted: bool,
     /// `--bwlimit` of a sending end, in bytes per second.
@@ -196,6 +199,10 @@ pub fn run_dry(
         notes.push(format!("limit {}/s", human_bytes(rate)));
     }
     let reporter = Reporter::start(log, &stats, totals, progress, &notes);
+    let peer = lanes
+        .first()
+        .map_or_else(|| "the peer".to_string(), |l| l.reader.peer.clone());
+    let _watch = Watchdog::start(&stats, peer, p.deadline, SILENT_AFTER, log);
     let (verify, side) = match role {
         Role::Source => (
             source::run_with(p, disk, lanes, &stats, rejoin, dry)?,
@@ -217,6 +224,80 @@ pub fn run_dry(
         disk.report_excess(p.geo.size);
     }
     Ok(verify)
+}
+
+/// How long without progress before the operator is told who went silent.
+pub const SILENT_AFTER: Duration = Duration::from_secs(30);
+
+/// Says, once per silent spell, that the transfer has not moved for a
+/// while, which peer it waits for and when the network deadline ends the
+/// wait: a stalled peer otherwise shows only a falling speed for minutes.
+pub struct Watchdog {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Watch `stats` (bytes done and bytes received) from now on.
+    pub fn start(
+        stats: &Arc<Stats>,
+        peer: String,
+        deadline: Duration,
+        after: Duration,
+        log: &Log,
+    ) -> Watchdog {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let stats = Arc::clone(stats);
+        let log = log.clone();
+        let tick = (after / 10).max(Duration::from_millis(10));
+        let thread = std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                let moved = || {
+                    stats.bytes_done.load(Ordering::Relaxed)
+                        + stats.wire_received.load(Ordering::Relaxed)
+                };
+                let (mut last, mut since, mut said) = (moved(), Instant::now(), false);
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    let now = moved();
+                    if now != last {
+                        (last, since, said) = (now, Instant::now(), false);
+                        continue;
+                    }
+                    let quiet = since.elapsed();
+                    if quiet >= after && !said {
+                        said = true;
+                        log.line(silent_line(&peer, quiet, deadline));
+                    }
+                }
+            })
+            .ok();
+        Watchdog {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+/// The line a silent spell of `quiet` earns, waiting for `peer` under a
+/// network deadline of `deadline`.
+fn silent_line(peer: &str, quiet: Duration, deadline: Duration) -> String {
+    format!(
+        "no progress for {} s: waiting for {peer}, which has gone silent; unless it \
+         answers, the network deadline ({} s, BSYNC_IO_TIMEOUT) ends the wait in about {} s",
+        quiet.as_secs(),
+        deadline.as_secs(),
+        deadline.saturating_sub(quiet).as_secs()
+    )
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// `--bwlimit`: a token bucket shared by every thread that sends block

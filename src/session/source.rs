@@ -42,6 +42,9 @@ struct Sent {
     attempts: u8,
     /// Set aside while its `Refine` is answered.
     waiting: Option<Parked>,
+    /// Its `Block` went out at least once: only now may an acknowledgement
+    /// cover it.
+    sent: bool,
 }
 
 /// A block's bytes and page digests while it waits for `Pages`: the pooled
@@ -214,7 +217,9 @@ pub(super) fn run_with(
         });
         if let Some(theirs) = theirs {
             let ours = *lock(&verify);
-            if theirs != ours {
+            if let Err(e) = disk.check_unchanged() {
+                abort.fail(e);
+            } else if theirs != ours {
                 abort.fail(Error::Failed(format!(
                     "verification failed: the destination's digest {theirs:032x} \
                      differs from the source's {ours:032x}"
@@ -223,7 +228,7 @@ pub(super) fn run_with(
                 state.lock().finished = true;
                 state.notify();
                 for s in &senders {
-                    let _ = s.send_frame(&Frame::Bye);
+                    let _ = s.send_frame(&Frame::Bye { verify: ours });
                     s.shutdown();
                 }
             }
@@ -313,6 +318,34 @@ impl SourceCtx<'_> {
         let _ = self.senders[lane_of(index, self.senders.len())].send(frame);
     }
 
+    /// Whether an acknowledgement (or completion) of every block before
+    /// `upto` covers only blocks that were sent: one that covers a block
+    /// never sent is a protocol error, never a reason to reconnect.
+    fn check_covered(&self, peer: &str, what: &str, upto: u64) -> Result<()> {
+        let end = self.p.geo.blocks();
+        let st = self.state.lock();
+        if upto <= st.acked_to {
+            return Ok(()); // Cumulative: already covered by an earlier one.
+        }
+        // Blocks from acked_to on are acknowledged only once their `Block`
+        // went out: each below `upto` must wait in `unacked`, sent at least
+        // once. No more than `unacked.len()` of them can, so looking that
+        // far finds the first gap whatever `upto` says.
+        let room = u64::try_from(st.unacked.len()).unwrap_or(u64::MAX);
+        let limit = upto.min(end).min(st.acked_to.saturating_add(room));
+        let sent = |b: &u64| st.unacked.get(b).is_some_and(|s| s.sent);
+        let unsent = (st.acked_to..limit)
+            .find(|b| !sent(b))
+            .or((upto > limit).then_some(limit));
+        match unsent {
+            None => Ok(()),
+            Some(block) => Err(Error::protocol(
+                peer,
+                format!("{what} covers block {block}, which was never sent"),
+            )),
+        }
+    }
+
     /// Read range digests, page digests, acknowledgements and the end of
     /// the session off a lane. Anything that needs sending is left to the
     /// finishers.
@@ -366,8 +399,20 @@ impl SourceCtx<'_> {
                     self.state.notify();
                 }
                 Frame::Pages { index, digests } => self.pages(peer, index, digests)?,
-                Frame::Ack { index } if index < end => self.acknowledge(index + 1),
-                Frame::Complete { verify } => {
+                Frame::Ack { index } => {
+                    self.check_covered(peer, "an acknowledgement", index.saturating_add(1))?;
+                    self.acknowledge(index + 1);
+                }
+                Frame::Complete { blocks, verify } => {
+                    if blocks != end {
+                        return Err(Error::protocol(
+                            peer,
+                            format!(
+                                "the destination completed {blocks} blocks, the session has {end}"
+                            ),
+                        ));
+                    }
+                    self.check_covered(peer, "the completion", end)?;
                     self.state.lock().complete = Some(verify);
                     self.acknowledge(end);
                 }
@@ -610,6 +655,7 @@ impl SourceCtx<'_> {
                         bytes: b.len as u64,
                         attempts: 1,
                         waiting: None,
+                        sent: true,
                     },
                 );
                 st.spare.push(theirs);
@@ -655,6 +701,7 @@ impl SourceCtx<'_> {
                 Sent {
                     bytes,
                     attempts: 1,
+                    sent: waiting.is_none(),
                     waiting,
                 },
             );
@@ -714,13 +761,11 @@ impl SourceCtx<'_> {
         compressor: &mut Compressor,
         scratch: &mut FrameScratch,
     ) -> Result<()> {
-        let Some(parked) = self
-            .state
-            .lock()
-            .unacked
-            .get_mut(&index)
-            .and_then(|s| s.waiting.take())
-        else {
+        let Some(parked) = self.state.lock().unacked.get_mut(&index).and_then(|s| {
+            // Marked before it goes: the acknowledgement may beat us back.
+            s.sent = true;
+            s.waiting.take()
+        }) else {
             return Ok(()); // Acknowledged meanwhile.
         };
         let raw_len = self.build_block(index, &parked, compressor, scratch);
@@ -769,13 +814,16 @@ impl SourceCtx<'_> {
         let Some(sent) = st.unacked.get_mut(&index) else {
             return Ok(()); // Acknowledged meanwhile.
         };
-        if let Compared::Refine(ranges) = compared {
-            sent.waiting = Some(Parked {
-                held: Held::Owned { data, pages },
-                ranges,
-                theirs: None,
-                first: false,
-            });
+        match compared {
+            Compared::Refine(ranges) => {
+                sent.waiting = Some(Parked {
+                    held: Held::Owned { data, pages },
+                    ranges,
+                    theirs: None,
+                    first: false,
+                });
+            }
+            Compared::Same => sent.sent = true,
         }
         drop(st);
         self.send(index, &mut scratch.frame);

@@ -12,6 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{Params, Rejoin, destination, source};
+use crate::aead::Key;
+use crate::auth::{Direction, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress::Level;
 use crate::config::Env;
@@ -60,13 +62,43 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Lanes on both ends of `stream`s that are already joined, opened in
-/// parallel since each side waits for the other's preamble.
+/// parallel since each side waits for the other's preamble, and tagged as
+/// after a handshake without a key (`KEY`: with one).
 fn open_both<S: Stream>(a: S, b: S) -> (Lane, Lane) {
-    thread::scope(|s| {
+    let (mut near, mut far) = thread::scope(|s| {
         let far = s.spawn(move || Lane::open(b, "destination".into(), DEADLINE));
         let near = Lane::open(a, "source".into(), DEADLINE).unwrap();
         (near, far.join().unwrap().unwrap())
-    })
+    });
+    let secret = KEY
+        .with(|k| k.get())
+        .map(|k| Secret::new(Key::from_bytes(k), true));
+    let hello = proto::Hello {
+        session: 1,
+        lane: 0,
+        lanes: 1,
+        download: false,
+        block_size: 4096,
+        skip: 0,
+        source_size: 0,
+        compression: 0,
+        flags: Secret::flags(secret.as_ref()),
+        nonce: fastrand::u128(..).to_le_bytes(),
+    };
+    let hs = Handshake::new(
+        secret.as_ref(),
+        &fastrand::u128(..).to_le_bytes(),
+        0,
+        &hello,
+    );
+    near.protect(hs.cipher(Direction::Up), hs.cipher(Direction::Down));
+    far.protect(hs.cipher(Direction::Down), hs.cipher(Direction::Up));
+    (near, far)
+}
+
+thread_local! {
+    /// The key lanes opened on this thread are sealed under, if any.
+    static KEY: std::cell::Cell<Option<[u8; 32]>> = const { std::cell::Cell::new(None) };
 }
 
 fn raise_max(lane: &mut Lane) {
@@ -228,6 +260,7 @@ fn params_bs(size: u64, block_size: usize, workers: usize, compression: Option<L
         compression,
         workers,
         prefetch: workers * 4,
+        deadline: DEADLINE,
         encrypted: false,
         bwlimit: None,
     }
@@ -587,5 +620,305 @@ fn a_lane_cut_anywhere_in_the_exchange_is_rejoined() {
             assert_eq!(pairs.dialed.load(Ordering::Relaxed), 1, "{case}: no cut");
             assert!(std::fs::read(&dst).unwrap() == src_data, "{case}: content");
         }
+    }
+}
+
+#[test]
+fn measured_6_an_ack_for_a_block_never_sent_is_a_protocol_error() {
+    // It used to be taken as written; the destination's requests for that
+    // block were then dropped as stale, and the client reconnected forever.
+    let dir = TempDir::new("ack-unsent");
+    let (src, _, data) = pair(&dir, 4 * BLOCK);
+    let p = params(data.len() as u64, 1, None);
+    let (env, log) = (Env::default(), Log::default());
+    let source_disk = Disk::open_source(&src, &env, &log).unwrap();
+    let (ours, mut theirs) = direct();
+    theirs
+        .sender
+        .send_frame(&proto::Frame::Ack { index: 2 })
+        .unwrap();
+    let e = source::run(&p, &source_disk, vec![ours], &Stats::default(), &NoRejoin).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("block 0, which was never sent"), "{msg}");
+    let _ = theirs.reader.read("anything");
+}
+
+#[test]
+fn a_completion_of_blocks_never_sent_is_a_protocol_error() {
+    let dir = TempDir::new("complete-unsent");
+    let (src, _, data) = pair(&dir, 4 * BLOCK);
+    let p = params(data.len() as u64, 1, None);
+    let (env, log) = (Env::default(), Log::default());
+    let source_disk = Disk::open_source(&src, &env, &log).unwrap();
+    let (ours, theirs) = direct();
+    theirs
+        .sender
+        .send_frame(&proto::Frame::Complete {
+            blocks: 4,
+            verify: 0,
+        })
+        .unwrap();
+    let e = source::run(&p, &source_disk, vec![ours], &Stats::default(), &NoRejoin).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("never sent"), "{msg}");
+}
+
+/// Dials again like [`Dialer`], rewriting the source first: the source
+/// changes in the middle of the run.
+struct Rewrite<'a>(&'a Pairs, PathBuf);
+
+impl Rejoin for Rewrite<'_> {
+    fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.1)
+            .unwrap();
+        f.write_all_at(b"rewritten", 0).unwrap();
+        Dialer(self.0).rejoin(lane, stop)
+    }
+}
+
+#[test]
+fn measured_9_a_source_rewritten_during_the_run_fails_it() {
+    let dir = TempDir::new("rewritten");
+    let (src, dst, data) = pair(&dir, 6 * BLOCK);
+    let p = params(data.len() as u64, 2, None);
+    let pairs = Pairs::default();
+    let lanes = vec![direct(), relayed(Fault::Cut(3 * BLOCK / 2))];
+    let (s, d) = sync(
+        &src,
+        &dst,
+        &p,
+        lanes,
+        (&Rewrite(&pairs, src.clone()), &Waiter(&pairs)),
+    );
+    let msg = s.unwrap_err().to_string();
+    assert!(msg.contains("was modified during the run"), "{msg}");
+    assert!(d.is_err(), "the destination must not report success");
+}
+
+#[test]
+fn every_frame_is_tagged_with_or_without_a_key() {
+    // A flipped bit in block data is caught, key or no key: by the tag
+    // under a key, by the digest check of the tagged change records
+    // without one.
+    for key in [None, Some([9u8; 32])] {
+        KEY.with(|k| k.set(key));
+        let dir = TempDir::new("tagged");
+        let (src, dst, data) = pair(&dir, 4 * BLOCK);
+        let p = params(data.len() as u64, 1, Some(Level::Fast));
+        let lanes = vec![relayed(Fault::Flip(BLOCK / 3))];
+        let (s, d) = sync(&src, &dst, &p, lanes, (&NoRejoin, &NoRejoin));
+        let d = d.unwrap_err().to_string();
+        let want = match key {
+            Some(_) => "failed its integrity check",
+            None => "does not match the source's digest",
+        };
+        assert!(d.contains(want), "{key:?}: {d}");
+        assert!(s.is_err());
+        let (s, d) = sync(&src, &dst, &p, vec![direct()], (&NoRejoin, &NoRejoin));
+        assert_eq!(s.unwrap(), d.unwrap());
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+    }
+    KEY.with(|k| k.set(None));
+}
+
+/// Answers every call short (at most 4097 bytes), with EINTR and EAGAIN in
+/// between, and fails with `errno` from block `fail_at` on (writes only,
+/// or reads only, as `errno_on_write` says).
+#[derive(Debug)]
+struct Shim {
+    calls: AtomicUsize,
+    fail_at: u64,
+    errno: i32,
+    errno_on_write: bool,
+}
+
+impl Shim {
+    fn step(&self, offset: u64, len: usize, write: bool) -> std::io::Result<usize> {
+        if write == self.errno_on_write && offset >= self.fail_at * BLOCK as u64 {
+            return Err(std::io::Error::from_raw_os_error(self.errno));
+        }
+        match self.calls.fetch_add(1, Ordering::Relaxed) % 3 {
+            0 => Err(std::io::Error::from_raw_os_error(libc::EINTR)),
+            1 => Err(std::io::Error::from_raw_os_error(libc::EAGAIN)),
+            _ => Ok(len.min(4097)),
+        }
+    }
+}
+
+impl crate::disk::DiskIo for Shim {
+    fn read_at(&self, file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.step(offset, buf.len(), false)?;
+        file.read_at(&mut buf[..n], offset)
+    }
+    fn write_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.step(offset, buf.len(), true)?;
+        file.write_at(&buf[..n], offset)
+    }
+}
+
+#[test]
+fn strict_io_short_counts_and_retries_end_identical_and_errors_name_block_k() {
+    let dir = TempDir::new("shim");
+    let (src, dst, data) = pair(&dir, 5 * BLOCK);
+    let p = params(data.len() as u64, 2, Some(Level::Fast));
+    let (env, log) = (Env::default(), Log::default());
+    let shim = |fail_at, errno| {
+        std::sync::Arc::new(Shim {
+            calls: AtomicUsize::new(0),
+            fail_at,
+            errno,
+            errno_on_write: errno == libc::ENOSPC,
+        })
+    };
+    let run = |source: Disk, dest: Disk| {
+        let (ours, theirs) = direct();
+        thread::scope(|s| {
+            let d =
+                s.spawn(|| destination::run(&p, &dest, vec![theirs], &Stats::default(), &NoRejoin));
+            let r = source::run(&p, &source, vec![ours], &Stats::default(), &NoRejoin);
+            (r, d.join().unwrap())
+        })
+    };
+    let open_dest = || {
+        let mut d = Disk::open_destination(&dst, &env, &log).unwrap();
+        d.fit_to(data.len() as u64).unwrap();
+        d
+    };
+    // ENOSPC writing block 3: exit 1 naming block 3 and the path.
+    let source = Disk::open_source(&src, &env, &log).unwrap();
+    let (s, d) = run(source, open_dest().with_io(shim(3, libc::ENOSPC)));
+    let d = d.unwrap_err().to_string();
+    assert!(d.contains("write at block 3"), "{d}");
+    assert!(d.contains(&dst.display().to_string()), "{d}");
+    assert!(d.contains("No space left"), "{d}");
+    assert!(s.is_err());
+    // EIO reading block 2 of the source.
+    let source = Disk::open_source(&src, &env, &log)
+        .unwrap()
+        .with_io(shim(2, libc::EIO));
+    let (s, d) = run(source, open_dest());
+    let s = s.unwrap_err().to_string();
+    assert!(s.contains("read at block 2"), "{s}");
+    assert!(s.contains(&src.display().to_string()), "{s}");
+    assert!(d.is_err());
+    // Short counts, EINTR and EAGAIN on every call of both ends: identical.
+    let source = Disk::open_source(&src, &env, &log)
+        .unwrap()
+        .with_io(shim(u64::MAX / BLOCK as u64, 0));
+    let (s, d) = run(
+        source,
+        open_dest().with_io(shim(u64::MAX / BLOCK as u64, 0)),
+    );
+    assert_eq!(s.unwrap(), d.unwrap());
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+}
+
+#[test]
+fn a_silent_peer_is_named_with_the_deadline() {
+    let line = super::silent_line(
+        "server 10.0.0.1:8080",
+        Duration::from_secs(30),
+        Duration::from_secs(300),
+    );
+    assert!(line.contains("no progress for 30 s"), "{line}");
+    assert!(line.contains("waiting for server 10.0.0.1:8080"), "{line}");
+    assert!(line.contains("ends the wait in about 270 s"), "{line}");
+    // The watchdog itself stops at once when the session ends.
+    let stats = std::sync::Arc::new(Stats::default());
+    let started = Instant::now();
+    drop(super::Watchdog::start(
+        &stats,
+        "x".into(),
+        DEADLINE,
+        Duration::from_secs(30),
+        &Log::default(),
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// A destination facing a hostile source on one lane: the destination's
+/// lane and a raw handle on the source's end of the stream (no tags).
+fn hostile_destination(
+    dst: &Path,
+    p: &Params,
+    attack: impl FnOnce(&mut Lane, &mut UnixStream) + Send,
+) -> String {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut raw = a.try_clone().unwrap();
+    let (mut src_lane, dst_lane) = open_both(a, b);
+    raise_max(&mut src_lane);
+    let mut dst_lane = dst_lane;
+    raise_max(&mut dst_lane);
+    let (env, log) = (Env::default(), Log::default());
+    let mut disk = Disk::open_destination(dst, &env, &log).unwrap();
+    disk.fit_to(p.geo.size).unwrap();
+    let before = std::fs::read(dst).unwrap();
+    let e = thread::scope(|s| {
+        let d =
+            s.spawn(|| destination::run(p, &disk, vec![dst_lane], &Stats::default(), &NoRejoin));
+        attack(&mut src_lane, &mut raw);
+        d.join().unwrap().unwrap_err().to_string()
+    });
+    assert_eq!(
+        std::fs::read(dst).unwrap(),
+        before,
+        "a hostile peer changed the destination"
+    );
+    e
+}
+
+#[test]
+fn hostile_a_block_that_decompresses_beyond_its_length_is_refused() {
+    let dir = TempDir::new("bomb");
+    let dst = dir.file("dst", &random(2 * BLOCK, 3));
+    let p = params(2 * BLOCK as u64, 1, Some(Level::Fast));
+    let e = hostile_destination(&dst, &p, |lane, _| {
+        // Wait for the destination's digests of block 0, then answer with
+        // one data page whose compressed data expands to a megabyte.
+        let _ = lane.reader.read("digests");
+        let mut c = crate::compress::Compressor::new(Some(Level::Fast));
+        let zeros = vec![7u8; 1 << 20];
+        let mut frame = Vec::new();
+        let changes = [proto::Change {
+            page: 0,
+            kind: proto::ChangeKind::Data(0),
+        }];
+        let page = u32::try_from(proto::PAGE).unwrap();
+        let mut b = proto::BlockBuilder::begin(&mut frame, 0, page, &changes);
+        assert!(c.append(std::iter::once(&zeros[..]), b.data()));
+        b.finish(true);
+        let _ = lane.sender.send(&mut frame);
+        let _ = lane.reader.read("the end");
+    });
+    assert!(e.contains("block 0") && e.contains("decompress"), "{e}");
+}
+
+#[test]
+fn hostile_frames_after_the_handshake_are_refused() {
+    let dir = TempDir::new("hostile");
+    let p = params(2 * BLOCK as u64, 1, None);
+    let cases: [(&str, &[u8]); 3] = [
+        ("exceeds the maximum", &[5, 0xff, 0xff, 0xff, 0x7f]),
+        ("unknown frame type", &[200, 20, 0, 0, 0]),
+        (
+            "failed its integrity check",
+            &[
+                6, 24, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+                20, 21, 22, 23, 24,
+            ],
+        ),
+    ];
+    for (want, bytes) in cases {
+        let dst = dir.file("dst", &random(2 * BLOCK, 4));
+        let e = hostile_destination(&dst, &p, |_, raw| {
+            raw.write_all(bytes).unwrap();
+            let _ = raw.read(&mut [0u8; 64]);
+        });
+        assert!(e.contains(want), "{want}: {e}");
     }
 }

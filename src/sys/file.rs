@@ -210,6 +210,14 @@ fn sync_file_range(f: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::
     Ok(())
 }
 
+/// Whether a `sync_file_range` error only means the call does not apply to
+/// this file (a pipe, a file system without it): writeback then happens in
+/// bursts, which is fine. Anything else is the kernel reporting a write that
+/// failed, and it says so only once per open file.
+pub fn writeback_unsupported(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ESPIPE) || not_supported(e)
+}
+
 /// sync_file_range(SYNC_FILE_RANGE_WRITE): start writeback of dirty pages
 /// without waiting. len 0 = to end of file.
 pub fn start_writeback(f: &File, offset: u64, len: u64) -> io::Result<()> {
@@ -247,27 +255,87 @@ pub fn is_block_device(f: &File) -> io::Result<bool> {
     Ok(f.metadata()?.file_type().is_block_device())
 }
 
-/// Writes all of `buf` at `offset`, retrying short writes and EINTR.
+/// Writes all of `buf` at `offset`, retrying short writes, EINTR and
+/// (briefly) EAGAIN.
 pub fn pwrite_all(f: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    f.write_all_at(buf, offset)
+    write_all_with(buf, offset, |b, at| f.write_at(b, at))
 }
 
-/// Reads at `offset` until `buf` is full or end of file, retrying EINTR;
-/// returns the number of bytes read (less than `buf.len()` only at EOF).
+/// Reads at `offset` until `buf` is full or end of file, retrying EINTR and
+/// (briefly) EAGAIN; returns the number of bytes read (less than
+/// `buf.len()` only at EOF).
 pub fn pread_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    read_full_with(buf, offset, |b, at| f.read_at(b, at))
+}
+
+/// How many EAGAINs in a row a read or write loop waits out (1 ms each)
+/// before it gives up: a blocking file never says it, a device that says it
+/// forever must not hang the run.
+const EAGAIN_RETRIES: u32 = 1000;
+
+/// What a read or write loop does after an error: retry, or give up.
+fn retry(e: &io::Error, eagain: &mut u32) -> bool {
+    match e.kind() {
+        io::ErrorKind::Interrupted => true,
+        io::ErrorKind::WouldBlock if *eagain < EAGAIN_RETRIES => {
+            *eagain += 1;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            true
+        }
+        _ => false,
+    }
+}
+
+fn at(offset: u64, done: usize) -> io::Result<u64> {
+    offset
+        .checked_add(done as u64)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))
+}
+
+/// [`pread_full`] over any positioned read (`read(buf, offset)`, one call
+/// of `pread`): the strict vector I/O tests drive it through a shim that
+/// returns short counts, EINTR and EAGAIN at every position.
+pub fn read_full_with(
+    buf: &mut [u8],
+    offset: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+) -> io::Result<usize> {
     let mut done = 0;
+    let mut eagain = 0;
     while done < buf.len() {
-        let at = offset
-            .checked_add(done as u64)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset overflows"))?;
-        match f.read_at(&mut buf[done..], at) {
+        match read(&mut buf[done..], at(offset, done)?) {
             Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(n) => {
+                done += n.min(buf.len() - done);
+                eagain = 0;
+            }
+            Err(e) if retry(&e, &mut eagain) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(done)
+}
+
+/// [`pwrite_all`] over any positioned write (one call of `pwrite`).
+pub fn write_all_with(
+    buf: &[u8],
+    offset: u64,
+    mut write: impl FnMut(&[u8], u64) -> io::Result<usize>,
+) -> io::Result<()> {
+    let mut done = 0;
+    let mut eagain = 0;
+    while done < buf.len() {
+        match write(&buf[done..], at(offset, done)?) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                done += n.min(buf.len() - done);
+                eagain = 0;
+            }
+            Err(e) if retry(&e, &mut eagain) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Where the next data at or after `offset` starts (`lseek` `SEEK_DATA`):
@@ -310,7 +378,7 @@ pub enum Cleared {
 /// True for the errors that mean "this method is not available here", after
 /// which the next, slower method is worth trying. Anything else (EIO,
 /// ENOSPC, EBADF...) is a real failure that another method would only hide.
-fn not_supported(e: &io::Error) -> bool {
+pub fn not_supported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::ENOSYS)
@@ -740,5 +808,87 @@ mod tests {
     #[test]
     fn loop_device_4k_sectors() {
         loop_device_case(4096);
+    }
+
+    /// A shim over a byte vector that answers each call with a short count,
+    /// EINTR or EAGAIN as `script` says for that call, then behaves.
+    fn scripted(
+        script: &[Option<i32>],
+        short: usize,
+    ) -> impl FnMut(usize) -> io::Result<usize> + '_ {
+        let mut call = 0;
+        move |want: usize| {
+            let step = script.get(call).copied().flatten();
+            call += 1;
+            match step {
+                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                None => Ok(want.min(short)),
+            }
+        }
+    }
+
+    #[test]
+    fn strict_vector_io_survives_short_counts_eintr_and_eagain_at_every_position() {
+        let data: Vec<u8> = (0..100u8).collect();
+        for errno in [libc::EINTR, libc::EAGAIN] {
+            for pos in 0..12 {
+                for short in [1, 7, 100] {
+                    let mut script = vec![None; pos];
+                    script.push(Some(errno));
+                    // Reads.
+                    let mut answer = scripted(&script, short);
+                    let mut out = vec![0u8; 100];
+                    let n = read_full_with(&mut out, 5, |b, at| {
+                        let k = answer(b.len())?;
+                        let at = at as usize - 5;
+                        b[..k].copy_from_slice(&data[at..at + k]);
+                        Ok(k)
+                    })
+                    .unwrap();
+                    assert_eq!(
+                        (n, &out),
+                        (100, &data),
+                        "read: errno {errno} at call {pos}, short {short}"
+                    );
+                    // Writes.
+                    let mut answer = scripted(&script, short);
+                    let mut sink = vec![0u8; 100];
+                    write_all_with(&data, 0, |b, at| {
+                        let k = answer(b.len())?;
+                        sink[at as usize..at as usize + k].copy_from_slice(&b[..k]);
+                        Ok(k)
+                    })
+                    .unwrap();
+                    assert_eq!(
+                        sink, data,
+                        "write: errno {errno} at call {pos}, short {short}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strict_vector_io_reports_enospc_and_eio() {
+        for errno in [libc::ENOSPC, libc::EIO] {
+            let e = write_all_with(&[1u8; 10], 0, |_, _| {
+                Err(io::Error::from_raw_os_error(errno))
+            })
+            .unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(errno));
+            let e = read_full_with(&mut [0u8; 10], 0, |_, _| {
+                Err(io::Error::from_raw_os_error(errno))
+            })
+            .unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(errno));
+        }
+        // A device that says EAGAIN forever ends in an error, not a hang.
+        let e = write_all_with(&[1u8; 10], 0, |_, _| {
+            Err(io::Error::from_raw_os_error(libc::EAGAIN))
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        // A write of zero bytes is an error, not an endless loop.
+        assert!(write_all_with(&[1u8; 10], 0, |_, _| Ok(0)).is_err());
     }
 }

@@ -30,14 +30,15 @@ mod socket;
 pub use file::{
     Advice, Cleared, blk_zero_out, block_device_size, clear_range, fadvise, is_block_device,
     logical_sector_size, may_write, next_data, pread_full, punch_hole, pwrite_all, read_ahead,
-    set_read_ahead, start_writeback, wait_writeback, zero_range,
+    read_full_with, set_read_ahead, start_writeback, wait_writeback, write_all_with,
+    writeback_unsupported, zero_range,
 };
 pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, memlock_limit};
 pub use pipe::{stdout_to_stderr, wait_ready};
 pub use process::{
     TERMINATION_SIGNALS, block_termination_signals, getrandom, kill, wait_termination_signal,
 };
-pub use socket::{set_keepalive, set_socket_buffers};
+pub use socket::{reset_on_close, set_keepalive, set_socket_buffers};
 
 /// Columns of the terminal on standard error, if it is one (TIOCGWINSZ).
 pub fn stderr_columns() -> Option<u16> {

@@ -19,6 +19,32 @@ pub fn set_socket_buffers(stream: &std::net::TcpStream, bytes: usize) -> io::Res
     setsockopt_int(stream, libc::SOL_SOCKET, libc::SO_RCVBUF, n)
 }
 
+/// Make closing `stream` send a reset (RST) instead of a clean FIN
+/// (`SO_LINGER` with a zero timeout): what a crashed peer or a firewall
+/// looks like. The fault tests use it to reset a connection.
+pub fn reset_on_close(stream: &std::net::TcpStream) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the fd is open for the borrow of `stream`; we pass a pointer
+    // to a live linger struct and its exact size, which SO_LINGER takes.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()).unwrap_or(8),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn setsockopt_int(
     stream: &std::net::TcpStream,
     level: libc::c_int,
