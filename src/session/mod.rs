@@ -116,12 +116,14 @@ impl<'a> Content<'a> {
         }
     }
 
-    /// Fill `out` with the digest of every page. A hole's come from
-    /// `zero`, the digest of one whole zero page, computed once per
-    /// session: zeros that were never read are never hashed either.
+    /// Fill `out` with the digest of every page. Zero pages, and every page
+    /// of a hole, take `zero`, the digest of one whole zero page computed
+    /// once per session: zeros are never hashed.
     fn digests(&self, p: &Params, zero: Digest, out: &mut Vec<Digest>) {
         match *self {
-            Content::Bytes(data) => digest::digest_sub_blocks(p.salt, data, p.page(), out),
+            Content::Bytes(data) => {
+                digest::digest_sub_blocks_known_zero(p.salt, data, p.page(), zero, out);
+            }
             Content::Hole(len) => {
                 out.clear();
                 let page = p.page();
