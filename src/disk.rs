@@ -77,6 +77,9 @@ pub struct Disk {
     /// The device's read-ahead before we raised it, put back on drop:
     /// BLKRASET outlives the process.
     restore_read_ahead: Option<u64>,
+    /// What was said about this disk as a source that the other end's user
+    /// should hear too (a device mounted read-write).
+    warning: Option<String>,
     /// A regular file's size and modification time when opened, to tell
     /// whether it changed during the run.
     stamp: Option<(u64, i64, i64)>,
@@ -133,11 +136,15 @@ impl Disk {
                 "{label}: not a regular file or block device ({hint})"
             )));
         }
-        if is_device {
+        let warning = if is_device {
             let rdev = file.metadata().map_or(0, |m| m.rdev());
-            warn_if_mounted_read_write(&label, rdev, log);
-        }
-        Disk::describe(file, label, env, log)
+            warn_if_mounted_read_write(&label, rdev, log)
+        } else {
+            None
+        };
+        let mut disk = Disk::describe(file, label, env, log)?;
+        disk.warning = warning;
+        Ok(disk)
     }
 
     /// Fail when this regular file's size or modification time changed
@@ -250,6 +257,7 @@ impl Disk {
             log: log.clone(),
             said: AtomicU32::new(0),
             restore_read_ahead: None,
+            warning: None,
             stamp: None,
             io: None,
             dry: false,
@@ -401,6 +409,11 @@ impl Disk {
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// What the other end's user should hear about this source, if anything.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
     }
 
     /// Whether this is a block device rather than a regular file.
@@ -623,18 +636,20 @@ fn refuse_mounted(
 
 /// Warn when the source device (or a partition of it) is mounted
 /// read-write: its file system may change while it is copied, so the copy
-/// can be inconsistent. One line, with what to do instead.
-pub fn warn_if_mounted_read_write(label: &str, rdev: u64, log: &Log) {
-    if let Some(m) = mount_of(rdev).filter(|m| m.read_write) {
-        log.line(format!(
-            "warning: {label}: {} is mounted read-write on {}; files written during the copy \
-             can leave it inconsistent. Copy a snapshot (LVM, btrfs, a stopped VM), or \
-             remount it read-only first (mount -o remount,ro {})",
-            m.source.display(),
-            m.target.display(),
-            m.target.display()
-        ));
-    }
+/// can be inconsistent. One line, with what to do instead; returns it
+/// (without the `warning: `) so the other end can show it too.
+pub fn warn_if_mounted_read_write(label: &str, rdev: u64, log: &Log) -> Option<String> {
+    let m = mount_of(rdev).filter(|m| m.read_write)?;
+    let what = format!(
+        "{label}: {} is mounted read-write on {}; files written during the copy \
+         can leave it inconsistent. Copy a snapshot (LVM, btrfs, a stopped VM), or \
+         remount it read-only first (mount -o remount,ro {})",
+        m.source.display(),
+        m.target.display(),
+        m.target.display()
+    );
+    log.line(format!("warning: {what}"));
+    Some(what)
 }
 
 /// Check, before a server waits for its client, that `path` can be opened

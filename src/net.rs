@@ -18,6 +18,7 @@ use crate::aead::TAG_LEN;
 use crate::auth::Cipher;
 use crate::error::{Error, Result};
 use crate::lock::lock;
+use crate::progress::Log;
 use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE, PREAMBLE_MAGIC, PROTOCOL_VERSION};
 use crate::sys;
 
@@ -132,11 +133,20 @@ pub struct FrameReader {
     buf: Vec<u8>,
     max: usize,
     cipher: Option<Cipher>,
+    /// Where the peer's `Notice`s are shown; until set, they are frames
+    /// like any other.
+    notices: Option<Log>,
     /// Who is on the other end, for messages.
     pub peer: String,
 }
 
 impl FrameReader {
+    /// From now on, show every `Notice` the peer sends on `log`, as a
+    /// warning line naming the peer, and read on.
+    pub fn show_notices(&mut self, log: &Log) {
+        self.notices = Some(log.clone());
+    }
+
     /// A reader accepting payloads up to `max` bytes.
     fn new(stream: Box<dyn Read + Send>, peer: String, max: usize) -> FrameReader {
         FrameReader {
@@ -144,6 +154,7 @@ impl FrameReader {
             buf: Vec::new(),
             max,
             cipher: None,
+            notices: None,
             peer,
         }
     }
@@ -155,6 +166,31 @@ impl FrameReader {
 
     /// Read the next frame. `phase` names what we wait for, for errors.
     pub fn read(&mut self, phase: &str) -> Result<Frame<'_>> {
+        loop {
+            self.read_raw(phase)?;
+            let Some(log) = self
+                .notices
+                .as_ref()
+                .filter(|_| proto::is_notice(self.buf[0]))
+            else {
+                break;
+            };
+            match proto::decode(&self.buf, self.max) {
+                Ok(Some((Frame::Notice(msg), _))) => {
+                    log.line(format!("warning from {}: {msg}", self.peer));
+                }
+                _ => break, // Malformed: decoded again below, and refused.
+            }
+        }
+        match proto::decode(&self.buf, self.max) {
+            Ok(Some((frame, _))) => Ok(frame),
+            Ok(None) => Err(Error::protocol(&self.peer, "incomplete frame")),
+            Err(e) => Err(Error::protocol(&self.peer, e.to_string())),
+        }
+    }
+
+    /// Read the next frame's bytes into `buf`, its tag checked.
+    fn read_raw(&mut self, phase: &str) -> Result<()> {
         let mut header = [0u8; HEADER_LEN];
         self.stream
             .read_exact(&mut header)
@@ -171,11 +207,7 @@ impl FrameReader {
         if let Some(cipher) = &mut self.cipher {
             open_frame(cipher, &mut self.buf).map_err(|e| Error::protocol(&self.peer, e))?;
         }
-        match proto::decode(&self.buf, self.max) {
-            Ok(Some((frame, _))) => Ok(frame),
-            Ok(None) => Err(Error::protocol(&self.peer, "incomplete frame")),
-            Err(e) => Err(Error::protocol(&self.peer, e.to_string())),
-        }
+        Ok(())
     }
 }
 
@@ -373,9 +405,10 @@ impl Lane {
 
     /// Hand this lane's halves over to an existing lane's reader and sender.
     pub fn take_over(self, reader: &mut FrameReader, sender: &FrameSender) {
-        let max = reader.max;
+        let (max, notices) = (reader.max, reader.notices.take());
         *reader = self.reader;
         reader.max = max;
+        reader.notices = notices;
         match Arc::try_unwrap(self.sender) {
             Ok(s) => sender.replace(s),
             // Never shared before it is handed over; keep the old sender.

@@ -348,13 +348,15 @@ impl Server {
     }
 
     /// Wait for the server to end; insist it succeeded.
-    fn finish(mut self) {
+    /// Wait for the server to exit 0; returns what it said on stderr.
+    fn finish(mut self) -> String {
         let status = self.0.wait().expect("wait for the server");
         let mut err = String::new();
         if let Some(mut e) = self.0.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut e, &mut err);
         }
         assert!(status.success(), "server failed: {err}");
+        err
     }
 }
 
@@ -610,7 +612,12 @@ fn a_source_mounted_read_write_gets_a_warning() {
     )));
     let (server, port) = Server::start(&["-f", dir.join("copy2").to_str().expect("utf-8")]);
     check(&run_ok(&mut client(&port, &["-b", "1M"], dev.path())));
-    server.finish();
+    // The destination's user hears it too, from the client.
+    let served = server.finish();
+    assert!(
+        served.contains("warning from client") && served.contains("mounted read-write"),
+        "{served}"
+    );
     // A download server whose source is mounted says so too.
     let mut served = bsync()
         .args(["-q", "-d", "-p", "0", "-i", "127.0.0.1", "-f", dev_path])
@@ -623,9 +630,14 @@ fn a_source_mounted_read_write_gets_a_warning() {
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("the port");
-    run_ok(&mut client(line.trim(), &["-d"], &dir.join("copy3")));
+    let downloaded = run_ok(&mut client(line.trim(), &["-d"], &dir.join("copy3")));
     let out = served.wait_with_output().expect("the server");
     check(&String::from_utf8_lossy(&out.stderr));
+    // ... and the downloading client's user hears it from the server.
+    assert!(
+        downloaded.contains("warning from server") && downloaded.contains("mounted read-write"),
+        "{downloaded}"
+    );
     // Not a warning when mounted read-only.
     drop(mounted);
     let Some(_ro) = Mounted::new(&["-o", "ro", dev_path], &dir.join("mnt")) else {

@@ -54,7 +54,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
 }
 
 fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
-    Ok(match u.int_in_range(0..=11u8)? {
+    Ok(match u.int_in_range(0..=12u8)? {
         0 => Frame::Hello(Hello {
             session: u.arbitrary()?,
             lane: u.arbitrary()?,
@@ -105,6 +105,14 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
         8 => {
             let bytes: &[u8] = u.arbitrary()?;
             Frame::Probe(&bytes[..bytes.len().min(proto::HANDSHAKE_MAX)])
+        }
+        12 => {
+            let text: &str = u.arbitrary()?;
+            let mut end = text.len().min(proto::NOTICE_MAX);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            Frame::Notice(&text[..end])
         }
         _ => Frame::Bye {
             verify: u.arbitrary()?,

@@ -148,6 +148,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
         CHALLENGE => "Challenge",
         PROOF => "Proof",
         PROBE => "Probe",
+        NOTICE => "Notice",
         other => return Err(ProtoError::UnknownType(other)),
     };
     let mut r = Reader {
@@ -178,6 +179,14 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
             let text = std::str::from_utf8(r.take(payload.len())?)
                 .map_err(|_| r.malformed("message is not UTF-8"))?;
             Frame::Error(text)
+        }
+        NOTICE => {
+            if payload.len() > NOTICE_MAX {
+                return Err(r.malformed("notice too long"));
+            }
+            let text = std::str::from_utf8(r.take(payload.len())?)
+                .map_err(|_| r.malformed("notice is not UTF-8"))?;
+            Frame::Notice(text)
         }
         DIGESTS | PAGES => {
             let index = r.u64()?;
@@ -382,6 +391,10 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             start = begin_frame(out, ERROR);
             out.extend_from_slice(msg.as_bytes());
         }
+        Frame::Notice(msg) => {
+            start = begin_frame(out, NOTICE);
+            out.extend_from_slice(msg.as_bytes());
+        }
         Frame::Digests { index, digests } => {
             start = begin_frame(out, DIGESTS);
             out.extend_from_slice(&index.to_le_bytes());
@@ -537,6 +550,13 @@ mod tests {
             lanes: 1,
         }));
         round_trip(Frame::Error("destination full"));
+        round_trip(Frame::Notice("source /dev/vda: mounted read-write"));
+        let mut long = Vec::new();
+        encode(&Frame::Notice(&"x".repeat(NOTICE_MAX + 1)), &mut long);
+        assert!(matches!(
+            decode(&long, MAX),
+            Err(ProtoError::Malformed { .. })
+        ));
         let digests: Vec<u8> = (0..48).collect();
         round_trip(Frame::Digests {
             index: 9,

@@ -33,6 +33,7 @@
 //! | 7    | `Complete` | destination → source| blocks `u64`, verification digest `u128`: blocks `skip..blocks` written and flushed |
 //! | 8    | `Bye`      | source → destination| verification digest `u128`: the source's verdict, equal to the destination's |
 //! | 11   | `Probe`    | either, before `Hello` | any bytes, at most [`HANDSHAKE_MAX`] |
+//! | 14   | `Notice`   | either, after `Welcome` | UTF-8 warning for the other end to show its user, at most [`NOTICE_MAX`] bytes |
 //!
 //! A connection opens with the server's `Challenge` (sent right after the
 //! preambles, so it costs no round trip), the client's `Hello` and `Proof`,
@@ -128,6 +129,12 @@ use crate::digest::Digest;
 mod codec;
 
 use codec::read_change;
+/// Whether a frame of type `kind` is a [`Frame::Notice`], from its header
+/// alone.
+pub fn is_notice(kind: u8) -> bool {
+    kind == NOTICE
+}
+
 pub use codec::{
     BlockBuilder, decode, decode_header, encode, encode_digests, encode_pages, read_digests,
     tagged_len,
@@ -168,8 +175,11 @@ const PROOF: u8 = 10;
 const PROBE: u8 = 11;
 const REFINE: u8 = 12;
 const PAGES: u8 = 13;
+const NOTICE: u8 = 14;
 /// Every frame type; anything else is refused at the header.
-pub const FRAME_TYPES: RangeInclusive<u8> = HELLO..=PAGES;
+pub const FRAME_TYPES: RangeInclusive<u8> = HELLO..=NOTICE;
+/// Longest `Notice` text.
+pub const NOTICE_MAX: usize = 1024;
 
 /// The change grain: blocks are compared, and changes travel, per page of
 /// this size (or of the block size, if smaller).
@@ -393,6 +403,9 @@ pub enum Frame<'a> {
     /// Link measurement before the `Hello` (`-auto`): discarded; an empty
     /// one asks for an empty one back.
     Probe(&'a [u8]),
+    /// A warning about this end for the other end's user (a source device
+    /// mounted read-write, say); the session goes on.
+    Notice(&'a str),
 }
 
 impl Frame<'_> {
@@ -412,6 +425,7 @@ impl Frame<'_> {
             Frame::Challenge { .. } => "Challenge",
             Frame::Proof { .. } => "Proof",
             Frame::Probe(_) => "Probe",
+            Frame::Notice(_) => "Notice",
         }
     }
 }

@@ -190,6 +190,19 @@ pub fn run_dry(
     progress: bool,
     dry: Option<&dyn DrySink>,
 ) -> Result<u128> {
+    let mut lanes = lanes;
+    for lane in &mut lanes {
+        lane.reader.show_notices(log);
+    }
+    // What this end warned its own user about (a source mounted
+    // read-write), the other end's user hears too.
+    if let (Role::Source, Some(warning), Some(lane)) = (role, disk.warning(), lanes.first()) {
+        let mut end = warning.len().min(crate::proto::NOTICE_MAX);
+        while !warning.is_char_boundary(end) {
+            end -= 1;
+        }
+        lane.sender.send_frame(&Frame::Notice(&warning[..end]))?;
+    }
     let stats = Arc::new(Stats::default());
     stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);
