@@ -35,6 +35,7 @@ pub mod drives;
 pub mod error;
 pub mod local;
 pub mod lock;
+pub mod mounts;
 pub mod net;
 pub mod patch;
 pub mod pool;

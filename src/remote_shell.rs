@@ -8,12 +8,14 @@
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 
-use crate::client;
-use crate::config::{Config, DryRun, RemoteShell, Role};
 use crate::error::{Error, Result};
 use crate::net::Stream;
 use crate::progress::Log;
 use crate::stdio::{OpenRequest, PipeStream};
+use crate::{
+    client,
+    config::{Config, DryRun, RemoteShell, Role},
+};
 
 /// Start `sh -c command` with its stdin and stdout as a stream to us.
 pub fn spawn(command: &str) -> Result<(Child, PipeStream)> {

@@ -16,12 +16,12 @@ use std::sync::Mutex;
 use super::format::{self, Header, Kind, Range, Trailer};
 use crate::block::is_zero;
 use crate::compress::{Compressor, Level};
-use crate::config::DryRun;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::progress::{Log, human_bytes};
 use crate::session::{DrySink, Params};
+use crate::{client::NoRejoin, config::DryRun};
 
 /// A block's contribution, waiting for its turn.
 struct Ready {
@@ -416,7 +416,7 @@ pub fn local(
                 &p,
                 &dst,
                 vec![lane],
-                &crate::client::NoRejoin,
+                &NoRejoin,
                 &quiet,
                 false,
             )
@@ -429,7 +429,7 @@ pub fn local(
                 &p,
                 &src,
                 vec![lane],
-                &crate::client::NoRejoin,
+                &NoRejoin,
                 log,
                 !log.is_quiet(),
             )

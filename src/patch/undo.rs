@@ -16,8 +16,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::format::{self, Header, Kind, Range, Trailer};
 use super::make::Output;
 use crate::block::is_zero;
-use crate::client;
-use crate::compress::Compressor;
 use crate::config::{Config, RemoteShell, Role};
 use crate::disk::{Capture, Disk};
 use crate::error::{Error, Result};
@@ -27,6 +25,7 @@ use crate::progress::{Log, human_bytes};
 use crate::remote_shell;
 use crate::session::Params;
 use crate::stdio::{OpenRequest, PipeStream};
+use crate::{client, compress::Compressor};
 
 /// Takes the captured writes and writes undo records.
 struct UndoCapture {

@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use super::command::Endpoint;
 use super::script::{quote, remote_path};
-use crate::client;
-use crate::config::{Config, Connect, Role};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::Stream;
 use crate::progress::Log;
 use crate::remote_shell;
 use crate::stdio::PipeStream;
+use crate::{
+    client,
+    config::{Config, Connect, Role},
+};
 
 /// How long the remote's port may take to accept before the session goes
 /// inside ssh instead.

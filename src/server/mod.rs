@@ -16,13 +16,12 @@
 //! old client has not come back, takes the server over: the old session
 //! fails, and `run` serves the new one with the same arrivals channel.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::auth::{self, Handshake, Secret};
 use crate::block::Geometry;
@@ -30,14 +29,18 @@ use crate::compress;
 use crate::config::{Config, Role, Serve, Stdio};
 use crate::disk::{self, Disk};
 use crate::error::{Error, Result};
-use crate::lock::{lock, wait_timeout};
+use crate::lock::lock;
 use crate::net::Stream;
 use crate::net::{self, Lane};
-use crate::progress::{Log, clock, human_bytes};
+use crate::progress::{Log, human_bytes};
 use crate::proto::{self, AUTH_FAILED, FLAG_DRY, Frame, Hello, MAX_BLOCK_SIZE, MAX_LANES, Welcome};
 use crate::session::{self, Params};
 use crate::stdio::{OpenRequest, PipeStream};
 use crate::sys;
+
+mod rejoins;
+
+use rejoins::Rejoins;
 
 /// A connection that passed the preamble and sent a `Hello`.
 struct Arrival {
@@ -520,161 +523,4 @@ fn serve_session(
         );
     }
     session::run(s.role, &params, disk, lanes, &**rejoins, log, progress)
-}
-
-/// Lanes of the running session: the connections that came back after a
-/// lost lane, waiting for that lane's reader to pick them up, and how many
-/// lanes are lost right now.
-#[derive(Default)]
-struct Slots {
-    fresh: HashMap<usize, Lane>,
-    /// Lanes of the session.
-    lanes: usize,
-    /// Lanes whose reader is waiting for its client to come back.
-    lost: usize,
-    /// Since when every lane has been lost.
-    all_lost: Option<Instant>,
-    /// A new client took over: every waiting reader gives up.
-    superseded: bool,
-}
-
-/// The running session's connections: lanes that come back, and a new
-/// client that may take over once every lane is lost.
-#[derive(Default)]
-struct Rejoins {
-    slots: Mutex<Slots>,
-    arrived: Condvar,
-    /// How long a lost lane may take to come back.
-    deadline: Duration,
-    /// The client that took over, and who the abandoned session was from.
-    newcomer: Mutex<Option<(Arrival, String)>>,
-    /// Where the server's lines go.
-    log: Log,
-}
-
-impl Rejoins {
-    /// Route every later arrival: a lane of our session goes to its slot;
-    /// a new client waits out [`TAKEOVER_GRACE`] once every lane of ours is
-    /// lost and then takes over (this returns the arrivals, for the next
-    /// session); anyone else is told the server is busy.
-    fn dispatch(
-        &self,
-        rx: Receiver<Arrival>,
-        session: u128,
-        welcome: &Welcome,
-        owner: &str,
-        log: &Log,
-    ) -> Receiver<Arrival> {
-        let mut pending: Option<Arrival> = None;
-        loop {
-            let wait = match (&pending, lock(&self.slots).all_lost) {
-                (Some(_), Some(since)) => {
-                    (since + TAKEOVER_GRACE).saturating_duration_since(Instant::now())
-                }
-                (Some(_), None) => Duration::ZERO,
-                (None, _) => Duration::from_secs(3600),
-            };
-            match rx.recv_timeout(wait) {
-                Ok(a) => {
-                    let lane = usize::from(a.hello.lane);
-                    let lanes = lock(&self.slots).lanes;
-                    if a.hello.session == session && lane < lanes {
-                        if a.lane.sender.send_frame(&Frame::Welcome(*welcome)).is_ok() {
-                            log.info(format!("lane {lane}: {} rejoined", a.lane.reader.peer));
-                            lock(&self.slots).fresh.insert(lane, a.lane);
-                            self.arrived.notify_all();
-                        }
-                    } else if a.hello.lane == 0 && a.hello.session != session {
-                        if let Some(old) = pending.replace(a) {
-                            busy(old, log);
-                        }
-                    } else {
-                        busy(a, log);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => return rx,
-            }
-            let Some(a) = pending.take() else { continue };
-            let mut slots = lock(&self.slots);
-            match slots.all_lost {
-                // Our client is (partly) there: the newcomer must wait.
-                None => {
-                    drop(slots);
-                    busy(a, log);
-                }
-                Some(since) if since.elapsed() >= TAKEOVER_GRACE => {
-                    slots.superseded = true;
-                    drop(slots);
-                    *lock(&self.newcomer) = Some((a, owner.to_string()));
-                    self.arrived.notify_all();
-                    return rx;
-                }
-                Some(_) => pending = Some(a),
-            }
-        }
-    }
-}
-
-/// Tell a connection this server is busy with another session.
-fn busy(a: Arrival, log: &Log) {
-    log.line(format!(
-        "refused {}: busy with another session",
-        a.lane.reader.peer
-    ));
-    a.lane.sender.fail("server is busy with another session");
-}
-
-impl session::Rejoin for Rejoins {
-    fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
-        let deadline = Instant::now() + self.deadline;
-        let mut slots = lock(&self.slots);
-        slots.lost += 1;
-        if slots.lost == slots.lanes && slots.all_lost.is_none() {
-            let now = std::time::SystemTime::now();
-            slots.all_lost = Some(Instant::now());
-            self.announce(now);
-        }
-        let outcome = loop {
-            if let Some(fresh) = slots.fresh.remove(&lane) {
-                break Ok(fresh);
-            }
-            let now = Instant::now();
-            if slots.superseded {
-                break Err(Error::Failed(
-                    "a new client took the server over after every connection was lost".into(),
-                ));
-            }
-            if stop() || now >= deadline {
-                break Err(Error::Timeout {
-                    peer: "the client".into(),
-                    phase: format!("lane {lane} to reconnect"),
-                });
-            }
-            slots = wait_timeout(&self.arrived, slots, deadline - now);
-        };
-        slots.lost -= 1;
-        slots.all_lost = None;
-        outcome
-    }
-
-    fn wake(&self) {
-        // Under the lock: a waiter is either before its stop() check or
-        // already waiting.
-        drop(lock(&self.slots));
-        self.arrived.notify_all();
-    }
-}
-
-impl Rejoins {
-    /// Say, once, that every connection is lost: what the server waits
-    /// for, and until when.
-    fn announce(&self, now: std::time::SystemTime) {
-        let until = clock(now + self.deadline);
-        let takeover = clock(now + TAKEOVER_GRACE);
-        self.log.line(format!(
-            "every connection of the session is lost: waiting until {until} for its client \
-             to come back (a new client is admitted from {takeover})"
-        ));
-    }
 }
