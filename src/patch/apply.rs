@@ -10,12 +10,12 @@
 //! whole result is checked against the patch's trailer.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::format::{self, Decoder, Header, Item, Kind, Range, Record, Trailer};
-use crate::block::is_zero;
-use crate::compress::{Compressor, Decompressor, Level};
+use super::format::{self, Decoder, Header, Item, Range, Record, Trailer};
+use super::rollback::UndoWriter;
+use crate::compress::Decompressor;
 use crate::config::{Apply, DiffSize, Env};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -114,7 +114,7 @@ fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<()> {
 }
 
 /// Read `len` bytes at `offset`, zeros past the end.
-fn read_range(disk: &Disk, offset: u64, buf: &mut Vec<u8>, len: usize) -> Result<()> {
+pub(super) fn read_range(disk: &Disk, offset: u64, buf: &mut Vec<u8>, len: usize) -> Result<()> {
     buf.clear();
     buf.resize(len, 0);
     disk.read_at(buf, offset)
@@ -191,7 +191,7 @@ pub(super) fn grain_page(grain: u32) -> usize {
 /// The digest of the whole content of `disk` up to `size`, zeros past its
 /// end, as the patch's trailer defines it. Blocks are summed in any order,
 /// so a thread per core (up to 4) takes a share of them.
-fn result_digest(disk: &Disk, h: &Header, size: u64) -> Result<u128> {
+pub(super) fn result_digest(disk: &Disk, h: &Header, size: u64) -> Result<u128> {
     let bs = u64::from(h.block_size);
     let blocks = size.div_ceil(bs);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
@@ -494,114 +494,4 @@ fn apply_pipe(
         human_bytes(written)
     ));
     Ok(())
-}
-
-/// `--remdata=FILE` while applying: before a record is written, what the
-/// target holds there goes into an undo patch, which puts it back.
-struct UndoWriter {
-    out: std::io::BufWriter<File>,
-    header: Header,
-    compressor: Compressor,
-    trailer: Trailer,
-    path: PathBuf,
-    buf: Vec<u8>,
-}
-
-impl UndoWriter {
-    fn create(path: &Path, h: &Header, disk: &Disk, target: &Path) -> Result<UndoWriter> {
-        use std::os::unix::ffi::OsStrExt;
-        let what = format!("undo patch {}", path.display());
-        let f = File::create(path).map_err(|e| Error::io(&what, "create", e))?;
-        let header = Header {
-            kind: Kind::Undo,
-            source_size: disk.size(),
-            name: target.as_os_str().as_bytes().to_vec(),
-            ..h.clone()
-        };
-        // The result of undoing is the target as it is now.
-        let result = result_digest(disk, &header, disk.size())?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-        let mut head = Vec::new();
-        format::encode_header(&header, &mut head);
-        out.write_all(&head)
-            .map_err(|e| Error::io(&what, "write", e))?;
-        Ok(UndoWriter {
-            out,
-            header,
-            compressor: Compressor::new(Some(Level::Fast)),
-            trailer: Trailer {
-                records: 0,
-                ranges: 0,
-                data_bytes: 0,
-                result,
-                chain: 0,
-            },
-            path: path.to_path_buf(),
-            buf: Vec::new(),
-        })
-    }
-
-    fn record(&mut self, disk: &Disk, rec: &Record, skip: &[bool]) -> Result<()> {
-        let mut ranges = Vec::new();
-        let mut raw = Vec::new();
-        for (r, &skip) in rec.ranges.iter().zip(skip) {
-            if skip {
-                continue;
-            }
-            read_range(
-                disk,
-                rec.offset + u64::from(r.start),
-                &mut self.buf,
-                r.len as usize,
-            )?;
-            let zero = is_zero(&self.buf);
-            if !zero {
-                raw.extend_from_slice(&self.buf);
-            }
-            ranges.push(Range {
-                zero,
-                before: r.after,
-                after: r.before,
-                ..*r
-            });
-        }
-        if ranges.is_empty() {
-            return Ok(());
-        }
-        let mut stored = Vec::new();
-        let compressed = self
-            .compressor
-            .append(std::iter::once(&raw[..]), &mut stored);
-        let mut bytes = Vec::new();
-        let raw_len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
-        let check = format::encode_record(
-            rec.offset, &ranges, raw_len, compressed, &stored, &mut bytes,
-        );
-        self.trailer.records += 1;
-        self.trailer.ranges += ranges.len() as u64;
-        self.trailer.data_bytes += raw.len() as u64;
-        self.trailer.chain = format::chain(self.trailer.chain, check);
-        self.out
-            .write_all(&bytes)
-            .map_err(|e| Error::io(format!("undo patch {}", self.path.display()), "write", e))?;
-        // On disk before the target changes: a crash leaves the undo data.
-        self.out
-            .flush()
-            .map_err(|e| Error::io(format!("undo patch {}", self.path.display()), "write", e))
-    }
-
-    fn finish(mut self) -> Result<()> {
-        let _ = &self.header;
-        let mut tail = Vec::new();
-        format::encode_trailer(&self.trailer, &mut tail);
-        let what = format!("undo patch {}", self.path.display());
-        self.out
-            .write_all(&tail)
-            .and_then(|()| self.out.flush())
-            .map_err(|e| Error::io(&what, "write", e))?;
-        self.out
-            .get_ref()
-            .sync_data()
-            .map_err(|e| Error::io(&what, "flush", e))
-    }
 }

@@ -6,4 +6,5 @@
 pub mod apply;
 pub mod format;
 pub mod make;
+mod rollback;
 pub mod undo;
