@@ -307,7 +307,7 @@ impl FrameSender {
 
     /// Send on a new connection (and its keys) from now on, after a reconnect.
     pub fn replace(&self, other: FrameSender) {
-        *self.lock() = other.half.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.lock() = crate::lock::into_inner(other.half);
     }
 
     /// Close both directions, waking a thread blocked reading it.
