@@ -5,9 +5,12 @@
 # loopback TCP, so every number here includes both ends sharing the same
 # CPUs. The files are the ones benches/sync.sh uses (cached under
 # target/bench/): a 1 GiB ext4 image of real files, and a copy with ~5 % of
-# its 4 KiB blocks overwritten by random data at uniformly random places.
+# its 4 KiB blocks overwritten by random data at uniformly random places;
+# and, when root can loop-mount it, a copy changed through the file system
+# (benches/mkimage.sh --realistic: clustered changes, about 7 % of pages).
 #
-#   1. delta upload (5 % changed) against rsync's delta transfer
+#   1. delta upload (realistic, then 5 % scattered) against rsync's delta
+#      transfer
 #   2. upload of 2 GiB onto an identical copy (nothing to send), and the
 #      digests the destination sent for it
 #   3. full copy into a new destination at every -L level and with -n
@@ -42,6 +45,7 @@ bigdst=$dir/net-2G-dst.img
 fresh=$dir/net-new.img
 relay_delay_ms=5
 target_rsync=0.35
+target_realistic=0.5
 target_digests_mib=2
 target_latency=1.10
 
@@ -70,25 +74,30 @@ say "   machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) a
 say "   server and client both run here and talk over 127.0.0.1"
 
 # ---------------------------------------------------------- 1. vs rsync
-say ""
-say "== 1. delta upload, 1 GiB, ~5 % of 4 KiB blocks changed ($runs runs, min)"
-say "   before each run: cp --reflink=auto --sparse=always $orig $dst; sync; cat $changed $dst > /dev/null"
-say "   bsync: ./bsync -q -f $dst -p 0 -i 127.0.0.1 &   ./bsync -f $changed -r 127.0.0.1:PORT"
-up1=()
-for ((i = 1; i <= runs; i++)); do
-    restore "$orig" "$dst"
-    warm "$changed" "$dst"
-    bsync_run up "$dst" "$changed" ""
-    up1+=("$took $took_cpu")
-    check_same "$changed" "$dst" "bsync upload run $i"
-    say "   run $i: $took s, CPU $took_cpu s (client + server)   (cmp: identical)"
-done
-say "   $(summary_line)"
+# vs_rsync LABEL CHANGED TARGET: delta upload of CHANGED onto a fresh copy
+# of $orig, bsync against rsync's delta transfer; leaves up1_min, up1_cpu,
+# rs1_min, rs_local, rs_local_cpu and r1.
+vs_rsync() {
+    local label=$1 changed=$2 target=$3 i t0 t1 cpu0
+    say ""
+    say "== 1. delta upload, 1 GiB, $label ($runs runs, min)"
+    say "   before each run: cp --reflink=auto --sparse=always $orig $dst; sync; cat $changed $dst > /dev/null"
+    say "   bsync: ./bsync -q -f $dst -p 0 -i 127.0.0.1 &   ./bsync -f $changed -r 127.0.0.1:PORT"
+    up1=()
+    for ((i = 1; i <= runs; i++)); do
+        restore "$orig" "$dst"
+        warm "$changed" "$dst"
+        bsync_run up "$dst" "$changed" ""
+        up1+=("$took $took_cpu")
+        check_same "$changed" "$dst" "bsync upload run $i"
+        say "   run $i: $took s, CPU $took_cpu s (client + server)   (cmp: identical)"
+    done
+    say "   $(summary_line)"
 
-# rsync over a loopback daemon: its sender and receiver are then two
-# processes talking TCP, like bsync's client and server.
-rport=$(free_port)
-cat >"$tmp/rsyncd.conf" <<EOF
+    # rsync over a loopback daemon: its sender and receiver are then two
+    # processes talking TCP, like bsync's client and server.
+    rport=$(free_port)
+    cat >"$tmp/rsyncd.conf" <<EOF
 pid file = $tmp/rsyncd.pid
 lock file = $tmp/rsyncd.lock
 log file = $tmp/rsyncd.log
@@ -99,55 +108,70 @@ use chroot = no
     $(if ((EUID == 0)); then echo "uid = 0"; fi)
     $(if ((EUID == 0)); then echo "gid = 0"; fi)
 EOF
-rsync --daemon --no-detach --address=127.0.0.1 --port="$rport" --config="$tmp/rsyncd.conf" &
-rsyncd_pid=$!
-pids+=("$rsyncd_pid")
-for ((i = 0; i < 500; i++)); do
-    rsync --list-only "rsync://127.0.0.1:$rport/bench/" >/dev/null 2>&1 && break
-    kill -0 "$rsyncd_pid" 2>/dev/null || die "the rsync daemon exited: $(cat "$tmp/rsyncd.log")"
-    sleep 0.02
-done
-rsync_cmd=(rsync --inplace --no-whole-file "$changed" "rsync://127.0.0.1:$rport/bench/$(basename "$dst")")
-say ""
-say "   rsync over a loopback rsync daemon (sender and receiver: two processes over TCP):"
-say "   rsync --daemon --no-detach --address=127.0.0.1 --port=$rport --config=rsyncd.conf   ([bench] path = $dir)"
-say "   ${rsync_cmd[*]}"
-say "   (rsync does not fsync the destination; bsync fdatasyncs it before exiting)"
-rs1=()
-for ((i = 1; i <= runs; i++)); do
+    rsync --daemon --no-detach --address=127.0.0.1 --port="$rport" --config="$tmp/rsyncd.conf" &
+    rsyncd_pid=$!
+    pids+=("$rsyncd_pid")
+    for ((i = 0; i < 500; i++)); do
+        rsync --list-only "rsync://127.0.0.1:$rport/bench/" >/dev/null 2>&1 && break
+        kill -0 "$rsyncd_pid" 2>/dev/null || die "the rsync daemon exited: $(cat "$tmp/rsyncd.log")"
+        sleep 0.02
+    done
+    rsync_cmd=(rsync --inplace --no-whole-file "$changed" "rsync://127.0.0.1:$rport/bench/$(basename "$dst")")
+    say ""
+    say "   rsync over a loopback rsync daemon (sender and receiver: two processes over TCP):"
+    say "   rsync --daemon --no-detach --address=127.0.0.1 --port=$rport --config=rsyncd.conf   ([bench] path = $dir)"
+    say "   ${rsync_cmd[*]}"
+    say "   (rsync does not fsync the destination; bsync fdatasyncs it before exiting)"
+    rs1=()
+    for ((i = 1; i <= runs; i++)); do
+        restore "$orig" "$dst"
+        warm "$changed" "$dst"
+        t0=$(now)
+        "${rsync_cmd[@]}"
+        t1=$(now)
+        rs1+=("$(elapsed "$t0" "$t1")")
+        check_same "$changed" "$dst" "rsync daemon run $i"
+        say "   run $i: ${rs1[-1]} s   (cmp: identical)"
+    done
+    kill "$rsyncd_pid" 2>/dev/null || true
+    wait "$rsyncd_pid" 2>/dev/null || true
+    forget "$rsyncd_pid"
+
+    say ""
+    say "   rsync on one machine, no daemon (sender and receiver: two processes over a pipe), 1 run:"
+    say "   rsync --inplace --no-whole-file $changed $dst"
     restore "$orig" "$dst"
     warm "$changed" "$dst"
+    cpu_now
+    cpu0=$cpu
     t0=$(now)
-    "${rsync_cmd[@]}"
+    rsync --inplace --no-whole-file "$changed" "$dst"
     t1=$(now)
-    rs1+=("$(elapsed "$t0" "$t1")")
-    check_same "$changed" "$dst" "rsync daemon run $i"
-    say "   run $i: ${rs1[-1]} s   (cmp: identical)"
-done
-kill "$rsyncd_pid" 2>/dev/null || true
-wait "$rsyncd_pid" 2>/dev/null || true
-forget "$rsyncd_pid"
+    cpu_now
+    rs_local=$(elapsed "$t0" "$t1")
+    rs_local_cpu=$(calc 'sprintf("%.2f", b - a)' "a=$cpu0" "b=$cpu")
+    check_same "$changed" "$dst" "local rsync"
+    say "   run 1: $rs_local s, CPU $rs_local_cpu s (sender + receiver)   (cmp: identical)"
 
-say ""
-say "   rsync on one machine, no daemon (sender and receiver: two processes over a pipe), 1 run:"
-say "   rsync --inplace --no-whole-file $changed $dst"
-restore "$orig" "$dst"
-warm "$changed" "$dst"
-cpu_now
-cpu0=$cpu
-t0=$(now)
-rsync --inplace --no-whole-file "$changed" "$dst"
-t1=$(now)
-cpu_now
-rs_local=$(elapsed "$t0" "$t1")
-rs_local_cpu=$(calc 'sprintf("%.2f", b - a)' "a=$cpu0" "b=$cpu")
-check_same "$changed" "$dst" "local rsync"
-say "   run 1: $rs_local s, CPU $rs_local_cpu s (sender + receiver)   (cmp: identical)"
+    read -r up1_min up1_cpu < <(fastest "${up1[@]}")
+    rs1_min=$(min "${rs1[@]}")
+    r1=$(calc 'sprintf("%.2f", a / b)' "a=$up1_min" "b=$rs1_min")
+    say "   bsync / rsync (daemon) = $r1   (target <= $target: $(verdict "$r1" "$target"))"
+}
 
-read -r up1_min up1_cpu < <(fastest "${up1[@]}")
-rs1_min=$(min "${rs1[@]}")
-r1=$(calc 'sprintf("%.2f", a / b)' "a=$up1_min" "b=$rs1_min")
-say "   bsync / rsync (daemon) = $r1   (target <= $target_rsync: $(verdict "$r1" "$target_rsync"))"
+realistic=$dir/ext4-1G-realistic.img
+real=()
+if [[ ! -s $realistic ]] && ((EUID == 0)); then
+    benches/mkimage.sh --realistic "$orig" "$realistic"
+fi
+if [[ -s $realistic ]]; then
+    vs_rsync "changed through a loop mount (realistic, clustered)" "$realistic" "$target_realistic"
+    real=("$up1_min" "$up1_cpu" "$rs1_min" "$rs_local" "$rs_local_cpu" "$r1")
+else
+    say ""
+    say "== 1. realistic pair: skipped (making it needs root for a loop mount)"
+fi
+vs_rsync "~5 % of 4 KiB blocks changed at random" "$changed" "$target_rsync"
 
 # --------------------------------------------------- 2. identical 2 GiB
 say ""
@@ -255,6 +279,13 @@ say "   CPU = user + system seconds of bsync client and server together)"
     row "   rsync, loopback daemon (min of $runs)" "$rs1_min" "-" "1.00"
     row "   rsync, local pipe (1 run)" "$rs_local" "$rs_local_cpu" \
         "$(calc 'sprintf("%.2f", a / b)' "a=$rs_local" "b=$rs1_min") x rsync daemon"
+    if ((${#real[@]})); then
+        row "1. delta upload realistic, bsync" "${real[0]}" "${real[1]}" \
+            "${real[5]} x rsync daemon (target <= $target_realistic: $(verdict "${real[5]}" "$target_realistic"))"
+        row "   rsync, loopback daemon" "${real[2]}" "-" "1.00"
+        row "   rsync, local pipe (1 run)" "${real[3]}" "${real[4]}" \
+            "CPU: bsync / rsync = $(calc 'sprintf("%.2f", a / b)' "a=${real[1]}" "b=${real[4]}")"
+    fi
     row "2. identical 2 GiB upload" "$same_t" "$same_cpu" \
         "$same_gbps GB/s, $same_digests_mib MiB of digests (target <= $target_digests_mib: $(verdict "$same_digests_mib" "$target_digests_mib"))"
     for i in "${!levels[@]}"; do
