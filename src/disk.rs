@@ -111,6 +111,18 @@ pub trait Capture: Send + Sync + std::fmt::Debug {
     fn write(&self, disk: &Disk, offset: u64, data: Option<&[u8]>, len: u64) -> io::Result<()>;
 }
 
+/// Open `path` for reading; returns it with whether it is a regular file
+/// and whether a block device. `label` names it in errors.
+fn open_read_only(path: &Path, label: &str) -> Result<(File, bool, bool)> {
+    let file = File::open(path).map_err(|e| Error::io(label, "open", e))?;
+    let regular = file
+        .metadata()
+        .map_err(|e| Error::io(label, "stat", e))?
+        .is_file();
+    let is_device = sys::is_block_device(&file).map_err(|e| Error::io(label, "stat", e))?;
+    Ok((file, regular, is_device))
+}
+
 impl Disk {
     /// Open `path` read-only as the source: a regular file or a block
     /// device. Anything else (the default `/dev/zero`, a pipe, a directory)
@@ -118,12 +130,7 @@ impl Disk {
     /// `log` gets the `-v` lines about this disk.
     pub fn open_source(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
         let label = format!("source {}", path.display());
-        let file = File::open(path).map_err(|e| Error::io(&label, "open", e))?;
-        let regular = file
-            .metadata()
-            .map_err(|e| Error::io(&label, "stat", e))?
-            .is_file();
-        let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
+        let (file, regular, is_device) = open_read_only(path, &label)?;
         if !regular && !is_device {
             let kind = file.metadata().map(|m| m.file_type()).ok();
             let hint = if path == Path::new("/dev/zero") {
@@ -180,12 +187,7 @@ impl Disk {
     /// and reads past its end see zeros.
     pub fn open_dry(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
         let label = format!("destination {} (read only)", path.display());
-        let file = File::open(path).map_err(|e| Error::io(&label, "open", e))?;
-        let regular = file
-            .metadata()
-            .map_err(|e| Error::io(&label, "stat", e))?
-            .is_file();
-        let is_device = sys::is_block_device(&file).map_err(|e| Error::io(&label, "stat", e))?;
+        let (file, regular, is_device) = open_read_only(path, &label)?;
         if !regular && !is_device {
             return Err(Error::Failed(format!(
                 "{label}: not a regular file or block device"

@@ -461,17 +461,16 @@ impl SourceCtx<'_> {
     }
 
     /// Digest `data`'s pages into `pages` and its ranges into
-    /// `scratch.ranges`, compare those with the destination's, and build
-    /// the answer in `scratch.frame`: an empty `Block`, or a `Refine`.
-    fn compare(
+    /// `scratch.ranges`; the destination must have sent as many range
+    /// digests (`theirs`) as the block has ranges.
+    fn digest_ranges(
         &self,
         index: u64,
         data: Content<'_>,
         pages: &mut Vec<Digest>,
         theirs: &[Digest],
         scratch: &mut FrameScratch,
-        map: Vec<u8>,
-    ) -> Result<Compared> {
+    ) -> Result<()> {
         data.digests(self.p, self.zero, pages);
         proto::range_digests(pages, &mut scratch.ranges);
         if theirs.len() != scratch.ranges.len() {
@@ -484,6 +483,22 @@ impl SourceCtx<'_> {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Digest `data`'s pages into `pages` and its ranges into
+    /// `scratch.ranges`, compare those with the destination's, and build
+    /// the answer in `scratch.frame`: an empty `Block`, or a `Refine`.
+    fn compare(
+        &self,
+        index: u64,
+        data: Content<'_>,
+        pages: &mut Vec<Digest>,
+        theirs: &[Digest],
+        scratch: &mut FrameScratch,
+        map: Vec<u8>,
+    ) -> Result<Compared> {
+        self.digest_ranges(index, data, pages, theirs, scratch)?;
         let mut map = map;
         map.clear();
         map.resize(proto::bitmap_len(theirs.len()), 0);
@@ -585,18 +600,7 @@ impl SourceCtx<'_> {
         pages: &mut Vec<Digest>,
         scratch: &mut FrameScratch,
     ) -> Result<()> {
-        Content::Bytes(data).digests(self.p, self.zero, pages);
-        proto::range_digests(pages, &mut scratch.ranges);
-        if theirs.len() != scratch.ranges.len() {
-            return Err(Error::protocol(
-                self.peer(index),
-                format!(
-                    "block {index}: {} range digests, expected {}",
-                    theirs.len(),
-                    scratch.ranges.len()
-                ),
-            ));
-        }
+        self.digest_ranges(index, Content::Bytes(data), pages, theirs, scratch)?;
         let (changed, data_bytes) = dry.block(index, data, theirs, &scratch.ranges)?;
         let class = if !changed {
             &self.stats.same
