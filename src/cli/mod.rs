@@ -329,15 +329,10 @@ fn parse_count(p: &mut lexopt::Parser, flag: &str, max: usize, min: usize) -> Re
     }
 }
 
-/// `-b`: decimal bytes with an optional binary suffix, `K`, `M` or `G`
-/// (also `KiB`, `k`...).
-pub fn parse_block_size(s: &str) -> Result<usize> {
-    let bad = || {
-        Error::usage(format!(
-            "-b: {s:?} is not a block size (bytes, or a number with K, M or G, e.g. 4M)"
-        ))
-    };
-    let t = s.trim();
+/// A decimal number of bytes with an optional binary suffix: `K`, `M` or
+/// `G` (any case), optionally followed by `B` or `iB`. `None` when it is
+/// not one or overflows.
+fn binary_size(t: &str) -> Option<u64> {
     let t = t
         .strip_suffix("iB")
         .or_else(|| t.strip_suffix('B'))
@@ -348,8 +343,18 @@ pub fn parse_block_size(s: &str) -> Result<usize> {
         Some((i, 'g' | 'G')) => (&t[..i], 30),
         _ => (t, 0),
     };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let bytes = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// `-b`: decimal bytes with an optional binary suffix, `K`, `M` or `G`
+/// (also `KiB`, `k`...).
+pub fn parse_block_size(s: &str) -> Result<usize> {
+    let bad = || {
+        Error::usage(format!(
+            "-b: {s:?} is not a block size (bytes, or a number with K, M or G, e.g. 4M)"
+        ))
+    };
+    let bytes = binary_size(s.trim()).ok_or_else(bad)?;
     if bytes == 0 {
         return Err(Error::usage("-b: the block size must be at least 1 byte"));
     }
@@ -370,18 +375,7 @@ pub fn parse_rate(s: &str) -> Result<u64> {
             "-bwlimit: {s:?} is not a rate (bytes per second, or with K, M or G, e.g. 20M)"
         ))
     };
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 30),
-        _ => (t, 0),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let rate = n.checked_mul(1 << shift).ok_or_else(bad)?;
+    let rate = binary_size(t).ok_or_else(bad)?;
     if rate < 1024 {
         return Err(Error::usage(format!(
             "-bwlimit: {s} is below the lowest rate, 1K (1024 bytes per second)"
