@@ -13,7 +13,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::format::{self, Header, Kind, Range, Trailer};
+use super::format::{self, Kind, Range, Trailer};
+use super::session_header;
 use crate::block::is_zero;
 use crate::compress::{Compressor, Level};
 use crate::digest::Digest;
@@ -114,14 +115,7 @@ impl<'a> Maker<'a> {
         if let Some(out) = &mut state.out {
             let mut head = Vec::new();
             format::encode_header(
-                &Header {
-                    kind: Kind::Forward,
-                    source_size: p.geo.size,
-                    block_size: u32::try_from(p.geo.block_size).unwrap_or(u32::MAX),
-                    grain: u32::try_from(p.sub_size()).unwrap_or(u32::MAX),
-                    salt: p.salt,
-                    name: target.to_vec(),
-                },
+                &session_header(Kind::Forward, p, target.to_vec()),
                 &mut head,
             );
             out.write_all(&head)

@@ -3,8 +3,25 @@
 //! later by `bsync --patch` (`apply.rs`), which refuses a target that is not
 //! the one the patch was made against. `format.rs` defines the bytes.
 
+use crate::session::Params;
+use format::{Header, Kind};
+
 pub mod apply;
 pub mod format;
 pub mod make;
 mod rollback;
 pub mod undo;
+
+/// The header of a patch made from session `p`: its sizes, grain and salt,
+/// and the name of the target it applies to.
+fn session_header(kind: Kind, p: &Params, name: Vec<u8>) -> Header {
+    Header {
+        kind,
+        source_size: p.geo.size,
+        // Both are validated far below 4 GiB (MAX_BLOCK_SIZE).
+        block_size: u32::try_from(p.geo.block_size).unwrap_or(u32::MAX),
+        grain: u32::try_from(p.sub_size()).unwrap_or(u32::MAX),
+        salt: p.salt,
+        name,
+    }
+}

@@ -13,8 +13,9 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::format::{self, Header, Kind, Range, Trailer};
+use super::format::{self, Kind, Range, Trailer};
 use super::make::Output;
+use super::session_header;
 use crate::block::is_zero;
 use crate::config::{Config, RemoteShell, Role};
 use crate::disk::{Capture, Disk};
@@ -169,14 +170,7 @@ fn undo_session(
     let inner = lock(&capture.inner);
     let mut head = Vec::new();
     format::encode_header(
-        &Header {
-            kind: Kind::Undo,
-            source_size: p.geo.size,
-            block_size: u32::try_from(p.geo.block_size).unwrap_or(u32::MAX),
-            grain: u32::try_from(p.sub_size()).unwrap_or(u32::MAX),
-            salt: p.salt,
-            name: r.remote.as_bytes().to_vec(),
-        },
+        &session_header(Kind::Undo, &p, r.remote.as_bytes().to_vec()),
         &mut head,
     );
     let mut trailer = inner.trailer;
