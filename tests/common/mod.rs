@@ -19,6 +19,21 @@ pub fn bsync() -> Command {
     cmd
 }
 
+/// Says why a test cannot run here, in one line on stderr, and lets it pass;
+/// under CI (`CI` set), where root, sshd and loop devices are provided, a
+/// skip is a failure instead, so that nothing passes there by doing nothing.
+/// Call as `return skip("no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)")`.
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: would skip under CI: {why}");
+    }
+    eprintln!("{test}: skipped: {why}");
+}
+
 /// A directory removed when dropped. It lives under the target directory,
 /// which is on the real disk (sparse files and holes behave as in use), not
 /// on a tmpfs.
