@@ -489,3 +489,16 @@ fn manual_and_completions_are_generated() {
     let out = run(bsync().args(["--completions", "tcsh"]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Issue 19, item 9: an I/O error speaks the system's words, without the
+/// ` (os error N)` Rust adds.
+#[test]
+fn io_errors_speak_the_systems_words() {
+    let scene = Scene::new("os-words");
+    let missing = scene.dir.join("missing");
+    let out = run(bsync().arg("-f").arg(&missing).arg("-t").arg(scene.dst()));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(": No such file or directory\n"), "{err}");
+    assert!(!err.contains("os error"), "{err}");
+}

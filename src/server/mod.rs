@@ -187,7 +187,8 @@ fn accept(
                 // instead of spinning, and say so the first time.
                 if pause == ACCEPT_PAUSE_MIN {
                     log.line(format!(
-                        "accept: {e}; pausing new connections until descriptors are free"
+                        "accept: {}; pausing new connections until descriptors are free",
+                        crate::error::os_words(&e)
                     ));
                 }
                 thread::sleep(pause);
@@ -218,7 +219,8 @@ fn accept(
         if let Err(e) = spawned {
             // The closure, and the connection with it, is dropped.
             log2.line(format!(
-                "dropped a connection: cannot start a thread for it: {e}"
+                "dropped a connection: cannot start a thread for it: {}",
+                crate::error::os_words(&e)
             ));
         }
     }

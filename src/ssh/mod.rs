@@ -261,10 +261,12 @@ fn provide(
                 exe.len()
             ));
             // A remote that stopped reading says why on stderr.
-            return remote
-                .send(exe)
-                .map(|()| path.to_string())
-                .map_err(|e| Failed(format!("sending bsync failed: {e}")));
+            return remote.send(exe).map(|()| path.to_string()).map_err(|e| {
+                Failed(format!(
+                    "sending bsync failed: {}",
+                    crate::error::os_words(&e)
+                ))
+            });
         } else {
             return Err(Failed(format!(
                 "unexpected line from the remote shell: {line:?}"
