@@ -502,3 +502,132 @@ fn io_errors_speak_the_systems_words() {
     assert!(err.contains(": No such file or directory\n"), "{err}");
     assert!(!err.contains("os error"), "{err}");
 }
+
+/// Issue 19, items 1, 5 and 15: bdsync's options are understood outside
+/// its form, rsync's --dry-run points to --compare, conflicting flags name
+/// both, and bdsync's --digest is accepted on its client form.
+#[test]
+fn bdsync_options_and_conflicts() {
+    let scene = Scene::new("bdsync-options");
+    for (args, want) in [
+        (
+            &["--verbose", "-q", "-f", "SRC", "-t", "DST"][..],
+            "-q and -v",
+        ),
+        (&["-q", "-v", "-f", "SRC", "-t", "DST"], "-q and -v"),
+        (
+            &["-t", "DST", "-f", "SRC", "-t", "NEW"],
+            "-t is given twice",
+        ),
+        (
+            &["-b", "4K", "--blocksize=8K", "-f", "SRC", "-t", "DST"],
+            "-b is given twice",
+        ),
+        (&["--dry-run", "-f", "SRC", "-t", "DST"], "--compare"),
+        (&["--diffsize=resize", "-f", "SRC", "-t", "DST"], "--patch"),
+        (&["--digest=md5", "-f", "SRC", "-t", "DST"], "client"),
+        (
+            &["--digest=nosuch", "true", "SRC", "DST"],
+            "not one of bdsync's digests",
+        ),
+    ] {
+        let line = usage_error(&scene, args);
+        assert!(line.contains(want), "{args:?}: {line}");
+        assert!(!line.contains("unknown flag -verbose"), "{line}");
+    }
+    // --verbose, --blocksize and --progress work where -v and -b do.
+    let out = run(bsync().args(scene.args(&[
+        "--verbose",
+        "--blocksize=4K",
+        "--progress",
+        "-f",
+        "SRC",
+        "-t",
+        "NEW",
+    ])));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_file(&scene.new_dst()), read_file(&scene.src()));
+    assert!(stderr(&out).contains("done: 13 blocks"), "{}", stderr(&out));
+}
+
+/// Issue 19, item 15: bdsync's client line with --digest runs, saying once
+/// that bsync checks with its own digest.
+#[test]
+fn bdsync_digest_is_accepted_on_the_client_form() {
+    let scene = Scene::new("bdsync-digest");
+    let server = format!("{} --server", env!("CARGO_BIN_EXE_bsync"));
+    let out = run(bsync().args(scene.args(&["--digest=sha256", &server, "SRC", "DST"])));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!out.stdout.is_empty(), "no patch on stdout");
+    assert_eq!(err.matches("its own 128-bit digest").count(), 1, "{err}");
+}
+
+/// Issue 19, item 12: `bsync -f X` alone serves nothing; it says how bsync
+/// runs and exits 2.
+#[test]
+fn a_bare_file_gets_the_three_ways() {
+    let scene = Scene::new("bare-file");
+    for args in [&["-f", "SRC"][..], &[], &["-w", "2", "-f", "DST"]] {
+        let out = run(bsync().args(scene.args(args)));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for way in ["-t DST", "-p PORT", "-r HOST:PORT"] {
+            assert!(err.contains(way), "{args:?}: {err}");
+        }
+        scene.assert_untouched(&format!("{args:?}"));
+    }
+}
+
+/// Issue 19, item 6: `-t barhost`, a host of ~/.ssh/config and no file
+/// here, is refused asking for host:/path or ./name; a new local file is
+/// said to be new, and the summary names the destination.
+#[test]
+fn a_host_name_as_target_is_refused() {
+    let scene = Scene::new("bare-host");
+    let home = scene.dir.join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    write_file(
+        &home.join(".ssh/config"),
+        b"Host barhost\n  HostName 192.0.2.1\n",
+    );
+    let out = run(bsync()
+        .current_dir(scene.dir.path())
+        .env("HOME", &home)
+        .args(scene.args(&["-f", "SRC", "-t", "barhost"])));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("barhost:/path") && err.contains("./barhost"),
+        "{err}"
+    );
+    assert!(!scene.dir.join("barhost").exists());
+    let out = run(bsync()
+        .current_dir(scene.dir.path())
+        .env("HOME", &home)
+        .args(scene.args(&["-f", "SRC", "-t", "./barhost"])));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("destination ./barhost: a new file"), "{err}");
+    assert!(err.contains("destination ./barhost: done:"), "{err}");
+}
+
+/// Issue 19, item 7: every README section the messages cite exists.
+#[test]
+fn cited_readme_sections_exist() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let out = run(bsync().args(["--twopass", "c", "a", "b"]));
+    let err = stderr(&out);
+    let cited = err
+        .split("README, \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next());
+    let cited = cited.unwrap_or_else(|| panic!("no README section cited: {err}"));
+    assert!(
+        readme
+            .lines()
+            .any(|l| l.starts_with("## ") && l.contains(cited)),
+        "README has no section {cited:?}"
+    );
+}
