@@ -146,12 +146,42 @@ pub fn watch_interrupts(log: &Log) {
         let Ok(sig) = crate::sys::wait_termination_signal() else {
             return;
         };
+        end_live_line();
         log.line("interrupted");
         if let Some(hint) = resume_hint() {
             log.line(hint);
         }
         std::process::exit(128 + sig);
     });
+}
+
+/// The live line is gone for good: the run is ending on a signal, and what
+/// follows (the resume line, then the shell's prompt) goes on lines of its
+/// own, with nothing drawn after them.
+static ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Clear the live progress line and draw it no more.
+fn end_live_line() {
+    let mut live = crate::lock::lock(&LIVE);
+    ENDED.store(true, Relaxed);
+    if live.take().is_some() {
+        let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+    }
+}
+
+/// The terminal's width for the live line: what the terminal says, else
+/// `COLUMNS` (a terminal that reports 0 columns, as some serial consoles
+/// and fresh ptys do), else 80.
+fn terminal_width() -> usize {
+    crate::sys::stderr_columns()
+        .map(usize::from)
+        .or_else(|| columns_env(std::env::var("COLUMNS").ok().as_deref()))
+        .unwrap_or(80)
+}
+
+/// `COLUMNS`, when it is a positive number.
+fn columns_env(value: Option<&str>) -> Option<usize> {
+    value?.trim().parse().ok().filter(|&n| n > 0)
 }
 
 /// Counters the pipeline threads update while a transfer runs.
@@ -304,9 +334,11 @@ impl Reporter {
                 let stalled = now - moved >= STALLED_AFTER;
                 let parts = progress_parts(&stats, totals, now - started, &recent, stalled, &notes);
                 if tty {
-                    let width = crate::sys::stderr_columns().map_or(80, usize::from);
-                    let line = fit(&log.prefix(), &parts, width);
+                    let line = fit(&log.prefix(), &parts, terminal_width());
                     let mut live = crate::lock::lock(&LIVE);
+                    if ENDED.load(Relaxed) {
+                        break;
+                    }
                     let _ = write!(std::io::stderr().lock(), "\r{line}\x1b[K");
                     *live = Some(line);
                 } else {
@@ -316,8 +348,9 @@ impl Reporter {
             }
             if tty {
                 let mut live = crate::lock::lock(&LIVE);
-                let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
-                *live = None;
+                if live.take().is_some() {
+                    let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+                }
             }
         });
         Reporter {
@@ -648,6 +681,14 @@ mod tests {
         );
         let narrow = fit("db01-migration: ", &parts, 60);
         assert!(narrow.contains('%') && narrow.contains("ETA"), "{narrow}");
+    }
+
+    #[test]
+    fn columns_come_from_the_environment_when_positive() {
+        assert_eq!(columns_env(Some("40")), Some(40));
+        assert_eq!(columns_env(Some("0")), None);
+        assert_eq!(columns_env(Some("wide")), None);
+        assert_eq!(columns_env(None), None);
     }
 
     #[test]

@@ -631,3 +631,95 @@ fn cited_readme_sections_exist() {
         "README has no section {cited:?}"
     );
 }
+
+/// `sh -c CMD` on a pseudo-terminal (stdin, stdout and stderr), through
+/// util-linux's `script`, stopped after 30 s at most: its exit status and
+/// everything it printed. `None` when `script` is not installed.
+fn in_pty(cmd: &str) -> Option<(Option<i32>, String)> {
+    let out = std::process::Command::new("timeout")
+        .args(["30", "script", "-qec", cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.code() == Some(127) {
+        return None;
+    }
+    Some((out.status.code(), text))
+}
+
+/// Issue 19, item 2: a patch is neither read from nor written to a
+/// terminal: one line, exit 2, as gzip and zstd refuse.
+#[test]
+fn patches_and_terminals() {
+    let scene = Scene::new("pty-patch");
+    let bin = env!("CARGO_BIN_EXE_bsync");
+    let (src, dst) = (
+        scene.src().display().to_string(),
+        scene.dst().display().to_string(),
+    );
+    for (cmd, want) in [
+        (format!("{bin} --patch={dst}"), "stdin, which is a terminal"),
+        (
+            format!("{bin} '{bin} --server' {src} {dst}"),
+            "stdout is a terminal",
+        ),
+        (
+            format!("{bin} -f {src} -t {dst} --write-patch -"),
+            "stdout is a terminal",
+        ),
+    ] {
+        let Some((status, text)) = in_pty(&cmd) else {
+            return skip("no script(1) to make a terminal (util-linux)");
+        };
+        assert_eq!(status, Some(2), "{cmd}: {text}");
+        assert!(text.contains(want), "{cmd}: {text}");
+        assert_eq!(text.trim_end().lines().count(), 1, "{cmd}: {text}");
+    }
+    scene.assert_untouched("a terminal");
+}
+
+/// Issue 19, item 8: on a terminal that reports 0 columns the live line
+/// follows COLUMNS; after a signal the resume line is the last thing
+/// printed, on a line of its own, with no progress redrawn after it.
+#[test]
+fn progress_on_a_terminal_without_columns_and_after_a_signal() {
+    let dir = TempDir::new("pty-progress");
+    let (src, dst, port) = (dir.join("src"), dir.join("dst"), dir.join("port"));
+    write_file(&src, &random_bytes(4 << 20, 191));
+    let bin = env!("CARGO_BIN_EXE_bsync");
+    let cmd = format!(
+        "stty cols 0 rows 0; \
+         {bin} -q -f {dst} -p 0 -i 127.0.0.1 > {port} 2>/dev/null & s=$!; \
+         n=0; while [ ! -s {port} ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done; \
+         COLUMNS=40 {bin} -f {src} -r 127.0.0.1:$(cat {port}) -b 64K -bwlimit 64K & c=$!; \
+         sleep 3; kill -TERM $c; wait $c; echo \"status=$?\"; kill $s",
+        dst = dst.display(),
+        src = src.display(),
+        port = port.display(),
+    );
+    let Some((_, text)) = in_pty(&cmd) else {
+        return skip("no script(1) to make a terminal (util-linux)");
+    };
+    assert!(text.contains("status=143"), "{text:?}");
+    // Every drawing of the live line fits in 40 columns.
+    let drawn: Vec<&str> = text
+        .split(['\r', '\n'])
+        .map(|s| s.trim_start_matches("\x1b[K").trim_end_matches("\x1b[K"))
+        .filter(|s| s.contains('%'))
+        .collect();
+    assert!(!drawn.is_empty(), "no progress drawn: {text:?}");
+    for line in drawn {
+        assert!(line.chars().count() < 40, "wider than COLUMNS=40: {line:?}");
+    }
+    // The resume line ends its line, and the shell's next output follows.
+    let resume = text
+        .find("resume with -s ")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let rest = &text[resume..];
+    let end = rest.find("\r\n").unwrap_or_else(|| panic!("{rest:?}"));
+    assert!(
+        rest[end..].starts_with("\r\nstatus=143"),
+        "redrawn after: {rest:?}"
+    );
+}

@@ -1853,8 +1853,11 @@ fn without_the_secret_nothing_is_touched_and_the_server_carries_on() {
     );
     assert_eq!(read_file(&d), dst, "the destination changed");
     assert_eq!(mtime(&d), before, "the destination was written");
-    Proc::start(&["-f", arg(&s), "-r", &addr, "-K", KEY]).expect_status(0);
-    server.proc.expect_status(0);
+    let err = Proc::start(&["-f", arg(&s), "-r", &addr, "-K", KEY]).expect_status(0);
+    // Issue 19, item 8: off a terminal, a line says the session is encrypted.
+    assert!(err.contains("the session is encrypted"), "{err}");
+    let log = server.proc.expect_status(0);
+    assert!(log.contains("the session is encrypted"), "{log}");
     assert_same(&s, &d);
 }
 
@@ -1991,6 +1994,8 @@ fn a_new_client_takes_over_after_the_old_one_was_killed() {
     assert!(started.elapsed() < Duration::from_secs(15), "{retry}");
     let err = server_proc.expect_status(0);
     assert!(err.contains("was abandoned"), "{err}");
+    // Issue 19, item 8: said once.
+    assert!(err.contains("serving the new client 127.0.0.1:"), "{err}");
     assert_same(&src, &dst);
 }
 

@@ -172,6 +172,29 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command> {
     Ok(Command::Run(Box::new(raw.validate()?)))
 }
 
+/// A patch is binary: it is neither written to a terminal nor read from
+/// one (a forgotten `< PATCH` would wait for typing), as gzip and zstd
+/// refuse. Checked before the run opens anything.
+pub fn terminal_refusal(config: &Config) -> Option<Error> {
+    use crate::config::{Apply, DryRun, Mode};
+    use std::io::IsTerminal;
+    let to_stdout = matches!(config.mode, Mode::RemoteShell(_))
+        || matches!(config.dry, Some(DryRun::Patch(None)));
+    if to_stdout && std::io::stdout().is_terminal() {
+        return Some(Error::usage(
+            "a patch is binary and stdout is a terminal: redirect it (> PATCH, | gzip > PATCH.gz)",
+        ));
+    }
+    if matches!(config.mode, Mode::Apply(Apply { patch: None, .. }))
+        && std::io::stdin().is_terminal()
+    {
+        return Some(Error::usage(
+            "--patch reads the patch on stdin, which is a terminal: bsync --patch[=DEV] < PATCH",
+        ));
+    }
+    None
+}
+
 /// Rewrite Go-style arguments into the double-dash form lexopt reads.
 ///
 /// Only arguments in flag position are touched: the value after a flag that

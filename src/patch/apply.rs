@@ -101,11 +101,23 @@ fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<()> {
             disk.label()
         )))
     };
+    // Each hint names only a mode that then works for this target.
+    let grow = if disk.is_device() {
+        "a device cannot grow"
+    } else {
+        "--diffsize=resize grows it"
+    };
     match diffsize {
-        DiffSize::Strict if have != want => {
-            refuse("sizes differ (--diffsize=resize or --diffsize=minsize to allow)")
-        }
-        DiffSize::MinSize if have < want => refuse("the target is smaller (--diffsize=minsize)"),
+        DiffSize::Strict if have < want => refuse(&format!("the target is smaller ({grow})")),
+        DiffSize::Strict if have > want => refuse(if disk.is_device() {
+            "the target is larger (--diffsize=minsize leaves the rest alone)"
+        } else {
+            "the target is larger (--diffsize=minsize leaves the rest alone, \
+             --diffsize=resize truncates it)"
+        }),
+        DiffSize::MinSize if have < want => refuse(&format!(
+            "the target is smaller, and minsize needs one at least as large ({grow})"
+        )),
         DiffSize::Resize if have < want && disk.is_device() => {
             refuse("a device cannot grow (--diffsize=resize)")
         }

@@ -98,7 +98,7 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
         };
         log.line(format!(
             "the session from {abandoned} was abandoned (every connection lost); \
-             serving the new client {}",
+             serving the new {}",
             arrival.lane.reader.peer
         ));
         (rx, first) = (back, Some(arrival));

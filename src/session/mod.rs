@@ -209,6 +209,10 @@ pub fn run_dry(
     let mut notes = Vec::new();
     if p.encrypted {
         notes.push("encrypted".to_string());
+        // Where no live line shows the note, one line says it.
+        if !(progress && std::io::IsTerminal::is_terminal(&std::io::stderr())) {
+            log.info("the session is encrypted (ChaCha20-Poly1305)");
+        }
     }
     if let (Some(rate), Role::Source) = (p.bwlimit, role) {
         notes.push(format!("limit {}/s", human_bytes(rate)));
