@@ -26,6 +26,13 @@ fn main() -> ExitCode {
             0
         }
         Ok(Command::Run(config)) => {
+            // A --server whose stderr is its protocol stream (inetd, `2>&1`)
+            // logs to syslog instead.
+            if matches!(config.mode, bsync::config::Mode::Stdio(_))
+                && bsync::sys::stderr_is_the_stream()
+            {
+                bsync::sys::syslog_start();
+            }
             match cli::terminal_refusal(&config).map_or_else(|| bsync::run(&config), Err) {
                 Ok(()) => 0,
                 Err(e) => {

@@ -79,6 +79,10 @@ impl Log {
 
     /// A line printed even with `-q`.
     pub fn line(&self, msg: impl std::fmt::Display) {
+        if crate::sys::syslog_is_on() {
+            crate::sys::syslog_line(&format!("{}{msg}", self.prefix()));
+            return;
+        }
         let live = crate::lock::lock(&LIVE);
         let mut err = std::io::stderr().lock();
         // A closed stderr is not worth dying for.

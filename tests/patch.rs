@@ -408,3 +408,21 @@ fn server_without_a_bsync_client_fails_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
+
+/// Issue 19, item 14: a server whose stderr is its protocol stream (inetd,
+/// `2>&1`) writes no log line there: they go to syslog, and the session
+/// works, with --verbose too.
+#[test]
+fn a_server_whose_stderr_is_its_stdout_logs_to_syslog() {
+    let p = pair("server-2to1");
+    let patch = p.dir.join("p.bsync");
+    let mut cmd = bsync();
+    cmd.arg(format!("--blocksize={BS}"))
+        .arg(format!("{BIN} --server --verbose 2>&1"))
+        .arg(&p.src)
+        .arg(&p.dst)
+        .stdout(File::create(&patch).unwrap());
+    run_ok(&mut cmd);
+    run_ok(&mut apply(&patch, Some(&p.dst), &[]));
+    assert_same(&p.src, &p.dst);
+}
