@@ -350,7 +350,21 @@ fn welcome_mismatch(hello: &Hello, welcome: &Welcome, upload: bool) -> Option<St
 fn connect_retrying(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Welcome)> {
     let mut attempt = 1;
     loop {
-        match dial.connect(hello) {
+        // A server still holding a lost session admits a new client only
+        // after its grace: a wait the user hears about.
+        let note = crate::progress::WaitNote::start(
+            log,
+            format!(
+                "{} to admit this session (a server still holding a lost session \
+                 admits a new client after {} s)",
+                dial.peer,
+                crate::server::TAKEOVER_GRACE.as_secs()
+            ),
+            dial.deadline,
+        );
+        let connected = dial.connect(hello);
+        drop(note);
+        match connected {
             Ok(ok) => return Ok(ok),
             Err(e)
                 if net::is_connection_loss(&e) && !unreachable(&e) && attempt < REDIAL_ATTEMPTS =>

@@ -82,6 +82,41 @@ pub fn configure_tcp(stream: &TcpStream) {
     let _ = sys::set_socket_buffers(stream, SOCKET_BUFFER);
 }
 
+/// The lanes of the session this process serves: told, should a signal
+/// stop it, that it was stopped.
+static TOLD_ON_INTERRUPT: Mutex<Vec<std::sync::Weak<FrameSender>>> = Mutex::new(Vec::new());
+
+/// Should a signal stop this process, tell the peer on `sender` so (its
+/// user then reads why, not "connection closed").
+pub fn tell_on_interrupt(sender: &Arc<FrameSender>) {
+    lock(&TOLD_ON_INTERRUPT).push(Arc::downgrade(sender));
+}
+
+/// Send `msg` as an error to every peer [`tell_on_interrupt`] named, for
+/// `limit` at most (a peer that stopped reading cannot hold the exit).
+pub fn tell_peers(msg: &str, limit: Duration) {
+    let senders: Vec<Arc<FrameSender>> = lock(&TOLD_ON_INTERRUPT)
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    if senders.is_empty() {
+        return;
+    }
+    let (done, told) = std::sync::mpsc::channel();
+    let msg = msg.to_string();
+    let spawned = std::thread::Builder::new().spawn(move || {
+        // Not `fail`: closing the sockets would end the session here
+        // first, and with it the process, before the signal's exit status.
+        for sender in senders {
+            let _ = sender.send_frame(&Frame::Error(&msg));
+        }
+        let _ = done.send(());
+    });
+    if spawned.is_ok() {
+        let _ = told.recv_timeout(limit);
+    }
+}
+
 /// Turn an I/O error on a socket into a bsync error naming the peer.
 pub fn net_error(peer: &str, phase: &str, e: io::Error) -> Error {
     match e.kind() {

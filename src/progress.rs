@@ -155,8 +155,22 @@ pub fn watch_interrupts(log: &Log) {
         if let Some(hint) = resume_hint() {
             log.line(hint);
         }
+        crate::net::tell_peers(
+            &format!("it was stopped by {}", signal_name(sig)),
+            Duration::from_secs(1),
+        );
         std::process::exit(128 + sig);
     });
+}
+
+/// `SIGINT (Ctrl-C)`, `SIGTERM`, `SIGHUP`.
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGINT => "SIGINT (Ctrl-C)".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        n => format!("signal {n}"),
+    }
 }
 
 /// The live line is gone for good: the run is ending on a signal, and what
@@ -186,6 +200,48 @@ fn terminal_width() -> usize {
 /// `COLUMNS`, when it is a positive number.
 fn columns_env(value: Option<&str>) -> Option<usize> {
     value?.trim().parse().ok().filter(|&n| n > 0)
+}
+
+/// A wait that says, once it has lasted a second, what it waits for and
+/// until when; it ends (silently) when dropped.
+pub struct WaitNote {
+    done: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long a wait goes unmentioned.
+const WAIT_SAID_AFTER: Duration = Duration::from_secs(1);
+
+impl WaitNote {
+    /// Start waiting for `what`, for `limit` at most.
+    pub fn start(log: &Log, what: String, limit: Duration) -> WaitNote {
+        let until = std::time::SystemTime::now() + limit;
+        let (done, ended) = mpsc::channel::<()>();
+        let log = log.clone();
+        let thread = std::thread::Builder::new()
+            .spawn(move || {
+                if let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(WAIT_SAID_AFTER) {
+                    log.info(format!(
+                        "waiting for {what}, until {} at the latest",
+                        clock(until)
+                    ));
+                }
+            })
+            .ok();
+        WaitNote {
+            done: Some(done),
+            thread,
+        }
+    }
+}
+
+impl Drop for WaitNote {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Counters the pipeline threads update while a transfer runs.

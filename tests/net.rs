@@ -1992,6 +1992,12 @@ fn a_new_client_takes_over_after_the_old_one_was_killed() {
     let started = Instant::now();
     let retry = Proc::start(&["-f", arg(&src), "-r", &addr, "-b", "64K"]).expect_status(0);
     assert!(started.elapsed() < Duration::from_secs(15), "{retry}");
+    // Issue 19, item 4: the held client says what it waits for and until when.
+    let held = lines_with(&retry, &["waiting for server", "to admit this session"]).join("\n");
+    assert!(
+        held.contains("until ") && held.contains("at the latest"),
+        "{retry}"
+    );
     let err = server_proc.expect_status(0);
     assert!(err.contains("was abandoned"), "{err}");
     // Issue 19, item 8: said once.
@@ -2223,4 +2229,36 @@ fn progress_fits_the_terminal_and_keeps_log_lines_apart() {
         plain.contains("encrypted") && plain.contains("limit 256.0 KiB/s"),
         "{plain}"
     );
+}
+
+/// Issue 19, item 4: a server stopped by a signal tells its client so; the
+/// client's error says it, not just "connection closed".
+#[test]
+fn a_stopped_server_says_it_was_stopped() {
+    let dir = TempDir::new("stopped-server");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &random_bytes(4 * MIB, 153));
+    let server = Server::start(&["-f", arg(&dst)]);
+    let addr = server.addr();
+    let mut server_proc = server.proc;
+    let client = Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &addr,
+        "-b",
+        "64K",
+        "-bwlimit",
+        "256K",
+    ]);
+    server_proc.wait_stderr(RUN_LIMIT, |e| e.contains("session from"));
+    let pid = server_proc.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let err = client.expect_status(1);
+    assert!(err.contains("it was stopped by SIGTERM"), "{err}");
+    server_proc.expect_status(143);
 }

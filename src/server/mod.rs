@@ -492,6 +492,7 @@ fn serve_session(
     let max = proto::max_payload(geo.block_size);
     for lane in &mut lanes {
         lane.reader.set_max(max);
+        net::tell_on_interrupt(&lane.sender);
     }
     let first_block = hello.skip.min(geo.blocks());
     let params = Params {
