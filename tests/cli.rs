@@ -630,6 +630,17 @@ fn cited_readme_sections_exist() {
             .any(|l| l.starts_with("## ") && l.contains(cited)),
         "README has no section {cited:?}"
     );
+    // Issue 19, item 13: one description of -t, the one that is true.
+    let ssh = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("One command over SSH"))
+        .expect("README: One command over SSH");
+    let steps = ssh.lines().filter(|l| l.starts_with("1. ")).count();
+    assert_eq!(steps, 1, "README describes -t {steps} times");
+    assert!(
+        !ssh.contains("`scp` copies"),
+        "README still says -t uses scp"
+    );
 }
 
 /// `sh -c CMD` on a pseudo-terminal (stdin, stdout and stderr), through

@@ -1036,6 +1036,34 @@ mod tests {
         assert!(config(&["-v", "--verbose", "-v"]).log.verbose);
     }
 
+    /// Issue 19, item 12: the original tool's README examples all say how
+    /// they run, and still parse (its `-b` examples aside, whose buffers
+    /// depend on this machine's memory).
+    #[test]
+    fn the_original_readme_examples_still_parse() {
+        for line in [
+            "-f /dev/shm/test-dst -p 8080",
+            "-f /dev/shm/test-dst -p 8080 -i 192.168.1.50",
+            "-f /dev/shm/test-src -p 8080 -d",
+            "-f /dev/shm/test-dst -r 192.168.1.100:8080 -d",
+            "-f /dev/shm/test-dst -t user@remote-server:/dev/shm/test-src -d",
+            "-e -f /dev/shm/test-src -t user@remote-server:/dev/shm/test-dst",
+            "-L fast -f /dev/shm/test-src -t user@remote-server:/dev/shm/test-dst",
+            "-f /dev/sda -r remote-server:8080 -s 10",
+            "-f /dev/sda -r remote-server:8080 -q",
+            "-n -f /tmp/src.img -t /tmp/dst.img",
+            "-e -L fast -w 4 -f /dev/sda -t user@remote:/backup/disk.img",
+            "-f /tmp/sparse.img -t user@remote:/backup/sparse.img",
+        ] {
+            let args: Vec<&str> = line.split(' ').collect();
+            assert!(
+                matches!(run(&args), Ok(Command::Run(_))),
+                "{line}: {:?}",
+                run(&args)
+            );
+        }
+    }
+
     /// Issue 19, item 6: a bare host name as `-t` is not a new local file.
     #[test]
     fn a_known_host_is_not_a_file_name() {
