@@ -33,6 +33,7 @@ pub mod digest;
 pub mod disk;
 pub mod drives;
 pub mod error;
+pub mod handshake;
 pub mod local;
 pub mod lock;
 pub mod mounts;

@@ -362,10 +362,10 @@ pub fn local(
     destination: &Path,
     log: &Log,
 ) -> Result<()> {
-    use crate::block::Geometry;
     use crate::config::Role;
     use crate::disk::Disk;
     use crate::net::Lane;
+    use crate::session::Own;
     use std::os::unix::net::UnixStream;
 
     let Some(dry) = &config.dry else {
@@ -379,20 +379,25 @@ pub fn local(
     let dst = Disk::open_dry(destination, env, log)?;
     let mut salt = [0u8; 16];
     crate::sys::getrandom(&mut salt).map_err(|e| Error::io("bsync", "get random bytes", e))?;
-    let p = Params {
-        geo: Geometry {
-            size: src.size(),
-            block_size: t.block_size,
-        },
-        first: 0,
+    // Both ends are here: what a handshake would agree on is known.
+    let agreed = crate::proto::Welcome {
+        block_size: u32::try_from(t.block_size).unwrap_or(u32::MAX),
+        source_size: src.size(),
+        skip: 0,
         salt: u128::from_le_bytes(salt),
-        compression: t.compression,
-        workers: t.workers,
-        prefetch: t.prefetch,
-        encrypted: false,
-        bwlimit: None,
-        deadline: env.io_timeout,
+        lanes: 1,
     };
+    let p = Params::agreed(
+        &agreed,
+        Own {
+            compression: t.compression,
+            workers: t.workers,
+            prefetch: t.prefetch,
+            deadline: env.io_timeout,
+            encrypted: false,
+            bwlimit: None,
+        },
+    );
     let (a, b) = UnixStream::pair().map_err(|e| Error::io("bsync", "socket pair", e))?;
     let max = crate::proto::max_payload(t.block_size);
     let quiet = Log::new(&crate::config::LogOptions {

@@ -23,20 +23,22 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::Duration;
 
-use crate::auth::{self, Handshake, Secret};
-use crate::block::Geometry;
+use crate::auth::Secret;
 use crate::compress;
 use crate::config::{Config, Role, Serve, Stdio};
 use crate::disk::{self, Disk};
 use crate::error::{Error, Result};
+use crate::handshake::{self, Place};
 use crate::lock::lock;
 use crate::net::Stream;
 use crate::net::{self, Lane};
 use crate::progress::{Log, human_bytes};
-use crate::proto::{self, AUTH_FAILED, FLAG_DRY, Frame, Hello, MAX_BLOCK_SIZE, MAX_LANES, Welcome};
-use crate::session::{self, Params};
+use crate::proto::{self, Frame, Hello};
+use crate::session::{self, Own, Params};
 use crate::stdio::{OpenRequest, PipeStream};
 use crate::sys;
+
+pub use crate::handshake::TAKEOVER_GRACE;
 
 mod rejoins;
 
@@ -121,7 +123,7 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
         Some(path) => (s.role, path.clone()),
         None => {
             let req = OpenRequest::read(&mut stream, &peer)?;
-            if req.block_size == 0 || req.block_size > MAX_BLOCK_SIZE {
+            if proto::block_size(req.block_size as u64).is_none() {
                 return Err(Error::protocol(&peer, "block size out of range"));
             }
             config.transfer.block_size = req.block_size;
@@ -141,8 +143,7 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
         None
     };
     let arrival = handshake(stream, &peer, s.secret.as_ref(), config.env.io_timeout)?;
-    if arrival.hello.lanes != 1 {
-        let why = "a session on stdin/stdout has one lane (-w 1)";
+    if let Err(why) = handshake::admit_stdio(&arrival.hello) {
         arrival.lane.sender.fail(why);
         return Err(Error::protocol(&peer, why));
     }
@@ -160,11 +161,6 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
     );
     result
 }
-
-/// After every lane of a session is lost, how long a new client waits
-/// before it may take the server over (if the old client has not come
-/// back by then).
-pub const TAKEOVER_GRACE: Duration = Duration::from_secs(5);
 
 /// What `serve` hands back when a new client took the server over: the
 /// arrivals, the new client's first lane, and who the old session was from.
@@ -228,8 +224,8 @@ fn accept(
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
-/// Challenge a new connection, read its hello and, when this server holds a
-/// key or token, check the client's proof and give our own. Nothing of the
+/// Challenge a new connection, read its hello and check the client's
+/// proof, and give our own (see [`handshake::Server`]). Nothing of the
 /// session is touched before that.
 fn handshake<S: Stream>(
     stream: S,
@@ -238,96 +234,12 @@ fn handshake<S: Stream>(
     deadline: Duration,
 ) -> Result<Arrival> {
     let mut lane = Lane::open(stream, peer.to_string(), deadline)?;
-    let ours = Secret::flags(secret);
     let mut nonce = [0u8; proto::NONCE_LEN];
     sys::getrandom(&mut nonce).map_err(|e| Error::io("server", "get random bytes", e))?;
-    lane.sender
-        .send_frame(&Frame::Challenge { nonce, flags: ours })?;
-    // `-auto` may measure the link first: see `proto`, "Probe".
-    let mut probed = 0usize;
-    let hello = loop {
-        match lane.reader.read("the client's hello")? {
-            Frame::Hello(hello) => break hello,
-            Frame::Probe(bytes) if probed + bytes.len() <= proto::PROBE_LIMIT => {
-                probed += bytes.len();
-                if bytes.is_empty() {
-                    lane.sender.send_frame(&Frame::Probe(&[]))?;
-                }
-            }
-            Frame::Probe(_) => return Err(Error::protocol(peer, "too many Probe bytes")),
-            Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
-            _ => return Err(Error::protocol(peer, "expected a Hello frame")),
-        }
-    };
-    let deny = |ours_why: String, theirs_why: &str| {
-        lane.sender.fail(&format!("{AUTH_FAILED}{theirs_why}"));
-        Err(Error::Auth {
-            peer: peer.to_string(),
-            why: ours_why,
-        })
-    };
-    if let Some(why) = auth::mismatch(ours, hello.flags, "client") {
-        let theirs = auth::mismatch(hello.flags, ours, "server").unwrap_or_default();
-        return deny(why, &theirs);
-    }
-    // Proven with or without a secret: the proofs also show that the
-    // challenge and the hello arrived as they were sent, before anything
-    // of the session is touched.
-    let hs = Handshake::new(secret, &nonce, ours, &hello);
-    let proof = match lane.reader.read("the client's proof")? {
-        Frame::Proof { check, tag } => hs.verify(auth::Direction::Up, &check, &tag),
-        Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
-        _ => return Err(Error::protocol(peer, "expected a Proof frame")),
-    };
-    match proof {
-        Ok(()) => {}
-        Err(auth::Refusal::Corrupted) => {
-            let why = "the handshake was changed in transit (the client's proof \
-                       covers other bytes than the server sent and received)";
-            lane.sender.fail(why);
-            return Err(Error::protocol(peer, why));
-        }
-        Err(auth::Refusal::WrongSecret) => {
-            return deny(
-                "the client holds a different key or token".into(),
-                "the server holds a different key or token",
-            );
-        }
-    }
-    let (check, tag) = hs.proof(auth::Direction::Down);
-    lane.sender.send_frame(&Frame::Proof { check, tag })?;
-    lane.protect(
-        hs.cipher(auth::Direction::Down),
-        hs.cipher(auth::Direction::Up),
-    );
+    let (mut server, mut challenge) = handshake::Server::new(peer, secret, nonce);
+    lane.sender.send(&mut challenge)?;
+    let hello = lane.handshake(&mut server, None)?;
     Ok(Arrival { hello, lane })
-}
-
-/// Why a `Hello` cannot start a session with this server.
-fn refuse(role: Role, h: &Hello) -> Option<String> {
-    let upload = role == Role::Destination;
-    if h.download && upload {
-        return Some("this server is a destination (upload mode); drop -d on the client or add -d on the server".into());
-    }
-    if !h.download && !upload {
-        return Some("this server is a source (download mode, -d); add -d on the client".into());
-    }
-    if h.lane != 0 {
-        return Some(format!("lane {} of an unknown session", h.lane));
-    }
-    if h.lanes == 0 || h.lanes > MAX_LANES {
-        return Some(format!(
-            "{} lanes is out of range (1 to {MAX_LANES})",
-            h.lanes
-        ));
-    }
-    if h.block_size == 0 || usize::try_from(h.block_size).map_or(true, |b| b > MAX_BLOCK_SIZE) {
-        return Some(format!("block size {} is out of range", h.block_size));
-    }
-    if compress::from_code(h.compression).is_none() {
-        return Some(format!("unknown compression {}", h.compression));
-    }
-    None
 }
 
 /// Serve one session: the one `first` opens, or the first good arrival.
@@ -392,69 +304,36 @@ fn serve_session(
                 .recv()
                 .map_err(|_| Error::Failed("server: the listener stopped".into()))?,
         };
-        match refuse(s.role, &a.hello) {
-            Some(why) => {
+        match handshake::admit(s.role, &a.hello) {
+            Err(why) => {
                 log.line(format!("refused {}: {why}", a.lane.reader.peer));
                 a.lane.sender.fail(&why);
             }
-            None => break (a.hello, a.lane),
+            Ok(()) => break (a.hello, a.lane),
         }
     };
     let peer = first.reader.peer.clone();
     let held;
-    let (disk, geo) = match source {
-        Some(src) => {
-            let geo = Geometry {
-                size: src.size(),
-                block_size: t.block_size,
-            };
-            (src, geo)
-        }
-        None if hello.flags & FLAG_DRY != 0 => {
-            // A dry run: read and digest only, whatever the sizes.
-            let d = Disk::open_dry(&s.path, env, log).inspect_err(|e| {
-                first.sender.fail(&format!("server: {e}"));
-            })?;
-            let block_size = usize::try_from(hello.block_size).unwrap_or(MAX_BLOCK_SIZE);
-            let geo = Geometry {
-                size: hello.source_size,
-                block_size,
-            };
-            held = d;
-            (&held, geo)
-        }
+    let disk = match source {
+        Some(src) => src,
         None => {
-            let opened = Disk::open_destination(&s.path, env, log).and_then(|mut d| {
-                d.fit_to(hello.source_size)?;
-                Ok(d)
-            });
-            let d = match opened {
-                Ok(d) => d,
-                Err(e) => {
-                    first.sender.fail(&format!("server: {e}"));
-                    return Err(e);
-                }
+            // A dry run reads and digests only, whatever the sizes.
+            let opened = if handshake::is_dry(&hello) {
+                Disk::open_dry(&s.path, env, log)
+            } else {
+                Disk::open_destination(&s.path, env, log).and_then(|mut d| {
+                    d.fit_to(hello.source_size)?;
+                    Ok(d)
+                })
             };
-            // refuse() checked it against MAX_BLOCK_SIZE.
-            let block_size = usize::try_from(hello.block_size).unwrap_or(MAX_BLOCK_SIZE);
-            let geo = Geometry {
-                size: hello.source_size,
-                block_size,
-            };
-            held = d;
-            (&held, geo)
+            held = opened.inspect_err(|e| first.sender.fail(&format!("server: {e}")))?;
+            &held
         }
     };
     let mut salt = [0u8; 16];
     sys::getrandom(&mut salt).map_err(|e| Error::io("server", "get random bytes", e))?;
-    let welcome = Welcome {
-        // At most MAX_BLOCK_SIZE: validated -b, or refuse()d in the hello.
-        block_size: u32::try_from(geo.block_size).unwrap_or(u32::MAX),
-        source_size: geo.size,
-        skip: hello.skip,
-        salt: u128::from_le_bytes(salt),
-        lanes: hello.lanes,
-    };
+    let served = source.map(|src| (src.size(), t.block_size));
+    let welcome = handshake::welcome(&hello, served, u128::from_le_bytes(salt));
     let lanes_n = usize::from(hello.lanes);
     let mut lanes = vec![first];
     lanes[0].sender.send_frame(&Frame::Welcome(welcome))?;
@@ -465,44 +344,43 @@ fn serve_session(
                 peer: peer.clone(),
                 phase: format!("lane {} of {lanes_n}", lanes.len()),
             })?;
-        let h = a.hello;
-        let lane = usize::from(h.lane);
-        if h.session == hello.session && lane < lanes.len() {
-            // A lane of this session dialed again: its first connection was
-            // lost during the handshake, and the client retried it.
-            log.info(format!("lane {lane}: {} dialed again", a.lane.reader.peer));
-            a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
-            lanes[lane] = a.lane;
-            continue;
+        match handshake::place(hello.session, lanes_n, lanes.len(), &a.hello) {
+            Place::Again(lane) => {
+                // A lane of this session dialed again: its first connection
+                // was lost during the handshake, and the client retried it.
+                log.info(format!("lane {lane}: {} dialed again", a.lane.reader.peer));
+                a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
+                lanes[lane] = a.lane;
+            }
+            Place::Next => {
+                a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
+                lanes.push(a.lane);
+            }
+            Place::Newcomer | Place::Busy => {
+                log.line(format!(
+                    "refused {}: busy with another session",
+                    a.lane.reader.peer
+                ));
+                a.lane.sender.fail("server is busy with another session");
+            }
         }
-        let expected = lane == lanes.len();
-        if h.session != hello.session || !expected {
-            log.line(format!(
-                "refused {}: busy with another session",
-                a.lane.reader.peer
-            ));
-            a.lane.sender.fail("server is busy with another session");
-            continue;
-        }
-        a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
-        lanes.push(a.lane);
     }
+    let params = Params::agreed(
+        &welcome,
+        Own {
+            compression: compress::from_code(hello.compression).flatten(),
+            workers: lanes_n.max(t.workers),
+            prefetch: t.prefetch.max(lanes_n * 4),
+            deadline: env.io_timeout,
+            encrypted: s.secret.as_ref().is_some_and(Secret::encrypts),
+            bwlimit: t.bwlimit,
+        },
+    );
+    let geo = params.geo;
     let max = proto::max_payload(geo.block_size);
     for lane in &mut lanes {
         lane.reader.set_max(max);
     }
-    let first_block = hello.skip.min(geo.blocks());
-    let params = Params {
-        geo,
-        first: first_block,
-        salt: welcome.salt,
-        compression: compress::from_code(hello.compression).flatten(),
-        workers: lanes_n.max(t.workers),
-        prefetch: t.prefetch.max(lanes_n * 4),
-        deadline: env.io_timeout,
-        encrypted: s.secret.as_ref().is_some_and(Secret::encrypts),
-        bwlimit: t.bwlimit,
-    };
     log.info(format!(
         "session from {peer}: {} in blocks of {}, {lanes_n} {}",
         human_bytes(geo.size),
