@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::command::Endpoint;
-use super::script::{quote, remote_path};
+use super::script::{Listen, quote, server_args};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::Stream;
@@ -67,12 +67,13 @@ pub(super) fn sync(
             other => return other.map(|()| Carried::Tcp),
         }
     }
-    let mut args = vec!["--server".to_string(), "-q".to_string()];
-    args.push(format!("-f {}", remote_path(remote)));
-    if connect.role == Role::Destination {
-        args.push("-d".to_string());
-    }
-    args.push(format!("-b {}", config.transfer.block_size));
+    let args = server_args(
+        Listen::Stdio,
+        remote,
+        connect.role,
+        &config.transfer,
+        config.log.verbose,
+    );
     let script = format!("exec {} {}", quote(binary), args.join(" "));
     let mut cmd = endpoint.command(&script);
     cmd.stdin(std::process::Stdio::piped())
