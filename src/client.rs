@@ -15,7 +15,7 @@ use crate::net::{self, Lane, Stream};
 use crate::patch;
 use crate::progress::Log;
 use crate::proto::{self, FLAG_DRY, Frame, Hello, Welcome};
-use crate::session::{self, Own, Params};
+use crate::session::{self, NoRejoin, Own, Params};
 use crate::sys;
 
 /// Run a client session as `c` says, moving data as `t` says (or as
@@ -155,18 +155,6 @@ pub fn run_dry_within(
             patch::make::run_source(dry, target, &params, &disk, lanes, &redial, log, progress)
         }
         None => session::run(c.role, &params, &disk, lanes, &redial, log, progress),
-    }
-}
-
-/// A lane that is lost stays lost: a session over one stream (a remote
-/// shell's pipes) cannot dial again.
-pub struct NoRejoin;
-
-impl session::Rejoin for NoRejoin {
-    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
-        Err(Error::Failed(format!(
-            "lane {lane}: the remote shell's stream is gone and cannot be reopened"
-        )))
     }
 }
 

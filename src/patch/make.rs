@@ -17,12 +17,12 @@ use super::format::{self, Kind, Range, Trailer};
 use super::session_header;
 use crate::block::is_zero;
 use crate::compress::{Compressor, Level};
+use crate::config::DryRun;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::progress::{Log, human_bytes};
-use crate::session::{DrySink, Params};
-use crate::{client::NoRejoin, config::DryRun};
+use crate::session::{DrySink, NoRejoin, Params};
 
 /// A block's contribution, waiting for its turn.
 struct Ready {

@@ -399,6 +399,18 @@ pub trait Rejoin: Sync {
     fn wake(&self) {}
 }
 
+/// A lane that is lost stays lost: a session over one stream (a remote
+/// shell's pipes) cannot dial again.
+pub struct NoRejoin;
+
+impl Rejoin for NoRejoin {
+    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
+        Err(Error::Failed(format!(
+            "lane {lane}: the remote shell's stream is gone and cannot be reopened"
+        )))
+    }
+}
+
 /// Something threads wait on, woken when the session fails.
 trait Wake: Sync {
     fn wake(&self);
