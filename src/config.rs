@@ -331,21 +331,21 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
             "(2 × prefetch {} + 3 × workers {} + 3) blocks of {}",
             t.prefetch,
             t.workers,
-            crate::progress::human_bytes(t.block_size as u64)
+            crate::units::human_bytes(t.block_size as u64)
         )
     } else {
         format!(
             "(prefetch {} + 2 × workers {} + 2) blocks of {}",
             t.prefetch,
             t.workers,
-            crate::progress::human_bytes(t.block_size as u64)
+            crate::units::human_bytes(t.block_size as u64)
         )
     };
     Some(format!(
         "-b/-w/-prefetch: the block buffers would need {} = {formula}, more than half \
          of the {} of memory available; lower -b, -w or -prefetch",
-        crate::progress::human_bytes(need),
-        crate::progress::human_bytes(available)
+        crate::units::human_bytes(need),
+        crate::units::human_bytes(available)
     ))
 }
 

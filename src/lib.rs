@@ -52,6 +52,7 @@ pub mod stdio;
 /// Every raw OS call bsync makes; the only module with `unsafe`.
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod units;
 pub mod writer;
 
 pub use error::{Error, Result};
