@@ -24,6 +24,7 @@ pub mod aead;
 pub mod auth;
 pub mod auto;
 pub mod block;
+pub mod child;
 pub mod cli;
 pub mod client;
 pub mod compress;
@@ -65,10 +66,11 @@ pub fn run(config: &Config) -> Result<()> {
     let log = Log::new(&config.log);
     if matches!(
         config.mode,
-        Mode::Local { .. } | Mode::Connect(_) | Mode::Serve(_)
+        Mode::Local { .. } | Mode::Connect(_) | Mode::Serve(_) | Mode::Ssh { .. }
     ) {
-        // -t has its own signal thread, which also removes the remote copy.
-        progress::watch_interrupts(&log);
+        // The one signal thread: -t also stops its ssh and removes the
+        // remote copy.
+        child::watch_interrupts(&log);
     }
     if matches!(config.mode, Mode::Serve(_)) {
         progress::set_server();
@@ -94,6 +96,7 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::Serve(s) => server::run(s, config, &log),
         Mode::Stdio(s) => server::run_stdio(s, config, &log),
         Mode::Apply(a) => patch::apply::run(a, &config.env, &log),
+        Mode::RemoteShell(r) if r.undo => patch::undo::run(r, config, &log),
         Mode::RemoteShell(r) => remote_shell::run(r, config, &log),
         Mode::ListDrives { sysfs } => list_drives(sysfs),
     }

@@ -132,29 +132,6 @@ pub fn set_server() {
     SERVER.store(true, Relaxed);
 }
 
-/// Take Ctrl-C, SIGTERM and SIGHUP in a thread of our own, so an
-/// interrupted run still says where to resume (then exits 128 + the
-/// signal). Called before any other thread starts, so all inherit the mask.
-pub fn watch_interrupts(log: &Log) {
-    // Once per process, however often `run` is called (tests call it
-    // in-process).
-    static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if WATCHING.swap(true, Relaxed) || crate::sys::block_termination_signals().is_err() {
-        return;
-    }
-    let log = log.clone();
-    std::thread::spawn(move || {
-        let Ok(sig) = crate::sys::wait_termination_signal() else {
-            return;
-        };
-        log.line("interrupted");
-        if let Some(hint) = resume_hint() {
-            log.line(hint);
-        }
-        std::process::exit(128 + sig);
-    });
-}
-
 /// Counters the pipeline threads update while a transfer runs.
 #[derive(Debug, Default)]
 pub struct Stats {

@@ -5,58 +5,19 @@
 //! without writing to it; write a patch that makes REMDEV into LOCDEV to
 //! stdout. The remote shell's stderr passes through to ours.
 
-use std::os::fd::OwnedFd;
-use std::process::{Child, Command, Stdio};
-
+use crate::child;
 use crate::error::{Error, Result};
 use crate::net::Stream;
 use crate::progress::Log;
-use crate::stdio::{OpenRequest, PipeStream};
+use crate::stdio::OpenRequest;
 use crate::{
     client,
     config::{Config, DryRun, RemoteShell, Role},
 };
 
-/// Start `sh -c command` with its stdin and stdout as a stream to us.
-pub fn spawn(command: &str) -> Result<(Child, PipeStream)> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| Error::io(format!("remote shell `{command}`"), "start", e))?;
-    let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
-        return Err(Error::Failed("remote shell: no pipes".into()));
-    };
-    Ok((
-        child,
-        PipeStream::new(OwnedFd::from(output), OwnedFd::from(input)),
-    ))
-}
-
-/// Wait for the remote shell after the session; its failure is only
-/// reported when the session itself went well.
-pub fn reap(mut child: Child, command: &str, session: Result<()>) -> Result<()> {
-    let status = child.wait();
-    session?;
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(Error::Failed(format!(
-            "remote shell `{command}` exited with {s} after the session"
-        ))),
-        Err(e) => Err(Error::io(format!("remote shell `{command}`"), "wait", e)),
-    }
-}
-
-/// Run bdsync's client.
+/// Run bdsync's client (the undo form, `--remdata`, is [`crate::patch::undo::run`]).
 pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
-    if r.undo {
-        return crate::patch::undo::run(r, config, log);
-    }
-    let (child, mut stream) = spawn(&r.command)?;
-    let peer = format!("remote shell `{}`", r.command);
+    let (child, mut stream, peer) = child::sh(&r.command)?;
     stream
         .set_deadline(config.env.io_timeout)
         .map_err(|e| Error::io(&peer, "set deadlines", e))?;
@@ -84,5 +45,5 @@ pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
             .map(|_| ())
         });
     let _ = stream.shutdown();
-    reap(child, &r.command, session)
+    child::reap(child, &peer, session)
 }

@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::net::Stream;
 use crate::progress::{Log, human_bytes};
-use crate::remote_shell;
 use crate::session::Params;
 use crate::stdio::{OpenRequest, PipeStream};
 use crate::{client, compress::Compressor};
@@ -100,11 +99,10 @@ impl Capture for UndoCapture {
 
 /// `bsync --remdata REMSHCMD LOCDEV REMDEV > UNDO`.
 pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
-    let (child, mut stream) = remote_shell::spawn(&r.command)?;
-    let peer = format!("remote shell `{}`", r.command);
+    let (child, mut stream, peer) = crate::child::sh(&r.command)?;
     let session = undo_session(r, config, log, &peer, &mut stream);
     let _ = stream.shutdown();
-    remote_shell::reap(child, &r.command, session)
+    crate::child::reap(child, &peer, session)
 }
 
 fn undo_session(

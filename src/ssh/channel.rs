@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use super::command::Endpoint;
 use super::script::{Listen, quote, server_args};
+use crate::child;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::Stream;
 use crate::progress::Log;
-use crate::remote_shell;
-use crate::stdio::PipeStream;
 use crate::{
     client,
     config::{Config, Connect, Role},
@@ -75,17 +74,8 @@ pub(super) fn sync(
         config.log.verbose,
     );
     let script = format!("exec {} {}", quote(binary), args.join(" "));
-    let mut cmd = endpoint.command(&script);
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("ssh to {name}"), "start", e))?;
-    let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
-        return Err(Error::Failed("ssh: no pipes".into()));
-    };
-    let stream = PipeStream::new(output.into(), input.into());
+    let what = format!("ssh to {name}");
+    let (child, stream) = child::spawn_with_pipes(endpoint.command(&script), &what)?;
     let peer = format!("{name} (inside ssh)");
     let session = open_local(connect, config, log).and_then(|mut disk| {
         client::run_over(
@@ -103,7 +93,7 @@ pub(super) fn sync(
         .map(|_| ())
     });
     let _ = stream.shutdown();
-    remote_shell::reap(child, &format!("ssh to {name}"), session)?;
+    child::reap(child, &what, session)?;
     Ok(Carried::Channel)
 }
 

@@ -36,15 +36,16 @@
 //! that this side has gone away. As a second line of defence for such a
 //! directory, this side runs `ssh host rm -rf DIR` after any failure and
 //! after Ctrl-C: SIGINT, SIGTERM and SIGHUP are blocked in every thread and
-//! taken by one thread with `sigwait`, which cleans up and exits with
-//! 128 + the signal number.
+//! taken by the one signal thread ([`crate::child`]), which stops the local
+//! ssh, cleans up and exits with 128 + the signal number.
 //!
 //! The parts, each in its own file:
 //!
 //! - `command`: the ssh command lines;
 //! - `script`: the shell script run on the remote, and quoting;
-//! - `process`: starting, waiting for and stopping the local ssh;
-//! - `cleanup`: what to undo on the remote, and the signal thread.
+//! - `process`: supervising the local ssh (its stderr kept, a bounded wait,
+//!   a kill), on top of [`crate::child`];
+//! - `cleanup`: what to undo on the remote when the run stops.
 //!
 //! This file puts them in order: [`run`].
 
@@ -111,8 +112,7 @@ pub fn run(config: &Config, log: &Log) -> Result<()> {
             .map_err(|e| Error::io(format!("source {}", path.display()), "open", e))?;
     }
     let endpoint = Endpoint::new(shell, target);
-    cleanup::watch_signals(log, &target.host, remove_remote);
-    cleanup::begin(&endpoint);
+    cleanup::begin(&endpoint, &target.host, remove_remote);
     let result = launch_and_sync(&launch, &endpoint, log);
     let left = cleanup::end();
     if result.is_err()
