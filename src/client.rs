@@ -18,15 +18,11 @@ use crate::proto::{self, FLAG_DRY, Frame, Hello, Welcome};
 use crate::session::{self, NoRejoin, Own, Params};
 use crate::sys;
 
-/// Run a client session as `c` says, moving data as `t` says (or as
-/// `-auto` chooses, when `c.auto`).
-pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
-    run_dry(c, t, env, log, None, b"")
-}
-
-/// [`run`], or with `dry` a dry run that writes nothing to the server's
-/// destination (`--compare`, `--write-patch`); a patch names `target`.
-pub fn run_dry(
+/// Connect over TCP and run a client session as `c` says, moving data as
+/// `t` says (or as `-auto` chooses, when `c.auto`); with `dry` a dry run
+/// that writes nothing to the server's destination (`--compare`,
+/// `--write-patch`), whose patch names `target`.
+pub fn connect_tcp(
     c: &Connect,
     t: &Transfer,
     env: &Env,
@@ -34,16 +30,16 @@ pub fn run_dry(
     dry: Option<&DryRun>,
     target: &[u8],
 ) -> Result<()> {
-    run_dry_within(c, t, env, log, dry, target, None)
+    connect_tcp_within(c, t, env, log, dry, target, None)
 }
 
 /// What the first lane's failed connect says when it had a deadline of its
-/// own ([`run_dry_within`]): nothing of the session has started.
+/// own ([`connect_tcp_within`]): nothing of the session has started.
 pub const FIRST_CONNECT: &str = "connect (first lane, short deadline)";
 
-/// [`run_dry`], the first lane's TCP connect limited to `first_connect`;
+/// [`connect_tcp`], the first lane's TCP connect limited to `first_connect`;
 /// failing that, the error's operation is [`FIRST_CONNECT`].
-pub fn run_dry_within(
+pub fn connect_tcp_within(
     c: &Connect,
     t: &Transfer,
     env: &Env,
@@ -160,10 +156,10 @@ pub fn run_dry_within(
 
 /// Run `role` on `disk` (a source, or a dry destination) in a one-lane
 /// session over `stream`, the pipes of a remote shell running
-/// `bsync --server`; `dry` as in [`run_dry`]. Returns the verification
+/// `bsync --server`; `dry` as in [`connect_tcp`]. Returns the verification
 /// digest.
 #[allow(clippy::too_many_arguments)]
-pub fn run_over<S: Stream>(
+pub fn connect_pipe<S: Stream>(
     stream: S,
     peer: &str,
     role: Role,

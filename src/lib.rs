@@ -85,7 +85,7 @@ pub fn run(config: &Config) -> Result<()> {
             destination,
         } => local::sync(&config.transfer, &config.env, source, destination, &log),
         Mode::Ssh { .. } => ssh::run(config, &log),
-        Mode::Connect(c) => client::run_dry(
+        Mode::Connect(c) => client::connect_tcp(
             c,
             &config.transfer,
             &config.env,

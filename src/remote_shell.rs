@@ -30,7 +30,7 @@ pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
         .map_err(|e| crate::net::net_error(&peer, "the open request", e))
         .and_then(|()| crate::disk::Disk::open_source(&r.local, &config.env, log))
         .and_then(|mut disk| {
-            client::run_over(
+            client::connect_pipe(
                 stream.clone(),
                 &peer,
                 Role::Source,

@@ -239,7 +239,7 @@ impl DrySink for Maker<'_> {
         theirs: &[Digest],
         ours: &[Digest],
     ) -> Result<(bool, u64)> {
-        let sub = self.p.sub_size();
+        let sub = self.p.range_size();
         let mut ranges = Vec::new();
         let mut listed = Vec::new();
         let (mut data_bytes, mut zero_bytes) = (0u64, 0u64);

@@ -22,7 +22,7 @@ fn session_header(kind: Kind, p: &Params, name: Vec<u8>) -> Header {
         source_size: p.geo.size,
         // Both are validated far below 4 GiB (MAX_BLOCK_SIZE).
         block_size: u32::try_from(p.geo.block_size).unwrap_or(u32::MAX),
-        grain: u32::try_from(p.sub_size()).unwrap_or(u32::MAX),
+        grain: u32::try_from(p.range_size()).unwrap_or(u32::MAX),
         salt: p.salt,
         name,
     }

@@ -59,7 +59,7 @@ impl Capture for UndoCapture {
     ) -> std::io::Result<()> {
         let salt = self.params.get().map_or(0, |p| p.salt);
         let page = self.params.get().map_or(crate::proto::PAGE, |p| {
-            p.sub_size() / crate::proto::RANGE_PAGES
+            p.range_size() / crate::proto::RANGE_PAGES
         });
         let mut g = lock(&self.inner);
         let inner = &mut *g;
@@ -149,7 +149,7 @@ fn undo_session(
     };
     // The session's verification digest is the remote's content digest
     // under the session's salt and grain: the undo patch's result.
-    let result = client::run_over(
+    let result = client::connect_pipe(
         stream.clone(),
         peer,
         Role::Destination,

@@ -114,7 +114,7 @@ impl Params {
 
     /// The size of the grains a dry run's sink gets digests of: a range
     /// (the destination's first level; a dry run asks no page digests).
-    pub fn sub_size(&self) -> usize {
+    pub fn range_size(&self) -> usize {
         crate::proto::RANGE_PAGES * self.page()
     }
 

@@ -47,7 +47,7 @@ pub(super) fn sync(
             "{name}: carrying the session inside ssh (-over-ssh)"
         ));
     } else {
-        let direct = client::run_dry_within(
+        let direct = client::connect_tcp_within(
             connect,
             &config.transfer,
             &config.env,
@@ -78,7 +78,7 @@ pub(super) fn sync(
     let (child, stream) = child::spawn_with_pipes(endpoint.command(&script), &what)?;
     let peer = format!("{name} (inside ssh)");
     let session = open_local(connect, config, log).and_then(|mut disk| {
-        client::run_over(
+        client::connect_pipe(
             stream.clone(),
             &peer,
             connect.role,

@@ -17,7 +17,7 @@
 //!    one address;
 //!
 //! and this side then connects to it directly over TCP with the ordinary
-//! client ([`client::run`](super::client::run)): the data never goes through ssh's own
+//! client ([`client::connect_tcp`](super::client::connect_tcp)): the data never goes through ssh's own
 //! encryption and flow control, which is what makes it fast. One login
 //! means a password or passphrase is asked for once.
 //!
