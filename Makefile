@@ -2,8 +2,9 @@
 # that can be copied onto any x86_64 Linux (rescue systems included).
 #
 #   make          static release binary ./bsync (x86_64-unknown-linux-musl)
-#   make test     cargo fmt --check, clippy with -D warnings, the fuzz crate
-#                 builds (cargo check in fuzz/), cargo test
+#   make test     cargo fmt --check, clippy with -D warnings, the fuzz crate's
+#                 tests (every file of fuzz/corpus/ replayed through its
+#                 target's check), cargo test
 #                 (tests/ssh.rs runs against an sshd when BSYNC_TEST_SSH is set:
 #                 eval "$(tests/sshd.sh start)" starts one on loopback)
 #   make test-fault  deterministic fault injection, a few minutes: a relay
@@ -89,7 +90,7 @@ bsync: musl-target FORCE
 test:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
-	cd fuzz && $(CARGO) check --locked
+	cd fuzz && $(CARGO) test --locked
 	$(CARGO) test --locked
 
 # The relay cases mostly wait on deadlines, so they run many at a time.
