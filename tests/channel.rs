@@ -2,7 +2,7 @@
 //! client with `ssh ... bsync --server` as its remote shell command, and
 //! `-t` inside the ssh session, asked for (`-over-ssh`) or because the
 //! remote's port cannot be reached. Without `BSYNC_TEST_SSH` each test says
-//! "skipped: no sshd" and passes. One test needs no sshd: a stand-in for
+//! "skipped: no sshd" (`common::skip`: fails under CI) and passes. One test needs no sshd: a stand-in for
 //! ssh records the remote command lines and runs them here.
 
 mod common;
@@ -16,12 +16,12 @@ use common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_bsync");
 
 /// (`user@host:port`, the ssh command with its options).
-fn sshd(test: &str) -> Option<(String, String)> {
+fn sshd() -> Option<(String, String)> {
     let remote = std::env::var("BSYNC_TEST_SSH")
         .ok()
         .filter(|s| !s.is_empty());
     let Some(remote) = remote else {
-        eprintln!("{test}: skipped: no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
+        common::skip("no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
         return None;
     };
     let shell = std::env::var("BSYNC_SSH").unwrap_or_else(|_| "ssh".into());
@@ -36,7 +36,7 @@ fn ssh_login(remote: &str, shell: &str) -> String {
 
 #[test]
 fn bdsync_client_through_a_real_sshd() {
-    let Some((remote, shell)) = sshd("bdsync_client_through_a_real_sshd") else {
+    let Some((remote, shell)) = sshd() else {
         return;
     };
     let dir = TempDir::new("channel-bdsync");
@@ -94,13 +94,12 @@ esac
 
 #[test]
 fn t_falls_back_into_ssh_when_the_port_is_walled_off() {
-    let Some((remote, shell)) = sshd("t_falls_back_into_ssh_when_the_port_is_walled_off") else {
+    let Some((remote, shell)) = sshd() else {
         return;
     };
     let dir = TempDir::new("channel-walled");
     let Some(walled) = walled_ssh(dir.path(), &shell) else {
-        eprintln!("skipped: unshare -rn is not permitted here");
-        return;
+        return common::skip("unshare -rn is not permitted here");
     };
     let (src, dst) = make_pair(3 << 20, 22);
     let (a, b) = (dir.join("a.img"), dir.join("b.img"));
@@ -120,8 +119,7 @@ fn t_falls_back_into_ssh_when_the_port_is_walled_off() {
 
 #[test]
 fn over_ssh_uploads_downloads_compares_and_writes_patches() {
-    let Some((remote, shell)) = sshd("over_ssh_uploads_downloads_compares_and_writes_patches")
-    else {
+    let Some((remote, shell)) = sshd() else {
         return;
     };
     let dir = TempDir::new("channel-over");
