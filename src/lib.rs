@@ -79,11 +79,10 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::Local {
             source,
             destination,
-        } if config.dry.is_some() => patch::make::local(config, source, destination, &log),
-        Mode::Local {
-            source,
-            destination,
-        } => local::sync(&config.transfer, &config.env, source, destination, &log),
+        } => match &config.dry {
+            Some(dry) => patch::make::local(config, dry, source, destination, &log),
+            None => local::sync(&config.transfer, &config.env, source, destination, &log),
+        },
         Mode::Ssh { .. } => ssh::run(config, &log),
         Mode::Connect(c) => client::connect_tcp(
             c,

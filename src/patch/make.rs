@@ -358,6 +358,7 @@ pub fn run_source(
 /// destination opened read-only.
 pub fn local(
     config: &crate::config::Config,
+    dry: &DryRun,
     source: &Path,
     destination: &Path,
     log: &Log,
@@ -368,11 +369,6 @@ pub fn local(
     use crate::session::Own;
     use std::os::unix::net::UnixStream;
 
-    let Some(dry) = &config.dry else {
-        return Err(Error::Failed(
-            "internal error: a dry run without --compare or --write-patch".into(),
-        ));
-    };
     let env = &config.env;
     let t = &config.transfer;
     let src = Disk::open_source(source, env, log)?;

@@ -18,6 +18,7 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
@@ -43,6 +44,21 @@ pub use crate::handshake::TAKEOVER_GRACE;
 mod rejoins;
 
 use rejoins::Rejoins;
+
+/// What a server serves, however it listens (TCP or stdin/stdout).
+struct Served<'a> {
+    /// What this end is.
+    role: Role,
+    /// This end's file or device.
+    path: &'a Path,
+    /// The key or token every client must prove it holds.
+    secret: Option<&'a Secret>,
+    /// The source, opened up front (a download), or `None` (an upload: the
+    /// destination is opened for the session).
+    source: Option<&'a Disk>,
+    /// Whether to show progress.
+    progress: bool,
+}
 
 /// A connection that passed the preamble and sent a `Hello`.
 struct Arrival {
@@ -91,10 +107,17 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
         .spawn(move || accept(&listener, &tx, secret.as_deref(), deadline, &accept_log))
         .map_err(|e| Error::io("server", "start the accept thread", e))?;
     let progress = !(log.is_quiet() || config.log.no_server_progress);
+    let served = Served {
+        role: s.role,
+        path: &s.path,
+        secret: s.secret.as_ref(),
+        source: source.as_ref(),
+        progress,
+    };
     let mut rx = rx;
     let mut first = None;
     loop {
-        let (result, next) = serve(s, config, source.as_ref(), rx, first, log, progress);
+        let (result, next) = serve(&served, config, rx, first, log);
         let Some((back, arrival, abandoned)) = next else {
             return result;
         };
@@ -130,17 +153,17 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
             (req.role, req.path)
         }
     };
-    let serve_plan = Serve {
-        bind: std::net::IpAddr::from([0, 0, 0, 0]),
-        port: 0,
-        role,
-        path,
-        secret: s.secret.clone(),
-    };
     let source = if role == Role::Source {
-        Some(Disk::open_source(&serve_plan.path, &config.env, log)?)
+        Some(Disk::open_source(&path, &config.env, log)?)
     } else {
         None
+    };
+    let served = Served {
+        role,
+        path: &path,
+        secret: s.secret.as_ref(),
+        source: source.as_ref(),
+        progress: false,
     };
     let arrival = handshake(stream, &peer, s.secret.as_ref(), config.env.io_timeout)?;
     if let Err(why) = handshake::admit_stdio(&arrival.hello) {
@@ -150,15 +173,7 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
     // No other connection can arrive: the channel is closed at once.
     let (tx, rx) = mpsc::channel();
     drop(tx);
-    let (result, _) = serve(
-        &serve_plan,
-        &config,
-        source.as_ref(),
-        rx,
-        Some(arrival),
-        log,
-        false,
-    );
+    let (result, _) = serve(&served, &config, rx, Some(arrival), log);
     result
 }
 
@@ -246,13 +261,11 @@ fn handshake<S: Stream>(
 /// Returns its outcome, and a [`Takeover`] when a new client replaced a
 /// session whose client was gone.
 fn serve(
-    s: &Serve,
+    s: &Served,
     config: &Config,
-    source: Option<&Disk>,
     rx: Receiver<Arrival>,
     first: Option<Arrival>,
     log: &Log,
-    progress: bool,
 ) -> (Result<()>, Option<Takeover>) {
     let rejoins = Arc::new(Rejoins {
         deadline: config.env.io_timeout,
@@ -260,17 +273,7 @@ fn serve(
         ..Rejoins::default()
     });
     let mut handoff = None;
-    let result = serve_session(
-        s,
-        config,
-        source,
-        rx,
-        first,
-        log,
-        progress,
-        &rejoins,
-        &mut handoff,
-    );
+    let result = serve_session(s, config, rx, first, log, &rejoins, &mut handoff);
     // Only a takeover ends the dispatcher; otherwise it is left waiting
     // and ends with the process.
     let Some((arrival, abandoned)) = lock(&rejoins.newcomer).take() else {
@@ -282,15 +285,12 @@ fn serve(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn serve_session(
-    s: &Serve,
+    s: &Served,
     config: &Config,
-    source: Option<&Disk>,
     rx: Receiver<Arrival>,
     first: Option<Arrival>,
     log: &Log,
-    progress: bool,
     rejoins: &Arc<Rejoins>,
     handoff: &mut Option<thread::JoinHandle<Receiver<Arrival>>>,
 ) -> Result<()> {
@@ -314,14 +314,14 @@ fn serve_session(
     };
     let peer = first.reader.peer.clone();
     let held;
-    let disk = match source {
+    let disk = match s.source {
         Some(src) => src,
         None => {
             // A dry run reads and digests only, whatever the sizes.
             let opened = if handshake::is_dry(&hello) {
-                Disk::open_dry(&s.path, env, log)
+                Disk::open_dry(s.path, env, log)
             } else {
-                Disk::open_destination(&s.path, env, log).and_then(|mut d| {
+                Disk::open_destination(s.path, env, log).and_then(|mut d| {
                     d.fit_to(hello.source_size)?;
                     Ok(d)
                 })
@@ -332,7 +332,7 @@ fn serve_session(
     };
     let mut salt = [0u8; 16];
     sys::getrandom(&mut salt).map_err(|e| Error::io("server", "get random bytes", e))?;
-    let served = source.map(|src| (src.size(), t.block_size));
+    let served = s.source.map(|src| (src.size(), t.block_size));
     let welcome = handshake::welcome(&hello, served, u128::from_le_bytes(salt));
     let lanes_n = usize::from(hello.lanes);
     let mut lanes = vec![first];
@@ -372,7 +372,7 @@ fn serve_session(
             workers: lanes_n.max(t.workers),
             prefetch: t.prefetch.max(lanes_n * 4),
             deadline: env.io_timeout,
-            encrypted: s.secret.as_ref().is_some_and(Secret::encrypts),
+            encrypted: s.secret.is_some_and(Secret::encrypts),
             bwlimit: t.bwlimit,
         },
     );
@@ -400,5 +400,5 @@ fn serve_session(
                 .map_err(|e| Error::io("server", "start the rejoin thread", e))?,
         );
     }
-    session::run(s.role, &params, disk, lanes, &**rejoins, log, progress)
+    session::run(s.role, &params, disk, lanes, &**rejoins, log, s.progress)
 }
