@@ -63,19 +63,27 @@ pub enum Mode {
     RemoteShell(RemoteShell),
     /// `--patch[=DST]`: apply a patch read from stdin.
     Apply(Apply),
-    /// Start the other end over SSH, then connect to it as `role`.
-    Ssh {
-        /// Where the other end runs.
-        target: RemoteTarget,
-        /// What this end is.
-        role: Role,
-        /// This end's file or device.
-        path: PathBuf,
-        /// The remote shell command (`-ssh`, else `BSYNC_SSH`, else `ssh`).
-        shell: String,
-        /// Seal every frame with a fresh key (`-e`), not only authenticate.
-        encrypt: bool,
-    },
+    /// Start the other end over SSH, then connect to it.
+    Ssh(Ssh),
+}
+
+/// `-t user@host:/path`: start the other end over SSH, then connect to it
+/// as `role`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ssh {
+    /// Where the other end runs.
+    pub target: RemoteTarget,
+    /// What this end is.
+    pub role: Role,
+    /// This end's file or device.
+    pub path: PathBuf,
+    /// The remote shell command (`-ssh`, else `BSYNC_SSH`, else `ssh`).
+    pub shell: String,
+    /// Seal every frame with a fresh key (`-e`), not only authenticate.
+    pub encrypt: bool,
+    /// `-over-ssh`: carry the session inside the ssh session even when the
+    /// remote's port could be reached.
+    pub over_ssh: bool,
 }
 
 /// A server: where it listens and what it serves.
@@ -362,9 +370,6 @@ pub struct Config {
     pub env: Env,
     /// `--compare` or `--write-patch`: nothing is written to the destination.
     pub dry: Option<DryRun>,
-    /// `-over-ssh`: `-t` carries the session inside the ssh session even
-    /// when the remote's port could be reached.
-    pub over_ssh: bool,
 }
 
 #[cfg(test)]

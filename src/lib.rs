@@ -66,7 +66,7 @@ pub fn run(config: &Config) -> Result<()> {
     let log = Log::new(&config.log);
     if matches!(
         config.mode,
-        Mode::Local { .. } | Mode::Connect(_) | Mode::Serve(_) | Mode::Ssh { .. }
+        Mode::Local { .. } | Mode::Connect(_) | Mode::Serve(_) | Mode::Ssh(_)
     ) {
         // The one signal thread: -t also stops its ssh and removes the
         // remote copy.
@@ -83,7 +83,7 @@ pub fn run(config: &Config) -> Result<()> {
             Some(dry) => patch::make::local(config, dry, source, destination, &log),
             None => local::sync(&config.transfer, &config.env, source, destination, &log),
         },
-        Mode::Ssh { .. } => ssh::run(config, &log),
+        Mode::Ssh(s) => ssh::run(s, config, &log),
         Mode::Connect(c) => client::connect_tcp(
             c,
             &config.transfer,

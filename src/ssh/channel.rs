@@ -31,18 +31,19 @@ pub(super) enum Carried {
 }
 
 /// The client's half of a `-t` run: over TCP to `connect` when that port
-/// answers and `-over-ssh` is off, else inside ssh with `BINARY --server`
+/// answers and `-over-ssh` (`over_ssh`) is off, else inside ssh with `BINARY --server`
 /// (the remote's copy of bsync, as the launch named it).
 pub(super) fn sync(
     endpoint: &Endpoint,
     binary: &str,
     remote: &str,
     connect: &Connect,
+    over_ssh: bool,
     config: &Config,
     log: &Log,
 ) -> Result<Carried> {
     let name = &endpoint.host;
-    if config.over_ssh {
+    if over_ssh {
         log.line(format!(
             "{name}: carrying the session inside ssh (-over-ssh)"
         ));

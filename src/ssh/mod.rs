@@ -63,7 +63,7 @@ use std::time::Duration;
 
 use crate::aead::Key;
 use crate::auth::Secret;
-use crate::config::{Config, Connect, Mode, RemoteTarget, Role};
+use crate::config::{Config, Connect, RemoteTarget, Role, Ssh};
 use crate::error::{Error, Result};
 use crate::progress::Log;
 use crate::sys;
@@ -78,26 +78,26 @@ struct Launch<'a> {
     role: Role,
     path: &'a Path,
     encrypt: bool,
+    over_ssh: bool,
 }
 
-/// Run the transfer `config` describes (a [`Mode::Ssh`]) over SSH.
-pub fn run(config: &Config, log: &Log) -> Result<()> {
-    let Mode::Ssh {
+/// Run the transfer `s` describes over SSH, moving data as `config` says.
+pub fn run(s: &Ssh, config: &Config, log: &Log) -> Result<()> {
+    let Ssh {
         target,
         role,
         path,
         shell,
         encrypt,
-    } = &config.mode
-    else {
-        return Err(Error::Failed("internal error: ssh::run without -t".into()));
-    };
+        over_ssh,
+    } = s;
     let launch = Launch {
         config,
         target,
         role: *role,
         path,
         encrypt: *encrypt,
+        over_ssh: *over_ssh,
     };
     for (what, s) in [("host", Some(&target.host)), ("user", target.user.as_ref())] {
         if s.is_some_and(|s| s.starts_with('-')) {
@@ -195,7 +195,16 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
         auto: false,
     };
-    let synced = channel::sync(endpoint, &copy, &target.path, &connect, config, log).map_err(|e| {
+    let synced = channel::sync(
+        endpoint,
+        &copy,
+        &target.path,
+        &connect,
+        launch.over_ssh,
+        config,
+        log,
+    )
+    .map_err(|e| {
         match e {
             // The remote's own words, said of the host as it was typed, not
             // of the address this side connected to.
