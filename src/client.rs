@@ -154,23 +154,36 @@ pub fn connect_tcp_within(
     }
 }
 
-/// Run `role` on `disk` (a source, or a dry destination) in a one-lane
-/// session over `stream`, the pipes of a remote shell running
-/// `bsync --server`; `dry` as in [`connect_tcp`]. Returns the verification
-/// digest.
-#[allow(clippy::too_many_arguments)]
+/// A one-lane session over the pipes of a remote shell running
+/// `bsync --server`, for [`connect_pipe`].
+pub struct Pipe<'a> {
+    /// Who is on the other end, for messages.
+    pub peer: &'a str,
+    /// This end's role.
+    pub role: Role,
+    /// A dry run, as in [`connect_tcp`], and the target its patch names.
+    pub dry: Option<(&'a DryRun, &'a [u8])>,
+    /// Told the session's parameters before it runs.
+    pub on_params: Option<&'a dyn Fn(&Params)>,
+}
+
+/// Run `pipe.role` on `disk` (a source, or a dry destination) in a
+/// one-lane session over `stream`, moving data as `t` says. Returns the
+/// verification digest.
 pub fn connect_pipe<S: Stream>(
     stream: S,
-    peer: &str,
-    role: Role,
+    pipe: &Pipe<'_>,
     disk: &mut Disk,
     t: &Transfer,
     env: &Env,
     log: &Log,
-    dry: Option<&DryRun>,
-    target: &[u8],
-    on_params: Option<&dyn Fn(&Params)>,
 ) -> Result<u128> {
+    let Pipe {
+        peer,
+        role,
+        dry,
+        on_params,
+    } = *pipe;
     let upload = role == Role::Source;
     let source_size = if upload { disk.size() } else { 0 };
     let hello = hello(role, t, source_size, 1, None, dry.is_some())?;
@@ -198,7 +211,7 @@ pub fn connect_pipe<S: Stream>(
     ));
     let progress = !log.is_quiet();
     match dry {
-        Some(dry) => patch::make::run_source(
+        Some((dry, target)) => patch::make::run_source(
             dry,
             target,
             &params,

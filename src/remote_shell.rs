@@ -30,17 +30,19 @@ pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
         .map_err(|e| crate::net::net_error(&peer, "the open request", e))
         .and_then(|()| crate::disk::Disk::open_source(&r.local, &config.env, log))
         .and_then(|mut disk| {
+            let pipe = client::Pipe {
+                peer: &peer,
+                role: Role::Source,
+                dry: Some((&DryRun::Patch(None), r.remote.as_bytes())),
+                on_params: None,
+            };
             client::connect_pipe(
                 stream.clone(),
-                &peer,
-                Role::Source,
+                &pipe,
                 &mut disk,
                 &config.transfer,
                 &config.env,
                 log,
-                Some(&DryRun::Patch(None)),
-                r.remote.as_bytes(),
-                None,
             )
             .map(|_| ())
         });

@@ -149,17 +149,19 @@ fn undo_session(
     };
     // The session's verification digest is the remote's content digest
     // under the session's salt and grain: the undo patch's result.
+    let pipe = client::Pipe {
+        peer,
+        role: Role::Destination,
+        dry: None,
+        on_params: Some(&on_params),
+    };
     let result = client::connect_pipe(
         stream.clone(),
-        peer,
-        Role::Destination,
+        &pipe,
         &mut disk,
         &config.transfer,
         &config.env,
         log,
-        None,
-        b"",
-        Some(&on_params),
     )?;
     let p = *capture
         .params

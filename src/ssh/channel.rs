@@ -79,17 +79,19 @@ pub(super) fn sync(
     let (child, stream) = child::spawn_with_pipes(endpoint.command(&script), &what)?;
     let peer = format!("{name} (inside ssh)");
     let session = open_local(connect, config, log).and_then(|mut disk| {
+        let pipe = client::Pipe {
+            peer: &peer,
+            role: connect.role,
+            dry: config.dry.as_ref().map(|d| (d, remote.as_bytes())),
+            on_params: None,
+        };
         client::connect_pipe(
             stream.clone(),
-            &peer,
-            connect.role,
+            &pipe,
             &mut disk,
             &config.transfer,
             &config.env,
             log,
-            config.dry.as_ref(),
-            remote.as_bytes(),
-            None,
         )
         .map(|_| ())
     });
