@@ -2,7 +2,7 @@
 //!
 //! A [`Disk`] is a regular file or a block device with its size and a label
 //! that names its side (`source a.img`), so every error says which end failed.
-//! Opening applies the kernel hints SPEC.md promises (sequential advice,
+//! Opening applies the kernel hints (sequential advice,
 //! a 4 MiB read-ahead on devices, put back when the disk is closed); each
 //! degrades silently where refused, and `-v` says which were applied, which
 //! were skipped and why, once per disk (see [`Disk::detail_once`]).

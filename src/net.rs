@@ -17,9 +17,10 @@ use std::time::Duration;
 use crate::aead::TAG_LEN;
 use crate::auth::Cipher;
 use crate::error::{Error, Result};
+use crate::handshake::{self, Machine};
 use crate::lock::lock;
 use crate::progress::Log;
-use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE, PREAMBLE_MAGIC, PROTOCOL_VERSION};
+use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE};
 use crate::sys;
 
 /// A byte stream a session can run over.
@@ -142,23 +143,7 @@ fn exchange_preamble(stream: &mut impl Stream, peer: &str) -> Result<()> {
     stream
         .read_exact(&mut theirs)
         .map_err(|e| net_error(peer, "handshake", e))?;
-    if &theirs == PREAMBLE {
-        return Ok(());
-    }
-    if theirs.starts_with(PREAMBLE_MAGIC) {
-        let version = String::from_utf8_lossy(&theirs[PREAMBLE_MAGIC.len() - 3..])
-            .trim()
-            .to_string();
-        return Err(Error::protocol(
-            peer,
-            format!(
-                "peer speaks protocol {version}, this bsync speaks {}: \
-                 use the same bsync version on both ends",
-                PROTOCOL_VERSION
-            ),
-        ));
-    }
-    Err(Error::protocol(peer, "not a bsync peer (bad preamble)"))
+    handshake::check_preamble(peer, &theirs)
 }
 
 /// Reads frames from one connection into a reused buffer, checking each
@@ -456,5 +441,51 @@ impl Lane {
     pub fn protect(&mut self, send: Cipher, receive: Cipher) {
         self.reader.cipher = Some(receive);
         self.sender.lock().cipher = Some(send);
+    }
+
+    /// Run the handshake `m` on this lane: feed it `first` (a frame read
+    /// already) and then every frame read, send what it says to send, and
+    /// tag frames once it says so, until it is done or refuses (after
+    /// telling the peer why, if it says to).
+    pub fn handshake<M: Machine>(
+        &mut self,
+        m: &mut M,
+        first: Option<Frame<'_>>,
+    ) -> Result<M::Done> {
+        if let Some(frame) = first {
+            let fed = m.feed(frame);
+            if let Some(done) = self.step(fed)? {
+                return Ok(done);
+            }
+        }
+        loop {
+            let fed = m.feed(self.reader.read(m.waiting_for())?);
+            if let Some(done) = self.step(fed)? {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Do what one step of a handshake says.
+    fn step<D>(
+        &mut self,
+        step: std::result::Result<handshake::Step<D>, handshake::Refused>,
+    ) -> Result<Option<D>> {
+        let mut step = match step {
+            Ok(step) => step,
+            Err(refused) => {
+                if let Some(why) = &refused.tell {
+                    self.sender.fail(why);
+                }
+                return Err(refused.error);
+            }
+        };
+        if !step.send.is_empty() {
+            self.sender.send(&mut step.send)?;
+        }
+        if let Some((send, receive)) = step.protect {
+            self.protect(send, receive);
+        }
+        Ok(step.done)
     }
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::block::Geometry;
 use crate::config::LogOptions;
+pub use crate::units::{human_bytes, plural};
 
 /// Writes log lines to stderr with the `-l` prefix, unless quiet.
 #[derive(Clone, Debug, Default)]
@@ -135,51 +136,13 @@ pub fn set_server() {
     SERVER.store(true, Relaxed);
 }
 
-/// Take Ctrl-C, SIGTERM and SIGHUP in a thread of our own, so an
-/// interrupted run still says where to resume (then exits 128 + the
-/// signal). Called before any other thread starts, so all inherit the mask.
-pub fn watch_interrupts(log: &Log) {
-    // Once per process, however often `run` is called (tests call it
-    // in-process).
-    static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if WATCHING.swap(true, Relaxed) || crate::sys::block_termination_signals().is_err() {
-        return;
-    }
-    let log = log.clone();
-    std::thread::spawn(move || {
-        let Ok(sig) = crate::sys::wait_termination_signal() else {
-            return;
-        };
-        end_live_line();
-        log.line("interrupted");
-        if let Some(hint) = resume_hint() {
-            log.line(hint);
-        }
-        crate::net::tell_peers(
-            &format!("it was stopped by {}", signal_name(sig)),
-            Duration::from_secs(1),
-        );
-        std::process::exit(128 + sig);
-    });
-}
-
-/// `SIGINT (Ctrl-C)`, `SIGTERM`, `SIGHUP`.
-fn signal_name(sig: i32) -> String {
-    match sig {
-        libc::SIGINT => "SIGINT (Ctrl-C)".into(),
-        libc::SIGTERM => "SIGTERM".into(),
-        libc::SIGHUP => "SIGHUP".into(),
-        n => format!("signal {n}"),
-    }
-}
-
 /// The live line is gone for good: the run is ending on a signal, and what
 /// follows (the resume line, then the shell's prompt) goes on lines of its
 /// own, with nothing drawn after them.
 static ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Clear the live progress line and draw it no more.
-fn end_live_line() {
+pub fn end_live_line() {
     let mut live = crate::lock::lock(&LIVE);
     ENDED.store(true, Relaxed);
     if live.take().is_some() {
@@ -507,15 +470,6 @@ fn fit(prefix: &str, parts: &[String], width: usize) -> String {
     line.chars().take(max).collect()
 }
 
-/// `1 block`, `2 blocks`.
-pub fn plural(n: u64, word: &str) -> String {
-    if n == 1 {
-        word.to_string()
-    } else {
-        format!("{word}s")
-    }
-}
-
 /// Which end a summary describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -633,47 +587,9 @@ fn human_duration_precise(d: Duration) -> String {
     }
 }
 
-/// Human size with binary units and one decimal, e.g. `931.5 GiB`,
-/// `4.0 MiB`; plain bytes below 1 KiB (`512 B`).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut unit = 0;
-    while unit + 1 < UNITS.len() && n >> (10 * (unit + 1)) > 0 {
-        unit += 1;
-    }
-    if unit == 0 {
-        return format!("{n} B");
-    }
-    // Integer tenths, rounded half up; u128 so that u64::MAX * 10 fits.
-    let div = 1u128 << (10 * unit);
-    let mut tenths = (u128::from(n) * 10 + div / 2) / div;
-    // 1048575 B would otherwise print as "1024.0 KiB".
-    if tenths >= 10240 && unit + 1 < UNITS.len() {
-        unit += 1;
-        tenths = (u128::from(n) * 10 + (div << 9)) / (div << 10);
-    }
-    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_bytes_examples() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1024), "1.0 KiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(4 << 20), "4.0 MiB");
-        assert_eq!(human_bytes(10 << 30), "10.0 GiB");
-        assert_eq!(human_bytes(1_953_525_168 * 512), "931.5 GiB");
-        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
-        // Rounding never shows 1024.0 of a unit.
-        assert_eq!(human_bytes((1 << 20) - 1), "1.0 MiB");
-        assert_eq!(human_bytes((1 << 20) - 52), "1023.9 KiB");
-    }
 
     #[test]
     fn human_durations() {

@@ -215,11 +215,10 @@ fn auto_over_a_100_mbit_link_compresses_harder() {
     let link = match Link::new() {
         Ok(l) => l,
         Err(why) => {
-            eprintln!(
-                "auto_over_a_100_mbit_link_compresses_harder: skipped: {why} \
+            return common::skip(&format!(
+                "{why} \
                  (needs root, ip and tc to make two network namespaces)"
-            );
-            return;
+            ));
         }
     };
     let tmp = TempDir::new("auto-veth");

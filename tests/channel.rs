@@ -2,7 +2,8 @@
 //! client with `ssh ... bsync --server` as its remote shell command, and
 //! `-t` inside the ssh session, asked for (`-over-ssh`) or because the
 //! remote's port cannot be reached. Without `BSYNC_TEST_SSH` each test says
-//! "skipped: no sshd" and passes.
+//! "skipped: no sshd" (`common::skip`: fails under CI) and passes. One test needs no sshd: a stand-in for
+//! ssh records the remote command lines and runs them here.
 
 mod common;
 
@@ -15,12 +16,12 @@ use common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_bsync");
 
 /// (`user@host:port`, the ssh command with its options).
-fn sshd(test: &str) -> Option<(String, String)> {
+fn sshd() -> Option<(String, String)> {
     let remote = std::env::var("BSYNC_TEST_SSH")
         .ok()
         .filter(|s| !s.is_empty());
     let Some(remote) = remote else {
-        eprintln!("{test}: skipped: no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
+        common::skip("no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
         return None;
     };
     let shell = std::env::var("BSYNC_SSH").unwrap_or_else(|_| "ssh".into());
@@ -35,7 +36,7 @@ fn ssh_login(remote: &str, shell: &str) -> String {
 
 #[test]
 fn bdsync_client_through_a_real_sshd() {
-    let Some((remote, shell)) = sshd("bdsync_client_through_a_real_sshd") else {
+    let Some((remote, shell)) = sshd() else {
         return;
     };
     let dir = TempDir::new("channel-bdsync");
@@ -93,13 +94,12 @@ esac
 
 #[test]
 fn t_falls_back_into_ssh_when_the_port_is_walled_off() {
-    let Some((remote, shell)) = sshd("t_falls_back_into_ssh_when_the_port_is_walled_off") else {
+    let Some((remote, shell)) = sshd() else {
         return;
     };
     let dir = TempDir::new("channel-walled");
     let Some(walled) = walled_ssh(dir.path(), &shell) else {
-        eprintln!("skipped: unshare -rn is not permitted here");
-        return;
+        return common::skip("unshare -rn is not permitted here");
     };
     let (src, dst) = make_pair(3 << 20, 22);
     let (a, b) = (dir.join("a.img"), dir.join("b.img"));
@@ -119,8 +119,7 @@ fn t_falls_back_into_ssh_when_the_port_is_walled_off() {
 
 #[test]
 fn over_ssh_uploads_downloads_compares_and_writes_patches() {
-    let Some((remote, shell)) = sshd("over_ssh_uploads_downloads_compares_and_writes_patches")
-    else {
+    let Some((remote, shell)) = sshd() else {
         return;
     };
     let dir = TempDir::new("channel-over");
@@ -159,4 +158,58 @@ fn over_ssh_uploads_downloads_compares_and_writes_patches() {
     run_ok(&mut t(&["-over-ssh", "-d"]));
     assert_same(&a, &b);
     run_ok(&mut t(&["--compare", "-over-ssh"]));
+}
+
+/// A stand-in for ssh, for `-ssh`: it records the remote command of every
+/// call in `log` and runs it here with `sh`, as sshd would there (`-G`
+/// names the host as loopback; the cache lives in `dir`).
+fn recording_ssh(dir: &Path, log: &Path) -> String {
+    let path = dir.join("recording-ssh");
+    let script = format!(
+        r#"#!/bin/sh
+if [ "$1" = -G ]; then echo "hostname 127.0.0.1"; exit 0; fi
+for a in "$@"; do last=$a; done
+printf '%s\n' "$last" >> '{log}'
+export HOME='{home}' XDG_CACHE_HOME='{home}/cache' SSH_CONNECTION='127.0.0.1 1 127.0.0.1 22'
+exec sh -c "$last"
+"#,
+        log = log.display(),
+        home = dir.display(),
+    );
+    fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The remote bsync inside ssh gets the same limit and verbosity as the
+/// one-session server of `-t`: a download inside ssh (`-over-ssh`) is sent
+/// at the `-bwlimit` asked for, and its server logs with `-v`.
+#[test]
+fn over_ssh_passes_bwlimit_and_verbosity_to_the_remote_server() {
+    let dir = TempDir::new("channel-args");
+    let log = dir.join("ssh.log");
+    let ssh = recording_ssh(dir.path(), &log);
+    let (src, dst) = make_pair(1 << 20, 29);
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &dst);
+    write_file(&b, &src);
+    let err = run_ok(
+        bsync()
+            .args(["-b", "65536", "-ssh", &ssh, "-over-ssh", "-d", "-v"])
+            .args(["-bwlimit", "64M", "-f"])
+            .arg(&a)
+            .arg("-t")
+            .arg(format!("localhost:{}", b.display())),
+    );
+    assert!(err.contains("inside ssh"), "{err}");
+    assert_same(&a, &b);
+    let calls = fs::read_to_string(&log).unwrap();
+    let server = calls
+        .lines()
+        .find(|l| l.contains("--server"))
+        .unwrap_or_else(|| panic!("no --server call in {calls}"));
+    assert!(server.contains(" -bwlimit 67108864"), "{server}");
+    assert!(server.contains(" -v "), "{server}");
+    assert!(server.contains(" -d "), "{server}");
 }

@@ -996,7 +996,7 @@ fn ipv6(name: &str, dir: Dir) {
             assert!(ends.client.contains("[::1]:"), "{}", ends.client);
         }
         // Only a failure to listen means the host has no IPv6 loopback.
-        Err(e) if e.contains("listen") => eprintln!("skipped: cannot serve on ::1 here: {e}"),
+        Err(e) if e.contains("listen") => common::skip(&format!("cannot serve on ::1 here: {e}")),
         Err(e) => panic!("{e}"),
     }
 }
@@ -2140,8 +2140,7 @@ fn progress_fits_the_terminal_and_keeps_log_lines_apart() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: no script(1) for a pty");
-        return;
+        return common::skip("no script(1) for a pty");
     }
     let tmp = TempDir::new("tty");
     let (s, d, out) = (tmp.join("src"), tmp.join("dst"), tmp.join("pty.out"));

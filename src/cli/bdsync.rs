@@ -271,7 +271,6 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         log,
         env: Env::from_process(),
         dry: None,
-        over_ssh: false,
     })
 }
 

@@ -686,7 +686,7 @@ pub fn parse_target(value: &std::path::Path) -> Result<Target> {
 mod tests {
     use super::*;
     use crate::auth::Secret;
-    use crate::config::{Connect, Mode, Role, Serve};
+    use crate::config::{Connect, Mode, Role, Serve, Ssh};
     use crate::proto::PROTOCOL_VERSION;
 
     fn run(args: &[&str]) -> Result<Command> {
@@ -746,7 +746,7 @@ mod tests {
         let role = |args: &[&str]| match config(args).mode {
             Mode::Serve(Serve { role, .. })
             | Mode::Connect(Connect { role, .. })
-            | Mode::Ssh { role, .. } => role,
+            | Mode::Ssh(Ssh { role, .. }) => role,
             other => panic!("{args:?}: {other:?}"),
         };
         assert_eq!(role(&["-d"]), Role::Source);
@@ -970,7 +970,7 @@ mod tests {
             Mode::Connect(Connect { secret, .. }) | Mode::Serve(Serve { secret, .. }) => {
                 secret.is_some_and(|s| s.encrypts())
             }
-            Mode::Ssh { encrypt, .. } => encrypt,
+            Mode::Ssh(Ssh { encrypt, .. }) => encrypt,
             other => panic!("{args:?}: {other:?}"),
         };
         assert!(encrypts(&["-e", "-K", &key, "-r", "h:1"]));

@@ -13,7 +13,7 @@ use super::{DEFAULT_BLOCK_SIZE, RawArgs, Secret as SecretArg, Target};
 use crate::auth::Secret;
 use crate::compress::Level;
 use crate::config::{
-    Config, Connect, DryRun, Env, LogOptions, Mode, Role, SSH_ENV, Serve, Stdio, Transfer,
+    Config, Connect, DryRun, Env, LogOptions, Mode, Role, SSH_ENV, Serve, Ssh, Stdio, Transfer,
     VERBOSE_ENV, env_flag, memory_available, memory_refusal, sysfs_root,
 };
 use crate::error::{Error, Result};
@@ -132,7 +132,7 @@ impl RawArgs {
                 destination,
             }
         } else if let Some(Target::Remote(target)) = self.target {
-            Mode::Ssh {
+            Mode::Ssh(Ssh {
                 target,
                 role,
                 path,
@@ -142,7 +142,8 @@ impl RawArgs {
                     .filter(|s| !s.trim().is_empty())
                     .unwrap_or_else(|| DEFAULT_SHELL.to_string()),
                 encrypt: self.encrypt,
-            }
+                over_ssh: self.over_ssh,
+            })
         } else {
             Mode::Serve(Serve {
                 bind: self.bind.unwrap_or(IpAddr::from([0, 0, 0, 0])),
@@ -173,11 +174,11 @@ impl RawArgs {
                 path,
                 ..
             })
-            | Mode::Ssh {
+            | Mode::Ssh(Ssh {
                 role: Role::Destination,
                 path,
                 ..
-            } => check_writing_end(path, "-f", given_file)?,
+            }) => check_writing_end(path, "-f", given_file)?,
             _ => {}
         }
         let transfer = Transfer {
@@ -211,7 +212,6 @@ impl RawArgs {
             },
             env: Env::from_process(),
             dry,
-            over_ssh: self.over_ssh,
         })
     }
 
@@ -323,7 +323,6 @@ impl RawArgs {
             },
             env: Env::from_process(),
             dry: None,
-            over_ssh: false,
         })
     }
 

@@ -7,13 +7,12 @@
 use std::time::Duration;
 
 use super::command::Endpoint;
-use super::script::{quote, remote_path};
+use super::script::{Listen, quote, server_args};
+use crate::child;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::Stream;
 use crate::progress::Log;
-use crate::remote_shell;
-use crate::stdio::PipeStream;
 use crate::{
     client,
     config::{Config, Connect, Role},
@@ -32,23 +31,24 @@ pub(super) enum Carried {
 }
 
 /// The client's half of a `-t` run: over TCP to `connect` when that port
-/// answers and `-over-ssh` is off, else inside ssh with `BINARY --server`
+/// answers and `-over-ssh` (`over_ssh`) is off, else inside ssh with `BINARY --server`
 /// (the remote's copy of bsync, as the launch named it).
 pub(super) fn sync(
     endpoint: &Endpoint,
     binary: &str,
     remote: &str,
     connect: &Connect,
+    over_ssh: bool,
     config: &Config,
     log: &Log,
 ) -> Result<Carried> {
     let name = &endpoint.host;
-    if config.over_ssh {
+    if over_ssh {
         log.line(format!(
             "{name}: carrying the session inside ssh (-over-ssh)"
         ));
     } else {
-        let direct = client::run_dry_within(
+        let direct = client::connect_tcp_within(
             connect,
             &config.transfer,
             &config.env,
@@ -67,42 +67,36 @@ pub(super) fn sync(
             other => return other.map(|()| Carried::Tcp),
         }
     }
-    let mut args = vec!["--server".to_string(), "-q".to_string()];
-    args.push(format!("-f {}", remote_path(remote)));
-    if connect.role == Role::Destination {
-        args.push("-d".to_string());
-    }
-    args.push(format!("-b {}", config.transfer.block_size));
+    let args = server_args(
+        Listen::Stdio,
+        remote,
+        connect.role,
+        &config.transfer,
+        config.log.verbose,
+    );
     let script = format!("exec {} {}", quote(binary), args.join(" "));
-    let mut cmd = endpoint.command(&script);
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("ssh to {name}"), "start", e))?;
-    let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
-        return Err(Error::Failed("ssh: no pipes".into()));
-    };
-    let stream = PipeStream::new(output.into(), input.into());
+    let what = format!("ssh to {name}");
+    let (child, stream) = child::spawn_with_pipes(endpoint.command(&script), &what)?;
     let peer = format!("{name} (inside ssh)");
     let session = open_local(connect, config, log).and_then(|mut disk| {
-        client::run_over(
+        let pipe = client::Pipe {
+            peer: &peer,
+            role: connect.role,
+            dry: config.dry.as_ref().map(|d| (d, remote.as_bytes())),
+            on_params: None,
+        };
+        client::connect_pipe(
             stream.clone(),
-            &peer,
-            connect.role,
+            &pipe,
             &mut disk,
             &config.transfer,
             &config.env,
             log,
-            config.dry.as_ref(),
-            remote.as_bytes(),
-            None,
         )
         .map(|_| ())
     });
     let _ = stream.shutdown();
-    remote_shell::reap(child, &format!("ssh to {name}"), session)?;
+    child::reap(child, &what, session)?;
     Ok(Carried::Channel)
 }
 
