@@ -59,6 +59,13 @@ pub fn run_dry_within(
     } else {
         None
     };
+    if let Some(disk) = &source {
+        let geo = Geometry {
+            size: disk.size(),
+            block_size: t.block_size,
+        };
+        session::check_skip(t.skip, geo)?;
+    }
     let secret = c.secret.as_ref();
     let peer = if host.contains(':') {
         format!("server [{host}]:{port}")
@@ -158,7 +165,8 @@ pub fn run_dry_within(
         size: welcome.source_size,
         block_size,
     };
-    let first_block = welcome.skip.min(geo.blocks());
+    refuse_skip(t.skip, geo, &lanes)?;
+    let first_block = welcome.skip;
     let params = Params {
         geo,
         first: first_block,
@@ -200,6 +208,17 @@ pub fn run_dry_within(
         }
         None => session::run(c.role, &params, &disk, lanes, &redial, log, progress),
     }
+}
+
+/// A download learns the source's size only from the `Welcome`: `-s` at or
+/// past its end is refused there, before the destination is opened, and
+/// the server is told why so it ends instead of waiting for a rejoin.
+fn refuse_skip(skip: u64, geo: Geometry, lanes: &[Lane]) -> Result<()> {
+    session::check_skip(skip, geo).inspect_err(|e| {
+        for lane in lanes {
+            lane.sender.fail(&format!("the client refused: {e}"));
+        }
+    })
 }
 
 /// A lane that is lost stays lost: a session over one stream (a remote

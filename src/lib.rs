@@ -71,6 +71,9 @@ pub fn run(config: &Config) -> Result<()> {
     if matches!(config.mode, Mode::Serve(_)) {
         progress::set_server();
     }
+    if block_size_from_peer(&config.mode) {
+        progress::set_block_size_from_peer();
+    }
     match &config.mode {
         Mode::Local {
             source,
@@ -94,6 +97,16 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::Apply(a) => patch::apply::run(a, &config.env, &log),
         Mode::RemoteShell(r) => remote_shell::run(r, config, &log),
         Mode::ListDrives { sysfs } => list_drives(sysfs),
+    }
+}
+
+/// Whether the other end's `-b` sets this run's block size: a downloading
+/// `-r` client takes its server's, an upload server its client's.
+fn block_size_from_peer(mode: &Mode) -> bool {
+    match mode {
+        Mode::Connect(c) => c.role == config::Role::Destination,
+        Mode::Serve(s) => s.role == config::Role::Destination,
+        _ => false,
     }
 }
 

@@ -30,6 +30,11 @@ pub const GRAIN: usize = 4096;
 /// Make `dst` identical to `src`.
 pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Result<()> {
     let source = Disk::open_source(src, env, log)?;
+    let geo = Geometry {
+        size: source.size(),
+        block_size: t.block_size,
+    };
+    crate::session::check_skip(t.skip, geo)?;
     if let Ok(existing) = std::fs::metadata(dst) {
         use std::os::unix::fs::MetadataExt;
         let (dev, ino, rdev) = source.identity()?;
@@ -44,11 +49,7 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
     let mut dest = Disk::open_destination(dst, env, log)?;
     dest.fit_to(source.size())?;
 
-    let geo = Geometry {
-        size: source.size(),
-        block_size: t.block_size,
-    };
-    let first = t.skip.min(geo.blocks());
+    let first = t.skip;
     let stats = Arc::new(Stats::default());
     let totals = Totals::from_block(geo, first);
     if first > 0 {
@@ -56,6 +57,7 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
         log.info(format!("skipping the first {first} {blocks} (-s)"));
     }
     let reporter = Reporter::start(log, &stats, totals, !log.is_quiet(), &[]);
+    crate::progress::resumable(geo.block_size, geo.blocks());
     let next = run_pipeline(t, &source, &dest, geo, first, &stats)?;
     if next != geo.blocks() {
         return Err(Error::Failed(format!(

@@ -61,6 +61,7 @@ WHAT AND HOW
   -d            download: the server (or -t path) is the source
   -b N          block size in bytes, or with K/M/G (binary) [10M]; at most 1G
   -s N          skip the first N blocks (resume; neither read nor checked) [0]
+                a failed run prints the -s and -b to resume with, where safe
 
 SERVER
   -p PORT       port to listen on; 0 picks a free one and prints it [8080]
