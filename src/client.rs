@@ -180,7 +180,7 @@ pub fn run_dry_within(
     };
     log.info(format!(
         "connected to {peer}: {} {} in blocks of {}, {} {}",
-        if upload { "uploading" } else { "downloading" },
+        activity(dry.is_some(), upload),
         crate::progress::human_bytes(geo.size),
         crate::progress::human_bytes(block_size as u64),
         lanes.len(),
@@ -207,6 +207,16 @@ pub fn run_dry_within(
             patch::make::run_source(dry, target, &params, &disk, lanes, &redial, log, progress)
         }
         None => session::run(c.role, &params, &disk, lanes, &redial, log, progress),
+    }
+}
+
+/// What the session does, for the "connected" line: a dry run writes
+/// nothing, so it compares.
+fn activity(dry: bool, upload: bool) -> &'static str {
+    match (dry, upload) {
+        (true, _) => "comparing",
+        (false, true) => "uploading",
+        (false, false) => "downloading",
     }
 }
 
@@ -301,11 +311,7 @@ pub fn run_over<S: Stream>(
     let disk = &*disk;
     log.info(format!(
         "connected to {peer}: {} {} in blocks of {}",
-        match (dry.is_some(), upload) {
-            (true, _) => "comparing",
-            (false, true) => "uploading",
-            (false, false) => "downloading",
-        },
+        activity(dry.is_some(), upload),
         crate::progress::human_bytes(geo.size),
         crate::progress::human_bytes(t.block_size as u64),
     ));

@@ -204,6 +204,11 @@ impl Disk {
         self.dry
     }
 
+    /// Whether writes go to a [`Capture`] (an undo patch) instead.
+    pub fn captures(&self) -> bool {
+        self.capture.is_some()
+    }
+
     /// Send every write of this (dry) destination to `capture` instead.
     pub fn capture_writes(&mut self, capture: std::sync::Arc<dyn Capture>) {
         self.capture = Some(capture);

@@ -71,6 +71,9 @@ pub fn run(config: &Config) -> Result<()> {
     if matches!(config.mode, Mode::Serve(_)) {
         progress::set_server();
     }
+    if patch_on_stdout(config) {
+        progress::json_to_stderr();
+    }
     if block_size_from_peer(&config.mode) {
         progress::set_block_size_from_peer();
     }
@@ -98,6 +101,13 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::RemoteShell(r) => remote_shell::run(r, config, &log),
         Mode::ListDrives { sysfs } => list_drives(sysfs),
     }
+}
+
+/// Whether stdout carries a patch (`--write-patch -`, bdsync's client), so
+/// that nothing else may go there.
+fn patch_on_stdout(config: &Config) -> bool {
+    matches!(config.dry, Some(config::DryRun::Patch(None)))
+        || matches!(config.mode, Mode::RemoteShell(_))
 }
 
 /// Whether the other end's `-b` sets this run's block size: a downloading

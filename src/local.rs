@@ -69,7 +69,12 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
     dest.flush()?;
     source.check_unchanged()?;
     let elapsed = reporter.finish();
-    report_summary(log, &stats, elapsed, Side::Local, first, true);
+    // Locally the changed data is what was written: nothing is compressed.
+    let written = stats
+        .bytes_written
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Stats::add(&stats.bytes_changed, written);
+    report_summary(log, &stats, elapsed, Side::Local, first, true, false);
     dest.report_excess(source.size());
     Ok(())
 }

@@ -552,8 +552,15 @@ pub fn summary(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> St
 }
 
 /// The closing summary as one JSON object (`--json`, on stdout): every
-/// counter in plain numbers, for scripts.
-pub fn summary_json(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> String {
+/// counter in plain numbers, for scripts. `dry`: nothing was written (a
+/// compare or a patch); the counts then say what differs.
+pub fn summary_json(
+    stats: &Stats,
+    elapsed: Duration,
+    side: Side,
+    skipped: u64,
+    dry: bool,
+) -> String {
     let get = |c: &AtomicU64| c.load(Relaxed);
     let side = match side {
         Side::Local => "local",
@@ -561,7 +568,7 @@ pub fn summary_json(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) 
         Side::Destination => "destination",
     };
     format!(
-        "{{\"side\":\"{side}\",\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
+        "{{\"side\":\"{side}\",\"dry\":{dry},\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
          \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
          \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
          \"wire_sent\":{},\"wire_received\":{},\"seconds\":{:.3}}}",
@@ -580,8 +587,9 @@ pub fn summary_json(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) 
     )
 }
 
-/// Print the closing summary: the line on stderr (unless quiet) and, with
-/// `--json`, the JSON object on stdout.
+/// Print the closing summary: the line on stderr (when `show`, unless
+/// quiet) and, with `--json`, the JSON object on stdout (on stderr when
+/// stdout carries a patch, see [`json_to_stderr`]). `dry`: a dry run.
 pub fn report_summary(
     log: &Log,
     stats: &Stats,
@@ -589,15 +597,44 @@ pub fn report_summary(
     side: Side,
     skipped: u64,
     show: bool,
+    dry: bool,
 ) {
     if show {
         log.info(summary(stats, elapsed, side, skipped));
     }
     if log.json {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", summary_json(stats, elapsed, side, skipped));
-        let _ = out.flush();
+        let json = summary_json(stats, elapsed, side, skipped, dry);
+        if JSON_TO_STDERR.load(Relaxed) {
+            let _ = writeln!(std::io::stderr().lock(), "{json}");
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{json}");
+            let _ = out.flush();
+        }
     }
+}
+
+/// stdout carries a patch: the `--json` summary goes to stderr instead.
+static JSON_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say that stdout carries a patch (for [`report_summary`]).
+pub fn json_to_stderr() {
+    JSON_TO_STDERR.store(true, Relaxed);
+}
+
+/// The summary of the destination end of a dry run (`--compare`,
+/// `--write-patch`): what it read for the other end, and that it changed
+/// nothing. What differs is the source's to say.
+pub fn dry_destination_summary(stats: &Stats, elapsed: Duration) -> String {
+    let get = |c: &AtomicU64| c.load(Relaxed);
+    let blocks = get(&stats.blocks_done);
+    format!(
+        "done: compared for the client (--compare or --write-patch): {blocks} {} ({}) \
+         read and digested in {}; nothing was changed here",
+        plural(blocks, "block"),
+        human_bytes(get(&stats.bytes_done)),
+        human_duration_precise(elapsed),
+    )
 }
 
 fn human_duration_precise(d: Duration) -> String {

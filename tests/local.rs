@@ -595,3 +595,29 @@ fn an_interrupted_local_run_says_where_to_resume() {
         "a block before {n} is missing"
     );
 }
+
+/// Issue 18, item 5: a local sync's `-json` reports the changed data it
+/// wrote (`bytes_changed` was always 0).
+#[test]
+fn local_json_reports_the_bytes_changed() {
+    let dir = TempDir::new("local-json");
+    let (s, d) = (dir.join("src"), dir.join("dst"));
+    let (src, dst) = make_pair(2 << 20, 27);
+    write_file(&s, &src);
+    write_file(&d, &dst);
+    let out = run(&mut local(&s, &d, &["-json", "-b", "64K"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| -> u64 {
+        json.split(&format!("\"{name}\":"))
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {json}"))
+    };
+    let want = expect(&src, &dst, 64 << 10, 0).written;
+    assert!(want > 0);
+    assert_eq!(field("bytes_changed"), want, "{json}");
+    assert_eq!(field("bytes_written"), want, "{json}");
+    assert_same(&s, &d);
+}

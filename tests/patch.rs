@@ -386,3 +386,130 @@ fn server_without_a_bsync_client_fails_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
+
+/// A number field of a `--json` summary line.
+fn json_u64(json: &str, field: &str) -> u64 {
+    let key = format!("\"{field}\":");
+    json.split(&key)
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {json}"))
+}
+
+/// The one `--json` line among `text`'s lines.
+fn json_line(text: &str) -> &str {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"side\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "want one JSON line:\n{text}");
+    lines[0]
+}
+
+/// A one-session server on a free port of loopback; returns it and the
+/// `HOST:PORT` to give `-r`.
+fn server(args: &[&str], dst: &Path) -> (std::process::Child, String) {
+    let mut server = bsync()
+        .args(["-p", "0", "-i", "127.0.0.1"])
+        .args(args)
+        .arg("-f")
+        .arg(dst)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", line.trim());
+    (server, addr)
+}
+
+/// Issue 18, item 5: a dry run says "comparing", both ends say what it did
+/// (the client what differs, the server that it changed nothing, never
+/// "both ends agree"), it exits 3 when they differ, and no end offers a
+/// resume.
+#[test]
+fn dry_runs_say_what_they_do_on_both_ends() {
+    let p = pair("dry-words");
+    for (extra, code) in [(&["--compare"][..], 3), (&["--write-patch", "-"][..], 0)] {
+        let (server, addr) = server(&[], &p.dst);
+        let out = run(bsync()
+            .args(["-b", BS, "-f"])
+            .arg(&p.src)
+            .args(["-r", &addr])
+            .args(extra)
+            .stdout(File::create(p.dir.join("r.bsync")).unwrap()));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {err}");
+        assert!(err.contains("comparing"), "{extra:?}: {err}");
+        assert!(!err.contains("uploading"), "{extra:?}: {err}");
+        assert!(err.contains("blocks differ"), "{extra:?}: {err}");
+        assert!(!err.contains("resume with"), "{extra:?}: {err}");
+        let out = server.wait_with_output().unwrap();
+        let server_err = stderr(&out);
+        assert!(out.status.success(), "{extra:?}: {server_err}");
+        assert!(
+            server_err.contains("nothing was changed"),
+            "{extra:?}: {server_err}"
+        );
+        for claim in ["both ends agree", " same, 0 changed", "resume"] {
+            assert!(!server_err.contains(claim), "{extra:?}: {server_err}");
+        }
+        assert_eq!(read_file(&p.dst), p.dst_bytes);
+    }
+}
+
+/// Issue 18, item 5: `--compare -json` reports the blocks and bytes that
+/// differ, locally and over `-r` (where it printed no JSON at all).
+#[test]
+fn compare_json_reports_what_differs_locally_and_over_r() {
+    let p = pair("compare-json");
+    let out = run(&mut local(&p.src, &p.dst, &["--compare", "-json", "-b", BS]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let local_json = json_line(&stdout).to_string();
+    let differ = json_u64(&local_json, "changed") + json_u64(&local_json, "zero");
+    assert!(differ > 0, "{local_json}");
+    assert!(json_u64(&local_json, "bytes_changed") > 0, "{local_json}");
+    assert!(local_json.contains("\"dry\":true"), "{local_json}");
+    let said = format!("{differ} of 12 blocks differ");
+    assert!(stderr(&out).contains(&said), "{said}: {}", stderr(&out));
+
+    let (server, addr) = server(&["-q"], &p.dst);
+    let out = run(bsync()
+        .args(["-q", "-json", "-b", BS, "-f"])
+        .arg(&p.src)
+        .args(["-r", &addr, "--compare"]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = json_line(&stdout);
+    for field in ["changed", "zero", "same", "bytes_changed"] {
+        assert_eq!(
+            json_u64(json, field),
+            json_u64(&local_json, field),
+            "{field}: {json} vs {local_json}"
+        );
+    }
+    assert!(server.wait_with_output().unwrap().status.success());
+}
+
+/// Issue 18, item 5: with a patch on stdout, `-json` goes to stderr, and
+/// the patch applies.
+#[test]
+fn json_with_a_patch_on_stdout_goes_to_stderr() {
+    let p = pair("json-patch");
+    let patch = p.dir.join("out.bsync");
+    let out = run(
+        local(&p.src, &p.dst, &["--write-patch", "-", "-json", "-b", BS])
+            .stdout(File::create(&patch).unwrap()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    json_line(&stderr(&out));
+    run_ok(&mut apply(&patch, Some(&p.dst), &[]));
+    assert_same(&p.src, &p.dst);
+}

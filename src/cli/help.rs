@@ -97,6 +97,7 @@ OUTPUT
                 cleared); BSYNC_VERBOSE=1 does the same
   -l PREFIX     put PREFIX in front of every log and progress line
   -json         print the closing summary as one JSON object on stdout
+                (on stderr when stdout carries a patch)
   -a            list block devices
   -h, --help    this text
   --version     version and protocol version

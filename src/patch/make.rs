@@ -395,8 +395,11 @@ pub fn local(
     };
     let (a, b) = UnixStream::pair().map_err(|e| Error::io("bsync", "socket pair", e))?;
     let max = crate::proto::max_payload(t.block_size);
+    // The destination's end says nothing: the source's summary (and JSON)
+    // is the run's.
     let quiet = Log::new(&crate::config::LogOptions {
         quiet: true,
+        json: false,
         ..config.log.clone()
     });
     let name = destination.as_os_str();

@@ -232,8 +232,16 @@ pub fn run_dry(
         ),
     };
     let elapsed = reporter.finish();
-    if dry.is_none() {
-        report_summary(log, &stats, elapsed, side, p.first, progress);
+    if dry.is_some() {
+        // The sink says what differs; the JSON carries the same counts.
+        report_summary(log, &stats, elapsed, side, p.first, false, true);
+    } else if disk.is_dry() && !disk.captures() {
+        if progress {
+            log.info(crate::progress::dry_destination_summary(&stats, elapsed));
+        }
+        report_summary(log, &stats, elapsed, side, p.first, false, true);
+    } else {
+        report_summary(log, &stats, elapsed, side, p.first, progress, false);
         log.info(verification_line(verify, p.first, p.geo.blocks()));
     }
     if role == Role::Destination {
