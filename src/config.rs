@@ -139,8 +139,8 @@ pub struct Apply {
     pub patch: Option<PathBuf>,
     /// The target; `None` takes the name stored in the patch.
     pub target: Option<PathBuf>,
-    /// `--diffsize`.
-    pub diffsize: DiffSize,
+    /// `--diffsize`; `None` takes the mode stored in the patch.
+    pub diffsize: Option<DiffSize>,
     /// `--remdata=FILE`: before each range is written, its current data
     /// goes into an undo patch here.
     pub undo: Option<PathBuf>,

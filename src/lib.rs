@@ -71,6 +71,9 @@ pub fn run(config: &Config) -> Result<()> {
     if matches!(config.mode, Mode::Serve(_)) {
         progress::set_server();
     }
+    if let Mode::RemoteShell(r) = &config.mode {
+        patch::make::record_diffsize(r.diffsize);
+    }
     if patch_on_stdout(config) {
         progress::json_to_stderr();
     }

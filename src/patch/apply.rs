@@ -1,13 +1,19 @@
 //! `bsync --patch[=TARGET]`: apply a patch, refusing the wrong target.
 //!
 //! Every range of a patch carries the digest of what the target must hold
-//! there before (and after). From a file (a regular file on stdin
-//! included) every range is checked first and nothing is written unless all
-//! of them match; from a pipe each record is checked just before it is
-//! written, and a mismatch stops at once, saying how much was applied. A
-//! range that already holds its new content is skipped, so a patch applied
-//! twice (or resumed) writes nothing more. At the end the digest of the
-//! whole result is checked against the patch's trailer.
+//! there before (and after), and the header the digest of the whole target
+//! the patch was made from. Nothing is written before the whole target is
+//! shown to be that image: record checks alone cannot see a wrong target
+//! whose bytes agree where the records lie (a change inside a zero area).
+//! From a file (a regular file on stdin included) every range is checked
+//! first, then the whole target is digested with the ranges already
+//! patched counted as they were before, so an interrupted apply can be
+//! finished; from a pipe the whole target is digested first and must be
+//! the original image (or the result: already applied), then each record
+//! is checked just before it is written. A range that already holds its
+//! new content is skipped, so a patch applied twice writes nothing more. At
+//! the end the digest of the whole result is checked against the patch's
+//! trailer. A failure after the first write says so, and how to undo.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -68,9 +74,21 @@ fn open_input(path: Option<&Path>) -> Result<Input> {
     }
 }
 
-/// The target: the one named, else the one the patch names.
-fn target_path(a: &Apply, h: &Header) -> Result<PathBuf> {
+/// The target: the one named, else the one the patch names. A named one
+/// that is not the patch's is said in a warning.
+fn target_path(a: &Apply, h: &Header, log: &Log) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let named = PathBuf::from(std::ffi::OsString::from_vec(h.name.clone()));
     if let Some(t) = &a.target {
+        let given = std::path::absolute(t).unwrap_or_else(|_| t.clone());
+        if !h.name.is_empty() && given != named {
+            log.line(format!(
+                "warning: --patch={} is not the target this patch was made against ({}); \
+                 it is applied only if that whole target holds the same image",
+                t.display(),
+                named.display()
+            ));
+        }
         return Ok(t.clone());
     }
     if h.name.is_empty() {
@@ -78,8 +96,74 @@ fn target_path(a: &Apply, h: &Header) -> Result<PathBuf> {
             "--patch: the patch names no target; give one: --patch=DEVICE",
         ));
     }
-    use std::os::unix::ffi::OsStringExt;
-    Ok(PathBuf::from(std::ffi::OsString::from_vec(h.name.clone())))
+    Ok(named)
+}
+
+/// `--diffsize` as given to `--patch`, else as recorded in the patch.
+fn diffsize(a: &Apply, h: &Header) -> DiffSize {
+    a.diffsize.unwrap_or(h.diffsize)
+}
+
+/// Before the first write: the whole target must be the image the patch
+/// was made from. `befores` are the patch's ranges (offset, digest before),
+/// in offset order: a range the target holds patched already counts as it
+/// was (an interrupted apply finishes); from a pipe there are none yet.
+/// Returns whether the target is already the result.
+fn check_whole(disk: &Disk, h: &Header, befores: &[(u64, u128)], what: &str) -> Result<bool> {
+    let Some(whole) = h.whole else {
+        // An undo patch: its records' checks are all there is.
+        return Ok(false);
+    };
+    let got = digest_as_before(disk, h, h.source_size, befores)?;
+    if got == whole.original {
+        return Ok(false);
+    }
+    if befores.is_empty() && got == whole.result {
+        return Ok(true);
+    }
+    Err(Error::Failed(format!(
+        "{}: not the image {what} was made from (the digest of the whole target differs, \
+         though {} where the patch's records lie); the target is untouched{}",
+        disk.label(),
+        if befores.is_empty() {
+            "perhaps not"
+        } else {
+            "it agrees"
+        },
+        if befores.is_empty() {
+            ". A partly applied target is finished only from a file: bsync --patch < FILE"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// What a failure after the first write says: the target changed, and
+/// how to put it back.
+fn after_writing(e: Error, disk: &Disk, a: &Apply, ranges: u64, bytes: u64) -> Error {
+    let _ = disk.flush();
+    let undo = match &a.undo {
+        Some(u) => format!(
+            "undo with: bsync --patch={} < {}",
+            disk_path(disk),
+            u.display()
+        ),
+        None => "no undo patch was asked for (--remdata=FILE); applying the same patch \
+                 again from a file finishes it"
+            .to_string(),
+    };
+    Error::Failed(format!(
+        "{e}; the target WAS changed: {ranges} ranges ({}) written in full before the \
+         stop; {undo}",
+        human_bytes(bytes)
+    ))
+}
+
+/// The path in a disk's label (`destination PATH`).
+fn disk_path(disk: &Disk) -> &str {
+    disk.label()
+        .strip_prefix("destination ")
+        .unwrap_or(disk.label())
 }
 
 fn open_target(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
@@ -102,9 +186,17 @@ fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<()> {
         )))
     };
     match diffsize {
-        DiffSize::Strict if have != want => {
-            refuse("sizes differ (--diffsize=resize or --diffsize=minsize to allow)")
-        }
+        // Suggest only what then works: minsize takes a larger target,
+        // resize a regular file of any size, and nothing grows a device.
+        DiffSize::Strict if have != want => refuse(match (have > want, disk.is_device()) {
+            (true, true) => "sizes differ (--diffsize=minsize to leave the end alone)",
+            (true, false) => {
+                "sizes differ (--diffsize=minsize to leave the end alone, \
+                 --diffsize=resize to truncate)"
+            }
+            (false, true) => "the device is smaller than the patch's result",
+            (false, false) => "sizes differ (--diffsize=resize to grow the file)",
+        }),
         DiffSize::MinSize if have < want => refuse("the target is smaller (--diffsize=minsize)"),
         DiffSize::Resize if have < want && disk.is_device() => {
             refuse("a device cannot grow (--diffsize=resize)")
@@ -192,7 +284,14 @@ pub(super) fn grain_page(grain: u32) -> usize {
 /// end, as the patch's trailer defines it. Blocks are summed in any order,
 /// so a thread per core (up to 4) takes a share of them.
 pub(super) fn result_digest(disk: &Disk, h: &Header, size: u64) -> Result<u128> {
+    digest_as_before(disk, h, size, &[])
+}
+
+/// [`result_digest`], the grains at the offsets of `befores` (in offset
+/// order) counted as their digest there instead of what they hold.
+fn digest_as_before(disk: &Disk, h: &Header, size: u64, befores: &[(u64, u128)]) -> Result<u128> {
     let bs = u64::from(h.block_size);
+    let grain = u64::from(h.grain);
     let blocks = size.div_ceil(bs);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
     let share = blocks.div_ceil(threads.max(1)).max(1);
@@ -205,6 +304,22 @@ pub(super) fn result_digest(disk: &Disk, h: &Header, size: u64) -> Result<u128> 
             let len = usize::try_from((size - offset).min(bs)).unwrap_or(0);
             read_range(disk, offset, &mut buf, len)?;
             crate::proto::digest_ranges(h.salt, &buf, grain_page(h.grain), &mut digests);
+            let from = befores.partition_point(|&(at, _)| at < offset);
+            for &(at, before) in befores[from..]
+                .iter()
+                .take_while(|&&(at, _)| at < offset + bs)
+            {
+                let within = at - offset;
+                let slot = usize::try_from(within / grain).unwrap_or(usize::MAX);
+                match digests.get_mut(slot) {
+                    Some(d) if within % grain == 0 => *d = before,
+                    _ => {
+                        return Err(Error::Failed(format!(
+                            "patch: corrupted: a range at offset {at} is not on a grain of {grain} bytes"
+                        )));
+                    }
+                }
+            }
             sum = sum.wrapping_add(format::block_hash(index, &digests));
         }
         Ok(sum)
@@ -244,11 +359,11 @@ fn finish(
     disk: &mut Disk,
     h: &Header,
     t: &Trailer,
-    a: &Apply,
+    diffsize: DiffSize,
     what: &str,
     log: &Log,
 ) -> Result<()> {
-    if a.diffsize == DiffSize::Resize && !disk.is_device() && disk.size() != h.source_size {
+    if diffsize == DiffSize::Resize && !disk.is_device() && disk.size() != h.source_size {
         disk.fit_to(h.source_size)?;
     }
     disk.flush()?;
@@ -277,15 +392,18 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     // The records' checks cover their stored bytes: no need to decompress.
     d.skip_data = true;
     let h = d.header().map_err(|e| corrupt(what, e))?;
-    let path = target_path(a, &h)?;
+    let path = target_path(a, &h, log)?;
+    let diffsize = diffsize(a, &h);
     let mut disk = open_target(&path, env, log)?;
-    check_size(&disk, &h, a.diffsize)?;
+    check_size(&disk, &h, diffsize)?;
     let mut buf = Vec::new();
     let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
     let (mut pending, mut applied) = (0u64, 0u64);
     let mut first_other: Option<Error> = None;
     // Which ranges hold their new content already, for the second pass.
     let mut done: Vec<bool> = Vec::new();
+    // Those ranges' offsets and digests before, for the whole-target check.
+    let mut befores: Vec<(u64, u128)> = Vec::new();
     let trailer = loop {
         match d.next(&mut dec).map_err(|e| corrupt(what, e))? {
             Item::Record(rec, check) => {
@@ -295,6 +413,9 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
                     ranges += 1;
                     let state = range_state(&disk, &h, &rec, r, &mut buf)?;
                     done.push(state == State::After);
+                    if state == State::After {
+                        befores.push((rec.offset + u64::from(r.start), r.before));
+                    }
                     match state {
                         State::Before => pending += 1,
                         State::After => applied += 1,
@@ -319,12 +440,14 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     if let Some(e) = first_other {
         return Err(e);
     }
+    check_whole(&disk, &h, &befores, what)?;
+    drop(befores);
     let undo = a
         .undo
         .as_deref()
         .map(|p| UndoWriter::create(p, &h, &disk, &path))
         .transpose()?;
-    if pending == 0 && (disk.size() == h.source_size || a.diffsize != DiffSize::Resize) {
+    if pending == 0 && (disk.size() == h.source_size || diffsize != DiffSize::Resize) {
         let got = result_digest(&disk, &h, h.source_size)?;
         if got == trailer.result {
             log.line(format!(
@@ -343,29 +466,36 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     let mut d = Decoder::new(&mut r);
     d.header().map_err(|e| corrupt(what, e))?;
     let mut undo = undo;
-    let mut written = 0u64;
-    if a.diffsize == DiffSize::Resize && !disk.is_device() && disk.size() < h.source_size {
-        disk.fit_to(h.source_size)?;
-    }
+    let (mut written, mut wrote) = (0u64, 0u64);
     // The target was opened exclusively where it is a device; a file that
     // someone else writes meanwhile is caught by the result digest.
     let mut states = done.into_iter();
-    while let Item::Record(rec, _) = d.next(&mut dec).map_err(|e| corrupt(what, e))? {
-        let skip: Vec<bool> = states.by_ref().take(rec.ranges.len()).collect();
-        if skip.len() != rec.ranges.len() {
-            return Err(Error::Failed(format!(
-                "{what}: changed while it was applied"
-            )));
+    let mut pass = || -> Result<()> {
+        if diffsize == DiffSize::Resize && !disk.is_device() && disk.size() < h.source_size {
+            disk.fit_to(h.source_size)?;
         }
-        if let Some(u) = &mut undo {
-            u.record(&disk, &rec, &skip)?;
+        while let Item::Record(rec, _) = d.next(&mut dec).map_err(|e| corrupt(what, e))? {
+            let skip: Vec<bool> = states.by_ref().take(rec.ranges.len()).collect();
+            if skip.len() != rec.ranges.len() {
+                return Err(Error::Failed(format!(
+                    "{what}: changed while it was applied"
+                )));
+            }
+            if let Some(u) = &mut undo {
+                u.record(&disk, &rec, &skip)?;
+            }
+            written += write_record(&disk, &rec, &skip)?;
+            wrote += skip.iter().filter(|s| !**s).count() as u64;
         }
-        written += write_record(&disk, &rec, &skip)?;
+        if let Some(u) = undo.take() {
+            u.finish()?;
+        }
+        finish(&mut disk, &h, &trailer, diffsize, what, log)
+    };
+    let passed = pass();
+    if let Err(e) = passed {
+        return Err(after_writing(e, &disk, a, wrote, written));
     }
-    if let Some(u) = undo {
-        u.finish()?;
-    }
-    finish(&mut disk, &h, &trailer, a, what, log)?;
     log.info(format!(
         "{}: applied {what}: {} written in {pending} ranges{}",
         disk.label(),
@@ -393,9 +523,32 @@ fn apply_pipe(
     let mut dec = Decompressor::default();
     let mut d = Decoder::new(&mut r);
     let h = d.header().map_err(|e| corrupt(what, e))?;
-    let path = target_path(a, &h)?;
+    let path = target_path(a, &h, log)?;
+    let diffsize = diffsize(a, &h);
     let mut disk = open_target(&path, env, log)?;
-    check_size(&disk, &h, a.diffsize)?;
+    check_size(&disk, &h, diffsize)?;
+    // The whole target first: the records come only once, as they are
+    // written.
+    if check_whole(&disk, &h, &[], what)? {
+        d.skip_data = true;
+        let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
+        let trailer = loop {
+            match d.next(&mut dec).map_err(|e| corrupt(what, e))? {
+                Item::Record(rec, check) => {
+                    records += 1;
+                    ranges += rec.ranges.len() as u64;
+                    chain = format::chain(chain, check);
+                }
+                Item::End(t) => break t,
+            }
+        };
+        check_trailer(what, &trailer, records, ranges, chain)?;
+        log.line(format!(
+            "{}: this patch is already applied; nothing was written",
+            disk.label()
+        ));
+        return Ok(());
+    }
     let mut undo = a
         .undo
         .as_deref()
@@ -405,21 +558,17 @@ fn apply_pipe(
     let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
     let (mut written, mut applied, mut skipped) = (0u64, 0u64, 0u64);
     let mut resized = false;
-    let stopped = |disk: &Disk, e: Error, written: u64, applied: u64| -> Error {
-        let _ = disk.flush();
-        Error::Failed(format!(
-            "{e}; stopped after applying {applied} ranges ({written} bytes){}",
-            if a.undo.is_some() {
-                " (the undo patch puts them back)"
-            } else {
-                ""
-            }
-        ))
+    // `touched`: something may have been written (a write failed partway).
+    let stopped = |disk: &Disk, e: Error, written: u64, applied: u64, touched: bool| -> Error {
+        if applied == 0 && !touched {
+            return Error::Failed(format!("{e}; nothing was written"));
+        }
+        after_writing(e, disk, a, applied, written)
     };
     let trailer = 'records: loop {
         let item = match d.next(&mut dec) {
             Ok(item) => item,
-            Err(e) => break Err(stopped(&disk, corrupt(what, e), written, applied)),
+            Err(e) => break Err(stopped(&disk, corrupt(what, e), written, applied, false)),
         };
         match item {
             Item::Record(rec, check) => {
@@ -436,25 +585,31 @@ fn apply_pipe(
                         }
                         State::Other => {
                             let e = differs(&disk, &rec, r, "this range was not written");
-                            break 'records Err(stopped(&disk, e, written, applied));
+                            break 'records Err(stopped(&disk, e, written, applied, false));
                         }
                     }
                 }
                 if skip.iter().all(|s| *s) {
                     continue;
                 }
-                if !resized
-                    && a.diffsize == DiffSize::Resize
-                    && !disk.is_device()
-                    && disk.size() < h.source_size
-                {
-                    disk.fit_to(h.source_size)?;
-                    resized = true;
+                let mut write = || -> Result<u64> {
+                    if !resized
+                        && diffsize == DiffSize::Resize
+                        && !disk.is_device()
+                        && disk.size() < h.source_size
+                    {
+                        disk.fit_to(h.source_size)?;
+                        resized = true;
+                    }
+                    if let Some(u) = &mut undo {
+                        u.record(&disk, &rec, &skip)?;
+                    }
+                    write_record(&disk, &rec, &skip)
+                };
+                match write() {
+                    Ok(n) => written += n,
+                    Err(e) => break 'records Err(stopped(&disk, e, written, applied, true)),
                 }
-                if let Some(u) = &mut undo {
-                    u.record(&disk, &rec, &skip)?;
-                }
-                written += write_record(&disk, &rec, &skip)?;
                 applied += skip.iter().filter(|s| !**s).count() as u64;
             }
             Item::End(t) => break Ok(t),
@@ -475,9 +630,9 @@ fn apply_pipe(
         u.finish()?;
     }
     if let Err(e) = trailer_ok {
-        return Err(stopped(&disk, e, written, applied));
+        return Err(stopped(&disk, e, written, applied, false));
     }
-    if applied == 0 && (disk.size() == h.source_size || a.diffsize != DiffSize::Resize) {
+    if applied == 0 && (disk.size() == h.source_size || diffsize != DiffSize::Resize) {
         let got = result_digest(&disk, &h, h.source_size)?;
         if got == trailer.result {
             log.line(format!(
@@ -487,7 +642,9 @@ fn apply_pipe(
             return Ok(());
         }
     }
-    finish(&mut disk, &h, &trailer, a, what, log)?;
+    if let Err(e) = finish(&mut disk, &h, &trailer, diffsize, what, log) {
+        return Err(stopped(&disk, e, written, applied, false));
+    }
     log.info(format!(
         "{}: applied {what}: {} written in {applied} ranges",
         disk.label(),
