@@ -568,10 +568,10 @@ pub fn summary_json(
         Side::Destination => "destination",
     };
     format!(
-        "{{\"side\":\"{side}\",\"dry\":{dry},\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
+        "{{\"side\":\"{side}\",\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
          \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
          \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
-         \"wire_sent\":{},\"wire_received\":{},\"seconds\":{:.3}}}",
+         \"wire_sent\":{},\"wire_received\":{},\"seconds\":{:.3},\"dry\":{dry}}}",
         get(&stats.blocks_done),
         get(&stats.bytes_done),
         get(&stats.same),
