@@ -99,6 +99,9 @@ pub struct Handshake {
     plain: Key,
     transcript: Vec<u8>,
     encrypt: bool,
+    /// A key or token is held: only then can a good `check` with a bad
+    /// `tag` mean another secret.
+    keyed: bool,
 }
 
 /// Why a peer's proof was not accepted.
@@ -136,6 +139,7 @@ impl Handshake {
             plain,
             transcript,
             encrypt: secret.is_some_and(Secret::encrypts),
+            keyed: secret.is_some(),
         }
     }
 
@@ -148,7 +152,8 @@ impl Handshake {
     }
 
     /// Whether `check` and `tag` are the proof of the sender in `dir`
-    /// (constant time), and if not, why.
+    /// (constant time), and if not, why. Without a secret both are made
+    /// under the same key, so a bad `tag` can only be a changed byte.
     pub fn verify(
         &self,
         dir: Direction,
@@ -158,7 +163,13 @@ impl Handshake {
         let n = nonce(dir, 0);
         aead::open(&self.plain, &n, &self.transcript, &mut [], check)
             .map_err(|_| Refusal::Corrupted)?;
-        aead::open(&self.key, &n, &self.transcript, &mut [], tag).map_err(|_| Refusal::WrongSecret)
+        aead::open(&self.key, &n, &self.transcript, &mut [], tag).map_err(|_| {
+            if self.keyed {
+                Refusal::WrongSecret
+            } else {
+                Refusal::Corrupted
+            }
+        })
     }
 
     /// The state for frames sent in `dir` (or received from it): sealed
@@ -287,6 +298,30 @@ mod tests {
             other.verify(Direction::Up, &check, &tag),
             Err(Refusal::Corrupted),
             "altered transcript"
+        );
+    }
+
+    #[test]
+    fn a_changed_tag_without_a_secret_is_corruption_not_a_wrong_key() {
+        // Issue 18, item 10: neither end holds a key or token.
+        let hello = Hello {
+            session: 7,
+            lane: 0,
+            lanes: 1,
+            download: false,
+            block_size: 4096,
+            skip: 0,
+            source_size: 1 << 20,
+            compression: 0,
+            flags: 0,
+            nonce: [3; 16],
+        };
+        let hs = Handshake::new(None, &[2; 16], 0, &hello);
+        let (check, mut tag) = hs.proof(Direction::Up);
+        tag[0] ^= 1;
+        assert_eq!(
+            hs.verify(Direction::Up, &check, &tag),
+            Err(Refusal::Corrupted)
         );
     }
 

@@ -6,6 +6,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::auth::Secret;
+use crate::block::Geometry;
 use crate::compress;
 use crate::config::{Connect, DryRun, Env, Role, Transfer};
 use crate::disk::Disk;
@@ -55,6 +56,13 @@ pub fn connect_tcp_within(
     } else {
         None
     };
+    if let Some(disk) = &source {
+        let geo = Geometry {
+            size: disk.size(),
+            block_size: t.block_size,
+        };
+        session::check_skip(t.skip, geo)?;
+    }
     let secret = c.secret.as_ref();
     let peer = if host.contains(':') {
         format!("server [{host}]:{port}")
@@ -122,9 +130,10 @@ pub fn connect_tcp_within(
     for lane in &mut lanes {
         lane.reader.set_max(max);
     }
+    refuse_skip(t.skip, geo, &lanes)?;
     log.info(format!(
         "connected to {peer}: {} {} in blocks of {}, {} {}",
-        if upload { "uploading" } else { "downloading" },
+        activity(dry.is_some(), upload),
         crate::progress::human_bytes(geo.size),
         crate::progress::human_bytes(block_size as u64),
         lanes.len(),
@@ -152,6 +161,27 @@ pub fn connect_tcp_within(
         }
         None => session::run(c.role, &params, &disk, lanes, &redial, log, progress),
     }
+}
+
+/// What the session does, for the "connected" line: a dry run writes
+/// nothing, so it compares.
+fn activity(dry: bool, upload: bool) -> &'static str {
+    match (dry, upload) {
+        (true, _) => "comparing",
+        (false, true) => "uploading",
+        (false, false) => "downloading",
+    }
+}
+
+/// A download learns the source's size only from the `Welcome`: `-s` at or
+/// past its end is refused there, before the destination is opened, and
+/// the server is told why so it ends instead of waiting for a rejoin.
+fn refuse_skip(skip: u64, geo: Geometry, lanes: &[Lane]) -> Result<()> {
+    session::check_skip(skip, geo).inspect_err(|e| {
+        for lane in lanes {
+            lane.sender.fail(&format!("the client refused: {e}"));
+        }
+    })
 }
 
 /// A one-lane session over the pipes of a remote shell running
@@ -201,11 +231,7 @@ pub fn connect_pipe<S: Stream>(
     let disk = &*disk;
     log.info(format!(
         "connected to {peer}: {} {} in blocks of {}",
-        match (dry.is_some(), upload) {
-            (true, _) => "comparing",
-            (false, true) => "uploading",
-            (false, false) => "downloading",
-        },
+        activity(dry.is_some(), upload),
         crate::progress::human_bytes(geo.size),
         crate::progress::human_bytes(geo.block_size as u64),
     ));

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::auth::Secret;
 use crate::compress::Level;
+pub use crate::patch::format::DiffSize;
 
 /// Which end of a transfer this process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,19 +128,6 @@ pub struct RemoteShell {
     pub diffsize: DiffSize,
 }
 
-/// How a patch treats a target whose size differs from the source's
-/// (bdsync's `--diffsize`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DiffSize {
-    /// Sizes must be equal.
-    #[default]
-    Strict,
-    /// A regular-file target is grown or truncated to the source's size.
-    Resize,
-    /// The target may be larger; it is left alone past the source's end.
-    MinSize,
-}
-
 /// `--patch[=DST]`: what to apply, to what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Apply {
@@ -147,8 +135,8 @@ pub struct Apply {
     pub patch: Option<PathBuf>,
     /// The target; `None` takes the name stored in the patch.
     pub target: Option<PathBuf>,
-    /// `--diffsize`.
-    pub diffsize: DiffSize,
+    /// `--diffsize`; `None` takes the mode stored in the patch.
+    pub diffsize: Option<DiffSize>,
     /// `--remdata=FILE`: before each range is written, its current data
     /// goes into an undo patch here.
     pub undo: Option<PathBuf>,

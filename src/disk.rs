@@ -176,9 +176,10 @@ impl Disk {
             format!("changed size from {size} to {} bytes", m.len())
         };
         Err(Error::Failed(format!(
-            "{}: the source {what} during the run, so the destination may hold a mix of \
-             old and new data; run again when nothing writes to it (or from a snapshot)",
-            self.label
+            "{}: the source {what} {}; run again when nothing writes to it (or from a \
+             snapshot)",
+            self.label,
+            crate::error::SOURCE_CHANGED
         )))
     }
 
@@ -196,6 +197,16 @@ impl Disk {
         let mut disk = Disk::describe(file, label, env, log)?;
         disk.dry = true;
         Ok(disk)
+    }
+
+    /// A dry run's destination ([`Disk::open_dry`]): nothing is written to it.
+    pub fn is_dry(&self) -> bool {
+        self.dry
+    }
+
+    /// Whether writes go to a [`Capture`] (an undo patch) instead.
+    pub fn captures(&self) -> bool {
+        self.capture.is_some()
     }
 
     /// Send every write of this (dry) destination to `capture` instead.

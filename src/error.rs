@@ -21,6 +21,11 @@ pub const EXIT_FAILURE: i32 = 1;
 /// Exit status of `--compare` when the two sides differ.
 pub const EXIT_DIFFER: i32 = 3;
 
+/// What the error of a source that changed during the run says: no resume
+/// is safe after it (see `progress::resume_hint_after`).
+pub const SOURCE_CHANGED: &str =
+    "during the run, so the destination may hold a mix of old and new data";
+
 /// Everything that can make a bsync run fail.
 #[derive(Debug)]
 pub enum Error {

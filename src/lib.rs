@@ -75,6 +75,15 @@ pub fn run(config: &Config) -> Result<()> {
     if matches!(config.mode, Mode::Serve(_)) {
         progress::set_server();
     }
+    if let Mode::RemoteShell(r) = &config.mode {
+        patch::make::record_diffsize(r.diffsize);
+    }
+    if patch_on_stdout(config) {
+        progress::json_to_stderr();
+    }
+    if block_size_from_peer(&config.mode) {
+        progress::set_block_size_from_peer();
+    }
     match &config.mode {
         Mode::Local {
             source,
@@ -98,6 +107,23 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::RemoteShell(r) if r.undo => patch::undo::run(r, config, &log),
         Mode::RemoteShell(r) => remote_shell::run(r, config, &log),
         Mode::ListDrives { sysfs } => list_drives(sysfs),
+    }
+}
+
+/// Whether stdout carries a patch (`--write-patch -`, bdsync's client), so
+/// that nothing else may go there.
+fn patch_on_stdout(config: &Config) -> bool {
+    matches!(config.dry, Some(config::DryRun::Patch(None)))
+        || matches!(config.mode, Mode::RemoteShell(_))
+}
+
+/// Whether the other end's `-b` sets this run's block size: a downloading
+/// `-r` client takes its server's, an upload server its client's.
+fn block_size_from_peer(mode: &Mode) -> bool {
+    match mode {
+        Mode::Connect(c) => c.role == config::Role::Destination,
+        Mode::Serve(s) => s.role == config::Role::Destination,
+        _ => false,
     }
 }
 

@@ -30,6 +30,11 @@ pub const GRAIN: usize = 4096;
 /// Make `dst` identical to `src`.
 pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Result<()> {
     let source = Disk::open_source(src, env, log)?;
+    let geo = Geometry {
+        size: source.size(),
+        block_size: t.block_size,
+    };
+    crate::session::check_skip(t.skip, geo)?;
     if let Ok(existing) = std::fs::metadata(dst) {
         use std::os::unix::fs::MetadataExt;
         let (dev, ino, rdev) = source.identity()?;
@@ -48,11 +53,7 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
     }
     dest.fit_to(source.size())?;
 
-    let geo = Geometry {
-        size: source.size(),
-        block_size: t.block_size,
-    };
-    let first = t.skip.min(geo.blocks());
+    let first = t.skip;
     let stats = Arc::new(Stats::default());
     let totals = Totals::from_block(geo, first);
     if first > 0 {
@@ -60,6 +61,7 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
         log.info(format!("skipping the first {first} {blocks} (-s)"));
     }
     let reporter = Reporter::start(log, &stats, totals, !log.is_quiet(), &[]);
+    crate::progress::resumable(geo.block_size, geo.blocks());
     let next = run_pipeline(t, &source, &dest, geo, first, &stats)?;
     if next != geo.blocks() {
         return Err(Error::Failed(format!(
@@ -71,13 +73,18 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
     dest.flush()?;
     source.check_unchanged()?;
     let elapsed = reporter.finish();
+    // Locally the changed data is what was written: nothing is compressed.
+    let written = stats
+        .bytes_written
+        .load(std::sync::atomic::Ordering::Relaxed);
+    Stats::add(&stats.bytes_changed, written);
     // The summary names the destination: a mistyped -t shows here.
     log.info(format!(
         "{}: {}",
         dest.label(),
         summary(&stats, elapsed, Side::Local, first)
     ));
-    report_summary(log, &stats, elapsed, Side::Local, first, false);
+    report_summary(log, &stats, elapsed, Side::Local, first, false, false);
     dest.report_excess(source.size());
     Ok(())
 }

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     let log = bsync::progress::Log::new(&config.log);
                     log.line(format!("bsync: {e}"));
-                    if let Some(hint) = bsync::progress::resume_hint() {
+                    if let Some(hint) = bsync::progress::resume_hint_after(&e) {
                         log.line(hint);
                     }
                     e.exit_status()

@@ -107,33 +107,98 @@ static LIVE: Mutex<Option<String>> = Mutex::new(None);
 /// failure or an interrupt.
 static CURRENT: Mutex<Option<Arc<Stats>>> = Mutex::new(None);
 
+/// What a resume line needs besides the counters: set by [`resumable`]
+/// when a transfer that may be resumed starts.
+static RESUME: Mutex<Option<Resume>> = Mutex::new(None);
+
+/// The terms a `-s N` resume must keep: what a block number means.
+#[derive(Clone, Copy, Debug)]
+struct Resume {
+    /// The block size N counts in.
+    block_size: usize,
+    /// Blocks of the source: `-s` at or past it is refused, and a run that
+    /// got that far needs a plain re-run, not a resume.
+    blocks: u64,
+}
+
 /// Make `stats` the transfer the resume line speaks about.
 pub fn track(stats: &Arc<Stats>) {
     *crate::lock::lock(&CURRENT) = Some(Arc::clone(stats));
+    *crate::lock::lock(&RESUME) = None;
 }
 
-/// `resume with -s N`, where every block before N is written and
-/// acknowledged, for the transfer running now (if one has started). On a
-/// server, which takes no `-s`, it is the client's to give.
+/// The transfer tracked now may be resumed with `-s`: it writes blocks of
+/// `block_size` bytes, `blocks` of them. Without this call (a dry run, which
+/// writes nothing) no resume line is printed.
+pub fn resumable(block_size: usize, blocks: u64) {
+    *crate::lock::lock(&RESUME) = Some(Resume { block_size, blocks });
+}
+
+/// `-b`'s value for `bytes`, the way the flag reads it: `1M`, `64K`, `512`.
+pub fn block_flag(bytes: usize) -> String {
+    for (shift, suffix) in [(30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{suffix}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// `resume with -s N -b B`, where every block before N is written and
+/// acknowledged, for the transfer running now, with every flag that gives
+/// N its meaning (`-b`). None when no resume is safe or useful: before a
+/// transfer started, in a dry run, at block 0 or past the last block (a
+/// plain re-run does as well). On a server, which takes no `-s`, it is the
+/// client's to give.
 pub fn resume_hint() -> Option<String> {
     let stats = crate::lock::lock(&CURRENT).clone()?;
+    let terms = (*crate::lock::lock(&RESUME))?;
     let at = stats.resume_at.load(Relaxed);
-    let who = if SERVER.load(Relaxed) {
-        "the client may resume"
-    } else {
-        "resume"
+    if at == 0 || at >= terms.blocks {
+        return None;
+    }
+    let b = block_flag(terms.block_size);
+    // Whose `-b` set the block size: a downloading client's comes from
+    // its server, an upload server's from its client.
+    let line = match (SERVER.load(Relaxed), BLOCK_SIZE_FROM_PEER.load(Relaxed)) {
+        (false, false) => format!("resume with -s {at} -b {b}"),
+        (false, true) => format!("resume with -s {at} (and the server again with -b {b})"),
+        (true, true) => format!("the client may resume with -s {at} -b {b}"),
+        (true, false) => {
+            format!("the client may resume with -s {at} (and this server again with -b {b})")
+        }
     };
     Some(format!(
-        "{who} with -s {at}: every block before {at} is written at the destination"
+        "{line}: every block before {at} is written at the destination"
     ))
+}
+
+/// [`resume_hint`] after the run failed with `e`: none when the source
+/// changed during the run (blocks written before the change may be stale:
+/// only a whole re-run makes the destination right).
+pub fn resume_hint_after(e: &crate::error::Error) -> Option<String> {
+    if e.to_string().contains(crate::error::SOURCE_CHANGED) {
+        return None;
+    }
+    resume_hint()
 }
 
 /// This process is a server: the resume line speaks of the client.
 static SERVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// The block size is the other end's `-b` (a downloading `-r` client, an
+/// upload server).
+static BLOCK_SIZE_FROM_PEER: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Say that this process is a server (for [`resume_hint`]).
 pub fn set_server() {
     SERVER.store(true, Relaxed);
+}
+
+/// Say that the other end's `-b` sets the block size (for [`resume_hint`]).
+pub fn set_block_size_from_peer() {
+    BLOCK_SIZE_FROM_PEER.store(true, Relaxed);
 }
 
 /// The live line is gone for good: the run is ending on a signal, and what
@@ -497,7 +562,10 @@ pub fn summary(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> St
         get(&stats.zero),
     );
     if skipped > 0 {
-        let _ = write!(line, ", {skipped} skipped (-s {skipped})");
+        let _ = write!(
+            line,
+            "; blocks before {skipped} skipped (-s {skipped}), not verified"
+        );
     }
     let _ = write!(line, "; read {}", human_bytes(get(&stats.bytes_read)));
     if side == Side::Source {
@@ -531,8 +599,15 @@ pub fn summary(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> St
 }
 
 /// The closing summary as one JSON object (`--json`, on stdout): every
-/// counter in plain numbers, for scripts.
-pub fn summary_json(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> String {
+/// counter in plain numbers, for scripts. `dry`: nothing was written (a
+/// compare or a patch); the counts then say what differs.
+pub fn summary_json(
+    stats: &Stats,
+    elapsed: Duration,
+    side: Side,
+    skipped: u64,
+    dry: bool,
+) -> String {
     let get = |c: &AtomicU64| c.load(Relaxed);
     let side = match side {
         Side::Local => "local",
@@ -543,7 +618,7 @@ pub fn summary_json(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) 
         "{{\"side\":\"{side}\",\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
          \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
          \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
-         \"wire_sent\":{},\"wire_received\":{},\"seconds\":{:.3}}}",
+         \"wire_sent\":{},\"wire_received\":{},\"seconds\":{:.3},\"dry\":{dry}}}",
         get(&stats.blocks_done),
         get(&stats.bytes_done),
         get(&stats.same),
@@ -559,8 +634,9 @@ pub fn summary_json(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) 
     )
 }
 
-/// Print the closing summary: the line on stderr (unless quiet) and, with
-/// `--json`, the JSON object on stdout.
+/// Print the closing summary: the line on stderr (when `show`, unless
+/// quiet) and, with `--json`, the JSON object on stdout (on stderr when
+/// stdout carries a patch, see [`json_to_stderr`]). `dry`: a dry run.
 pub fn report_summary(
     log: &Log,
     stats: &Stats,
@@ -568,15 +644,44 @@ pub fn report_summary(
     side: Side,
     skipped: u64,
     show: bool,
+    dry: bool,
 ) {
     if show {
         log.info(summary(stats, elapsed, side, skipped));
     }
     if log.json {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", summary_json(stats, elapsed, side, skipped));
-        let _ = out.flush();
+        let json = summary_json(stats, elapsed, side, skipped, dry);
+        if JSON_TO_STDERR.load(Relaxed) {
+            let _ = writeln!(std::io::stderr().lock(), "{json}");
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{json}");
+            let _ = out.flush();
+        }
     }
+}
+
+/// stdout carries a patch: the `--json` summary goes to stderr instead.
+static JSON_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say that stdout carries a patch (for [`report_summary`]).
+pub fn json_to_stderr() {
+    JSON_TO_STDERR.store(true, Relaxed);
+}
+
+/// The summary of the destination end of a dry run (`--compare`,
+/// `--write-patch`): what it read for the other end, and that it changed
+/// nothing. What differs is the source's to say.
+pub fn dry_destination_summary(stats: &Stats, elapsed: Duration) -> String {
+    let get = |c: &AtomicU64| c.load(Relaxed);
+    let blocks = get(&stats.blocks_done);
+    format!(
+        "done: compared for the client (--compare or --write-patch): {blocks} {} ({}) \
+         read and digested in {}; nothing was changed here",
+        plural(blocks, "block"),
+        human_bytes(get(&stats.bytes_done)),
+        human_duration_precise(elapsed),
+    )
 }
 
 fn human_duration_precise(d: Duration) -> String {
@@ -668,6 +773,16 @@ mod tests {
     }
 
     #[test]
+    fn block_flags_read_back_as_given() {
+        assert_eq!(block_flag(1 << 20), "1M");
+        assert_eq!(block_flag(10 << 20), "10M");
+        assert_eq!(block_flag(64 << 10), "64K");
+        assert_eq!(block_flag(1 << 30), "1G");
+        assert_eq!(block_flag(1536), "1536");
+        assert_eq!(block_flag(512), "512");
+    }
+
+    #[test]
     fn summary_names_every_class() {
         let stats = Stats::default();
         Stats::add(&stats.blocks_done, 3);
@@ -676,7 +791,7 @@ mod tests {
         Stats::add(&stats.zero, 1);
         let s = summary(&stats, Duration::from_secs(1), Side::Local, 2);
         assert!(
-            s.contains("1 same, 1 changed, 1 zero, 2 skipped (-s 2)"),
+            s.contains("1 same, 1 changed, 1 zero; blocks before 2 skipped (-s 2), not verified"),
             "{s}"
         );
         assert!(s.contains("written 0 B"), "{s}");

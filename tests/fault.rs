@@ -914,3 +914,25 @@ fn measured_7_a_thread_limit_drops_the_connection_without_a_panic() {
     assert_same(&s, &d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn issue18_item10_a_changed_proof_without_a_key_is_called_corrupted_not_a_wrong_key() {
+    // A flipped bit in the tag of either proof, neither end holding a key
+    // or token: nothing can be a different secret.
+    let tmp = TempDir::new("issue18-10");
+    let (s, d) = equal_pair(&tmp);
+    for nth in [0, 1] {
+        let (mut client, mut server) = tampered_bit(Dir::Up, &s, &d, &[], PROOF, nth, 20, 0x01);
+        let c = client.wait(Duration::from_secs(30)).expect("client ends");
+        assert_ne!(c, 0, "proof {nth}");
+        let err = client.stderr();
+        assert!(err.contains("changed in transit"), "proof {nth}: {err}");
+        assert!(!err.contains("different key"), "proof {nth}: {err}");
+        let _ = server.wait(Duration::from_millis(300));
+        assert!(
+            !server.stderr().contains("different key"),
+            "proof {nth}: {}",
+            server.stderr()
+        );
+    }
+}

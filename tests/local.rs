@@ -236,17 +236,32 @@ fn skip_leaves_earlier_blocks_alone() {
     // Only the 12 blocks after the skip are read, on both sides.
     assert!(sum.line.contains("read 1.5 MiB"), "{}", sum.line);
     assert!(sum.line.contains("written 768.0 KiB"), "{}", sum.line);
-
-    // Skipping past the end reads and writes nothing and still succeeds.
-    write_file(&d, &old);
-    let err = run_ok(&mut local(&s, &d, &["-b", "64K", "-s", "100"]));
+    // Issue 18, item 1: the summary says the skipped blocks were not verified.
     assert!(
-        read_file(&d) == old,
-        "-s past the end changed the destination"
+        sum.line
+            .contains("; blocks before 4 skipped (-s 4), not verified"),
+        "{}",
+        sum.line
     );
-    let sum = summary(&err);
-    assert_eq!(sum.blocks, 0, "{}", sum.line);
-    assert!(sum.line.contains("read 0 B"), "{}", sum.line);
+}
+
+/// Issue 18, item 1: `-s` at or past the end of the source is refused
+/// (exit 2, one line), not silently reduced to a run that verifies nothing
+/// and exits 0.
+#[test]
+fn skip_at_or_past_the_end_is_refused() {
+    let dir = TempDir::new("skip-end");
+    let (s, d) = (dir.join("src"), dir.join("dst"));
+    write_file(&s, &random_bytes(1 << 20, 14));
+    for skip in ["16", "100"] {
+        let err = run_status(&mut local(&s, &d, &["-b", "64K", "-s", skip]), 2);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("-s {skip}")), "{err}");
+        assert!(err.contains("16 blocks"), "{err}");
+        assert!(!d.exists(), "-s {skip}: the destination was created");
+    }
+    // The last block is still a valid resume point.
+    run_ok(&mut local(&s, &d, &["-b", "64K", "-s", "15"]));
 }
 
 #[test]
@@ -426,7 +441,7 @@ fn write_failure_exits_1_naming_destination() {
     let last = err.lines().last().unwrap_or_default();
     let n: u64 = last
         .strip_prefix("resume with -s ")
-        .and_then(|r| r.split(':').next())
+        .and_then(|r| r.split([':', ' ']).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no resume line last: {err}"));
     assert!(n <= 4, "only 256 KiB fit, yet resume at block {n}: {err}");
@@ -569,7 +584,7 @@ fn an_interrupted_local_run_says_where_to_resume() {
     let last = err.lines().last().unwrap_or_default();
     let n: usize = last
         .strip_prefix("resume with -s ")
-        .and_then(|r| r.split(':').next())
+        .and_then(|r| r.split([':', ' ']).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no resume line last: {err}"));
     let have = read_file(&d);
@@ -578,4 +593,30 @@ fn an_interrupted_local_run_says_where_to_resume() {
         have[..n * 512] == data[..n * 512],
         "a block before {n} is missing"
     );
+}
+
+/// Issue 18, item 5: a local sync's `-json` reports the changed data it
+/// wrote (`bytes_changed` was always 0).
+#[test]
+fn local_json_reports_the_bytes_changed() {
+    let dir = TempDir::new("local-json");
+    let (s, d) = (dir.join("src"), dir.join("dst"));
+    let (src, dst) = make_pair(2 << 20, 27);
+    write_file(&s, &src);
+    write_file(&d, &dst);
+    let out = run(&mut local(&s, &d, &["-json", "-b", "64K"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| -> u64 {
+        json.split(&format!("\"{name}\":"))
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {json}"))
+    };
+    let want = expect(&src, &dst, 64 << 10, 0).written;
+    assert!(want > 0);
+    assert_eq!(field("bytes_changed"), want, "{json}");
+    assert_eq!(field("bytes_written"), want, "{json}");
+    assert_same(&s, &d);
 }

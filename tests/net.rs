@@ -295,14 +295,19 @@ fn error_line(stderr: &str) -> &str {
     errors[0]
 }
 
-/// The verification digest a run printed.
+/// The verification digest a run printed (`none` for an empty source,
+/// where nothing was verified and no agreement is claimed).
 fn verify_digest(stderr: &str) -> &str {
+    if lines_with(stderr, &["verification: no blocks to compare"]).len() == 1 {
+        assert!(!stderr.contains("both ends agree"), "{stderr}");
+        return "none";
+    }
     let line = lines_with(stderr, &["verification digest ", "both ends agree"]);
     assert_eq!(line.len(), 1, "want one verification line:\n{stderr}");
     line[0]
         .split("verification digest ")
         .nth(1)
-        .and_then(|s| s.split(':').next())
+        .and_then(|s| s.split([':', ' ']).next())
         .expect("a digest")
 }
 
@@ -799,9 +804,21 @@ fn skip_blocks(name: &str, dir: Dir) {
     );
     assert!(now[5 * bs..] == src[5 * bs..], "-s 5: the rest differs");
     check_summaries(&ends, &expect(&src, &old, bs, 5));
-    // Issue 15, item 7: both summaries say what -s left out.
+    // Issue 15, item 7, and issue 18, item 1: both summaries say what -s
+    // left out, and that it was not verified; the verification line names
+    // the blocks it covers.
     for end in [&ends.client, &ends.server] {
-        assert!(summary(end).line.contains(", 5 skipped (-s 5)"), "{end}");
+        assert!(
+            summary(end)
+                .line
+                .contains("; blocks before 5 skipped (-s 5), not verified"),
+            "{end}"
+        );
+        let v = lines_with(end, &["verification digest"]).join("\n");
+        assert!(
+            v.contains("over blocks 5 to 16 (blocks before 5 skipped by -s, not verified)"),
+            "{end}"
+        );
     }
 }
 
@@ -1953,7 +1970,7 @@ fn resume_point(stderr: &str) -> Option<u64> {
     stderr.lines().find_map(|l| {
         l.split("resume with -s ")
             .nth(1)?
-            .split(':')
+            .split([':', ' '])
             .next()?
             .parse()
             .ok()
@@ -2260,4 +2277,141 @@ fn a_stopped_server_says_it_was_stopped() {
     let err = client.expect_status(1);
     assert!(err.contains("it was stopped by SIGTERM"), "{err}");
     server_proc.expect_status(143);
+}
+
+// ------------------------------------------------------------ issue 18 ---
+
+/// The flags of a `resume with ...` line, as words to paste onto the
+/// command line: `-s N -b B`.
+fn resume_flags(stderr: &str) -> Vec<String> {
+    let line = lines_with(stderr, &["resume with -s "]);
+    assert_eq!(line.len(), 1, "want one resume line:\n{stderr}");
+    let flags = line[0]
+        .split("resume with ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_default();
+    flags.split_whitespace().map(str::to_string).collect()
+}
+
+/// Send `signal` (`-INT`, `-TERM`) to `proc`.
+fn signal(proc: &Proc, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &proc.child.id().to_string()])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill {signal} failed");
+}
+
+/// Issue 18, item 1: the resume hint of an interrupted `-b 1M` upload
+/// carries `-b 1M`; pasted as printed (the original `-b` dropped), it
+/// makes the destination whole.
+#[test]
+fn the_resume_hint_carries_the_block_size_and_resumes_the_same_run() {
+    let dir = TempDir::new("resume-b");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &random_bytes(12 * MIB, 181));
+    write_file(&dst, &random_bytes(12 * MIB, 182));
+    let server = Server::start(&["-f", arg(&dst)]);
+    let addr = server.addr();
+    let mut server_proc = server.proc;
+    let mut client = Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &addr,
+        "-b",
+        "1M",
+        "-n",
+        "-bwlimit",
+        "1M",
+    ]);
+    client.wait_stderr(RUN_LIMIT, |e| e.contains("connected to"));
+    thread::sleep(Duration::from_millis(3500));
+    signal(&client, "-INT");
+    let err = client.expect_status(130);
+    let flags = resume_flags(&err);
+    assert!(flags.windows(2).any(|w| w == ["-b", "1M"]), "{err}");
+    let server_err = server_proc.wait_stderr(RUN_LIMIT, |e| e.contains("may resume"));
+    let hint = lines_with(&server_err, &["may resume"]).join("\n");
+    assert!(hint.contains(" -b 1M: "), "{hint}\nclient:\n{err}");
+    server_proc.kill();
+
+    let server = Server::start(&["-f", arg(&dst)]);
+    let addr = server.addr();
+    let mut args = vec!["-f", arg(&src), "-r", &addr];
+    args.extend(flags.iter().map(String::as_str));
+    Proc::start(&args).expect_status(0);
+    server.proc.expect_status(0);
+    assert_same(&src, &dst);
+}
+
+/// Issue 18, item 1: after "the source was modified during the run" no end
+/// offers a `-s` resume (blocks before it may be stale); the advice is a
+/// plain re-run.
+#[test]
+fn a_source_modified_during_the_run_gets_no_resume_hint() {
+    let dir = TempDir::new("resume-modified");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &random_bytes(2 * MIB, 183));
+    let server = Server::start(&["-f", arg(&dst)]);
+    let mut client = Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &server.addr(),
+        "-b",
+        "64K",
+        "-n",
+        "-bwlimit",
+        "1M",
+    ]);
+    client.wait_stderr(RUN_LIMIT, |e| e.contains("connected to"));
+    thread::sleep(Duration::from_millis(500));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .expect("open the source");
+    f.write_all_at(b"changed", 0).expect("change the source");
+    drop(f);
+    let err = client.expect_status(1);
+    assert!(err.contains("during the run"), "{err}");
+    assert!(!err.contains("resume with"), "{err}");
+    let server_err = server.proc.expect_status(1);
+    assert!(!server_err.contains("resume with"), "{server_err}");
+}
+
+/// Issue 18, item 1: `-s` at or past the end of the source is refused with
+/// exit 2 in an upload (before connecting) and in a download (where the
+/// client learns the size from the server: before its destination is
+/// opened, and the server is told and ends).
+#[test]
+fn skip_past_the_end_is_refused_in_both_directions() {
+    let dir = TempDir::new("skip-end-net");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &random_bytes(7 * 64 * 1024, 184));
+    let server = Server::start(&["-f", arg(&dst)]);
+    let err = Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &server.addr(),
+        "-b",
+        "64K",
+        "-s",
+        "7",
+    ])
+    .expect_status(2);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("-s 7") && err.contains("7 blocks"), "{err}");
+    drop(server);
+    assert!(!dst.exists(), "the upload created the destination");
+
+    let server = Server::start(&["-d", "-f", arg(&src), "-b", "64K"]);
+    let err =
+        Proc::start(&["-d", "-f", arg(&dst), "-r", &server.addr(), "-s", "1000"]).expect_status(2);
+    assert!(error_line(&err).contains("-s 1000"), "{err}");
+    assert!(!err.contains("resume with"), "{err}");
+    assert!(!dst.exists(), "the download created the destination");
+    let server_err = server.proc.expect_status(1);
+    assert!(server_err.contains("-s 1000"), "{server_err}");
 }

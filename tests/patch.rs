@@ -172,8 +172,8 @@ fn a_target_changed_after_the_patch_was_made_is_refused() {
     let err = run_status(&mut apply(&patch, Some(&p.dst), &[]), 1);
     assert!(err.contains("at offset"), "{err}");
     assert_eq!(read_file(&p.dst), changed);
-    // From a pipe: stops at the mismatch, says how much went in, and the
-    // undo data written on the side puts it back.
+    // From a pipe too (issue 18, item 2): the whole target is digested
+    // before the first record is written, so nothing goes in.
     let undo = p.dir.join("undo.bsync");
     let (code, err) = apply_piped(
         &read_file(&patch),
@@ -181,19 +181,8 @@ fn a_target_changed_after_the_patch_was_made_is_refused() {
         &[&format!("--remdata={}", undo.display())],
     );
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("stopped after applying"), "{err}");
-    assert!(err.contains("at offset"), "{err}");
-    assert_ne!(
-        read_file(&p.dst),
-        changed,
-        "nothing was applied before the mismatch"
-    );
-    run_ok(&mut apply(&undo, Some(&p.dst), &[]));
-    assert_eq!(
-        read_file(&p.dst),
-        changed,
-        "the undo data did not put it back"
-    );
+    assert!(err.contains("the target is untouched"), "{err}");
+    assert_eq!(read_file(&p.dst), changed, "the pipe wrote into it");
 }
 
 #[test]
@@ -425,4 +414,262 @@ fn a_server_whose_stderr_is_its_stdout_logs_to_syslog() {
     run_ok(&mut cmd);
     run_ok(&mut apply(&patch, Some(&p.dst), &[]));
     assert_same(&p.src, &p.dst);
+}
+
+/// A number field of a `--json` summary line.
+fn json_u64(json: &str, field: &str) -> u64 {
+    let key = format!("\"{field}\":");
+    json.split(&key)
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {json}"))
+}
+
+/// The one `--json` line among `text`'s lines.
+fn json_line(text: &str) -> &str {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"side\""))
+        .collect();
+    assert_eq!(lines.len(), 1, "want one JSON line:\n{text}");
+    lines[0]
+}
+
+/// A one-session server on a free port of loopback; returns it and the
+/// `HOST:PORT` to give `-r`.
+fn server(args: &[&str], dst: &Path) -> (std::process::Child, String) {
+    let mut server = bsync()
+        .args(["-p", "0", "-i", "127.0.0.1"])
+        .args(args)
+        .arg("-f")
+        .arg(dst)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", line.trim());
+    (server, addr)
+}
+
+/// Issue 18, item 5: a dry run says "comparing", both ends say what it did
+/// (the client what differs, the server that it changed nothing, never
+/// "both ends agree"), it exits 3 when they differ, and no end offers a
+/// resume.
+#[test]
+fn dry_runs_say_what_they_do_on_both_ends() {
+    let p = pair("dry-words");
+    for (extra, code) in [(&["--compare"][..], 3), (&["--write-patch", "-"][..], 0)] {
+        let (server, addr) = server(&[], &p.dst);
+        let out = run(bsync()
+            .args(["-b", BS, "-f"])
+            .arg(&p.src)
+            .args(["-r", &addr])
+            .args(extra)
+            .stdout(File::create(p.dir.join("r.bsync")).unwrap()));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {err}");
+        assert!(err.contains("comparing"), "{extra:?}: {err}");
+        assert!(!err.contains("uploading"), "{extra:?}: {err}");
+        assert!(err.contains("blocks differ"), "{extra:?}: {err}");
+        assert!(!err.contains("resume with"), "{extra:?}: {err}");
+        let out = server.wait_with_output().unwrap();
+        let server_err = stderr(&out);
+        assert!(out.status.success(), "{extra:?}: {server_err}");
+        assert!(
+            server_err.contains("nothing was changed"),
+            "{extra:?}: {server_err}"
+        );
+        for claim in ["both ends agree", " same, 0 changed", "resume"] {
+            assert!(!server_err.contains(claim), "{extra:?}: {server_err}");
+        }
+        assert_eq!(read_file(&p.dst), p.dst_bytes);
+    }
+}
+
+/// Issue 18, item 5: `--compare -json` reports the blocks and bytes that
+/// differ, locally and over `-r` (where it printed no JSON at all).
+#[test]
+fn compare_json_reports_what_differs_locally_and_over_r() {
+    let p = pair("compare-json");
+    let out = run(&mut local(
+        &p.src,
+        &p.dst,
+        &["--compare", "-json", "-b", BS],
+    ));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let local_json = json_line(&stdout).to_string();
+    let differ = json_u64(&local_json, "changed") + json_u64(&local_json, "zero");
+    assert!(differ > 0, "{local_json}");
+    assert!(json_u64(&local_json, "bytes_changed") > 0, "{local_json}");
+    assert!(local_json.contains("\"dry\":true"), "{local_json}");
+    let said = format!("{differ} of 12 blocks differ");
+    assert!(stderr(&out).contains(&said), "{said}: {}", stderr(&out));
+
+    let (server, addr) = server(&["-q"], &p.dst);
+    let out = run(bsync()
+        .args(["-q", "-json", "-b", BS, "-f"])
+        .arg(&p.src)
+        .args(["-r", &addr, "--compare"]));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = json_line(&stdout);
+    for field in ["changed", "zero", "same", "bytes_changed"] {
+        assert_eq!(
+            json_u64(json, field),
+            json_u64(&local_json, field),
+            "{field}: {json} vs {local_json}"
+        );
+    }
+    assert!(server.wait_with_output().unwrap().status.success());
+}
+
+/// Issue 18, item 5: with a patch on stdout, `-json` goes to stderr, and
+/// the patch applies.
+#[test]
+fn json_with_a_patch_on_stdout_goes_to_stderr() {
+    let p = pair("json-patch");
+    let patch = p.dir.join("out.bsync");
+    let out = run(
+        local(&p.src, &p.dst, &["--write-patch", "-", "-json", "-b", BS])
+            .stdout(File::create(&patch).unwrap()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    json_line(&stderr(&out));
+    run_ok(&mut apply(&patch, Some(&p.dst), &[]));
+    assert_same(&p.src, &p.dst);
+}
+
+/// A 1 MiB image with a zero area in its second quarter, a source that
+/// differs from it only inside that area, and a wrong target that agrees
+/// with the image there (zeros) but differs elsewhere: every record check
+/// passes on the wrong target.
+fn zero_area_scene(name: &str) -> (TempDir, PathBuf, PathBuf, PathBuf, Vec<u8>) {
+    let dir = TempDir::new(name);
+    let mut image = random_bytes(1 << 20, 41);
+    image[256 << 10..512 << 10].fill(0);
+    let mut src = image.clone();
+    src[300 << 10..301 << 10].copy_from_slice(&random_bytes(1 << 10, 42));
+    let mut wrong = image.clone();
+    wrong[700 << 10..701 << 10].copy_from_slice(&random_bytes(1 << 10, 43));
+    let (s, right, w) = (dir.join("src"), dir.join("right"), dir.join("wrong"));
+    write_file(&s, &src);
+    write_file(&right, &image);
+    write_file(&w, &wrong);
+    (dir, s, right, w, wrong)
+}
+
+/// Issue 18, item 2: a patch never writes into a target that is not the
+/// whole image it was made from, even where every record's check passes
+/// (a change inside a zero area), from a file and from a pipe; the other
+/// path given to `--patch=` is named in a warning.
+#[test]
+fn a_wrong_target_agreeing_where_the_records_lie_is_refused_untouched() {
+    let (dir, s, right, w, wrong) = zero_area_scene("whole-target");
+    let patch = dir.join("p.bsync");
+    run_ok(&mut local(
+        &s,
+        &right,
+        &["--write-patch", patch.to_str().unwrap(), "-b", "64K"],
+    ));
+    let err = run_status(&mut apply(&patch, Some(&w), &[]), 1);
+    assert!(err.contains("the target is untouched"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains(&right.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(read_file(&w), wrong, "the file apply wrote into it");
+    let (code, err) = apply_piped(&read_file(&patch), &w, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the target is untouched"), "{err}");
+    assert_eq!(read_file(&w), wrong, "the pipe apply wrote into it");
+    // The right target takes it, from a pipe too.
+    let (code, err) = apply_piped(&read_file(&patch), &right, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_same(&s, &right);
+}
+
+/// Issue 18, item 2: the patch names its target by absolute path, so
+/// `--patch` from another directory aims at the same file.
+#[test]
+fn the_target_is_named_by_absolute_path() {
+    let (dir, s, right, _, _) = zero_area_scene("absolute");
+    let patch = dir.join("p.bsync");
+    run_ok(
+        bsync()
+            .current_dir(dir.path())
+            .args(["-f", "src", "-t", "right", "-b", "64K", "--write-patch"])
+            .arg(&patch),
+    );
+    let elsewhere = TempDir::new("absolute-elsewhere");
+    write_file(&elsewhere.join("right"), b"not this one");
+    run_ok(
+        bsync()
+            .current_dir(elsewhere.path())
+            .arg("--patch")
+            .stdin(File::open(&patch).unwrap()),
+    );
+    assert_same(&s, &right);
+    assert_eq!(read_file(&elsewhere.join("right")), b"not this one");
+}
+
+/// Issue 18, item 2: a patch that fails after writing says the target was
+/// changed and how to undo it; the undo patch it names puts it back.
+#[test]
+fn a_failure_after_writing_says_so_and_how_to_undo() {
+    let p = pair("after-writing");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let bytes = read_file(&patch);
+    // Cut in the last record: the ones before it are written from a pipe.
+    let cut = &bytes[..bytes.len() - 100];
+    let undo = p.dir.join("undo.bsync");
+    let (code, err) = apply_piped(cut, &p.dst, &[&format!("--remdata={}", undo.display())]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the target WAS changed"), "{err}");
+    let how = format!("bsync --patch={} < {}", p.dst.display(), undo.display());
+    assert!(err.contains(&how), "{err}");
+    assert_ne!(read_file(&p.dst), p.dst_bytes);
+    run_ok(&mut apply(&undo, Some(&p.dst), &[]));
+    assert_eq!(read_file(&p.dst), p.dst_bytes);
+}
+
+/// Issue 18, item 2: `--diffsize` given to bdsync's client form is recorded
+/// in the patch and honoured when it is applied; a strict refusal suggests
+/// only a mode that then works.
+#[test]
+fn diffsize_of_the_client_form_is_honoured_and_suggestions_work() {
+    let dir = TempDir::new("diffsize-header");
+    let src_bytes = random_bytes(LEN, 51);
+    let src = dir.join("src.img");
+    write_file(&src, &src_bytes);
+    let small = random_bytes(LEN - 300_000, 52);
+    let t = dir.join("t.img");
+    write_file(&t, &small);
+    let patch = dir.join("p.bsync");
+    make_patch(&src, &t, &patch, &["--diffsize=resize"]);
+    run_ok(&mut apply(&patch, None, &[]));
+    assert_same(&src, &t);
+
+    for (name, len) in [("smaller", LEN - 300_000), ("larger", LEN + 300_000)] {
+        let stale = random_bytes(len, 53);
+        write_file(&t, &stale);
+        make_patch(&src, &t, &patch, &[]);
+        let err = run_status(&mut apply(&patch, None, &[]), 1);
+        let flag = err
+            .split("(--diffsize=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_else(|| panic!("{name}: no suggestion: {err}"));
+        assert_eq!(read_file(&t), stale);
+        run_ok(&mut apply(&patch, None, &[&format!("--diffsize={flag}")]));
+        assert_eq!(&read_file(&t)[..LEN], &src_bytes[..], "{name}");
+    }
 }

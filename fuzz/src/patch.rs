@@ -1,14 +1,20 @@
 //! Arbitrary bytes through the patch decoder (`bsync::patch::format`): it
 //! must never panic, hang or allocate beyond what it was given and the
 //! format's caps; every record it accepts lies within the header's size,
-//! its ranges in order and its data as long as they need.
+//! its ranges in order and its data as long as they need; every header it
+//! accepts (version 2: diffsize, whole-target digests, name) encodes back to
+//! the bytes it was read from.
 use bsync::compress::Decompressor;
-use bsync::patch::format::{Decoder, Item};
+use bsync::patch::format::{Decoder, Item, encode_header};
 
 /// The target, on one input.
 pub fn fuzz(data: &[u8]) {
     let mut d = Decoder::new(data);
     let Ok(h) = d.header() else { return };
+    let mut again = Vec::new();
+    encode_header(&h, &mut again);
+    let read = usize::try_from(d.at).unwrap_or(usize::MAX);
+    assert_eq!(&again[..], &data[..read], "the header does not round-trip");
     let mut dec = Decompressor::default();
     while let Ok(item) = d.next(&mut dec) {
         match item {

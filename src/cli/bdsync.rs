@@ -123,7 +123,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
     let mut verbose = 0u32;
     let mut progress = false;
     let mut remdata: Option<Option<PathBuf>> = None;
-    let mut size = DiffSize::Strict;
+    let mut size: Option<DiffSize> = None;
     let mut block_size = None;
     let mut patch: Option<Option<PathBuf>> = None;
     let mut no_compress = false;
@@ -158,7 +158,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
             ("verbose" | "v", None) => verbose += 1,
             ("progress", None) => progress = true,
             ("remdata", v) => remdata = Some(v.map(PathBuf::from)),
-            ("diffsize", v) => size = diffsize(v)?,
+            ("diffsize", v) => size = Some(diffsize(v)?),
             ("blocksize" | "b", Some(v)) => block_size = Some(parse_block_size(v)?),
             ("patch", v) => patch = Some(v.filter(|v| !v.is_empty()).map(PathBuf::from)),
             ("n", None) => no_compress = true,
@@ -262,7 +262,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
             local: PathBuf::from(local),
             remote,
             undo: remdata.is_some(),
-            diffsize: size,
+            diffsize: size.unwrap_or_default(),
         })
     };
     Ok(Config {
@@ -317,7 +317,7 @@ mod tests {
         assert!(matches!(
             c.mode,
             Mode::Apply(Apply {
-                diffsize: DiffSize::MinSize,
+                diffsize: Some(DiffSize::MinSize),
                 ..
             })
         ));

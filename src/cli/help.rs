@@ -69,6 +69,7 @@ WHAT AND HOW
   -d            download: the server (or -t path) is the source
   -b N          block size in bytes, or with K/M/G (binary) [10M]; at most 1G
   -s N          skip the first N blocks (resume; neither read nor checked) [0]
+                a failed run prints the -s and -b to resume with, where safe
 
 SERVER
   -p PORT       port to listen on; 0 picks a free one and prints it [8080]
@@ -104,6 +105,7 @@ OUTPUT
                 cleared); BSYNC_VERBOSE=1 does the same
   -l PREFIX     put PREFIX in front of every log and progress line
   -json         print the closing summary as one JSON object on stdout
+                (on stderr when stdout carries a patch)
   -a            list block devices
   -h, --help    this text
   --version     version and protocol version

@@ -1,13 +1,19 @@
 //! `bsync --patch[=TARGET]`: apply a patch, refusing the wrong target.
 //!
 //! Every range of a patch carries the digest of what the target must hold
-//! there before (and after). From a file (a regular file on stdin
-//! included) every range is checked first and nothing is written unless all
-//! of them match; from a pipe each record is checked just before it is
-//! written, and a mismatch stops at once, saying how much was applied. A
-//! range that already holds its new content is skipped, so a patch applied
-//! twice (or resumed) writes nothing more. At the end the digest of the
-//! whole result is checked against the patch's trailer.
+//! there before (and after), and the header the digest of the whole target
+//! the patch was made from. Nothing is written before the whole target is
+//! shown to be that image: record checks alone cannot see a wrong target
+//! whose bytes agree where the records lie (a change inside a zero area).
+//! From a file (a regular file on stdin included) every range is checked
+//! first, then the whole target is digested with the ranges already
+//! patched counted as they were before, so an interrupted apply can be
+//! finished; from a pipe the whole target is digested first and must be
+//! the original image (or the result: already applied), then each record
+//! is checked just before it is written. A range that already holds its
+//! new content is skipped, so a patch applied twice writes nothing more. At
+//! the end the digest of the whole result is checked against the patch's
+//! trailer. A failure after the first write says so, and how to undo.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -15,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, Decoder, Header, Item, Range, Record, Trailer};
 use super::rollback::UndoWriter;
-use super::target::{grain_page, read_range, result_digest};
+use super::target::{digest_as_before, grain_page, read_range, result_digest};
 use crate::compress::Decompressor;
 use crate::config::{Apply, DiffSize, Env};
 use crate::disk::Disk;
@@ -69,9 +75,21 @@ fn open_input(path: Option<&Path>) -> Result<Input> {
     }
 }
 
-/// The target: the one named, else the one the patch names.
-fn target_path(a: &Apply, h: &Header) -> Result<PathBuf> {
+/// The target: the one named, else the one the patch names. A named one
+/// that is not the patch's is said in a warning.
+fn target_path(a: &Apply, h: &Header, log: &Log) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let named = PathBuf::from(std::ffi::OsString::from_vec(h.name.clone()));
     if let Some(t) = &a.target {
+        let given = std::path::absolute(t).unwrap_or_else(|_| t.clone());
+        if !h.name.is_empty() && given != named {
+            log.line(format!(
+                "warning: --patch={} is not the target this patch was made against ({}); \
+                 it is applied only if that whole target holds the same image",
+                t.display(),
+                named.display()
+            ));
+        }
         return Ok(t.clone());
     }
     if h.name.is_empty() {
@@ -79,8 +97,74 @@ fn target_path(a: &Apply, h: &Header) -> Result<PathBuf> {
             "--patch: the patch names no target; give one: --patch=DEVICE",
         ));
     }
-    use std::os::unix::ffi::OsStringExt;
-    Ok(PathBuf::from(std::ffi::OsString::from_vec(h.name.clone())))
+    Ok(named)
+}
+
+/// `--diffsize` as given to `--patch`, else as recorded in the patch.
+fn diffsize(a: &Apply, h: &Header) -> DiffSize {
+    a.diffsize.unwrap_or(h.diffsize)
+}
+
+/// Before the first write: the whole target must be the image the patch
+/// was made from. `befores` are the patch's ranges (offset, digest before),
+/// in offset order: a range the target holds patched already counts as it
+/// was (an interrupted apply finishes); from a pipe there are none yet.
+/// Returns whether the target is already the result.
+fn check_whole(disk: &Disk, h: &Header, befores: &[(u64, u128)], what: &str) -> Result<bool> {
+    let Some(whole) = h.whole else {
+        // An undo patch: its records' checks are all there is.
+        return Ok(false);
+    };
+    let got = digest_as_before(disk, h, h.source_size, befores)?;
+    if got == whole.original {
+        return Ok(false);
+    }
+    if befores.is_empty() && got == whole.result {
+        return Ok(true);
+    }
+    Err(Error::Failed(format!(
+        "{}: not the image {what} was made from (the digest of the whole target differs, \
+         though {} where the patch's records lie); the target is untouched{}",
+        disk.label(),
+        if befores.is_empty() {
+            "perhaps not"
+        } else {
+            "it agrees"
+        },
+        if befores.is_empty() {
+            ". A partly applied target is finished only from a file: bsync --patch < FILE"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// What a failure after the first write says: the target changed, and
+/// how to put it back.
+fn after_writing(e: Error, disk: &Disk, a: &Apply, ranges: u64, bytes: u64) -> Error {
+    let _ = disk.flush();
+    let undo = match &a.undo {
+        Some(u) => format!(
+            "undo with: bsync --patch={} < {}",
+            disk_path(disk),
+            u.display()
+        ),
+        None => "no undo patch was asked for (--remdata=FILE); applying the same patch \
+                 again from a file finishes it"
+            .to_string(),
+    };
+    Error::Failed(format!(
+        "{e}; the target WAS changed: {ranges} ranges ({}) written in full before the \
+         stop; {undo}",
+        human_bytes(bytes)
+    ))
+}
+
+/// The path in a disk's label (`destination PATH`).
+fn disk_path(disk: &Disk) -> &str {
+    disk.label()
+        .strip_prefix("destination ")
+        .unwrap_or(disk.label())
 }
 
 fn open_target(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
@@ -202,11 +286,11 @@ fn finish(
     disk: &mut Disk,
     h: &Header,
     t: &Trailer,
-    a: &Apply,
+    diffsize: DiffSize,
     what: &str,
     log: &Log,
 ) -> Result<()> {
-    if a.diffsize == DiffSize::Resize && !disk.is_device() && disk.size() != h.source_size {
+    if diffsize == DiffSize::Resize && !disk.is_device() && disk.size() != h.source_size {
         disk.fit_to(h.source_size)?;
     }
     disk.flush()?;
@@ -235,15 +319,18 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     // The records' checks cover their stored bytes: no need to decompress.
     d.skip_data = true;
     let h = d.header().map_err(|e| corrupt(what, e))?;
-    let path = target_path(a, &h)?;
+    let path = target_path(a, &h, log)?;
+    let diffsize = diffsize(a, &h);
     let mut disk = open_target(&path, env, log)?;
-    check_size(&disk, &h, a.diffsize)?;
+    check_size(&disk, &h, diffsize)?;
     let mut buf = Vec::new();
     let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
     let (mut pending, mut applied) = (0u64, 0u64);
     let mut first_other: Option<Error> = None;
     // Which ranges hold their new content already, for the second pass.
     let mut done: Vec<bool> = Vec::new();
+    // Those ranges' offsets and digests before, for the whole-target check.
+    let mut befores: Vec<(u64, u128)> = Vec::new();
     let trailer = loop {
         match d.next(&mut dec).map_err(|e| corrupt(what, e))? {
             Item::Record(rec, check) => {
@@ -253,6 +340,9 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
                     ranges += 1;
                     let state = range_state(&disk, &h, &rec, r, &mut buf)?;
                     done.push(state == State::After);
+                    if state == State::After {
+                        befores.push((rec.offset + u64::from(r.start), r.before));
+                    }
                     match state {
                         State::Before => pending += 1,
                         State::After => applied += 1,
@@ -277,12 +367,14 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     if let Some(e) = first_other {
         return Err(e);
     }
+    check_whole(&disk, &h, &befores, what)?;
+    drop(befores);
     let undo = a
         .undo
         .as_deref()
         .map(|p| UndoWriter::create(p, &h, &disk, &path))
         .transpose()?;
-    if pending == 0 && (disk.size() == h.source_size || a.diffsize != DiffSize::Resize) {
+    if pending == 0 && (disk.size() == h.source_size || diffsize != DiffSize::Resize) {
         let got = result_digest(&disk, &h, h.source_size)?;
         if got == trailer.result {
             log.line(format!(
@@ -301,29 +393,36 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     let mut d = Decoder::new(&mut r);
     d.header().map_err(|e| corrupt(what, e))?;
     let mut undo = undo;
-    let mut written = 0u64;
-    if a.diffsize == DiffSize::Resize && !disk.is_device() && disk.size() < h.source_size {
-        disk.fit_to(h.source_size)?;
-    }
+    let (mut written, mut wrote) = (0u64, 0u64);
     // The target was opened exclusively where it is a device; a file that
     // someone else writes meanwhile is caught by the result digest.
     let mut states = done.into_iter();
-    while let Item::Record(rec, _) = d.next(&mut dec).map_err(|e| corrupt(what, e))? {
-        let skip: Vec<bool> = states.by_ref().take(rec.ranges.len()).collect();
-        if skip.len() != rec.ranges.len() {
-            return Err(Error::Failed(format!(
-                "{what}: changed while it was applied"
-            )));
+    let mut pass = || -> Result<()> {
+        if diffsize == DiffSize::Resize && !disk.is_device() && disk.size() < h.source_size {
+            disk.fit_to(h.source_size)?;
         }
-        if let Some(u) = &mut undo {
-            u.record(&disk, &rec, &skip)?;
+        while let Item::Record(rec, _) = d.next(&mut dec).map_err(|e| corrupt(what, e))? {
+            let skip: Vec<bool> = states.by_ref().take(rec.ranges.len()).collect();
+            if skip.len() != rec.ranges.len() {
+                return Err(Error::Failed(format!(
+                    "{what}: changed while it was applied"
+                )));
+            }
+            if let Some(u) = &mut undo {
+                u.record(&disk, &rec, &skip)?;
+            }
+            written += write_record(&disk, &rec, &skip)?;
+            wrote += skip.iter().filter(|s| !**s).count() as u64;
         }
-        written += write_record(&disk, &rec, &skip)?;
+        if let Some(u) = undo.take() {
+            u.finish()?;
+        }
+        finish(&mut disk, &h, &trailer, diffsize, what, log)
+    };
+    let passed = pass();
+    if let Err(e) = passed {
+        return Err(after_writing(e, &disk, a, wrote, written));
     }
-    if let Some(u) = undo {
-        u.finish()?;
-    }
-    finish(&mut disk, &h, &trailer, a, what, log)?;
     log.info(format!(
         "{}: applied {what}: {} written in {pending} ranges{}",
         disk.label(),
@@ -351,9 +450,32 @@ fn apply_pipe(
     let mut dec = Decompressor::default();
     let mut d = Decoder::new(&mut r);
     let h = d.header().map_err(|e| corrupt(what, e))?;
-    let path = target_path(a, &h)?;
+    let path = target_path(a, &h, log)?;
+    let diffsize = diffsize(a, &h);
     let mut disk = open_target(&path, env, log)?;
-    check_size(&disk, &h, a.diffsize)?;
+    check_size(&disk, &h, diffsize)?;
+    // The whole target first: the records come only once, as they are
+    // written.
+    if check_whole(&disk, &h, &[], what)? {
+        d.skip_data = true;
+        let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
+        let trailer = loop {
+            match d.next(&mut dec).map_err(|e| corrupt(what, e))? {
+                Item::Record(rec, check) => {
+                    records += 1;
+                    ranges += rec.ranges.len() as u64;
+                    chain = format::chain(chain, check);
+                }
+                Item::End(t) => break t,
+            }
+        };
+        check_trailer(what, &trailer, records, ranges, chain)?;
+        log.line(format!(
+            "{}: this patch is already applied; nothing was written",
+            disk.label()
+        ));
+        return Ok(());
+    }
     let mut undo = a
         .undo
         .as_deref()
@@ -363,21 +485,17 @@ fn apply_pipe(
     let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
     let (mut written, mut applied, mut skipped) = (0u64, 0u64, 0u64);
     let mut resized = false;
-    let stopped = |disk: &Disk, e: Error, written: u64, applied: u64| -> Error {
-        let _ = disk.flush();
-        Error::Failed(format!(
-            "{e}; stopped after applying {applied} ranges ({written} bytes){}",
-            if a.undo.is_some() {
-                " (the undo patch puts them back)"
-            } else {
-                ""
-            }
-        ))
+    // `touched`: something may have been written (a write failed partway).
+    let stopped = |disk: &Disk, e: Error, written: u64, applied: u64, touched: bool| -> Error {
+        if applied == 0 && !touched {
+            return Error::Failed(format!("{e}; nothing was written"));
+        }
+        after_writing(e, disk, a, applied, written)
     };
     let trailer = 'records: loop {
         let item = match d.next(&mut dec) {
             Ok(item) => item,
-            Err(e) => break Err(stopped(&disk, corrupt(what, e), written, applied)),
+            Err(e) => break Err(stopped(&disk, corrupt(what, e), written, applied, false)),
         };
         match item {
             Item::Record(rec, check) => {
@@ -394,25 +512,31 @@ fn apply_pipe(
                         }
                         State::Other => {
                             let e = differs(&disk, &rec, r, "this range was not written");
-                            break 'records Err(stopped(&disk, e, written, applied));
+                            break 'records Err(stopped(&disk, e, written, applied, false));
                         }
                     }
                 }
                 if skip.iter().all(|s| *s) {
                     continue;
                 }
-                if !resized
-                    && a.diffsize == DiffSize::Resize
-                    && !disk.is_device()
-                    && disk.size() < h.source_size
-                {
-                    disk.fit_to(h.source_size)?;
-                    resized = true;
+                let mut write = || -> Result<u64> {
+                    if !resized
+                        && diffsize == DiffSize::Resize
+                        && !disk.is_device()
+                        && disk.size() < h.source_size
+                    {
+                        disk.fit_to(h.source_size)?;
+                        resized = true;
+                    }
+                    if let Some(u) = &mut undo {
+                        u.record(&disk, &rec, &skip)?;
+                    }
+                    write_record(&disk, &rec, &skip)
+                };
+                match write() {
+                    Ok(n) => written += n,
+                    Err(e) => break 'records Err(stopped(&disk, e, written, applied, true)),
                 }
-                if let Some(u) = &mut undo {
-                    u.record(&disk, &rec, &skip)?;
-                }
-                written += write_record(&disk, &rec, &skip)?;
                 applied += skip.iter().filter(|s| !**s).count() as u64;
             }
             Item::End(t) => break Ok(t),
@@ -433,9 +557,9 @@ fn apply_pipe(
         u.finish()?;
     }
     if let Err(e) = trailer_ok {
-        return Err(stopped(&disk, e, written, applied));
+        return Err(stopped(&disk, e, written, applied, false));
     }
-    if applied == 0 && (disk.size() == h.source_size || a.diffsize != DiffSize::Resize) {
+    if applied == 0 && (disk.size() == h.source_size || diffsize != DiffSize::Resize) {
         let got = result_digest(&disk, &h, h.source_size)?;
         if got == trailer.result {
             log.line(format!(
@@ -445,7 +569,9 @@ fn apply_pipe(
             return Ok(());
         }
     }
-    finish(&mut disk, &h, &trailer, a, what, log)?;
+    if let Err(e) = finish(&mut disk, &h, &trailer, diffsize, what, log) {
+        return Err(stopped(&disk, e, written, applied, false));
+    }
     log.info(format!(
         "{}: applied {what}: {} written in {applied} ranges",
         disk.label(),

@@ -5,9 +5,14 @@
 //! caught before anything is written. All integers are little endian.
 //!
 //! ```text
-//! header   magic "BSYNCPAT"  version u16 (1)  kind u8 (0 forward, 1 undo)  0 u8
+//! header   magic "BSYNCPAT"  version u16 (2)  kind u8 (0 forward, 1 undo)
+//!          diffsize u8 (0 strict, 1 resize, 2 minsize: bdsync's client form)
 //!          source size u64  block size u32  digest grain u32  salt u128
-//!          target name: length u16, bytes (may be empty)
+//!          whole u8 (1: the two digests below are known, 0: both are 0)
+//!          original u128 (the digest of the whole target the patch was
+//!                         made from, as `result_hash` defines it)
+//!          result u128 (the same of the whole result, as in the trailer)
+//!          target name: length u16, bytes (an absolute path; may be empty)
 //!          check u128 = digest(CHECK_SALT, every header byte before it)
 //! record   'R'  offset u64  ranges u32
 //!          per range: start u32 (from offset)  length u32  kind u8 (0 zeros, 1 data)
@@ -29,13 +34,18 @@
 //! result, a hash of the block number and the range digests of its grains
 //! (`result_hash`), so it can be computed in any block order and equals the
 //! session's verification digest.
+//!
+//! The whole-target digests let an applier establish, before its first
+//! write, that the whole target is the image the patch was made from:
+//! record checks alone cannot see a wrong target whose bytes agree where
+//! the records lie. Version 1 lacked them and is refused.
 
 use crate::digest::{self, Digest};
 
 /// First bytes of every patch.
 pub const MAGIC: &[u8; 8] = b"BSYNCPAT";
 /// Format version this bsync writes and reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Salt of the integrity checks (not of the content digests).
 pub const CHECK_SALT: u128 = 0x6273_796e_632d_7061_7463_682d_6368_6b31;
 /// Largest record: a block of at most 1 GiB.
@@ -72,8 +82,37 @@ pub struct Header {
     pub grain: u32,
     /// Salt of every content digest.
     pub salt: u128,
-    /// The target it was made against, as named then (may be empty).
+    /// The target it was made against: an absolute path where it was
+    /// known (may be empty).
     pub name: Vec<u8>,
+    /// `--diffsize` as given to bdsync's client form: how the patch is
+    /// applied unless `--patch` is given another.
+    pub diffsize: DiffSize,
+    /// The digests of the whole original target and of the whole result
+    /// (`None` for undo patches, whose target may be partly patched).
+    pub whole: Option<Whole>,
+}
+
+/// The digests of a whole target before and after a patch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Whole {
+    /// What the target the patch was made from digests to.
+    pub original: u128,
+    /// What the result digests to.
+    pub result: u128,
+}
+
+/// How a patch treats a target whose size differs from the source's
+/// (bdsync's `--diffsize`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiffSize {
+    /// Sizes must be equal.
+    #[default]
+    Strict,
+    /// A regular-file target is grown or truncated to the source's size.
+    Resize,
+    /// The target may be larger; it is left alone past the source's end.
+    MinSize,
 }
 
 /// One changed range of a record.
@@ -154,11 +193,22 @@ pub fn encode_header(h: &Header, out: &mut Vec<u8>) {
         Kind::Forward => 0,
         Kind::Undo => 1,
     });
-    out.push(0);
+    out.push(match h.diffsize {
+        DiffSize::Strict => 0,
+        DiffSize::Resize => 1,
+        DiffSize::MinSize => 2,
+    });
     out.extend_from_slice(&h.source_size.to_le_bytes());
     out.extend_from_slice(&h.block_size.to_le_bytes());
     out.extend_from_slice(&h.grain.to_le_bytes());
     out.extend_from_slice(&h.salt.to_le_bytes());
+    let whole = h.whole.unwrap_or(Whole {
+        original: 0,
+        result: 0,
+    });
+    out.push(u8::from(h.whole.is_some()));
+    out.extend_from_slice(&whole.original.to_le_bytes());
+    out.extend_from_slice(&whole.result.to_le_bytes());
     let name = &h.name[..h.name.len().min(MAX_NAME)];
     // At most MAX_NAME, which fits.
     out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_le_bytes());
@@ -319,6 +369,13 @@ impl<R: std::io::Read> Decoder<R> {
             return Err(bad("not a bsync patch (bad magic)"));
         }
         let version = self.u16("the header")?;
+        if version == 1 {
+            return Err(bad(
+                "patch format version 1, made by an older bsync: it cannot prove that the \
+                 whole target is the image it was made from, so this bsync (version 2) \
+                 refuses it; make the patch again",
+            ));
+        }
         if version != VERSION {
             return Err(bad(format!(
                 "patch format version {version}; this bsync reads version {VERSION}"
@@ -329,11 +386,24 @@ impl<R: std::io::Read> Decoder<R> {
             1 => Kind::Undo,
             k => return Err(bad(format!("corrupted header: unknown kind {k}"))),
         };
-        self.u8("the header")?;
+        let diffsize = match self.u8("the header")? {
+            0 => DiffSize::Strict,
+            1 => DiffSize::Resize,
+            2 => DiffSize::MinSize,
+            d => return Err(bad(format!("corrupted header: unknown diffsize {d}"))),
+        };
         let source_size = self.u64("the header")?;
         let block_size = self.u32("the header")?;
         let grain = self.u32("the header")?;
         let salt = self.u128("the header")?;
+        let known = self.u8("the header")?;
+        let original = self.u128("the header")?;
+        let result = self.u128("the header")?;
+        let whole = match known {
+            0 => None,
+            1 => Some(Whole { original, result }),
+            w => return Err(bad(format!("corrupted header: unknown whole flag {w}"))),
+        };
         let name_len = usize::from(self.u16("the header")?);
         if name_len > MAX_NAME {
             return Err(bad("corrupted header: target name too long"));
@@ -353,6 +423,8 @@ impl<R: std::io::Read> Decoder<R> {
             grain,
             salt,
             name,
+            diffsize,
+            whole,
         })
     }
 
@@ -491,6 +563,11 @@ mod tests {
             grain: 4096,
             salt: 7,
             name: b"/dev/vdb".to_vec(),
+            diffsize: DiffSize::MinSize,
+            whole: Some(Whole {
+                original: 5,
+                result: 6,
+            }),
         };
         let mut out = Vec::new();
         encode_header(&h, &mut out);
@@ -536,6 +613,14 @@ mod tests {
         assert_eq!(r.offset, 8192);
         assert_eq!(r.data, b"abcd");
         assert!(matches!(d.next(&mut dec).unwrap(), Item::End(t) if t.records == 1));
+    }
+
+    #[test]
+    fn version_1_is_refused_with_a_reason() {
+        let (_, mut bytes) = sample();
+        bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let e = Decoder::new(&bytes[..]).header().unwrap_err();
+        assert!(e.0.contains("version 1") && e.0.contains("again"), "{e}");
     }
 
     #[test]

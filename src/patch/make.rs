@@ -37,7 +37,7 @@ struct Ready {
 struct State {
     next: u64,
     pending: BTreeMap<u64, Ready>,
-    out: Option<Box<dyn Write + Send>>,
+    out: Option<Records>,
     trailer: Trailer,
     zero_bytes: u64,
     changed_blocks: u64,
@@ -52,13 +52,28 @@ pub struct Maker<'a> {
     level: Option<Level>,
     what: String,
     log: &'a Log,
+    /// The header, its whole-target digests filled in at the end.
+    header: format::Header,
 }
 
 /// Where a patch goes: a file, renamed into place once complete, or stdout.
+/// The header holds digests known only when the session ends, so it is
+/// written last: into the room left for it at the start of a file, or, for
+/// stdout, before the records, which wait in an unnamed temporary file.
 pub struct Output {
+    /// stdout, for a patch written whole at once (an undo patch); a sink
+    /// for a file.
     pub(super) writer: Box<dyn Write + Send>,
     /// (partial, final) names of a file.
     rename: Option<(PathBuf, PathBuf)>,
+}
+
+/// The file records are written to, and what becomes of it at the end.
+struct Records {
+    file: std::io::BufWriter<std::fs::File>,
+    /// A spool for stdout; otherwise the patch file itself, with the
+    /// header's room at its start.
+    spool: bool,
 }
 
 impl Output {
@@ -76,15 +91,74 @@ impl Output {
                 let mut part = path.as_os_str().to_owned();
                 part.push(".part");
                 let part = PathBuf::from(part);
-                let f = std::fs::File::create(&part)
+                // Only the name is made here; the maker opens it.
+                std::fs::File::create(&part)
                     .map_err(|e| Error::io(format!("patch {}", part.display()), "create", e))?;
                 Ok(Output {
-                    writer: Box::new(std::io::BufWriter::with_capacity(1 << 20, f)),
+                    writer: Box::new(std::io::sink()),
                     rename: Some((part, path.to_path_buf())),
                 })
             }
         }
     }
+
+    /// The file the records go to: the `.part` file, or a spool for stdout.
+    fn records(&self, what: &str) -> Result<Records> {
+        let (file, spool) = match &self.rename {
+            Some((part, _)) => (
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .read(true)
+                    .open(part)
+                    .map_err(|e| Error::io(what, "open", e))?,
+                false,
+            ),
+            None => (
+                spool_file().map_err(|e| Error::io(what, "make a spool file", e))?,
+                true,
+            ),
+        };
+        Ok(Records {
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            spool,
+        })
+    }
+}
+
+/// An unnamed temporary file in `$TMPDIR` (or `/tmp`): made, then unlinked.
+fn spool_file() -> std::io::Result<std::fs::File> {
+    let dir = std::env::temp_dir();
+    let mut last = None;
+    for attempt in 0..16u32 {
+        let name = dir.join(format!(
+            ".bsync-patch-{}-{attempt}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&name)
+        {
+            Ok(f) => {
+                let _ = std::fs::remove_file(&name);
+                return Ok(f);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no spool file")))
+}
+
+/// `--diffsize` of bdsync's client form, for the header of the patch it
+/// makes (the form's patch is made deep below, by the dry session's sink).
+static DIFFSIZE: Mutex<crate::config::DiffSize> = Mutex::new(crate::config::DiffSize::Strict);
+
+/// Record `--diffsize` of bdsync's client form in the patches this process
+/// makes.
+pub fn record_diffsize(d: crate::config::DiffSize) {
+    *lock(&DIFFSIZE) = d;
 }
 
 impl<'a> Maker<'a> {
@@ -92,11 +166,12 @@ impl<'a> Maker<'a> {
     /// `kind` naming `target` is written there, header first.
     pub fn new(
         p: &Params,
-        out: Option<Box<dyn Write + Send>>,
+        output: Option<&Output>,
         target: &[u8],
         what: &str,
         log: &'a Log,
     ) -> Result<Maker<'a>> {
+        let out = output.map(|o| o.records(what)).transpose()?;
         let mut state = State {
             next: p.first,
             pending: BTreeMap::new(),
@@ -112,13 +187,18 @@ impl<'a> Maker<'a> {
             changed_blocks: 0,
             failed: None,
         };
-        if let Some(out) = &mut state.out {
+        let mut header = session_header(Kind::Forward, p, target.to_vec());
+        header.diffsize = *lock(&DIFFSIZE);
+        header.whole = Some(format::Whole {
+            original: 0,
+            result: 0,
+        });
+        if let Some(out) = state.out.as_mut().filter(|o| !o.spool) {
+            // Room for the header, written when its digests are known.
             let mut head = Vec::new();
-            format::encode_header(
-                &session_header(Kind::Forward, p, target.to_vec()),
-                &mut head,
-            );
-            out.write_all(&head)
+            format::encode_header(&header, &mut head);
+            out.file
+                .write_all(&head)
                 .map_err(|e| Error::io(what, "write the header", e))?;
         }
         Ok(Maker {
@@ -128,6 +208,7 @@ impl<'a> Maker<'a> {
             level: p.compression,
             what: what.to_string(),
             log,
+            header,
         })
     }
 
@@ -178,16 +259,19 @@ impl<'a> Maker<'a> {
             if let (Some((rec, check)), Some(out)) = (ready.record, st.out.as_mut()) {
                 st.trailer.records += 1;
                 st.trailer.chain = format::chain(st.trailer.chain, check);
-                out.write_all(&rec)
+                out.file
+                    .write_all(&rec)
                     .map_err(|e| Error::io(&self.what, "write", e))?;
             }
         }
         Ok(())
     }
 
-    /// After the session: write the trailer and say what the patch holds
-    /// (or, comparing, what would be sent). Returns whether anything differs.
-    pub fn finish(&self, output: Option<Output>) -> Result<bool> {
+    /// After the session, whose verification digest `original` is the
+    /// digest of the whole target as it is: write the header and the
+    /// trailer and say what the patch holds (or, comparing, what would be
+    /// sent). Returns whether anything differs.
+    pub fn finish(&self, output: Option<Output>, original: u128) -> Result<bool> {
         let mut st = lock(&self.state);
         if let Some(why) = st.failed.take() {
             return Err(Error::Failed(why));
@@ -201,21 +285,18 @@ impl<'a> Maker<'a> {
             )));
         }
         let t = st.trailer;
-        if let Some(mut out) = st.out.take() {
+        if let Some(out) = st.out.take() {
+            let mut header = self.header.clone();
+            header.whole = Some(format::Whole {
+                original,
+                result: t.result,
+            });
+            let mut head = Vec::new();
+            format::encode_header(&header, &mut head);
             let mut tail = Vec::new();
             format::encode_trailer(&t, &mut tail);
-            out.write_all(&tail)
-                .and_then(|()| out.flush())
-                .map_err(|e| Error::io(&self.what, "write", e))?;
-            drop(out);
-            if let Some(Output {
-                rename: Some((part, path)),
-                ..
-            }) = output
-            {
-                std::fs::rename(&part, &path)
-                    .map_err(|e| Error::io(&self.what, "rename into place", e))?;
-            }
+            let written = write_out(out, &head, &tail, output);
+            written.map_err(|e| Error::io(&self.what, "write", e))?;
         }
         let differ = st.changed_blocks > 0;
         let what = format!(
@@ -229,6 +310,40 @@ impl<'a> Maker<'a> {
         self.log.info(format!("{}: {what}", self.what));
         Ok(differ)
     }
+}
+
+/// Put the header and trailer around the records in `out`: in place in a
+/// patch file (then renamed into place), or on stdout around the spool.
+fn write_out(
+    out: Records,
+    head: &[u8],
+    tail: &[u8],
+    output: Option<Output>,
+) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let mut file = out.file.into_inner().map_err(|e| e.into_error())?;
+    if out.spool {
+        file.seek(SeekFrom::Start(0))?;
+        let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        stdout.write_all(head)?;
+        std::io::copy(&mut file, &mut stdout)?;
+        stdout.write_all(tail)?;
+        return stdout.flush();
+    }
+    file.write_all_at(head, 0)?;
+    file.seek(SeekFrom::End(0))?;
+    file.write_all(tail)?;
+    file.flush()?;
+    drop(file);
+    if let Some(Output {
+        rename: Some((part, path)),
+        ..
+    }) = output
+    {
+        std::fs::rename(&part, &path)?;
+    }
+    Ok(())
 }
 
 impl DrySink for Maker<'_> {
@@ -312,17 +427,7 @@ pub fn run_source(
             },
         ),
     };
-    let (writer, output) = match output {
-        Some(o) => (
-            Some(o.writer),
-            Some(Output {
-                writer: Box::new(std::io::sink()),
-                rename: o.rename,
-            }),
-        ),
-        None => (None, None),
-    };
-    let maker = Maker::new(p, writer, target, &what, log)?;
+    let maker = Maker::new(p, output.as_ref(), target, &what, log)?;
     let ran = crate::session::run_dry(
         crate::config::Role::Source,
         p,
@@ -333,17 +438,20 @@ pub fn run_source(
         progress,
         Some(&maker),
     );
-    if let Err(e) = ran.map(|_| ()) {
-        if let Some(Output {
-            rename: Some((part, _)),
-            ..
-        }) = output
-        {
-            let _ = std::fs::remove_file(part);
+    let original = match ran {
+        Ok(verify) => verify,
+        Err(e) => {
+            if let Some(Output {
+                rename: Some((part, _)),
+                ..
+            }) = output
+            {
+                let _ = std::fs::remove_file(part);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    let differ = maker.finish(output)?;
+    };
+    let differ = maker.finish(output, original)?;
     if *dry == DryRun::Compare {
         if differ {
             return Err(Error::Differ("compare: the two sides differ".into()));
@@ -396,11 +504,16 @@ pub fn local(
     );
     let (a, b) = UnixStream::pair().map_err(|e| Error::io("bsync", "socket pair", e))?;
     let max = crate::proto::max_payload(t.block_size);
+    // The destination's end says nothing: the source's summary (and JSON)
+    // is the run's.
     let quiet = Log::new(&crate::config::LogOptions {
         quiet: true,
+        json: false,
         ..config.log.clone()
     });
-    let name = destination.as_os_str();
+    // Absolute: applying from another directory must aim at the same file.
+    let absolute = std::path::absolute(destination).unwrap_or_else(|_| destination.into());
+    let name = absolute.as_os_str();
     use std::os::unix::ffi::OsStrExt;
     std::thread::scope(|s| {
         let dest = s.spawn(|| -> Result<()> {

@@ -15,9 +15,12 @@ mod target;
 pub mod undo;
 
 /// The header of a patch made from session `p`: its sizes, grain and salt,
-/// and the name of the target it applies to.
+/// and the name of the target it applies to; strict sizes and no
+/// whole-target digests until the maker knows them.
 fn session_header(kind: Kind, p: &Params, name: Vec<u8>) -> Header {
     Header {
+        diffsize: format::DiffSize::Strict,
+        whole: None,
         kind,
         source_size: p.geo.size,
         // Both are validated far below 4 GiB (MAX_BLOCK_SIZE).

@@ -38,6 +38,9 @@ impl UndoWriter {
             kind: Kind::Undo,
             source_size: disk.size(),
             name: target.as_os_str().as_bytes().to_vec(),
+            // A stop partway leaves a target that is neither image: the
+            // undo relies on its records' checks alone.
+            whole: None,
             ..h.clone()
         };
         // The result of undoing is the target as it is now.

@@ -24,7 +24,19 @@ pub(super) fn grain_page(grain: u32) -> usize {
 /// end, as the patch's trailer defines it. Blocks are summed in any order,
 /// so a thread per core (up to 4) takes a share of them.
 pub(super) fn result_digest(disk: &Disk, h: &Header, size: u64) -> Result<u128> {
+    digest_as_before(disk, h, size, &[])
+}
+
+/// [`result_digest`], the grains at the offsets of `befores` (in offset
+/// order) counted as their digest there instead of what they hold.
+pub(super) fn digest_as_before(
+    disk: &Disk,
+    h: &Header,
+    size: u64,
+    befores: &[(u64, u128)],
+) -> Result<u128> {
     let bs = u64::from(h.block_size);
+    let grain = u64::from(h.grain);
     let blocks = size.div_ceil(bs);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u64;
     let share = blocks.div_ceil(threads.max(1)).max(1);
@@ -37,6 +49,22 @@ pub(super) fn result_digest(disk: &Disk, h: &Header, size: u64) -> Result<u128> 
             let len = usize::try_from((size - offset).min(bs)).unwrap_or(0);
             read_range(disk, offset, &mut buf, len)?;
             crate::proto::digest_ranges(h.salt, &buf, grain_page(h.grain), &mut digests);
+            let from = befores.partition_point(|&(at, _)| at < offset);
+            for &(at, before) in befores[from..]
+                .iter()
+                .take_while(|&&(at, _)| at < offset + bs)
+            {
+                let within = at - offset;
+                let slot = usize::try_from(within / grain).unwrap_or(usize::MAX);
+                match digests.get_mut(slot) {
+                    Some(d) if within % grain == 0 => *d = before,
+                    _ => {
+                        return Err(Error::Failed(format!(
+                            "patch: corrupted: a range at offset {at} is not on a grain of {grain} bytes"
+                        )));
+                    }
+                }
+            }
             sum = sum.wrapping_add(format::block_hash(index, &digests));
         }
         Ok(sum)

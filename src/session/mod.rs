@@ -255,6 +255,9 @@ pub fn run_dry(
         notes.push(format!("limit {}/s", human_bytes(rate)));
     }
     let reporter = Reporter::start(log, &stats, totals, progress, &notes);
+    if dry.is_none() && !disk.is_dry() {
+        crate::progress::resumable(p.geo.block_size, p.geo.blocks());
+    }
     let peer = lanes
         .first()
         .map_or_else(|| "the peer".to_string(), |l| l.reader.peer.clone());
@@ -270,16 +273,57 @@ pub fn run_dry(
         ),
     };
     let elapsed = reporter.finish();
-    if dry.is_none() {
-        report_summary(log, &stats, elapsed, side, p.first, progress);
-        log.info(format!(
-            "verification digest {verify:032x}: both ends agree"
-        ));
+    if dry.is_some() {
+        // The sink says what differs; the JSON carries the same counts.
+        report_summary(log, &stats, elapsed, side, p.first, false, true);
+    } else if disk.is_dry() && !disk.captures() {
+        if progress {
+            log.info(crate::progress::dry_destination_summary(&stats, elapsed));
+        }
+        report_summary(log, &stats, elapsed, side, p.first, false, true);
+    } else {
+        report_summary(log, &stats, elapsed, side, p.first, progress, false);
+        log.info(verification_line(verify, p.first, p.geo.blocks()));
     }
     if role == Role::Destination {
         disk.report_excess(p.geo.size);
     }
     Ok(verify)
+}
+
+/// The closing verification line: the digest and the blocks it covers,
+/// `first..blocks`. Blocks before `first` (`-s`) were neither read nor
+/// compared, and no agreement is claimed about blocks nobody verified.
+pub fn verification_line(verify: u128, first: u64, blocks: u64) -> String {
+    if first >= blocks {
+        return "verification: no blocks to compare (the source is empty)".into();
+    }
+    let covered = if first == 0 {
+        format!("all {blocks} {}", crate::progress::plural(blocks, "block"))
+    } else {
+        format!(
+            "blocks {first} to {} (blocks before {first} skipped by -s, not verified)",
+            blocks - 1
+        )
+    };
+    format!("verification digest {verify:032x} over {covered}: both ends agree")
+}
+
+/// Refuse `-s first` at or past the end of a source of `geo`: there is
+/// nothing left to resume, and silently doing nothing would look like a
+/// verified copy. An empty source and `-s 0` are fine.
+pub fn check_skip(first: u64, geo: Geometry) -> Result<()> {
+    let blocks = geo.blocks();
+    if first == 0 || first < blocks {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "-s {first}: the source has only {blocks} {} of {} ({}), so -s must be below \
+         {blocks}; to check a finished copy run again without -s",
+        crate::progress::plural(blocks, "block"),
+        human_bytes(geo.block_size as u64),
+        human_bytes(geo.size)
+    )))
 }
 
 /// How long without progress before the operator is told who went silent.
