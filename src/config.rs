@@ -281,21 +281,55 @@ pub fn env_flag(name: &str) -> bool {
 }
 
 /// Block buffers one end holds at most, the bound the pools set: on the
-/// network `prefetch + 2 × workers + 2` per side (the source's read pool;
-/// the destination's read and receive pools together), and locally both
-/// sides at once, `2 × prefetch + 3 × workers + 3`.
+/// network `workers + 1 + min(prefetch, 2)` (the source's read pool: one
+/// block per worker, one being read and at most two read ahead; the
+/// destination's read pool is smaller), and locally both sides at once,
+/// `2 × prefetch + 3 × workers + 3`.
 pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
     if local {
         2 * prefetch + 3 * workers + 3
     } else {
-        prefetch + 2 * workers + 2
+        workers + 1 + net_read_ahead(prefetch)
     }
 }
 
-/// The memory the block buffers of one end may take, in bytes.
+/// Blocks a network source reads ahead of its workers: a read is fast
+/// next to a round trip, and the destination's digests wait in its window,
+/// so more read-ahead would only hold buffers.
+pub fn net_read_ahead(prefetch: usize) -> usize {
+    prefetch.clamp(1, 2)
+}
+
+/// The page digests a network destination keeps for the blocks between
+/// its read and its write: the window measured in bytes (see
+/// `session::destination`), 4 MiB, about 100 blocks of 10 MiB ahead.
+pub const DIGEST_WINDOW: u64 = 4 << 20;
+
+/// Outstanding work a network source allows itself on a long link, per
+/// worker and one more: changed ranges parked while their page digests
+/// travel, and block data sent and not yet acknowledged (which is what the
+/// destination may hold received and unwritten).
+const FLIGHT_PER_WORKER: u64 = 8 << 20;
+
+/// The most outstanding work of a network source: [`FLIGHT_PER_WORKER`]
+/// per worker and one, and at least two blocks, so that large blocks
+/// still overlap.
+pub fn flight_cap(block_size: usize, workers: usize) -> u64 {
+    (FLIGHT_PER_WORKER * (workers as u64 + 1)).max(2 * block_size as u64)
+}
+
+/// The memory one end may take for blocks, in bytes: its block buffers,
+/// and on the network its outstanding work and the digest window.
 pub fn memory_needed(t: &Transfer, local: bool) -> u64 {
     let buffers = buffers_needed(t.workers, t.prefetch, local) as u64;
-    buffers.saturating_mul(t.block_size as u64)
+    let blocks = buffers.saturating_mul(t.block_size as u64);
+    if local {
+        blocks
+    } else {
+        blocks
+            .saturating_add(flight_cap(t.block_size, t.workers))
+            .saturating_add(DIGEST_WINDOW)
+    }
 }
 
 /// The memory this process may use: `MemAvailable` from `/proc/meminfo`,
@@ -334,11 +368,14 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
             crate::progress::human_bytes(t.block_size as u64)
         )
     } else {
+        let human = crate::progress::human_bytes;
         format!(
-            "(prefetch {} + 2 × workers {} + 2) blocks of {}",
-            t.prefetch,
+            "(workers {} + 1 + read-ahead {}) blocks of {} + {} in flight + {} of digests",
             t.workers,
-            crate::progress::human_bytes(t.block_size as u64)
+            net_read_ahead(t.prefetch),
+            human(t.block_size as u64),
+            human(flight_cap(t.block_size, t.workers)),
+            human(DIGEST_WINDOW)
         )
     };
     Some(format!(
@@ -381,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_needs_thirteen_gigabytes() {
+    fn the_readme_example_needs_four_and_a_half_gigabytes() {
         // The original README's `-b 524288000 -w 4`: prefetch 16.
         let t = Transfer {
             block_size: 524_288_000,
@@ -391,12 +428,16 @@ mod tests {
             prefetch: 16,
             bwlimit: None,
         };
-        assert_eq!(memory_needed(&t, false), 26 * 524_288_000);
-        let msg = memory_refusal(&t, false, 16 << 30).unwrap_or_default();
+        // Seven buffers, two blocks in flight and the digest window.
+        assert_eq!(memory_needed(&t, false), 9 * 524_288_000 + (4 << 20));
+        let msg = memory_refusal(&t, false, 8 << 30).unwrap_or_default();
         assert!(
-            msg.contains("12.7 GiB = (prefetch 16 + 2 × workers 4 + 2)"),
+            msg.contains(
+                "4.4 GiB = (workers 4 + 1 + read-ahead 2) blocks of 500.0 MiB \
+                 + 1000.0 MiB in flight + 4.0 MiB of digests"
+            ),
             "{msg}"
         );
-        assert!(memory_refusal(&t, false, 64 << 30).is_none());
+        assert!(memory_refusal(&t, false, 16 << 30).is_none());
     }
 }

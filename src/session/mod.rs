@@ -42,6 +42,7 @@ use crate::progress::{Log, Reporter, Side, Stats, Totals, human_bytes, report_su
 use crate::proto::{AUTH_FAILED, Frame};
 
 mod destination;
+mod exchange;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -132,14 +133,6 @@ impl<'a> Content<'a> {
                     out.push(p.zero_digest(len % page));
                 }
             }
-        }
-    }
-
-    /// Whether `start..end` is all zeros.
-    fn is_zero(&self, start: usize, end: usize) -> bool {
-        match self {
-            Content::Bytes(b) => crate::block::is_zero(&b[start..end]),
-            Content::Hole(_) => true,
         }
     }
 }

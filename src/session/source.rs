@@ -5,23 +5,34 @@
 //!
 //! Workers digest each block's pages once, fold them into range digests and
 //! compare. A block whose ranges all match is answered at once. Otherwise
-//! the worker sends `Refine`, parks the block (its pooled buffer and page
-//! digests) and takes the next one, so no block waits a round trip with a
-//! worker held. When the `Pages` answer arrives, the lane's reader files it
-//! and a finisher thread builds and sends the `Block`. Lane readers never
-//! send anything themselves, so a full socket can never stop a lane from
-//! reading the answers that would empty it.
+//! the worker sends `Refine`, parks the block's differing ranges (their
+//! bytes and page digests, not the block's buffer, which goes back to the
+//! reader) and takes the next one, so no block waits a round trip with a
+//! worker or a buffer held. When the `Pages` answer arrives, the lane's
+//! reader files it and a finisher thread builds and sends the `Block`. Lane
+//! readers never send anything themselves, so a full socket can never stop
+//! a lane from reading the answers that would empty it.
+//!
+//! What is outstanding is bounded in bytes, not blocks: the ranges parked,
+//! and the block data sent and not acknowledged, each by a flight budget
+//! of twice the measured round trip times the measured rate (at most
+//! `config::flight_cap`). The lowest unacknowledged block is never held
+//! back by either, so the budgets cannot stall the session. The decisions
+//! themselves are in `exchange.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Instant;
 
+use super::exchange::{Differing, RoundTrip, differing_ranges, flight_budget};
 use super::{
     Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected,
 };
-use crate::block::{Extent, ExtentKind, push_extent};
+use crate::block::{Extent, ExtentKind};
 use crate::compress::Compressor;
+use crate::config::{flight_cap, net_read_ahead};
 use crate::digest::Digest;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -29,7 +40,7 @@ use crate::lock::lock;
 use crate::net::{FrameReader, FrameSender, Lane};
 use crate::pool::{Pool, Pooled};
 use crate::progress::Stats;
-use crate::proto::{self, BlockBuilder, Change, ChangeKind, Frame};
+use crate::proto::{self, BlockBuilder, Change, Frame};
 use crate::reader::read_blocks;
 
 /// How many times a block may be sent before the session gives up.
@@ -45,41 +56,21 @@ struct Sent {
     /// Its `Block` went out at least once: only now may an acknowledgement
     /// cover it.
     sent: bool,
-}
-
-/// A block's bytes and page digests while it waits for `Pages`: the pooled
-/// buffer it was read into, or (when sent again after a lost connection) a
-/// copy read back.
-enum Held {
-    Pooled(Pooled),
-    Owned { data: Vec<u8>, pages: Vec<Digest> },
-}
-
-impl Held {
-    fn content(&self) -> Content<'_> {
-        match self {
-            Held::Pooled(b) => Content::of(b),
-            Held::Owned { data, .. } => Content::Bytes(data),
-        }
-    }
-
-    fn pages(&self) -> &[Digest] {
-        match self {
-            Held::Pooled(b) => &b.digests,
-            Held::Owned { pages, .. } => pages,
-        }
-    }
+    /// Bytes of its `Block` frames on the wire, counted in flight until
+    /// acknowledged.
+    wire: u64,
 }
 
 /// A block set aside until the destination's page digests arrive.
 struct Parked {
-    held: Held,
-    /// The `Refine` bitmap: the ranges asked about.
-    ranges: Vec<u8>,
+    /// Its differing ranges.
+    kept: Differing,
     /// The destination's page digests of those ranges, once arrived.
     theirs: Option<Vec<Digest>>,
     /// The first time this block is sent: it counts in the summary.
     first: bool,
+    /// When its `Refine` went out: a round-trip sample when answered.
+    asked: Instant,
 }
 
 /// Work for the finishers, filed by lane readers (which never send).
@@ -114,16 +105,52 @@ struct SourceState {
     spare: Vec<Vec<Digest>>,
     /// `Refine` bitmaps done with, reused likewise.
     spare_maps: Vec<Vec<u8>>,
+    /// Kept ranges done with, reused likewise (a few).
+    spare_kept: Vec<Differing>,
+    /// Bytes of the parked blocks' kept ranges.
+    parked: u64,
+    /// Bytes ever parked, for the rate.
+    parked_total: u64,
+    /// Bytes of `Block` frames sent and not yet acknowledged.
+    in_flight: u64,
+    /// From `Refine` to `Pages`.
+    rtt: RoundTrip,
 }
 
 impl SourceState {
+    /// `parked` left the parking: give back its bytes and buffers.
     fn recycle(&mut self, parked: Parked) {
+        self.parked = self.parked.saturating_sub(parked.kept.bytes() as u64);
         if let Some(theirs) = parked.theirs {
             self.spare.push(theirs);
         }
-        self.spare_maps.push(parked.ranges);
+        let mut kept = parked.kept;
+        self.spare_maps.push(std::mem::take(&mut kept.ranges));
+        if self.spare_kept.len() < SPARE_KEPT {
+            self.spare_kept.push(kept);
+        }
+    }
+
+    /// Park `parked` for block `index`, of `bytes` bytes.
+    fn park(&mut self, index: u64, bytes: u64, parked: Parked) {
+        let size = parked.kept.bytes() as u64;
+        self.parked += size;
+        self.parked_total += size;
+        self.unacked.insert(
+            index,
+            Sent {
+                bytes,
+                attempts: 1,
+                waiting: Some(parked),
+                sent: false,
+                wire: 0,
+            },
+        );
     }
 }
+
+/// How many kept-range buffers are reused.
+const SPARE_KEPT: usize = 4;
 
 /// Run the source side over `lanes`; returns the verification digest.
 /// (The roles' tests call it; the session calls [`run_with`].)
@@ -156,19 +183,17 @@ pub(super) fn run_with(
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
-    // Beyond the read-ahead and the workers' blocks, room for as many
-    // parked blocks again: a block waiting for its page digests holds its
-    // buffer for a round trip, and without that room the reader, always
-    // ahead, would leave the parked blocks two buffers and the link idle.
-    // The pool allocates on demand, so the room costs nothing until a long
-    // round trip uses it.
+    // A buffer per worker, one being read and the read-ahead: a parked
+    // block keeps only its differing ranges, so no buffer waits a round
+    // trip, and the buffers go round at the reader's pace.
+    let ahead = net_read_ahead(p.prefetch);
     let pool = Pool::new(
-        2 * p.prefetch + 3 * p.workers + 2,
+        p.workers + 1 + ahead,
         p.geo.buffer_len(),
         true,
         disk.hints(),
     );
-    let (tx, rx) = sync_channel(p.prefetch);
+    let (tx, rx) = sync_channel(ahead);
     let rx = Arc::new(Mutex::new(rx));
     let throttle = p.bwlimit.map(super::Throttle::new);
     let ctx = SourceCtx {
@@ -182,6 +207,8 @@ pub(super) fn run_with(
         verify: &verify,
         dry,
         zero: p.zero_digest(p.page()),
+        started: Instant::now(),
+        cap: flight_cap(p.geo.block_size, p.workers),
     };
     let abort = &abort;
     let pool = &pool;
@@ -253,6 +280,10 @@ struct SourceCtx<'a> {
     dry: Option<&'a dyn DrySink>,
     /// The digest of a whole zero page.
     zero: Digest,
+    /// When the session started, for the rates.
+    started: Instant,
+    /// The most outstanding work of each kind, in bytes.
+    cap: u64,
 }
 
 /// Reused buffers of a thread that builds frames.
@@ -274,26 +305,39 @@ enum Compared {
 }
 
 impl SourceCtx<'_> {
+    /// The flight budgets now: (parked bytes, bytes in flight), each twice
+    /// the round trip times the rate it is filled at.
+    fn budgets(&self, st: &SourceState) -> (u64, u64) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let sent = self
+            .stats
+            .wire_sent
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let rtt = st.rtt.get();
+        (
+            flight_budget(rtt, st.parked_total as f64 / secs, self.cap),
+            flight_budget(rtt, sent as f64 / secs, self.cap),
+        )
+    }
+
     /// Everything before block `upto` (exclusive) is written.
     fn acknowledge(&self, upto: u64) {
         let mut st = self.state.lock();
         let state = &mut *st;
-        let (unacked, spare, spare_maps) =
-            (&mut state.unacked, &mut state.spare, &mut state.spare_maps);
-        unacked.retain(|&index, sent| {
+        let mut done = Vec::new();
+        state.unacked.retain(|&index, sent| {
             if index >= upto {
                 return true;
             }
-            if let Some(parked) = sent.waiting.take() {
-                if let Some(theirs) = parked.theirs {
-                    spare.push(theirs);
-                }
-                spare_maps.push(parked.ranges);
-            }
+            done.extend(sent.waiting.take());
+            state.in_flight = state.in_flight.saturating_sub(sent.wire);
             Stats::add(&self.stats.blocks_done, 1);
             Stats::add(&self.stats.bytes_done, sent.bytes);
             false
         });
+        for parked in done {
+            state.recycle(parked);
+        }
         st.acked_to = st.acked_to.max(upto);
         // Acknowledgements are cumulative: every block before acked_to is
         // written, whatever -w.
@@ -441,12 +485,8 @@ impl SourceCtx<'_> {
             }
             return Err(bad("page digests that were not asked for".into()));
         };
-        let npages = parked.held.pages().len();
-        let want: usize = (0..proto::ranges(npages))
-            .filter(|&r| proto::marked(&parked.ranges, r))
-            .map(|r| proto::range_pages(r, npages).len())
-            .sum();
-        if digests.len() != want * 16 {
+        let want = parked.kept.asked();
+        if digests.len() != want * proto::DIGEST_LEN {
             return Err(bad(format!(
                 "{} page digests, asked for {want}",
                 digests.len() / 16
@@ -455,6 +495,8 @@ impl SourceCtx<'_> {
         let mut list = st.spare.pop().unwrap_or_default();
         proto::read_digests(digests, &mut list);
         parked.theirs = Some(list);
+        let took = parked.asked.elapsed();
+        st.rtt.sample(took);
         st.tasks.push_back(Task::Finish(index));
         self.state.notify();
         Ok(())
@@ -500,17 +542,8 @@ impl SourceCtx<'_> {
     ) -> Result<Compared> {
         self.digest_ranges(index, data, pages, theirs, scratch)?;
         let mut map = map;
-        map.clear();
-        map.resize(proto::bitmap_len(theirs.len()), 0);
-        let mut differ = false;
-        for (r, (mine, other)) in scratch.ranges.iter().zip(theirs).enumerate() {
-            if mine != other {
-                map[r / 8] |= 1 << (r % 8);
-                differ = true;
-            }
-        }
         scratch.frame.clear();
-        if differ {
+        if differing_ranges(&scratch.ranges, theirs, &mut map) {
             proto::encode(
                 &Frame::Refine {
                     index,
@@ -535,53 +568,27 @@ impl SourceCtx<'_> {
         compressor: &mut Compressor,
         scratch: &mut FrameScratch,
     ) -> Result<usize> {
-        let page = self.p.page();
-        let data = parked.held.content();
-        let ours = parked.held.pages();
+        let kept = &parked.kept;
+        // The count was checked when the digests arrived.
         let theirs = parked.theirs.as_deref().unwrap_or_default();
-        let mut theirs = theirs.iter();
-        scratch.changes.clear();
-        scratch.extents.clear();
-        let mut raw_len = 0usize;
-        for r in (0..proto::ranges(ours.len())).filter(|&r| proto::marked(&parked.ranges, r)) {
-            for j in proto::range_pages(r, ours.len()) {
-                // The count was checked when the digests arrived.
-                if theirs.next() == Some(&ours[j]) {
-                    continue;
-                }
-                let start = j * page;
-                let end = (start + page).min(data.len());
-                let (kind, ext) = if data.is_zero(start, end) {
-                    (ChangeKind::Zero, ExtentKind::Zero)
-                } else {
-                    raw_len += end - start;
-                    (ChangeKind::Data(ours[j]), ExtentKind::Data)
-                };
-                scratch.changes.push(Change {
-                    // Pages of a block of at most MAX_BLOCK_SIZE bytes.
-                    page: u32::try_from(j)
-                        .map_err(|_| Error::Failed(format!("block {index}: too many pages")))?,
-                    kind,
-                });
-                push_extent(&mut scratch.extents, start, end - start, ext, start);
-            }
-        }
+        let raw_len = kept.changes(
+            theirs,
+            self.p.page(),
+            &mut scratch.changes,
+            &mut scratch.extents,
+        );
         let frame = &mut scratch.frame;
         frame.clear();
         // A block is at most MAX_BLOCK_SIZE, 1 GiB.
         let raw = u32::try_from(raw_len)
             .map_err(|_| Error::Failed(format!("block {index}: {raw_len} bytes of data")))?;
         let mut block = BlockBuilder::begin(frame, index, raw, &scratch.changes);
-        // Only bytes that were read have data extents.
-        let bytes = match data {
-            Content::Bytes(b) => b,
-            Content::Hole(_) => &[],
-        };
+        let data = kept.data();
         let pieces = scratch
             .extents
             .iter()
             .filter(|e| e.kind == ExtentKind::Data)
-            .map(|e| &bytes[e.start..e.start + e.len]);
+            .map(|e| &data[e.data..e.data + e.len]);
         let compressed = compressor.append(pieces, block.data());
         block.finish(compressed);
         Stats::add(&self.stats.bytes_changed, raw_len as u64);
@@ -628,7 +635,7 @@ impl SourceCtx<'_> {
                 return Ok(());
             };
             let index = block.index;
-            let Some(theirs) = self
+            let Some(mut theirs) = self
                 .state
                 .wait_for(self.abort, |st| st.remote.remove(&index))
             else {
@@ -660,6 +667,7 @@ impl SourceCtx<'_> {
                         attempts: 1,
                         waiting: None,
                         sent: true,
+                        wire: 0,
                     },
                 );
                 st.spare.push(theirs);
@@ -685,31 +693,57 @@ impl SourceCtx<'_> {
             }
             let bytes = b.len as u64;
             // Registered before sending: the answer may beat us back.
-            let mut st = self.state.lock();
-            st.spare.push(theirs);
-            let waiting = match compared {
+            match compared {
                 Compared::Same => {
-                    Stats::add(&self.stats.same, 1);
                     drop(block);
-                    None
+                    Stats::add(&self.stats.same, 1);
+                    let mut st = self.state.lock();
+                    st.spare.push(theirs);
+                    let sent = Sent {
+                        bytes,
+                        attempts: 1,
+                        waiting: None,
+                        sent: true,
+                        wire: 0,
+                    };
+                    st.unacked.insert(index, sent);
                 }
-                Compared::Refine(ranges) => Some(Parked {
-                    held: Held::Pooled(block),
-                    ranges,
-                    theirs: None,
-                    first: true,
-                }),
-            };
-            st.unacked.insert(
-                index,
-                Sent {
-                    bytes,
-                    attempts: 1,
-                    sent: waiting.is_none(),
-                    waiting,
-                },
-            );
-            drop(st);
+                Compared::Refine(ranges) => {
+                    let reuse = self.state.lock().spare_kept.pop().unwrap_or_default();
+                    let kept = Differing::keep(
+                        Content::of(&block),
+                        &block.digests,
+                        ranges,
+                        self.p.page(),
+                        reuse,
+                    );
+                    // The buffer goes back to the reader before any wait.
+                    drop(block);
+                    let mut parked = Some(Parked {
+                        kept,
+                        theirs: None,
+                        first: true,
+                        asked: Instant::now(),
+                    });
+                    let size = parked.as_ref().map_or(0, |p| p.kept.bytes() as u64);
+                    let parked = self.state.wait_for(self.abort, |st| {
+                        let (budget, _) = self.budgets(st);
+                        let room = st.parked == 0 || st.parked + size <= budget;
+                        // The lowest unacknowledged block never waits, so
+                        // the budget cannot stall the session.
+                        (room || index == st.acked_to).then(|| {
+                            if let Some(mut parked) = parked.take() {
+                                parked.asked = Instant::now();
+                                st.park(index, bytes, parked);
+                            }
+                            st.spare.push(std::mem::take(&mut theirs));
+                        })
+                    });
+                    if parked.is_none() {
+                        return Ok(());
+                    }
+                }
+            }
             self.send(index, &mut scratch.frame);
         }
     }
@@ -720,13 +754,20 @@ impl SourceCtx<'_> {
         let mut compressor = Compressor::new(self.p.compression);
         let mut scratch = FrameScratch::default();
         loop {
-            let Some(task) = self
-                .state
-                .wait_for(self.abort, |st| match st.tasks.pop_front() {
+            let Some(task) = self.state.wait_for(self.abort, |st| {
+                // Over the budget in flight, only the lowest unacknowledged
+                // block goes: its acknowledgement is what frees the budget.
+                let (_, budget) = self.budgets(st);
+                let room = st.in_flight == 0 || st.in_flight < budget;
+                let next = st.tasks.iter().position(|task| match task {
+                    Task::Finish(index) => room || *index == st.acked_to,
+                    Task::Refine(_) | Task::Resend(..) => true,
+                });
+                match next.and_then(|i| st.tasks.remove(i)) {
                     Some(task) => Some(Some(task)),
                     None => (st.acked_to == end || st.finished).then_some(None),
-                })
-            else {
+                }
+            }) else {
                 return Ok(());
             };
             match task {
@@ -742,7 +783,7 @@ impl SourceCtx<'_> {
                     proto::encode(
                         &Frame::Refine {
                             index,
-                            ranges: &parked.ranges,
+                            ranges: &parked.kept.ranges,
                         },
                         &mut scratch.frame,
                     );
@@ -774,7 +815,18 @@ impl SourceCtx<'_> {
         };
         let raw_len = self.build_block(index, &parked, compressor, scratch);
         let first = parked.first;
-        self.state.lock().recycle(parked);
+        let wire = scratch.frame.len() as u64;
+        {
+            let mut st = self.state.lock();
+            st.recycle(parked);
+            if raw_len.is_ok()
+                && let Some(sent) = st.unacked.get_mut(&index)
+            {
+                sent.wire += wire;
+                st.in_flight += wire;
+            }
+        }
+        self.state.notify();
         let raw_len = raw_len?;
         if first {
             let class = if scratch.changes.is_empty() {
@@ -814,22 +866,26 @@ impl SourceCtx<'_> {
         let mut pages = Vec::new();
         let content = Content::Bytes(&data);
         let compared = self.compare(index, content, &mut pages, theirs, scratch, Vec::new())?;
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         let Some(sent) = st.unacked.get_mut(&index) else {
             return Ok(()); // Acknowledged meanwhile.
         };
         match compared {
             Compared::Refine(ranges) => {
+                let page = self.p.page();
+                let kept = Differing::keep(content, &pages, ranges, page, Differing::default());
+                st.parked += kept.bytes() as u64;
                 sent.waiting = Some(Parked {
-                    held: Held::Owned { data, pages },
-                    ranges,
+                    kept,
                     theirs: None,
                     first: false,
+                    asked: Instant::now(),
                 });
             }
             Compared::Same => sent.sent = true,
         }
-        drop(st);
+        drop(guard);
         self.send(index, &mut scratch.frame);
         Ok(())
     }
