@@ -281,23 +281,18 @@ pub fn env_flag(name: &str) -> bool {
 }
 
 /// Block buffers one end holds at most, the bound the pools set: on the
-/// network `workers + 1 + min(prefetch, 2)` (the source's read pool: one
-/// block per worker, one being read and at most two read ahead; the
-/// destination's read pool is smaller), and locally both sides at once,
-/// `2 × prefetch + 3 × workers + 3`.
+/// network `workers + 2` (the source's read pool: one block per worker,
+/// one read ahead and one being read; the destination's read pool is
+/// smaller), and locally both sides at once, `2 × prefetch + 3 × workers +
+/// 3`. On the network a read is fast next to a round trip, and the
+/// destination's digests wait in its window, so more read-ahead would
+/// only hold buffers.
 pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
     if local {
         2 * prefetch + 3 * workers + 3
     } else {
-        workers + 1 + net_read_ahead(prefetch)
+        workers + 2
     }
-}
-
-/// Blocks a network source reads ahead of its workers: a read is fast
-/// next to a round trip, and the destination's digests wait in its window,
-/// so more read-ahead would only hold buffers.
-pub fn net_read_ahead(prefetch: usize) -> usize {
-    prefetch.clamp(1, 2)
 }
 
 /// The page digests a network destination keeps for the blocks between
@@ -309,7 +304,7 @@ pub const DIGEST_WINDOW: u64 = 4 << 20;
 /// worker and one more: changed ranges parked while their page digests
 /// travel, and block data sent and not yet acknowledged (which is what the
 /// destination may hold received and unwritten).
-const FLIGHT_PER_WORKER: u64 = 8 << 20;
+const FLIGHT_PER_WORKER: u64 = 6 << 20;
 
 /// The most outstanding work of a network source: [`FLIGHT_PER_WORKER`]
 /// per worker and one, and at least two blocks, so that large blocks
@@ -370,9 +365,8 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
     } else {
         let human = crate::progress::human_bytes;
         format!(
-            "(workers {} + 1 + read-ahead {}) blocks of {} + {} in flight + {} of digests",
+            "(workers {} + 2) blocks of {} + {} in flight + {} of digests",
             t.workers,
-            net_read_ahead(t.prefetch),
             human(t.block_size as u64),
             human(flight_cap(t.block_size, t.workers)),
             human(DIGEST_WINDOW)
@@ -418,7 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_needs_four_and_a_half_gigabytes() {
+    fn the_readme_example_needs_four_gigabytes() {
         // The original README's `-b 524288000 -w 4`: prefetch 16.
         let t = Transfer {
             block_size: 524_288_000,
@@ -428,16 +422,16 @@ mod tests {
             prefetch: 16,
             bwlimit: None,
         };
-        // Seven buffers, two blocks in flight and the digest window.
-        assert_eq!(memory_needed(&t, false), 9 * 524_288_000 + (4 << 20));
-        let msg = memory_refusal(&t, false, 8 << 30).unwrap_or_default();
+        // Six buffers, two blocks in flight and the digest window.
+        assert_eq!(memory_needed(&t, false), 8 * 524_288_000 + (4 << 20));
+        let msg = memory_refusal(&t, false, 6 << 30).unwrap_or_default();
         assert!(
             msg.contains(
-                "4.4 GiB = (workers 4 + 1 + read-ahead 2) blocks of 500.0 MiB \
+                "3.9 GiB = (workers 4 + 2) blocks of 500.0 MiB \
                  + 1000.0 MiB in flight + 4.0 MiB of digests"
             ),
             "{msg}"
         );
-        assert!(memory_refusal(&t, false, 16 << 30).is_none());
+        assert!(memory_refusal(&t, false, 10 << 30).is_none());
     }
 }

@@ -8,7 +8,7 @@
 //! buffer, so what the source holds across a round trip is bounded by
 //! what differs, not by `-b`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Content;
 use crate::block::{Extent, ExtentKind, push_extent};
@@ -202,6 +202,39 @@ impl RoundTrip {
     }
 }
 
+/// The highest rate seen over any span of about a round trip: how fast a
+/// kind of work is taken on when the budget lets it. Measured as the peak,
+/// not the mean, so that a budget that held the rate back doubles the next
+/// round trip (twice the rate times the round trip), as TCP's slow start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Meter {
+    since: Option<Instant>,
+    bytes: u64,
+    peak: f64,
+}
+
+impl Meter {
+    /// The shortest span a rate is measured over.
+    const SPAN: Duration = Duration::from_millis(20);
+
+    /// `bytes` more at `now`, the round trip being `rtt`.
+    pub fn add(&mut self, bytes: u64, now: Instant, rtt: Option<Duration>) {
+        let since = *self.since.get_or_insert(now);
+        self.bytes += bytes;
+        let took = now.saturating_duration_since(since);
+        if took >= rtt.unwrap_or_default().max(Self::SPAN) {
+            self.peak = self.peak.max(self.bytes as f64 / took.as_secs_f64());
+            self.since = Some(now);
+            self.bytes = 0;
+        }
+    }
+
+    /// Bytes per second, the highest seen.
+    pub fn peak(&self) -> f64 {
+        self.peak
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +380,23 @@ mod tests {
         assert_eq!(flight_budget(rtt, 1e12, cap), cap);
         assert_eq!(flight_budget(rtt, 1.0, cap), FLIGHT_FLOOR);
         assert_eq!(flight_budget(rtt, 1e12, 1 << 20), 1 << 20);
+    }
+
+    #[test]
+    fn the_rate_is_the_peak_over_a_round_trip() {
+        let mut m = Meter::default();
+        let t = Instant::now();
+        let rtt = Some(Duration::from_millis(100));
+        m.add(1000, t, rtt);
+        m.add(1000, t + Duration::from_millis(50), rtt);
+        assert_eq!(m.peak(), 0.0, "not a round trip yet");
+        m.add(8000, t + Duration::from_millis(100), rtt);
+        assert_eq!(m.peak(), 100_000.0);
+        // A slower span leaves the peak.
+        m.add(10, t + Duration::from_millis(300), rtt);
+        assert_eq!(m.peak(), 100_000.0);
+        m.add(100_000, t + Duration::from_millis(400), rtt);
+        assert_eq!(m.peak(), 1_000_000.0);
     }
 
     #[test]

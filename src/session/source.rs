@@ -26,13 +26,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use super::exchange::{Differing, RoundTrip, differing_ranges, flight_budget};
+use super::exchange::{Differing, Meter, RoundTrip, differing_ranges, flight_budget};
 use super::{
     Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected,
 };
 use crate::block::{Extent, ExtentKind};
 use crate::compress::Compressor;
-use crate::config::{flight_cap, net_read_ahead};
+use crate::config::{buffers_needed, flight_cap};
 use crate::digest::Digest;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -109,8 +109,9 @@ struct SourceState {
     spare_kept: Vec<Differing>,
     /// Bytes of the parked blocks' kept ranges.
     parked: u64,
-    /// Bytes ever parked, for the rate.
-    parked_total: u64,
+    /// How fast blocks are parked, and sent.
+    parking: Meter,
+    sending: Meter,
     /// Bytes of `Block` frames sent and not yet acknowledged.
     in_flight: u64,
     /// From `Refine` to `Pages`.
@@ -135,7 +136,7 @@ impl SourceState {
     fn park(&mut self, index: u64, bytes: u64, parked: Parked) {
         let size = parked.kept.bytes() as u64;
         self.parked += size;
-        self.parked_total += size;
+        self.parking.add(size, Instant::now(), self.rtt.get());
         self.unacked.insert(
             index,
             Sent {
@@ -150,7 +151,7 @@ impl SourceState {
 }
 
 /// How many kept-range buffers are reused.
-const SPARE_KEPT: usize = 4;
+const SPARE_KEPT: usize = 2;
 
 /// Run the source side over `lanes`; returns the verification digest.
 /// (The roles' tests call it; the session calls [`run_with`].)
@@ -183,17 +184,17 @@ pub(super) fn run_with(
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
-    // A buffer per worker, one being read and the read-ahead: a parked
-    // block keeps only its differing ranges, so no buffer waits a round
-    // trip, and the buffers go round at the reader's pace.
-    let ahead = net_read_ahead(p.prefetch);
+    // A buffer per worker, one read ahead and one being read
+    // (`config::buffers_needed`): a parked block keeps only its differing
+    // ranges, so no buffer waits a round trip, and the buffers go round at
+    // the reader's pace.
     let pool = Pool::new(
-        p.workers + 1 + ahead,
+        buffers_needed(p.workers, p.prefetch, false),
         p.geo.buffer_len(),
         true,
         disk.hints(),
     );
-    let (tx, rx) = sync_channel(ahead);
+    let (tx, rx) = sync_channel(1);
     let rx = Arc::new(Mutex::new(rx));
     let throttle = p.bwlimit.map(super::Throttle::new);
     let ctx = SourceCtx {
@@ -207,7 +208,6 @@ pub(super) fn run_with(
         verify: &verify,
         dry,
         zero: p.zero_digest(p.page()),
-        started: Instant::now(),
         cap: flight_cap(p.geo.block_size, p.workers),
     };
     let abort = &abort;
@@ -280,8 +280,6 @@ struct SourceCtx<'a> {
     dry: Option<&'a dyn DrySink>,
     /// The digest of a whole zero page.
     zero: Digest,
-    /// When the session started, for the rates.
-    started: Instant,
     /// The most outstanding work of each kind, in bytes.
     cap: u64,
 }
@@ -308,15 +306,10 @@ impl SourceCtx<'_> {
     /// The flight budgets now: (parked bytes, bytes in flight), each twice
     /// the round trip times the rate it is filled at.
     fn budgets(&self, st: &SourceState) -> (u64, u64) {
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let sent = self
-            .stats
-            .wire_sent
-            .load(std::sync::atomic::Ordering::Relaxed);
         let rtt = st.rtt.get();
         (
-            flight_budget(rtt, st.parked_total as f64 / secs, self.cap),
-            flight_budget(rtt, sent as f64 / secs, self.cap),
+            flight_budget(rtt, st.parking.peak(), self.cap),
+            flight_budget(rtt, st.sending.peak(), self.cap),
         )
     }
 
@@ -824,6 +817,8 @@ impl SourceCtx<'_> {
             {
                 sent.wire += wire;
                 st.in_flight += wire;
+                let rtt = st.rtt.get();
+                st.sending.add(wire, Instant::now(), rtt);
             }
         }
         self.state.notify();
