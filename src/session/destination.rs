@@ -93,7 +93,7 @@ pub(super) fn run(
     // data is held in buffers of its own size until written, and what the
     // source sends unacknowledged is bounded by its flight budget.
     let read_pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
-    let recv_pool = Pool::sized(n + 1, disk.hints());
+    let recv_pool = Pool::sized(n, disk.hints());
     let (read_tx, read_rx) = sync_channel(p.workers);
     let read_rx = Arc::new(Mutex::new(read_rx));
     // The writer takes blocks off this queue into its own reordering map

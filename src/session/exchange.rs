@@ -69,6 +69,16 @@ impl Differing {
         kept.clear();
         data.clear();
         let len = content.len();
+        if let Content::Bytes(_) = content {
+            // Exactly what is kept, not a doubling more.
+            let bytes: usize = marked(&ranges, pages.len())
+                .map(|r| {
+                    let span = proto::range_pages(r, pages.len());
+                    (span.end * page).min(len) - span.start * page
+                })
+                .sum();
+            data.reserve_exact(bytes);
+        }
         for r in marked(&ranges, pages.len()) {
             let span = proto::range_pages(r, pages.len());
             kept.extend_from_slice(&pages[span.clone()]);
@@ -90,6 +100,11 @@ impl Differing {
     /// The bytes this holds: what a parked block costs.
     pub fn bytes(&self) -> usize {
         self.data.len() + self.pages.len() * proto::DIGEST_LEN
+    }
+
+    /// The bytes its buffers can hold, for deciding whether to reuse them.
+    pub fn capacity(&self) -> usize {
+        self.data.capacity() + self.pages.capacity() * proto::DIGEST_LEN
     }
 
     /// How many page digests the destination must answer with.

@@ -127,7 +127,7 @@ impl SourceState {
         }
         let mut kept = parked.kept;
         self.spare_maps.push(std::mem::take(&mut kept.ranges));
-        if self.spare_kept.len() < SPARE_KEPT {
+        if self.spare_kept.len() < SPARE_KEPT && kept.capacity() <= SPARE_MAX {
             self.spare_kept.push(kept);
         }
     }
@@ -150,8 +150,9 @@ impl SourceState {
     }
 }
 
-/// How many kept-range buffers are reused.
+/// How many kept-range buffers are reused, and the largest.
 const SPARE_KEPT: usize = 2;
+const SPARE_MAX: usize = 1 << 20;
 
 /// Run the source side over `lanes`; returns the verification digest.
 /// (The roles' tests call it; the session calls [`run_with`].)
@@ -184,8 +185,7 @@ pub(super) fn run_with(
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
-    // A buffer per worker, one read ahead and one being read
-    // (`config::buffers_needed`): a parked block keeps only its differing
+    // A buffer per worker and one being read (`config::buffers_needed`): a parked block keeps only its differing
     // ranges, so no buffer waits a round trip, and the buffers go round at
     // the reader's pace.
     let pool = Pool::new(
