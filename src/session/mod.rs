@@ -43,6 +43,7 @@ use crate::proto::{AUTH_FAILED, Frame};
 
 mod destination;
 mod exchange;
+mod ledger;
 mod source;
 #[cfg(test)]
 mod tests;

@@ -20,13 +20,13 @@
 //! back by either, so the budgets cannot stall the session. The decisions
 //! themselves are in `exchange.rs`.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use super::exchange::{Differing, Meter, RoundTrip, differing_ranges, flight_budget};
+use super::exchange::{Differing, differing_ranges};
+use super::ledger::{self, Ledger, Parked, Sent, Task};
 use super::{
     Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected,
 };
@@ -42,117 +42,6 @@ use crate::pool::{Pool, Pooled};
 use crate::progress::Stats;
 use crate::proto::{self, BlockBuilder, Change, Frame};
 use crate::reader::read_blocks;
-
-/// How many times a block may be sent before the session gives up.
-const MAX_ATTEMPTS: u8 = 3;
-
-/// A block sent (or refined) and not yet acknowledged.
-struct Sent {
-    /// Its length, for progress.
-    bytes: u64,
-    attempts: u8,
-    /// Set aside while its `Refine` is answered.
-    waiting: Option<Parked>,
-    /// Its `Block` went out at least once: only now may an acknowledgement
-    /// cover it.
-    sent: bool,
-    /// Bytes of its `Block` frames on the wire, counted in flight until
-    /// acknowledged.
-    wire: u64,
-}
-
-/// A block set aside until the destination's page digests arrive.
-struct Parked {
-    /// Its differing ranges.
-    kept: Differing,
-    /// The destination's page digests of those ranges, once arrived.
-    theirs: Option<Vec<Digest>>,
-    /// The first time this block is sent: it counts in the summary.
-    first: bool,
-    /// When its `Refine` went out: a round-trip sample when answered.
-    asked: Instant,
-}
-
-/// Work for the finishers, filed by lane readers (which never send).
-enum Task {
-    /// The `Pages` of a parked block arrived: send its `Block`.
-    Finish(u64),
-    /// Asked again for a parked block: send its `Refine` again.
-    Refine(u64),
-    /// Asked again for a block already sent: read it back and start over
-    /// with these range digests.
-    Resend(u64, Vec<Digest>),
-}
-
-#[derive(Default)]
-struct SourceState {
-    /// Destination range digests not yet used, by block.
-    remote: HashMap<u64, Vec<Digest>>,
-    /// Blocks sent or refined and not yet acknowledged. A map that reuses
-    /// its table: a B-tree would allocate a node every few blocks once the
-    /// window outgrows a leaf.
-    unacked: HashMap<u64, Sent>,
-    /// Work for the finishers.
-    tasks: VecDeque<Task>,
-    /// Every block before this one is written at the destination.
-    acked_to: u64,
-    complete: Option<u128>,
-    /// `Bye` went out: lanes closing now is expected.
-    finished: bool,
-    /// A lane was rejoined: repeated answers are expected now.
-    rejoined: bool,
-    /// Digest lists done with, reused so a block costs no allocation.
-    spare: Vec<Vec<Digest>>,
-    /// `Refine` bitmaps done with, reused likewise.
-    spare_maps: Vec<Vec<u8>>,
-    /// Kept ranges done with, reused likewise (a few).
-    spare_kept: Vec<Differing>,
-    /// Bytes of the parked blocks' kept ranges.
-    parked: u64,
-    /// How fast blocks are parked, and sent.
-    parking: Meter,
-    sending: Meter,
-    /// Bytes of `Block` frames sent and not yet acknowledged.
-    in_flight: u64,
-    /// From `Refine` to `Pages`.
-    rtt: RoundTrip,
-}
-
-impl SourceState {
-    /// `parked` left the parking: give back its bytes and buffers.
-    fn recycle(&mut self, parked: Parked) {
-        self.parked = self.parked.saturating_sub(parked.kept.bytes() as u64);
-        if let Some(theirs) = parked.theirs {
-            self.spare.push(theirs);
-        }
-        let mut kept = parked.kept;
-        self.spare_maps.push(std::mem::take(&mut kept.ranges));
-        if self.spare_kept.len() < SPARE_KEPT && kept.capacity() <= SPARE_MAX {
-            self.spare_kept.push(kept);
-        }
-    }
-
-    /// Park `parked` for block `index`, of `bytes` bytes.
-    fn park(&mut self, index: u64, bytes: u64, parked: Parked) {
-        let size = parked.kept.bytes() as u64;
-        self.parked += size;
-        self.parking.add(size, Instant::now(), self.rtt.get());
-        self.unacked.insert(
-            index,
-            Sent {
-                bytes,
-                attempts: 1,
-                waiting: Some(parked),
-                sent: false,
-                wire: 0,
-            },
-        );
-    }
-}
-
-/// How many kept-range buffers are reused, and the largest.
-const SPARE_KEPT: usize = 2;
-const SPARE_MAX: usize = 1 << 20;
 
 /// Run the source side over `lanes`; returns the verification digest.
 /// (The roles' tests call it; the session calls [`run_with`].)
@@ -178,9 +67,9 @@ pub(super) fn run_with(
     dry: Option<&dyn DrySink>,
 ) -> Result<u128> {
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
-    let state = Signal::new(SourceState {
+    let state = Signal::new(Ledger {
         acked_to: p.first,
-        ..SourceState::default()
+        ..Ledger::default()
     });
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
@@ -273,7 +162,7 @@ struct SourceCtx<'a> {
     throttle: Option<&'a super::Throttle>,
     disk: &'a Disk,
     abort: &'a Abort<'a>,
-    state: &'a Signal<SourceState>,
+    state: &'a Signal<Ledger>,
     senders: &'a [Arc<FrameSender>],
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
@@ -303,35 +192,12 @@ enum Compared {
 }
 
 impl SourceCtx<'_> {
-    /// The flight budgets now: (parked bytes, bytes in flight), each twice
-    /// the round trip times the rate it is filled at.
-    fn budgets(&self, st: &SourceState) -> (u64, u64) {
-        let rtt = st.rtt.get();
-        (
-            flight_budget(rtt, st.parking.peak(), self.cap),
-            flight_budget(rtt, st.sending.peak(), self.cap),
-        )
-    }
-
     /// Everything before block `upto` (exclusive) is written.
     fn acknowledge(&self, upto: u64) {
         let mut st = self.state.lock();
-        let state = &mut *st;
-        let mut done = Vec::new();
-        state.unacked.retain(|&index, sent| {
-            if index >= upto {
-                return true;
-            }
-            done.extend(sent.waiting.take());
-            state.in_flight = state.in_flight.saturating_sub(sent.wire);
-            Stats::add(&self.stats.blocks_done, 1);
-            Stats::add(&self.stats.bytes_done, sent.bytes);
-            false
-        });
-        for parked in done {
-            state.recycle(parked);
-        }
-        st.acked_to = st.acked_to.max(upto);
+        let (blocks, bytes) = st.acknowledge(upto);
+        Stats::add(&self.stats.blocks_done, blocks);
+        Stats::add(&self.stats.bytes_done, bytes);
         // Acknowledgements are cumulative: every block before acked_to is
         // written, whatever -w.
         self.stats
@@ -359,22 +225,7 @@ impl SourceCtx<'_> {
     /// `upto` covers only blocks that were sent: one that covers a block
     /// never sent is a protocol error, never a reason to reconnect.
     fn check_covered(&self, peer: &str, what: &str, upto: u64) -> Result<()> {
-        let end = self.p.geo.blocks();
-        let st = self.state.lock();
-        if upto <= st.acked_to {
-            return Ok(()); // Cumulative: already covered by an earlier one.
-        }
-        // Blocks from acked_to on are acknowledged only once their `Block`
-        // went out: each below `upto` must wait in `unacked`, sent at least
-        // once. No more than `unacked.len()` of them can, so looking that
-        // far finds the first gap whatever `upto` says.
-        let room = u64::try_from(st.unacked.len()).unwrap_or(u64::MAX);
-        let limit = upto.min(end).min(st.acked_to.saturating_add(room));
-        let sent = |b: &u64| st.unacked.get(b).is_some_and(|s| s.sent);
-        let unsent = (st.acked_to..limit)
-            .find(|b| !sent(b))
-            .or((upto > limit).then_some(limit));
-        match unsent {
+        match self.state.lock().first_unsent(upto, self.p.geo.blocks()) {
             None => Ok(()),
             Some(block) => Err(Error::protocol(
                 peer,
@@ -402,37 +253,13 @@ impl SourceCtx<'_> {
                     }
                     let mut list = self.state.lock().spare.pop().unwrap_or_default();
                     proto::read_digests(digests, &mut list);
-                    let mut st = self.state.lock();
-                    if index < st.acked_to {
-                        continue; // Stale: already written.
+                    let filed = self.state.lock().digests(index, list);
+                    if let ledger::Digests::Exhausted = filed {
+                        return Err(Error::Failed(format!(
+                            "block {index}: not acknowledged after {} attempts",
+                            ledger::MAX_ATTEMPTS
+                        )));
                     }
-                    if let Some(sent) = st.unacked.get_mut(&index) {
-                        // Asked again after a reconnect: what we sent was lost.
-                        if sent.attempts >= MAX_ATTEMPTS {
-                            return Err(Error::Failed(format!(
-                                "block {index}: not acknowledged after {MAX_ATTEMPTS} attempts"
-                            )));
-                        }
-                        sent.attempts += 1;
-                        let task = match &sent.waiting {
-                            Some(parked) if parked.theirs.is_some() => {
-                                // Its Block goes out soon, on the new connection.
-                                st.spare.push(list);
-                                continue;
-                            }
-                            Some(_) => {
-                                st.spare.push(list);
-                                Task::Refine(index)
-                            }
-                            None => Task::Resend(index, list),
-                        };
-                        st.tasks.push_back(task);
-                        drop(st);
-                        self.state.notify();
-                        continue;
-                    }
-                    st.remote.insert(index, list);
-                    drop(st);
                     self.state.notify();
                 }
                 Frame::Pages { index, digests } => self.pages(peer, index, digests)?,
@@ -462,37 +289,25 @@ impl SourceCtx<'_> {
     /// to a finisher.
     fn pages(&self, peer: &str, index: u64, digests: &[u8]) -> Result<()> {
         let bad = |what: String| Error::protocol(peer, format!("block {index}: {what}"));
-        let mut st = self.state.lock();
-        let rejoined = st.rejoined;
-        let st = &mut *st;
-        let parked = st
-            .unacked
-            .get_mut(&index)
-            .and_then(|s| s.waiting.as_mut())
-            .filter(|w| w.theirs.is_none());
-        let Some(parked) = parked else {
-            let in_range = (self.p.first..self.p.geo.blocks()).contains(&index);
-            if in_range && (rejoined || index < st.acked_to) {
-                // Answered twice around a reconnect; the first answer counted.
-                return Ok(());
+        let n = digests.len() / proto::DIGEST_LEN;
+        let exact = digests.len().is_multiple_of(proto::DIGEST_LEN);
+        let blocks = self.p.first..self.p.geo.blocks();
+        let read = |list: &mut Vec<Digest>| proto::read_digests(digests, list);
+        let filed =
+            self.state
+                .lock()
+                .pages(index, if exact { n } else { usize::MAX }, blocks, read);
+        match filed {
+            ledger::Pages::Filed => {
+                self.state.notify();
+                Ok(())
             }
-            return Err(bad("page digests that were not asked for".into()));
-        };
-        let want = parked.kept.asked();
-        if digests.len() != want * proto::DIGEST_LEN {
-            return Err(bad(format!(
-                "{} page digests, asked for {want}",
-                digests.len() / 16
-            )));
+            ledger::Pages::Repeated => Ok(()),
+            ledger::Pages::Miscounted(want) => {
+                Err(bad(format!("{n} page digests, asked for {want}")))
+            }
+            ledger::Pages::Unasked => Err(bad("page digests that were not asked for".into())),
         }
-        let mut list = st.spare.pop().unwrap_or_default();
-        proto::read_digests(digests, &mut list);
-        parked.theirs = Some(list);
-        let took = parked.asked.elapsed();
-        st.rtt.sample(took);
-        st.tasks.push_back(Task::Finish(index));
-        self.state.notify();
-        Ok(())
     }
 
     /// Digest `data`'s pages into `pages` and its ranges into
@@ -720,11 +535,7 @@ impl SourceCtx<'_> {
                     });
                     let size = parked.as_ref().map_or(0, |p| p.kept.bytes() as u64);
                     let parked = self.state.wait_for(self.abort, |st| {
-                        let (budget, _) = self.budgets(st);
-                        let room = st.parked == 0 || st.parked + size <= budget;
-                        // The lowest unacknowledged block never waits, so
-                        // the budget cannot stall the session.
-                        (room || index == st.acked_to).then(|| {
+                        st.may_park(index, size, self.cap).then(|| {
                             if let Some(mut parked) = parked.take() {
                                 parked.asked = Instant::now();
                                 st.park(index, bytes, parked);
@@ -747,20 +558,13 @@ impl SourceCtx<'_> {
         let mut compressor = Compressor::new(self.p.compression);
         let mut scratch = FrameScratch::default();
         loop {
-            let Some(task) = self.state.wait_for(self.abort, |st| {
-                // Over the budget in flight, only the lowest unacknowledged
-                // block goes: its acknowledgement is what frees the budget.
-                let (_, budget) = self.budgets(st);
-                let room = st.in_flight == 0 || st.in_flight < budget;
-                let next = st.tasks.iter().position(|task| match task {
-                    Task::Finish(index) => room || *index == st.acked_to,
-                    Task::Refine(_) | Task::Resend(..) => true,
-                });
-                match next.and_then(|i| st.tasks.remove(i)) {
+            let Some(task) = self
+                .state
+                .wait_for(self.abort, |st| match st.next_task(self.cap) {
                     Some(task) => Some(Some(task)),
                     None => (st.acked_to == end || st.finished).then_some(None),
-                }
-            }) else {
+                })
+            else {
                 return Ok(());
             };
             match task {
