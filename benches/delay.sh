@@ -9,6 +9,9 @@
 #   BSYNC_BASE=path/to/bsync benches/delay.sh
 #                                  also time another build (the 0 ms rows
 #                                  of "today") alternately with ./bsync
+#   KINDS="upload" DELAYS="0 50" benches/delay.sh
+#                                  only these rows (default: upload
+#                                  download identical, at 0 10 50)
 #
 # The pair is benches/mkimage.sh's 1 GiB ext4 image and its --realistic
 # copy (changed through a loop mount, so it needs root the first time;
@@ -30,7 +33,8 @@ dir=${CARGO_TARGET_DIR:-target}/bench
 orig=$dir/ext4-1G.img
 realistic=$dir/ext4-1G-realistic.img
 dst=$dir/delay-dst.img
-delays=(0 10 50)
+read -r -a delays <<<"${DELAYS:-0 10 50}"
+read -r -a kinds <<<"${KINDS:-upload download identical}"
 
 bench=delay.sh
 # shellcheck source=benches/lib.sh
@@ -50,8 +54,8 @@ say "   machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) a
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { calc 'sprintf("%.2f", a / b)' "a=$1" "b=$2"; }
 
-# The rsync daemon, serving $dir.
-rport=$(free_port)
+# The rsync daemon's configuration, serving $dir; a daemon is started for
+# each rsync run, so that one lost to the load cannot fail the rest.
 cat >"$tmp/rsyncd.conf" <<EOF
 pid file = $tmp/rsyncd.pid
 lock file = $tmp/rsyncd.lock
@@ -63,12 +67,6 @@ use chroot = no
     $(if ((EUID == 0)); then echo "uid = 0"; fi)
     $(if ((EUID == 0)); then echo "gid = 0"; fi)
 EOF
-rsync --daemon --no-detach --address=127.0.0.1 --port="$rport" --config="$tmp/rsyncd.conf" &
-pids+=("$!")
-for ((i = 0; i < 500; i++)); do
-    rsync --list-only "rsync://127.0.0.1:$rport/bench/" >/dev/null 2>&1 && break
-    sleep 0.02
-done
 
 # prepare KIND: the destination of a KIND run, hot in the page cache with
 # its source. Sets src (the source file).
@@ -96,8 +94,18 @@ bsync_kind() {
 
 # rsync_kind KIND DELAY: one rsync run through the delay line; sets took.
 rsync_kind() {
-    local kind=$1 delay=$2 relay port t0 t1 name
+    local kind=$1 delay=$2 relay port t0 t1 name rport daemon i
     prepare "$kind"
+    rport=$(free_port)
+    rm -f "$tmp/rsyncd.pid"
+    rsync --daemon --no-detach --address=127.0.0.1 --port="$rport" --config="$tmp/rsyncd.conf" &
+    daemon=$!
+    pids+=("$daemon")
+    for ((i = 0; i < 500; i++)); do
+        rsync --list-only "rsync://127.0.0.1:$rport/bench/" >/dev/null 2>&1 && break
+        kill -0 "$daemon" 2>/dev/null || die "the rsync daemon exited: $(cat "$tmp/rsyncd.log")"
+        sleep 0.02
+    done
     python3 benches/delay_relay.py "$rport" "$delay" >"$tmp/rrelay.out" &
     relay=$!
     pids+=("$relay")
@@ -111,20 +119,48 @@ rsync_kind() {
         rsync --inplace --no-whole-file -I "$src" "rsync://127.0.0.1:$port/bench/$name"
     fi
     t1=$(now)
-    kill "$relay" 2>/dev/null || true
-    wait "$relay" 2>/dev/null || true
+    kill "$relay" "$daemon" 2>/dev/null || true
+    wait "$relay" "$daemon" 2>/dev/null || true
     forget "$relay"
+    forget "$daemon"
     took=$(elapsed "$t0" "$t1")
     check_same "$src" "$dst" "rsync $kind, $delay ms"
 }
 
+# ------------------------------------------------------------ peak RSS
+# A wrapper that runs ./bsync under /usr/bin/time -v, the server's report
+# apart from the client's.
+cat >"$tmp/timed" <<EOF
+#!/usr/bin/env bash
+out=$tmp/rss.client
+for a in "\$@"; do [[ \$a == -p ]] && out=$tmp/rss.server; done
+exec /usr/bin/time -v -o "\$out" "$(pwd)/bsync" "\$@"
+EOF
+chmod +x "$tmp/timed"
+rss() { awk -F': ' '/Maximum resident/ { printf "%.0f", $2 / 1024 }' "$1"; }
+say ""
+say "   peak RSS (MiB, /usr/bin/time -v), realistic upload, max of $runs runs: source (client) / destination (server)"
+say "   | -w | one-way delay | source | destination |"
+say "   |---|---|---|---|"
+for w in 1 4; do
+    for delay in 0 50; do
+        s=0 d=0
+        for ((i = 1; i <= runs; i++)); do
+            bsync_bin=$tmp/timed bsync_kind upload "$delay" -w "$w"
+            s=$(calc '(a > b ? a : b)' "a=$s" "b=$(rss "$tmp/rss.client")")
+            d=$(calc '(a > b ? a : b)' "a=$d" "b=$(rss "$tmp/rss.server")")
+        done
+        say "   | $w | $delay ms | $s | $d |"
+    done
+done
 say ""
 say "   bsync: ./bsync -q -f DST -p 0 -i 127.0.0.1 &   python3 benches/delay_relay.py PORT DELAY &"
 say "          ./bsync -f SRC -r 127.0.0.1:RELAY_PORT          (download: both ends -d)"
 say "   rsync: rsync --inplace --no-whole-file -I SRC rsync://127.0.0.1:RELAY_PORT/bench/DST"
+say "          (daemon: rsync --daemon --no-detach --address=127.0.0.1 --port=PORT, [bench] path = $dir)"
 [[ -n ${BSYNC_BASE:-} ]] && say "   base:  $BSYNC_BASE, the same commands"
 declare -A med
-for kind in upload download identical; do
+for kind in "${kinds[@]}"; do
     for delay in "${delays[@]}"; do
         b=() r=() o=()
         for ((i = 1; i <= runs; i++)); do
@@ -151,7 +187,7 @@ done
 say ""
 say "   | data | one-way delay | bsync (median) | rsync daemon | bsync / rsync | bsync / its 0 ms |"
 say "   |---|---|---|---|---|---|"
-for kind in upload download identical; do
+for kind in "${kinds[@]}"; do
     for delay in "${delays[@]}"; do
         t=${med[$kind.$delay]}
         rs=${med[rsync.$kind.$delay]}
@@ -159,35 +195,9 @@ for kind in upload download identical; do
     done
 done
 if [[ -n ${BSYNC_BASE:-} ]]; then
-    for kind in upload download identical; do
+    for kind in "${kinds[@]}"; do
         say "   $kind, 0 ms: ./bsync / base = $(ratio "${med[$kind.0]}" "${med[base.$kind]}")"
     done
 fi
 
-# ------------------------------------------------------------ peak RSS
-# A wrapper that runs ./bsync under /usr/bin/time -v, the server's report
-# apart from the client's.
-cat >"$tmp/timed" <<EOF
-#!/usr/bin/env bash
-out=$tmp/rss.client
-for a in "\$@"; do [[ \$a == -p ]] && out=$tmp/rss.server; done
-exec /usr/bin/time -v -o "\$out" "$(pwd)/bsync" "\$@"
-EOF
-chmod +x "$tmp/timed"
-rss() { awk -F': ' '/Maximum resident/ { printf "%.0f", $2 / 1024 }' "$1"; }
-say ""
-say "   peak RSS (MiB, /usr/bin/time -v), realistic upload, max of $runs runs: source (client) / destination (server)"
-say "   | -w | one-way delay | source | destination |"
-say "   |---|---|---|---|"
-for w in 1 4; do
-    for delay in 0 50; do
-        s=0 d=0
-        for ((i = 1; i <= runs; i++)); do
-            bsync_bin=$tmp/timed bsync_kind upload "$delay" -w "$w"
-            s=$(calc 'a > b ? a : b' "a=$s" "b=$(rss "$tmp/rss.client")")
-            d=$(calc 'a > b ? a : b' "a=$d" "b=$(rss "$tmp/rss.server")")
-        done
-        say "   | $w | $delay ms | $s | $d |"
-    done
-done
 rm -f "$dst"

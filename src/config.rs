@@ -281,8 +281,8 @@ pub fn env_flag(name: &str) -> bool {
 }
 
 /// Block buffers one end holds at most, the bound the pools set: on the
-/// network `workers + 1` (each end's read pool: one block per worker and
-/// one being read), and locally both sides at once, `2 × prefetch + 3 × workers +
+/// network `2 × workers + 1` (each end's read pool, one block per worker
+/// and one being read, and a frame of up to a block per worker or lane), and locally both sides at once, `2 × prefetch + 3 × workers +
 /// 3`. On the network a read is fast next to a round trip, and the
 /// destination's digests wait in its window, so more read-ahead would
 /// only hold buffers.
@@ -290,7 +290,7 @@ pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
     if local {
         2 * prefetch + 3 * workers + 3
     } else {
-        workers + 1
+        2 * workers + 1
     }
 }
 
@@ -364,7 +364,7 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
     } else {
         let human = crate::progress::human_bytes;
         format!(
-            "(workers {} + 1) blocks of {} + {} in flight + {} of digests",
+            "(2 × workers {} + 1) blocks of {} + {} in flight + {} of digests",
             t.workers,
             human(t.block_size as u64),
             human(flight_cap(t.block_size, t.workers)),
@@ -411,7 +411,7 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_needs_three_and_a_half_gigabytes() {
+    fn the_readme_example_needs_five_and_a_half_gigabytes() {
         // The original README's `-b 524288000 -w 4`: prefetch 16.
         let t = Transfer {
             block_size: 524_288_000,
@@ -421,16 +421,16 @@ mod tests {
             prefetch: 16,
             bwlimit: None,
         };
-        // Five buffers, two blocks in flight and the digest window.
-        assert_eq!(memory_needed(&t, false), 7 * 524_288_000 + (4 << 20));
-        let msg = memory_refusal(&t, false, 4 << 30).unwrap_or_default();
+        // Nine buffers, two blocks in flight and the digest window.
+        assert_eq!(memory_needed(&t, false), 11 * 524_288_000 + (4 << 20));
+        let msg = memory_refusal(&t, false, 8 << 30).unwrap_or_default();
         assert!(
             msg.contains(
-                "3.4 GiB = (workers 4 + 1) blocks of 500.0 MiB \
+                "5.4 GiB = (2 × workers 4 + 1) blocks of 500.0 MiB \
                  + 1000.0 MiB in flight + 4.0 MiB of digests"
             ),
             "{msg}"
         );
-        assert!(memory_refusal(&t, false, 8 << 30).is_none());
+        assert!(memory_refusal(&t, false, 12 << 30).is_none());
     }
 }

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::block::{Extent, ExtentKind};
 use crate::compress::Compressor;
-use crate::config::{buffers_needed, flight_cap};
+use crate::config::flight_cap;
 use crate::digest::Digest;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -74,11 +74,12 @@ pub(super) fn run_with(
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
-    // A buffer per worker and one being read (`config::buffers_needed`): a parked block keeps only its differing
+    // A buffer per worker and one being read (`config::buffers_needed`
+    // counts them, and a frame per worker): a parked block keeps only its differing
     // ranges, so no buffer waits a round trip, and the buffers go round at
     // the reader's pace.
     let pool = Pool::new(
-        buffers_needed(p.workers, p.prefetch, false),
+        p.workers + 1,
         p.geo.buffer_len(),
         true,
         disk.hints(),
