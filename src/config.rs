@@ -296,7 +296,7 @@ pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
 
 /// The page digests a network destination keeps for the blocks between
 /// its read and its write: the window measured in bytes (see
-/// `session::destination`), 4 MiB, about 100 blocks of 10 MiB ahead.
+/// `session::destination`), 4 MiB, at most 32 blocks ahead.
 pub const DIGEST_WINDOW: u64 = 4 << 20;
 
 /// Outstanding work a network source allows itself on a long link, per

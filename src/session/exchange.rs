@@ -70,14 +70,14 @@ impl Differing {
         data.clear();
         let len = content.len();
         if let Content::Bytes(_) = content {
-            // Exactly what is kept, not a doubling more.
+            // Reserved once; reused buffers keep their largest size.
             let bytes: usize = marked(&ranges, pages.len())
                 .map(|r| {
                     let span = proto::range_pages(r, pages.len());
                     (span.end * page).min(len) - span.start * page
                 })
                 .sum();
-            data.reserve_exact(bytes);
+            data.reserve(bytes);
         }
         for r in marked(&ranges, pages.len()) {
             let span = proto::range_pages(r, pages.len());
@@ -100,11 +100,6 @@ impl Differing {
     /// The bytes this holds: what a parked block costs.
     pub fn bytes(&self) -> usize {
         self.data.len() + self.pages.len() * proto::DIGEST_LEN
-    }
-
-    /// The bytes its buffers can hold, for deciding whether to reuse them.
-    pub fn capacity(&self) -> usize {
-        self.data.capacity() + self.pages.capacity() * proto::DIGEST_LEN
     }
 
     /// How many page digests the destination must answer with.

@@ -73,7 +73,7 @@ pub struct Ledger {
     pub spare: Vec<Vec<Digest>>,
     /// `Refine` bitmaps done with, reused likewise.
     pub spare_maps: Vec<Vec<u8>>,
-    /// Kept ranges done with, reused likewise (a few).
+    /// Kept ranges done with, reused likewise.
     pub spare_kept: Vec<Differing>,
     /// Bytes of the parked blocks' kept ranges.
     pub parked: u64,
@@ -95,9 +95,16 @@ impl Ledger {
         }
         let mut kept = parked.kept;
         self.spare_maps.push(std::mem::take(&mut kept.ranges));
-        if self.spare_kept.len() < SPARE_KEPT && kept.capacity() <= SPARE_MAX {
-            self.spare_kept.push(kept);
-        }
+        // Every spare is kept: together with what is parked they never
+        // hold more than the most ever parked, which the flight budget
+        // bounds, and a long round trip's parked blocks then cost no
+        // allocation each.
+        self.spare_kept.push(kept);
+    }
+
+    /// A spare `Differing` to keep ranges in.
+    pub fn spare_kept(&mut self) -> Differing {
+        self.spare_kept.pop().unwrap_or_default()
     }
 
     /// Park `parked` for block `index`, of `bytes` bytes.
@@ -117,10 +124,6 @@ impl Ledger {
         );
     }
 }
-
-/// How many kept-range buffers are reused, and the largest.
-const SPARE_KEPT: usize = 2;
-const SPARE_MAX: usize = 1 << 20;
 
 /// What a `Digests` frame for a block means to the ledger.
 pub enum Digests {

@@ -78,12 +78,7 @@ pub(super) fn run_with(
     // counts them, and a frame per worker): a parked block keeps only its differing
     // ranges, so no buffer waits a round trip, and the buffers go round at
     // the reader's pace.
-    let pool = Pool::new(
-        p.workers + 1,
-        p.geo.buffer_len(),
-        true,
-        disk.hints(),
-    );
+    let pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
     let (tx, rx) = sync_channel(1);
     let rx = Arc::new(Mutex::new(rx));
     let throttle = p.bwlimit.map(super::Throttle::new);
@@ -518,7 +513,7 @@ impl SourceCtx<'_> {
                     st.unacked.insert(index, sent);
                 }
                 Compared::Refine(ranges) => {
-                    let reuse = self.state.lock().spare_kept.pop().unwrap_or_default();
+                    let reuse = self.state.lock().spare_kept();
                     let kept = Differing::keep(
                         Content::of(&block),
                         &block.digests,
