@@ -131,6 +131,7 @@ bench: all
 	benches/sync.sh
 	benches/io.sh
 	benches/net.sh
+	benches/delay.sh
 	benches/seal.sh
 	benches/ssh.sh
 	benches/patch.sh

@@ -277,21 +277,49 @@ pub fn env_flag(name: &str) -> bool {
 }
 
 /// Block buffers one end holds at most, the bound the pools set: on the
-/// network `prefetch + 2 × workers + 2` per side (the source's read pool;
-/// the destination's read and receive pools together), and locally both
-/// sides at once, `2 × prefetch + 3 × workers + 3`.
+/// network `2 × workers + 1` (each end's read pool, one block per worker
+/// and one being read, and a frame of up to a block per worker or lane), and locally both sides at once, `2 × prefetch + 3 × workers +
+/// 3`. On the network a read is fast next to a round trip, and the
+/// destination's digests wait in its window, so more read-ahead would
+/// only hold buffers.
 pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
     if local {
         2 * prefetch + 3 * workers + 3
     } else {
-        prefetch + 2 * workers + 2
+        2 * workers + 1
     }
 }
 
-/// The memory the block buffers of one end may take, in bytes.
+/// The page digests a network destination keeps for the blocks between
+/// its read and its write: the window measured in bytes (see
+/// `session::destination`), 4 MiB, at most 32 blocks ahead.
+pub const DIGEST_WINDOW: u64 = 4 << 20;
+
+/// Outstanding work a network source allows itself on a long link, per
+/// worker and one more: changed ranges parked while their page digests
+/// travel, and block data sent and not yet acknowledged (which is what the
+/// destination may hold received and unwritten).
+const FLIGHT_PER_WORKER: u64 = 6 << 20;
+
+/// The most outstanding work of a network source: [`FLIGHT_PER_WORKER`]
+/// per worker and one, and at least two blocks, so that large blocks
+/// still overlap.
+pub fn flight_cap(block_size: usize, workers: usize) -> u64 {
+    (FLIGHT_PER_WORKER * (workers as u64 + 1)).max(2 * block_size as u64)
+}
+
+/// The memory one end may take for blocks, in bytes: its block buffers,
+/// and on the network its outstanding work and the digest window.
 pub fn memory_needed(t: &Transfer, local: bool) -> u64 {
     let buffers = buffers_needed(t.workers, t.prefetch, local) as u64;
-    buffers.saturating_mul(t.block_size as u64)
+    let blocks = buffers.saturating_mul(t.block_size as u64);
+    if local {
+        blocks
+    } else {
+        blocks
+            .saturating_add(flight_cap(t.block_size, t.workers))
+            .saturating_add(DIGEST_WINDOW)
+    }
 }
 
 /// The memory this process may use: `MemAvailable` from `/proc/meminfo`,
@@ -330,11 +358,13 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
             crate::units::human_bytes(t.block_size as u64)
         )
     } else {
+        let human = crate::units::human_bytes;
         format!(
-            "(prefetch {} + 2 × workers {} + 2) blocks of {}",
-            t.prefetch,
+            "(2 × workers {} + 1) blocks of {} + {} in flight + {} of digests",
             t.workers,
-            crate::units::human_bytes(t.block_size as u64)
+            human(t.block_size as u64),
+            human(flight_cap(t.block_size, t.workers)),
+            human(DIGEST_WINDOW)
         )
     };
     Some(format!(
@@ -374,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_needs_thirteen_gigabytes() {
+    fn the_readme_example_needs_five_and_a_half_gigabytes() {
         // The original README's `-b 524288000 -w 4`: prefetch 16.
         let t = Transfer {
             block_size: 524_288_000,
@@ -384,12 +414,16 @@ mod tests {
             prefetch: 16,
             bwlimit: None,
         };
-        assert_eq!(memory_needed(&t, false), 26 * 524_288_000);
-        let msg = memory_refusal(&t, false, 16 << 30).unwrap_or_default();
+        // Nine buffers, two blocks in flight and the digest window.
+        assert_eq!(memory_needed(&t, false), 11 * 524_288_000 + (4 << 20));
+        let msg = memory_refusal(&t, false, 8 << 30).unwrap_or_default();
         assert!(
-            msg.contains("12.7 GiB = (prefetch 16 + 2 × workers 4 + 2)"),
+            msg.contains(
+                "5.4 GiB = (2 × workers 4 + 1) blocks of 500.0 MiB \
+                 + 1000.0 MiB in flight + 4.0 MiB of digests"
+            ),
             "{msg}"
         );
-        assert!(memory_refusal(&t, false, 64 << 30).is_none());
+        assert!(memory_refusal(&t, false, 12 << 30).is_none());
     }
 }

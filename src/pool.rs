@@ -6,6 +6,11 @@
 //! buffer is in flight the reader waits. Buffers are created lazily (a small
 //! file never allocates the whole pool) and, for the reader, `mlock`ed and
 //! advised `MADV_HUGEPAGE` where the OS permits.
+//!
+//! A pool of [`Pool::sized`] buffers instead holds what was received of a
+//! block, no more: [`Pool::get_len`] never waits (what bounds those buffers
+//! is the flow that fills them), and only a few returned buffers are kept
+//! for reuse.
 
 use std::io;
 use std::ops::{Deref, DerefMut};
@@ -27,6 +32,8 @@ struct Inner {
     buf_len: usize,
     lock_memory: bool,
     hints: bool,
+    /// Buffers are sized to their use and `capacity` counts the spares kept.
+    sized: bool,
 }
 
 impl Inner {
@@ -57,8 +64,59 @@ impl Pool {
                 buf_len,
                 lock_memory,
                 hints,
+                sized: false,
             }),
         }
+    }
+
+    /// A pool of buffers sized to what they hold, which keeps at most
+    /// `spares` returned buffers for reuse; see [`Pool::get_len`].
+    pub fn sized(spares: usize, hints: bool) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    free: Vec::new(),
+                    allocated: 0,
+                }),
+                returned: Condvar::new(),
+                capacity: spares,
+                buf_len: 0,
+                lock_memory: false,
+                hints,
+                sized: true,
+            }),
+        }
+    }
+
+    /// From a [`Pool::sized`]: a buffer of at least `len` bytes, a spare
+    /// if one is big enough, else a new one (rounded up to [`SIZED_UNIT`]
+    /// so that spares fit again). Never waits.
+    pub fn get_len(&self, len: usize) -> io::Result<Pooled> {
+        let mut state = self.inner.state();
+        let fits = (0..state.free.len())
+            .filter(|&i| state.free[i].data.len() >= len)
+            .min_by_key(|&i| state.free[i].data.len());
+        if let Some(i) = fits {
+            let block = state.free.swap_remove(i);
+            return Ok(self.wrap(block));
+        }
+        state.allocated += 1;
+        drop(state);
+        let data = match PinnedBuf::new(len.next_multiple_of(SIZED_UNIT), false, self.inner.hints) {
+            Ok(data) => data,
+            Err(e) => {
+                self.inner.state().allocated -= 1;
+                return Err(e);
+            }
+        };
+        Ok(self.wrap(Block {
+            index: 0,
+            len: 0,
+            data,
+            extents: Vec::new(),
+            digests: Vec::new(),
+            hole: false,
+        }))
     }
 
     /// Take a buffer, waiting for one to come back when all are in use.
@@ -83,7 +141,8 @@ impl Pool {
         }
     }
 
-    /// Buffers created so far (for tests and the allocation benchmark).
+    /// Buffers created so far, or of a [`Pool::sized`] those alive (for
+    /// tests and the allocation benchmark).
     pub fn allocated(&self) -> usize {
         self.inner.state().allocated
     }
@@ -108,6 +167,9 @@ impl Pool {
         }
     }
 }
+
+/// What [`Pool::get_len`] rounds its buffers up to.
+pub const SIZED_UNIT: usize = 256 << 10;
 
 /// A block borrowed from a [`Pool`]; it goes back when dropped.
 pub struct Pooled {
@@ -138,7 +200,21 @@ impl Drop for Pooled {
             block.extents.clear();
             block.digests.clear();
             block.hole = false;
-            self.pool.state().free.push(block);
+            let mut state = self.pool.state();
+            if self.pool.sized && state.free.len() >= self.pool.capacity {
+                // Enough spares: keep the larger of this and the smallest.
+                let smallest = (0..state.free.len()).min_by_key(|&i| state.free[i].data.len());
+                match smallest {
+                    Some(i) if state.free[i].data.len() < block.data.len() => {
+                        state.free[i] = block;
+                    }
+                    _ => drop(block),
+                }
+                state.allocated -= 1;
+                return;
+            }
+            state.free.push(block);
+            drop(state);
             self.pool.returned.notify_one();
         }
     }
@@ -177,6 +253,21 @@ mod tests {
         drop(a);
         let b = pool.get().unwrap();
         assert!(b.extents.is_empty() && b.digests.is_empty());
+    }
+
+    #[test]
+    fn sized_buffers_fit_their_use_and_only_a_few_spares_are_kept() {
+        let pool = Pool::sized(1, false);
+        let small = pool.get_len(10).unwrap();
+        assert_eq!(small.data.len(), SIZED_UNIT);
+        let big = pool.get_len(SIZED_UNIT + 1).unwrap();
+        assert_eq!(big.data.len(), 2 * SIZED_UNIT);
+        let third = pool.get_len(1).unwrap();
+        drop((small, big, third));
+        // One spare kept, the largest, and reused for anything it fits.
+        assert_eq!(pool.allocated(), 1);
+        assert_eq!(pool.get_len(5).unwrap().data.len(), 2 * SIZED_UNIT);
+        assert_eq!(pool.allocated(), 1);
     }
 
     #[test]

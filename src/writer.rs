@@ -8,7 +8,7 @@
 //! its bytes were handed to the kernel, and the run only succeeds after they
 //! reached the device.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 
 use crate::block::{ExtentKind, Geometry};
@@ -26,7 +26,9 @@ pub struct Writer<'a> {
     geo: Geometry,
     stats: &'a Stats,
     next: u64,
-    pending: BTreeMap<u64, Pooled>,
+    /// Blocks that arrived before an earlier one: a map that reuses its
+    /// table, where a B-tree would allocate a node each time it fills again.
+    pending: HashMap<u64, Pooled>,
     /// Start of the range not yet handed to writeback.
     dirty_from: u64,
     /// The window handed to writeback last, waited for before the next one.
@@ -46,7 +48,7 @@ impl<'a> Writer<'a> {
             geo,
             stats,
             next: first,
-            pending: BTreeMap::new(),
+            pending: HashMap::new(),
             dirty_from: geo.offset(first),
             in_flight: None,
             hints: disk.hints(),

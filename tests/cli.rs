@@ -435,7 +435,7 @@ fn buffers_beyond_half_the_memory_are_refused() {
         ],
     );
     assert!(
-        line.contains("(prefetch 1024 + 2 × workers 64 + 2) blocks of 1.0 GiB"),
+        line.contains("(2 × workers 64 + 1) blocks of 1.0 GiB"),
         "{line}"
     );
     assert!(line.contains("more than half"), "{line}");

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::block::{ExtentKind, push_extent};
 use crate::compress::Decompressor;
+use crate::config::DIGEST_WINDOW;
 use crate::digest::{self, Digest};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -80,21 +81,27 @@ pub(super) fn run(
     let confirmed = AtomicBool::new(false);
     let rejoined = AtomicBool::new(false);
     let spare = Mutex::new(Vec::new());
-    // A changed block spends two round trips in flight (range digests to
-    // Refine, Pages to Block), an identical one one: the window is twice
-    // the read-ahead so the second round trip overlaps too. Received
-    // buffers come from a pool that allocates on demand, and a block holds
-    // one only from its arrival to its write.
-    let in_flight = 2 * (p.prefetch + p.workers);
+    // The window counts the blocks between their read here and their
+    // write; what each holds meanwhile is its page digests (and, from
+    // arrival to write, the data received), so its size is a budget of
+    // digests, not of buffers: far ahead of the source over a long round
+    // trip, and no block buffer held while the digests travel.
+    let in_flight = window_blocks(p);
     let window = Window::new(in_flight);
     let abort = Abort::new(senders.clone(), vec![&window], rejoin);
-    // Read buffers only live while their digests are computed; received
-    // blocks hold a permit each, so neither pool can run dry for good.
+    // Read buffers only live while their digests are computed. Received
+    // data is held in buffers of its own size until written, and what the
+    // source sends unacknowledged is bounded by its flight budget.
     let read_pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
-    let recv_pool = Pool::new(in_flight + 1, p.geo.buffer_len(), false, disk.hints());
+    // Spares for the buffers the queue, a lane and the writer hold, and
+    // blocks the writer holds back for an earlier one, so that
+    // the steady state allocates nothing.
+    let recv_pool = Pool::sized(2 * n + 4, disk.hints());
     let (read_tx, read_rx) = sync_channel(p.workers);
     let read_rx = Arc::new(Mutex::new(read_rx));
-    let (write_tx, write_rx) = sync_channel::<Pooled>(in_flight);
+    // The writer takes blocks off this queue into its own reordering map
+    // whenever it is not writing, so a short queue cannot stall a lane.
+    let (write_tx, write_rx) = sync_channel::<Pooled>(n + 1);
     let ctx = DestCtx {
         p,
         expected: &expected,
@@ -189,6 +196,23 @@ pub(super) fn run(
     let v = *lock(&verify);
     Ok(v)
 }
+
+/// How many blocks the destination may have between read and write: as
+/// many as [`DIGEST_WINDOW`] bytes of their page digests, at least the
+/// read-ahead twice over and at most [`MAX_WINDOW`].
+fn window_blocks(p: &Params) -> usize {
+    let pages = proto::pages(p.geo.block_size, p.page());
+    let digests = usize::try_from(DIGEST_WINDOW).unwrap_or(usize::MAX);
+    (digests / (pages * proto::DIGEST_LEN).max(1))
+        .min(MAX_WINDOW)
+        .max(2 * (p.prefetch + p.workers))
+}
+
+/// The most blocks in a destination's window, whatever their size: each
+/// costs a digest list on both ends, allocated once and reused, so the
+/// steady state allocates nothing per block (tests/alloc.rs). 32 blocks of
+/// the default 10 MiB keep 320 MiB ahead, a 100 ms round trip at 3 GB/s.
+const MAX_WINDOW: usize = 32;
 
 impl DestCtx<'_> {
     /// Digest destination blocks and send their range digests to the
@@ -351,8 +375,8 @@ impl DestCtx<'_> {
             return Err(bad(format!("{raw_len} bytes of data in a block of {len}")));
         }
         let mut block = pool
-            .get()
-            .map_err(|e| Error::io("destination", "allocate a block buffer", e))?;
+            .get_len(raw_len)
+            .map_err(|e| Error::io("destination", "allocate a buffer for received data", e))?;
         block.index = index;
         block.len = len;
         let data = &mut block.data[..raw_len];

@@ -16,8 +16,12 @@
 //! Connections are lanes: lane `i` of `n` carries every frame about blocks
 //! `index % n == i`. The destination holds a window of permits: a block's
 //! digests go out only with a permit, which comes back when the block is
-//! written, so digests never run unboundedly ahead and every buffer on both
-//! sides is bounded by the pools. When everything is written and flushed the
+//! written. The window is measured in bytes of page digests
+//! (`config::DIGEST_WINDOW`), not in block buffers, so over a long round
+//! trip the destination runs far ahead; the source bounds what it parks and
+//! what it has sent unacknowledged by a flight budget in bytes
+//! (`exchange.rs`, `ledger.rs`), so a long link costs a few round trips in
+//! all, and memory follows what differs, not `-b`. When everything is written and flushed the
 //! destination sends `Complete` with a verification digest over the final
 //! content; the source checks it against its own and says `Bye`.
 //!
@@ -43,6 +47,8 @@ use crate::progress::{Log, Reporter, Side, Stats, Totals, human_bytes, report_su
 use crate::proto::{Frame, Welcome};
 
 mod destination;
+mod exchange;
+mod ledger;
 mod source;
 #[cfg(test)]
 mod tests;
@@ -169,14 +175,6 @@ impl<'a> Content<'a> {
                     out.push(p.zero_digest(len % page));
                 }
             }
-        }
-    }
-
-    /// Whether `start..end` is all zeros.
-    fn is_zero(&self, start: usize, end: usize) -> bool {
-        match self {
-            Content::Bytes(b) => crate::block::is_zero(&b[start..end]),
-            Content::Hole(_) => true,
         }
     }
 }

@@ -5,23 +5,34 @@
 //!
 //! Workers digest each block's pages once, fold them into range digests and
 //! compare. A block whose ranges all match is answered at once. Otherwise
-//! the worker sends `Refine`, parks the block (its pooled buffer and page
-//! digests) and takes the next one, so no block waits a round trip with a
-//! worker held. When the `Pages` answer arrives, the lane's reader files it
-//! and a finisher thread builds and sends the `Block`. Lane readers never
-//! send anything themselves, so a full socket can never stop a lane from
-//! reading the answers that would empty it.
+//! the worker sends `Refine`, parks the block's differing ranges (their
+//! bytes and page digests, not the block's buffer, which goes back to the
+//! reader) and takes the next one, so no block waits a round trip with a
+//! worker or a buffer held. When the `Pages` answer arrives, the lane's
+//! reader files it and a finisher thread builds and sends the `Block`. Lane
+//! readers never send anything themselves, so a full socket can never stop
+//! a lane from reading the answers that would empty it.
+//!
+//! What is outstanding is bounded in bytes, not blocks: the ranges parked,
+//! and the block data sent and not acknowledged, each by a flight budget
+//! of twice the measured round trip times the measured rate (at most
+//! `config::flight_cap`). The lowest unacknowledged block is never held
+//! back by either, so the budgets cannot stall the session. The decisions
+//! themselves are in `exchange.rs`.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Instant;
 
+use super::exchange::{Differing, differing_ranges};
+use super::ledger::{self, Ledger, Parked, Sent, Task};
 use super::{
     Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected,
 };
-use crate::block::{Extent, ExtentKind, push_extent};
+use crate::block::{Extent, ExtentKind};
 use crate::compress::Compressor;
+use crate::config::flight_cap;
 use crate::digest::Digest;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -29,101 +40,8 @@ use crate::lock::lock;
 use crate::net::{FrameReader, FrameSender, Lane};
 use crate::pool::{Pool, Pooled};
 use crate::progress::Stats;
-use crate::proto::{self, BlockBuilder, Change, ChangeKind, Frame};
+use crate::proto::{self, BlockBuilder, Change, Frame};
 use crate::reader::read_blocks;
-
-/// How many times a block may be sent before the session gives up.
-const MAX_ATTEMPTS: u8 = 3;
-
-/// A block sent (or refined) and not yet acknowledged.
-struct Sent {
-    /// Its length, for progress.
-    bytes: u64,
-    attempts: u8,
-    /// Set aside while its `Refine` is answered.
-    waiting: Option<Parked>,
-    /// Its `Block` went out at least once: only now may an acknowledgement
-    /// cover it.
-    sent: bool,
-}
-
-/// A block's bytes and page digests while it waits for `Pages`: the pooled
-/// buffer it was read into, or (when sent again after a lost connection) a
-/// copy read back.
-enum Held {
-    Pooled(Pooled),
-    Owned { data: Vec<u8>, pages: Vec<Digest> },
-}
-
-impl Held {
-    fn content(&self) -> Content<'_> {
-        match self {
-            Held::Pooled(b) => Content::of(b),
-            Held::Owned { data, .. } => Content::Bytes(data),
-        }
-    }
-
-    fn pages(&self) -> &[Digest] {
-        match self {
-            Held::Pooled(b) => &b.digests,
-            Held::Owned { pages, .. } => pages,
-        }
-    }
-}
-
-/// A block set aside until the destination's page digests arrive.
-struct Parked {
-    held: Held,
-    /// The `Refine` bitmap: the ranges asked about.
-    ranges: Vec<u8>,
-    /// The destination's page digests of those ranges, once arrived.
-    theirs: Option<Vec<Digest>>,
-    /// The first time this block is sent: it counts in the summary.
-    first: bool,
-}
-
-/// Work for the finishers, filed by lane readers (which never send).
-enum Task {
-    /// The `Pages` of a parked block arrived: send its `Block`.
-    Finish(u64),
-    /// Asked again for a parked block: send its `Refine` again.
-    Refine(u64),
-    /// Asked again for a block already sent: read it back and start over
-    /// with these range digests.
-    Resend(u64, Vec<Digest>),
-}
-
-#[derive(Default)]
-struct SourceState {
-    /// Destination range digests not yet used, by block.
-    remote: HashMap<u64, Vec<Digest>>,
-    /// Blocks sent or refined and not yet acknowledged. A map that reuses
-    /// its table: a B-tree would allocate a node every few blocks once the
-    /// window outgrows a leaf.
-    unacked: HashMap<u64, Sent>,
-    /// Work for the finishers.
-    tasks: VecDeque<Task>,
-    /// Every block before this one is written at the destination.
-    acked_to: u64,
-    complete: Option<u128>,
-    /// `Bye` went out: lanes closing now is expected.
-    finished: bool,
-    /// A lane was rejoined: repeated answers are expected now.
-    rejoined: bool,
-    /// Digest lists done with, reused so a block costs no allocation.
-    spare: Vec<Vec<Digest>>,
-    /// `Refine` bitmaps done with, reused likewise.
-    spare_maps: Vec<Vec<u8>>,
-}
-
-impl SourceState {
-    fn recycle(&mut self, parked: Parked) {
-        if let Some(theirs) = parked.theirs {
-            self.spare.push(theirs);
-        }
-        self.spare_maps.push(parked.ranges);
-    }
-}
 
 /// Run the source side over `lanes`; returns the verification digest.
 /// (The roles' tests call it; the session calls [`run_with`].)
@@ -149,26 +67,19 @@ pub(super) fn run_with(
     dry: Option<&dyn DrySink>,
 ) -> Result<u128> {
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
-    let state = Signal::new(SourceState {
+    let state = Signal::new(Ledger {
         acked_to: p.first,
-        ..SourceState::default()
+        ..Ledger::default()
     });
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
-    // Beyond the read-ahead and the workers' blocks, room for as many
-    // parked blocks again: a block waiting for its page digests holds its
-    // buffer for a round trip, and without that room the reader, always
-    // ahead, would leave the parked blocks two buffers and the link idle.
-    // The pool allocates on demand, so the room costs nothing until a long
-    // round trip uses it.
-    let pool = Pool::new(
-        2 * p.prefetch + 3 * p.workers + 2,
-        p.geo.buffer_len(),
-        true,
-        disk.hints(),
-    );
-    let (tx, rx) = sync_channel(p.prefetch);
+    // A buffer per worker and one being read (`config::buffers_needed`
+    // counts them, and a frame per worker): a parked block keeps only its differing
+    // ranges, so no buffer waits a round trip, and the buffers go round at
+    // the reader's pace.
+    let pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
+    let (tx, rx) = sync_channel(1);
     let rx = Arc::new(Mutex::new(rx));
     let throttle = p.bwlimit.map(super::Throttle::new);
     let ctx = SourceCtx {
@@ -182,6 +93,7 @@ pub(super) fn run_with(
         verify: &verify,
         dry,
         zero: p.zero_digest(p.page()),
+        cap: flight_cap(p.geo.block_size, p.workers),
     };
     let abort = &abort;
     let pool = &pool;
@@ -246,13 +158,15 @@ struct SourceCtx<'a> {
     throttle: Option<&'a super::Throttle>,
     disk: &'a Disk,
     abort: &'a Abort<'a>,
-    state: &'a Signal<SourceState>,
+    state: &'a Signal<Ledger>,
     senders: &'a [Arc<FrameSender>],
     stats: &'a Stats,
     verify: &'a Mutex<u128>,
     dry: Option<&'a dyn DrySink>,
     /// The digest of a whole zero page.
     zero: Digest,
+    /// The most outstanding work of each kind, in bytes.
+    cap: u64,
 }
 
 /// Reused buffers of a thread that builds frames.
@@ -277,24 +191,9 @@ impl SourceCtx<'_> {
     /// Everything before block `upto` (exclusive) is written.
     fn acknowledge(&self, upto: u64) {
         let mut st = self.state.lock();
-        let state = &mut *st;
-        let (unacked, spare, spare_maps) =
-            (&mut state.unacked, &mut state.spare, &mut state.spare_maps);
-        unacked.retain(|&index, sent| {
-            if index >= upto {
-                return true;
-            }
-            if let Some(parked) = sent.waiting.take() {
-                if let Some(theirs) = parked.theirs {
-                    spare.push(theirs);
-                }
-                spare_maps.push(parked.ranges);
-            }
-            Stats::add(&self.stats.blocks_done, 1);
-            Stats::add(&self.stats.bytes_done, sent.bytes);
-            false
-        });
-        st.acked_to = st.acked_to.max(upto);
+        let (blocks, bytes) = st.acknowledge(upto);
+        Stats::add(&self.stats.blocks_done, blocks);
+        Stats::add(&self.stats.bytes_done, bytes);
         // Acknowledgements are cumulative: every block before acked_to is
         // written, whatever -w.
         self.stats
@@ -322,22 +221,7 @@ impl SourceCtx<'_> {
     /// `upto` covers only blocks that were sent: one that covers a block
     /// never sent is a protocol error, never a reason to reconnect.
     fn check_covered(&self, peer: &str, what: &str, upto: u64) -> Result<()> {
-        let end = self.p.geo.blocks();
-        let st = self.state.lock();
-        if upto <= st.acked_to {
-            return Ok(()); // Cumulative: already covered by an earlier one.
-        }
-        // Blocks from acked_to on are acknowledged only once their `Block`
-        // went out: each below `upto` must wait in `unacked`, sent at least
-        // once. No more than `unacked.len()` of them can, so looking that
-        // far finds the first gap whatever `upto` says.
-        let room = u64::try_from(st.unacked.len()).unwrap_or(u64::MAX);
-        let limit = upto.min(end).min(st.acked_to.saturating_add(room));
-        let sent = |b: &u64| st.unacked.get(b).is_some_and(|s| s.sent);
-        let unsent = (st.acked_to..limit)
-            .find(|b| !sent(b))
-            .or((upto > limit).then_some(limit));
-        match unsent {
+        match self.state.lock().first_unsent(upto, self.p.geo.blocks()) {
             None => Ok(()),
             Some(block) => Err(Error::protocol(
                 peer,
@@ -365,37 +249,13 @@ impl SourceCtx<'_> {
                     }
                     let mut list = self.state.lock().spare.pop().unwrap_or_default();
                     proto::read_digests(digests, &mut list);
-                    let mut st = self.state.lock();
-                    if index < st.acked_to {
-                        continue; // Stale: already written.
+                    let filed = self.state.lock().digests(index, list);
+                    if let ledger::Digests::Exhausted = filed {
+                        return Err(Error::Failed(format!(
+                            "block {index}: not acknowledged after {} attempts",
+                            ledger::MAX_ATTEMPTS
+                        )));
                     }
-                    if let Some(sent) = st.unacked.get_mut(&index) {
-                        // Asked again after a reconnect: what we sent was lost.
-                        if sent.attempts >= MAX_ATTEMPTS {
-                            return Err(Error::Failed(format!(
-                                "block {index}: not acknowledged after {MAX_ATTEMPTS} attempts"
-                            )));
-                        }
-                        sent.attempts += 1;
-                        let task = match &sent.waiting {
-                            Some(parked) if parked.theirs.is_some() => {
-                                // Its Block goes out soon, on the new connection.
-                                st.spare.push(list);
-                                continue;
-                            }
-                            Some(_) => {
-                                st.spare.push(list);
-                                Task::Refine(index)
-                            }
-                            None => Task::Resend(index, list),
-                        };
-                        st.tasks.push_back(task);
-                        drop(st);
-                        self.state.notify();
-                        continue;
-                    }
-                    st.remote.insert(index, list);
-                    drop(st);
                     self.state.notify();
                 }
                 Frame::Pages { index, digests } => self.pages(peer, index, digests)?,
@@ -425,39 +285,25 @@ impl SourceCtx<'_> {
     /// to a finisher.
     fn pages(&self, peer: &str, index: u64, digests: &[u8]) -> Result<()> {
         let bad = |what: String| Error::protocol(peer, format!("block {index}: {what}"));
-        let mut st = self.state.lock();
-        let rejoined = st.rejoined;
-        let st = &mut *st;
-        let parked = st
-            .unacked
-            .get_mut(&index)
-            .and_then(|s| s.waiting.as_mut())
-            .filter(|w| w.theirs.is_none());
-        let Some(parked) = parked else {
-            let in_range = (self.p.first..self.p.geo.blocks()).contains(&index);
-            if in_range && (rejoined || index < st.acked_to) {
-                // Answered twice around a reconnect; the first answer counted.
-                return Ok(());
+        let n = digests.len() / proto::DIGEST_LEN;
+        let exact = digests.len().is_multiple_of(proto::DIGEST_LEN);
+        let blocks = self.p.first..self.p.geo.blocks();
+        let read = |list: &mut Vec<Digest>| proto::read_digests(digests, list);
+        let filed =
+            self.state
+                .lock()
+                .pages(index, if exact { n } else { usize::MAX }, blocks, read);
+        match filed {
+            ledger::Pages::Filed => {
+                self.state.notify();
+                Ok(())
             }
-            return Err(bad("page digests that were not asked for".into()));
-        };
-        let npages = parked.held.pages().len();
-        let want: usize = (0..proto::ranges(npages))
-            .filter(|&r| proto::marked(&parked.ranges, r))
-            .map(|r| proto::range_pages(r, npages).len())
-            .sum();
-        if digests.len() != want * 16 {
-            return Err(bad(format!(
-                "{} page digests, asked for {want}",
-                digests.len() / 16
-            )));
+            ledger::Pages::Repeated => Ok(()),
+            ledger::Pages::Miscounted(want) => {
+                Err(bad(format!("{n} page digests, asked for {want}")))
+            }
+            ledger::Pages::Unasked => Err(bad("page digests that were not asked for".into())),
         }
-        let mut list = st.spare.pop().unwrap_or_default();
-        proto::read_digests(digests, &mut list);
-        parked.theirs = Some(list);
-        st.tasks.push_back(Task::Finish(index));
-        self.state.notify();
-        Ok(())
     }
 
     /// Digest `data`'s pages into `pages` and its ranges into
@@ -500,17 +346,8 @@ impl SourceCtx<'_> {
     ) -> Result<Compared> {
         self.digest_ranges(index, data, pages, theirs, scratch)?;
         let mut map = map;
-        map.clear();
-        map.resize(proto::bitmap_len(theirs.len()), 0);
-        let mut differ = false;
-        for (r, (mine, other)) in scratch.ranges.iter().zip(theirs).enumerate() {
-            if mine != other {
-                map[r / 8] |= 1 << (r % 8);
-                differ = true;
-            }
-        }
         scratch.frame.clear();
-        if differ {
+        if differing_ranges(&scratch.ranges, theirs, &mut map) {
             proto::encode(
                 &Frame::Refine {
                     index,
@@ -535,53 +372,27 @@ impl SourceCtx<'_> {
         compressor: &mut Compressor,
         scratch: &mut FrameScratch,
     ) -> Result<usize> {
-        let page = self.p.page();
-        let data = parked.held.content();
-        let ours = parked.held.pages();
+        let kept = &parked.kept;
+        // The count was checked when the digests arrived.
         let theirs = parked.theirs.as_deref().unwrap_or_default();
-        let mut theirs = theirs.iter();
-        scratch.changes.clear();
-        scratch.extents.clear();
-        let mut raw_len = 0usize;
-        for r in (0..proto::ranges(ours.len())).filter(|&r| proto::marked(&parked.ranges, r)) {
-            for j in proto::range_pages(r, ours.len()) {
-                // The count was checked when the digests arrived.
-                if theirs.next() == Some(&ours[j]) {
-                    continue;
-                }
-                let start = j * page;
-                let end = (start + page).min(data.len());
-                let (kind, ext) = if data.is_zero(start, end) {
-                    (ChangeKind::Zero, ExtentKind::Zero)
-                } else {
-                    raw_len += end - start;
-                    (ChangeKind::Data(ours[j]), ExtentKind::Data)
-                };
-                scratch.changes.push(Change {
-                    // Pages of a block of at most MAX_BLOCK_SIZE bytes.
-                    page: u32::try_from(j)
-                        .map_err(|_| Error::Failed(format!("block {index}: too many pages")))?,
-                    kind,
-                });
-                push_extent(&mut scratch.extents, start, end - start, ext, start);
-            }
-        }
+        let raw_len = kept.changes(
+            theirs,
+            self.p.page(),
+            &mut scratch.changes,
+            &mut scratch.extents,
+        );
         let frame = &mut scratch.frame;
         frame.clear();
         // A block is at most MAX_BLOCK_SIZE, 1 GiB.
         let raw = u32::try_from(raw_len)
             .map_err(|_| Error::Failed(format!("block {index}: {raw_len} bytes of data")))?;
         let mut block = BlockBuilder::begin(frame, index, raw, &scratch.changes);
-        // Only bytes that were read have data extents.
-        let bytes = match data {
-            Content::Bytes(b) => b,
-            Content::Hole(_) => &[],
-        };
+        let data = kept.data();
         let pieces = scratch
             .extents
             .iter()
             .filter(|e| e.kind == ExtentKind::Data)
-            .map(|e| &bytes[e.start..e.start + e.len]);
+            .map(|e| &data[e.data..e.data + e.len]);
         let compressed = compressor.append(pieces, block.data());
         block.finish(compressed);
         Stats::add(&self.stats.bytes_changed, raw_len as u64);
@@ -628,7 +439,7 @@ impl SourceCtx<'_> {
                 return Ok(());
             };
             let index = block.index;
-            let Some(theirs) = self
+            let Some(mut theirs) = self
                 .state
                 .wait_for(self.abort, |st| st.remote.remove(&index))
             else {
@@ -660,6 +471,7 @@ impl SourceCtx<'_> {
                         attempts: 1,
                         waiting: None,
                         sent: true,
+                        wire: 0,
                     },
                 );
                 st.spare.push(theirs);
@@ -685,31 +497,53 @@ impl SourceCtx<'_> {
             }
             let bytes = b.len as u64;
             // Registered before sending: the answer may beat us back.
-            let mut st = self.state.lock();
-            st.spare.push(theirs);
-            let waiting = match compared {
+            match compared {
                 Compared::Same => {
-                    Stats::add(&self.stats.same, 1);
                     drop(block);
-                    None
+                    Stats::add(&self.stats.same, 1);
+                    let mut st = self.state.lock();
+                    st.spare.push(theirs);
+                    let sent = Sent {
+                        bytes,
+                        attempts: 1,
+                        waiting: None,
+                        sent: true,
+                        wire: 0,
+                    };
+                    st.unacked.insert(index, sent);
                 }
-                Compared::Refine(ranges) => Some(Parked {
-                    held: Held::Pooled(block),
-                    ranges,
-                    theirs: None,
-                    first: true,
-                }),
-            };
-            st.unacked.insert(
-                index,
-                Sent {
-                    bytes,
-                    attempts: 1,
-                    sent: waiting.is_none(),
-                    waiting,
-                },
-            );
-            drop(st);
+                Compared::Refine(ranges) => {
+                    let reuse = self.state.lock().spare_kept();
+                    let kept = Differing::keep(
+                        Content::of(&block),
+                        &block.digests,
+                        ranges,
+                        self.p.page(),
+                        reuse,
+                    );
+                    // The buffer goes back to the reader before any wait.
+                    drop(block);
+                    let mut parked = Some(Parked {
+                        kept,
+                        theirs: None,
+                        first: true,
+                        asked: Instant::now(),
+                    });
+                    let size = parked.as_ref().map_or(0, |p| p.kept.bytes() as u64);
+                    let parked = self.state.wait_for(self.abort, |st| {
+                        st.may_park(index, size, self.cap).then(|| {
+                            if let Some(mut parked) = parked.take() {
+                                parked.asked = Instant::now();
+                                st.park(index, bytes, parked);
+                            }
+                            st.spare.push(std::mem::take(&mut theirs));
+                        })
+                    });
+                    if parked.is_none() {
+                        return Ok(());
+                    }
+                }
+            }
             self.send(index, &mut scratch.frame);
         }
     }
@@ -722,7 +556,7 @@ impl SourceCtx<'_> {
         loop {
             let Some(task) = self
                 .state
-                .wait_for(self.abort, |st| match st.tasks.pop_front() {
+                .wait_for(self.abort, |st| match st.next_task(self.cap) {
                     Some(task) => Some(Some(task)),
                     None => (st.acked_to == end || st.finished).then_some(None),
                 })
@@ -742,7 +576,7 @@ impl SourceCtx<'_> {
                     proto::encode(
                         &Frame::Refine {
                             index,
-                            ranges: &parked.ranges,
+                            ranges: &parked.kept.ranges,
                         },
                         &mut scratch.frame,
                     );
@@ -774,7 +608,20 @@ impl SourceCtx<'_> {
         };
         let raw_len = self.build_block(index, &parked, compressor, scratch);
         let first = parked.first;
-        self.state.lock().recycle(parked);
+        let wire = scratch.frame.len() as u64;
+        {
+            let mut st = self.state.lock();
+            st.recycle(parked);
+            if raw_len.is_ok()
+                && let Some(sent) = st.unacked.get_mut(&index)
+            {
+                sent.wire += wire;
+                st.in_flight += wire;
+                let rtt = st.rtt.get();
+                st.sending.add(wire, Instant::now(), rtt);
+            }
+        }
+        self.state.notify();
         let raw_len = raw_len?;
         if first {
             let class = if scratch.changes.is_empty() {
@@ -814,22 +661,26 @@ impl SourceCtx<'_> {
         let mut pages = Vec::new();
         let content = Content::Bytes(&data);
         let compared = self.compare(index, content, &mut pages, theirs, scratch, Vec::new())?;
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         let Some(sent) = st.unacked.get_mut(&index) else {
             return Ok(()); // Acknowledged meanwhile.
         };
         match compared {
             Compared::Refine(ranges) => {
+                let page = self.p.page();
+                let kept = Differing::keep(content, &pages, ranges, page, Differing::default());
+                st.parked += kept.bytes() as u64;
                 sent.waiting = Some(Parked {
-                    held: Held::Owned { data, pages },
-                    ranges,
+                    kept,
                     theirs: None,
                     first: false,
+                    asked: Instant::now(),
                 });
             }
             Compared::Same => sent.sent = true,
         }
-        drop(st);
+        drop(guard);
         self.send(index, &mut scratch.frame);
         Ok(())
     }

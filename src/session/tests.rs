@@ -191,6 +191,84 @@ fn forward(mut from: UnixStream, mut to: UnixStream, fault: Option<Fault>, count
     let _ = Stream::shutdown(&to);
 }
 
+/// The one-way trips on the critical path of what crossed a delay line:
+/// a chunk read from one end goes one trip beyond the last chunk that end
+/// was handed, so the highest count is the longest chain of messages each
+/// sent in answer to the one before. Unlike a time, slow threads add
+/// nothing unless they make an answer wait for the next message.
+#[derive(Default)]
+struct Trips {
+    /// Highest trip handed to the destination and to the source.
+    to_dst: AtomicU64,
+    to_src: AtomicU64,
+}
+
+impl Trips {
+    fn most(&self) -> u64 {
+        self.to_dst
+            .load(Ordering::SeqCst)
+            .max(self.to_src.load(Ordering::SeqCst))
+    }
+}
+
+/// A lane through a relay that delays every byte by `delay` each way
+/// without limiting throughput, like a long link, counting `trips`:
+/// (source's end, destination's end).
+fn delayed(delay: Duration, trips: &Arc<Trips>) -> (Lane, Lane) {
+    let (src, relay_a) = UnixStream::pair().unwrap();
+    let (relay_b, dst) = UnixStream::pair().unwrap();
+    let (a2, b2) = (relay_a.try_clone().unwrap(), relay_b.try_clone().unwrap());
+    let (t1, t2) = (Arc::clone(trips), Arc::clone(trips));
+    thread::spawn(move || delay_line(relay_a, relay_b, delay, &t1.to_src, &t1.to_dst));
+    thread::spawn(move || delay_line(b2, a2, delay, &t2.to_dst, &t2.to_src));
+    let (mut s, mut d) = open_both(src, dst);
+    raise_max(&mut s);
+    raise_max(&mut d);
+    (s, d)
+}
+
+/// Copy `from` to `to`, each chunk `delay` after it arrived: a reader
+/// stamps chunks, a writer sends them when due, so any amount of data can
+/// be in flight. A chunk counts one trip more than `from`'s end was
+/// handed (`seen`); `to`'s end is handed the highest count (`handed`).
+fn delay_line(
+    mut from: UnixStream,
+    mut to: UnixStream,
+    delay: Duration,
+    seen: &AtomicU64,
+    handed: &AtomicU64,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, u64, Vec<u8>)>();
+    thread::scope(|s| {
+        s.spawn(move || {
+            for (due, trip, chunk) in rx {
+                thread::sleep(due.saturating_duration_since(Instant::now()));
+                if to.write_all(&chunk).is_err() {
+                    break;
+                }
+                handed.fetch_max(trip, Ordering::SeqCst);
+            }
+            let _ = Stream::shutdown(&to);
+        });
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let trip = seen.load(Ordering::SeqCst) + 1;
+            if tx
+                .send((Instant::now() + delay, trip, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+        drop(tx);
+    });
+    let _ = Stream::shutdown(&from);
+}
+
 /// Rejoins lost lanes with fresh direct pairs: the dialing end makes the
 /// pair and leaves the other half where the waiting end picks it up, as a
 /// client and a server do over TCP.
@@ -921,4 +999,36 @@ fn hostile_frames_after_the_handshake_are_refused() {
         });
         assert!(e.contains(want), "{want}: {e}");
     }
+}
+
+#[test]
+fn a_long_round_trip_is_paid_a_few_times_not_once_per_window() {
+    // Issue 21: 24 blocks, each with one changed page, through 20 ms each
+    // way. With every block in flight at once the session is a chain of
+    // about six one-way trips (digests, Refine, Pages, Block, Complete,
+    // Bye); a window of a few blocks pays four more per window's worth of
+    // blocks. Trips are counted along the chain, not timed.
+    let delay = Duration::from_millis(20);
+    let dir = TempDir::new("delay");
+    let bs = 64 << 10;
+    let blocks = 24;
+    let data = random(blocks * bs, 30);
+    let pages = bs / PAGE;
+    let old = change_pages(&data, (0..blocks).map(|b| b * pages + b % pages), 31);
+    let src = dir.file("src", &data);
+    let dst = dir.file("dst", &old);
+    let p = params_bs(data.len() as u64, bs, 1, Some(Level::Fast));
+    let trips = Arc::new(Trips::default());
+    let lanes = vec![delayed(delay, &trips)];
+    // The preambles crossed already.
+    let opened = trips.most();
+    let (s, d) = sync(&src, &dst, &p, lanes, (&NoRejoin, &NoRejoin));
+    assert_eq!(s.unwrap(), d.unwrap());
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    let one_way = trips.most() - opened;
+    assert!(
+        one_way <= 8,
+        "{one_way} one-way trips ({} round trips) for {blocks} changed blocks",
+        one_way / 2
+    );
 }

@@ -1,0 +1,429 @@
+//! The source role's decisions, without threads, frames or I/O: which
+//! ranges of a block differ, what of a block is kept while the
+//! destination's page digests travel, which pages change, and how much
+//! may be outstanding on the link.
+//!
+//! A block whose ranges differ is kept as a [`Differing`]: only its
+//! differing ranges (their bytes and page digests), not the block's
+//! buffer, so what the source holds across a round trip is bounded by
+//! what differs, not by `-b`.
+
+use std::time::{Duration, Instant};
+
+use super::Content;
+use crate::block::{Extent, ExtentKind, push_extent};
+use crate::digest::Digest;
+use crate::proto::{self, Change, ChangeKind};
+
+/// Mark in `map` (a `Refine` bitmap, cleared first) every range whose
+/// digest in `ours` differs from the one in `theirs` (as many of each);
+/// returns whether any does.
+pub fn differing_ranges(ours: &[Digest], theirs: &[Digest], map: &mut Vec<u8>) -> bool {
+    map.clear();
+    map.resize(proto::bitmap_len(theirs.len()), 0);
+    let mut differ = false;
+    for (r, (mine, other)) in ours.iter().zip(theirs).enumerate() {
+        if mine != other {
+            map[r / 8] |= 1 << (r % 8);
+            differ = true;
+        }
+    }
+    differ
+}
+
+/// The differing ranges of a block, kept while their page digests are
+/// asked for: the `Refine` bitmap, our page digests of the marked ranges
+/// and their bytes, packed in range order.
+#[derive(Debug, Default)]
+pub struct Differing {
+    /// The `Refine` bitmap: the ranges asked about.
+    pub ranges: Vec<u8>,
+    /// Our page digests of the marked ranges, in order.
+    pages: Vec<Digest>,
+    /// The bytes of the marked ranges, packed; empty for a hole, whose
+    /// bytes are all zeros.
+    data: Vec<u8>,
+    /// Pages in the whole block.
+    block_pages: usize,
+    /// The block's length.
+    len: usize,
+    hole: bool,
+}
+
+impl Differing {
+    /// Keep the ranges of `content` marked in `ranges`, whose block has
+    /// page digests `pages` (all of them) in pages of `page` bytes. `reuse`
+    /// lends its buffers.
+    pub fn keep(
+        content: Content<'_>,
+        pages: &[Digest],
+        ranges: Vec<u8>,
+        page: usize,
+        reuse: Differing,
+    ) -> Differing {
+        let Differing {
+            pages: mut kept,
+            mut data,
+            ..
+        } = reuse;
+        kept.clear();
+        data.clear();
+        let len = content.len();
+        if let Content::Bytes(_) = content {
+            // Reserved once; reused buffers keep their largest size.
+            let bytes: usize = marked(&ranges, pages.len())
+                .map(|r| {
+                    let span = proto::range_pages(r, pages.len());
+                    (span.end * page).min(len) - span.start * page
+                })
+                .sum();
+            data.reserve(bytes);
+        }
+        for r in marked(&ranges, pages.len()) {
+            let span = proto::range_pages(r, pages.len());
+            kept.extend_from_slice(&pages[span.clone()]);
+            if let Content::Bytes(bytes) = content {
+                let end = (span.end * page).min(len);
+                data.extend_from_slice(&bytes[span.start * page..end]);
+            }
+        }
+        Differing {
+            ranges,
+            pages: kept,
+            data,
+            block_pages: pages.len(),
+            len,
+            hole: matches!(content, Content::Hole(_)),
+        }
+    }
+
+    /// The bytes this holds: what a parked block costs.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + self.pages.len() * proto::DIGEST_LEN
+    }
+
+    /// How many page digests the destination must answer with.
+    pub fn asked(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// The kept bytes, packed: what [`Differing::changes`]' data extents
+    /// point into.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The changes of this block, given `theirs`, the destination's page
+    /// digests of the marked ranges ([`Differing::asked`] of them): every
+    /// page whose digest differs, as zeros or as data. `extents` gets the
+    /// writes, their `data` offsets into [`Differing::data`]. Returns the
+    /// bytes of data to send.
+    pub fn changes(
+        &self,
+        theirs: &[Digest],
+        page: usize,
+        changes: &mut Vec<Change>,
+        extents: &mut Vec<Extent>,
+    ) -> usize {
+        changes.clear();
+        extents.clear();
+        let mut raw = 0usize;
+        let mut ours = self.pages.iter().zip(theirs);
+        let mut at = 0usize;
+        for r in marked(&self.ranges, self.block_pages) {
+            for j in proto::range_pages(r, self.block_pages) {
+                let start = j * page;
+                let n = (start + page).min(self.len) - start;
+                let here = at;
+                at += n;
+                let Some((mine, other)) = ours.next() else {
+                    return raw;
+                };
+                if mine == other {
+                    continue;
+                }
+                let zero = self.hole || crate::block::is_zero(&self.data[here..here + n]);
+                let (kind, ext) = if zero {
+                    (ChangeKind::Zero, ExtentKind::Zero)
+                } else {
+                    raw += n;
+                    (ChangeKind::Data(*mine), ExtentKind::Data)
+                };
+                changes.push(Change {
+                    // A block has at most MAX_BLOCK_SIZE / PAGE pages.
+                    page: u32::try_from(j).unwrap_or(u32::MAX),
+                    kind,
+                });
+                push_extent(extents, start, n, ext, here);
+            }
+        }
+        raw
+    }
+}
+
+/// The ranges marked in `map` over a block of `pages` pages.
+fn marked(map: &[u8], pages: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..proto::ranges(pages)).filter(move |&r| proto::marked(map, r))
+}
+
+/// The least a source keeps outstanding, in bytes, before the round trip
+/// and the rate are measured.
+pub const FLIGHT_FLOOR: u64 = 4 << 20;
+
+/// How many bytes of outstanding work (changed data parked, or sent and
+/// not acknowledged) keep a link busy: twice the bandwidth-delay product
+/// of `rate` bytes per second over a round trip of `rtt`, as TCP sizes
+/// its window, within `FLIGHT_FLOOR..=cap`.
+pub fn flight_budget(rtt: Option<Duration>, rate: f64, cap: u64) -> u64 {
+    let bdp = rtt.map_or(0.0, |rtt| 2.0 * rate * rtt.as_secs_f64());
+    // Non-negative and at most `cap`: the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let bdp = bdp.clamp(0.0, cap as f64) as u64;
+    bdp.clamp(FLIGHT_FLOOR.min(cap), cap)
+}
+
+/// A round-trip estimate: the smallest sample seen lately, so queueing
+/// behind a busy peer does not inflate it for good.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoundTrip {
+    best: Option<Duration>,
+    samples: u32,
+}
+
+impl RoundTrip {
+    /// Forget the best sample after this many, so a link that got slower
+    /// is measured again.
+    const EPOCH: u32 = 64;
+
+    /// Record one round trip.
+    pub fn sample(&mut self, took: Duration) {
+        self.samples += 1;
+        if self.samples >= Self::EPOCH {
+            self.samples = 0;
+            self.best = Some(took);
+        } else {
+            self.best = Some(self.best.map_or(took, |b| b.min(took)));
+        }
+    }
+
+    /// The estimate, once there is a sample.
+    pub fn get(&self) -> Option<Duration> {
+        self.best
+    }
+}
+
+/// The highest rate seen over any span of about a round trip: how fast a
+/// kind of work is taken on when the budget lets it. Measured as the peak,
+/// not the mean, so that a budget that held the rate back doubles the next
+/// round trip (twice the rate times the round trip), as TCP's slow start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Meter {
+    since: Option<Instant>,
+    bytes: u64,
+    peak: f64,
+}
+
+impl Meter {
+    /// The shortest span a rate is measured over.
+    const SPAN: Duration = Duration::from_millis(20);
+
+    /// `bytes` more at `now`, the round trip being `rtt`.
+    pub fn add(&mut self, bytes: u64, now: Instant, rtt: Option<Duration>) {
+        let since = *self.since.get_or_insert(now);
+        self.bytes += bytes;
+        let took = now.saturating_duration_since(since);
+        if took >= rtt.unwrap_or_default().max(Self::SPAN) {
+            self.peak = self.peak.max(self.bytes as f64 / took.as_secs_f64());
+            self.since = Some(now);
+            self.bytes = 0;
+        }
+    }
+
+    /// Bytes per second, the highest seen.
+    pub fn peak(&self) -> f64 {
+        self.peak
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: usize = 4;
+
+    /// Page digests of hand-built bytes: each page's digest is its first
+    /// byte plus one (zero pages digest to 1).
+    fn digests(data: &[u8]) -> Vec<Digest> {
+        data.chunks(PAGE).map(|p| u128::from(p[0]) + 1).collect()
+    }
+
+    #[test]
+    fn only_the_ranges_that_differ_are_marked() {
+        let ours = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+        let theirs = [1, 0, 3, 4, 5, 6, 7, 8, 0];
+        let mut map = vec![0xff; 7];
+        assert!(differing_ranges(&ours, &theirs, &mut map));
+        assert_eq!(map, [0b0000_0010, 0b0000_0001]);
+        assert!(!differing_ranges(&ours, &ours, &mut map));
+        assert_eq!(map, [0, 0]);
+    }
+
+    /// A block of 40 pages of 4 bytes: ranges of 16, 16 and 8 pages.
+    fn block() -> Vec<u8> {
+        (0..40u8).flat_map(|p| [p + 10, 0, 0, 0]).collect()
+    }
+
+    #[test]
+    fn a_differing_block_keeps_only_its_marked_ranges() {
+        let data = block();
+        let pages = digests(&data);
+        // Ranges 0 and 2 differ; range 1 matched and is not kept.
+        let kept = Differing::keep(
+            Content::Bytes(&data),
+            &pages,
+            vec![0b101],
+            PAGE,
+            Differing::default(),
+        );
+        assert_eq!(kept.asked(), 16 + 8);
+        assert_eq!(kept.data().len(), (16 + 8) * PAGE);
+        assert_eq!(&kept.data()[..PAGE * 16], &data[..PAGE * 16]);
+        assert_eq!(&kept.data()[PAGE * 16..], &data[PAGE * 32..]);
+        assert_eq!(kept.bytes(), 24 * PAGE + 24 * 16);
+    }
+
+    #[test]
+    fn changes_are_the_pages_whose_digests_differ_as_data_or_zeros() {
+        let mut data = block();
+        data[33 * PAGE] = 0; // page 33 becomes a zero page
+        let pages = digests(&data);
+        let kept = Differing::keep(
+            Content::Bytes(&data),
+            &pages,
+            vec![0b101],
+            PAGE,
+            Differing::default(),
+        );
+        // The destination's digests of ranges 0 and 2: pages 3 and 4 and
+        // 33 differ.
+        let mut theirs: Vec<Digest> = pages[..16].iter().chain(&pages[32..]).copied().collect();
+        theirs[3] = 0;
+        theirs[4] = 0;
+        theirs[16 + 1] = 0;
+        let (mut changes, mut extents) = (Vec::new(), Vec::new());
+        let raw = kept.changes(&theirs, PAGE, &mut changes, &mut extents);
+        assert_eq!(raw, 2 * PAGE, "two pages of data, one of zeros");
+        let found: Vec<_> = changes.iter().map(|c| (c.page, c.kind)).collect();
+        assert_eq!(
+            found,
+            [
+                (3, ChangeKind::Data(pages[3])),
+                (4, ChangeKind::Data(pages[4])),
+                (33, ChangeKind::Zero),
+            ]
+        );
+        // Pages 3 and 4 are one write, from the packed bytes.
+        assert_eq!(extents[0].start, 3 * PAGE);
+        assert_eq!(extents[0].len, 2 * PAGE);
+        assert_eq!(extents[0].kind, ExtentKind::Data);
+        let d = extents[0].data;
+        assert_eq!(&kept.data()[d..d + 2 * PAGE], &data[3 * PAGE..5 * PAGE]);
+        assert_eq!(
+            (extents[1].start, extents[1].kind),
+            (33 * PAGE, ExtentKind::Zero)
+        );
+    }
+
+    #[test]
+    fn a_hole_keeps_no_bytes_and_changes_only_to_zeros() {
+        let zero = digests(&[0; PAGE])[0];
+        let pages = vec![zero; 20];
+        let kept = Differing::keep(
+            Content::Hole(20 * PAGE),
+            &pages,
+            vec![0b11],
+            PAGE,
+            Differing::default(),
+        );
+        assert!(kept.data().is_empty());
+        let mut theirs = pages.clone();
+        theirs[17] = 9;
+        let (mut changes, mut extents) = (Vec::new(), Vec::new());
+        assert_eq!(kept.changes(&theirs, PAGE, &mut changes, &mut extents), 0);
+        assert_eq!(
+            changes,
+            [Change {
+                page: 17,
+                kind: ChangeKind::Zero
+            }]
+        );
+    }
+
+    #[test]
+    fn a_short_last_page_is_kept_and_changed_at_its_length() {
+        let data: Vec<u8> = (1..=10).collect(); // pages of 4, 4, 2
+        let pages = digests(&data);
+        let kept = Differing::keep(
+            Content::Bytes(&data),
+            &pages,
+            vec![1],
+            PAGE,
+            Differing::default(),
+        );
+        assert_eq!(kept.data(), &data[..]);
+        let theirs = [pages[0], pages[1], 0];
+        let (mut changes, mut extents) = (Vec::new(), Vec::new());
+        assert_eq!(kept.changes(&theirs, PAGE, &mut changes, &mut extents), 2);
+        assert_eq!(
+            (extents[0].start, extents[0].len, extents[0].data),
+            (8, 2, 8)
+        );
+    }
+
+    #[test]
+    fn the_budget_is_twice_the_bandwidth_delay_product_within_bounds() {
+        let cap = 64 << 20;
+        assert_eq!(flight_budget(None, 1e9, cap), FLIGHT_FLOOR);
+        // 100 MB/s over 100 ms: 10 MB in flight, twice that budgeted.
+        let rtt = Some(Duration::from_millis(100));
+        assert_eq!(flight_budget(rtt, 100e6, cap), 20_000_000);
+        assert_eq!(flight_budget(rtt, 1e12, cap), cap);
+        assert_eq!(flight_budget(rtt, 1.0, cap), FLIGHT_FLOOR);
+        assert_eq!(flight_budget(rtt, 1e12, 1 << 20), 1 << 20);
+    }
+
+    #[test]
+    fn the_rate_is_the_peak_over_a_round_trip() {
+        let mut m = Meter::default();
+        let t = Instant::now();
+        let rtt = Some(Duration::from_millis(100));
+        m.add(1000, t, rtt);
+        m.add(1000, t + Duration::from_millis(50), rtt);
+        assert_eq!(m.peak(), 0.0, "not a round trip yet");
+        m.add(8000, t + Duration::from_millis(100), rtt);
+        assert_eq!(m.peak(), 100_000.0);
+        // A slower span leaves the peak.
+        m.add(10, t + Duration::from_millis(300), rtt);
+        assert_eq!(m.peak(), 100_000.0);
+        m.add(100_000, t + Duration::from_millis(400), rtt);
+        assert_eq!(m.peak(), 1_000_000.0);
+    }
+
+    #[test]
+    fn the_round_trip_is_the_smallest_recent_sample() {
+        let mut rt = RoundTrip::default();
+        assert_eq!(rt.get(), None);
+        for ms in [30, 10, 50] {
+            rt.sample(Duration::from_millis(ms));
+        }
+        assert_eq!(rt.get(), Some(Duration::from_millis(10)));
+        for _ in 0..RoundTrip::EPOCH {
+            rt.sample(Duration::from_millis(80));
+        }
+        assert_eq!(
+            rt.get(),
+            Some(Duration::from_millis(80)),
+            "a slower link is seen"
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! The source's book of outstanding blocks and its rules, without threads,
+//! frames or I/O: what is parked and sent, what an acknowledgement covers,
+//! what a repeated answer means after a reconnect, and when the flight
+//! budgets let more work out. `source.rs` holds its lock and moves the
+//! frames.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use super::exchange::{Differing, Meter, RoundTrip, flight_budget};
+use crate::digest::Digest;
+
+/// How many times a block may be sent before the session gives up.
+pub const MAX_ATTEMPTS: u8 = 3;
+
+/// A block sent (or refined) and not yet acknowledged.
+pub struct Sent {
+    /// Its length, for progress.
+    pub bytes: u64,
+    pub attempts: u8,
+    /// Set aside while its `Refine` is answered.
+    pub waiting: Option<Parked>,
+    /// Its `Block` went out at least once: only now may an acknowledgement
+    /// cover it.
+    pub sent: bool,
+    /// Bytes of its `Block` frames on the wire, counted in flight until
+    /// acknowledged.
+    pub wire: u64,
+}
+
+/// A block set aside until the destination's page digests arrive.
+pub struct Parked {
+    /// Its differing ranges.
+    pub kept: Differing,
+    /// The destination's page digests of those ranges, once arrived.
+    pub theirs: Option<Vec<Digest>>,
+    /// The first time this block is sent: it counts in the summary.
+    pub first: bool,
+    /// When its `Refine` went out: a round-trip sample when answered.
+    pub asked: Instant,
+}
+
+/// Work for the finishers, filed by lane readers (which never send).
+pub enum Task {
+    /// The `Pages` of a parked block arrived: send its `Block`.
+    Finish(u64),
+    /// Asked again for a parked block: send its `Refine` again.
+    Refine(u64),
+    /// Asked again for a block already sent: read it back and start over
+    /// with these range digests.
+    Resend(u64, Vec<Digest>),
+}
+
+/// The source's book of outstanding blocks.
+#[derive(Default)]
+pub struct Ledger {
+    /// Destination range digests not yet used, by block.
+    pub remote: HashMap<u64, Vec<Digest>>,
+    /// Blocks sent or refined and not yet acknowledged. A map that reuses
+    /// its table: a B-tree would allocate a node every few blocks once the
+    /// window outgrows a leaf.
+    pub unacked: HashMap<u64, Sent>,
+    /// Work for the finishers.
+    pub tasks: VecDeque<Task>,
+    /// Every block before this one is written at the destination.
+    pub acked_to: u64,
+    pub complete: Option<u128>,
+    /// `Bye` went out: lanes closing now is expected.
+    pub finished: bool,
+    /// A lane was rejoined: repeated answers are expected now.
+    pub rejoined: bool,
+    /// Digest lists done with, reused so a block costs no allocation.
+    pub spare: Vec<Vec<Digest>>,
+    /// `Refine` bitmaps done with, reused likewise.
+    pub spare_maps: Vec<Vec<u8>>,
+    /// Kept ranges done with, reused likewise.
+    pub spare_kept: Vec<Differing>,
+    /// Bytes of the parked blocks' kept ranges.
+    pub parked: u64,
+    /// How fast blocks are parked, and sent.
+    pub parking: Meter,
+    pub sending: Meter,
+    /// Bytes of `Block` frames sent and not yet acknowledged.
+    pub in_flight: u64,
+    /// From `Refine` to `Pages`.
+    pub rtt: RoundTrip,
+}
+
+impl Ledger {
+    /// `parked` left the parking: give back its bytes and buffers.
+    pub fn recycle(&mut self, parked: Parked) {
+        self.parked = self.parked.saturating_sub(parked.kept.bytes() as u64);
+        if let Some(theirs) = parked.theirs {
+            self.spare.push(theirs);
+        }
+        let mut kept = parked.kept;
+        self.spare_maps.push(std::mem::take(&mut kept.ranges));
+        // Every spare is kept: together with what is parked they never
+        // hold more than the most ever parked, which the flight budget
+        // bounds, and a long round trip's parked blocks then cost no
+        // allocation each.
+        self.spare_kept.push(kept);
+    }
+
+    /// A spare `Differing` to keep ranges in.
+    pub fn spare_kept(&mut self) -> Differing {
+        self.spare_kept.pop().unwrap_or_default()
+    }
+
+    /// Park `parked` for block `index`, of `bytes` bytes.
+    pub fn park(&mut self, index: u64, bytes: u64, parked: Parked) {
+        let size = parked.kept.bytes() as u64;
+        self.parked += size;
+        self.parking.add(size, Instant::now(), self.rtt.get());
+        self.unacked.insert(
+            index,
+            Sent {
+                bytes,
+                attempts: 1,
+                waiting: Some(parked),
+                sent: false,
+                wire: 0,
+            },
+        );
+    }
+}
+
+/// What a `Digests` frame for a block means to the ledger.
+pub enum Digests {
+    /// Already written: ignore it.
+    Stale,
+    /// New: filed for a worker.
+    Filed,
+    /// Asked again after a reconnect: a task was filed, or nothing needs
+    /// doing (its `Block` goes out soon on the new connection).
+    Again,
+    /// Asked again once too often.
+    Exhausted,
+}
+
+/// What a `Pages` frame for a block means to the ledger.
+pub enum Pages {
+    /// Filed: a finisher sends the block.
+    Filed,
+    /// Answered twice around a reconnect; the first answer counted.
+    Repeated,
+    /// Not asked for.
+    Unasked,
+    /// Not the count asked for (this many).
+    Miscounted(usize),
+}
+
+impl Ledger {
+    /// The flight budgets now, at most `cap` each: (parked bytes, bytes in
+    /// flight), each twice the round trip times the rate it is filled at.
+    pub fn budgets(&self, cap: u64) -> (u64, u64) {
+        let rtt = self.rtt.get();
+        (
+            flight_budget(rtt, self.parking.peak(), cap),
+            flight_budget(rtt, self.sending.peak(), cap),
+        )
+    }
+
+    /// Whether block `index` may park `size` bytes more. The lowest
+    /// unacknowledged block always may, so the budget cannot stall the
+    /// session.
+    pub fn may_park(&self, index: u64, size: u64, cap: u64) -> bool {
+        let (budget, _) = self.budgets(cap);
+        self.parked == 0 || self.parked + size <= budget || index == self.acked_to
+    }
+
+    /// The next task a finisher may take: over the budget in flight only
+    /// the lowest unacknowledged block's `Block` goes, since its
+    /// acknowledgement is what frees the budget.
+    pub fn next_task(&mut self, cap: u64) -> Option<Task> {
+        let (_, budget) = self.budgets(cap);
+        let room = self.in_flight == 0 || self.in_flight < budget;
+        let next = self.tasks.iter().position(|task| match task {
+            Task::Finish(index) => room || *index == self.acked_to,
+            Task::Refine(_) | Task::Resend(..) => true,
+        })?;
+        self.tasks.remove(next)
+    }
+
+    /// Everything before block `upto` is written: returns the blocks and
+    /// bytes newly done.
+    pub fn acknowledge(&mut self, upto: u64) -> (u64, u64) {
+        let (mut blocks, mut bytes) = (0, 0);
+        let mut done = Vec::new();
+        let in_flight = &mut self.in_flight;
+        self.unacked.retain(|&index, sent| {
+            if index >= upto {
+                return true;
+            }
+            done.extend(sent.waiting.take());
+            *in_flight = in_flight.saturating_sub(sent.wire);
+            blocks += 1;
+            bytes += sent.bytes;
+            false
+        });
+        for parked in done {
+            self.recycle(parked);
+        }
+        self.acked_to = self.acked_to.max(upto);
+        (blocks, bytes)
+    }
+
+    /// The first block below `upto` (of `end`) that an acknowledgement of
+    /// every block before `upto` would cover though its `Block` never went
+    /// out: a protocol error, never a reason to reconnect.
+    pub fn first_unsent(&self, upto: u64, end: u64) -> Option<u64> {
+        if upto <= self.acked_to {
+            return None; // Cumulative: already covered by an earlier one.
+        }
+        // Blocks from acked_to on are acknowledged only once their `Block`
+        // went out: each below `upto` must wait in `unacked`, sent at least
+        // once. No more than `unacked.len()` of them can, so looking that
+        // far finds the first gap whatever `upto` says.
+        let room = u64::try_from(self.unacked.len()).unwrap_or(u64::MAX);
+        let limit = upto.min(end).min(self.acked_to.saturating_add(room));
+        let sent = |b: &u64| self.unacked.get(b).is_some_and(|s| s.sent);
+        (self.acked_to..limit)
+            .find(|b| !sent(b))
+            .or((upto > limit).then_some(limit))
+    }
+
+    /// The destination's range digests `list` of block `index` arrived.
+    pub fn digests(&mut self, index: u64, list: Vec<Digest>) -> Digests {
+        if index < self.acked_to {
+            self.spare.push(list);
+            return Digests::Stale;
+        }
+        let Some(sent) = self.unacked.get_mut(&index) else {
+            self.remote.insert(index, list);
+            return Digests::Filed;
+        };
+        // Asked again after a reconnect: what we sent was lost.
+        if sent.attempts >= MAX_ATTEMPTS {
+            self.spare.push(list);
+            return Digests::Exhausted;
+        }
+        sent.attempts += 1;
+        match &sent.waiting {
+            // Its Block goes out soon, on the new connection.
+            Some(parked) if parked.theirs.is_some() => self.spare.push(list),
+            Some(_) => {
+                self.spare.push(list);
+                self.tasks.push_back(Task::Refine(index));
+            }
+            None => self.tasks.push_back(Task::Resend(index, list)),
+        }
+        Digests::Again
+    }
+
+    /// The destination's page digests (`count` of them, read by `read`)
+    /// of block `index`, in the session's `blocks`, arrived.
+    pub fn pages(
+        &mut self,
+        index: u64,
+        count: usize,
+        blocks: std::ops::Range<u64>,
+        read: impl FnOnce(&mut Vec<Digest>),
+    ) -> Pages {
+        let parked = self
+            .unacked
+            .get_mut(&index)
+            .and_then(|s| s.waiting.as_mut())
+            .filter(|w| w.theirs.is_none());
+        let Some(parked) = parked else {
+            if blocks.contains(&index) && (self.rejoined || index < self.acked_to) {
+                return Pages::Repeated;
+            }
+            return Pages::Unasked;
+        };
+        if count != parked.kept.asked() {
+            return Pages::Miscounted(parked.kept.asked());
+        }
+        let mut list = self.spare.pop().unwrap_or_default();
+        read(&mut list);
+        parked.theirs = Some(list);
+        let took = parked.asked.elapsed();
+        self.rtt.sample(took);
+        self.tasks.push_back(Task::Finish(index));
+        Pages::Filed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(sent: bool, parked: Option<Parked>) -> Sent {
+        Sent {
+            bytes: 10,
+            attempts: 1,
+            waiting: parked,
+            sent,
+            wire: 100,
+        }
+    }
+
+    fn parked() -> Parked {
+        Parked {
+            kept: Differing::default(),
+            theirs: None,
+            first: true,
+            asked: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn acknowledgements_free_what_they_cover_and_only_that() {
+        let mut l = Ledger::default();
+        for i in 0..4 {
+            l.unacked.insert(i, sent(true, None));
+        }
+        l.in_flight = 400;
+        assert_eq!(l.acknowledge(3), (3, 30));
+        assert_eq!((l.acked_to, l.in_flight, l.unacked.len()), (3, 100, 1));
+        assert_eq!(l.acknowledge(2), (0, 0), "cumulative: nothing again");
+        assert_eq!(l.acked_to, 3);
+    }
+
+    #[test]
+    fn an_acknowledgement_of_a_block_never_sent_is_found() {
+        let mut l = Ledger::default();
+        l.unacked.insert(0, sent(true, None));
+        l.unacked.insert(1, sent(false, Some(parked())));
+        assert_eq!(l.first_unsent(1, 10), None);
+        assert_eq!(l.first_unsent(2, 10), Some(1));
+        // Far beyond what is outstanding: the first gap, found quickly.
+        assert_eq!(l.first_unsent(u64::MAX, 10), Some(1));
+        l.unacked.get_mut(&1).unwrap().sent = true;
+        assert_eq!(l.first_unsent(5, 10), Some(2));
+    }
+
+    #[test]
+    fn over_budget_only_the_lowest_unacknowledged_block_goes() {
+        let mut l = Ledger {
+            acked_to: 5,
+            in_flight: 1 << 40, // far over any budget
+            ..Ledger::default()
+        };
+        l.tasks
+            .extend([Task::Finish(7), Task::Finish(5), Task::Refine(9)]);
+        assert!(matches!(l.next_task(64 << 20), Some(Task::Finish(5))));
+        assert!(matches!(l.next_task(64 << 20), Some(Task::Refine(9))));
+        assert!(l.next_task(64 << 20).is_none(), "block 7 waits");
+        l.in_flight = 0;
+        assert!(matches!(l.next_task(64 << 20), Some(Task::Finish(7))));
+        // Parking likewise.
+        l.parked = 1 << 40;
+        assert!(!l.may_park(6, 1, 64 << 20));
+        assert!(l.may_park(5, 1, 64 << 20));
+    }
+
+    #[test]
+    fn digests_asked_again_file_the_right_task_until_attempts_run_out() {
+        let mut l = Ledger::default();
+        assert!(matches!(l.digests(0, vec![1]), Digests::Filed));
+        l.unacked.insert(1, sent(true, None));
+        l.unacked.insert(2, sent(false, Some(parked())));
+        assert!(matches!(l.digests(1, vec![1]), Digests::Again));
+        assert!(matches!(l.digests(2, vec![1]), Digests::Again));
+        let tasks: Vec<_> = l.tasks.drain(..).collect();
+        assert!(matches!(tasks[..], [Task::Resend(1, _), Task::Refine(2)]));
+        assert!(matches!(l.digests(1, vec![1]), Digests::Again));
+        assert!(matches!(l.digests(1, vec![1]), Digests::Exhausted));
+        l.acked_to = 3;
+        assert!(matches!(l.digests(2, vec![1]), Digests::Stale));
+    }
+
+    #[test]
+    fn page_digests_are_filed_once_and_counted() {
+        let mut l = Ledger::default();
+        l.unacked.insert(4, sent(false, Some(parked())));
+        assert!(matches!(l.pages(4, 3, 0..9, |_| {}), Pages::Miscounted(0)));
+        assert!(matches!(l.pages(4, 0, 0..9, |_| {}), Pages::Filed));
+        assert!(matches!(l.pages(4, 0, 0..9, |_| {}), Pages::Unasked));
+        l.rejoined = true;
+        assert!(matches!(l.pages(4, 0, 0..9, |_| {}), Pages::Repeated));
+        assert!(matches!(l.tasks.pop_front(), Some(Task::Finish(4))));
+    }
+}
