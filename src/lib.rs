@@ -43,6 +43,7 @@ pub mod progress;
 pub mod proto;
 pub mod reader;
 pub mod remote_shell;
+pub mod rescue;
 pub mod server;
 pub mod session;
 pub mod sha256;
@@ -79,7 +80,14 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::Local {
             source,
             destination,
-        } => local::sync(&config.transfer, &config.env, source, destination, &log),
+        } => local::sync(
+            &config.transfer,
+            &config.env,
+            source,
+            destination,
+            config.rescue.as_deref(),
+            &log,
+        ),
         Mode::Ssh { .. } => ssh::run(config, &log),
         Mode::Connect(c) => client::run_dry(
             c,

@@ -30,7 +30,9 @@ fn main() -> ExitCode {
             Err(e) => {
                 let log = bsync::progress::Log::new(&config.log);
                 log.line(format!("bsync: {e}"));
-                if let Some(hint) = bsync::progress::resume_hint() {
+                // A rescue that finished resumes from its map, not from -s.
+                let finished = matches!(e, bsync::Error::Unreadable(_));
+                if let Some(hint) = bsync::progress::resume_hint().filter(|_| !finished) {
                     log.line(hint);
                 }
                 e.exit_status()

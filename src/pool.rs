@@ -98,6 +98,8 @@ impl Pool {
             extents: Vec::new(),
             digests: Vec::new(),
             hole: false,
+            unreadable: Vec::new(),
+            finished: false,
         })
     }
 
@@ -138,6 +140,8 @@ impl Drop for Pooled {
             block.extents.clear();
             block.digests.clear();
             block.hole = false;
+            block.unreadable.clear();
+            block.finished = false;
             self.pool.state().free.push(block);
             self.pool.returned.notify_one();
         }

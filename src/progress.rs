@@ -183,6 +183,8 @@ pub struct Stats {
     /// Every block before this one is written at the destination (and,
     /// on the source, acknowledged): where a resume may start (`-s`).
     pub resume_at: AtomicU64,
+    /// `--rescue`: source bytes that could not be read.
+    pub bytes_unreadable: AtomicU64,
 }
 
 impl Stats {
@@ -386,6 +388,10 @@ fn progress_parts(
     } else {
         parts.push("ETA -".to_string());
     }
+    let unreadable = stats.bytes_unreadable.load(Relaxed);
+    if unreadable > 0 {
+        parts.push(format!("{} unreadable", human_bytes(unreadable)));
+    }
     parts.extend(notes.iter().cloned());
     parts
 }
@@ -496,7 +502,7 @@ pub fn summary_json(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) 
         "{{\"side\":\"{side}\",\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
          \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
          \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
-         \"wire_sent\":{},\"wire_received\":{},\"seconds\":{:.3}}}",
+         \"wire_sent\":{},\"wire_received\":{},\"bytes_unreadable\":{},\"seconds\":{:.3}}}",
         get(&stats.blocks_done),
         get(&stats.bytes_done),
         get(&stats.same),
@@ -508,6 +514,7 @@ pub fn summary_json(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) 
         get(&stats.bytes_changed),
         get(&stats.wire_sent),
         get(&stats.wire_received),
+        get(&stats.bytes_unreadable),
         elapsed.as_secs_f64(),
     )
 }

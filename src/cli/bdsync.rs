@@ -224,6 +224,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         env: Env::from_process(),
         dry: None,
         over_ssh: false,
+        rescue: None,
     })
 }
 

@@ -62,6 +62,7 @@ pub(super) const FLAGS: &[(&str, bool)] = &[
     ("over-ssh", false),
     ("bwlimit", true),
     ("json", false),
+    ("rescue", true),
     ("h", false),
     ("help", false),
     ("version", false),
@@ -123,6 +124,8 @@ pub struct RawArgs {
     no_server_progress: bool,
     bwlimit: Option<u64>,
     json: bool,
+    /// `--rescue MAPFILE`.
+    rescue: Option<PathBuf>,
     help: bool,
     version: bool,
     /// `--server`: a session on stdin/stdout.
@@ -251,6 +254,7 @@ impl RawArgs {
                 "version" => raw.version = bool_flag(p, &flag)?,
                 "bwlimit" => raw.bwlimit = Some(parse_rate(&string_value(p, &flag)?)?),
                 "json" => raw.json = bool_flag(p, &flag)?,
+                "rescue" => raw.rescue = Some(path_value(p, &flag)?),
                 "help-man" => raw.manual = bool_flag(p, &flag)?,
                 "completions" => {
                     raw.completions = Some(help::ShellKind::parse(&string_value(p, &flag)?)?);

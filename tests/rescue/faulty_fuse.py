@@ -1,0 +1,74 @@
+#!/usr/bin/python3
+"""A FUSE file system with one file, `disk`, that reads like IMAGE except
+where it fails: every read touching a bad range returns EIO.
+
+    faulty_fuse.py IMAGE MOUNTPOINT [START:LEN[:TRIES]]...
+
+START and LEN are bytes. With TRIES the range fails only its first TRIES
+reads, then reads (a sector that comes back on a retry). Mounted with
+direct_io, so the kernel passes reads through as asked, in size and
+offset, and the loop device on top returns EIO for exactly those sectors.
+Runs in the foreground until unmounted (fusermount -u / umount)."""
+
+import errno
+import os
+import stat
+import sys
+import threading
+
+try:  # Debian's python3-fusepy names the module fusepy
+    from fusepy import FUSE, FuseOSError, Operations
+except ImportError:
+    from fuse import FUSE, FuseOSError, Operations
+
+
+class Faulty(Operations):
+    def __init__(self, image, bad):
+        self.fd = os.open(image, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+        self.bad = bad  # [start, end, tries left or None]
+        self.lock = threading.Lock()
+
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+        if path == "/disk":
+            return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1,
+                    "st_size": self.size, "st_blksize": 512}
+        raise FuseOSError(errno.ENOENT)
+
+    def readdir(self, path, fh):
+        return [".", "..", "disk"]
+
+    def open(self, path, flags):
+        if path != "/disk":
+            raise FuseOSError(errno.ENOENT)
+        return 0
+
+    def read(self, path, size, offset, fh):
+        end = offset + size
+        with self.lock:
+            for area in self.bad:
+                start, stop, tries = area
+                if start < end and offset < stop:
+                    if tries is None:
+                        raise FuseOSError(errno.EIO)
+                    if tries > 0:
+                        area[2] = tries - 1
+                        raise FuseOSError(errno.EIO)
+        return os.pread(self.fd, size, offset)
+
+
+def main():
+    image, mnt = sys.argv[1], sys.argv[2]
+    bad = []
+    for spec in sys.argv[3:]:
+        parts = [int(p, 0) for p in spec.split(":")]
+        tries = parts[2] if len(parts) > 2 else None
+        bad.append([parts[0], parts[0] + parts[1], tries])
+    FUSE(Faulty(image, bad), mnt, foreground=True, direct_io=True,
+         allow_other=True, ro=True)
+
+
+if __name__ == "__main__":
+    main()
