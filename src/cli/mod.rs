@@ -813,6 +813,24 @@ mod tests {
             (&["-bwlimit", "1M", "-f", "a", "-t", "b"], "-bwlimit limits"),
             (&["-bwlimit", "1M", "-f", "a"], "-bwlimit limits"),
             (&["-bwlimit", "1M", "-d", "-r", "h:1"], "-bwlimit limits"),
+            (&["-rescue", "m", "-f", "a"], "-rescue applies to the end"),
+            (
+                &["-rescue", "m", "-d", "-f", "a", "-r", "h:1"],
+                "-rescue applies",
+            ),
+            (
+                &["-rescue", "m", "-f", "a", "-t", "u@h:/b", "-d"],
+                "-rescue applies",
+            ),
+            (&["-rescue", "m", "--server", "-f", "a"], "-rescue applies"),
+            (
+                &["-rescue", "m", "-compare", "-f", "a", "-t", "b"],
+                "-rescue copies",
+            ),
+            (
+                &["-rescue", "m", "-b", "1000", "-f", "a", "-t", "b"],
+                "-rescue needs",
+            ),
             (&["-t", "-"], "-t: - is not"),
             (
                 &["-t", "root@newhost"],

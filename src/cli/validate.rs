@@ -402,6 +402,12 @@ impl RawArgs {
         } else {
             self.download
         };
+        if self.block_size.is_some_and(|b| b % 4096 != 0) {
+            return Err(Error::usage(
+                "-rescue needs -b a multiple of 4K, so that blocks start on the \
+                 sector boundaries it retries at",
+            ));
+        }
         if self.server || !reads_source {
             return Err(Error::usage(
                 "-rescue applies to the end that reads the source (a local copy, an \

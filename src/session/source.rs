@@ -69,6 +69,14 @@ impl Held {
             Held::Owned { pages, .. } => pages,
         }
     }
+
+    /// `--rescue`: the ranges that could not be read.
+    fn unreadable(&self) -> &[(usize, usize)] {
+        match self {
+            Held::Pooled(b) => &b.unreadable,
+            Held::Owned { .. } => &[],
+        }
+    }
 }
 
 /// A block set aside until the destination's page digests arrive.
@@ -263,6 +271,8 @@ struct FrameScratch {
     changes: Vec<Change>,
     extents: Vec<Extent>,
     frame: Vec<u8>,
+    /// `--rescue`: the unreadable ranges of the block being compared.
+    unreadable: Vec<(usize, usize)>,
 }
 
 /// What comparing a block's range digests decided.
@@ -276,6 +286,14 @@ enum Compared {
 impl SourceCtx<'_> {
     /// Everything before block `upto` (exclusive) is written.
     fn acknowledge(&self, upto: u64) {
+        if let Some(rescue) = self.disk.rescue() {
+            let from = self.state.lock().acked_to;
+            let geo = self.p.geo;
+            for index in from..upto {
+                // A map that cannot be written now is written at the end.
+                let _ = rescue.done(index, geo.offset(index), geo.len(index) as u64);
+            }
+        }
         let mut st = self.state.lock();
         let state = &mut *st;
         let (unacked, spare, spare_maps) =
@@ -503,8 +521,12 @@ impl SourceCtx<'_> {
         map.clear();
         map.resize(proto::bitmap_len(theirs.len()), 0);
         let mut differ = false;
+        let range = self.p.page() * proto::RANGE_PAGES;
         for (r, (mine, other)) in scratch.ranges.iter().zip(theirs).enumerate() {
-            if mine != other {
+            // A range with unreadable bytes always goes to the page level,
+            // where its Block says so.
+            let lost = proto::unreadable_mask(&scratch.unreadable, r * range, (r + 1) * range) != 0;
+            if mine != other || lost {
                 map[r / 8] |= 1 << (r % 8);
                 differ = true;
             }
@@ -545,13 +567,18 @@ impl SourceCtx<'_> {
         let mut raw_len = 0usize;
         for r in (0..proto::ranges(ours.len())).filter(|&r| proto::marked(&parked.ranges, r)) {
             for j in proto::range_pages(r, ours.len()) {
-                // The count was checked when the digests arrived.
-                if theirs.next() == Some(&ours[j]) {
-                    continue;
-                }
                 let start = j * page;
                 let end = (start + page).min(data.len());
-                let (kind, ext) = if data.is_zero(start, end) {
+                let lost = proto::unreadable_mask(parked.held.unreadable(), start, end);
+                // The count was checked when the digests arrived.
+                if theirs.next() == Some(&ours[j]) && lost == 0 {
+                    continue;
+                }
+                let (kind, ext) = if lost != 0 {
+                    raw_len += end - start;
+                    let (digest, unreadable) = (ours[j], lost);
+                    (ChangeKind::Partial { digest, unreadable }, ExtentKind::Data)
+                } else if data.is_zero(start, end) {
                     (ChangeKind::Zero, ExtentKind::Zero)
                 } else {
                     raw_len += end - start;
@@ -619,6 +646,37 @@ impl SourceCtx<'_> {
         Ok(())
     }
 
+    /// `--rescue`: a block the map says the destination holds already was
+    /// not read; it gets an empty `Block`, and the verification digest
+    /// takes the destination's word for it, as a dry run's does.
+    fn finished_block(
+        &self,
+        index: u64,
+        bytes: u64,
+        theirs: Vec<Digest>,
+        scratch: &mut FrameScratch,
+    ) {
+        {
+            let mut v = lock(self.verify);
+            *v = v.wrapping_add(block_hash(index, &theirs));
+        }
+        Stats::add(&self.stats.same, 1);
+        let mut st = self.state.lock();
+        st.spare.push(theirs);
+        st.unacked.insert(
+            index,
+            Sent {
+                bytes,
+                attempts: 1,
+                waiting: None,
+                sent: true,
+            },
+        );
+        drop(st);
+        empty_block(index, &mut scratch.frame);
+        self.send(index, &mut scratch.frame);
+    }
+
     /// Compare blocks with the destination's range digests; send the blocks
     /// that match, park the others and ask for their page digests.
     fn worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
@@ -668,7 +726,12 @@ impl SourceCtx<'_> {
                 self.send(index, &mut scratch.frame);
                 continue;
             }
+            if b.finished {
+                self.finished_block(index, b.len as u64, theirs, &mut scratch);
+                continue;
+            }
             let mut pages = std::mem::take(&mut b.digests);
+            scratch.unreadable.clone_from(&b.unreadable);
             let compared = self.compare(
                 index,
                 Content::of(b),
@@ -681,7 +744,9 @@ impl SourceCtx<'_> {
             let compared = compared?;
             {
                 let mut v = lock(self.verify);
-                *v = v.wrapping_add(block_hash(index, &scratch.ranges));
+                *v = v
+                    .wrapping_add(block_hash(index, &scratch.ranges))
+                    .wrapping_add(proto::unreadable_hash(index, &b.unreadable));
             }
             let bytes = b.len as u64;
             // Registered before sending: the answer may beat us back.
@@ -813,6 +878,7 @@ impl SourceCtx<'_> {
         }
         let mut pages = Vec::new();
         let content = Content::Bytes(&data);
+        scratch.unreadable.clear();
         let compared = self.compare(index, content, &mut pages, theirs, scratch, Vec::new())?;
         let mut st = self.state.lock();
         let Some(sent) = st.unacked.get_mut(&index) else {
