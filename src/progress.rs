@@ -185,6 +185,8 @@ pub struct Stats {
     pub resume_at: AtomicU64,
     /// `--rescue`: source bytes that could not be read.
     pub bytes_unreadable: AtomicU64,
+    /// `--rescue`: reads of the source that failed, in every grain.
+    pub read_errors: AtomicU64,
 }
 
 impl Stats {
@@ -389,8 +391,13 @@ fn progress_parts(
         parts.push("ETA -".to_string());
     }
     let unreadable = stats.bytes_unreadable.load(Relaxed);
-    if unreadable > 0 {
-        parts.push(format!("{} unreadable", human_bytes(unreadable)));
+    let errors = stats.read_errors.load(Relaxed);
+    if unreadable > 0 || errors > 0 {
+        let per_minute = errors as f64 * 60.0 / secs.max(1.0);
+        parts.push(format!(
+            "{} unreadable, {errors} read errors ({per_minute:.1}/min)",
+            human_bytes(unreadable)
+        ));
     }
     parts.extend(notes.iter().cloned());
     parts
@@ -593,6 +600,24 @@ mod tests {
     fn human_durations() {
         assert_eq!(human_duration(Duration::from_secs(62)), "1:02");
         assert_eq!(human_duration(Duration::from_secs(3723)), "1:02:03");
+    }
+
+    #[test]
+    fn progress_line_shows_what_a_rescue_could_not_read() {
+        let stats = Stats::default();
+        let totals = Totals {
+            blocks: 10,
+            bytes: 10 << 20,
+        };
+        let quiet = progress_parts(&stats, totals, Duration::from_secs(60), "", false, &[]);
+        assert!(!quiet.join(" ").contains("unreadable"));
+        Stats::add(&stats.bytes_unreadable, 1024);
+        Stats::add(&stats.read_errors, 6);
+        let parts = progress_parts(&stats, totals, Duration::from_secs(120), "", false, &[]);
+        assert!(
+            parts.contains(&"1.0 KiB unreadable, 6 read errors (3.0/min)".to_string()),
+            "{parts:?}"
+        );
     }
 
     #[test]

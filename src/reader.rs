@@ -118,9 +118,7 @@ fn read_rescued(
         match read {
             Ok(n) => return Ok(n),
             Err(e) => {
-                rescue
-                    .read_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Stats::add(&stats.read_errors, 1);
                 disk.detail(format!(
                     "read at block {index}: {e}: reading it again in pages and sectors"
                 ));

@@ -64,8 +64,6 @@ pub struct Rescue {
     sector: usize,
     /// Comment lines at the top of every map written.
     header: Vec<String>,
-    /// Read calls that failed, in every grain.
-    pub read_errors: AtomicU64,
     /// Reads slower than [`SLOW_READ`].
     pub slow_reads: AtomicU64,
 }
@@ -125,7 +123,6 @@ impl Rescue {
             direct,
             sector,
             header,
-            read_errors: AtomicU64::new(0),
             slow_reads: AtomicU64::new(0),
         };
         rescue.save(false)?;
@@ -191,10 +188,12 @@ impl Rescue {
                 buf[p0..p1].copy_from_slice(&scratch[..p1 - p0]);
                 continue;
             }
+            Stats::add(&stats.read_errors, 1);
             for (s0, s1) in pieces(offset, p0, p1, self.sector, reverse) {
                 if self.read_piece(read, &mut scratch, offset + s0 as u64, s1 - s0) {
                     buf[s0..s1].copy_from_slice(&scratch[..s1 - s0]);
                 } else {
+                    Stats::add(&stats.read_errors, 1);
                     buf[s0..s1].fill(0);
                     bad.push((s0, s1 - s0));
                 }
@@ -248,9 +247,6 @@ impl Rescue {
             None => matches!(read(&mut scratch[..n], p0), Ok(got) if got == n),
         };
         self.timed(started.elapsed());
-        if !ok {
-            self.read_errors.fetch_add(1, Relaxed);
-        }
         ok
     }
 
@@ -334,7 +330,7 @@ impl Rescue {
             .filter(|a| a.status == Status::Bad)
             .count();
         drop(st);
-        let errors = self.read_errors.load(Relaxed);
+        let errors = stats.read_errors.load(Relaxed);
         let mut line = format!(
             "rescue: {} rescued, {} unreadable in {areas} {} ({} new this run); \
              {errors} failed {}, {}",
