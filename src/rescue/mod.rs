@@ -45,7 +45,10 @@ pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// A read of the source that takes longer than this is a slow read: counted
 /// and reported (a dying disk can take 30 s or more per failed read).
 pub const SLOW_READ: Duration = Duration::from_secs(2);
-/// The first retry grain: a page.
+/// The first retry grain: 64 KiB, so that a bad sector in a 10 MiB block
+/// costs a few hundred reads rather than thousands.
+const RETRY_CHUNK: usize = 64 << 10;
+/// The second retry grain, within a chunk that failed: a page.
 const RETRY_PAGE: usize = 4096;
 
 /// Unreadable byte ranges of a block, relative to its start, sorted and
@@ -66,6 +69,19 @@ pub struct Rescue {
     header: Vec<String>,
     /// Reads slower than [`SLOW_READ`].
     pub slow_reads: AtomicU64,
+}
+
+/// One block's retry: where it is and what it found.
+struct Retry<'a> {
+    read: &'a dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
+    scratch: &'a mut PinnedBuf,
+    /// The block's offset in the source.
+    offset: u64,
+    /// Pieces backward (even passes).
+    reverse: bool,
+    stats: &'a Stats,
+    /// The unreadable ranges, relative to the block.
+    bad: &'a mut Unreadable,
 }
 
 #[derive(Debug)]
@@ -175,7 +191,7 @@ impl Rescue {
         stats: &Stats,
     ) -> Result<Unreadable> {
         let reverse = lock(&self.state).map.reverse();
-        let mut scratch = PinnedBuf::new(RETRY_PAGE, false, false).map_err(|e| {
+        let mut scratch = PinnedBuf::new(RETRY_CHUNK, false, false).map_err(|e| {
             Error::io(
                 self.path.display().to_string(),
                 "allocate a retry buffer",
@@ -183,22 +199,17 @@ impl Rescue {
             )
         })?;
         let mut bad: Unreadable = Vec::new();
-        for (p0, p1) in pieces(offset, 0, buf.len(), RETRY_PAGE, reverse) {
-            if self.read_piece(read, &mut scratch, offset + p0 as u64, p1 - p0) {
-                buf[p0..p1].copy_from_slice(&scratch[..p1 - p0]);
-                continue;
-            }
-            Stats::add(&stats.read_errors, 1);
-            for (s0, s1) in pieces(offset, p0, p1, self.sector, reverse) {
-                if self.read_piece(read, &mut scratch, offset + s0 as u64, s1 - s0) {
-                    buf[s0..s1].copy_from_slice(&scratch[..s1 - s0]);
-                } else {
-                    Stats::add(&stats.read_errors, 1);
-                    buf[s0..s1].fill(0);
-                    bad.push((s0, s1 - s0));
-                }
-            }
-        }
+        let mut grains = vec![RETRY_CHUNK, RETRY_PAGE, self.sector];
+        grains.dedup();
+        let mut pass = Retry {
+            read,
+            scratch: &mut scratch,
+            offset,
+            reverse,
+            stats,
+            bad: &mut bad,
+        };
+        self.retry(&mut pass, buf, (0, buf.len()), &grains);
         bad.sort_unstable();
         let bad = merge(bad);
         let lost: u64 = bad.iter().map(|&(_, n)| n as u64).sum();
@@ -218,6 +229,29 @@ impl Rescue {
             self.save(false)?;
         }
         Ok(bad)
+    }
+
+    /// Read `buf[start..end]` again in pieces of the first of `grains`,
+    /// and each piece that fails in the next grain; a piece of the last
+    /// grain that fails is unreadable: zeroed and recorded.
+    fn retry(&self, pass: &mut Retry<'_>, buf: &mut [u8], span: (usize, usize), grains: &[usize]) {
+        let Some((&grain, finer)) = grains.split_first() else {
+            return;
+        };
+        for (p0, p1) in pieces(pass.offset, span.0, span.1, grain, pass.reverse) {
+            let at = pass.offset + p0 as u64;
+            if self.read_piece(pass.read, pass.scratch, at, p1 - p0) {
+                buf[p0..p1].copy_from_slice(&pass.scratch[..p1 - p0]);
+                continue;
+            }
+            Stats::add(&pass.stats.read_errors, 1);
+            if finer.is_empty() {
+                buf[p0..p1].fill(0);
+                pass.bad.push((p0, p1 - p0));
+            } else {
+                self.retry(pass, buf, (p0, p1), finer);
+            }
+        }
     }
 
     /// One retry read of `n` bytes at `p0` into `scratch`: direct when it
