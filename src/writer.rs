@@ -90,8 +90,18 @@ impl<'a> Writer<'a> {
                     e,
                 )
             };
-            // Unreadable sectors of a rescue keep what the destination had.
-            for (start, len) in crate::rescue::outside(ext.start, ext.len, &block.unreadable) {
+            // Unreadable sectors of a rescue keep what the destination had;
+            // without any, no list is made (the writer allocates nothing per
+            // block).
+            let whole = [(ext.start, ext.len)];
+            let cut;
+            let pieces: &[(usize, usize)] = if block.unreadable.is_empty() {
+                &whole
+            } else {
+                cut = crate::rescue::outside(ext.start, ext.len, &block.unreadable);
+                &cut
+            };
+            for &(start, len) in pieces {
                 let offset = offset + (start - ext.start) as u64;
                 match ext.kind {
                     ExtentKind::Data => {
