@@ -30,7 +30,9 @@
 #                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd;
 #                 benches/patch.sh: patch files against rsync batch files;
 #                 benches/auto.sh: -auto against the defaults, on loopback and
-#                 on a 100 Mbit/s veth between two network namespaces)
+#                 on a 100 Mbit/s veth between two network namespaces;
+#                 benches/rescue.sh: -rescue on a healthy source, and on a
+#                 failing one against ddrescue -d)
 #   make fuzz     fuzz the wire codec, the patch decoder, the handshake proofs,
 #                 the decompression bound and the frame opener for
 #                 FUZZ_SECONDS per target, from the seed corpus in
@@ -136,6 +138,7 @@ bench: all
 	benches/ssh.sh
 	benches/patch.sh
 	benches/auto.sh
+	benches/rescue.sh
 
 # cargo-fuzz wants nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain
 # (the only one this project assumes) accept them.

@@ -26,6 +26,12 @@ pub struct Block {
     /// The block lies in a hole of its file: it is all zeros and was not
     /// read, so `data` holds nothing of it.
     pub hole: bool,
+    /// `--rescue`: byte ranges `(start, len)` of the block that could not
+    /// be read, sorted: zeros in `data`, never written at the destination.
+    pub unreadable: Vec<(usize, usize)>,
+    /// `--rescue`: a map says the whole block is at the destination
+    /// already; it was not read and needs nothing.
+    pub finished: bool,
 }
 
 impl Block {

@@ -52,7 +52,7 @@ pub fn connect_tcp_within(
     let (host, port) = (c.host.as_str(), c.port);
     let upload = c.role == Role::Source;
     let source = if upload {
-        Some(Disk::open_source(&c.path, env, log)?)
+        Some(Disk::open_source(&c.path, env, log)?.rescued(c.rescue.as_deref(), &c.path)?)
     } else {
         None
     };

@@ -167,6 +167,8 @@ pub struct Connect {
     /// `-auto`: measure the link and the source first, then choose the
     /// block size, workers, prefetch and level (an upload only).
     pub auto: bool,
+    /// `--rescue MAPFILE` of an uploading client (see [`Config::rescue`]).
+    pub rescue: Option<PathBuf>,
 }
 
 /// How the transfer moves data; the same on every mode.
@@ -388,6 +390,10 @@ pub struct Config {
     pub env: Env,
     /// `--compare` or `--write-patch`: nothing is written to the destination.
     pub dry: Option<DryRun>,
+    /// `--rescue MAPFILE`: this end reads the source, and a read error
+    /// is retried in sectors and recorded in this ddrescue map instead of
+    /// failing the run.
+    pub rescue: Option<PathBuf>,
 }
 
 #[cfg(test)]

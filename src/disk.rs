@@ -26,6 +26,7 @@ use crate::config::{ALLOW_MOUNTED_ENV, Env, NO_HINTS_ENV};
 use crate::error::{Error, Result, os_words};
 use crate::mounts;
 use crate::progress::{Log, human_bytes};
+use crate::rescue::Rescue;
 use crate::sys::{self, Advice, Cleared, PinnedBuf};
 
 /// Read-ahead asked for on block devices.
@@ -91,6 +92,9 @@ pub struct Disk {
     dry: bool,
     /// Writes go here instead of to the disk (bdsync's `--remdata`).
     capture: Option<std::sync::Arc<dyn Capture>>,
+    /// `--rescue`: read errors are retried in sectors and recorded here
+    /// instead of failing the run.
+    rescue: Option<Arc<Rescue>>,
 }
 
 /// One positioned read or write call, as `pread` and `pwrite` make it:
@@ -214,6 +218,34 @@ impl Disk {
         self.capture = Some(capture);
     }
 
+    /// With `map` (`--rescue`), this source is rescued: its map is read,
+    /// kept and written by a [`Rescue`], which opens `path` again for its
+    /// direct reads.
+    pub fn rescued(mut self, map: Option<&Path>, path: &Path) -> Result<Disk> {
+        if let Some(map) = map {
+            self.rescue = Some(Arc::new(Rescue::open(map, path, &self.file, self.size)?));
+        }
+        Ok(self)
+    }
+
+    /// The rescue of this source, if any.
+    pub fn rescue(&self) -> Option<&Rescue> {
+        self.rescue.as_deref()
+    }
+
+    /// Read `buf.len()` bytes of block `index` at `offset` again after a
+    /// failed read, in pages and sectors: the ranges still unreadable.
+    pub fn recover(
+        &self,
+        rescue: &Rescue,
+        index: u64,
+        buf: &mut [u8],
+        offset: u64,
+        stats: &crate::progress::Stats,
+    ) -> Result<Vec<(usize, usize)>> {
+        rescue.recover(&|b, at| self.read_at(b, at), index, offset, buf, stats)
+    }
+
     /// Open `path` for reading and writing as the destination, creating a
     /// regular file when missing. Nothing is written yet.
     ///
@@ -276,6 +308,7 @@ impl Disk {
             io: None,
             dry: false,
             capture: None,
+            rescue: None,
         };
         if !is_device {
             let m = disk

@@ -10,6 +10,7 @@
 //! | 1      | transfer or I/O failure (anything else)   |
 //! | 2      | usage error: bad flags, nothing was opened |
 //! | 3      | `--compare`: the two sides differ          |
+//! | 4      | `--rescue`: the run finished, but some sectors of the source could not be read (they are `-` in the map) |
 
 use std::fmt;
 use std::io;
@@ -20,6 +21,8 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit status of `--compare` when the two sides differ.
 pub const EXIT_DIFFER: i32 = 3;
+/// Exit status of a `--rescue` run that finished with unreadable sectors.
+pub const EXIT_UNREADABLE: i32 = 4;
 
 /// What the error of a source that changed during the run says: no resume
 /// is safe after it (see `progress::resume_hint_after`).
@@ -80,6 +83,9 @@ pub enum Error {
     Failed(String),
     /// `--compare` found differences (not a failure: exit status 3).
     Differ(String),
+    /// A `--rescue` run finished, but some sectors could not be read
+    /// (exit status 4): everything else is at the destination.
+    Unreadable(String),
 }
 
 /// The result type used throughout bsync.
@@ -91,6 +97,7 @@ impl Error {
         match self {
             Error::Usage(_) => EXIT_USAGE,
             Error::Differ(_) => EXIT_DIFFER,
+            Error::Unreadable(_) => EXIT_UNREADABLE,
             _ => EXIT_FAILURE,
         }
     }
@@ -132,7 +139,7 @@ impl fmt::Display for Error {
             }
             Error::Remote { peer, msg } => write!(f, "{peer} failed: {msg}"),
             Error::Auth { peer, why } => write!(f, "authentication failed with {peer}: {why}"),
-            Error::Failed(msg) | Error::Differ(msg) => write!(f, "{msg}"),
+            Error::Failed(msg) | Error::Differ(msg) | Error::Unreadable(msg) => write!(f, "{msg}"),
         }
     }
 }

@@ -45,6 +45,7 @@ pub mod progress;
 pub mod proto;
 pub mod reader;
 pub mod remote_shell;
+pub mod rescue;
 pub mod server;
 pub mod session;
 pub mod sha256;
@@ -90,7 +91,14 @@ pub fn run(config: &Config) -> Result<()> {
             destination,
         } => match &config.dry {
             Some(dry) => patch::make::local(config, dry, source, destination, &log),
-            None => local::sync(&config.transfer, &config.env, source, destination, &log),
+            None => local::sync(
+                &config.transfer,
+                &config.env,
+                source,
+                destination,
+                config.rescue.as_deref(),
+                &log,
+            ),
         },
         Mode::Ssh(s) => ssh::run(s, config, &log),
         Mode::Connect(c) => client::connect_tcp(

@@ -27,9 +27,17 @@ use crate::writer::Writer;
 /// kernel read-modify-write; coarser ones rewrite unchanged data.
 pub const GRAIN: usize = 4096;
 
-/// Make `dst` identical to `src`.
-pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Result<()> {
-    let source = Disk::open_source(src, env, log)?;
+/// Make `dst` identical to `src`; with `rescue` (`--rescue`), past read
+/// errors of `src`, keeping that ddrescue map.
+pub fn sync(
+    t: &Transfer,
+    env: &Env,
+    src: &Path,
+    dst: &Path,
+    rescue: Option<&Path>,
+    log: &Log,
+) -> Result<()> {
+    let source = Disk::open_source(src, env, log)?.rescued(rescue, src)?;
     let geo = Geometry {
         size: source.size(),
         block_size: t.block_size,
@@ -86,7 +94,10 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
     ));
     report_summary(log, &stats, elapsed, Side::Local, first, false, false);
     dest.report_excess(source.size());
-    Ok(())
+    match source.rescue() {
+        Some(rescue) => rescue.finish(log, &stats, elapsed),
+        None => Ok(()),
+    }
 }
 
 /// Run readers, workers and writer; return the first block not written.
@@ -134,7 +145,11 @@ fn run_pipeline(
             })
             .collect();
         drop((out_tx, inputs));
-        let mut outcome = Writer::new(dest, geo, first, stats).run(out_rx, |_| Ok(()));
+        let done = |index| match source.rescue() {
+            Some(rescue) => rescue.done(index, geo.offset(index), geo.len(index) as u64),
+            None => Ok(()),
+        };
+        let mut outcome = Writer::new(dest, geo, first, stats).run(out_rx, done);
         let others = [join(src_reader), join(dst_reader)]
             .into_iter()
             .chain(workers.into_iter().map(join));
@@ -183,7 +198,7 @@ fn compare_blocks(
 /// Fill `src.extents` with what turns `dst` into `src`. A hole on either
 /// side is known to be zeros and is not looked at.
 fn plan_extents(src: &mut Block, dst: &Block, grain: usize) {
-    if src.hole && dst.hole {
+    if (src.hole && dst.hole) || src.finished {
         return;
     }
     let Block {

@@ -116,6 +116,8 @@ impl Pool {
             extents: Vec::new(),
             digests: Vec::new(),
             hole: false,
+            unreadable: Vec::new(),
+            finished: false,
         }))
     }
 
@@ -157,6 +159,8 @@ impl Pool {
             extents: Vec::new(),
             digests: Vec::new(),
             hole: false,
+            unreadable: Vec::new(),
+            finished: false,
         })
     }
 
@@ -200,6 +204,8 @@ impl Drop for Pooled {
             block.extents.clear();
             block.digests.clear();
             block.hole = false;
+            block.unreadable.clear();
+            block.finished = false;
             let mut state = self.pool.state();
             if self.pool.sized && state.free.len() >= self.pool.capacity {
                 // Enough spares: keep the larger of this and the smallest.

@@ -177,7 +177,11 @@ pub fn resume_hint() -> Option<String> {
 /// changed during the run (blocks written before the change may be stale:
 /// only a whole re-run makes the destination right).
 pub fn resume_hint_after(e: &crate::error::Error) -> Option<String> {
-    if e.to_string().contains(crate::error::SOURCE_CHANGED) {
+    // A source that changed needs a plain re-run; a rescue that finished
+    // resumes from its map, not from -s.
+    if e.to_string().contains(crate::error::SOURCE_CHANGED)
+        || matches!(e, crate::error::Error::Unreadable(_))
+    {
         return None;
     }
     resume_hint()
@@ -301,6 +305,10 @@ pub struct Stats {
     /// Every block before this one is written at the destination (and,
     /// on the source, acknowledged): where a resume may start (`-s`).
     pub resume_at: AtomicU64,
+    /// `--rescue`: source bytes that could not be read.
+    pub bytes_unreadable: AtomicU64,
+    /// `--rescue`: reads of the source that failed, in every grain.
+    pub read_errors: AtomicU64,
 }
 
 impl Stats {
@@ -507,6 +515,15 @@ fn progress_parts(
     } else {
         parts.push("ETA -".to_string());
     }
+    let unreadable = stats.bytes_unreadable.load(Relaxed);
+    let errors = stats.read_errors.load(Relaxed);
+    if unreadable > 0 || errors > 0 {
+        let per_minute = errors as f64 * 60.0 / secs.max(1.0);
+        parts.push(format!(
+            "{} unreadable, {errors} read errors ({per_minute:.1}/min)",
+            human_bytes(unreadable)
+        ));
+    }
     parts.extend(notes.iter().cloned());
     parts
 }
@@ -618,7 +635,7 @@ pub fn summary_json(
         "{{\"side\":\"{side}\",\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
          \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
          \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
-         \"wire_sent\":{},\"wire_received\":{},\"seconds\":{:.3},\"dry\":{dry}}}",
+         \"wire_sent\":{},\"wire_received\":{},\"bytes_unreadable\":{},\"seconds\":{:.3},\"dry\":{dry}}}",
         get(&stats.blocks_done),
         get(&stats.bytes_done),
         get(&stats.same),
@@ -630,6 +647,7 @@ pub fn summary_json(
         get(&stats.bytes_changed),
         get(&stats.wire_sent),
         get(&stats.wire_received),
+        get(&stats.bytes_unreadable),
         elapsed.as_secs_f64(),
     )
 }
@@ -700,6 +718,24 @@ mod tests {
     fn human_durations() {
         assert_eq!(human_duration(Duration::from_secs(62)), "1:02");
         assert_eq!(human_duration(Duration::from_secs(3723)), "1:02:03");
+    }
+
+    #[test]
+    fn progress_line_shows_what_a_rescue_could_not_read() {
+        let stats = Stats::default();
+        let totals = Totals {
+            blocks: 10,
+            bytes: 10 << 20,
+        };
+        let quiet = progress_parts(&stats, totals, Duration::from_secs(60), "", false, &[]);
+        assert!(!quiet.join(" ").contains("unreadable"));
+        Stats::add(&stats.bytes_unreadable, 1024);
+        Stats::add(&stats.read_errors, 6);
+        let parts = progress_parts(&stats, totals, Duration::from_secs(120), "", false, &[]);
+        assert!(
+            parts.contains(&"1.0 KiB unreadable, 6 read errors (3.0/min)".to_string()),
+            "{parts:?}"
+        );
     }
 
     #[test]

@@ -14,11 +14,12 @@
 use std::ops::Range;
 use std::sync::mpsc::SyncSender;
 
-use crate::block::Geometry;
+use crate::block::{Block, Geometry};
 use crate::disk::{Disk, Note};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, Pooled};
 use crate::progress::{Stats, human_bytes};
+use crate::rescue::Rescue;
 
 /// How much the reader reads before it drops the pages behind it.
 const DROP_BEHIND: u64 = 8 << 20;
@@ -53,16 +54,22 @@ pub fn read_blocks(
         let offset = geo.offset(index);
         block.index = index;
         block.len = len;
-        block.hole = disk.is_hole(offset, len, &mut next_data);
-        if block.hole {
+        if let Some(rescue) = disk.rescue() {
+            block.finished = rescue.finished(offset, len as u64);
+        }
+        block.hole = !block.finished && disk.is_hole(offset, len, &mut next_data);
+        if block.hole || block.finished {
             if tx.send(block).is_err() {
                 break;
             }
             continue;
         }
-        let n = disk
-            .read_at(&mut block.data[..len], offset)
-            .map_err(|e| Error::io(disk.label(), format!("read at block {index}"), e))?;
+        let n = match disk.rescue() {
+            None => disk
+                .read_at(&mut block.data[..len], offset)
+                .map_err(|e| Error::io(disk.label(), format!("read at block {index}"), e))?,
+            Some(rescue) => read_rescued(disk, rescue, &mut block, offset, stats)?,
+        };
         if n < len {
             return Err(Error::Failed(format!(
                 "{}: read at block {index}: unexpected end of file at byte {} \
@@ -90,4 +97,34 @@ pub fn read_blocks(
         }
     }
     Ok(())
+}
+
+/// `--rescue`: read `block` (its `index` and `len` set) at `offset`; a
+/// failed read, or a block whose map holds bad areas, is read again in
+/// pages and sectors, and what still fails becomes the block's
+/// `unreadable` ranges. Returns the bytes read, as `read_at` does.
+fn read_rescued(
+    disk: &Disk,
+    rescue: &Rescue,
+    block: &mut Block,
+    offset: u64,
+    stats: &Stats,
+) -> Result<usize> {
+    let (index, len) = (block.index, block.len);
+    if !rescue.known_bad(offset, len as u64) {
+        let started = std::time::Instant::now();
+        let read = disk.read_at(&mut block.data[..len], offset);
+        rescue.timed(started.elapsed());
+        match read {
+            Ok(n) => return Ok(n),
+            Err(e) => {
+                Stats::add(&stats.read_errors, 1);
+                disk.detail(format!(
+                    "read at block {index}: {e}: reading it again in pages and sectors"
+                ));
+            }
+        }
+    }
+    block.unreadable = disk.recover(rescue, index, &mut block.data[..len], offset, stats)?;
+    Ok(len)
 }

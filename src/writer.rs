@@ -92,16 +92,31 @@ impl<'a> Writer<'a> {
                     e,
                 )
             };
-            match ext.kind {
-                ExtentKind::Data => {
-                    let bytes = &block.data[ext.data..ext.data + ext.len];
-                    self.disk.write_at(bytes, offset).map_err(fail)?;
-                    Stats::add(&self.stats.bytes_written, ext.len as u64);
-                    data = true;
-                }
-                ExtentKind::Zero => {
-                    self.disk.clear(offset, ext.len as u64).map_err(fail)?;
-                    Stats::add(&self.stats.bytes_cleared, ext.len as u64);
+            // Unreadable sectors of a rescue keep what the destination had;
+            // without any, no list is made (the writer allocates nothing per
+            // block).
+            let whole = [(ext.start, ext.len)];
+            let cut;
+            let pieces: &[(usize, usize)] = if block.unreadable.is_empty() {
+                &whole
+            } else {
+                cut = crate::rescue::outside(ext.start, ext.len, &block.unreadable);
+                &cut
+            };
+            for &(start, len) in pieces {
+                let offset = offset + (start - ext.start) as u64;
+                match ext.kind {
+                    ExtentKind::Data => {
+                        let at = ext.data + (start - ext.start);
+                        let bytes = &block.data[at..at + len];
+                        self.disk.write_at(bytes, offset).map_err(fail)?;
+                        Stats::add(&self.stats.bytes_written, len as u64);
+                        data = true;
+                    }
+                    ExtentKind::Zero => {
+                        self.disk.clear(offset, len as u64).map_err(fail)?;
+                        Stats::add(&self.stats.bytes_cleared, len as u64);
+                    }
                 }
             }
         }

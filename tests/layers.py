@@ -98,7 +98,7 @@ LAYERS = [
     ['child'],
     ['session'],
     ['net', 'handshake', 'stdio'],
-    ['reader', 'writer', 'pool', 'disk', 'mounts'],
+    ['reader', 'writer', 'pool', 'disk', 'mounts', 'rescue'],
     ['config', 'progress', 'units'],
     ['auth', 'proto', 'compress', 'digest', 'block', 'patch/format'],
     ['aead', 'sha256', 'lock', 'error', 'sys'],

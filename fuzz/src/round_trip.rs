@@ -137,10 +137,14 @@ fn encode_block(u: &mut Unstructured<'_>, out: &mut Vec<u8>, index: u64) -> Resu
     let mut changes = Vec::new();
     let mut page: u32 = u.arbitrary()?;
     for _ in 0..u.int_in_range(0..=64u8)? {
-        let kind = if u.arbitrary()? {
-            ChangeKind::Data(u.arbitrary()?)
-        } else {
-            ChangeKind::Zero
+        let kind = match u.int_in_range(0..=2u8)? {
+            0 => ChangeKind::Data(u.arbitrary()?),
+            // A partly unreadable page (--rescue): its mask is never 0.
+            1 => ChangeKind::Partial {
+                digest: u.arbitrary()?,
+                unreadable: u.arbitrary::<u64>()?.max(1),
+            },
+            _ => ChangeKind::Zero,
         };
         changes.push(Change { page, kind });
         // Mostly neighbours, sometimes far jumps towards u32::MAX.
@@ -157,7 +161,7 @@ fn encode_block(u: &mut Unstructured<'_>, out: &mut Vec<u8>, index: u64) -> Resu
     // The decoder refuses data behind a block with no data change.
     let has_data = changes
         .iter()
-        .any(|c| matches!(c.kind, ChangeKind::Data(_)));
+        .any(|c| matches!(c.kind, ChangeKind::Data(_) | ChangeKind::Partial { .. }));
     let (raw_len, data): (u32, &[u8]) = if has_data {
         (u.arbitrary()?, u.arbitrary()?)
     } else {

@@ -271,6 +271,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         log,
         env: Env::from_process(),
         dry: None,
+        rescue: None,
     })
 }
 

@@ -71,6 +71,16 @@ WHAT AND HOW
   -s N          skip the first N blocks (resume; neither read nor checked) [0]
                 a failed run prints the -s and -b to resume with, where safe
 
+RESCUING A FAILING DISK
+  bsync -f /dev/sdb -t sdb.img -rescue sdb.map     copy past read errors
+  -rescue MAPFILE  a read error of the source no longer ends the run: the
+                block is read again in pages and sectors (O_DIRECT), only
+                the sectors that fail are skipped, never written (the
+                destination keeps what it had); MAPFILE is a GNU ddrescue
+                map (+ read, - unreadable, ? not tried), kept during the
+                run; run again with it to retry only what failed (on the
+                end that reads the source; not with -compare/-write-patch)
+
 SERVER
   -p PORT       port to listen on; 0 picks a free one and prints it [8080]
   -i ADDR       address to listen on [0.0.0.0]
@@ -117,6 +127,7 @@ EXIT STATUS
   1             transfer or I/O failure
   2             usage error (nothing was opened)
   3             --compare found differences
+  4             -rescue finished but some sectors were unreadable (see the map)
 
 EXAMPLES
   bsync -f /dev/vda -t root@newhost:/dev/vda

@@ -62,6 +62,7 @@ pub(super) const FLAGS: &[(&str, bool)] = &[
     ("over-ssh", false),
     ("bwlimit", true),
     ("json", false),
+    ("rescue", true),
     ("h", false),
     ("help", false),
     ("version", false),
@@ -134,6 +135,8 @@ pub struct RawArgs {
     no_server_progress: bool,
     bwlimit: Option<u64>,
     json: bool,
+    /// `--rescue MAPFILE`.
+    rescue: Option<PathBuf>,
     help: bool,
     version: bool,
     /// `--server`: a session on stdin/stdout.
@@ -289,6 +292,7 @@ impl RawArgs {
                 "version" => raw.version = bool_flag(p, &flag)?,
                 "bwlimit" => raw.bwlimit = Some(parse_rate(&string_value(p, &flag)?)?),
                 "json" => raw.json = bool_flag(p, &flag)?,
+                "rescue" => raw.rescue = Some(path_value(p, &flag)?),
                 "help-man" => raw.manual = bool_flag(p, &flag)?,
                 "completions" => {
                     raw.completions = Some(help::ShellKind::parse(&string_value(p, &flag)?)?);
@@ -931,6 +935,24 @@ mod tests {
             (&["-bwlimit", "1M", "-f", "a", "-t", "b"], "-bwlimit limits"),
             (&["-bwlimit", "1M", "-f", "a"], "-bwlimit limits"),
             (&["-bwlimit", "1M", "-d", "-r", "h:1"], "-bwlimit limits"),
+            (&["-rescue", "m", "-f", "a"], "-rescue applies to the end"),
+            (
+                &["-rescue", "m", "-d", "-f", "a", "-r", "h:1"],
+                "-rescue applies",
+            ),
+            (
+                &["-rescue", "m", "-f", "a", "-t", "u@h:/b", "-d"],
+                "-rescue applies",
+            ),
+            (&["-rescue", "m", "--server", "-f", "a"], "-rescue applies"),
+            (
+                &["-rescue", "m", "-compare", "-f", "a", "-t", "b"],
+                "-rescue copies",
+            ),
+            (
+                &["-rescue", "m", "-b", "1000", "-f", "a", "-t", "b"],
+                "-rescue needs",
+            ),
             (&["-t", "-"], "-t: - is not"),
             (
                 &["-t", "root@newhost"],

@@ -121,6 +121,7 @@ impl RawArgs {
                 path,
                 secret: secret(self.key, self.token)?,
                 auto: self.auto,
+                rescue: self.rescue.clone(),
             })
         } else if let Some(Target::Local(other)) = self.target {
             let (source, destination) = match role {
@@ -212,6 +213,7 @@ impl RawArgs {
             },
             env: Env::from_process(),
             dry,
+            rescue: self.rescue,
         })
     }
 
@@ -323,6 +325,7 @@ impl RawArgs {
             },
             env: Env::from_process(),
             dry: None,
+            rescue: None,
         })
     }
 
@@ -404,6 +407,7 @@ impl RawArgs {
                  block size wins; give -b to the server",
             ));
         }
+        self.check_rescue(client)?;
         if self.bwlimit.is_some() {
             let sends = match (&self.remote, &self.target) {
                 (Some(_), _) => !self.download,
@@ -418,6 +422,41 @@ impl RawArgs {
                      server); this end sends no block data, so it would have no effect",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl RawArgs {
+    /// `--rescue` reads the source: only an end that does, in a run that
+    /// writes.
+    fn check_rescue(&self, client: bool) -> Result<()> {
+        if self.rescue.is_none() {
+            return Ok(());
+        }
+        if self.compare || self.write_patch.is_some() {
+            return Err(Error::usage(
+                "-rescue copies a failing source; it does not go with -compare or \
+                 -write-patch, which write nothing to keep a map of",
+            ));
+        }
+        let remote_source = matches!(self.target, Some(Target::Remote(_))) && self.download;
+        let reads_source = if client {
+            !(remote_source || self.remote.is_some() && self.download)
+        } else {
+            self.download
+        };
+        if self.block_size.is_some_and(|b| b % 4096 != 0) {
+            return Err(Error::usage(
+                "-rescue needs -b a multiple of 4K, so that blocks start on the \
+                 sector boundaries it retries at",
+            ));
+        }
+        if self.server || !reads_source {
+            return Err(Error::usage(
+                "-rescue applies to the end that reads the source (a local copy, an \
+                 uploading client, a download server); this end does not read it",
+            ));
         }
         Ok(())
     }

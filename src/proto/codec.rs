@@ -129,6 +129,21 @@ pub(super) fn read_change(buf: &[u8]) -> Option<(Change, usize)> {
                 CHANGE_LEN + DIGEST_LEN,
             ))
         }
+        CHANGE_PARTIAL => {
+            let d = buf.get(CHANGE_LEN..CHANGE_LEN + DIGEST_LEN)?;
+            let digest = u128::from_le_bytes(d.try_into().ok()?);
+            let at = CHANGE_LEN + DIGEST_LEN;
+            let m = buf.get(at..at + UNREADABLE_MASK_LEN)?;
+            let unreadable = u64::from_le_bytes(m.try_into().ok()?);
+            // A page with nothing unreadable is a data change.
+            (unreadable != 0).then_some((
+                Change {
+                    page,
+                    kind: ChangeKind::Partial { digest, unreadable },
+                },
+                PARTIAL_CHANGE_LEN,
+            ))
+        }
         _ => None,
     }
 }
@@ -227,7 +242,10 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
                     return Err(r.malformed("pages out of order"));
                 }
                 last_page = Some(change.page);
-                data_changes += usize::from(matches!(change.kind, ChangeKind::Data(_)));
+                data_changes += usize::from(matches!(
+                    change.kind,
+                    ChangeKind::Data(_) | ChangeKind::Partial { .. }
+                ));
                 r.take(used)?;
             }
             let changes = Changes {
@@ -287,6 +305,7 @@ pub fn tagged_len(kind: u8, payload: &[u8]) -> usize {
     for _ in 0..count.min(payload.len() / CHANGE_LEN) {
         match payload.get(at + 4) {
             Some(&CHANGE_DATA) => at += CHANGE_LEN + DIGEST_LEN,
+            Some(&CHANGE_PARTIAL) => at += PARTIAL_CHANGE_LEN,
             Some(_) => at += CHANGE_LEN,
             None => return payload.len(),
         }
@@ -342,6 +361,11 @@ impl<'a> BlockBuilder<'a> {
                 ChangeKind::Data(d) => {
                     out.push(CHANGE_DATA);
                     out.extend_from_slice(&d.to_le_bytes());
+                }
+                ChangeKind::Partial { digest, unreadable } => {
+                    out.push(CHANGE_PARTIAL);
+                    out.extend_from_slice(&digest.to_le_bytes());
+                    out.extend_from_slice(&unreadable.to_le_bytes());
                 }
             }
         }
@@ -585,6 +609,36 @@ mod tests {
         assert_eq!(b.changes.len(), 2);
         assert_eq!(b.data, b"hello");
         assert!(b.compressed);
+    }
+
+    #[test]
+    fn partly_unreadable_pages_round_trip_and_are_tagged() {
+        let partial = ChangeKind::Partial {
+            digest: 0x0f0e_0d0c_0b0a_0908_0706_0504_0302_0100,
+            unreadable: 0x8000_0000_0000_0001,
+        };
+        let changes = [Change {
+            page: 4,
+            kind: partial,
+        }];
+        let mut out = Vec::new();
+        let mut block = BlockBuilder::begin(&mut out, 9, 3, &changes);
+        block.data().extend_from_slice(b"abc");
+        block.finish(false);
+        let (frame, used) = decode(&out, MAX).unwrap().unwrap();
+        assert_eq!(used, out.len());
+        round_trip(frame);
+        let Frame::Block(b) = frame else {
+            panic!("not a block")
+        };
+        assert_eq!(b.changes.iter().next().map(|c| c.kind), Some(partial));
+        // The tag covers the whole record, mask included, but not the data.
+        let payload = &out[HEADER_LEN..];
+        assert_eq!(tagged_len(BLOCK, payload), payload.len() - 3);
+        // A mask of 0 is not a partly unreadable page.
+        let mask_at = out.len() - 3 - 8;
+        out[mask_at..mask_at + 8].fill(0);
+        assert!(decode(&out, MAX).is_err());
     }
 
     #[test]

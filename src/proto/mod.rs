@@ -76,9 +76,16 @@
 //!
 //! A change is a page number (`u32`, within the block) and a kind (`u8`):
 //! 0 = zero (no data), 1 = data, followed by the source's digest of that
-//! page (`u128`), which the destination checks after decompression. The
-//! data of all data changes, in order, is the (possibly zstd-compressed)
-//! tail.
+//! page (`u128`), which the destination checks after decompression; 2 =
+//! partly unreadable (`--rescue`), followed by the digest as for data and
+//! a mask (`u64`): bit `i` set means bytes `64 i..64 (i + 1)` of the page
+//! could not be read at the source. Such a page's data travels as for a
+//! data change, zeros where unreadable; the destination writes only the
+//! bytes that were read and keeps what it had in the others, and both
+//! ends fold the unreadable ranges into the verification digest
+//! ([`unreadable_hash`]), so "both ends agree" never covers bytes nobody
+//! read. The data of all data and partly unreadable changes, in order, is
+//! the (possibly zstd-compressed) tail.
 //!
 //! # Two-level digests
 //!
@@ -129,6 +136,7 @@ use crate::digest::Digest;
 mod codec;
 
 use codec::read_change;
+
 /// Whether a frame of type `kind` is a [`Frame::Notice`], from its header
 /// alone.
 pub fn is_notice(kind: u8) -> bool {
@@ -216,6 +224,14 @@ pub const DIGEST_LEN: usize = 16;
 /// Change kinds on the wire.
 const CHANGE_ZERO: u8 = 0;
 const CHANGE_DATA: u8 = 1;
+const CHANGE_PARTIAL: u8 = 2;
+/// Bytes of a partly unreadable page's mask on the wire.
+const UNREADABLE_MASK_LEN: usize = 8;
+/// Bytes of a partly unreadable page's change record.
+const PARTIAL_CHANGE_LEN: usize = CHANGE_LEN + DIGEST_LEN + UNREADABLE_MASK_LEN;
+/// The unit of [`ChangeKind::Partial`]'s mask: bit `i` covers bytes
+/// `i * UNREADABLE_UNIT..(i + 1) * UNREADABLE_UNIT` of the page.
+pub const UNREADABLE_UNIT: usize = PAGE / 64;
 /// `Block` flags bit: the data is zstd-compressed.
 const BLOCK_COMPRESSED: u8 = 1;
 
@@ -281,6 +297,16 @@ pub enum ChangeKind {
     Zero,
     /// The page's data follows; the digest is the source's.
     Data(Digest),
+    /// `--rescue`: parts of the page could not be read at the source. Its
+    /// data follows, zeros where unreadable, and the digest covers it as
+    /// sent; the destination writes only the parts that were read.
+    Partial {
+        /// The source's digest of the page as sent.
+        digest: Digest,
+        /// Bit `i` set: bytes `i * UNREADABLE_UNIT..(i + 1) *
+        /// UNREADABLE_UNIT` of the page were not read (never 0).
+        unreadable: u64,
+    },
 }
 
 /// One changed page.
@@ -478,7 +504,55 @@ impl std::error::Error for ProtoError {}
 /// raw data plus every page's change record, with room to spare (the
 /// digest frames are smaller).
 pub fn max_payload(block_size: usize) -> usize {
-    block_size + pages(block_size, page_size(block_size)) * (CHANGE_LEN + DIGEST_LEN) + 64
+    block_size + pages(block_size, page_size(block_size)) * PARTIAL_CHANGE_LEN + 64
+}
+
+/// The mask of [`ChangeKind::Partial`] for the page `start..end` of a
+/// block whose unreadable ranges (`(start, len)`, sorted) are `unreadable`:
+/// every unit that holds an unreadable byte. 0 when the page was read whole.
+pub fn unreadable_mask(unreadable: &[(usize, usize)], start: usize, end: usize) -> u64 {
+    let mut mask = 0u64;
+    for &(s, n) in unreadable {
+        let (lo, hi) = (s.max(start), (s + n).min(end));
+        if lo >= hi {
+            continue;
+        }
+        for unit in (lo - start) / UNREADABLE_UNIT..(hi - start).div_ceil(UNREADABLE_UNIT) {
+            mask |= 1u64 << unit.min(63);
+        }
+    }
+    mask
+}
+
+/// The unreadable ranges (`(start, len)` within the block) a mask says of
+/// the page at `start`, `len` bytes long, appended to `out`, joined with
+/// the last one when they touch.
+pub fn unmask(mask: u64, start: usize, len: usize, out: &mut Vec<(usize, usize)>) {
+    for unit in (0..64).filter(|u| mask & (1u64 << u) != 0) {
+        let lo = unit * UNREADABLE_UNIT;
+        if lo >= len {
+            break;
+        }
+        let n = UNREADABLE_UNIT.min(len - lo);
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 == start + lo => last.1 += n,
+            _ => out.push((start + lo, n)),
+        }
+    }
+}
+
+/// What block `index`'s unreadable ranges add to the verification digest
+/// on both ends: 0 for none.
+pub fn unreadable_hash(index: u64, unreadable: &[(usize, usize)]) -> u128 {
+    if unreadable.is_empty() {
+        return 0;
+    }
+    let mut h = crate::digest::fnv1a128(&index.to_le_bytes());
+    for &(s, n) in unreadable {
+        h = crate::digest::fnv1a128_update(h, &(s as u64).to_le_bytes());
+        h = crate::digest::fnv1a128_update(h, &(n as u64).to_le_bytes());
+    }
+    h
 }
 
 /// The page size of a session: [`PAGE`], or the block size if smaller.
@@ -541,4 +615,27 @@ pub fn digest_ranges(salt: u128, data: &[u8], page: usize, out: &mut Vec<Digest>
     let mut pages = Vec::new();
     crate::digest::digest_sub_blocks(salt, data, page, &mut pages);
     range_digests(&pages, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_masks_cover_whole_units_and_come_back() {
+        // Sectors 1 and 7 of page 1 (4096..8192) of a block.
+        let bad = [(4096 + 512, 512), (4096 + 3584, 512)];
+        assert_eq!(unreadable_mask(&bad, 0, 4096), 0);
+        let mask = unreadable_mask(&bad, 4096, 8192);
+        assert_eq!(mask, 0xff00_0000_0000_ff00);
+        let mut back = Vec::new();
+        unmask(mask, 4096, 4096, &mut back);
+        assert_eq!(back, bad);
+        // A short last page: units past its end are not there.
+        let mut short = Vec::new();
+        unmask(u64::MAX, 0, 100, &mut short);
+        assert_eq!(short, [(0, 100)]);
+        assert_eq!(unreadable_hash(3, &[]), 0);
+        assert_ne!(unreadable_hash(3, &bad), unreadable_hash(4, &bad));
+    }
 }

@@ -78,7 +78,10 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
         disk::check_destination(&s.path, &config.env, log)?;
         None
     } else {
-        Some(Disk::open_source(&s.path, &config.env, log)?)
+        Some(
+            Disk::open_source(&s.path, &config.env, log)?
+                .rescued(config.rescue.as_deref(), &s.path)?,
+        )
     };
     let (bind, port) = (s.bind, s.port);
     let addr = SocketAddr::new(bind, port);

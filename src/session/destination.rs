@@ -411,7 +411,10 @@ impl DestCtx<'_> {
                     };
                     push_extent(&mut b.extents, start, n, ExtentKind::Zero, 0);
                 }
-                ChangeKind::Data(theirs) => {
+                ChangeKind::Data(theirs) | ChangeKind::Partial { digest: theirs, .. } => {
+                    if let ChangeKind::Partial { unreadable, .. } = change.kind {
+                        proto::unmask(unreadable, start, n, &mut b.unreadable);
+                    }
                     let Some(bytes) = b.data.get(at..at + n).filter(|_| at + n <= raw_len) else {
                         return Err(bad("less data than its changes need".into()));
                     };
@@ -430,7 +433,10 @@ impl DestCtx<'_> {
         if at != raw_len {
             return Err(bad(format!("{raw_len} bytes of data, changes use {at}")));
         }
-        let h = block_hash_of_pages(index, &digests);
+        let lost: usize = b.unreadable.iter().map(|&(_, n)| n).sum();
+        Stats::add(&self.stats.bytes_unreadable, lost as u64);
+        let h = block_hash_of_pages(index, &digests)
+            .wrapping_add(proto::unreadable_hash(index, &b.unreadable));
         {
             let mut v = lock(self.verify);
             *v = v.wrapping_add(h);

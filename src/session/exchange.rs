@@ -16,14 +16,23 @@ use crate::digest::Digest;
 use crate::proto::{self, Change, ChangeKind};
 
 /// Mark in `map` (a `Refine` bitmap, cleared first) every range whose
-/// digest in `ours` differs from the one in `theirs` (as many of each);
-/// returns whether any does.
-pub fn differing_ranges(ours: &[Digest], theirs: &[Digest], map: &mut Vec<u8>) -> bool {
+/// digest in `ours` differs from the one in `theirs` (as many of each), and
+/// (`--rescue`) every range of `range` bytes that holds bytes of
+/// `unreadable`, which only the page level can say; returns whether any
+/// range is marked.
+pub fn differing_ranges(
+    ours: &[Digest],
+    theirs: &[Digest],
+    unreadable: &[(usize, usize)],
+    range: usize,
+    map: &mut Vec<u8>,
+) -> bool {
     map.clear();
     map.resize(proto::bitmap_len(theirs.len()), 0);
     let mut differ = false;
     for (r, (mine, other)) in ours.iter().zip(theirs).enumerate() {
-        if mine != other {
+        let lost = proto::unreadable_mask(unreadable, r * range, (r + 1) * range) != 0;
+        if mine != other || lost {
             map[r / 8] |= 1 << (r % 8);
             differ = true;
         }
@@ -48,15 +57,20 @@ pub struct Differing {
     /// The block's length.
     len: usize,
     hole: bool,
+    /// `--rescue`: the block's unreadable byte ranges, as the reader found
+    /// them.
+    unreadable: Vec<(usize, usize)>,
 }
 
 impl Differing {
     /// Keep the ranges of `content` marked in `ranges`, whose block has
-    /// page digests `pages` (all of them) in pages of `page` bytes. `reuse`
-    /// lends its buffers.
+    /// page digests `pages` (all of them) in pages of `page` bytes and the
+    /// byte ranges `unreadable` that could not be read. `reuse` lends its
+    /// buffers.
     pub fn keep(
         content: Content<'_>,
         pages: &[Digest],
+        unreadable: &[(usize, usize)],
         ranges: Vec<u8>,
         page: usize,
         reuse: Differing,
@@ -64,10 +78,13 @@ impl Differing {
         let Differing {
             pages: mut kept,
             mut data,
+            unreadable: mut lost,
             ..
         } = reuse;
         kept.clear();
         data.clear();
+        lost.clear();
+        lost.extend_from_slice(unreadable);
         let len = content.len();
         if let Content::Bytes(_) = content {
             // Reserved once; reused buffers keep their largest size.
@@ -94,6 +111,7 @@ impl Differing {
             block_pages: pages.len(),
             len,
             hole: matches!(content, Content::Hole(_)),
+            unreadable: lost,
         }
     }
 
@@ -115,7 +133,8 @@ impl Differing {
 
     /// The changes of this block, given `theirs`, the destination's page
     /// digests of the marked ranges ([`Differing::asked`] of them): every
-    /// page whose digest differs, as zeros or as data. `extents` gets the
+    /// page whose digest differs, as zeros or as data, and every page with
+    /// unreadable bytes, as partly unreadable data. `extents` gets the
     /// writes, their `data` offsets into [`Differing::data`]. Returns the
     /// bytes of data to send.
     pub fn changes(
@@ -139,11 +158,16 @@ impl Differing {
                 let Some((mine, other)) = ours.next() else {
                     return raw;
                 };
-                if mine == other {
+                let lost = proto::unreadable_mask(&self.unreadable, start, start + n);
+                if mine == other && lost == 0 {
                     continue;
                 }
                 let zero = self.hole || crate::block::is_zero(&self.data[here..here + n]);
-                let (kind, ext) = if zero {
+                let (kind, ext) = if lost != 0 {
+                    raw += n;
+                    let (digest, unreadable) = (*mine, lost);
+                    (ChangeKind::Partial { digest, unreadable }, ExtentKind::Data)
+                } else if zero {
                     (ChangeKind::Zero, ExtentKind::Zero)
                 } else {
                     raw += n;
@@ -262,9 +286,9 @@ mod tests {
         let ours = [1, 2, 3, 4, 5, 6, 7, 8, 9];
         let theirs = [1, 0, 3, 4, 5, 6, 7, 8, 0];
         let mut map = vec![0xff; 7];
-        assert!(differing_ranges(&ours, &theirs, &mut map));
+        assert!(differing_ranges(&ours, &theirs, &[], 16 * 4096, &mut map));
         assert_eq!(map, [0b0000_0010, 0b0000_0001]);
-        assert!(!differing_ranges(&ours, &ours, &mut map));
+        assert!(!differing_ranges(&ours, &ours, &[], 16 * 4096, &mut map));
         assert_eq!(map, [0, 0]);
     }
 
@@ -281,6 +305,7 @@ mod tests {
         let kept = Differing::keep(
             Content::Bytes(&data),
             &pages,
+            &[],
             vec![0b101],
             PAGE,
             Differing::default(),
@@ -300,6 +325,7 @@ mod tests {
         let kept = Differing::keep(
             Content::Bytes(&data),
             &pages,
+            &[],
             vec![0b101],
             PAGE,
             Differing::default(),
@@ -341,6 +367,7 @@ mod tests {
         let kept = Differing::keep(
             Content::Hole(20 * PAGE),
             &pages,
+            &[],
             vec![0b11],
             PAGE,
             Differing::default(),
@@ -366,6 +393,7 @@ mod tests {
         let kept = Differing::keep(
             Content::Bytes(&data),
             &pages,
+            &[],
             vec![1],
             PAGE,
             Differing::default(),
@@ -377,6 +405,53 @@ mod tests {
         assert_eq!(
             (extents[0].start, extents[0].len, extents[0].data),
             (8, 2, 8)
+        );
+    }
+
+    #[test]
+    fn unreadable_bytes_mark_their_range_and_page_even_where_digests_agree() {
+        let data = block();
+        let pages = digests(&data);
+        let mut ranges = Vec::new();
+        proto::range_digests(&pages, &mut ranges);
+        // Two bytes of page 20 (range 1) could not be read.
+        let lost = [(20 * PAGE + 1, 2)];
+        let mut map = Vec::new();
+        assert!(!differing_ranges(
+            &ranges,
+            &ranges,
+            &[],
+            16 * PAGE,
+            &mut map
+        ));
+        assert!(differing_ranges(
+            &ranges,
+            &ranges,
+            &lost,
+            16 * PAGE,
+            &mut map
+        ));
+        assert_eq!(map, [0b010]);
+        let kept = Differing::keep(
+            Content::Bytes(&data),
+            &pages,
+            &lost,
+            map,
+            PAGE,
+            Differing::default(),
+        );
+        let (mut changes, mut extents) = (Vec::new(), Vec::new());
+        let raw = kept.changes(&pages[16..32], PAGE, &mut changes, &mut extents);
+        assert_eq!(raw, PAGE);
+        assert_eq!(
+            changes,
+            [Change {
+                page: 20,
+                kind: ChangeKind::Partial {
+                    digest: pages[20],
+                    unreadable: proto::unreadable_mask(&lost, 20 * PAGE, 21 * PAGE)
+                }
+            }]
         );
     }
 

@@ -286,6 +286,17 @@ pub fn run_dry(
     if role == Role::Destination {
         disk.report_excess(p.geo.size);
     }
+    if let Some(rescue) = disk.rescue().filter(|_| dry.is_none()) {
+        rescue.finish(log, &stats, elapsed)?;
+    }
+    let lost = stats.bytes_unreadable.load(Ordering::Relaxed);
+    if role == Role::Destination && lost > 0 {
+        return Err(crate::error::Error::Unreadable(format!(
+            "{} ({lost} bytes) the source could not read were not written here \
+             (the source's -rescue map says where)",
+            human_bytes(lost)
+        )));
+    }
     Ok(verify)
 }
 

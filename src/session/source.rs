@@ -177,6 +177,8 @@ struct FrameScratch {
     changes: Vec<Change>,
     extents: Vec<Extent>,
     frame: Vec<u8>,
+    /// `--rescue`: the unreadable ranges of the block being compared.
+    unreadable: Vec<(usize, usize)>,
 }
 
 /// What comparing a block's range digests decided.
@@ -190,6 +192,14 @@ enum Compared {
 impl SourceCtx<'_> {
     /// Everything before block `upto` (exclusive) is written.
     fn acknowledge(&self, upto: u64) {
+        if let Some(rescue) = self.disk.rescue() {
+            let from = self.state.lock().acked_to;
+            let geo = self.p.geo;
+            for index in from..upto {
+                // A map that cannot be written now is written at the end.
+                let _ = rescue.done(index, geo.offset(index), geo.len(index) as u64);
+            }
+        }
         let mut st = self.state.lock();
         let (blocks, bytes) = st.acknowledge(upto);
         Stats::add(&self.stats.blocks_done, blocks);
@@ -347,7 +357,14 @@ impl SourceCtx<'_> {
         self.digest_ranges(index, data, pages, theirs, scratch)?;
         let mut map = map;
         scratch.frame.clear();
-        if differing_ranges(&scratch.ranges, theirs, &mut map) {
+        let range = self.p.page() * proto::RANGE_PAGES;
+        if differing_ranges(
+            &scratch.ranges,
+            theirs,
+            &scratch.unreadable,
+            range,
+            &mut map,
+        ) {
             proto::encode(
                 &Frame::Refine {
                     index,
@@ -430,6 +447,38 @@ impl SourceCtx<'_> {
         Ok(())
     }
 
+    /// `--rescue`: a block the map says the destination holds already was
+    /// not read; it gets an empty `Block`, and the verification digest
+    /// takes the destination's word for it, as a dry run's does.
+    fn finished_block(
+        &self,
+        index: u64,
+        bytes: u64,
+        theirs: Vec<Digest>,
+        scratch: &mut FrameScratch,
+    ) {
+        {
+            let mut v = lock(self.verify);
+            *v = v.wrapping_add(block_hash(index, &theirs));
+        }
+        Stats::add(&self.stats.same, 1);
+        let mut st = self.state.lock();
+        st.spare.push(theirs);
+        st.unacked.insert(
+            index,
+            Sent {
+                bytes,
+                attempts: 1,
+                waiting: None,
+                sent: true,
+                wire: 0,
+            },
+        );
+        drop(st);
+        empty_block(index, &mut scratch.frame);
+        self.send(index, &mut scratch.frame);
+    }
+
     /// Compare blocks with the destination's range digests; send the blocks
     /// that match, park the others and ask for their page digests.
     fn worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
@@ -480,7 +529,12 @@ impl SourceCtx<'_> {
                 self.send(index, &mut scratch.frame);
                 continue;
             }
+            if b.finished {
+                self.finished_block(index, b.len as u64, theirs, &mut scratch);
+                continue;
+            }
             let mut pages = std::mem::take(&mut b.digests);
+            scratch.unreadable.clone_from(&b.unreadable);
             let compared = self.compare(
                 index,
                 Content::of(b),
@@ -493,7 +547,9 @@ impl SourceCtx<'_> {
             let compared = compared?;
             {
                 let mut v = lock(self.verify);
-                *v = v.wrapping_add(block_hash(index, &scratch.ranges));
+                *v = v
+                    .wrapping_add(block_hash(index, &scratch.ranges))
+                    .wrapping_add(proto::unreadable_hash(index, &b.unreadable));
             }
             let bytes = b.len as u64;
             // Registered before sending: the answer may beat us back.
@@ -517,6 +573,7 @@ impl SourceCtx<'_> {
                     let kept = Differing::keep(
                         Content::of(&block),
                         &block.digests,
+                        &block.unreadable,
                         ranges,
                         self.p.page(),
                         reuse,
@@ -660,6 +717,7 @@ impl SourceCtx<'_> {
         }
         let mut pages = Vec::new();
         let content = Content::Bytes(&data);
+        scratch.unreadable.clear();
         let compared = self.compare(index, content, &mut pages, theirs, scratch, Vec::new())?;
         let mut guard = self.state.lock();
         let st = &mut *guard;
@@ -669,7 +727,8 @@ impl SourceCtx<'_> {
         match compared {
             Compared::Refine(ranges) => {
                 let page = self.p.page();
-                let kept = Differing::keep(content, &pages, ranges, page, Differing::default());
+                let kept =
+                    Differing::keep(content, &pages, &[], ranges, page, Differing::default());
                 st.parked += kept.bytes() as u64;
                 sent.waiting = Some(Parked {
                     kept,

@@ -102,7 +102,8 @@ pub(super) fn sync(
 
 fn open_local(c: &Connect, config: &Config, log: &Log) -> Result<Disk> {
     match c.role {
-        Role::Source => Disk::open_source(&c.path, &config.env, log),
+        Role::Source => Disk::open_source(&c.path, &config.env, log)
+            .and_then(|disk| disk.rescued(c.rescue.as_deref(), &c.path)),
         Role::Destination => Disk::open_destination(&c.path, &config.env, log),
     }
 }

@@ -194,6 +194,7 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         path: launch.path.to_path_buf(),
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
         auto: false,
+        rescue: config.rescue.clone(),
     };
     let synced = channel::sync(
         endpoint,

@@ -1,0 +1,483 @@
+//! `--rescue MAPFILE` against a real kernel `EIO`: an image served through
+//! FUSE (`tests/faulty_fuse.py`) that fails to read chosen ranges, and a
+//! read-only loop device with direct I/O on top, so the source is a block
+//! device returning `EIO` for exactly those sectors. Every map is read by
+//! GNU `ddrescuelog` and its bad areas compared with the map `ddrescue -d`
+//! writes for the same device. Needs root, `/dev/fuse`, python3-fusepy and
+//! gddrescue (`.ci/run` installs them); says "skipped" without.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bsync::rescue::map::{Map, Status};
+use common::*;
+
+const MIB: u64 = 1 << 20;
+const SIZE: usize = 8 << 20;
+/// A bad sector in block 1 (of 1 MiB), which also differs at the destination.
+const IN_CHANGED: u64 = MIB + 0x8_0200;
+/// A bad sector in block 5, which the destination holds already.
+const IN_SAME: u64 = 5 * MIB + 0xe00;
+/// What the destination held in the first bad sector: it must stay.
+const YESTERDAY: u8 = 0x5a;
+
+const PYTHON: &str = "/usr/bin/python3";
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/faulty_fuse.py");
+
+/// What this machine lacks for these tests, if anything.
+fn missing() -> Option<String> {
+    let ok = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !Path::new("/dev/fuse").exists() {
+        return Some("no /dev/fuse".into());
+    }
+    if !ok(Command::new("losetup").arg("-V")) {
+        return Some("no losetup".into());
+    }
+    let fusepy = "try:\n import fusepy\nexcept ImportError:\n import fuse";
+    if !ok(Command::new(PYTHON).args(["-c", fusepy])) {
+        return Some(format!(
+            "{PYTHON} lacks fusepy (apt install python3-fusepy)"
+        ));
+    }
+    if !ok(Command::new("ddrescuelog").arg("-V")) || !ok(Command::new("ddrescue").arg("-V")) {
+        return Some("no ddrescue/ddrescuelog (apt install gddrescue)".into());
+    }
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    if !root {
+        return Some("FUSE mounts and loop devices need root".into());
+    }
+    None
+}
+
+/// A bad range: `len` bytes at `at`, failing forever or the first `tries`
+/// reads.
+struct Bad {
+    at: u64,
+    len: u64,
+    tries: Option<u32>,
+}
+
+fn bad(at: u64) -> Bad {
+    Bad {
+        at,
+        len: 512,
+        tries: None,
+    }
+}
+
+/// The image mounted through FUSE and a loop device on it; all undone on
+/// drop, failure or not.
+struct Faulty {
+    child: Child,
+    mnt: PathBuf,
+    dev: Option<String>,
+}
+
+impl Faulty {
+    fn new(dir: &TempDir, name: &str, image: &Path, bad: &[Bad], delay: f64) -> Faulty {
+        let mnt = dir.join(name);
+        std::fs::create_dir_all(&mnt).expect("mount point");
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg(SCRIPT);
+        if delay > 0.0 {
+            cmd.args(["--delay", &delay.to_string()]);
+        }
+        cmd.arg(image).arg(&mnt);
+        for b in bad {
+            match b.tries {
+                Some(t) => cmd.arg(format!("{}:{}:{t}", b.at, b.len)),
+                None => cmd.arg(format!("{}:{}", b.at, b.len)),
+            };
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the FUSE helper");
+        let mut faulty = Faulty {
+            child,
+            mnt,
+            dev: None,
+        };
+        let file = faulty.mnt.join("disk");
+        let size = std::fs::metadata(image).expect("image").len();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::fs::metadata(&file).map(|m| m.len()).ok() != Some(size) {
+            assert!(Instant::now() < deadline, "the FUSE mount did not appear");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = Command::new("losetup")
+            .args(["-r", "--direct-io=on", "-f", "--show"])
+            .arg(&file)
+            .output()
+            .expect("losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        faulty.dev = Some(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        faulty
+    }
+
+    fn dev(&self) -> &str {
+        self.dev.as_deref().expect("a loop device")
+    }
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        if let Some(dev) = &self.dev {
+            let _ = Command::new("losetup").arg("-d").arg(dev).status();
+        }
+        let unmounted = Command::new("umount")
+            .arg(&self.mnt)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The source image and a destination that differs in block 1 (and holds
+/// yesterday's bytes in the sector that will not read).
+fn images(dir: &TempDir) -> (PathBuf, PathBuf, Vec<u8>) {
+    let src = random_bytes(SIZE, 22);
+    let mut dst = src.clone();
+    dst[MIB as usize..MIB as usize + 300].fill(1);
+    dst[IN_CHANGED as usize..IN_CHANGED as usize + 512].fill(YESTERDAY);
+    let (s, d) = (dir.join("src.img"), dir.join("dst.img"));
+    write_file(&s, &src);
+    write_file(&d, &dst);
+    (s, d, src)
+}
+
+/// The destination equals the source except in the bad sectors, where it
+/// holds what it held before.
+fn check_destination(dst: &Path, src: &[u8], kept: &[(u64, u8)]) {
+    let got = read_file(dst);
+    assert_eq!(got.len(), src.len());
+    let mut want = src.to_vec();
+    for &(at, byte) in kept {
+        want[at as usize..at as usize + 512].fill(byte);
+    }
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!("destination differs at byte {i:#x}");
+    }
+}
+
+/// The map, read by bsync and by `ddrescuelog`.
+fn read_map(path: &Path) -> Map {
+    let text = std::fs::read_to_string(path).expect("the map");
+    let out = Command::new("ddrescuelog")
+        .arg("-t")
+        .arg(path)
+        .output()
+        .expect("ddrescuelog");
+    assert!(
+        out.status.success(),
+        "ddrescuelog refuses the map:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Map::parse(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
+}
+
+fn bad_areas(map: &Map) -> Vec<(u64, u64)> {
+    map.areas()
+        .iter()
+        .filter(|a| a.status != Status::Finished)
+        .map(|a| (a.pos, a.size))
+        .collect()
+}
+
+/// The map `ddrescue -d` writes for `dev`.
+fn ddrescue_map(dir: &TempDir, dev: &str) -> Map {
+    let (out, map) = (dir.join("ddrescue.out"), dir.join("ddrescue.map"));
+    let _ = std::fs::remove_file(&map);
+    let status = Command::new("ddrescue")
+        .args(["-d", "-q", dev])
+        .arg(&out)
+        .arg(&map)
+        .status()
+        .expect("ddrescue");
+    assert!(status.success(), "ddrescue failed");
+    read_map(&map)
+}
+
+/// bsync loses no more than `ddrescue -d`: each of its bad areas lies in
+/// one of ddrescue's, and they add up to no more.
+fn no_worse_than_ddrescue(ours: &Map, theirs: &Map) {
+    let (a, b) = (bad_areas(ours), bad_areas(theirs));
+    for &(pos, size) in &a {
+        assert!(
+            b.iter().any(|&(p, s)| p <= pos && pos + size <= p + s),
+            "bsync's bad area {pos:#x}+{size:#x} is not bad for ddrescue: {b:x?}"
+        );
+    }
+    let total = |v: &[(u64, u64)]| v.iter().map(|x| x.1).sum::<u64>();
+    assert!(total(&a) <= total(&b), "{a:x?} against ddrescue's {b:x?}");
+}
+
+fn one_finished_line(map: &Map, size: u64) {
+    let want = [bsync::rescue::map::Area {
+        pos: 0,
+        size,
+        status: Status::Finished,
+    }];
+    assert_eq!(map.areas(), want);
+}
+
+#[test]
+fn local_rescue_loses_only_the_bad_sectors_with_one_and_four_workers() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-local");
+    let (src, _, data) = images(&dir);
+    let faulty = Faulty::new(&dir, "mnt", &src, &[bad(IN_CHANGED), bad(IN_SAME)], 0.0);
+    let theirs = ddrescue_map(&dir, faulty.dev());
+    for workers in ["1", "4"] {
+        let (_, dst, _) = images(&dir);
+        let map = dir.join(&format!("w{workers}.map"));
+        let mut cmd = bsync();
+        cmd.arg("-f").arg(faulty.dev()).arg("-t").arg(&dst);
+        cmd.args(["-b", "1M", "-w", workers, "-rescue"]).arg(&map);
+        let err = run_status(&mut cmd, 4);
+        assert!(
+            err.contains("1.0 KiB (1024 bytes) of the source could not be read"),
+            "{err}"
+        );
+        assert!(err.contains(&map.display().to_string()), "{err}");
+        assert!(!err.contains("resume with -s"), "{err}");
+        check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+        let ours = read_map(&map);
+        assert_eq!(bad_areas(&ours), [(IN_CHANGED, 512), (IN_SAME, 512)]);
+        no_worse_than_ddrescue(&ours, &theirs);
+    }
+    // Without -rescue the first read error still ends the run.
+    let (_, dst, _) = images(&dir);
+    let err = run_status(
+        bsync()
+            .arg("-f")
+            .arg(faulty.dev())
+            .arg("-t")
+            .arg(&dst)
+            .args(["-b", "1M"]),
+        1,
+    );
+    assert!(err.contains("read at block 1: Input/output error"), "{err}");
+}
+
+/// A server on a free loopback port: the child and its `HOST:PORT`.
+fn server(args: &[&std::ffi::OsStr]) -> (Child, String) {
+    let mut child = bsync()
+        .args(["-p", "0", "-i", "127.0.0.1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server's port");
+    (child, format!("127.0.0.1:{}", line.trim()))
+}
+
+fn finish(child: Child) -> (Option<i32>, String) {
+    let out = child.wait_with_output().expect("wait for the server");
+    (out.status.code(), stderr(&out))
+}
+
+#[test]
+fn upload_and_download_rescue_write_nothing_where_the_source_failed() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-net");
+    let (src, _, data) = images(&dir);
+    let faulty = Faulty::new(&dir, "mnt", &src, &[bad(IN_CHANGED), bad(IN_SAME)], 0.0);
+    let theirs = ddrescue_map(&dir, faulty.dev());
+    let dev = std::ffi::OsStr::new(faulty.dev());
+
+    // Upload: the client reads the failing device.
+    let (_, dst, _) = images(&dir);
+    let map = dir.join("up.map");
+    let (srv, addr) = server(&["-f".as_ref(), dst.as_os_str()]);
+    let mut cmd = bsync();
+    cmd.arg("-f")
+        .arg(dev)
+        .args(["-r", &addr, "-b", "1M", "-w", "4", "-rescue"]);
+    let err = run_status(cmd.arg(&map), 4);
+    assert!(err.contains("both ends agree"), "{err}");
+    let (code, srv_err) = finish(srv);
+    assert_eq!(code, Some(4), "{srv_err}");
+    assert!(
+        srv_err.contains("1.0 KiB (1024 bytes) the source could not read"),
+        "{srv_err}"
+    );
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    no_worse_than_ddrescue(&read_map(&map), &theirs);
+
+    // Download: the server reads it.
+    let (_, dst, _) = images(&dir);
+    let map = dir.join("down.map");
+    let (srv, addr) = server(&[
+        "-d".as_ref(),
+        "-b".as_ref(),
+        "1M".as_ref(),
+        "-f".as_ref(),
+        dev,
+        "-rescue".as_ref(),
+        map.as_os_str(),
+    ]);
+    let err = run_status(bsync().arg("-f").arg(&dst).args(["-d", "-r", &addr]), 4);
+    assert!(
+        err.contains("the source could not read were not written"),
+        "{err}"
+    );
+    let (code, srv_err) = finish(srv);
+    assert_eq!(code, Some(4), "{srv_err}");
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    let ours = read_map(&map);
+    assert_eq!(bad_areas(&ours), [(IN_CHANGED, 512), (IN_SAME, 512)]);
+    no_worse_than_ddrescue(&ours, &theirs);
+}
+
+#[test]
+fn a_sector_that_fails_once_reads_on_the_retry() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-retry");
+    let (src, dst, data) = images(&dir);
+    let once = Bad {
+        tries: Some(1),
+        ..bad(IN_CHANGED)
+    };
+    let faulty = Faulty::new(&dir, "mnt", &src, &[once], 0.0);
+    let map = dir.join("map");
+    let mut cmd = bsync();
+    cmd.arg("-f").arg(faulty.dev()).arg("-t").arg(&dst);
+    run_ok(cmd.args(["-b", "1M", "-rescue"]).arg(&map));
+    check_destination(&dst, &data, &[]);
+    one_finished_line(&read_map(&map), SIZE as u64);
+}
+
+#[test]
+fn a_healthy_source_gives_a_map_of_one_finished_area() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-healthy");
+    let (src, dst, _) = images(&dir);
+    let map = dir.join("map");
+    let err = run_ok(&mut local(
+        &src,
+        &dst,
+        &["-rescue", map.to_str().expect("UTF-8")],
+    ));
+    assert!(
+        err.contains("rescue: 8.0 MiB rescued, 0 B unreadable"),
+        "{err}"
+    );
+    assert_same(&src, &dst);
+    one_finished_line(&read_map(&map), SIZE as u64);
+}
+
+#[test]
+fn an_interrupted_rescue_resumes_from_its_map_and_the_map_shrinks() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-resume");
+    let (src, dst, data) = images(&dir);
+    let map = dir.join("map");
+    {
+        // A slow disk: interrupted once part of it is in the map.
+        let slow = Faulty::new(&dir, "slow", &src, &[bad(IN_CHANGED), bad(IN_SAME)], 0.05);
+        let mut child = bsync()
+            .arg("-f")
+            .arg(slow.dev())
+            .arg("-t")
+            .arg(&dst)
+            .args(["-b", "1M", "-rescue"])
+            .arg(&map)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bsync");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let partial = std::fs::read_to_string(&map)
+                .ok()
+                .and_then(|t| Map::parse(&t).ok())
+                .is_some_and(|m| m.totals().0 >= 2 * MIB);
+            if partial {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no progress in the map");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let status = child.wait().expect("wait for bsync");
+        assert_ne!(status.code(), Some(0));
+    }
+    let interrupted = read_map(&map);
+    let (done, _, untried) = interrupted.totals();
+    assert!(done >= 2 * MIB && untried > 0, "{interrupted:?}");
+    // Resumed: the finished blocks are not read again.
+    {
+        let faulty = Faulty::new(&dir, "again", &src, &[bad(IN_CHANGED), bad(IN_SAME)], 0.0);
+        let mut cmd = bsync();
+        cmd.arg("-f").arg(faulty.dev()).arg("-t").arg(&dst);
+        let err = run_status(cmd.args(["-b", "1M", "-rescue"]).arg(&map), 4);
+        // The destination is read whole, the source but for its blocks
+        // the map says are finished.
+        let finished = (0..8)
+            .filter(|b| interrupted.finished(b * MIB, MIB))
+            .count();
+        assert!(finished >= 1, "{interrupted:?}");
+        let read = summary(&err).read;
+        assert!(read <= ((16 - finished as u64) * MIB) as f64, "{err}");
+        let resumed = read_map(&map);
+        assert_eq!(bad_areas(&resumed), [(IN_CHANGED, 512), (IN_SAME, 512)]);
+        assert_eq!(resumed.pass, interrupted.pass + 1);
+    }
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    // One sector comes back: the map shrinks, the destination gets it.
+    let faulty = Faulty::new(&dir, "healed", &src, &[bad(IN_SAME)], 0.0);
+    let mut cmd = bsync();
+    cmd.arg("-f").arg(faulty.dev()).arg("-t").arg(&dst);
+    let err = run_status(cmd.args(["-b", "1M", "-rescue"]).arg(&map), 4);
+    assert!(
+        err.contains("512 B (512 bytes) of the source could not be read"),
+        "{err}"
+    );
+    assert_eq!(bad_areas(&read_map(&map)), [(IN_SAME, 512)]);
+    check_destination(&dst, &data, &[]);
+}
