@@ -222,6 +222,9 @@ impl Disk {
         if device {
             mounts::refuse_mounted(&label, meta.as_ref(), env, log)?;
         }
+        if let Some(meta) = &meta {
+            mounts::refuse_live(&label, meta, env, log)?;
+        }
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(!exists).mode(0o644);
         if device && !allow {
@@ -238,6 +241,9 @@ impl Disk {
                 Error::io(&label, "open for writing", e)
             }
         })?;
+        if device {
+            mounts::refuse_read_only(&label, &file)?;
+        }
         Disk::describe(file, label, env, log)
     }
 
@@ -612,8 +618,18 @@ pub fn check_destination(path: &Path, env: &Env, log: &Log) -> Result<()> {
         Ok(meta) => {
             if meta.file_type().is_block_device() {
                 mounts::refuse_mounted(&label, Some(&meta), env, log)?;
+                if let Ok(file) = File::open(path) {
+                    mounts::refuse_read_only(&label, &file)?;
+                }
             }
-            sys::may_write(path).map_err(|e| Error::io(&label, "open for writing", e))
+            mounts::refuse_live(&label, &meta, env, log)?;
+            sys::may_write(path).map_err(|e| match e.raw_os_error() {
+                Some(libc::EROFS) => Error::Failed(format!(
+                    "{label}: read-only (it lies on a file system mounted read-only); \
+                     nothing was written"
+                )),
+                _ => Error::io(&label, "open for writing", e),
+            })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let parent = match path.parent() {

@@ -29,9 +29,9 @@ mod socket;
 
 pub use file::{
     Advice, Cleared, blk_zero_out, block_device_size, clear_range, fadvise, is_block_device,
-    logical_sector_size, may_write, next_data, pread_full, punch_hole, pwrite_all, read_ahead,
-    read_full_with, set_read_ahead, start_writeback, wait_writeback, write_all_with,
-    writeback_unsupported, zero_range,
+    is_read_only_device, logical_sector_size, loop_backing, may_write, next_data, pread_full,
+    punch_hole, pwrite_all, read_ahead, read_full_with, set_read_ahead, start_writeback,
+    wait_writeback, write_all_with, writeback_unsupported, zero_range,
 };
 pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, memlock_limit};
 pub use pipe::{stdout_to_stderr, wait_ready};
