@@ -6,7 +6,8 @@
 //! stdout. The remote shell's stderr passes through to ours.
 
 use std::os::fd::OwnedFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::net::Stream;
@@ -36,17 +37,41 @@ pub fn spawn(command: &str) -> Result<(Child, PipeStream)> {
     ))
 }
 
-/// Wait for the remote shell after the session; its failure is only
-/// reported when the session itself went well.
+/// How long the remote shell may take to end after the session has ended
+/// (and its stdin was closed), before it is killed: the session's outcome
+/// is known, whatever ssh still does.
+pub const REAP_LIMIT: Duration = Duration::from_secs(5);
+
+/// Wait for the remote shell after the session, at most [`REAP_LIMIT`];
+/// its failure is only reported when the session itself went well.
 pub fn reap(mut child: Child, command: &str, session: Result<()>) -> Result<()> {
-    let status = child.wait();
+    let status = wait_within(&mut child, REAP_LIMIT);
     session?;
     match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(Error::Failed(format!(
+        Ok(Some(s)) if s.success() => Ok(()),
+        // The session was complete and checked: only the shell lingered.
+        Ok(None) => Ok(()),
+        Ok(Some(s)) => Err(Error::Failed(format!(
             "remote shell `{command}` exited with {s} after the session"
         ))),
         Err(e) => Err(Error::io(format!("remote shell `{command}`"), "wait", e)),
+    }
+}
+
+/// Wait up to `limit` for `child`; kill and reap it if it has not ended
+/// by then (`Ok(None)`).
+fn wait_within(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            child.wait()?;
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

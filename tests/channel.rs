@@ -160,3 +160,151 @@ fn over_ssh_uploads_downloads_compares_and_writes_patches() {
     assert_same(&a, &b);
     run_ok(&mut t(&["--compare", "-over-ssh"]));
 }
+
+// ------------------------------------------------------------ issue 18 ---
+// These need no sshd: a stand-in for ssh runs the remote script on this
+// machine.
+
+/// A stand-in for ssh in `dir`: `-G` names 127.0.0.1; anything else runs
+/// the last argument (the remote script) with `sh -c`, as a login would,
+/// with the remote's cache in `dir`. `after_server`, when set, is what the
+/// stand-in does after a `--server` command ended instead of exiting (as an
+/// ssh that lingers would), for example `exec sleep 60`.
+fn standin_ssh(dir: &TempDir, after_server: &str) -> String {
+    let path = dir.join("standin-ssh");
+    let script = format!(
+        r#"#!/bin/sh
+for a; do last=$a; done
+case " $* " in *" -G "*) echo "hostname 127.0.0.1"; exit 0;; esac
+export SSH_CONNECTION="127.0.0.1 1 127.0.0.1 22" XDG_CACHE_HOME='{cache}'
+case $last in
+*--server*) sh -c "$last"; {after_server} ;;
+*) exec sh -c "$last" ;;
+esac
+"#,
+        cache = dir.join("cache").display()
+    );
+    fs::write(&path, script).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&path)
+        .status()
+        .unwrap();
+    path.display().to_string()
+}
+
+/// Run `cmd`, which must end within `limit`; returns its exit code, stderr
+/// and how long it took.
+fn run_within(cmd: &mut Command, limit: std::time::Duration) -> (Option<i32>, String, f64) {
+    let start = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start bsync");
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut s);
+        s
+    });
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let err = reader.join().unwrap_or_default();
+            return (status.code(), err, start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bsync still ran after {limit:?}: {}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Issue 18, item 8: the client of a session carried inside ssh ends when
+/// the session has ended, whatever ssh does afterwards (here it lingers a
+/// minute after the remote bsync ended).
+#[test]
+fn a_lingering_ssh_does_not_hold_the_client_after_the_session() {
+    let dir = TempDir::new("channel-linger");
+    let shell = standin_ssh(&dir, "exec sleep 60");
+    let (src, dst) = make_pair(1 << 20, 24);
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &src);
+    write_file(&b, &dst);
+    let (code, err, secs) = run_within(
+        bsync()
+            .args(["-b", "262144", "-over-ssh", "-ssh", &shell, "-f"])
+            .arg(&a)
+            .arg("-t")
+            .arg(format!("h:{}", b.display()))
+            .env("BSYNC_IO_TIMEOUT", "120"),
+        std::time::Duration::from_secs(50),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(secs < 30.0, "took {secs:.1} s: {err}");
+    assert_same(&a, &b);
+}
+
+/// Issue 18, item 8: a session inside ssh that fails on this side (a
+/// download into a device smaller than the source) ends both ends at
+/// once: the remote server, on stdin/stdout, has no lane to wait for. The
+/// remote's own lines ("client on stdin ...") are not mixed into ours.
+#[test]
+fn a_failed_session_inside_ssh_ends_at_once() {
+    let dir = TempDir::new("channel-small");
+    let ended = dir.join("server-ended");
+    let shell = standin_ssh(&dir, &format!("echo $? > '{}'", ended.display()));
+    let (src, _) = make_pair(4 << 20, 25);
+    let a = dir.join("a.img");
+    write_file(&a, &src);
+    let small = dir.join("small.img");
+    write_file(&small, &vec![0u8; 1 << 20]);
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&small)
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => return skip("losetup failed (loop devices need root)"),
+    };
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let (code, err, secs) = run_within(
+        bsync()
+            .args([
+                "-d",
+                "-b",
+                "262144",
+                "-over-ssh",
+                "-ssh",
+                &shell,
+                "-f",
+                &dev,
+            ])
+            .arg("-t")
+            .arg(format!("h:{}", a.display()))
+            .env("BSYNC_IO_TIMEOUT", "120"),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(secs < 30.0, "took {secs:.1} s: {err}");
+    assert!(err.contains("smaller than the source"), "{err}");
+    assert!(!err.contains("client on stdin"), "{err}");
+    // The remote server ended by itself, before this side stopped ssh.
+    let status = fs::read_to_string(&ended).unwrap_or_default();
+    assert_eq!(
+        status.trim(),
+        "1",
+        "the remote server did not end by itself"
+    );
+}

@@ -149,7 +149,7 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
     // No other connection can arrive: the channel is closed at once.
     let (tx, rx) = mpsc::channel();
     drop(tx);
-    let (result, _) = serve(
+    let (result, _) = serve_one_stream(
         &serve_plan,
         &config,
         source.as_ref(),
@@ -330,6 +330,20 @@ fn refuse(role: Role, h: &Hello) -> Option<String> {
     None
 }
 
+/// [`serve`] on one stream that cannot come back (stdin and stdout): its
+/// end fails the session at once, there is no lane to wait for.
+fn serve_one_stream(
+    s: &Serve,
+    config: &Config,
+    source: Option<&Disk>,
+    rx: Receiver<Arrival>,
+    first: Option<Arrival>,
+    log: &Log,
+    progress: bool,
+) -> (Result<()>, Option<Takeover>) {
+    serve_with(s, config, source, rx, first, log, progress, true)
+}
+
 /// Serve one session: the one `first` opens, or the first good arrival.
 /// Returns its outcome, and a [`Takeover`] when a new client replaced a
 /// session whose client was gone.
@@ -342,9 +356,24 @@ fn serve(
     log: &Log,
     progress: bool,
 ) -> (Result<()>, Option<Takeover>) {
+    serve_with(s, config, source, rx, first, log, progress, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_with(
+    s: &Serve,
+    config: &Config,
+    source: Option<&Disk>,
+    rx: Receiver<Arrival>,
+    first: Option<Arrival>,
+    log: &Log,
+    progress: bool,
+    one_stream: bool,
+) -> (Result<()>, Option<Takeover>) {
     let rejoins = Arc::new(Rejoins {
         deadline: config.env.io_timeout,
         log: log.clone(),
+        one_stream,
         ..Rejoins::default()
     });
     let mut handoff = None;

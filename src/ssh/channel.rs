@@ -7,13 +7,13 @@
 use std::time::Duration;
 
 use super::command::Endpoint;
+use super::process::Remote;
 use super::script::{quote, remote_path};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::Stream;
 use crate::progress::Log;
 use crate::remote_shell;
-use crate::stdio::PipeStream;
 use crate::{
     client,
     config::{Config, Connect, Role},
@@ -74,17 +74,13 @@ pub(super) fn sync(
     }
     args.push(format!("-b {}", config.transfer.block_size));
     let script = format!("exec {} {}", quote(binary), args.join(" "));
-    let mut cmd = endpoint.command(&script);
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("ssh to {name}"), "start", e))?;
-    let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+    // Its stderr is collected, not mixed into ours: what the remote said
+    // is shown with its host's name when it explains a failure (`-v`
+    // shows it as it comes).
+    let mut server = Remote::start(endpoint.command(&script), log)?;
+    let Some(stream) = server.stream() else {
         return Err(Error::Failed("ssh: no pipes".into()));
     };
-    let stream = PipeStream::new(output.into(), input.into());
     let peer = format!("{name} (inside ssh)");
     let session = open_local(connect, config, log).and_then(|mut disk| {
         client::run_over(
@@ -101,8 +97,23 @@ pub(super) fn sync(
         )
         .map(|_| ())
     });
+    // Ends the remote's stdin: its server ends at once (a stream that
+    // cannot come back), and ssh is waited for only within a deadline.
     let _ = stream.shutdown();
-    remote_shell::reap(child, &format!("ssh to {name}"), session)?;
+    if session.is_err() {
+        return super::conclude(session, server, config, name, log).map(|()| Carried::Channel);
+    }
+    // Both ends agreed, and an upload's destination said it was flushed
+    // before that: ssh gets a moment to end and is stopped if it lingers.
+    let exit = server.finish(Some(remote_shell::REAP_LIMIT));
+    if exit.own && !exit.success() {
+        return Err(super::explain(
+            None,
+            &exit,
+            name,
+            "the remote bsync failed after the transfer",
+        ));
+    }
     Ok(Carried::Channel)
 }
 

@@ -336,6 +336,9 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
         Some(e @ Error::Remote { .. }) => e,
         // Stopped by this side after the failure: its status says nothing.
         Some(e) if exit.success() || !exit.own => e,
+        // This side failed first (its disk, its checks): the remote only
+        // saw its client go.
+        Some(e) if !crate::net::is_connection_loss(&e) => e,
         Some(e) => Error::Failed(format!(
             "{e}; the remote bsync on {name} {}",
             exit.describe()

@@ -286,6 +286,16 @@ impl Remote {
         self.line()?.trim().parse::<u16>().ok().filter(|&p| p != 0)
     }
 
+    /// The remote's stdin and stdout as one stream, for a session carried
+    /// inside ssh; its stderr stays collected here. Shutting the stream
+    /// down closes the remote's stdin. `None` when already taken.
+    pub(super) fn stream(&mut self) -> Option<crate::stdio::PipeStream> {
+        use std::os::fd::AsFd;
+        let input = self.child.stdin.take()?;
+        let output = self.stdout.get_ref().as_fd().try_clone_to_owned().ok()?;
+        Some(crate::stdio::PipeStream::new(output, input.into()))
+    }
+
     /// Wait up to `limit` for the remote to end, then close its stdin (the
     /// remote stops bsync on that) and give it [`FAILED_REMOTE_GRACE`]
     /// longer; kill the local ssh if it still has not ended.
