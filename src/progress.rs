@@ -142,7 +142,8 @@ pub fn watch_interrupts(log: &Log) {
         return;
     }
     let log = log.clone();
-    std::thread::spawn(move || {
+    // Without the thread, the signals keep their default action.
+    let watcher = std::thread::Builder::new().spawn(move || {
         let Ok(sig) = crate::sys::wait_termination_signal() else {
             return;
         };
@@ -152,6 +153,9 @@ pub fn watch_interrupts(log: &Log) {
         }
         std::process::exit(128 + sig);
     });
+    if watcher.is_err() {
+        let _ = crate::sys::unblock_termination_signals();
+    }
 }
 
 /// Counters the pipeline threads update while a transfer runs.
@@ -290,7 +294,8 @@ impl Reporter {
         let notes = notes.to_vec();
         let tty = std::io::stderr().is_terminal();
         let every = if tty { TTY_EVERY } else { PLAIN_EVERY };
-        let thread = std::thread::spawn(move || {
+        // Progress is optional: a thread the system refuses shows none.
+        let thread = std::thread::Builder::new().spawn(move || {
             let mut last = (Instant::now(), 0u64);
             let mut moved = Instant::now();
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
@@ -322,7 +327,7 @@ impl Reporter {
         });
         Reporter {
             stop: Some(stop),
-            thread: Some(thread),
+            thread: thread.ok(),
             started,
         }
     }

@@ -402,7 +402,7 @@ pub fn local(
     let name = destination.as_os_str();
     use std::os::unix::ffi::OsStrExt;
     std::thread::scope(|s| {
-        let dest = s.spawn(|| -> Result<()> {
+        let dest = crate::session::spawn_scoped(s, || -> Result<()> {
             let mut lane = Lane::open(b, "source".into(), env.io_timeout)?;
             lane.reader.set_max(max);
             crate::session::run(
@@ -414,7 +414,7 @@ pub fn local(
                 &quiet,
                 false,
             )
-        });
+        })?;
         let ours = Lane::open(a, "destination".into(), env.io_timeout).and_then(|mut lane| {
             lane.reader.set_max(max);
             run_source(

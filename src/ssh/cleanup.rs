@@ -98,7 +98,7 @@ pub(super) fn watch_signals(log: &Log, name: &str, remove: fn(&Endpoint, &str, &
     }
     let log = log.clone();
     let name = name.to_string();
-    thread::spawn(move || {
+    let watcher = thread::Builder::new().spawn(move || {
         let Ok(sig) = sys::wait_termination_signal() else {
             return;
         };
@@ -124,4 +124,8 @@ pub(super) fn watch_signals(log: &Log, name: &str, remove: fn(&Endpoint, &str, &
         }
         std::process::exit(128 + sig);
     });
+    if watcher.is_err() {
+        // Nothing would take them: the signals end the process as usual.
+        let _ = sys::unblock_termination_signals();
+    }
 }

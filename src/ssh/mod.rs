@@ -150,7 +150,9 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
     // ssh -G only reads ssh's configuration; it runs while ssh logs in.
     let connect_host = {
         let endpoint = endpoint.clone();
-        std::thread::spawn(move || endpoint.connect_host())
+        std::thread::Builder::new()
+            .spawn(move || endpoint.connect_host())
+            .map_err(crate::session::thread_refused)?
     };
     let mut remote = Remote::start(endpoint.command(&script), log)?;
     remote.send_secret(&secret);

@@ -136,7 +136,9 @@ impl Supervised {
         let collector = {
             let tail = Arc::clone(&tail);
             let echo = echo.cloned();
-            thread::spawn(move || collect_lines(stderr, &tail, echo.as_ref()))
+            thread::Builder::new()
+                .spawn(move || collect_lines(stderr, &tail, echo.as_ref()))
+                .map_err(crate::session::thread_refused)?
         };
         let stdin = child.stdin.take();
         Ok((
@@ -217,11 +219,13 @@ pub(super) fn bounded(cmd: Command, what: &str, limit: Duration) -> Result<Finis
     let (child, mut out) = Supervised::spawn(cmd, what, false, None)?;
     // Read on a thread of its own so that `limit` holds even while the
     // child keeps its stdout open.
-    let reader = thread::spawn(move || {
-        let mut stdout = String::new();
-        let _ = out.read_to_string(&mut stdout);
-        stdout
-    });
+    let reader = thread::Builder::new()
+        .spawn(move || {
+            let mut stdout = String::new();
+            let _ = out.read_to_string(&mut stdout);
+            stdout
+        })
+        .map_err(crate::session::thread_refused)?;
     let tail = child.end(Some(limit), Duration::ZERO);
     let stdout = reader.join().unwrap_or_default();
     let status = tail

@@ -36,7 +36,8 @@ pub use file::{
 pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, memlock_limit};
 pub use pipe::{stdout_to_stderr, wait_ready};
 pub use process::{
-    TERMINATION_SIGNALS, block_termination_signals, getrandom, kill, wait_termination_signal,
+    TERMINATION_SIGNALS, block_termination_signals, getrandom, kill, unblock_termination_signals,
+    wait_termination_signal,
 };
 pub use socket::{reset_on_close, set_keepalive, set_socket_buffers};
 
