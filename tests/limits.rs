@@ -152,3 +152,33 @@ fn a_refused_thread_ends_the_run_with_a_line() {
     assert_eq!(out.status.code(), Some(1), "{served}");
     assert!(served.contains("pids.max"), "{served}");
 }
+
+/// Issue 18, item 9: buffers larger than a memory cgroup leaves room for
+/// are refused with one line (exit 2), not OOM-killed (137), even where
+/// the machine has plenty of memory.
+#[test]
+fn buffers_beyond_the_memory_cgroup_are_refused() {
+    let group = match Cgroup::new("memory", "memory") {
+        Ok(g) => g,
+        Err(why) => return skip(&why),
+    };
+    if let Err(why) = group.set("memory.max", "memory.limit_in_bytes", "1G") {
+        return skip(&why);
+    }
+    let dir = TempDir::new("limits-memory");
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &random_bytes(8 * MIB, 181));
+    let out = run(&mut group.bsync(&[
+        "-b",
+        "256M",
+        "-f",
+        a.to_str().unwrap(),
+        "-t",
+        b.to_str().unwrap(),
+    ]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("of memory available"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!b.exists(), "the destination was created");
+}

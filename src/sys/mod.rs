@@ -33,7 +33,7 @@ pub use file::{
     punch_hole, pwrite_all, read_ahead, read_full_with, set_read_ahead, start_writeback,
     wait_writeback, write_all_with, writeback_unsupported, zero_range,
 };
-pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, memlock_limit};
+pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, cgroup_memory_room, memlock_limit};
 pub use pipe::{stdout_to_stderr, wait_ready};
 pub use process::{
     TERMINATION_SIGNALS, block_termination_signals, getrandom, kill, unblock_termination_signals,
