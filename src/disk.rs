@@ -123,6 +123,34 @@ fn open_read_only(path: &Path, label: &str) -> Result<(File, bool, bool)> {
     Ok((file, regular, is_device))
 }
 
+/// Why `file` (at `path`), neither a regular file nor a block device,
+/// cannot be a source.
+fn unsized_source(path: &Path, label: &str, file: &File) -> Error {
+    let kind = file.metadata().map(|m| m.file_type()).ok();
+    let hint = if path == Path::new("/dev/zero") {
+        "-f defaults to /dev/zero: is -f missing?"
+    } else if kind.is_some_and(|k| k.is_dir()) {
+        "a directory: give the file or device inside it"
+    } else {
+        "a pipe, terminal or stream has no size to copy: save it to a file first"
+    };
+    Error::usage(format!(
+        "{label}: not a regular file or block device ({hint})"
+    ))
+}
+
+/// Check that `path` can be a source, as [`Disk::open_source`] would, and
+/// close it again: a `-t` run checks its own end before it logs in.
+pub fn check_source(path: &Path) -> Result<()> {
+    let label = format!("source {}", path.display());
+    let (file, regular, is_device) = open_read_only(path, &label)?;
+    if regular || is_device {
+        Ok(())
+    } else {
+        Err(unsized_source(path, &label, &file))
+    }
+}
+
 impl Disk {
     /// Open `path` read-only as the source: a regular file or a block
     /// device. Anything else (the default `/dev/zero`, a pipe, a directory)
@@ -132,17 +160,7 @@ impl Disk {
         let label = format!("source {}", path.display());
         let (file, regular, is_device) = open_read_only(path, &label)?;
         if !regular && !is_device {
-            let kind = file.metadata().map(|m| m.file_type()).ok();
-            let hint = if path == Path::new("/dev/zero") {
-                "-f defaults to /dev/zero: is -f missing?"
-            } else if kind.is_some_and(|k| k.is_dir()) {
-                "a directory: give the file or device inside it"
-            } else {
-                "a pipe, terminal or stream has no size to copy: save it to a file first"
-            };
-            return Err(Error::usage(format!(
-                "{label}: not a regular file or block device ({hint})"
-            )));
+            return Err(unsized_source(path, &label, &file));
         }
         let warning = if is_device {
             let rdev = file.metadata().map_or(0, |m| m.rdev());

@@ -167,13 +167,14 @@ fn over_ssh_uploads_downloads_compares_and_writes_patches() {
 
 /// A stand-in for ssh in `dir`: `-G` names 127.0.0.1; anything else runs
 /// the last argument (the remote script) with `sh -c`, as a login would,
-/// with the remote's cache in `dir`. `after_server`, when set, is what the
+/// with the remote's cache in `dir`; every call is logged to `calls.log`. `after_server`, when set, is what the
 /// stand-in does after a `--server` command ended instead of exiting (as an
 /// ssh that lingers would), for example `exec sleep 60`.
 fn standin_ssh(dir: &TempDir, after_server: &str) -> String {
     let path = dir.join("standin-ssh");
     let script = format!(
         r#"#!/bin/sh
+echo "$*" >> '{calls}'
 for a; do last=$a; done
 case " $* " in *" -G "*) echo "hostname 127.0.0.1"; exit 0;; esac
 export SSH_CONNECTION="127.0.0.1 1 127.0.0.1 22" XDG_CACHE_HOME='{cache}'
@@ -182,7 +183,8 @@ case $last in
 *) exec sh -c "$last" ;;
 esac
 "#,
-        cache = dir.join("cache").display()
+        cache = dir.join("cache").display(),
+        calls = dir.join("calls.log").display()
     );
     fs::write(&path, script).unwrap();
     Command::new("chmod")
@@ -307,4 +309,50 @@ fn a_failed_session_inside_ssh_ends_at_once() {
         "1",
         "the remote server did not end by itself"
     );
+}
+
+/// Issue 18, item 7: `-t` checks this end before it logs in: without -f
+/// (the source would be /dev/zero), with a source that does not exist, it
+/// fails at once and ssh is never started.
+#[test]
+fn t_checks_this_end_before_it_logs_in() {
+    let dir = TempDir::new("channel-local-first");
+    let shell = standin_ssh(&dir, "exit $?");
+    let target = format!("h:{}", dir.join("remote.img").display());
+    let err = run_status(bsync().args(["-ssh", &shell, "-t", &target]), 2);
+    assert!(err.contains("is -f missing?"), "{err}");
+    let missing = dir.join("missing.img");
+    let err = run_status(
+        bsync()
+            .args(["-ssh", &shell, "-f"])
+            .arg(&missing)
+            .args(["-t", &target]),
+        1,
+    );
+    assert!(err.contains("missing.img"), "{err}");
+    assert!(!err.contains("logging in"), "{err}");
+    assert!(!dir.join("calls.log").exists(), "ssh was started");
+}
+
+/// Issue 18, item 7: what the remote bsync refuses as usage (a directory
+/// or /dev/null as the remote path) is a usage error of this run, exit 2,
+/// and the line names the host as typed and that the remote refused.
+#[test]
+fn remote_usage_errors_keep_exit_2() {
+    let dir = TempDir::new("channel-remote-usage");
+    let shell = standin_ssh(&dir, "exit $?");
+    let a = dir.join("a.img");
+    write_file(&a, &random_bytes(100_000, 26));
+    for remote in [dir.path().display().to_string(), "/dev/null".to_string()] {
+        let err = run_status(
+            bsync()
+                .args(["-ssh", &shell, "-f"])
+                .arg(&a)
+                .args(["-t", &format!("myhost:{remote}")]),
+            2,
+        );
+        let line = err.lines().last().unwrap_or_default();
+        assert!(line.starts_with("bsync: myhost: the remote bsync"), "{err}");
+        assert!(line.contains(&remote), "{err}");
+    }
 }

@@ -63,7 +63,7 @@ use std::time::Duration;
 use crate::aead::Key;
 use crate::auth::Secret;
 use crate::config::{Config, Connect, Mode, RemoteTarget, Role};
-use crate::error::{Error, Result};
+use crate::error::{EXIT_USAGE, Error, Result};
 use crate::progress::Log;
 use crate::sys;
 use command::Endpoint;
@@ -105,10 +105,14 @@ pub fn run(config: &Config, log: &Log) -> Result<()> {
             )));
         }
     }
-    if *role == Role::Source {
-        // A typo in -f should fail before anything happens on the remote.
-        std::fs::File::open(path)
-            .map_err(|e| Error::io(format!("source {}", path.display()), "open", e))?;
+    // This end is checked before anything happens on the remote: a typo
+    // in -f, a missing -f, a destination that is mounted or read-only.
+    match role {
+        Role::Source => crate::disk::check_source(path)?,
+        Role::Destination if config.dry.is_none() => {
+            crate::disk::check_destination(path, &config.env, log)?;
+        }
+        Role::Destination => {}
     }
     let endpoint = Endpoint::new(shell, target);
     cleanup::watch_signals(log, &target.host, remove_remote);
@@ -345,6 +349,11 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
             "{e}; the remote bsync on {name} {}",
             exit.describe()
         )),
+        // The remote bsync refused its command line (exit 2): a usage
+        // error of this run, such as a directory as the remote path.
+        None if exit.own && exit.status.and_then(|s| s.code()) == Some(EXIT_USAGE) => {
+            Error::usage(format!("{name}: {what}: {}", exit.describe()))
+        }
         None => Error::Failed(format!("{name}: {what}: {}", exit.describe())),
     }
 }
