@@ -35,6 +35,8 @@ struct Shared {
     closed: AtomicBool,
     /// The deadline of one read or write, in milliseconds.
     deadline_ms: AtomicU64,
+    /// Bytes read ahead and given back, served before the descriptor.
+    unread: Mutex<Vec<u8>>,
 }
 
 /// Reading from one descriptor, writing to another.
@@ -49,7 +51,16 @@ impl PipeStream {
             write: Mutex::new(Some(File::from(write))),
             closed: AtomicBool::new(false),
             deadline_ms: AtomicU64::new(u64::MAX),
+            unread: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Give `bytes` back: the next reads return them first.
+    pub fn unread(&self, bytes: &[u8]) {
+        let mut unread = lock(&self.0.unread);
+        let rest = std::mem::take(&mut *unread);
+        unread.extend_from_slice(bytes);
+        unread.extend_from_slice(&rest);
     }
 
     /// This process's stdin and stdout. Descriptor 1 is then pointed at
@@ -72,6 +83,15 @@ impl PipeStream {
 
 impl Read for PipeStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        {
+            let mut unread = lock(&self.0.unread);
+            if !unread.is_empty() {
+                let n = buf.len().min(unread.len());
+                buf[..n].copy_from_slice(&unread[..n]);
+                unread.drain(..n);
+                return Ok(n);
+            }
+        }
         let start = Instant::now();
         let limit = self.deadline();
         loop {
@@ -190,6 +210,37 @@ impl OpenRequest {
                  client that names the device, such as bsync REMSHCMD LOCDEV REMDEV)",
             )
         })
+    }
+
+    /// The request, if the client sent one (bdsync's client form does;
+    /// `-t` inside ssh starts with the preamble instead, which is given
+    /// back to the stream untouched).
+    pub fn read_if_sent(stream: &mut PipeStream, peer: &str) -> Result<Option<OpenRequest>> {
+        let mut first = [0u8; 1];
+        let n = stream
+            .read(&mut first)
+            .map_err(|e| crate::net::net_error(peer, "the open request", e))?;
+        stream.unread(&first[..n]);
+        if n == 0 || first[0] != OPEN_MAGIC.as_bytes()[0] {
+            return Ok(None);
+        }
+        Self::read(stream, peer).map(Some)
+    }
+
+    /// Whether the request names `path`: the same name, or the same file
+    /// or device by another name.
+    pub fn names(&self, path: &std::path::Path) -> bool {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if self.path == path {
+            return true;
+        }
+        match (std::fs::metadata(&self.path), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) if a.file_type().is_block_device() => {
+                b.file_type().is_block_device() && a.rdev() == b.rdev()
+            }
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
     }
 
     fn parse(line: &[u8]) -> Option<OpenRequest> {

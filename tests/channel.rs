@@ -356,3 +356,43 @@ fn remote_usage_errors_keep_exit_2() {
         assert!(line.contains(&remote), "{err}");
     }
 }
+
+/// Issue 18, item 4: `bsync --server -f PATH`, the lock-down, serves
+/// bdsync's client form when it names PATH (by any name), and refuses any
+/// other device in a line that says so; nothing is written to either.
+#[test]
+fn a_locked_server_serves_bdsyncs_client_and_refuses_other_devices() {
+    let dir = TempDir::new("channel-locked");
+    let (src, dst) = make_pair(2 << 20, 27);
+    let (a, b, other) = (dir.join("a.img"), dir.join("b.img"), dir.join("other.img"));
+    write_file(&a, &src);
+    write_file(&b, &dst);
+    write_file(&other, &dst);
+    let link = dir.join("link.img");
+    std::os::unix::fs::symlink(&b, &link).unwrap();
+    let remsh = format!("{BIN} --server -f '{}'", b.display());
+    let patch = dir.join("p.bsync");
+    for name in [&b, &link] {
+        run_ok(
+            bsync()
+                .args(["--blocksize=262144", &remsh])
+                .arg(&a)
+                .arg(name)
+                .stdout(File::create(&patch).unwrap()),
+        );
+    }
+    assert_eq!(read_file(&b), dst);
+    let out = run(bsync()
+        .args(["--blocksize=262144", &remsh])
+        .arg(&a)
+        .arg(&other)
+        .stdout(File::create(dir.join("refused.bsync")).unwrap()));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("locked to"), "{err}");
+    assert!(err.contains("other.img"), "{err}");
+    assert!(!err.contains("bad preamble"), "{err}");
+    assert_eq!(read_file(&other), dst);
+    run_ok(bsync().arg("--patch").stdin(File::open(&patch).unwrap()));
+    assert_same(&a, &b);
+}

@@ -118,7 +118,10 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
         .map_err(|e| Error::io(&peer, "set deadlines", e))?;
     let mut config = config.clone();
     let (role, path) = match &s.path {
-        Some(path) => (s.role, path.clone()),
+        Some(path) => (
+            locked_role(s, path, &mut stream, &peer, &mut config)?,
+            path.clone(),
+        ),
         None => {
             let req = OpenRequest::read(&mut stream, &peer)?;
             if req.block_size == 0 || req.block_size > MAX_BLOCK_SIZE {
@@ -159,6 +162,49 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
         false,
     );
     result
+}
+
+/// `--server -f PATH`, locked to PATH: a client that names the device
+/// first (bdsync's client form, `REMSHCMD LOCDEV REMDEV`) is served when it
+/// names PATH, as the role it asks for, except that a server started as a
+/// source (`-d`) is never made a destination; any other device is refused,
+/// and the client is told why. A client that starts with the preamble
+/// (`-t` inside ssh) is served as the command line says.
+fn locked_role(
+    s: &Stdio,
+    path: &std::path::Path,
+    stream: &mut PipeStream,
+    peer: &str,
+    config: &mut Config,
+) -> Result<Role> {
+    let Some(req) = OpenRequest::read_if_sent(stream, peer)? else {
+        return Ok(s.role);
+    };
+    let refusal = if !req.names(path) {
+        Some(format!(
+            "this server is locked to {} (--server -f); the client asked for {}",
+            path.display(),
+            req.path.display()
+        ))
+    } else if req.role == Role::Destination && s.role == Role::Source {
+        Some(format!(
+            "this server serves {} only as a source (--server -d -f)",
+            path.display()
+        ))
+    } else if req.block_size == 0 || req.block_size > MAX_BLOCK_SIZE {
+        Some("block size out of range".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        // Past the preamble, the client reads the reason as its error.
+        if let Ok(lane) = Lane::open(stream.clone(), peer.to_string(), config.env.io_timeout) {
+            lane.sender.fail(&format!("server: {why}"));
+        }
+        return Err(Error::Failed(format!("{peer}: {why}")));
+    }
+    config.transfer.block_size = req.block_size;
+    Ok(req.role)
 }
 
 /// After every lane of a session is lost, how long a new client waits
