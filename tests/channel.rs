@@ -171,6 +171,12 @@ fn over_ssh_uploads_downloads_compares_and_writes_patches() {
 /// stand-in does after a `--server` command ended instead of exiting (as an
 /// ssh that lingers would), for example `exec sleep 60`.
 fn standin_ssh(dir: &TempDir, after_server: &str) -> String {
+    standin_ssh_running(dir, &format!("sh -c \"$last\"; {after_server}"))
+}
+
+/// [`standin_ssh`] that runs a `--server` command (`$last`) with
+/// `server_line` instead.
+fn standin_ssh_running(dir: &TempDir, server_line: &str) -> String {
     let path = dir.join("standin-ssh");
     let script = format!(
         r#"#!/bin/sh
@@ -179,7 +185,7 @@ for a; do last=$a; done
 case " $* " in *" -G "*) echo "hostname 127.0.0.1"; exit 0;; esac
 export SSH_CONNECTION="127.0.0.1 1 127.0.0.1 22" XDG_CACHE_HOME='{cache}'
 case $last in
-*--server*) sh -c "$last"; {after_server} ;;
+*--server*) {server_line} ;;
 *) exec sh -c "$last" ;;
 esac
 "#,
@@ -395,4 +401,33 @@ fn a_locked_server_serves_bdsyncs_client_and_refuses_other_devices() {
     assert_eq!(read_file(&other), dst);
     run_ok(bsync().arg("--patch").stdin(File::open(&patch).unwrap()));
     assert_same(&a, &b);
+}
+
+/// Issue 18, item 8: a pipe that stops taking data (ssh with a full window
+/// on a dead link: here the remote reads 20 pieces and then nothing) fails the
+/// upload within the network deadline, instead of a write that never
+/// returns.
+#[test]
+fn a_pipe_that_stops_reading_fails_within_the_deadline() {
+    let dir = TempDir::new("channel-stuck");
+    let shell = standin_ssh_running(
+        &dir,
+        r#"{ dd bs=64k count=20; exec sleep 30; } 2>/dev/null | sh -c "$last""#,
+    );
+    let (src, dst) = make_pair(8 << 20, 28);
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &src);
+    write_file(&b, &dst);
+    let (code, err, secs) = run_within(
+        bsync()
+            .args(["-b", "1M", "-over-ssh", "-ssh", &shell, "-f"])
+            .arg(&a)
+            .arg("-t")
+            .arg(format!("h:{}", b.display()))
+            .env("BSYNC_IO_TIMEOUT", "3"),
+        std::time::Duration::from_secs(28),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(secs < 25.0, "took {secs:.1} s: {err}");
+    assert!(err.contains("timed out"), "{err}");
 }
