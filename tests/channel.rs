@@ -429,5 +429,11 @@ fn a_pipe_that_stops_reading_fails_within_the_deadline() {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(secs < 25.0, "took {secs:.1} s: {err}");
-    assert!(err.contains("timed out"), "{err}");
+    // The host as typed, and which side went silent.
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("bsync: "))
+        .unwrap_or_default();
+    assert!(line.contains("timed out"), "{err}");
+    assert!(line.contains("h (the remote destination"), "{err}");
 }

@@ -201,17 +201,8 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
         auto: false,
     };
-    let synced = channel::sync(endpoint, &copy, &target.path, &connect, config, log).map_err(|e| {
-        match e {
-            // The remote's own words, said of the host as it was typed, not
-            // of the address this side connected to.
-            Error::Remote { msg, .. } => Error::Remote {
-                peer: name.clone(),
-                msg: msg.strip_prefix("server: ").unwrap_or(&msg).to_string(),
-            },
-            other => other,
-        }
-    });
+    let synced = channel::sync(endpoint, &copy, &target.path, &connect, config, log)
+        .map_err(|e| of_remote(e, name, launch.role, &connect));
     match synced {
         // The one-session server was not used: stop it (which removes the
         // directory; the binary inside ssh already runs).
@@ -220,6 +211,57 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
             Ok(())
         }
         synced => conclude(synced.map(|_| ()), remote, config, name, log),
+    }
+}
+
+/// An error of the session said of the host as it was typed, not of the
+/// address this side connected to: the remote's own words as `HOST failed:
+/// ...`; a lost, silent or garbled connection as `HOST (the remote source)`
+/// or `HOST (the remote destination)`, the side that failed. `role` is
+/// this end's; `c` the connection the client made.
+fn of_remote(e: Error, name: &str, role: Role, c: &Connect) -> Error {
+    let side = match role {
+        Role::Source => "destination",
+        Role::Destination => "source",
+    };
+    let tcp = if c.host.contains(':') {
+        format!("server [{}]:{}", c.host, c.port)
+    } else {
+        format!("server {}:{}", c.host, c.port)
+    };
+    let inside = format!("{name} (inside ssh)");
+    let rename = |s: String| {
+        s.replace(&tcp, &format!("{name} (the remote {side})"))
+            .replace(&inside, &format!("{name} (the remote {side}, inside ssh)"))
+    };
+    match e {
+        Error::Remote { msg, .. } => Error::Remote {
+            peer: name.to_string(),
+            msg: msg.strip_prefix("server: ").unwrap_or(&msg).to_string(),
+        },
+        Error::Timeout { peer, phase } => Error::Timeout {
+            peer: rename(peer),
+            phase,
+        },
+        Error::Closed { peer, phase } => Error::Closed {
+            peer: rename(peer),
+            phase,
+        },
+        Error::Protocol { peer, what } => Error::Protocol {
+            peer: rename(peer),
+            what,
+        },
+        Error::Auth { peer, why } => Error::Auth {
+            peer: rename(peer),
+            why,
+        },
+        Error::Io { what, op, source } => Error::Io {
+            what: rename(what),
+            op,
+            source,
+        },
+        Error::Failed(msg) => Error::Failed(rename(msg)),
+        other => other,
     }
 }
 
