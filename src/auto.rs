@@ -92,10 +92,16 @@ const MAX_PREFETCH: usize = 256;
 /// Settings for the link and machine `m` describes, starting from the
 /// defaults `t` (whose skip and block size are the starting point).
 pub fn choose(m: &Measured, t: &Transfer) -> Choice {
+    // -bwlimit is the link's ceiling: the rest is chosen for that rate.
+    let limit = t.bwlimit.map(|b| b as f64).filter(|&b| b < m.throughput);
     let link = format!(
-        "round trip {:.2} ms, link {}",
+        "round trip {:.2} ms, link {}{}",
         m.rtt.as_secs_f64() * 1e3,
-        rate(m.throughput)
+        rate(m.throughput),
+        limit.map_or(String::new(), |b| format!(
+            " held to {} by -bwlimit",
+            rate(b)
+        ))
     );
     let keep = |why: String| Choice {
         transfer: *t,
@@ -104,15 +110,21 @@ pub fn choose(m: &Measured, t: &Transfer) -> Choice {
     let Some(default) = m.levels.iter().find(|s| s.level == Level::Default) else {
         return keep("nothing to compress in the sample".into());
     };
-    let throughput = m.throughput.max(1.0);
+    let throughput = limit.unwrap_or(m.throughput).max(1.0);
     let wire = |s: &Sample| s.ratio / throughput;
     let cpu = |s: &Sample, w: usize| 1.0 / (s.speed.max(1.0) * w as f64);
     if wire(default) < cpu(default, 1) * MARGIN {
-        return keep(format!(
-            "zstd {:.0} MB/s per core (ratio {:.2}) is the bottleneck",
+        let zstd = format!(
+            "zstd {:.0} MB/s per core ({})",
             default.speed / 1e6,
-            default.ratio
-        ));
+            ratio(default.ratio)
+        );
+        // Name the slower of the two, as it is.
+        return keep(if wire(default) <= cpu(default, 1) {
+            format!("{zstd} is the bottleneck")
+        } else {
+            format!("the link is the bottleneck, by less than {MARGIN:.0}x against {zstd}")
+        });
     }
     let cost = |s: &Sample, w: usize| wire(s).max(cpu(s, w));
     let max_workers = m.cores.clamp(1, MAX_WORKERS);
@@ -147,10 +159,10 @@ pub fn choose(m: &Measured, t: &Transfer) -> Choice {
         .iter()
         .map(|s| {
             format!(
-                "{} {:.0} MB/s ({:.2})",
+                "{} {:.0} MB/s ({})",
                 level_name(s.level),
                 s.speed / 1e6,
-                s.ratio
+                ratio(s.ratio)
             )
         })
         .collect();
@@ -199,6 +211,12 @@ fn level_name(l: Level) -> &'static str {
         Level::Better => "better",
         Level::Best => "best",
     }
+}
+
+/// A compressed-over-raw ratio as the summary writes it: raw over sent,
+/// `2.13:1` (`1.00:1` for data that does not compress).
+fn ratio(compressed_over_raw: f64) -> String {
+    format!("{:.2}:1", 1.0 / compressed_over_raw.max(1e-3))
 }
 
 /// Bytes per second as `12.3 MB/s (98 Mbit/s)`.
@@ -436,6 +454,39 @@ mod tests {
         // Default level: 0.40 / 150 MB/s on the wire, 1 / 400 MB/s of CPU.
         let c = choose(&measured(0.05, 1200.0), &defaults());
         assert_eq!(c.transfer, defaults(), "{}", c.why);
+        // Issue 19, item 3: and the line says the link is the slower.
+        assert!(
+            c.why
+                .contains("the link is the bottleneck, by less than 2x"),
+            "{}",
+            c.why
+        );
+        assert!(!c.why.contains("is the bottleneck: keeping"), "{}", c.why);
+    }
+
+    /// Issue 19, item 3: -bwlimit is the link's ceiling, and the ratio is
+    /// written as the summary writes it.
+    #[test]
+    fn bwlimit_is_the_links_ceiling() {
+        let mut t = defaults();
+        t.bwlimit = Some(5 << 20);
+        let c = choose(&measured(0.03, 20_000.0), &t);
+        assert!(
+            c.why.contains("held to 5.2 MB/s (42 Mbit/s) by -bwlimit"),
+            "{}",
+            c.why
+        );
+        assert!(
+            c.why.contains("the link is the bottleneck, so"),
+            "{}",
+            c.why
+        );
+        assert_eq!(c.transfer.compression, Some(Level::Best), "{}", c.why);
+        assert_eq!(c.transfer.bwlimit, Some(5 << 20));
+        assert!(c.why.contains("best 60 MB/s (2.94:1)"), "{}", c.why);
+        let c = choose(&measured(0.03, 20_000.0), &defaults());
+        assert!(c.why.contains("(2.50:1) is the bottleneck"), "{}", c.why);
+        assert!(!c.why.contains("ratio"), "{}", c.why);
     }
 
     #[test]

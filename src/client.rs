@@ -5,28 +5,24 @@
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::auth::{self, Handshake, Secret};
-use crate::block::Geometry;
+use crate::auth::Secret;
 use crate::compress;
 use crate::config::{Connect, DryRun, Env, Role, Transfer};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::handshake;
 use crate::net::{self, Lane, Stream};
 use crate::patch;
 use crate::progress::Log;
-use crate::proto::{self, AUTH_FAILED, FLAG_DRY, Frame, Hello, MAX_BLOCK_SIZE, Welcome};
-use crate::session::{self, Params};
+use crate::proto::{self, FLAG_DRY, Frame, Hello, Welcome};
+use crate::session::{self, NoRejoin, Own, Params};
 use crate::sys;
 
-/// Run a client session as `c` says, moving data as `t` says (or as
-/// `-auto` chooses, when `c.auto`).
-pub fn run(c: &Connect, t: &Transfer, env: &Env, log: &Log) -> Result<()> {
-    run_dry(c, t, env, log, None, b"")
-}
-
-/// [`run`], or with `dry` a dry run that writes nothing to the server's
-/// destination (`--compare`, `--write-patch`); a patch names `target`.
-pub fn run_dry(
+/// Connect over TCP and run a client session as `c` says, moving data as
+/// `t` says (or as `-auto` chooses, when `c.auto`); with `dry` a dry run
+/// that writes nothing to the server's destination (`--compare`,
+/// `--write-patch`), whose patch names `target`.
+pub fn connect_tcp(
     c: &Connect,
     t: &Transfer,
     env: &Env,
@@ -34,16 +30,16 @@ pub fn run_dry(
     dry: Option<&DryRun>,
     target: &[u8],
 ) -> Result<()> {
-    run_dry_within(c, t, env, log, dry, target, None)
+    connect_tcp_within(c, t, env, log, dry, target, None)
 }
 
 /// What the first lane's failed connect says when it had a deadline of its
-/// own ([`run_dry_within`]): nothing of the session has started.
+/// own ([`connect_tcp_within`]): nothing of the session has started.
 pub const FIRST_CONNECT: &str = "connect (first lane, short deadline)";
 
-/// [`run_dry`], the first lane's TCP connect limited to `first_connect`;
+/// [`connect_tcp`], the first lane's TCP connect limited to `first_connect`;
 /// failing that, the error's operation is [`FIRST_CONNECT`].
-pub fn run_dry_within(
+pub fn connect_tcp_within(
     c: &Connect,
     t: &Transfer,
     env: &Env,
@@ -89,28 +85,17 @@ pub fn run_dry_within(
         opened = Some(o);
     }
     let t = &tuned;
-    let mut id = [0u8; 16];
-    sys::getrandom(&mut id).map_err(|e| Error::io("client", "get random bytes", e))?;
     let lanes_n = u16::try_from(t.workers).unwrap_or(u16::MAX);
-    // Validation caps -b at MAX_BLOCK_SIZE, 1 GiB.
-    let block_size = u32::try_from(t.block_size)
-        .map_err(|_| Error::usage(format!("-b: {} is too large", t.block_size)))?;
-    let hello = |lane: u16| Hello {
-        session: u128::from_le_bytes(id),
-        lane,
-        lanes: lanes_n,
-        download: !upload,
-        block_size,
-        skip: t.skip,
-        source_size: source.as_ref().map_or(0, Disk::size),
-        compression: compress::code(t.compression),
-        flags: Secret::flags(secret) | if dry.is_some() { FLAG_DRY } else { 0 },
-        // Filled in afresh for every connection.
-        nonce: [0; proto::NONCE_LEN],
+    let source_size = source.as_ref().map_or(0, Disk::size);
+    let hello0 = hello(c.role, t, source_size, lanes_n, secret, dry.is_some())?;
+    let hello = |lane: u16| {
+        let mut h = hello0;
+        h.lane = lane;
+        h
     };
 
     let (first, welcome) = match (opened, first_connect) {
-        (Some(o), _) => dial.greet(o, &hello(0))?,
+        (Some(o), _) => dial.greet(o, &hello(0), None)?,
         (None, Some(limit)) => {
             let stream = dial.tcp_within(limit).map_err(|e| match e {
                 Error::Io { what, source, .. } => Error::Io {
@@ -122,54 +107,21 @@ pub fn run_dry_within(
             })?;
             net::configure_tcp(&stream);
             let opened = dial.open_on(stream, Duration::ZERO)?;
-            dial.greet(opened, &hello(0))?
+            dial.greet(opened, &hello(0), None)?
         }
-        (None, None) => connect_retrying(&dial, &hello(0), log)?,
+        (None, None) => connect_retrying(&dial, &hello(0), None, log)?,
     };
-    if let Some(why) = welcome_mismatch(&hello(0), &welcome, upload) {
-        return Err(Error::protocol(
-            &peer,
-            format!("the server's Welcome does not match this end's Hello: {why}"),
-        ));
-    }
-    let block_size = usize::try_from(welcome.block_size).unwrap_or(usize::MAX);
-    if block_size == 0 || block_size > MAX_BLOCK_SIZE {
-        return Err(Error::protocol(
-            &peer,
-            format!("block size {block_size} out of range"),
-        ));
-    }
+    let params = Params::agreed(&welcome, own(t, env, secret));
+    let (geo, block_size) = (params.geo, params.geo.block_size);
     let max = proto::max_payload(block_size);
     let mut lanes = vec![first];
     for lane in 1..lanes_n {
-        let (l, w) = connect_retrying(&dial, &hello(lane), log)?;
-        if w != welcome {
-            return Err(Error::protocol(
-                &peer,
-                "lanes of one session got different parameters",
-            ));
-        }
+        let (l, _) = connect_retrying(&dial, &hello(lane), Some(welcome), log)?;
         lanes.push(l);
     }
     for lane in &mut lanes {
         lane.reader.set_max(max);
     }
-    let geo = Geometry {
-        size: welcome.source_size,
-        block_size,
-    };
-    let first_block = welcome.skip.min(geo.blocks());
-    let params = Params {
-        geo,
-        first: first_block,
-        salt: welcome.salt,
-        compression: t.compression,
-        workers: t.workers,
-        prefetch: t.prefetch,
-        deadline: env.io_timeout,
-        encrypted: secret.is_some_and(Secret::encrypts),
-        bwlimit: t.bwlimit,
-    };
     log.info(format!(
         "connected to {peer}: {} {} in blocks of {}, {} {}",
         if upload { "uploading" } else { "downloading" },
@@ -180,7 +132,7 @@ pub fn run_dry_within(
     ));
     let redial = Redial {
         dial: &dial,
-        hello: hello(0),
+        hello: hello0,
         welcome,
         max,
         log,
@@ -202,77 +154,44 @@ pub fn run_dry_within(
     }
 }
 
-/// A lane that is lost stays lost: a session over one stream (a remote
-/// shell's pipes) cannot dial again.
-pub struct NoRejoin;
-
-impl session::Rejoin for NoRejoin {
-    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
-        Err(Error::Failed(format!(
-            "lane {lane}: the remote shell's stream is gone and cannot be reopened"
-        )))
-    }
+/// A one-lane session over the pipes of a remote shell running
+/// `bsync --server`, for [`connect_pipe`].
+pub struct Pipe<'a> {
+    /// Who is on the other end, for messages.
+    pub peer: &'a str,
+    /// This end's role.
+    pub role: Role,
+    /// A dry run, as in [`connect_tcp`], and the target its patch names.
+    pub dry: Option<(&'a DryRun, &'a [u8])>,
+    /// Told the session's parameters before it runs.
+    pub on_params: Option<&'a dyn Fn(&Params)>,
 }
 
-/// Run `role` on `disk` (a source, or a dry destination) in a one-lane
-/// session over `stream`, the pipes of a remote shell running
-/// `bsync --server`; `dry` as in [`run_dry`]. Returns the verification
-/// digest.
-#[allow(clippy::too_many_arguments)]
-pub fn run_over<S: Stream>(
+/// Run `pipe.role` on `disk` (a source, or a dry destination) in a
+/// one-lane session over `stream`, moving data as `t` says. Returns the
+/// verification digest.
+pub fn connect_pipe<S: Stream>(
     stream: S,
-    peer: &str,
-    role: Role,
+    pipe: &Pipe<'_>,
     disk: &mut Disk,
     t: &Transfer,
     env: &Env,
     log: &Log,
-    dry: Option<&DryRun>,
-    target: &[u8],
-    on_params: Option<&dyn Fn(&Params)>,
 ) -> Result<u128> {
+    let Pipe {
+        peer,
+        role,
+        dry,
+        on_params,
+    } = *pipe;
     let upload = role == Role::Source;
-    let mut id = [0u8; 16];
-    sys::getrandom(&mut id).map_err(|e| Error::io("client", "get random bytes", e))?;
-    let block_size = u32::try_from(t.block_size)
-        .map_err(|_| Error::usage(format!("-b: {} is too large", t.block_size)))?;
-    let hello = Hello {
-        session: u128::from_le_bytes(id),
-        lane: 0,
-        lanes: 1,
-        download: !upload,
-        block_size,
-        skip: t.skip,
-        source_size: if upload { disk.size() } else { 0 },
-        compression: compress::code(t.compression),
-        flags: if dry.is_some() { FLAG_DRY } else { 0 },
-        nonce: [0; proto::NONCE_LEN],
-    };
+    let source_size = if upload { disk.size() } else { 0 };
+    let hello = hello(role, t, source_size, 1, None, dry.is_some())?;
     let (mut lane, welcome) = handshake(stream, peer, &hello, None, env.io_timeout)?;
-    if welcome.block_size != block_size || welcome.skip != t.skip || welcome.lanes != 1 {
-        return Err(Error::protocol(
-            peer,
-            "the server changed the session's parameters",
-        ));
-    }
-    let max = proto::max_payload(t.block_size);
-    lane.reader.set_max(max);
-    let geo = Geometry {
-        size: welcome.source_size,
-        block_size: t.block_size,
-    };
-    let params = Params {
-        geo,
-        first: welcome.skip.min(geo.blocks()),
-        salt: welcome.salt,
-        compression: t.compression,
-        workers: t.workers,
-        prefetch: t.prefetch,
-        // A remote shell's pipes: whatever protects them (ssh) seals.
-        encrypted: false,
-        bwlimit: t.bwlimit,
-        deadline: env.io_timeout,
-    };
+    // A remote shell's pipes: whatever protects them (ssh) seals.
+    let params = Params::agreed(&welcome, own(t, env, None));
+    let geo = params.geo;
+    lane.reader.set_max(proto::max_payload(geo.block_size));
     if let Some(f) = on_params {
         f(&params);
     }
@@ -288,11 +207,11 @@ pub fn run_over<S: Stream>(
             (false, false) => "downloading",
         },
         crate::progress::human_bytes(geo.size),
-        crate::progress::human_bytes(t.block_size as u64),
+        crate::progress::human_bytes(geo.block_size as u64),
     ));
     let progress = !log.is_quiet();
     match dry {
-        Some(dry) => patch::make::run_source(
+        Some((dry, target)) => patch::make::run_source(
             dry,
             target,
             &params,
@@ -316,41 +235,74 @@ pub fn run_over<S: Stream>(
     }
 }
 
-/// What in a `Welcome` contradicts the `Hello` it answers: the skip and
-/// the lanes always, and in an upload the block size and the source size
-/// too (the source's are authoritative).
-fn welcome_mismatch(hello: &Hello, welcome: &Welcome, upload: bool) -> Option<String> {
-    if welcome.skip != hello.skip {
-        return Some(format!("skip {} instead of {}", welcome.skip, hello.skip));
+/// The `Hello` of lane 0 of a new session in `role`, moving data as `t`
+/// says: the one place a `Hello` is made (the nonce is filled in afresh
+/// for every connection).
+fn hello(
+    role: Role,
+    t: &Transfer,
+    source_size: u64,
+    lanes: u16,
+    secret: Option<&Secret>,
+    dry: bool,
+) -> Result<Hello> {
+    let mut id = [0u8; 16];
+    sys::getrandom(&mut id).map_err(|e| Error::io("client", "get random bytes", e))?;
+    // Validation caps -b at MAX_BLOCK_SIZE, 1 GiB.
+    let block_size = u32::try_from(t.block_size)
+        .map_err(|_| Error::usage(format!("-b: {} is too large", t.block_size)))?;
+    Ok(Hello {
+        session: u128::from_le_bytes(id),
+        lane: 0,
+        lanes,
+        download: role == Role::Destination,
+        block_size,
+        skip: t.skip,
+        source_size,
+        compression: compress::code(t.compression),
+        flags: Secret::flags(secret) | if dry { FLAG_DRY } else { 0 },
+        nonce: [0; proto::NONCE_LEN],
+    })
+}
+
+/// What the client brings to a session's parameters.
+fn own(t: &Transfer, env: &Env, secret: Option<&Secret>) -> Own {
+    Own {
+        compression: t.compression,
+        workers: t.workers,
+        prefetch: t.prefetch,
+        deadline: env.io_timeout,
+        encrypted: secret.is_some_and(Secret::encrypts),
+        bwlimit: t.bwlimit,
     }
-    if welcome.lanes != hello.lanes {
-        return Some(format!(
-            "{} lanes instead of {}",
-            welcome.lanes, hello.lanes
-        ));
-    }
-    if upload && welcome.block_size != hello.block_size {
-        return Some(format!(
-            "block size {} instead of {}",
-            welcome.block_size, hello.block_size
-        ));
-    }
-    if upload && welcome.source_size != hello.source_size {
-        return Some(format!(
-            "source size {} instead of {}",
-            welcome.source_size, hello.source_size
-        ));
-    }
-    None
 }
 
 /// Open a lane for the first time, retrying a connection lost during the
 /// handshake as a rejoined lane is retried; a refused or unreachable server
 /// is not retried (it is not there, and saying so at once is kinder).
-fn connect_retrying(dial: &Dial<'_>, hello: &Hello, log: &Log) -> Result<(Lane, Welcome)> {
+fn connect_retrying(
+    dial: &Dial<'_>,
+    hello: &Hello,
+    expect: Option<Welcome>,
+    log: &Log,
+) -> Result<(Lane, Welcome)> {
     let mut attempt = 1;
     loop {
-        match dial.connect(hello) {
+        // A server still holding a lost session admits a new client only
+        // after its grace: a wait the user hears about.
+        let note = crate::progress::WaitNote::start(
+            log,
+            format!(
+                "{} to admit this session (a server still holding a lost session \
+                 admits a new client after {} s)",
+                dial.peer,
+                crate::server::TAKEOVER_GRACE.as_secs()
+            ),
+            dial.deadline,
+        );
+        let connected = dial.connect(hello, expect);
+        drop(note);
+        match connected {
             Ok(ok) => return Ok(ok),
             Err(e)
                 if net::is_connection_loss(&e) && !unreachable(&e) && attempt < REDIAL_ATTEMPTS =>
@@ -397,7 +349,9 @@ impl session::Rejoin for Redial<'_> {
             self.log.info(format!(
                 "lane {lane}: connection lost, reconnecting ({attempt}/{REDIAL_ATTEMPTS})"
             ));
-            match self.dial.connect(&hello) {
+            // A changed session fails at once; a lost or garbled
+            // connection is dialed again.
+            match self.dial.connect(&hello, None) {
                 Ok((mut fresh, welcome)) if welcome == self.welcome => {
                     fresh.reader.set_max(self.max);
                     return Ok(fresh);
@@ -438,10 +392,11 @@ struct Opened {
 
 impl Dial<'_> {
     /// Open one lane: connect, exchange preambles, answer the challenge with
-    /// a hello (and a proof), check the server's proof, get the welcome.
-    fn connect(&self, hello: &Hello) -> Result<(Lane, Welcome)> {
+    /// a hello (and a proof), check the server's proof, get the welcome
+    /// (which must be `expect`, when given).
+    fn connect(&self, hello: &Hello, expect: Option<Welcome>) -> Result<(Lane, Welcome)> {
         let opened = self.open()?;
-        self.greet(opened, hello)
+        self.greet(opened, hello, expect)
     }
 
     /// Connect, exchange preambles, read the challenge.
@@ -471,61 +426,27 @@ impl Dial<'_> {
     }
 
     /// Answer the challenge of `opened` with `hello` (and a proof), check
-    /// the server's proof, get the welcome.
-    fn greet(&self, opened: Opened, hello: &Hello) -> Result<(Lane, Welcome)> {
-        let peer = self.peer;
+    /// the server's proof, get the welcome (see [`handshake::Client`]).
+    fn greet(
+        &self,
+        opened: Opened,
+        hello: &Hello,
+        expect: Option<Welcome>,
+    ) -> Result<(Lane, Welcome)> {
         let Opened {
             mut lane,
             server_nonce,
             flags,
             ..
         } = opened;
-        // Nothing is sent to a server that cannot prove what we hold.
-        if let Some(why) = auth::mismatch(hello.flags, flags, "server") {
-            let theirs = auth::mismatch(flags, hello.flags, "client").unwrap_or_default();
-            lane.sender.fail(&format!("{AUTH_FAILED}{theirs}"));
-            return Err(Error::Auth {
-                peer: peer.to_string(),
-                why,
-            });
-        }
         let mut hello = *hello;
         sys::getrandom(&mut hello.nonce).map_err(|e| Error::io("client", "get random bytes", e))?;
-        // Proven with or without a secret: the proofs also show that the
-        // challenge and the hello arrived as they were sent.
-        let hs = Handshake::new(self.secret, &server_nonce, flags, &hello);
-        let (check, tag) = hs.proof(auth::Direction::Up);
-        let mut out = Vec::new();
-        proto::encode(&Frame::Hello(hello), &mut out);
-        proto::encode(&Frame::Proof { check, tag }, &mut out);
-        lane.sender.send(&mut out)?;
-        match lane.reader.read("the server's proof")? {
-            Frame::Proof { check, tag } => match hs.verify(auth::Direction::Down, &check, &tag) {
-                Ok(()) => {}
-                Err(auth::Refusal::Corrupted) => {
-                    return Err(Error::protocol(
-                        peer,
-                        "the handshake was changed in transit (the server's proof \
-                         covers other bytes than this end sent and received)",
-                    ));
-                }
-                Err(auth::Refusal::WrongSecret) => {
-                    return Err(Error::Auth {
-                        peer: peer.to_string(),
-                        why: "the server holds a different key or token".into(),
-                    });
-                }
-            },
-            other => return Err(session::unexpected(peer, &other)),
-        }
-        lane.protect(
-            hs.cipher(auth::Direction::Up),
-            hs.cipher(auth::Direction::Down),
-        );
-        let welcome = match lane.reader.read("the server's welcome")? {
-            Frame::Welcome(w) => w,
-            other => return Err(session::unexpected(peer, &other)),
+        let mut client = handshake::Client::new(self.peer, self.secret, hello, expect);
+        let challenge = Frame::Challenge {
+            nonce: server_nonce,
+            flags,
         };
+        let welcome = lane.handshake(&mut client, Some(challenge))?;
         Ok((lane, welcome))
     }
 
@@ -569,5 +490,5 @@ fn handshake<S: Stream>(
         deadline,
     };
     let opened = dial.open_on(stream, Duration::ZERO)?;
-    dial.greet(opened, hello)
+    dial.greet(opened, hello, None)
 }

@@ -63,19 +63,27 @@ pub enum Mode {
     RemoteShell(RemoteShell),
     /// `--patch[=DST]`: apply a patch read from stdin.
     Apply(Apply),
-    /// Start the other end over SSH, then connect to it as `role`.
-    Ssh {
-        /// Where the other end runs.
-        target: RemoteTarget,
-        /// What this end is.
-        role: Role,
-        /// This end's file or device.
-        path: PathBuf,
-        /// The remote shell command (`-ssh`, else `BSYNC_SSH`, else `ssh`).
-        shell: String,
-        /// Seal every frame with a fresh key (`-e`), not only authenticate.
-        encrypt: bool,
-    },
+    /// Start the other end over SSH, then connect to it.
+    Ssh(Ssh),
+}
+
+/// `-t user@host:/path`: start the other end over SSH, then connect to it
+/// as `role`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ssh {
+    /// Where the other end runs.
+    pub target: RemoteTarget,
+    /// What this end is.
+    pub role: Role,
+    /// This end's file or device.
+    pub path: PathBuf,
+    /// The remote shell command (`-ssh`, else `BSYNC_SSH`, else `ssh`).
+    pub shell: String,
+    /// Seal every frame with a fresh key (`-e`), not only authenticate.
+    pub encrypt: bool,
+    /// `-over-ssh`: carry the session inside the ssh session even when the
+    /// remote's port could be reached.
+    pub over_ssh: bool,
 }
 
 /// A server: where it listens and what it serves.
@@ -330,21 +338,21 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
             "(2 × prefetch {} + 3 × workers {} + 3) blocks of {}",
             t.prefetch,
             t.workers,
-            crate::progress::human_bytes(t.block_size as u64)
+            crate::units::human_bytes(t.block_size as u64)
         )
     } else {
         format!(
             "(prefetch {} + 2 × workers {} + 2) blocks of {}",
             t.prefetch,
             t.workers,
-            crate::progress::human_bytes(t.block_size as u64)
+            crate::units::human_bytes(t.block_size as u64)
         )
     };
     Some(format!(
         "-b/-w/-prefetch: the block buffers would need {} = {formula}, more than half \
          of the {} of memory available; lower -b, -w or -prefetch",
-        crate::progress::human_bytes(need),
-        crate::progress::human_bytes(available)
+        crate::units::human_bytes(need),
+        crate::units::human_bytes(available)
     ))
 }
 
@@ -361,9 +369,6 @@ pub struct Config {
     pub env: Env,
     /// `--compare` or `--write-patch`: nothing is written to the destination.
     pub dry: Option<DryRun>,
-    /// `-over-ssh`: `-t` carries the session inside the ssh session even
-    /// when the remote's port could be reached.
-    pub over_ssh: bool,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! A [`Disk`] is a regular file or a block device with its size and a label
 //! that names its side (`source a.img`), so every error says which end failed.
-//! Opening applies the kernel hints SPEC.md promises (sequential advice,
+//! Opening applies the kernel hints (sequential advice,
 //! a 4 MiB read-ahead on devices, put back when the disk is closed); each
 //! degrades silently where refused, and `-v` says which were applied, which
 //! were skipped and why, once per disk (see [`Disk::detail_once`]).
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{ALLOW_MOUNTED_ENV, Env, NO_HINTS_ENV};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, os_words};
 use crate::mounts;
 use crate::progress::{Log, human_bytes};
 use crate::sys::{self, Advice, Cleared, PinnedBuf};
@@ -305,7 +305,7 @@ impl Disk {
         }
         match sys::fadvise(&disk.file, 0, 0, Advice::Sequential) {
             Ok(()) => disk.detail("fadvise SEQUENTIAL applied"),
-            Err(e) => disk.detail(format!("fadvise SEQUENTIAL refused: {e}")),
+            Err(e) => disk.detail(format!("fadvise SEQUENTIAL refused: {}", os_words(&e))),
         }
         if is_device {
             let note = disk.raise_read_ahead();
@@ -320,7 +320,7 @@ impl Disk {
     fn raise_read_ahead(&mut self) -> String {
         let ra = match sys::read_ahead(&self.file) {
             Ok(ra) => ra,
-            Err(e) => return format!("read-ahead left alone: BLKRAGET failed: {e}"),
+            Err(e) => return format!("read-ahead left alone: BLKRAGET failed: {}", os_words(&e)),
         };
         if ra >= READ_AHEAD {
             return format!(
@@ -339,8 +339,9 @@ impl Disk {
                 )
             }
             Err(e) => format!(
-                "read-ahead left at {}: BLKRASET refused: {e}",
-                human_bytes(ra)
+                "read-ahead left at {}: BLKRASET refused: {}",
+                human_bytes(ra),
+                os_words(&e)
             ),
         }
     }
@@ -398,14 +399,17 @@ impl Disk {
                     Ok(Some(l)) => format!("; RLIMIT_MEMLOCK is {}", human_bytes(l)),
                     _ => String::new(),
                 };
-                format!("mlock refused ({e}{limit}), pages may be swapped")
+                format!(
+                    "mlock refused ({}{limit}), pages may be swapped",
+                    os_words(&e)
+                )
             } else {
                 "not locked (not asked for on this side)".to_string()
             };
             let huge = if buf.is_huge() {
                 "MADV_HUGEPAGE accepted".to_string()
             } else if let Some(e) = buf.huge_error() {
-                format!("MADV_HUGEPAGE refused ({e})")
+                format!("MADV_HUGEPAGE refused ({})", os_words(&e))
             } else {
                 format!(
                     "no MADV_HUGEPAGE (buffers under {})",

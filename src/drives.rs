@@ -61,7 +61,7 @@ pub fn scan(root: &Path) -> io::Result<Vec<Drive>> {
         let msg = if e.kind() == io::ErrorKind::NotFound {
             format!("no such directory {} (is sysfs mounted?)", block.display())
         } else {
-            format!("{}: {e}", block.display())
+            format!("{}: {}", block.display(), crate::error::os_words(&e))
         };
         io::Error::new(e.kind(), msg)
     })?;

@@ -117,7 +117,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(msg) => write!(f, "{msg}"),
-            Error::Io { what, op, source } => write!(f, "{what}: {op}: {source}"),
+            Error::Io { what, op, source } => write!(f, "{what}: {op}: {}", os_words(source)),
             Error::Protocol { peer, what } => write!(f, "protocol error from {peer}: {what}"),
             Error::Timeout { peer, phase } => {
                 write!(f, "timed out waiting for {peer}: {phase}")
@@ -129,6 +129,20 @@ impl fmt::Display for Error {
             Error::Auth { peer, why } => write!(f, "authentication failed with {peer}: {why}"),
             Error::Failed(msg) | Error::Differ(msg) => write!(f, "{msg}"),
         }
+    }
+}
+
+/// What the system says about `e`, in its own words: `Permission denied`,
+/// without the ` (os error 13)` that Rust's `Display` adds. Every message
+/// that shows an I/O error goes through here.
+pub fn os_words(e: &io::Error) -> String {
+    let text = e.to_string();
+    match e.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .unwrap_or(&text)
+            .to_string(),
+        None => text,
     }
 }
 
@@ -154,7 +168,7 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "destination /dev/vdb: write at block 4711: No space left on device (os error 28)"
+            "destination /dev/vdb: write at block 4711: No space left on device"
         );
         assert_eq!(e.exit_status(), EXIT_FAILURE);
     }

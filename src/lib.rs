@@ -24,6 +24,7 @@ pub mod aead;
 pub mod auth;
 pub mod auto;
 pub mod block;
+pub mod child;
 pub mod cli;
 pub mod client;
 pub mod compress;
@@ -33,6 +34,7 @@ pub mod digest;
 pub mod disk;
 pub mod drives;
 pub mod error;
+pub mod handshake;
 pub mod local;
 pub mod lock;
 pub mod mounts;
@@ -51,6 +53,7 @@ pub mod stdio;
 /// Every raw OS call bsync makes; the only module with `unsafe`.
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod units;
 pub mod writer;
 
 pub use error::{Error, Result};
@@ -63,10 +66,11 @@ pub fn run(config: &Config) -> Result<()> {
     let log = Log::new(&config.log);
     if matches!(
         config.mode,
-        Mode::Local { .. } | Mode::Connect(_) | Mode::Serve(_)
+        Mode::Local { .. } | Mode::Connect(_) | Mode::Serve(_) | Mode::Ssh(_)
     ) {
-        // -t has its own signal thread, which also removes the remote copy.
-        progress::watch_interrupts(&log);
+        // The one signal thread: -t also stops its ssh and removes the
+        // remote copy.
+        child::watch_interrupts(&log);
     }
     if matches!(config.mode, Mode::Serve(_)) {
         progress::set_server();
@@ -75,13 +79,12 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::Local {
             source,
             destination,
-        } if config.dry.is_some() => patch::make::local(config, source, destination, &log),
-        Mode::Local {
-            source,
-            destination,
-        } => local::sync(&config.transfer, &config.env, source, destination, &log),
-        Mode::Ssh { .. } => ssh::run(config, &log),
-        Mode::Connect(c) => client::run_dry(
+        } => match &config.dry {
+            Some(dry) => patch::make::local(config, dry, source, destination, &log),
+            None => local::sync(&config.transfer, &config.env, source, destination, &log),
+        },
+        Mode::Ssh(s) => ssh::run(s, config, &log),
+        Mode::Connect(c) => client::connect_tcp(
             c,
             &config.transfer,
             &config.env,
@@ -92,6 +95,7 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::Serve(s) => server::run(s, config, &log),
         Mode::Stdio(s) => server::run_stdio(s, config, &log),
         Mode::Apply(a) => patch::apply::run(a, &config.env, &log),
+        Mode::RemoteShell(r) if r.undo => patch::undo::run(r, config, &log),
         Mode::RemoteShell(r) => remote_shell::run(r, config, &log),
         Mode::ListDrives { sysfs } => list_drives(sysfs),
     }

@@ -18,7 +18,7 @@ use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::pool::{Pool, Pooled};
-use crate::progress::{Log, Reporter, Side, Stats, Totals, report_summary};
+use crate::progress::{Log, Reporter, Side, Stats, Totals, report_summary, summary};
 use crate::reader::read_blocks;
 use crate::session::spawn_scoped;
 use crate::sys::simd::equal;
@@ -42,7 +42,11 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
             )));
         }
     }
+    let new = std::fs::symlink_metadata(dst).is_err();
     let mut dest = Disk::open_destination(dst, env, log)?;
+    if new {
+        log.info(format!("{}: a new file (it did not exist)", dest.label()));
+    }
     dest.fit_to(source.size())?;
 
     let geo = Geometry {
@@ -68,7 +72,13 @@ pub fn sync(t: &Transfer, env: &Env, src: &Path, dst: &Path, log: &Log) -> Resul
     dest.flush()?;
     source.check_unchanged()?;
     let elapsed = reporter.finish();
-    report_summary(log, &stats, elapsed, Side::Local, first, true);
+    // The summary names the destination: a mistyped -t shows here.
+    log.info(format!(
+        "{}: {}",
+        dest.label(),
+        summary(&stats, elapsed, Side::Local, first)
+    ));
+    report_summary(log, &stats, elapsed, Side::Local, first, false);
     dest.report_excess(source.size());
     Ok(())
 }

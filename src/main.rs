@@ -25,17 +25,26 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().write_all(cli::completions(shell).as_bytes());
             0
         }
-        Ok(Command::Run(config)) => match bsync::run(&config) {
-            Ok(()) => 0,
-            Err(e) => {
-                let log = bsync::progress::Log::new(&config.log);
-                log.line(format!("bsync: {e}"));
-                if let Some(hint) = bsync::progress::resume_hint() {
-                    log.line(hint);
-                }
-                e.exit_status()
+        Ok(Command::Run(config)) => {
+            // A --server whose stderr is its protocol stream (inetd, `2>&1`)
+            // logs to syslog instead.
+            if matches!(config.mode, bsync::config::Mode::Stdio(_))
+                && bsync::sys::stderr_is_the_stream()
+            {
+                bsync::sys::syslog_start();
             }
-        },
+            match cli::terminal_refusal(&config).map_or_else(|| bsync::run(&config), Err) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let log = bsync::progress::Log::new(&config.log);
+                    log.line(format!("bsync: {e}"));
+                    if let Some(hint) = bsync::progress::resume_hint() {
+                        log.line(hint);
+                    }
+                    e.exit_status()
+                }
+            }
+        }
         Err(e) => {
             eprintln!("bsync: {e}");
             e.exit_status()

@@ -17,9 +17,10 @@ use std::time::Duration;
 use crate::aead::TAG_LEN;
 use crate::auth::Cipher;
 use crate::error::{Error, Result};
+use crate::handshake::{self, Machine};
 use crate::lock::lock;
 use crate::progress::Log;
-use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE, PREAMBLE_MAGIC, PROTOCOL_VERSION};
+use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE};
 use crate::sys;
 
 /// A byte stream a session can run over.
@@ -82,6 +83,41 @@ pub fn configure_tcp(stream: &TcpStream) {
     let _ = sys::set_socket_buffers(stream, SOCKET_BUFFER);
 }
 
+/// The lanes of the session this process serves: told, should a signal
+/// stop it, that it was stopped.
+static TOLD_ON_INTERRUPT: Mutex<Vec<std::sync::Weak<FrameSender>>> = Mutex::new(Vec::new());
+
+/// Should a signal stop this process, tell the peer on `sender` so (its
+/// user then reads why, not "connection closed").
+pub fn tell_on_interrupt(sender: &Arc<FrameSender>) {
+    lock(&TOLD_ON_INTERRUPT).push(Arc::downgrade(sender));
+}
+
+/// Send `msg` as an error to every peer [`tell_on_interrupt`] named, for
+/// `limit` at most (a peer that stopped reading cannot hold the exit).
+pub fn tell_peers(msg: &str, limit: Duration) {
+    let senders: Vec<Arc<FrameSender>> = lock(&TOLD_ON_INTERRUPT)
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    if senders.is_empty() {
+        return;
+    }
+    let (done, told) = std::sync::mpsc::channel();
+    let msg = msg.to_string();
+    let spawned = std::thread::Builder::new().spawn(move || {
+        // Not `fail`: closing the sockets would end the session here
+        // first, and with it the process, before the signal's exit status.
+        for sender in senders {
+            let _ = sender.send_frame(&Frame::Error(&msg));
+        }
+        let _ = done.send(());
+    });
+    if spawned.is_ok() {
+        let _ = told.recv_timeout(limit);
+    }
+}
+
 /// Turn an I/O error on a socket into a bsync error naming the peer.
 pub fn net_error(peer: &str, phase: &str, e: io::Error) -> Error {
     match e.kind() {
@@ -107,23 +143,7 @@ fn exchange_preamble(stream: &mut impl Stream, peer: &str) -> Result<()> {
     stream
         .read_exact(&mut theirs)
         .map_err(|e| net_error(peer, "handshake", e))?;
-    if &theirs == PREAMBLE {
-        return Ok(());
-    }
-    if theirs.starts_with(PREAMBLE_MAGIC) {
-        let version = String::from_utf8_lossy(&theirs[PREAMBLE_MAGIC.len() - 3..])
-            .trim()
-            .to_string();
-        return Err(Error::protocol(
-            peer,
-            format!(
-                "peer speaks protocol {version}, this bsync speaks {}: \
-                 use the same bsync version on both ends",
-                PROTOCOL_VERSION
-            ),
-        ));
-    }
-    Err(Error::protocol(peer, "not a bsync peer (bad preamble)"))
+    handshake::check_preamble(peer, &theirs)
 }
 
 /// Reads frames from one connection into a reused buffer, checking each
@@ -464,5 +484,51 @@ impl Lane {
     pub fn protect(&mut self, send: Cipher, receive: Cipher) {
         self.reader.cipher = Some(receive);
         self.sender.lock().cipher = Some(send);
+    }
+
+    /// Run the handshake `m` on this lane: feed it `first` (a frame read
+    /// already) and then every frame read, send what it says to send, and
+    /// tag frames once it says so, until it is done or refuses (after
+    /// telling the peer why, if it says to).
+    pub fn handshake<M: Machine>(
+        &mut self,
+        m: &mut M,
+        first: Option<Frame<'_>>,
+    ) -> Result<M::Done> {
+        if let Some(frame) = first {
+            let fed = m.feed(frame);
+            if let Some(done) = self.step(fed)? {
+                return Ok(done);
+            }
+        }
+        loop {
+            let fed = m.feed(self.reader.read(m.waiting_for())?);
+            if let Some(done) = self.step(fed)? {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Do what one step of a handshake says.
+    fn step<D>(
+        &mut self,
+        step: std::result::Result<handshake::Step<D>, handshake::Refused>,
+    ) -> Result<Option<D>> {
+        let mut step = match step {
+            Ok(step) => step,
+            Err(refused) => {
+                if let Some(why) = &refused.tell {
+                    self.sender.fail(why);
+                }
+                return Err(refused.error);
+            }
+        };
+        if !step.send.is_empty() {
+            self.sender.send(&mut step.send)?;
+        }
+        if let Some((send, receive)) = step.protect {
+            self.protect(send, receive);
+        }
+        Ok(step.done)
     }
 }

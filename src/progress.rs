@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::block::Geometry;
 use crate::config::LogOptions;
+pub use crate::units::{human_bytes, plural};
 
 /// Writes log lines to stderr with the `-l` prefix, unless quiet.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +80,10 @@ impl Log {
 
     /// A line printed even with `-q`.
     pub fn line(&self, msg: impl std::fmt::Display) {
+        if crate::sys::syslog_is_on() {
+            crate::sys::syslog_line(&format!("{}{msg}", self.prefix()));
+            return;
+        }
         let live = crate::lock::lock(&LIVE);
         let mut err = std::io::stderr().lock();
         // A closed stderr is not worth dying for.
@@ -131,30 +136,74 @@ pub fn set_server() {
     SERVER.store(true, Relaxed);
 }
 
-/// Take Ctrl-C, SIGTERM and SIGHUP in a thread of our own, so an
-/// interrupted run still says where to resume (then exits 128 + the
-/// signal). Called before any other thread starts, so all inherit the mask.
-pub fn watch_interrupts(log: &Log) {
-    // Once per process, however often `run` is called (tests call it
-    // in-process).
-    static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if WATCHING.swap(true, Relaxed) || crate::sys::block_termination_signals().is_err() {
-        return;
+/// The live line is gone for good: the run is ending on a signal, and what
+/// follows (the resume line, then the shell's prompt) goes on lines of its
+/// own, with nothing drawn after them.
+static ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Clear the live progress line and draw it no more.
+pub fn end_live_line() {
+    let mut live = crate::lock::lock(&LIVE);
+    ENDED.store(true, Relaxed);
+    if live.take().is_some() {
+        let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
     }
-    let log = log.clone();
-    // Without the thread, the signals keep their default action.
-    let watcher = std::thread::Builder::new().spawn(move || {
-        let Ok(sig) = crate::sys::wait_termination_signal() else {
-            return;
-        };
-        log.line("interrupted");
-        if let Some(hint) = resume_hint() {
-            log.line(hint);
+}
+
+/// The terminal's width for the live line: what the terminal says, else
+/// `COLUMNS` (a terminal that reports 0 columns, as some serial consoles
+/// and fresh ptys do), else 80.
+fn terminal_width() -> usize {
+    crate::sys::stderr_columns()
+        .map(usize::from)
+        .or_else(|| columns_env(std::env::var("COLUMNS").ok().as_deref()))
+        .unwrap_or(80)
+}
+
+/// `COLUMNS`, when it is a positive number.
+fn columns_env(value: Option<&str>) -> Option<usize> {
+    value?.trim().parse().ok().filter(|&n| n > 0)
+}
+
+/// A wait that says, once it has lasted a second, what it waits for and
+/// until when; it ends (silently) when dropped.
+pub struct WaitNote {
+    done: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long a wait goes unmentioned.
+const WAIT_SAID_AFTER: Duration = Duration::from_secs(1);
+
+impl WaitNote {
+    /// Start waiting for `what`, for `limit` at most.
+    pub fn start(log: &Log, what: String, limit: Duration) -> WaitNote {
+        let until = std::time::SystemTime::now() + limit;
+        let (done, ended) = mpsc::channel::<()>();
+        let log = log.clone();
+        let thread = std::thread::Builder::new()
+            .spawn(move || {
+                if let Err(RecvTimeoutError::Timeout) = ended.recv_timeout(WAIT_SAID_AFTER) {
+                    log.info(format!(
+                        "waiting for {what}, until {} at the latest",
+                        clock(until)
+                    ));
+                }
+            })
+            .ok();
+        WaitNote {
+            done: Some(done),
+            thread,
         }
-        std::process::exit(128 + sig);
-    });
-    if watcher.is_err() {
-        let _ = crate::sys::unblock_termination_signals();
+    }
+}
+
+impl Drop for WaitNote {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -309,9 +358,11 @@ impl Reporter {
                 let stalled = now - moved >= STALLED_AFTER;
                 let parts = progress_parts(&stats, totals, now - started, &recent, stalled, &notes);
                 if tty {
-                    let width = crate::sys::stderr_columns().map_or(80, usize::from);
-                    let line = fit(&log.prefix(), &parts, width);
+                    let line = fit(&log.prefix(), &parts, terminal_width());
                     let mut live = crate::lock::lock(&LIVE);
+                    if ENDED.load(Relaxed) {
+                        break;
+                    }
                     let _ = write!(std::io::stderr().lock(), "\r{line}\x1b[K");
                     *live = Some(line);
                 } else {
@@ -321,8 +372,9 @@ impl Reporter {
             }
             if tty {
                 let mut live = crate::lock::lock(&LIVE);
-                let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
-                *live = None;
+                if live.take().is_some() {
+                    let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+                }
             }
         });
         Reporter {
@@ -417,15 +469,6 @@ fn fit(prefix: &str, parts: &[String], width: usize) -> String {
         line = join(&keep);
     }
     line.chars().take(max).collect()
-}
-
-/// `1 block`, `2 blocks`.
-pub fn plural(n: u64, word: &str) -> String {
-    if n == 1 {
-        word.to_string()
-    } else {
-        format!("{word}s")
-    }
 }
 
 /// Which end a summary describes.
@@ -545,47 +588,9 @@ fn human_duration_precise(d: Duration) -> String {
     }
 }
 
-/// Human size with binary units and one decimal, e.g. `931.5 GiB`,
-/// `4.0 MiB`; plain bytes below 1 KiB (`512 B`).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut unit = 0;
-    while unit + 1 < UNITS.len() && n >> (10 * (unit + 1)) > 0 {
-        unit += 1;
-    }
-    if unit == 0 {
-        return format!("{n} B");
-    }
-    // Integer tenths, rounded half up; u128 so that u64::MAX * 10 fits.
-    let div = 1u128 << (10 * unit);
-    let mut tenths = (u128::from(n) * 10 + div / 2) / div;
-    // 1048575 B would otherwise print as "1024.0 KiB".
-    if tenths >= 10240 && unit + 1 < UNITS.len() {
-        unit += 1;
-        tenths = (u128::from(n) * 10 + (div << 9)) / (div << 10);
-    }
-    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_bytes_examples() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1024), "1.0 KiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(4 << 20), "4.0 MiB");
-        assert_eq!(human_bytes(10 << 30), "10.0 GiB");
-        assert_eq!(human_bytes(1_953_525_168 * 512), "931.5 GiB");
-        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
-        // Rounding never shows 1024.0 of a unit.
-        assert_eq!(human_bytes((1 << 20) - 1), "1.0 MiB");
-        assert_eq!(human_bytes((1 << 20) - 52), "1023.9 KiB");
-    }
 
     #[test]
     fn human_durations() {
@@ -653,6 +658,14 @@ mod tests {
         );
         let narrow = fit("db01-migration: ", &parts, 60);
         assert!(narrow.contains('%') && narrow.contains("ETA"), "{narrow}");
+    }
+
+    #[test]
+    fn columns_come_from_the_environment_when_positive() {
+        assert_eq!(columns_env(Some("40")), Some(40));
+        assert_eq!(columns_env(Some("0")), None);
+        assert_eq!(columns_env(Some("wide")), None);
+        assert_eq!(columns_env(None), None);
     }
 
     #[test]

@@ -215,11 +215,10 @@ fn auto_over_a_100_mbit_link_compresses_harder() {
     let link = match Link::new() {
         Ok(l) => l,
         Err(why) => {
-            eprintln!(
-                "auto_over_a_100_mbit_link_compresses_harder: skipped: {why} \
+            return common::skip(&format!(
+                "{why} \
                  (needs root, ip and tc to make two network namespaces)"
-            );
-            return;
+            ));
         }
     };
     let tmp = TempDir::new("auto-veth");
@@ -248,4 +247,26 @@ fn auto_over_a_100_mbit_link_compresses_harder() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no link rate in {line}"));
     assert!((50.0..=150.0).contains(&mbit), "{line}");
+}
+
+/// Issue 19, item 3: -bwlimit is the link's ceiling for -auto, whose line
+/// then names the link as the bottleneck and writes ratios as N:1.
+#[test]
+fn auto_takes_bwlimit_as_the_link() {
+    let tmp = TempDir::new("auto-bwlimit");
+    let (src, dst) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&src, &compressible(2 << 20, 3));
+    let (mut server, port) = serve(&[], "127.0.0.1", &dst);
+    let err = run_ok(
+        bsync()
+            .args(["-auto", "-bwlimit", "5M", "-f"])
+            .arg(&src)
+            .args(["-r", &format!("127.0.0.1:{port}")]),
+    );
+    assert!(server.wait().unwrap().success());
+    assert_same(&src, &dst);
+    let line = choice(&err);
+    assert!(line.contains("by -bwlimit"), "{line}");
+    assert!(line.contains("the link is the bottleneck"), "{line}");
+    assert!(line.contains(":1)") && !line.contains("ratio"), "{line}");
 }

@@ -2,7 +2,9 @@
 //! client with `ssh ... bsync --server` as its remote shell command, and
 //! `-t` inside the ssh session, asked for (`-over-ssh`) or because the
 //! remote's port cannot be reached. Without `BSYNC_TEST_SSH` each test says
-//! "skipped: no sshd" and passes.
+//! "skipped: no sshd" (`common::skip`: fails under CI) and passes. The tests
+//! below the issue-18 line and one more need no sshd: a stand-in for ssh
+//! runs the remote commands here.
 
 mod common;
 
@@ -15,12 +17,12 @@ use common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_bsync");
 
 /// (`user@host:port`, the ssh command with its options).
-fn sshd(test: &str) -> Option<(String, String)> {
+fn sshd() -> Option<(String, String)> {
     let remote = std::env::var("BSYNC_TEST_SSH")
         .ok()
         .filter(|s| !s.is_empty());
     let Some(remote) = remote else {
-        eprintln!("{test}: skipped: no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
+        common::skip("no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
         return None;
     };
     let shell = std::env::var("BSYNC_SSH").unwrap_or_else(|_| "ssh".into());
@@ -35,7 +37,7 @@ fn ssh_login(remote: &str, shell: &str) -> String {
 
 #[test]
 fn bdsync_client_through_a_real_sshd() {
-    let Some((remote, shell)) = sshd("bdsync_client_through_a_real_sshd") else {
+    let Some((remote, shell)) = sshd() else {
         return;
     };
     let dir = TempDir::new("channel-bdsync");
@@ -93,13 +95,12 @@ esac
 
 #[test]
 fn t_falls_back_into_ssh_when_the_port_is_walled_off() {
-    let Some((remote, shell)) = sshd("t_falls_back_into_ssh_when_the_port_is_walled_off") else {
+    let Some((remote, shell)) = sshd() else {
         return;
     };
     let dir = TempDir::new("channel-walled");
     let Some(walled) = walled_ssh(dir.path(), &shell) else {
-        eprintln!("skipped: unshare -rn is not permitted here");
-        return;
+        return common::skip("unshare -rn is not permitted here");
     };
     let (src, dst) = make_pair(3 << 20, 22);
     let (a, b) = (dir.join("a.img"), dir.join("b.img"));
@@ -119,8 +120,7 @@ fn t_falls_back_into_ssh_when_the_port_is_walled_off() {
 
 #[test]
 fn over_ssh_uploads_downloads_compares_and_writes_patches() {
-    let Some((remote, shell)) = sshd("over_ssh_uploads_downloads_compares_and_writes_patches")
-    else {
+    let Some((remote, shell)) = sshd() else {
         return;
     };
     let dir = TempDir::new("channel-over");
@@ -414,7 +414,8 @@ fn a_pipe_that_stops_reading_fails_within_the_deadline() {
         &dir,
         r#"{ dd bs=64k count=20; exec sleep 30; } 2>/dev/null | sh -c "$last""#,
     );
-    let (src, dst) = make_pair(8 << 20, 28);
+    // Every byte differs and none compresses: 8 MiB must go down the pipe.
+    let (src, dst) = (random_bytes(8 << 20, 28), random_bytes(8 << 20, 30));
     let (a, b) = (dir.join("a.img"), dir.join("b.img"));
     write_file(&a, &src);
     write_file(&b, &dst);
@@ -429,11 +430,69 @@ fn a_pipe_that_stops_reading_fails_within_the_deadline() {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(secs < 25.0, "took {secs:.1} s: {err}");
-    // The host as typed, and which side went silent.
+    // The host as typed, and which side went silent: this end's write
+    // timed out, or the remote's read did first and it said so.
     let line = err
         .lines()
         .find(|l| l.starts_with("bsync: "))
         .unwrap_or_default();
     assert!(line.contains("timed out"), "{err}");
-    assert!(line.contains("h (the remote destination"), "{err}");
+    assert!(
+        line.contains("h (the remote destination") || line.starts_with("bsync: h failed: "),
+        "{err}"
+    );
+}
+
+/// A stand-in for ssh, for `-ssh`: it records the remote command of every
+/// call in `log` and runs it here with `sh`, as sshd would there (`-G`
+/// names the host as loopback; the cache lives in `dir`).
+fn recording_ssh(dir: &Path, log: &Path) -> String {
+    let path = dir.join("recording-ssh");
+    let script = format!(
+        r#"#!/bin/sh
+if [ "$1" = -G ]; then echo "hostname 127.0.0.1"; exit 0; fi
+for a in "$@"; do last=$a; done
+printf '%s\n' "$last" >> '{log}'
+export HOME='{home}' XDG_CACHE_HOME='{home}/cache' SSH_CONNECTION='127.0.0.1 1 127.0.0.1 22'
+exec sh -c "$last"
+"#,
+        log = log.display(),
+        home = dir.display(),
+    );
+    fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The remote bsync inside ssh gets the same limit and verbosity as the
+/// one-session server of `-t`: a download inside ssh (`-over-ssh`) is sent
+/// at the `-bwlimit` asked for, and its server logs with `-v`.
+#[test]
+fn over_ssh_passes_bwlimit_and_verbosity_to_the_remote_server() {
+    let dir = TempDir::new("channel-args");
+    let log = dir.join("ssh.log");
+    let ssh = recording_ssh(dir.path(), &log);
+    let (src, dst) = make_pair(1 << 20, 29);
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &dst);
+    write_file(&b, &src);
+    let err = run_ok(
+        bsync()
+            .args(["-b", "65536", "-ssh", &ssh, "-over-ssh", "-d", "-v"])
+            .args(["-bwlimit", "64M", "-f"])
+            .arg(&a)
+            .arg("-t")
+            .arg(format!("localhost:{}", b.display())),
+    );
+    assert!(err.contains("inside ssh"), "{err}");
+    assert_same(&a, &b);
+    let calls = fs::read_to_string(&log).unwrap();
+    let server = calls
+        .lines()
+        .find(|l| l.contains("--server"))
+        .unwrap_or_else(|| panic!("no --server call in {calls}"));
+    assert!(server.contains(" -bwlimit 67108864"), "{server}");
+    assert!(server.contains(" -v "), "{server}");
+    assert!(server.contains(" -d "), "{server}");
 }

@@ -489,3 +489,248 @@ fn manual_and_completions_are_generated() {
     let out = run(bsync().args(["--completions", "tcsh"]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Issue 19, item 9: an I/O error speaks the system's words, without the
+/// ` (os error N)` Rust adds.
+#[test]
+fn io_errors_speak_the_systems_words() {
+    let scene = Scene::new("os-words");
+    let missing = scene.dir.join("missing");
+    let out = run(bsync().arg("-f").arg(&missing).arg("-t").arg(scene.dst()));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(": No such file or directory\n"), "{err}");
+    assert!(!err.contains("os error"), "{err}");
+}
+
+/// Issue 19, items 1, 5 and 15: bdsync's options are understood outside
+/// its form, rsync's --dry-run points to --compare, conflicting flags name
+/// both, and bdsync's --digest is accepted on its client form.
+#[test]
+fn bdsync_options_and_conflicts() {
+    let scene = Scene::new("bdsync-options");
+    for (args, want) in [
+        (
+            &["--verbose", "-q", "-f", "SRC", "-t", "DST"][..],
+            "-q and -v",
+        ),
+        (&["-q", "-v", "-f", "SRC", "-t", "DST"], "-q and -v"),
+        (
+            &["-t", "DST", "-f", "SRC", "-t", "NEW"],
+            "-t is given twice",
+        ),
+        (
+            &["-b", "4K", "--blocksize=8K", "-f", "SRC", "-t", "DST"],
+            "-b is given twice",
+        ),
+        (&["--dry-run", "-f", "SRC", "-t", "DST"], "--compare"),
+        (&["--diffsize=resize", "-f", "SRC", "-t", "DST"], "--patch"),
+        (&["--digest=md5", "-f", "SRC", "-t", "DST"], "client"),
+        (
+            &["--digest=nosuch", "true", "SRC", "DST"],
+            "not one of bdsync's digests",
+        ),
+    ] {
+        let line = usage_error(&scene, args);
+        assert!(line.contains(want), "{args:?}: {line}");
+        assert!(!line.contains("unknown flag -verbose"), "{line}");
+    }
+    // --verbose, --blocksize and --progress work where -v and -b do.
+    let out = run(bsync().args(scene.args(&[
+        "--verbose",
+        "--blocksize=4K",
+        "--progress",
+        "-f",
+        "SRC",
+        "-t",
+        "NEW",
+    ])));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_file(&scene.new_dst()), read_file(&scene.src()));
+    assert!(stderr(&out).contains("done: 13 blocks"), "{}", stderr(&out));
+}
+
+/// Issue 19, item 15: bdsync's client line with --digest runs, saying once
+/// that bsync checks with its own digest.
+#[test]
+fn bdsync_digest_is_accepted_on_the_client_form() {
+    let scene = Scene::new("bdsync-digest");
+    let server = format!("{} --server", env!("CARGO_BIN_EXE_bsync"));
+    let out = run(bsync().args(scene.args(&["--digest=sha256", &server, "SRC", "DST"])));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!out.stdout.is_empty(), "no patch on stdout");
+    assert_eq!(err.matches("its own 128-bit digest").count(), 1, "{err}");
+}
+
+/// Issue 19, item 12: `bsync -f X` alone serves nothing; it says how bsync
+/// runs and exits 2.
+#[test]
+fn a_bare_file_gets_the_three_ways() {
+    let scene = Scene::new("bare-file");
+    for args in [&["-f", "SRC"][..], &[], &["-w", "2", "-f", "DST"]] {
+        let out = run(bsync().args(scene.args(args)));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for way in ["-t DST", "-p PORT", "-r HOST:PORT"] {
+            assert!(err.contains(way), "{args:?}: {err}");
+        }
+        scene.assert_untouched(&format!("{args:?}"));
+    }
+}
+
+/// Issue 19, item 6: `-t barhost`, a host of ~/.ssh/config and no file
+/// here, is refused asking for host:/path or ./name; a new local file is
+/// said to be new, and the summary names the destination.
+#[test]
+fn a_host_name_as_target_is_refused() {
+    let scene = Scene::new("bare-host");
+    let home = scene.dir.join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    write_file(
+        &home.join(".ssh/config"),
+        b"Host barhost\n  HostName 192.0.2.1\n",
+    );
+    let out = run(bsync()
+        .current_dir(scene.dir.path())
+        .env("HOME", &home)
+        .args(scene.args(&["-f", "SRC", "-t", "barhost"])));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("barhost:/path") && err.contains("./barhost"),
+        "{err}"
+    );
+    assert!(!scene.dir.join("barhost").exists());
+    let out = run(bsync()
+        .current_dir(scene.dir.path())
+        .env("HOME", &home)
+        .args(scene.args(&["-f", "SRC", "-t", "./barhost"])));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("destination ./barhost: a new file"), "{err}");
+    assert!(err.contains("destination ./barhost: done:"), "{err}");
+}
+
+/// Issue 19, item 7: every README section the messages cite exists.
+#[test]
+fn cited_readme_sections_exist() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let out = run(bsync().args(["--twopass", "c", "a", "b"]));
+    let err = stderr(&out);
+    let cited = err
+        .split("README, \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next());
+    let cited = cited.unwrap_or_else(|| panic!("no README section cited: {err}"));
+    assert!(
+        readme
+            .lines()
+            .any(|l| l.starts_with("## ") && l.contains(cited)),
+        "README has no section {cited:?}"
+    );
+    // Issue 19, item 13: one description of -t, the one that is true.
+    let ssh = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("One command over SSH"))
+        .expect("README: One command over SSH");
+    let steps = ssh.lines().filter(|l| l.starts_with("1. ")).count();
+    assert_eq!(steps, 1, "README describes -t {steps} times");
+    assert!(
+        !ssh.contains("`scp` copies"),
+        "README still says -t uses scp"
+    );
+}
+
+/// `sh -c CMD` on a pseudo-terminal (stdin, stdout and stderr), through
+/// util-linux's `script`, stopped after 30 s at most: its exit status and
+/// everything it printed. `None` when `script` is not installed.
+fn in_pty(cmd: &str) -> Option<(Option<i32>, String)> {
+    let out = std::process::Command::new("timeout")
+        .args(["30", "script", "-qec", cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.code() == Some(127) {
+        return None;
+    }
+    Some((out.status.code(), text))
+}
+
+/// Issue 19, item 2: a patch is neither read from nor written to a
+/// terminal: one line, exit 2, as gzip and zstd refuse.
+#[test]
+fn patches_and_terminals() {
+    let scene = Scene::new("pty-patch");
+    let bin = env!("CARGO_BIN_EXE_bsync");
+    let (src, dst) = (
+        scene.src().display().to_string(),
+        scene.dst().display().to_string(),
+    );
+    for (cmd, want) in [
+        (format!("{bin} --patch={dst}"), "stdin, which is a terminal"),
+        (
+            format!("{bin} '{bin} --server' {src} {dst}"),
+            "stdout is a terminal",
+        ),
+        (
+            format!("{bin} -f {src} -t {dst} --write-patch -"),
+            "stdout is a terminal",
+        ),
+    ] {
+        let Some((status, text)) = in_pty(&cmd) else {
+            return skip("no script(1) to make a terminal (util-linux)");
+        };
+        assert_eq!(status, Some(2), "{cmd}: {text}");
+        assert!(text.contains(want), "{cmd}: {text}");
+        assert_eq!(text.trim_end().lines().count(), 1, "{cmd}: {text}");
+    }
+    scene.assert_untouched("a terminal");
+}
+
+/// Issue 19, item 8: on a terminal that reports 0 columns the live line
+/// follows COLUMNS; after a signal the resume line is the last thing
+/// printed, on a line of its own, with no progress redrawn after it.
+#[test]
+fn progress_on_a_terminal_without_columns_and_after_a_signal() {
+    let dir = TempDir::new("pty-progress");
+    let (src, dst, port) = (dir.join("src"), dir.join("dst"), dir.join("port"));
+    write_file(&src, &random_bytes(4 << 20, 191));
+    let bin = env!("CARGO_BIN_EXE_bsync");
+    let cmd = format!(
+        "stty cols 0 rows 0; \
+         {bin} -q -f {dst} -p 0 -i 127.0.0.1 > {port} 2>/dev/null & s=$!; \
+         n=0; while [ ! -s {port} ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done; \
+         COLUMNS=40 {bin} -f {src} -r 127.0.0.1:$(cat {port}) -b 64K -bwlimit 64K & c=$!; \
+         sleep 3; kill -TERM $c; wait $c; echo \"status=$?\"; kill $s",
+        dst = dst.display(),
+        src = src.display(),
+        port = port.display(),
+    );
+    let Some((_, text)) = in_pty(&cmd) else {
+        return skip("no script(1) to make a terminal (util-linux)");
+    };
+    assert!(text.contains("status=143"), "{text:?}");
+    // Every drawing of the live line fits in 40 columns.
+    let drawn: Vec<&str> = text
+        .split(['\r', '\n'])
+        .map(|s| s.trim_start_matches("\x1b[K").trim_end_matches("\x1b[K"))
+        .filter(|s| s.contains('%'))
+        .collect();
+    assert!(!drawn.is_empty(), "no progress drawn: {text:?}");
+    for line in drawn {
+        assert!(line.chars().count() < 40, "wider than COLUMNS=40: {line:?}");
+    }
+    // The resume line ends its line, and the shell's next output follows.
+    let resume = text
+        .find("resume with -s ")
+        .unwrap_or_else(|| panic!("{text:?}"));
+    let rest = &text[resume..];
+    let end = rest.find("\r\n").unwrap_or_else(|| panic!("{rest:?}"));
+    assert!(
+        rest[end..].starts_with("\r\nstatus=143"),
+        "redrawn after: {rest:?}"
+    );
+}

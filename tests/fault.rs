@@ -840,8 +840,7 @@ fn measured_7_a_thread_limit_drops_the_connection_without_a_panic() {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
     if !root || !setpriv.exists() {
-        eprintln!("skipped: needs root and setpriv to run the server as nobody");
-        return;
+        return common::skip("needs root and setpriv to run the server as nobody");
     }
     let dir = std::env::temp_dir().join(format!("bsync-nproc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -880,8 +879,7 @@ fn measured_7_a_thread_limit_drops_the_connection_without_a_panic() {
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
-        eprintln!("skipped: the server did not start as nobody: {line:?}");
-        return;
+        return common::skip(&format!("the server did not start as nobody: {line:?}"));
     };
     let hogs: Vec<_> = (0..60)
         .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())

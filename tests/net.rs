@@ -996,7 +996,7 @@ fn ipv6(name: &str, dir: Dir) {
             assert!(ends.client.contains("[::1]:"), "{}", ends.client);
         }
         // Only a failure to listen means the host has no IPv6 loopback.
-        Err(e) if e.contains("listen") => eprintln!("skipped: cannot serve on ::1 here: {e}"),
+        Err(e) if e.contains("listen") => common::skip(&format!("cannot serve on ::1 here: {e}")),
         Err(e) => panic!("{e}"),
     }
 }
@@ -1853,8 +1853,11 @@ fn without_the_secret_nothing_is_touched_and_the_server_carries_on() {
     );
     assert_eq!(read_file(&d), dst, "the destination changed");
     assert_eq!(mtime(&d), before, "the destination was written");
-    Proc::start(&["-f", arg(&s), "-r", &addr, "-K", KEY]).expect_status(0);
-    server.proc.expect_status(0);
+    let err = Proc::start(&["-f", arg(&s), "-r", &addr, "-K", KEY]).expect_status(0);
+    // Issue 19, item 8: off a terminal, a line says the session is encrypted.
+    assert!(err.contains("the session is encrypted"), "{err}");
+    let log = server.proc.expect_status(0);
+    assert!(log.contains("the session is encrypted"), "{log}");
     assert_same(&s, &d);
 }
 
@@ -1989,8 +1992,16 @@ fn a_new_client_takes_over_after_the_old_one_was_killed() {
     let started = Instant::now();
     let retry = Proc::start(&["-f", arg(&src), "-r", &addr, "-b", "64K"]).expect_status(0);
     assert!(started.elapsed() < Duration::from_secs(15), "{retry}");
+    // Issue 19, item 4: the held client says what it waits for and until when.
+    let held = lines_with(&retry, &["waiting for server", "to admit this session"]).join("\n");
+    assert!(
+        held.contains("until ") && held.contains("at the latest"),
+        "{retry}"
+    );
     let err = server_proc.expect_status(0);
     assert!(err.contains("was abandoned"), "{err}");
+    // Issue 19, item 8: said once.
+    assert!(err.contains("serving the new client 127.0.0.1:"), "{err}");
     assert_same(&src, &dst);
 }
 
@@ -2129,8 +2140,7 @@ fn progress_fits_the_terminal_and_keeps_log_lines_apart() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: no script(1) for a pty");
-        return;
+        return common::skip("no script(1) for a pty");
     }
     let tmp = TempDir::new("tty");
     let (s, d, out) = (tmp.join("src"), tmp.join("dst"), tmp.join("pty.out"));
@@ -2218,4 +2228,36 @@ fn progress_fits_the_terminal_and_keeps_log_lines_apart() {
         plain.contains("encrypted") && plain.contains("limit 256.0 KiB/s"),
         "{plain}"
     );
+}
+
+/// Issue 19, item 4: a server stopped by a signal tells its client so; the
+/// client's error says it, not just "connection closed".
+#[test]
+fn a_stopped_server_says_it_was_stopped() {
+    let dir = TempDir::new("stopped-server");
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &random_bytes(4 * MIB, 153));
+    let server = Server::start(&["-f", arg(&dst)]);
+    let addr = server.addr();
+    let mut server_proc = server.proc;
+    let client = Proc::start(&[
+        "-f",
+        arg(&src),
+        "-r",
+        &addr,
+        "-b",
+        "64K",
+        "-bwlimit",
+        "256K",
+    ]);
+    server_proc.wait_stderr(RUN_LIMIT, |e| e.contains("session from"));
+    let pid = server_proc.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let err = client.expect_status(1);
+    assert!(err.contains("it was stopped by SIGTERM"), "{err}");
+    server_proc.expect_status(143);
 }

@@ -273,8 +273,28 @@ fn sizes_follow_diffsize() {
         // strict: refused, untouched.
         write_file(&t, &stale);
         let err = run_status(&mut apply(&patch, Some(&t), &[]), 1);
-        assert!(err.contains("sizes differ"), "{name}: {err}");
+        assert!(
+            err.contains(&format!("the target is {name}")),
+            "{name}: {err}"
+        );
         assert_eq!(read_file(&t), stale);
+        // Issue 19, item 1: every mode a refusal suggests then works.
+        for hint in err.split("--diffsize=").skip(1) {
+            let mode: String = hint.chars().take_while(char::is_ascii_lowercase).collect();
+            let tried = dir.join("hint.img");
+            write_file(&tried, &stale);
+            let out = run(&mut apply(
+                &patch,
+                Some(&tried),
+                &[&format!("--diffsize={mode}")],
+            ));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{name}: {err}\n{mode}: {}",
+                stderr(&out)
+            );
+        }
         // minsize: a larger target keeps its tail, a smaller one is refused.
         let err = run(&mut apply(&patch, Some(&t), &["--diffsize=minsize"]));
         if len > LEN {
@@ -284,6 +304,8 @@ fn sizes_follow_diffsize() {
             assert_eq!(&got[LEN..], &stale[LEN..]);
         } else {
             assert_eq!(err.status.code(), Some(1));
+            let err = stderr(&err);
+            assert!(!err.contains("(--diffsize=minsize)"), "{err}");
             assert_eq!(read_file(&t), stale);
         }
         // resize: exactly the source.
@@ -364,7 +386,7 @@ fn write_patch_locally_to_a_file() {
 #[test]
 fn bdsync_options_bsync_lacks_are_refused() {
     for args in [
-        &["--digest=md5", "sh", "a", "b"][..],
+        &["--digest=nosuch", "sh", "a", "b"][..],
         &["--twopass", "sh", "a", "b"],
         &["--patch", "x"],
         &["--diffsize=big", "--patch"],
@@ -385,4 +407,22 @@ fn server_without_a_bsync_client_fails_cleanly() {
         .stdin(File::open("/dev/null").unwrap()));
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+/// Issue 19, item 14: a server whose stderr is its protocol stream (inetd,
+/// `2>&1`) writes no log line there: they go to syslog, and the session
+/// works, with --verbose too.
+#[test]
+fn a_server_whose_stderr_is_its_stdout_logs_to_syslog() {
+    let p = pair("server-2to1");
+    let patch = p.dir.join("p.bsync");
+    let mut cmd = bsync();
+    cmd.arg(format!("--blocksize={BS}"))
+        .arg(format!("{BIN} --server --verbose 2>&1"))
+        .arg(&p.src)
+        .arg(&p.dst)
+        .stdout(File::create(&patch).unwrap());
+    run_ok(&mut cmd);
+    run_ok(&mut apply(&patch, Some(&p.dst), &[]));
+    assert_same(&p.src, &p.dst);
 }

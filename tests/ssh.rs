@@ -4,7 +4,7 @@
 //! into with a key: `eval "$(tests/sshd.sh start)"` starts one on loopback
 //! and exports `BSYNC_TEST_SSH` (`user@127.0.0.1:PORT`) and `BSYNC_SSH` (the
 //! ssh command with its key and options). Without `BSYNC_TEST_SSH` each test
-//! says "skipped: no sshd" and passes. The "remote" is this machine, so the
+//! says "skipped: no sshd" (`common::skip`: fails under CI) and passes. The "remote" is this machine, so the
 //! tests look at the remote files and processes directly.
 //!
 //! Every run goes through a wrapper script given as `-ssh` that logs each
@@ -34,12 +34,12 @@ struct Sshd {
     options: String,
 }
 
-fn sshd(test: &str) -> Option<Sshd> {
+fn sshd() -> Option<Sshd> {
     let remote = std::env::var("BSYNC_TEST_SSH")
         .ok()
         .filter(|s| !s.is_empty());
     let Some(remote) = remote else {
-        eprintln!("{test}: skipped: no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
+        common::skip("no sshd (set BSYNC_TEST_SSH, see tests/sshd.sh)");
         return None;
     };
     let shell = std::env::var("BSYNC_SSH").unwrap_or_else(|_| "ssh".into());
@@ -69,7 +69,7 @@ struct Scene {
 
 impl Scene {
     fn new(name: &str) -> Option<Scene> {
-        let sshd = sshd(name)?;
+        let sshd = sshd()?;
         let dir = TempDir::new(&format!("ssh-{name}"));
         let log = dir.join("ssh-calls.log");
         let wrapper = dir.join("logging-ssh");
@@ -457,8 +457,7 @@ fn architecture_mismatch_copies_nothing() {
 #[test]
 fn ssh_failure_names_host_and_reason() {
     if Command::new("ssh").arg("-V").output().is_err() {
-        eprintln!("ssh_failure_names_host_and_reason: skipped: no ssh client");
-        return;
+        return common::skip("no ssh client");
     }
     let dir = TempDir::new("ssh-refused");
     let src = dir.join("src.img");
@@ -499,8 +498,7 @@ fn ipv6_literal_target() {
     };
     let user = user.split_once('@').map_or("", |(u, _)| u);
     if std::net::TcpStream::connect(("::1", port.parse::<u16>().unwrap())).is_err() {
-        eprintln!("ipv6_literal_target: skipped: the sshd does not listen on ::1");
-        return;
+        return common::skip("the sshd does not listen on ::1");
     }
     let src = s.dir.join("src.img");
     let dst = s.dir.join("dst.img");
@@ -784,8 +782,7 @@ fn a_remote_failure_names_the_host_as_typed() {
         .status()
         .is_ok_and(|st| st.success());
     if !mounted {
-        eprintln!("skipped: cannot mount a small tmpfs (needs root)");
-        return;
+        return common::skip("cannot mount a small tmpfs (needs root)");
     }
     let src = s.dir.join("src");
     write_file(&src, &random_bytes(1 << 20, 162));

@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 
 /// bdsync options that bsync refuses, and why.
 const REFUSED: &[(&str, &str)] = &[
-    ("digest", "bsync always uses its own FNV-1a 128 digest"),
     ("hash", "bsync always uses its own FNV-1a 128 digest"),
     ("checksum", "bsync always uses its own FNV-1a 128 digest"),
     ("zeroblocks", "bsync always sends zero ranges as markers"),
@@ -69,6 +68,41 @@ pub fn is_bdsync_form(args: &[OsString]) -> bool {
     positionals == 3
 }
 
+/// The digests bdsync's `--digest` names (OpenSSL's), accepted on the
+/// client form so that bdsync's scripts run; bsync checks with its own.
+const DIGESTS: &[&str] = &[
+    "md4",
+    "md5",
+    "sha1",
+    "sha224",
+    "sha256",
+    "sha384",
+    "sha512",
+    "sha512-224",
+    "sha512-256",
+    "sha3-224",
+    "sha3-256",
+    "sha3-384",
+    "sha3-512",
+    "ripemd160",
+    "blake2b512",
+    "blake2s256",
+    "sm3",
+    "whirlpool",
+];
+
+/// `--digest=NAME`: one of bdsync's digest names, or a usage error.
+fn digest(v: Option<&str>) -> Result<String> {
+    let name = v.unwrap_or_default();
+    if DIGESTS.iter().any(|d| d.eq_ignore_ascii_case(name)) {
+        return Ok(name.to_string());
+    }
+    Err(usage(format!(
+        "--digest: {name:?} is not one of bdsync's digests ({})",
+        DIGESTS.join(", ")
+    )))
+}
+
 fn usage(msg: impl Into<String>) -> Error {
     Error::usage(msg.into())
 }
@@ -93,6 +127,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
     let mut block_size = None;
     let mut patch: Option<Option<PathBuf>> = None;
     let mut no_compress = false;
+    let mut digest_name = None;
     let mut positional: Vec<OsString> = Vec::new();
     let mut rest = false;
     for arg in args {
@@ -127,6 +162,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
             ("blocksize" | "b", Some(v)) => block_size = Some(parse_block_size(v)?),
             ("patch", v) => patch = Some(v.filter(|v| !v.is_empty()).map(PathBuf::from)),
             ("n", None) => no_compress = true,
+            ("digest", v) => digest_name = Some(digest(v)?),
             ("server", _) => {
                 return Err(usage(
                     "--server takes no device: run `bsync --server` alone (the client names the device)",
@@ -173,6 +209,12 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
                 "--patch reads the patch on stdin and takes no other arguments: bsync --patch[=DEV] < PATCH",
             ));
         }
+        if let Some(name) = digest_name {
+            return Err(usage(format!(
+                "--digest={name} belongs to bdsync's client form (the patch carries its digest): \
+                 bsync --patch[=DEV] < PATCH"
+            )));
+        }
         let undo = match remdata {
             Some(Some(p)) => Some(p),
             Some(None) => {
@@ -209,6 +251,12 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         if command.trim().is_empty() {
             return Err(usage("REMSHCMD is empty"));
         }
+        if let Some(name) = digest_name {
+            eprintln!(
+                "bsync: --digest={name}: accepted for bdsync's scripts; bsync checks its \
+                 patches with its own 128-bit digest (of each range, before and after, and of the result)"
+            );
+        }
         Mode::RemoteShell(RemoteShell {
             command,
             local: PathBuf::from(local),
@@ -223,7 +271,6 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         log,
         env: Env::from_process(),
         dry: None,
-        over_ssh: false,
     })
 }
 
@@ -279,7 +326,8 @@ mod tests {
     #[test]
     fn refused_options_are_usage_errors() {
         for bad in [
-            &["--digest=md5", "c", "a", "b"][..],
+            &["--digest=nosuch", "c", "a", "b"][..],
+            &["--patch", "--digest=md5"],
             &["--twopass", "c", "a", "b"],
             &["--diffsize=huge", "c", "a", "b"],
             &["--patch", "extra"],

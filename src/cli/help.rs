@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{FLAGS, HIDDEN_FLAGS};
+use super::FLAGS;
 use crate::error::{Error, Result};
 use crate::proto::PROTOCOL_VERSION;
 
@@ -31,7 +31,7 @@ COPY ON THIS MACHINE
   bsync -f DST -t SRC -d           the same, reading from the -t path
 
 OVER THE NETWORK (two machines)
-  bsync -f DST [-p PORT] [-i ADDR]  run a server; in upload mode, writes DST
+  bsync -f DST -p PORT [-i ADDR]   run a server; in upload mode, writes DST
   bsync -f SRC -r HOST:PORT        connect and upload SRC
   bsync -f SRC -p PORT -d          run a server that is the source (download)
   bsync -f DST -r HOST:PORT -d     connect and download into DST
@@ -49,8 +49,16 @@ PATCHES, COMPARING, ANY REMOTE SHELL (bdsync's workflow)
   -compare      with -r or -t: compare only; exit 0 same, 3 differ
   -over-ssh     with -t user@host: carry the data inside ssh (automatic when
                 the remote's port cannot be reached)
-  bdsync's options: --diffsize[=strict|resize|minsize] --remdata[=UNDO]
-                --blocksize=N --progress --verbose (README, \"For bdsync users\")
+  -patch[=DEV]  apply the patch on stdin to DEV (or to the target it names)
+  -diffsize[=MODE]  strict, resize or minsize: the size difference a patch
+                may bridge (bdsync's client form and -patch) [strict]
+  -remdata[=UNDO]  an undo patch: on stdout from bdsync's client form, into
+                UNDO while applying with -patch
+  -digest NAME  bdsync's client form: md5, sha1, sha256... are accepted;
+                bsync checks its patches with its own digest
+  -blocksize N  bdsync's name for -b
+  -verbose      bdsync's name for -v (may be repeated)
+  -progress     bdsync's: show progress (bsync does, unless -q)
 
 WHAT AND HOW
   -f PATH       file or device to read (source) or write (destination);
@@ -99,15 +107,22 @@ OUTPUT
   -a            list block devices
   -h, --help    this text
   --version     version and protocol version
+  --help-man    the manual page, in roff (make install writes bsync.1)
+  --completions SHELL  a completion script for bash, zsh or fish
 
 EXIT STATUS
-  0 success, 1 transfer or I/O failure, 2 usage error (nothing was opened),
-  3 --compare found differences
+  0             success
+  1             transfer or I/O failure
+  2             usage error (nothing was opened)
+  3             --compare found differences
 
 EXAMPLES
-  bsync -f /dev/vda -t root@newhost:/dev/vda       migrate a disk over SSH
+  bsync -f /dev/vda -t root@newhost:/dev/vda
+                migrate a disk over SSH
   bsync -e -L fast -w 4 -f /dev/sda -t backup@nas:/srv/sda.img
-  bsync -f disk.img -t /mnt/backup/disk.img        local, only changes written
+                encrypted, fast compression, four workers
+  bsync -f disk.img -t /mnt/backup/disk.img
+                on this machine: only the blocks that differ are written
 ";
 
 /// The shells [`completions`] writes for.
@@ -135,12 +150,9 @@ impl ShellKind {
     }
 }
 
-/// The flags a user sees: the flag table without the packaging ones.
+/// The flags, as completions offer them.
 fn visible_flags() -> impl Iterator<Item = (&'static str, bool)> {
-    FLAGS
-        .iter()
-        .copied()
-        .filter(|(name, _)| !HIDDEN_FLAGS.contains(name))
+    FLAGS.iter().copied()
 }
 
 /// What `-h` says about `-flag`, on one line.
@@ -155,7 +167,7 @@ fn describe(flag: &str) -> String {
             .split("  ")
             .next()
             .unwrap_or_default()
-            .split([',', ' '])
+            .split([',', ' ', '['])
             .map(|w| w.trim_start_matches('-'))
             .collect();
         if !names.contains(&flag) {
@@ -206,7 +218,8 @@ pub fn manual() -> String {
     let version = env!("CARGO_PKG_VERSION");
     let _ = writeln!(
         out,
-        ".TH BSYNC 1 \"\" \"bsync {version}\" \"User Commands\""
+        ".TH BSYNC 1 \"{}\" \"bsync {version}\" \"User Commands\"",
+        man_date()
     );
     let mut lines = HELP.lines();
     let title = lines.next().unwrap_or_default();
@@ -232,18 +245,36 @@ pub fn manual() -> String {
         }
     }
     out.push_str(
-        ".SH SEE ALSO\nThe README that comes with bsync: retries, refusals, resuming, \
-         \\-bwlimit, \\-json.\n",
+        ".SH SEE ALSO\n.BR ssh (1),\n.BR ssh_config (5)\n.PP\n\\fBbsync \\-h\\fR prints \
+         the text of this page; \\fBbsync \\-\\-completions\\fR \\fISHELL\\fR the completions \
+         installed with it.\n",
     );
     out
+}
+
+/// The manual's date, `2026-12-02`: `SOURCE_DATE_EPOCH`'s (for
+/// reproducible builds) or today's.
+fn man_date() -> String {
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+    let (y, m, d, ..) = crate::sys::local_time(secs);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// Values a flag's argument is completed from: `Some(words)`, or `None`
 /// for a path.
 fn value_words(flag: &str) -> Option<&'static str> {
     match flag {
-        "f" | "t" | "token-file" => None,
+        "f" | "t" | "token-file" | "write-patch" => None,
         "L" => Some("fast default better best"),
+        "completions" => Some("bash zsh fish"),
+        "digest" => Some("md5 sha1 sha256 sha512"),
         _ => Some(""),
     }
 }
@@ -362,6 +393,36 @@ mod tests {
         assert!(man.contains(".TP\n\\fB\\-bwlimit RATE\\fR\n"), "{man}");
     }
 
+    /// Issue 19, item 10: every option has an entry, every entry a body,
+    /// the page a date, and SEE ALSO no README (it is not installed).
+    #[test]
+    fn manual_lists_every_option_with_a_body() {
+        let man = manual();
+        for (name, _) in FLAGS {
+            let flag = roff(&format!("-{name}"));
+            assert!(
+                [" ", "\\fR", "["]
+                    .iter()
+                    .any(|end| man.contains(&format!("{flag}{end}"))),
+                "the manual lacks -{name}"
+            );
+        }
+        let lines: Vec<&str> = man.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if *line == ".TP" {
+                let body = lines.get(i + 2).copied().unwrap_or_default();
+                assert!(
+                    !body.is_empty() && !body.starts_with('.'),
+                    "no body under {}",
+                    lines[i + 1]
+                );
+            }
+        }
+        let th = lines[0];
+        assert!(!th.contains("\"\""), "no date: {th}");
+        assert!(!man.to_lowercase().contains("readme"), "{man}");
+    }
+
     #[test]
     fn completions_name_every_flag() {
         for shell in [ShellKind::Bash, ShellKind::Zsh, ShellKind::Fish] {
@@ -373,7 +434,17 @@ mod tests {
                 };
                 assert!(text.contains(&flag), "{shell:?} lacks -{name}");
             }
-            assert!(!text.contains("help-man"), "{shell:?}");
+            // Issue 19, item 11: -write-patch completes file names.
+            for path in ["write-patch", "f", "t"] {
+                let files = text.lines().any(|l| match shell {
+                    ShellKind::Bash => l.contains(&format!("{path}|-{path}) compopt -o filenames")),
+                    ShellKind::Zsh => {
+                        l.starts_with(&format!("  '-{path}[")) && l.contains(":_files")
+                    }
+                    ShellKind::Fish => l.contains(&format!("-o {path} -r -F")),
+                });
+                assert!(files, "{shell:?}: -{path} completes no file name");
+            }
         }
     }
 }

@@ -67,10 +67,18 @@ pub(super) const FLAGS: &[(&str, bool)] = &[
     ("version", false),
     ("help-man", false),
     ("completions", true),
+    // bdsync's options, understood where they mean something in bsync.
+    ("patch", false),
+    ("verbose", false),
+    ("progress", false),
+    ("blocksize", true),
+    ("diffsize", false),
+    ("remdata", false),
+    ("digest", true),
 ];
 
-/// Flags that exist for packaging, not for runs: left out of `-h`.
-pub const HIDDEN_FLAGS: &[&str] = &["help-man", "completions"];
+/// Flags that are other names of one flag: bdsync's and bsync's.
+const ALIASES: &[(&str, &str)] = &[("verbose", "v"), ("blocksize", "b"), ("help", "h")];
 
 /// Where `-t` points.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +126,10 @@ pub struct RawArgs {
     prefetch: Option<usize>,
     auto: bool,
     quiet: bool,
+    /// `-v`, or bdsync's `--verbose` (which may be repeated).
     verbose: bool,
+    /// bdsync's `--progress`: the progress bsync shows anyway, unless `-q`.
+    progress: bool,
     download: bool,
     no_server_progress: bool,
     bwlimit: Option<u64>,
@@ -159,6 +170,29 @@ pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command> {
         return Ok(Command::Completions(shell));
     }
     Ok(Command::Run(Box::new(raw.validate()?)))
+}
+
+/// A patch is binary: it is neither written to a terminal nor read from
+/// one (a forgotten `< PATCH` would wait for typing), as gzip and zstd
+/// refuse. Checked before the run opens anything.
+pub fn terminal_refusal(config: &Config) -> Option<Error> {
+    use crate::config::{Apply, DryRun, Mode};
+    use std::io::IsTerminal;
+    let to_stdout = matches!(config.mode, Mode::RemoteShell(_))
+        || matches!(config.dry, Some(DryRun::Patch(None)));
+    if to_stdout && std::io::stdout().is_terminal() {
+        return Some(Error::usage(
+            "a patch is binary and stdout is a terminal: redirect it (> PATCH, | gzip > PATCH.gz)",
+        ));
+    }
+    if matches!(config.mode, Mode::Apply(Apply { patch: None, .. }))
+        && std::io::stdin().is_terminal()
+    {
+        return Some(Error::usage(
+            "--patch reads the patch on stdin, which is a terminal: bsync --patch[=DEV] < PATCH",
+        ));
+    }
+    None
 }
 
 /// Rewrite Go-style arguments into the double-dash form lexopt reads.
@@ -206,7 +240,9 @@ impl RawArgs {
         use lexopt::Arg::{Long, Short, Value};
 
         let mut raw = RawArgs::default();
-        let mut parser = lexopt::Parser::from_args(go_style(args));
+        let args = go_style(args);
+        check_repeats(&args)?;
+        let mut parser = lexopt::Parser::from_args(args);
         while let Some(arg) = parser.next().map_err(lexopt_error)? {
             let flag = match arg {
                 Long(name) => name.to_string(),
@@ -240,7 +276,9 @@ impl RawArgs {
                 "prefetch" => raw.prefetch = Some(parse_count(p, &flag, MAX_PREFETCH, 0)?),
                 "auto" => raw.auto = bool_flag(p, &flag)?,
                 "q" => raw.quiet = bool_flag(p, &flag)?,
-                "v" => raw.verbose = bool_flag(p, &flag)?,
+                "v" | "verbose" => raw.verbose = bool_flag(p, &flag)?,
+                "progress" => raw.progress = bool_flag(p, &flag)?,
+                "blocksize" => raw.block_size = Some(parse_block_size(&string_value(p, &flag)?)?),
                 "d" => raw.download = bool_flag(p, &flag)?,
                 "P" => raw.no_server_progress = bool_flag(p, &flag)?,
                 "server" => raw.server = bool_flag(p, &flag)?,
@@ -255,13 +293,90 @@ impl RawArgs {
                 "completions" => {
                     raw.completions = Some(help::ShellKind::parse(&string_value(p, &flag)?)?);
                 }
-                _ => {
-                    return Err(Error::usage(format!("unknown flag -{flag} (see bsync -h)")));
-                }
+                _ => return Err(misplaced_flag(&flag)),
             }
         }
         Ok(raw)
     }
+}
+
+/// The error for a flag this form does not take: bdsync's options that
+/// belong to its forms say which, rsync's `--dry-run` points to bsync's,
+/// anything else is unknown.
+fn misplaced_flag(flag: &str) -> Error {
+    let forms = "bdsync's client (bsync [--diffsize[=MODE]] [--remdata] REMSHCMD LOCDEV REMDEV \
+                 > PATCH) or --patch (bsync --patch[=DEV] [--diffsize[=MODE]] [--remdata=UNDO] < PATCH)";
+    match flag {
+        "diffsize" | "remdata" | "digest" | "patch" => Error::usage(format!(
+            "--{flag} belongs to {forms}; with -f, -t or -r it has no meaning \
+             (--write-patch FILE writes a patch, --patch applies it)"
+        )),
+        "dry-run" | "dryrun" => Error::usage(format!(
+            "unknown flag -{flag}: bsync's dry runs are --compare (read both ends, say what \
+             differs, change nothing) and --write-patch FILE (the same, leaving a patch)"
+        )),
+        _ => Error::usage(format!("unknown flag -{flag} (see bsync -h)")),
+    }
+}
+
+/// A flag given twice with different values is refused, naming both: which
+/// one wins would be a guess. `-v` counts, so it may repeat.
+fn check_repeats(args: &[OsString]) -> Result<()> {
+    let mut seen: Vec<(&str, String)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let Some(body) = args[i].to_str().and_then(|s| s.strip_prefix("--")) else {
+            i += 1;
+            continue;
+        };
+        if body.is_empty() {
+            break;
+        }
+        let (name, value) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (body, None),
+        };
+        let name = ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == name)
+            .map_or(name, |(_, canonical)| canonical);
+        let takes_value = FLAGS.iter().any(|&(n, v)| n == name && v);
+        let value = match value {
+            Some(v) => v,
+            None if takes_value => {
+                i += 1;
+                args.get(i)
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }
+            None => "true".to_string(),
+        };
+        i += 1;
+        if matches!(name, "v" | "h") {
+            continue;
+        }
+        let value = if takes_value {
+            value
+        } else {
+            match value.as_str() {
+                "true" | "1" | "t" | "T" | "TRUE" | "True" => "true".to_string(),
+                "false" | "0" | "f" | "F" | "FALSE" | "False" => "false".to_string(),
+                _ => value,
+            }
+        };
+        match seen.iter().find(|(n, _)| *n == name) {
+            Some((_, first)) if *first != value => {
+                return Err(Error::usage(if name == "K" {
+                    "-K is given twice with different keys: give it once".to_string()
+                } else {
+                    format!("-{name} is given twice, as {first:?} and {value:?}: give it once")
+                }));
+            }
+            Some(_) => {}
+            None => seen.push((name, value)),
+        }
+    }
+    Ok(())
 }
 
 fn lexopt_error(e: lexopt::Error) -> Error {
@@ -571,7 +686,7 @@ pub fn parse_target(value: &std::path::Path) -> Result<Target> {
 mod tests {
     use super::*;
     use crate::auth::Secret;
-    use crate::config::{Connect, Mode, Role, Serve};
+    use crate::config::{Connect, Mode, Role, Serve, Ssh};
     use crate::proto::PROTOCOL_VERSION;
 
     fn run(args: &[&str]) -> Result<Command> {
@@ -583,6 +698,13 @@ mod tests {
         let mut args = args.to_vec();
         if !args.contains(&"-f") {
             args.extend(["-f", "/nonexistent/bsync-test.img"]);
+        }
+        // A server says so (`bsync -f X` alone is refused).
+        if !args
+            .iter()
+            .any(|a| ["-r", "-t", "-d", "-p", "-i", "-a"].contains(a))
+        {
+            args.extend(["-p", "8080"]);
         }
         let args = &args[..];
         match run(args) {
@@ -624,7 +746,7 @@ mod tests {
         let role = |args: &[&str]| match config(args).mode {
             Mode::Serve(Serve { role, .. })
             | Mode::Connect(Connect { role, .. })
-            | Mode::Ssh { role, .. } => role,
+            | Mode::Ssh(Ssh { role, .. }) => role,
             other => panic!("{args:?}: {other:?}"),
         };
         assert_eq!(role(&["-d"]), Role::Source);
@@ -824,7 +946,18 @@ mod tests {
                 "-f: /dev/null is a character",
             ),
             (
-                &["-b", "1G", "-w", "64", "-prefetch", "1024", "-f", "x"],
+                &[
+                    "-b",
+                    "1G",
+                    "-w",
+                    "64",
+                    "-prefetch",
+                    "1024",
+                    "-f",
+                    "x",
+                    "-p",
+                    "0",
+                ],
                 "-b/-w/-prefetch",
             ),
             (&["-ssh", " ", "-t", "u@h:/x"], "-ssh: empty"),
@@ -837,13 +970,113 @@ mod tests {
             Mode::Connect(Connect { secret, .. }) | Mode::Serve(Serve { secret, .. }) => {
                 secret.is_some_and(|s| s.encrypts())
             }
-            Mode::Ssh { encrypt, .. } => encrypt,
+            Mode::Ssh(Ssh { encrypt, .. }) => encrypt,
             other => panic!("{args:?}: {other:?}"),
         };
         assert!(encrypts(&["-e", "-K", &key, "-r", "h:1"]));
         assert!(encrypts(&["-K", &key, "-r", "h:1"]), "-K implies -e");
         assert!(encrypts(&["-e", "-t", "u@h:/x"]));
         assert!(!encrypts(&["-t", "u@h:/x"]));
+    }
+
+    /// Issue 19, items 1, 5 and 12.
+    #[test]
+    fn bdsync_options_conflicts_and_a_bare_file() {
+        assert!(config(&["--verbose"]).log.verbose);
+        assert_eq!(config(&["--blocksize=4M"]).transfer.block_size, 4 << 20);
+        assert_eq!(
+            config(&["-b", "4M", "--blocksize", "4M"])
+                .transfer
+                .block_size,
+            4 << 20
+        );
+        assert!(!config(&["--progress"]).log.quiet);
+        for (args, want) in [
+            (
+                &["--diffsize=resize", "-f", "a", "-t", "b"][..],
+                "--diffsize belongs to",
+            ),
+            (&["--remdata", "-f", "a", "-t", "b"], "--remdata belongs to"),
+            (
+                &["--dry-run", "-f", "a", "-t", "b"],
+                "unknown flag -dry-run",
+            ),
+            (&["-q", "-v", "-p", "0"], "-q and -v"),
+            (&["-q", "--verbose", "-p", "0"], "-q and -v"),
+            (&["-q", "--progress", "-p", "0"], "-q and --progress"),
+            (
+                &["-t", "a", "-t", "b"],
+                "-t is given twice, as \"a\" and \"b\"",
+            ),
+            (
+                &["-b", "1M", "--blocksize=2M", "-p", "0"],
+                "-b is given twice",
+            ),
+            (&["-q", "-q=false", "-p", "0"], "-q is given twice"),
+            (&["-f", "x"], "say where the data goes"),
+            (&[], "say where the data goes"),
+            (&["-v", "-f", "x", "-w", "2"], "say where the data goes"),
+        ] {
+            let msg = usage(args);
+            assert!(msg.starts_with(want), "{args:?}: {msg}");
+        }
+        assert!(usage(&["--dry-run"]).contains("--compare"));
+        let key = "a".repeat(64);
+        let other = "b".repeat(64);
+        let msg = usage(&["-K", &key, "-K", &other, "-r", "h:1"]);
+        assert!(
+            msg.starts_with("-K is given twice") && !msg.contains("aaaa"),
+            "{msg}"
+        );
+        // The same value twice, and -v repeated, are fine.
+        assert!(matches!(
+            config(&["-t", "b", "-t", "b"]).mode,
+            Mode::Local { .. }
+        ));
+        assert!(config(&["-v", "--verbose", "-v"]).log.verbose);
+    }
+
+    /// Issue 19, item 12: the original tool's README examples all say how
+    /// they run, and still parse (its `-b` examples aside, whose buffers
+    /// depend on this machine's memory).
+    #[test]
+    fn the_original_readme_examples_still_parse() {
+        for line in [
+            "-f /dev/shm/test-dst -p 8080",
+            "-f /dev/shm/test-dst -p 8080 -i 192.168.1.50",
+            "-f /dev/shm/test-src -p 8080 -d",
+            "-f /dev/shm/test-dst -r 192.168.1.100:8080 -d",
+            "-f /dev/shm/test-dst -t user@remote-server:/dev/shm/test-src -d",
+            "-e -f /dev/shm/test-src -t user@remote-server:/dev/shm/test-dst",
+            "-L fast -f /dev/shm/test-src -t user@remote-server:/dev/shm/test-dst",
+            "-f /dev/sda -r remote-server:8080 -s 10",
+            "-f /dev/sda -r remote-server:8080 -q",
+            "-n -f /tmp/src.img -t /tmp/dst.img",
+            "-e -L fast -w 4 -f /dev/sda -t user@remote:/backup/disk.img",
+            "-f /tmp/sparse.img -t user@remote:/backup/sparse.img",
+        ] {
+            let args: Vec<&str> = line.split(' ').collect();
+            assert!(
+                matches!(run(&args), Ok(Command::Run(_))),
+                "{line}: {:?}",
+                run(&args)
+            );
+        }
+    }
+
+    /// Issue 19, item 6: a bare host name as `-t` is not a new local file.
+    #[test]
+    fn a_known_host_is_not_a_file_name() {
+        use super::validate::known_host;
+        let ssh = "Host *\n  ServerAliveInterval 30\nHost barhost other\n  HostName 10.0.0.9\nhost=lower\n";
+        let hosts = "127.0.0.1 localhost\n10.0.0.7 foo.lan foo # comment nothost\n";
+        assert_eq!(known_host("barhost", ssh, hosts), Some("~/.ssh/config"));
+        assert_eq!(known_host("other", ssh, hosts), Some("~/.ssh/config"));
+        assert_eq!(known_host("lower", ssh, hosts), Some("~/.ssh/config"));
+        assert_eq!(known_host("foo", ssh, hosts), Some("/etc/hosts"));
+        assert_eq!(known_host("nothost", ssh, hosts), None);
+        assert_eq!(known_host("10.0.0.7", ssh, hosts), None);
+        assert_eq!(known_host("disk.img", ssh, hosts), None);
     }
 
     #[test]
@@ -870,11 +1103,11 @@ mod tests {
             secret,
             Some(Secret::new(Key::from_bytes([0x0f; 32]), false))
         );
-        let msg = usage(&["-token-file", bad.to_str().unwrap()]);
+        let msg = usage(&["-token-file", bad.to_str().unwrap(), "-p", "0"]);
         assert!(msg.contains("64 hexadecimal digits"), "{msg}");
         assert!(!msg.contains("secret-but-short"), "{msg}");
         let missing = dir.join("missing");
-        let err = run(&["-token-file", missing.to_str().unwrap()]).unwrap_err();
+        let err = run(&["-token-file", missing.to_str().unwrap(), "-p", "0"]).unwrap_err();
         assert_eq!(err.exit_status(), 2, "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -893,8 +1126,11 @@ mod tests {
         assert!(matches!(run(&["-version"]), Ok(Command::Version)));
         assert!(version_text().contains(PROTOCOL_VERSION));
         for (flag, _) in FLAGS {
-            if !matches!(*flag, "h" | "help" | "version") && !HIDDEN_FLAGS.contains(flag) {
-                assert!(HELP.contains(&format!("-{flag} ")), "help lacks -{flag}");
+            if !matches!(*flag, "h" | "help" | "version") {
+                assert!(
+                    HELP.contains(&format!("-{flag} ")) || HELP.contains(&format!("-{flag}[")),
+                    "help lacks -{flag}"
+                );
             }
         }
     }

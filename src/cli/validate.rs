@@ -13,7 +13,7 @@ use super::{DEFAULT_BLOCK_SIZE, RawArgs, Secret as SecretArg, Target};
 use crate::auth::Secret;
 use crate::compress::Level;
 use crate::config::{
-    Config, Connect, DryRun, Env, LogOptions, Mode, Role, SSH_ENV, Serve, Stdio, Transfer,
+    Config, Connect, DryRun, Env, LogOptions, Mode, Role, SSH_ENV, Serve, Ssh, Stdio, Transfer,
     VERBOSE_ENV, env_flag, memory_available, memory_refusal, sysfs_root,
 };
 use crate::error::{Error, Result};
@@ -30,6 +30,7 @@ impl RawArgs {
             None | Some(0) => workers * 4,
             Some(n) => n,
         };
+        self.check_conflicts()?;
         if self.remote.is_some() && self.target.is_some() {
             return Err(Error::usage(
                 "-r and -t cannot be combined: -r connects to a running server, -t starts one",
@@ -95,6 +96,10 @@ impl RawArgs {
         if self.server {
             return self.stdio_server(workers, prefetch);
         }
+        self.check_says_what_to_do()?;
+        if let Some(Target::Local(path)) = &self.target {
+            check_not_a_host(path)?;
+        }
         let given_file = self.file.is_some();
         let path = self.file.unwrap_or_else(|| PathBuf::from("/dev/zero"));
         // Which end this process is, as the client or the local `-f`; a
@@ -127,7 +132,7 @@ impl RawArgs {
                 destination,
             }
         } else if let Some(Target::Remote(target)) = self.target {
-            Mode::Ssh {
+            Mode::Ssh(Ssh {
                 target,
                 role,
                 path,
@@ -137,7 +142,8 @@ impl RawArgs {
                     .filter(|s| !s.trim().is_empty())
                     .unwrap_or_else(|| DEFAULT_SHELL.to_string()),
                 encrypt: self.encrypt,
-            }
+                over_ssh: self.over_ssh,
+            })
         } else {
             Mode::Serve(Serve {
                 bind: self.bind.unwrap_or(IpAddr::from([0, 0, 0, 0])),
@@ -168,11 +174,11 @@ impl RawArgs {
                 path,
                 ..
             })
-            | Mode::Ssh {
+            | Mode::Ssh(Ssh {
                 role: Role::Destination,
                 path,
                 ..
-            } => check_writing_end(path, "-f", given_file)?,
+            }) => check_writing_end(path, "-f", given_file)?,
             _ => {}
         }
         let transfer = Transfer {
@@ -206,7 +212,6 @@ impl RawArgs {
             },
             env: Env::from_process(),
             dry,
-            over_ssh: self.over_ssh,
         })
     }
 
@@ -318,8 +323,47 @@ impl RawArgs {
             },
             env: Env::from_process(),
             dry: None,
-            over_ssh: false,
         })
+    }
+
+    /// Flags that ask for opposite things are refused, naming both.
+    fn check_conflicts(&self) -> Result<()> {
+        if self.quiet && self.verbose {
+            return Err(Error::usage(
+                "-q and -v cannot be combined: -q prints errors only, -v adds detail lines; \
+                 give one of them",
+            ));
+        }
+        if self.quiet && self.progress {
+            return Err(Error::usage(
+                "-q and --progress cannot be combined: -q prints errors only, --progress \
+                 asks for the progress line (bsync shows it anyway without -q)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A run that names no way of running (`bsync -f X` alone) would
+    /// serve, on every address, a destination the user most likely meant
+    /// as a source: it is refused with the three ways instead. A server
+    /// says so with `-p` (or `-i`, or `-d`).
+    fn check_says_what_to_do(&self) -> Result<()> {
+        if self.list_drives
+            || self.remote.is_some()
+            || self.target.is_some()
+            || self.port.is_some()
+            || self.bind.is_some()
+            || self.download
+        {
+            return Ok(());
+        }
+        Err(Error::usage(
+            "say where the data goes; bsync runs in one of three ways:\n  \
+             bsync -f SRC -t DST          copy (DST: a path, or user@host:/path over SSH)\n  \
+             bsync -f DST -p PORT         serve: wait for a client to upload into DST\n  \
+             bsync -f SRC -r HOST:PORT    upload SRC to that server\n\
+             (-d reverses the direction; bsync -h says more)",
+        ))
     }
 
     /// Every flag given where it has no effect is refused, naming it: a
@@ -411,6 +455,56 @@ fn check_writing_end(path: &Path, flag: &str, given: bool) -> Result<()> {
          to the source; nothing was written",
         path.display()
     )))
+}
+
+/// A `-t` that names no existing path but a host this machine knows (a
+/// `Host` of `~/.ssh/config`, a name in `/etc/hosts`) is refused: `-t
+/// barhost` would otherwise make a local file of that name. No DNS: a file
+/// name is never looked up.
+fn check_not_a_host(path: &Path) -> Result<()> {
+    let Some(name) = path.to_str() else {
+        return Ok(());
+    };
+    if name.contains('/') || std::fs::symlink_metadata(path).is_ok() {
+        return Ok(());
+    }
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let ssh_config = std::env::var_os("HOME")
+        .map(|home| read(&Path::new(&home).join(".ssh/config")))
+        .unwrap_or_default();
+    let hosts = read(Path::new("/etc/hosts"));
+    let Some(source) = known_host(name, &ssh_config, &hosts) else {
+        return Ok(());
+    };
+    Err(Error::usage(format!(
+        "-t: {name:?} does not exist here, and {name} is a host in {source}: \
+         for a path on it write -t {name}:/path (e.g. {name}:/dev/vda); \
+         for a new local file write -t ./{name}"
+    )))
+}
+
+/// Where `name` is a host: `~/.ssh/config` (a `Host` line, not a pattern)
+/// or `/etc/hosts`.
+pub(super) fn known_host(name: &str, ssh_config: &str, hosts: &str) -> Option<&'static str> {
+    let in_ssh = ssh_config.lines().any(|line| {
+        let line = line.trim();
+        let (key, rest) = line
+            .split_once(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or((line, ""));
+        key.eq_ignore_ascii_case("host")
+            && rest
+                .trim_start_matches(|c: char| c.is_whitespace() || c == '=')
+                .split_whitespace()
+                .any(|h| h == name)
+    });
+    if in_ssh {
+        return Some("~/.ssh/config");
+    }
+    let in_hosts = hosts.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or_default();
+        line.split_whitespace().skip(1).any(|h| h == name)
+    });
+    in_hosts.then_some("/etc/hosts")
 }
 
 /// The session secret of `-K` (which encrypts) or else `-token-file` (which

@@ -265,7 +265,7 @@ impl<R: std::io::Read> Decoder<R> {
                 "truncated: the patch ends inside {what} (after byte {})",
                 self.at
             ))),
-            Err(e) => Err(bad(format!("read {what}: {e}"))),
+            Err(e) => Err(bad(format!("read {what}: {}", crate::error::os_words(&e)))),
         }
     }
 

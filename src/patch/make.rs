@@ -17,12 +17,12 @@ use super::format::{self, Kind, Range, Trailer};
 use super::session_header;
 use crate::block::is_zero;
 use crate::compress::{Compressor, Level};
+use crate::config::DryRun;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::progress::{Log, human_bytes};
-use crate::session::{DrySink, Params};
-use crate::{client::NoRejoin, config::DryRun};
+use crate::session::{DrySink, NoRejoin, Params};
 
 /// A block's contribution, waiting for its turn.
 struct Ready {
@@ -239,7 +239,7 @@ impl DrySink for Maker<'_> {
         theirs: &[Digest],
         ours: &[Digest],
     ) -> Result<(bool, u64)> {
-        let sub = self.p.sub_size();
+        let sub = self.p.range_size();
         let mut ranges = Vec::new();
         let mut listed = Vec::new();
         let (mut data_bytes, mut zero_bytes) = (0u64, 0u64);
@@ -358,41 +358,42 @@ pub fn run_source(
 /// destination opened read-only.
 pub fn local(
     config: &crate::config::Config,
+    dry: &DryRun,
     source: &Path,
     destination: &Path,
     log: &Log,
 ) -> Result<()> {
-    use crate::block::Geometry;
     use crate::config::Role;
     use crate::disk::Disk;
     use crate::net::Lane;
+    use crate::session::Own;
     use std::os::unix::net::UnixStream;
 
-    let Some(dry) = &config.dry else {
-        return Err(Error::Failed(
-            "internal error: a dry run without --compare or --write-patch".into(),
-        ));
-    };
     let env = &config.env;
     let t = &config.transfer;
     let src = Disk::open_source(source, env, log)?;
     let dst = Disk::open_dry(destination, env, log)?;
     let mut salt = [0u8; 16];
     crate::sys::getrandom(&mut salt).map_err(|e| Error::io("bsync", "get random bytes", e))?;
-    let p = Params {
-        geo: Geometry {
-            size: src.size(),
-            block_size: t.block_size,
-        },
-        first: 0,
+    // Both ends are here: what a handshake would agree on is known.
+    let agreed = crate::proto::Welcome {
+        block_size: u32::try_from(t.block_size).unwrap_or(u32::MAX),
+        source_size: src.size(),
+        skip: 0,
         salt: u128::from_le_bytes(salt),
-        compression: t.compression,
-        workers: t.workers,
-        prefetch: t.prefetch,
-        encrypted: false,
-        bwlimit: None,
-        deadline: env.io_timeout,
+        lanes: 1,
     };
+    let p = Params::agreed(
+        &agreed,
+        Own {
+            compression: t.compression,
+            workers: t.workers,
+            prefetch: t.prefetch,
+            deadline: env.io_timeout,
+            encrypted: false,
+            bwlimit: None,
+        },
+    );
     let (a, b) = UnixStream::pair().map_err(|e| Error::io("bsync", "socket pair", e))?;
     let max = crate::proto::max_payload(t.block_size);
     let quiet = Log::new(&crate::config::LogOptions {

@@ -1,7 +1,8 @@
 //! Patch files, as bdsync makes them, in a format of bsync's own: made by a
 //! dry run's source (`make.rs`, beside the destination's writer), applied
 //! later by `bsync --patch` (`apply.rs`), which refuses a target that is not
-//! the one the patch was made against. `format.rs` defines the bytes.
+//! the one the patch was made against. `format.rs` defines the bytes;
+//! `target.rs` reads the target for `apply.rs` and `rollback.rs`.
 
 use crate::session::Params;
 use format::{Header, Kind};
@@ -10,6 +11,7 @@ pub mod apply;
 pub mod format;
 pub mod make;
 mod rollback;
+mod target;
 pub mod undo;
 
 /// The header of a patch made from session `p`: its sizes, grain and salt,
@@ -20,7 +22,7 @@ fn session_header(kind: Kind, p: &Params, name: Vec<u8>) -> Header {
         source_size: p.geo.size,
         // Both are validated far below 4 GiB (MAX_BLOCK_SIZE).
         block_size: u32::try_from(p.geo.block_size).unwrap_or(u32::MAX),
-        grain: u32::try_from(p.sub_size()).unwrap_or(u32::MAX),
+        grain: u32::try_from(p.range_size()).unwrap_or(u32::MAX),
         salt: p.salt,
         name,
     }

@@ -6,8 +6,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::apply::{read_range, result_digest};
 use super::format::{self, Header, Kind, Range, Record, Trailer};
+use super::target::{read_range, result_digest};
 use crate::block::is_zero;
 use crate::compress::{Compressor, Level};
 use crate::disk::Disk;

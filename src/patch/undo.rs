@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::net::Stream;
 use crate::progress::{Log, human_bytes};
-use crate::remote_shell;
 use crate::session::Params;
 use crate::stdio::{OpenRequest, PipeStream};
 use crate::{client, compress::Compressor};
@@ -60,7 +59,7 @@ impl Capture for UndoCapture {
     ) -> std::io::Result<()> {
         let salt = self.params.get().map_or(0, |p| p.salt);
         let page = self.params.get().map_or(crate::proto::PAGE, |p| {
-            p.sub_size() / crate::proto::RANGE_PAGES
+            p.range_size() / crate::proto::RANGE_PAGES
         });
         let mut g = lock(&self.inner);
         let inner = &mut *g;
@@ -100,11 +99,10 @@ impl Capture for UndoCapture {
 
 /// `bsync --remdata REMSHCMD LOCDEV REMDEV > UNDO`.
 pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
-    let (child, mut stream) = remote_shell::spawn(&r.command)?;
-    let peer = format!("remote shell `{}`", r.command);
+    let (child, mut stream, peer) = crate::child::sh(&r.command)?;
     let session = undo_session(r, config, log, &peer, &mut stream);
     let _ = stream.shutdown();
-    remote_shell::reap(child, &r.command, session)
+    crate::child::reap(child, &peer, session)
 }
 
 fn undo_session(
@@ -151,17 +149,19 @@ fn undo_session(
     };
     // The session's verification digest is the remote's content digest
     // under the session's salt and grain: the undo patch's result.
-    let result = client::run_over(
-        stream.clone(),
+    let pipe = client::Pipe {
         peer,
-        Role::Destination,
+        role: Role::Destination,
+        dry: None,
+        on_params: Some(&on_params),
+    };
+    let result = client::connect_pipe(
+        stream.clone(),
+        &pipe,
         &mut disk,
         &config.transfer,
         &config.env,
         log,
-        None,
-        b"",
-        Some(&on_params),
     )?;
     let p = *capture
         .params

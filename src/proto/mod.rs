@@ -158,6 +158,15 @@ pub const MAX_BLOCK_SIZE: usize = 1024 * 1024 * 1024;
 /// Most lanes (connections) in one session.
 pub const MAX_LANES: u16 = 64;
 
+/// `n` as a block size, if a session may use it: 1 byte to
+/// [`MAX_BLOCK_SIZE`]. The one check of the block size's range, for `-b`,
+/// a `Hello`, a `Welcome` and an open request alike.
+pub fn block_size(n: u64) -> Option<usize> {
+    usize::try_from(n)
+        .ok()
+        .filter(|b| (1..=MAX_BLOCK_SIZE).contains(b))
+}
+
 /// How an `Error` frame about authentication starts, so that the other end
 /// reports it as such.
 pub const AUTH_FAILED: &str = "authentication failed: ";

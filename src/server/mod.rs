@@ -18,29 +18,51 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::Duration;
 
-use crate::auth::{self, Handshake, Secret};
-use crate::block::Geometry;
+use crate::auth::Secret;
 use crate::compress;
 use crate::config::{Config, Role, Serve, Stdio};
 use crate::disk::{self, Disk};
 use crate::error::{Error, Result};
+use crate::handshake::{self, Place};
 use crate::lock::lock;
 use crate::net::Stream;
 use crate::net::{self, Lane};
 use crate::progress::{Log, human_bytes};
-use crate::proto::{self, AUTH_FAILED, FLAG_DRY, Frame, Hello, MAX_BLOCK_SIZE, MAX_LANES, Welcome};
-use crate::session::{self, Params};
+use crate::proto::{self, Frame, Hello};
+use crate::session::{self, Own, Params};
 use crate::stdio::{OpenRequest, PipeStream};
 use crate::sys;
+
+pub use crate::handshake::TAKEOVER_GRACE;
 
 mod rejoins;
 
 use rejoins::Rejoins;
+
+/// What a server serves, however it listens (TCP or stdin/stdout).
+struct Served<'a> {
+    /// What this end is.
+    role: Role,
+    /// This end's file or device.
+    path: &'a Path,
+    /// The key or token every client must prove it holds.
+    secret: Option<&'a Secret>,
+    /// The source, opened up front (a download), or `None` (an upload: the
+    /// destination is opened for the session).
+    source: Option<&'a Disk>,
+    /// Whether to show progress.
+    progress: bool,
+    /// The session runs on one stream that cannot come back (stdin and
+    /// stdout): its end fails the session at once, there is no lane to
+    /// wait for.
+    one_stream: bool,
+}
 
 /// A connection that passed the preamble and sent a `Hello`.
 struct Arrival {
@@ -89,16 +111,24 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
         .spawn(move || accept(&listener, &tx, secret.as_deref(), deadline, &accept_log))
         .map_err(|e| Error::io("server", "start the accept thread", e))?;
     let progress = !(log.is_quiet() || config.log.no_server_progress);
+    let served = Served {
+        role: s.role,
+        path: &s.path,
+        secret: s.secret.as_ref(),
+        source: source.as_ref(),
+        progress,
+        one_stream: false,
+    };
     let mut rx = rx;
     let mut first = None;
     loop {
-        let (result, next) = serve(s, config, source.as_ref(), rx, first, log, progress);
+        let (result, next) = serve(&served, config, rx, first, log);
         let Some((back, arrival, abandoned)) = next else {
             return result;
         };
         log.line(format!(
             "the session from {abandoned} was abandoned (every connection lost); \
-             serving the new client {}",
+             serving the new {}",
             arrival.lane.reader.peer
         ));
         (rx, first) = (back, Some(arrival));
@@ -124,43 +154,35 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
         ),
         None => {
             let req = OpenRequest::read(&mut stream, &peer)?;
-            if req.block_size == 0 || req.block_size > MAX_BLOCK_SIZE {
+            if proto::block_size(req.block_size as u64).is_none() {
                 return Err(Error::protocol(&peer, "block size out of range"));
             }
             config.transfer.block_size = req.block_size;
             (req.role, req.path)
         }
     };
-    let serve_plan = Serve {
-        bind: std::net::IpAddr::from([0, 0, 0, 0]),
-        port: 0,
-        role,
-        path,
-        secret: s.secret.clone(),
-    };
     let source = if role == Role::Source {
-        Some(Disk::open_source(&serve_plan.path, &config.env, log)?)
+        Some(Disk::open_source(&path, &config.env, log)?)
     } else {
         None
     };
+    let served = Served {
+        role,
+        path: &path,
+        secret: s.secret.as_ref(),
+        source: source.as_ref(),
+        progress: false,
+        one_stream: true,
+    };
     let arrival = handshake(stream, &peer, s.secret.as_ref(), config.env.io_timeout)?;
-    if arrival.hello.lanes != 1 {
-        let why = "a session on stdin/stdout has one lane (-w 1)";
+    if let Err(why) = handshake::admit_stdio(&arrival.hello) {
         arrival.lane.sender.fail(why);
         return Err(Error::protocol(&peer, why));
     }
     // No other connection can arrive: the channel is closed at once.
     let (tx, rx) = mpsc::channel();
     drop(tx);
-    let (result, _) = serve_one_stream(
-        &serve_plan,
-        &config,
-        source.as_ref(),
-        rx,
-        Some(arrival),
-        log,
-        false,
-    );
+    let (result, _) = serve(&served, &config, rx, Some(arrival), log);
     result
 }
 
@@ -191,7 +213,7 @@ fn locked_role(
             "this server serves {} only as a source (--server -d -f)",
             path.display()
         ))
-    } else if req.block_size == 0 || req.block_size > MAX_BLOCK_SIZE {
+    } else if proto::block_size(req.block_size as u64).is_none() {
         Some("block size out of range".to_string())
     } else {
         None
@@ -206,11 +228,6 @@ fn locked_role(
     config.transfer.block_size = req.block_size;
     Ok(req.role)
 }
-
-/// After every lane of a session is lost, how long a new client waits
-/// before it may take the server over (if the old client has not come
-/// back by then).
-pub const TAKEOVER_GRACE: Duration = Duration::from_secs(5);
 
 /// What `serve` hands back when a new client took the server over: the
 /// arrivals, the new client's first lane, and who the old session was from.
@@ -233,7 +250,8 @@ fn accept(
                 // instead of spinning, and say so the first time.
                 if pause == ACCEPT_PAUSE_MIN {
                     log.line(format!(
-                        "accept: {e}; pausing new connections until descriptors are free"
+                        "accept: {}; pausing new connections until descriptors are free",
+                        crate::error::os_words(&e)
                     ));
                 }
                 thread::sleep(pause);
@@ -264,7 +282,8 @@ fn accept(
         if let Err(e) = spawned {
             // The closure, and the connection with it, is dropped.
             log2.line(format!(
-                "dropped a connection: cannot start a thread for it: {e}"
+                "dropped a connection: cannot start a thread for it: {}",
+                crate::error::os_words(&e)
             ));
         }
     }
@@ -274,8 +293,8 @@ fn accept(
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
-/// Challenge a new connection, read its hello and, when this server holds a
-/// key or token, check the client's proof and give our own. Nothing of the
+/// Challenge a new connection, read its hello and check the client's
+/// proof, and give our own (see [`handshake::Server`]). Nothing of the
 /// session is touched before that.
 fn handshake<S: Stream>(
     stream: S,
@@ -284,156 +303,32 @@ fn handshake<S: Stream>(
     deadline: Duration,
 ) -> Result<Arrival> {
     let mut lane = Lane::open(stream, peer.to_string(), deadline)?;
-    let ours = Secret::flags(secret);
     let mut nonce = [0u8; proto::NONCE_LEN];
     sys::getrandom(&mut nonce).map_err(|e| Error::io("server", "get random bytes", e))?;
-    lane.sender
-        .send_frame(&Frame::Challenge { nonce, flags: ours })?;
-    // `-auto` may measure the link first: see `proto`, "Probe".
-    let mut probed = 0usize;
-    let hello = loop {
-        match lane.reader.read("the client's hello")? {
-            Frame::Hello(hello) => break hello,
-            Frame::Probe(bytes) if probed + bytes.len() <= proto::PROBE_LIMIT => {
-                probed += bytes.len();
-                if bytes.is_empty() {
-                    lane.sender.send_frame(&Frame::Probe(&[]))?;
-                }
-            }
-            Frame::Probe(_) => return Err(Error::protocol(peer, "too many Probe bytes")),
-            Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
-            _ => return Err(Error::protocol(peer, "expected a Hello frame")),
-        }
-    };
-    let deny = |ours_why: String, theirs_why: &str| {
-        lane.sender.fail(&format!("{AUTH_FAILED}{theirs_why}"));
-        Err(Error::Auth {
-            peer: peer.to_string(),
-            why: ours_why,
-        })
-    };
-    if let Some(why) = auth::mismatch(ours, hello.flags, "client") {
-        let theirs = auth::mismatch(hello.flags, ours, "server").unwrap_or_default();
-        return deny(why, &theirs);
-    }
-    // Proven with or without a secret: the proofs also show that the
-    // challenge and the hello arrived as they were sent, before anything
-    // of the session is touched.
-    let hs = Handshake::new(secret, &nonce, ours, &hello);
-    let proof = match lane.reader.read("the client's proof")? {
-        Frame::Proof { check, tag } => hs.verify(auth::Direction::Up, &check, &tag),
-        Frame::Error(why) => return Err(session::unexpected(peer, &Frame::Error(why))),
-        _ => return Err(Error::protocol(peer, "expected a Proof frame")),
-    };
-    match proof {
-        Ok(()) => {}
-        Err(auth::Refusal::Corrupted) => {
-            let why = "the handshake was changed in transit (the client's proof \
-                       covers other bytes than the server sent and received)";
-            lane.sender.fail(why);
-            return Err(Error::protocol(peer, why));
-        }
-        Err(auth::Refusal::WrongSecret) => {
-            return deny(
-                "the client holds a different key or token".into(),
-                "the server holds a different key or token",
-            );
-        }
-    }
-    let (check, tag) = hs.proof(auth::Direction::Down);
-    lane.sender.send_frame(&Frame::Proof { check, tag })?;
-    lane.protect(
-        hs.cipher(auth::Direction::Down),
-        hs.cipher(auth::Direction::Up),
-    );
+    let (mut server, mut challenge) = handshake::Server::new(peer, secret, nonce);
+    lane.sender.send(&mut challenge)?;
+    let hello = lane.handshake(&mut server, None)?;
     Ok(Arrival { hello, lane })
-}
-
-/// Why a `Hello` cannot start a session with this server.
-fn refuse(role: Role, h: &Hello) -> Option<String> {
-    let upload = role == Role::Destination;
-    if h.download && upload {
-        return Some("this server is a destination (upload mode); drop -d on the client or add -d on the server".into());
-    }
-    if !h.download && !upload {
-        return Some("this server is a source (download mode, -d); add -d on the client".into());
-    }
-    if h.lane != 0 {
-        return Some(format!("lane {} of an unknown session", h.lane));
-    }
-    if h.lanes == 0 || h.lanes > MAX_LANES {
-        return Some(format!(
-            "{} lanes is out of range (1 to {MAX_LANES})",
-            h.lanes
-        ));
-    }
-    if h.block_size == 0 || usize::try_from(h.block_size).map_or(true, |b| b > MAX_BLOCK_SIZE) {
-        return Some(format!("block size {} is out of range", h.block_size));
-    }
-    if compress::from_code(h.compression).is_none() {
-        return Some(format!("unknown compression {}", h.compression));
-    }
-    None
-}
-
-/// [`serve`] on one stream that cannot come back (stdin and stdout): its
-/// end fails the session at once, there is no lane to wait for.
-fn serve_one_stream(
-    s: &Serve,
-    config: &Config,
-    source: Option<&Disk>,
-    rx: Receiver<Arrival>,
-    first: Option<Arrival>,
-    log: &Log,
-    progress: bool,
-) -> (Result<()>, Option<Takeover>) {
-    serve_with(s, config, source, rx, first, log, progress, true)
 }
 
 /// Serve one session: the one `first` opens, or the first good arrival.
 /// Returns its outcome, and a [`Takeover`] when a new client replaced a
 /// session whose client was gone.
 fn serve(
-    s: &Serve,
+    s: &Served,
     config: &Config,
-    source: Option<&Disk>,
     rx: Receiver<Arrival>,
     first: Option<Arrival>,
     log: &Log,
-    progress: bool,
-) -> (Result<()>, Option<Takeover>) {
-    serve_with(s, config, source, rx, first, log, progress, false)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn serve_with(
-    s: &Serve,
-    config: &Config,
-    source: Option<&Disk>,
-    rx: Receiver<Arrival>,
-    first: Option<Arrival>,
-    log: &Log,
-    progress: bool,
-    one_stream: bool,
 ) -> (Result<()>, Option<Takeover>) {
     let rejoins = Arc::new(Rejoins {
         deadline: config.env.io_timeout,
         log: log.clone(),
-        one_stream,
+        one_stream: s.one_stream,
         ..Rejoins::default()
     });
     let mut handoff = None;
-    let result = serve_session(
-        s,
-        config,
-        source,
-        rx,
-        first,
-        log,
-        progress,
-        &rejoins,
-        &mut handoff,
-    );
+    let result = serve_session(s, config, rx, first, log, &rejoins, &mut handoff);
     // Only a takeover ends the dispatcher; otherwise it is left waiting
     // and ends with the process.
     let Some((arrival, abandoned)) = lock(&rejoins.newcomer).take() else {
@@ -445,15 +340,12 @@ fn serve_with(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn serve_session(
-    s: &Serve,
+    s: &Served,
     config: &Config,
-    source: Option<&Disk>,
     rx: Receiver<Arrival>,
     first: Option<Arrival>,
     log: &Log,
-    progress: bool,
     rejoins: &Arc<Rejoins>,
     handoff: &mut Option<thread::JoinHandle<Receiver<Arrival>>>,
 ) -> Result<()> {
@@ -467,69 +359,36 @@ fn serve_session(
                 .recv()
                 .map_err(|_| Error::Failed("server: the listener stopped".into()))?,
         };
-        match refuse(s.role, &a.hello) {
-            Some(why) => {
+        match handshake::admit(s.role, &a.hello) {
+            Err(why) => {
                 log.line(format!("refused {}: {why}", a.lane.reader.peer));
                 a.lane.sender.fail(&why);
             }
-            None => break (a.hello, a.lane),
+            Ok(()) => break (a.hello, a.lane),
         }
     };
     let peer = first.reader.peer.clone();
     let held;
-    let (disk, geo) = match source {
-        Some(src) => {
-            let geo = Geometry {
-                size: src.size(),
-                block_size: t.block_size,
-            };
-            (src, geo)
-        }
-        None if hello.flags & FLAG_DRY != 0 => {
-            // A dry run: read and digest only, whatever the sizes.
-            let d = Disk::open_dry(&s.path, env, log).inspect_err(|e| {
-                first.sender.fail(&format!("server: {e}"));
-            })?;
-            let block_size = usize::try_from(hello.block_size).unwrap_or(MAX_BLOCK_SIZE);
-            let geo = Geometry {
-                size: hello.source_size,
-                block_size,
-            };
-            held = d;
-            (&held, geo)
-        }
+    let disk = match s.source {
+        Some(src) => src,
         None => {
-            let opened = Disk::open_destination(&s.path, env, log).and_then(|mut d| {
-                d.fit_to(hello.source_size)?;
-                Ok(d)
-            });
-            let d = match opened {
-                Ok(d) => d,
-                Err(e) => {
-                    first.sender.fail(&format!("server: {e}"));
-                    return Err(e);
-                }
+            // A dry run reads and digests only, whatever the sizes.
+            let opened = if handshake::is_dry(&hello) {
+                Disk::open_dry(s.path, env, log)
+            } else {
+                Disk::open_destination(s.path, env, log).and_then(|mut d| {
+                    d.fit_to(hello.source_size)?;
+                    Ok(d)
+                })
             };
-            // refuse() checked it against MAX_BLOCK_SIZE.
-            let block_size = usize::try_from(hello.block_size).unwrap_or(MAX_BLOCK_SIZE);
-            let geo = Geometry {
-                size: hello.source_size,
-                block_size,
-            };
-            held = d;
-            (&held, geo)
+            held = opened.inspect_err(|e| first.sender.fail(&format!("server: {e}")))?;
+            &held
         }
     };
     let mut salt = [0u8; 16];
     sys::getrandom(&mut salt).map_err(|e| Error::io("server", "get random bytes", e))?;
-    let welcome = Welcome {
-        // At most MAX_BLOCK_SIZE: validated -b, or refuse()d in the hello.
-        block_size: u32::try_from(geo.block_size).unwrap_or(u32::MAX),
-        source_size: geo.size,
-        skip: hello.skip,
-        salt: u128::from_le_bytes(salt),
-        lanes: hello.lanes,
-    };
+    let served = s.source.map(|src| (src.size(), t.block_size));
+    let welcome = handshake::welcome(&hello, served, u128::from_le_bytes(salt));
     let lanes_n = usize::from(hello.lanes);
     let mut lanes = vec![first];
     lanes[0].sender.send_frame(&Frame::Welcome(welcome))?;
@@ -540,44 +399,44 @@ fn serve_session(
                 peer: peer.clone(),
                 phase: format!("lane {} of {lanes_n}", lanes.len()),
             })?;
-        let h = a.hello;
-        let lane = usize::from(h.lane);
-        if h.session == hello.session && lane < lanes.len() {
-            // A lane of this session dialed again: its first connection was
-            // lost during the handshake, and the client retried it.
-            log.info(format!("lane {lane}: {} dialed again", a.lane.reader.peer));
-            a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
-            lanes[lane] = a.lane;
-            continue;
+        match handshake::place(hello.session, lanes_n, lanes.len(), &a.hello) {
+            Place::Again(lane) => {
+                // A lane of this session dialed again: its first connection
+                // was lost during the handshake, and the client retried it.
+                log.info(format!("lane {lane}: {} dialed again", a.lane.reader.peer));
+                a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
+                lanes[lane] = a.lane;
+            }
+            Place::Next => {
+                a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
+                lanes.push(a.lane);
+            }
+            Place::Newcomer | Place::Busy => {
+                log.line(format!(
+                    "refused {}: busy with another session",
+                    a.lane.reader.peer
+                ));
+                a.lane.sender.fail("server is busy with another session");
+            }
         }
-        let expected = lane == lanes.len();
-        if h.session != hello.session || !expected {
-            log.line(format!(
-                "refused {}: busy with another session",
-                a.lane.reader.peer
-            ));
-            a.lane.sender.fail("server is busy with another session");
-            continue;
-        }
-        a.lane.sender.send_frame(&Frame::Welcome(welcome))?;
-        lanes.push(a.lane);
     }
+    let params = Params::agreed(
+        &welcome,
+        Own {
+            compression: compress::from_code(hello.compression).flatten(),
+            workers: lanes_n.max(t.workers),
+            prefetch: t.prefetch.max(lanes_n * 4),
+            deadline: env.io_timeout,
+            encrypted: s.secret.is_some_and(Secret::encrypts),
+            bwlimit: t.bwlimit,
+        },
+    );
+    let geo = params.geo;
     let max = proto::max_payload(geo.block_size);
     for lane in &mut lanes {
         lane.reader.set_max(max);
+        net::tell_on_interrupt(&lane.sender);
     }
-    let first_block = hello.skip.min(geo.blocks());
-    let params = Params {
-        geo,
-        first: first_block,
-        salt: welcome.salt,
-        compression: compress::from_code(hello.compression).flatten(),
-        workers: lanes_n.max(t.workers),
-        prefetch: t.prefetch.max(lanes_n * 4),
-        deadline: env.io_timeout,
-        encrypted: s.secret.as_ref().is_some_and(Secret::encrypts),
-        bwlimit: t.bwlimit,
-    };
     log.info(format!(
         "session from {peer}: {} in blocks of {}, {lanes_n} {}",
         human_bytes(geo.size),
@@ -597,5 +456,5 @@ fn serve_session(
                 .map_err(|e| Error::io("server", "start the rejoin thread", e))?,
         );
     }
-    session::run(s.role, &params, disk, lanes, &**rejoins, log, progress)
+    session::run(s.role, &params, disk, lanes, &**rejoins, log, s.progress)
 }

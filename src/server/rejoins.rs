@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{Arrival, TAKEOVER_GRACE};
 use crate::error::{Error, Result};
+use crate::handshake::{Place, Takeover, place, takeover};
 use crate::lock::{lock, wait_timeout};
 use crate::net::Lane;
 use crate::progress::{Log, clock};
@@ -63,30 +64,30 @@ impl Rejoins {
         log: &Log,
     ) -> Receiver<Arrival> {
         let mut pending: Option<Arrival> = None;
+        let all_lost = || lock(&self.slots).all_lost.map(|since| since.elapsed());
         loop {
-            let wait = match (&pending, lock(&self.slots).all_lost) {
-                (Some(_), Some(since)) => {
-                    (since + TAKEOVER_GRACE).saturating_duration_since(Instant::now())
-                }
-                (Some(_), None) => Duration::ZERO,
+            let wait = match (&pending, takeover(all_lost())) {
+                (Some(_), Takeover::Wait(left)) => left,
+                (Some(_), _) => Duration::ZERO,
                 (None, _) => Duration::from_secs(3600),
             };
             match rx.recv_timeout(wait) {
                 Ok(a) => {
-                    let lane = usize::from(a.hello.lane);
                     let lanes = lock(&self.slots).lanes;
-                    if a.hello.session == session && lane < lanes {
-                        if a.lane.sender.send_frame(&Frame::Welcome(*welcome)).is_ok() {
-                            log.info(format!("lane {lane}: {} rejoined", a.lane.reader.peer));
-                            lock(&self.slots).fresh.insert(lane, a.lane);
-                            self.arrived.notify_all();
+                    match place(session, lanes, lanes, &a.hello) {
+                        Place::Again(lane) => {
+                            if a.lane.sender.send_frame(&Frame::Welcome(*welcome)).is_ok() {
+                                log.info(format!("lane {lane}: {} rejoined", a.lane.reader.peer));
+                                lock(&self.slots).fresh.insert(lane, a.lane);
+                                self.arrived.notify_all();
+                            }
                         }
-                    } else if a.hello.lane == 0 && a.hello.session != session {
-                        if let Some(old) = pending.replace(a) {
-                            busy(old, log);
+                        Place::Newcomer => {
+                            if let Some(old) = pending.replace(a) {
+                                busy(old, log);
+                            }
                         }
-                    } else {
-                        busy(a, log);
+                        Place::Next | Place::Busy => busy(a, log),
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -94,20 +95,20 @@ impl Rejoins {
             }
             let Some(a) = pending.take() else { continue };
             let mut slots = lock(&self.slots);
-            match slots.all_lost {
+            match takeover(slots.all_lost.map(|since| since.elapsed())) {
                 // Our client is (partly) there: the newcomer must wait.
-                None => {
+                Takeover::Busy => {
                     drop(slots);
                     busy(a, log);
                 }
-                Some(since) if since.elapsed() >= TAKEOVER_GRACE => {
+                Takeover::Now => {
                     slots.superseded = true;
                     drop(slots);
                     *lock(&self.newcomer) = Some((a, owner.to_string()));
                     self.arrived.notify_all();
                     return rx;
                 }
-                Some(_) => pending = Some(a),
+                Takeover::Wait(_) => pending = Some(a),
             }
         }
     }

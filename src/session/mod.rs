@@ -36,10 +36,11 @@ use crate::config::Role;
 use crate::digest::{self, Digest};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
+pub use crate::handshake::unexpected;
 use crate::lock::{lock, wait};
 use crate::net::{self, FrameReader, FrameSender, Lane};
 use crate::progress::{Log, Reporter, Side, Stats, Totals, human_bytes, report_summary};
-use crate::proto::{AUTH_FAILED, Frame};
+use crate::proto::{Frame, Welcome};
 
 mod destination;
 mod source;
@@ -69,7 +70,43 @@ pub struct Params {
     pub bwlimit: Option<u64>,
 }
 
+/// What one end brings to a session besides what the handshake agreed.
+pub struct Own {
+    /// Compression of block data, as the `Hello` said.
+    pub compression: Option<Level>,
+    /// CPU workers on this side.
+    pub workers: usize,
+    /// Read-ahead depth on this side.
+    pub prefetch: usize,
+    /// The network deadline of every blocking read and write.
+    pub deadline: Duration,
+    /// Frames are sealed (`-K`, `-e`).
+    pub encrypted: bool,
+    /// `--bwlimit` of a sending end, in bytes per second.
+    pub bwlimit: Option<u64>,
+}
+
 impl Params {
+    /// The parameters of the session the handshake agreed in `w`, with
+    /// this end's `own` settings: the one place they are made.
+    pub fn agreed(w: &Welcome, own: Own) -> Params {
+        let geo = Geometry {
+            size: w.source_size,
+            block_size: usize::try_from(w.block_size).unwrap_or(usize::MAX),
+        };
+        Params {
+            geo,
+            first: w.skip.min(geo.blocks()),
+            salt: w.salt,
+            compression: own.compression,
+            workers: own.workers,
+            prefetch: own.prefetch,
+            deadline: own.deadline,
+            encrypted: own.encrypted,
+            bwlimit: own.bwlimit,
+        }
+    }
+
     /// The change grain: a page, or the block if smaller.
     fn page(&self) -> usize {
         crate::proto::page_size(self.geo.block_size)
@@ -77,7 +114,7 @@ impl Params {
 
     /// The size of the grains a dry run's sink gets digests of: a range
     /// (the destination's first level; a dry run asks no page digests).
-    pub fn sub_size(&self) -> usize {
+    pub fn range_size(&self) -> usize {
         crate::proto::RANGE_PAGES * self.page()
     }
 
@@ -209,6 +246,10 @@ pub fn run_dry(
     let mut notes = Vec::new();
     if p.encrypted {
         notes.push("encrypted".to_string());
+        // Where no live line shows the note, one line says it.
+        if !(progress && std::io::IsTerminal::is_terminal(&std::io::stderr())) {
+            log.info("the session is encrypted (ChaCha20-Poly1305)");
+        }
     }
     if let (Some(rate), Role::Source) = (p.bwlimit, role) {
         notes.push(format!("limit {}/s", human_bytes(rate)));
@@ -360,6 +401,18 @@ pub trait Rejoin: Sync {
     /// The session failed: a thread waiting in [`Rejoin::rejoin`] should
     /// look at `stop` again now.
     fn wake(&self) {}
+}
+
+/// A lane that is lost stays lost: a session over one stream (a remote
+/// shell's pipes) cannot dial again.
+pub struct NoRejoin;
+
+impl Rejoin for NoRejoin {
+    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
+        Err(Error::Failed(format!(
+            "lane {lane}: the remote shell's stream is gone and cannot be reopened"
+        )))
+    }
 }
 
 /// Something threads wait on, woken when the session fails.
@@ -576,23 +629,5 @@ fn run_lane(
             abort.fail(e);
             return;
         }
-    }
-}
-
-/// The error for a frame that has no place here: the peer's own `Error`
-/// frame, or a protocol violation.
-pub fn unexpected(peer: &str, frame: &Frame<'_>) -> Error {
-    match frame {
-        Frame::Error(msg) => match msg.strip_prefix(AUTH_FAILED) {
-            Some(why) => Error::Auth {
-                peer: peer.to_string(),
-                why: why.to_string(),
-            },
-            None => Error::Remote {
-                peer: peer.to_string(),
-                msg: msg.to_string(),
-            },
-        },
-        other => Error::protocol(peer, format!("unexpected {} frame", other.name())),
     }
 }

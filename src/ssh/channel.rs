@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use super::command::Endpoint;
 use super::process::Remote;
-use super::script::{quote, remote_path};
+use super::script::{Listen, quote, server_args};
+use crate::child;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::net::Stream;
 use crate::progress::Log;
-use crate::remote_shell;
 use crate::{
     client,
     config::{Config, Connect, Role},
@@ -32,23 +32,24 @@ pub(super) enum Carried {
 }
 
 /// The client's half of a `-t` run: over TCP to `connect` when that port
-/// answers and `-over-ssh` is off, else inside ssh with `BINARY --server`
+/// answers and `-over-ssh` (`over_ssh`) is off, else inside ssh with `BINARY --server`
 /// (the remote's copy of bsync, as the launch named it).
 pub(super) fn sync(
     endpoint: &Endpoint,
     binary: &str,
     remote: &str,
     connect: &Connect,
+    over_ssh: bool,
     config: &Config,
     log: &Log,
 ) -> Result<Carried> {
     let name = &endpoint.host;
-    if config.over_ssh {
+    if over_ssh {
         log.line(format!(
             "{name}: carrying the session inside ssh (-over-ssh)"
         ));
     } else {
-        let direct = client::run_dry_within(
+        let direct = client::connect_tcp_within(
             connect,
             &config.transfer,
             &config.env,
@@ -67,12 +68,13 @@ pub(super) fn sync(
             other => return other.map(|()| Carried::Tcp),
         }
     }
-    let mut args = vec!["--server".to_string(), "-q".to_string()];
-    args.push(format!("-f {}", remote_path(remote)));
-    if connect.role == Role::Destination {
-        args.push("-d".to_string());
-    }
-    args.push(format!("-b {}", config.transfer.block_size));
+    let args = server_args(
+        Listen::Stdio,
+        remote,
+        connect.role,
+        &config.transfer,
+        config.log.verbose,
+    );
     let script = format!("exec {} {}", quote(binary), args.join(" "));
     // Its stderr is collected, not mixed into ours: what the remote said
     // is shown with its host's name when it explains a failure (`-v`
@@ -83,17 +85,19 @@ pub(super) fn sync(
     };
     let peer = format!("{name} (inside ssh)");
     let session = open_local(connect, config, log).and_then(|mut disk| {
-        client::run_over(
+        let pipe = client::Pipe {
+            peer: &peer,
+            role: connect.role,
+            dry: config.dry.as_ref().map(|d| (d, remote.as_bytes())),
+            on_params: None,
+        };
+        client::connect_pipe(
             stream.clone(),
-            &peer,
-            connect.role,
+            &pipe,
             &mut disk,
             &config.transfer,
             &config.env,
             log,
-            config.dry.as_ref(),
-            remote.as_bytes(),
-            None,
         )
         .map(|_| ())
     });
@@ -105,7 +109,7 @@ pub(super) fn sync(
     }
     // Both ends agreed, and an upload's destination said it was flushed
     // before that: ssh gets a moment to end and is stopped if it lingers.
-    let exit = server.finish(Some(remote_shell::REAP_LIMIT));
+    let exit = server.finish(Some(child::REAP_LIMIT));
     if exit.own && !exit.success() {
         return Err(super::explain(
             None,

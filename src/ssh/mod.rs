@@ -17,7 +17,7 @@
 //!    one address;
 //!
 //! and this side then connects to it directly over TCP with the ordinary
-//! client ([`client::run`](super::client::run)): the data never goes through ssh's own
+//! client ([`client::connect_tcp`](super::client::connect_tcp)): the data never goes through ssh's own
 //! encryption and flow control, which is what makes it fast. One login
 //! means a password or passphrase is asked for once.
 //!
@@ -36,15 +36,16 @@
 //! that this side has gone away. As a second line of defence for such a
 //! directory, this side runs `ssh host rm -rf DIR` after any failure and
 //! after Ctrl-C: SIGINT, SIGTERM and SIGHUP are blocked in every thread and
-//! taken by one thread with `sigwait`, which cleans up and exits with
-//! 128 + the signal number.
+//! taken by the one signal thread ([`crate::child`]), which stops the local
+//! ssh, cleans up and exits with 128 + the signal number.
 //!
 //! The parts, each in its own file:
 //!
 //! - `command`: the ssh command lines;
 //! - `script`: the shell script run on the remote, and quoting;
-//! - `process`: starting, waiting for and stopping the local ssh;
-//! - `cleanup`: what to undo on the remote, and the signal thread.
+//! - `process`: supervising the local ssh (its stderr kept, a bounded wait,
+//!   a kill), on top of [`crate::child`];
+//! - `cleanup`: what to undo on the remote when the run stops.
 //!
 //! This file puts them in order: [`run`].
 
@@ -62,7 +63,7 @@ use std::time::Duration;
 
 use crate::aead::Key;
 use crate::auth::Secret;
-use crate::config::{Config, Connect, Mode, RemoteTarget, Role};
+use crate::config::{Config, Connect, RemoteTarget, Role, Ssh};
 use crate::error::{EXIT_USAGE, Error, Result};
 use crate::progress::Log;
 use crate::sys;
@@ -77,26 +78,26 @@ struct Launch<'a> {
     role: Role,
     path: &'a Path,
     encrypt: bool,
+    over_ssh: bool,
 }
 
-/// Run the transfer `config` describes (a [`Mode::Ssh`]) over SSH.
-pub fn run(config: &Config, log: &Log) -> Result<()> {
-    let Mode::Ssh {
+/// Run the transfer `s` describes over SSH, moving data as `config` says.
+pub fn run(s: &Ssh, config: &Config, log: &Log) -> Result<()> {
+    let Ssh {
         target,
         role,
         path,
         shell,
         encrypt,
-    } = &config.mode
-    else {
-        return Err(Error::Failed("internal error: ssh::run without -t".into()));
-    };
+        over_ssh,
+    } = s;
     let launch = Launch {
         config,
         target,
         role: *role,
         path,
         encrypt: *encrypt,
+        over_ssh: *over_ssh,
     };
     for (what, s) in [("host", Some(&target.host)), ("user", target.user.as_ref())] {
         if s.is_some_and(|s| s.starts_with('-')) {
@@ -115,8 +116,7 @@ pub fn run(config: &Config, log: &Log) -> Result<()> {
         Role::Destination => {}
     }
     let endpoint = Endpoint::new(shell, target);
-    cleanup::watch_signals(log, &target.host, remove_remote);
-    cleanup::begin(&endpoint);
+    cleanup::begin(&endpoint, &target.host, remove_remote);
     let result = launch_and_sync(&launch, &endpoint, log);
     let left = cleanup::end();
     if result.is_err()
@@ -201,8 +201,16 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
         auto: false,
     };
-    let synced = channel::sync(endpoint, &copy, &target.path, &connect, config, log)
-        .map_err(|e| of_remote(e, name, launch.role, &connect));
+    let synced = channel::sync(
+        endpoint,
+        &copy,
+        &target.path,
+        &connect,
+        launch.over_ssh,
+        config,
+        log,
+    )
+    .map_err(|e| of_remote(e, name, launch.role, &connect));
     match synced {
         // The one-session server was not used: stop it (which removes the
         // directory; the binary inside ssh already runs).
@@ -309,10 +317,12 @@ fn provide(
                 exe.len()
             ));
             // A remote that stopped reading says why on stderr.
-            return remote
-                .send(exe)
-                .map(|()| path.to_string())
-                .map_err(|e| Failed(format!("sending bsync failed: {e}")));
+            return remote.send(exe).map(|()| path.to_string()).map_err(|e| {
+                Failed(format!(
+                    "sending bsync failed: {}",
+                    crate::error::os_words(&e)
+                ))
+            });
         } else {
             return Err(Failed(format!(
                 "unexpected line from the remote shell: {line:?}"
@@ -385,8 +395,8 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
         // Stopped by this side after the failure: its status says nothing.
         Some(e) if exit.success() || !exit.own => e,
         // This side failed first (its disk, its checks): the remote only
-        // saw its client go.
-        Some(e) if !crate::net::is_connection_loss(&e) => e,
+        // saw its client go (unless it was killed: that is the news).
+        Some(e) if !crate::net::is_connection_loss(&e) && !exit.killed() => e,
         Some(e) => Error::Failed(format!(
             "{e}; the remote bsync on {name} {}",
             exit.describe()

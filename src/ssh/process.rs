@@ -5,7 +5,7 @@
 //! through [`Supervised::end`]: wait up to a limit, close its stdin (the
 //! remote stops bsync on that), wait a grace period, kill the local `ssh`,
 //! reap it, and collect what its stderr said. A child is reaped only through
-//! [`cleanup::try_reap`], under the lock the signal thread reads process
+//! [`child::try_reap`], under the lock the signal thread reads process
 //! numbers from.
 
 use std::collections::VecDeque;
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::cleanup;
+use crate::child;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::progress::Log;
@@ -27,7 +27,7 @@ pub(super) const FAILED_REMOTE_GRACE: Duration = Duration::from_secs(3);
 /// ssh's exit status for its own failures (connection, authentication).
 pub(super) const SSH_FAILED: i32 = 255;
 /// How often a wait looks at the child. Reaping must happen under the
-/// cleanup lock (see [`cleanup::try_reap`]), so this polls `try_wait`
+/// lock of [`child::try_reap`], so this polls `try_wait`
 /// rather than blocking in `wait` on another thread.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -67,6 +67,14 @@ impl RemoteExit {
         let mut lines: Vec<&str> = self.meaningful().rev().take(n).collect();
         lines.reverse();
         (!lines.is_empty()).then(|| lines.join(" / "))
+    }
+
+    /// Whether the remote bsync was killed by a signal (the remote shell's
+    /// status 128 + N).
+    pub(super) fn killed(&self) -> bool {
+        self.status
+            .and_then(|s| s.code())
+            .is_some_and(|c| c > 128 && c < SSH_FAILED)
     }
 
     /// `exited with status 1: LINE`, `was killed by signal 9`, ...
@@ -125,7 +133,7 @@ impl Supervised {
             .spawn()
             .map_err(|e| Error::io(format!("remote shell {program}"), what, e))?;
         if record {
-            cleanup::record_child(child.id());
+            child::record(child.id());
         }
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(Error::Failed(
@@ -179,7 +187,7 @@ impl Supervised {
 fn wait(child: &mut Child, limit: Option<Duration>) -> Option<ExitStatus> {
     let deadline = limit.map(|l| Instant::now() + l);
     loop {
-        match cleanup::try_reap(child) {
+        match child::try_reap(child) {
             Ok(Some(status)) => return Some(status),
             Ok(None) => {}
             Err(_) => return None,

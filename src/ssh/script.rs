@@ -89,23 +89,7 @@ pub fn session_script(
         .iter()
         .map(|m| format!("Linux\\ {m}"))
         .collect();
-    let mut args = vec![
-        "-p 0".to_string(),
-        "-i \"$a\"".to_string(),
-        "-P".to_string(),
-    ];
-    args.push(if verbose { "-v" } else { "-q" }.to_string());
-    args.push(format!("-f {}", remote_path(path)));
-    if role == Role::Destination {
-        // The source's block size is the one that counts: the server's.
-        args.push("-d".to_string());
-        args.push(format!("-b {}", t.block_size));
-        // The remote sends: the limit is its to hold.
-        if let Some(rate) = t.bwlimit {
-            args.push(format!("-bwlimit {rate}"));
-        }
-    }
-    args.push(if encrypt { "-K -" } else { "-token-file -" }.to_string());
+    let args = server_args(Listen::Tcp { encrypt }, path, role, t, verbose);
     // Hex digits only: no quoting needed, and nothing to inject.
     let sha: String = binary
         .sha256
@@ -143,6 +127,50 @@ pub fn session_script(
         len = binary.len,
         args = args.join(" "),
     )
+}
+
+/// Where a remote server takes its one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Listen {
+    /// On a free TCP port on the address ssh came in on, printed on
+    /// stdout; the secret (a key with `encrypt`, else a token) on stdin.
+    Tcp { encrypt: bool },
+    /// `--server`: on its stdin and stdout, inside ssh.
+    Stdio,
+}
+
+/// The arguments of a remote bsync server for the local end in `role` of
+/// `path`, moving data as `t` says: the one place they are made, for every
+/// way a remote server is started. Each is one shell word or a flag and
+/// its word.
+pub(super) fn server_args(
+    listen: Listen,
+    path: &str,
+    role: Role,
+    t: &Transfer,
+    verbose: bool,
+) -> Vec<String> {
+    let mut args = match listen {
+        Listen::Tcp { .. } => vec!["-p 0".into(), "-i \"$a\"".into(), "-P".into()],
+        Listen::Stdio => vec!["--server".to_string()],
+    };
+    args.push(if verbose { "-v" } else { "-q" }.to_string());
+    args.push(format!("-f {}", remote_path(path)));
+    if role == Role::Destination {
+        // The source's block size is the one that counts: the server's.
+        args.push("-d".to_string());
+        args.push(format!("-b {}", t.block_size));
+        // The remote sends: the limit is its to hold.
+        if let Some(rate) = t.bwlimit {
+            args.push(format!("-bwlimit {rate}"));
+        }
+    } else if listen == Listen::Stdio {
+        args.push(format!("-b {}", t.block_size));
+    }
+    if let Listen::Tcp { encrypt } = listen {
+        args.push(if encrypt { "-K -" } else { "-token-file -" }.to_string());
+    }
+    args
 }
 
 /// A remote path for the remote shell: quoted, except that a leading `~/`
@@ -205,6 +233,29 @@ mod tests {
         };
         let script = session_script(&b, "/x", Role::Source, &t, false, false);
         assert!(script.contains(&format!("Linux\\ {}", std::env::consts::ARCH)));
+    }
+
+    #[test]
+    fn every_remote_server_gets_the_limit_and_the_verbosity() {
+        let t = Transfer {
+            block_size: 1 << 20,
+            skip: 0,
+            compression: None,
+            workers: 1,
+            prefetch: 4,
+            bwlimit: Some(5_000_000),
+        };
+        for listen in [Listen::Tcp { encrypt: true }, Listen::Stdio] {
+            let down = server_args(listen, "/x", Role::Destination, &t, true).join(" ");
+            assert!(down.contains(" -d -b 1048576 -bwlimit 5000000"), "{down}");
+            assert!(down.contains(" -v -f '/x'"), "{down}");
+            // An upload's limit is this end's to hold.
+            let up = server_args(listen, "/x", Role::Source, &t, false).join(" ");
+            assert!(!up.contains("-bwlimit") && !up.contains(" -d"), "{up}");
+            assert!(up.contains(" -q "), "{up}");
+        }
+        let stdio = server_args(Listen::Stdio, "/x", Role::Source, &t, false).join(" ");
+        assert_eq!(stdio, "--server -q -f '/x' -b 1048576");
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - `pipe`: `poll` with a deadline, and stdout moved onto stderr, for
 //!   sessions on stdin/stdout (`bsync --server`);
 //! - `process`: random bytes, termination signals and `kill`;
-//! - `socket`: TCP keep-alive and buffer sizes.
+//! - `socket`: TCP keep-alive and buffer sizes;
+//! - `syslog`: whether stderr is the session's stream, and syslog for a
+//!   server's log lines when it is.
 //!
 //! Everything public is re-exported here: callers write `sys::NAME` and need
 //! not know which file holds it.
@@ -26,6 +28,7 @@ mod pipe;
 mod process;
 pub mod simd;
 mod socket;
+mod syslog;
 
 pub use file::{
     Advice, Cleared, blk_zero_out, block_device_size, clear_range, fadvise, is_block_device,
@@ -40,6 +43,7 @@ pub use process::{
     wait_termination_signal,
 };
 pub use socket::{reset_on_close, set_keepalive, set_socket_buffers};
+pub use syslog::{stderr_is_the_stream, syslog_is_on, syslog_line, syslog_start};
 
 /// Columns of the terminal on standard error, if it is one (TIOCGWINSZ).
 pub fn stderr_columns() -> Option<u16> {

@@ -1,0 +1,31 @@
+//! Arbitrary bytes through the patch decoder (`bsync::patch::format`): it
+//! must never panic, hang or allocate beyond what it was given and the
+//! format's caps; every record it accepts lies within the header's size,
+//! its ranges in order and its data as long as they need.
+use bsync::compress::Decompressor;
+use bsync::patch::format::{Decoder, Item};
+
+/// The target, on one input.
+pub fn fuzz(data: &[u8]) {
+    let mut d = Decoder::new(data);
+    let Ok(h) = d.header() else { return };
+    let mut dec = Decompressor::default();
+    while let Ok(item) = d.next(&mut dec) {
+        match item {
+            Item::Record(r, _) => {
+                let mut end = 0u64;
+                let mut want = 0usize;
+                for range in &r.ranges {
+                    assert!(u64::from(range.start) >= end, "ranges out of order");
+                    end = u64::from(range.start) + u64::from(range.len);
+                    if !range.zero {
+                        want += range.len as usize;
+                    }
+                }
+                assert!(r.offset + end <= h.source_size, "record past the size");
+                assert_eq!(r.data.len(), want, "data and ranges disagree");
+            }
+            Item::End(_) => return,
+        }
+    }
+}
