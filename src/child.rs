@@ -21,6 +21,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::lock::lock;
@@ -56,17 +57,46 @@ pub fn sh(command: &str) -> Result<(Child, PipeStream, String)> {
     Ok((child, stream, what))
 }
 
-/// Wait for `child` (`what`) after the session; its failure is only
-/// reported when the session itself went well.
+/// How long a child may take to end after the session has ended (and its
+/// stdin was closed), before it is killed: the session's outcome is known,
+/// whatever ssh or the remote shell still does.
+pub const REAP_LIMIT: Duration = Duration::from_secs(5);
+
+/// Wait for `child` (`what`) after the session, at most [`REAP_LIMIT`];
+/// its failure is only reported when the session itself went well.
 pub fn reap(mut child: Child, what: &str, session: Result<()>) -> Result<()> {
-    let status = child.wait();
+    let status = wait_within(&mut child, REAP_LIMIT);
     session?;
     match status {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(Error::Failed(format!(
+        Ok(Some(s)) if s.success() => Ok(()),
+        // The session was complete and checked: only the child lingered.
+        Ok(None) => Ok(()),
+        Ok(Some(s)) => Err(Error::Failed(format!(
             "{what} exited with {s} after the session"
         ))),
         Err(e) => Err(Error::io(what, "wait", e)),
+    }
+}
+
+/// Wait up to `limit` for `child`; kill and reap it if it has not ended
+/// by then (`Ok(None)`).
+fn wait_within(c: &mut Child, limit: Duration) -> io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = try_reap(c)? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            // Under the lock, as in `try_reap`.
+            let mut recorded = child();
+            let _ = c.kill();
+            c.wait()?;
+            if *recorded == Some(c.id()) {
+                *recorded = None;
+            }
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -126,7 +156,8 @@ pub fn watch_interrupts(log: &Log) {
         return;
     }
     let log = log.clone();
-    thread::spawn(move || {
+    // Without the thread, the signals keep their default action.
+    let watcher = thread::Builder::new().spawn(move || {
         let Ok(sig) = sys::wait_termination_signal() else {
             return;
         };
@@ -154,6 +185,10 @@ pub fn watch_interrupts(log: &Log) {
         );
         std::process::exit(128 + sig);
     });
+    if watcher.is_err() {
+        // Nothing would take them: the signals end the process as usual.
+        let _ = sys::unblock_termination_signals();
+    }
 }
 
 /// `SIGINT (Ctrl-C)`, `SIGTERM`, `SIGHUP`.

@@ -325,8 +325,9 @@ pub fn memory_needed(t: &Transfer, local: bool) -> u64 {
 }
 
 /// The memory this process may use: `MemAvailable` from `/proc/meminfo`,
-/// lowered to the cgroup's `memory.max` when that is smaller. `None` when
-/// neither can be read.
+/// lowered to the room its memory cgroups leave (their limits less what
+/// they hold, [`crate::sys::cgroup_memory_room`]) when that is smaller.
+/// `None` when neither can be read.
 pub fn memory_available() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
     let available = meminfo.as_deref().and_then(|m| {
@@ -335,9 +336,7 @@ pub fn memory_available() -> Option<u64> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kib| kib.saturating_mul(1024))
     });
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let cgroup = crate::sys::cgroup_memory_room();
     match (available, cgroup) {
         (Some(a), Some(c)) => Some(a.min(c)),
         (a, c) => a.or(c),

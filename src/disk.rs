@@ -127,6 +127,34 @@ fn open_read_only(path: &Path, label: &str) -> Result<(File, bool, bool)> {
     Ok((file, regular, is_device))
 }
 
+/// Why `file` (at `path`), neither a regular file nor a block device,
+/// cannot be a source.
+fn unsized_source(path: &Path, label: &str, file: &File) -> Error {
+    let kind = file.metadata().map(|m| m.file_type()).ok();
+    let hint = if path == Path::new("/dev/zero") {
+        "-f defaults to /dev/zero: is -f missing?"
+    } else if kind.is_some_and(|k| k.is_dir()) {
+        "a directory: give the file or device inside it"
+    } else {
+        "a pipe, terminal or stream has no size to copy: save it to a file first"
+    };
+    Error::usage(format!(
+        "{label}: not a regular file or block device ({hint})"
+    ))
+}
+
+/// Check that `path` can be a source, as [`Disk::open_source`] would, and
+/// close it again: a `-t` run checks its own end before it logs in.
+pub fn check_source(path: &Path) -> Result<()> {
+    let label = format!("source {}", path.display());
+    let (file, regular, is_device) = open_read_only(path, &label)?;
+    if regular || is_device {
+        Ok(())
+    } else {
+        Err(unsized_source(path, &label, &file))
+    }
+}
+
 impl Disk {
     /// Open `path` read-only as the source: a regular file or a block
     /// device. Anything else (the default `/dev/zero`, a pipe, a directory)
@@ -136,17 +164,7 @@ impl Disk {
         let label = format!("source {}", path.display());
         let (file, regular, is_device) = open_read_only(path, &label)?;
         if !regular && !is_device {
-            let kind = file.metadata().map(|m| m.file_type()).ok();
-            let hint = if path == Path::new("/dev/zero") {
-                "-f defaults to /dev/zero: is -f missing?"
-            } else if kind.is_some_and(|k| k.is_dir()) {
-                "a directory: give the file or device inside it"
-            } else {
-                "a pipe, terminal or stream has no size to copy: save it to a file first"
-            };
-            return Err(Error::usage(format!(
-                "{label}: not a regular file or block device ({hint})"
-            )));
+            return Err(unsized_source(path, &label, &file));
         }
         let warning = if is_device {
             let rdev = file.metadata().map_or(0, |m| m.rdev());
@@ -265,6 +283,9 @@ impl Disk {
         if device {
             mounts::refuse_mounted(&label, meta.as_ref(), env, log)?;
         }
+        if let Some(meta) = &meta {
+            mounts::refuse_live(&label, meta, env, log)?;
+        }
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(!exists).mode(0o644);
         if device && !allow {
@@ -281,6 +302,9 @@ impl Disk {
                 Error::io(&label, "open for writing", e)
             }
         })?;
+        if device {
+            mounts::refuse_read_only(&label, &file)?;
+        }
         Disk::describe(file, label, env, log)
     }
 
@@ -660,8 +684,18 @@ pub fn check_destination(path: &Path, env: &Env, log: &Log) -> Result<()> {
         Ok(meta) => {
             if meta.file_type().is_block_device() {
                 mounts::refuse_mounted(&label, Some(&meta), env, log)?;
+                if let Ok(file) = File::open(path) {
+                    mounts::refuse_read_only(&label, &file)?;
+                }
             }
-            sys::may_write(path).map_err(|e| Error::io(&label, "open for writing", e))
+            mounts::refuse_live(&label, &meta, env, log)?;
+            sys::may_write(path).map_err(|e| match e.raw_os_error() {
+                Some(libc::EROFS) => Error::Failed(format!(
+                    "{label}: read-only (it lies on a file system mounted read-only); \
+                     nothing was written"
+                )),
+                _ => Error::io(&label, "open for writing", e),
+            })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let parent = match path.parent() {

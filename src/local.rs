@@ -20,6 +20,7 @@ use crate::lock::lock;
 use crate::pool::{Pool, Pooled};
 use crate::progress::{Log, Reporter, Side, Stats, Totals, report_summary, summary};
 use crate::reader::read_blocks;
+use crate::session::spawn_scoped;
 use crate::sys::simd::equal;
 use crate::writer::Writer;
 
@@ -133,17 +134,21 @@ fn run_pipeline(
 
     thread::scope(|s| {
         let range = blocks.clone();
-        let src_reader =
-            s.spawn(move || read_blocks(source, geo, range, &src_pool, &src_tx, stats, &|| true));
-        let dst_reader =
-            s.spawn(move || read_blocks(dest, geo, blocks, &dst_pool, &dst_tx, stats, &|| true));
-        let workers: Vec<_> = (0..workers)
+        // A refused thread returns at once: what is dropped with this
+        // closure's channels ends the threads already started.
+        let src_reader = spawn_scoped(s, move || {
+            read_blocks(source, geo, range, &src_pool, &src_tx, stats, &|| true)
+        })?;
+        let dst_reader = spawn_scoped(s, move || {
+            read_blocks(dest, geo, blocks, &dst_pool, &dst_tx, stats, &|| true)
+        })?;
+        let workers = (0..workers)
             .map(|_| {
                 let out = out_tx.clone();
                 let inputs = Arc::clone(&inputs);
-                s.spawn(move || compare_blocks(&inputs, &out, grain))
+                spawn_scoped(s, move || compare_blocks(&inputs, &out, grain))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         drop((out_tx, inputs));
         let done = |index| match source.rescue() {
             Some(rescue) => rescue.done(index, geo.offset(index), geo.len(index) as u64),

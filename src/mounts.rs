@@ -45,6 +45,101 @@ pub fn refuse_mounted(
     Ok(())
 }
 
+/// Refuse a destination that something live stands on: a regular file
+/// behind an attached loop device (mounted or not: the loop device is in
+/// use), an active swap file or swap device, and a read-only device. Loop
+/// devices and swap files are matched by device and inode, so another name
+/// for the same file (a link, a relative path) is caught too.
+/// [`ALLOW_MOUNTED_ENV`] turns the first two into a warning; nothing
+/// writes a read-only device.
+pub fn refuse_live(label: &str, meta: &std::fs::Metadata, env: &Env, log: &Log) -> Result<()> {
+    let live = if meta.file_type().is_block_device() {
+        swap_of(|s| s.file_type().is_block_device() && s.rdev() == meta.rdev())
+            .map(|swap| format!("{label}: the device is in use as swap ({})", swap.display()))
+    } else if meta.is_file() {
+        let id = (meta.dev(), meta.ino());
+        swap_of(|s| s.is_file() && (s.dev(), s.ino()) == id)
+            .map(|swap| format!("{label}: the file is in use as swap ({})", swap.display()))
+            .or_else(|| {
+                loop_backed_by(id).map(|dev| {
+                    format!(
+                        "{label}: the file backs the loop device {}{}",
+                        dev.display(),
+                        match mount_of_path(&dev) {
+                            Some(m) => format!(", mounted on {}", m.target.display()),
+                            None => String::new(),
+                        }
+                    )
+                })
+            })
+    } else {
+        None
+    };
+    if let Some(what) = live {
+        if !env.allow_mounted {
+            return Err(Error::Failed(format!(
+                "{what}; writing under it corrupts what uses it. Detach it first \
+                 (losetup -d, swapoff; {ALLOW_MOUNTED_ENV}=1 overrides); nothing was written"
+            )));
+        }
+        log.line(format!(
+            "warning: {what}; writing anyway because {ALLOW_MOUNTED_ENV} is set"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse a read-only block device (`losetup -r`, `blockdev --setro`):
+/// every write to it would fail.
+pub fn refuse_read_only(label: &str, file: &std::fs::File) -> Result<()> {
+    if crate::sys::is_read_only_device(file).unwrap_or(false) {
+        return Err(Error::Failed(format!(
+            "{label}: the device is read-only (blockdev --setro, losetup -r or a \
+             write-protected medium); nothing was written"
+        )));
+    }
+    Ok(())
+}
+
+/// The swap area in `/proc/swaps` whose metadata `matches`. Best effort:
+/// an unreadable table finds nothing.
+fn swap_of(matches: impl Fn(&std::fs::Metadata) -> bool) -> Option<PathBuf> {
+    let table = std::fs::read_to_string("/proc/swaps").ok()?;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next())
+        .map(|name| PathBuf::from(unescape(name)))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| matches(&m)))
+}
+
+/// The attached loop device whose backing file is `(dev, ino)`, from
+/// `/sys/block/loop*/loop` and the device's own `LOOP_GET_STATUS64` (or,
+/// where the device node cannot be opened, the backing file's path as the
+/// kernel names it).
+fn loop_backed_by(id: (u64, u64)) -> Option<PathBuf> {
+    let entries = std::fs::read_dir("/sys/block").ok()?;
+    entries.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+        let dev = PathBuf::from("/dev").join(&name);
+        let by_ioctl = std::fs::File::open(&dev)
+            .ok()
+            .and_then(|f| crate::sys::loop_backing(&f).ok());
+        let found = match by_ioctl {
+            Some(backing_id) => backing_id == id,
+            None => std::fs::metadata(backing.trim_end_matches('\n'))
+                .is_ok_and(|m| (m.dev(), m.ino()) == id),
+        };
+        found.then_some(dev)
+    })
+}
+
+/// Where the block device at `path` (or a partition of it) is mounted.
+fn mount_of_path(path: &std::path::Path) -> Option<Mount> {
+    mount_of(std::fs::metadata(path).ok()?.rdev())
+}
+
 /// Warn when the source device (or a partition of it) is mounted
 /// read-write: its file system may change while it is copied, so the copy
 /// can be inconsistent. One line, with what to do instead; returns it

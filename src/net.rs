@@ -279,18 +279,27 @@ struct SendHalf {
 /// Sends whole frames on one connection; safe to share between threads.
 pub struct FrameSender {
     half: Mutex<SendHalf>,
+    /// Another handle on the same connection, only to close it: a writer
+    /// stuck on a connection that takes nothing holds `half` until its
+    /// deadline, and closing must not wait for that.
+    closer: Mutex<Box<dyn Sink>>,
     /// Who is on the other end, for messages.
     pub peer: String,
 }
 
+/// How long [`FrameSender::fail`] waits for a writer in progress before it
+/// closes the connection without saying why.
+const FAIL_WAIT: Duration = Duration::from_secs(1);
+
 impl FrameSender {
-    /// A sender on `stream`.
-    fn new(stream: Box<dyn Sink>, peer: String) -> FrameSender {
+    /// A sender on `stream`, closed through `closer` (the same connection).
+    fn new(stream: Box<dyn Sink>, closer: Box<dyn Sink>, peer: String) -> FrameSender {
         FrameSender {
             half: Mutex::new(SendHalf {
                 stream,
                 cipher: None,
             }),
+            closer: Mutex::new(closer),
             peer,
         }
     }
@@ -303,8 +312,11 @@ impl FrameSender {
     /// connection they are sealed in place, so `frames` holds ciphertext
     /// afterwards.
     pub fn send(&self, frames: &mut [u8]) -> Result<()> {
-        let mut half = self.lock();
-        let SendHalf { stream, cipher } = &mut *half;
+        self.send_on(&mut self.lock(), frames)
+    }
+
+    fn send_on(&self, half: &mut SendHalf, frames: &mut [u8]) -> Result<()> {
+        let SendHalf { stream, cipher } = half;
         let sent = match cipher {
             None => stream.write_all(frames),
             Some(cipher) => seal_and_write(&mut **stream, cipher, frames),
@@ -319,20 +331,44 @@ impl FrameSender {
         self.send(&mut buf)
     }
 
-    /// Tell the peer why we give up (best effort) and close.
+    /// Tell the peer why we give up (best effort) and close. A writer that
+    /// holds the connection longer than [`FAIL_WAIT`] (stuck on a peer
+    /// that reads nothing) is not waited for: the connection is closed
+    /// under it, which ends its write.
     pub fn fail(&self, msg: &str) {
-        let _ = self.send_frame(&Frame::Error(msg));
+        let until = std::time::Instant::now() + FAIL_WAIT;
+        let mut buf = Vec::new();
+        proto::encode(&Frame::Error(msg), &mut buf);
+        loop {
+            match self.half.try_lock() {
+                Ok(mut half) => {
+                    let _ = self.send_on(&mut half, &mut buf);
+                    break;
+                }
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    let _ = self.send_on(&mut p.into_inner(), &mut buf);
+                    break;
+                }
+                Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => break,
+            }
+        }
         self.shutdown();
     }
 
     /// Send on a new connection (and its keys) from now on, after a reconnect.
     pub fn replace(&self, other: FrameSender) {
-        *self.lock() = crate::lock::into_inner(other.half);
+        let mut half = self.lock();
+        *lock(&self.closer) = crate::lock::into_inner(other.closer);
+        *half = crate::lock::into_inner(other.half);
     }
 
-    /// Close both directions, waking a thread blocked reading it.
+    /// Close both directions, waking a thread blocked reading or writing
+    /// it; never waits for a writer.
     pub fn shutdown(&self) {
-        self.lock().stream.close();
+        lock(&self.closer).close();
     }
 }
 
@@ -417,9 +453,16 @@ impl Lane {
         let write_half = stream
             .try_clone()
             .map_err(|e| Error::io(&peer, "clone socket", e))?;
+        let closer = stream
+            .try_clone()
+            .map_err(|e| Error::io(&peer, "clone socket", e))?;
         Ok(Lane {
             reader: FrameReader::new(Box::new(stream), peer.clone(), proto::HANDSHAKE_MAX),
-            sender: Arc::new(FrameSender::new(Box::new(write_half), peer)),
+            sender: Arc::new(FrameSender::new(
+                Box::new(write_half),
+                Box::new(closer),
+                peer,
+            )),
         })
     }
 

@@ -416,7 +416,8 @@ impl Reporter {
         let notes = notes.to_vec();
         let tty = std::io::stderr().is_terminal();
         let every = if tty { TTY_EVERY } else { PLAIN_EVERY };
-        let thread = std::thread::spawn(move || {
+        // Progress is optional: a thread the system refuses shows none.
+        let thread = std::thread::Builder::new().spawn(move || {
             let mut last = (Instant::now(), 0u64);
             let mut moved = Instant::now();
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
@@ -451,7 +452,7 @@ impl Reporter {
         });
         Reporter {
             stop: Some(stop),
-            thread: Some(thread),
+            thread: thread.ok(),
             started,
         }
     }

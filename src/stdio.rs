@@ -31,10 +31,14 @@ const WAKE: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 struct Shared {
     read: File,
-    write: Mutex<Option<File>>,
+    /// Shared with a writer only for the length of one write, so that
+    /// `shutdown` never waits behind one.
+    write: Mutex<Option<Arc<File>>>,
     closed: AtomicBool,
     /// The deadline of one read or write, in milliseconds.
     deadline_ms: AtomicU64,
+    /// Bytes read ahead and given back, served before the descriptor.
+    unread: Mutex<Vec<u8>>,
 }
 
 /// Reading from one descriptor, writing to another.
@@ -46,10 +50,19 @@ impl PipeStream {
     pub fn new(read: OwnedFd, write: OwnedFd) -> PipeStream {
         PipeStream(Arc::new(Shared {
             read: File::from(read),
-            write: Mutex::new(Some(File::from(write))),
+            write: Mutex::new(Some(Arc::new(File::from(write)))),
             closed: AtomicBool::new(false),
             deadline_ms: AtomicU64::new(u64::MAX),
+            unread: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Give `bytes` back: the next reads return them first.
+    pub fn unread(&self, bytes: &[u8]) {
+        let mut unread = lock(&self.0.unread);
+        let rest = std::mem::take(&mut *unread);
+        unread.extend_from_slice(bytes);
+        unread.extend_from_slice(&rest);
     }
 
     /// This process's stdin and stdout. Descriptor 1 is then pointed at
@@ -72,6 +85,15 @@ impl PipeStream {
 
 impl Read for PipeStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        {
+            let mut unread = lock(&self.0.unread);
+            if !unread.is_empty() {
+                let n = buf.len().min(unread.len());
+                buf[..n].copy_from_slice(&unread[..n]);
+                unread.drain(..n);
+                return Ok(n);
+            }
+        }
         let start = Instant::now();
         let limit = self.deadline();
         loop {
@@ -89,17 +111,35 @@ impl Read for PipeStream {
     }
 }
 
+/// The most one write puts into the pipe: a pipe that polls writable has
+/// room for this much, so the write cannot block (POSIX's `PIPE_BUF`).
+const PIECE: usize = 4096;
+
 impl Write for PipeStream {
+    /// Writes at most [`PIECE`] bytes once the pipe has room, waiting for
+    /// that under the deadline; a shutdown ends the wait within [`WAKE`].
+    /// (`write_all` then writes a frame piece by piece, polling between.)
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let guard = lock(&self.0.write);
-        let Some(file) = guard.as_ref() else {
+        let start = Instant::now();
+        let limit = self.deadline();
+        let Some(file) = lock(&self.0.write).clone() else {
             return Err(io::ErrorKind::BrokenPipe.into());
         };
-        if !sys::wait_ready(file.as_fd(), true, self.deadline())? {
-            return Err(io::ErrorKind::TimedOut.into());
+        loop {
+            if self.closed() {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            let left = limit.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            if sys::wait_ready(file.as_fd(), true, left.min(WAKE))? {
+                match (&*file).write(&buf[..buf.len().min(PIECE)]) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return done,
+                }
+            }
         }
-        let mut file = file;
-        file.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -192,6 +232,37 @@ impl OpenRequest {
         })
     }
 
+    /// The request, if the client sent one (bdsync's client form does;
+    /// `-t` inside ssh starts with the preamble instead, which is given
+    /// back to the stream untouched).
+    pub fn read_if_sent(stream: &mut PipeStream, peer: &str) -> Result<Option<OpenRequest>> {
+        let mut first = [0u8; 1];
+        let n = stream
+            .read(&mut first)
+            .map_err(|e| crate::net::net_error(peer, "the open request", e))?;
+        stream.unread(&first[..n]);
+        if n == 0 || first[0] != OPEN_MAGIC.as_bytes()[0] {
+            return Ok(None);
+        }
+        Self::read(stream, peer).map(Some)
+    }
+
+    /// Whether the request names `path`: the same name, or the same file
+    /// or device by another name.
+    pub fn names(&self, path: &std::path::Path) -> bool {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if self.path == path {
+            return true;
+        }
+        match (std::fs::metadata(&self.path), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) if a.file_type().is_block_device() => {
+                b.file_type().is_block_device() && a.rdev() == b.rdev()
+            }
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
+
     fn parse(line: &[u8]) -> Option<OpenRequest> {
         let line = std::str::from_utf8(line).ok()?;
         let rest = line.strip_prefix(OPEN_MAGIC)?.strip_prefix(' ')?;
@@ -265,6 +336,38 @@ mod tests {
         let mut b = [0u8; 1];
         let e = s.read(&mut b).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// A peer that stops reading: `write_all` gives up at the deadline,
+    /// and `shutdown` does not wait for it. The writer runs on a thread
+    /// the test waits for only so long, so a hang fails the test.
+    #[test]
+    fn a_stuck_write_ends_at_the_deadline_and_never_holds_up_shutdown() {
+        let (s, _peer) = pair();
+        s.set_deadline(Duration::from_millis(300)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut w = s.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(w.write_all(&vec![7u8; 8 << 20]).map_err(|e| e.kind()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(got, Ok(Err(io::ErrorKind::TimedOut)));
+
+        s.set_deadline(Duration::from_secs(60)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut w = s.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(w.write_all(&vec![7u8; 8 << 20]).map_err(|e| e.kind()));
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let s2 = s.clone();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(s2.shutdown().is_ok());
+        });
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(true));
+        let got = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(got, Ok(Err(io::ErrorKind::BrokenPipe)));
     }
 
     #[test]

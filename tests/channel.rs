@@ -2,8 +2,9 @@
 //! client with `ssh ... bsync --server` as its remote shell command, and
 //! `-t` inside the ssh session, asked for (`-over-ssh`) or because the
 //! remote's port cannot be reached. Without `BSYNC_TEST_SSH` each test says
-//! "skipped: no sshd" (`common::skip`: fails under CI) and passes. One test needs no sshd: a stand-in for
-//! ssh records the remote command lines and runs them here.
+//! "skipped: no sshd" (`common::skip`: fails under CI) and passes. The tests
+//! below the issue-18 line and one more need no sshd: a stand-in for ssh
+//! runs the remote commands here.
 
 mod common;
 
@@ -158,6 +159,288 @@ fn over_ssh_uploads_downloads_compares_and_writes_patches() {
     run_ok(&mut t(&["-over-ssh", "-d"]));
     assert_same(&a, &b);
     run_ok(&mut t(&["--compare", "-over-ssh"]));
+}
+
+// ------------------------------------------------------------ issue 18 ---
+// These need no sshd: a stand-in for ssh runs the remote script on this
+// machine.
+
+/// A stand-in for ssh in `dir`: `-G` names 127.0.0.1; anything else runs
+/// the last argument (the remote script) with `sh -c`, as a login would,
+/// with the remote's cache in `dir`; every call is logged to `calls.log`. `after_server`, when set, is what the
+/// stand-in does after a `--server` command ended instead of exiting (as an
+/// ssh that lingers would), for example `exec sleep 60`.
+fn standin_ssh(dir: &TempDir, after_server: &str) -> String {
+    standin_ssh_running(dir, &format!("sh -c \"$last\"; {after_server}"))
+}
+
+/// [`standin_ssh`] that runs a `--server` command (`$last`) with
+/// `server_line` instead.
+fn standin_ssh_running(dir: &TempDir, server_line: &str) -> String {
+    let path = dir.join("standin-ssh");
+    let script = format!(
+        r#"#!/bin/sh
+echo "$*" >> '{calls}'
+for a; do last=$a; done
+case " $* " in *" -G "*) echo "hostname 127.0.0.1"; exit 0;; esac
+export SSH_CONNECTION="127.0.0.1 1 127.0.0.1 22" XDG_CACHE_HOME='{cache}'
+case $last in
+*--server*) {server_line} ;;
+*) exec sh -c "$last" ;;
+esac
+"#,
+        cache = dir.join("cache").display(),
+        calls = dir.join("calls.log").display()
+    );
+    fs::write(&path, script).unwrap();
+    Command::new("chmod")
+        .arg("755")
+        .arg(&path)
+        .status()
+        .unwrap();
+    path.display().to_string()
+}
+
+/// Run `cmd`, which must end within `limit`; returns its exit code, stderr
+/// and how long it took.
+fn run_within(cmd: &mut Command, limit: std::time::Duration) -> (Option<i32>, String, f64) {
+    let start = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start bsync");
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut s);
+        s
+    });
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let err = reader.join().unwrap_or_default();
+            return (status.code(), err, start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bsync still ran after {limit:?}: {}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Issue 18, item 8: the client of a session carried inside ssh ends when
+/// the session has ended, whatever ssh does afterwards (here it lingers a
+/// minute after the remote bsync ended).
+#[test]
+fn a_lingering_ssh_does_not_hold_the_client_after_the_session() {
+    let dir = TempDir::new("channel-linger");
+    let shell = standin_ssh(&dir, "exec sleep 60");
+    let (src, dst) = make_pair(1 << 20, 24);
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &src);
+    write_file(&b, &dst);
+    let (code, err, secs) = run_within(
+        bsync()
+            .args(["-b", "262144", "-over-ssh", "-ssh", &shell, "-f"])
+            .arg(&a)
+            .arg("-t")
+            .arg(format!("h:{}", b.display()))
+            .env("BSYNC_IO_TIMEOUT", "120"),
+        std::time::Duration::from_secs(50),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(secs < 30.0, "took {secs:.1} s: {err}");
+    assert_same(&a, &b);
+}
+
+/// Issue 18, item 8: a session inside ssh that fails on this side (a
+/// download into a device smaller than the source) ends both ends at
+/// once: the remote server, on stdin/stdout, has no lane to wait for. The
+/// remote's own lines ("client on stdin ...") are not mixed into ours.
+#[test]
+fn a_failed_session_inside_ssh_ends_at_once() {
+    let dir = TempDir::new("channel-small");
+    let ended = dir.join("server-ended");
+    let shell = standin_ssh(&dir, &format!("echo $? > '{}'", ended.display()));
+    let (src, _) = make_pair(4 << 20, 25);
+    let a = dir.join("a.img");
+    write_file(&a, &src);
+    let small = dir.join("small.img");
+    write_file(&small, &vec![0u8; 1 << 20]);
+    let out = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&small)
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => return skip("losetup failed (loop devices need root)"),
+    };
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let (code, err, secs) = run_within(
+        bsync()
+            .args([
+                "-d",
+                "-b",
+                "262144",
+                "-over-ssh",
+                "-ssh",
+                &shell,
+                "-f",
+                &dev,
+            ])
+            .arg("-t")
+            .arg(format!("h:{}", a.display()))
+            .env("BSYNC_IO_TIMEOUT", "120"),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(secs < 30.0, "took {secs:.1} s: {err}");
+    assert!(err.contains("smaller than the source"), "{err}");
+    assert!(!err.contains("client on stdin"), "{err}");
+    // The remote server ended by itself, before this side stopped ssh.
+    let status = fs::read_to_string(&ended).unwrap_or_default();
+    assert_eq!(
+        status.trim(),
+        "1",
+        "the remote server did not end by itself"
+    );
+}
+
+/// Issue 18, item 7: `-t` checks this end before it logs in: without -f
+/// (the source would be /dev/zero), with a source that does not exist, it
+/// fails at once and ssh is never started.
+#[test]
+fn t_checks_this_end_before_it_logs_in() {
+    let dir = TempDir::new("channel-local-first");
+    let shell = standin_ssh(&dir, "exit $?");
+    let target = format!("h:{}", dir.join("remote.img").display());
+    let err = run_status(bsync().args(["-ssh", &shell, "-t", &target]), 2);
+    assert!(err.contains("is -f missing?"), "{err}");
+    let missing = dir.join("missing.img");
+    let err = run_status(
+        bsync()
+            .args(["-ssh", &shell, "-f"])
+            .arg(&missing)
+            .args(["-t", &target]),
+        1,
+    );
+    assert!(err.contains("missing.img"), "{err}");
+    assert!(!err.contains("logging in"), "{err}");
+    assert!(!dir.join("calls.log").exists(), "ssh was started");
+}
+
+/// Issue 18, item 7: what the remote bsync refuses as usage (a directory
+/// or /dev/null as the remote path) is a usage error of this run, exit 2,
+/// and the line names the host as typed and that the remote refused.
+#[test]
+fn remote_usage_errors_keep_exit_2() {
+    let dir = TempDir::new("channel-remote-usage");
+    let shell = standin_ssh(&dir, "exit $?");
+    let a = dir.join("a.img");
+    write_file(&a, &random_bytes(100_000, 26));
+    for remote in [dir.path().display().to_string(), "/dev/null".to_string()] {
+        let err = run_status(
+            bsync()
+                .args(["-ssh", &shell, "-f"])
+                .arg(&a)
+                .args(["-t", &format!("myhost:{remote}")]),
+            2,
+        );
+        let line = err.lines().last().unwrap_or_default();
+        assert!(line.starts_with("bsync: myhost: the remote bsync"), "{err}");
+        assert!(line.contains(&remote), "{err}");
+    }
+}
+
+/// Issue 18, item 4: `bsync --server -f PATH`, the lock-down, serves
+/// bdsync's client form when it names PATH (by any name), and refuses any
+/// other device in a line that says so; nothing is written to either.
+#[test]
+fn a_locked_server_serves_bdsyncs_client_and_refuses_other_devices() {
+    let dir = TempDir::new("channel-locked");
+    let (src, dst) = make_pair(2 << 20, 27);
+    let (a, b, other) = (dir.join("a.img"), dir.join("b.img"), dir.join("other.img"));
+    write_file(&a, &src);
+    write_file(&b, &dst);
+    write_file(&other, &dst);
+    let link = dir.join("link.img");
+    std::os::unix::fs::symlink(&b, &link).unwrap();
+    let remsh = format!("{BIN} --server -f '{}'", b.display());
+    let patch = dir.join("p.bsync");
+    for name in [&b, &link] {
+        run_ok(
+            bsync()
+                .args(["--blocksize=262144", &remsh])
+                .arg(&a)
+                .arg(name)
+                .stdout(File::create(&patch).unwrap()),
+        );
+    }
+    assert_eq!(read_file(&b), dst);
+    let out = run(bsync()
+        .args(["--blocksize=262144", &remsh])
+        .arg(&a)
+        .arg(&other)
+        .stdout(File::create(dir.join("refused.bsync")).unwrap()));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("locked to"), "{err}");
+    assert!(err.contains("other.img"), "{err}");
+    assert!(!err.contains("bad preamble"), "{err}");
+    assert_eq!(read_file(&other), dst);
+    run_ok(bsync().arg("--patch").stdin(File::open(&patch).unwrap()));
+    assert_same(&a, &b);
+}
+
+/// Issue 18, item 8: a pipe that stops taking data (ssh with a full window
+/// on a dead link: here the remote reads 20 pieces and then nothing) fails the
+/// upload within the network deadline, instead of a write that never
+/// returns.
+#[test]
+fn a_pipe_that_stops_reading_fails_within_the_deadline() {
+    let dir = TempDir::new("channel-stuck");
+    let shell = standin_ssh_running(
+        &dir,
+        r#"{ dd bs=64k count=20; exec sleep 30; } 2>/dev/null | sh -c "$last""#,
+    );
+    // Every byte differs and none compresses: 8 MiB must go down the pipe.
+    let (src, dst) = (random_bytes(8 << 20, 28), random_bytes(8 << 20, 30));
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &src);
+    write_file(&b, &dst);
+    let (code, err, secs) = run_within(
+        bsync()
+            .args(["-b", "1M", "-over-ssh", "-ssh", &shell, "-f"])
+            .arg(&a)
+            .arg("-t")
+            .arg(format!("h:{}", b.display()))
+            .env("BSYNC_IO_TIMEOUT", "3"),
+        std::time::Duration::from_secs(28),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(secs < 25.0, "took {secs:.1} s: {err}");
+    // The host as typed, and which side went silent: this end's write
+    // timed out, or the remote's read did first and it said so.
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("bsync: "))
+        .unwrap_or_default();
+    assert!(line.contains("timed out"), "{err}");
+    assert!(
+        line.contains("h (the remote destination") || line.starts_with("bsync: h failed: "),
+        "{err}"
+    );
 }
 
 /// A stand-in for ssh, for `-ssh`: it records the remote command of every

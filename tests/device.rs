@@ -28,7 +28,13 @@ struct Loop {
 impl Loop {
     /// Attach `backing`; `None` (after saying why) when this machine cannot.
     fn attach(backing: &Path) -> Option<Loop> {
+        Loop::attach_with(backing, &[])
+    }
+
+    /// Attach `backing` with more `losetup` options (`-r`: read-only).
+    fn attach_with(backing: &Path, options: &[&str]) -> Option<Loop> {
         let out = Command::new("losetup")
+            .args(options)
             .args(["-f", "--show"])
             .arg(backing)
             .output();
@@ -643,4 +649,98 @@ fn a_source_mounted_read_write_gets_a_warning() {
     };
     let err = run_ok(&mut local(dev.path(), &dir.join("copy"), &["-b", "1M"]));
     assert!(!err.contains("warning:"), "{err}");
+}
+
+/// Issue 18, item 3: the regular file behind an attached loop device is
+/// refused like the device itself, by any name (a hard link too), locally
+/// and by a server before it listens; nothing is written.
+#[test]
+fn the_file_behind_a_loop_device_is_refused() {
+    let dir = TempDir::new("dev-backing");
+    let file = dir.join("src");
+    write_file(&file, &random_bytes(2 * MIB, 15));
+    let before = random_bytes(2 * MIB, 16);
+    let Some(dev) = device(&dir, "back.img", &before) else {
+        return;
+    };
+    let backing = dir.join("back.img");
+    let link = dir.join("other-name.img");
+    fs::hard_link(&backing, &link).expect("hard link");
+    let dev_name = dev.path().display().to_string();
+    for name in [&backing, &link] {
+        let err = run_status(&mut local(&file, name, &["-b", "1M"]), 1);
+        assert!(
+            err.contains(&format!("backs the loop device {dev_name}")),
+            "{err}"
+        );
+        assert!(err.contains("nothing was written"), "{err}");
+        let out = run(bsync()
+            .args(["-q", "-p", "0", "-i", "127.0.0.1", "-f"])
+            .arg(name));
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(out.stdout.is_empty(), "the server listened");
+        assert!(
+            stderr(&out).contains("backs the loop device"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(read_file(&backing), before);
+}
+
+/// Issue 18, item 3: an active swap file is refused; nothing is written.
+#[test]
+fn an_active_swap_file_is_refused() {
+    let dir = TempDir::new("dev-swap");
+    let file = dir.join("src");
+    write_file(&file, &random_bytes(4 * MIB, 17));
+    let swap = dir.join("swap.img");
+    write_file(&swap, &vec![0u8; 4 * MIB]);
+    fs::set_permissions(&swap, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let made = Command::new("mkswap").arg(&swap).output();
+    if !made.is_ok_and(|o| o.status.success()) {
+        return skip("mkswap is not available or failed");
+    }
+    let on = Command::new("swapon").arg(&swap).output();
+    if !on.as_ref().is_ok_and(|o| o.status.success()) {
+        return skip(
+            "swapon is not permitted here (needs root, and a file system that takes swap)",
+        );
+    }
+    struct Off<'a>(&'a Path);
+    impl Drop for Off<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("swapoff").arg(self.0).status();
+        }
+    }
+    let _off = Off(&swap);
+    let before = read_file(&swap);
+    let err = run_status(&mut local(&file, &swap, &["-b", "1M"]), 1);
+    assert!(err.contains("in use as swap"), "{err}");
+    assert_eq!(read_file(&swap), before);
+}
+
+/// Issue 18, item 6: a read-only device is refused by a server before it
+/// listens, and locally before anything is written, with "read-only".
+#[test]
+fn a_read_only_device_is_refused_before_the_server_listens() {
+    let dir = TempDir::new("dev-ro");
+    let file = dir.join("src");
+    write_file(&file, &random_bytes(2 * MIB, 18));
+    let before = random_bytes(2 * MIB, 19);
+    let backing = dir.join("ro.img");
+    write_file(&backing, &before);
+    let Some(dev) = Loop::attach_with(&backing, &["-r"]) else {
+        return;
+    };
+    let out = run(bsync()
+        .args(["-q", "-p", "0", "-i", "127.0.0.1", "-f"])
+        .arg(dev.path()));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty(), "the server listened: {err}");
+    assert!(err.contains("read-only"), "{err}");
+    let err = run_status(&mut local(&file, dev.path(), &["-b", "1M"]), 1);
+    assert!(err.contains("read-only"), "{err}");
+    assert_bytes(dev.path(), &before);
 }

@@ -516,7 +516,7 @@ pub fn local(
     let name = absolute.as_os_str();
     use std::os::unix::ffi::OsStrExt;
     std::thread::scope(|s| {
-        let dest = s.spawn(|| -> Result<()> {
+        let dest = crate::session::spawn_scoped(s, || -> Result<()> {
             let mut lane = Lane::open(b, "source".into(), env.io_timeout)?;
             lane.reader.set_max(max);
             crate::session::run(
@@ -528,7 +528,7 @@ pub fn local(
                 &quiet,
                 false,
             )
-        });
+        })?;
         let ours = Lane::open(a, "destination".into(), env.io_timeout).and_then(|mut lane| {
             lane.reader.set_max(max);
             run_source(

@@ -70,13 +70,13 @@ pub(super) fn digest_as_before(
         Ok(sum)
     };
     std::thread::scope(|s| {
-        let parts: Vec<_> = (0..blocks)
+        let parts = (0..blocks)
             .step_by(usize::try_from(share).unwrap_or(usize::MAX))
             .map(|first| {
                 let part = &part;
-                s.spawn(move || part(first, (first + share).min(blocks)))
+                crate::session::spawn_scoped(s, move || part(first, (first + share).min(blocks)))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let mut sum = 0u128;
         for p in parts {
             let got = p

@@ -58,6 +58,10 @@ struct Served<'a> {
     source: Option<&'a Disk>,
     /// Whether to show progress.
     progress: bool,
+    /// The session runs on one stream that cannot come back (stdin and
+    /// stdout): its end fails the session at once, there is no lane to
+    /// wait for.
+    one_stream: bool,
 }
 
 /// A connection that passed the preamble and sent a `Hello`.
@@ -116,6 +120,7 @@ pub fn run(s: &Serve, config: &Config, log: &Log) -> Result<()> {
         secret: s.secret.as_ref(),
         source: source.as_ref(),
         progress,
+        one_stream: false,
     };
     let mut rx = rx;
     let mut first = None;
@@ -146,7 +151,10 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
         .map_err(|e| Error::io(&peer, "set deadlines", e))?;
     let mut config = config.clone();
     let (role, path) = match &s.path {
-        Some(path) => (s.role, path.clone()),
+        Some(path) => (
+            locked_role(s, path, &mut stream, &peer, &mut config)?,
+            path.clone(),
+        ),
         None => {
             let req = OpenRequest::read(&mut stream, &peer)?;
             if proto::block_size(req.block_size as u64).is_none() {
@@ -167,6 +175,7 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
         secret: s.secret.as_ref(),
         source: source.as_ref(),
         progress: false,
+        one_stream: true,
     };
     let arrival = handshake(stream, &peer, s.secret.as_ref(), config.env.io_timeout)?;
     if let Err(why) = handshake::admit_stdio(&arrival.hello) {
@@ -178,6 +187,49 @@ pub fn run_stdio(s: &Stdio, config: &Config, log: &Log) -> Result<()> {
     drop(tx);
     let (result, _) = serve(&served, &config, rx, Some(arrival), log);
     result
+}
+
+/// `--server -f PATH`, locked to PATH: a client that names the device
+/// first (bdsync's client form, `REMSHCMD LOCDEV REMDEV`) is served when it
+/// names PATH, as the role it asks for, except that a server started as a
+/// source (`-d`) is never made a destination; any other device is refused,
+/// and the client is told why. A client that starts with the preamble
+/// (`-t` inside ssh) is served as the command line says.
+fn locked_role(
+    s: &Stdio,
+    path: &std::path::Path,
+    stream: &mut PipeStream,
+    peer: &str,
+    config: &mut Config,
+) -> Result<Role> {
+    let Some(req) = OpenRequest::read_if_sent(stream, peer)? else {
+        return Ok(s.role);
+    };
+    let refusal = if !req.names(path) {
+        Some(format!(
+            "this server is locked to {} (--server -f); the client asked for {}",
+            path.display(),
+            req.path.display()
+        ))
+    } else if req.role == Role::Destination && s.role == Role::Source {
+        Some(format!(
+            "this server serves {} only as a source (--server -d -f)",
+            path.display()
+        ))
+    } else if proto::block_size(req.block_size as u64).is_none() {
+        Some("block size out of range".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        // Past the preamble, the client reads the reason as its error.
+        if let Ok(lane) = Lane::open(stream.clone(), peer.to_string(), config.env.io_timeout) {
+            lane.sender.fail(&format!("server: {why}"));
+        }
+        return Err(Error::Failed(format!("{peer}: {why}")));
+    }
+    config.transfer.block_size = req.block_size;
+    Ok(req.role)
 }
 
 /// What `serve` hands back when a new client took the server over: the
@@ -275,6 +327,7 @@ fn serve(
     let rejoins = Arc::new(Rejoins {
         deadline: config.env.io_timeout,
         log: log.clone(),
+        one_stream: s.one_stream,
         ..Rejoins::default()
     });
     let mut handoff = None;

@@ -45,6 +45,9 @@ pub(super) struct Rejoins {
     pub(super) newcomer: Mutex<Option<(Arrival, String)>>,
     /// Where the server's lines go.
     pub(super) log: Log,
+    /// The session runs on one stream that cannot come back (stdin and
+    /// stdout): a lost lane fails the session at once.
+    pub(super) one_stream: bool,
 }
 
 impl Rejoins {
@@ -122,6 +125,11 @@ fn busy(a: Arrival, log: &Log) {
 
 impl session::Rejoin for Rejoins {
     fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
+        if self.one_stream {
+            return Err(Error::Failed(
+                "a session on stdin/stdout cannot reconnect: the client's end has gone".into(),
+            ));
+        }
         let deadline = Instant::now() + self.deadline;
         let mut slots = lock(&self.slots);
         slots.lost += 1;

@@ -118,7 +118,7 @@ pub(super) fn run(
     let abort = &abort;
     let (window, read_pool) = (&window, &read_pool);
     thread::scope(|s| {
-        s.spawn(move || {
+        super::spawn_or_fail(s, abort, move || {
             let blocks = p.first..p.geo.blocks();
             abort.guard(|| {
                 read_blocks(disk, p.geo, blocks, read_pool, &read_tx, stats, &|| {
@@ -128,14 +128,14 @@ pub(super) fn run(
         });
         for _ in 0..p.workers {
             let rx = Arc::clone(&read_rx);
-            s.spawn(move || abort.guard(|| ctx.digest_worker(&rx)));
+            super::spawn_or_fail(s, abort, move || abort.guard(|| ctx.digest_worker(&rx)));
         }
         drop(read_rx);
         for (i, lane) in lanes.into_iter().enumerate() {
             let mut reader = lane.reader;
             let tx = write_tx.clone();
             let pool = &recv_pool;
-            s.spawn(move || {
+            super::spawn_or_fail(s, abort, move || {
                 let mut decompressor = Decompressor::default();
                 let mut answer = Vec::new();
                 run_lane(

@@ -585,6 +585,39 @@ impl<'a> Abort<'a> {
     }
 }
 
+/// Start `f` on a thread of the scope `s`. A thread the system refuses
+/// (a pids cgroup's `pids.max`, `ulimit -u`, `kernel.threads-max`, or no
+/// memory for its stack) is an error naming the limit, never a panic.
+pub fn spawn_scoped<'scope, 'env, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> Result<std::thread::ScopedJoinHandle<'scope, T>> {
+    std::thread::Builder::new()
+        .spawn_scoped(s, f)
+        .map_err(thread_refused)
+}
+
+/// The error for a thread the system refused to start.
+pub fn thread_refused(e: std::io::Error) -> Error {
+    Error::Failed(format!(
+        "cannot start another thread: {e}; the limit on processes and threads is \
+         reached (a pids cgroup's pids.max, ulimit -u or kernel.threads-max): \
+         lower -w or raise the limit"
+    ))
+}
+
+/// [`spawn_scoped`] for a thread of a session: a refusal fails the session
+/// (the peer is told, the other threads stop) instead of ending the process.
+fn spawn_or_fail<'scope, 'env>(
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    abort: &Abort<'_>,
+    f: impl FnOnce() + Send + 'scope,
+) {
+    if let Err(e) = spawn_scoped(s, f) {
+        abort.fail(e);
+    }
+}
+
 /// Hash of one block's final range digests; the verification digest is
 /// their sum, so lanes may finish blocks in any order. Range digests, not
 /// page digests, so that a dry run's source, which only ever sees the

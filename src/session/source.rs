@@ -98,13 +98,13 @@ pub(super) fn run_with(
     let abort = &abort;
     let pool = &pool;
     thread::scope(|s| {
-        s.spawn(move || {
+        super::spawn_or_fail(s, abort, move || {
             let blocks = p.first..p.geo.blocks();
             abort.guard(|| read_blocks(disk, p.geo, blocks, pool, &tx, stats, &|| !abort.is_set()));
         });
         for (i, lane) in lanes.into_iter().enumerate() {
             let mut reader = lane.reader;
-            s.spawn(move || {
+            super::spawn_or_fail(s, abort, move || {
                 run_lane(
                     i,
                     &mut reader,
@@ -120,8 +120,8 @@ pub(super) fn run_with(
         }
         for _ in 0..p.workers {
             let rx = Arc::clone(&rx);
-            s.spawn(move || abort.guard(|| ctx.worker(&rx)));
-            s.spawn(move || abort.guard(|| ctx.finisher()));
+            super::spawn_or_fail(s, abort, move || abort.guard(|| ctx.worker(&rx)));
+            super::spawn_or_fail(s, abort, move || abort.guard(|| ctx.finisher()));
         }
         drop(rx);
         let theirs = state.wait_for(abort, |st| {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use super::command::Endpoint;
+use super::process::Remote;
 use super::script::{Listen, quote, server_args};
 use crate::child;
 use crate::disk::Disk;
@@ -75,8 +76,13 @@ pub(super) fn sync(
         config.log.verbose,
     );
     let script = format!("exec {} {}", quote(binary), args.join(" "));
-    let what = format!("ssh to {name}");
-    let (child, stream) = child::spawn_with_pipes(endpoint.command(&script), &what)?;
+    // Its stderr is collected, not mixed into ours: what the remote said
+    // is shown with its host's name when it explains a failure (`-v`
+    // shows it as it comes).
+    let mut server = Remote::start(endpoint.command(&script), log)?;
+    let Some(stream) = server.stream() else {
+        return Err(Error::Failed("ssh: no pipes".into()));
+    };
     let peer = format!("{name} (inside ssh)");
     let session = open_local(connect, config, log).and_then(|mut disk| {
         let pipe = client::Pipe {
@@ -95,8 +101,23 @@ pub(super) fn sync(
         )
         .map(|_| ())
     });
+    // Ends the remote's stdin: its server ends at once (a stream that
+    // cannot come back), and ssh is waited for only within a deadline.
     let _ = stream.shutdown();
-    child::reap(child, &what, session)?;
+    if session.is_err() {
+        return super::conclude(session, server, config, name, log).map(|()| Carried::Channel);
+    }
+    // Both ends agreed, and an upload's destination said it was flushed
+    // before that: ssh gets a moment to end and is stopped if it lingers.
+    let exit = server.finish(Some(child::REAP_LIMIT));
+    if exit.own && !exit.success() {
+        return Err(super::explain(
+            None,
+            &exit,
+            name,
+            "the remote bsync failed after the transfer",
+        ));
+    }
     Ok(Carried::Channel)
 }
 

@@ -64,7 +64,7 @@ use std::time::Duration;
 use crate::aead::Key;
 use crate::auth::Secret;
 use crate::config::{Config, Connect, RemoteTarget, Role, Ssh};
-use crate::error::{Error, Result};
+use crate::error::{EXIT_USAGE, Error, Result};
 use crate::progress::Log;
 use crate::sys;
 use command::Endpoint;
@@ -106,10 +106,14 @@ pub fn run(s: &Ssh, config: &Config, log: &Log) -> Result<()> {
             )));
         }
     }
-    if *role == Role::Source {
-        // A typo in -f should fail before anything happens on the remote.
-        std::fs::File::open(path)
-            .map_err(|e| Error::io(format!("source {}", path.display()), "open", e))?;
+    // This end is checked before anything happens on the remote: a typo
+    // in -f, a missing -f, a destination that is mounted or read-only.
+    match role {
+        Role::Source => crate::disk::check_source(path)?,
+        Role::Destination if config.dry.is_none() => {
+            crate::disk::check_destination(path, &config.env, log)?;
+        }
+        Role::Destination => {}
     }
     let endpoint = Endpoint::new(shell, target);
     cleanup::begin(&endpoint, &target.host, remove_remote);
@@ -150,7 +154,9 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
     // ssh -G only reads ssh's configuration; it runs while ssh logs in.
     let connect_host = {
         let endpoint = endpoint.clone();
-        std::thread::spawn(move || endpoint.connect_host())
+        std::thread::Builder::new()
+            .spawn(move || endpoint.connect_host())
+            .map_err(crate::session::thread_refused)?
     };
     let mut remote = Remote::start(endpoint.command(&script), log)?;
     remote.send_secret(&secret);
@@ -205,17 +211,7 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         config,
         log,
     )
-    .map_err(|e| {
-        match e {
-            // The remote's own words, said of the host as it was typed, not
-            // of the address this side connected to.
-            Error::Remote { msg, .. } => Error::Remote {
-                peer: name.clone(),
-                msg: msg.strip_prefix("server: ").unwrap_or(&msg).to_string(),
-            },
-            other => other,
-        }
-    });
+    .map_err(|e| of_remote(e, name, launch.role, &connect));
     match synced {
         // The one-session server was not used: stop it (which removes the
         // directory; the binary inside ssh already runs).
@@ -224,6 +220,57 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
             Ok(())
         }
         synced => conclude(synced.map(|_| ()), remote, config, name, log),
+    }
+}
+
+/// An error of the session said of the host as it was typed, not of the
+/// address this side connected to: the remote's own words as `HOST failed:
+/// ...`; a lost, silent or garbled connection as `HOST (the remote source)`
+/// or `HOST (the remote destination)`, the side that failed. `role` is
+/// this end's; `c` the connection the client made.
+fn of_remote(e: Error, name: &str, role: Role, c: &Connect) -> Error {
+    let side = match role {
+        Role::Source => "destination",
+        Role::Destination => "source",
+    };
+    let tcp = if c.host.contains(':') {
+        format!("server [{}]:{}", c.host, c.port)
+    } else {
+        format!("server {}:{}", c.host, c.port)
+    };
+    let inside = format!("{name} (inside ssh)");
+    let rename = |s: String| {
+        s.replace(&tcp, &format!("{name} (the remote {side})"))
+            .replace(&inside, &format!("{name} (the remote {side}, inside ssh)"))
+    };
+    match e {
+        Error::Remote { msg, .. } => Error::Remote {
+            peer: name.to_string(),
+            msg: msg.strip_prefix("server: ").unwrap_or(&msg).to_string(),
+        },
+        Error::Timeout { peer, phase } => Error::Timeout {
+            peer: rename(peer),
+            phase,
+        },
+        Error::Closed { peer, phase } => Error::Closed {
+            peer: rename(peer),
+            phase,
+        },
+        Error::Protocol { peer, what } => Error::Protocol {
+            peer: rename(peer),
+            what,
+        },
+        Error::Auth { peer, why } => Error::Auth {
+            peer: rename(peer),
+            why,
+        },
+        Error::Io { what, op, source } => Error::Io {
+            what: rename(what),
+            op,
+            source,
+        },
+        Error::Failed(msg) => Error::Failed(rename(msg)),
+        other => other,
     }
 }
 
@@ -348,10 +395,18 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
         Some(e @ Error::Remote { .. }) => e,
         // Stopped by this side after the failure: its status says nothing.
         Some(e) if exit.success() || !exit.own => e,
+        // This side failed first (its disk, its checks): the remote only
+        // saw its client go (unless it was killed: that is the news).
+        Some(e) if !crate::net::is_connection_loss(&e) && !exit.killed() => e,
         Some(e) => Error::Failed(format!(
             "{e}; the remote bsync on {name} {}",
             exit.describe()
         )),
+        // The remote bsync refused its command line (exit 2): a usage
+        // error of this run, such as a directory as the remote path.
+        None if exit.own && exit.status.and_then(|s| s.code()) == Some(EXIT_USAGE) => {
+            Error::usage(format!("{name}: {what}: {}", exit.describe()))
+        }
         None => Error::Failed(format!("{name}: {what}: {}", exit.describe())),
     }
 }

@@ -69,6 +69,14 @@ impl RemoteExit {
         (!lines.is_empty()).then(|| lines.join(" / "))
     }
 
+    /// Whether the remote bsync was killed by a signal (the remote shell's
+    /// status 128 + N).
+    pub(super) fn killed(&self) -> bool {
+        self.status
+            .and_then(|s| s.code())
+            .is_some_and(|c| c > 128 && c < SSH_FAILED)
+    }
+
     /// `exited with status 1: LINE`, `was killed by signal 9`, ...
     pub(super) fn describe(&self) -> String {
         use std::os::unix::process::ExitStatusExt;
@@ -136,7 +144,9 @@ impl Supervised {
         let collector = {
             let tail = Arc::clone(&tail);
             let echo = echo.cloned();
-            thread::spawn(move || collect_lines(stderr, &tail, echo.as_ref()))
+            thread::Builder::new()
+                .spawn(move || collect_lines(stderr, &tail, echo.as_ref()))
+                .map_err(crate::session::thread_refused)?
         };
         let stdin = child.stdin.take();
         Ok((
@@ -217,11 +227,13 @@ pub(super) fn bounded(cmd: Command, what: &str, limit: Duration) -> Result<Finis
     let (child, mut out) = Supervised::spawn(cmd, what, false, None)?;
     // Read on a thread of its own so that `limit` holds even while the
     // child keeps its stdout open.
-    let reader = thread::spawn(move || {
-        let mut stdout = String::new();
-        let _ = out.read_to_string(&mut stdout);
-        stdout
-    });
+    let reader = thread::Builder::new()
+        .spawn(move || {
+            let mut stdout = String::new();
+            let _ = out.read_to_string(&mut stdout);
+            stdout
+        })
+        .map_err(crate::session::thread_refused)?;
     let tail = child.end(Some(limit), Duration::ZERO);
     let stdout = reader.join().unwrap_or_default();
     let status = tail
@@ -284,6 +296,16 @@ impl Remote {
     /// (or printed something else) first.
     pub(super) fn port(&mut self) -> Option<u16> {
         self.line()?.trim().parse::<u16>().ok().filter(|&p| p != 0)
+    }
+
+    /// The remote's stdin and stdout as one stream, for a session carried
+    /// inside ssh; its stderr stays collected here. Shutting the stream
+    /// down closes the remote's stdin. `None` when already taken.
+    pub(super) fn stream(&mut self) -> Option<crate::stdio::PipeStream> {
+        use std::os::fd::AsFd;
+        let input = self.child.stdin.take()?;
+        let output = self.stdout.get_ref().as_fd().try_clone_to_owned().ok()?;
+        Some(crate::stdio::PipeStream::new(output, input.into()))
     }
 
     /// Wait up to `limit` for the remote to end, then close its stdin (the

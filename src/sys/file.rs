@@ -58,6 +58,7 @@ const fn ioc(dir: u32, ty: u32, nr: u32, size: usize) -> u32 {
     (dir << ioc::DIRSHIFT) | ((size as u32) << 16) | (ty << 8) | nr
 }
 
+const BLKROGET: u32 = ioc(ioc::NONE, 0x12, 94, 0);
 const BLKRASET: u32 = ioc(ioc::NONE, 0x12, 98, 0);
 const BLKRAGET: u32 = ioc(ioc::NONE, 0x12, 99, 0);
 const BLKSSZGET: u32 = ioc(ioc::NONE, 0x12, 104, 0);
@@ -92,6 +93,33 @@ pub fn block_device_size(f: &File) -> io::Result<u64> {
     // to a live local of that type; the fd is borrowed from an open File.
     check(unsafe { libc::ioctl(f.as_raw_fd(), req(BLKGETSIZE64), &mut size as *mut u64) })?;
     Ok(size)
+}
+
+/// Whether a block device is read-only (ioctl BLKROGET: `losetup -r`,
+/// `blockdev --setro`, a write-protected medium).
+pub fn is_read_only_device(f: &File) -> io::Result<bool> {
+    let mut ro: libc::c_int = 0;
+    // SAFETY: BLKROGET writes one int through the pointer, which points to a
+    // live local c_int; the fd is borrowed from an open File.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), req(BLKROGET), &mut ro as *mut libc::c_int) })?;
+    Ok(ro != 0)
+}
+
+/// `LOOP_GET_STATUS64` from `<linux/loop.h>` (a plain number, not `_IOC`).
+const LOOP_GET_STATUS64: u32 = 0x4C05;
+/// `struct loop_info64` is 232 bytes, all of it in 8-byte-aligned fields
+/// first: `lo_device` then `lo_inode` (each a u64).
+const LOOP_INFO64_WORDS: usize = 29;
+
+/// The file behind an attached loop device, as `(st_dev, st_ino)` (ioctl
+/// `LOOP_GET_STATUS64`); fails with ENXIO when nothing is attached.
+pub fn loop_backing(f: &File) -> io::Result<(u64, u64)> {
+    let mut info = [0u64; LOOP_INFO64_WORDS];
+    // SAFETY: LOOP_GET_STATUS64 writes one struct loop_info64 (232 bytes)
+    // through the pointer, which points to a live local array of that size;
+    // the fd is borrowed from an open File.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), req(LOOP_GET_STATUS64), info.as_mut_ptr()) })?;
+    Ok((info[0], info[1]))
 }
 
 /// Logical sector size (ioctl BLKSSZGET).

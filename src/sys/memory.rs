@@ -152,6 +152,91 @@ pub fn memlock_limit() -> io::Result<Option<u64>> {
     Ok((lim.rlim_cur != libc::RLIM_INFINITY).then(|| u64::from(lim.rlim_cur)))
 }
 
+/// The memory this process may still take under its control groups'
+/// limits: for its group and each ancestor, the limit (`memory.max` on
+/// cgroup v2, `memory.limit_in_bytes` on v1) less what the group holds
+/// that cannot be reclaimed (its usage less its page cache); the tightest
+/// of them. `None` when no limit is found or nothing can be read.
+pub fn cgroup_memory_room() -> Option<u64> {
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    cgroup_room(&groups, &mounts, &|p| std::fs::read_to_string(p).ok())
+}
+
+/// [`cgroup_memory_room`] from the text of `/proc/self/cgroup` and
+/// `/proc/self/mountinfo`, reading the groups' files with `read`.
+fn cgroup_room(
+    groups: &str,
+    mountinfo: &str,
+    read: &dyn Fn(&std::path::Path) -> Option<String>,
+) -> Option<u64> {
+    use std::path::Path;
+    let mut room: Option<u64> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(root), Some(point)) = (fields.get(3), fields.get(4)) else {
+            continue;
+        };
+        let v2 = match (fields.get(dash + 1), fields.get(dash + 3)) {
+            (Some(&"cgroup2"), _) => true,
+            (Some(&"cgroup"), Some(opts)) if opts.split(',').any(|o| o == "memory") => false,
+            _ => continue,
+        };
+        // This process's group in that hierarchy: `0::/path` on v2,
+        // `N:...memory...:/path` on v1.
+        let Some(path) = groups.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let ours = if v2 {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == "memory")
+            };
+            ours.then_some(path)
+        }) else {
+            continue;
+        };
+        let inside = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .trim_start_matches('/');
+        let top = Path::new(point);
+        let (limit, usage, cache) = if v2 {
+            ("memory.max", "memory.current", "file ")
+        } else {
+            (
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "total_cache ",
+            )
+        };
+        let number =
+            |dir: &Path, file: &str| -> Option<u64> { read(&dir.join(file))?.trim().parse().ok() };
+        let mut dir = top.join(inside);
+        loop {
+            if let Some(max) = number(&dir, limit) {
+                let held = number(&dir, usage).unwrap_or(0);
+                let reclaimable = read(&dir.join("memory.stat"))
+                    .and_then(|stat| {
+                        stat.lines()
+                            .find_map(|l| l.strip_prefix(cache))
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    })
+                    .unwrap_or(0);
+                let left = max.saturating_sub(held.saturating_sub(reclaimable));
+                room = Some(room.map_or(left, |r| r.min(left)));
+            }
+            if dir == top || !dir.pop() || !dir.starts_with(top) {
+                break;
+            }
+        }
+    }
+    room
+}
+
 impl Drop for PinnedBuf {
     fn drop(&mut self) {
         if self.len == 0 {
@@ -231,6 +316,40 @@ mod tests {
                 eprintln!("{b:?}");
             }
         }
+    }
+
+    #[test]
+    fn cgroup_room_is_the_tightest_limit_less_what_is_held() {
+        use std::collections::HashMap;
+        use std::path::{Path, PathBuf};
+        let files: HashMap<PathBuf, &str> = [
+            // v2: the group allows 1 GiB and holds 300 MiB, 100 MiB of it
+            // page cache; its parent allows 4 GiB; the root has no limit.
+            ("/cg2/a/b/memory.max", "1073741824\n"),
+            ("/cg2/a/b/memory.current", "314572800\n"),
+            ("/cg2/a/b/memory.stat", "anon 1\nfile 104857600\n"),
+            ("/cg2/a/memory.max", "4294967296\n"),
+            ("/cg2/memory.max", "max\n"),
+            // v1, tighter: 512 MiB, 12 MiB held.
+            ("/cg1/x/memory.limit_in_bytes", "536870912\n"),
+            ("/cg1/x/memory.usage_in_bytes", "12582912\n"),
+        ]
+        .into_iter()
+        .map(|(p, v)| (PathBuf::from(p), v))
+        .collect();
+        let read = |p: &Path| files.get(p).map(|s| (*s).to_string());
+        let mounts = "30 23 0:26 / /cg2 rw,nosuid - cgroup2 cgroup2 rw\n\
+                      35 31 0:32 / /cg1 rw,relatime - cgroup cgroup rw,memory\n\
+                      36 31 0:33 / /pids rw,relatime - cgroup cgroup rw,pids\n";
+        let v2_only = "0::/a/b\n";
+        assert_eq!(
+            cgroup_room(v2_only, mounts, &read),
+            Some(1073741824 - 209715200)
+        );
+        let both = "4:memory:/x\n0::/a/b\n";
+        assert_eq!(cgroup_room(both, mounts, &read), Some(536870912 - 12582912));
+        assert_eq!(cgroup_room("0::/\n", mounts, &read), None);
+        assert_eq!(cgroup_room(v2_only, "", &read), None);
     }
 
     #[test]

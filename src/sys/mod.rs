@@ -32,14 +32,15 @@ mod syslog;
 
 pub use file::{
     Advice, Cleared, blk_zero_out, block_device_size, clear_range, fadvise, is_block_device,
-    logical_sector_size, may_write, next_data, pread_full, punch_hole, pwrite_all, read_ahead,
-    read_full_with, set_read_ahead, start_writeback, wait_writeback, write_all_with,
-    writeback_unsupported, zero_range,
+    is_read_only_device, logical_sector_size, loop_backing, may_write, next_data, pread_full,
+    punch_hole, pwrite_all, read_ahead, read_full_with, set_read_ahead, start_writeback,
+    wait_writeback, write_all_with, writeback_unsupported, zero_range,
 };
-pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, memlock_limit};
+pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, cgroup_memory_room, memlock_limit};
 pub use pipe::{stdout_to_stderr, wait_ready};
 pub use process::{
-    TERMINATION_SIGNALS, block_termination_signals, getrandom, kill, wait_termination_signal,
+    TERMINATION_SIGNALS, block_termination_signals, getrandom, kill, unblock_termination_signals,
+    wait_termination_signal,
 };
 pub use socket::{reset_on_close, set_keepalive, set_socket_buffers};
 pub use syslog::{stderr_is_the_stream, syslog_is_on, syslog_line, syslog_start};

@@ -64,9 +64,19 @@ fn termination_set() -> io::Result<libc::sigset_t> {
 /// an empty mask (the standard library resets it), so `ssh` still dies of
 /// Ctrl-C as usual.
 pub fn block_termination_signals() -> io::Result<()> {
+    mask_termination_signals(libc::SIG_BLOCK)
+}
+
+/// Undo [`block_termination_signals`] in the calling thread (when no thread
+/// could be started to take them).
+pub fn unblock_termination_signals() -> io::Result<()> {
+    mask_termination_signals(libc::SIG_UNBLOCK)
+}
+
+fn mask_termination_signals(how: libc::c_int) -> io::Result<()> {
     let set = termination_set()?;
     // SAFETY: `set` is an initialised sigset_t; the old mask is not wanted.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let rc = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
     if rc == 0 {
         Ok(())
     } else {
