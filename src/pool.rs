@@ -16,13 +16,20 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::block::Block;
+use crate::block::{Block, Extent};
+use crate::digest::Digest;
 use crate::lock::{lock, wait};
 use crate::sys::PinnedBuf;
 
 struct State {
     free: Vec<Block>,
     allocated: usize,
+    /// Of a [`Pool::sized`]: the emptied extent and digest lists of buffers
+    /// let go beyond the spares, for the next new buffer. Unlike the data
+    /// they cost little, and a buffer made per received block must not
+    /// cost a heap allocation per block; at most as many as buffers were
+    /// ever alive at once, which the flow that fills them bounds.
+    lists: Vec<(Vec<Extent>, Vec<Digest>)>,
 }
 
 struct Inner {
@@ -58,6 +65,7 @@ impl Pool {
                 state: Mutex::new(State {
                     free: Vec::new(),
                     allocated: 0,
+                    lists: Vec::new(),
                 }),
                 returned: Condvar::new(),
                 capacity: capacity.max(1),
@@ -77,6 +85,7 @@ impl Pool {
                 state: Mutex::new(State {
                     free: Vec::new(),
                     allocated: 0,
+                    lists: Vec::new(),
                 }),
                 returned: Condvar::new(),
                 capacity: spares,
@@ -101,11 +110,14 @@ impl Pool {
             return Ok(self.wrap(block));
         }
         state.allocated += 1;
+        let (extents, digests) = state.lists.pop().unwrap_or_default();
         drop(state);
         let data = match PinnedBuf::new(len.next_multiple_of(SIZED_UNIT), false, self.inner.hints) {
             Ok(data) => data,
             Err(e) => {
-                self.inner.state().allocated -= 1;
+                let mut state = self.inner.state();
+                state.allocated -= 1;
+                state.lists.push((extents, digests));
                 return Err(e);
             }
         };
@@ -113,8 +125,8 @@ impl Pool {
             index: 0,
             len: 0,
             data,
-            extents: Vec::new(),
-            digests: Vec::new(),
+            extents,
+            digests,
             hole: false,
             unreadable: Vec::new(),
             finished: false,
@@ -210,13 +222,23 @@ impl Drop for Pooled {
             if self.pool.sized && state.free.len() >= self.pool.capacity {
                 // Enough spares: keep the larger of this and the smallest.
                 let smallest = (0..state.free.len()).min_by_key(|&i| state.free[i].data.len());
-                match smallest {
+                let gone = match smallest {
                     Some(i) if state.free[i].data.len() < block.data.len() => {
-                        state.free[i] = block;
+                        std::mem::replace(&mut state.free[i], block)
                     }
-                    _ => drop(block),
-                }
+                    _ => block,
+                };
+                let Block {
+                    data,
+                    extents,
+                    digests,
+                    ..
+                } = gone;
+                state.lists.push((extents, digests));
                 state.allocated -= 1;
+                drop(state);
+                // Unmapped outside the lock.
+                drop(data);
                 return;
             }
             state.free.push(block);
@@ -229,7 +251,6 @@ impl Drop for Pooled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::Extent;
     use std::thread;
     use std::time::Duration;
 
@@ -274,6 +295,19 @@ mod tests {
         assert_eq!(pool.allocated(), 1);
         assert_eq!(pool.get_len(5).unwrap().data.len(), 2 * SIZED_UNIT);
         assert_eq!(pool.allocated(), 1);
+    }
+
+    #[test]
+    fn sized_buffers_let_go_leave_their_lists_for_the_next() {
+        let pool = Pool::sized(0, false);
+        let mut a = pool.get_len(1).unwrap();
+        a.extents.reserve(16);
+        a.digests.reserve(16);
+        drop(a);
+        assert_eq!(pool.allocated(), 0);
+        let b = pool.get_len(1).unwrap();
+        assert!(b.extents.capacity() >= 16 && b.digests.capacity() >= 16);
+        assert!(b.extents.is_empty() && b.digests.is_empty());
     }
 
     #[test]

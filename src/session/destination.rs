@@ -395,6 +395,9 @@ impl DestCtx<'_> {
         let salt = self.p.salt;
         let mut at = 0usize;
         let b = &mut *block;
+        // A block has at most an extent per page: reserved at once, a new
+        // buffer's list costs one allocation, not one per doubling.
+        b.extents.reserve(digests.len());
         for change in frame.changes.iter() {
             let j = change.page as usize;
             let Some(d) = digests.get_mut(j) else {
