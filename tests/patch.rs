@@ -372,6 +372,32 @@ fn write_patch_locally_to_a_file() {
     assert_same(&p.src, &p.dst);
 }
 
+/// A patch replaces the file at its path: `--write-patch` naming the
+/// source, the destination or a device is refused before anything is
+/// opened (once, each of these became the patch, exit 0).
+#[test]
+fn write_patch_never_replaces_the_source_the_destination_or_a_device() {
+    let p = pair("write-patch-clobber");
+    for target in [&p.src, &p.dst, Path::new("/dev/null")] {
+        let out = run_status(
+            &mut local(
+                &p.src,
+                &p.dst,
+                &["--write-patch", target.to_str().unwrap(), "-b", BS],
+            ),
+            2,
+        );
+        assert!(out.contains("--write-patch"), "{out}");
+        assert_eq!(read_file(&p.src), p.src_bytes);
+        assert_eq!(read_file(&p.dst), p.dst_bytes);
+    }
+    assert!(
+        Path::new("/dev/null")
+            .metadata()
+            .is_ok_and(|m| !m.is_file())
+    );
+}
+
 #[test]
 fn bdsync_options_bsync_lacks_are_refused() {
     for args in [

@@ -408,6 +408,31 @@ fn a_healthy_source_gives_a_map_of_one_finished_area() {
     one_finished_line(&read_map(&map), SIZE as u64);
 }
 
+/// A map's finished areas are neither read nor verified again, so the map
+/// of another source (another size) is refused before anything is written
+/// (once it was taken, its "finished" blocks skipped, exit 0 with holes).
+#[test]
+fn the_map_of_another_source_is_refused() {
+    let dir = TempDir::new("rescue-other-map");
+    let (src, dst, _) = images(&dir);
+    let small = dir.join("small.img");
+    write_file(&small, &random_bytes(SIZE / 2, 23));
+    let map = dir.join("map");
+    let copy = dir.join("copy.img");
+    run_ok(&mut local(
+        &small,
+        &copy,
+        &["-rescue", map.to_str().expect("UTF-8")],
+    ));
+    let before = read_file(&dst);
+    let err = run_status(
+        &mut local(&src, &dst, &["-rescue", map.to_str().expect("UTF-8")]),
+        2,
+    );
+    assert!(err.contains("map of another source"), "{err}");
+    assert_eq!(read_file(&dst), before);
+}
+
 #[test]
 fn an_interrupted_rescue_resumes_from_its_map_and_the_map_shrinks() {
     if let Some(why) = missing() {

@@ -227,7 +227,10 @@ impl RawArgs {
                 ));
             }
             (Some(p), false) if p.as_os_str() == "-" => DryRun::Patch(None),
-            (Some(p), false) => DryRun::Patch(Some(p.clone())),
+            (Some(p), false) => {
+                self.check_patch_path(p)?;
+                DryRun::Patch(Some(p.clone()))
+            }
             (None, true) => DryRun::Compare,
             (None, false) => {
                 if self.over_ssh && !matches!(self.target, Some(Target::Remote(_))) {
@@ -262,6 +265,41 @@ impl RawArgs {
             )));
         }
         Ok(Some(dry))
+    }
+
+    /// A patch file replaces whatever is at its path: never the source, a
+    /// local destination, a device or anything but a regular file.
+    fn check_patch_path(&self, patch: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(patch) else {
+            return Ok(()); // A new file.
+        };
+        let refuse = |what: &str| {
+            Err(Error::usage(format!(
+                "--write-patch {}: {what}; a patch replaces the file at its path, \
+                 so give the name of a new or an old patch file",
+                patch.display()
+            )))
+        };
+        if !meta.file_type().is_file() {
+            return refuse("not a regular file");
+        }
+        let local_target = match &self.target {
+            Some(Target::Local(t)) => Some(t.as_path()),
+            _ => None,
+        };
+        for (other, what) in [
+            (self.file.as_deref(), "the source (-f)"),
+            (local_target, "the destination (-t)"),
+        ] {
+            let same = other
+                .and_then(|o| std::fs::metadata(o).ok())
+                .is_some_and(|o| o.dev() == meta.dev() && o.ino() == meta.ino());
+            if same {
+                return refuse(&format!("is {what}"));
+            }
+        }
+        Ok(())
     }
 
     /// `--server`: one session on stdin/stdout.

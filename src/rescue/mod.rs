@@ -104,6 +104,16 @@ impl Rescue {
             Ok(text) => {
                 let mut map = Map::parse(&text)
                     .map_err(|e| Error::Failed(format!("{what}: not a ddrescue mapfile: {e}")))?;
+                // Its finished areas are neither read nor verified again:
+                // a map of another source would leave them wrong.
+                if map.size() != size {
+                    return Err(Error::usage(format!(
+                        "{what} covers {} bytes, but {} has {size}: it is the map of \
+                         another source (give a new map file)",
+                        map.size(),
+                        source.display()
+                    )));
+                }
                 map.pass += 1;
                 map
             }
