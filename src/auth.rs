@@ -245,8 +245,9 @@ impl Cipher {
 mod tests {
     use super::*;
 
-    fn handshake(secret: [u8; 32], server: u8, client: u8) -> Handshake {
-        let hello = Hello {
+    /// A client's `Hello` with `flags` and a nonce of `client` bytes.
+    fn hello(flags: u8, client: u8) -> Hello {
+        Hello {
             session: 7,
             lane: 0,
             lanes: 1,
@@ -255,9 +256,13 @@ mod tests {
             skip: 0,
             source_size: 1 << 20,
             compression: 0,
-            flags: FLAG_AUTH | FLAG_ENCRYPT,
+            flags,
             nonce: [client; 16],
-        };
+        }
+    }
+
+    fn handshake(secret: [u8; 32], server: u8, client: u8) -> Handshake {
+        let hello = hello(FLAG_AUTH | FLAG_ENCRYPT, client);
         Handshake::new(
             Some(&Secret::new(Key::from_bytes(secret), true)),
             &[server; 16],
@@ -304,19 +309,7 @@ mod tests {
     #[test]
     fn a_changed_tag_without_a_secret_is_corruption_not_a_wrong_key() {
         // Issue 18, item 10: neither end holds a key or token.
-        let hello = Hello {
-            session: 7,
-            lane: 0,
-            lanes: 1,
-            download: false,
-            block_size: 4096,
-            skip: 0,
-            source_size: 1 << 20,
-            compression: 0,
-            flags: 0,
-            nonce: [3; 16],
-        };
-        let hs = Handshake::new(None, &[2; 16], 0, &hello);
+        let hs = Handshake::new(None, &[2; 16], 0, &hello(0, 3));
         let (check, mut tag) = hs.proof(Direction::Up);
         tag[0] ^= 1;
         assert_eq!(
