@@ -21,6 +21,7 @@ use crate::digest::Digest;
 use crate::lock::{lock, wait};
 use crate::sys::PinnedBuf;
 
+#[derive(Default)]
 struct State {
     free: Vec<Block>,
     allocated: usize,
@@ -60,40 +61,34 @@ impl Pool {
     /// (the kernel hints are on) buffers are advised huge pages, and with
     /// `lock_memory` too they are `mlock`ed (both best effort).
     pub fn new(capacity: usize, buf_len: usize, lock_memory: bool, hints: bool) -> Pool {
-        Pool {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    free: Vec::new(),
-                    allocated: 0,
-                    lists: Vec::new(),
-                }),
-                returned: Condvar::new(),
-                capacity: capacity.max(1),
-                buf_len,
-                lock_memory,
-                hints,
-                sized: false,
-            }),
-        }
+        Pool::with(Inner {
+            state: Mutex::default(),
+            returned: Condvar::new(),
+            capacity: capacity.max(1),
+            buf_len,
+            lock_memory,
+            hints,
+            sized: false,
+        })
     }
 
     /// A pool of buffers sized to what they hold, which keeps at most
     /// `spares` returned buffers for reuse; see [`Pool::get_len`].
     pub fn sized(spares: usize, hints: bool) -> Pool {
+        Pool::with(Inner {
+            state: Mutex::default(),
+            returned: Condvar::new(),
+            capacity: spares,
+            buf_len: 0,
+            lock_memory: false,
+            hints,
+            sized: true,
+        })
+    }
+
+    fn with(inner: Inner) -> Pool {
         Pool {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    free: Vec::new(),
-                    allocated: 0,
-                    lists: Vec::new(),
-                }),
-                returned: Condvar::new(),
-                capacity: spares,
-                buf_len: 0,
-                lock_memory: false,
-                hints,
-                sized: true,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
