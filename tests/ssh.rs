@@ -114,11 +114,16 @@ impl Scene {
     }
 
     /// A wrapper that logs its argv, puts `prelude` in front of the remote
-    /// command (the last argument) and runs the real ssh.
+    /// command (the last argument) and runs the real ssh. bsync runs
+    /// `ssh -G` while the login runs, and bash's printf writes argument by
+    /// argument, so each record is written under a lock to stay whole.
     fn write_wrapper(path: &Path, log: &Path, real: &str, prelude: &str) {
         let script = format!(
             "#!/bin/bash\n\
-             printf '%s\\n' '--- call' \"$@\" >> '{}'\n\
+             exec 9>> '{}'\n\
+             flock 9\n\
+             printf '%s\\n' '--- call' \"$@\" >&9\n\
+             exec 9>&-\n\
              if [ -n '{prelude}' ] && [ $# -gt 0 ]; then\n\
              \x20 set -- \"${{@:1:$#-1}}\" '{prelude}'\"${{@: -1}}\"\n\
              fi\n\
