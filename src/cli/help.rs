@@ -68,8 +68,9 @@ WHAT AND HOW
   -r HOST:PORT  connect to a bsync server (IPv6: [::1]:8080)
   -d            download: the server (or -t path) is the source
   -b N          block size in bytes, or with K/M/G (binary) [10M]; at most 1G
-  -s N          skip the first N blocks (resume; neither read nor checked) [0]
-                a failed run prints the -s and -b to resume with, where safe
+  -s N          skip the first N blocks (resume; neither read nor checked);
+                a failed run prints the -s and -b to resume with, where
+                safe [0]
 
 RESCUING A FAILING DISK
   bsync -f /dev/sdb -t sdb.img -rescue sdb.map     copy past read errors
@@ -121,6 +122,17 @@ OUTPUT
   --version     version and protocol version
   --help-man    the manual page, in roff (make install writes bsync.1)
   --completions SHELL  a completion script for bash, zsh or fish
+
+ENVIRONMENT
+  BSYNC_SSH     the remote shell of -t when -ssh is not given
+  BSYNC_VERBOSE  anything but empty or 0: as -v
+  BSYNC_NO_HINTS  anything but empty or 0: no kernel I/O hints (fadvise,
+                read-ahead, mlock, huge pages), for comparing with plain I/O
+  BSYNC_ALLOW_MOUNTED  anything but empty or 0: write to a mounted or busy
+                device, or a file behind a loop device or swap, anyway (an
+                expert's last resort, never the default)
+  COLUMNS       the width of the progress line where the terminal gives none
+  SOURCE_DATE_EPOCH  the date --help-man puts on the page
 
 EXIT STATUS
   0             success
@@ -398,11 +410,21 @@ mod tests {
             "SYNOPSIS",
             "OVER THE NETWORK (two machines)",
             "SECURITY",
+            "ENVIRONMENT",
             "EXIT STATUS",
             "EXAMPLES",
         ] {
             assert!(man.contains(&format!(".SH {section}\n")), "{section}");
         }
+        // Every variable a user may set has an entry (BSYNC_IO_TIMEOUT and
+        // BSYNC_SYSFS are the tests').
+        use crate::config::{ALLOW_MOUNTED_ENV, NO_HINTS_ENV, SSH_ENV, VERBOSE_ENV};
+        for var in [SSH_ENV, VERBOSE_ENV, NO_HINTS_ENV, ALLOW_MOUNTED_ENV, "COLUMNS"] {
+            let entry = format!(".TP\n\\fB{}\\fR\n", roff(var));
+            assert!(man.contains(&entry), "{var}: {man}");
+        }
+        // A default closes its entry, after the text it belongs to.
+        assert!(describe("s").ends_with("where safe [0]"), "{}", describe("s"));
         assert!(man.contains(".TP\n\\fB\\-bwlimit RATE\\fR\n"), "{man}");
     }
 
