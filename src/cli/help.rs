@@ -419,12 +419,22 @@ mod tests {
         // Every variable a user may set has an entry (BSYNC_IO_TIMEOUT and
         // BSYNC_SYSFS are the tests').
         use crate::config::{ALLOW_MOUNTED_ENV, NO_HINTS_ENV, SSH_ENV, VERBOSE_ENV};
-        for var in [SSH_ENV, VERBOSE_ENV, NO_HINTS_ENV, ALLOW_MOUNTED_ENV, "COLUMNS"] {
+        for var in [
+            SSH_ENV,
+            VERBOSE_ENV,
+            NO_HINTS_ENV,
+            ALLOW_MOUNTED_ENV,
+            "COLUMNS",
+        ] {
             let entry = format!(".TP\n\\fB{}\\fR\n", roff(var));
             assert!(man.contains(&entry), "{var}: {man}");
         }
         // A default closes its entry, after the text it belongs to.
-        assert!(describe("s").ends_with("where safe [0]"), "{}", describe("s"));
+        assert!(
+            describe("s").ends_with("where safe [0]"),
+            "{}",
+            describe("s")
+        );
         assert!(man.contains(".TP\n\\fB\\-bwlimit RATE\\fR\n"), "{man}");
     }
 

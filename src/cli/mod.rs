@@ -397,11 +397,31 @@ fn lexopt_error(e: lexopt::Error) -> Error {
     }
 }
 
+/// `-t -f a.img`: the value taken for `-t` is the next flag, given where
+/// `-t`'s value was forgotten.
+fn forgotten_value(flag: &str, v: &std::ffi::OsStr) -> Option<Error> {
+    let name = v.to_str()?.strip_prefix('-')?;
+    let name = name.strip_prefix('-').unwrap_or(name);
+    let name = name.split('=').next().unwrap_or(name);
+    FLAGS.iter().any(|&(f, _)| f == name).then(|| {
+        Error::usage(format!(
+            "-{flag}: missing value before {} (a path that begins with - is written ./{})",
+            v.to_string_lossy(),
+            v.to_string_lossy()
+        ))
+    })
+}
+
 fn path_value(p: &mut lexopt::Parser, flag: &str) -> Result<PathBuf> {
-    match p.value() {
-        Ok(v) if v.is_empty() => Err(Error::usage(format!("-{flag}: empty path"))),
-        Ok(v) => Ok(PathBuf::from(v)),
-        Err(_) => Err(Error::usage(format!("-{flag}: missing value"))),
+    let v = p
+        .value()
+        .map_err(|_| Error::usage(format!("-{flag}: missing value")))?;
+    if v.is_empty() {
+        return Err(Error::usage(format!("-{flag}: empty path")));
+    }
+    match forgotten_value(flag, &v) {
+        Some(e) => Err(e),
+        None => Ok(PathBuf::from(v)),
     }
 }
 
@@ -409,6 +429,9 @@ fn string_value(p: &mut lexopt::Parser, flag: &str) -> Result<String> {
     let v = p
         .value()
         .map_err(|_| Error::usage(format!("-{flag}: missing value")))?;
+    if let Some(e) = forgotten_value(flag, &v) {
+        return Err(e);
+    }
     v.into_string()
         .map_err(|v| Error::usage(format!("-{flag}: {v:?} is not valid UTF-8")))
 }
@@ -1035,6 +1058,12 @@ mod tests {
                 "-b is given twice",
             ),
             (&["-q", "-q=false", "-p", "0"], "-q is given twice"),
+            (
+                &["-t", "-f", "a.img"],
+                "-t: missing value before -f (a path that begins with - is written ./-f)",
+            ),
+            (&["-f", "--t=b.img"], "-f: missing value before --t=b.img"),
+            (&["-r", "-w", "2"], "-r: missing value before -w"),
             (&["-f", "x"], "say where the data goes"),
             (&[], "say where the data goes"),
             (&["-v", "-f", "x", "-w", "2"], "say where the data goes"),
