@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{ALLOW_MOUNTED_ENV, Env, NO_HINTS_ENV};
 use crate::error::{Error, Result, os_words};
+use crate::log::Log;
 use crate::mounts;
-use crate::progress::{Log, human_bytes};
+use crate::progress::human_bytes;
 use crate::rescue::Rescue;
 use crate::sys::{self, Advice, Cleared, PinnedBuf};
 

@@ -37,6 +37,7 @@ pub mod error;
 pub mod handshake;
 pub mod local;
 pub mod lock;
+pub mod log;
 pub mod mounts;
 pub mod net;
 pub mod patch;
@@ -60,7 +61,7 @@ pub mod writer;
 pub use error::{Error, Result};
 
 use config::{Config, Mode};
-use progress::Log;
+use log::Log;
 
 /// Do what `config` asks. Errors carry their exit status.
 pub fn run(config: &Config) -> Result<()> {

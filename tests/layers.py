@@ -102,7 +102,7 @@ LAYERS = [
     ['session'],
     ['net', 'handshake', 'stdio'],
     ['reader', 'writer', 'pool', 'disk', 'mounts', 'rescue'],
-    ['config', 'progress', 'units'],
+    ['config', 'log', 'progress', 'units'],
     ['auth', 'proto', 'compress', 'digest', 'block', 'patch/format'],
     ['aead', 'sha256', 'lock', 'error', 'sys'],
 ]

@@ -26,7 +26,8 @@ use crate::compress::Decompressor;
 use crate::config::{Apply, DiffSize, Env};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::progress::{Log, human_bytes};
+use crate::log::Log;
+use crate::progress::human_bytes;
 
 /// Where the patch comes from.
 enum Input {

@@ -21,7 +21,8 @@ use crate::config::DryRun;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::lock::lock;
-use crate::progress::{Log, human_bytes};
+use crate::log::Log;
+use crate::progress::human_bytes;
 use crate::session::{DrySink, NoRejoin, Params};
 
 /// A block's contribution, waiting for its turn.

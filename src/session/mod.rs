@@ -42,8 +42,9 @@ use crate::disk::Disk;
 use crate::error::{Error, Result};
 pub use crate::handshake::unexpected;
 use crate::lock::{lock, wait};
+use crate::log::Log;
 use crate::net::{self, FrameReader, FrameSender, Lane};
-use crate::progress::{Log, Reporter, Side, Stats, Totals, human_bytes, report_summary};
+use crate::progress::{Reporter, Side, Stats, Totals, human_bytes, report_summary};
 use crate::proto::{Frame, Welcome};
 
 mod destination;

@@ -20,8 +20,9 @@ use crate::config::Env;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
+use crate::log::Log;
 use crate::net::{Lane, Stream};
-use crate::progress::{Log, Stats};
+use crate::progress::Stats;
 use crate::proto;
 
 /// Deadline of every test stream: short, so a silent peer is found fast.

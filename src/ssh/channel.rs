@@ -12,8 +12,8 @@ use super::script::{Listen, quote, server_args};
 use crate::child;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::log::Log;
 use crate::net::Stream;
-use crate::progress::Log;
 use crate::{
     client,
     config::{Config, Connect, Role},

@@ -65,7 +65,7 @@ use crate::aead::Key;
 use crate::auth::Secret;
 use crate::config::{Config, Connect, RemoteTarget, Role, Ssh};
 use crate::error::{EXIT_USAGE, Error, Result};
-use crate::progress::Log;
+use crate::log::Log;
 use crate::sys;
 use command::Endpoint;
 use process::{FAILED_REMOTE_GRACE, Remote, RemoteExit, SSH_FAILED};
