@@ -23,6 +23,7 @@ use crate::proto::MAX_LANES;
 
 mod bdsync;
 mod help;
+mod paths;
 mod validate;
 mod values;
 
@@ -840,7 +841,7 @@ mod tests {
     /// Issue 19, item 6: a bare host name as `-t` is not a new local file.
     #[test]
     fn a_known_host_is_not_a_file_name() {
-        use super::validate::known_host;
+        use super::paths::known_host;
         let ssh = "Host *\n  ServerAliveInterval 30\nHost barhost other\n  HostName 10.0.0.9\nhost=lower\n";
         let hosts = "127.0.0.1 localhost\n10.0.0.7 foo.lan foo # comment nothost\n";
         assert_eq!(known_host("barhost", ssh, hosts), Some("~/.ssh/config"));
