@@ -6,7 +6,8 @@ its trailing `#[cfg(test)] mod tests` left out; a `tests.rs` is all tests),
 but the SIMD kernels. Run from the repository root:
 python3 tests/layers.py [src] [-v]."""
 import os, re, sys
-root = sys.argv[1] if len(sys.argv) > 1 else 'src'
+args = [a for a in sys.argv[1:] if a != '-v']
+root = args[0] if args else 'src'
 files = {}
 for d, _, fs in os.walk(root):
     for f in fs:
