@@ -16,7 +16,7 @@ use crate::log::Log;
 use crate::net::{self, Lane, Stream};
 use crate::patch;
 use crate::proto::{self, FLAG_DRY, Frame, Hello, Welcome};
-use crate::session::{self, NoRejoin, Own, Params};
+use crate::session::{self, End, NoRejoin, Own, Params};
 use crate::sys;
 
 /// Connect over TCP and run a client session as `c` says, moving data as
@@ -154,12 +154,19 @@ pub fn connect_tcp_within(
             d
         }
     };
-    let progress = !log.is_quiet();
+    let end = End {
+        role: c.role,
+        params: &params,
+        disk: &disk,
+        lanes,
+        rejoin: &redial,
+        log,
+        progress: !log.is_quiet(),
+        dry: None,
+    };
     match dry {
-        Some(dry) => {
-            patch::make::run_source(dry, target, &params, &disk, lanes, &redial, log, progress)
-        }
-        None => session::run(c.role, &params, &disk, lanes, &redial, log, progress),
+        Some(dry) => patch::make::run_source(dry, target, end),
+        None => session::run(end).map(drop),
     }
 }
 
@@ -235,29 +242,19 @@ pub fn connect_pipe<S: Stream>(
         crate::progress::human_bytes(geo.size),
         crate::progress::human_bytes(geo.block_size as u64),
     ));
-    let progress = !log.is_quiet();
+    let end = End {
+        role,
+        params: &params,
+        disk,
+        lanes: vec![lane],
+        rejoin: &NoRejoin,
+        log,
+        progress: !log.is_quiet(),
+        dry: None,
+    };
     match dry {
-        Some((dry, target)) => patch::make::run_source(
-            dry,
-            target,
-            &params,
-            disk,
-            vec![lane],
-            &NoRejoin,
-            log,
-            progress,
-        )
-        .map(|()| 0),
-        None => session::run_dry(
-            role,
-            &params,
-            disk,
-            vec![lane],
-            &NoRejoin,
-            log,
-            progress,
-            None,
-        ),
+        Some((dry, target)) => patch::make::run_source(dry, target, end).map(|()| 0),
+        None => session::run(end),
     }
 }
 
