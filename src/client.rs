@@ -20,18 +20,11 @@ use crate::session::{self, End, NoRejoin, Own, Params};
 use crate::sys;
 
 /// Connect over TCP and run a client session as `c` says, moving data as
-/// `t` says (or as `-auto` chooses, when `c.auto`); with `dry` a dry run
+/// `t` says (or as `-auto` chooses, when `c.auto`); with `c.dry` a dry run
 /// that writes nothing to the server's destination (`--compare`,
 /// `--write-patch`), whose patch names `target`.
-pub fn connect_tcp(
-    c: &Connect,
-    t: &Transfer,
-    env: &Env,
-    log: &Log,
-    dry: Option<&DryRun>,
-    target: &[u8],
-) -> Result<()> {
-    connect_tcp_within(c, t, env, log, dry, target, None)
+pub fn connect_tcp(c: &Connect, t: &Transfer, env: &Env, log: &Log, target: &[u8]) -> Result<()> {
+    connect_tcp_within(c, t, env, log, target, None)
 }
 
 /// What the first lane's failed connect says when it had a deadline of its
@@ -45,10 +38,10 @@ pub fn connect_tcp_within(
     t: &Transfer,
     env: &Env,
     log: &Log,
-    dry: Option<&DryRun>,
     target: &[u8],
     first_connect: Option<Duration>,
 ) -> Result<()> {
+    let dry = c.dry.as_ref();
     let (host, port) = (c.host.as_str(), c.port);
     let upload = c.role == Role::Source;
     let source = if upload {

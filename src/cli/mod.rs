@@ -180,7 +180,7 @@ pub fn terminal_refusal(config: &Config) -> Option<Error> {
     use crate::config::{Apply, DryRun, Mode};
     use std::io::IsTerminal;
     let to_stdout = matches!(config.mode, Mode::RemoteShell(_))
-        || matches!(config.dry, Some(DryRun::Patch(None)));
+        || matches!(config.mode.dry(), Some(DryRun::Patch(None)));
     if to_stdout && std::io::stdout().is_terminal() {
         return Some(Error::usage(
             "a patch is binary and stdout is a terminal: redirect it (> PATCH, | gzip > PATCH.gz)",
@@ -514,6 +514,7 @@ mod tests {
             Mode::Local {
                 source,
                 destination,
+                ..
             } => (source, destination),
             other => panic!("{args:?}: {other:?}"),
         };

@@ -123,6 +123,7 @@ impl RawArgs {
                 secret: secret(self.key, self.token)?,
                 auto: self.auto,
                 rescue: self.rescue.clone(),
+                dry,
             })
         } else if let Some(Target::Local(other)) = self.target {
             let (source, destination) = match role {
@@ -132,6 +133,7 @@ impl RawArgs {
             Mode::Local {
                 source,
                 destination,
+                dry,
             }
         } else if let Some(Target::Remote(target)) = self.target {
             Mode::Ssh(Ssh {
@@ -145,6 +147,7 @@ impl RawArgs {
                     .unwrap_or_else(|| DEFAULT_SHELL.to_string()),
                 encrypt: self.encrypt,
                 over_ssh: self.over_ssh,
+                dry,
             })
         } else {
             Mode::Serve(Serve {
@@ -213,7 +216,6 @@ impl RawArgs {
                 json: self.json,
             },
             env: Env::from_process(),
-            dry,
             rescue: self.rescue,
         })
     }
@@ -328,7 +330,6 @@ impl RawArgs {
                 json: false,
             },
             env: Env::from_process(),
-            dry: None,
             rescue: None,
         })
     }
