@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Params, Rejoin, destination, source};
+use super::{NoRejoin, Params, Rejoin, destination, source};
 use crate::aead::Key;
 use crate::auth::{Direction, Handshake, Secret};
 use crate::block::Geometry;
@@ -313,17 +313,6 @@ impl Rejoin for Waiter<'_> {
     fn wake(&self) {
         drop(lock(&self.0.slots));
         self.0.arrived.notify_all();
-    }
-}
-
-/// Gives up on every lost lane.
-struct NoRejoin;
-
-impl Rejoin for NoRejoin {
-    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
-        Err(Error::Failed(format!(
-            "lane {lane}: no rejoin in this test"
-        )))
     }
 }
 
