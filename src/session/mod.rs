@@ -166,7 +166,7 @@ impl<'a> Content<'a> {
     fn digests(&self, p: &Params, zero: Digest, out: &mut Vec<Digest>) {
         match *self {
             Content::Bytes(data) => {
-                digest::digest_sub_blocks_known_zero(p.salt, data, p.page(), zero, out);
+                digest::digest_pages_known_zero(p.salt, data, p.page(), zero, out);
             }
             Content::Hole(len) => {
                 out.clear();
