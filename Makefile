@@ -2,7 +2,9 @@
 # that can be copied onto any x86_64 Linux (rescue systems included).
 #
 #   make          static release binary ./bsync (x86_64-unknown-linux-musl)
-#   make test     cargo fmt --check, clippy with -D warnings, the fuzz crate's
+#   make test     cargo fmt --check, tests/layers.py (no import circles, no
+#                 upward imports, no file over 500 lines of code), clippy
+#                 with -D warnings, the fuzz crate's
 #                 tests (every file of fuzz/corpus/ replayed through its
 #                 target's check), cargo test
 #                 (tests/ssh.rs runs against an sshd when BSYNC_TEST_SSH is set:
@@ -91,6 +93,7 @@ bsync: musl-target FORCE
 
 test:
 	$(CARGO) fmt --check
+	python3 tests/layers.py
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	cd fuzz && $(CARGO) test --locked
 	$(CARGO) test --locked

@@ -2,7 +2,7 @@
 //!
 //! `cargo bench --bench digest`. Digests one reused 1 MiB buffer of random
 //! data (L2-sized, like a reader buffer that was just filled) as 4 KiB and
-//! as 64 KiB sub-blocks with `digest_sub_blocks`, on each path forced and on
+//! as 64 KiB pages (a range) with `digest_pages`, on each path forced and on
 //! the one picked at run time, ~512 MiB per figure; then single `digest`
 //! calls, plain FNV-1a 128, and the zero test and comparison that local mode
 //! runs per page. Each figure is the best of many short passes so that a
@@ -12,11 +12,11 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use bsync::digest::{digest, digest_on, digest_sub_blocks_on, fnv1a128};
+use bsync::digest::{digest, digest_on, digest_pages_on, fnv1a128};
 
-/// The larger sub-block measured: a range of the two-level digests, and the
+/// The larger page measured: a range of the two-level digests, and the
 /// grain before it was 4 KiB.
-const SUB_BLOCK: usize = bsync::proto::PAGE * bsync::proto::RANGE_PAGES;
+const RANGE: usize = bsync::proto::PAGE * bsync::proto::RANGE_PAGES;
 use bsync::sys::simd::{self, Isa};
 
 /// Bytes of random data reused for every pass.
@@ -57,11 +57,11 @@ fn main() {
     );
 
     println!("run-time pick: {}", name(detected));
-    println!("digest_sub_blocks, GB/s      4 KiB   64 KiB");
+    println!("digest_pages, GB/s      4 KiB   64 KiB");
     let mut out = Vec::with_capacity(BUF / 4096);
-    let mut sub_blocks = |isa: Option<Isa>, sub: usize| {
+    let mut pages = |isa: Option<Isa>, page: usize| {
         gb_per_s(&buf, |b| {
-            digest_sub_blocks_on(isa, 0, b, sub, &mut out);
+            digest_pages_on(isa, 0, b, page, &mut out);
             out.iter().fold(0, |a, d| a ^ d)
         })
     };
@@ -71,17 +71,17 @@ fn main() {
         .chain([(format!("auto ({})", name(detected)), detected)])
         .collect();
     for (label, isa) in &rows {
-        let small = sub_blocks(*isa, 4096);
-        let large = sub_blocks(*isa, SUB_BLOCK);
+        let small = pages(*isa, 4096);
+        let large = pages(*isa, RANGE);
         println!("  {label:26} {small:6.2}   {large:6.2}");
     }
 
     // One call per input pays the serial 264-step fold alone: that is what
-    // digest_sub_blocks amortises.
+    // digest_pages amortises.
     println!("one digest call per input, GB/s 4 KiB   64 KiB");
     let single = |f: &dyn Fn(&[u8]) -> u128| {
         let small = gb_per_s(&buf, |b| b.chunks(4096).fold(0, |a, s| a ^ f(s)));
-        let large = gb_per_s(&buf, |b| b.chunks(SUB_BLOCK).fold(0, |a, s| a ^ f(s)));
+        let large = gb_per_s(&buf, |b| b.chunks(RANGE).fold(0, |a, s| a ^ f(s)));
         (small, large)
     };
     for &isa in &paths {

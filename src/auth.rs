@@ -25,7 +25,7 @@
 //! connection key: with `-K` the frame is sealed (encrypted and
 //! authenticated), otherwise only authenticated (the payload travels in
 //! clear; see [`aead::authenticate`]) — all of it but the data of a `Block`
-//! frame, which the destination checks sub-block by sub-block against the
+//! frame, which the destination checks page by page against the
 //! source's digests in the tagged change records ([`proto::tagged_len`]). The nonce is the direction (client to
 //! server, or back) and a counter the receiver keeps too, so a replayed,
 //! reordered, dropped or altered frame fails its tag, key or no key. The

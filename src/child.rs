@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::lock::lock;
-use crate::progress::{Log, resume_hint};
+use crate::log::Log;
+use crate::progress::resume_hint;
 use crate::stdio::PipeStream;
 use crate::sys;
 

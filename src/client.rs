@@ -12,26 +12,19 @@ use crate::config::{Connect, DryRun, Env, Role, Transfer};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::handshake;
+use crate::log::Log;
 use crate::net::{self, Lane, Stream};
 use crate::patch;
-use crate::progress::Log;
 use crate::proto::{self, FLAG_DRY, Frame, Hello, Welcome};
-use crate::session::{self, NoRejoin, Own, Params};
+use crate::session::{self, End, NoRejoin, Own, Params};
 use crate::sys;
 
 /// Connect over TCP and run a client session as `c` says, moving data as
-/// `t` says (or as `-auto` chooses, when `c.auto`); with `dry` a dry run
+/// `t` says (or as `-auto` chooses, when `c.auto`); with `c.dry` a dry run
 /// that writes nothing to the server's destination (`--compare`,
 /// `--write-patch`), whose patch names `target`.
-pub fn connect_tcp(
-    c: &Connect,
-    t: &Transfer,
-    env: &Env,
-    log: &Log,
-    dry: Option<&DryRun>,
-    target: &[u8],
-) -> Result<()> {
-    connect_tcp_within(c, t, env, log, dry, target, None)
+pub fn connect_tcp(c: &Connect, t: &Transfer, env: &Env, log: &Log, target: &[u8]) -> Result<()> {
+    connect_tcp_within(c, t, env, log, target, None)
 }
 
 /// What the first lane's failed connect says when it had a deadline of its
@@ -45,10 +38,10 @@ pub fn connect_tcp_within(
     t: &Transfer,
     env: &Env,
     log: &Log,
-    dry: Option<&DryRun>,
     target: &[u8],
     first_connect: Option<Duration>,
 ) -> Result<()> {
+    let dry = c.dry.as_ref();
     let (host, port) = (c.host.as_str(), c.port);
     let upload = c.role == Role::Source;
     let source = if upload {
@@ -154,12 +147,19 @@ pub fn connect_tcp_within(
             d
         }
     };
-    let progress = !log.is_quiet();
+    let end = End {
+        role: c.role,
+        params: &params,
+        disk: &disk,
+        lanes,
+        rejoin: &redial,
+        log,
+        progress: !log.is_quiet(),
+        dry: None,
+    };
     match dry {
-        Some(dry) => {
-            patch::make::run_source(dry, target, &params, &disk, lanes, &redial, log, progress)
-        }
-        None => session::run(c.role, &params, &disk, lanes, &redial, log, progress),
+        Some(dry) => patch::make::run_source(dry, target, end),
+        None => session::run(end).map(drop),
     }
 }
 
@@ -235,29 +235,19 @@ pub fn connect_pipe<S: Stream>(
         crate::progress::human_bytes(geo.size),
         crate::progress::human_bytes(geo.block_size as u64),
     ));
-    let progress = !log.is_quiet();
+    let end = End {
+        role,
+        params: &params,
+        disk,
+        lanes: vec![lane],
+        rejoin: &NoRejoin,
+        log,
+        progress: !log.is_quiet(),
+        dry: None,
+    };
     match dry {
-        Some((dry, target)) => patch::make::run_source(
-            dry,
-            target,
-            &params,
-            disk,
-            vec![lane],
-            &NoRejoin,
-            log,
-            progress,
-        )
-        .map(|()| 0),
-        None => session::run_dry(
-            role,
-            &params,
-            disk,
-            vec![lane],
-            &NoRejoin,
-            log,
-            progress,
-            None,
-        ),
+        Some((dry, target)) => patch::make::run_source(dry, target, end).map(|()| 0),
+        None => session::run(end),
     }
 }
 

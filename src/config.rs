@@ -52,6 +52,8 @@ pub enum Mode {
         source: PathBuf,
         /// The path made identical to it.
         destination: PathBuf,
+        /// `--compare` or `--write-patch`: nothing is written to it.
+        dry: Option<DryRun>,
     },
     /// Serve one session (no `-r`/`-t`).
     Serve(Serve),
@@ -66,6 +68,19 @@ pub enum Mode {
     Apply(Apply),
     /// Start the other end over SSH, then connect to it.
     Ssh(Ssh),
+}
+
+impl Mode {
+    /// The dry run asked for (`--compare`, `--write-patch`), in the modes
+    /// that take one.
+    pub fn dry(&self) -> Option<&DryRun> {
+        match self {
+            Mode::Local { dry, .. }
+            | Mode::Connect(Connect { dry, .. })
+            | Mode::Ssh(Ssh { dry, .. }) => dry.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// `-t user@host:/path`: start the other end over SSH, then connect to it
@@ -85,6 +100,9 @@ pub struct Ssh {
     /// `-over-ssh`: carry the session inside the ssh session even when the
     /// remote's port could be reached.
     pub over_ssh: bool,
+    /// `--compare` or `--write-patch`: nothing is written to the remote
+    /// destination.
+    pub dry: Option<DryRun>,
 }
 
 /// A server: where it listens and what it serves.
@@ -169,6 +187,9 @@ pub struct Connect {
     pub auto: bool,
     /// `--rescue MAPFILE` of an uploading client (see [`Config::rescue`]).
     pub rescue: Option<PathBuf>,
+    /// `--compare` or `--write-patch`: nothing is written to the server's
+    /// destination.
+    pub dry: Option<DryRun>,
 }
 
 /// How the transfer moves data; the same on every mode.
@@ -387,8 +408,6 @@ pub struct Config {
     pub log: LogOptions,
     /// What the environment says about I/O.
     pub env: Env,
-    /// `--compare` or `--write-patch`: nothing is written to the destination.
-    pub dry: Option<DryRun>,
     /// `--rescue MAPFILE`: this end reads the source, and a read error
     /// is retried in sectors and recorded in this ddrescue map instead of
     /// failing the run.

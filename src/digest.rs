@@ -62,17 +62,17 @@
 //!   `high64(x * 0x13B)` takes two 32×32-bit multiplies, or two IFMA
 //!   multiply-adds (`vpmadd52luq/huq`) where the CPU has them.
 //!
-//! [`digest_sub_blocks`](crate::digest::digest_sub_blocks) digests its
-//! sub-blocks together: four at a time through the lane updates, so
+//! [`digest_pages`](crate::digest::digest_pages) digests its
+//! pages together: four at a time through the lane updates, so
 //! independent multiply chains fill the pipelines, and sixteen at a time
 //! through the final fold. The fold is a
 //! serial chain of 264 FNV-1a steps per digest, about as long as the lane
-//! updates of a 4 KiB sub-block; run as vector lanes, sixteen folds cost
+//! updates of a 4 KiB page; run as vector lanes, sixteen folds cost
 //! little more than one.
 //!
 //! Measured with `cargo bench --bench digest` on one core of a shared AMD
-//! EPYC (Zen 5, 2 vCPUs), `digest_sub_blocks` over 4 KiB / 64 KiB
-//! sub-blocks: AVX-512 with IFMA 9.5 / 11.4 GB/s, AVX-512 without 7.7 /
+//! EPYC (Zen 5, 2 vCPUs), `digest_pages` with 4 KiB / 64 KiB
+//! pages (the latter a range's size): AVX-512 with IFMA 9.5 / 11.4 GB/s, AVX-512 without 7.7 /
 //! 8.9, AVX2 3.1 / 3.5, portable 1.96 / 2.15; byte-at-a-time FNV-1a 1.0
 //! (benches/BENCHMARKS.md). A lone [`digest`](crate::digest::digest) of 4 KiB
 //! pays its fold alone: 5.5 GB/s with IFMA. On Zen 4 the portable loop's variants that lost
@@ -138,86 +138,80 @@ pub fn digest_on(isa: Option<Isa>, salt: u128, data: &[u8]) -> Digest {
     finish(&lanes, data.len())
 }
 
-/// Clears `out` and pushes the digest of every sub-block of `block` (no
+/// Clears `out` and pushes the digest of every page of `block` (no
 /// allocation when `out` has capacity), on the fastest path this CPU runs.
 ///
-/// An empty block has no sub-blocks. A `sub` of 0 (only a zero block size
+/// An empty block has no pages. A `page` of 0 (only a zero block size
 /// yields it, which validation rejects upstream) is read as "do not split":
 /// the whole block gets one digest, rather than a panic.
-pub fn digest_sub_blocks(salt: u128, block: &[u8], sub: usize, out: &mut Vec<Digest>) {
-    digest_sub_blocks_on(Isa::detected(), salt, block, sub, out);
+pub fn digest_pages(salt: u128, block: &[u8], page: usize, out: &mut Vec<Digest>) {
+    digest_pages_on(Isa::detected(), salt, block, page, out);
 }
 
-/// [`digest_sub_blocks`] on a chosen path (see [`digest_on`]).
+/// [`digest_pages`] on a chosen path (see [`digest_on`]).
 ///
-/// Sub-blocks are independent, so they are digested together: four at a
+/// Pages are independent, so they are digested together: four at a
 /// time through the lane updates, sixteen at a time through the fold of
 /// lane states into a digest, which is one long serial chain per digest
-/// (264 FNV-1a steps) and would cost a 4 KiB sub-block about as much again
+/// (264 FNV-1a steps) and would cost a 4 KiB page about as much again
 /// as its lane updates if each ran alone.
-pub fn digest_sub_blocks_on(
+pub fn digest_pages_on(
     isa: Option<Isa>,
     salt: u128,
     block: &[u8],
-    sub: usize,
+    page: usize,
     out: &mut Vec<Digest>,
 ) {
     out.clear();
-    append_sub_blocks(isa, salt, block, sub, out);
+    append_pages(isa, salt, block, page, out);
 }
 
-/// [`digest_sub_blocks`], except that every whole sub-block of zeros takes
+/// [`digest_pages`], except that every whole page of zeros takes
 /// `zero` without being hashed: the caller computes the digest of one
-/// zero sub-block once (`digest(salt, &[0; sub])`), and free space inside
-/// an image then costs a vector zero test per sub-block, not a digest.
-/// Gives exactly what [`digest_sub_blocks`] gives.
-pub fn digest_sub_blocks_known_zero(
+/// zero page once (`digest(salt, &[0; page])`), and free space inside
+/// an image then costs a vector zero test per page, not a digest.
+/// Gives exactly what [`digest_pages`] gives.
+pub fn digest_pages_known_zero(
     salt: u128,
     block: &[u8],
-    sub: usize,
+    page: usize,
     zero: Digest,
     out: &mut Vec<Digest>,
 ) {
     let isa = Isa::detected();
     out.clear();
-    if sub == 0 {
-        append_sub_blocks(isa, salt, block, sub, out);
+    if page == 0 {
+        append_pages(isa, salt, block, page, out);
         return;
     }
-    // Runs of sub-blocks with data go through the batched path together.
+    // Runs of pages with data go through the batched path together.
     let mut run = 0;
-    for (j, part) in block.chunks(sub).enumerate() {
-        if part.len() == sub && simd::is_zero(part) {
-            append_sub_blocks(isa, salt, &block[run..j * sub], sub, out);
+    for (j, part) in block.chunks(page).enumerate() {
+        if part.len() == page && simd::is_zero(part) {
+            append_pages(isa, salt, &block[run..j * page], page, out);
             out.push(zero);
-            run = (j + 1) * sub;
+            run = (j + 1) * page;
         }
     }
-    append_sub_blocks(isa, salt, &block[run..], sub, out);
+    append_pages(isa, salt, &block[run..], page, out);
 }
 
-/// Pushes the digest of every sub-block of `block` onto `out`.
-fn append_sub_blocks(
-    isa: Option<Isa>,
-    salt: u128,
-    block: &[u8],
-    sub: usize,
-    out: &mut Vec<Digest>,
-) {
-    let sub = if sub == 0 { block.len().max(1) } else { sub };
+/// Pushes the digest of every page of `block` onto `out`.
+fn append_pages(isa: Option<Isa>, salt: u128, block: &[u8], page: usize, out: &mut Vec<Digest>) {
+    let page = if page == 0 { block.len().max(1) } else { page };
     let seeds = lane_seeds(salt);
     let mut lanes = [[0u128; LANES]; BATCH];
     let mut lens = [0usize; BATCH];
-    for batch in block.chunks(sub.saturating_mul(BATCH)) {
-        let n = batch.len().div_ceil(sub);
-        let part = |j: usize| &batch[j * sub..batch.len().min((j + 1) * sub)];
+    for batch in block.chunks(page.saturating_mul(BATCH)) {
+        let n = batch.len().div_ceil(page);
+        let part = |j: usize| &batch[j * page..batch.len().min((j + 1) * page)];
         let body = |j: usize| {
             let p = part(j);
             &p[..p.len() - p.len() % LANES]
         };
         for first in (0..n).step_by(4) {
             let four: &mut [[u128; LANES]; 4] = match lanes[first..].first_chunk_mut() {
-                Some(four) if first + 4 <= n && part(first + 3).len() == sub => four,
+                Some(four) if first + 4 <= n && part(first + 3).len() == page => four,
                 _ => {
                     for (lanes, j) in lanes[first..n].iter_mut().zip(first..) {
                         *lanes = seeds;
@@ -248,7 +242,7 @@ fn append_sub_blocks(
     }
 }
 
-/// Sub-blocks digested together by [`digest_sub_blocks_on`]: as many as
+/// Pages digested together by [`digest_pages_on`]: as many as
 /// fold chains [`simd::fnv1a128_words`] runs at once.
 const BATCH: usize = CHAINS;
 
@@ -476,20 +470,20 @@ mod tests {
     }
 
     /// A long input that crosses several windows.
-    const SUB_BLOCK: usize = 64 * 1024;
+    const RANGE: usize = 64 * 1024;
 
     #[test]
-    fn digest_matches_reference_around_sub_block_and_window_sizes() {
-        let data = random_bytes(SUB_BLOCK + 1 + 3 * WINDOW, 2);
+    fn digest_matches_reference_around_range_and_window_sizes() {
+        let data = random_bytes(RANGE + 1 + 3 * WINDOW, 2);
         let lens = [
             WINDOW - 1,
             WINDOW,
             WINDOW + 1,
             WINDOW + 17,
-            SUB_BLOCK - 1,
-            SUB_BLOCK,
-            SUB_BLOCK + 1,
-            SUB_BLOCK + 3 * WINDOW + 1,
+            RANGE - 1,
+            RANGE,
+            RANGE + 1,
+            RANGE + 3 * WINDOW + 1,
         ];
         for &salt in &SALTS {
             for len in lens {
@@ -587,43 +581,38 @@ mod tests {
     }
 
     #[test]
-    fn every_path_digests_whole_blocks_like_one_digest_per_sub_block() {
+    fn every_path_digests_whole_blocks_like_one_digest_per_page() {
         let block = random_bytes(10 << 20, 23);
         let mut got = Vec::new();
-        for (salt, sub) in [
-            (0, 4096),
-            (SALTS[2], 4096),
-            (1, SUB_BLOCK),
-            (SALTS[3], SUB_BLOCK),
-        ] {
+        for (salt, page) in [(0, 4096), (SALTS[2], 4096), (1, RANGE), (SALTS[3], RANGE)] {
             let want: Vec<Digest> = block
-                .chunks(sub)
+                .chunks(page)
                 .map(|p| digest_on(None, salt, p))
                 .collect();
             for isa in paths() {
-                digest_sub_blocks_on(isa, salt, &block, sub, &mut got);
-                assert_eq!(got, want, "{isa:?} sub {sub}");
+                digest_pages_on(isa, salt, &block, page, &mut got);
+                assert_eq!(got, want, "{isa:?} page {page}");
             }
-            assert_eq!(want[3], reference(salt, &block[3 * sub..4 * sub]));
+            assert_eq!(want[3], reference(salt, &block[3 * page..4 * page]));
         }
     }
 
     #[test]
-    fn every_path_handles_ragged_sub_block_counts() {
-        // Batches of 16 and groups of 4 that come out short, sub-blocks
-        // that are not a multiple of 16 bytes, a short last sub-block, one
+    fn every_path_handles_ragged_page_counts() {
+        // Batches of 16 and groups of 4 that come out short, pages
+        // that are not a multiple of 16 bytes, a short last page, one
         // misaligned block start.
         let data = random_bytes(40 * 4096 + 100, 24);
         let mut got = Vec::new();
-        for sub in [1, 15, 16, 17, 1000, 4096] {
+        for page in [1, 15, 16, 17, 1000, 4096] {
             for n in [0, 1, 3, 4, 5, 15, 16, 17, 19, 33, 40] {
                 for extra in [0, 1, 999] {
-                    let len = (n * sub + extra).min(data.len() - 1);
+                    let len = (n * page + extra).min(data.len() - 1);
                     let block = &data[1..1 + len];
-                    let want: Vec<Digest> = block.chunks(sub).map(|p| reference(7, p)).collect();
+                    let want: Vec<Digest> = block.chunks(page).map(|p| reference(7, p)).collect();
                     for isa in paths() {
-                        digest_sub_blocks_on(isa, 7, block, sub, &mut got);
-                        assert_eq!(got, want, "{isa:?} sub {sub} len {len}");
+                        digest_pages_on(isa, 7, block, page, &mut got);
+                        assert_eq!(got, want, "{isa:?} page {page} len {len}");
                     }
                 }
             }
@@ -654,61 +643,61 @@ mod tests {
     }
 
     #[test]
-    fn sub_blocks_cover_the_block_with_a_short_last_one() {
+    fn pages_cover_the_block_with_a_short_last_one() {
         let block = random_bytes(3 * 1000 + 1, 4);
         let mut out = Vec::with_capacity(8);
         let cap = out.capacity();
-        digest_sub_blocks(5, &block, 1000, &mut out);
+        digest_pages(5, &block, 1000, &mut out);
         let want: Vec<Digest> = block.chunks(1000).map(|p| digest(5, p)).collect();
         assert_eq!(out.len(), 4);
         assert_eq!(out, want);
         assert_eq!(out.capacity(), cap);
 
-        // Exact multiple: no empty trailing sub-block.
-        digest_sub_blocks(5, &block[..2000], 1000, &mut out);
+        // Exact multiple: no empty trailing page.
+        digest_pages(5, &block[..2000], 1000, &mut out);
         assert_eq!(out, want[..2]);
 
-        // A block shorter than the sub-block size is one sub-block.
-        digest_sub_blocks(5, &block[..10], 1000, &mut out);
+        // A block shorter than the page size is one page.
+        digest_pages(5, &block[..10], 1000, &mut out);
         assert_eq!(out, [digest(5, &block[..10])]);
 
-        digest_sub_blocks(5, &[], 1000, &mut out);
+        digest_pages(5, &[], 1000, &mut out);
         assert!(out.is_empty());
     }
 
     #[test]
-    fn known_zero_sub_blocks_give_the_same_digests() {
-        let sub = 4096;
-        let mut block = random_bytes(40 * sub + 100, 12);
-        // Zero sub-blocks at the start, in runs, alone, and a zero short
-        // tail (which is hashed: `zero` covers only whole sub-blocks).
+    fn known_zero_pages_give_the_same_digests() {
+        let page = 4096;
+        let mut block = random_bytes(40 * page + 100, 12);
+        // Zero pages at the start, in runs, alone, and a zero short
+        // tail (which is hashed: `zero` covers only whole pages).
         for j in [0, 1, 5, 6, 7, 20, 39] {
-            block[j * sub..(j + 1) * sub].fill(0);
+            block[j * page..(j + 1) * page].fill(0);
         }
         let len = block.len();
-        block[40 * sub..len].fill(0);
+        block[40 * page..len].fill(0);
         for salt in SALTS {
-            let zero = digest(salt, &vec![0u8; sub]);
-            for len in [0, 10, sub, 2 * sub, 8 * sub + 1, block.len()] {
+            let zero = digest(salt, &vec![0u8; page]);
+            for len in [0, 10, page, 2 * page, 8 * page + 1, block.len()] {
                 let data = &block[..len];
                 let mut want = Vec::new();
-                digest_sub_blocks(salt, data, sub, &mut want);
+                digest_pages(salt, data, page, &mut want);
                 let mut got = vec![1, 2, 3];
-                digest_sub_blocks_known_zero(salt, data, sub, zero, &mut got);
+                digest_pages_known_zero(salt, data, page, zero, &mut got);
                 assert_eq!(got, want, "salt {salt:x} len {len}");
             }
         }
         let mut got = Vec::new();
-        digest_sub_blocks_known_zero(0, b"abc", 0, 0, &mut got);
+        digest_pages_known_zero(0, b"abc", 0, 0, &mut got);
         assert_eq!(got, [digest(0, b"abc")]);
     }
 
     #[test]
-    fn sub_blocks_of_zero_size_do_not_panic() {
+    fn pages_of_zero_size_do_not_panic() {
         let mut out = vec![1, 2, 3];
-        digest_sub_blocks(0, b"abc", 0, &mut out);
+        digest_pages(0, b"abc", 0, &mut out);
         assert_eq!(out, [digest(0, b"abc")]);
-        digest_sub_blocks(0, b"", 0, &mut out);
+        digest_pages(0, b"", 0, &mut out);
         assert!(out.is_empty());
     }
 }

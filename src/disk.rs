@@ -24,10 +24,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::config::{ALLOW_MOUNTED_ENV, Env, NO_HINTS_ENV};
 use crate::error::{Error, Result, os_words};
+use crate::log::Log;
 use crate::mounts;
-use crate::progress::{Log, human_bytes};
+use crate::progress::human_bytes;
 use crate::rescue::Rescue;
 use crate::sys::{self, Advice, Cleared, PinnedBuf};
+
+mod checks;
+
+pub use checks::{check_destination, check_source};
+use checks::{open_read_only, unsized_source};
 
 /// Read-ahead asked for on block devices.
 pub const READ_AHEAD: u64 = 4 << 20;
@@ -113,46 +119,6 @@ pub trait DiskIo: Send + Sync + std::fmt::Debug {
 pub trait Capture: Send + Sync + std::fmt::Debug {
     /// `len` bytes at `offset` would become `data`, or zeros.
     fn write(&self, disk: &Disk, offset: u64, data: Option<&[u8]>, len: u64) -> io::Result<()>;
-}
-
-/// Open `path` for reading; returns it with whether it is a regular file
-/// and whether a block device. `label` names it in errors.
-fn open_read_only(path: &Path, label: &str) -> Result<(File, bool, bool)> {
-    let file = File::open(path).map_err(|e| Error::io(label, "open", e))?;
-    let regular = file
-        .metadata()
-        .map_err(|e| Error::io(label, "stat", e))?
-        .is_file();
-    let is_device = sys::is_block_device(&file).map_err(|e| Error::io(label, "stat", e))?;
-    Ok((file, regular, is_device))
-}
-
-/// Why `file` (at `path`), neither a regular file nor a block device,
-/// cannot be a source.
-fn unsized_source(path: &Path, label: &str, file: &File) -> Error {
-    let kind = file.metadata().map(|m| m.file_type()).ok();
-    let hint = if path == Path::new("/dev/zero") {
-        "-f defaults to /dev/zero: is -f missing?"
-    } else if kind.is_some_and(|k| k.is_dir()) {
-        "a directory: give the file or device inside it"
-    } else {
-        "a pipe, terminal or stream has no size to copy: save it to a file first"
-    };
-    Error::usage(format!(
-        "{label}: not a regular file or block device ({hint})"
-    ))
-}
-
-/// Check that `path` can be a source, as [`Disk::open_source`] would, and
-/// close it again: a `-t` run checks its own end before it logs in.
-pub fn check_source(path: &Path) -> Result<()> {
-    let label = format!("source {}", path.display());
-    let (file, regular, is_device) = open_read_only(path, &label)?;
-    if regular || is_device {
-        Ok(())
-    } else {
-        Err(unsized_source(path, &label, &file))
-    }
 }
 
 impl Disk {
@@ -671,51 +637,5 @@ impl Drop for Disk {
             // Best effort, like raising it: nobody is left to tell.
             let _ = sys::set_read_ahead(&self.file, ra);
         }
-    }
-}
-
-/// Check, before a server waits for its client, that `path` can be opened
-/// for writing as the destination, without creating, truncating or opening
-/// anything: an existing file or device must be writable (and a device not
-/// mounted), a missing file must have a writable directory to be made in.
-pub fn check_destination(path: &Path, env: &Env, log: &Log) -> Result<()> {
-    let label = format!("destination {}", path.display());
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            if meta.file_type().is_block_device() {
-                mounts::refuse_mounted(&label, Some(&meta), env, log)?;
-                if let Ok(file) = File::open(path) {
-                    mounts::refuse_read_only(&label, &file)?;
-                }
-            }
-            mounts::refuse_live(&label, &meta, env, log)?;
-            sys::may_write(path).map_err(|e| match e.raw_os_error() {
-                Some(libc::EROFS) => Error::Failed(format!(
-                    "{label}: read-only (it lies on a file system mounted read-only); \
-                     nothing was written"
-                )),
-                _ => Error::io(&label, "open for writing", e),
-            })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let parent = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            let why = match std::fs::metadata(parent) {
-                Ok(m) if m.is_dir() => sys::may_write(parent).err(),
-                Ok(_) => Some(io::Error::from_raw_os_error(libc::ENOTDIR)),
-                Err(e) => Some(e),
-            };
-            match why {
-                None => Ok(()),
-                Some(e) => Err(Error::io(
-                    &label,
-                    format!("create in {}", parent.display()),
-                    e,
-                )),
-            }
-        }
-        Err(e) => Err(Error::io(&label, "stat", e)),
     }
 }

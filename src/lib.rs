@@ -37,6 +37,7 @@ pub mod error;
 pub mod handshake;
 pub mod local;
 pub mod lock;
+pub mod log;
 pub mod mounts;
 pub mod net;
 pub mod patch;
@@ -60,7 +61,7 @@ pub mod writer;
 pub use error::{Error, Result};
 
 use config::{Config, Mode};
-use progress::Log;
+use log::Log;
 
 /// Do what `config` asks. Errors carry their exit status.
 pub fn run(config: &Config) -> Result<()> {
@@ -89,7 +90,8 @@ pub fn run(config: &Config) -> Result<()> {
         Mode::Local {
             source,
             destination,
-        } => match &config.dry {
+            dry,
+        } => match dry {
             Some(dry) => patch::make::local(config, dry, source, destination, &log),
             None => local::sync(
                 &config.transfer,
@@ -101,14 +103,7 @@ pub fn run(config: &Config) -> Result<()> {
             ),
         },
         Mode::Ssh(s) => ssh::run(s, config, &log),
-        Mode::Connect(c) => client::connect_tcp(
-            c,
-            &config.transfer,
-            &config.env,
-            &log,
-            config.dry.as_ref(),
-            b"",
-        ),
+        Mode::Connect(c) => client::connect_tcp(c, &config.transfer, &config.env, &log, b""),
         Mode::Serve(s) => server::run(s, config, &log),
         Mode::Stdio(s) => server::run_stdio(s, config, &log),
         Mode::Apply(a) => patch::apply::run(a, &config.env, &log),
@@ -121,7 +116,7 @@ pub fn run(config: &Config) -> Result<()> {
 /// Whether stdout carries a patch (`--write-patch -`, bdsync's client), so
 /// that nothing else may go there.
 fn patch_on_stdout(config: &Config) -> bool {
-    matches!(config.dry, Some(config::DryRun::Patch(None)))
+    matches!(config.mode.dry(), Some(config::DryRun::Patch(None)))
         || matches!(config.mode, Mode::RemoteShell(_))
 }
 

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             match cli::terminal_refusal(&config).map_or_else(|| bsync::run(&config), Err) {
                 Ok(()) => 0,
                 Err(e) => {
-                    let log = bsync::progress::Log::new(&config.log);
+                    let log = bsync::log::Log::new(&config.log);
                     log.line(format!("bsync: {e}"));
                     if let Some(hint) = bsync::progress::resume_hint_after(&e) {
                         log.line(hint);

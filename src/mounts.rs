@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use crate::config::{ALLOW_MOUNTED_ENV, Env};
 use crate::error::{Error, Result};
-use crate::progress::Log;
+use crate::log::Log;
 
 /// Refuse a destination device that is mounted (itself or a partition),
 /// naming the mount, unless [`ALLOW_MOUNTED_ENV`] says to warn instead.

@@ -19,7 +19,7 @@ use crate::auth::Cipher;
 use crate::error::{Error, Result};
 use crate::handshake::{self, Machine};
 use crate::lock::lock;
-use crate::progress::Log;
+use crate::log::Log;
 use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE};
 use crate::sys;
 

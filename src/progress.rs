@@ -1,7 +1,7 @@
-//! Log lines, live progress and the closing summary.
+//! Live progress and the closing summary.
 //!
-//! Every line goes to stderr (stdout is kept for data a script reads, such as
-//! the port of `-p 0`) and starts with the `-l` prefix. Counters are atomics
+//! Every line goes to stderr through [`Log`] (stdout is kept for data a
+//! script reads, such as the port of `-p 0`). Counters are atomics
 //! that the pipeline threads bump; one reporter thread samples them: on a
 //! terminal it redraws one line a few times a second, elsewhere it prints a
 //! plain line every few seconds, stamped with the time, so logs stay
@@ -9,8 +9,8 @@
 //!
 //! On a terminal the live line is never wider than the terminal (it is
 //! shortened, never wrapped), and a log line printed meanwhile goes on its
-//! own line above it: [`Log::line`] clears the live line, prints, and draws
-//! it again.
+//! own line above it ([`Log::line`] clears the live line, prints, and draws
+//! it again, under `LIVE`).
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -20,88 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::block::Geometry;
-use crate::config::LogOptions;
+use crate::log::{LIVE, Log};
 pub use crate::units::{human_bytes, plural};
-
-/// Writes log lines to stderr with the `-l` prefix, unless quiet.
-#[derive(Clone, Debug, Default)]
-pub struct Log {
-    prefix: String,
-    quiet: bool,
-    verbose: bool,
-    /// `--json`: the closing summary also goes to stdout as JSON.
-    json: bool,
-}
-
-impl Log {
-    /// A log that follows `-l`, `-q` and `-v`.
-    pub fn new(opts: &LogOptions) -> Log {
-        Log {
-            prefix: opts.prefix.clone(),
-            quiet: opts.quiet,
-            verbose: opts.verbose,
-            json: opts.json,
-        }
-    }
-
-    /// True when [`detail`](Self::detail) lines are printed.
-    pub fn is_verbose(&self) -> bool {
-        self.verbose
-    }
-
-    /// A line about how the I/O is done (hints applied or skipped), printed
-    /// only with `-v`. Asking for it explicitly wins over `-q`.
-    pub fn detail(&self, msg: impl std::fmt::Display) {
-        if self.verbose {
-            self.line(msg);
-        }
-    }
-
-    /// True when only errors are printed.
-    pub fn is_quiet(&self) -> bool {
-        self.quiet
-    }
-
-    /// The prefix with a separating space, or nothing.
-    pub fn prefix(&self) -> String {
-        if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{} ", self.prefix)
-        }
-    }
-
-    /// An informational line (dropped with `-q`).
-    pub fn info(&self, msg: impl std::fmt::Display) {
-        if !self.quiet {
-            self.line(msg);
-        }
-    }
-
-    /// A line printed even with `-q`.
-    pub fn line(&self, msg: impl std::fmt::Display) {
-        if crate::sys::syslog_is_on() {
-            crate::sys::syslog_line(&format!("{}{msg}", self.prefix()));
-            return;
-        }
-        let live = crate::lock::lock(&LIVE);
-        let mut err = std::io::stderr().lock();
-        // A closed stderr is not worth dying for.
-        match live.as_deref() {
-            Some(progress) => {
-                let _ = write!(err, "\r\x1b[K{}{msg}\n{progress}", self.prefix());
-            }
-            None => {
-                let _ = writeln!(err, "{}{msg}", self.prefix());
-            }
-        }
-    }
-}
-
-/// The live progress line on the terminal, as drawn (prefix included);
-/// `None` when none is shown. Held while writing to stderr, so a log line
-/// and a redraw never interleave.
-static LIVE: Mutex<Option<String>> = Mutex::new(None);
 
 /// The counters of the transfer running now, for the resume line after a
 /// failure or an interrupt.
@@ -668,7 +588,7 @@ pub fn report_summary(
     if show {
         log.info(summary(stats, elapsed, side, skipped));
     }
-    if log.json {
+    if log.json() {
         let json = summary_json(stats, elapsed, side, skipped, dry);
         if JSON_TO_STDERR.load(Relaxed) {
             let _ = writeln!(std::io::stderr().lock(), "{json}");

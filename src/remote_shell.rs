@@ -7,8 +7,8 @@
 
 use crate::child;
 use crate::error::{Error, Result};
+use crate::log::Log;
 use crate::net::Stream;
-use crate::progress::Log;
 use crate::stdio::OpenRequest;
 use crate::{
     client,

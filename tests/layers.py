@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Each file's `use crate::` imports (tests excluded): no import circles, and
 nothing importing a layer above its own (ARCHITECTURE.md, "The modules, by
-layer"). Run from the repository root: python3 tests/layers.py [src] [-v]."""
+layer"). And no file over 500 lines of code (non-blank, not a `//` comment,
+its trailing `#[cfg(test)] mod tests` left out; a `tests.rs` is all tests),
+but the SIMD kernels. Run from the repository root:
+python3 tests/layers.py [src] [-v]."""
 import os, re, sys
-root = sys.argv[1] if len(sys.argv) > 1 else 'src'
+args = [a for a in sys.argv[1:] if a != '-v']
+root = args[0] if args else 'src'
 files = {}
 for d, _, fs in os.walk(root):
     for f in fs:
@@ -99,7 +103,7 @@ LAYERS = [
     ['session'],
     ['net', 'handshake', 'stdio'],
     ['reader', 'writer', 'pool', 'disk', 'mounts', 'rescue'],
-    ['config', 'progress', 'units'],
+    ['config', 'log', 'progress', 'units'],
     ['auth', 'proto', 'compress', 'digest', 'block', 'patch/format'],
     ['aead', 'sha256', 'lock', 'error', 'sys'],
 ]
@@ -118,4 +122,18 @@ for m, ds in edges.items():
         if lm is None or ld is None: print('no layer:', m if lm is None else d); continue
         if ld < lm: up.append((m, d))
 for m, d in sorted(up): print('upward:', m, '->', d)
-sys.exit(1 if sccs or up else 0)
+MAX_LINES = 500
+EXEMPT = {'sys/simd'}
+def code_lines(p):
+    src = open(p).read()
+    i = src.find('#[cfg(test)]\nmod tests')
+    if i >= 0: src = src[:i]
+    return sum(1 for l in src.split('\n') if l.strip() and not l.lstrip().startswith('//'))
+long = []
+for m, p in sorted(files.items()):
+    if m in EXEMPT or m == 'tests' or m.endswith('/tests'): continue
+    n = code_lines(p)
+    if n > MAX_LINES: long.append((m, n))
+    if '-v' in sys.argv: print(n, p)
+for m, n in long: print('too long: %s.rs has %d lines of code (at most %d)' % (m, n, MAX_LINES))
+sys.exit(1 if sccs or up or long else 0)

@@ -270,7 +270,6 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         transfer,
         log,
         env: Env::from_process(),
-        dry: None,
         rescue: None,
     })
 }

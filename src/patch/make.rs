@@ -21,8 +21,9 @@ use crate::config::DryRun;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::lock::lock;
-use crate::progress::{Log, human_bytes};
-use crate::session::{DrySink, NoRejoin, Params};
+use crate::log::Log;
+use crate::progress::human_bytes;
+use crate::session::{DrySink, End, NoRejoin, Params};
 
 /// A block's contribution, waiting for its turn.
 struct Ready {
@@ -405,18 +406,10 @@ impl DrySink for Maker<'_> {
 
 /// Run the source of a dry session as `dry` asks: the session, then the
 /// patch's trailer or the comparison's verdict (`Error::Differ`, exit 3).
-/// `target` is the destination's name, stored in a patch.
-#[allow(clippy::too_many_arguments)]
-pub fn run_source(
-    dry: &DryRun,
-    target: &[u8],
-    p: &Params,
-    disk: &crate::disk::Disk,
-    lanes: Vec<crate::net::Lane>,
-    rejoin: &dyn crate::session::Rejoin,
-    log: &Log,
-    progress: bool,
-) -> Result<()> {
+/// `target` is the destination's name, stored in a patch; `end` is the
+/// source's end of the session, which gets the sink.
+pub fn run_source(dry: &DryRun, target: &[u8], end: End<'_>) -> Result<()> {
+    let (p, log) = (end.params, end.log);
     let (output, what) = match dry {
         DryRun::Compare => (None, "compare".to_string()),
         DryRun::Patch(path) => (
@@ -428,16 +421,10 @@ pub fn run_source(
         ),
     };
     let maker = Maker::new(p, output.as_ref(), target, &what, log)?;
-    let ran = crate::session::run_dry(
-        crate::config::Role::Source,
-        p,
-        disk,
-        lanes,
-        rejoin,
-        log,
-        progress,
-        Some(&maker),
-    );
+    let ran = crate::session::run(End {
+        dry: Some(&maker),
+        ..end
+    });
     let original = match ran {
         Ok(verify) => verify,
         Err(e) => {
@@ -519,27 +506,33 @@ pub fn local(
         let dest = crate::session::spawn_scoped(s, || -> Result<()> {
             let mut lane = Lane::open(b, "source".into(), env.io_timeout)?;
             lane.reader.set_max(max);
-            crate::session::run(
-                Role::Destination,
-                &p,
-                &dst,
-                vec![lane],
-                &NoRejoin,
-                &quiet,
-                false,
-            )
+            crate::session::run(End {
+                role: Role::Destination,
+                params: &p,
+                disk: &dst,
+                lanes: vec![lane],
+                rejoin: &NoRejoin,
+                log: &quiet,
+                progress: false,
+                dry: None,
+            })
+            .map(drop)
         })?;
         let ours = Lane::open(a, "destination".into(), env.io_timeout).and_then(|mut lane| {
             lane.reader.set_max(max);
             run_source(
                 dry,
                 name.as_bytes(),
-                &p,
-                &src,
-                vec![lane],
-                &NoRejoin,
-                log,
-                !log.is_quiet(),
+                End {
+                    role: Role::Source,
+                    params: &p,
+                    disk: &src,
+                    lanes: vec![lane],
+                    rejoin: &NoRejoin,
+                    log,
+                    progress: !log.is_quiet(),
+                    dry: None,
+                },
             )
         });
         let theirs = dest

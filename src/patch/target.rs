@@ -1,9 +1,16 @@
-//! Reading a patch's target: a range of it, and the digest of its whole
-//! content, for applying a patch and for the undo patch saved beside it.
+//! A patch's target: reading a range of it and the digest of its whole
+//! content, for applying a patch and for the undo patch saved beside it;
+//! and, for applying, which target it is, opening it, and the checks that
+//! it is the right one before anything is written (its size, the digest of
+//! the whole target).
+
+use std::path::{Path, PathBuf};
 
 use super::format::{self, Header};
+use crate::config::{Apply, DiffSize, Env};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::log::Log;
 
 /// Read `len` bytes at `offset`, zeros past the end.
 pub(super) fn read_range(disk: &Disk, offset: u64, buf: &mut Vec<u8>, len: usize) -> Result<()> {
@@ -86,4 +93,111 @@ pub(super) fn digest_as_before(
         }
         Ok(sum)
     })
+}
+
+/// The target: the one named, else the one the patch names. A named one
+/// that is not the patch's is said in a warning.
+pub(super) fn target_path(a: &Apply, h: &Header, log: &Log) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let named = PathBuf::from(std::ffi::OsString::from_vec(h.name.clone()));
+    if let Some(t) = &a.target {
+        let given = std::path::absolute(t).unwrap_or_else(|_| t.clone());
+        if !h.name.is_empty() && given != named {
+            log.line(format!(
+                "warning: --patch={} is not the target this patch was made against ({}); \
+                 it is applied only if that whole target holds the same image",
+                t.display(),
+                named.display()
+            ));
+        }
+        return Ok(t.clone());
+    }
+    if h.name.is_empty() {
+        return Err(Error::usage(
+            "--patch: the patch names no target; give one: --patch=DEVICE",
+        ));
+    }
+    Ok(named)
+}
+
+/// Before the first write: the whole target must be the image the patch
+/// was made from. `befores` are the patch's ranges (offset, digest before),
+/// in offset order: a range the target holds patched already counts as it
+/// was (an interrupted apply finishes); from a pipe there are none yet.
+/// Returns whether the target is already the result.
+pub(super) fn check_whole(
+    disk: &Disk,
+    h: &Header,
+    befores: &[(u64, u128)],
+    what: &str,
+) -> Result<bool> {
+    let Some(whole) = h.whole else {
+        // An undo patch: its records' checks are all there is.
+        return Ok(false);
+    };
+    let got = digest_as_before(disk, h, h.source_size, befores)?;
+    if got == whole.original {
+        return Ok(false);
+    }
+    if befores.is_empty() && got == whole.result {
+        return Ok(true);
+    }
+    Err(Error::Failed(format!(
+        "{}: not the image {what} was made from (the digest of the whole target differs, \
+         though {} where the patch's records lie); the target is untouched{}",
+        disk.label(),
+        if befores.is_empty() {
+            "perhaps not"
+        } else {
+            "it agrees"
+        },
+        if befores.is_empty() {
+            ". A partly applied target is finished only from a file: bsync --patch < FILE"
+        } else {
+            ""
+        }
+    )))
+}
+
+pub(super) fn open_target(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
+    if std::fs::metadata(path).is_err() {
+        return Err(Error::Failed(format!(
+            "target {}: does not exist; a patch only changes an existing copy",
+            path.display()
+        )));
+    }
+    Disk::open_destination(path, env, log)
+}
+
+/// Whether the target's size is acceptable as `diffsize` says.
+pub(super) fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<()> {
+    let (have, want) = (disk.size(), h.source_size);
+    let refuse = |why: &str| {
+        Err(Error::Failed(format!(
+            "{}: {have} bytes, the patch makes {want} bytes: {why}; nothing was written",
+            disk.label()
+        )))
+    };
+    // Each hint names only a mode that then works for this target.
+    let grow = if disk.is_device() {
+        "a device cannot grow"
+    } else {
+        "--diffsize=resize grows it"
+    };
+    match diffsize {
+        DiffSize::Strict if have < want => refuse(&format!("the target is smaller ({grow})")),
+        DiffSize::Strict if have > want => refuse(if disk.is_device() {
+            "the target is larger (--diffsize=minsize leaves the rest alone)"
+        } else {
+            "the target is larger (--diffsize=minsize leaves the rest alone, \
+             --diffsize=resize truncates it)"
+        }),
+        DiffSize::MinSize if have < want => refuse(&format!(
+            "the target is smaller, and minsize needs one at least as large ({grow})"
+        )),
+        DiffSize::Resize if have < want && disk.is_device() => {
+            refuse("a device cannot grow (--diffsize=resize)")
+        }
+        _ => Ok(()),
+    }
 }

@@ -287,7 +287,7 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
 /// How much of a frame's payload the tag of a connection without a key
 /// covers: everything, except the data of a `Block` frame. That data is
 /// checked already, and more cheaply, where it matters: the destination
-/// digests every data sub-block after decompression and compares it with
+/// digests every data page after decompression and compares it with
 /// the source's digest, carried in the tagged change records. Skipping it
 /// keeps an unkeyed upload's tag at a few bytes a block (see
 /// benches/BENCHMARKS.md, "Tagging every frame"). The change records are
@@ -703,7 +703,7 @@ mod tests {
         let mut bad = good.clone();
         bad[HEADER_LEN + 13..HEADER_LEN + 17].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&bad, MAX).is_err());
-        // Sub-blocks out of order.
+        // Pages out of order.
         let mut bad = Vec::new();
         let twice = [
             Change {

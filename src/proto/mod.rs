@@ -606,14 +606,14 @@ pub fn range_digest(pages: &[Digest]) -> Digest {
 /// holds the bytes of a range rather than its page digests (patch files).
 pub fn range_digest_of(salt: u128, data: &[u8], page: usize) -> Digest {
     let mut pages = Vec::new();
-    crate::digest::digest_sub_blocks(salt, data, page, &mut pages);
+    crate::digest::digest_pages(salt, data, page, &mut pages);
     range_digest(&pages)
 }
 
 /// The range digests of a block's `data` cut in pages of `page` bytes.
 pub fn digest_ranges(salt: u128, data: &[u8], page: usize, out: &mut Vec<Digest>) {
     let mut pages = Vec::new();
-    crate::digest::digest_sub_blocks(salt, data, page, &mut pages);
+    crate::digest::digest_pages(salt, data, page, &mut pages);
     range_digests(&pages, out);
 }
 

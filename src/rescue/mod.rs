@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::lock::lock;
-use crate::progress::{Log, Stats, human_bytes, plural};
+use crate::log::Log;
+use crate::progress::{Stats, human_bytes, plural};
 use crate::sys::PinnedBuf;
 use map::{Map, Status};
 

@@ -31,11 +31,12 @@ use crate::disk::{self, Disk};
 use crate::error::{Error, Result};
 use crate::handshake::{self, Place};
 use crate::lock::lock;
+use crate::log::Log;
 use crate::net::Stream;
 use crate::net::{self, Lane};
-use crate::progress::{Log, human_bytes};
+use crate::progress::human_bytes;
 use crate::proto::{self, Frame, Hello};
-use crate::session::{self, Own, Params};
+use crate::session::{self, End, Own, Params};
 use crate::stdio::{OpenRequest, PipeStream};
 use crate::sys;
 
@@ -459,5 +460,15 @@ fn serve_session(
                 .map_err(|e| Error::io("server", "start the rejoin thread", e))?,
         );
     }
-    session::run(s.role, &params, disk, lanes, &**rejoins, log, s.progress)
+    session::run(End {
+        role: s.role,
+        params: &params,
+        disk,
+        lanes,
+        rejoin: &**rejoins,
+        log,
+        progress: s.progress,
+        dry: None,
+    })
+    .map(drop)
 }

@@ -12,8 +12,9 @@ use super::{Arrival, TAKEOVER_GRACE};
 use crate::error::{Error, Result};
 use crate::handshake::{Place, Takeover, place, takeover};
 use crate::lock::{lock, wait_timeout};
+use crate::log::Log;
 use crate::net::Lane;
-use crate::progress::{Log, clock};
+use crate::progress::clock;
 use crate::proto::{Frame, Welcome};
 use crate::session;
 

@@ -42,8 +42,9 @@ use crate::disk::Disk;
 use crate::error::{Error, Result};
 pub use crate::handshake::unexpected;
 use crate::lock::{lock, wait};
+use crate::log::Log;
 use crate::net::{self, FrameReader, FrameSender, Lane};
-use crate::progress::{Log, Reporter, Side, Stats, Totals, human_bytes, report_summary};
+use crate::progress::{Reporter, Side, Stats, Totals, human_bytes, report_summary};
 use crate::proto::{Frame, Welcome};
 
 mod destination;
@@ -165,7 +166,7 @@ impl<'a> Content<'a> {
     fn digests(&self, p: &Params, zero: Digest, out: &mut Vec<Digest>) {
         match *self {
             Content::Bytes(data) => {
-                digest::digest_sub_blocks_known_zero(p.salt, data, p.page(), zero, out);
+                digest::digest_pages_known_zero(p.salt, data, p.page(), zero, out);
             }
             Content::Hole(len) => {
                 out.clear();
@@ -179,20 +180,25 @@ impl<'a> Content<'a> {
     }
 }
 
-/// Run one end of a session as `role` on `disk` (a destination already
-/// sized) over `lanes`, rejoining lost lanes through `rejoin`. Shows
-/// progress when `progress` says so, then the summary and the verification
-/// digest both ends agreed on.
-pub fn run(
-    role: Role,
-    p: &Params,
-    disk: &Disk,
-    lanes: Vec<Lane>,
-    rejoin: &dyn Rejoin,
-    log: &Log,
-    progress: bool,
-) -> Result<()> {
-    run_dry(role, p, disk, lanes, rejoin, log, progress, None).map(|_| ())
+/// One end of a session, ready to run: what [`run`] needs.
+pub struct End<'a> {
+    /// Which role this end plays.
+    pub role: Role,
+    /// What the handshake agreed, with this end's own settings.
+    pub params: &'a Params,
+    /// This end's disk (a destination already sized).
+    pub disk: &'a Disk,
+    /// The connected lanes.
+    pub lanes: Vec<Lane>,
+    /// How a lost lane is rejoined.
+    pub rejoin: &'a dyn Rejoin,
+    /// Where the lines go.
+    pub log: &'a Log,
+    /// Show live progress and the summary line.
+    pub progress: bool,
+    /// A dry run's source (`--compare`, `--write-patch`): every block goes
+    /// here instead of its changes to the destination, which writes nothing.
+    pub dry: Option<&'a dyn DrySink>,
 }
 
 /// What a dry run's source does with each block instead of sending its
@@ -211,21 +217,23 @@ pub trait DrySink: Sync {
     ) -> Result<(bool, u64)>;
 }
 
-/// [`run`], and on the source with `dry`, a dry run: the destination is
-/// read and acknowledges, nothing is written to it, and every block goes
-/// to `dry` instead.
-#[allow(clippy::too_many_arguments)]
-pub fn run_dry(
-    role: Role,
-    p: &Params,
-    disk: &Disk,
-    lanes: Vec<Lane>,
-    rejoin: &dyn Rejoin,
-    log: &Log,
-    progress: bool,
-    dry: Option<&dyn DrySink>,
-) -> Result<u128> {
-    let mut lanes = lanes;
+/// Run one end of a session, `end.role` on `end.disk` over `end.lanes`,
+/// rejoining lost lanes through `end.rejoin`. Shows progress when
+/// `end.progress` says so, then the summary and the verification digest
+/// both ends agreed on, which it returns. With `end.dry`, on the source, a
+/// dry run: the destination is read and acknowledges, nothing is written to
+/// it, and every block goes to the sink instead.
+pub fn run(end: End<'_>) -> Result<u128> {
+    let End {
+        role,
+        params: p,
+        disk,
+        mut lanes,
+        rejoin,
+        log,
+        progress,
+        dry,
+    } = end;
     for lane in &mut lanes {
         lane.reader.show_notices(log);
     }

@@ -18,30 +18,32 @@
 //! of twice the measured round trip times the measured rate (at most
 //! `config::flight_cap`). The lowest unacknowledged block is never held
 //! back by either, so the budgets cannot stall the session. The decisions
-//! themselves are in `exchange.rs`.
+//! themselves are in `exchange.rs`; what the lane readers file is
+//! `source/replies.rs`'s, the frames built for a block `source/frames.rs`'s.
 
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use super::exchange::{Differing, differing_ranges};
-use super::ledger::{self, Ledger, Parked, Sent, Task};
-use super::{
-    Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane, unexpected,
-};
-use crate::block::{Extent, ExtentKind};
+use super::exchange::Differing;
+use super::ledger::{Ledger, Parked, Sent, Task};
+use super::{Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane};
+use crate::block::Extent;
 use crate::compress::Compressor;
 use crate::config::flight_cap;
 use crate::digest::Digest;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
-use crate::net::{FrameReader, FrameSender, Lane};
+use crate::net::{FrameSender, Lane};
 use crate::pool::{Pool, Pooled};
 use crate::progress::Stats;
 use crate::proto::{self, BlockBuilder, Change, Frame};
 use crate::reader::read_blocks;
+
+mod frames;
+mod replies;
 
 /// Run the source side over `lanes`; returns the verification digest.
 /// (The roles' tests call it; the session calls [`run_with`].)
@@ -190,29 +192,6 @@ enum Compared {
 }
 
 impl SourceCtx<'_> {
-    /// Everything before block `upto` (exclusive) is written.
-    fn acknowledge(&self, upto: u64) {
-        if let Some(rescue) = self.disk.rescue() {
-            let from = self.state.lock().acked_to;
-            let geo = self.p.geo;
-            for index in from..upto {
-                // A map that cannot be written now is written at the end.
-                let _ = rescue.done(index, geo.offset(index), geo.len(index) as u64);
-            }
-        }
-        let mut st = self.state.lock();
-        let (blocks, bytes) = st.acknowledge(upto);
-        Stats::add(&self.stats.blocks_done, blocks);
-        Stats::add(&self.stats.bytes_done, bytes);
-        // Acknowledgements are cumulative: every block before acked_to is
-        // written, whatever -w.
-        self.stats
-            .resume_at
-            .store(st.acked_to, std::sync::atomic::Ordering::Relaxed);
-        drop(st);
-        self.state.notify();
-    }
-
     fn peer(&self, index: u64) -> &str {
         &self.senders[lane_of(index, self.senders.len())].peer
     }
@@ -225,226 +204,6 @@ impl SourceCtx<'_> {
             t.take(frame.len());
         }
         let _ = self.senders[lane_of(index, self.senders.len())].send(frame);
-    }
-
-    /// Whether an acknowledgement (or completion) of every block before
-    /// `upto` covers only blocks that were sent: one that covers a block
-    /// never sent is a protocol error, never a reason to reconnect.
-    fn check_covered(&self, peer: &str, what: &str, upto: u64) -> Result<()> {
-        match self.state.lock().first_unsent(upto, self.p.geo.blocks()) {
-            None => Ok(()),
-            Some(block) => Err(Error::protocol(
-                peer,
-                format!("{what} covers block {block}, which was never sent"),
-            )),
-        }
-    }
-
-    /// Read range digests, page digests, acknowledgements and the end of
-    /// the session off a lane. Anything that needs sending is left to the
-    /// finishers.
-    fn lane_loop(&self, reader: &mut FrameReader) -> Result<()> {
-        let end = self.p.geo.blocks();
-        // Once per call, not per frame: run_lane calls again after a rejoin.
-        let peer = reader.peer.clone();
-        loop {
-            let peer = peer.as_str();
-            match reader.read("digests or acknowledgements")? {
-                Frame::Digests { index, digests } => {
-                    if index < self.p.first || index >= end {
-                        return Err(Error::protocol(
-                            peer,
-                            format!("digests for block {index} out of range"),
-                        ));
-                    }
-                    let mut list = self.state.lock().spare.pop().unwrap_or_default();
-                    proto::read_digests(digests, &mut list);
-                    let filed = self.state.lock().digests(index, list);
-                    if let ledger::Digests::Exhausted = filed {
-                        return Err(Error::Failed(format!(
-                            "block {index}: not acknowledged after {} attempts",
-                            ledger::MAX_ATTEMPTS
-                        )));
-                    }
-                    self.state.notify();
-                }
-                Frame::Pages { index, digests } => self.pages(peer, index, digests)?,
-                Frame::Ack { index } => {
-                    self.check_covered(peer, "an acknowledgement", index.saturating_add(1))?;
-                    self.acknowledge(index + 1);
-                }
-                Frame::Complete { blocks, verify } => {
-                    if blocks != end {
-                        return Err(Error::protocol(
-                            peer,
-                            format!(
-                                "the destination completed {blocks} blocks, the session has {end}"
-                            ),
-                        ));
-                    }
-                    self.check_covered(peer, "the completion", end)?;
-                    self.state.lock().complete = Some(verify);
-                    self.acknowledge(end);
-                }
-                other => return Err(unexpected(peer, &other)),
-            }
-        }
-    }
-
-    /// File the destination's page digests for a parked block and hand it
-    /// to a finisher.
-    fn pages(&self, peer: &str, index: u64, digests: &[u8]) -> Result<()> {
-        let bad = |what: String| Error::protocol(peer, format!("block {index}: {what}"));
-        let n = digests.len() / proto::DIGEST_LEN;
-        let exact = digests.len().is_multiple_of(proto::DIGEST_LEN);
-        let blocks = self.p.first..self.p.geo.blocks();
-        let read = |list: &mut Vec<Digest>| proto::read_digests(digests, list);
-        let filed =
-            self.state
-                .lock()
-                .pages(index, if exact { n } else { usize::MAX }, blocks, read);
-        match filed {
-            ledger::Pages::Filed => {
-                self.state.notify();
-                Ok(())
-            }
-            ledger::Pages::Repeated => Ok(()),
-            ledger::Pages::Miscounted(want) => {
-                Err(bad(format!("{n} page digests, asked for {want}")))
-            }
-            ledger::Pages::Unasked => Err(bad("page digests that were not asked for".into())),
-        }
-    }
-
-    /// Digest `data`'s pages into `pages` and its ranges into
-    /// `scratch.ranges`; the destination must have sent as many range
-    /// digests (`theirs`) as the block has ranges.
-    fn digest_ranges(
-        &self,
-        index: u64,
-        data: Content<'_>,
-        pages: &mut Vec<Digest>,
-        theirs: &[Digest],
-        scratch: &mut FrameScratch,
-    ) -> Result<()> {
-        data.digests(self.p, self.zero, pages);
-        proto::range_digests(pages, &mut scratch.ranges);
-        if theirs.len() != scratch.ranges.len() {
-            return Err(Error::protocol(
-                self.peer(index),
-                format!(
-                    "block {index}: {} range digests, expected {}",
-                    theirs.len(),
-                    scratch.ranges.len()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Digest `data`'s pages into `pages` and its ranges into
-    /// `scratch.ranges`, compare those with the destination's, and build
-    /// the answer in `scratch.frame`: an empty `Block`, or a `Refine`.
-    fn compare(
-        &self,
-        index: u64,
-        data: Content<'_>,
-        pages: &mut Vec<Digest>,
-        theirs: &[Digest],
-        scratch: &mut FrameScratch,
-        map: Vec<u8>,
-    ) -> Result<Compared> {
-        self.digest_ranges(index, data, pages, theirs, scratch)?;
-        let mut map = map;
-        scratch.frame.clear();
-        let range = self.p.page() * proto::RANGE_PAGES;
-        if differing_ranges(
-            &scratch.ranges,
-            theirs,
-            &scratch.unreadable,
-            range,
-            &mut map,
-        ) {
-            proto::encode(
-                &Frame::Refine {
-                    index,
-                    ranges: &map,
-                },
-                &mut scratch.frame,
-            );
-            Ok(Compared::Refine(map))
-        } else {
-            self.state.lock().spare_maps.push(map);
-            BlockBuilder::begin(&mut scratch.frame, index, 0, &[]).finish(false);
-            Ok(Compared::Same)
-        }
-    }
-
-    /// Build the `Block` of a parked block in `scratch.frame`: the pages of
-    /// the asked ranges whose digests differ. Returns the raw data length.
-    fn build_block(
-        &self,
-        index: u64,
-        parked: &Parked,
-        compressor: &mut Compressor,
-        scratch: &mut FrameScratch,
-    ) -> Result<usize> {
-        let kept = &parked.kept;
-        // The count was checked when the digests arrived.
-        let theirs = parked.theirs.as_deref().unwrap_or_default();
-        let raw_len = kept.changes(
-            theirs,
-            self.p.page(),
-            &mut scratch.changes,
-            &mut scratch.extents,
-        );
-        let frame = &mut scratch.frame;
-        frame.clear();
-        // A block is at most MAX_BLOCK_SIZE, 1 GiB.
-        let raw = u32::try_from(raw_len)
-            .map_err(|_| Error::Failed(format!("block {index}: {raw_len} bytes of data")))?;
-        let mut block = BlockBuilder::begin(frame, index, raw, &scratch.changes);
-        let data = kept.data();
-        let pieces = scratch
-            .extents
-            .iter()
-            .filter(|e| e.kind == ExtentKind::Data)
-            .map(|e| &data[e.data..e.data + e.len]);
-        let compressed = compressor.append(pieces, block.data());
-        block.finish(compressed);
-        Stats::add(&self.stats.bytes_changed, raw_len as u64);
-        Ok(raw_len)
-    }
-
-    /// A dry run's block: the sink gets it with both sides' range digests,
-    /// the destination an empty `Block` to acknowledge, and the
-    /// verification digest is over the destination's unchanged content.
-    fn dry_block(
-        &self,
-        dry: &dyn DrySink,
-        index: u64,
-        data: &[u8],
-        theirs: &[Digest],
-        pages: &mut Vec<Digest>,
-        scratch: &mut FrameScratch,
-    ) -> Result<()> {
-        self.digest_ranges(index, Content::Bytes(data), pages, theirs, scratch)?;
-        let (changed, data_bytes) = dry.block(index, data, theirs, &scratch.ranges)?;
-        let class = if !changed {
-            &self.stats.same
-        } else if data_bytes > 0 {
-            &self.stats.changed
-        } else {
-            &self.stats.zero
-        };
-        Stats::add(class, 1);
-        Stats::add(&self.stats.bytes_changed, data_bytes);
-        {
-            let mut v = lock(self.verify);
-            *v = v.wrapping_add(block_hash(index, theirs));
-        }
-        empty_block(index, &mut scratch.frame);
-        Ok(())
     }
 
     /// `--rescue`: a block the map says the destination holds already was

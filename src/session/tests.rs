@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Params, Rejoin, destination, source};
+use super::{NoRejoin, Params, Rejoin, destination, source};
 use crate::aead::Key;
 use crate::auth::{Direction, Handshake, Secret};
 use crate::block::Geometry;
@@ -20,8 +20,9 @@ use crate::config::Env;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
+use crate::log::Log;
 use crate::net::{Lane, Stream};
-use crate::progress::{Log, Stats};
+use crate::progress::Stats;
 use crate::proto;
 
 /// Deadline of every test stream: short, so a silent peer is found fast.
@@ -312,17 +313,6 @@ impl Rejoin for Waiter<'_> {
     fn wake(&self) {
         drop(lock(&self.0.slots));
         self.0.arrived.notify_all();
-    }
-}
-
-/// Gives up on every lost lane.
-struct NoRejoin;
-
-impl Rejoin for NoRejoin {
-    fn rejoin(&self, lane: usize, _stop: &dyn Fn() -> bool) -> Result<Lane> {
-        Err(Error::Failed(format!(
-            "lane {lane}: no rejoin in this test"
-        )))
     }
 }
 

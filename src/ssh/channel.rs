@@ -12,8 +12,8 @@ use super::script::{Listen, quote, server_args};
 use crate::child;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::log::Log;
 use crate::net::Stream;
-use crate::progress::Log;
 use crate::{
     client,
     config::{Config, Connect, Role},
@@ -54,7 +54,6 @@ pub(super) fn sync(
             &config.transfer,
             &config.env,
             log,
-            config.dry.as_ref(),
             remote.as_bytes(),
             Some(PROBE_DEADLINE),
         );
@@ -88,7 +87,7 @@ pub(super) fn sync(
         let pipe = client::Pipe {
             peer: &peer,
             role: connect.role,
-            dry: config.dry.as_ref().map(|d| (d, remote.as_bytes())),
+            dry: connect.dry.as_ref().map(|d| (d, remote.as_bytes())),
             on_params: None,
         };
         client::connect_pipe(

@@ -15,7 +15,7 @@ use std::thread;
 use super::command::Endpoint;
 use crate::child;
 use crate::lock::lock;
-use crate::progress::Log;
+use crate::log::Log;
 
 /// What cleanup must undo if the run stops: the directory made on the
 /// remote.

@@ -63,9 +63,9 @@ use std::time::Duration;
 
 use crate::aead::Key;
 use crate::auth::Secret;
-use crate::config::{Config, Connect, RemoteTarget, Role, Ssh};
+use crate::config::{Config, Connect, DryRun, RemoteTarget, Role, Ssh};
 use crate::error::{EXIT_USAGE, Error, Result};
-use crate::progress::Log;
+use crate::log::Log;
 use crate::sys;
 use command::Endpoint;
 use process::{FAILED_REMOTE_GRACE, Remote, RemoteExit, SSH_FAILED};
@@ -79,6 +79,8 @@ struct Launch<'a> {
     path: &'a Path,
     encrypt: bool,
     over_ssh: bool,
+    /// `--compare` or `--write-patch`.
+    dry: Option<&'a DryRun>,
 }
 
 /// Run the transfer `s` describes over SSH, moving data as `config` says.
@@ -90,6 +92,7 @@ pub fn run(s: &Ssh, config: &Config, log: &Log) -> Result<()> {
         shell,
         encrypt,
         over_ssh,
+        dry,
     } = s;
     let launch = Launch {
         config,
@@ -98,6 +101,7 @@ pub fn run(s: &Ssh, config: &Config, log: &Log) -> Result<()> {
         path,
         encrypt: *encrypt,
         over_ssh: *over_ssh,
+        dry: dry.as_ref(),
     };
     for (what, s) in [("host", Some(&target.host)), ("user", target.user.as_ref())] {
         if s.is_some_and(|s| s.starts_with('-')) {
@@ -110,7 +114,7 @@ pub fn run(s: &Ssh, config: &Config, log: &Log) -> Result<()> {
     // in -f, a missing -f, a destination that is mounted or read-only.
     match role {
         Role::Source => crate::disk::check_source(path)?,
-        Role::Destination if config.dry.is_none() => {
+        Role::Destination if dry.is_none() => {
             crate::disk::check_destination(path, &config.env, log)?;
         }
         Role::Destination => {}
@@ -201,6 +205,7 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
         secret: Some(Secret::new(Key::from_bytes(secret), launch.encrypt)),
         auto: false,
         rescue: config.rescue.clone(),
+        dry: launch.dry.cloned(),
     };
     let synced = channel::sync(
         endpoint,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::child;
 use crate::error::{Error, Result};
 use crate::lock::lock;
-use crate::progress::Log;
+use crate::log::Log;
 
 /// Lines of the remote's stderr kept to explain a failure.
 const TAIL_LINES: usize = 20;
