@@ -506,3 +506,102 @@ fn an_interrupted_rescue_resumes_from_its_map_and_the_map_shrinks() {
     assert_eq!(bad_areas(&read_map(&map)), [(IN_SAME, 512)]);
     check_destination(&dst, &data, &[]);
 }
+
+/// `bsync --patch[=DST]` with the patch on stdin (a file, or a pipe).
+fn apply(patch: &Path, dst: &Path, pipe: bool, extra: &[&str], code: i32) -> String {
+    let mut cmd = bsync();
+    cmd.arg(format!("--patch={}", dst.display())).args(extra);
+    if !pipe {
+        cmd.stdin(std::fs::File::open(patch).expect("the patch"));
+        return run_status(&mut cmd, code);
+    }
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bsync --patch");
+    let mut stdin = child.stdin.as_ref().expect("stdin");
+    // A refused target may stop reading early: a broken pipe is fine.
+    let _ = std::io::Write::write_all(&mut stdin, &read_file(patch));
+    let out = {
+        let mut child = child;
+        drop(child.stdin.take());
+        child.wait_with_output().expect("wait for bsync --patch")
+    };
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    err
+}
+
+/// A patch made from a failing source marks the sectors that did not read
+/// as unknown (format version 3): applying it (from a file or a pipe)
+/// writes everything else, leaves the target's bytes there, and checks
+/// the result; a wrong target is refused before any write; the undo patch
+/// saved while applying puts the target back; bdsync's client form makes
+/// the same patch. The runs that read the source exit 4.
+#[test]
+fn a_patch_from_a_failing_source_marks_unread_sectors_unknown() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-patch");
+    let (src, dst, data) = images(&dir);
+    let original = read_file(&dst);
+    let faulty = Faulty::new(&dir, "mnt", &src, &[bad(IN_CHANGED), bad(IN_SAME)], 0.0);
+    let (patch, map) = (dir.join("p.bsync"), dir.join("p.map"));
+    let mut cmd = bsync();
+    cmd.arg("-f").arg(faulty.dev()).arg("-t").arg(&dst);
+    cmd.args(["-b", "1M", "-rescue"]).arg(&map);
+    let err = run_status(cmd.arg("--write-patch").arg(&patch), 4);
+    assert!(
+        err.contains("1.0 KiB (1024 bytes) of the source could not be read"),
+        "{err}"
+    );
+    assert_eq!(read_file(&dst), original, "a dry run wrote the destination");
+    let bytes = read_file(&patch);
+    assert_eq!(&bytes[8..10], &3u16.to_le_bytes(), "not a version 3 patch");
+    let made = read_map(&map);
+    assert_eq!(bad_areas(&made), [(IN_CHANGED, 512), (IN_SAME, 512)]);
+    assert_eq!(made.totals().0, SIZE as u64 - 1024);
+
+    // Another image: refused before anything is written, from a file and a pipe.
+    let wrong = dir.join("wrong.img");
+    let mut other = original.clone();
+    other[7 * MIB as usize] ^= 1;
+    write_file(&wrong, &other);
+    for pipe in [false, true] {
+        let err = apply(&patch, &wrong, pipe, &[], 1);
+        assert!(err.contains("the target is untouched"), "{err}");
+        assert_eq!(read_file(&wrong), other);
+    }
+
+    // The right one, from a file with an undo patch, and from a pipe.
+    let undo = dir.join("undo.bsync");
+    let undo_arg = format!("--remdata={}", undo.display());
+    apply(&patch, &dst, false, &[&undo_arg], 0);
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    let err = apply(&patch, &dst, false, &[], 0);
+    assert!(err.contains("already applied"), "{err}");
+    apply(&undo, &dst, false, &[], 0);
+    assert_eq!(read_file(&dst), original, "the undo patch");
+    apply(&patch, &dst, true, &[], 0);
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+
+    // bdsync's client form, over a remote shell.
+    write_file(&dst, &original);
+    let map = dir.join("bdsync.map");
+    let out = run(bsync()
+        .arg(format!("{} --server", env!("CARGO_BIN_EXE_bsync")))
+        .arg(faulty.dev())
+        .arg(&dst)
+        .args(["--blocksize=1M", "--rescue"])
+        .arg(&map));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    write_file(&patch, &out.stdout);
+    apply(&patch, &dst, false, &[], 0);
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    assert_eq!(
+        bad_areas(&read_map(&map)),
+        [(IN_CHANGED, 512), (IN_SAME, 512)]
+    );
+}

@@ -2,7 +2,7 @@
 //! program:
 //!
 //! ```text
-//! bsync [--verbose] [--remdata] [--diffsize[=MODE]] [--blocksize=N] REMSHCMD LOCDEV REMDEV > PATCH
+//! bsync [--verbose] [--remdata] [--diffsize[=MODE]] [--blocksize=N] [--rescue MAP] REMSHCMD LOCDEV REMDEV > PATCH
 //! bsync --server                       (the main parser: a bsync flag too)
 //! bsync --patch[=DSTDEV] [--diffsize[=MODE]] [--remdata=UNDO] < PATCH
 //! ```
@@ -128,9 +128,11 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
     let mut patch: Option<Option<PathBuf>> = None;
     let mut no_compress = false;
     let mut digest_name = None;
+    let mut rescue: Option<PathBuf> = None;
     let mut positional: Vec<OsString> = Vec::new();
     let mut rest = false;
-    for arg in args {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         let s = match arg.to_str() {
             Some(s) if !rest => s,
             _ => {
@@ -163,6 +165,17 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
             ("patch", v) => patch = Some(v.filter(|v| !v.is_empty()).map(PathBuf::from)),
             ("n", None) => no_compress = true,
             ("digest", v) => digest_name = Some(digest(v)?),
+            // bsync's own: LOCDEV is failing (unknown sectors in the patch).
+            ("rescue", v) => {
+                let map = match v {
+                    Some(v) => OsString::from(v),
+                    None => args
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| usage("--rescue needs a map file: --rescue MAPFILE"))?,
+                };
+                rescue = Some(PathBuf::from(map));
+            }
             ("server", _) => {
                 return Err(usage(
                     "--server takes no device: run `bsync --server` alone (the client names the device)",
@@ -203,6 +216,18 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         prefetch: workers * 4,
         bwlimit: None,
     };
+    if rescue.is_some() && block_size.is_some_and(|b| b % 4096 != 0) {
+        return Err(usage(
+            "--rescue needs --blocksize a multiple of 4K, so that blocks start on the \
+             sector boundaries it retries at",
+        ));
+    }
+    if rescue.is_some() && (patch.is_some() || remdata.is_some()) {
+        return Err(usage(
+            "--rescue reads a failing LOCDEV for the client form's patch; it does not go \
+             with --patch or --remdata",
+        ));
+    }
     let mode = if let Some(target) = patch {
         if !positional.is_empty() {
             return Err(usage(
@@ -271,7 +296,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         log,
         env: Env::from_process(),
         dry: None,
-        rescue: None,
+        rescue,
     })
 }
 

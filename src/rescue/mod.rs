@@ -28,12 +28,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use crate::block::Geometry;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::progress::{Log, Stats, human_bytes, plural};
@@ -69,6 +71,9 @@ pub struct Rescue {
     header: Vec<String>,
     /// Reads slower than [`SLOW_READ`].
     pub slow_reads: AtomicU64,
+    /// A dry run's session, for [`Rescue::patched`]: its failed reads,
+    /// the bytes it could not read, and how long it took.
+    ran: Mutex<(u64, u64, Duration)>,
 }
 
 /// One block's retry: where it is and what it found.
@@ -150,6 +155,7 @@ impl Rescue {
             sector,
             header,
             slow_reads: AtomicU64::new(0),
+            ran: Mutex::new((0, 0, Duration::ZERO)),
         };
         rescue.save(false)?;
         Ok(rescue)
@@ -361,6 +367,32 @@ impl Rescue {
             human_bytes(bad),
             self.path.display()
         )))
+    }
+
+    /// `--write-patch`: the session that read the source ended after
+    /// `elapsed`; [`Rescue::patched`] finishes the rescue once the patch is
+    /// written.
+    pub fn ran(&self, stats: &Stats, elapsed: Duration) {
+        *lock(&self.ran) = (
+            stats.read_errors.load(Relaxed),
+            stats.bytes_unreadable.load(Relaxed),
+            elapsed,
+        );
+    }
+
+    /// `--write-patch`: the patch holding `blocks` of `geo` is written,
+    /// so they are finished in the map (a `+` area is one a later run
+    /// takes as at the destination: apply the patch first). Then as
+    /// [`Rescue::finish`].
+    pub fn patched(&self, geo: Geometry, blocks: Range<u64>, log: &Log) -> Result<()> {
+        for index in blocks {
+            self.done(index, geo.offset(index), geo.len(index) as u64)?;
+        }
+        let (errors, lost, elapsed) = *lock(&self.ran);
+        let stats = Stats::default();
+        Stats::add(&stats.read_errors, errors);
+        Stats::add(&stats.bytes_unreadable, lost);
+        self.finish(log, &stats, elapsed)
     }
 
     /// `rescue: 1.0 GiB rescued, 51.0 KiB unreadable in 100 areas, ...`.

@@ -200,14 +200,17 @@ pub fn run(
 /// block order, for every block, unchanged ones included.
 pub trait DrySink: Sync {
     /// Block `index` of the source holds `data`, whose grains digest to
-    /// `ours`; the destination's digest to `theirs`. Returns whether the
-    /// block differs and how many bytes of data (not zeros) it would send.
+    /// `ours`; the destination's digest to `theirs`; `unreadable` are the
+    /// byte ranges a rescue could not read (zeros in `data`). Returns
+    /// whether the block differs and how many bytes of data (not zeros) it
+    /// would send.
     fn block(
         &self,
         index: u64,
         data: &[u8],
         theirs: &[Digest],
         ours: &[Digest],
+        unreadable: &[(usize, usize)],
     ) -> Result<(bool, u64)>;
 }
 
@@ -286,8 +289,12 @@ pub fn run_dry(
     if role == Role::Destination {
         disk.report_excess(p.geo.size);
     }
-    if let Some(rescue) = disk.rescue().filter(|_| dry.is_none()) {
-        rescue.finish(log, &stats, elapsed)?;
+    if let Some(rescue) = disk.rescue() {
+        match dry {
+            None => rescue.finish(log, &stats, elapsed)?,
+            // Finished when the patch is (`Rescue::patched`).
+            Some(_) => rescue.ran(&stats, elapsed),
+        }
     }
     let lost = stats.bytes_unreadable.load(Ordering::Relaxed);
     if role == Role::Destination && lost > 0 {

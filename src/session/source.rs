@@ -192,7 +192,8 @@ enum Compared {
 impl SourceCtx<'_> {
     /// Everything before block `upto` (exclusive) is written.
     fn acknowledge(&self, upto: u64) {
-        if let Some(rescue) = self.disk.rescue() {
+        // A dry run's blocks are finished once the patch is whole.
+        if let Some(rescue) = self.disk.rescue().filter(|_| self.dry.is_none()) {
             let from = self.state.lock().acked_to;
             let geo = self.p.geo;
             for index in from..upto {
@@ -429,7 +430,8 @@ impl SourceCtx<'_> {
         scratch: &mut FrameScratch,
     ) -> Result<()> {
         self.digest_ranges(index, Content::Bytes(data), pages, theirs, scratch)?;
-        let (changed, data_bytes) = dry.block(index, data, theirs, &scratch.ranges)?;
+        let (changed, data_bytes) =
+            dry.block(index, data, theirs, &scratch.ranges, &scratch.unreadable)?;
         let class = if !changed {
             &self.stats.same
         } else if data_bytes > 0 {
@@ -496,6 +498,15 @@ impl SourceCtx<'_> {
             };
             let map = self.state.lock().spare_maps.pop().unwrap_or_default();
             let b = &mut *block;
+            if b.finished {
+                if let Some(dry) = self.dry {
+                    // Not read: the patch takes the destination's word.
+                    dry.block(index, &[], &theirs, &theirs, &[])?;
+                }
+                self.finished_block(index, b.len as u64, theirs, &mut scratch);
+                continue;
+            }
+            scratch.unreadable.clone_from(&b.unreadable);
             if let Some(dry) = self.dry {
                 if b.hole {
                     // Never read: the sink wants the zeros it stands for.
@@ -529,12 +540,7 @@ impl SourceCtx<'_> {
                 self.send(index, &mut scratch.frame);
                 continue;
             }
-            if b.finished {
-                self.finished_block(index, b.len as u64, theirs, &mut scratch);
-                continue;
-            }
             let mut pages = std::mem::take(&mut b.digests);
-            scratch.unreadable.clone_from(&b.unreadable);
             let compared = self.compare(
                 index,
                 Content::of(b),
