@@ -605,3 +605,79 @@ fn a_patch_from_a_failing_source_marks_unread_sectors_unknown() {
         [(IN_CHANGED, 512), (IN_SAME, 512)]
     );
 }
+
+/// A TCP relay to `to` whose first connection is cut once the client has
+/// sent `after` bytes; later connections (the client rejoining) pass whole.
+fn cutting_relay(to: String, after: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+    let addr = listener.local_addr().expect("the relay's address");
+    std::thread::spawn(move || {
+        // Ends with the test's process; a few connections at most.
+        for (i, client) in listener.incoming().take(16).enumerate() {
+            let (Ok(mut up_in), Ok(mut down_out)) = (client, TcpStream::connect(&to)) else {
+                return;
+            };
+            let (Ok(mut down_in), Ok(mut up_out)) = (down_out.try_clone(), up_in.try_clone())
+            else {
+                return;
+            };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut down_in, &mut up_out);
+                let _ = up_out.shutdown(Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut sent = 0;
+                while let Ok(n) = up_in.read(&mut buf) {
+                    let cut = i == 0 && sent + n >= after;
+                    let n = if cut { after - sent } else { n };
+                    if n == 0 && !cut || down_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if cut {
+                        break;
+                    }
+                }
+                let _ = down_out.shutdown(Shutdown::Both);
+                let _ = up_in.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    addr.to_string()
+}
+
+/// A block sent again after a lost connection is read again through the
+/// rescue: its bad sector is skipped again, not a read error that ends the
+/// run (once it was read plainly and failed the run).
+#[test]
+fn a_block_sent_again_after_a_rejoin_is_read_through_the_rescue() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-rejoin");
+    let (src, dst, data) = images(&dir);
+    let faulty = Faulty::new(&dir, "mnt", &src, &[bad(IN_CHANGED), bad(IN_SAME)], 0.0);
+    let map = dir.join("map");
+    let (srv, addr) = server(&["-f".as_ref(), dst.as_os_str()]);
+    // Cut inside block 1's data (two changed pages, 8 KiB), which follows
+    // the handshake and a few short frames.
+    let relay = cutting_relay(addr, 3000);
+    let mut cmd = bsync();
+    cmd.arg("-f")
+        .arg(faulty.dev())
+        .args(["-r", &relay, "-b", "1M", "-rescue"])
+        .arg(&map);
+    let err = run_status(&mut cmd, 4);
+    assert!(err.contains("reconnect") || err.contains("rejoin"), "{err}");
+    assert!(err.contains("both ends agree"), "{err}");
+    let (code, srv_err) = finish(srv);
+    assert_eq!(code, Some(4), "{srv_err}");
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    assert_eq!(
+        bad_areas(&read_map(&map)),
+        [(IN_CHANGED, 512), (IN_SAME, 512)]
+    );
+}

@@ -703,18 +703,20 @@ impl SourceCtx<'_> {
     /// Start block `index` over: read it back from the source and compare
     /// it with the range digests the destination sent again.
     fn resend(&self, index: u64, theirs: &[Digest], scratch: &mut FrameScratch) -> Result<()> {
-        if self.dry.is_some() {
-            // Already given to the sink: the destination only acknowledges.
+        let (offset, len) = (self.p.geo.offset(index), self.p.geo.len(index));
+        let finished = self
+            .disk
+            .rescue()
+            .is_some_and(|r| r.finished(offset, len as u64));
+        if self.dry.is_some() || finished {
+            // Already given to the sink, or trusted by the rescue's map
+            // (never read): the destination only acknowledges.
             empty_block(index, &mut scratch.frame);
             self.send(index, &mut scratch.frame);
             return Ok(());
         }
-        let len = self.p.geo.len(index);
         let mut data = vec![0u8; len];
-        let n = self
-            .disk
-            .read_at(&mut data, self.p.geo.offset(index))
-            .map_err(|e| Error::io(self.disk.label(), format!("read at block {index}"), e))?;
+        let (n, unreadable) = self.read_again(index, &mut data)?;
         if n < len {
             return Err(Error::Failed(format!(
                 "{}: read at block {index}: the source shrank during the run",
@@ -723,7 +725,7 @@ impl SourceCtx<'_> {
         }
         let mut pages = Vec::new();
         let content = Content::Bytes(&data);
-        scratch.unreadable.clear();
+        scratch.unreadable = unreadable;
         let compared = self.compare(index, content, &mut pages, theirs, scratch, Vec::new())?;
         let mut guard = self.state.lock();
         let st = &mut *guard;
@@ -733,8 +735,9 @@ impl SourceCtx<'_> {
         match compared {
             Compared::Refine(ranges) => {
                 let page = self.p.page();
+                let lost = &scratch.unreadable;
                 let kept =
-                    Differing::keep(content, &pages, &[], ranges, page, Differing::default());
+                    Differing::keep(content, &pages, lost, ranges, page, Differing::default());
                 st.parked += kept.bytes() as u64;
                 sent.waiting = Some(Parked {
                     kept,
@@ -748,6 +751,18 @@ impl SourceCtx<'_> {
         drop(guard);
         self.send(index, &mut scratch.frame);
         Ok(())
+    }
+}
+
+impl SourceCtx<'_> {
+    /// Read block `index` again for [`SourceCtx::resend`], through the
+    /// rescue if any; its failed reads count, its unreadable bytes did
+    /// the first time.
+    fn read_again(&self, index: u64, data: &mut [u8]) -> Result<(usize, Vec<(usize, usize)>)> {
+        let again = Stats::default();
+        let read = crate::reader::read_again(self.disk, self.p.geo, index, data, &again);
+        Stats::add(&self.stats.read_errors, again.read_errors.into_inner());
+        read
     }
 }
 
