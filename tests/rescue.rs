@@ -681,3 +681,50 @@ fn a_block_sent_again_after_a_rejoin_is_read_through_the_rescue() {
         [(IN_CHANGED, 512), (IN_SAME, 512)]
     );
 }
+
+/// A map's finished blocks are trusted, neither read nor verified: the
+/// summary, `-json` and the verification line count them as skipped, not
+/// as "same" (once they were counted same, and called verified).
+#[test]
+fn blocks_a_map_marks_finished_are_reported_skipped_not_verified() {
+    let dir = TempDir::new("rescue-skipped");
+    let (src, dst, _) = images(&dir);
+    let map = dir.join("map");
+    let m = map.to_str().expect("UTF-8");
+    run_ok(&mut local(&src, &dst, &["-b", "1M", "-rescue", m]));
+    // A change made since is not seen: the map vouches for every block.
+    let mut changed = read_file(&dst);
+    changed[3 * MIB as usize] ^= 1;
+    write_file(&dst, &changed);
+    let out = run(&mut local(&src, &dst, &["-b", "1M", "-rescue", m, "-json"]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(
+            "0 same, 0 changed, 0 zero; 8 blocks finished in the rescue map skipped, not verified"
+        ),
+        "{err}"
+    );
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"same\":0,"), "{json}");
+    assert!(json.contains("\"skipped_by_map\":8,"), "{json}");
+    assert_eq!(read_file(&dst), changed);
+
+    // Over the network the source's verification line says so too.
+    let (srv, addr) = server(&["-f".as_ref(), dst.as_os_str()]);
+    let err = run_ok(
+        bsync()
+            .arg("-f")
+            .arg(&src)
+            .args(["-r", &addr, "-b", "1M", "-rescue", m]),
+    );
+    assert!(
+        err.contains(
+            "(8 blocks finished in the rescue map skipped, not verified): both ends agree"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("0 same"), "{err}");
+    let (code, srv_err) = finish(srv);
+    assert_eq!(code, Some(0), "{srv_err}");
+}

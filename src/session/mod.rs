@@ -284,7 +284,8 @@ pub fn run_dry(
         report_summary(log, &stats, elapsed, side, p.first, false, true);
     } else {
         report_summary(log, &stats, elapsed, side, p.first, progress, false);
-        log.info(verification_line(verify, p.first, p.geo.blocks()));
+        let by_map = stats.skipped_by_map.load(Ordering::Relaxed);
+        log.info(verification_line(verify, p.first, p.geo.blocks(), by_map));
     }
     if role == Role::Destination {
         disk.report_excess(p.geo.size);
@@ -309,8 +310,9 @@ pub fn run_dry(
 
 /// The closing verification line: the digest and the blocks it covers,
 /// `first..blocks`. Blocks before `first` (`-s`) were neither read nor
-/// compared, and no agreement is claimed about blocks nobody verified.
-pub fn verification_line(verify: u128, first: u64, blocks: u64) -> String {
+/// compared, nor were the `by_map` blocks a rescue's map says are
+/// finished, and no agreement is claimed about blocks nobody verified.
+pub fn verification_line(verify: u128, first: u64, blocks: u64, by_map: u64) -> String {
     if first >= blocks {
         return "verification: no blocks to compare (the source is empty)".into();
     }
@@ -322,7 +324,12 @@ pub fn verification_line(verify: u128, first: u64, blocks: u64) -> String {
             blocks - 1
         )
     };
-    format!("verification digest {verify:032x} over {covered}: both ends agree")
+    let unverified = if by_map > 0 {
+        format!(" ({})", crate::progress::skipped_by_map(by_map))
+    } else {
+        String::new()
+    };
+    format!("verification digest {verify:032x} over {covered}{unverified}: both ends agree")
 }
 
 /// Refuse `-s first` at or past the end of a source of `geo`: there is

@@ -463,7 +463,7 @@ impl SourceCtx<'_> {
             let mut v = lock(self.verify);
             *v = v.wrapping_add(block_hash(index, &theirs));
         }
-        Stats::add(&self.stats.same, 1);
+        Stats::add(&self.stats.skipped_by_map, 1);
         let mut st = self.state.lock();
         st.spare.push(theirs);
         st.unacked.insert(
