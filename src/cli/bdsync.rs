@@ -357,9 +357,26 @@ mod tests {
             &["--twopass", "c", "a", "b"],
             &["--diffsize=huge", "c", "a", "b"],
             &["--patch", "extra"],
+            &["--patch", "--rescue=m"],
+            &["--remdata", "--rescue", "m", "c", "a", "b"],
+            &["--blocksize=1000", "--rescue=m", "c", "a", "b"],
+            &["c", "a", "b", "--rescue"],
         ] {
             let e = parse(&args(bad)).unwrap_err();
             assert_eq!(e.exit_status(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_client_form_takes_a_rescue_map_with_or_without_an_equals_sign() {
+        for form in [
+            &["--rescue", "m.map", "c", "a", "b"][..],
+            &["c", "a", "b", "--rescue=m.map"],
+        ] {
+            assert!(is_bdsync_form(&args(form)), "{form:?}");
+            let c = parse(&args(form)).unwrap();
+            assert_eq!(c.rescue.as_deref(), Some(std::path::Path::new("m.map")));
+            assert!(matches!(c.mode, Mode::RemoteShell(_)), "{form:?}");
         }
     }
 }
