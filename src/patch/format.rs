@@ -281,11 +281,7 @@ pub fn encode_record_unknown(
     out: &mut Vec<u8>,
 ) -> u128 {
     let (raw_len, compressed, stored) = (data.raw_len, data.compressed, data.bytes);
-    let within = |r: &Range| {
-        unknown
-            .iter()
-            .any(|&(s, n)| s < r.start + r.len && s + n > r.start)
-    };
+    let within = |r: &Range| super::spans::touch(unknown, r.start, r.len);
     let start = out.len();
     out.push(TAG_RECORD);
     out.extend_from_slice(&offset.to_le_bytes());
@@ -655,23 +651,14 @@ impl<R: std::io::Read> Decoder<R> {
             return Err(wrong());
         }
         let mut spans = Vec::with_capacity(n.min(4096));
-        let mut end = 0u64;
-        let mut held = vec![false; partial.len()];
         for _ in 0..n {
-            let (s, len) = (self.u32("a record")?, self.u32("a record")?);
-            let (lo, hi) = (u64::from(s), u64::from(s) + u64::from(len));
-            let inside = partial.iter().position(|&i| {
-                let r = &ranges[i];
-                u64::from(r.start) <= lo && hi <= u64::from(r.start) + u64::from(r.len)
-            });
-            match inside {
-                Some(k) if len > 0 && lo >= end => held[k] = true,
-                _ => return Err(wrong()),
-            }
-            end = hi;
-            spans.push((s, len));
+            spans.push((self.u32("a record")?, self.u32("a record")?));
         }
-        if held.contains(&false) {
+        let partial: Vec<(u32, u32)> = partial
+            .iter()
+            .map(|&i| (ranges[i].start, ranges[i].len))
+            .collect();
+        if !super::spans::fit(&spans, &partial) {
             return Err(wrong());
         }
         Ok(spans)

@@ -395,14 +395,7 @@ impl DrySink for Maker<'_> {
             });
         }
         let writes = lock(&self.state).out.is_some();
-        // Spans within a block of at most 1 GiB.
-        let unknown: Vec<(u32, u32)> = unreadable
-            .iter()
-            .map(|&(s, n)| {
-                let u = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
-                (u(s), u(n))
-            })
-            .collect();
+        let unknown = super::unknown::of_block(unreadable);
         let record =
             (writes && !ranges.is_empty()).then(|| self.encode(index, data, &ranges, &unknown));
         let hash = format::block_hash(index, ours);

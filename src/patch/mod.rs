@@ -11,6 +11,7 @@ pub mod apply;
 pub mod format;
 pub mod make;
 mod rollback;
+mod spans;
 mod target;
 pub mod undo;
 mod unknown;

@@ -72,6 +72,13 @@ pub(super) fn overlay(rec: &Record, r: &Range, old: &[u8], data: &[u8]) -> Vec<u
     new
 }
 
+/// A block's unreadable ranges as a record's unknown spans (the record
+/// at the block's offset; a block is at most 1 GiB).
+pub(super) fn of_block(unreadable: &[(usize, usize)]) -> Vec<(u32, u32)> {
+    let u = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+    unreadable.iter().map(|&(s, n)| (u(s), u(n))).collect()
+}
+
 /// A length within a block (at most 1 GiB).
 fn usize_of(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
