@@ -138,7 +138,7 @@ fn read_rescued(
     let len = buf.len();
     if !rescue.known_bad(offset, len as u64) {
         let started = std::time::Instant::now();
-        let read = disk.read_at(buf, offset);
+        let read = rescue.read_first(&|b, at| disk.read_at(b, at), buf, offset);
         rescue.timed(started.elapsed());
         match read {
             Ok(n) => return Ok((n, Vec::new())),

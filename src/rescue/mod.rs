@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -67,6 +67,9 @@ pub struct Rescue {
     direct: Option<File>,
     /// The source's logical sector size (512 for a file).
     sector: usize,
+    /// A block device: its first reads are direct too (see
+    /// [`Rescue::read_first`]).
+    first_direct: bool,
     /// Comment lines at the top of every map written.
     header: Vec<String>,
     /// Reads slower than [`SLOW_READ`].
@@ -136,6 +139,10 @@ impl Rescue {
             .and_then(|s| usize::try_from(s).ok())
             .filter(|s| s.is_power_of_two() && *s <= RETRY_PAGE)
             .unwrap_or(512);
+        let first_direct = direct.is_some()
+            && file
+                .metadata()
+                .is_ok_and(|m| m.file_type().is_block_device());
         let header = vec![
             format!(
                 "Mapfile. Created by bsync version {}",
@@ -153,6 +160,7 @@ impl Rescue {
             }),
             direct,
             sector,
+            first_direct,
             header,
             slow_reads: AtomicU64::new(0),
             ran: Mutex::new((0, 0, Duration::ZERO)),
@@ -186,6 +194,41 @@ impl Rescue {
                     Status::Bad | Status::NonTrimmed | Status::NonScraped
                 )
         })
+    }
+
+    /// The first read of a block, `buf.len()` bytes at `offset`: direct
+    /// from a block device, as `ddrescue -d` reads. Through the page cache
+    /// a failed read-ahead window is read again page by page, each page a
+    /// request to the failing disk, before the read fails (profiled on a
+    /// loop device over FUSE: 17 s of 25 s went there, against 2.4 s for
+    /// every retry). Elsewhere, and where a direct read cannot be made,
+    /// through `read`.
+    pub fn read_first(
+        &self,
+        read: &dyn Fn(&mut [u8], u64) -> std::io::Result<usize>,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> std::io::Result<usize> {
+        let aligned = buf.as_ptr().align_offset(RETRY_PAGE) == 0 && buf.len() % self.sector == 0;
+        let direct = self
+            .direct
+            .as_ref()
+            .filter(|_| self.first_direct && aligned);
+        let Some(f) = direct else {
+            return read(buf, offset);
+        };
+        let mut got = 0;
+        while got < buf.len() {
+            match read_direct(f, &mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if got == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                    return read(buf, offset);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(got)
     }
 
     /// Count a read that took `took`.
