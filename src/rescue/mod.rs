@@ -209,7 +209,8 @@ impl Rescue {
         buf: &mut [u8],
         offset: u64,
     ) -> std::io::Result<usize> {
-        let aligned = buf.as_ptr().align_offset(RETRY_PAGE) == 0 && buf.len() % self.sector == 0;
+        let aligned =
+            buf.as_ptr().align_offset(RETRY_PAGE) == 0 && buf.len().is_multiple_of(self.sector);
         let direct = self
             .direct
             .as_ref()
