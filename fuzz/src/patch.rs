@@ -2,8 +2,9 @@
 //! must never panic, hang or allocate beyond what it was given and the
 //! format's caps; every record it accepts lies within the header's size,
 //! its ranges in order and its data as long as they need; every header it
-//! accepts (version 2: diffsize, whole-target digests, name) encodes back to
-//! the bytes it was read from.
+//! accepts (version 2: diffsize, whole-target digests, name; version 3:
+//! the same, its records with unknown spans) encodes back to the bytes it
+//! was read from.
 use bsync::compress::Decompressor;
 use bsync::patch::format::{Decoder, Item, encode_header};
 
