@@ -30,6 +30,16 @@ pub fn fuzz(data: &[u8]) {
                     }
                 }
                 assert!(r.offset + end <= h.source_size, "record past the size");
+                for &(s, n) in &r.unknown {
+                    let (s, n) = (u64::from(s), u64::from(n));
+                    assert!(
+                        r.ranges.iter().any(|g| {
+                            let (gs, gl) = (u64::from(g.start), u64::from(g.len));
+                            !g.zero && gs <= s && s + n <= gs + gl
+                        }),
+                        "an unknown span outside the data ranges"
+                    );
+                }
                 assert_eq!(r.data.len(), want, "data and ranges disagree");
             }
             Item::End(_) => return,
