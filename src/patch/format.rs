@@ -482,7 +482,8 @@ impl<R: std::io::Read> Decoder<R> {
         self.take(name_len, "the header")?;
         let name = self.scratch[self.scratch.len() - name_len..].to_vec();
         self.check("the header")?;
-        if block_size == 0 || grain == 0 || grain > block_size {
+        // A grain may exceed a small block: the block is then one grain.
+        if block_size == 0 || grain == 0 {
             return Err(bad("corrupted header: block size or grain out of range"));
         }
         self.size = source_size;
