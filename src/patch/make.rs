@@ -395,7 +395,7 @@ impl DrySink for Maker<'_> {
             });
         }
         let writes = lock(&self.state).out.is_some();
-        let unknown = super::unknown::of_block(unreadable);
+        let unknown = super::unknown::of_block(unreadable, sub);
         let record =
             (writes && !ranges.is_empty()).then(|| self.encode(index, data, &ranges, &unknown));
         let hash = format::block_hash(index, ours);

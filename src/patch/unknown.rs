@@ -73,13 +73,39 @@ pub(super) fn overlay(rec: &Record, r: &Range, old: &[u8], data: &[u8]) -> Vec<u
 }
 
 /// A block's unreadable ranges as a record's unknown spans (the record
-/// at the block's offset; a block is at most 1 GiB).
-pub(super) fn of_block(unreadable: &[(usize, usize)]) -> Vec<(u32, u32)> {
+/// at the block's offset; a block is at most 1 GiB), cut where its ranges
+/// of `grain` bytes meet: a span lies inside one range.
+pub(super) fn of_block(unreadable: &[(usize, usize)], grain: usize) -> Vec<(u32, u32)> {
     let u = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
-    unreadable.iter().map(|&(s, n)| (u(s), u(n))).collect()
+    let mut spans = Vec::with_capacity(unreadable.len());
+    for &(s, n) in unreadable {
+        let mut at = s;
+        while at < s + n {
+            let end = (s + n).min((at / grain + 1) * grain);
+            spans.push((u(at), u(end - at)));
+            at = end;
+        }
+    }
+    spans
 }
 
 /// A length within a block (at most 1 GiB).
 fn usize_of(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_cut_where_ranges_meet() {
+        let bad = [(512, 512), (65024, 1024), (200_000, 100)];
+        assert_eq!(
+            of_block(&bad, 65536),
+            [(512, 512), (65024, 512), (65536, 512), (200_000, 100)]
+        );
+        let ranges = [(0, 65536), (65536, 65536), (196_608, 65536)];
+        assert!(super::super::spans::fit(&of_block(&bad, 65536), &ranges));
+    }
 }
