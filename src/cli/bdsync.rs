@@ -189,7 +189,8 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
                 }
                 return Err(usage(format!(
                     "-{n}: not an option of bdsync's form (bsync [--verbose] [--remdata] \
-                     [--diffsize[=MODE]] [--blocksize=N] REMSHCMD LOCDEV REMDEV, or bsync --patch[=DEV]); \
+                     [--diffsize[=MODE]] [--blocksize=N] [--rescue MAP] REMSHCMD LOCDEV REMDEV, or bsync \
+                     --patch[=DEV]); \
                      bsync's own flags take no positional arguments"
                 )));
             }
