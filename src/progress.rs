@@ -205,6 +205,9 @@ pub struct Stats {
     pub bytes_done: AtomicU64,
     /// Blocks that needed nothing.
     pub same: AtomicU64,
+    /// `--rescue`: blocks the map says are finished (at the destination):
+    /// neither read nor verified, as `-s` skips.
+    pub skipped_by_map: AtomicU64,
     /// Blocks with data written.
     pub changed: AtomicU64,
     /// Blocks that only needed clearing to zeros.
@@ -505,6 +508,10 @@ pub fn summary(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> St
             "; blocks before {skipped} skipped (-s {skipped}), not verified"
         );
     }
+    let by_map = get(&stats.skipped_by_map);
+    if by_map > 0 {
+        let _ = write!(line, "; {}", skipped_by_map(by_map));
+    }
     let _ = write!(line, "; read {}", human_bytes(get(&stats.bytes_read)));
     if side == Side::Source {
         let sent = get(&stats.wire_sent);
@@ -556,7 +563,8 @@ pub fn summary_json(
         "{{\"side\":\"{side}\",\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
          \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
          \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
-         \"wire_sent\":{},\"wire_received\":{},\"bytes_unreadable\":{},\"seconds\":{:.3},\"dry\":{dry}}}",
+         \"wire_sent\":{},\"wire_received\":{},\"bytes_unreadable\":{},\"skipped_by_map\":{},\
+         \"seconds\":{:.3},\"dry\":{dry}}}",
         get(&stats.blocks_done),
         get(&stats.bytes_done),
         get(&stats.same),
@@ -569,7 +577,16 @@ pub fn summary_json(
         get(&stats.wire_sent),
         get(&stats.wire_received),
         get(&stats.bytes_unreadable),
+        get(&stats.skipped_by_map),
         elapsed.as_secs_f64(),
+    )
+}
+
+/// `3 blocks finished in the rescue map skipped, not verified`.
+pub fn skipped_by_map(blocks: u64) -> String {
+    format!(
+        "{blocks} {} finished in the rescue map skipped, not verified",
+        plural(blocks, "block")
     )
 }
 

@@ -14,7 +14,7 @@
 use std::ops::Range;
 use std::sync::mpsc::SyncSender;
 
-use crate::block::{Block, Geometry};
+use crate::block::Geometry;
 use crate::disk::{Disk, Note};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, Pooled};
@@ -68,7 +68,12 @@ pub fn read_blocks(
             None => disk
                 .read_at(&mut block.data[..len], offset)
                 .map_err(|e| Error::io(disk.label(), format!("read at block {index}"), e))?,
-            Some(rescue) => read_rescued(disk, rescue, &mut block, offset, stats)?,
+            Some(rescue) => {
+                let buf = &mut block.data[..len];
+                let (n, bad) = read_rescued(disk, rescue, (index, offset), buf, stats)?;
+                block.unreadable = bad;
+                n
+            }
         };
         if n < len {
             return Err(Error::Failed(format!(
@@ -99,24 +104,44 @@ pub fn read_blocks(
     Ok(())
 }
 
-/// `--rescue`: read `block` (its `index` and `len` set) at `offset`; a
-/// failed read, or a block whose map holds bad areas, is read again in
-/// pages and sectors, and what still fails becomes the block's
-/// `unreadable` ranges. Returns the bytes read, as `read_at` does.
+/// Read block `index` of `geo` into `buf` once more (a block sent again
+/// after a lost connection), as the reader did: through the rescue, if
+/// any. Returns the bytes read and the unreadable ranges.
+pub fn read_again(
+    disk: &Disk,
+    geo: Geometry,
+    index: u64,
+    buf: &mut [u8],
+    stats: &Stats,
+) -> Result<(usize, Vec<(usize, usize)>)> {
+    match disk.rescue() {
+        Some(rescue) => read_rescued(disk, rescue, (index, geo.offset(index)), buf, stats),
+        None => disk
+            .read_at(buf, geo.offset(index))
+            .map(|n| (n, Vec::new()))
+            .map_err(|e| Error::io(disk.label(), format!("read at block {index}"), e)),
+    }
+}
+
+/// `--rescue`: read block `index`, at `offset`, into `buf` (the whole
+/// block); a failed
+/// read, or a block whose map holds bad areas, is read again in pages and
+/// sectors, and what still fails becomes the block's `unreadable` ranges.
+/// Returns the bytes read, as `read_at` does, and those ranges.
 fn read_rescued(
     disk: &Disk,
     rescue: &Rescue,
-    block: &mut Block,
-    offset: u64,
+    (index, offset): (u64, u64),
+    buf: &mut [u8],
     stats: &Stats,
-) -> Result<usize> {
-    let (index, len) = (block.index, block.len);
+) -> Result<(usize, Vec<(usize, usize)>)> {
+    let len = buf.len();
     if !rescue.known_bad(offset, len as u64) {
         let started = std::time::Instant::now();
-        let read = disk.read_at(&mut block.data[..len], offset);
+        let read = rescue.read_first(&|b, at| disk.read_at(b, at), buf, offset);
         rescue.timed(started.elapsed());
         match read {
-            Ok(n) => return Ok(n),
+            Ok(n) => return Ok((n, Vec::new())),
             Err(e) => {
                 Stats::add(&stats.read_errors, 1);
                 disk.detail(format!(
@@ -125,6 +150,6 @@ fn read_rescued(
             }
         }
     }
-    block.unreadable = disk.recover(rescue, index, &mut block.data[..len], offset, stats)?;
-    Ok(len)
+    let bad = disk.recover(rescue, index, buf, offset, stats)?;
+    Ok((len, bad))
 }

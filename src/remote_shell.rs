@@ -29,6 +29,7 @@ pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
     let session = std::io::Write::write_all(&mut stream, &req.encode())
         .map_err(|e| crate::net::net_error(&peer, "the open request", e))
         .and_then(|()| crate::disk::Disk::open_source(&r.local, &config.env, log))
+        .and_then(|disk| disk.rescued(config.rescue.as_deref(), &r.local))
         .and_then(|mut disk| {
             let pipe = client::Pipe {
                 peer: &peer,

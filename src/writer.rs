@@ -120,7 +120,9 @@ impl<'a> Writer<'a> {
                 }
             }
         }
-        let class = if block.extents.is_empty() {
+        let class = if block.finished {
+            &self.stats.skipped_by_map
+        } else if block.extents.is_empty() {
             &self.stats.same
         } else if data {
             &self.stats.changed

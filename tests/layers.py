@@ -104,7 +104,7 @@ LAYERS = [
     ['net', 'handshake', 'stdio'],
     ['reader', 'writer', 'pool', 'disk', 'mounts', 'rescue'],
     ['config', 'log', 'progress', 'units'],
-    ['auth', 'proto', 'compress', 'digest', 'block', 'patch/format'],
+    ['auth', 'proto', 'compress', 'digest', 'block', 'patch/format', 'patch/spans'],
     ['aead', 'sha256', 'lock', 'error', 'sys'],
 ]
 def layer(m):

@@ -372,6 +372,24 @@ fn write_patch_locally_to_a_file() {
     assert_same(&p.src, &p.dst);
 }
 
+/// A block smaller than a digest grain (64 KiB): the patch applies (once
+/// it was made, exit 0, and every apply refused its header: "grain out of
+/// range").
+#[test]
+fn a_patch_made_with_blocks_below_64k_applies() {
+    for bs in ["4K", "16K"] {
+        let p = pair("small-blocks");
+        let patch = p.dir.join("small.bsync");
+        run_ok(&mut local(
+            &p.src,
+            &p.dst,
+            &["--write-patch", patch.to_str().unwrap(), "-b", bs],
+        ));
+        run_ok(&mut apply(&patch, None, &[]));
+        assert_same(&p.src, &p.dst);
+    }
+}
+
 /// A patch replaces the file at its path: `--write-patch` naming the
 /// source, the destination or a device is refused before anything is
 /// opened (once, each of these became the patch, exit 0).

@@ -506,3 +506,260 @@ fn an_interrupted_rescue_resumes_from_its_map_and_the_map_shrinks() {
     assert_eq!(bad_areas(&read_map(&map)), [(IN_SAME, 512)]);
     check_destination(&dst, &data, &[]);
 }
+
+/// `bsync --patch[=DST]` with the patch on stdin (a file, or a pipe).
+fn apply(patch: &Path, dst: &Path, pipe: bool, extra: &[&str], code: i32) -> String {
+    let mut cmd = bsync();
+    cmd.arg(format!("--patch={}", dst.display())).args(extra);
+    if !pipe {
+        cmd.stdin(std::fs::File::open(patch).expect("the patch"));
+        return run_status(&mut cmd, code);
+    }
+    let child = cmd
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bsync --patch");
+    let mut stdin = child.stdin.as_ref().expect("stdin");
+    // A refused target may stop reading early: a broken pipe is fine.
+    let _ = std::io::Write::write_all(&mut stdin, &read_file(patch));
+    let out = {
+        let mut child = child;
+        drop(child.stdin.take());
+        child.wait_with_output().expect("wait for bsync --patch")
+    };
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    err
+}
+
+/// A patch made from a failing source marks the sectors that did not read
+/// as unknown (format version 3): applying it (from a file or a pipe)
+/// writes everything else, leaves the target's bytes there, and checks
+/// the result; a wrong target is refused before any write; the undo patch
+/// saved while applying puts the target back; bdsync's client form makes
+/// the same patch. The runs that read the source exit 4.
+#[test]
+fn a_patch_from_a_failing_source_marks_unread_sectors_unknown() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-patch");
+    let (src, dst, data) = images(&dir);
+    let original = read_file(&dst);
+    // Two sectors across the line between two 64 KiB grains, too.
+    let across = Bad {
+        len: 1024,
+        ..bad(2 * MIB + 0x1_fe00)
+    };
+    let faulty = Faulty::new(
+        &dir,
+        "mnt",
+        &src,
+        &[bad(IN_CHANGED), across, bad(IN_SAME)],
+        0.0,
+    );
+    let lost = [
+        (IN_CHANGED, 512),
+        (2 * MIB + 0x1_fe00, 1024),
+        (IN_SAME, 512),
+    ];
+    let (patch, map) = (dir.join("p.bsync"), dir.join("p.map"));
+    let mut cmd = bsync();
+    cmd.arg("-f").arg(faulty.dev()).arg("-t").arg(&dst);
+    cmd.args(["-b", "1M", "-rescue"]).arg(&map);
+    let err = run_status(cmd.arg("--write-patch").arg(&patch), 4);
+    assert!(
+        err.contains("2.0 KiB (2048 bytes) of the source could not be read"),
+        "{err}"
+    );
+    assert_eq!(read_file(&dst), original, "a dry run wrote the destination");
+    let bytes = read_file(&patch);
+    assert_eq!(&bytes[8..10], &3u16.to_le_bytes(), "not a version 3 patch");
+    let made = read_map(&map);
+    assert_eq!(bad_areas(&made), lost);
+    assert_eq!(made.totals().0, SIZE as u64 - 2048);
+
+    // Another image: refused before anything is written, from a file and a pipe.
+    let wrong = dir.join("wrong.img");
+    let mut other = original.clone();
+    other[7 * MIB as usize] ^= 1;
+    write_file(&wrong, &other);
+    for pipe in [false, true] {
+        let err = apply(&patch, &wrong, pipe, &[], 1);
+        assert!(err.contains("the target is untouched"), "{err}");
+        assert_eq!(read_file(&wrong), other);
+    }
+
+    // The right one, from a file with an undo patch, and from a pipe.
+    let undo = dir.join("undo.bsync");
+    let undo_arg = format!("--remdata={}", undo.display());
+    apply(&patch, &dst, false, &[&undo_arg], 0);
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    let err = apply(&patch, &dst, false, &[], 0);
+    assert!(err.contains("already applied"), "{err}");
+    apply(&undo, &dst, false, &[], 0);
+    assert_eq!(read_file(&dst), original, "the undo patch");
+    apply(&patch, &dst, true, &[], 0);
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+
+    // bdsync's client form, over a remote shell.
+    write_file(&dst, &original);
+    let map = dir.join("bdsync.map");
+    let out = run(bsync()
+        .arg(format!("{} --server", env!("CARGO_BIN_EXE_bsync")))
+        .arg(faulty.dev())
+        .arg(&dst)
+        .args(["--blocksize=1M", "--rescue"])
+        .arg(&map));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    write_file(&patch, &out.stdout);
+    apply(&patch, &dst, false, &[], 0);
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    assert_eq!(bad_areas(&read_map(&map)), lost);
+}
+
+/// A TCP relay to `to` whose first connection is cut once the client has
+/// sent `after` bytes; later connections (the client rejoining) pass whole.
+fn cutting_relay(to: String, after: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+    let addr = listener.local_addr().expect("the relay's address");
+    std::thread::spawn(move || {
+        // Ends with the test's process; a few connections at most.
+        for (i, client) in listener.incoming().take(16).enumerate() {
+            let (Ok(mut up_in), Ok(mut down_out)) = (client, TcpStream::connect(&to)) else {
+                return;
+            };
+            let (Ok(mut down_in), Ok(mut up_out)) = (down_out.try_clone(), up_in.try_clone())
+            else {
+                return;
+            };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut down_in, &mut up_out);
+                let _ = up_out.shutdown(Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut sent = 0;
+                while let Ok(n) = up_in.read(&mut buf) {
+                    let cut = i == 0 && sent + n >= after;
+                    let n = if cut { after - sent } else { n };
+                    if n == 0 && !cut || down_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    if cut {
+                        break;
+                    }
+                }
+                let _ = down_out.shutdown(Shutdown::Both);
+                let _ = up_in.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    addr.to_string()
+}
+
+/// A block sent again after a lost connection is read again through the
+/// rescue: its bad sector is skipped again, not a read error that ends the
+/// run (once it was read plainly and failed the run).
+#[test]
+fn a_block_sent_again_after_a_rejoin_is_read_through_the_rescue() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-rejoin");
+    let (src, dst, data) = images(&dir);
+    let faulty = Faulty::new(&dir, "mnt", &src, &[bad(IN_CHANGED), bad(IN_SAME)], 0.0);
+    let map = dir.join("map");
+    let (srv, addr) = server(&["-f".as_ref(), dst.as_os_str()]);
+    // Cut inside block 1's data (two changed pages, 8 KiB), which follows
+    // the handshake and a few short frames.
+    let relay = cutting_relay(addr, 3000);
+    let mut cmd = bsync();
+    cmd.arg("-f")
+        .arg(faulty.dev())
+        .args(["-r", &relay, "-b", "1M", "-rescue"])
+        .arg(&map);
+    let err = run_status(&mut cmd, 4);
+    assert!(err.contains("reconnecting"), "{err}");
+    assert!(err.contains("both ends agree"), "{err}");
+    let (code, srv_err) = finish(srv);
+    assert_eq!(code, Some(4), "{srv_err}");
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    assert_eq!(
+        bad_areas(&read_map(&map)),
+        [(IN_CHANGED, 512), (IN_SAME, 512)]
+    );
+
+    // Again with the map, a block it marks finished changed meanwhile: sent
+    // again after a cut (wherever it falls among the short frames of the
+    // finished blocks), it is still taken on the map's word, as the first
+    // time (read and sent instead, the verification failed).
+    let mut changed = read_file(&dst);
+    changed[3 * MIB as usize] ^= 1;
+    write_file(&dst, &changed);
+    for after in (300..1500).step_by(100) {
+        let (srv, addr) = server(&["-f".as_ref(), dst.as_os_str()]);
+        let relay = cutting_relay(addr, after);
+        let mut cmd = bsync();
+        cmd.arg("-f")
+            .arg(faulty.dev())
+            .args(["-r", &relay, "-b", "1M", "-rescue"])
+            .arg(&map);
+        let err = run_status(&mut cmd, 4);
+        assert!(err.contains("reconnecting"), "cut at {after}: {err}");
+        let (code, srv_err) = finish(srv);
+        assert_eq!(code, Some(4), "cut at {after}: {srv_err}");
+        assert_eq!(read_file(&dst), changed, "cut at {after}");
+    }
+}
+
+/// A map's finished blocks are trusted, neither read nor verified: the
+/// summary, `-json` and the verification line count them as skipped, not
+/// as "same" (once they were counted same, and called verified).
+#[test]
+fn blocks_a_map_marks_finished_are_reported_skipped_not_verified() {
+    let dir = TempDir::new("rescue-skipped");
+    let (src, dst, _) = images(&dir);
+    let map = dir.join("map");
+    let m = map.to_str().expect("UTF-8");
+    run_ok(&mut local(&src, &dst, &["-b", "1M", "-rescue", m]));
+    // A change made since is not seen: the map vouches for every block.
+    let mut changed = read_file(&dst);
+    changed[3 * MIB as usize] ^= 1;
+    write_file(&dst, &changed);
+    let out = run(&mut local(&src, &dst, &["-b", "1M", "-rescue", m, "-json"]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(
+            "0 same, 0 changed, 0 zero; 8 blocks finished in the rescue map skipped, not verified"
+        ),
+        "{err}"
+    );
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"same\":0,"), "{json}");
+    assert!(json.contains("\"skipped_by_map\":8,"), "{json}");
+    assert_eq!(read_file(&dst), changed);
+
+    // Over the network the source's verification line says so too.
+    let (srv, addr) = server(&["-f".as_ref(), dst.as_os_str()]);
+    let err = run_ok(
+        bsync()
+            .arg("-f")
+            .arg(&src)
+            .args(["-r", &addr, "-b", "1M", "-rescue", m]),
+    );
+    assert!(
+        err.contains(
+            "(8 blocks finished in the rescue map skipped, not verified): both ends agree"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("0 same"), "{err}");
+    let (code, srv_err) = finish(srv);
+    assert_eq!(code, Some(0), "{srv_err}");
+}

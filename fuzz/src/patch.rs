@@ -2,8 +2,9 @@
 //! must never panic, hang or allocate beyond what it was given and the
 //! format's caps; every record it accepts lies within the header's size,
 //! its ranges in order and its data as long as they need; every header it
-//! accepts (version 2: diffsize, whole-target digests, name) encodes back to
-//! the bytes it was read from.
+//! accepts (version 2: diffsize, whole-target digests, name; version 3:
+//! the same, its records with unknown spans) encodes back to the bytes it
+//! was read from.
 use bsync::compress::Decompressor;
 use bsync::patch::format::{Decoder, Item, encode_header};
 
@@ -29,6 +30,16 @@ pub fn fuzz(data: &[u8]) {
                     }
                 }
                 assert!(r.offset + end <= h.source_size, "record past the size");
+                for &(s, n) in &r.unknown {
+                    let (s, n) = (u64::from(s), u64::from(n));
+                    assert!(
+                        r.ranges.iter().any(|g| {
+                            let (gs, gl) = (u64::from(g.start), u64::from(g.len));
+                            !g.zero && gs <= s && s + n <= gs + gl
+                        }),
+                        "an unknown span outside the data ranges"
+                    );
+                }
                 assert_eq!(r.data.len(), want, "data and ranges disagree");
             }
             Item::End(_) => return,

@@ -2,7 +2,7 @@
 //! program:
 //!
 //! ```text
-//! bsync [--verbose] [--remdata] [--diffsize[=MODE]] [--blocksize=N] REMSHCMD LOCDEV REMDEV > PATCH
+//! bsync [--verbose] [--remdata] [--diffsize[=MODE]] [--blocksize=N] [--rescue MAP] REMSHCMD LOCDEV REMDEV > PATCH
 //! bsync --server                       (the main parser: a bsync flag too)
 //! bsync --patch[=DSTDEV] [--diffsize[=MODE]] [--remdata=UNDO] < PATCH
 //! ```
@@ -128,9 +128,11 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
     let mut patch: Option<Option<PathBuf>> = None;
     let mut no_compress = false;
     let mut digest_name = None;
+    let mut rescue: Option<PathBuf> = None;
     let mut positional: Vec<OsString> = Vec::new();
     let mut rest = false;
-    for arg in args {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         let s = match arg.to_str() {
             Some(s) if !rest => s,
             _ => {
@@ -163,6 +165,17 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
             ("patch", v) => patch = Some(v.filter(|v| !v.is_empty()).map(PathBuf::from)),
             ("n", None) => no_compress = true,
             ("digest", v) => digest_name = Some(digest(v)?),
+            // bsync's own: LOCDEV is failing (unknown sectors in the patch).
+            ("rescue", v) => {
+                let map = match v {
+                    Some(v) => OsString::from(v),
+                    None => args
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| usage("--rescue needs a map file: --rescue MAPFILE"))?,
+                };
+                rescue = Some(PathBuf::from(map));
+            }
             ("server", _) => {
                 return Err(usage(
                     "--server takes no device: run `bsync --server` alone (the client names the device)",
@@ -176,7 +189,8 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
                 }
                 return Err(usage(format!(
                     "-{n}: not an option of bdsync's form (bsync [--verbose] [--remdata] \
-                     [--diffsize[=MODE]] [--blocksize=N] REMSHCMD LOCDEV REMDEV, or bsync --patch[=DEV]); \
+                     [--diffsize[=MODE]] [--blocksize=N] [--rescue MAP] REMSHCMD LOCDEV REMDEV, or bsync \
+                     --patch[=DEV]); \
                      bsync's own flags take no positional arguments"
                 )));
             }
@@ -203,6 +217,18 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         prefetch: workers * 4,
         bwlimit: None,
     };
+    if rescue.is_some() && block_size.is_some_and(|b| b % 4096 != 0) {
+        return Err(usage(
+            "--rescue needs --blocksize a multiple of 4K, so that blocks start on the \
+             sector boundaries it retries at",
+        ));
+    }
+    if rescue.is_some() && (patch.is_some() || remdata.is_some()) {
+        return Err(usage(
+            "--rescue reads a failing LOCDEV for the client form's patch; it does not go \
+             with --patch or --remdata",
+        ));
+    }
     let mode = if let Some(target) = patch {
         if !positional.is_empty() {
             return Err(usage(
@@ -270,7 +296,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         transfer,
         log,
         env: Env::from_process(),
-        rescue: None,
+        rescue,
     })
 }
 
@@ -331,9 +357,26 @@ mod tests {
             &["--twopass", "c", "a", "b"],
             &["--diffsize=huge", "c", "a", "b"],
             &["--patch", "extra"],
+            &["--patch", "--rescue=m"],
+            &["--remdata", "--rescue", "m", "c", "a", "b"],
+            &["--blocksize=1000", "--rescue=m", "c", "a", "b"],
+            &["c", "a", "b", "--rescue"],
         ] {
             let e = parse(&args(bad)).unwrap_err();
             assert_eq!(e.exit_status(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_client_form_takes_a_rescue_map_with_or_without_an_equals_sign() {
+        for form in [
+            &["--rescue", "m.map", "c", "a", "b"][..],
+            &["c", "a", "b", "--rescue=m.map"],
+        ] {
+            assert!(is_bdsync_form(&args(form)), "{form:?}");
+            let c = parse(&args(form)).unwrap();
+            assert_eq!(c.rescue.as_deref(), Some(std::path::Path::new("m.map")));
+            assert!(matches!(c.mode, Mode::RemoteShell(_)), "{form:?}");
         }
     }
 }

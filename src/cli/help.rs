@@ -80,7 +80,9 @@ RESCUING A FAILING DISK
                 destination keeps what it had); MAPFILE is a GNU ddrescue
                 map (+ read, - unreadable, ? not tried), kept during the
                 run; run again with it to retry only what failed (on the
-                end that reads the source; not with -compare/-write-patch)
+                end that reads the source; not with -compare); with
+                -write-patch they are unknown in the patch, which keeps
+                the target's bytes there
 
 SERVER
   -p PORT       port to listen on; 0 picks a free one and prints it [8080]

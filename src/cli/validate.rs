@@ -439,10 +439,11 @@ impl RawArgs {
         if self.rescue.is_none() {
             return Ok(());
         }
-        if self.compare || self.write_patch.is_some() {
+        if self.compare {
             return Err(Error::usage(
-                "-rescue copies a failing source; it does not go with -compare or \
-                 -write-patch, which write nothing to keep a map of",
+                "-rescue copies a failing source; it does not go with -compare, which \
+                 writes nothing to keep a map of (-write-patch does: unreadable sectors \
+                 are marked unknown in the patch)",
             ));
         }
         let remote_source = matches!(self.target, Some(Target::Remote(_))) && self.download;

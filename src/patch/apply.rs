@@ -22,8 +22,9 @@ use std::path::Path;
 use super::format::{self, Decoder, Header, Item, Range, Record, Trailer};
 use super::rollback::UndoWriter;
 use super::target::{
-    check_size, check_whole, grain_page, open_target, read_range, result_digest, target_path,
+    check_size, check_whole, grain_page, open_target, read_range, result_digest_masked, target_path,
 };
+use super::unknown;
 use crate::compress::Decompressor;
 use crate::config::{Apply, DiffSize, Env};
 use crate::disk::Disk;
@@ -128,9 +129,11 @@ fn range_state(
 ) -> Result<State> {
     read_range(disk, rec.offset + u64::from(r.start), buf, r.len as usize)?;
     let d = crate::proto::range_digest_of(h.salt, buf, grain_page(h.grain));
-    Ok(if d == r.before {
+    // A range with unknown bytes may be both: writing it would change nothing.
+    let applied = unknown::applied(rec, r, buf, h.salt, grain_page(h.grain));
+    Ok(if d == r.before && !applied {
         State::Before
-    } else if d == r.after {
+    } else if d == r.after || applied {
         State::After
     } else {
         State::Other
@@ -157,8 +160,7 @@ fn write_record(disk: &Disk, rec: &Record, skip: &[bool]) -> Result<u64> {
         let fail = |e| Error::io(disk.label(), format!("write at offset {offset}"), e);
         if !r.zero {
             if !skip {
-                disk.write_at(&rec.data[at..at + len], offset)
-                    .map_err(fail)?;
+                unknown::write_known(disk, rec, r, &rec.data[at..at + len], offset)?;
             }
             at += len;
         } else if !skip {
@@ -182,12 +184,13 @@ fn check_trailer(what: &str, t: &Trailer, records: u64, ranges: u64, chain: u128
     Ok(())
 }
 
-/// After writing: fit the size, flush, and check the whole result.
+/// After writing: fit the size, flush, and check the whole result (its
+/// `unknown` spans read as zeros).
 fn finish(
     disk: &mut Disk,
     h: &Header,
     t: &Trailer,
-    diffsize: DiffSize,
+    (diffsize, unknown): (DiffSize, &[(u64, u64)]),
     what: &str,
     log: &Log,
 ) -> Result<()> {
@@ -196,7 +199,7 @@ fn finish(
     }
     disk.flush()?;
     let size = h.source_size;
-    let got = result_digest(disk, h, size)?;
+    let got = result_digest_masked(disk, h, size, unknown)?;
     if got != t.result {
         return Err(Error::Failed(format!(
             "{}: after applying {what}, the content's digest {got:032x} is not the \
@@ -232,10 +235,12 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     let mut done: Vec<bool> = Vec::new();
     // Those ranges' offsets and digests before, for the whole-target check.
     let mut befores: Vec<(u64, u128)> = Vec::new();
+    let mut spans = Vec::new();
     let trailer = loop {
         match d.next(&mut dec).map_err(|e| corrupt(what, e))? {
             Item::Record(rec, check) => {
                 records += 1;
+                unknown::collect(&rec, &mut spans);
                 chain = format::chain(chain, check);
                 for r in &rec.ranges {
                     ranges += 1;
@@ -276,7 +281,7 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
         .map(|p| UndoWriter::create(p, &h, &disk, &path))
         .transpose()?;
     if pending == 0 && (disk.size() == h.source_size || diffsize != DiffSize::Resize) {
-        let got = result_digest(&disk, &h, h.source_size)?;
+        let got = result_digest_masked(&disk, &h, h.source_size, &spans)?;
         if got == trailer.result {
             log.line(format!(
                 "{}: this patch is already applied ({applied} ranges); nothing was written",
@@ -318,7 +323,7 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
         if let Some(u) = undo.take() {
             u.finish()?;
         }
-        finish(&mut disk, &h, &trailer, diffsize, what, log)
+        finish(&mut disk, &h, &trailer, (diffsize, &spans), what, log)
     };
     let passed = pass();
     if let Err(e) = passed {
@@ -386,6 +391,7 @@ fn apply_pipe(
     let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
     let (mut written, mut applied, mut skipped) = (0u64, 0u64, 0u64);
     let mut resized = false;
+    let mut spans = Vec::new();
     // `touched`: something may have been written (a write failed partway).
     let stopped = |disk: &Disk, e: Error, written: u64, applied: u64, touched: bool| -> Error {
         if applied == 0 && !touched {
@@ -402,6 +408,7 @@ fn apply_pipe(
             Item::Record(rec, check) => {
                 records += 1;
                 chain = format::chain(chain, check);
+                unknown::collect(&rec, &mut spans);
                 let mut skip = Vec::with_capacity(rec.ranges.len());
                 for r in &rec.ranges {
                     ranges += 1;
@@ -461,7 +468,7 @@ fn apply_pipe(
         return Err(stopped(&disk, e, written, applied, false));
     }
     if applied == 0 && (disk.size() == h.source_size || diffsize != DiffSize::Resize) {
-        let got = result_digest(&disk, &h, h.source_size)?;
+        let got = result_digest_masked(&disk, &h, h.source_size, &spans)?;
         if got == trailer.result {
             log.line(format!(
                 "{}: this patch is already applied ({skipped} ranges); nothing was written",
@@ -470,7 +477,7 @@ fn apply_pipe(
             return Ok(());
         }
     }
-    if let Err(e) = finish(&mut disk, &h, &trailer, diffsize, what, log) {
+    if let Err(e) = finish(&mut disk, &h, &trailer, (diffsize, &spans), what, log) {
         return Err(stopped(&disk, e, written, applied, false));
     }
     log.info(format!(

@@ -5,7 +5,8 @@
 //! caught before anything is written. All integers are little endian.
 //!
 //! ```text
-//! header   magic "BSYNCPAT"  version u16 (2)  kind u8 (0 forward, 1 undo)
+//! header   magic "BSYNCPAT"  version u16 (2, or 3 with unknown ranges)
+//!          kind u8 (0 forward, 1 undo)
 //!          diffsize u8 (0 strict, 1 resize, 2 minsize: bdsync's client form)
 //!          source size u64  block size u32  digest grain u32  salt u128
 //!          whole u8 (1: the two digests below are known, 0: both are 0)
@@ -15,9 +16,12 @@
 //!          target name: length u16, bytes (an absolute path; may be empty)
 //!          check u128 = digest(CHECK_SALT, every header byte before it)
 //! record   'R'  offset u64  ranges u32
-//!          per range: start u32 (from offset)  length u32  kind u8 (0 zeros, 1 data)
+//!          per range: start u32 (from offset)  length u32
+//!                     kind u8 (0 zeros, 1 data, 2 partly unknown: version 3)
 //!                     before u128 = digest(salt, what the target holds there now)
 //!                     after u128  = digest(salt, what it will hold)
+//!          only if a range is of kind 2: unknown spans u32, then per span
+//!                     start u32 (from offset)  length u32
 //!          codec u8 (0 raw, 1 zstd)  raw length u32  stored length u32  data
 //!          check u128 = digest(CHECK_SALT, every record byte before it)
 //! trailer  'E'  records u64  ranges u64  data bytes u64
@@ -39,6 +43,15 @@
 //! write, that the whole target is the image the patch was made from:
 //! record checks alone cannot see a wrong target whose bytes agree where
 //! the records lie. Version 1 lacked them and is refused.
+//!
+//! Version 3 adds unknown spans (`--write-patch -rescue`: source sectors
+//! that could not be read). A range of kind 2 carries its data with zeros
+//! in its unknown spans, which the applier never writes: the target keeps
+//! its bytes there. Its `after` digest, and the result digest, are of the
+//! content with every unknown span read as zeros, so they are known to the
+//! maker, which never saw the target's bytes there; `before` is of the
+//! target as it is. A patch without unknown spans is written as version 2,
+//! byte for byte as before, and version 2 patches apply as they did.
 
 use crate::digest::{self, Digest};
 
@@ -46,6 +59,8 @@ use crate::digest::{self, Digest};
 pub const MAGIC: &[u8; 8] = b"BSYNCPAT";
 /// Format version this bsync writes and reads.
 pub const VERSION: u16 = 2;
+/// The version of a patch with unknown spans (kind 2 ranges).
+pub const VERSION_UNKNOWN: u16 = 3;
 /// Salt of the integrity checks (not of the content digests).
 pub const CHECK_SALT: u128 = 0x6273_796e_632d_7061_7463_682d_6368_6b31;
 /// Largest record: a block of at most 1 GiB.
@@ -59,6 +74,9 @@ const TAG_RECORD: u8 = b'R';
 const TAG_END: u8 = b'E';
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
+const KIND_ZERO: u8 = 0;
+const KIND_DATA: u8 = 1;
+const KIND_PARTIAL: u8 = 2;
 
 /// What the patch does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +109,8 @@ pub struct Header {
     /// The digests of the whole original target and of the whole result
     /// (`None` for undo patches, whose target may be partly patched).
     pub whole: Option<Whole>,
+    /// Records may hold unknown spans (version 3).
+    pub unknown: bool,
 }
 
 /// The digests of a whole target before and after a patch.
@@ -139,6 +159,10 @@ pub struct Record {
     pub ranges: Vec<Range>,
     /// The data ranges' bytes, concatenated, decompressed.
     pub data: Vec<u8>,
+    /// Unknown spans (start from `offset`, length), in order, each inside a
+    /// data range: the source's bytes there are not known (zeros in
+    /// `data`), and the target keeps its own.
+    pub unknown: Vec<(u32, u32)>,
 }
 
 /// The trailer.
@@ -188,7 +212,8 @@ pub fn chain(chain: u128, check: u128) -> u128 {
 pub fn encode_header(h: &Header, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    let version = if h.unknown { VERSION_UNKNOWN } else { VERSION };
+    out.extend_from_slice(&version.to_le_bytes());
     out.push(match h.kind {
         Kind::Forward => 0,
         Kind::Undo => 1,
@@ -227,6 +252,36 @@ pub fn encode_record(
     stored: &[u8],
     out: &mut Vec<u8>,
 ) -> u128 {
+    let data = Stored {
+        raw_len,
+        compressed,
+        bytes: stored,
+    };
+    encode_record_unknown(offset, ranges, &[], &data, out)
+}
+
+/// A record's data as stored: its length before compression, and whether
+/// it is compressed.
+pub struct Stored<'a> {
+    /// Bytes before compression.
+    pub raw_len: u32,
+    /// zstd, or raw.
+    pub compressed: bool,
+    /// What is stored.
+    pub bytes: &'a [u8],
+}
+
+/// [`encode_record`] with `unknown` spans (start from `offset`, length,
+/// in order, each inside a data range; a patch of version 3).
+pub fn encode_record_unknown(
+    offset: u64,
+    ranges: &[Range],
+    unknown: &[(u32, u32)],
+    data: &Stored<'_>,
+    out: &mut Vec<u8>,
+) -> u128 {
+    let (raw_len, compressed, stored) = (data.raw_len, data.compressed, data.bytes);
+    let within = |r: &Range| super::spans::touch(unknown, r.start, r.len);
     let start = out.len();
     out.push(TAG_RECORD);
     out.extend_from_slice(&offset.to_le_bytes());
@@ -238,9 +293,21 @@ pub fn encode_record(
     for r in ranges {
         out.extend_from_slice(&r.start.to_le_bytes());
         out.extend_from_slice(&r.len.to_le_bytes());
-        out.push(u8::from(!r.zero));
+        out.push(match (r.zero, within(r)) {
+            (true, _) => KIND_ZERO,
+            (false, false) => KIND_DATA,
+            (false, true) => KIND_PARTIAL,
+        });
         out.extend_from_slice(&r.before.to_le_bytes());
         out.extend_from_slice(&r.after.to_le_bytes());
+    }
+    if !unknown.is_empty() {
+        let n = u32::try_from(unknown.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&n.to_le_bytes());
+        for &(s, n) in unknown {
+            out.extend_from_slice(&s.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
     }
     out.push(if compressed { CODEC_ZSTD } else { CODEC_RAW });
     out.extend_from_slice(&raw_len.to_le_bytes());
@@ -276,6 +343,8 @@ pub struct Decoder<R> {
     /// than `block`.
     size: u64,
     block: u32,
+    /// From the header: records may hold unknown spans (version 3).
+    unknown: bool,
     /// Bytes consumed, for messages.
     pub at: u64,
     scratch: Vec<u8>,
@@ -298,6 +367,7 @@ impl<R: std::io::Read> Decoder<R> {
             skip_data: false,
             size: 0,
             block: 0,
+            unknown: false,
             at: 0,
             scratch: Vec::new(),
         }
@@ -376,9 +446,10 @@ impl<R: std::io::Read> Decoder<R> {
                  refuses it; make the patch again",
             ));
         }
-        if version != VERSION {
+        if version != VERSION && version != VERSION_UNKNOWN {
             return Err(bad(format!(
-                "patch format version {version}; this bsync reads version {VERSION}"
+                "patch format version {version}; this bsync reads versions {VERSION} and \
+                 {VERSION_UNKNOWN}"
             )));
         }
         let kind = match self.u8("the header")? {
@@ -411,12 +482,15 @@ impl<R: std::io::Read> Decoder<R> {
         self.take(name_len, "the header")?;
         let name = self.scratch[self.scratch.len() - name_len..].to_vec();
         self.check("the header")?;
-        if block_size == 0 || grain == 0 || grain > block_size {
+        // A grain may exceed a small block: the block is then one grain.
+        if block_size == 0 || grain == 0 {
             return Err(bad("corrupted header: block size or grain out of range"));
         }
         self.size = source_size;
         self.block = block_size;
+        self.unknown = version == VERSION_UNKNOWN;
         Ok(Header {
+            unknown: self.unknown,
             kind,
             source_size,
             block_size,
@@ -458,20 +532,28 @@ impl<R: std::io::Read> Decoder<R> {
             )));
         }
         let mut ranges = Vec::with_capacity(n.min(4096));
+        let mut partial = Vec::new();
         let mut want = 0usize;
-        for _ in 0..n {
+        for i in 0..n {
+            let r_start = self.u32("a record")?;
+            let len = self.u32("a record")?;
+            let zero = match self.u8("a record")? {
+                KIND_ZERO => true,
+                KIND_DATA => false,
+                KIND_PARTIAL if self.unknown => {
+                    partial.push(i);
+                    false
+                }
+                k => {
+                    return Err(bad(format!(
+                        "corrupted: record at byte {start}: range kind {k}"
+                    )));
+                }
+            };
             let r = Range {
-                start: self.u32("a record")?,
-                len: self.u32("a record")?,
-                zero: match self.u8("a record")? {
-                    0 => true,
-                    1 => false,
-                    k => {
-                        return Err(bad(format!(
-                            "corrupted: record at byte {start}: range kind {k}"
-                        )));
-                    }
-                },
+                start: r_start,
+                len,
+                zero,
                 before: self.u128("a record")?,
                 after: self.u128("a record")?,
             };
@@ -480,6 +562,11 @@ impl<R: std::io::Read> Decoder<R> {
             }
             ranges.push(r);
         }
+        let unknown = if partial.is_empty() {
+            Vec::new()
+        } else {
+            self.spans(start, &ranges, &partial)?
+        };
         let codec = self.u8("a record")?;
         let raw_len = self.u32("a record")? as usize;
         let stored_len = self.u32("a record")? as usize;
@@ -544,9 +631,38 @@ impl<R: std::io::Read> Decoder<R> {
                 offset,
                 ranges,
                 data,
+                unknown,
             },
             check,
         ))
+    }
+
+    /// A record's unknown spans, after its ranges (record at byte
+    /// `start`): in order, disjoint, each inside one of the kind 2 ranges
+    /// (indexes `partial`), and each of those holding one at least.
+    fn spans(
+        &mut self,
+        start: u64,
+        ranges: &[Range],
+        partial: &[usize],
+    ) -> Result<Vec<(u32, u32)>, FormatError> {
+        let wrong = || bad(format!("corrupted: record at byte {start}: unknown spans"));
+        let n = self.u32("a record")? as usize;
+        if n == 0 || n > MAX_RANGES {
+            return Err(wrong());
+        }
+        let mut spans = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            spans.push((self.u32("a record")?, self.u32("a record")?));
+        }
+        let partial: Vec<(u32, u32)> = partial
+            .iter()
+            .map(|&i| (ranges[i].start, ranges[i].len))
+            .collect();
+        if !super::spans::fit(&spans, &partial) {
+            return Err(wrong());
+        }
+        Ok(spans)
     }
 }
 
@@ -568,6 +684,7 @@ mod tests {
                 original: 5,
                 result: 6,
             }),
+            unknown: false,
         };
         let mut out = Vec::new();
         encode_header(&h, &mut out);
@@ -613,6 +730,86 @@ mod tests {
         assert_eq!(r.offset, 8192);
         assert_eq!(r.data, b"abcd");
         assert!(matches!(d.next(&mut dec).unwrap(), Item::End(t) if t.records == 1));
+    }
+
+    /// A version 3 patch: one data range with two unknown spans.
+    fn with_unknown(spans: &[(u32, u32)], version: u16) -> Vec<u8> {
+        let (mut h, _) = sample();
+        h.unknown = true;
+        let mut out = Vec::new();
+        encode_header(&h, &mut out);
+        out[8..10].copy_from_slice(&version.to_le_bytes());
+        let check = digest::digest(CHECK_SALT, &out[..out.len() - 16]);
+        let at = out.len() - 16;
+        out[at..].copy_from_slice(&check.to_le_bytes());
+        let range = Range {
+            start: 4096,
+            len: 4096,
+            zero: false,
+            before: 1,
+            after: 2,
+        };
+        let data = vec![7u8; 4096];
+        let stored = Stored {
+            raw_len: 4096,
+            compressed: false,
+            bytes: &data,
+        };
+        encode_record_unknown(0, &[range], spans, &stored, &mut out);
+        out
+    }
+
+    #[test]
+    fn unknown_spans_round_trip_in_version_3_only() {
+        let bytes = with_unknown(&[(4096, 512), (5120, 1024)], VERSION_UNKNOWN);
+        let mut d = Decoder::new(&bytes[..]);
+        assert!(d.header().unwrap().unknown);
+        let Item::Record(r, _) = d.next(&mut Decompressor::default()).unwrap() else {
+            panic!("no record")
+        };
+        assert_eq!(r.unknown, [(4096, 512), (5120, 1024)]);
+        assert_eq!(r.data.len(), 4096);
+        // Without spans a record is version 2's, byte for byte.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let range = [Range {
+            start: 0,
+            len: 4,
+            zero: false,
+            before: 1,
+            after: 2,
+        }];
+        encode_record(0, &range, 4, false, b"abcd", &mut a);
+        let stored = Stored {
+            raw_len: 4,
+            compressed: false,
+            bytes: b"abcd",
+        };
+        encode_record_unknown(0, &range, &[], &stored, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(a[1 + 8 + 4 + 8], KIND_DATA);
+    }
+
+    #[test]
+    fn unknown_spans_out_of_place_are_corrupt() {
+        let next = |bytes: &[u8]| {
+            let mut d = Decoder::new(bytes);
+            d.header()?;
+            d.next(&mut Decompressor::default()).map(|_| ())
+        };
+        // A kind 2 range in a version 2 patch.
+        let e = next(&with_unknown(&[(4096, 512)], VERSION)).unwrap_err();
+        assert!(e.0.contains("range kind 2"), "{e}");
+        // Outside the range, overlapping, empty, out of order.
+        for spans in [
+            &[(3584u32, 1024u32)][..],
+            &[(8000, 512)],
+            &[(4096, 512), (4096, 512)],
+            &[(5000, 0)],
+            &[(6000, 512), (4096, 512)],
+        ] {
+            let e = next(&with_unknown(spans, VERSION_UNKNOWN)).unwrap_err();
+            assert!(e.0.contains("unknown spans"), "{spans:?}: {e}");
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ struct State {
     zero_bytes: u64,
     changed_blocks: u64,
     failed: Option<String>,
+    /// Some record holds unknown spans (`-rescue`): a version 3 patch.
+    unknown: bool,
 }
 
 /// Makes a patch, or counts what one would hold.
@@ -187,6 +189,7 @@ impl<'a> Maker<'a> {
             zero_bytes: 0,
             changed_blocks: 0,
             failed: None,
+            unknown: false,
         };
         let mut header = session_header(Kind::Forward, p, target.to_vec());
         header.diffsize = *lock(&DIFFSIZE);
@@ -213,7 +216,13 @@ impl<'a> Maker<'a> {
         })
     }
 
-    fn encode(&self, index: u64, data: &[u8], ranges: &[Range]) -> (Vec<u8>, u128) {
+    fn encode(
+        &self,
+        index: u64,
+        data: &[u8],
+        ranges: &[Range],
+        unknown: &[(u32, u32)],
+    ) -> (Vec<u8>, u128) {
         let mut raw = Vec::new();
         for r in ranges.iter().filter(|r| !r.zero) {
             raw.extend_from_slice(&data[r.start as usize..(r.start + r.len) as usize]);
@@ -227,14 +236,13 @@ impl<'a> Maker<'a> {
         let mut rec = Vec::with_capacity(stored.len() + 64 + ranges.len() * 41);
         // A block is at most 1 GiB.
         let raw_len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
-        let check = format::encode_record(
-            self.p.geo.offset(index),
-            ranges,
+        let stored = format::Stored {
             raw_len,
             compressed,
-            &stored,
-            &mut rec,
-        );
+            bytes: &stored,
+        };
+        let offset = self.p.geo.offset(index);
+        let check = format::encode_record_unknown(offset, ranges, unknown, &stored, &mut rec);
         (rec, check)
     }
 
@@ -292,6 +300,7 @@ impl<'a> Maker<'a> {
                 original,
                 result: t.result,
             });
+            header.unknown = st.unknown;
             let mut head = Vec::new();
             format::encode_header(&header, &mut head);
             let mut tail = Vec::new();
@@ -354,18 +363,22 @@ impl DrySink for Maker<'_> {
         data: &[u8],
         theirs: &[Digest],
         ours: &[Digest],
+        unreadable: &[(usize, usize)],
     ) -> Result<(bool, u64)> {
         let sub = self.p.range_size();
         let mut ranges = Vec::new();
         let mut listed = Vec::new();
         let (mut data_bytes, mut zero_bytes) = (0u64, 0u64);
         for (j, (mine, other)) in ours.iter().zip(theirs).enumerate() {
-            if mine == other {
-                continue;
-            }
             let start = j * sub;
             let end = (start + sub).min(data.len());
-            let zero = is_zero(&data[start..end]);
+            // A grain with unknown bytes is recorded whatever the digests:
+            // the patch says where the source is unknown.
+            let lost = crate::proto::unreadable_mask(unreadable, start, end) != 0;
+            if mine == other && !lost {
+                continue;
+            }
+            let zero = !lost && is_zero(&data[start..end]);
             let len = (end - start) as u64;
             if zero {
                 zero_bytes += len;
@@ -383,9 +396,12 @@ impl DrySink for Maker<'_> {
             });
         }
         let writes = lock(&self.state).out.is_some();
-        let record = (writes && !ranges.is_empty()).then(|| self.encode(index, data, &ranges));
+        let unknown = super::unknown::of_block(unreadable, sub);
+        let record =
+            (writes && !ranges.is_empty()).then(|| self.encode(index, data, &ranges, &unknown));
         let hash = format::block_hash(index, ours);
         let mut st = lock(&self.state);
+        st.unknown |= !unknown.is_empty();
         st.trailer.result = st.trailer.result.wrapping_add(hash);
         st.pending.insert(
             index,
@@ -409,7 +425,7 @@ impl DrySink for Maker<'_> {
 /// `target` is the destination's name, stored in a patch; `end` is the
 /// source's end of the session, which gets the sink.
 pub fn run_source(dry: &DryRun, target: &[u8], end: End<'_>) -> Result<()> {
-    let (p, log) = (end.params, end.log);
+    let (p, log, disk) = (end.params, end.log, end.disk);
     let (output, what) = match dry {
         DryRun::Compare => (None, "compare".to_string()),
         DryRun::Patch(path) => (
@@ -439,6 +455,9 @@ pub fn run_source(dry: &DryRun, target: &[u8], end: End<'_>) -> Result<()> {
         }
     };
     let differ = maker.finish(output, original)?;
+    if let Some(rescue) = disk.rescue() {
+        rescue.patched(p.geo, p.first..p.geo.blocks(), log)?;
+    }
     if *dry == DryRun::Compare {
         if differ {
             return Err(Error::Differ("compare: the two sides differ".into()));
@@ -466,7 +485,7 @@ pub fn local(
 
     let env = &config.env;
     let t = &config.transfer;
-    let src = Disk::open_source(source, env, log)?;
+    let src = Disk::open_source(source, env, log)?.rescued(config.rescue.as_deref(), source)?;
     let dst = Disk::open_dry(destination, env, log)?;
     let mut salt = [0u8; 16];
     crate::sys::getrandom(&mut salt).map_err(|e| Error::io("bsync", "get random bytes", e))?;

@@ -11,8 +11,10 @@ pub mod apply;
 pub mod format;
 pub mod make;
 mod rollback;
+mod spans;
 mod target;
 pub mod undo;
+mod unknown;
 
 /// The header of a patch made from session `p`: its sizes, grain and salt,
 /// and the name of the target it applies to; strict sizes and no
@@ -28,5 +30,6 @@ fn session_header(kind: Kind, p: &Params, name: Vec<u8>) -> Header {
         grain: u32::try_from(p.range_size()).unwrap_or(u32::MAX),
         salt: p.salt,
         name,
+        unknown: false,
     }
 }

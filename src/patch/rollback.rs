@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::format::{self, Header, Kind, Range, Record, Trailer};
-use super::target::{read_range, result_digest};
+use super::target::{grain_page, read_range, result_digest};
+use super::unknown;
 use crate::block::is_zero;
 use crate::compress::{Compressor, Level};
 use crate::disk::Disk;
@@ -41,6 +42,7 @@ impl UndoWriter {
             // A stop partway leaves a target that is neither image: the
             // undo relies on its records' checks alone.
             whole: None,
+            unknown: false,
             ..h.clone()
         };
         // The result of undoing is the target as it is now.
@@ -69,7 +71,12 @@ impl UndoWriter {
     pub(super) fn record(&mut self, disk: &Disk, rec: &Record, skip: &[bool]) -> Result<()> {
         let mut ranges = Vec::new();
         let mut raw = Vec::new();
+        let mut at = 0usize;
         for (r, &skip) in rec.ranges.iter().zip(skip) {
+            let data = at;
+            if !r.zero {
+                at += r.len as usize;
+            }
             if skip {
                 continue;
             }
@@ -83,9 +90,18 @@ impl UndoWriter {
             if !zero {
                 raw.extend_from_slice(&self.buf);
             }
+            // Where the source was unknown the target keeps its bytes: what
+            // the range holds once written is known only here.
+            let before = if unknown::spans_in(rec, r).is_empty() {
+                r.after
+            } else {
+                let new = unknown::overlay(rec, r, &self.buf, &rec.data[data..at]);
+                let page = grain_page(self.header.grain);
+                crate::proto::range_digest_of(self.header.salt, &new, page)
+            };
             ranges.push(Range {
                 zero,
-                before: r.after,
+                before,
                 after: r.before,
                 ..*r
             });

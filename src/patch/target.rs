@@ -31,7 +31,18 @@ pub(super) fn grain_page(grain: u32) -> usize {
 /// end, as the patch's trailer defines it. Blocks are summed in any order,
 /// so a thread per core (up to 4) takes a share of them.
 pub(super) fn result_digest(disk: &Disk, h: &Header, size: u64) -> Result<u128> {
-    digest_as_before(disk, h, size, &[])
+    digest_target(disk, h, size, &[], &[])
+}
+
+/// [`result_digest`] with the `unknown` spans (absolute offset, length, in
+/// order) read as zeros: the result digest of a patch of version 3.
+pub(super) fn result_digest_masked(
+    disk: &Disk,
+    h: &Header,
+    size: u64,
+    unknown: &[(u64, u64)],
+) -> Result<u128> {
+    digest_target(disk, h, size, &[], unknown)
 }
 
 /// [`result_digest`], the grains at the offsets of `befores` (in offset
@@ -41,6 +52,18 @@ pub(super) fn digest_as_before(
     h: &Header,
     size: u64,
     befores: &[(u64, u128)],
+) -> Result<u128> {
+    digest_target(disk, h, size, befores, &[])
+}
+
+/// The digest of the whole target, `befores` counted as their digests and
+/// the `unknown` spans read as zeros.
+fn digest_target(
+    disk: &Disk,
+    h: &Header,
+    size: u64,
+    befores: &[(u64, u128)],
+    unknown: &[(u64, u64)],
 ) -> Result<u128> {
     let bs = u64::from(h.block_size);
     let grain = u64::from(h.grain);
@@ -55,6 +78,7 @@ pub(super) fn digest_as_before(
             let offset = index * bs;
             let len = usize::try_from((size - offset).min(bs)).unwrap_or(0);
             read_range(disk, offset, &mut buf, len)?;
+            zero_unknown(&mut buf, offset, unknown);
             crate::proto::digest_ranges(h.salt, &buf, grain_page(h.grain), &mut digests);
             let from = befores.partition_point(|&(at, _)| at < offset);
             for &(at, before) in befores[from..]
@@ -199,5 +223,17 @@ pub(super) fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<
             refuse("a device cannot grow (--diffsize=resize)")
         }
         _ => Ok(()),
+    }
+}
+
+/// Zero the bytes of `buf` (at `offset` of the target) that lie in the
+/// `unknown` spans (absolute offset, length, in order).
+pub(super) fn zero_unknown(buf: &mut [u8], offset: u64, unknown: &[(u64, u64)]) {
+    let end = offset + buf.len() as u64;
+    let from = unknown.partition_point(|&(at, n)| at + n <= offset);
+    for &(at, n) in unknown[from..].iter().take_while(|&&(at, _)| at < end) {
+        let lo = usize::try_from(at.max(offset) - offset).unwrap_or(buf.len());
+        let hi = usize::try_from((at + n).min(end) - offset).unwrap_or(buf.len());
+        buf[lo..hi].fill(0);
     }
 }

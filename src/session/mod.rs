@@ -206,14 +206,17 @@ pub struct End<'a> {
 /// block order, for every block, unchanged ones included.
 pub trait DrySink: Sync {
     /// Block `index` of the source holds `data`, whose grains digest to
-    /// `ours`; the destination's digest to `theirs`. Returns whether the
-    /// block differs and how many bytes of data (not zeros) it would send.
+    /// `ours`; the destination's digest to `theirs`; `unreadable` are the
+    /// byte ranges a rescue could not read (zeros in `data`). Returns
+    /// whether the block differs and how many bytes of data (not zeros) it
+    /// would send.
     fn block(
         &self,
         index: u64,
         data: &[u8],
         theirs: &[Digest],
         ours: &[Digest],
+        unreadable: &[(usize, usize)],
     ) -> Result<(bool, u64)>;
 }
 
@@ -289,13 +292,18 @@ pub fn run(end: End<'_>) -> Result<u128> {
         report_summary(log, &stats, elapsed, side, p.first, false, true);
     } else {
         report_summary(log, &stats, elapsed, side, p.first, progress, false);
-        log.info(verification_line(verify, p.first, p.geo.blocks()));
+        let by_map = stats.skipped_by_map.load(Ordering::Relaxed);
+        log.info(verification_line(verify, p.first, p.geo.blocks(), by_map));
     }
     if role == Role::Destination {
         disk.report_excess(p.geo.size);
     }
-    if let Some(rescue) = disk.rescue().filter(|_| dry.is_none()) {
-        rescue.finish(log, &stats, elapsed)?;
+    if let Some(rescue) = disk.rescue() {
+        match dry {
+            None => rescue.finish(log, &stats, elapsed)?,
+            // Finished when the patch is (`Rescue::patched`).
+            Some(_) => rescue.ran(&stats, elapsed),
+        }
     }
     let lost = stats.bytes_unreadable.load(Ordering::Relaxed);
     if role == Role::Destination && lost > 0 {
@@ -310,8 +318,9 @@ pub fn run(end: End<'_>) -> Result<u128> {
 
 /// The closing verification line: the digest and the blocks it covers,
 /// `first..blocks`. Blocks before `first` (`-s`) were neither read nor
-/// compared, and no agreement is claimed about blocks nobody verified.
-pub fn verification_line(verify: u128, first: u64, blocks: u64) -> String {
+/// compared, nor were the `by_map` blocks a rescue's map says are
+/// finished, and no agreement is claimed about blocks nobody verified.
+pub fn verification_line(verify: u128, first: u64, blocks: u64, by_map: u64) -> String {
     if first >= blocks {
         return "verification: no blocks to compare (the source is empty)".into();
     }
@@ -323,7 +332,12 @@ pub fn verification_line(verify: u128, first: u64, blocks: u64) -> String {
             blocks - 1
         )
     };
-    format!("verification digest {verify:032x} over {covered}: both ends agree")
+    let unverified = if by_map > 0 {
+        format!(" ({})", crate::progress::skipped_by_map(by_map))
+    } else {
+        String::new()
+    };
+    format!("verification digest {verify:032x} over {covered}{unverified}: both ends agree")
 }
 
 /// Refuse `-s first` at or past the end of a source of `geo`: there is

@@ -220,7 +220,7 @@ impl SourceCtx<'_> {
             let mut v = lock(self.verify);
             *v = v.wrapping_add(block_hash(index, &theirs));
         }
-        Stats::add(&self.stats.same, 1);
+        Stats::add(&self.stats.skipped_by_map, 1);
         let mut st = self.state.lock();
         st.spare.push(theirs);
         st.unacked.insert(
@@ -255,6 +255,15 @@ impl SourceCtx<'_> {
             };
             let map = self.state.lock().spare_maps.pop().unwrap_or_default();
             let b = &mut *block;
+            if b.finished {
+                if let Some(dry) = self.dry {
+                    // Not read: the patch takes the destination's word.
+                    dry.block(index, &[], &theirs, &theirs, &[])?;
+                }
+                self.finished_block(index, b.len as u64, theirs, &mut scratch);
+                continue;
+            }
+            scratch.unreadable.clone_from(&b.unreadable);
             if let Some(dry) = self.dry {
                 if b.hole {
                     // Never read: the sink wants the zeros it stands for.
@@ -288,12 +297,7 @@ impl SourceCtx<'_> {
                 self.send(index, &mut scratch.frame);
                 continue;
             }
-            if b.finished {
-                self.finished_block(index, b.len as u64, theirs, &mut scratch);
-                continue;
-            }
             let mut pages = std::mem::take(&mut b.digests);
-            scratch.unreadable.clone_from(&b.unreadable);
             let compared = self.compare(
                 index,
                 Content::of(b),
@@ -456,18 +460,20 @@ impl SourceCtx<'_> {
     /// Start block `index` over: read it back from the source and compare
     /// it with the range digests the destination sent again.
     fn resend(&self, index: u64, theirs: &[Digest], scratch: &mut FrameScratch) -> Result<()> {
-        if self.dry.is_some() {
-            // Already given to the sink: the destination only acknowledges.
+        let (offset, len) = (self.p.geo.offset(index), self.p.geo.len(index));
+        let finished = self
+            .disk
+            .rescue()
+            .is_some_and(|r| r.finished(offset, len as u64));
+        if self.dry.is_some() || finished {
+            // Already given to the sink, or trusted by the rescue's map
+            // (never read): the destination only acknowledges.
             empty_block(index, &mut scratch.frame);
             self.send(index, &mut scratch.frame);
             return Ok(());
         }
-        let len = self.p.geo.len(index);
         let mut data = vec![0u8; len];
-        let n = self
-            .disk
-            .read_at(&mut data, self.p.geo.offset(index))
-            .map_err(|e| Error::io(self.disk.label(), format!("read at block {index}"), e))?;
+        let (n, unreadable) = self.read_again(index, &mut data)?;
         if n < len {
             return Err(Error::Failed(format!(
                 "{}: read at block {index}: the source shrank during the run",
@@ -476,7 +482,7 @@ impl SourceCtx<'_> {
         }
         let mut pages = Vec::new();
         let content = Content::Bytes(&data);
-        scratch.unreadable.clear();
+        scratch.unreadable = unreadable;
         let compared = self.compare(index, content, &mut pages, theirs, scratch, Vec::new())?;
         let mut guard = self.state.lock();
         let st = &mut *guard;
@@ -486,8 +492,9 @@ impl SourceCtx<'_> {
         match compared {
             Compared::Refine(ranges) => {
                 let page = self.p.page();
+                let lost = &scratch.unreadable;
                 let kept =
-                    Differing::keep(content, &pages, &[], ranges, page, Differing::default());
+                    Differing::keep(content, &pages, lost, ranges, page, Differing::default());
                 st.parked += kept.bytes() as u64;
                 sent.waiting = Some(Parked {
                     kept,
@@ -501,6 +508,18 @@ impl SourceCtx<'_> {
         drop(guard);
         self.send(index, &mut scratch.frame);
         Ok(())
+    }
+}
+
+impl SourceCtx<'_> {
+    /// Read block `index` again for [`SourceCtx::resend`], through the
+    /// rescue if any; its failed reads count, its unreadable bytes did
+    /// the first time.
+    fn read_again(&self, index: u64, data: &mut [u8]) -> Result<(usize, Vec<(usize, usize)>)> {
+        let again = Stats::default();
+        let read = crate::reader::read_again(self.disk, self.p.geo, index, data, &again);
+        Stats::add(&self.stats.read_errors, again.read_errors.into_inner());
+        read
     }
 }
 

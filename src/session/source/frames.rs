@@ -131,7 +131,8 @@ impl SourceCtx<'_> {
         scratch: &mut FrameScratch,
     ) -> Result<()> {
         self.digest_ranges(index, Content::Bytes(data), pages, theirs, scratch)?;
-        let (changed, data_bytes) = dry.block(index, data, theirs, &scratch.ranges)?;
+        let (changed, data_bytes) =
+            dry.block(index, data, theirs, &scratch.ranges, &scratch.unreadable)?;
         let class = if !changed {
             &self.stats.same
         } else if data_bytes > 0 {
