@@ -297,10 +297,13 @@ pub struct Stats {
     pub bytes_cleared: AtomicU64,
     /// Changed data the source sent, before compression.
     pub bytes_changed: AtomicU64,
-    /// Bytes sent on the network: block data and page requests by the
-    /// source, digests and acknowledgements by the destination.
+    /// Bytes of the session's frames sent on the network (header and
+    /// payload, not the handshake nor encryption tags): blocks and page
+    /// requests by the source, digests and acknowledgements by the
+    /// destination.
     pub wire_sent: AtomicU64,
-    /// Bytes received from the network.
+    /// Bytes of the session's frames received, counted as the peer counts
+    /// what it sends.
     pub wire_received: AtomicU64,
     /// Every block before this one is written at the destination (and,
     /// on the source, acknowledged): where a resume may start (`-s`).
@@ -309,6 +312,9 @@ pub struct Stats {
     pub bytes_unreadable: AtomicU64,
     /// `--rescue`: reads of the source that failed, in every grain.
     pub read_errors: AtomicU64,
+    /// A dry run: bytes of the ranges that differ where the source holds
+    /// zeros (those with data are `bytes_changed`).
+    pub dry_zero_bytes: AtomicU64,
 }
 
 impl Stats {
@@ -608,7 +614,7 @@ pub fn summary(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> St
     if side == Side::Destination {
         let _ = write!(
             line,
-            "; received {} of block data, sent {} of digests and acknowledgements",
+            "; received {} of blocks and page requests, sent {} of digests and acknowledgements",
             human_bytes(get(&stats.wire_received)),
             human_bytes(get(&stats.wire_sent))
         );
@@ -689,14 +695,31 @@ pub fn json_to_stderr() {
 }
 
 /// The summary of the destination end of a dry run (`--compare`,
-/// `--write-patch`): what it read for the other end, and that it changed
-/// nothing. What differs is the source's to say.
-pub fn dry_destination_summary(stats: &Stats, elapsed: Duration) -> String {
+/// `--write-patch`): what it read for the other end, what the source found
+/// different (its `tally`; `None` from a source that does not send one),
+/// and that it changed nothing.
+pub fn dry_destination_summary(
+    stats: &Stats,
+    elapsed: Duration,
+    tally: Option<crate::proto::Tally>,
+) -> String {
     let get = |c: &AtomicU64| c.load(Relaxed);
     let blocks = get(&stats.blocks_done);
+    let differ = match tally {
+        None => "the client did not say what differs (a bsync older than this one)".to_string(),
+        Some(t) if t.blocks() == 0 => "no block differs".to_string(),
+        Some(t) => format!(
+            "a sync would change {} {} ({}: {} of data, {} of zeros)",
+            t.blocks(),
+            plural(t.blocks(), "block"),
+            human_bytes(t.bytes()),
+            human_bytes(t.data_bytes),
+            human_bytes(t.zero_bytes),
+        ),
+    };
     format!(
         "done: compared for the client (--compare or --write-patch): {blocks} {} ({}) \
-         read and digested in {}; nothing was changed here",
+         read and digested in {}; {differ}; nothing was changed here",
         plural(blocks, "block"),
         human_bytes(get(&stats.bytes_done)),
         human_duration_precise(elapsed),

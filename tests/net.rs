@@ -2415,3 +2415,208 @@ fn skip_past_the_end_is_refused_in_both_directions() {
     let server_err = server.proc.expect_status(1);
     assert!(server_err.contains("-s 1000"), "{server_err}");
 }
+
+// ---------------------------------------------------------------- --json ---
+
+/// Block size of the `--json` scene.
+const JSON_BS: usize = 64 << 10;
+
+/// The `--json` scene: 8 blocks of 64 KiB, of which three differ. Block 1
+/// in 100 bytes of one page, block 3 in one whole page (a sync writes two
+/// pages, 8 KiB), block 5 holds zeros at the source and data at the
+/// destination (cleared, 64 KiB). A dry run compares whole 64 KiB ranges,
+/// so it counts 128 KiB of data that differs and 64 KiB of zeros.
+fn json_scene() -> (Vec<u8>, Vec<u8>) {
+    let mut src = random_bytes(8 * JSON_BS, 190);
+    src[5 * JSON_BS..6 * JSON_BS].fill(0);
+    let mut dst = src.clone();
+    dst[JSON_BS + 10..JSON_BS + 110].copy_from_slice(&random_bytes(100, 191));
+    dst[3 * JSON_BS..3 * JSON_BS + PAGE].copy_from_slice(&random_bytes(PAGE, 192));
+    dst[5 * JSON_BS..6 * JSON_BS].copy_from_slice(&random_bytes(JSON_BS, 193));
+    (src, dst)
+}
+
+/// What one end's `--json` line must say about the scene.
+struct JsonWant {
+    side: &'static str,
+    dry: bool,
+    /// How many ends read their 512 KiB here: one, or two locally.
+    reads: u64,
+    /// This end writes (a destination, or a local run that is not dry).
+    writes: bool,
+    /// The run has a network: wire bytes are counted, else they are 0.
+    wire: bool,
+}
+
+/// The `--json` line among `text`'s lines, taken apart, checked field by
+/// field against `want` (`what` names the run in messages).
+fn check_json(what: &str, text: &str, want: &JsonWant) -> std::collections::BTreeMap<String, u64> {
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 1, "{what}: want one JSON line in:\n{text}");
+    let line = lines[0];
+    let body = line
+        .strip_prefix('{')
+        .and_then(|l| l.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("{what}: not one object: {line}"));
+    let mut fields = std::collections::BTreeMap::new();
+    let mut texts = std::collections::BTreeMap::new();
+    for field in body.split(',') {
+        let (key, value) = field
+            .split_once(':')
+            .unwrap_or_else(|| panic!("{what}: field {field:?} in {line}"));
+        let key = key.trim_matches('"').to_string();
+        texts.insert(key.clone(), value.trim_matches('"').to_string());
+        if let Ok(n) = value.parse::<u64>() {
+            fields.insert(key, n);
+        }
+    }
+    let keys: Vec<&str> = texts.keys().map(String::as_str).collect();
+    let mut expected = [
+        "side",
+        "blocks",
+        "bytes",
+        "skipped",
+        "same",
+        "changed",
+        "zero",
+        "bytes_read",
+        "bytes_written",
+        "bytes_cleared",
+        "bytes_changed",
+        "wire_sent",
+        "wire_received",
+        "bytes_unreadable",
+        "seconds",
+        "dry",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "{what}: the fields of {line}");
+    assert_eq!(texts["side"], want.side, "{what}: {line}");
+    assert_eq!(texts["dry"], want.dry.to_string(), "{what}: {line}");
+    assert!(
+        texts["seconds"].parse::<f64>().is_ok_and(|s| s >= 0.0),
+        "{what}: {line}"
+    );
+    let size = 8 * JSON_BS as u64;
+    let (written, cleared) = match (want.writes, want.dry) {
+        (true, false) => (2 * PAGE as u64, JSON_BS as u64),
+        _ => (0, 0),
+    };
+    let changed_bytes = if want.dry {
+        2 * JSON_BS as u64
+    } else {
+        2 * PAGE as u64
+    };
+    for (field, value) in [
+        ("blocks", 8),
+        ("bytes", size),
+        ("skipped", 0),
+        ("same", 5),
+        ("changed", 2),
+        ("zero", 1),
+        ("bytes_read", want.reads * size),
+        ("bytes_written", written),
+        ("bytes_cleared", cleared),
+        ("bytes_changed", changed_bytes),
+        ("bytes_unreadable", 0),
+    ] {
+        assert_eq!(fields[field], value, "{what}: {field} in {line}");
+    }
+    for field in ["wire_sent", "wire_received"] {
+        assert_eq!(fields[field] > 0, want.wire, "{what}: {field} in {line}");
+    }
+    fields
+}
+
+/// Issue 18, item 5: `--json` is right in every mode: locally, over `-r`
+/// in both directions and dry or not, on the client and on the server.
+/// Every field is checked against what the scene holds; each end's wire
+/// bytes sent are the other end's received, and a run without a network
+/// has none.
+#[test]
+fn json_is_right_in_every_mode_on_both_ends() {
+    let dir = TempDir::new("json-modes");
+    let (src_bytes, dst_bytes) = json_scene();
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &src_bytes);
+    let patch = dir.join("out.bsync");
+    let bs = JSON_BS.to_string();
+    let want = |side, dry, reads, writes, wire| JsonWant {
+        side,
+        dry,
+        reads,
+        writes,
+        wire,
+    };
+
+    // Locally: a sync, a compare, a patch.
+    for (extra, code, dry) in [
+        (&[][..], 0, false),
+        (&["--compare"][..], 3, true),
+        (&["--write-patch", arg(&patch)][..], 0, true),
+    ] {
+        write_file(&dst, &dst_bytes);
+        let out = run(&mut local(
+            &src,
+            &dst,
+            &[&["-q", "-json", "-b", &bs], extra].concat(),
+        ));
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let what = format!("local {extra:?}");
+        check_json(&what, &stdout, &want("local", dry, 2, !dry, false));
+    }
+
+    // Over -r: the client's line and the server's (after its port).
+    let cases: [(Dir, &[&str], i32, bool); 4] = [
+        (Dir::Up, &[], 0, false),
+        (Dir::Down, &[], 0, false),
+        (Dir::Up, &["--compare"], 3, true),
+        (Dir::Up, &["--write-patch", arg(&patch)], 0, true),
+    ];
+    for (way, extra, code, dry) in cases {
+        write_file(&dst, &dst_bytes);
+        let server = match way {
+            Dir::Up => Server::start(&["-q", "-json", "-f", arg(&dst)]),
+            Dir::Down => Server::start(&["-q", "-json", "-d", "-b", &bs, "-f", arg(&src)]),
+        };
+        let addr = server.addr();
+        let mut args = vec!["-q", "-json", "-r", &addr];
+        args.extend(match way {
+            Dir::Up => ["-b", &bs, "-f", arg(&src)].to_vec(),
+            Dir::Down => ["-d", "-f", arg(&dst)].to_vec(),
+        });
+        args.extend(extra);
+        let client = Proc::start(&args);
+        let client_out = client.stdout.recv_timeout(RUN_LIMIT).unwrap_or_default();
+        let client_err = client.expect_status(code);
+        let server_out = server
+            .proc
+            .stdout
+            .recv_timeout(RUN_LIMIT)
+            .unwrap_or_default();
+        let server_err = server.proc.expect_status(0);
+        let what = format!("{way:?} {extra:?}");
+        let (client_side, server_side) = match way {
+            Dir::Up => ("source", "destination"),
+            Dir::Down => ("destination", "source"),
+        };
+        let c = check_json(
+            &format!("{what} client: {client_err}"),
+            &client_out,
+            &want(client_side, dry, 1, way == Dir::Down, true),
+        );
+        let s = check_json(
+            &format!("{what} server: {server_err}"),
+            &server_out,
+            &want(server_side, dry, 1, way == Dir::Up, true),
+        );
+        assert_eq!(c["wire_sent"], s["wire_received"], "{what}");
+        assert_eq!(c["wire_received"], s["wire_sent"], "{what}");
+        if !dry {
+            assert_same(&src, &dst);
+        } else {
+            assert_eq!(read_file(&dst), dst_bytes, "{what}: a dry run wrote");
+        }
+    }
+}

@@ -515,6 +515,35 @@ fn dry_runs_say_what_they_do_on_both_ends() {
         for claim in ["both ends agree", " same, 0 changed", "resume"] {
             assert!(!server_err.contains(claim), "{extra:?}: {server_err}");
         }
+        // The server learns what differs from the client's Bye: the same
+        // blocks and bytes the client counted (issue 18, item 5).
+        let differ = err
+            .lines()
+            .find_map(|l| {
+                l.split_once(" blocks differ: ")
+                    .map(|(a, b)| (a, b.to_string()))
+            })
+            .unwrap_or_else(|| panic!("{extra:?}: no count of what differs: {err}"));
+        let blocks = differ.0.rsplit(": ").next().unwrap_or_default();
+        let blocks = blocks.split(" of ").next().unwrap_or_default();
+        let (data, zeros) = differ
+            .1
+            .split_once(" of data and ")
+            .map(|(d, z)| {
+                (
+                    d.to_string(),
+                    z.split(" of zeros").next().unwrap_or_default().to_string(),
+                )
+            })
+            .unwrap_or_else(|| panic!("{extra:?}: {err}"));
+        let said = format!("a sync would change {blocks} blocks (");
+        let bytes = format!(": {data} of data, {zeros} of zeros); nothing was changed here");
+        assert!(
+            blocks.parse::<u64>().is_ok_and(|n| n > 0)
+                && server_err.contains(&said)
+                && server_err.contains(&bytes),
+            "{extra:?}: want {said:?} and {bytes:?}\nclient: {err}\nserver: {server_err}"
+        );
         assert_eq!(read_file(&p.dst), p.dst_bytes);
     }
 }

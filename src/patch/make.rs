@@ -54,6 +54,8 @@ pub struct Maker<'a> {
     log: &'a Log,
     /// The header, its whole-target digests filled in at the end.
     header: format::Header,
+    /// A local dry run: the destination's counters (see `DrySink::local`).
+    local: Option<&'a crate::progress::Stats>,
 }
 
 /// Where a patch goes: a file, renamed into place once complete, or stdout.
@@ -209,6 +211,7 @@ impl<'a> Maker<'a> {
             what: what.to_string(),
             log,
             header,
+            local: None,
         })
     }
 
@@ -401,6 +404,10 @@ impl DrySink for Maker<'_> {
         }
         Ok((!ranges.is_empty(), data_bytes))
     }
+
+    fn local(&self) -> Option<&crate::progress::Stats> {
+        self.local
+    }
 }
 
 /// Run the source of a dry session as `dry` asks: the session, then the
@@ -417,6 +424,23 @@ pub fn run_source(
     log: &Log,
     progress: bool,
 ) -> Result<()> {
+    run_source_here(dry, target, p, disk, lanes, rejoin, log, progress, None)
+}
+
+/// [`run_source`]; with `local`, the destination's end runs in this
+/// process and counts into it.
+#[allow(clippy::too_many_arguments)]
+fn run_source_here(
+    dry: &DryRun,
+    target: &[u8],
+    p: &Params,
+    disk: &crate::disk::Disk,
+    lanes: Vec<crate::net::Lane>,
+    rejoin: &dyn crate::session::Rejoin,
+    log: &Log,
+    progress: bool,
+    local: Option<&crate::progress::Stats>,
+) -> Result<()> {
     let (output, what) = match dry {
         DryRun::Compare => (None, "compare".to_string()),
         DryRun::Patch(path) => (
@@ -427,7 +451,8 @@ pub fn run_source(
             },
         ),
     };
-    let maker = Maker::new(p, output.as_ref(), target, &what, log)?;
+    let mut maker = Maker::new(p, output.as_ref(), target, &what, log)?;
+    maker.local = local;
     let ran = crate::session::run_dry(
         crate::config::Role::Source,
         p,
@@ -515,11 +540,12 @@ pub fn local(
     let absolute = std::path::absolute(destination).unwrap_or_else(|_| destination.into());
     let name = absolute.as_os_str();
     use std::os::unix::ffi::OsStrExt;
+    let theirs = std::sync::Arc::new(crate::progress::Stats::default());
     std::thread::scope(|s| {
         let dest = crate::session::spawn_scoped(s, || -> Result<()> {
             let mut lane = Lane::open(b, "source".into(), env.io_timeout)?;
             lane.reader.set_max(max);
-            crate::session::run(
+            crate::session::run_counted(
                 Role::Destination,
                 &p,
                 &dst,
@@ -527,11 +553,14 @@ pub fn local(
                 &NoRejoin,
                 &quiet,
                 false,
+                None,
+                &theirs,
             )
+            .map(|_| ())
         })?;
         let ours = Lane::open(a, "destination".into(), env.io_timeout).and_then(|mut lane| {
             lane.reader.set_max(max);
-            run_source(
+            run_source_here(
                 dry,
                 name.as_bytes(),
                 &p,
@@ -540,6 +569,7 @@ pub fn local(
                 &NoRejoin,
                 log,
                 !log.is_quiet(),
+                Some(&theirs),
             )
         });
         let theirs = dest

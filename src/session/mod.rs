@@ -47,6 +47,7 @@ use crate::progress::{Log, Reporter, Side, Stats, Totals, human_bytes, report_su
 use crate::proto::{Frame, Welcome};
 
 mod destination;
+mod dry;
 mod exchange;
 mod ledger;
 mod source;
@@ -209,6 +210,13 @@ pub trait DrySink: Sync {
         theirs: &[Digest],
         ours: &[Digest],
     ) -> Result<(bool, u64)>;
+
+    /// Both ends run in this process (a local `--compare` or
+    /// `--write-patch`): the counters of the destination's end, so that the
+    /// summary is of one local run, both ends' reads and no network.
+    fn local(&self) -> Option<&Stats> {
+        None
+    }
 }
 
 /// [`run`], and on the source with `dry`, a dry run: the destination is
@@ -225,9 +233,28 @@ pub fn run_dry(
     progress: bool,
     dry: Option<&dyn DrySink>,
 ) -> Result<u128> {
+    let stats = Arc::new(Stats::default());
+    run_counted(role, p, disk, lanes, rejoin, log, progress, dry, &stats)
+}
+
+/// [`run_dry`], counting into `stats`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_counted(
+    role: Role,
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    rejoin: &dyn Rejoin,
+    log: &Log,
+    progress: bool,
+    dry: Option<&dyn DrySink>,
+    stats: &Arc<Stats>,
+) -> Result<u128> {
     let mut lanes = lanes;
     for lane in &mut lanes {
         lane.reader.show_notices(log);
+        lane.reader.count_received(stats);
+        lane.sender.count_sent(stats);
     }
     // What this end warned its own user about (a source mounted
     // read-write), the other end's user hears too.
@@ -238,7 +265,6 @@ pub fn run_dry(
         }
         lane.sender.send_frame(&Frame::Notice(&warning[..end]))?;
     }
-    let stats = Arc::new(Stats::default());
     stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);
     let mut notes = Vec::new();
@@ -252,42 +278,55 @@ pub fn run_dry(
     if let (Some(rate), Role::Source) = (p.bwlimit, role) {
         notes.push(format!("limit {}/s", human_bytes(rate)));
     }
-    let reporter = Reporter::start(log, &stats, totals, progress, &notes);
+    let reporter = Reporter::start(log, stats, totals, progress, &notes);
     if dry.is_none() && !disk.is_dry() {
         crate::progress::resumable(p.geo.block_size, p.geo.blocks());
     }
     let peer = lanes
         .first()
         .map_or_else(|| "the peer".to_string(), |l| l.reader.peer.clone());
-    let _watch = Watchdog::start(&stats, peer, p.deadline, SILENT_AFTER, log);
-    let (verify, side) = match role {
+    let _watch = Watchdog::start(stats, peer, p.deadline, SILENT_AFTER, log);
+    let (verify, side, tally) = match role {
         Role::Source => (
-            source::run_with(p, disk, lanes, &stats, rejoin, dry)?,
+            source::run_with(p, disk, lanes, stats, rejoin, dry)?,
             Side::Source,
+            None,
         ),
-        Role::Destination => (
-            destination::run(p, disk, lanes, &stats, rejoin)?,
-            Side::Destination,
-        ),
+        Role::Destination => {
+            let (verify, tally) = destination::run_told(p, disk, lanes, stats, rejoin)?;
+            (verify, Side::Destination, tally)
+        }
+    };
+    if let Some(t) = tally {
+        dry::count(stats, t);
+    }
+    let side = match dry.and_then(|d| d.local()) {
+        Some(theirs) => {
+            dry::local(stats, theirs);
+            Side::Local
+        }
+        None => side,
     };
     let elapsed = reporter.finish();
     if dry.is_some() {
         // The sink says what differs; the JSON carries the same counts.
-        report_summary(log, &stats, elapsed, side, p.first, false, true);
+        report_summary(log, stats, elapsed, side, p.first, false, true);
     } else if disk.is_dry() && !disk.captures() {
         if progress {
-            log.info(crate::progress::dry_destination_summary(&stats, elapsed));
+            log.info(crate::progress::dry_destination_summary(
+                stats, elapsed, tally,
+            ));
         }
-        report_summary(log, &stats, elapsed, side, p.first, false, true);
+        report_summary(log, stats, elapsed, side, p.first, false, true);
     } else {
-        report_summary(log, &stats, elapsed, side, p.first, progress, false);
+        report_summary(log, stats, elapsed, side, p.first, progress, false);
         log.info(verification_line(verify, p.first, p.geo.blocks()));
     }
     if role == Role::Destination {
         disk.report_excess(p.geo.size);
     }
     if let Some(rescue) = disk.rescue().filter(|_| dry.is_none()) {
-        rescue.finish(log, &stats, elapsed)?;
+        rescue.finish(log, stats, elapsed)?;
     }
     let lost = stats.bytes_unreadable.load(Ordering::Relaxed);
     if role == Role::Destination && lost > 0 {

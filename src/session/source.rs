@@ -140,7 +140,11 @@ pub(super) fn run_with(
                 state.lock().finished = true;
                 state.notify();
                 for s in &senders {
-                    let _ = s.send_frame(&Frame::Bye { verify: ours });
+                    let tally = dry.map(|_| super::dry::tally(stats));
+                    let _ = s.send_frame(&Frame::Bye {
+                        verify: ours,
+                        tally,
+                    });
                     s.shutdown();
                 }
             }
@@ -220,7 +224,6 @@ impl SourceCtx<'_> {
     /// Send a frame on block `index`'s lane. A lost lane is rejoined by its
     /// reader, and the destination asks again for what it did not get.
     fn send(&self, index: u64, frame: &mut [u8]) {
-        Stats::add(&self.stats.wire_sent, frame.len() as u64);
         if let Some(t) = self.throttle {
             t.take(frame.len());
         }
@@ -439,6 +442,12 @@ impl SourceCtx<'_> {
         };
         Stats::add(class, 1);
         Stats::add(&self.stats.bytes_changed, data_bytes);
+        let differ =
+            super::dry::differing_bytes(&scratch.ranges, theirs, self.p.range_size(), data.len());
+        Stats::add(
+            &self.stats.dry_zero_bytes,
+            differ.saturating_sub(data_bytes),
+        );
         {
             let mut v = lock(self.verify);
             *v = v.wrapping_add(block_hash(index, theirs));

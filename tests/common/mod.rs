@@ -249,7 +249,7 @@ pub struct Summary {
     pub read: f64,
     pub written: f64,
     pub cleared: f64,
-    /// Block data on the network: what the source sent, or what the
+    /// Blocks on the network: what the source sent, or what the
     /// destination received (0 when the run had none).
     pub wire: f64,
     /// What the destination sent: digests and acknowledgements.
@@ -309,11 +309,12 @@ pub fn summary(stderr: &str) -> Summary {
         written: bytes_after("written ").unwrap_or(0.0),
         cleared: bytes_after("cleared ").unwrap_or(0.0),
         // The source says "sent X on the wire", the destination "received
-        // X of block data, sent Y of digests and acknowledgements".
+        // X of blocks and page requests, sent Y of digests and
+        // acknowledgements".
         wire: bytes_after("received ")
             .or_else(|| bytes_after("sent "))
             .unwrap_or(0.0),
-        digests: bytes_after("block data, sent ").unwrap_or(0.0),
+        digests: bytes_after("page requests, sent ").unwrap_or(0.0),
         line: line.to_string(),
     }
 }
