@@ -202,6 +202,35 @@ fn undo_data_written_while_applying_restores_the_original() {
     assert_eq!(read_file(&p.dst), p.dst_bytes);
 }
 
+/// Issue 18: an undo patch written while applying with a relative
+/// `--patch=` names its target by its absolute path, as a forward patch
+/// does, so that applying it from another directory (the target taken
+/// from its header) puts back the same file.
+#[test]
+fn an_undo_patch_names_its_target_absolutely() {
+    let p = pair("apply-undo-relative");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let out = run(bsync()
+        .current_dir(p.dir.path())
+        .args(["--patch=dst.img", "--remdata=undo.bsync"])
+        .stdin(File::open(&patch).unwrap()));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same(&p.src, &p.dst);
+    let undo = read_file(&p.dir.join("undo.bsync"));
+    let absolute = p.dst.as_os_str().as_encoded_bytes();
+    assert!(
+        undo.windows(absolute.len()).any(|w| w == absolute),
+        "the undo patch does not name {}",
+        p.dst.display()
+    );
+    let elsewhere = TempDir::new("apply-undo-elsewhere");
+    let out = run(apply(&p.dir.join("undo.bsync"), None, &[]).current_dir(elsewhere.path()));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_file(&p.dst), p.dst_bytes);
+    assert!(!elsewhere.join("dst.img").exists());
+}
+
 #[test]
 fn client_remdata_makes_an_undo_patch_that_restores_byte_for_byte() {
     let p = pair("client-remdata");
