@@ -257,6 +257,7 @@ pub fn connect_pipe<S: Stream>(
             log,
             progress,
             None,
+            &Default::default(),
         ),
     }
 }

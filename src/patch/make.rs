@@ -462,6 +462,7 @@ fn run_source_here(
         log,
         progress,
         Some(&maker),
+        &Default::default(),
     );
     let original = match ran {
         Ok(verify) => verify,
@@ -545,7 +546,7 @@ pub fn local(
         let dest = crate::session::spawn_scoped(s, || -> Result<()> {
             let mut lane = Lane::open(b, "source".into(), env.io_timeout)?;
             lane.reader.set_max(max);
-            crate::session::run_counted(
+            crate::session::run_dry(
                 Role::Destination,
                 &p,
                 &dst,

@@ -11,8 +11,31 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::Params;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::progress::Stats;
+use crate::progress::{Side, Stats};
 use crate::proto::Tally;
+
+/// What a dry run's source does with each block instead of sending its
+/// changes (`--compare`, `--write-patch`). Called by the workers in any
+/// block order, for every block, unchanged ones included.
+pub trait DrySink: Sync {
+    /// Block `index` of the source holds `data`, whose grains digest to
+    /// `ours`; the destination's digest to `theirs`. Returns whether the
+    /// block differs and how many bytes of data (not zeros) it would send.
+    fn block(
+        &self,
+        index: u64,
+        data: &[u8],
+        theirs: &[Digest],
+        ours: &[Digest],
+    ) -> Result<(bool, u64)>;
+
+    /// Both ends run in this process (a local `--compare` or
+    /// `--write-patch`): the counters of the destination's end, so that the
+    /// summary is of one local run, both ends' reads and no network.
+    fn local(&self) -> Option<&Stats> {
+        None
+    }
+}
 
 /// Bytes of a block of `len` bytes in the ranges (`range` bytes each, the
 /// last one short) whose digests differ between `ours` and `theirs`.
@@ -66,13 +89,24 @@ pub(super) fn count(stats: &Stats, t: Tally) {
     Stats::add(&stats.dry_zero_bytes, t.zero_bytes);
 }
 
-/// A dry run with both ends in this process: the source's counters
-/// become those of one local run, with the destination's (`theirs`) reads
-/// added and no network (the socket pair between the two ends is none).
-pub(super) fn local(stats: &Stats, theirs: &Stats) {
+/// After a session: count a dry session's `tally` on its destination,
+/// and make a local dry run's counters (the sink says it is one) those of
+/// one local run, with the destination's reads added and no network (the
+/// socket pair between the two ends is none). Returns the side the
+/// summary then describes, if not this end's role.
+pub(super) fn settle(
+    stats: &Stats,
+    tally: Option<Tally>,
+    sink: Option<&dyn DrySink>,
+) -> Option<Side> {
+    if let Some(t) = tally {
+        count(stats, t);
+    }
+    let theirs = sink?.local()?;
     Stats::add(&stats.bytes_read, theirs.bytes_read.load(Relaxed));
     stats.wire_sent.store(0, Relaxed);
     stats.wire_received.store(0, Relaxed);
+    Some(Side::Local)
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ use crate::proto::{Frame, Welcome};
 
 mod destination;
 mod dry;
+pub use dry::DrySink;
 mod exchange;
 mod ledger;
 mod source;
@@ -193,53 +194,15 @@ pub fn run(
     log: &Log,
     progress: bool,
 ) -> Result<()> {
-    run_dry(role, p, disk, lanes, rejoin, log, progress, None).map(|_| ())
-}
-
-/// What a dry run's source does with each block instead of sending its
-/// changes (`--compare`, `--write-patch`). Called by the workers in any
-/// block order, for every block, unchanged ones included.
-pub trait DrySink: Sync {
-    /// Block `index` of the source holds `data`, whose grains digest to
-    /// `ours`; the destination's digest to `theirs`. Returns whether the
-    /// block differs and how many bytes of data (not zeros) it would send.
-    fn block(
-        &self,
-        index: u64,
-        data: &[u8],
-        theirs: &[Digest],
-        ours: &[Digest],
-    ) -> Result<(bool, u64)>;
-
-    /// Both ends run in this process (a local `--compare` or
-    /// `--write-patch`): the counters of the destination's end, so that the
-    /// summary is of one local run, both ends' reads and no network.
-    fn local(&self) -> Option<&Stats> {
-        None
-    }
+    let stats = Arc::default();
+    run_dry(role, p, disk, lanes, rejoin, log, progress, None, &stats).map(|_| ())
 }
 
 /// [`run`], and on the source with `dry`, a dry run: the destination is
 /// read and acknowledges, nothing is written to it, and every block goes
-/// to `dry` instead.
+/// to `dry` instead. Counts into `stats`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_dry(
-    role: Role,
-    p: &Params,
-    disk: &Disk,
-    lanes: Vec<Lane>,
-    rejoin: &dyn Rejoin,
-    log: &Log,
-    progress: bool,
-    dry: Option<&dyn DrySink>,
-) -> Result<u128> {
-    let stats = Arc::new(Stats::default());
-    run_counted(role, p, disk, lanes, rejoin, log, progress, dry, &stats)
-}
-
-/// [`run_dry`], counting into `stats`.
-#[allow(clippy::too_many_arguments)]
-pub fn run_counted(
     role: Role,
     p: &Params,
     disk: &Disk,
@@ -297,16 +260,7 @@ pub fn run_counted(
             (verify, Side::Destination, tally)
         }
     };
-    if let Some(t) = tally {
-        dry::count(stats, t);
-    }
-    let side = match dry.and_then(|d| d.local()) {
-        Some(theirs) => {
-            dry::local(stats, theirs);
-            Side::Local
-        }
-        None => side,
-    };
+    let side = dry::settle(stats, tally, dry).unwrap_or(side);
     let elapsed = reporter.finish();
     if dry.is_some() {
         // The sink says what differs; the JSON carries the same counts.
