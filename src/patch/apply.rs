@@ -110,7 +110,13 @@ fn diffsize(a: &Apply, h: &Header) -> DiffSize {
 /// in offset order: a range the target holds patched already counts as it
 /// was (an interrupted apply finishes); from a pipe there are none yet.
 /// Returns whether the target is already the result.
-fn check_whole(disk: &Disk, h: &Header, befores: &[(u64, u128)], what: &str) -> Result<bool> {
+fn check_whole(
+    disk: &Disk,
+    h: &Header,
+    befores: &[(u64, u128)],
+    what: &str,
+    piped: bool,
+) -> Result<bool> {
     let Some(whole) = h.whole else {
         // An undo patch: its records' checks are all there is.
         return Ok(false);
@@ -124,19 +130,58 @@ fn check_whole(disk: &Disk, h: &Header, befores: &[(u64, u128)], what: &str) -> 
     }
     Err(Error::Failed(format!(
         "{}: not the image {what} was made from (the digest of the whole target differs, \
-         though {} where the patch's records lie); the target is untouched{}",
+         though {} where the patch's records lie); the target is untouched",
         disk.label(),
-        if befores.is_empty() {
-            "perhaps not"
-        } else {
-            "it agrees"
-        },
-        if befores.is_empty() {
-            ". A partly applied target is finished only from a file: bsync --patch < FILE"
-        } else {
-            ""
-        }
+        // From a file every range was compared already.
+        if piped { "perhaps not" } else { "it agrees" },
     )))
+}
+
+/// From a pipe the whole target is checked before any record arrives, so
+/// a target that an earlier run patched partway is refused like a wrong
+/// one (`refused`). Read the rest of the patch, writing nothing: if the
+/// target is the image with some of the records' ranges applied, say that
+/// applying from a file finishes it; otherwise the refusal stands as it is.
+fn refused_from_a_pipe<R: Read>(
+    refused: Error,
+    d: &mut Decoder<R>,
+    disk: &Disk,
+    h: &Header,
+    path: &Path,
+) -> Error {
+    let Some(whole) = h.whole else {
+        return refused;
+    };
+    let (mut dec, mut buf, mut befores) = (Decompressor::default(), Vec::new(), Vec::new());
+    d.skip_data = true;
+    loop {
+        match d.next(&mut dec) {
+            Ok(Item::Record(rec, _)) => {
+                for r in &rec.ranges {
+                    match range_state(disk, h, &rec, r, &mut buf) {
+                        Ok(State::After) => {
+                            befores.push((rec.offset + u64::from(r.start), r.before))
+                        }
+                        Ok(State::Before) => {}
+                        _ => return refused,
+                    }
+                }
+            }
+            Ok(Item::End(_)) => break,
+            Err(_) => return refused,
+        }
+    }
+    let got = digest_as_before(disk, h, h.source_size, &befores);
+    if befores.is_empty() || !got.is_ok_and(|g| g == whole.original) {
+        return refused;
+    }
+    Error::Failed(format!(
+        "{refused}. It is that image with {} of the patch's ranges applied already (an \
+         earlier run stopped partway); from a file, which is read twice, the patch \
+         finishes it: bsync --patch={} < FILE",
+        befores.len(),
+        path.display()
+    ))
 }
 
 /// What a failure after the first write says: the target changed, and
@@ -186,22 +231,29 @@ fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<()> {
             disk.label()
         )))
     };
-    // Each hint names only a mode that then works for this target.
-    let grow = if disk.is_device() {
-        "a device cannot grow"
-    } else {
-        "--diffsize=resize grows it"
+    // Each hint names only a mode that then works for this target: one
+    // its size allows, and only if it holds the patch's image.
+    let hint = |modes: &str| super::target::size_hint(disk, h, modes);
+    let grow = || {
+        if disk.is_device() {
+            Ok(" (a device cannot grow)".to_string())
+        } else {
+            hint("--diffsize=resize grows it")
+        }
     };
     match diffsize {
-        DiffSize::Strict if have < want => refuse(&format!("the target is smaller ({grow})")),
-        DiffSize::Strict if have > want => refuse(if disk.is_device() {
-            "the target is larger (--diffsize=minsize leaves the rest alone)"
-        } else {
-            "the target is larger (--diffsize=minsize leaves the rest alone, \
-             --diffsize=resize truncates it)"
-        }),
+        DiffSize::Strict if have < want => refuse(&format!("the target is smaller{}", grow()?)),
+        DiffSize::Strict if have > want => refuse(&format!(
+            "the target is larger{}",
+            hint(if disk.is_device() {
+                "--diffsize=minsize leaves the rest alone"
+            } else {
+                "--diffsize=minsize leaves the rest alone, --diffsize=resize truncates it"
+            })?
+        )),
         DiffSize::MinSize if have < want => refuse(&format!(
-            "the target is smaller, and minsize needs one at least as large ({grow})"
+            "the target is smaller, and minsize needs one at least as large{}",
+            grow()?
         )),
         DiffSize::Resize if have < want && disk.is_device() => {
             refuse("a device cannot grow (--diffsize=resize)")
@@ -367,7 +419,7 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     if let Some(e) = first_other {
         return Err(e);
     }
-    check_whole(&disk, &h, &befores, what)?;
+    check_whole(&disk, &h, &befores, what, false)?;
     drop(befores);
     let undo = a
         .undo
@@ -456,7 +508,9 @@ fn apply_pipe(
     check_size(&disk, &h, diffsize)?;
     // The whole target first: the records come only once, as they are
     // written.
-    if check_whole(&disk, &h, &[], what)? {
+    let whole = check_whole(&disk, &h, &[], what, true);
+    let whole = whole.map_err(|e| refused_from_a_pipe(e, &mut d, &disk, &h, &path));
+    if whole? {
         d.skip_data = true;
         let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
         let trailer = loop {

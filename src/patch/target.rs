@@ -27,6 +27,26 @@ pub(super) fn result_digest(disk: &Disk, h: &Header, size: u64) -> Result<u128> 
     digest_as_before(disk, h, size, &[])
 }
 
+/// The hint a size refusal gives, ` (MODES)`: only when the target holds
+/// the image the patch was made from (or its result) over the patch's
+/// size, where another `--diffsize` then applies it. Otherwise no mode
+/// would, and it says so instead. An undo patch has no image to check: its
+/// records decide.
+pub(super) fn size_hint(disk: &Disk, h: &Header, modes: &str) -> Result<String> {
+    let Some(whole) = h.whole else {
+        return Ok(format!(" ({modes})"));
+    };
+    let got = result_digest(disk, h, h.source_size)?;
+    if got == whole.original || got == whole.result {
+        return Ok(format!(" ({modes})"));
+    }
+    Ok(format!(
+        ", and its first {} bytes are not the image the patch was made from either \
+         (their digest differs), so no --diffsize applies it here",
+        h.source_size
+    ))
+}
+
 /// [`result_digest`], the grains at the offsets of `befores` (in offset
 /// order) counted as their digest there instead of what they hold.
 pub(super) fn digest_as_before(
