@@ -66,6 +66,9 @@ struct DestCtx<'a> {
     /// what differs (into `tally`).
     dry: bool,
     tally: &'a Mutex<Option<proto::Tally>>,
+    /// Why the source's `Bye` was refused, kept for the end of the run:
+    /// every block is written by then, so the lane ends either way.
+    refused: &'a Mutex<Option<Error>>,
 }
 
 /// Run the destination side over `lanes` into `disk` (already sized);
@@ -99,6 +102,7 @@ pub(super) fn run_told(
     let rejoined = AtomicBool::new(false);
     let spare = Mutex::new(Vec::new());
     let tally = Mutex::new(None);
+    let refused = Mutex::new(None);
     // The window counts the blocks between their read here and their
     // write; what each holds meanwhile is its page digests (and, from
     // arrival to write, the data received), so its size is a budget of
@@ -133,6 +137,7 @@ pub(super) fn run_told(
         zero: p.zero_digest(p.page()),
         dry: disk.is_dry() && !disk.captures(),
         tally: &tally,
+        refused: &refused,
     };
 
     let abort = &abort;
@@ -204,6 +209,9 @@ pub(super) fn run_told(
             "{}: the session ended before every block was written",
             disk.label()
         )));
+    }
+    if let Some(e) = lock(&refused).take() {
+        return Err(e);
     }
     if !confirmed.load(Ordering::Acquire) {
         return Err(Error::Failed(format!(
@@ -359,16 +367,20 @@ impl DestCtx<'_> {
             ));
         }
         let ours = *lock(self.verify);
-        if theirs != ours {
-            return Err(Error::Failed(format!(
+        let verdict = if theirs != ours {
+            Err(Error::Failed(format!(
                 "verification failed: the source's digest {theirs:032x} \
                  differs from the destination's {ours:032x}"
-            )));
+            )))
+        } else {
+            tally.map_or(Ok(()), |t| self.tallied(peer, t))
+        };
+        match verdict {
+            Ok(()) => self.confirmed.store(true, Ordering::Release),
+            Err(e) => {
+                lock(self.refused).get_or_insert(e);
+            }
         }
-        if let Some(t) = tally {
-            self.tallied(peer, t)?;
-        }
-        self.confirmed.store(true, Ordering::Release);
         Ok(())
     }
 
