@@ -1,6 +1,7 @@
-//! What the destination of a dry session (`--compare`, `--write-patch`)
-//! learns about what differs. It writes nothing and acknowledges empty
-//! blocks, so only the source knows; the source's `Bye` carries its counts
+//! Dry sessions (`--compare`, `--write-patch`): the sink a dry source hands
+//! every block to ([`DrySink`]), and what the destination learns about
+//! what differs. It writes nothing and acknowledges empty blocks, so only
+//! the source knows; the source's `Bye` carries its counts
 //! (`proto::Tally`), and the destination checks them against the session
 //! and counts them as its own, so that its summary and `--json` say what a
 //! real run would change.
