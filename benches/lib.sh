@@ -158,7 +158,7 @@ wire_ratio() { summary_line | sed -n 's/.*(\([0-9.]*\):1).*/\1/p'; }
 # set) in an upload.
 digests_sent() {
     grep -ho 'done: .*' "$tmp/client.log" "$tmp/server.log" 2>/dev/null |
-        sed -n 's/.*block data, sent \(.*\) of digests.*/\1/p' | tail -n 1
+        sed -n 's/.*page requests, sent \(.*\) of digests.*/\1/p' | tail -n 1
 }
 
 check_same() { cmp "$1" "$2" || die "$3: destination differs from source"; }

@@ -156,6 +156,7 @@ pub fn connect_tcp_within(
         log,
         progress: !log.is_quiet(),
         dry: None,
+        counters: None,
     };
     match dry {
         Some(dry) => patch::make::run_source(dry, target, end),
@@ -244,6 +245,7 @@ pub fn connect_pipe<S: Stream>(
         log,
         progress: !log.is_quiet(),
         dry: None,
+        counters: None,
     };
     match dry {
         Some((dry, target)) => patch::make::run_source(dry, target, end).map(|()| 0),

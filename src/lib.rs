@@ -52,6 +52,7 @@ pub mod session;
 pub mod sha256;
 pub mod ssh;
 pub mod stdio;
+pub mod summary;
 /// Every raw OS call bsync makes; the only module with `unsafe`.
 #[allow(unsafe_code)]
 pub mod sys;
@@ -81,7 +82,7 @@ pub fn run(config: &Config) -> Result<()> {
         patch::make::record_diffsize(r.diffsize);
     }
     if patch_on_stdout(config) {
-        progress::json_to_stderr();
+        summary::json_to_stderr();
     }
     if block_size_from_peer(&config.mode) {
         progress::set_block_size_from_peer();
@@ -92,7 +93,7 @@ pub fn run(config: &Config) -> Result<()> {
             destination,
             dry,
         } => match dry {
-            Some(dry) => patch::make::local(config, dry, source, destination, &log),
+            Some(dry) => patch::local::run(config, dry, source, destination, &log),
             None => local::sync(
                 &config.transfer,
                 &config.env,

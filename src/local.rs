@@ -19,9 +19,10 @@ use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::log::Log;
 use crate::pool::{Pool, Pooled};
-use crate::progress::{Reporter, Side, Stats, Totals, report_summary, summary};
+use crate::progress::{Reporter, Stats, Totals};
 use crate::reader::read_blocks;
 use crate::session::spawn_scoped;
+use crate::summary::{Side, report_summary, summary};
 use crate::sys::simd::equal;
 use crate::writer::Writer;
 

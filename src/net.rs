@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::handshake::{self, Machine};
 use crate::lock::lock;
 use crate::log::Log;
+use crate::progress::Stats;
 use crate::proto::{self, Frame, HEADER_LEN, PREAMBLE};
 use crate::sys;
 
@@ -156,6 +157,9 @@ pub struct FrameReader {
     /// Where the peer's `Notice`s are shown; until set, they are frames
     /// like any other.
     notices: Option<Log>,
+    /// Where the bytes of every frame read are counted (`wire_received`),
+    /// once a session has begun.
+    counted: Option<Arc<Stats>>,
     /// Who is on the other end, for messages.
     pub peer: String,
 }
@@ -167,6 +171,13 @@ impl FrameReader {
         self.notices = Some(log.clone());
     }
 
+    /// From now on, count the bytes of every frame read (as the sender
+    /// counts them: header and payload, without the tag) in
+    /// `stats.wire_received`.
+    pub fn count_received(&mut self, stats: &Arc<Stats>) {
+        self.counted = Some(Arc::clone(stats));
+    }
+
     /// A reader accepting payloads up to `max` bytes.
     fn new(stream: Box<dyn Read + Send>, peer: String, max: usize) -> FrameReader {
         FrameReader {
@@ -175,6 +186,7 @@ impl FrameReader {
             max,
             cipher: None,
             notices: None,
+            counted: None,
             peer,
         }
     }
@@ -227,6 +239,9 @@ impl FrameReader {
         if let Some(cipher) = &mut self.cipher {
             open_frame(cipher, &mut self.buf).map_err(|e| Error::protocol(&self.peer, e))?;
         }
+        if let Some(stats) = &self.counted {
+            Stats::add(&stats.wire_received, self.buf.len() as u64);
+        }
         Ok(())
     }
 }
@@ -274,6 +289,9 @@ pub fn seal_frames(cipher: &mut Cipher, frames: &mut [u8]) -> std::io::Result<Ve
 struct SendHalf {
     stream: Box<dyn Sink>,
     cipher: Option<Cipher>,
+    /// Where the bytes of every frame sent are counted (`wire_sent`), once
+    /// a session has begun.
+    counted: Option<Arc<Stats>>,
 }
 
 /// Sends whole frames on one connection; safe to share between threads.
@@ -298,6 +316,7 @@ impl FrameSender {
             half: Mutex::new(SendHalf {
                 stream,
                 cipher: None,
+                counted: None,
             }),
             closer: Mutex::new(closer),
             peer,
@@ -315,8 +334,21 @@ impl FrameSender {
         self.send_on(&mut self.lock(), frames)
     }
 
+    /// From now on, count the bytes of every frame sent (header and
+    /// payload, without the tag) in `stats.wire_sent`.
+    pub fn count_sent(&self, stats: &Arc<Stats>) {
+        self.lock().counted = Some(Arc::clone(stats));
+    }
+
     fn send_on(&self, half: &mut SendHalf, frames: &mut [u8]) -> Result<()> {
-        let SendHalf { stream, cipher } = half;
+        let SendHalf {
+            stream,
+            cipher,
+            counted,
+        } = half;
+        if let Some(stats) = counted {
+            Stats::add(&stats.wire_sent, frames.len() as u64);
+        }
         let sent = match cipher {
             None => stream.write_all(frames),
             Some(cipher) => seal_and_write(&mut **stream, cipher, frames),
@@ -362,7 +394,9 @@ impl FrameSender {
     pub fn replace(&self, other: FrameSender) {
         let mut half = self.lock();
         *lock(&self.closer) = crate::lock::into_inner(other.closer);
+        let counted = half.counted.take();
         *half = crate::lock::into_inner(other.half);
+        half.counted = counted;
     }
 
     /// Close both directions, waking a thread blocked reading or writing
@@ -468,10 +502,11 @@ impl Lane {
 
     /// Hand this lane's halves over to an existing lane's reader and sender.
     pub fn take_over(self, reader: &mut FrameReader, sender: &FrameSender) {
-        let (max, notices) = (reader.max, reader.notices.take());
+        let (max, notices, counted) = (reader.max, reader.notices.take(), reader.counted.take());
         *reader = self.reader;
         reader.max = max;
         reader.notices = notices;
+        reader.counted = counted;
         match Arc::try_unwrap(self.sender) {
             Ok(s) => sender.replace(s),
             // Never shared before it is handed over; keep the old sender.

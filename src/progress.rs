@@ -1,4 +1,5 @@
-//! Live progress and the closing summary.
+//! Live progress, the counters behind it, and the resume line (the
+//! closing summary is `summary.rs`'s).
 //!
 //! Every line goes to stderr through [`Log`] (stdout is kept for data a
 //! script reads, such as the port of `-p 0`). Counters are atomics
@@ -12,7 +13,6 @@
 //! own line above it ([`Log::line`] clears the live line, prints, and draws
 //! it again, under `LIVE`).
 
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -220,10 +220,13 @@ pub struct Stats {
     pub bytes_cleared: AtomicU64,
     /// Changed data the source sent, before compression.
     pub bytes_changed: AtomicU64,
-    /// Bytes sent on the network: block data and page requests by the
-    /// source, digests and acknowledgements by the destination.
+    /// Bytes of the session's frames sent on the network (header and
+    /// payload, not the handshake nor encryption tags): blocks and page
+    /// requests by the source, digests and acknowledgements by the
+    /// destination.
     pub wire_sent: AtomicU64,
-    /// Bytes received from the network.
+    /// Bytes of the session's frames received, counted as the peer counts
+    /// what it sends.
     pub wire_received: AtomicU64,
     /// Every block before this one is written at the destination (and,
     /// on the source, acknowledged): where a resume may start (`-s`).
@@ -232,6 +235,9 @@ pub struct Stats {
     pub bytes_unreadable: AtomicU64,
     /// `--rescue`: reads of the source that failed, in every grain.
     pub read_errors: AtomicU64,
+    /// A dry run: bytes of the ranges that differ where the source holds
+    /// zeros (those with data are `bytes_changed`).
+    pub dry_zero_bytes: AtomicU64,
 }
 
 impl Stats {
@@ -260,7 +266,7 @@ pub fn timestamp(t: std::time::SystemTime) -> String {
 }
 
 /// `1:02:03` or `2:03`.
-fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 3600 {
         format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
@@ -269,7 +275,7 @@ fn human_duration(d: Duration) -> String {
     }
 }
 
-fn rate(bytes: u64, elapsed: Duration) -> String {
+pub(crate) fn rate(bytes: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
     if secs <= 0.0 {
         return "-".into();
@@ -476,178 +482,6 @@ fn fit(prefix: &str, parts: &[String], width: usize) -> String {
     line.chars().take(max).collect()
 }
 
-/// Which end a summary describes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// Both ends on this machine.
-    Local,
-    /// The network end that reads and sends.
-    Source,
-    /// The network end that receives and writes.
-    Destination,
-}
-
-/// The closing summary line; `skipped` is `-s`.
-pub fn summary(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> String {
-    let get = |c: &AtomicU64| c.load(Relaxed);
-    let done = get(&stats.bytes_done);
-    let blocks = get(&stats.blocks_done);
-    let mut line = format!(
-        "done: {blocks} {} ({}) in {} ({}): {} same, {} changed, {} zero",
-        plural(blocks, "block"),
-        human_bytes(done),
-        human_duration_precise(elapsed),
-        rate(done, elapsed),
-        get(&stats.same),
-        get(&stats.changed),
-        get(&stats.zero),
-    );
-    if skipped > 0 {
-        let _ = write!(
-            line,
-            "; blocks before {skipped} skipped (-s {skipped}), not verified"
-        );
-    }
-    let by_map = get(&stats.skipped_by_map);
-    if by_map > 0 {
-        let _ = write!(line, "; {}", skipped_by_map(by_map));
-    }
-    let _ = write!(line, "; read {}", human_bytes(get(&stats.bytes_read)));
-    if side == Side::Source {
-        let sent = get(&stats.wire_sent);
-        let changed = get(&stats.bytes_changed);
-        let _ = write!(line, "; sent {} on the wire", human_bytes(sent));
-        if changed > 0 && sent > 0 {
-            let _ = write!(
-                line,
-                " for {} of changed data ({:.2}:1)",
-                human_bytes(changed),
-                changed as f64 / sent as f64
-            );
-        }
-        return line;
-    }
-    let _ = write!(line, ", written {}", human_bytes(get(&stats.bytes_written)));
-    let cleared = get(&stats.bytes_cleared);
-    if cleared > 0 {
-        let _ = write!(line, ", cleared {}", human_bytes(cleared));
-    }
-    if side == Side::Destination {
-        let _ = write!(
-            line,
-            "; received {} of block data, sent {} of digests and acknowledgements",
-            human_bytes(get(&stats.wire_received)),
-            human_bytes(get(&stats.wire_sent))
-        );
-    }
-    line
-}
-
-/// The closing summary as one JSON object (`--json`, on stdout): every
-/// counter in plain numbers, for scripts. `dry`: nothing was written (a
-/// compare or a patch); the counts then say what differs.
-pub fn summary_json(
-    stats: &Stats,
-    elapsed: Duration,
-    side: Side,
-    skipped: u64,
-    dry: bool,
-) -> String {
-    let get = |c: &AtomicU64| c.load(Relaxed);
-    let side = match side {
-        Side::Local => "local",
-        Side::Source => "source",
-        Side::Destination => "destination",
-    };
-    format!(
-        "{{\"side\":\"{side}\",\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
-         \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
-         \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
-         \"wire_sent\":{},\"wire_received\":{},\"bytes_unreadable\":{},\"skipped_by_map\":{},\
-         \"seconds\":{:.3},\"dry\":{dry}}}",
-        get(&stats.blocks_done),
-        get(&stats.bytes_done),
-        get(&stats.same),
-        get(&stats.changed),
-        get(&stats.zero),
-        get(&stats.bytes_read),
-        get(&stats.bytes_written),
-        get(&stats.bytes_cleared),
-        get(&stats.bytes_changed),
-        get(&stats.wire_sent),
-        get(&stats.wire_received),
-        get(&stats.bytes_unreadable),
-        get(&stats.skipped_by_map),
-        elapsed.as_secs_f64(),
-    )
-}
-
-/// `3 blocks finished in the rescue map skipped, not verified`.
-pub fn skipped_by_map(blocks: u64) -> String {
-    format!(
-        "{blocks} {} finished in the rescue map skipped, not verified",
-        plural(blocks, "block")
-    )
-}
-
-/// Print the closing summary: the line on stderr (when `show`, unless
-/// quiet) and, with `--json`, the JSON object on stdout (on stderr when
-/// stdout carries a patch, see [`json_to_stderr`]). `dry`: a dry run.
-pub fn report_summary(
-    log: &Log,
-    stats: &Stats,
-    elapsed: Duration,
-    side: Side,
-    skipped: u64,
-    show: bool,
-    dry: bool,
-) {
-    if show {
-        log.info(summary(stats, elapsed, side, skipped));
-    }
-    if log.json() {
-        let json = summary_json(stats, elapsed, side, skipped, dry);
-        if JSON_TO_STDERR.load(Relaxed) {
-            let _ = writeln!(std::io::stderr().lock(), "{json}");
-        } else {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{json}");
-            let _ = out.flush();
-        }
-    }
-}
-
-/// stdout carries a patch: the `--json` summary goes to stderr instead.
-static JSON_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Say that stdout carries a patch (for [`report_summary`]).
-pub fn json_to_stderr() {
-    JSON_TO_STDERR.store(true, Relaxed);
-}
-
-/// The summary of the destination end of a dry run (`--compare`,
-/// `--write-patch`): what it read for the other end, and that it changed
-/// nothing. What differs is the source's to say.
-pub fn dry_destination_summary(stats: &Stats, elapsed: Duration) -> String {
-    let get = |c: &AtomicU64| c.load(Relaxed);
-    let blocks = get(&stats.blocks_done);
-    format!(
-        "done: compared for the client (--compare or --write-patch): {blocks} {} ({}) \
-         read and digested in {}; nothing was changed here",
-        plural(blocks, "block"),
-        human_bytes(get(&stats.bytes_done)),
-        human_duration_precise(elapsed),
-    )
-}
-
-fn human_duration_precise(d: Duration) -> String {
-    if d.as_secs() < 60 {
-        format!("{:.2} s", d.as_secs_f64())
-    } else {
-        human_duration(d)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,24 +588,5 @@ mod tests {
         assert_eq!(block_flag(1 << 30), "1G");
         assert_eq!(block_flag(1536), "1536");
         assert_eq!(block_flag(512), "512");
-    }
-
-    #[test]
-    fn summary_names_every_class() {
-        let stats = Stats::default();
-        Stats::add(&stats.blocks_done, 3);
-        Stats::add(&stats.same, 1);
-        Stats::add(&stats.changed, 1);
-        Stats::add(&stats.zero, 1);
-        let s = summary(&stats, Duration::from_secs(1), Side::Local, 2);
-        assert!(
-            s.contains("1 same, 1 changed, 1 zero; blocks before 2 skipped (-s 2), not verified"),
-            "{s}"
-        );
-        assert!(s.contains("written 0 B"), "{s}");
-        let one = Stats::default();
-        Stats::add(&one.blocks_done, 1);
-        let s = summary(&one, Duration::from_secs(1), Side::Source, 0);
-        assert!(s.starts_with("done: 1 block ("), "{s}");
     }
 }

@@ -103,6 +103,7 @@ LAYERS = [
     ['session'],
     ['net', 'handshake', 'stdio'],
     ['reader', 'writer', 'pool', 'disk', 'mounts', 'rescue'],
+    ['summary'],
     ['config', 'log', 'progress', 'units'],
     ['auth', 'proto', 'compress', 'digest', 'block', 'patch/format', 'patch/spans'],
     ['aead', 'sha256', 'lock', 'error', 'sys'],

@@ -2415,3 +2415,98 @@ fn skip_past_the_end_is_refused_in_both_directions() {
     let server_err = server.proc.expect_status(1);
     assert!(server_err.contains("-s 1000"), "{server_err}");
 }
+
+// ---------------------------------------------------------------- --json ---
+
+/// Issue 18, item 5: `--json` is right in every mode: locally, over `-r`
+/// in both directions and dry or not, on the client and on the server.
+/// Every field is checked against what the scene holds; each end's wire
+/// bytes sent are the other end's received, and a run without a network
+/// has none.
+#[test]
+fn json_is_right_in_every_mode_on_both_ends() {
+    let dir = TempDir::new("json-modes");
+    let (src_bytes, dst_bytes) = json_scene();
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &src_bytes);
+    let patch = dir.join("out.bsync");
+    let bs = JSON_BS.to_string();
+    let want = |side, dry, reads, writes, wire| JsonWant {
+        side,
+        dry,
+        reads,
+        writes,
+        wire,
+    };
+
+    // Locally: a sync, a compare, a patch.
+    for (extra, code, dry) in [
+        (&[][..], 0, false),
+        (&["--compare"][..], 3, true),
+        (&["--write-patch", arg(&patch)][..], 0, true),
+    ] {
+        write_file(&dst, &dst_bytes);
+        let out = run(&mut local(
+            &src,
+            &dst,
+            &[&["-q", "-json", "-b", &bs], extra].concat(),
+        ));
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let what = format!("local {extra:?}");
+        check_json(&what, &stdout, &want("local", dry, 2, !dry, false));
+    }
+
+    // Over -r: the client's line and the server's (after its port).
+    let cases: [(Dir, &[&str], i32, bool); 4] = [
+        (Dir::Up, &[], 0, false),
+        (Dir::Down, &[], 0, false),
+        (Dir::Up, &["--compare"], 3, true),
+        (Dir::Up, &["--write-patch", arg(&patch)], 0, true),
+    ];
+    for (way, extra, code, dry) in cases {
+        write_file(&dst, &dst_bytes);
+        let server = match way {
+            Dir::Up => Server::start(&["-q", "-json", "-f", arg(&dst)]),
+            Dir::Down => Server::start(&["-q", "-json", "-d", "-b", &bs, "-f", arg(&src)]),
+        };
+        let addr = server.addr();
+        let mut args = vec!["-q", "-json", "-r", &addr];
+        args.extend(match way {
+            Dir::Up => ["-b", &bs, "-f", arg(&src)].to_vec(),
+            Dir::Down => ["-d", "-f", arg(&dst)].to_vec(),
+        });
+        args.extend(extra);
+        let client = Proc::start(&args);
+        let client_out = client.stdout.recv_timeout(RUN_LIMIT).unwrap_or_default();
+        let client_err = client.expect_status(code);
+        let server_out = server
+            .proc
+            .stdout
+            .recv_timeout(RUN_LIMIT)
+            .unwrap_or_default();
+        let server_err = server.proc.expect_status(0);
+        let what = format!("{way:?} {extra:?}");
+        let (client_side, server_side) = match way {
+            Dir::Up => ("source", "destination"),
+            Dir::Down => ("destination", "source"),
+        };
+        let c = check_json(
+            &format!("{what} client: {client_err}"),
+            &client_out,
+            &want(client_side, dry, 1, way == Dir::Down, true),
+        );
+        let s = check_json(
+            &format!("{what} server: {server_err}"),
+            &server_out,
+            &want(server_side, dry, 1, way == Dir::Up, true),
+        );
+        assert_eq!(c["wire_sent"], s["wire_received"], "{what}");
+        assert_eq!(c["wire_received"], s["wire_sent"], "{what}");
+        if !dry {
+            assert_same(&src, &dst);
+        } else {
+            assert_eq!(read_file(&dst), dst_bytes, "{what}: a dry run wrote");
+        }
+    }
+}

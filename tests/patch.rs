@@ -202,6 +202,35 @@ fn undo_data_written_while_applying_restores_the_original() {
     assert_eq!(read_file(&p.dst), p.dst_bytes);
 }
 
+/// Issue 18: an undo patch written while applying with a relative
+/// `--patch=` names its target by its absolute path, as a forward patch
+/// does, so that applying it from another directory (the target taken
+/// from its header) puts back the same file.
+#[test]
+fn an_undo_patch_names_its_target_absolutely() {
+    let p = pair("apply-undo-relative");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let out = run(bsync()
+        .current_dir(p.dir.path())
+        .args(["--patch=dst.img", "--remdata=undo.bsync"])
+        .stdin(File::open(&patch).unwrap()));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_same(&p.src, &p.dst);
+    let undo = read_file(&p.dir.join("undo.bsync"));
+    let absolute = p.dst.as_os_str().as_encoded_bytes();
+    assert!(
+        undo.windows(absolute.len()).any(|w| w == absolute),
+        "the undo patch does not name {}",
+        p.dst.display()
+    );
+    let elsewhere = TempDir::new("apply-undo-elsewhere");
+    let out = run(apply(&p.dir.join("undo.bsync"), None, &[]).current_dir(elsewhere.path()));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_file(&p.dst), p.dst_bytes);
+    assert!(!elsewhere.join("dst.img").exists());
+}
+
 #[test]
 fn client_remdata_makes_an_undo_patch_that_restores_byte_for_byte() {
     let p = pair("client-remdata");
@@ -533,6 +562,35 @@ fn dry_runs_say_what_they_do_on_both_ends() {
         for claim in ["both ends agree", " same, 0 changed", "resume"] {
             assert!(!server_err.contains(claim), "{extra:?}: {server_err}");
         }
+        // The server learns what differs from the client's Bye: the same
+        // blocks and bytes the client counted (issue 18, item 5).
+        let differ = err
+            .lines()
+            .find_map(|l| {
+                l.split_once(" blocks differ: ")
+                    .map(|(a, b)| (a, b.to_string()))
+            })
+            .unwrap_or_else(|| panic!("{extra:?}: no count of what differs: {err}"));
+        let blocks = differ.0.rsplit(": ").next().unwrap_or_default();
+        let blocks = blocks.split(" of ").next().unwrap_or_default();
+        let (data, zeros) = differ
+            .1
+            .split_once(" of data and ")
+            .map(|(d, z)| {
+                (
+                    d.to_string(),
+                    z.split(" of zeros").next().unwrap_or_default().to_string(),
+                )
+            })
+            .unwrap_or_else(|| panic!("{extra:?}: {err}"));
+        let said = format!("a sync would change {blocks} blocks (");
+        let bytes = format!(": {data} of data, {zeros} of zeros); nothing was changed here");
+        assert!(
+            blocks.parse::<u64>().is_ok_and(|n| n > 0)
+                && server_err.contains(&said)
+                && server_err.contains(&bytes),
+            "{extra:?}: want {said:?} and {bytes:?}\nclient: {err}\nserver: {server_err}"
+        );
         assert_eq!(read_file(&p.dst), p.dst_bytes);
     }
 }
@@ -716,4 +774,100 @@ fn diffsize_of_the_client_form_is_honoured_and_suggestions_work() {
         run_ok(&mut apply(&patch, None, &[&format!("--diffsize={flag}")]));
         assert_eq!(&read_file(&t)[..LEN], &src_bytes[..], "{name}");
     }
+}
+
+/// Issue 18: every hint a patch refusal gives names something that then
+/// works. For targets of every kind (wrong ones of another size or of the
+/// same, the right one with a tail, one patched halfway), from a file and
+/// from a pipe: each `--diffsize=MODE` a refusal names applies the patch,
+/// and so does a file where a refusal from a pipe says the target is
+/// patched partway and a file finishes it (said only then, never while
+/// applying from a file); a wrong target of another size gets no
+/// `--diffsize` at all.
+#[test]
+fn every_patch_refusal_hint_then_works_or_is_not_given() {
+    let p = pair("hints");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let mut tail = p.dst_bytes.clone();
+    tail.extend_from_slice(&random_bytes(300_000, 61));
+    let mut half = p.dst_bytes.clone();
+    half[..LEN / 2].copy_from_slice(&p.src_bytes[..LEN / 2]);
+    let targets: [(&str, Vec<u8>, bool); 5] = [
+        ("wrong, larger", random_bytes(LEN + 300_000, 62), false),
+        ("wrong, smaller", random_bytes(LEN - 300_000, 63), false),
+        ("wrong, same size", random_bytes(LEN, 64), false),
+        ("right, with a tail", tail, true),
+        ("patched halfway", half, true),
+    ];
+    let t = p.dir.join("t.img");
+    for (name, bytes, right) in &targets {
+        for piped in [false, true] {
+            write_file(&t, bytes);
+            let (code, err) = if piped {
+                apply_piped(&read_file(&patch), &t, &[])
+            } else {
+                let out = run(&mut apply(&patch, Some(&t), &[]));
+                (out.status.code(), stderr(&out))
+            };
+            let what = format!("{name}, {}", if piped { "piped" } else { "file" });
+            if code == Some(0) {
+                // Nothing to hint at: it applied.
+                assert!(*right, "{what}: a wrong target took the patch: {err}");
+                continue;
+            }
+            assert_eq!(code, Some(1), "{what}: {err}");
+            assert_eq!(&read_file(&t), bytes, "{what}: refused, yet written");
+            let from_file = err.contains("from a file, which is read twice");
+            assert!(piped || !from_file, "{what}: {err}");
+            assert!(!err.contains("finished only from a file"), "{what}: {err}");
+            assert_eq!(from_file, *name == "patched halfway", "{what}: {err}");
+            if !right && bytes.len() != LEN {
+                assert!(!err.contains("--diffsize="), "{what}: {err}");
+            }
+            let mut hints: Vec<Vec<String>> = err
+                .split("--diffsize=")
+                .skip(1)
+                .map(|h| {
+                    let mode: String = h.chars().take_while(char::is_ascii_lowercase).collect();
+                    vec![format!("--diffsize={mode}")]
+                })
+                .collect();
+            if from_file {
+                hints.push(Vec::new());
+            }
+            assert!(!*right || !hints.is_empty(), "{what}: no way on: {err}");
+            for hint in hints {
+                write_file(&t, bytes);
+                let extra: Vec<&str> = hint.iter().map(String::as_str).collect();
+                let out = run(&mut apply(&patch, Some(&t), &extra));
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "{what}: the hint {hint:?} of\n{err}\nfailed: {}",
+                    stderr(&out)
+                );
+                assert_eq!(read_file(&t)[..LEN], p.src_bytes[..], "{what}: {hint:?}");
+            }
+        }
+    }
+}
+
+/// Issue 18: a patch cut off in a pipe after writing, with no undo patch
+/// asked for, says that applying it again from a file finishes it; it does.
+#[test]
+fn after_a_cut_pipe_the_file_finishes_as_said() {
+    let p = pair("after-writing-no-undo");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let bytes = read_file(&patch);
+    let (code, err) = apply_piped(&bytes[..bytes.len() - 100], &p.dst, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the target WAS changed"), "{err}");
+    assert!(
+        err.contains("applying the same patch again from a file finishes it"),
+        "{err}"
+    );
+    run_ok(&mut apply(&patch, Some(&p.dst), &[]));
+    assert_same(&p.src, &p.dst);
 }

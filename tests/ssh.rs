@@ -813,3 +813,55 @@ fn a_remote_failure_names_the_host_as_typed() {
     assert!(!line.contains("server: "), "{line}");
     s.check_clean();
 }
+
+/// Issue 18, item 5: `--json` over `-t`, through the remote's port and
+/// inside ssh (`-over-ssh`), up and down, dry or not: every field of the
+/// client's line is what the scene holds, with wire bytes both ways.
+#[test]
+fn json_is_right_over_t() {
+    let Some(s) = Scene::new("json") else {
+        return;
+    };
+    let (src_bytes, dst_bytes) = json_scene();
+    let (here, there) = (s.dir.join("here.img"), s.dir.join("there.img"));
+    let bs = JSON_BS.to_string();
+    let patch = s.dir.join("out.bsync");
+    let patch = patch.to_str().expect("UTF-8 test path");
+    let cases: [(&[&str], i32, &str, bool); 6] = [
+        (&[], 0, "source", false),
+        (&["-over-ssh"], 0, "source", false),
+        (&["-d"], 0, "destination", false),
+        (&["-d", "-over-ssh"], 0, "destination", false),
+        (&["--compare"], 3, "source", true),
+        (&["--write-patch", patch, "-over-ssh"], 0, "source", true),
+    ];
+    for (extra, code, side, dry) in cases {
+        let download = extra.contains(&"-d");
+        let (src, dst) = if download {
+            (&there, &here)
+        } else {
+            (&here, &there)
+        };
+        write_file(src, &src_bytes);
+        write_file(dst, &dst_bytes);
+        let args = [&["-q", "-json", "-b", &bs][..], extra].concat();
+        let out = run(&mut s.bsync(&here, &there, &args));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {err}");
+        let want = JsonWant {
+            side,
+            dry,
+            reads: 1,
+            writes: download,
+            wire: true,
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        check_json(&format!("-t {extra:?}: {err}"), &stdout, &want);
+        if dry {
+            assert_eq!(read_file(dst), dst_bytes, "{extra:?}: a dry run wrote");
+        } else {
+            assert_same(src, dst);
+        }
+    }
+    s.check_clean();
+}

@@ -47,6 +47,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         Frame::Error(&text),
         Frame::Bye {
             verify: u.arbitrary()?,
+            tally: crate::round_trip::tally(u)?,
         },
     ];
     let mut plain = Vec::new();

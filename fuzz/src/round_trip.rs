@@ -114,8 +114,22 @@ fn frame<'a>(u: &mut Unstructured<'a>) -> Result<Frame<'a>> {
         }
         _ => Frame::Bye {
             verify: u.arbitrary()?,
+            tally: tally(u)?,
         },
     })
+}
+
+/// A dry session's tally, or none.
+pub fn tally(u: &mut Unstructured<'_>) -> Result<Option<proto::Tally>> {
+    if !u.arbitrary::<bool>()? {
+        return Ok(None);
+    }
+    Ok(Some(proto::Tally {
+        changed: u.arbitrary()?,
+        zero: u.arbitrary()?,
+        data_bytes: u.arbitrary()?,
+        zero_bytes: u.arbitrary()?,
+    }))
 }
 
 /// A list of whole digests, as the decoder accepts.
@@ -206,7 +220,13 @@ fn check(buf: &[u8], want: Option<Frame<'_>>) {
 
     // Trailing bytes belong to the next frame.
     let mut longer = buf.to_vec();
-    proto::encode(&Frame::Bye { verify: 1 }, &mut longer);
+    proto::encode(
+        &Frame::Bye {
+            verify: 1,
+            tally: None,
+        },
+        &mut longer,
+    );
     assert_eq!(proto::decode(&longer, MAX), Ok(Some((frame, used))));
 
     let payload = buf.len() - HEADER_LEN;

@@ -44,12 +44,17 @@ PATCHES, COMPARING, ANY REMOTE SHELL (bdsync's workflow)
   bsync --patch[=DST] < PATCH      apply; refuses a target it was not made for
   bsync 'ssh host bsync --server' LOCDEV REMDEV > PATCH   bdsync's client
   -server       one session on stdin/stdout, for any remote shell (with -f:
-                that path; without: the client names it)
+                that path only, any other the client names is refused;
+                without: the client names it)
   -write-patch FILE  with -r or -t: a patch instead of writing (- is stdout)
-  -compare      with -r or -t: compare only; exit 0 same, 3 differ
+  -compare      with -r or -t: compare only, nothing written on either end;
+                both ends say how many blocks and bytes differ; exit 0
+                same, 3 differ
   -over-ssh     with -t user@host: carry the data inside ssh (automatic when
                 the remote's port cannot be reached)
-  -patch[=DEV]  apply the patch on stdin to DEV (or to the target it names)
+  -patch[=DEV]  apply the patch on stdin to DEV (or to the target it names);
+                nothing is written unless the whole target is the image the
+                patch was made from
   -diffsize[=MODE]  strict, resize or minsize: the size difference a patch
                 may bridge (bdsync's client form and -patch) [strict]
   -remdata[=UNDO]  an undo patch: on stdout from bdsync's client form, into
@@ -69,8 +74,8 @@ WHAT AND HOW
   -d            download: the server (or -t path) is the source
   -b N          block size in bytes, or with K/M/G (binary) [10M]; at most 1G
   -s N          skip the first N blocks (resume; neither read nor checked);
-                a failed run prints the -s and -b to resume with, where
-                safe [0]
+                a failed run prints the -s and -b to resume with, where safe
+                (never in a dry run, nor after the source changed) [0]
 
 RESCUING A FAILING DISK
   bsync -f /dev/sdb -t sdb.img -rescue sdb.map     copy past read errors
@@ -433,7 +438,7 @@ mod tests {
         }
         // A default closes its entry, after the text it belongs to.
         assert!(
-            describe("s").ends_with("where safe [0]"),
+            describe("s").ends_with("the source changed) [0]"),
             "{}",
             describe("s")
         );

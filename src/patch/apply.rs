@@ -22,7 +22,8 @@ use std::path::Path;
 use super::format::{self, Decoder, Header, Item, Range, Record, Trailer};
 use super::rollback::UndoWriter;
 use super::target::{
-    check_size, check_whole, grain_page, open_target, read_range, result_digest_masked, target_path,
+    check_size, check_whole, digest_as_before, grain_page, open_target, read_range,
+    result_digest_masked, target_path,
 };
 use super::unknown;
 use crate::compress::Decompressor;
@@ -82,6 +83,53 @@ fn open_input(path: Option<&Path>) -> Result<Input> {
 /// `--diffsize` as given to `--patch`, else as recorded in the patch.
 fn diffsize(a: &Apply, h: &Header) -> DiffSize {
     a.diffsize.unwrap_or(h.diffsize)
+}
+
+/// From a pipe the whole target is checked before any record arrives, so
+/// a target that an earlier run patched partway is refused like a wrong
+/// one (`refused`). Read the rest of the patch, writing nothing: if the
+/// target is the image with some of the records' ranges applied, say that
+/// applying from a file finishes it; otherwise the refusal stands as it is.
+fn refused_from_a_pipe<R: Read>(
+    refused: Error,
+    d: &mut Decoder<R>,
+    disk: &Disk,
+    h: &Header,
+    path: &Path,
+) -> Error {
+    let Some(whole) = h.whole else {
+        return refused;
+    };
+    let (mut dec, mut buf, mut befores) = (Decompressor::default(), Vec::new(), Vec::new());
+    d.skip_data = true;
+    loop {
+        match d.next(&mut dec) {
+            Ok(Item::Record(rec, _)) => {
+                for r in &rec.ranges {
+                    match range_state(disk, h, &rec, r, &mut buf) {
+                        Ok(State::After) => {
+                            befores.push((rec.offset + u64::from(r.start), r.before))
+                        }
+                        Ok(State::Before) => {}
+                        _ => return refused,
+                    }
+                }
+            }
+            Ok(Item::End(_)) => break,
+            Err(_) => return refused,
+        }
+    }
+    let got = digest_as_before(disk, h, h.source_size, &befores);
+    if befores.is_empty() || !got.is_ok_and(|g| g == whole.original) {
+        return refused;
+    }
+    Error::Failed(format!(
+        "{refused}. It is that image with {} of the patch's ranges applied already (an \
+         earlier run stopped partway); from a file, which is read twice, the patch \
+         finishes it: bsync --patch={} < FILE",
+        befores.len(),
+        path.display()
+    ))
 }
 
 /// What a failure after the first write says: the target changed, and
@@ -273,7 +321,7 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     if let Some(e) = first_other {
         return Err(e);
     }
-    check_whole(&disk, &h, &befores, what)?;
+    check_whole(&disk, &h, &befores, what, false)?;
     drop(befores);
     let undo = a
         .undo
@@ -362,7 +410,9 @@ fn apply_pipe(
     check_size(&disk, &h, diffsize)?;
     // The whole target first: the records come only once, as they are
     // written.
-    if check_whole(&disk, &h, &[], what)? {
+    let whole = check_whole(&disk, &h, &[], what, true);
+    let whole = whole.map_err(|e| refused_from_a_pipe(e, &mut d, &disk, &h, &path));
+    if whole? {
         d.skip_data = true;
         let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
         let trailer = loop {

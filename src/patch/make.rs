@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::log::Log;
 use crate::progress::human_bytes;
-use crate::session::{DrySink, End, NoRejoin, Params};
+use crate::session::{DrySink, End, Params};
 
 /// A block's contribution, waiting for its turn.
 struct Ready {
@@ -57,6 +57,8 @@ pub struct Maker<'a> {
     log: &'a Log,
     /// The header, its whole-target digests filled in at the end.
     header: format::Header,
+    /// A local dry run: the destination's counters (see `DrySink::local`).
+    local: Option<&'a crate::progress::Stats>,
 }
 
 /// Where a patch goes: a file, renamed into place once complete, or stdout.
@@ -213,6 +215,7 @@ impl<'a> Maker<'a> {
             what: what.to_string(),
             log,
             header,
+            local: None,
         })
     }
 
@@ -418,6 +421,10 @@ impl DrySink for Maker<'_> {
         }
         Ok((!ranges.is_empty(), data_bytes))
     }
+
+    fn local(&self) -> Option<&crate::progress::Stats> {
+        self.local
+    }
 }
 
 /// Run the source of a dry session as `dry` asks: the session, then the
@@ -425,6 +432,17 @@ impl DrySink for Maker<'_> {
 /// `target` is the destination's name, stored in a patch; `end` is the
 /// source's end of the session, which gets the sink.
 pub fn run_source(dry: &DryRun, target: &[u8], end: End<'_>) -> Result<()> {
+    run_source_here(dry, target, end, None)
+}
+
+/// [`run_source`]; with `local`, the destination's end runs in this
+/// process and counts into it.
+pub(super) fn run_source_here(
+    dry: &DryRun,
+    target: &[u8],
+    end: End<'_>,
+    local: Option<&crate::progress::Stats>,
+) -> Result<()> {
     let (p, log, disk) = (end.params, end.log, end.disk);
     let (output, what) = match dry {
         DryRun::Compare => (None, "compare".to_string()),
@@ -436,7 +454,8 @@ pub fn run_source(dry: &DryRun, target: &[u8], end: End<'_>) -> Result<()> {
             },
         ),
     };
-    let maker = Maker::new(p, output.as_ref(), target, &what, log)?;
+    let mut maker = Maker::new(p, output.as_ref(), target, &what, log)?;
+    maker.local = local;
     let ran = crate::session::run(End {
         dry: Some(&maker),
         ..end
@@ -465,102 +484,4 @@ pub fn run_source(dry: &DryRun, target: &[u8], end: End<'_>) -> Result<()> {
         log.info("compare: the two sides are identical");
     }
     Ok(())
-}
-
-/// `--compare` or `--write-patch` with both ends on this machine: the two
-/// roles of a session run in this process over a socket pair, the
-/// destination opened read-only.
-pub fn local(
-    config: &crate::config::Config,
-    dry: &DryRun,
-    source: &Path,
-    destination: &Path,
-    log: &Log,
-) -> Result<()> {
-    use crate::config::Role;
-    use crate::disk::Disk;
-    use crate::net::Lane;
-    use crate::session::Own;
-    use std::os::unix::net::UnixStream;
-
-    let env = &config.env;
-    let t = &config.transfer;
-    let src = Disk::open_source(source, env, log)?.rescued(config.rescue.as_deref(), source)?;
-    let dst = Disk::open_dry(destination, env, log)?;
-    let mut salt = [0u8; 16];
-    crate::sys::getrandom(&mut salt).map_err(|e| Error::io("bsync", "get random bytes", e))?;
-    // Both ends are here: what a handshake would agree on is known.
-    let agreed = crate::proto::Welcome {
-        block_size: u32::try_from(t.block_size).unwrap_or(u32::MAX),
-        source_size: src.size(),
-        skip: 0,
-        salt: u128::from_le_bytes(salt),
-        lanes: 1,
-    };
-    let p = Params::agreed(
-        &agreed,
-        Own {
-            compression: t.compression,
-            workers: t.workers,
-            prefetch: t.prefetch,
-            deadline: env.io_timeout,
-            encrypted: false,
-            bwlimit: None,
-        },
-    );
-    let (a, b) = UnixStream::pair().map_err(|e| Error::io("bsync", "socket pair", e))?;
-    let max = crate::proto::max_payload(t.block_size);
-    // The destination's end says nothing: the source's summary (and JSON)
-    // is the run's.
-    let quiet = Log::new(&crate::config::LogOptions {
-        quiet: true,
-        json: false,
-        ..config.log.clone()
-    });
-    // Absolute: applying from another directory must aim at the same file.
-    let absolute = std::path::absolute(destination).unwrap_or_else(|_| destination.into());
-    let name = absolute.as_os_str();
-    use std::os::unix::ffi::OsStrExt;
-    std::thread::scope(|s| {
-        let dest = crate::session::spawn_scoped(s, || -> Result<()> {
-            let mut lane = Lane::open(b, "source".into(), env.io_timeout)?;
-            lane.reader.set_max(max);
-            crate::session::run(End {
-                role: Role::Destination,
-                params: &p,
-                disk: &dst,
-                lanes: vec![lane],
-                rejoin: &NoRejoin,
-                log: &quiet,
-                progress: false,
-                dry: None,
-            })
-            .map(drop)
-        })?;
-        let ours = Lane::open(a, "destination".into(), env.io_timeout).and_then(|mut lane| {
-            lane.reader.set_max(max);
-            run_source(
-                dry,
-                name.as_bytes(),
-                End {
-                    role: Role::Source,
-                    params: &p,
-                    disk: &src,
-                    lanes: vec![lane],
-                    rejoin: &NoRejoin,
-                    log,
-                    progress: !log.is_quiet(),
-                    dry: None,
-                },
-            )
-        });
-        let theirs = dest
-            .join()
-            .unwrap_or_else(|_| Err(Error::Failed("the destination thread panicked".into())));
-        match (ours, theirs) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(e),
-            (Ok(()), Ok(())) => Ok(()),
-        }
-    })
 }

@@ -2,13 +2,15 @@
 //! dry run's source (`make.rs`, beside the destination's writer), applied
 //! later by `bsync --patch` (`apply.rs`), which refuses a target that is not
 //! the one the patch was made against. `format.rs` defines the bytes;
-//! `target.rs` reads the target for `apply.rs` and `rollback.rs`.
+//! `target.rs` reads the target for `apply.rs` and `rollback.rs`; `local.rs`
+//! runs a dry run's two ends on this machine.
 
 use crate::session::Params;
 use format::{Header, Kind};
 
 pub mod apply;
 pub mod format;
+pub mod local;
 pub mod make;
 mod rollback;
 mod spans;

@@ -38,7 +38,13 @@ impl UndoWriter {
         let header = Header {
             kind: Kind::Undo,
             source_size: disk.size(),
-            name: target.as_os_str().as_bytes().to_vec(),
+            // Absolute, as a forward patch's: undoing from another
+            // directory must aim at the same file.
+            name: std::path::absolute(target)
+                .unwrap_or_else(|_| target.into())
+                .as_os_str()
+                .as_bytes()
+                .to_vec(),
             // A stop partway leaves a target that is neither image: the
             // undo relies on its records' checks alone.
             whole: None,

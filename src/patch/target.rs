@@ -45,6 +45,26 @@ pub(super) fn result_digest_masked(
     digest_target(disk, h, size, &[], unknown)
 }
 
+/// The hint a size refusal gives, ` (MODES)`: only when the target holds
+/// the image the patch was made from (or its result) over the patch's
+/// size, where another `--diffsize` then applies it. Otherwise no mode
+/// would, and it says so instead. An undo patch has no image to check: its
+/// records decide.
+pub(super) fn size_hint(disk: &Disk, h: &Header, modes: &str) -> Result<String> {
+    let Some(whole) = h.whole else {
+        return Ok(format!(" ({modes})"));
+    };
+    let got = result_digest(disk, h, h.source_size)?;
+    if got == whole.original || got == whole.result {
+        return Ok(format!(" ({modes})"));
+    }
+    Ok(format!(
+        ", and its first {} bytes are not the image the patch was made from either \
+         (their digest differs), so no --diffsize applies it here",
+        h.source_size
+    ))
+}
+
 /// [`result_digest`], the grains at the offsets of `befores` (in offset
 /// order) counted as their digest there instead of what they hold.
 pub(super) fn digest_as_before(
@@ -154,6 +174,7 @@ pub(super) fn check_whole(
     h: &Header,
     befores: &[(u64, u128)],
     what: &str,
+    piped: bool,
 ) -> Result<bool> {
     let Some(whole) = h.whole else {
         // An undo patch: its records' checks are all there is.
@@ -168,18 +189,10 @@ pub(super) fn check_whole(
     }
     Err(Error::Failed(format!(
         "{}: not the image {what} was made from (the digest of the whole target differs, \
-         though {} where the patch's records lie); the target is untouched{}",
+         though {} where the patch's records lie); the target is untouched",
         disk.label(),
-        if befores.is_empty() {
-            "perhaps not"
-        } else {
-            "it agrees"
-        },
-        if befores.is_empty() {
-            ". A partly applied target is finished only from a file: bsync --patch < FILE"
-        } else {
-            ""
-        }
+        // From a file every range was compared already.
+        if piped { "perhaps not" } else { "it agrees" },
     )))
 }
 
@@ -202,22 +215,29 @@ pub(super) fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<
             disk.label()
         )))
     };
-    // Each hint names only a mode that then works for this target.
-    let grow = if disk.is_device() {
-        "a device cannot grow"
-    } else {
-        "--diffsize=resize grows it"
+    // Each hint names only a mode that then works for this target: one
+    // its size allows, and only if it holds the patch's image.
+    let hint = |modes: &str| size_hint(disk, h, modes);
+    let grow = || {
+        if disk.is_device() {
+            Ok(" (a device cannot grow)".to_string())
+        } else {
+            hint("--diffsize=resize grows it")
+        }
     };
     match diffsize {
-        DiffSize::Strict if have < want => refuse(&format!("the target is smaller ({grow})")),
-        DiffSize::Strict if have > want => refuse(if disk.is_device() {
-            "the target is larger (--diffsize=minsize leaves the rest alone)"
-        } else {
-            "the target is larger (--diffsize=minsize leaves the rest alone, \
-             --diffsize=resize truncates it)"
-        }),
+        DiffSize::Strict if have < want => refuse(&format!("the target is smaller{}", grow()?)),
+        DiffSize::Strict if have > want => refuse(&format!(
+            "the target is larger{}",
+            hint(if disk.is_device() {
+                "--diffsize=minsize leaves the rest alone"
+            } else {
+                "--diffsize=minsize leaves the rest alone, --diffsize=resize truncates it"
+            })?
+        )),
         DiffSize::MinSize if have < want => refuse(&format!(
-            "the target is smaller, and minsize needs one at least as large ({grow})"
+            "the target is smaller, and minsize needs one at least as large{}",
+            grow()?
         )),
         DiffSize::Resize if have < want && disk.is_device() => {
             refuse("a device cannot grow (--diffsize=resize)")

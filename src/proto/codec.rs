@@ -278,7 +278,19 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, ProtoError> {
             tag: r.array()?,
         },
         PROBE => Frame::Probe(r.take(payload.len())?),
-        _ => Frame::Bye { verify: r.u128()? },
+        _ => Frame::Bye {
+            verify: r.u128()?,
+            tally: if r.buf.is_empty() {
+                None
+            } else {
+                Some(Tally {
+                    changed: r.u64()?,
+                    zero: r.u64()?,
+                    data_bytes: r.u64()?,
+                    zero_bytes: r.u64()?,
+                })
+            },
+        },
     };
     r.end()?;
     Ok(frame)
@@ -450,9 +462,14 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&blocks.to_le_bytes());
             out.extend_from_slice(&verify.to_le_bytes());
         }
-        Frame::Bye { verify } => {
+        Frame::Bye { verify, tally } => {
             start = begin_frame(out, BYE);
             out.extend_from_slice(&verify.to_le_bytes());
+            if let Some(t) = tally {
+                for n in [t.changed, t.zero, t.data_bytes, t.zero_bytes] {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+            }
         }
         Frame::Challenge { nonce, flags } => {
             start = begin_frame(out, CHALLENGE);
@@ -599,7 +616,19 @@ mod tests {
             blocks: 12,
             verify: 1 << 100,
         });
-        round_trip(Frame::Bye { verify: 3 << 90 });
+        round_trip(Frame::Bye {
+            verify: 3 << 90,
+            tally: None,
+        });
+        round_trip(Frame::Bye {
+            verify: 3 << 90,
+            tally: Some(Tally {
+                changed: 1,
+                zero: 2,
+                data_bytes: 3 << 40,
+                zero_bytes: u64::MAX,
+            }),
+        });
         let block = sample_changes();
         let (frame, _) = decode(&block, MAX).unwrap().unwrap();
         round_trip(frame);
@@ -694,6 +723,34 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A dry session's `Bye` carries the tally whole or not at all: the
+    /// 16-byte `Bye` of a source older than the tally still decodes, and a
+    /// cut tally is malformed.
+    #[test]
+    fn a_bye_tally_is_whole_or_absent() {
+        let mut old = vec![BYE, 16, 0, 0, 0];
+        old.extend_from_slice(&7u128.to_le_bytes());
+        assert_eq!(
+            decode(&old, MAX),
+            Ok(Some((
+                Frame::Bye {
+                    verify: 7,
+                    tally: None
+                },
+                old.len()
+            )))
+        );
+        for extra in [1, 8, 31, 33] {
+            let mut bad = old.clone();
+            bad.extend(std::iter::repeat_n(0, extra));
+            bad[1] = 16 + extra as u8;
+            assert!(
+                matches!(decode(&bad, MAX), Err(ProtoError::Malformed { .. })),
+                "{extra} bytes after the digest"
+            );
+        }
     }
 
     #[test]

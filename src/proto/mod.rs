@@ -31,7 +31,7 @@
 //! | 5    | `Block`    | source → destination| block `u64`, flags `u8` (bit 0: compressed), raw length `u32`, change count `u32`, changes, data |
 //! | 6    | `Ack`      | destination → source| block `u64`: written |
 //! | 7    | `Complete` | destination → source| blocks `u64`, verification digest `u128`: blocks `skip..blocks` written and flushed |
-//! | 8    | `Bye`      | source → destination| verification digest `u128`: the source's verdict, equal to the destination's |
+//! | 8    | `Bye`      | source → destination| verification digest `u128`: the source's verdict, equal to the destination's; in a dry session then a [`Tally`]: changed blocks `u64`, zero blocks `u64`, data bytes `u64`, zero bytes `u64` |
 //! | 11   | `Probe`    | either, before `Hello` | any bytes, at most [`HANDSHAKE_MAX`] |
 //! | 14   | `Notice`   | either, after `Welcome` | UTF-8 warning for the other end to show its user, at most [`NOTICE_MAX`] bytes |
 //!
@@ -65,6 +65,16 @@
 //! `Error` naming both digests. The destination reports success only after a
 //! `Bye` whose digest equals its own: a lane that closes without one fails
 //! the run on both ends.
+//!
+//! In a dry session ([`FLAG_DRY`]: `--compare`, `--write-patch`) the
+//! destination writes nothing and acknowledges empty `Block`s, so only the
+//! source knows what differs; its `Bye` then carries that count, a
+//! [`Tally`], so that the destination's summary can say what a real run
+//! would change. A `Bye` without one (16 bytes) is still valid: it is what
+//! a source made before the tally existed sends, and its destination says
+//! it was not told. A destination made before then refuses the longer
+//! `Bye` ("trailing bytes") after the source has its result; a session
+//! that writes never carries a tally, so those are unaffected.
 //!
 //! `-auto` measures the link on the first connection before it says
 //! `Hello`: after the server's `Challenge` the client may send `Probe`
@@ -290,6 +300,33 @@ pub struct Welcome {
     pub lanes: u16,
 }
 
+/// What a dry session's source found different, for the destination,
+/// which wrote nothing and would otherwise not know: the counts of the
+/// source's own summary (`--compare`, `--write-patch`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Blocks that differ and hold data at the source.
+    pub changed: u64,
+    /// Blocks that differ only where the source holds zeros.
+    pub zero: u64,
+    /// Bytes of data in the ranges that differ.
+    pub data_bytes: u64,
+    /// Bytes of the ranges that differ where the source holds zeros.
+    pub zero_bytes: u64,
+}
+
+impl Tally {
+    /// Blocks that differ.
+    pub fn blocks(&self) -> u64 {
+        self.changed.saturating_add(self.zero)
+    }
+
+    /// Bytes that differ, data and zeros.
+    pub fn bytes(&self) -> u64 {
+        self.data_bytes.saturating_add(self.zero_bytes)
+    }
+}
+
 /// Kind of a page change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -419,6 +456,9 @@ pub enum Frame<'a> {
     Bye {
         /// The source's verification digest.
         verify: u128,
+        /// A dry session's count of what differs; `None` in a session
+        /// that writes (and from a source older than the tally).
+        tally: Option<Tally>,
     },
     /// The server's first frame on every connection.
     Challenge {

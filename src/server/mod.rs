@@ -469,6 +469,7 @@ fn serve_session(
         log,
         progress: s.progress,
         dry: None,
+        counters: None,
     })
     .map(drop)
 }

@@ -62,10 +62,19 @@ struct DestCtx<'a> {
     spare: &'a Mutex<Vec<Vec<Digest>>>,
     /// The digest of a whole page of zeros.
     zero: Digest,
+    /// A dry session: nothing is written, and the source's `Bye` says
+    /// what differs (into `tally`).
+    dry: bool,
+    tally: &'a Mutex<Option<proto::Tally>>,
+    /// Why the source's `Bye` was refused, kept for the end of the run:
+    /// every block is written by then, so the lane ends either way.
+    refused: &'a Mutex<Option<Error>>,
 }
 
 /// Run the destination side over `lanes` into `disk` (already sized);
-/// returns the verification digest.
+/// returns the verification digest. (The roles' tests call it; the
+/// session calls [`run_told`].)
+#[cfg(test)]
 pub(super) fn run(
     p: &Params,
     disk: &Disk,
@@ -73,6 +82,17 @@ pub(super) fn run(
     stats: &Stats,
     rejoin: &dyn Rejoin,
 ) -> Result<u128> {
+    run_told(p, disk, lanes, stats, rejoin).map(|(verify, _)| verify)
+}
+
+/// [`run`], and what the source of a dry session said differs, if it did.
+pub(super) fn run_told(
+    p: &Params,
+    disk: &Disk,
+    lanes: Vec<Lane>,
+    stats: &Stats,
+    rejoin: &dyn Rejoin,
+) -> Result<(u128, Option<proto::Tally>)> {
     let n = lanes.len();
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
     let expected = Mutex::new(HashMap::new());
@@ -81,6 +101,8 @@ pub(super) fn run(
     let confirmed = AtomicBool::new(false);
     let rejoined = AtomicBool::new(false);
     let spare = Mutex::new(Vec::new());
+    let tally = Mutex::new(None);
+    let refused = Mutex::new(None);
     // The window counts the blocks between their read here and their
     // write; what each holds meanwhile is its page digests (and, from
     // arrival to write, the data received), so its size is a budget of
@@ -113,6 +135,9 @@ pub(super) fn run(
         rejoined: &rejoined,
         spare: &spare,
         zero: p.zero_digest(p.page()),
+        dry: disk.is_dry() && !disk.captures(),
+        tally: &tally,
+        refused: &refused,
     };
 
     let abort = &abort;
@@ -155,7 +180,6 @@ pub(super) fn run(
             let next = writer.run(write_rx, |index| {
                 ack.clear();
                 proto::encode(&Frame::Ack { index }, &mut ack);
-                Stats::add(&stats.wire_sent, ack.len() as u64);
                 window.release();
                 // Acks are cumulative: a lost one is covered by the next,
                 // and by Complete at the end.
@@ -186,6 +210,9 @@ pub(super) fn run(
             disk.label()
         )));
     }
+    if let Some(e) = lock(&refused).take() {
+        return Err(e);
+    }
     if !confirmed.load(Ordering::Acquire) {
         return Err(Error::Failed(format!(
             "{}: every block was written and flushed, but the source never confirmed \
@@ -194,7 +221,8 @@ pub(super) fn run(
         )));
     }
     let v = *lock(&verify);
-    Ok(v)
+    let told = *lock(&tally);
+    Ok((v, told))
 }
 
 /// How many blocks the destination may have between read and write: as
@@ -232,7 +260,6 @@ impl DestCtx<'_> {
             proto::range_digests(&b.digests, &mut ranges);
             frame.clear();
             proto::encode_digests(&mut frame, index, &ranges);
-            Stats::add(&self.stats.wire_sent, frame.len() as u64);
             let fresh = lock(self.spare).pop().unwrap_or_default();
             lock(self.expected).insert(index, std::mem::replace(&mut b.digests, fresh));
             drop(block);
@@ -292,7 +319,7 @@ impl DestCtx<'_> {
                         return Ok(());
                     }
                 }
-                Frame::Bye { verify } => return self.bye(peer, verify),
+                Frame::Bye { verify, tally } => return self.bye(peer, verify, tally),
                 other => return Err(unexpected(peer, &other)),
             }
         }
@@ -325,7 +352,6 @@ impl DestCtx<'_> {
                 .flat_map(|r| &pages[proto::range_pages(r, pages.len())]);
             proto::encode_pages(answer, index, asked);
         }
-        Stats::add(&self.stats.wire_sent, answer.len() as u64);
         // A lost lane is rejoined, and the source asks again.
         let _ = self.senders[lane_of(index, self.senders.len())].send(answer);
         Ok(())
@@ -333,7 +359,7 @@ impl DestCtx<'_> {
 
     /// The source's verdict: it saw our `Complete` and its digest equals
     /// ours. Success is reported only after this.
-    fn bye(&self, peer: &str, theirs: u128) -> Result<()> {
+    fn bye(&self, peer: &str, theirs: u128, tally: Option<proto::Tally>) -> Result<()> {
         if !self.done.load(Ordering::Acquire) {
             return Err(Error::protocol(
                 peer,
@@ -341,13 +367,34 @@ impl DestCtx<'_> {
             ));
         }
         let ours = *lock(self.verify);
-        if theirs != ours {
-            return Err(Error::Failed(format!(
+        let verdict = if theirs != ours {
+            Err(Error::Failed(format!(
                 "verification failed: the source's digest {theirs:032x} \
                  differs from the destination's {ours:032x}"
-            )));
+            )))
+        } else {
+            tally.map_or(Ok(()), |t| self.tallied(peer, t))
+        };
+        match verdict {
+            Ok(()) => self.confirmed.store(true, Ordering::Release),
+            Err(e) => {
+                lock(self.refused).get_or_insert(e);
+            }
         }
-        self.confirmed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A dry session's `Bye` said what differs (on every lane: the
+    /// first copy counts). A session that writes has nothing to tally.
+    fn tallied(&self, peer: &str, t: proto::Tally) -> Result<()> {
+        if !self.dry {
+            return Err(Error::protocol(
+                peer,
+                "a dry run's tally in a session that writes",
+            ));
+        }
+        super::dry::check(peer, self.p, t)?;
+        lock(self.tally).get_or_insert(t);
         Ok(())
     }
 
@@ -390,7 +437,7 @@ impl DestCtx<'_> {
                 frame.data.len()
             )));
         }
-        Stats::add(&self.stats.wire_received, frame.data.len() as u64);
+        Stats::add(&self.stats.bytes_changed, raw_len as u64);
         let page = self.p.page();
         let salt = self.p.salt;
         let mut at = 0usize;

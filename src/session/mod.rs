@@ -44,10 +44,13 @@ pub use crate::handshake::unexpected;
 use crate::lock::{lock, wait};
 use crate::log::Log;
 use crate::net::{self, FrameReader, FrameSender, Lane};
-use crate::progress::{Reporter, Side, Stats, Totals, human_bytes, report_summary};
+use crate::progress::{Reporter, Stats, Totals, human_bytes};
 use crate::proto::{Frame, Welcome};
+use crate::summary::{Side, report_summary};
 
 mod destination;
+mod dry;
+pub use dry::DrySink;
 mod exchange;
 mod ledger;
 mod source;
@@ -199,25 +202,10 @@ pub struct End<'a> {
     /// A dry run's source (`--compare`, `--write-patch`): every block goes
     /// here instead of its changes to the destination, which writes nothing.
     pub dry: Option<&'a dyn DrySink>,
-}
-
-/// What a dry run's source does with each block instead of sending its
-/// changes (`--compare`, `--write-patch`). Called by the workers in any
-/// block order, for every block, unchanged ones included.
-pub trait DrySink: Sync {
-    /// Block `index` of the source holds `data`, whose grains digest to
-    /// `ours`; the destination's digest to `theirs`; `unreadable` are the
-    /// byte ranges a rescue could not read (zeros in `data`). Returns
-    /// whether the block differs and how many bytes of data (not zeros) it
-    /// would send.
-    fn block(
-        &self,
-        index: u64,
-        data: &[u8],
-        theirs: &[Digest],
-        ours: &[Digest],
-        unreadable: &[(usize, usize)],
-    ) -> Result<(bool, u64)>;
+    /// Where this end counts: a local dry run's destination counts where
+    /// its source can add it to one local summary; `None`, counters of its
+    /// own.
+    pub counters: Option<&'a Arc<Stats>>,
 }
 
 /// Run one end of a session, `end.role` on `end.disk` over `end.lanes`,
@@ -236,9 +224,20 @@ pub fn run(end: End<'_>) -> Result<u128> {
         log,
         progress,
         dry,
+        counters,
     } = end;
+    let own;
+    let stats = match counters {
+        Some(stats) => stats,
+        None => {
+            own = Arc::default();
+            &own
+        }
+    };
     for lane in &mut lanes {
         lane.reader.show_notices(log);
+        lane.reader.count_received(stats);
+        lane.sender.count_sent(stats);
     }
     // What this end warned its own user about (a source mounted
     // read-write), the other end's user hears too.
@@ -249,7 +248,6 @@ pub fn run(end: End<'_>) -> Result<u128> {
         }
         lane.sender.send_frame(&Frame::Notice(&warning[..end]))?;
     }
-    let stats = Arc::new(Stats::default());
     stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);
     let mut notes = Vec::new();
@@ -263,35 +261,39 @@ pub fn run(end: End<'_>) -> Result<u128> {
     if let (Some(rate), Role::Source) = (p.bwlimit, role) {
         notes.push(format!("limit {}/s", human_bytes(rate)));
     }
-    let reporter = Reporter::start(log, &stats, totals, progress, &notes);
+    let reporter = Reporter::start(log, stats, totals, progress, &notes);
     if dry.is_none() && !disk.is_dry() {
         crate::progress::resumable(p.geo.block_size, p.geo.blocks());
     }
     let peer = lanes
         .first()
         .map_or_else(|| "the peer".to_string(), |l| l.reader.peer.clone());
-    let _watch = Watchdog::start(&stats, peer, p.deadline, SILENT_AFTER, log);
-    let (verify, side) = match role {
+    let _watch = Watchdog::start(stats, peer, p.deadline, SILENT_AFTER, log);
+    let (verify, side, tally) = match role {
         Role::Source => (
-            source::run_with(p, disk, lanes, &stats, rejoin, dry)?,
+            source::run_with(p, disk, lanes, stats, rejoin, dry)?,
             Side::Source,
+            None,
         ),
-        Role::Destination => (
-            destination::run(p, disk, lanes, &stats, rejoin)?,
-            Side::Destination,
-        ),
+        Role::Destination => {
+            let (verify, tally) = destination::run_told(p, disk, lanes, stats, rejoin)?;
+            (verify, Side::Destination, tally)
+        }
     };
+    let side = dry::settle(stats, tally, dry).unwrap_or(side);
     let elapsed = reporter.finish();
     if dry.is_some() {
         // The sink says what differs; the JSON carries the same counts.
-        report_summary(log, &stats, elapsed, side, p.first, false, true);
+        report_summary(log, stats, elapsed, side, p.first, false, true);
     } else if disk.is_dry() && !disk.captures() {
         if progress {
-            log.info(crate::progress::dry_destination_summary(&stats, elapsed));
+            log.info(crate::summary::dry_destination_summary(
+                stats, elapsed, tally,
+            ));
         }
-        report_summary(log, &stats, elapsed, side, p.first, false, true);
+        report_summary(log, stats, elapsed, side, p.first, false, true);
     } else {
-        report_summary(log, &stats, elapsed, side, p.first, progress, false);
+        report_summary(log, stats, elapsed, side, p.first, progress, false);
         let by_map = stats.skipped_by_map.load(Ordering::Relaxed);
         log.info(verification_line(verify, p.first, p.geo.blocks(), by_map));
     }
@@ -300,9 +302,9 @@ pub fn run(end: End<'_>) -> Result<u128> {
     }
     if let Some(rescue) = disk.rescue() {
         match dry {
-            None => rescue.finish(log, &stats, elapsed)?,
+            None => rescue.finish(log, stats, elapsed)?,
             // Finished when the patch is (`Rescue::patched`).
-            Some(_) => rescue.ran(&stats, elapsed),
+            Some(_) => rescue.ran(stats, elapsed),
         }
     }
     let lost = stats.bytes_unreadable.load(Ordering::Relaxed);
@@ -333,7 +335,7 @@ pub fn verification_line(verify: u128, first: u64, blocks: u64, by_map: u64) -> 
         )
     };
     let unverified = if by_map > 0 {
-        format!(" ({})", crate::progress::skipped_by_map(by_map))
+        format!(" ({})", crate::summary::skipped_by_map(by_map))
     } else {
         String::new()
     };

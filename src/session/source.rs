@@ -142,7 +142,11 @@ pub(super) fn run_with(
                 state.lock().finished = true;
                 state.notify();
                 for s in &senders {
-                    let _ = s.send_frame(&Frame::Bye { verify: ours });
+                    let tally = dry.map(|_| super::dry::tally(stats));
+                    let _ = s.send_frame(&Frame::Bye {
+                        verify: ours,
+                        tally,
+                    });
                     s.shutdown();
                 }
             }
@@ -199,7 +203,6 @@ impl SourceCtx<'_> {
     /// Send a frame on block `index`'s lane. A lost lane is rejoined by its
     /// reader, and the destination asks again for what it did not get.
     fn send(&self, index: u64, frame: &mut [u8]) {
-        Stats::add(&self.stats.wire_sent, frame.len() as u64);
         if let Some(t) = self.throttle {
             t.take(frame.len());
         }

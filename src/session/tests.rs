@@ -1022,3 +1022,76 @@ fn a_long_round_trip_is_paid_a_few_times_not_once_per_window() {
         one_way / 2
     );
 }
+
+/// Issue 18, item 5: a dry session's destination takes the source's count
+/// of what differs from its `Bye`; a destination that writes refuses such a
+/// count, and a dry one refuses a count larger than the session.
+#[test]
+fn a_tally_is_taken_only_by_a_dry_destination_and_only_within_the_session() {
+    let dir = TempDir::new("tally");
+    let p = params(2 * BLOCK as u64, 1, None);
+    let (env, log) = (Env::default(), Log::default());
+    let tally = |changed| proto::Tally {
+        changed,
+        zero: 0,
+        data_bytes: 10,
+        zero_bytes: 0,
+    };
+    let cases = [
+        (
+            false,
+            tally(1),
+            "a dry run's tally in a session that writes",
+        ),
+        (true, tally(3), "names 3 blocks"),
+        (true, tally(1), ""),
+    ];
+    for (dry, sent, refusal) in cases {
+        let dst = dir.file("dst", &random(2 * BLOCK, 5));
+        let mut disk = if dry {
+            Disk::open_dry(&dst, &env, &log).unwrap()
+        } else {
+            Disk::open_destination(&dst, &env, &log).unwrap()
+        };
+        if !dry {
+            disk.fit_to(p.geo.size).unwrap();
+        }
+        let (mut ours, theirs) = direct();
+        let (pr, dr) = (&p, &disk);
+        let got = thread::scope(|s| {
+            let d = s.spawn(move || {
+                destination::run_told(pr, dr, vec![theirs], &Stats::default(), &NoRejoin)
+            });
+            // The source: every block the same, then the Bye with the tally.
+            while let Ok(frame) = ours.reader.read("the destination") {
+                match frame {
+                    proto::Frame::Digests { index, .. } => {
+                        let mut f = Vec::new();
+                        proto::BlockBuilder::begin(&mut f, index, 0, &[]).finish(false);
+                        ours.sender.send(&mut f).unwrap();
+                    }
+                    proto::Frame::Complete { verify, .. } => {
+                        let bye = proto::Frame::Bye {
+                            verify,
+                            tally: Some(sent),
+                        };
+                        let _ = ours.sender.send_frame(&bye);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            d.join().unwrap()
+        });
+        match got {
+            Ok((_, told)) => {
+                assert!(refusal.is_empty(), "dry {dry}, {sent:?}: taken");
+                assert_eq!(told, Some(sent));
+            }
+            Err(e) => assert!(
+                !refusal.is_empty() && e.to_string().contains(refusal),
+                "dry {dry}, {sent:?}: {e}"
+            ),
+        }
+    }
+}

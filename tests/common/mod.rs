@@ -249,7 +249,7 @@ pub struct Summary {
     pub read: f64,
     pub written: f64,
     pub cleared: f64,
-    /// Block data on the network: what the source sent, or what the
+    /// Blocks on the network: what the source sent, or what the
     /// destination received (0 when the run had none).
     pub wire: f64,
     /// What the destination sent: digests and acknowledgements.
@@ -309,11 +309,12 @@ pub fn summary(stderr: &str) -> Summary {
         written: bytes_after("written ").unwrap_or(0.0),
         cleared: bytes_after("cleared ").unwrap_or(0.0),
         // The source says "sent X on the wire", the destination "received
-        // X of block data, sent Y of digests and acknowledgements".
+        // X of blocks and page requests, sent Y of digests and
+        // acknowledgements".
         wire: bytes_after("received ")
             .or_else(|| bytes_after("sent "))
             .unwrap_or(0.0),
-        digests: bytes_after("block data, sent ").unwrap_or(0.0),
+        digests: bytes_after("page requests, sent ").unwrap_or(0.0),
         line: line.to_string(),
     }
 }
@@ -396,4 +397,120 @@ pub fn expect_summary(src: &[u8], dst: &[u8], bs: usize, skip: usize, grain: usi
         }
     }
     e
+}
+
+// ---------------------------------------------------------------- --json ---
+
+/// Block size of the `--json` scene.
+pub const JSON_BS: usize = 64 << 10;
+
+/// The `--json` scene: 8 blocks of 64 KiB, of which three differ. Block 1
+/// in 100 bytes of one page, block 3 in one whole page (a sync writes two
+/// pages, 8 KiB), block 5 holds zeros at the source and data at the
+/// destination (cleared, 64 KiB). A dry run compares whole 64 KiB ranges,
+/// so it counts 128 KiB of data that differs and 64 KiB of zeros.
+pub fn json_scene() -> (Vec<u8>, Vec<u8>) {
+    let mut src = random_bytes(8 * JSON_BS, 190);
+    src[5 * JSON_BS..6 * JSON_BS].fill(0);
+    let mut dst = src.clone();
+    dst[JSON_BS + 10..JSON_BS + 110].copy_from_slice(&random_bytes(100, 191));
+    dst[3 * JSON_BS..3 * JSON_BS + 4096].copy_from_slice(&random_bytes(4096, 192));
+    dst[5 * JSON_BS..6 * JSON_BS].copy_from_slice(&random_bytes(JSON_BS, 193));
+    (src, dst)
+}
+
+/// What one end's `--json` line must say about the scene.
+pub struct JsonWant {
+    pub side: &'static str,
+    pub dry: bool,
+    /// How many ends read their 512 KiB here: one, or two locally.
+    pub reads: u64,
+    /// This end writes (a destination, or a local run that is not dry).
+    pub writes: bool,
+    /// The run has a network: wire bytes are counted, else they are 0.
+    pub wire: bool,
+}
+
+/// The `--json` line among `text`'s lines, taken apart, checked field by
+/// field against `want` (`what` names the run in messages).
+pub fn check_json(
+    what: &str,
+    text: &str,
+    want: &JsonWant,
+) -> std::collections::BTreeMap<String, u64> {
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 1, "{what}: want one JSON line in:\n{text}");
+    let line = lines[0];
+    let body = line
+        .strip_prefix('{')
+        .and_then(|l| l.strip_suffix('}'))
+        .unwrap_or_else(|| panic!("{what}: not one object: {line}"));
+    let mut fields = std::collections::BTreeMap::new();
+    let mut texts = std::collections::BTreeMap::new();
+    for field in body.split(',') {
+        let (key, value) = field
+            .split_once(':')
+            .unwrap_or_else(|| panic!("{what}: field {field:?} in {line}"));
+        let key = key.trim_matches('"').to_string();
+        texts.insert(key.clone(), value.trim_matches('"').to_string());
+        if let Ok(n) = value.parse::<u64>() {
+            fields.insert(key, n);
+        }
+    }
+    let keys: Vec<&str> = texts.keys().map(String::as_str).collect();
+    let mut expected = [
+        "side",
+        "blocks",
+        "bytes",
+        "skipped",
+        "same",
+        "changed",
+        "zero",
+        "bytes_read",
+        "bytes_written",
+        "bytes_cleared",
+        "bytes_changed",
+        "wire_sent",
+        "wire_received",
+        "bytes_unreadable",
+        "seconds",
+        "dry",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "{what}: the fields of {line}");
+    assert_eq!(texts["side"], want.side, "{what}: {line}");
+    assert_eq!(texts["dry"], want.dry.to_string(), "{what}: {line}");
+    assert!(
+        texts["seconds"].parse::<f64>().is_ok_and(|s| s >= 0.0),
+        "{what}: {line}"
+    );
+    let size = 8 * JSON_BS as u64;
+    let (written, cleared) = match (want.writes, want.dry) {
+        (true, false) => (2 * 4096, JSON_BS as u64),
+        _ => (0, 0),
+    };
+    let changed_bytes = if want.dry {
+        2 * JSON_BS as u64
+    } else {
+        2 * 4096
+    };
+    for (field, value) in [
+        ("blocks", 8),
+        ("bytes", size),
+        ("skipped", 0),
+        ("same", 5),
+        ("changed", 2),
+        ("zero", 1),
+        ("bytes_read", want.reads * size),
+        ("bytes_written", written),
+        ("bytes_cleared", cleared),
+        ("bytes_changed", changed_bytes),
+        ("bytes_unreadable", 0),
+    ] {
+        assert_eq!(fields[field], value, "{what}: {field} in {line}");
+    }
+    for field in ["wire_sent", "wire_received"] {
+        assert_eq!(fields[field] > 0, want.wire, "{what}: {field} in {line}");
+    }
+    fields
 }

@@ -142,6 +142,16 @@ impl SourceCtx<'_> {
         };
         Stats::add(class, 1);
         Stats::add(&self.stats.bytes_changed, data_bytes);
+        let differ = super::super::dry::differing_bytes(
+            &scratch.ranges,
+            theirs,
+            self.p.range_size(),
+            data.len(),
+        );
+        Stats::add(
+            &self.stats.dry_zero_bytes,
+            differ.saturating_sub(data_bytes),
+        );
         {
             let mut v = lock(self.verify);
             *v = v.wrapping_add(block_hash(index, theirs));

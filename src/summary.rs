@@ -1,0 +1,225 @@
+//! The closing summary of a run: one line for the operator (which end,
+//! what was the same, changed or zero, what was read, written and sent)
+//! and, with `--json`, the same counters as one JSON object for scripts.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::log::Log;
+use crate::progress::{Stats, human_duration, rate};
+use crate::units::{human_bytes, plural};
+
+/// Which end a summary describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Both ends on this machine.
+    Local,
+    /// The network end that reads and sends.
+    Source,
+    /// The network end that receives and writes.
+    Destination,
+}
+
+/// The closing summary line; `skipped` is `-s`.
+pub fn summary(stats: &Stats, elapsed: Duration, side: Side, skipped: u64) -> String {
+    let get = |c: &AtomicU64| c.load(Relaxed);
+    let done = get(&stats.bytes_done);
+    let blocks = get(&stats.blocks_done);
+    let mut line = format!(
+        "done: {blocks} {} ({}) in {} ({}): {} same, {} changed, {} zero",
+        plural(blocks, "block"),
+        human_bytes(done),
+        human_duration_precise(elapsed),
+        rate(done, elapsed),
+        get(&stats.same),
+        get(&stats.changed),
+        get(&stats.zero),
+    );
+    if skipped > 0 {
+        let _ = write!(
+            line,
+            "; blocks before {skipped} skipped (-s {skipped}), not verified"
+        );
+    }
+    let by_map = get(&stats.skipped_by_map);
+    if by_map > 0 {
+        let _ = write!(line, "; {}", skipped_by_map(by_map));
+    }
+    let _ = write!(line, "; read {}", human_bytes(get(&stats.bytes_read)));
+    if side == Side::Source {
+        let sent = get(&stats.wire_sent);
+        let changed = get(&stats.bytes_changed);
+        let _ = write!(line, "; sent {} on the wire", human_bytes(sent));
+        if changed > 0 && sent > 0 {
+            let _ = write!(
+                line,
+                " for {} of changed data ({:.2}:1)",
+                human_bytes(changed),
+                changed as f64 / sent as f64
+            );
+        }
+        return line;
+    }
+    let _ = write!(line, ", written {}", human_bytes(get(&stats.bytes_written)));
+    let cleared = get(&stats.bytes_cleared);
+    if cleared > 0 {
+        let _ = write!(line, ", cleared {}", human_bytes(cleared));
+    }
+    if side == Side::Destination {
+        let _ = write!(
+            line,
+            "; received {} of blocks and page requests, sent {} of digests and acknowledgements",
+            human_bytes(get(&stats.wire_received)),
+            human_bytes(get(&stats.wire_sent))
+        );
+    }
+    line
+}
+
+/// The closing summary as one JSON object (`--json`, on stdout): every
+/// counter in plain numbers, for scripts. `dry`: nothing was written (a
+/// compare or a patch); the counts then say what differs.
+pub fn summary_json(
+    stats: &Stats,
+    elapsed: Duration,
+    side: Side,
+    skipped: u64,
+    dry: bool,
+) -> String {
+    let get = |c: &AtomicU64| c.load(Relaxed);
+    let side = match side {
+        Side::Local => "local",
+        Side::Source => "source",
+        Side::Destination => "destination",
+    };
+    format!(
+        "{{\"side\":\"{side}\",\"blocks\":{},\"bytes\":{},\"skipped\":{skipped},\
+         \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
+         \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
+         \"wire_sent\":{},\"wire_received\":{},\"bytes_unreadable\":{},\"skipped_by_map\":{},\
+         \"seconds\":{:.3},\"dry\":{dry}}}",
+        get(&stats.blocks_done),
+        get(&stats.bytes_done),
+        get(&stats.same),
+        get(&stats.changed),
+        get(&stats.zero),
+        get(&stats.bytes_read),
+        get(&stats.bytes_written),
+        get(&stats.bytes_cleared),
+        get(&stats.bytes_changed),
+        get(&stats.wire_sent),
+        get(&stats.wire_received),
+        get(&stats.bytes_unreadable),
+        get(&stats.skipped_by_map),
+        elapsed.as_secs_f64(),
+    )
+}
+
+/// `3 blocks finished in the rescue map skipped, not verified`.
+pub fn skipped_by_map(blocks: u64) -> String {
+    format!(
+        "{blocks} {} finished in the rescue map skipped, not verified",
+        plural(blocks, "block")
+    )
+}
+
+/// Print the closing summary: the line on stderr (when `show`, unless
+/// quiet) and, with `--json`, the JSON object on stdout (on stderr when
+/// stdout carries a patch, see [`json_to_stderr`]). `dry`: a dry run.
+pub fn report_summary(
+    log: &Log,
+    stats: &Stats,
+    elapsed: Duration,
+    side: Side,
+    skipped: u64,
+    show: bool,
+    dry: bool,
+) {
+    if show {
+        log.info(summary(stats, elapsed, side, skipped));
+    }
+    if log.json() {
+        let json = summary_json(stats, elapsed, side, skipped, dry);
+        if JSON_TO_STDERR.load(Relaxed) {
+            let _ = writeln!(std::io::stderr().lock(), "{json}");
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{json}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// stdout carries a patch: the `--json` summary goes to stderr instead.
+static JSON_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Say that stdout carries a patch (for [`report_summary`]).
+pub fn json_to_stderr() {
+    JSON_TO_STDERR.store(true, Relaxed);
+}
+
+/// The summary of the destination end of a dry run (`--compare`,
+/// `--write-patch`): what it read for the other end, what the source found
+/// different (its `tally`; `None` from a source that does not send one),
+/// and that it changed nothing.
+pub fn dry_destination_summary(
+    stats: &Stats,
+    elapsed: Duration,
+    tally: Option<crate::proto::Tally>,
+) -> String {
+    let get = |c: &AtomicU64| c.load(Relaxed);
+    let blocks = get(&stats.blocks_done);
+    let differ = match tally {
+        None => "the client did not say what differs (a bsync older than this one)".to_string(),
+        Some(t) if t.blocks() == 0 => "no block differs".to_string(),
+        Some(t) => format!(
+            "a sync would change {} {} ({}: {} of data, {} of zeros)",
+            t.blocks(),
+            plural(t.blocks(), "block"),
+            human_bytes(t.bytes()),
+            human_bytes(t.data_bytes),
+            human_bytes(t.zero_bytes),
+        ),
+    };
+    format!(
+        "done: compared for the client (--compare or --write-patch): {blocks} {} ({}) \
+         read and digested in {}; {differ}; nothing was changed here",
+        plural(blocks, "block"),
+        human_bytes(get(&stats.bytes_done)),
+        human_duration_precise(elapsed),
+    )
+}
+
+fn human_duration_precise(d: Duration) -> String {
+    if d.as_secs() < 60 {
+        format!("{:.2} s", d.as_secs_f64())
+    } else {
+        human_duration(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_names_every_class() {
+        let stats = Stats::default();
+        Stats::add(&stats.blocks_done, 3);
+        Stats::add(&stats.same, 1);
+        Stats::add(&stats.changed, 1);
+        Stats::add(&stats.zero, 1);
+        let s = summary(&stats, Duration::from_secs(1), Side::Local, 2);
+        assert!(
+            s.contains("1 same, 1 changed, 1 zero; blocks before 2 skipped (-s 2), not verified"),
+            "{s}"
+        );
+        assert!(s.contains("written 0 B"), "{s}");
+        let one = Stats::default();
+        Stats::add(&one.blocks_done, 1);
+        let s = summary(&one, Duration::from_secs(1), Side::Source, 0);
+        assert!(s.starts_with("done: 1 block ("), "{s}");
+    }
+}
