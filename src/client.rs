@@ -157,6 +157,14 @@ pub fn connect_tcp_within(
         progress: !log.is_quiet(),
         dry: None,
         counters: None,
+        // Over -t, the path the user gave.
+        to: (upload && !target.is_empty()).then(|| {
+            let path = String::from_utf8_lossy(target);
+            match host.contains(':') {
+                true => format!("[{host}]:{path}"),
+                false => format!("{host}:{path}"),
+            }
+        }),
     };
     match dry {
         Some(dry) => patch::make::run_source(dry, target, end),
@@ -196,6 +204,9 @@ pub struct Pipe<'a> {
     pub dry: Option<(&'a DryRun, &'a [u8])>,
     /// Told the session's parameters before it runs.
     pub on_params: Option<&'a dyn Fn(&Params)>,
+    /// A source's destination as its user named it, for the summary
+    /// (`None`: `peer`).
+    pub to: Option<&'a str>,
 }
 
 /// Run `pipe.role` on `disk` (a source, or a dry destination) in a
@@ -214,6 +225,7 @@ pub fn connect_pipe<S: Stream>(
         role,
         dry,
         on_params,
+        to,
     } = *pipe;
     let upload = role == Role::Source;
     let source_size = if upload { disk.size() } else { 0 };
@@ -246,6 +258,7 @@ pub fn connect_pipe<S: Stream>(
         progress: !log.is_quiet(),
         dry: None,
         counters: None,
+        to: to.map(str::to_string),
     };
     match dry {
         Some((dry, target)) => patch::make::run_source(dry, target, end).map(|()| 0),

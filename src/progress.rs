@@ -238,6 +238,9 @@ pub struct Stats {
     /// A dry run: bytes of the ranges that differ where the source holds
     /// zeros (those with data are `bytes_changed`).
     pub dry_zero_bytes: AtomicU64,
+    /// The session's frames are sealed (`-e`, `-K`): said in `--json`,
+    /// which even a quiet run prints.
+    pub encrypted: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {

@@ -36,6 +36,7 @@ pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
                 role: Role::Source,
                 dry: Some((&DryRun::Patch(None), r.remote.as_bytes())),
                 on_params: None,
+                to: None,
             };
             client::connect_pipe(
                 stream.clone(),

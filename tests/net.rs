@@ -1878,6 +1878,63 @@ fn without_the_secret_nothing_is_touched_and_the_server_carries_on() {
     assert_same(&s, &d);
 }
 
+/// Issue 19, item 8: a quiet encrypted run prints no line, but its
+/// `--json` says that the session was encrypted, on both ends.
+#[test]
+fn a_quiet_encrypted_run_says_so_in_its_json() {
+    let tmp = TempDir::new("quiet-key");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(MIB, 45));
+    let server = Server::start(&["-q", "-json", "-K", KEY, "-f", arg(&d)]);
+    let args = [
+        "-q",
+        "-json",
+        "-f",
+        arg(&s),
+        "-r",
+        &server.addr(),
+        "-K",
+        KEY,
+    ];
+    let client = Proc::start(&args);
+    let client_out = client.stdout.recv_timeout(RUN_LIMIT).unwrap_or_default();
+    let client_err = client.expect_status(0);
+    let server_out = server
+        .proc
+        .stdout
+        .recv_timeout(RUN_LIMIT)
+        .unwrap_or_default();
+    server.proc.expect_status(0);
+    assert!(client_err.is_empty(), "-q printed: {client_err}");
+    for out in [&client_out, &server_out] {
+        assert!(out.contains("\"encrypted\":true"), "{out}");
+    }
+    assert_same(&s, &d);
+}
+
+/// Issue 19, item 6: every summary names the destination: the server's
+/// its file, the uploading client's the server it sent to.
+#[test]
+fn network_summaries_name_the_destination() {
+    let tmp = TempDir::new("names");
+    let (s, d) = (tmp.join("src"), tmp.join("dst"));
+    write_file(&s, &random_bytes(MIB, 46));
+    let server = Server::start(&["-f", arg(&d)]);
+    let addr = server.addr();
+    let client_err = Proc::start(&["-f", arg(&s), "-r", &addr]).expect_status(0);
+    let server_err = server.proc.expect_status(0);
+    let done = |text: &str| -> String {
+        let line = text.lines().find(|l| l.contains("done: "));
+        line.unwrap_or_else(|| panic!("no summary in:\n{text}"))
+            .to_string()
+    };
+    let want = format!("destination server {addr}: done: ");
+    assert!(done(&client_err).starts_with(&want), "{client_err}");
+    let want = format!("destination {}: done: ", d.display());
+    assert!(done(&server_err).starts_with(&want), "{server_err}");
+    assert_same(&s, &d);
+}
+
 #[test]
 fn a_token_admits_only_clients_that_know_it() {
     let tmp = TempDir::new("token");

@@ -865,3 +865,24 @@ fn json_is_right_over_t() {
     }
     s.check_clean();
 }
+
+/// Issue 19, item 6: an upload's summary names the destination as the user
+/// gave it, through the remote's port and inside ssh.
+#[test]
+fn an_upload_summary_names_the_destination() {
+    let Some(s) = Scene::new("names") else {
+        return;
+    };
+    let (src, dst) = (s.dir.join("src.img"), s.dir.join("dst.img"));
+    write_file(&src, &data(1 << 20, 5));
+    for extra in [&[][..], &["-over-ssh"]] {
+        let err = run_ok(&mut s.bsync(&src, &dst, extra));
+        let want = format!("destination 127.0.0.1:{}: done: ", dst.display());
+        assert!(
+            err.lines().any(|l| l.starts_with(&want)),
+            "{extra:?}: no line starting {want:?} in:\n{err}"
+        );
+        assert_same(&src, &dst);
+    }
+    s.check_clean();
+}

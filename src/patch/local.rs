@@ -80,6 +80,7 @@ pub fn run(
                 progress: false,
                 dry: None,
                 counters: Some(&theirs),
+                to: None,
             })
             .map(drop)
         })?;
@@ -98,6 +99,7 @@ pub fn run(
                     progress: !log.is_quiet(),
                     dry: None,
                     counters: None,
+                    to: None,
                 },
                 Some(&theirs),
             )

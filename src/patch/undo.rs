@@ -155,6 +155,7 @@ fn undo_session(
         role: Role::Destination,
         dry: None,
         on_params: Some(&on_params),
+        to: None,
     };
     let result = client::connect_pipe(
         stream.clone(),

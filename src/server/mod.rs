@@ -470,6 +470,7 @@ fn serve_session(
         progress: s.progress,
         dry: None,
         counters: None,
+        to: None,
     })
     .map(drop)
 }

@@ -206,6 +206,9 @@ pub struct End<'a> {
     /// its source can add it to one local summary; `None`, counters of its
     /// own.
     pub counters: Option<&'a Arc<Stats>>,
+    /// A source's destination as its user named it (`host:/path` of `-t`),
+    /// for the summary, which names the destination; `None`: the peer.
+    pub to: Option<String>,
 }
 
 /// Run one end of a session, `end.role` on `end.disk` over `end.lanes`,
@@ -225,6 +228,7 @@ pub fn run(end: End<'_>) -> Result<u128> {
         progress,
         dry,
         counters,
+        to,
     } = end;
     let own;
     let stats = match counters {
@@ -252,6 +256,7 @@ pub fn run(end: End<'_>) -> Result<u128> {
     let totals = Totals::from_block(p.geo, p.first);
     let mut notes = Vec::new();
     if p.encrypted {
+        stats.encrypted.store(true, Ordering::Relaxed);
         notes.push("encrypted".to_string());
         // Where no live line shows the note, one line says it.
         if !(progress && std::io::IsTerminal::is_terminal(&std::io::stderr())) {
@@ -268,6 +273,11 @@ pub fn run(end: End<'_>) -> Result<u128> {
     let peer = lanes
         .first()
         .map_or_else(|| "the peer".to_string(), |l| l.reader.peer.clone());
+    // Every summary names the destination: this end's disk, or the peer's.
+    let destination = match role {
+        Role::Destination => disk.label().to_string(),
+        Role::Source => format!("destination {}", to.as_deref().unwrap_or(&peer)),
+    };
     let _watch = Watchdog::start(stats, peer, p.deadline, SILENT_AFTER, log);
     let (verify, side, tally) = match role {
         Role::Source => (
@@ -287,13 +297,16 @@ pub fn run(end: End<'_>) -> Result<u128> {
         report_summary(log, stats, elapsed, side, p.first, false, true);
     } else if disk.is_dry() && !disk.captures() {
         if progress {
-            log.info(crate::summary::dry_destination_summary(
-                stats, elapsed, tally,
-            ));
+            let summary = crate::summary::dry_destination_summary(stats, elapsed, tally);
+            log.info(format!("{destination}: {summary}"));
         }
         report_summary(log, stats, elapsed, side, p.first, false, true);
     } else {
-        report_summary(log, stats, elapsed, side, p.first, progress, false);
+        if progress {
+            let summary = crate::summary::summary(stats, elapsed, side, p.first);
+            log.info(format!("{destination}: {summary}"));
+        }
+        report_summary(log, stats, elapsed, side, p.first, false, false);
         let by_map = stats.skipped_by_map.load(Ordering::Relaxed);
         log.info(verification_line(verify, p.first, p.geo.blocks(), by_map));
     }

@@ -83,12 +83,14 @@ pub(super) fn sync(
         return Err(Error::Failed("ssh: no pipes".into()));
     };
     let peer = format!("{name} (inside ssh)");
+    let to = format!("{name}:{remote}");
     let session = open_local(connect, config, log).and_then(|mut disk| {
         let pipe = client::Pipe {
             peer: &peer,
             role: connect.role,
             dry: connect.dry.as_ref().map(|d| (d, remote.as_bytes())),
             on_params: None,
+            to: Some(&to),
         };
         client::connect_pipe(
             stream.clone(),

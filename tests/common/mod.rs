@@ -473,13 +473,16 @@ pub fn check_json(
         "wire_sent",
         "wire_received",
         "bytes_unreadable",
+        "skipped_by_map",
         "seconds",
         "dry",
+        "encrypted",
     ];
     expected.sort_unstable();
     assert_eq!(keys, expected, "{what}: the fields of {line}");
     assert_eq!(texts["side"], want.side, "{what}: {line}");
     assert_eq!(texts["dry"], want.dry.to_string(), "{what}: {line}");
+    assert_eq!(texts["encrypted"], "false", "{what}: {line}");
     assert!(
         texts["seconds"].parse::<f64>().is_ok_and(|s| s >= 0.0),
         "{what}: {line}"
