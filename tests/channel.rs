@@ -211,23 +211,26 @@ fn run_within(cmd: &mut Command, limit: std::time::Duration) -> (Option<i32>, St
         .spawn()
         .expect("start bsync");
     let stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
+    // Read to the end in a thread: a process bsync left behind may hold
+    // the pipe, and then the test says so instead of waiting for it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut s = String::new();
         let _ = std::io::Read::read_to_string(&mut { stderr }, &mut s);
-        s
+        let _ = tx.send(s);
     });
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            let err = reader.join().unwrap_or_default();
+            let left = limit.saturating_sub(start.elapsed());
+            let err = rx
+                .recv_timeout(left)
+                .expect("bsync exited, but something it started still holds its stderr");
             return (status.code(), err, start.elapsed().as_secs_f64());
         }
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "bsync still ran after {limit:?}: {}",
-                reader.join().unwrap_or_default()
-            );
+            panic!("bsync still ran after {limit:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -361,6 +364,33 @@ fn remote_usage_errors_keep_exit_2() {
         assert!(line.starts_with("bsync: myhost: the remote bsync"), "{err}");
         assert!(line.contains(&remote), "{err}");
     }
+}
+
+/// Issue 18, item 8: the remote script's watcher of ssh's stdin outlives
+/// the script where its `kill` cannot end it (here the remote shell was
+/// started with SIGTERM ignored, which a shell cannot undo). It holds none
+/// of ssh's output, so a remote that refuses at start still ends the run at
+/// once, exit 2, instead of after the network deadline.
+#[test]
+fn a_watcher_that_outlives_the_remote_script_holds_nothing() {
+    let dir = TempDir::new("channel-watcher");
+    let shell = standin_ssh(&dir, "exit $?");
+    let launch = r#"*) exec sh -c "$last" ;;"#;
+    let text = fs::read_to_string(&shell).unwrap();
+    assert!(text.contains(launch), "{text}");
+    let ignoring = r#"*) trap '' TERM; exec sh -c "$last" ;;"#;
+    fs::write(&shell, text.replace(launch, ignoring)).unwrap();
+    let a = dir.join("a.img");
+    write_file(&a, &random_bytes(100_000, 28));
+    let (code, err, _) = run_within(
+        bsync()
+            .args(["-ssh", &shell, "-f"])
+            .arg(&a)
+            .args(["-t", &format!("myhost:{}", dir.path().display())]),
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("myhost: the remote bsync"), "{err}");
 }
 
 /// Issue 18, item 4: `bsync --server -f PATH`, the lock-down, serves

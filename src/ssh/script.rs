@@ -72,7 +72,9 @@ pub(super) const DIR: &str = "dir ";
 ///    addresses, and prints its port; the secret reaches it through a pipe
 ///    from the `printf` builtin. A watchdog reads the ssh session's stdin
 ///    to its end, which comes when this side goes away, and then stops
-///    bsync.
+///    bsync. It holds none of ssh's output: where it outlives the script
+///    (a remote shell started with SIGTERM ignored cannot kill it), the
+///    session's end still reaches this side at once.
 ///
 /// The `EXIT` trap removes a partial copy and the `mktemp` directory
 /// however the shell ends. `role` is this (the local) end's; `t` the
@@ -121,7 +123,7 @@ pub fn session_script(
          printf '%s\\n' \"$k\" | \"$b\" {args} & p=$!; k=; \
          trap 'kill $p 2>/dev/null; exit 143' TERM; \
          trap 'kill $p 2>/dev/null; exit 129' HUP; \
-         {{ while IFS= read -r x <&3; do :; done; kill $p 2>/dev/null; }} & w=$!; \
+         {{ while IFS= read -r x <&3; do :; done; kill $p 2>/dev/null; }} >/dev/null 2>&1 & w=$!; \
          wait $p; s=$?; kill $w 2>/dev/null; exit $s",
         patterns = patterns.join("|"),
         len = binary.len,
