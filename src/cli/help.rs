@@ -80,14 +80,14 @@ WHAT AND HOW
 RESCUING A FAILING DISK
   bsync -f /dev/sdb -t sdb.img -rescue sdb.map     copy past read errors
   -rescue MAPFILE  a read error of the source no longer ends the run: the
-                block is read again in pages and sectors (O_DIRECT), only
-                the sectors that fail are skipped, never written (the
-                destination keeps what it had); MAPFILE is a GNU ddrescue
-                map (+ read, - unreadable, ? not tried), kept during the
-                run; run again with it to retry only what failed (on the
-                end that reads the source; not with -compare); with
-                -write-patch they are unknown in the patch, which keeps
-                the target's bytes there
+                block is read again in smaller pieces down to sectors
+                (O_DIRECT), only the sectors that fail are skipped, never
+                written (the destination keeps what it had); MAPFILE is a
+                GNU ddrescue map (+ read, - unreadable, ? not tried), kept
+                during the run; run again with it to retry only what
+                failed (on the end that reads the source; not with
+                -compare); with -write-patch they are unknown in the
+                patch, which keeps the target's bytes there
 
 SERVER
   -p PORT       port to listen on; 0 picks a free one and prints it [8080]

@@ -3,7 +3,8 @@
 //!
 //! Without a rescue the first read error of the source ends the run. With
 //! one, the reader hands a failed block to [`Rescue::recover`], which reads
-//! it again in 4 KiB pages and each failing page in logical sectors, with
+//! it again in 64 KiB pieces, each failing piece in 4 KiB pages and each
+//! failing page in logical sectors, with
 //! `O_DIRECT` into an aligned buffer: through the page cache a read of one
 //! sector would be a page or a read-ahead window, and a bad sector would
 //! take its neighbours with it. The sectors that still fail are the
