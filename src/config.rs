@@ -297,17 +297,21 @@ pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
 /// `session::destination`), 4 MiB, at most 32 blocks ahead.
 pub const DIGEST_WINDOW: u64 = 4 << 20;
 
-/// Outstanding work a network source allows itself on a long link, per
-/// worker and one more: changed ranges parked while their page digests
-/// travel, and block data sent and not yet acknowledged (which is what the
-/// destination may hold received and unwritten).
-const FLIGHT_PER_WORKER: u64 = 6 << 20;
+/// The memory a network end gives the outstanding work of a long link,
+/// whatever `-w`: on the source the changed ranges parked while their page
+/// digests travel (and the spares kept to park more), on the destination
+/// the data received and not yet written, which the source's budget of
+/// block data sent and not acknowledged bounds. What the memory targets
+/// leave beside the block buffers: at `-w 1` three blocks of 10 MiB, this
+/// and the digest window stay within 64 MiB with room for the rest (code,
+/// stacks, compression contexts).
+const FLIGHT_MEMORY: u64 = 24 << 20;
 
-/// The most outstanding work of a network source: [`FLIGHT_PER_WORKER`]
-/// per worker and one, and at least two blocks, so that large blocks
-/// still overlap.
-pub fn flight_cap(block_size: usize, workers: usize) -> u64 {
-    (FLIGHT_PER_WORKER * (workers as u64 + 1)).max(2 * block_size as u64)
+/// The most memory the outstanding work of a network end holds:
+/// [`FLIGHT_MEMORY`], and at least two blocks, so that large blocks still
+/// overlap.
+pub fn flight_cap(block_size: usize) -> u64 {
+    FLIGHT_MEMORY.max(2 * block_size as u64)
 }
 
 /// The memory one end may take for blocks, in bytes: its block buffers,
@@ -319,7 +323,7 @@ pub fn memory_needed(t: &Transfer, local: bool) -> u64 {
         blocks
     } else {
         blocks
-            .saturating_add(flight_cap(t.block_size, t.workers))
+            .saturating_add(flight_cap(t.block_size))
             .saturating_add(DIGEST_WINDOW)
     }
 }
@@ -364,7 +368,7 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
             "(2 × workers {} + 1) blocks of {} + {} in flight + {} of digests",
             t.workers,
             human(t.block_size as u64),
-            human(flight_cap(t.block_size, t.workers)),
+            human(flight_cap(t.block_size)),
             human(DIGEST_WINDOW)
         )
     };
