@@ -413,6 +413,27 @@ mod tests {
     }
 
     #[test]
+    fn the_formula_at_the_defaults_leaves_room_within_the_memory_targets() {
+        // Issue 21's targets: 64 MiB per end at -w 1, 128 MiB at -w 4; the
+        // formula's blocks and outstanding work must leave room for the
+        // rest (code, stacks, compression contexts, digest lists).
+        for (workers, target) in [(1, 64u64 << 20), (4, 128 << 20)] {
+            let t = Transfer {
+                block_size: 10 << 20,
+                skip: 0,
+                compression: None,
+                workers,
+                prefetch: 4 * workers,
+                bwlimit: None,
+            };
+            let need = memory_needed(&t, false);
+            assert!(need + (6 << 20) <= target, "-w {workers}: {need}");
+        }
+        assert_eq!(flight_cap(10 << 20), 24 << 20);
+        assert_eq!(flight_cap(100 << 20), 200 << 20, "two blocks");
+    }
+
+    #[test]
     fn the_readme_example_needs_five_and_a_half_gigabytes() {
         // The original README's `-b 524288000 -w 4`: prefetch 16.
         let t = Transfer {
