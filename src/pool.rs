@@ -212,8 +212,11 @@ impl Pool {
     }
 }
 
-/// What [`Pool::get_len`] rounds its buffers up to.
-pub const SIZED_UNIT: usize = 256 << 10;
+/// What [`Pool::get_len`] rounds its buffers up to, so that spares fit
+/// again: one range of pages, as small as a change usually comes. The
+/// source counts these buffers in its budget in flight, so a coarser unit
+/// would let fewer small changes travel per round trip.
+pub const SIZED_UNIT: usize = 64 << 10;
 
 /// The bytes of a [`Pool::get_len`] buffer for `len` bytes: `len` rounded
 /// up to [`SIZED_UNIT`], and nothing for nothing.
