@@ -88,10 +88,15 @@ impl Differing {
         lost.clear();
         lost.extend_from_slice(unreadable);
         let len = content.len();
-        // Reserved once and exactly: what is held is what `need` said,
-        // or a reused buffer's larger capacity.
-        data.reserve_exact(Differing::data_len(content, pages.len(), &ranges, page));
-        kept.reserve_exact(Differing::pages_len(pages.len(), &ranges));
+        // What is held is about what `need` said: reserved once and
+        // exactly, and a reused buffer much larger is shrunk, or a small
+        // block would be charged a large one's memory and the budget
+        // would park a few blocks per round trip.
+        fit(
+            &mut data,
+            Differing::data_len(content, pages.len(), &ranges, page),
+        );
+        fit(&mut kept, Differing::pages_len(pages.len(), &ranges));
         for r in marked(&ranges, pages.len()) {
             let span = proto::range_pages(r, pages.len());
             kept.extend_from_slice(&pages[span.clone()]);
@@ -207,6 +212,15 @@ impl Differing {
         }
         raw
     }
+}
+
+/// Make the empty `list` hold `need` items, with no more than a quarter
+/// more room.
+fn fit<T>(list: &mut Vec<T>, need: usize) {
+    if list.capacity() > need + need / 4 {
+        list.shrink_to(need);
+    }
+    list.reserve_exact(need);
 }
 
 /// [`Differing`]s done with, kept for reuse so that parking a block costs
@@ -408,9 +422,12 @@ mod tests {
             Differing::default(),
         );
         assert_eq!(kept.bytes(), need);
-        // A spare big enough is reused as it is; a hole keeps no bytes.
-        let again = Differing::keep(content, &pages, &[], vec![0b001], PAGE, kept);
+        // A spare about big enough is reused as it is, a much larger one
+        // shrunk to what is kept; a hole keeps no bytes.
+        let again = Differing::keep(content, &pages, &[], vec![0b101], PAGE, kept);
         assert_eq!(again.bytes(), need);
+        let small = Differing::keep(content, &pages, &[], vec![0b100], PAGE, again);
+        assert_eq!(small.bytes(), 8 * PAGE + 8 * 16);
         let hole = Content::Hole(data.len());
         assert_eq!(Differing::need(hole, pages.len(), &[0b101], PAGE), 24 * 16);
     }
