@@ -97,7 +97,7 @@ pub(super) fn run(
     // budget in flight, which counts these buffers' bytes; spares are kept
     // within the same memory, so that the steady state allocates nothing
     // and the pool never holds more than `config::flight_cap`.
-    let limit = usize::try_from(flight_cap(p.geo.block_size)).unwrap_or(usize::MAX);
+    let limit = usize::try_from(flight_cap(p.geo.block_size, p.workers)).unwrap_or(usize::MAX);
     let recv_pool = Pool::sized(limit, disk.hints());
     let (read_tx, read_rx) = sync_channel(p.workers);
     let read_rx = Arc::new(Mutex::new(read_rx));

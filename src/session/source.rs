@@ -70,7 +70,7 @@ pub(super) fn run_with(
     dry: Option<&dyn DrySink>,
 ) -> Result<u128> {
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
-    let cap = flight_cap(p.geo.block_size);
+    let cap = flight_cap(p.geo.block_size, p.workers);
     let state = Signal::new(Ledger::new(p.first, cap, p.geo.block_size));
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
