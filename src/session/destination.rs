@@ -94,9 +94,9 @@ pub(super) fn run(
     // source sends unacknowledged is bounded by its flight budget.
     let read_pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
     // What is received and not yet written is bounded by the source's
-    // budget in flight, which counts these buffers' bytes; spares are kept
-    // within the same memory, so that the steady state allocates nothing
-    // and the pool never holds more than `config::flight_cap`.
+    // budget in flight, which counts these buffers' bytes (within its
+    // `config::flight_cap`); spares are kept only while the pool holds no
+    // more than ours, so that the steady state allocates nothing.
     let limit = usize::try_from(flight_cap(p.geo.block_size, p.workers)).unwrap_or(usize::MAX);
     let recv_pool = Pool::sized(limit, disk.hints());
     let (read_tx, read_rx) = sync_channel(p.workers);
