@@ -116,12 +116,14 @@ impl Pool {
     }
 
     /// From a [`Pool::sized`]: a buffer of at least `len` bytes, the
-    /// smallest spare big enough, else a new one of [`sized_len`] bytes
-    /// (so that spares fit again); none for a `len` of 0. Never waits.
+    /// smallest spare big enough and at most twice [`sized_len`] (a much
+    /// larger one would hold more than the sender counted), else a new one
+    /// of [`sized_len`] bytes; none for a `len` of 0. Never waits.
     pub fn get_len(&self, len: usize) -> io::Result<Pooled> {
         let mut state = self.inner.state();
+        let most = 2 * sized_len(len);
         let fits = (0..state.free.len())
-            .filter(|&i| state.free[i].data.len() >= len)
+            .filter(|&i| (len..=most).contains(&state.free[i].data.len()))
             .min_by_key(|&i| state.free[i].data.len());
         if let Some(i) = fits.filter(|_| len > 0) {
             let block = state.free.swap_remove(i);
@@ -340,6 +342,14 @@ mod tests {
         drop(big);
         assert_eq!(pool.allocated(), 1, "within the limit: kept");
         assert_eq!(pool.get_len(5).unwrap().data.len(), 2 * U);
+        // A spare much larger than asked for is not taken: the sender
+        // counted what it asked for.
+        let wide = Pool::sized(4 * U, false);
+        drop(wide.get_len(2 * U + 1).unwrap());
+        let tiny = wide.get_len(1).unwrap();
+        assert_eq!(tiny.data.len(), U);
+        assert_eq!(wide.allocated(), 2);
+        assert_eq!(wide.get_len(U + 1).unwrap().data.len(), 3 * U, "fits");
         // Nothing received: no buffer, and no spare taken for it.
         let none = pool.get_len(0).unwrap();
         assert!(none.data.is_empty());

@@ -96,8 +96,10 @@ pub(super) fn run(
     // What is received and not yet written is bounded by the source's
     // budget in flight, which counts these buffers' bytes (within its
     // `config::flight_cap`); spares are kept only while the pool holds no
-    // more than ours, so that the steady state allocates nothing.
-    let limit = usize::try_from(flight_cap(p.geo.block_size, p.workers)).unwrap_or(usize::MAX);
+    // more than the budgets in it, without the block beyond them, so that
+    // the steady state allocates nothing and a spare is not the peak.
+    let budgets = flight_cap(p.geo.block_size, p.workers).saturating_sub(p.geo.block_size as u64);
+    let limit = usize::try_from(budgets).unwrap_or(usize::MAX);
     let recv_pool = Pool::sized(limit, disk.hints());
     let (read_tx, read_rx) = sync_channel(p.workers);
     let read_rx = Arc::new(Mutex::new(read_rx));
