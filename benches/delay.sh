@@ -11,7 +11,9 @@
 #                                  of "today") alternately with ./bsync
 #   KINDS="upload" DELAYS="0 50" benches/delay.sh
 #                                  only these rows (default: upload
-#                                  download identical, at 0 10 50)
+#                                  download identical, at 0 10 50);
+#                                  without 0 the "its 0 ms" ratio is "-"
+#   KINDS= benches/delay.sh        only the peak RSS rows
 #
 # The pair is benches/mkimage.sh's 1 GiB ext4 image and its --realistic
 # copy (changed through a loop mount, so it needs root the first time;
@@ -34,7 +36,7 @@ orig=$dir/ext4-1G.img
 realistic=$dir/ext4-1G-realistic.img
 dst=$dir/delay-dst.img
 read -r -a delays <<<"${DELAYS:-0 10 50}"
-read -r -a kinds <<<"${KINDS:-upload download identical}"
+read -r -a kinds <<<"${KINDS-upload download identical}"
 
 bench=delay.sh
 # shellcheck source=benches/lib.sh
@@ -106,6 +108,9 @@ rsync_kind() {
         kill -0 "$daemon" 2>/dev/null || die "the rsync daemon exited: $(cat "$tmp/rsyncd.log")"
         sleep 0.02
     done
+    # Emptied first: the last run's port must not be read before the
+    # relay's own output replaces it.
+    : >"$tmp/rrelay.out"
     python3 benches/delay_relay.py "$rport" "$delay" >"$tmp/rrelay.out" &
     relay=$!
     pids+=("$relay")
@@ -159,6 +164,10 @@ say "          ./bsync -f SRC -r 127.0.0.1:RELAY_PORT          (download: both e
 say "   rsync: rsync --inplace --no-whole-file -I SRC rsync://127.0.0.1:RELAY_PORT/bench/DST"
 say "          (daemon: rsync --daemon --no-detach --address=127.0.0.1 --port=PORT, [bench] path = $dir)"
 [[ -n ${BSYNC_BASE:-} ]] && say "   base:  $BSYNC_BASE, the same commands"
+if ((${#kinds[@]} == 0)); then
+    rm -f "$dst"
+    exit 0
+fi
 declare -A med
 for kind in "${kinds[@]}"; do
     for delay in "${delays[@]}"; do
@@ -191,10 +200,12 @@ for kind in "${kinds[@]}"; do
     for delay in "${delays[@]}"; do
         t=${med[$kind.$delay]}
         rs=${med[rsync.$kind.$delay]}
-        say "   | $kind | $delay ms | $t s | $rs s | $(ratio "$t" "$rs") | $(ratio "$t" "${med[$kind.0]}") |"
+        zero=-
+        [[ -n ${med[$kind.0]:-} ]] && zero=$(ratio "$t" "${med[$kind.0]}")
+        say "   | $kind | $delay ms | $t s | $rs s | $(ratio "$t" "$rs") | $zero |"
     done
 done
-if [[ -n ${BSYNC_BASE:-} ]]; then
+if [[ -n ${BSYNC_BASE:-} && -n ${med[${kinds[0]:-}.0]:-} ]]; then
     for kind in "${kinds[@]}"; do
         say "   $kind, 0 ms: ./bsync / base = $(ratio "${med[$kind.0]}" "${med[base.$kind]}")"
     done

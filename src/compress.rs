@@ -5,7 +5,8 @@
 //! of exactly the announced length, so a hostile frame can never make it
 //! write past one block.
 
-use zstd_safe::{CCtx, CParameter, DCtx};
+use zstd_safe::zstd_sys::ZSTD_EndDirective;
+use zstd_safe::{CCtx, CParameter, DCtx, InBuffer, OutBuffer, ResetDirective};
 
 use crate::proto::compression as code;
 
@@ -86,12 +87,20 @@ impl Compressor {
         if let Some(cctx) = &mut self.cctx {
             let mut ok = true;
             for piece in pieces.clone() {
-                // zstd writes into an initialised slice, not spare capacity.
+                // Into spare capacity, not a zero-filled bound: only the
+                // bytes written become resident, so a frame buffer costs
+                // what compressed data it held, not a block per worker.
                 let at = out.len();
-                out.resize(at + zstd_safe::compress_bound(piece.len()), 0);
-                match cctx.compress2(&mut out[at..], piece) {
-                    Ok(n) => out.truncate(at + n),
-                    Err(_) => {
+                out.reserve(zstd_safe::compress_bound(piece.len()));
+                let mut output = OutBuffer::around_pos(out, at);
+                let mut input = InBuffer::around(piece);
+                // With room for the bound, one call ends the frame (0 left).
+                match cctx.compress_stream2(&mut output, &mut input, ZSTD_EndDirective::ZSTD_e_end)
+                {
+                    Ok(0) => {}
+                    _ => {
+                        // A frame left unfinished must not begin the next.
+                        let _ = cctx.reset(ResetDirective::SessionOnly);
                         ok = false;
                         break;
                     }
@@ -161,6 +170,23 @@ mod tests {
         assert!(!c.append([&noise[..]].into_iter(), &mut out));
         assert_eq!(&out[1..], &noise[..]);
         assert!(!Compressor::new(None).append([&text[..]].into_iter(), &mut Vec::new()));
+    }
+
+    #[test]
+    fn compressed_data_follows_the_frame_header_and_the_context_is_reused() {
+        let text = b"a frame of text, a frame of text, a frame of text. ".repeat(200);
+        let mut c = Compressor::new(Some(Level::Default));
+        for round in 0..3u8 {
+            // A header already in the frame stays as it was.
+            let mut out = vec![round; 5];
+            assert!(c.append([&text[..]].into_iter(), &mut out));
+            assert_eq!(&out[..5], &[round; 5]);
+            let mut back = vec![0; text.len()];
+            Decompressor::default()
+                .decompress(&out[5..], &mut back)
+                .unwrap();
+            assert_eq!(back, text, "round {round}");
+        }
     }
 
     #[test]

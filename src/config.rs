@@ -318,17 +318,23 @@ pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
 /// `session::destination`), 4 MiB, at most 32 blocks ahead.
 pub const DIGEST_WINDOW: u64 = 4 << 20;
 
-/// Outstanding work a network source allows itself on a long link, per
-/// worker and one more: changed ranges parked while their page digests
-/// travel, and block data sent and not yet acknowledged (which is what the
-/// destination may hold received and unwritten).
+/// How much outstanding work a network end lets out on a long link, per
+/// worker and one more: on the source the changed ranges parked while
+/// their page digests travel (and the spares kept to park more), on the
+/// destination the data received and not yet written, which the source's
+/// budget of block data sent and not acknowledged bounds. Each is counted
+/// in memory really held.
 const FLIGHT_PER_WORKER: u64 = 6 << 20;
 
-/// The most outstanding work of a network source: [`FLIGHT_PER_WORKER`]
-/// per worker and one, and at least two blocks, so that large blocks
-/// still overlap.
+/// The most memory the outstanding work of a network end holds: what the
+/// flight budgets may let out, [`FLIGHT_PER_WORKER`] per worker and one
+/// and at least two blocks (so that large blocks still overlap), and one
+/// block more, which the lowest unacknowledged block may always add (its
+/// data in received-data units of 64 KiB, and its page digests).
 pub fn flight_cap(block_size: usize, workers: usize) -> u64 {
-    (FLIGHT_PER_WORKER * (workers as u64 + 1)).max(2 * block_size as u64)
+    let block = block_size as u64;
+    let budgets = (FLIGHT_PER_WORKER * (workers as u64 + 1)).max(2 * block);
+    budgets + block + block / 256 + (64 << 10)
 }
 
 /// The memory one end may take for blocks, in bytes: its block buffers,
@@ -428,7 +434,14 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_needs_five_and_a_half_gigabytes() {
+    fn the_cap_is_the_budgets_and_the_one_block_beyond_them() {
+        let block = (10 << 20) + (40 << 10) + (64 << 10);
+        assert_eq!(flight_cap(10 << 20, 1), (20 << 20) + block, "two blocks");
+        assert_eq!(flight_cap(10 << 20, 4), (30 << 20) + block);
+    }
+
+    #[test]
+    fn the_readme_example_needs_about_six_gigabytes() {
         // The original README's `-b 524288000 -w 4`: prefetch 16.
         let t = Transfer {
             block_size: 524_288_000,
@@ -438,13 +451,18 @@ mod tests {
             prefetch: 16,
             bwlimit: None,
         };
-        // Nine buffers, two blocks in flight and the digest window.
-        assert_eq!(memory_needed(&t, false), 11 * 524_288_000 + (4 << 20));
+        // Nine buffers, two blocks in flight and the one beyond them, and
+        // the digest window.
+        let beyond = 524_288_000 / 256 + (64 << 10);
+        assert_eq!(
+            memory_needed(&t, false),
+            12 * 524_288_000 + beyond + (4 << 20)
+        );
         let msg = memory_refusal(&t, false, 8 << 30).unwrap_or_default();
         assert!(
             msg.contains(
-                "5.4 GiB = (2 × workers 4 + 1) blocks of 500.0 MiB \
-                 + 1000.0 MiB in flight + 4.0 MiB of digests"
+                "5.9 GiB = (2 × workers 4 + 1) blocks of 500.0 MiB \
+                 + 1.5 GiB in flight + 4.0 MiB of digests"
             ),
             "{msg}"
         );

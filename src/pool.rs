@@ -9,8 +9,8 @@
 //!
 //! A pool of [`Pool::sized`] buffers instead holds what was received of a
 //! block, no more: [`Pool::get_len`] never waits (what bounds those buffers
-//! is the flow that fills them), and only a few returned buffers are kept
-//! for reuse.
+//! is the flow that fills them), and returned buffers are kept for reuse
+//! only while all it holds, in use and spare, stays within a byte limit.
 
 use std::io;
 use std::ops::{Deref, DerefMut};
@@ -25,12 +25,33 @@ use crate::sys::PinnedBuf;
 struct State {
     free: Vec<Block>,
     allocated: usize,
+    /// Of a [`Pool::sized`]: bytes of its buffers, in use and spare, and
+    /// the most ever.
+    held: usize,
+    peak: usize,
     /// Of a [`Pool::sized`]: the emptied extent and digest lists of buffers
     /// let go beyond the spares, for the next new buffer. Unlike the data
     /// they cost little, and a buffer made per received block must not
     /// cost a heap allocation per block; at most as many as buffers were
     /// ever alive at once, which the flow that fills them bounds.
     lists: Vec<(Vec<Extent>, Vec<Digest>)>,
+}
+
+impl State {
+    /// A buffer of a [`Pool::sized`] goes: its lists are kept for the next
+    /// one, its data is returned to be unmapped.
+    fn let_go(&mut self, block: Block) -> PinnedBuf {
+        let Block {
+            data,
+            extents,
+            digests,
+            ..
+        } = block;
+        self.lists.push((extents, digests));
+        self.allocated -= 1;
+        self.held -= data.len();
+        data
+    }
 }
 
 struct Inner {
@@ -40,7 +61,8 @@ struct Inner {
     buf_len: usize,
     lock_memory: bool,
     hints: bool,
-    /// Buffers are sized to their use and `capacity` counts the spares kept.
+    /// Buffers are sized to their use, and `capacity` is the most bytes
+    /// the pool keeps, in use and spare, before it lets spares go.
     sized: bool,
 }
 
@@ -72,13 +94,14 @@ impl Pool {
         })
     }
 
-    /// A pool of buffers sized to what they hold, which keeps at most
-    /// `spares` returned buffers for reuse; see [`Pool::get_len`].
-    pub fn sized(spares: usize, hints: bool) -> Pool {
+    /// A pool of buffers sized to what they hold, which keeps returned
+    /// buffers for reuse while it holds at most `limit` bytes, in use and
+    /// spare; see [`Pool::get_len`].
+    pub fn sized(limit: usize, hints: bool) -> Pool {
         Pool::with(Inner {
             state: Mutex::default(),
             returned: Condvar::new(),
-            capacity: spares,
+            capacity: limit,
             buf_len: 0,
             lock_memory: false,
             hints,
@@ -92,26 +115,32 @@ impl Pool {
         }
     }
 
-    /// From a [`Pool::sized`]: a buffer of at least `len` bytes, a spare
-    /// if one is big enough, else a new one (rounded up to [`SIZED_UNIT`]
-    /// so that spares fit again). Never waits.
+    /// From a [`Pool::sized`]: a buffer of at least `len` bytes, the
+    /// smallest spare big enough and at most twice [`sized_len`] (a much
+    /// larger one would hold more than the sender counted), else a new one
+    /// of [`sized_len`] bytes; none for a `len` of 0. Never waits.
     pub fn get_len(&self, len: usize) -> io::Result<Pooled> {
         let mut state = self.inner.state();
+        let most = 2 * sized_len(len);
         let fits = (0..state.free.len())
-            .filter(|&i| state.free[i].data.len() >= len)
+            .filter(|&i| (len..=most).contains(&state.free[i].data.len()))
             .min_by_key(|&i| state.free[i].data.len());
-        if let Some(i) = fits {
+        if let Some(i) = fits.filter(|_| len > 0) {
             let block = state.free.swap_remove(i);
             return Ok(self.wrap(block));
         }
+        let size = sized_len(len);
         state.allocated += 1;
+        state.held += size;
+        state.peak = state.peak.max(state.held);
         let (extents, digests) = state.lists.pop().unwrap_or_default();
         drop(state);
-        let data = match PinnedBuf::new(len.next_multiple_of(SIZED_UNIT), false, self.inner.hints) {
+        let data = match PinnedBuf::new(size, false, self.inner.hints) {
             Ok(data) => data,
             Err(e) => {
                 let mut state = self.inner.state();
                 state.allocated -= 1;
+                state.held -= size;
                 state.lists.push((extents, digests));
                 return Err(e);
             }
@@ -156,6 +185,12 @@ impl Pool {
         self.inner.state().allocated
     }
 
+    /// Of a [`Pool::sized`]: the most bytes its buffers, in use and
+    /// spare, ever held at once.
+    pub fn peak(&self) -> usize {
+        self.inner.state().peak
+    }
+
     fn allocate(&self) -> io::Result<Block> {
         let len = self.inner.buf_len;
         let data = PinnedBuf::new(len, self.inner.lock_memory, self.inner.hints)?;
@@ -179,8 +214,17 @@ impl Pool {
     }
 }
 
-/// What [`Pool::get_len`] rounds its buffers up to.
-pub const SIZED_UNIT: usize = 256 << 10;
+/// What [`Pool::get_len`] rounds its buffers up to, so that spares fit
+/// again: one range of pages, as small as a change usually comes. The
+/// source counts these buffers in its budget in flight, so a coarser unit
+/// would let fewer small changes travel per round trip.
+pub const SIZED_UNIT: usize = 64 << 10;
+
+/// The bytes of a [`Pool::get_len`] buffer for `len` bytes: `len` rounded
+/// up to [`SIZED_UNIT`], and nothing for nothing.
+pub fn sized_len(len: usize) -> usize {
+    len.next_multiple_of(SIZED_UNIT)
+}
 
 /// A block borrowed from a [`Pool`]; it goes back when dropped.
 pub struct Pooled {
@@ -214,26 +258,31 @@ impl Drop for Pooled {
             block.unreadable.clear();
             block.finished = false;
             let mut state = self.pool.state();
-            if self.pool.sized && state.free.len() >= self.pool.capacity {
-                // Enough spares: keep the larger of this and the smallest.
-                let smallest = (0..state.free.len()).min_by_key(|&i| state.free[i].data.len());
-                let gone = match smallest {
-                    Some(i) if state.free[i].data.len() < block.data.len() => {
-                        std::mem::replace(&mut state.free[i], block)
-                    }
-                    _ => block,
+            if self.pool.sized {
+                // An empty buffer has only its lists to give back.
+                let mut gone = if block.data.is_empty() {
+                    Some(block)
+                } else {
+                    state.free.push(block);
+                    None
                 };
-                let Block {
-                    data,
-                    extents,
-                    digests,
-                    ..
-                } = gone;
-                state.lists.push((extents, digests));
-                state.allocated -= 1;
-                drop(state);
-                // Unmapped outside the lock.
-                drop(data);
+                // Over the limit: the smallest spares go, the larger stay.
+                while gone.is_some() || state.held > self.pool.capacity {
+                    let block = match gone.take() {
+                        Some(block) => block,
+                        None => {
+                            let smallest =
+                                (0..state.free.len()).min_by_key(|&i| state.free[i].data.len());
+                            let Some(i) = smallest else { break };
+                            state.free.swap_remove(i)
+                        }
+                    };
+                    let data = state.let_go(block);
+                    drop(state);
+                    // Unmapped outside the lock.
+                    drop(data);
+                    state = self.pool.state();
+                }
                 return;
             }
             state.free.push(block);
@@ -278,18 +327,37 @@ mod tests {
     }
 
     #[test]
-    fn sized_buffers_fit_their_use_and_only_a_few_spares_are_kept() {
-        let pool = Pool::sized(1, false);
+    fn sized_buffers_fit_their_use_and_spares_stay_within_the_limit() {
+        const U: usize = SIZED_UNIT;
+        let pool = Pool::sized(2 * U, false);
         let small = pool.get_len(10).unwrap();
-        assert_eq!(small.data.len(), SIZED_UNIT);
-        let big = pool.get_len(SIZED_UNIT + 1).unwrap();
-        assert_eq!(big.data.len(), 2 * SIZED_UNIT);
-        let third = pool.get_len(1).unwrap();
-        drop((small, big, third));
-        // One spare kept, the largest, and reused for anything it fits.
+        assert_eq!(small.data.len(), U);
+        let big = pool.get_len(U + 1).unwrap();
+        assert_eq!(big.data.len(), 2 * U);
+        // In use, beyond the limit: a flow that sends more is not refused.
+        assert_eq!(pool.peak(), 3 * U);
+        drop(small);
+        // Over the limit: the returned buffer goes, not kept.
         assert_eq!(pool.allocated(), 1);
-        assert_eq!(pool.get_len(5).unwrap().data.len(), 2 * SIZED_UNIT);
+        drop(big);
+        assert_eq!(pool.allocated(), 1, "within the limit: kept");
+        assert_eq!(pool.get_len(5).unwrap().data.len(), 2 * U);
+        // A spare much larger than asked for is not taken: the sender
+        // counted what it asked for.
+        let wide = Pool::sized(4 * U, false);
+        drop(wide.get_len(2 * U + 1).unwrap());
+        let tiny = wide.get_len(1).unwrap();
+        assert_eq!(tiny.data.len(), U);
+        assert_eq!(wide.allocated(), 2);
+        assert_eq!(wide.get_len(U + 1).unwrap().data.len(), 3 * U, "fits");
+        // Nothing received: no buffer, and no spare taken for it.
+        let none = pool.get_len(0).unwrap();
+        assert!(none.data.is_empty());
+        let spare = pool.get_len(2 * U).unwrap();
+        assert_eq!(spare.data.len(), 2 * U);
+        drop((none, spare));
         assert_eq!(pool.allocated(), 1);
+        assert_eq!(pool.peak(), 3 * U);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::block::{ExtentKind, push_extent};
 use crate::compress::Decompressor;
-use crate::config::DIGEST_WINDOW;
+use crate::config::{DIGEST_WINDOW, flight_cap};
 use crate::digest::{self, Digest};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -115,10 +115,14 @@ pub(super) fn run_told(
     // data is held in buffers of its own size until written, and what the
     // source sends unacknowledged is bounded by its flight budget.
     let read_pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
-    // Spares for the buffers the queue, a lane and the writer hold, and
-    // blocks the writer holds back for an earlier one, so that
-    // the steady state allocates nothing.
-    let recv_pool = Pool::sized(2 * n + 4, disk.hints());
+    // What is received and not yet written is bounded by the source's
+    // budget in flight, which counts these buffers' bytes (within its
+    // `config::flight_cap`); spares are kept only while the pool holds no
+    // more than the budgets in it, without the block beyond them, so that
+    // the steady state allocates nothing and a spare is not the peak.
+    let budgets = flight_cap(p.geo.block_size, p.workers).saturating_sub(p.geo.block_size as u64);
+    let limit = usize::try_from(budgets).unwrap_or(usize::MAX);
+    let recv_pool = Pool::sized(limit, disk.hints());
     let (read_tx, read_rx) = sync_channel(p.workers);
     let read_rx = Arc::new(Mutex::new(read_rx));
     // The writer takes blocks off this queue into its own reordering map

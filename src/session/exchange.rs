@@ -6,7 +6,9 @@
 //! A block whose ranges differ is kept as a [`Differing`]: only its
 //! differing ranges (their bytes and page digests), not the block's
 //! buffer, so what the source holds across a round trip is bounded by
-//! what differs, not by `-b`.
+//! what differs, not by `-b`. What it holds is counted as memory, its
+//! buffers' capacity, and the buffers done with are kept for reuse
+//! ([`Spares`]) only within the memory the flight budget leaves unused.
 
 use std::time::{Duration, Instant};
 
@@ -86,16 +88,15 @@ impl Differing {
         lost.clear();
         lost.extend_from_slice(unreadable);
         let len = content.len();
-        if let Content::Bytes(_) = content {
-            // Reserved once; reused buffers keep their largest size.
-            let bytes: usize = marked(&ranges, pages.len())
-                .map(|r| {
-                    let span = proto::range_pages(r, pages.len());
-                    (span.end * page).min(len) - span.start * page
-                })
-                .sum();
-            data.reserve(bytes);
-        }
+        // What is held is about what `need` said: reserved once and
+        // exactly, and a reused buffer much larger is shrunk, or a small
+        // block would be charged a large one's memory and the budget
+        // would park a few blocks per round trip.
+        fit(
+            &mut data,
+            Differing::data_len(content, pages.len(), &ranges, page),
+        );
+        fit(&mut kept, Differing::pages_len(pages.len(), &ranges));
         for r in marked(&ranges, pages.len()) {
             let span = proto::range_pages(r, pages.len());
             kept.extend_from_slice(&pages[span.clone()]);
@@ -115,9 +116,37 @@ impl Differing {
         }
     }
 
-    /// The bytes this holds: what a parked block costs.
+    /// The memory this holds, its buffers' capacity: what a parked block
+    /// costs.
     pub fn bytes(&self) -> usize {
-        self.data.len() + self.pages.len() * proto::DIGEST_LEN
+        self.data.capacity() + self.pages.capacity() * proto::DIGEST_LEN
+    }
+
+    /// The memory [`Differing::keep`] needs for the ranges marked in
+    /// `ranges` of `content`, a block of `pages` pages of `page` bytes.
+    pub fn need(content: Content<'_>, pages: usize, ranges: &[u8], page: usize) -> usize {
+        Differing::data_len(content, pages, ranges, page)
+            + Differing::pages_len(pages, ranges) * proto::DIGEST_LEN
+    }
+
+    /// The bytes of the marked ranges of `content` (none for a hole).
+    fn data_len(content: Content<'_>, pages: usize, ranges: &[u8], page: usize) -> usize {
+        let Content::Bytes(bytes) = content else {
+            return 0;
+        };
+        marked(ranges, pages)
+            .map(|r| {
+                let span = proto::range_pages(r, pages);
+                (span.end * page).min(bytes.len()) - span.start * page
+            })
+            .sum()
+    }
+
+    /// The pages of the marked ranges.
+    fn pages_len(pages: usize, ranges: &[u8]) -> usize {
+        marked(ranges, pages)
+            .map(|r| proto::range_pages(r, pages).len())
+            .sum()
     }
 
     /// How many page digests the destination must answer with.
@@ -182,6 +211,66 @@ impl Differing {
             }
         }
         raw
+    }
+}
+
+/// Make the empty `list` hold `need` items, with no more than a quarter
+/// more room.
+fn fit<T>(list: &mut Vec<T>, need: usize) {
+    if list.capacity() > need + need / 4 {
+        list.shrink_to(need);
+    }
+    list.reserve_exact(need);
+}
+
+/// [`Differing`]s done with, kept for reuse so that parking a block costs
+/// no allocation, but only within the memory left: their buffers' bytes
+/// never exceed the room given.
+#[derive(Default)]
+pub struct Spares {
+    list: Vec<Differing>,
+    /// Bytes of the spares' buffers.
+    bytes: usize,
+}
+
+impl Spares {
+    /// A spare for `need` bytes: the smallest big enough, else the
+    /// largest (which grows), else a new one; spares over `room` bytes
+    /// (after this one is taken) go first.
+    pub fn take(&mut self, need: usize, room: usize) -> Differing {
+        let fits = (0..self.list.len())
+            .filter(|&i| self.list[i].bytes() >= need)
+            .min_by_key(|&i| self.list[i].bytes());
+        let largest = (0..self.list.len()).max_by_key(|&i| self.list[i].bytes());
+        let Some(i) = fits.or(largest) else {
+            return Differing::default();
+        };
+        let spare = self.list.swap_remove(i);
+        self.bytes -= spare.bytes();
+        self.trim(room);
+        spare
+    }
+
+    /// Keep `done` for reuse, and no more spares than `room` bytes.
+    pub fn give(&mut self, done: Differing, room: usize) {
+        self.bytes += done.bytes();
+        self.list.push(done);
+        self.trim(room);
+    }
+
+    /// Bytes of the spares' buffers.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Let the largest spares go until they hold at most `room` bytes.
+    fn trim(&mut self, room: usize) {
+        while self.bytes > room {
+            let largest = (0..self.list.len()).max_by_key(|&i| self.list[i].bytes());
+            let Some(i) = largest else { break };
+            self.bytes -= self.list.swap_remove(i).bytes();
+        }
     }
 }
 
@@ -315,6 +404,70 @@ mod tests {
         assert_eq!(&kept.data()[..PAGE * 16], &data[..PAGE * 16]);
         assert_eq!(&kept.data()[PAGE * 16..], &data[PAGE * 32..]);
         assert_eq!(kept.bytes(), 24 * PAGE + 24 * 16);
+    }
+
+    #[test]
+    fn a_kept_block_holds_what_need_said_and_its_reuse_no_more() {
+        let data = block();
+        let pages = digests(&data);
+        let content = Content::Bytes(&data);
+        let need = Differing::need(content, pages.len(), &[0b101], PAGE);
+        assert_eq!(need, 24 * PAGE + 24 * 16);
+        let kept = Differing::keep(
+            content,
+            &pages,
+            &[],
+            vec![0b101],
+            PAGE,
+            Differing::default(),
+        );
+        assert_eq!(kept.bytes(), need);
+        // A spare about big enough is reused as it is, a much larger one
+        // shrunk to what is kept; a hole keeps no bytes.
+        let again = Differing::keep(content, &pages, &[], vec![0b101], PAGE, kept);
+        assert_eq!(again.bytes(), need);
+        let small = Differing::keep(content, &pages, &[], vec![0b100], PAGE, again);
+        assert_eq!(small.bytes(), 8 * PAGE + 8 * 16);
+        let hole = Content::Hole(data.len());
+        assert_eq!(Differing::need(hole, pages.len(), &[0b101], PAGE), 24 * 16);
+    }
+
+    /// A spare that holds `bytes` bytes of data.
+    fn spare(bytes: usize) -> Differing {
+        let data = vec![1u8; bytes];
+        let pages = digests(&data);
+        let ranges = vec![0xff; proto::bitmap_len(proto::ranges(pages.len()))];
+        let mut kept = Differing::keep(
+            Content::Bytes(&data),
+            &pages,
+            &[],
+            ranges,
+            PAGE,
+            Differing::default(),
+        );
+        kept.pages = Vec::new();
+        kept
+    }
+
+    #[test]
+    fn spares_are_the_best_fit_and_never_more_than_the_room() {
+        let mut spares = Spares::default();
+        spares.give(spare(400), 1000);
+        spares.give(spare(100), 1000);
+        spares.give(spare(200), 1000);
+        assert_eq!(spares.bytes(), 700);
+        // The smallest that fits, and the rest trimmed to the room left.
+        assert_eq!(spares.take(150, 1000).bytes(), 200);
+        assert_eq!(spares.bytes(), 500);
+        // None fits: the largest, to grow.
+        assert_eq!(spares.take(999, 1000).bytes(), 400);
+        // Over the room, the largest go first.
+        spares.give(spare(400), 1000);
+        spares.give(spare(300), 450);
+        assert_eq!(spares.bytes(), 400, "100 and 300 kept, 400 let go");
+        assert_eq!(spares.take(1, 0).bytes(), 100);
+        assert_eq!(spares.bytes(), 0, "no room: the rest goes");
+        assert_eq!(spares.take(1, 0).bytes(), 0, "none left: a new one");
     }
 
     #[test]

@@ -3,12 +3,20 @@
 //! what a repeated answer means after a reconnect, and when the flight
 //! budgets let more work out. `source.rs` holds its lock and moves the
 //! frames.
+//!
+//! Both budgets count memory really held: what parked blocks keep (their
+//! buffers' capacity, spares included) here, and what the destination
+//! holds of the blocks in flight until it writes them there. Each stays
+//! within `config::flight_cap`: the budgets within it less one block, the
+//! one block the lowest unacknowledged may always add.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use super::exchange::{Differing, Meter, RoundTrip, flight_budget};
+use super::exchange::{Differing, Meter, RoundTrip, Spares, flight_budget};
 use crate::digest::Digest;
+use crate::pool::sized_len;
+use crate::proto;
 
 /// How many times a block may be sent before the session gives up.
 pub const MAX_ATTEMPTS: u8 = 3;
@@ -23,9 +31,10 @@ pub struct Sent {
     /// Its `Block` went out at least once: only now may an acknowledgement
     /// cover it.
     pub sent: bool,
-    /// Bytes of its `Block` frames on the wire, counted in flight until
+    /// What the destination holds of its `Block` from arrival to write
+    /// (its data in a `pool::sized_len` buffer), counted in flight until
     /// acknowledged.
-    pub wire: u64,
+    pub held: u64,
 }
 
 /// A block set aside until the destination's page digests arrive.
@@ -73,20 +82,44 @@ pub struct Ledger {
     pub spare: Vec<Vec<Digest>>,
     /// `Refine` bitmaps done with, reused likewise.
     pub spare_maps: Vec<Vec<u8>>,
-    /// Kept ranges done with, reused likewise.
-    pub spare_kept: Vec<Differing>,
-    /// Bytes of the parked blocks' kept ranges.
+    /// Kept ranges done with, reused likewise within the memory left.
+    pub spare_kept: Spares,
+    /// Memory of the parked blocks' kept ranges, and of those being kept.
     pub parked: u64,
     /// How fast blocks are parked, and sent.
     pub parking: Meter,
     pub sending: Meter,
-    /// Bytes of `Block` frames sent and not yet acknowledged.
+    /// What the destination holds of the blocks sent and not yet
+    /// acknowledged ([`Sent::held`]).
     pub in_flight: u64,
+    /// The most memory outstanding work of each kind may hold.
+    pub memory: u64,
+    /// The most either budget lets out: `memory` less the most one block
+    /// holds, which the lowest unacknowledged block may always add.
+    pub limit: u64,
     /// From `Refine` to `Pages`.
     pub rtt: RoundTrip,
 }
 
 impl Ledger {
+    /// The book of a session from block `first`, whose outstanding work of
+    /// each kind may hold `memory` bytes, in blocks of `block_size`.
+    pub fn new(first: u64, memory: u64, block_size: usize) -> Ledger {
+        let pages = proto::pages(block_size, proto::PAGE);
+        let block = sized_len(block_size) + pages * proto::DIGEST_LEN;
+        Ledger {
+            acked_to: first,
+            memory,
+            limit: memory.saturating_sub(block as u64),
+            ..Ledger::default()
+        }
+    }
+
+    /// Memory neither parked nor being kept: what spares may hold.
+    fn room(&self) -> usize {
+        usize::try_from(self.memory.saturating_sub(self.parked)).unwrap_or(usize::MAX)
+    }
+
     /// `parked` left the parking: give back its bytes and buffers.
     pub fn recycle(&mut self, parked: Parked) {
         self.parked = self.parked.saturating_sub(parked.kept.bytes() as u64);
@@ -95,22 +128,30 @@ impl Ledger {
         }
         let mut kept = parked.kept;
         self.spare_maps.push(std::mem::take(&mut kept.ranges));
-        // Every spare is kept: together with what is parked they never
-        // hold more than the most ever parked, which the flight budget
-        // bounds, and a long round trip's parked blocks then cost no
-        // allocation each.
-        self.spare_kept.push(kept);
+        // Kept while parked blocks and spares together stay within the
+        // memory: a long round trip's parked blocks then cost no
+        // allocation each, and spares never outgrow the budget.
+        let room = self.room();
+        self.spare_kept.give(kept, room);
     }
 
-    /// A spare `Differing` to keep ranges in.
-    pub fn spare_kept(&mut self) -> Differing {
-        self.spare_kept.pop().unwrap_or_default()
+    /// If block `index` may park `need` bytes (see [`Ledger::may_park`]):
+    /// they are counted as parked now, before they are copied, and a
+    /// spare is handed out to copy them into.
+    pub fn make_room(&mut self, index: u64, need: usize) -> Option<Differing> {
+        if !self.may_park(index, need as u64) {
+            return None;
+        }
+        self.parked += need as u64;
+        let room = self.room();
+        Some(self.spare_kept.take(need, room))
     }
 
-    /// Park `parked` for block `index`, of `bytes` bytes.
-    pub fn park(&mut self, index: u64, bytes: u64, parked: Parked) {
+    /// Park `parked` for block `index`, of `bytes` bytes, for which
+    /// `reserved` bytes were counted by [`Ledger::make_room`].
+    pub fn park(&mut self, index: u64, bytes: u64, parked: Parked, reserved: usize) {
         let size = parked.kept.bytes() as u64;
-        self.parked += size;
+        self.parked = (self.parked + size).saturating_sub(reserved as u64);
         self.parking.add(size, Instant::now(), self.rtt.get());
         self.unacked.insert(
             index,
@@ -119,7 +160,7 @@ impl Ledger {
                 attempts: 1,
                 waiting: Some(parked),
                 sent: false,
-                wire: 0,
+                held: 0,
             },
         );
     }
@@ -151,29 +192,30 @@ pub enum Pages {
 }
 
 impl Ledger {
-    /// The flight budgets now, at most `cap` each: (parked bytes, bytes in
-    /// flight), each twice the round trip times the rate it is filled at.
-    pub fn budgets(&self, cap: u64) -> (u64, u64) {
+    /// The flight budgets now, at most [`Ledger::limit`] each: (parked
+    /// bytes, bytes in flight), each twice the round trip times the rate
+    /// it is filled at.
+    pub fn budgets(&self) -> (u64, u64) {
         let rtt = self.rtt.get();
         (
-            flight_budget(rtt, self.parking.peak(), cap),
-            flight_budget(rtt, self.sending.peak(), cap),
+            flight_budget(rtt, self.parking.peak(), self.limit),
+            flight_budget(rtt, self.sending.peak(), self.limit),
         )
     }
 
     /// Whether block `index` may park `size` bytes more. The lowest
     /// unacknowledged block always may, so the budget cannot stall the
     /// session.
-    pub fn may_park(&self, index: u64, size: u64, cap: u64) -> bool {
-        let (budget, _) = self.budgets(cap);
+    pub fn may_park(&self, index: u64, size: u64) -> bool {
+        let (budget, _) = self.budgets();
         self.parked == 0 || self.parked + size <= budget || index == self.acked_to
     }
 
     /// The next task a finisher may take: over the budget in flight only
     /// the lowest unacknowledged block's `Block` goes, since its
     /// acknowledgement is what frees the budget.
-    pub fn next_task(&mut self, cap: u64) -> Option<Task> {
-        let (_, budget) = self.budgets(cap);
+    pub fn next_task(&mut self) -> Option<Task> {
+        let (_, budget) = self.budgets();
         let room = self.in_flight == 0 || self.in_flight < budget;
         let next = self.tasks.iter().position(|task| match task {
             Task::Finish(index) => room || *index == self.acked_to,
@@ -193,7 +235,7 @@ impl Ledger {
                 return true;
             }
             done.extend(sent.waiting.take());
-            *in_flight = in_flight.saturating_sub(sent.wire);
+            *in_flight = in_flight.saturating_sub(sent.held);
             blocks += 1;
             bytes += sent.bytes;
             false
@@ -295,7 +337,7 @@ mod tests {
             attempts: 1,
             waiting: parked,
             sent,
-            wire: 100,
+            held: 100,
         }
     }
 
@@ -336,22 +378,58 @@ mod tests {
 
     #[test]
     fn over_budget_only_the_lowest_unacknowledged_block_goes() {
-        let mut l = Ledger {
-            acked_to: 5,
-            in_flight: 1 << 40, // far over any budget
-            ..Ledger::default()
-        };
+        let mut l = Ledger::new(5, 64 << 20, 1 << 20);
+        l.in_flight = 1 << 40; // far over any budget
         l.tasks
             .extend([Task::Finish(7), Task::Finish(5), Task::Refine(9)]);
-        assert!(matches!(l.next_task(64 << 20), Some(Task::Finish(5))));
-        assert!(matches!(l.next_task(64 << 20), Some(Task::Refine(9))));
-        assert!(l.next_task(64 << 20).is_none(), "block 7 waits");
+        assert!(matches!(l.next_task(), Some(Task::Finish(5))));
+        assert!(matches!(l.next_task(), Some(Task::Refine(9))));
+        assert!(l.next_task().is_none(), "block 7 waits");
         l.in_flight = 0;
-        assert!(matches!(l.next_task(64 << 20), Some(Task::Finish(7))));
+        assert!(matches!(l.next_task(), Some(Task::Finish(7))));
         // Parking likewise.
         l.parked = 1 << 40;
-        assert!(!l.may_park(6, 1, 64 << 20));
-        assert!(l.may_park(5, 1, 64 << 20));
+        assert!(!l.may_park(6, 1));
+        assert!(l.may_park(5, 1));
+    }
+
+    #[test]
+    fn parked_blocks_and_their_spares_never_hold_more_than_the_memory() {
+        // Blocks of four ranges, 2 MiB of memory; rounds that keep one
+        // range of many blocks leave many small spares, which rounds that
+        // keep whole blocks must not hold on to beside their own.
+        let (block, memory) = (256 << 10, 2 << 20);
+        let mut l = Ledger::new(0, memory, block);
+        assert!(l.limit + (block as u64) < memory);
+        let data = vec![7u8; block];
+        let pages = vec![1; block / proto::PAGE];
+        let content = super::super::Content::Bytes(&data);
+        let mut high = 0;
+        for round in 0..4u64 {
+            let ranges = vec![if round % 2 == 0 { 0b0001 } else { 0b1111 }];
+            let need = Differing::need(content, pages.len(), &ranges, proto::PAGE);
+            // Park as many as the budget lets, the lowest always.
+            let mut index = round * 100;
+            l.acked_to = index;
+            while let Some(reuse) = l.make_room(index, need) {
+                let kept =
+                    Differing::keep(content, &pages, &[], ranges.clone(), proto::PAGE, reuse);
+                l.park(index, block as u64, parked_with(kept), need);
+                high = high.max(l.parked + l.spare_kept.bytes() as u64);
+                index += 1;
+            }
+            assert!(index > round * 100 + 1, "round {round}: several park");
+            // Every parked block answered and sent: its buffers are spares.
+            l.acknowledge(index);
+            high = high.max(l.parked + l.spare_kept.bytes() as u64);
+            assert_eq!(l.parked, 0);
+        }
+        assert!(high <= memory, "{high} held, {memory} allowed");
+        assert!(l.spare_kept.bytes() > 0, "spares are kept for reuse");
+    }
+
+    fn parked_with(kept: Differing) -> Parked {
+        Parked { kept, ..parked() }
     }
 
     #[test]

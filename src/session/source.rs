@@ -16,10 +16,13 @@
 //! What is outstanding is bounded in bytes, not blocks: the ranges parked,
 //! and the block data sent and not acknowledged, each by a flight budget
 //! of twice the measured round trip times the measured rate (at most
-//! `config::flight_cap`). The lowest unacknowledged block is never held
-//! back by either, so the budgets cannot stall the session. The decisions
-//! themselves are in `exchange.rs`; what the lane readers file is
-//! `source/replies.rs`'s, the frames built for a block `source/frames.rs`'s.
+//! `config::flight_cap`), each counted in memory held (`ledger.rs`). A
+//! worker waits for room before it copies a block's ranges, holding the
+//! read buffer, so a full budget slows the reader instead of adding a
+//! copy. The lowest unacknowledged block is never held back by either, so
+//! the budgets cannot stall the session. The decisions themselves are in
+//! `exchange.rs`; what the lane readers file is `source/replies.rs`'s, the
+//! frames built for a block `source/frames.rs`'s.
 
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -37,7 +40,7 @@ use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
 use crate::net::{FrameSender, Lane};
-use crate::pool::{Pool, Pooled};
+use crate::pool::{Pool, Pooled, sized_len};
 use crate::progress::Stats;
 use crate::proto::{self, BlockBuilder, Change, Frame};
 use crate::reader::read_blocks;
@@ -69,10 +72,8 @@ pub(super) fn run_with(
     dry: Option<&dyn DrySink>,
 ) -> Result<u128> {
     let senders: Vec<_> = lanes.iter().map(|l| Arc::clone(&l.sender)).collect();
-    let state = Signal::new(Ledger {
-        acked_to: p.first,
-        ..Ledger::default()
-    });
+    let cap = flight_cap(p.geo.block_size, p.workers);
+    let state = Signal::new(Ledger::new(p.first, cap, p.geo.block_size));
     let abort = Abort::new(senders.clone(), vec![&state], rejoin);
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
@@ -95,7 +96,6 @@ pub(super) fn run_with(
         verify: &verify,
         dry,
         zero: p.zero_digest(p.page()),
-        cap: flight_cap(p.geo.block_size, p.workers),
     };
     let abort = &abort;
     let pool = &pool;
@@ -171,8 +171,6 @@ struct SourceCtx<'a> {
     dry: Option<&'a dyn DrySink>,
     /// The digest of a whole zero page.
     zero: Digest,
-    /// The most outstanding work of each kind, in bytes.
-    cap: u64,
 }
 
 /// Reused buffers of a thread that builds frames.
@@ -233,7 +231,7 @@ impl SourceCtx<'_> {
                 attempts: 1,
                 waiting: None,
                 sent: true,
-                wire: 0,
+                held: 0,
             },
         );
         drop(st);
@@ -250,7 +248,7 @@ impl SourceCtx<'_> {
                 return Ok(());
             };
             let index = block.index;
-            let Some(mut theirs) = self
+            let Some(theirs) = self
                 .state
                 .wait_for(self.abort, |st| st.remote.remove(&index))
             else {
@@ -291,7 +289,7 @@ impl SourceCtx<'_> {
                         attempts: 1,
                         waiting: None,
                         sent: true,
-                        wire: 0,
+                        held: 0,
                     },
                 );
                 st.spare.push(theirs);
@@ -330,41 +328,41 @@ impl SourceCtx<'_> {
                         attempts: 1,
                         waiting: None,
                         sent: true,
-                        wire: 0,
+                        held: 0,
                     };
                     st.unacked.insert(index, sent);
                 }
                 Compared::Refine(ranges) => {
-                    let reuse = self.state.lock().spare_kept();
+                    let content = Content::of(&block);
+                    let need =
+                        Differing::need(content, block.digests.len(), &ranges, self.p.page());
+                    // Room first, then the copy: what is being kept counts
+                    // as parked, and a worker waits with the read buffer,
+                    // which the pool counts, not with a copy beside it.
+                    let Some(reuse) = self
+                        .state
+                        .wait_for(self.abort, |st| st.make_room(index, need))
+                    else {
+                        return Ok(());
+                    };
                     let kept = Differing::keep(
-                        Content::of(&block),
+                        content,
                         &block.digests,
                         &block.unreadable,
                         ranges,
                         self.p.page(),
                         reuse,
                     );
-                    // The buffer goes back to the reader before any wait.
                     drop(block);
-                    let mut parked = Some(Parked {
+                    let parked = Parked {
                         kept,
                         theirs: None,
                         first: true,
                         asked: Instant::now(),
-                    });
-                    let size = parked.as_ref().map_or(0, |p| p.kept.bytes() as u64);
-                    let parked = self.state.wait_for(self.abort, |st| {
-                        st.may_park(index, size, self.cap).then(|| {
-                            if let Some(mut parked) = parked.take() {
-                                parked.asked = Instant::now();
-                                st.park(index, bytes, parked);
-                            }
-                            st.spare.push(std::mem::take(&mut theirs));
-                        })
-                    });
-                    if parked.is_none() {
-                        return Ok(());
-                    }
+                    };
+                    let mut st = self.state.lock();
+                    st.park(index, bytes, parked, need);
+                    st.spare.push(theirs);
                 }
             }
             self.send(index, &mut scratch.frame);
@@ -377,13 +375,10 @@ impl SourceCtx<'_> {
         let mut compressor = Compressor::new(self.p.compression);
         let mut scratch = FrameScratch::default();
         loop {
-            let Some(task) = self
-                .state
-                .wait_for(self.abort, |st| match st.next_task(self.cap) {
-                    Some(task) => Some(Some(task)),
-                    None => (st.acked_to == end || st.finished).then_some(None),
-                })
-            else {
+            let Some(task) = self.state.wait_for(self.abort, |st| match st.next_task() {
+                Some(task) => Some(Some(task)),
+                None => (st.acked_to == end || st.finished).then_some(None),
+            }) else {
                 return Ok(());
             };
             match task {
@@ -431,17 +426,18 @@ impl SourceCtx<'_> {
         };
         let raw_len = self.build_block(index, &parked, compressor, scratch);
         let first = parked.first;
-        let wire = scratch.frame.len() as u64;
         {
             let mut st = self.state.lock();
             st.recycle(parked);
-            if raw_len.is_ok()
+            if let Ok(raw) = raw_len
                 && let Some(sent) = st.unacked.get_mut(&index)
             {
-                sent.wire += wire;
-                st.in_flight += wire;
+                // What the destination will hold of it until written.
+                let held = sized_len(raw) as u64;
+                sent.held += held;
+                st.in_flight += held;
                 let rtt = st.rtt.get();
-                st.sending.add(wire, Instant::now(), rtt);
+                st.sending.add(held, Instant::now(), rtt);
             }
         }
         self.state.notify();
