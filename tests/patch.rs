@@ -198,6 +198,25 @@ fn undo_data_written_while_applying_restores_the_original() {
     );
     assert_eq!(code, Some(0), "{err}");
     assert_same(&p.src, &p.dst);
+    // An existing undo file is never replaced (the new-user trial lost
+    // its undo data applying twice): the second apply is refused, exit 2,
+    // before anything is opened, and the undo still restores.
+    let kept = read_file(&undo);
+    for name in [&undo, &p.dst, &patch] {
+        let before = read_file(name);
+        let (code, err) = apply_piped(
+            &read_file(&patch),
+            &p.dst,
+            &[&format!("--remdata={}", name.display())],
+        );
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("exists; an undo patch is written only to a new file"),
+            "{err}"
+        );
+        assert_eq!(read_file(name), before, "{}", name.display());
+    }
+    assert_eq!(read_file(&undo), kept);
     run_ok(&mut apply(&undo, Some(&p.dst), &[]));
     assert_eq!(read_file(&p.dst), p.dst_bytes);
 }
@@ -345,6 +364,15 @@ fn compare_says_whether_they_differ() {
     assert!(err.contains("differs: "), "{err}");
     assert!(err.contains("blocks differ"), "{err}");
     assert_eq!(read_file(&p.dst), p.dst_bytes);
+    // Another size differs, even where every block agrees (the new-user
+    // trial was told "identical" about a longer copy): exit 3, and why.
+    let longer = p.dir.join("longer.img");
+    write_file(&longer, &[&p.src_bytes[..], &[7u8; 5000]].concat());
+    let out = run(local(&p.src, &longer, &["--compare", "-b", BS]).stderr(Stdio::piped()));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("a sync would truncate it"), "{err}");
+    assert!(!err.contains("identical"), "{err}");
 }
 
 #[test]

@@ -242,6 +242,16 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
             )));
         }
         let undo = match remdata {
+            // A new file only: never the undo of an earlier apply, the
+            // target, or the patch being read.
+            Some(Some(p)) if std::fs::symlink_metadata(&p).is_ok() => {
+                return Err(usage(format!(
+                    "--remdata={}: exists; an undo patch is written only to a new file, \
+                     so that it never replaces the undo of an earlier apply (keep that one, \
+                     and name another)",
+                    p.display()
+                )));
+            }
             Some(Some(p)) => Some(p),
             Some(None) => {
                 return Err(usage(

@@ -817,6 +817,14 @@ mod tests {
             ),
             (&["-f", "--t=b.img"], "-f: missing value before --t=b.img"),
             (&["-r", "-w", "2"], "-r: missing value before -w"),
+            (
+                &["-f", "a.img", "-t", "new.img", "-rescue", "new.img"],
+                "-rescue new.img: is the destination (-t)",
+            ),
+            (
+                &["-f", "a.img", "-t", "b.img", "-rescue", "./a.img"],
+                "-rescue ./a.img: is the source (-f)",
+            ),
             (&["-f", "x"], "say where the data goes"),
             (&[], "say where the data goes"),
             (&["-v", "-f", "x", "-w", "2"], "say where the data goes"),

@@ -1,7 +1,8 @@
 //! The paths named on the command line, checked by `stat` alone before
 //! anything is opened: a writing end that can hold the data (not
 //! `/dev/zero`, a pipe or a directory), a `-t` that is not the name of a
-//! host this machine knows, a `--write-patch` file that is neither end.
+//! host this machine knows, a `--write-patch` file or a `-rescue` map that
+//! is neither end.
 //! `validate.rs` calls them while it builds the [`Config`](crate::config::Config).
 
 use std::path::Path;
@@ -13,10 +14,6 @@ impl RawArgs {
     /// A patch file replaces whatever is at its path: never the source, a
     /// local destination, a device or anything but a regular file.
     pub(super) fn check_patch_path(&self, patch: &Path) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = std::fs::metadata(patch) else {
-            return Ok(()); // A new file.
-        };
         let refuse = |what: &str| {
             Err(Error::usage(format!(
                 "--write-patch {}: {what}; a patch replaces the file at its path, \
@@ -24,25 +21,52 @@ impl RawArgs {
                 patch.display()
             )))
         };
-        if !meta.file_type().is_file() {
-            return refuse("not a regular file");
+        if let Some(what) = self.end_named(patch) {
+            return refuse(&format!("is {what}"));
         }
+        match std::fs::metadata(patch) {
+            Ok(meta) if !meta.file_type().is_file() => refuse("not a regular file"),
+            _ => Ok(()),
+        }
+    }
+
+    /// A rescue map is rewritten as the run goes: never at the path of the
+    /// source or a local destination (which may not exist yet).
+    pub(super) fn check_map_path(&self, map: &Path) -> Result<()> {
+        match self.end_named(map) {
+            Some(what) => Err(Error::usage(format!(
+                "-rescue {}: is {what}; the map is a file of its own, rewritten during the run",
+                map.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Which end `path` names, if any: the same file (device and inode)
+    /// as the source or a local destination, or, for a destination not
+    /// created yet, the same absolute path.
+    fn end_named(&self, path: &Path) -> Option<&'static str> {
+        use std::os::unix::fs::MetadataExt;
         let local_target = match &self.target {
             Some(Target::Local(t)) => Some(t.as_path()),
             _ => None,
         };
-        for (other, what) in [
+        let meta = std::fs::metadata(path).ok();
+        let absolute = |p: &Path| std::path::absolute(p).ok();
+        [
             (self.file.as_deref(), "the source (-f)"),
             (local_target, "the destination (-t)"),
-        ] {
-            let same = other
-                .and_then(|o| std::fs::metadata(o).ok())
-                .is_some_and(|o| o.dev() == meta.dev() && o.ino() == meta.ino());
-            if same {
-                return refuse(&format!("is {what}"));
-            }
-        }
-        Ok(())
+        ]
+        .into_iter()
+        .find_map(|(end, what)| {
+            let end = end?;
+            let same_file = match (&meta, std::fs::metadata(end)) {
+                (Some(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+            let same_path = absolute(end).is_some() && absolute(end) == absolute(path);
+            (same_file || same_path).then_some(what)
+        })
     }
 }
 

@@ -436,9 +436,10 @@ impl RawArgs {
     /// `--rescue` reads the source: only an end that does, in a run that
     /// writes.
     fn check_rescue(&self, client: bool) -> Result<()> {
-        if self.rescue.is_none() {
+        let Some(map) = &self.rescue else {
             return Ok(());
-        }
+        };
+        self.check_map_path(map)?;
         if self.compare {
             return Err(Error::usage(
                 "-rescue copies a failing source; it does not go with -compare, which \

@@ -102,6 +102,7 @@ pub fn run(
                     to: None,
                 },
                 Some(&theirs),
+                Some(dst.size()),
             )
         });
         let theirs = dest

@@ -432,16 +432,18 @@ impl DrySink for Maker<'_> {
 /// `target` is the destination's name, stored in a patch; `end` is the
 /// source's end of the session, which gets the sink.
 pub fn run_source(dry: &DryRun, target: &[u8], end: End<'_>) -> Result<()> {
-    run_source_here(dry, target, end, None)
+    run_source_here(dry, target, end, None, None)
 }
 
 /// [`run_source`]; with `local`, the destination's end runs in this
-/// process and counts into it.
+/// process and counts into it, and `their_size` is its size (a compare
+/// counts another size as a difference).
 pub(super) fn run_source_here(
     dry: &DryRun,
     target: &[u8],
     end: End<'_>,
     local: Option<&crate::progress::Stats>,
+    their_size: Option<u64>,
 ) -> Result<()> {
     let (p, log, disk) = (end.params, end.log, end.disk);
     let (output, what) = match dry {
@@ -478,10 +480,25 @@ pub(super) fn run_source_here(
         rescue.patched(p.geo, p.first..p.geo.blocks(), log)?;
     }
     if *dry == DryRun::Compare {
-        if differ {
+        // A destination of another size differs even where its blocks
+        // agree: a sync would truncate or grow it.
+        let resized = their_size.filter(|&n| n != p.geo.size);
+        if let Some(n) = resized {
+            log.info(format!(
+                "compare: the destination is {n} bytes, the source {}: a sync would {} it",
+                p.geo.size,
+                if n > p.geo.size { "truncate" } else { "grow" }
+            ));
+        }
+        if differ || resized.is_some() {
             return Err(Error::Differ("compare: the two sides differ".into()));
         }
-        log.info("compare: the two sides are identical");
+        log.info(match their_size {
+            Some(_) => "compare: the two sides are identical",
+            // Over the network the destination warns of another size
+            // itself (a `Notice`, shown above): only the blocks are known.
+            None => "compare: every block is identical",
+        });
     }
     Ok(())
 }

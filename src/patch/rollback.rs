@@ -34,7 +34,12 @@ impl UndoWriter {
     ) -> Result<UndoWriter> {
         use std::os::unix::ffi::OsStrExt;
         let what = format!("undo patch {}", path.display());
-        let f = File::create(path).map_err(|e| Error::io(&what, "create", e))?;
+        // A new file only (the command line checked; this closes the race).
+        let f = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(&what, "create", e))?;
         let header = Header {
             kind: Kind::Undo,
             source_size: disk.size(),

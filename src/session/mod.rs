@@ -211,6 +211,15 @@ pub struct End<'a> {
     pub to: Option<String>,
 }
 
+/// Tell the other end's user `text` (cut to what a `Notice` holds).
+fn send_notice(lane: &Lane, text: &str) -> Result<()> {
+    let mut end = text.len().min(crate::proto::NOTICE_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    lane.sender.send_frame(&Frame::Notice(&text[..end]))
+}
+
 /// Run one end of a session, `end.role` on `end.disk` over `end.lanes`,
 /// rejoining lost lanes through `end.rejoin`. Shows progress when
 /// `end.progress` says so, then the summary and the verification digest
@@ -246,11 +255,22 @@ pub fn run(end: End<'_>) -> Result<u128> {
     // What this end warned its own user about (a source mounted
     // read-write), the other end's user hears too.
     if let (Role::Source, Some(warning), Some(lane)) = (role, disk.warning(), lanes.first()) {
-        let mut end = warning.len().min(crate::proto::NOTICE_MAX);
-        while !warning.is_char_boundary(end) {
-            end -= 1;
-        }
-        lane.sender.send_frame(&Frame::Notice(&warning[..end]))?;
+        send_notice(lane, warning)?;
+    }
+    // A dry run's destination of another size: its blocks may all agree,
+    // but a sync would truncate or grow it, which the source cannot see.
+    let resized = (role == Role::Destination && disk.is_dry() && !disk.captures())
+        .then(|| disk.size())
+        .filter(|&n| n != p.geo.size);
+    if let (Some(n), Some(lane)) = (resized, lanes.first()) {
+        let note = format!(
+            "{} is {n} bytes, the source {}: a sync would {} it",
+            disk.label(),
+            p.geo.size,
+            if n > p.geo.size { "truncate" } else { "grow" }
+        );
+        log.info(&note);
+        send_notice(lane, &note)?;
     }
     stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);
