@@ -818,6 +818,11 @@ mod tests {
             (&["-f", "--t=b.img"], "-f: missing value before --t=b.img"),
             (&["-r", "-w", "2"], "-r: missing value before -w"),
             (
+                &["-f", "a.img", "-t", "root@host:2222"],
+                "-t: \"root@host:2222\" names the file 2222 in the remote's home directory; \
+                 for a port write host:2222:/path, for a file of that name host:./2222",
+            ),
+            (
                 &["-f", "a.img", "-t", "new.img", "-rescue", "new.img"],
                 "-rescue new.img: is the destination (-t)",
             ),

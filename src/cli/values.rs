@@ -261,6 +261,14 @@ pub fn parse_target(value: &std::path::Path) -> Result<Target> {
     if path.is_empty() {
         return Err(bad("has an empty path"));
     }
+    // `host:2222`: a port whose `:/path` was forgotten, not a file named
+    // 2222 in the remote's home (write ./2222 for that).
+    if port.is_none() && path.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::usage(format!(
+            "-t: {s:?} names the file {path} in the remote's home directory; for a port \
+             write {host}:{path}:/path, for a file of that name {host}:./{path}"
+        )));
+    }
     Ok(Target::Remote(RemoteTarget {
         user,
         host: host.to_string(),
