@@ -22,7 +22,7 @@ use crate::pool::{Pool, Pooled};
 use crate::progress::{Reporter, Stats, Totals};
 use crate::reader::read_blocks;
 use crate::session::spawn_scoped;
-use crate::summary::{Side, report_summary, summary};
+use crate::summary::{Side, report_json, summary};
 use crate::sys::simd::equal;
 use crate::writer::Writer;
 
@@ -95,7 +95,7 @@ pub fn sync(
         dest.label(),
         summary(&stats, elapsed, Side::Local, first)
     ));
-    report_summary(log, &stats, elapsed, Side::Local, first, false, false);
+    report_json(log, &stats, elapsed, Side::Local, first, false);
     dest.report_excess(source.size());
     match source.rescue() {
         Some(rescue) => rescue.finish(log, &stats, elapsed),

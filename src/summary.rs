@@ -126,37 +126,34 @@ pub fn skipped_by_map(blocks: u64) -> String {
     )
 }
 
-/// Print the closing summary: the line on stderr (when `show`, unless
-/// quiet) and, with `--json`, the JSON object on stdout (on stderr when
-/// stdout carries a patch, see [`json_to_stderr`]). `dry`: a dry run.
-pub fn report_summary(
+/// With `--json`, print the closing summary as a JSON object on stdout
+/// (on stderr when stdout carries a patch, see [`json_to_stderr`]); the
+/// line itself the caller prints, naming the destination. `dry`: a dry run.
+pub fn report_json(
     log: &Log,
     stats: &Stats,
     elapsed: Duration,
     side: Side,
     skipped: u64,
-    show: bool,
     dry: bool,
 ) {
-    if show {
-        log.info(summary(stats, elapsed, side, skipped));
+    if !log.json() {
+        return;
     }
-    if log.json() {
-        let json = summary_json(stats, elapsed, side, skipped, dry);
-        if JSON_TO_STDERR.load(Relaxed) {
-            let _ = writeln!(std::io::stderr().lock(), "{json}");
-        } else {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{json}");
-            let _ = out.flush();
-        }
+    let json = summary_json(stats, elapsed, side, skipped, dry);
+    if JSON_TO_STDERR.load(Relaxed) {
+        let _ = writeln!(std::io::stderr().lock(), "{json}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{json}");
+        let _ = out.flush();
     }
 }
 
 /// stdout carries a patch: the `--json` summary goes to stderr instead.
 static JSON_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Say that stdout carries a patch (for [`report_summary`]).
+/// Say that stdout carries a patch (for [`report_json`]).
 pub fn json_to_stderr() {
     JSON_TO_STDERR.store(true, Relaxed);
 }

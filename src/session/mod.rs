@@ -46,7 +46,7 @@ use crate::log::Log;
 use crate::net::{self, FrameReader, FrameSender, Lane};
 use crate::progress::{Reporter, Stats, Totals, human_bytes};
 use crate::proto::{Frame, Welcome};
-use crate::summary::{Side, report_summary};
+use crate::summary::{Side, report_json};
 
 mod destination;
 mod dry;
@@ -314,19 +314,19 @@ pub fn run(end: End<'_>) -> Result<u128> {
     let elapsed = reporter.finish();
     if dry.is_some() {
         // The sink says what differs; the JSON carries the same counts.
-        report_summary(log, stats, elapsed, side, p.first, false, true);
+        report_json(log, stats, elapsed, side, p.first, true);
     } else if disk.is_dry() && !disk.captures() {
         if progress {
             let summary = crate::summary::dry_destination_summary(stats, elapsed, tally);
             log.info(format!("{destination}: {summary}"));
         }
-        report_summary(log, stats, elapsed, side, p.first, false, true);
+        report_json(log, stats, elapsed, side, p.first, true);
     } else {
         if progress {
             let summary = crate::summary::summary(stats, elapsed, side, p.first);
             log.info(format!("{destination}: {summary}"));
         }
-        report_summary(log, stats, elapsed, side, p.first, false, false);
+        report_json(log, stats, elapsed, side, p.first, false);
         let by_map = stats.skipped_by_map.load(Ordering::Relaxed);
         log.info(verification_line(verify, p.first, p.geo.blocks(), by_map));
     }
