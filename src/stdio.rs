@@ -250,17 +250,7 @@ impl OpenRequest {
     /// Whether the request names `path`: the same name, or the same file
     /// or device by another name.
     pub fn names(&self, path: &std::path::Path) -> bool {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        if self.path == path {
-            return true;
-        }
-        match (std::fs::metadata(&self.path), std::fs::metadata(path)) {
-            (Ok(a), Ok(b)) if a.file_type().is_block_device() => {
-                b.file_type().is_block_device() && a.rdev() == b.rdev()
-            }
-            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-            _ => false,
-        }
+        self.path == path || crate::disk::same_file(&self.path, path)
     }
 
     fn parse(line: &[u8]) -> Option<OpenRequest> {

@@ -42,17 +42,15 @@ impl RawArgs {
         }
     }
 
-    /// Which end `path` names, if any: the same file (device and inode)
-    /// as the source or a local destination, or, for a destination not
-    /// created yet, the same absolute path.
+    /// Which end `path` names, if any: the same file or device as the
+    /// source or a local destination, or, for a destination not created
+    /// yet, the same absolute path.
     fn end_named(&self, path: &Path) -> Option<&'static str> {
-        use std::os::unix::fs::MetadataExt;
         let local_target = match &self.target {
             Some(Target::Local(t)) => Some(t.as_path()),
             _ => None,
         };
-        let meta = std::fs::metadata(path).ok();
-        let absolute = |p: &Path| std::path::absolute(p).ok();
+        let absolute = std::path::absolute(path).ok();
         [
             (self.file.as_deref(), "the source (-f)"),
             (local_target, "the destination (-t)"),
@@ -60,12 +58,8 @@ impl RawArgs {
         .into_iter()
         .find_map(|(end, what)| {
             let end = end?;
-            let same_file = match (&meta, std::fs::metadata(end)) {
-                (Some(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-                _ => false,
-            };
-            let same_path = absolute(end).is_some() && absolute(end) == absolute(path);
-            (same_file || same_path).then_some(what)
+            let same_path = absolute.is_some() && std::path::absolute(end).ok() == absolute;
+            (same_path || crate::disk::same_file(end, path)).then_some(what)
         })
     }
 }

@@ -16,6 +16,20 @@ use crate::log::Log;
 use crate::mounts;
 use crate::sys;
 
+/// Whether `a` and `b` name the same file or device by any names: one
+/// block device (the same `rdev`), or one file (device and inode). False
+/// where either cannot be found.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) if a.file_type().is_block_device() => {
+            b.file_type().is_block_device() && a.rdev() == b.rdev()
+        }
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 /// Open `path` for reading; returns it with whether it is a regular file
 /// and whether a block device. `label` names it in errors.
 pub(super) fn open_read_only(path: &Path, label: &str) -> Result<(File, bool, bool)> {
