@@ -118,6 +118,14 @@ pub fn summary_json(
     )
 }
 
+/// `destination b.img is 50 bytes, the source 40: a sync would truncate
+/// it`: a dry run's word on a destination of another size (`what` names
+/// it), whose blocks may all agree.
+pub fn resized(what: &str, have: u64, source: u64) -> String {
+    let change = if have > source { "truncate" } else { "grow" };
+    format!("{what} is {have} bytes, the source {source}: a sync would {change} it")
+}
+
 /// `3 blocks finished in the rescue map skipped, not verified`.
 pub fn skipped_by_map(blocks: u64) -> String {
     format!(

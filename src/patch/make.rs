@@ -484,11 +484,8 @@ pub(super) fn run_source_here(
         // agree: a sync would truncate or grow it.
         let resized = their_size.filter(|&n| n != p.geo.size);
         if let Some(n) = resized {
-            log.info(format!(
-                "compare: the destination is {n} bytes, the source {}: a sync would {} it",
-                p.geo.size,
-                if n > p.geo.size { "truncate" } else { "grow" }
-            ));
+            let note = crate::summary::resized("the destination", n, p.geo.size);
+            log.info(format!("compare: {note}"));
         }
         if differ || resized.is_some() {
             return Err(Error::Differ("compare: the two sides differ".into()));

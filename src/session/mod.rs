@@ -263,12 +263,7 @@ pub fn run(end: End<'_>) -> Result<u128> {
         .then(|| disk.size())
         .filter(|&n| n != p.geo.size);
     if let (Some(n), Some(lane)) = (resized, lanes.first()) {
-        let note = format!(
-            "{} is {n} bytes, the source {}: a sync would {} it",
-            disk.label(),
-            p.geo.size,
-            if n > p.geo.size { "truncate" } else { "grow" }
-        );
+        let note = crate::summary::resized(disk.label(), n, p.geo.size);
         log.info(&note);
         send_notice(lane, &note)?;
     }
