@@ -207,6 +207,15 @@ fn bad_areas(map: &Map) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The `-` areas of a map.
+fn bad_sectors(map: &Map) -> Vec<(u64, u64)> {
+    map.areas()
+        .iter()
+        .filter(|a| a.status == Status::Bad)
+        .map(|a| (a.pos, a.size))
+        .collect()
+}
+
 /// The map `ddrescue -d` writes for `dev`.
 fn ddrescue_map(dir: &TempDir, dev: &str) -> Map {
     let (out, map) = (dir.join("ddrescue.out"), dir.join("ddrescue.map"));
@@ -576,9 +585,11 @@ fn a_patch_from_a_failing_source_marks_unread_sectors_unknown() {
     assert_eq!(read_file(&dst), original, "a dry run wrote the destination");
     let bytes = read_file(&patch);
     assert_eq!(&bytes[8..10], &3u16.to_le_bytes(), "not a version 3 patch");
+    // The bad sectors are `-`; what was read is in the patch, not at the
+    // destination, so it stays `?` (read again by a later run).
     let made = read_map(&map);
-    assert_eq!(bad_areas(&made), lost);
-    assert_eq!(made.totals().0, SIZE as u64 - 2048);
+    assert_eq!(bad_sectors(&made), lost);
+    assert_eq!(made.totals(), (0, 2048, SIZE as u64 - 2048));
 
     // Another image: refused before anything is written, from a file and a pipe.
     let wrong = dir.join("wrong.img");
@@ -616,7 +627,17 @@ fn a_patch_from_a_failing_source_marks_unread_sectors_unknown() {
     write_file(&patch, &out.stdout);
     apply(&patch, &dst, false, &[], 0);
     check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
-    assert_eq!(bad_areas(&read_map(&map)), lost);
+    assert_eq!(bad_sectors(&read_map(&map)), lost);
+    assert_eq!(read_map(&map).totals().0, 0);
+    // A sync with that map afterwards reads every block again and retries
+    // the bad sectors: only then is the rest `+`.
+    let mut cmd = bsync();
+    cmd.arg("-f").arg(faulty.dev()).arg("-t").arg(&dst);
+    run_status(cmd.args(["-b", "1M", "-rescue"]).arg(&map), 4);
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    let synced = read_map(&map);
+    assert_eq!(bad_areas(&synced), lost);
+    assert_eq!(synced.totals(), (SIZE as u64 - 2048, 2048, 0));
 }
 
 /// A TCP relay to `to` whose first connection is cut once the client has
@@ -762,4 +783,35 @@ fn blocks_a_map_marks_finished_are_reported_skipped_not_verified() {
     assert!(err.contains("0 same"), "{err}");
     let (code, srv_err) = finish(srv);
     assert_eq!(code, Some(0), "{srv_err}");
+}
+
+/// A patch run writes nothing at the destination, so its map never says
+/// the destination holds what it read: those blocks stay `?` (once they
+/// turned `+`, and a plain sync with the same map skipped them and exited
+/// 0 with a destination unlike the source). A later run reads them again.
+#[test]
+fn a_patch_run_leaves_the_blocks_it_read_to_be_read_again() {
+    let dir = TempDir::new("rescue-patch-map");
+    let (src, dst, _) = images(&dir);
+    let original = read_file(&dst);
+    let (map, patch) = (dir.join("map"), dir.join("p.bsync"));
+    let m = map.to_str().expect("UTF-8");
+    let p = patch.to_str().expect("UTF-8");
+    let err = run_ok(&mut local(
+        &src,
+        &dst,
+        &["-b", "1M", "-rescue", m, "--write-patch", p],
+    ));
+    assert!(err.contains("read into the patch"), "{err}");
+    assert_eq!(read_file(&dst), original, "a dry run wrote the destination");
+    let text = std::fs::read_to_string(&map).expect("the map");
+    let made = Map::parse(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+    assert_eq!(made.totals(), (0, 0, SIZE as u64), "{text}");
+    // The patch not applied: a plain sync with the same map reads and
+    // writes every block.
+    let err = run_ok(&mut local(&src, &dst, &["-b", "1M", "-rescue", m]));
+    assert!(!err.contains("skipped"), "{err}");
+    assert_same(&src, &dst);
+    let text = std::fs::read_to_string(&map).expect("the map");
+    one_finished_line(&Map::parse(&text).expect("a map"), SIZE as u64);
 }

@@ -87,7 +87,8 @@ RESCUING A FAILING DISK
                 during the run; run again with it to retry only what
                 failed (on the end that reads the source; not with
                 -compare); with -write-patch they are unknown in the
-                patch, which keeps the target's bytes there
+                patch, which keeps the target's bytes there, and what was
+                read stays ? in the map (it is not at the destination)
 
 SERVER
   -p PORT       port to listen on; 0 picks a free one and prints it [8080]
