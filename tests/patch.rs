@@ -899,3 +899,55 @@ fn after_a_cut_pipe_the_file_finishes_as_said() {
     run_ok(&mut apply(&patch, Some(&p.dst), &[]));
     assert_same(&p.src, &p.dst);
 }
+
+/// A flag of the patch form given twice with different values is refused
+/// (exit 2, one line naming it), before anything is opened: once
+/// `--patch=A --patch=B` applied to B, and `--remdata` twice wrote one of
+/// the two undo files, silently.
+#[test]
+fn a_patch_flag_given_twice_is_refused_naming_it() {
+    let p = pair("given-twice");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let other = p.dir.join("other.img");
+    write_file(&other, &p.dst_bytes);
+    let (u1, u2) = (p.dir.join("u1.bsync"), p.dir.join("u2.bsync"));
+    let cases: [(Vec<String>, &str); 3] = [
+        (
+            vec![
+                format!("--patch={}", p.dst.display()),
+                format!("--patch={}", other.display()),
+            ],
+            "--patch",
+        ),
+        (
+            vec![
+                "--patch".into(),
+                "--diffsize=resize".into(),
+                "--diffsize=minsize".into(),
+            ],
+            "--diffsize",
+        ),
+        (
+            vec![
+                "--patch".into(),
+                format!("--remdata={}", u1.display()),
+                format!("--remdata={}", u2.display()),
+            ],
+            "--remdata",
+        ),
+    ];
+    for (args, flag) in cases {
+        let mut cmd = bsync();
+        cmd.args(&args).stdin(File::open(&patch).unwrap());
+        let err = run_status(&mut cmd, 2);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{flag} is given twice")),
+            "{args:?}: {err}"
+        );
+        assert_eq!(read_file(&p.dst), p.dst_bytes, "{args:?}");
+        assert_eq!(read_file(&other), p.dst_bytes, "{args:?}");
+        assert!(!u1.exists() && !u2.exists(), "{args:?}");
+    }
+}
