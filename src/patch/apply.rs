@@ -274,7 +274,7 @@ fn apply_file(a: &Apply, mut r: BufReader<File>, what: &str, env: &Env, log: &Lo
     let path = target_path(a, &h, log)?;
     let diffsize = diffsize(a, &h);
     let mut disk = open_target(&path, env, log)?;
-    check_size(&disk, &h, diffsize)?;
+    check_size(&disk, &h, diffsize, log)?;
     let mut buf = Vec::new();
     let (mut records, mut ranges, mut chain) = (0u64, 0u64, 0u128);
     let (mut pending, mut applied) = (0u64, 0u64);
@@ -407,7 +407,7 @@ fn apply_pipe(
     let path = target_path(a, &h, log)?;
     let diffsize = diffsize(a, &h);
     let mut disk = open_target(&path, env, log)?;
-    check_size(&disk, &h, diffsize)?;
+    check_size(&disk, &h, diffsize, log)?;
     // The whole target first: the records come only once, as they are
     // written.
     let whole = check_whole(&disk, &h, &[], what, true);
