@@ -12,8 +12,11 @@ pub mod apply;
 pub mod format;
 pub mod local;
 pub mod make;
+mod pipe;
+mod records;
 mod rollback;
 mod spans;
+mod stop;
 mod target;
 pub mod undo;
 mod unknown;
@@ -33,5 +36,6 @@ fn session_header(kind: Kind, p: &Params, name: Vec<u8>) -> Header {
         salt: p.salt,
         name,
         unknown: false,
+        undo_result: None,
     }
 }
