@@ -815,3 +815,64 @@ fn a_patch_run_leaves_the_blocks_it_read_to_be_read_again() {
     let text = std::fs::read_to_string(&map).expect("the map");
     one_finished_line(&Map::parse(&text).expect("a map"), SIZE as u64);
 }
+
+/// Ctrl-C writes the map as it stands: every block the destination has
+/// acknowledged is `+` in it (it lagged up to a second of blocks behind,
+/// which a resumed run read again). A slow upload (`-bwlimit`), stopped
+/// 0.6 s after a save of the map.
+#[test]
+fn an_interrupted_run_leaves_a_map_of_every_acknowledged_block() {
+    const BLOCK: usize = 128 << 10;
+    let dir = TempDir::new("rescue-interrupt-map");
+    let (src, dst, map) = (dir.join("src.img"), dir.join("dst.img"), dir.join("map"));
+    let data = random_bytes(SIZE, 24);
+    write_file(&src, &data);
+    write_file(&dst, &random_bytes(SIZE, 25));
+    let (mut srv, addr) = server(&["-f".as_ref(), dst.as_os_str()]);
+    let mut client = bsync()
+        .arg("-f")
+        .arg(&src)
+        .args(["-r", &addr, "-b", "128K", "-bwlimit", "2M", "-rescue"])
+        .arg(&map)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bsync");
+    let finished = || {
+        std::fs::read_to_string(&map)
+            .ok()
+            .and_then(|t| Map::parse(&t).ok())
+            .map_or(0, |m| m.totals().0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while finished() == 0 {
+        assert!(Instant::now() < deadline, "no block finished in the map");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let _ = Command::new("kill")
+        .args(["-INT", &client.id().to_string()])
+        .status();
+    let status = client.wait().expect("wait for bsync");
+    assert_eq!(status.code(), Some(130));
+    // The server waits for its client to come back: its job is done.
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let text = std::fs::read_to_string(&map).expect("the map");
+    let m = Map::parse(&text).expect("a map");
+    let got = read_file(&dst);
+    let blocks = SIZE / BLOCK;
+    let at = |b: usize| b * BLOCK..(b + 1) * BLOCK;
+    let written = (0..blocks).filter(|&b| got[at(b)] == data[at(b)]).count();
+    let marked: Vec<usize> = (0..blocks)
+        .filter(|&b| m.finished((b * BLOCK) as u64, BLOCK as u64))
+        .collect();
+    assert!(
+        marked.iter().all(|&b| got[at(b)] == data[at(b)]),
+        "a block marked + is not at the destination:\n{text}"
+    );
+    assert!(
+        written < blocks && written <= marked.len() + 4,
+        "{written} blocks written, {} marked +:\n{text}",
+        marked.len()
+    );
+}

@@ -32,8 +32,8 @@ use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::block::Geometry;
@@ -107,8 +107,9 @@ struct State {
 
 impl Rescue {
     /// Load the map at `path` (or start a new one) for a source of `size`
-    /// bytes at `source`, whose open file is `file`.
-    pub fn open(path: &Path, source: &Path, file: &File, size: u64) -> Result<Rescue> {
+    /// bytes at `source`, whose open file is `file`. An interrupted run
+    /// writes it as it stands ([`save_on_interrupt`]).
+    pub fn open(path: &Path, source: &Path, file: &File, size: u64) -> Result<Arc<Rescue>> {
         let what = format!("rescue map {}", path.display());
         let mut map = match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -168,6 +169,8 @@ impl Rescue {
             ran: Mutex::new((0, 0, Duration::ZERO)),
         };
         rescue.save(false)?;
+        let rescue = Arc::new(rescue);
+        *lock(&RUNNING) = Some(Arc::downgrade(&rescue));
         Ok(rescue)
     }
 
@@ -509,6 +512,20 @@ impl Rescue {
         }
         let _ = write!(line, "; map {}", self.path.display());
         line
+    }
+}
+
+/// The rescue of this run, for [`save_on_interrupt`].
+static RUNNING: Mutex<Option<Weak<Rescue>>> = Mutex::new(None);
+
+/// Ctrl-C, SIGTERM, SIGHUP (the signal thread, before the process ends):
+/// write the map as it stands, with every block the destination has
+/// acknowledged, rather than leave the one of up to [`SAVE_EVERY`] ago,
+/// whose blocks a resumed run would read again.
+pub fn save_on_interrupt() {
+    let running = lock(&RUNNING).as_ref().and_then(Weak::upgrade);
+    if let Some(rescue) = running {
+        let _ = rescue.save(false);
     }
 }
 
