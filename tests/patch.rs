@@ -1023,14 +1023,26 @@ fn big_scene(name: &str) -> (TempDir, PathBuf, PathBuf, Vec<u8>, PathBuf) {
     (dir, src, dst, original, patch)
 }
 
-/// Start `bsync --patch=DST ARGS` with the patch from a file, or through a
-/// pipe fed by a thread; `shell` runs it under `sh -c` first (`trap "" INT`
+/// How `start_apply` gives the patch.
+#[derive(Clone, Copy, Debug)]
+enum Feed {
+    File,
+    Pipe,
+    /// Through a pipe, 256 KiB every 5 ms: the apply cannot end before
+    /// about 0.6 s.
+    Slow,
+    /// Through a pipe that brings the first 8 MiB, then nothing for 30 s.
+    Stall,
+}
+
+/// Start `bsync --patch=DST ARGS` with the patch as `feed` says (a pipe
+/// fed by a thread); `shell` runs it under `sh -c` first (`trap "" INT`
 /// there: a background job of a script, whose SIGINT is ignored).
 fn start_apply(
     patch: &Path,
     dst: &Path,
     args: &[String],
-    piped: bool,
+    feed: Feed,
     shell: &str,
 ) -> std::process::Child {
     let mut cmd = if shell.is_empty() {
@@ -1045,14 +1057,30 @@ fn start_apply(
     cmd.arg(format!("--patch={}", dst.display()))
         .args(args)
         .stderr(Stdio::piped());
-    if !piped {
+    if let Feed::File = feed {
         return cmd.stdin(File::open(patch).unwrap()).spawn().unwrap();
     }
     let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let bytes = read_file(patch);
     std::thread::spawn(move || {
-        let _ = stdin.write_all(&bytes);
+        let chunk = match feed {
+            Feed::Slow => 256 << 10,
+            Feed::Stall => {
+                let _ = stdin.write_all(&bytes[..8 << 20]);
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                return;
+            }
+            _ => bytes.len().max(1),
+        };
+        for piece in bytes.chunks(chunk) {
+            if stdin.write_all(piece).is_err() {
+                return;
+            }
+            if let Feed::Slow = feed {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     });
     child
 }
@@ -1080,17 +1108,17 @@ fn wait_for_undo(child: &mut std::process::Child, undo: &Path, bytes: u64) {
 fn a_signal_stops_an_apply_between_records_and_its_undo_restores() {
     let (dir, src, dst, original, patch) = big_scene("apply-signal");
     let undo = dir.join("undo.bsync");
-    for (sig, code, shell, piped) in [
-        ("INT", 130, "", false),
-        ("INT", 130, "trap '' INT", true),
-        ("TERM", 143, "", true),
-        ("HUP", 129, "", false),
+    for (sig, code, shell, feed) in [
+        ("INT", 130, "", Feed::File),
+        ("INT", 130, "trap '' INT", Feed::Pipe),
+        ("TERM", 143, "", Feed::Pipe),
+        ("HUP", 129, "", Feed::File),
     ] {
-        let what = format!("SIG{sig} {shell} piped {piped}");
+        let what = format!("SIG{sig} {shell} {feed:?}");
         write_file(&dst, &original);
         let _ = fs::remove_file(&undo);
         let args = [format!("--remdata={}", undo.display())];
-        let mut child = start_apply(&patch, &dst, &args, piped, shell);
+        let mut child = start_apply(&patch, &dst, &args, feed, shell);
         wait_for_undo(&mut child, &undo, 2 << 20);
         let _ = Command::new("kill")
             .args([&format!("-{sig}"), &child.id().to_string()])
@@ -1115,11 +1143,19 @@ fn a_signal_stops_an_apply_between_records_and_its_undo_restores() {
         assert!(!err.contains("cut short"), "{what}: {err}");
         assert!(read_file(&dst) == original, "{what}: not restored");
     }
-    // Without an undo patch: applying the same patch from a file finishes.
+    // Without an undo patch (from a slow pipe, so that the apply is still
+    // writing when the signal comes): applying the same patch from a file
+    // finishes it.
     write_file(&dst, &original);
-    let mut child = start_apply(&patch, &dst, &[], false, "");
-    while read_file(&dst)[..1 << 20] == original[..1 << 20] {
+    let mut child = start_apply(&patch, &dst, &[], Feed::Slow, "");
+    let first = |path: &Path| {
+        let mut head = [0u8; 4096];
+        std::io::Read::read_exact(&mut File::open(path).unwrap(), &mut head).unwrap();
+        head
+    };
+    while first(&dst)[..] == original[..4096] {
         assert!(child.try_wait().unwrap().is_none(), "the apply ended");
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -1143,17 +1179,17 @@ fn a_signal_stops_an_apply_between_records_and_its_undo_restores() {
 fn after_kill_9_the_undo_cut_short_restores_what_was_overwritten() {
     let (dir, _, dst, original, patch) = big_scene("apply-kill");
     let undo = dir.join("undo.bsync");
-    for (at, piped, undo_piped) in [
-        (1 << 20, false, false),
-        (6 << 20, true, false),
-        (13 << 20, false, true),
-        (21 << 20, true, true),
+    for (at, feed, undo_piped) in [
+        (1 << 20, Feed::File, false),
+        (6 << 20, Feed::Pipe, false),
+        (13 << 20, Feed::File, true),
+        (21 << 20, Feed::Pipe, true),
     ] {
-        let what = format!("killed at {at}, piped {piped}, undo piped {undo_piped}");
+        let what = format!("killed at {at}, {feed:?}, undo piped {undo_piped}");
         write_file(&dst, &original);
         let _ = fs::remove_file(&undo);
         let args = [format!("--remdata={}", undo.display())];
-        let mut child = start_apply(&patch, &dst, &args, piped, "");
+        let mut child = start_apply(&patch, &dst, &args, feed, "");
         wait_for_undo(&mut child, &undo, at);
         child.kill().unwrap();
         child.wait().unwrap();
@@ -1168,4 +1204,32 @@ fn after_kill_9_the_undo_cut_short_restores_what_was_overwritten() {
         assert!(err.contains("cut short"), "{what}: {err}");
         assert!(read_file(&dst) == original, "{what}: not restored");
     }
+}
+
+/// A signal while the apply waits for a pipe that brings nothing: it
+/// cannot reach the end of a record, so after `stop::GRACE` (10 s) the
+/// signal ends it anyway, saying so; the undo patch, cut short, restores.
+#[test]
+fn a_signal_while_a_pipe_stalls_ends_the_apply_and_its_undo_restores() {
+    let (dir, _, dst, original, patch) = big_scene("apply-stall");
+    let undo = dir.join("undo.bsync");
+    let args = [format!("--remdata={}", undo.display())];
+    let mut child = start_apply(&patch, &dst, &args, Feed::Stall, "");
+    wait_for_undo(&mut child, &undo, 6 << 20);
+    // Every record of the 8 MiB is written before the apply waits.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("stopped while writing: the target WAS changed")
+            && err.contains("applies up to its last whole record"),
+        "{err}"
+    );
+    let err = run_ok(&mut apply(&undo, None, &[]));
+    assert!(err.contains("cut short"), "{err}");
+    assert!(read_file(&dst) == original, "not restored");
 }
