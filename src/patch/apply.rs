@@ -13,7 +13,10 @@
 //! is checked just before it is written. A range that already holds its
 //! new content is skipped, so a patch applied twice writes nothing more. At
 //! the end the digest of the whole result is checked against the patch's
-//! trailer. A failure after the first write says so, and how to undo.
+//! trailer. A failure after the first write says so, and how to undo; so
+//! does Ctrl-C, SIGTERM or SIGHUP, which stops an apply between two
+//! records (`stop.rs`). The pass from a pipe is `pipe.rs`; what both do
+//! with a record, `records.rs`.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
