@@ -9,8 +9,9 @@
 //! SIGINT, SIGTERM and SIGHUP are blocked in every thread and taken by
 //! that one thread with `sigwait`: it forwards SIGTERM to the child
 //! [`record`]ed at the moment, runs what the running mode asked to be done
-//! on an interrupt ([`on_interrupt`]: `-t` removes its remote directory),
-//! says where to resume, and exits with 128 + the signal number.
+//! on an interrupt ([`on_interrupt`]: `-t` removes its remote directory,
+//! `--patch` stops between two records), writes a `-rescue` map as it
+//! stands, says where to resume, and exits with 128 + the signal number.
 //!
 //! `ssh/process.rs` supervises the long-running ssh of `-t` (its stderr
 //! kept, a bounded wait, a kill) on top of [`try_reap`].
@@ -175,6 +176,7 @@ pub fn watch_interrupts(log: &Log) {
         if let Some(hook) = hook {
             hook(&log);
         }
+        crate::rescue::save_on_interrupt();
         crate::progress::end_live_line();
         log.line("interrupted");
         if let Some(hint) = resume_hint() {

@@ -207,7 +207,7 @@ impl Disk {
     /// direct reads.
     pub fn rescued(mut self, map: Option<&Path>, path: &Path) -> Result<Disk> {
         if let Some(map) = map {
-            self.rescue = Some(Arc::new(Rescue::open(map, path, &self.file, self.size)?));
+            self.rescue = Some(Rescue::open(map, path, &self.file, self.size)?);
         }
         Ok(self)
     }

@@ -69,10 +69,10 @@ pub fn run(config: &Config) -> Result<()> {
     let log = Log::new(&config.log);
     if matches!(
         config.mode,
-        Mode::Local { .. } | Mode::Connect(_) | Mode::Serve(_) | Mode::Ssh(_)
+        Mode::Local { .. } | Mode::Connect(_) | Mode::Serve(_) | Mode::Ssh(_) | Mode::Apply(_)
     ) {
         // The one signal thread: -t also stops its ssh and removes the
-        // remote copy.
+        // remote copy; --patch stops between two records.
         child::watch_interrupts(&log);
     }
     if matches!(config.mode, Mode::Serve(_)) {

@@ -744,3 +744,41 @@ fn a_read_only_device_is_refused_before_the_server_listens() {
     assert!(err.contains("read-only"), "{err}");
     assert_bytes(dev.path(), &before);
 }
+
+/// `--patch --diffsize=resize` onto a larger device applies the patch and
+/// leaves the device's tail alone, and says that a device keeps its size
+/// (once it said nothing: exit 0, the device as large as before).
+#[test]
+fn a_resize_patch_onto_a_larger_device_says_the_device_keeps_its_size() {
+    let dir = TempDir::new("dev-patch-resize");
+    let src = random_bytes(2 * MIB, 31);
+    let mut image = src.clone();
+    image[MIB..MIB + 4096].fill(7);
+    image.extend_from_slice(&random_bytes(MIB, 32));
+    let (file, copy) = (dir.join("src"), dir.join("copy"));
+    write_file(&file, &src);
+    write_file(&copy, &image);
+    let patch = dir.join("p.bsync");
+    run_ok(&mut local(
+        &file,
+        &copy,
+        &["-b", "1M", "--write-patch", patch.to_str().expect("UTF-8")],
+    ));
+    let Some(dst) = device(&dir, "dst", &image) else {
+        return;
+    };
+    let err = run_ok(
+        bsync()
+            .arg(format!("--patch={}", dst.path().display()))
+            .arg("--diffsize=resize")
+            .stdin(File::open(&patch).expect("the patch")),
+    );
+    let mut want = src.clone();
+    want.extend_from_slice(&image[2 * MIB..]);
+    assert_bytes(dst.path(), &want);
+    assert!(
+        err.contains("a block device cannot be resized")
+            && err.contains("it keeps its 3145728 bytes"),
+        "{err}"
+    );
+}

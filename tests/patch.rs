@@ -899,3 +899,337 @@ fn after_a_cut_pipe_the_file_finishes_as_said() {
     run_ok(&mut apply(&patch, Some(&p.dst), &[]));
     assert_same(&p.src, &p.dst);
 }
+
+/// A flag of the patch form given twice with different values is refused
+/// (exit 2, one line naming it), before anything is opened: once
+/// `--patch=A --patch=B` applied to B, and `--remdata` twice wrote one of
+/// the two undo files, silently.
+#[test]
+fn a_patch_flag_given_twice_is_refused_naming_it() {
+    let p = pair("given-twice");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    let other = p.dir.join("other.img");
+    write_file(&other, &p.dst_bytes);
+    let (u1, u2) = (p.dir.join("u1.bsync"), p.dir.join("u2.bsync"));
+    let cases: [(Vec<String>, &str); 3] = [
+        (
+            vec![
+                format!("--patch={}", p.dst.display()),
+                format!("--patch={}", other.display()),
+            ],
+            "--patch",
+        ),
+        (
+            vec![
+                "--patch".into(),
+                "--diffsize=resize".into(),
+                "--diffsize=minsize".into(),
+            ],
+            "--diffsize",
+        ),
+        (
+            vec![
+                "--patch".into(),
+                format!("--remdata={}", u1.display()),
+                format!("--remdata={}", u2.display()),
+            ],
+            "--remdata",
+        ),
+    ];
+    for (args, flag) in cases {
+        let mut cmd = bsync();
+        cmd.args(&args).stdin(File::open(&patch).unwrap());
+        let err = run_status(&mut cmd, 2);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{flag} is given twice")),
+            "{args:?}: {err}"
+        );
+        assert_eq!(read_file(&p.dst), p.dst_bytes, "{args:?}");
+        assert_eq!(read_file(&other), p.dst_bytes, "{args:?}");
+        assert!(!u1.exists() && !u2.exists(), "{args:?}");
+    }
+}
+
+/// The undo patch written while applying with `--diffsize=resize` puts
+/// back the target's size and bytes, from a file and from a pipe: the tail
+/// a smaller source cuts is saved in it, and a grown target is cut back
+/// (once the tail was lost, and the undo of a grown target was refused as
+/// corrupt: "reaches past the source's size").
+#[test]
+fn the_undo_of_a_resizing_apply_restores_size_and_bytes() {
+    let dir = TempDir::new("undo-resize");
+    let src_bytes = random_bytes(LEN, 71);
+    let src = dir.join("src.img");
+    write_file(&src, &src_bytes);
+    for (name, len) in [("larger", LEN + 300_000), ("smaller", LEN - 300_000)] {
+        // Half the source, the rest its own; a zero run in the tail too.
+        let mut stale = random_bytes(len, 72);
+        stale[..LEN / 2].copy_from_slice(&src_bytes[..LEN / 2]);
+        stale[len - 150_000..len - 20_000].fill(0);
+        let base = dir.join("base.img");
+        write_file(&base, &stale);
+        let patch = dir.join("p.bsync");
+        make_patch(&src, &base, &patch, &["--diffsize=resize"]);
+        for piped in [false, true] {
+            let what = format!("{name}, {}", if piped { "piped" } else { "file" });
+            let t = dir.join("t.img");
+            write_file(&t, &stale);
+            let undo = dir.join("undo.bsync");
+            let _ = fs::remove_file(&undo);
+            let remdata = format!("--remdata={}", undo.display());
+            if piped {
+                let (code, err) = apply_piped(&read_file(&patch), &t, &[&remdata]);
+                assert_eq!(code, Some(0), "{what}: {err}");
+            } else {
+                run_ok(&mut apply(&patch, Some(&t), &[&remdata]));
+            }
+            assert_same(&src, &t);
+            if piped {
+                let (code, err) = apply_piped(&read_file(&undo), &t, &[]);
+                assert_eq!(code, Some(0), "{what}: {err}");
+            } else {
+                run_ok(&mut apply(&undo, Some(&t), &[]));
+            }
+            let got = read_file(&t);
+            assert_eq!(got.len(), len, "{what}: size");
+            assert!(got == stale, "{what}: the undo did not restore the bytes");
+        }
+    }
+}
+
+/// A large patch and a target that differs in every block, for stopping
+/// an apply partway: (dir, src, dst, the target's bytes, the patch).
+fn big_scene(name: &str) -> (TempDir, PathBuf, PathBuf, Vec<u8>, PathBuf) {
+    let dir = TempDir::new(name);
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    write_file(&src, &random_bytes(32 << 20, 81));
+    let original = random_bytes(32 << 20, 82);
+    write_file(&dst, &original);
+    let patch = dir.join("p.bsync");
+    run_ok(&mut local(
+        &src,
+        &dst,
+        &[
+            "-q",
+            "-b",
+            "256K",
+            "-n",
+            "--write-patch",
+            patch.to_str().unwrap(),
+        ],
+    ));
+    (dir, src, dst, original, patch)
+}
+
+/// How `start_apply` gives the patch.
+#[derive(Clone, Copy, Debug)]
+enum Feed {
+    File,
+    Pipe,
+    /// Through a pipe, 256 KiB every 5 ms: the apply cannot end before
+    /// about 0.6 s.
+    Slow,
+    /// Through a pipe that brings the first 8 MiB, then nothing for 30 s.
+    Stall,
+}
+
+/// Start `bsync --patch=DST ARGS` with the patch as `feed` says (a pipe
+/// fed by a thread); `shell` runs it under `sh -c` first (`trap "" INT`
+/// there: a background job of a script, whose SIGINT is ignored).
+fn start_apply(
+    patch: &Path,
+    dst: &Path,
+    args: &[String],
+    feed: Feed,
+    shell: &str,
+) -> std::process::Child {
+    let mut cmd = if shell.is_empty() {
+        bsync()
+    } else {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("{shell}; exec \"$0\" \"$@\""))
+            .arg(BIN);
+        sh
+    };
+    cmd.arg(format!("--patch={}", dst.display()))
+        .args(args)
+        .stderr(Stdio::piped());
+    if let Feed::File = feed {
+        return cmd.stdin(File::open(patch).unwrap()).spawn().unwrap();
+    }
+    let mut child = cmd.stdin(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = read_file(patch);
+    std::thread::spawn(move || {
+        let chunk = match feed {
+            Feed::Slow => 256 << 10,
+            Feed::Stall => {
+                let _ = stdin.write_all(&bytes[..8 << 20]);
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                return;
+            }
+            _ => bytes.len().max(1),
+        };
+        for piece in bytes.chunks(chunk) {
+            if stdin.write_all(piece).is_err() {
+                return;
+            }
+            if let Feed::Slow = feed {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    });
+    child
+}
+
+/// Wait until `undo` holds `bytes` (the apply is writing), or fail if the
+/// apply ended first.
+fn wait_for_undo(child: &mut std::process::Child, undo: &Path, bytes: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fs::metadata(undo).map_or(0, |m| m.len()) < bytes {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the apply ended before its undo patch held {bytes} bytes"
+        );
+        assert!(std::time::Instant::now() < deadline, "no undo data");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Ctrl-C, SIGTERM (and Ctrl-C where a script's background job ignores
+/// it) stop an apply between two records: exit 128 + the signal, one line
+/// saying the target was changed and the undo command, which restores it
+/// (once Ctrl-C was ignored, the apply finishing with exit 0, and SIGTERM
+/// killed it without a word and left an undo patch that did not apply).
+#[test]
+fn a_signal_stops_an_apply_between_records_and_its_undo_restores() {
+    let (dir, src, dst, original, patch) = big_scene("apply-signal");
+    let undo = dir.join("undo.bsync");
+    for (sig, code, shell, feed) in [
+        ("INT", 130, "", Feed::File),
+        ("INT", 130, "trap '' INT", Feed::Pipe),
+        ("TERM", 143, "", Feed::Pipe),
+        ("HUP", 129, "", Feed::File),
+    ] {
+        let what = format!("SIG{sig} {shell} {feed:?}");
+        write_file(&dst, &original);
+        let _ = fs::remove_file(&undo);
+        let args = [format!("--remdata={}", undo.display())];
+        let mut child = start_apply(&patch, &dst, &args, feed, shell);
+        wait_for_undo(&mut child, &undo, 2 << 20);
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{what}: {err}");
+        let how = format!(
+            "undo with: bsync --patch={} < {}",
+            dst.display(),
+            undo.display()
+        );
+        assert!(
+            err.contains("the target WAS changed") && err.contains(&how),
+            "{what}: {err}"
+        );
+        let changed = read_file(&dst);
+        assert!(changed != original, "{what}: nothing was written");
+        assert!(changed != read_file(&src), "{what}: it was not stopped");
+        // The undo patch is whole (not cut short) and puts it back.
+        let err = run_ok(&mut apply(&undo, None, &[]));
+        assert!(!err.contains("cut short"), "{what}: {err}");
+        assert!(read_file(&dst) == original, "{what}: not restored");
+    }
+    // Without an undo patch (from a slow pipe, so that the apply is still
+    // writing when the signal comes): applying the same patch from a file
+    // finishes it.
+    write_file(&dst, &original);
+    let mut child = start_apply(&patch, &dst, &[], Feed::Slow, "");
+    let first = |path: &Path| {
+        let mut head = [0u8; 4096];
+        std::io::Read::read_exact(&mut File::open(path).unwrap(), &mut head).unwrap();
+        head
+    };
+    while first(&dst)[..] == original[..4096] {
+        assert!(child.try_wait().unwrap().is_none(), "the apply ended");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("applying the same patch again from a file finishes it"),
+        "{err}"
+    );
+    run_ok(&mut apply(&patch, None, &[]));
+    assert_same(&src, &dst);
+}
+
+/// `kill -9` partway: every record of the undo patch is on disk before
+/// the target is written there, so the undo patch, cut short, puts back
+/// everything that was overwritten, whether the kill fell between two
+/// writes or in one (once it was truncated and refused: "truncated").
+#[test]
+fn after_kill_9_the_undo_cut_short_restores_what_was_overwritten() {
+    let (dir, _, dst, original, patch) = big_scene("apply-kill");
+    let undo = dir.join("undo.bsync");
+    for (at, feed, undo_piped) in [
+        (1 << 20, Feed::File, false),
+        (6 << 20, Feed::Pipe, false),
+        (13 << 20, Feed::File, true),
+        (21 << 20, Feed::Pipe, true),
+    ] {
+        let what = format!("killed at {at}, {feed:?}, undo piped {undo_piped}");
+        write_file(&dst, &original);
+        let _ = fs::remove_file(&undo);
+        let args = [format!("--remdata={}", undo.display())];
+        let mut child = start_apply(&patch, &dst, &args, feed, "");
+        wait_for_undo(&mut child, &undo, at);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(read_file(&dst) != original, "{what}: nothing was written");
+        let err = if undo_piped {
+            let (code, err) = apply_piped(&read_file(&undo), &dst, &[]);
+            assert_eq!(code, Some(0), "{what}: {err}");
+            err
+        } else {
+            run_ok(&mut apply(&undo, None, &["--verbose"]))
+        };
+        assert!(err.contains("cut short"), "{what}: {err}");
+        assert!(read_file(&dst) == original, "{what}: not restored");
+    }
+}
+
+/// A signal while the apply waits for a pipe that brings nothing: it
+/// cannot reach the end of a record, so after `stop::GRACE` (10 s) the
+/// signal ends it anyway, saying so; the undo patch, cut short, restores.
+#[test]
+fn a_signal_while_a_pipe_stalls_ends_the_apply_and_its_undo_restores() {
+    let (dir, _, dst, original, patch) = big_scene("apply-stall");
+    let undo = dir.join("undo.bsync");
+    let args = [format!("--remdata={}", undo.display())];
+    let mut child = start_apply(&patch, &dst, &args, Feed::Stall, "");
+    wait_for_undo(&mut child, &undo, 6 << 20);
+    // Every record of the 8 MiB is written before the apply waits.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("stopped while writing: the target WAS changed")
+            && err.contains("applies up to its last whole record"),
+        "{err}"
+    );
+    let err = run_ok(&mut apply(&undo, None, &[]));
+    assert!(err.contains("cut short"), "{err}");
+    assert!(read_file(&dst) == original, "not restored");
+}

@@ -207,6 +207,15 @@ fn bad_areas(map: &Map) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The `-` areas of a map.
+fn bad_sectors(map: &Map) -> Vec<(u64, u64)> {
+    map.areas()
+        .iter()
+        .filter(|a| a.status == Status::Bad)
+        .map(|a| (a.pos, a.size))
+        .collect()
+}
+
 /// The map `ddrescue -d` writes for `dev`.
 fn ddrescue_map(dir: &TempDir, dev: &str) -> Map {
     let (out, map) = (dir.join("ddrescue.out"), dir.join("ddrescue.map"));
@@ -576,9 +585,11 @@ fn a_patch_from_a_failing_source_marks_unread_sectors_unknown() {
     assert_eq!(read_file(&dst), original, "a dry run wrote the destination");
     let bytes = read_file(&patch);
     assert_eq!(&bytes[8..10], &3u16.to_le_bytes(), "not a version 3 patch");
+    // The bad sectors are `-`; what was read is in the patch, not at the
+    // destination, so it stays `?` (read again by a later run).
     let made = read_map(&map);
-    assert_eq!(bad_areas(&made), lost);
-    assert_eq!(made.totals().0, SIZE as u64 - 2048);
+    assert_eq!(bad_sectors(&made), lost);
+    assert_eq!(made.totals(), (0, 2048, SIZE as u64 - 2048));
 
     // Another image: refused before anything is written, from a file and a pipe.
     let wrong = dir.join("wrong.img");
@@ -616,7 +627,17 @@ fn a_patch_from_a_failing_source_marks_unread_sectors_unknown() {
     write_file(&patch, &out.stdout);
     apply(&patch, &dst, false, &[], 0);
     check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
-    assert_eq!(bad_areas(&read_map(&map)), lost);
+    assert_eq!(bad_sectors(&read_map(&map)), lost);
+    assert_eq!(read_map(&map).totals().0, 0);
+    // A sync with that map afterwards reads every block again and retries
+    // the bad sectors: only then is the rest `+`.
+    let mut cmd = bsync();
+    cmd.arg("-f").arg(faulty.dev()).arg("-t").arg(&dst);
+    run_status(cmd.args(["-b", "1M", "-rescue"]).arg(&map), 4);
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    let synced = read_map(&map);
+    assert_eq!(bad_areas(&synced), lost);
+    assert_eq!(synced.totals(), (SIZE as u64 - 2048, 2048, 0));
 }
 
 /// A TCP relay to `to` whose first connection is cut once the client has
@@ -762,4 +783,96 @@ fn blocks_a_map_marks_finished_are_reported_skipped_not_verified() {
     assert!(err.contains("0 same"), "{err}");
     let (code, srv_err) = finish(srv);
     assert_eq!(code, Some(0), "{srv_err}");
+}
+
+/// A patch run writes nothing at the destination, so its map never says
+/// the destination holds what it read: those blocks stay `?` (once they
+/// turned `+`, and a plain sync with the same map skipped them and exited
+/// 0 with a destination unlike the source). A later run reads them again.
+#[test]
+fn a_patch_run_leaves_the_blocks_it_read_to_be_read_again() {
+    let dir = TempDir::new("rescue-patch-map");
+    let (src, dst, _) = images(&dir);
+    let original = read_file(&dst);
+    let (map, patch) = (dir.join("map"), dir.join("p.bsync"));
+    let m = map.to_str().expect("UTF-8");
+    let p = patch.to_str().expect("UTF-8");
+    let err = run_ok(&mut local(
+        &src,
+        &dst,
+        &["-b", "1M", "-rescue", m, "--write-patch", p],
+    ));
+    assert!(err.contains("read into the patch"), "{err}");
+    assert_eq!(read_file(&dst), original, "a dry run wrote the destination");
+    let text = std::fs::read_to_string(&map).expect("the map");
+    let made = Map::parse(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
+    assert_eq!(made.totals(), (0, 0, SIZE as u64), "{text}");
+    // The patch not applied: a plain sync with the same map reads and
+    // writes every block.
+    let err = run_ok(&mut local(&src, &dst, &["-b", "1M", "-rescue", m]));
+    assert!(!err.contains("skipped"), "{err}");
+    assert_same(&src, &dst);
+    let text = std::fs::read_to_string(&map).expect("the map");
+    one_finished_line(&Map::parse(&text).expect("a map"), SIZE as u64);
+}
+
+/// Ctrl-C writes the map as it stands: every block the destination has
+/// acknowledged is `+` in it (it lagged up to a second of blocks behind,
+/// which a resumed run read again). A slow upload (`-bwlimit`), stopped
+/// 0.6 s after a save of the map.
+#[test]
+fn an_interrupted_run_leaves_a_map_of_every_acknowledged_block() {
+    const BLOCK: usize = 128 << 10;
+    let dir = TempDir::new("rescue-interrupt-map");
+    let (src, dst, map) = (dir.join("src.img"), dir.join("dst.img"), dir.join("map"));
+    let data = random_bytes(SIZE, 24);
+    write_file(&src, &data);
+    write_file(&dst, &random_bytes(SIZE, 25));
+    let (mut srv, addr) = server(&["-f".as_ref(), dst.as_os_str()]);
+    let mut client = bsync()
+        .arg("-f")
+        .arg(&src)
+        .args(["-r", &addr, "-b", "128K", "-bwlimit", "2M", "-rescue"])
+        .arg(&map)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bsync");
+    let finished = || {
+        std::fs::read_to_string(&map)
+            .ok()
+            .and_then(|t| Map::parse(&t).ok())
+            .map_or(0, |m| m.totals().0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while finished() == 0 {
+        assert!(Instant::now() < deadline, "no block finished in the map");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let _ = Command::new("kill")
+        .args(["-INT", &client.id().to_string()])
+        .status();
+    let status = client.wait().expect("wait for bsync");
+    assert_eq!(status.code(), Some(130));
+    // The server waits for its client to come back: its job is done.
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let text = std::fs::read_to_string(&map).expect("the map");
+    let m = Map::parse(&text).expect("a map");
+    let got = read_file(&dst);
+    let blocks = SIZE / BLOCK;
+    let at = |b: usize| b * BLOCK..(b + 1) * BLOCK;
+    let written = (0..blocks).filter(|&b| got[at(b)] == data[at(b)]).count();
+    let marked: Vec<usize> = (0..blocks)
+        .filter(|&b| m.finished((b * BLOCK) as u64, BLOCK as u64))
+        .collect();
+    assert!(
+        marked.iter().all(|&b| got[at(b)] == data[at(b)]),
+        "a block marked + is not at the destination:\n{text}"
+    );
+    assert!(
+        written < blocks && written <= marked.len() + 4,
+        "{written} blocks written, {} marked +:\n{text}",
+        marked.len()
+    );
 }

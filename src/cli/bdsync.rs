@@ -118,6 +118,25 @@ fn diffsize(v: Option<&str>) -> Result<DiffSize> {
     }
 }
 
+/// The flags seen so far that take a value: (name, as typed, value).
+type Seen = Vec<(&'static str, String, String)>;
+
+/// A flag given twice with different values is refused, naming both, as
+/// bsync's own are: which one wins would be a guess (`--patch=A
+/// --patch=B` once applied to B, silently).
+fn once(seen: &mut Seen, name: &'static str, typed: &str, value: String) -> Result<()> {
+    match seen.iter().find(|(n, ..)| *n == name) {
+        Some((_, first, v)) if *v != value => Err(usage(format!(
+            "--{name} is given twice, as {first:?} and {typed:?}: give it once"
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            seen.push((name, typed.to_string(), value));
+            Ok(())
+        }
+    }
+}
+
 /// Parse bdsync's client or patcher form into a plan.
 pub fn parse(args: &[OsString]) -> Result<Config> {
     let mut verbose = 0u32;
@@ -131,6 +150,7 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
     let mut rescue: Option<PathBuf> = None;
     let mut positional: Vec<OsString> = Vec::new();
     let mut rest = false;
+    let mut seen = Seen::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let s = match arg.to_str() {
@@ -156,15 +176,34 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
             Some((n, v)) => (n, Some(v)),
             None => (body, None),
         };
+        let raw = || value.unwrap_or_default().to_string();
         match (name, value) {
             ("verbose" | "v", None) => verbose += 1,
             ("progress", None) => progress = true,
-            ("remdata", v) => remdata = Some(v.map(PathBuf::from)),
-            ("diffsize", v) => size = Some(diffsize(v)?),
-            ("blocksize" | "b", Some(v)) => block_size = Some(parse_block_size(v)?),
-            ("patch", v) => patch = Some(v.filter(|v| !v.is_empty()).map(PathBuf::from)),
+            ("remdata", v) => {
+                once(&mut seen, "remdata", s, raw())?;
+                remdata = Some(v.map(PathBuf::from));
+            }
+            ("diffsize", v) => {
+                let mode = diffsize(v)?;
+                once(&mut seen, "diffsize", s, format!("{mode:?}"))?;
+                size = Some(mode);
+            }
+            ("blocksize" | "b", Some(v)) => {
+                let n = parse_block_size(v)?;
+                once(&mut seen, "blocksize", s, n.to_string())?;
+                block_size = Some(n);
+            }
+            ("patch", v) => {
+                once(&mut seen, "patch", s, raw())?;
+                patch = Some(v.filter(|v| !v.is_empty()).map(PathBuf::from));
+            }
             ("n", None) => no_compress = true,
-            ("digest", v) => digest_name = Some(digest(v)?),
+            ("digest", v) => {
+                let name = digest(v)?;
+                once(&mut seen, "digest", s, name.to_ascii_lowercase())?;
+                digest_name = Some(name);
+            }
             // bsync's own: LOCDEV is failing (unknown sectors in the patch).
             ("rescue", v) => {
                 let map = match v {
@@ -174,6 +213,8 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
                         .cloned()
                         .ok_or_else(|| usage("--rescue needs a map file: --rescue MAPFILE"))?,
                 };
+                let shown = map.to_string_lossy().into_owned();
+                once(&mut seen, "rescue", &format!("--rescue={shown}"), shown)?;
                 rescue = Some(PathBuf::from(map));
             }
             ("server", _) => {
@@ -374,6 +415,40 @@ mod tests {
         ] {
             let e = parse(&args(bad)).unwrap_err();
             assert_eq!(e.exit_status(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_flag_given_twice_with_different_values_is_refused_naming_it() {
+        for (bad, flag) in [
+            (&["--patch=/a", "--patch=/b"][..], "--patch"),
+            (&["--patch", "--patch=/b"], "--patch"),
+            (
+                &["--patch", "--diffsize=resize", "--diffsize"],
+                "--diffsize",
+            ),
+            (&["--patch", "--remdata=u1", "--remdata=u2"], "--remdata"),
+            (&["--blocksize=1M", "-b=2M", "c", "a", "b"], "--blocksize"),
+            (
+                &["--rescue", "m1", "--rescue=m2", "c", "a", "b"],
+                "--rescue",
+            ),
+        ] {
+            let e = parse(&args(bad)).unwrap_err();
+            assert_eq!(e.exit_status(), 2, "{bad:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("{flag} is given twice")),
+                "{bad:?}: {msg}"
+            );
+        }
+        // The same value twice is no contradiction.
+        for fine in [
+            &["--patch=/a", "--patch=/a"][..],
+            &["--patch", "--diffsize", "--diffsize=strict"],
+            &["-b=1M", "--blocksize=1024K", "c", "a", "b"],
+        ] {
+            assert!(parse(&args(fine)).is_ok(), "{fine:?}");
         }
     }
 

@@ -54,11 +54,13 @@ PATCHES, COMPARING, ANY REMOTE SHELL (bdsync's workflow)
                 the remote's port cannot be reached)
   -patch[=DEV]  apply the patch on stdin to DEV (or to the target it names);
                 nothing is written unless the whole target is the image the
-                patch was made from
+                patch was made from; Ctrl-C stops it between two records
   -diffsize[=MODE]  strict, resize or minsize: the size difference a patch
                 may bridge (bdsync's client form and -patch) [strict]
   -remdata[=UNDO]  an undo patch: on stdout from bdsync's client form, into
-                UNDO while applying with -patch
+                UNDO while applying with -patch (each record on disk before
+                its write; it restores the size too, and applies even cut
+                short by a killed apply)
   -digest NAME  bdsync's client form: md5, sha1, sha256... are accepted;
                 bsync checks its patches with its own digest
   -blocksize N  bdsync's name for -b
@@ -87,7 +89,8 @@ RESCUING A FAILING DISK
                 during the run; run again with it to retry only what
                 failed (on the end that reads the source; not with
                 -compare); with -write-patch they are unknown in the
-                patch, which keeps the target's bytes there
+                patch, which keeps the target's bytes there, and what was
+                read stays ? in the map (it is not at the destination)
 
 SERVER
   -p PORT       port to listen on; 0 picks a free one and prints it [8080]

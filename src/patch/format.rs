@@ -12,7 +12,10 @@
 //!          whole u8 (1: the two digests below are known, 0: both are 0)
 //!          original u128 (the digest of the whole target the patch was
 //!                         made from, as `result_hash` defines it)
-//!          result u128 (the same of the whole result, as in the trailer)
+//!          result u128 (the same of the whole result, as in the trailer;
+//!                       in an undo patch written while applying, whose
+//!                       whole flag is 0, the digest of the whole target
+//!                       before that apply, or 0 where unknown)
 //!          target name: length u16, bytes (an absolute path; may be empty)
 //!          check u128 = digest(CHECK_SALT, every header byte before it)
 //! record   'R'  offset u64  ranges u32
@@ -52,6 +55,13 @@
 //! maker, which never saw the target's bytes there; `before` is of the
 //! target as it is. A patch without unknown spans is written as version 2,
 //! byte for byte as before, and version 2 patches apply as they did.
+//!
+//! An undo patch written while applying (`--patch --remdata=FILE`) puts
+//! the digest of the whole target before that apply in the header's
+//! result slot, its whole flag staying 0 (older versions ignore the
+//! slot then, and read these undo patches as before): it is what undoing
+//! gives, so that an undo patch cut short, its apply killed, can still be
+//! applied up to its last whole record and its result checked.
 
 use crate::digest::{self, Digest};
 
@@ -111,6 +121,10 @@ pub struct Header {
     pub whole: Option<Whole>,
     /// Records may hold unknown spans (version 3).
     pub unknown: bool,
+    /// An undo patch written while applying: the digest of the whole
+    /// target before that apply, what undoing gives (in the result slot of
+    /// the whole digests, which it has not).
+    pub undo_result: Option<u128>,
 }
 
 /// The digests of a whole target before and after a patch.
@@ -229,7 +243,7 @@ pub fn encode_header(h: &Header, out: &mut Vec<u8>) {
     out.extend_from_slice(&h.salt.to_le_bytes());
     let whole = h.whole.unwrap_or(Whole {
         original: 0,
-        result: 0,
+        result: h.undo_result.unwrap_or(0),
     });
     out.push(u8::from(h.whole.is_some()));
     out.extend_from_slice(&whole.original.to_le_bytes());
@@ -285,11 +299,7 @@ pub fn encode_record_unknown(
     let start = out.len();
     out.push(TAG_RECORD);
     out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(
-        &u32::try_from(ranges.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
+    out.extend_from_slice(&u32_le(ranges.len()));
     for r in ranges {
         out.extend_from_slice(&r.start.to_le_bytes());
         out.extend_from_slice(&r.len.to_le_bytes());
@@ -302,8 +312,7 @@ pub fn encode_record_unknown(
         out.extend_from_slice(&r.after.to_le_bytes());
     }
     if !unknown.is_empty() {
-        let n = u32::try_from(unknown.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&u32_le(unknown.len()));
         for &(s, n) in unknown {
             out.extend_from_slice(&s.to_le_bytes());
             out.extend_from_slice(&n.to_le_bytes());
@@ -311,15 +320,17 @@ pub fn encode_record_unknown(
     }
     out.push(if compressed { CODEC_ZSTD } else { CODEC_RAW });
     out.extend_from_slice(&raw_len.to_le_bytes());
-    out.extend_from_slice(
-        &u32::try_from(stored.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
+    out.extend_from_slice(&u32_le(stored.len()));
     out.extend_from_slice(stored);
     let check = digest::digest(CHECK_SALT, &out[start..]);
     out.extend_from_slice(&check.to_le_bytes());
     check
+}
+
+/// A count as a little-endian u32 (every count of a patch is bounded far
+/// below it: ranges, spans and the stored bytes of a block).
+fn u32_le(n: usize) -> [u8; 4] {
+    u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes()
 }
 
 /// Append the trailer.
@@ -347,6 +358,8 @@ pub struct Decoder<R> {
     unknown: bool,
     /// Bytes consumed, for messages.
     pub at: u64,
+    /// The bytes ended early: the last error was a truncation.
+    pub cut: bool,
     scratch: Vec<u8>,
 }
 
@@ -369,6 +382,7 @@ impl<R: std::io::Read> Decoder<R> {
             block: 0,
             unknown: false,
             at: 0,
+            cut: false,
             scratch: Vec::new(),
         }
     }
@@ -376,12 +390,14 @@ impl<R: std::io::Read> Decoder<R> {
     fn take(&mut self, n: usize, what: &str) -> Result<(), FormatError> {
         let start = self.scratch.len();
         self.scratch.resize(start + n, 0);
-        match self.r.read_exact(&mut self.scratch[start..]) {
+        let got = self.r.read_exact(&mut self.scratch[start..]);
+        self.cut = matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof);
+        match got {
             Ok(()) => {
                 self.at += n as u64;
                 Ok(())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(bad(format!(
+            Err(_) if self.cut => Err(bad(format!(
                 "truncated: the patch ends inside {what} (after byte {})",
                 self.at
             ))),
@@ -489,7 +505,9 @@ impl<R: std::io::Read> Decoder<R> {
         self.size = source_size;
         self.block = block_size;
         self.unknown = version == VERSION_UNKNOWN;
+        let undo_result = (kind == Kind::Undo && whole.is_none() && result != 0).then_some(result);
         Ok(Header {
+            undo_result,
             unknown: self.unknown,
             kind,
             source_size,
@@ -685,6 +703,7 @@ mod tests {
                 result: 6,
             }),
             unknown: false,
+            undo_result: None,
         };
         let mut out = Vec::new();
         encode_header(&h, &mut out);
@@ -810,6 +829,57 @@ mod tests {
             let e = next(&with_unknown(spans, VERSION_UNKNOWN)).unwrap_err();
             assert!(e.0.contains("unknown spans"), "{spans:?}: {e}");
         }
+    }
+
+    #[test]
+    fn an_undo_header_carries_its_result_where_older_versions_skip_it() {
+        let (mut h, _) = sample();
+        h.kind = Kind::Undo;
+        h.whole = None;
+        let mut plain = Vec::new();
+        encode_header(&h, &mut plain);
+        h.undo_result = Some(0x1234);
+        let mut with = Vec::new();
+        encode_header(&h, &mut with);
+        // The same layout, version and whole flag (0): the result slot and
+        // the header's check differ, nothing else.
+        assert_eq!(plain.len(), with.len());
+        let differ: Vec<usize> = (0..plain.len()).filter(|&i| plain[i] != with[i]).collect();
+        let slot = 8 + 2 + 1 + 1 + 8 + 4 + 4 + 16 + 1 + 16;
+        assert!(
+            differ
+                .iter()
+                .all(|&i| (slot..slot + 16).contains(&i) || i >= with.len() - 16),
+            "{differ:?}"
+        );
+        assert_eq!(Decoder::new(&with[..]).header().unwrap(), h);
+        assert_eq!(Decoder::new(&plain[..]).header().unwrap().undo_result, None);
+    }
+
+    #[test]
+    fn a_patch_that_ends_early_is_told_from_a_corrupted_one() {
+        let (_, bytes) = sample();
+        let last = |b: &[u8]| {
+            let mut d = Decoder::new(b);
+            let mut dec = Decompressor::default();
+            let failed = d.header().err().or_else(|| {
+                loop {
+                    match d.next(&mut dec) {
+                        Ok(Item::End(_)) => break None,
+                        Ok(Item::Record(..)) => {}
+                        Err(e) => break Some(e),
+                    }
+                }
+            });
+            (failed.is_some(), d.cut)
+        };
+        assert_eq!(last(&bytes), (false, false));
+        for cut in [20, bytes.len() - 60, bytes.len() - 1] {
+            assert_eq!(last(&bytes[..cut]), (true, true), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() - 70] ^= 1;
+        assert_eq!(last(&flipped), (true, false));
     }
 
     #[test]

@@ -477,7 +477,7 @@ pub(super) fn run_source_here(
     };
     let differ = maker.finish(output, original)?;
     if let Some(rescue) = disk.rescue() {
-        rescue.patched(p.geo, p.first..p.geo.blocks(), log)?;
+        rescue.patched(p.geo, log)?;
     }
     if *dry == DryRun::Compare {
         // A destination of another size differs even where its blocks

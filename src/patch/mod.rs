@@ -1,9 +1,11 @@
 //! Patch files, as bdsync makes them, in a format of bsync's own: made by a
 //! dry run's source (`make.rs`, beside the destination's writer), applied
-//! later by `bsync --patch` (`apply.rs`), which refuses a target that is not
-//! the one the patch was made against. `format.rs` defines the bytes;
-//! `target.rs` reads the target for `apply.rs` and `rollback.rs`; `local.rs`
-//! runs a dry run's two ends on this machine.
+//! later by `bsync --patch` (`apply.rs`; from a pipe `pipe.rs`; what both
+//! do with a record `records.rs`; a signal meanwhile `stop.rs`), which
+//! refuses a target that is not the one the patch was made against, and
+//! saves an undo patch first if asked (`rollback.rs`). `format.rs` defines
+//! the bytes; `target.rs` reads the target for applying and for the undo;
+//! `local.rs` runs a dry run's two ends on this machine.
 
 use crate::session::Params;
 use format::{Header, Kind};
@@ -12,8 +14,11 @@ pub mod apply;
 pub mod format;
 pub mod local;
 pub mod make;
+mod pipe;
+mod records;
 mod rollback;
 mod spans;
+mod stop;
 mod target;
 pub mod undo;
 mod unknown;
@@ -33,5 +38,6 @@ fn session_header(kind: Kind, p: &Params, name: Vec<u8>) -> Header {
         salt: p.salt,
         name,
         unknown: false,
+        undo_result: None,
     }
 }

@@ -206,8 +206,10 @@ pub(super) fn open_target(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
     Disk::open_destination(path, env, log)
 }
 
-/// Whether the target's size is acceptable as `diffsize` says.
-pub(super) fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<()> {
+/// Whether the target's size is acceptable as `diffsize` says. A larger
+/// device with `resize` is, but cannot be cut: that is said (once it
+/// applied, exit 0, the device as large as before, and not a word).
+pub(super) fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize, log: &Log) -> Result<()> {
     let (have, want) = (disk.size(), h.source_size);
     let refuse = |why: &str| {
         Err(Error::Failed(format!(
@@ -241,6 +243,16 @@ pub(super) fn check_size(disk: &Disk, h: &Header, diffsize: DiffSize) -> Result<
         )),
         DiffSize::Resize if have < want && disk.is_device() => {
             refuse("a device cannot grow (--diffsize=resize)")
+        }
+        DiffSize::Resize if have > want && disk.is_device() => {
+            log.line(format!(
+                "warning: {}: a block device cannot be resized (--diffsize=resize): it keeps \
+                 its {have} bytes, and the {} past the patch's {want} are left alone, as \
+                 with --diffsize=minsize",
+                disk.label(),
+                crate::units::human_bytes(have - want)
+            ));
+            Ok(())
         }
         _ => Ok(()),
     }

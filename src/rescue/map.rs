@@ -256,6 +256,21 @@ impl Map {
         }
     }
 
+    /// Within the `len` bytes at `pos`, make every area of status `from`
+    /// one of status `to`; the others keep theirs.
+    pub fn replace(&mut self, pos: u64, len: u64, from: Status, to: Status) {
+        let end = pos.saturating_add(len);
+        let hits: Vec<(u64, u64)> = self
+            .areas
+            .iter()
+            .filter(|a| a.status == from && a.end() > pos && a.pos < end)
+            .map(|a| (a.pos.max(pos), a.end().min(end)))
+            .collect();
+        for (lo, hi) in hits {
+            self.set(lo, hi - lo, to);
+        }
+    }
+
     /// Whether every byte of `len` at `pos` is finished.
     pub fn finished(&self, pos: u64, len: u64) -> bool {
         let end = pos + len;
@@ -462,6 +477,26 @@ mod tests {
         );
         assert!(map.finished(0, 90) && !map.finished(80, 11));
         assert_eq!(map.totals(), (92, 8, 0));
+    }
+
+    #[test]
+    fn replace_changes_one_status_within_a_range() {
+        let mut map = Map::new(100);
+        map.set(0, 20, Status::Finished);
+        map.set(30, 10, Status::Bad);
+        map.set(60, 10, Status::Bad);
+        // Bad areas from 10 to 65 become not tried; the finished and the
+        // bad ones outside stay.
+        map.replace(10, 55, Status::Bad, Status::NonTried);
+        assert_eq!(
+            map.areas(),
+            [
+                area(0, 20, Status::Finished),
+                area(20, 45, Status::NonTried),
+                area(65, 5, Status::Bad),
+                area(70, 30, Status::NonTried),
+            ]
+        );
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //! atomically (a temporary file renamed over it) at least every
 //! [`SAVE_EVERY`], whenever a block had bad sectors, and at the end. A
 //! block counts as finished (`+`) only once the destination holds it (the
-//! writer wrote it, or the network destination acknowledged it); sectors
-//! that failed are `-` from the moment they fail. A later run with the same
+//! writer wrote it, or the network destination acknowledged it): a run
+//! that writes a patch instead leaves its blocks `?`. Sectors that failed
+//! are `-` from the moment they fail. A later run with the same
 //! map skips the blocks that are all finished and reads the others again:
 //! blocks holding bad areas go straight to the sector-by-sector retry,
 //! forward on odd passes and backward on even ones, like ddrescue's
@@ -29,11 +30,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
-use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::block::Geometry;
@@ -107,8 +107,9 @@ struct State {
 
 impl Rescue {
     /// Load the map at `path` (or start a new one) for a source of `size`
-    /// bytes at `source`, whose open file is `file`.
-    pub fn open(path: &Path, source: &Path, file: &File, size: u64) -> Result<Rescue> {
+    /// bytes at `source`, whose open file is `file`. An interrupted run
+    /// writes it as it stands ([`save_on_interrupt`]).
+    pub fn open(path: &Path, source: &Path, file: &File, size: u64) -> Result<Arc<Rescue>> {
         let what = format!("rescue map {}", path.display());
         let mut map = match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -168,6 +169,8 @@ impl Rescue {
             ran: Mutex::new((0, 0, Duration::ZERO)),
         };
         rescue.save(false)?;
+        let rescue = Arc::new(rescue);
+        *lock(&RUNNING) = Some(Arc::downgrade(&rescue));
         Ok(rescue)
     }
 
@@ -401,8 +404,14 @@ impl Rescue {
     /// error that gives the run its exit status (4) when some sectors stayed
     /// unreadable.
     pub fn finish(&self, log: &Log, stats: &Stats, elapsed: Duration) -> Result<()> {
+        self.finish_as(log, stats, elapsed, false)
+    }
+
+    /// [`Rescue::finish`]; `patch`: of a run that wrote a patch, not the
+    /// destination.
+    fn finish_as(&self, log: &Log, stats: &Stats, elapsed: Duration, patch: bool) -> Result<()> {
         self.save(true)?;
-        log.info(self.summary(stats, elapsed));
+        log.info(self.summary(stats, elapsed, patch));
         let (_, bad, _) = self.totals();
         if bad == 0 {
             return Ok(());
@@ -426,23 +435,36 @@ impl Rescue {
         );
     }
 
-    /// `--write-patch`: the patch holding `blocks` of `geo` is written,
-    /// so they are finished in the map (a `+` area is one a later run
-    /// takes as at the destination: apply the patch first). Then as
+    /// `--write-patch`: the patch is written. Its blocks are not at the
+    /// destination (a dry run writes nothing there), so the map never says
+    /// they are: they stay `?` (or as they were), and a later run with this
+    /// map reads them again, whether the patch was applied or not. Only
+    /// what the reads found is kept: sectors that failed are `-`, and those
+    /// an earlier run found bad that read this time are `?` again. Then as
     /// [`Rescue::finish`].
-    pub fn patched(&self, geo: Geometry, blocks: Range<u64>, log: &Log) -> Result<()> {
-        for index in blocks {
-            self.done(index, geo.offset(index), geo.len(index) as u64)?;
+    pub fn patched(&self, geo: Geometry, log: &Log) -> Result<()> {
+        {
+            let mut st = lock(&self.state);
+            for (index, bad) in std::mem::take(&mut st.pending) {
+                let len = geo.len(index) as u64;
+                st.map
+                    .replace(geo.offset(index), len, Status::Bad, Status::NonTried);
+                for (p, n) in bad {
+                    st.map.set(p, n, Status::Bad);
+                }
+            }
+            st.dirty = true;
         }
         let (errors, lost, elapsed) = *lock(&self.ran);
         let stats = Stats::default();
         Stats::add(&stats.read_errors, errors);
         Stats::add(&stats.bytes_unreadable, lost);
-        self.finish(log, &stats, elapsed)
+        self.finish_as(log, &stats, elapsed, true)
     }
 
-    /// `rescue: 1.0 GiB rescued, 51.0 KiB unreadable in 100 areas, ...`.
-    pub fn summary(&self, stats: &Stats, elapsed: Duration) -> String {
+    /// `rescue: 1.0 GiB rescued, 51.0 KiB unreadable in 100 areas, ...`;
+    /// `patch`: of a run that wrote a patch, whose blocks stay `?`.
+    pub fn summary(&self, stats: &Stats, elapsed: Duration, patch: bool) -> String {
         let st = lock(&self.state);
         let (rescued, bad, untried) = st.map.totals();
         let areas = st
@@ -453,10 +475,23 @@ impl Rescue {
             .count();
         drop(st);
         let errors = stats.read_errors.load(Relaxed);
+        let head = if patch {
+            let before = if rescued > 0 {
+                format!(", {} finished (+) by earlier runs", human_bytes(rescued))
+            } else {
+                String::new()
+            };
+            format!(
+                "{} read into the patch stay ? in the map (not at the destination: a \
+                 later run with this map reads them again){before}",
+                human_bytes(untried)
+            )
+        } else {
+            format!("{} rescued", human_bytes(rescued))
+        };
         let mut line = format!(
-            "rescue: {} rescued, {} unreadable in {areas} {} ({} new this run); \
+            "rescue: {head}, {} unreadable in {areas} {} ({} new this run); \
              {errors} failed {}, {}",
-            human_bytes(rescued),
             human_bytes(bad),
             plural(areas as u64, "area"),
             human_bytes(stats.bytes_unreadable.load(Relaxed)),
@@ -472,11 +507,25 @@ impl Rescue {
                 SLOW_READ.as_secs()
             );
         }
-        if untried > 0 {
+        if untried > 0 && !patch {
             let _ = write!(line, "; {} not tried", human_bytes(untried));
         }
         let _ = write!(line, "; map {}", self.path.display());
         line
+    }
+}
+
+/// The rescue of this run, for [`save_on_interrupt`].
+static RUNNING: Mutex<Option<Weak<Rescue>>> = Mutex::new(None);
+
+/// Ctrl-C, SIGTERM, SIGHUP (the signal thread, before the process ends):
+/// write the map as it stands, with every block the destination has
+/// acknowledged, rather than leave the one of up to [`SAVE_EVERY`] ago,
+/// whose blocks a resumed run would read again.
+pub fn save_on_interrupt() {
+    let running = lock(&RUNNING).as_ref().and_then(Weak::upgrade);
+    if let Some(rescue) = running {
+        let _ = rescue.save(false);
     }
 }
 
