@@ -2567,3 +2567,52 @@ fn json_is_right_in_every_mode_on_both_ends() {
         }
     }
 }
+
+// ------------------------------------------------ the new-user trial, again ---
+
+/// The new-user trial: `--compare` against a server whose destination was
+/// of another size said `every block is identical` and exited 0, where a
+/// local compare exits 3 and says a sync would truncate or grow it. Over
+/// `-r` now the same: exit 3 and the local sentence; the same size is
+/// `the two sides are identical`, exit 0.
+#[test]
+fn compare_over_r_counts_another_size_as_a_difference() {
+    let dir = TempDir::new("compare-size");
+    let src_bytes = [random_bytes(1 << 20, 31), vec![0u8; 8192]].concat();
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &src_bytes);
+    for (dst_bytes, change) in other_sizes(&src_bytes) {
+        write_file(&dst, &dst_bytes);
+        let said = format!(
+            "compare: the destination is {} bytes, the source {}: a sync would {change} it",
+            dst_bytes.len(),
+            src_bytes.len()
+        );
+        let here = run_status(&mut local(&src, &dst, &["--compare", "-b", "64K"]), 3);
+        assert!(here.lines().any(|l| l == said), "locally: {here}");
+        let server = Server::start(&["-q", "-f", arg(&dst)]);
+        let client = Proc::start(&[
+            "--compare",
+            "-b",
+            "64K",
+            "-f",
+            arg(&src),
+            "-r",
+            &server.addr(),
+        ]);
+        let err = client.expect_status(3);
+        assert!(err.lines().any(|l| l == said), "over -r, {change}: {err}");
+        assert!(!err.contains("identical"), "{err}");
+        server.proc.expect_status(0);
+        assert_eq!(read_file(&dst), dst_bytes, "a compare wrote");
+    }
+    write_file(&dst, &src_bytes);
+    let server = Server::start(&["-q", "-f", arg(&dst)]);
+    let client = Proc::start(&["--compare", "-f", arg(&src), "-r", &server.addr()]);
+    let err = client.expect_status(0);
+    assert!(
+        err.contains("compare: the two sides are identical"),
+        "{err}"
+    );
+    server.proc.expect_status(0);
+}

@@ -886,3 +886,33 @@ fn an_upload_summary_names_the_destination() {
     }
     s.check_clean();
 }
+
+/// The new-user trial: a `--compare` over `-t` against a remote destination
+/// of another size said `every block is identical` and exited 0. Through
+/// the remote's port and inside ssh it now says what a local compare says,
+/// and exits 3.
+#[test]
+fn compare_over_t_counts_another_size_as_a_difference() {
+    let Some(s) = Scene::new("compare-size") else {
+        return;
+    };
+    let src_bytes = [data(1 << 20, 31), vec![0u8; 8192]].concat();
+    let (here, there) = (s.dir.join("here.img"), s.dir.join("there.img"));
+    write_file(&here, &src_bytes);
+    for (dst_bytes, change) in other_sizes(&src_bytes) {
+        write_file(&there, &dst_bytes);
+        let said = format!(
+            "compare: the destination is {} bytes, the source {}: a sync would {change} it",
+            dst_bytes.len(),
+            src_bytes.len()
+        );
+        for over in [&[][..], &["-over-ssh"]] {
+            let args = [&["--compare", "-b", "64K"][..], over].concat();
+            let err = run_status(&mut s.bsync(&here, &there, &args), 3);
+            assert!(err.lines().any(|l| l == said), "{over:?}, {change}: {err}");
+            assert!(!err.contains("identical"), "{err}");
+            assert_eq!(read_file(&there), dst_bytes, "a compare wrote");
+        }
+    }
+    s.check_clean();
+}

@@ -259,13 +259,22 @@ pub fn run(end: End<'_>) -> Result<u128> {
     }
     // A dry run's destination of another size: its blocks may all agree,
     // but a sync would truncate or grow it, which the source cannot see.
+    // The source's compare reads its verdict in this `Notice`, which must
+    // not be cut: a name too long for one goes unnamed.
     let resized = (role == Role::Destination && disk.is_dry() && !disk.captures())
         .then(|| disk.size())
         .filter(|&n| n != p.geo.size);
     if let (Some(n), Some(lane)) = (resized, lanes.first()) {
         let note = crate::summary::resized(disk.label(), n, p.geo.size);
         log.info(&note);
-        send_notice(lane, &note)?;
+        if note.len() <= crate::proto::NOTICE_MAX {
+            send_notice(lane, &note)?;
+        } else {
+            send_notice(
+                lane,
+                &crate::summary::resized("the destination", n, p.geo.size),
+            )?;
+        }
     }
     stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);

@@ -517,3 +517,14 @@ pub fn check_json(
     }
     fields
 }
+
+/// A source whose last 8 KiB are zeros, and destinations of the source's
+/// data with another length where every block still agrees (past its end
+/// a destination reads as zeros): (destination bytes, what a sync would
+/// do to it).
+pub fn other_sizes(src: &[u8]) -> [(Vec<u8>, &'static str); 2] {
+    [
+        ([src, &[9u8; 5000][..]].concat(), "truncate"),
+        (src[..src.len() - 8192].to_vec(), "grow"),
+    ]
+}
