@@ -2616,3 +2616,32 @@ fn compare_over_r_counts_another_size_as_a_difference() {
     );
     server.proc.expect_status(0);
 }
+
+/// The end that creates a destination says so, as a local run does: a
+/// server given a new `-f`, and a downloading client.
+#[test]
+fn the_end_that_creates_the_destination_says_so() {
+    let dir = TempDir::new("new-dest");
+    let src = dir.join("src");
+    write_file(&src, &random_bytes(256 << 10, 32));
+    let up = dir.join("up.img");
+    let server = Server::start(&["-f", arg(&up)]);
+    Proc::start(&["-q", "-f", arg(&src), "-r", &server.addr()]).expect_status(0);
+    let err = server.proc.expect_status(0);
+    let want = format!(
+        "destination {}: a new file (it did not exist)",
+        up.display()
+    );
+    assert!(err.lines().any(|l| l == want), "{err}");
+    assert_same(&src, &up);
+    let down = dir.join("down.img");
+    let server = Server::start(&["-q", "-d", "-f", arg(&src)]);
+    let err = Proc::start(&["-d", "-f", arg(&down), "-r", &server.addr()]).expect_status(0);
+    let want = format!(
+        "destination {}: a new file (it did not exist)",
+        down.display()
+    );
+    assert!(err.lines().any(|l| l == want), "{err}");
+    server.proc.expect_status(0);
+    assert_same(&src, &down);
+}

@@ -916,3 +916,34 @@ fn compare_over_t_counts_another_size_as_a_difference() {
     }
     s.check_clean();
 }
+
+/// The new-user trial: over `-t host:/path` nothing said that the remote
+/// path did not exist, so a typo (`/dev/vdzz9`) silently became a regular
+/// file on the remote. Now one line says so, as a local run does, naming
+/// the destination as typed; an existing one gets no such line.
+#[test]
+fn a_new_remote_destination_is_said() {
+    let Some(s) = Scene::new("new-remote") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    write_file(&src, &data(256 << 10, 7));
+    for over in [&[][..], &["-over-ssh"]] {
+        let dst = s.dir.join("typo.img");
+        let _ = fs::remove_file(&dst);
+        let err = run_ok(&mut s.bsync(&src, &dst, over));
+        let want = format!(
+            "destination 127.0.0.1:{}: a new file (it did not exist)",
+            dst.display()
+        );
+        assert_eq!(
+            err.lines().filter(|l| *l == want).count(),
+            1,
+            "{over:?}: {err}"
+        );
+        assert_same(&src, &dst);
+        let err = run_ok(&mut s.bsync(&src, &dst, over));
+        assert!(!err.contains("a new file"), "{over:?}: {err}");
+    }
+    s.check_clean();
+}
