@@ -37,6 +37,8 @@ pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
                 dry: Some((&DryRun::Patch(None), r.remote.as_bytes())),
                 on_params: None,
                 to: None,
+                // Whatever REMSHCMD is (nc too): nothing is claimed of it.
+                in_ssh: false,
             };
             client::connect_pipe(
                 stream.clone(),

@@ -99,7 +99,7 @@ pub fn summary_json(
          \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
          \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
          \"wire_sent\":{},\"wire_received\":{},\"bytes_unreadable\":{},\"skipped_by_map\":{},\
-         \"seconds\":{:.3},\"dry\":{dry},\"encrypted\":{}}}",
+         \"seconds\":{:.3},\"dry\":{dry},\"encrypted\":{},\"encryption\":\"{}\"}}",
         get(&stats.blocks_done),
         get(&stats.bytes_done),
         get(&stats.same),
@@ -114,7 +114,8 @@ pub fn summary_json(
         get(&stats.bytes_unreadable),
         get(&stats.skipped_by_map),
         elapsed.as_secs_f64(),
-        stats.encrypted.load(Relaxed),
+        stats.encryption.get().is_some(),
+        stats.encryption.get().map_or("none", |e| e.name()),
     )
 }
 

@@ -2494,6 +2494,7 @@ fn json_is_right_in_every_mode_on_both_ends() {
         reads,
         writes,
         wire,
+        encryption: "none",
     };
 
     // Locally: a sync, a compare, a patch.

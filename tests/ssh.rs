@@ -854,6 +854,12 @@ fn json_is_right_over_t() {
             reads: 1,
             writes: download,
             wire: true,
+            // Inside ssh, ssh's cipher carried the data.
+            encryption: if extra.contains(&"-over-ssh") {
+                "ssh"
+            } else {
+                "none"
+            },
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
         check_json(&format!("-t {extra:?}: {err}"), &stdout, &want);
@@ -944,6 +950,47 @@ fn a_new_remote_destination_is_said() {
         assert_same(&src, &dst);
         let err = run_ok(&mut s.bsync(&src, &dst, over));
         assert!(!err.contains("a new file"), "{over:?}: {err}");
+    }
+    s.check_clean();
+}
+
+/// The new-user trial: `-e` with `-over-ssh` was dropped without a word
+/// (`--json` said `"encrypted":false` though ssh encrypted the session),
+/// and `-q` still printed the "inside ssh" line. Now one line says that
+/// ssh's cipher is used instead, `--json` says who encrypted, and `-q`
+/// prints nothing.
+#[test]
+fn e_inside_ssh_is_said_and_quiet_is_quiet() {
+    let Some(s) = Scene::new("e-over-ssh") else {
+        return;
+    };
+    let (src, dst) = (s.dir.join("src.img"), s.dir.join("dst.img"));
+    write_file(&src, &data(256 << 10, 9));
+    for (extra, encryption) in [
+        (&["-e", "-over-ssh"][..], "ssh"),
+        (&["-over-ssh"], "ssh"),
+        (&["-e"], "chacha20-poly1305"),
+        (&[], "none"),
+    ] {
+        let _ = fs::remove_file(&dst);
+        let out = run(&mut s.bsync(&src, &dst, &[&["-json"][..], extra].concat()));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {err}");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let want = format!(
+            "\"encrypted\":{},\"encryption\":\"{encryption}\"",
+            encryption != "none"
+        );
+        assert!(line.contains(&want), "{extra:?}: {line}");
+        let said = err.contains("-e: the session inside ssh is encrypted by ssh");
+        assert_eq!(said, extra == ["-e", "-over-ssh"], "{extra:?}: {err}");
+        assert_same(&src, &dst);
+        // Quiet: errors only.
+        let _ = fs::remove_file(&dst);
+        let out = run(&mut s.bsync(&src, &dst, &[&["-q"][..], extra].concat()));
+        assert_eq!(out.status.code(), Some(0), "{extra:?}");
+        assert_eq!(stderr(&out), "", "{extra:?} -q");
+        assert_same(&src, &dst);
     }
     s.check_clean();
 }

@@ -156,6 +156,7 @@ fn undo_session(
         dry: None,
         on_params: Some(&on_params),
         to: None,
+        in_ssh: false,
     };
     let result = client::connect_pipe(
         stream.clone(),

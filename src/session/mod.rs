@@ -280,7 +280,7 @@ pub fn run(end: End<'_>) -> Result<u128> {
     let totals = Totals::from_block(p.geo, p.first);
     let mut notes = Vec::new();
     if p.encrypted {
-        stats.encrypted.store(true, Ordering::Relaxed);
+        let _ = stats.encryption.set(crate::progress::Encryption::Sealed);
         notes.push("encrypted".to_string());
         // Where no live line shows the note, one line says it.
         if !(progress && std::io::IsTerminal::is_terminal(&std::io::stderr())) {

@@ -429,6 +429,9 @@ pub struct JsonWant {
     pub writes: bool,
     /// The run has a network: wire bytes are counted, else they are 0.
     pub wire: bool,
+    /// What encrypted the data on the way: `none`, `ssh` (a `-t` session
+    /// inside ssh) or `chacha20-poly1305` (`-e`, `-K`).
+    pub encryption: &'static str,
 }
 
 /// The `--json` line among `text`'s lines, taken apart, checked field by
@@ -477,12 +480,15 @@ pub fn check_json(
         "seconds",
         "dry",
         "encrypted",
+        "encryption",
     ];
     expected.sort_unstable();
     assert_eq!(keys, expected, "{what}: the fields of {line}");
     assert_eq!(texts["side"], want.side, "{what}: {line}");
     assert_eq!(texts["dry"], want.dry.to_string(), "{what}: {line}");
-    assert_eq!(texts["encrypted"], "false", "{what}: {line}");
+    assert_eq!(texts["encryption"], want.encryption, "{what}: {line}");
+    let encrypted = want.encryption != "none";
+    assert_eq!(texts["encrypted"], encrypted.to_string(), "{what}: {line}");
     assert!(
         texts["seconds"].parse::<f64>().is_ok_and(|s| s >= 0.0),
         "{what}: {line}"
