@@ -387,6 +387,12 @@ pub fn check_skip(first: u64, geo: Geometry) -> Result<()> {
     if first == 0 || first < blocks {
         return Ok(());
     }
+    if blocks == 0 {
+        return Err(Error::usage(format!(
+            "-s {first}: the source is empty (0 bytes), so there is no block to skip: \
+             run without -s"
+        )));
+    }
     Err(Error::usage(format!(
         "-s {first}: the source has only {blocks} {} of {} ({}), so -s must be below \
          {blocks}; to check a finished copy run again without -s",
