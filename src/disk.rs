@@ -32,7 +32,7 @@ use crate::sys::{self, Advice, Cleared, PinnedBuf};
 
 mod checks;
 
-pub use checks::{check_destination, check_source, same_file};
+pub use checks::{DEFAULT_SOURCE_HINT, check_destination, check_source, same_file};
 use checks::{open_read_only, unsized_source};
 
 /// Read-ahead asked for on block devices.

@@ -314,12 +314,9 @@ fn provide(
             // /dev/vdzz9) would otherwise become a file without a word.
             // A dry run opens nothing new: it fails on the missing path.
             if launch.dry.is_none() {
-                let host = match name.contains(':') {
-                    true => format!("[{name}]"),
-                    false => name.to_string(),
-                };
                 log.info(format!(
-                    "destination {host}:{}: a new file (it did not exist)",
+                    "destination {}:{}: a new file (it did not exist)",
+                    bracketed(name),
                     launch.target.path
                 ));
             }
@@ -426,10 +423,31 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
         // The remote bsync refused its command line (exit 2): a usage
         // error of this run, such as a directory as the remote path.
         None if exit.own && exit.status.and_then(|s| s.code()) == Some(EXIT_USAGE) => {
-            Error::usage(format!("{name}: {what}: {}", exit.describe()))
+            Error::usage(as_typed(exit, name, what))
         }
         None => Error::Failed(format!("{name}: {what}: {}", exit.describe())),
     }
+}
+
+/// A host as it goes before `:/path`: an IPv6 literal in brackets.
+fn bracketed(host: &str) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]"),
+        false => host.to_string(),
+    }
+}
+
+/// The remote bsync's usage error in the words of this run: the remote's
+/// `-f` is the path the user gave in `-t`, so `-f: /srv/d is a directory`
+/// reads `-t host:/srv/d is a directory`, and a remote `/dev/zero` is no
+/// missing `-f`.
+fn as_typed(exit: &RemoteExit, name: &str, what: &str) -> String {
+    let said = exit.last_line().map(|l| l.trim_start_matches("bsync: "));
+    if let Some(rest) = said.and_then(|l| l.strip_prefix("-f: ")) {
+        return format!("-t {}:{rest}", bracketed(name));
+    }
+    let hint = crate::disk::DEFAULT_SOURCE_HINT;
+    format!("{name}: {what}: {}", exit.describe()).replace(hint, "a character device")
 }
 
 #[cfg(test)]
