@@ -542,3 +542,32 @@ fn over_ssh_passes_bwlimit_and_verbosity_to_the_remote_server() {
     assert!(server.contains(" -v "), "{server}");
     assert!(server.contains(" -d "), "{server}");
 }
+
+/// The new-user trial: a remote shell command that ends at once (here
+/// `false`, and `exit 3` after a moment) was reported as `... the open
+/// request: Broken pipe`. Its end is the news: it exited with status N
+/// before the session started, for bdsync's client and its `--remdata`.
+#[test]
+fn a_remote_shell_that_ends_at_once_is_named_with_its_status() {
+    let dir = TempDir::new("channel-remsh-ends");
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &random_bytes(100_000, 27));
+    write_file(&b, &random_bytes(100_000, 28));
+    for (remsh, status) in [("false", 1), ("sleep 0.3; exit 3", 3)] {
+        for form in [&[][..], &["--remdata"]] {
+            let err = run_status(
+                bsync()
+                    .args(form)
+                    .arg(remsh)
+                    .arg(&a)
+                    .arg(&b)
+                    .stdout(std::process::Stdio::null()),
+                1,
+            );
+            let want = format!(
+                "bsync: remote shell `{remsh}` exited with status {status} before the session started"
+            );
+            assert_eq!(err.trim_end(), want, "{form:?}");
+        }
+    }
+}
