@@ -524,13 +524,21 @@ pub fn check_json(
     fields
 }
 
-/// A source whose last 8 KiB are zeros, and destinations of the source's
+/// For a source whose last 8 KiB are zeros, destinations of the source's
 /// data with another length where every block still agrees (past its end
-/// a destination reads as zeros): (destination bytes, what a sync would
-/// do to it).
-pub fn other_sizes(src: &[u8]) -> [(Vec<u8>, &'static str); 2] {
+/// a destination reads as zeros): (destination bytes, the line a
+/// `--compare` of the two must print).
+pub fn other_sizes(src: &[u8]) -> [(Vec<u8>, String); 2] {
     [
         ([src, &[9u8; 5000][..]].concat(), "truncate"),
         (src[..src.len() - 8192].to_vec(), "grow"),
     ]
+    .map(|(dst, change)| {
+        let said = format!(
+            "compare: the destination is {} bytes, the source {}: a sync would {change} it",
+            dst.len(),
+            src.len()
+        );
+        (dst, said)
+    })
 }
