@@ -65,18 +65,38 @@ pub fn sh(command: &str) -> Result<(Child, PipeStream, String)> {
 pub const REAP_LIMIT: Duration = Duration::from_secs(5);
 
 /// Wait for `child` (`what`) after the session, at most [`REAP_LIMIT`];
-/// its failure is only reported when the session itself went well.
-pub fn reap(mut child: Child, what: &str, session: Result<()>) -> Result<()> {
+/// its failure is only reported when the session itself went well, or
+/// when it ended before the session `started` (its handshake done): then
+/// the pipe it broke is no news, its end is.
+pub fn reap(mut child: Child, what: &str, session: Result<()>, started: bool) -> Result<()> {
     let status = wait_within(&mut child, REAP_LIMIT);
-    session?;
+    if let Err(e) = session {
+        return Err(match status {
+            Ok(Some(s)) if !started && crate::net::is_connection_loss(&e) => {
+                Error::Failed(format!("{what} {} before the session started", ended(s)))
+            }
+            _ => e,
+        });
+    }
     match status {
         Ok(Some(s)) if s.success() => Ok(()),
         // The session was complete and checked: only the child lingered.
         Ok(None) => Ok(()),
         Ok(Some(s)) => Err(Error::Failed(format!(
-            "{what} exited with {s} after the session"
+            "{what} {} after the session",
+            ended(s)
         ))),
         Err(e) => Err(Error::io(what, "wait", e)),
+    }
+}
+
+/// How a child ended: `exited with status 1`, `was killed by signal 9`.
+fn ended(s: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "ended".to_string(),
     }
 }
 

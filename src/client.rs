@@ -207,6 +207,9 @@ pub struct Pipe<'a> {
     /// A source's destination as its user named it, for the summary
     /// (`None`: `peer`).
     pub to: Option<&'a str>,
+    /// The pipes are ssh's (`-t` inside ssh), whose cipher encrypts the
+    /// session: `--json` says so.
+    pub in_ssh: bool,
 }
 
 /// Run `pipe.role` on `disk` (a source, or a dry destination) in a
@@ -226,6 +229,7 @@ pub fn connect_pipe<S: Stream>(
         dry,
         on_params,
         to,
+        in_ssh,
     } = *pipe;
     let upload = role == Role::Source;
     let source_size = if upload { disk.size() } else { 0 };
@@ -248,6 +252,10 @@ pub fn connect_pipe<S: Stream>(
         crate::progress::human_bytes(geo.size),
         crate::progress::human_bytes(geo.block_size as u64),
     ));
+    let stats = std::sync::Arc::new(crate::progress::Stats::default());
+    if in_ssh {
+        let _ = stats.encryption.set(crate::progress::Encryption::Ssh);
+    }
     let end = End {
         role,
         params: &params,
@@ -257,7 +265,7 @@ pub fn connect_pipe<S: Stream>(
         log,
         progress: !log.is_quiet(),
         dry: None,
-        counters: None,
+        counters: Some(&stats),
         to: to.map(str::to_string),
     };
     match dry {

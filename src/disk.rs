@@ -32,7 +32,7 @@ use crate::sys::{self, Advice, Cleared, PinnedBuf};
 
 mod checks;
 
-pub use checks::{check_destination, check_source, same_file};
+pub use checks::{DEFAULT_SOURCE_HINT, check_destination, check_source, same_file};
 use checks::{open_read_only, unsized_source};
 
 /// Read-ahead asked for on block devices.
@@ -231,7 +231,7 @@ impl Disk {
     }
 
     /// Open `path` for reading and writing as the destination, creating a
-    /// regular file when missing. Nothing is written yet.
+    /// regular file when missing (and saying so). Nothing is written yet.
     ///
     /// A block device is refused when it (or one of its partitions) is
     /// mounted, naming the mount point, and is opened exclusively (`O_EXCL`),
@@ -271,7 +271,12 @@ impl Disk {
         if device {
             mounts::refuse_read_only(&label, &file)?;
         }
-        Disk::describe(file, label, env, log)
+        let disk = Disk::describe(file, label, env, log)?;
+        // A typo makes a new file too (under /dev, in devtmpfs): said.
+        if !exists {
+            log.info(format!("{}: a new file (it did not exist)", disk.label));
+        }
+        Ok(disk)
     }
 
     /// Size the disk and apply the read hints, telling `-v` what happened.

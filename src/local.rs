@@ -57,11 +57,7 @@ pub fn sync(
             )));
         }
     }
-    let new = std::fs::symlink_metadata(dst).is_err();
     let mut dest = Disk::open_destination(dst, env, log)?;
-    if new {
-        log.info(format!("{}: a new file (it did not exist)", dest.label()));
-    }
     dest.fit_to(source.size())?;
 
     let first = t.skip;

@@ -158,7 +158,8 @@ pub struct FrameReader {
     /// like any other.
     notices: Option<Log>,
     /// Where the bytes of every frame read are counted (`wire_received`),
-    /// once a session has begun.
+    /// and a shown `Notice` of a dry destination's size is noted
+    /// (`destination_size`), once a session has begun.
     counted: Option<Arc<Stats>>,
     /// Who is on the other end, for messages.
     pub peer: String,
@@ -173,7 +174,8 @@ impl FrameReader {
 
     /// From now on, count the bytes of every frame read (as the sender
     /// counts them: header and payload, without the tag) in
-    /// `stats.wire_received`.
+    /// `stats.wire_received`; a shown `Notice` that a dry destination is of
+    /// another size sets `stats.destination_size`.
     pub fn count_received(&mut self, stats: &Arc<Stats>) {
         self.counted = Some(Arc::clone(stats));
     }
@@ -210,6 +212,12 @@ impl FrameReader {
             match proto::decode(&self.buf, self.max) {
                 Ok(Some((Frame::Notice(msg), _))) => {
                     log.line(format!("warning from {}: {msg}", self.peer));
+                    // A dry destination of another size: a compare's verdict.
+                    if let (Some(stats), Some((size, _))) =
+                        (&self.counted, crate::summary::parse_resized(msg))
+                    {
+                        let _ = stats.destination_size.set(size);
+                    }
                 }
                 _ => break, // Malformed: decoded again below, and refused.
             }

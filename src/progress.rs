@@ -238,9 +238,32 @@ pub struct Stats {
     /// A dry run: bytes of the ranges that differ where the source holds
     /// zeros (those with data are `bytes_changed`).
     pub dry_zero_bytes: AtomicU64,
-    /// The session's frames are sealed (`-e`, `-K`): said in `--json`,
-    /// which even a quiet run prints.
-    pub encrypted: std::sync::atomic::AtomicBool,
+    /// A dry run's source: the destination's size, where the destination
+    /// said in a `Notice` that it differs from the source's
+    /// (`summary::resized`).
+    pub destination_size: std::sync::OnceLock<u64>,
+    /// What encrypted the session's data on the way, if anything: said in
+    /// `--json`, which even a quiet run prints.
+    pub encryption: std::sync::OnceLock<Encryption>,
+}
+
+/// What encrypted a session's data on the way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    /// bsync sealed every frame (`-e`, `-K`): ChaCha20-Poly1305.
+    Sealed,
+    /// The session ran inside ssh (`-t`), whose cipher carried it.
+    Ssh,
+}
+
+impl Encryption {
+    /// Its name in `--json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encryption::Sealed => "chacha20-poly1305",
+            Encryption::Ssh => "ssh",
+        }
+    }
 }
 
 impl Stats {

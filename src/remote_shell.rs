@@ -26,6 +26,8 @@ pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
         block_size: config.transfer.block_size,
         path: r.remote.clone().into(),
     };
+    // The handshake is done once the session's parameters are known.
+    let started = std::cell::Cell::new(false);
     let session = std::io::Write::write_all(&mut stream, &req.encode())
         .map_err(|e| crate::net::net_error(&peer, "the open request", e))
         .and_then(|()| crate::disk::Disk::open_source(&r.local, &config.env, log))
@@ -35,8 +37,10 @@ pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
                 peer: &peer,
                 role: Role::Source,
                 dry: Some((&DryRun::Patch(None), r.remote.as_bytes())),
-                on_params: None,
+                on_params: Some(&|_| started.set(true)),
                 to: None,
+                // Whatever REMSHCMD is (nc too): nothing is claimed of it.
+                in_ssh: false,
             };
             client::connect_pipe(
                 stream.clone(),
@@ -49,5 +53,5 @@ pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
             .map(|_| ())
         });
     let _ = stream.shutdown();
-    child::reap(child, &peer, session)
+    child::reap(child, &peer, session, started.get())
 }

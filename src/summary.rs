@@ -99,7 +99,7 @@ pub fn summary_json(
          \"same\":{},\"changed\":{},\"zero\":{},\"bytes_read\":{},\
          \"bytes_written\":{},\"bytes_cleared\":{},\"bytes_changed\":{},\
          \"wire_sent\":{},\"wire_received\":{},\"bytes_unreadable\":{},\"skipped_by_map\":{},\
-         \"seconds\":{:.3},\"dry\":{dry},\"encrypted\":{}}}",
+         \"seconds\":{:.3},\"dry\":{dry},\"encrypted\":{},\"encryption\":\"{}\"}}",
         get(&stats.blocks_done),
         get(&stats.bytes_done),
         get(&stats.same),
@@ -114,7 +114,8 @@ pub fn summary_json(
         get(&stats.bytes_unreadable),
         get(&stats.skipped_by_map),
         elapsed.as_secs_f64(),
-        stats.encrypted.load(Relaxed),
+        stats.encryption.get().is_some(),
+        stats.encryption.get().map_or("none", |e| e.name()),
     )
 }
 
@@ -124,6 +125,25 @@ pub fn summary_json(
 pub fn resized(what: &str, have: u64, source: u64) -> String {
     let change = if have > source { "truncate" } else { "grow" };
     format!("{what} is {have} bytes, the source {source}: a sync would {change} it")
+}
+
+/// The destination's and the source's sizes in a sentence of
+/// [`resized`], which a dry run's destination sends its source as a
+/// `Notice`: how a `--compare` over the network learns that the sizes
+/// differ (see `crate::proto`). `None` for any other text.
+pub fn parse_resized(note: &str) -> Option<(u64, u64)> {
+    let (head, change) = note.rsplit_once(": a sync would ")?;
+    let (head, source) = head.rsplit_once(" bytes, the source ")?;
+    let (_, have) = head.rsplit_once(" is ")?;
+    // As `resized` writes it: `parse` would also take a sign or zeros.
+    let number = |s: &str| s.parse::<u64>().ok().filter(|n| n.to_string() == s);
+    let (have, source) = (number(have)?, number(source)?);
+    let said = if have > source {
+        "truncate it"
+    } else {
+        "grow it"
+    };
+    (have != source && change == said).then_some((have, source))
 }
 
 /// `3 blocks finished in the rescue map skipped, not verified`.
@@ -209,6 +229,35 @@ fn human_duration_precise(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resized_sentence_gives_back_its_sizes_and_nothing_else_does() {
+        for (what, have, source) in [
+            ("destination b.img (read only)", 50, 40),
+            ("the destination", 0, 4096),
+            (
+                "destination /x is 9 bytes, the source 8: a sync would grow it",
+                7,
+                8,
+            ),
+            ("", u64::MAX, 0),
+        ] {
+            let note = resized(what, have, source);
+            assert_eq!(parse_resized(&note), Some((have, source)), "{note}");
+        }
+        for note in [
+            "source /dev/vda is mounted read-write",
+            "d is 50 bytes, the source 40: a sync would grow it",
+            "d is 40 bytes, the source 40: a sync would grow it",
+            "d is +50 bytes, the source 40: a sync would truncate it",
+            "d is 050 bytes, the source 40: a sync would truncate it",
+            "d is 50 bytes, the source 40: a sync would truncate it!",
+            "d is  bytes, the source 40: a sync would grow it",
+            "d is 99999999999999999999 bytes, the source 4: a sync would truncate it",
+        ] {
+            assert_eq!(parse_resized(note), None, "{note}");
+        }
+    }
 
     #[test]
     fn summary_names_every_class() {

@@ -345,7 +345,8 @@ fn t_checks_this_end_before_it_logs_in() {
 
 /// Issue 18, item 7: what the remote bsync refuses as usage (a directory
 /// or /dev/null as the remote path) is a usage error of this run, exit 2,
-/// and the line names the host as typed and that the remote refused.
+/// and the line names the host as typed. The new-user trial: it named the
+/// remote's `-f`, which the user never typed; it names their `-t` now.
 #[test]
 fn remote_usage_errors_keep_exit_2() {
     let dir = TempDir::new("channel-remote-usage");
@@ -361,9 +362,22 @@ fn remote_usage_errors_keep_exit_2() {
             2,
         );
         let line = err.lines().last().unwrap_or_default();
-        assert!(line.starts_with("bsync: myhost: the remote bsync"), "{err}");
-        assert!(line.contains(&remote), "{err}");
+        let want = format!("bsync: -t myhost:{remote} is a ");
+        assert!(line.starts_with(&want), "{err}");
+        assert!(!line.contains("-f"), "{err}");
     }
+    // A remote /dev/zero as a download's source is no forgotten -f.
+    let err = run_status(
+        bsync()
+            .args(["-ssh", &shell, "-d", "-f"])
+            .arg(dir.join("new.img"))
+            .args(["-t", "myhost:/dev/zero"]),
+        2,
+    );
+    let line = err.lines().last().unwrap_or_default();
+    assert!(line.starts_with("bsync: myhost: the remote bsync"), "{err}");
+    assert!(line.contains("/dev/zero: not a regular file"), "{err}");
+    assert!(!line.contains("-f"), "{err}");
 }
 
 /// Issue 18, item 8: the remote script's watcher of ssh's stdin outlives
@@ -390,7 +404,9 @@ fn a_watcher_that_outlives_the_remote_script_holds_nothing() {
         std::time::Duration::from_secs(30),
     );
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("myhost: the remote bsync"), "{err}");
+    // The remote's refusal, in this run's words (its -f is our -t).
+    let said = format!("bsync: -t myhost:{} is a directory", dir.path().display());
+    assert!(err.contains(&said), "{err}");
 }
 
 /// Issue 18, item 4: `bsync --server -f PATH`, the lock-down, serves
@@ -525,4 +541,33 @@ fn over_ssh_passes_bwlimit_and_verbosity_to_the_remote_server() {
     assert!(server.contains(" -bwlimit 67108864"), "{server}");
     assert!(server.contains(" -v "), "{server}");
     assert!(server.contains(" -d "), "{server}");
+}
+
+/// The new-user trial: a remote shell command that ends at once (here
+/// `false`, and `exit 3` after a moment) was reported as `... the open
+/// request: Broken pipe`. Its end is the news: it exited with status N
+/// before the session started, for bdsync's client and its `--remdata`.
+#[test]
+fn a_remote_shell_that_ends_at_once_is_named_with_its_status() {
+    let dir = TempDir::new("channel-remsh-ends");
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    write_file(&a, &random_bytes(100_000, 27));
+    write_file(&b, &random_bytes(100_000, 28));
+    for (remsh, status) in [("false", 1), ("sleep 0.3; exit 3", 3)] {
+        for form in [&[][..], &["--remdata"]] {
+            let err = run_status(
+                bsync()
+                    .args(form)
+                    .arg(remsh)
+                    .arg(&a)
+                    .arg(&b)
+                    .stdout(std::process::Stdio::null()),
+                1,
+            );
+            let want = format!(
+                "bsync: remote shell `{remsh}` exited with status {status} before the session started"
+            );
+            assert_eq!(err.trim_end(), want, "{form:?}");
+        }
+    }
 }

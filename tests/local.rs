@@ -620,3 +620,18 @@ fn local_json_reports_the_bytes_changed() {
     assert_eq!(field("bytes_written"), want, "{json}");
     assert_same(&s, &d);
 }
+
+/// The new-user trial: `-s` with an empty source said "-s must be below
+/// 0". It says the source is empty instead.
+#[test]
+fn skip_with_an_empty_source_says_it_is_empty() {
+    let dir = TempDir::new("skip-empty");
+    let (s, d) = (dir.join("src"), dir.join("dst"));
+    write_file(&s, &[]);
+    let err = run_status(&mut local(&s, &d, &["-s", "5"]), 2);
+    assert_eq!(
+        err.trim_end(),
+        "bsync: -s 5: the source is empty (0 bytes), so there is no block to skip: run without -s"
+    );
+    assert!(!d.exists(), "the destination was created");
+}

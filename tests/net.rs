@@ -2494,6 +2494,7 @@ fn json_is_right_in_every_mode_on_both_ends() {
         reads,
         writes,
         wire,
+        encryption: "none",
     };
 
     // Locally: a sync, a compare, a patch.
@@ -2566,4 +2567,77 @@ fn json_is_right_in_every_mode_on_both_ends() {
             assert_eq!(read_file(&dst), dst_bytes, "{what}: a dry run wrote");
         }
     }
+}
+
+// ------------------------------------------------ the new-user trial, again ---
+
+/// The new-user trial: `--compare` against a server whose destination was
+/// of another size said `every block is identical` and exited 0, where a
+/// local compare exits 3 and says a sync would truncate or grow it. Over
+/// `-r` now the same: exit 3 and the local sentence; the same size is
+/// `the two sides are identical`, exit 0.
+#[test]
+fn compare_over_r_counts_another_size_as_a_difference() {
+    let dir = TempDir::new("compare-size");
+    let src_bytes = [random_bytes(1 << 20, 31), vec![0u8; 8192]].concat();
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    write_file(&src, &src_bytes);
+    for (dst_bytes, said) in other_sizes(&src_bytes) {
+        write_file(&dst, &dst_bytes);
+        let here = run_status(&mut local(&src, &dst, &["--compare", "-b", "64K"]), 3);
+        assert!(here.lines().any(|l| l == said), "locally: {here}");
+        let server = Server::start(&["-q", "-f", arg(&dst)]);
+        let client = Proc::start(&[
+            "--compare",
+            "-b",
+            "64K",
+            "-f",
+            arg(&src),
+            "-r",
+            &server.addr(),
+        ]);
+        let err = client.expect_status(3);
+        assert!(err.lines().any(|l| l == said), "over -r, {said}: {err}");
+        assert!(!err.contains("identical"), "{err}");
+        server.proc.expect_status(0);
+        assert_eq!(read_file(&dst), dst_bytes, "a compare wrote");
+    }
+    write_file(&dst, &src_bytes);
+    let server = Server::start(&["-q", "-f", arg(&dst)]);
+    let client = Proc::start(&["--compare", "-f", arg(&src), "-r", &server.addr()]);
+    let err = client.expect_status(0);
+    assert!(
+        err.contains("compare: the two sides are identical"),
+        "{err}"
+    );
+    server.proc.expect_status(0);
+}
+
+/// The end that creates a destination says so, as a local run does: a
+/// server given a new `-f`, and a downloading client.
+#[test]
+fn the_end_that_creates_the_destination_says_so() {
+    let dir = TempDir::new("new-dest");
+    let src = dir.join("src");
+    write_file(&src, &random_bytes(256 << 10, 32));
+    let up = dir.join("up.img");
+    let server = Server::start(&["-f", arg(&up)]);
+    Proc::start(&["-q", "-f", arg(&src), "-r", &server.addr()]).expect_status(0);
+    let err = server.proc.expect_status(0);
+    let want = format!(
+        "destination {}: a new file (it did not exist)",
+        up.display()
+    );
+    assert!(err.lines().any(|l| l == want), "{err}");
+    assert_same(&src, &up);
+    let down = dir.join("down.img");
+    let server = Server::start(&["-q", "-d", "-f", arg(&src)]);
+    let err = Proc::start(&["-d", "-f", arg(&down), "-r", &server.addr()]).expect_status(0);
+    let want = format!(
+        "destination {}: a new file (it did not exist)",
+        down.display()
+    );
+    assert!(err.lines().any(|l| l == want), "{err}");
+    server.proc.expect_status(0);
+    assert_same(&src, &down);
 }

@@ -854,6 +854,12 @@ fn json_is_right_over_t() {
             reads: 1,
             writes: download,
             wire: true,
+            // Inside ssh, ssh's cipher carried the data.
+            encryption: if extra.contains(&"-over-ssh") {
+                "ssh"
+            } else {
+                "none"
+            },
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
         check_json(&format!("-t {extra:?}: {err}"), &stdout, &want);
@@ -882,6 +888,103 @@ fn an_upload_summary_names_the_destination() {
             err.lines().any(|l| l.starts_with(&want)),
             "{extra:?}: no line starting {want:?} in:\n{err}"
         );
+        assert_same(&src, &dst);
+    }
+    s.check_clean();
+}
+
+/// The new-user trial: a `--compare` over `-t` against a remote destination
+/// of another size said `every block is identical` and exited 0. Through
+/// the remote's port and inside ssh it now says what a local compare says,
+/// and exits 3.
+#[test]
+fn compare_over_t_counts_another_size_as_a_difference() {
+    let Some(s) = Scene::new("compare-size") else {
+        return;
+    };
+    let src_bytes = [data(1 << 20, 31), vec![0u8; 8192]].concat();
+    let (here, there) = (s.dir.join("here.img"), s.dir.join("there.img"));
+    write_file(&here, &src_bytes);
+    for (dst_bytes, said) in other_sizes(&src_bytes) {
+        write_file(&there, &dst_bytes);
+        for over in [&[][..], &["-over-ssh"]] {
+            let args = [&["--compare", "-b", "64K"][..], over].concat();
+            let err = run_status(&mut s.bsync(&here, &there, &args), 3);
+            assert!(err.lines().any(|l| l == said), "{over:?}, {said}: {err}");
+            assert!(!err.contains("identical"), "{err}");
+            assert_eq!(read_file(&there), dst_bytes, "a compare wrote");
+        }
+    }
+    s.check_clean();
+}
+
+/// The new-user trial: over `-t host:/path` nothing said that the remote
+/// path did not exist, so a typo (`/dev/vdzz9`) silently became a regular
+/// file on the remote. Now one line says so, as a local run does, naming
+/// the destination as typed; an existing one gets no such line.
+#[test]
+fn a_new_remote_destination_is_said() {
+    let Some(s) = Scene::new("new-remote") else {
+        return;
+    };
+    let src = s.dir.join("src.img");
+    write_file(&src, &data(256 << 10, 7));
+    for over in [&[][..], &["-over-ssh"]] {
+        let dst = s.dir.join("typo.img");
+        let _ = fs::remove_file(&dst);
+        let err = run_ok(&mut s.bsync(&src, &dst, over));
+        let want = format!(
+            "destination 127.0.0.1:{}: a new file (it did not exist)",
+            dst.display()
+        );
+        assert_eq!(
+            err.lines().filter(|l| *l == want).count(),
+            1,
+            "{over:?}: {err}"
+        );
+        assert_same(&src, &dst);
+        let err = run_ok(&mut s.bsync(&src, &dst, over));
+        assert!(!err.contains("a new file"), "{over:?}: {err}");
+    }
+    s.check_clean();
+}
+
+/// The new-user trial: `-e` with `-over-ssh` was dropped without a word
+/// (`--json` said `"encrypted":false` though ssh encrypted the session),
+/// and `-q` still printed the "inside ssh" line. Now one line says that
+/// ssh's cipher is used instead, `--json` says who encrypted, and `-q`
+/// prints nothing.
+#[test]
+fn e_inside_ssh_is_said_and_quiet_is_quiet() {
+    let Some(s) = Scene::new("e-over-ssh") else {
+        return;
+    };
+    let (src, dst) = (s.dir.join("src.img"), s.dir.join("dst.img"));
+    write_file(&src, &data(256 << 10, 9));
+    for (extra, encryption) in [
+        (&["-e", "-over-ssh"][..], "ssh"),
+        (&["-over-ssh"], "ssh"),
+        (&["-e"], "chacha20-poly1305"),
+        (&[], "none"),
+    ] {
+        let _ = fs::remove_file(&dst);
+        let out = run(&mut s.bsync(&src, &dst, &[&["-json"][..], extra].concat()));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {err}");
+        let line = String::from_utf8_lossy(&out.stdout);
+        let want = format!(
+            "\"encrypted\":{},\"encryption\":\"{encryption}\"",
+            encryption != "none"
+        );
+        assert!(line.contains(&want), "{extra:?}: {line}");
+        let said = err.contains("-e: the session inside ssh is encrypted by ssh");
+        assert_eq!(said, extra == ["-e", "-over-ssh"], "{extra:?}: {err}");
+        assert_same(&src, &dst);
+        // Quiet: errors only.
+        let _ = fs::remove_file(&dst);
+        let out = run(&mut s.bsync(&src, &dst, &[&["-q"][..], extra].concat()));
+        assert_eq!(out.status.code(), Some(0), "{extra:?}");
+        assert_eq!(stderr(&out), "", "{extra:?} -q");
         assert_same(&src, &dst);
     }
     s.check_clean();

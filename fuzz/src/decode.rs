@@ -4,6 +4,9 @@
 //! 0 or 1, changes kept as their wire bytes), so byte equality is the right
 //! check, stronger than `decode(encode(f)) == f`.
 //!
+//! A `Notice` read as a dry destination's size (`summary::parse_resized`)
+//! must be the sentence `summary::resized` makes of those sizes.
+//!
 //! The first two input bytes pick the negotiated maximum (0..=65535) so the
 //! length check is exercised on both sides.
 use bsync::proto::{self, Frame, HEADER_LEN, ProtoError};
@@ -41,6 +44,16 @@ pub fn fuzz(data: &[u8]) {
                 }
                 Frame::Digests { digests, .. } | Frame::Pages { digests, .. } => {
                     assert_eq!(digests.len() % proto::DIGEST_LEN, 0, "a partial digest");
+                }
+                // A dry destination's size, as a compare reads it: only
+                // from a sentence that says it, never a size equal to the
+                // source's.
+                Frame::Notice(text) => {
+                    if let Some((have, source)) = bsync::summary::parse_resized(text) {
+                        assert_ne!(have, source, "{text:?}");
+                        let again = bsync::summary::resized("d", have, source);
+                        assert!(text.ends_with(&again[1..]), "{text:?} is not {again:?}");
+                    }
                 }
                 _ => {}
             }

@@ -51,7 +51,8 @@ PATCHES, COMPARING, ANY REMOTE SHELL (bdsync's workflow)
                 both ends say how many blocks and bytes differ; exit 0
                 same, 3 differ
   -over-ssh     with -t user@host: carry the data inside ssh (automatic when
-                the remote's port cannot be reached)
+                the remote's port cannot be reached); ssh's cipher then
+                encrypts it, in place of -e's
   -patch[=DEV]  apply the patch on stdin to DEV (or to the target it names);
                 nothing is written unless the whole target is the image the
                 patch was made from; Ctrl-C stops it between two records

@@ -42,12 +42,15 @@ pub(super) fn open_read_only(path: &Path, label: &str) -> Result<(File, bool, bo
     Ok((file, regular, is_device))
 }
 
+/// The hint for a `/dev/zero` source, which is what a missing `-f` reads.
+pub const DEFAULT_SOURCE_HINT: &str = "-f defaults to /dev/zero: is -f missing?";
+
 /// Why `file` (at `path`), neither a regular file nor a block device,
 /// cannot be a source.
 pub(super) fn unsized_source(path: &Path, label: &str, file: &File) -> Error {
     let kind = file.metadata().map(|m| m.file_type()).ok();
     let hint = if path == Path::new("/dev/zero") {
-        "-f defaults to /dev/zero: is -f missing?"
+        DEFAULT_SOURCE_HINT
     } else if kind.is_some_and(|k| k.is_dir()) {
         "a directory: give the file or device inside it"
     } else {

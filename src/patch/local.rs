@@ -102,7 +102,6 @@ pub fn run(
                     to: None,
                 },
                 Some(&theirs),
-                Some(dst.size()),
             )
         });
         let theirs = dest

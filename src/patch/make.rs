@@ -432,20 +432,22 @@ impl DrySink for Maker<'_> {
 /// `target` is the destination's name, stored in a patch; `end` is the
 /// source's end of the session, which gets the sink.
 pub fn run_source(dry: &DryRun, target: &[u8], end: End<'_>) -> Result<()> {
-    run_source_here(dry, target, end, None, None)
+    run_source_here(dry, target, end, None)
 }
 
 /// [`run_source`]; with `local`, the destination's end runs in this
-/// process and counts into it, and `their_size` is its size (a compare
-/// counts another size as a difference).
+/// process and counts into it.
 pub(super) fn run_source_here(
     dry: &DryRun,
     target: &[u8],
     end: End<'_>,
     local: Option<&crate::progress::Stats>,
-    their_size: Option<u64>,
 ) -> Result<()> {
     let (p, log, disk) = (end.params, end.log, end.disk);
+    // Where the session notes the destination's size, if it says that
+    // differs (a compare counts that as a difference).
+    let own = std::sync::Arc::default();
+    let stats = end.counters.unwrap_or(&own);
     let (output, what) = match dry {
         DryRun::Compare => (None, "compare".to_string()),
         DryRun::Patch(path) => (
@@ -460,6 +462,7 @@ pub(super) fn run_source_here(
     maker.local = local;
     let ran = crate::session::run(End {
         dry: Some(&maker),
+        counters: Some(stats),
         ..end
     });
     let original = match ran {
@@ -481,21 +484,17 @@ pub(super) fn run_source_here(
     }
     if *dry == DryRun::Compare {
         // A destination of another size differs even where its blocks
-        // agree: a sync would truncate or grow it.
-        let resized = their_size.filter(|&n| n != p.geo.size);
-        if let Some(n) = resized {
+        // agree: a sync would truncate or grow it. It said so in a
+        // `Notice`, here and over the network alike.
+        let resized = stats.destination_size.get().filter(|&&n| n != p.geo.size);
+        if let Some(&n) = resized {
             let note = crate::summary::resized("the destination", n, p.geo.size);
             log.info(format!("compare: {note}"));
         }
         if differ || resized.is_some() {
             return Err(Error::Differ("compare: the two sides differ".into()));
         }
-        log.info(match their_size {
-            Some(_) => "compare: the two sides are identical",
-            // Over the network the destination warns of another size
-            // itself (a `Notice`, shown above): only the blocks are known.
-            None => "compare: every block is identical",
-        });
+        log.info("compare: the two sides are identical");
     }
     Ok(())
 }

@@ -101,17 +101,21 @@ impl Capture for UndoCapture {
 /// `bsync --remdata REMSHCMD LOCDEV REMDEV > UNDO`.
 pub fn run(r: &RemoteShell, config: &Config, log: &Log) -> Result<()> {
     let (child, mut stream, peer) = crate::child::sh(&r.command)?;
-    let session = undo_session(r, config, log, &peer, &mut stream);
+    let started = std::cell::Cell::new(false);
+    let session = undo_session(r, config, log, &peer, &mut stream, &started);
     let _ = stream.shutdown();
-    crate::child::reap(child, &peer, session)
+    crate::child::reap(child, &peer, session, started.get())
 }
 
+/// The undo session over `stream`; `started` is set once its handshake
+/// is done.
 fn undo_session(
     r: &RemoteShell,
     config: &Config,
     log: &Log,
     peer: &str,
     stream: &mut PipeStream,
+    started: &std::cell::Cell<bool>,
 ) -> Result<()> {
     stream
         .set_deadline(config.env.io_timeout)
@@ -146,6 +150,7 @@ fn undo_session(
     });
     disk.capture_writes(Arc::clone(&capture) as Arc<dyn Capture>);
     let on_params = |p: &Params| {
+        started.set(true);
         let _ = capture.params.set(*p);
     };
     // The session's verification digest is the remote's content digest
@@ -156,6 +161,7 @@ fn undo_session(
         dry: None,
         on_params: Some(&on_params),
         to: None,
+        in_ssh: false,
     };
     let result = client::connect_pipe(
         stream.clone(),

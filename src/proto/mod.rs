@@ -76,6 +76,17 @@
 //! `Bye` ("trailing bytes") after the source has its result; a session
 //! that writes never carries a tally, so those are unaffected.
 //!
+//! The one `Notice` with a meaning for its receiver: a dry session's
+//! destination whose size differs from the source's says so on lane 0
+//! before its first `Digests`, in a sentence that ends `is N bytes, the
+//! source M: a sync would truncate it` (or `grow it`; sizes in decimal,
+//! `crate::summary::resized` makes it, `parse_resized` reads it). Its
+//! blocks may all agree; a `--compare` source counts the other size as a
+//! difference (exit 3). No frame changed for it: a source made before
+//! this reading shows the sentence as a warning and judges blocks only,
+//! as does any source whose destination is older than the sentence (which
+//! then says nothing of sizes).
+//!
 //! `-auto` measures the link on the first connection before it says
 //! `Hello`: after the server's `Challenge` the client may send `Probe`
 //! frames. The server reads and discards them (at most [`PROBE_LIMIT`]

@@ -259,19 +259,28 @@ pub fn run(end: End<'_>) -> Result<u128> {
     }
     // A dry run's destination of another size: its blocks may all agree,
     // but a sync would truncate or grow it, which the source cannot see.
+    // The source's compare reads its verdict in this `Notice`, which must
+    // not be cut: a name too long for one goes unnamed.
     let resized = (role == Role::Destination && disk.is_dry() && !disk.captures())
         .then(|| disk.size())
         .filter(|&n| n != p.geo.size);
     if let (Some(n), Some(lane)) = (resized, lanes.first()) {
         let note = crate::summary::resized(disk.label(), n, p.geo.size);
         log.info(&note);
-        send_notice(lane, &note)?;
+        if note.len() <= crate::proto::NOTICE_MAX {
+            send_notice(lane, &note)?;
+        } else {
+            send_notice(
+                lane,
+                &crate::summary::resized("the destination", n, p.geo.size),
+            )?;
+        }
     }
     stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);
     let mut notes = Vec::new();
     if p.encrypted {
-        stats.encrypted.store(true, Ordering::Relaxed);
+        let _ = stats.encryption.set(crate::progress::Encryption::Sealed);
         notes.push("encrypted".to_string());
         // Where no live line shows the note, one line says it.
         if !(progress && std::io::IsTerminal::is_terminal(&std::io::stderr())) {
@@ -377,6 +386,12 @@ pub fn check_skip(first: u64, geo: Geometry) -> Result<()> {
     let blocks = geo.blocks();
     if first == 0 || first < blocks {
         return Ok(());
+    }
+    if blocks == 0 {
+        return Err(Error::usage(format!(
+            "-s {first}: the source is empty (0 bytes), so there is no block to skip: \
+             run without -s"
+        )));
     }
     Err(Error::usage(format!(
         "-s {first}: the source has only {blocks} {} of {} ({}), so -s must be below \

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::command::Endpoint;
 use super::process::Remote;
 use super::script::{Listen, quote, server_args};
+use crate::auth::Secret;
 use crate::child;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -45,7 +46,7 @@ pub(super) fn sync(
 ) -> Result<Carried> {
     let name = &endpoint.host;
     if over_ssh {
-        log.line(format!(
+        log.info(format!(
             "{name}: carrying the session inside ssh (-over-ssh)"
         ));
     } else {
@@ -59,13 +60,21 @@ pub(super) fn sync(
         );
         match direct {
             Err(Error::Io { op, source, .. }) if op == client::FIRST_CONNECT => {
-                log.line(format!(
+                log.info(format!(
                     "{name}: port {} on {} cannot be reached ({source}): carrying the session inside ssh",
                     connect.port, connect.host
                 ));
             }
             other => return other.map(|()| Carried::Tcp),
         }
+    }
+    // -e seals frames with a key this end made; inside ssh, ssh's cipher
+    // protects them instead (one layer is enough), and `--json` says
+    // `"encryption":"ssh"`.
+    if connect.secret.as_ref().is_some_and(Secret::encrypts) {
+        log.info(format!(
+            "{name}: -e: the session inside ssh is encrypted by ssh, not by bsync's own cipher"
+        ));
     }
     let args = server_args(
         Listen::Stdio,
@@ -91,6 +100,7 @@ pub(super) fn sync(
             dry: connect.dry.as_ref().map(|d| (d, remote.as_bytes())),
             on_params: None,
             to: Some(&to),
+            in_ssh: true,
         };
         client::connect_pipe(
             stream.clone(),

@@ -5,7 +5,8 @@
 //! ([`session_script`]) that
 //!
 //! 1. prints `uname -sm` and stops, with nothing written, unless that
-//!    matches this binary;
+//!    matches this binary; in an upload, says whether the remote path
+//!    exists (a new one is said here, as a local run says it);
 //! 2. looks in the remote user's cache
 //!    (`${XDG_CACHE_HOME:-$HOME/.cache}/bsync/SHA256/bsync`, mode 0700) for
 //!    this exact executable, checked with `sha256sum`; only if it is missing
@@ -69,7 +70,7 @@ use crate::log::Log;
 use crate::sys;
 use command::Endpoint;
 use process::{FAILED_REMOTE_GRACE, Remote, RemoteExit, SSH_FAILED};
-use script::{DIR, HAVE, SEND, is_safe_dir};
+use script::{DIR, HAVE, NEW, SEND, is_safe_dir};
 
 /// This end of a `-t` run, as the plan says it.
 struct Launch<'a> {
@@ -164,7 +165,7 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
     };
     let mut remote = Remote::start(endpoint.command(&script), log)?;
     remote.send_secret(&secret);
-    let copy = match provide(&mut remote, &exe, name, log) {
+    let copy = match provide(&mut remote, &exe, launch, log) {
         Ok(copy) => copy,
         Err(what) => {
             let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
@@ -289,15 +290,16 @@ enum Provide {
 }
 
 /// Read what the remote script says before its server starts (`uname -sm`,
-/// maybe `dir`, then `have`, or `send`) and send `exe` if it asks. Returns
-/// where the remote's copy is.
+/// maybe `new` and `dir`, then `have`, or `send`) and send `exe` if it
+/// asks. Returns where the remote's copy is.
 fn provide(
     remote: &mut Remote,
     exe: &[u8],
-    name: &str,
+    launch: &Launch,
     log: &Log,
 ) -> std::result::Result<String, Provide> {
     use Provide::Failed;
+    let name = &launch.target.host;
     let Some(uname) = remote.line().filter(|l| !l.trim().is_empty()) else {
         return Err(Failed(
             "`uname -sm` printed nothing; is the remote shell a POSIX shell?".into(),
@@ -307,7 +309,18 @@ fn provide(
         let Some(line) = remote.line() else {
             return Err(Provide::Mismatch(uname.trim().to_string()));
         };
-        if let Some(dir) = line.strip_prefix(DIR) {
+        if line == NEW {
+            // As a local run says it, of the path as typed: a typo (say
+            // /dev/vdzz9) would otherwise become a file without a word.
+            // A dry run opens nothing new: it fails on the missing path.
+            if launch.dry.is_none() {
+                log.info(format!(
+                    "destination {}:{}: a new file (it did not exist)",
+                    bracketed(name),
+                    launch.target.path
+                ));
+            }
+        } else if let Some(dir) = line.strip_prefix(DIR) {
             if !is_safe_dir(dir) {
                 return Err(Failed(format!(
                     "mktemp gave an unexpected directory {dir:?}"
@@ -410,10 +423,31 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
         // The remote bsync refused its command line (exit 2): a usage
         // error of this run, such as a directory as the remote path.
         None if exit.own && exit.status.and_then(|s| s.code()) == Some(EXIT_USAGE) => {
-            Error::usage(format!("{name}: {what}: {}", exit.describe()))
+            Error::usage(as_typed(exit, name, what))
         }
         None => Error::Failed(format!("{name}: {what}: {}", exit.describe())),
     }
+}
+
+/// A host as it goes before `:/path`: an IPv6 literal in brackets.
+fn bracketed(host: &str) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]"),
+        false => host.to_string(),
+    }
+}
+
+/// The remote bsync's usage error in the words of this run: the remote's
+/// `-f` is the path the user gave in `-t`, so `-f: /srv/d is a directory`
+/// reads `-t host:/srv/d is a directory`, and a remote `/dev/zero` is no
+/// missing `-f`.
+fn as_typed(exit: &RemoteExit, name: &str, what: &str) -> String {
+    let said = exit.last_line().map(|l| l.trim_start_matches("bsync: "));
+    if let Some(rest) = said.and_then(|l| l.strip_prefix("-f: ")) {
+        return format!("-t {}:{rest}", bracketed(name));
+    }
+    let hint = crate::disk::DEFAULT_SOURCE_HINT;
+    format!("{name}: {what}: {}", exit.describe()).replace(hint, "a character device")
 }
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ pub(super) const SEND: &str = "send ";
 pub(super) const HAVE: &str = "have ";
 /// The line that names a directory made with `mktemp -d` (no usable cache).
 pub(super) const DIR: &str = "dir ";
+/// The line that says an upload's remote path does not exist: the server
+/// will make it a new file.
+pub(super) const NEW: &str = "new";
 
 /// The whole remote side of a `-t` run, one ssh session: check the
 /// machine, make sure an intact copy of this executable is there, and run
@@ -56,7 +59,8 @@ pub(super) const DIR: &str = "dir ";
 ///
 /// 1. Read the secret from stdin with the `read` builtin: it is never in
 ///    any argv. Print `uname -sm`; stop (status 0, nothing written) unless
-///    the machine runs this build.
+///    the machine runs this build. In an upload, print `new` if the remote
+///    path does not exist (the server will create it).
 /// 2. The copy lives in `${XDG_CACHE_HOME:-$HOME/.cache}/bsync/SHA256/bsync`
 ///    (directories 0700). If it is there and `sha256sum` agrees, print
 ///    `have PATH`. Otherwise print `send PATH` and read exactly the
@@ -92,6 +96,10 @@ pub fn session_script(
         .map(|m| format!("Linux\\ {m}"))
         .collect();
     let args = server_args(Listen::Tcp { encrypt }, path, role, t, verbose);
+    let new = match role {
+        Role::Source => format!("[ -e {} ] || echo {NEW}; ", remote_path(path)),
+        Role::Destination => String::new(),
+    };
     // Hex digits only: no quoting needed, and nothing to inject.
     let sha: String = binary
         .sha256
@@ -103,7 +111,7 @@ pub fn session_script(
          trap 'exit 143' TERM; trap 'exit 129' HUP; \
          IFS= read -r k || exit 1; \
          s=$(uname -sm) || exit 1; echo \"$s\"; case $s in {patterns}) ;; *) exit 0;; esac; \
-         h={sha}; n={len}; \
+         {new}h={sha}; n={len}; \
          v() {{ command -v sha256sum >/dev/null 2>&1 && set -- $(sha256sum <\"$1\") && [ \"$1\" = $h ]; }}; \
          c=${{XDG_CACHE_HOME:-}}; case $c in /*) ;; *) c=${{HOME:+$HOME/.cache}};; esac; b=; \
          case $c in /?*) c=$c/bsync/$h; (umask 077; mkdir -p \"$c\") 2>/dev/null && \

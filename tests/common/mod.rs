@@ -429,6 +429,9 @@ pub struct JsonWant {
     pub writes: bool,
     /// The run has a network: wire bytes are counted, else they are 0.
     pub wire: bool,
+    /// What encrypted the data on the way: `none`, `ssh` (a `-t` session
+    /// inside ssh) or `chacha20-poly1305` (`-e`, `-K`).
+    pub encryption: &'static str,
 }
 
 /// The `--json` line among `text`'s lines, taken apart, checked field by
@@ -477,12 +480,15 @@ pub fn check_json(
         "seconds",
         "dry",
         "encrypted",
+        "encryption",
     ];
     expected.sort_unstable();
     assert_eq!(keys, expected, "{what}: the fields of {line}");
     assert_eq!(texts["side"], want.side, "{what}: {line}");
     assert_eq!(texts["dry"], want.dry.to_string(), "{what}: {line}");
-    assert_eq!(texts["encrypted"], "false", "{what}: {line}");
+    assert_eq!(texts["encryption"], want.encryption, "{what}: {line}");
+    let encrypted = want.encryption != "none";
+    assert_eq!(texts["encrypted"], encrypted.to_string(), "{what}: {line}");
     assert!(
         texts["seconds"].parse::<f64>().is_ok_and(|s| s >= 0.0),
         "{what}: {line}"
@@ -516,4 +522,23 @@ pub fn check_json(
         assert_eq!(fields[field] > 0, want.wire, "{what}: {field} in {line}");
     }
     fields
+}
+
+/// For a source whose last 8 KiB are zeros, destinations of the source's
+/// data with another length where every block still agrees (past its end
+/// a destination reads as zeros): (destination bytes, the line a
+/// `--compare` of the two must print).
+pub fn other_sizes(src: &[u8]) -> [(Vec<u8>, String); 2] {
+    [
+        ([src, &[9u8; 5000][..]].concat(), "truncate"),
+        (src[..src.len() - 8192].to_vec(), "grow"),
+    ]
+    .map(|(dst, change)| {
+        let said = format!(
+            "compare: the destination is {} bytes, the source {}: a sync would {change} it",
+            dst.len(),
+            src.len()
+        );
+        (dst, said)
+    })
 }
