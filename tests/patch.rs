@@ -1233,3 +1233,88 @@ fn a_signal_while_a_pipe_stalls_ends_the_apply_and_its_undo_restores() {
     assert!(err.contains("cut short"), "{err}");
     assert!(read_file(&dst) == original, "not restored");
 }
+
+/// An offset of `p`'s images far (64 KiB) from any byte where they differ.
+fn far_from_differences(p: &Pair) -> usize {
+    let near = 64 << 10;
+    (near..LEN - near)
+        .step_by(4096)
+        .find(|&at| p.src_bytes[at - near..at + near] == p.dst_bytes[at - near..at + near])
+        .unwrap()
+}
+
+/// New-user trial: an undo patch applied to a target changed since the
+/// apply (a byte elsewhere) wrote its ranges, then failed the final check
+/// and advised applying it again, which failed as well. From a file it is
+/// now refused before writing, naming its check; from a pipe (which cannot
+/// be checked first) the failure after writing suggests nothing untrue.
+#[test]
+fn an_undo_of_a_target_changed_since_the_apply_is_refused_untouched() {
+    let p = pair("undo-changed-since");
+    let patch = p.dir.join("p.bsync");
+    let undo = p.dir.join("undo.bsync");
+    run_ok(&mut local(
+        &p.src,
+        &p.dst,
+        &[
+            "-q",
+            "-b",
+            BS,
+            "-n",
+            "--write-patch",
+            patch.to_str().unwrap(),
+        ],
+    ));
+    run_ok(&mut apply(
+        &patch,
+        None,
+        &[&format!("--remdata={}", undo.display())],
+    ));
+    assert_same(&p.src, &p.dst);
+    let at = far_from_differences(&p);
+    let mut changed = p.src_bytes.clone();
+    changed[at] ^= 0x5a;
+    write_file(&p.dst, &changed);
+    let out = run(&mut apply(&undo, None, &[]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the digest the target had before that apply"),
+        "{err}"
+    );
+    assert!(err.contains("the target is untouched"), "{err}");
+    assert!(read_file(&p.dst) == changed, "the target was written");
+    // From a pipe: written, then the result check fails, naming it so.
+    let (code, err) = apply_piped(&read_file(&undo), &p.dst, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is not the digest the target had before that apply"),
+        "{err}"
+    );
+    assert!(err.contains("the target WAS changed"), "{err}");
+    assert!(!err.contains("finishes it"), "{err}");
+}
+
+/// The same for an undo patch cut short (its apply killed): the target
+/// changed since, outside what was written, is refused before writing.
+#[test]
+fn an_undo_cut_short_of_a_target_changed_since_is_refused_untouched() {
+    let (dir, _, dst, _, patch) = big_scene("undo-cut-changed");
+    let undo = dir.join("undo.bsync");
+    let args = [format!("--remdata={}", undo.display())];
+    let mut child = start_apply(&patch, &dst, &args, Feed::File, "");
+    wait_for_undo(&mut child, &undo, 1 << 20);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut changed = read_file(&dst);
+    let at = changed.len() - 4096;
+    changed[at] ^= 0x5a;
+    write_file(&dst, &changed);
+    let out = run(&mut apply(&undo, None, &[]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cut short"), "{err}");
+    assert!(err.contains("the target is untouched"), "{err}");
+    assert!(read_file(&dst) == changed, "the target was written");
+}

@@ -10,8 +10,8 @@ use std::path::Path;
 
 use super::format::{self, Decoder, Header, Item};
 use super::records::{
-    Counted, State, Wrote, after_writing, check_trailer, corrupt, cut_short, differs, diffsize,
-    finish, range_state, stop_if_asked, write_record, writing, written,
+    Counted, State, Wrote, after_result, after_writing, check_trailer, corrupt, cut_short, differs,
+    diffsize, finish, range_state, stop_if_asked, write_record, writing, written,
 };
 use super::rollback::UndoWriter;
 use super::stop::Stop;
@@ -219,7 +219,10 @@ pub(super) fn apply(
         }
     }
     if let Err(e) = finish(&mut disk, &h, &trailer, (diffsize, &spans), what, log) {
-        return Err(stopped(&disk, e, wrote));
+        if !wrote.touched {
+            return Err(Error::Failed(format!("{e}; nothing was written")));
+        }
+        return Err(after_result(e, &disk, a, wrote));
     }
     log.info(format!(
         "{}: applied {what}: {} written in {} ranges",
