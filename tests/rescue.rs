@@ -876,3 +876,45 @@ fn an_interrupted_run_leaves_a_map_of_every_acknowledged_block() {
         marked.len()
     );
 }
+
+/// New-user trial: `--write-patch F -rescue F` exited 0, the map
+/// overwriting the patch. The same file for both is a usage error (exit
+/// 2), locally and over -t, by name or through another path to it.
+#[test]
+fn the_map_and_the_patch_are_never_the_same_file() {
+    let dir = TempDir::new("rescue-map-is-patch");
+    let (src, dst, _) = images(&dir);
+    let patch = dir.join("p.bsync");
+    write_file(&patch, b"old patch");
+    let other = dir.join("sub/../p.bsync");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let link = dir.join("link.bsync");
+    std::os::unix::fs::symlink(&patch, &link).unwrap();
+    let new = dir.join("new.bsync");
+    for (patch, map) in [
+        (&patch, &patch),
+        (&patch, &other),
+        (&patch, &link),
+        (&new, &new),
+    ] {
+        for remote in [false, true] {
+            let mut cmd = bsync();
+            cmd.arg("-f").arg(&src).arg("-t");
+            if remote {
+                cmd.arg(format!("nobody@127.0.0.1:{}", dst.display()));
+            } else {
+                cmd.arg(&dst);
+            }
+            cmd.args(["-b", "1M", "--write-patch"])
+                .arg(&patch)
+                .arg("-rescue")
+                .arg(map);
+            let out = run(&mut cmd);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{map:?} {remote}: {err}");
+            assert!(err.contains("is the --write-patch file"), "{err}");
+        }
+    }
+    assert_eq!(read_file(&patch), b"old patch");
+    assert!(!new.exists());
+}
