@@ -906,7 +906,7 @@ fn the_map_and_the_patch_are_never_the_same_file() {
                 cmd.arg(&dst);
             }
             cmd.args(["-b", "1M", "--write-patch"])
-                .arg(&patch)
+                .arg(patch)
                 .arg("-rescue")
                 .arg(map);
             let out = run(&mut cmd);
