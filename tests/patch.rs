@@ -1318,3 +1318,30 @@ fn an_undo_cut_short_of_a_target_changed_since_is_refused_untouched() {
     assert!(err.contains("the target is untouched"), "{err}");
     assert!(read_file(&dst) == changed, "the target was written");
 }
+
+/// New-user trial: `--remdata=-` wrote the undo into a file named `-`,
+/// `--remdata=` failed at create (exit 1) and `--patch=` was taken as
+/// `--patch`. All three are usage errors (exit 2), nothing written.
+#[test]
+fn an_undo_to_stdout_and_empty_patch_values_are_usage_errors() {
+    let p = pair("undo-dash");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    for (args, says) in [
+        (&["--patch", "--remdata=-"][..], "must be a file"),
+        (&["--patch", "--remdata="], "--remdata=: an empty file name"),
+        (&["--patch="], "--patch=: an empty target"),
+        (&["--patch=", "--remdata=u"], "--patch=: an empty target"),
+    ] {
+        let mut cmd = bsync();
+        cmd.current_dir(p.dir.path())
+            .args(args)
+            .stdin(File::open(&patch).unwrap());
+        let out = run(&mut cmd);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!p.dir.join("-").exists() && !p.dir.join("u").exists());
+        assert_eq!(read_file(&p.dst), p.dst_bytes, "{args:?}");
+    }
+}
