@@ -1345,3 +1345,40 @@ fn an_undo_to_stdout_and_empty_patch_values_are_usage_errors() {
         assert_eq!(read_file(&p.dst), p.dst_bytes, "{args:?}");
     }
 }
+
+/// New-user trial: Ctrl-C or SIGTERM while `--write-patch FILE` ran left
+/// `FILE.part` behind (a read error removed it). A signal removes it too,
+/// says so, and an older FILE is kept as it was.
+#[test]
+fn a_signal_while_writing_a_patch_removes_its_part_file() {
+    let dir = TempDir::new("write-patch-signal");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    write_file(&src, &random_bytes(64 << 20, 91));
+    write_file(&dst, &random_bytes(64 << 20, 92));
+    let patch = dir.join("p.bsync");
+    let part = dir.join("p.bsync.part");
+    for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
+        write_file(&patch, b"older patch");
+        let mut child = local(&src, &dst, &["-b", "256K", "--write-patch"])
+            .arg(&patch)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !part.exists() {
+            assert!(std::time::Instant::now() < deadline, "no .part file");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{signal}: {err}");
+        assert!(!part.exists(), "{signal}: {err}");
+        assert_eq!(read_file(&patch), b"older patch", "{signal}");
+        assert!(err.contains("p.bsync.part removed"), "{signal}: {err}");
+        assert!(err.contains("is kept as it was"), "{signal}: {err}");
+    }
+}
