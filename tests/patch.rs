@@ -1359,7 +1359,7 @@ fn a_signal_while_writing_a_patch_removes_its_part_file() {
     let part = dir.join("p.bsync.part");
     for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
         write_file(&patch, b"older patch");
-        let mut child = local(&src, &dst, &["-b", "256K", "--write-patch"])
+        let child = local(&src, &dst, &["-b", "256K", "--write-patch"])
             .arg(&patch)
             .stderr(Stdio::piped())
             .spawn()
