@@ -1382,3 +1382,25 @@ fn a_signal_while_writing_a_patch_removes_its_part_file() {
         assert!(err.contains("is kept as it was"), "{signal}: {err}");
     }
 }
+
+/// New-user trial: an "already applied" run with `--remdata=a1` left an
+/// empty undo patch `a1`, whose name was then refused as existing. Nothing
+/// written, no undo patch is made, and the line says so.
+#[test]
+fn an_apply_that_writes_nothing_leaves_no_undo_patch() {
+    let p = pair("undo-nothing");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    run_ok(&mut apply(&patch, None, &[]));
+    let undo = p.dir.join("a1");
+    let remdata = format!("--remdata={}", undo.display());
+    let err = run_ok(&mut apply(&patch, None, &[&remdata]));
+    assert!(err.contains("already applied"), "{err}");
+    assert!(err.contains("no undo patch was made"), "{err}");
+    assert!(!undo.exists(), "{err}");
+    let (code, err) = apply_piped(&read_file(&patch), &p.dst, &[&remdata]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("no undo patch was made"), "{err}");
+    assert!(!undo.exists(), "{err}");
+    assert_same(&p.src, &p.dst);
+}

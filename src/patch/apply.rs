@@ -184,11 +184,13 @@ fn apply_file(
         let got = result_digest_masked(&disk, &h, h.source_size, &spans)?;
         if got == trailer.result {
             log.line(format!(
-                "{}: this patch is already applied ({applied} ranges); nothing was written",
-                disk.label()
+                "{}: this patch is already applied ({applied} ranges); nothing was written{}",
+                disk.label(),
+                no_undo(a)
             ));
+            // Nothing to undo: no undo patch, so its name stays free.
             if let Some(u) = undo {
-                u.finish(&disk)?;
+                u.discard();
             }
             return Ok(());
         }
@@ -254,6 +256,19 @@ fn apply_file(
         }
     ));
     Ok(())
+}
+
+/// What an "already applied" line adds when `--remdata` was given.
+pub(super) fn no_undo(a: &Apply) -> String {
+    a.undo
+        .as_ref()
+        .map(|u| {
+            format!(
+                ", and no undo patch was made ({} was not created: nothing to undo)",
+                u.display()
+            )
+        })
+        .unwrap_or_default()
 }
 
 fn d_read_more(r: &mut impl Read, b: &mut [u8; 1]) -> bool {

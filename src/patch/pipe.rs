@@ -106,8 +106,9 @@ pub(super) fn apply(
         };
         check_trailer(what, &trailer, records, ranges, chain)?;
         log.line(format!(
-            "{}: this patch is already applied; nothing was written",
-            disk.label()
+            "{}: this patch is already applied; nothing was written{}",
+            disk.label(),
+            super::apply::no_undo(a)
         ));
         return Ok(());
     }
@@ -210,10 +211,15 @@ pub(super) fn apply(
     }
     if wrote.ranges == 0 && (disk.size() == h.source_size || diffsize != DiffSize::Resize) {
         let got = result_digest_masked(&disk, &h, h.source_size, &spans)?;
-        if got == trailer.result {
+        if got == trailer.result && !wrote.touched {
+            // Nothing to undo: no undo patch, so its name stays free.
+            if let Some(u) = &a.undo {
+                let _ = std::fs::remove_file(u);
+            }
             log.line(format!(
-                "{}: this patch is already applied ({skipped} ranges); nothing was written",
-                disk.label()
+                "{}: this patch is already applied ({skipped} ranges); nothing was written{}",
+                disk.label(),
+                super::apply::no_undo(a)
             ));
             return Ok(());
         }
