@@ -27,7 +27,7 @@ use std::path::Path;
 use super::format::{self, Decoder, Item};
 use super::records::{
     Counted, State, Wrote, after_result, after_writing, check_trailer, corrupt, cut_short, differs,
-    diffsize, finish, range_state, stop_if_asked, write_record, writing, written,
+    diffsize, finish, no_undo, range_state, stop_if_asked, write_record, writing, written,
 };
 use super::rollback::UndoWriter;
 use super::stop::Stop;
@@ -256,19 +256,6 @@ fn apply_file(
         }
     ));
     Ok(())
-}
-
-/// What an "already applied" line adds when `--remdata` was given.
-pub(super) fn no_undo(a: &Apply) -> String {
-    a.undo
-        .as_ref()
-        .map(|u| {
-            format!(
-                ", and no undo patch was made ({} was not created: nothing to undo)",
-                u.display()
-            )
-        })
-        .unwrap_or_default()
 }
 
 fn d_read_more(r: &mut impl Read, b: &mut [u8; 1]) -> bool {

@@ -11,7 +11,7 @@ use std::path::Path;
 use super::format::{self, Decoder, Header, Item};
 use super::records::{
     Counted, State, Wrote, after_result, after_writing, check_trailer, corrupt, cut_short, differs,
-    diffsize, finish, range_state, stop_if_asked, write_record, writing, written,
+    diffsize, finish, no_undo, range_state, stop_if_asked, write_record, writing, written,
 };
 use super::rollback::UndoWriter;
 use super::stop::Stop;
@@ -108,7 +108,7 @@ pub(super) fn apply(
         log.line(format!(
             "{}: this patch is already applied; nothing was written{}",
             disk.label(),
-            super::apply::no_undo(a)
+            no_undo(a)
         ));
         return Ok(());
     }
@@ -219,7 +219,7 @@ pub(super) fn apply(
             log.line(format!(
                 "{}: this patch is already applied ({skipped} ranges); nothing was written{}",
                 disk.label(),
-                super::apply::no_undo(a)
+                no_undo(a)
             ));
             return Ok(());
         }

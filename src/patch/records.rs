@@ -302,3 +302,16 @@ pub(super) fn written(stop: &Stop, disk: &Disk, a: &Apply, wrote: Wrote) {
     ));
     stop.written(changed(&e, disk, a, wrote, true));
 }
+
+/// What an "already applied" line adds when `--remdata` was given.
+pub(super) fn no_undo(a: &Apply) -> String {
+    a.undo
+        .as_ref()
+        .map(|u| {
+            format!(
+                ", and no undo patch was made ({} was not created: nothing to undo)",
+                u.display()
+            )
+        })
+        .unwrap_or_default()
+}
