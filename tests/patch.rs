@@ -277,7 +277,19 @@ fn truncated_and_corrupted_patches_are_named_and_leave_the_target_alone() {
     write_file(&cut, &bytes[..bytes.len() - 100]);
     let err = run_status(&mut apply(&cut, Some(&p.dst), &[]), 1);
     assert!(err.contains("truncated"), "{err}");
+    // In the same line: the target is untouched (new-user trial).
+    let one = |err: &str| {
+        err.lines()
+            .any(|l| l.ends_with("; the target is untouched"))
+    };
+    assert!(one(&err), "{err}");
     assert_eq!(read_file(&p.dst), p.dst_bytes);
+    // Bytes after the trailer.
+    let mut longer = bytes.clone();
+    longer.push(0);
+    write_file(&cut, &longer);
+    let err = run_status(&mut apply(&cut, Some(&p.dst), &[]), 1);
+    assert!(err.contains("after the trailer") && one(&err), "{err}");
     // A flipped byte in the middle, and one in the last record.
     for at in [bytes.len() / 2, bytes.len() - 80] {
         let mut bad = bytes.clone();
@@ -285,12 +297,15 @@ fn truncated_and_corrupted_patches_are_named_and_leave_the_target_alone() {
         let f = p.dir.join("bad.bsync");
         write_file(&f, &bad);
         let err = run_status(&mut apply(&f, Some(&p.dst), &[]), 1);
-        assert!(err.contains("corrupted"), "flip at {at}: {err}");
+        assert!(
+            err.contains("corrupted") && one(&err),
+            "flip at {at}: {err}"
+        );
         assert_eq!(read_file(&p.dst), p.dst_bytes, "flip at {at}");
     }
     // Not a patch at all.
     let err = run_status(&mut apply(&p.src, Some(&p.dst), &[]), 1);
-    assert!(err.contains("not a bsync patch"), "{err}");
+    assert!(err.contains("not a bsync patch") && one(&err), "{err}");
 }
 
 #[test]

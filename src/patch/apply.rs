@@ -99,7 +99,9 @@ fn apply_file(
     let mut d = Decoder::new(&mut r);
     // The records' checks cover their stored bytes: no need to decompress.
     d.skip_data = true;
-    let h = d.header().map_err(|e| corrupt(what, e))?;
+    // A patch that breaks in this pass has written nothing: said so.
+    let untouched = |e: Error| Error::Failed(format!("{e}; the target is untouched"));
+    let h = d.header().map_err(|e| untouched(corrupt(what, e)))?;
     let path = target_path(a, &h, log)?;
     let diffsize = diffsize(a, &h);
     let mut disk = open_target(&path, env, log)?;
@@ -121,7 +123,7 @@ fn apply_file(
     let trailer = loop {
         let item = match d.next(&mut dec) {
             Ok(item) => item,
-            Err(e) => break cut_short(&d, &h, read, e, what, log)?,
+            Err(e) => break cut_short(&d, &h, read, e, what, log).map_err(untouched)?,
         };
         match item {
             Item::Record(rec, check) => {
@@ -154,14 +156,14 @@ fn apply_file(
             Item::End(t) => break t,
         }
     };
-    check_trailer(what, &trailer, read.records, read.ranges, read.chain)?;
+    check_trailer(what, &trailer, read.records, read.ranges, read.chain).map_err(untouched)?;
     // An undo patch cut short: its last record's ranges may be partly
     // written (the apply was killed while writing them), and are written.
     let cut = d.cut;
     let mut extra = [0u8; 1];
     if d_read_more(&mut r, &mut extra) {
         return Err(Error::Failed(format!(
-            "{what}: corrupted: bytes after the trailer"
+            "{what}: corrupted: bytes after the trailer; the target is untouched"
         )));
     }
     match first_other {
