@@ -582,6 +582,9 @@ fn a_patch_from_a_failing_source_marks_unread_sectors_unknown() {
         err.contains("2.0 KiB (2048 bytes) of the source could not be read"),
         "{err}"
     );
+    // New-user trial: it said they "were not written", as of a copy.
+    assert!(err.contains("are unknown spans of the patch"), "{err}");
+    assert!(!err.contains("were not written"), "{err}");
     assert_eq!(read_file(&dst), original, "a dry run wrote the destination");
     let bytes = read_file(&patch);
     assert_eq!(&bytes[8..10], &3u16.to_le_bytes(), "not a version 3 patch");
