@@ -197,6 +197,7 @@ pub fn watch_interrupts(log: &Log) {
             hook(&log);
         }
         crate::rescue::save_on_interrupt();
+        crate::patch::part::remove_on_interrupt(&log);
         crate::progress::end_live_line();
         log.line("interrupted");
         if let Some(hint) = resume_hint() {

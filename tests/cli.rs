@@ -535,10 +535,14 @@ fn bdsync_options_and_conflicts() {
         assert!(line.contains(want), "{args:?}: {line}");
         assert!(!line.contains("unknown flag -verbose"), "{line}");
     }
-    // --verbose, --blocksize and --progress work where -v and -b do.
+    // --verbose, --blocksize and --progress work where -v and -b do; a
+    // size given twice in two spellings of one value is no conflict
+    // (new-user trial: -b 1M -b 1048576 was refused).
     let out = run(bsync().args(scene.args(&[
         "--verbose",
         "--blocksize=4K",
+        "-b",
+        "4096",
         "--progress",
         "-f",
         "SRC",

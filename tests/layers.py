@@ -104,7 +104,7 @@ LAYERS = [
     ['net', 'handshake', 'stdio'],
     ['reader', 'writer', 'pool', 'disk', 'mounts', 'rescue'],
     ['summary'],
-    ['config', 'log', 'progress', 'units'],
+    ['config', 'log', 'progress', 'units', 'patch/part'],
     ['auth', 'proto', 'compress', 'digest', 'block', 'patch/format', 'patch/spans'],
     ['aead', 'sha256', 'lock', 'error', 'sys'],
 ]

@@ -277,7 +277,19 @@ fn truncated_and_corrupted_patches_are_named_and_leave_the_target_alone() {
     write_file(&cut, &bytes[..bytes.len() - 100]);
     let err = run_status(&mut apply(&cut, Some(&p.dst), &[]), 1);
     assert!(err.contains("truncated"), "{err}");
+    // In the same line: the target is untouched (new-user trial).
+    let one = |err: &str| {
+        err.lines()
+            .any(|l| l.ends_with("; the target is untouched"))
+    };
+    assert!(one(&err), "{err}");
     assert_eq!(read_file(&p.dst), p.dst_bytes);
+    // Bytes after the trailer.
+    let mut longer = bytes.clone();
+    longer.push(0);
+    write_file(&cut, &longer);
+    let err = run_status(&mut apply(&cut, Some(&p.dst), &[]), 1);
+    assert!(err.contains("after the trailer") && one(&err), "{err}");
     // A flipped byte in the middle, and one in the last record.
     for at in [bytes.len() / 2, bytes.len() - 80] {
         let mut bad = bytes.clone();
@@ -285,12 +297,15 @@ fn truncated_and_corrupted_patches_are_named_and_leave_the_target_alone() {
         let f = p.dir.join("bad.bsync");
         write_file(&f, &bad);
         let err = run_status(&mut apply(&f, Some(&p.dst), &[]), 1);
-        assert!(err.contains("corrupted"), "flip at {at}: {err}");
+        assert!(
+            err.contains("corrupted") && one(&err),
+            "flip at {at}: {err}"
+        );
         assert_eq!(read_file(&p.dst), p.dst_bytes, "flip at {at}");
     }
     // Not a patch at all.
     let err = run_status(&mut apply(&p.src, Some(&p.dst), &[]), 1);
-    assert!(err.contains("not a bsync patch"), "{err}");
+    assert!(err.contains("not a bsync patch") && one(&err), "{err}");
 }
 
 #[test]
@@ -1232,4 +1247,175 @@ fn a_signal_while_a_pipe_stalls_ends_the_apply_and_its_undo_restores() {
     let err = run_ok(&mut apply(&undo, None, &[]));
     assert!(err.contains("cut short"), "{err}");
     assert!(read_file(&dst) == original, "not restored");
+}
+
+/// An offset of `p`'s images far (64 KiB) from any byte where they differ.
+fn far_from_differences(p: &Pair) -> usize {
+    let near = 64 << 10;
+    (near..LEN - near)
+        .step_by(4096)
+        .find(|&at| p.src_bytes[at - near..at + near] == p.dst_bytes[at - near..at + near])
+        .unwrap()
+}
+
+/// New-user trial: an undo patch applied to a target changed since the
+/// apply (a byte elsewhere) wrote its ranges, then failed the final check
+/// and advised applying it again, which failed as well. From a file it is
+/// now refused before writing, naming its check; from a pipe (which cannot
+/// be checked first) the failure after writing suggests nothing untrue.
+#[test]
+fn an_undo_of_a_target_changed_since_the_apply_is_refused_untouched() {
+    let p = pair("undo-changed-since");
+    let patch = p.dir.join("p.bsync");
+    let undo = p.dir.join("undo.bsync");
+    run_ok(&mut local(
+        &p.src,
+        &p.dst,
+        &[
+            "-q",
+            "-b",
+            BS,
+            "-n",
+            "--write-patch",
+            patch.to_str().unwrap(),
+        ],
+    ));
+    run_ok(&mut apply(
+        &patch,
+        None,
+        &[&format!("--remdata={}", undo.display())],
+    ));
+    assert_same(&p.src, &p.dst);
+    let at = far_from_differences(&p);
+    let mut changed = p.src_bytes.clone();
+    changed[at] ^= 0x5a;
+    write_file(&p.dst, &changed);
+    let out = run(&mut apply(&undo, None, &[]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the digest the target had before that apply"),
+        "{err}"
+    );
+    assert!(err.contains("the target is untouched"), "{err}");
+    assert!(read_file(&p.dst) == changed, "the target was written");
+    // From a pipe: written, then the result check fails, naming it so.
+    let (code, err) = apply_piped(&read_file(&undo), &p.dst, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is not the digest the target had before that apply"),
+        "{err}"
+    );
+    assert!(err.contains("the target WAS changed"), "{err}");
+    assert!(!err.contains("finishes it"), "{err}");
+}
+
+/// The same for an undo patch cut short (its apply killed): the target
+/// changed since, outside what was written, is refused before writing.
+#[test]
+fn an_undo_cut_short_of_a_target_changed_since_is_refused_untouched() {
+    let (dir, _, dst, _, patch) = big_scene("undo-cut-changed");
+    let undo = dir.join("undo.bsync");
+    let args = [format!("--remdata={}", undo.display())];
+    let mut child = start_apply(&patch, &dst, &args, Feed::File, "");
+    wait_for_undo(&mut child, &undo, 1 << 20);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut changed = read_file(&dst);
+    let at = changed.len() - 4096;
+    changed[at] ^= 0x5a;
+    write_file(&dst, &changed);
+    let out = run(&mut apply(&undo, None, &[]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cut short"), "{err}");
+    assert!(err.contains("the target is untouched"), "{err}");
+    assert!(read_file(&dst) == changed, "the target was written");
+}
+
+/// New-user trial: `--remdata=-` wrote the undo into a file named `-`,
+/// `--remdata=` failed at create (exit 1) and `--patch=` was taken as
+/// `--patch`. All three are usage errors (exit 2), nothing written.
+#[test]
+fn an_undo_to_stdout_and_empty_patch_values_are_usage_errors() {
+    let p = pair("undo-dash");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    for (args, says) in [
+        (&["--patch", "--remdata=-"][..], "must be a file"),
+        (&["--patch", "--remdata="], "--remdata=: an empty file name"),
+        (&["--patch="], "--patch=: an empty target"),
+        (&["--patch=", "--remdata=u"], "--patch=: an empty target"),
+    ] {
+        let mut cmd = bsync();
+        cmd.current_dir(p.dir.path())
+            .args(args)
+            .stdin(File::open(&patch).unwrap());
+        let out = run(&mut cmd);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!p.dir.join("-").exists() && !p.dir.join("u").exists());
+        assert_eq!(read_file(&p.dst), p.dst_bytes, "{args:?}");
+    }
+}
+
+/// New-user trial: Ctrl-C or SIGTERM while `--write-patch FILE` ran left
+/// `FILE.part` behind (a read error removed it). A signal removes it too,
+/// says so, and an older FILE is kept as it was.
+#[test]
+fn a_signal_while_writing_a_patch_removes_its_part_file() {
+    let dir = TempDir::new("write-patch-signal");
+    let (src, dst) = (dir.join("src.img"), dir.join("dst.img"));
+    write_file(&src, &random_bytes(64 << 20, 91));
+    write_file(&dst, &random_bytes(64 << 20, 92));
+    let patch = dir.join("p.bsync");
+    let part = dir.join("p.bsync.part");
+    for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
+        write_file(&patch, b"older patch");
+        let child = local(&src, &dst, &["-b", "256K", "--write-patch"])
+            .arg(&patch)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !part.exists() {
+            assert!(std::time::Instant::now() < deadline, "no .part file");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{signal}: {err}");
+        assert!(!part.exists(), "{signal}: {err}");
+        assert_eq!(read_file(&patch), b"older patch", "{signal}");
+        assert!(err.contains("p.bsync.part removed"), "{signal}: {err}");
+        assert!(err.contains("is kept as it was"), "{signal}: {err}");
+    }
+}
+
+/// New-user trial: an "already applied" run with `--remdata=a1` left an
+/// empty undo patch `a1`, whose name was then refused as existing. Nothing
+/// written, no undo patch is made, and the line says so.
+#[test]
+fn an_apply_that_writes_nothing_leaves_no_undo_patch() {
+    let p = pair("undo-nothing");
+    let patch = p.dir.join("p.bsync");
+    make_patch(&p.src, &p.dst, &patch, &[]);
+    run_ok(&mut apply(&patch, None, &[]));
+    let undo = p.dir.join("a1");
+    let remdata = format!("--remdata={}", undo.display());
+    let err = run_ok(&mut apply(&patch, None, &[&remdata]));
+    assert!(err.contains("already applied"), "{err}");
+    assert!(err.contains("no undo patch was made"), "{err}");
+    assert!(!undo.exists(), "{err}");
+    let (code, err) = apply_piped(&read_file(&patch), &p.dst, &[&remdata]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("no undo patch was made"), "{err}");
+    assert!(!undo.exists(), "{err}");
+    assert_same(&p.src, &p.dst);
 }

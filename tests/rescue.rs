@@ -582,6 +582,9 @@ fn a_patch_from_a_failing_source_marks_unread_sectors_unknown() {
         err.contains("2.0 KiB (2048 bytes) of the source could not be read"),
         "{err}"
     );
+    // New-user trial: it said they "were not written", as of a copy.
+    assert!(err.contains("are unknown spans of the patch"), "{err}");
+    assert!(!err.contains("were not written"), "{err}");
     assert_eq!(read_file(&dst), original, "a dry run wrote the destination");
     let bytes = read_file(&patch);
     assert_eq!(&bytes[8..10], &3u16.to_le_bytes(), "not a version 3 patch");
@@ -875,4 +878,46 @@ fn an_interrupted_run_leaves_a_map_of_every_acknowledged_block() {
         "{written} blocks written, {} marked +:\n{text}",
         marked.len()
     );
+}
+
+/// New-user trial: `--write-patch F -rescue F` exited 0, the map
+/// overwriting the patch. The same file for both is a usage error (exit
+/// 2), locally and over -t, by name or through another path to it.
+#[test]
+fn the_map_and_the_patch_are_never_the_same_file() {
+    let dir = TempDir::new("rescue-map-is-patch");
+    let (src, dst, _) = images(&dir);
+    let patch = dir.join("p.bsync");
+    write_file(&patch, b"old patch");
+    let other = dir.join("sub/../p.bsync");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let link = dir.join("link.bsync");
+    std::os::unix::fs::symlink(&patch, &link).unwrap();
+    let new = dir.join("new.bsync");
+    for (patch, map) in [
+        (&patch, &patch),
+        (&patch, &other),
+        (&patch, &link),
+        (&new, &new),
+    ] {
+        for remote in [false, true] {
+            let mut cmd = bsync();
+            cmd.arg("-f").arg(&src).arg("-t");
+            if remote {
+                cmd.arg(format!("nobody@127.0.0.1:{}", dst.display()));
+            } else {
+                cmd.arg(&dst);
+            }
+            cmd.args(["-b", "1M", "--write-patch"])
+                .arg(patch)
+                .arg("-rescue")
+                .arg(map);
+            let out = run(&mut cmd);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{map:?} {remote}: {err}");
+            assert!(err.contains("is the --write-patch file"), "{err}");
+        }
+    }
+    assert_eq!(read_file(&patch), b"old patch");
+    assert!(!new.exists());
 }

@@ -181,6 +181,12 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
             ("verbose" | "v", None) => verbose += 1,
             ("progress", None) => progress = true,
             ("remdata", v) => {
+                if v == Some("") {
+                    return Err(usage(
+                        "--remdata=: an empty file name; with --patch give a new file for \
+                         the undo data: --remdata=FILE",
+                    ));
+                }
                 once(&mut seen, "remdata", s, raw())?;
                 remdata = Some(v.map(PathBuf::from));
             }
@@ -195,8 +201,13 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
                 block_size = Some(n);
             }
             ("patch", v) => {
+                if v == Some("") {
+                    return Err(usage(
+                        "--patch=: an empty target; give the device (--patch=DEV), or                          --patch alone for the one the patch names",
+                    ));
+                }
                 once(&mut seen, "patch", s, raw())?;
-                patch = Some(v.filter(|v| !v.is_empty()).map(PathBuf::from));
+                patch = Some(v.map(PathBuf::from));
             }
             ("n", None) => no_compress = true,
             ("digest", v) => {
@@ -285,6 +296,13 @@ pub fn parse(args: &[OsString]) -> Result<Config> {
         let undo = match remdata {
             // A new file only: never the undo of an earlier apply, the
             // target, or the patch being read.
+            Some(Some(p)) if p.as_os_str() == "-" => {
+                return Err(usage(
+                    "--remdata=-: the undo patch must be a file, not stdout: it is synced \
+                     to disk record by record before the target changes; give a new file: \
+                     --remdata=FILE",
+                ));
+            }
             Some(Some(p)) if std::fs::symlink_metadata(&p).is_ok() => {
                 return Err(usage(format!(
                     "--remdata={}: exists; an undo patch is written only to a new file, \

@@ -59,9 +59,9 @@ PATCHES, COMPARING, ANY REMOTE SHELL (bdsync's workflow)
   -diffsize[=MODE]  strict, resize or minsize: the size difference a patch
                 may bridge (bdsync's client form and -patch) [strict]
   -remdata[=UNDO]  an undo patch: on stdout from bdsync's client form, into
-                UNDO while applying with -patch (each record on disk before
-                its write; it restores the size too, and applies even cut
-                short by a killed apply)
+                a new file UNDO (not -) while applying with -patch (each
+                record on disk before its write; it restores the size too,
+                and applies even cut short by a killed apply)
   -digest NAME  bdsync's client form: md5, sha1, sha256... are accepted;
                 bsync checks its patches with its own digest
   -blocksize N  bdsync's name for -b

@@ -324,7 +324,8 @@ fn misplaced_flag(flag: &str) -> Error {
 /// A flag given twice with different values is refused, naming both: which
 /// one wins would be a guess. `-v` counts, so it may repeat.
 fn check_repeats(args: &[OsString]) -> Result<()> {
-    let mut seen: Vec<(&str, String)> = Vec::new();
+    // (name, value as compared, value as typed)
+    let mut seen: Vec<(&str, String, String)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let Some(body) = args[i].to_str().and_then(|s| s.strip_prefix("--")) else {
@@ -357,25 +358,35 @@ fn check_repeats(args: &[OsString]) -> Result<()> {
         if matches!(name, "v" | "h") {
             continue;
         }
-        let value = if takes_value {
-            value
+        let (value, typed) = if takes_value {
+            // Sizes compare by what they mean: -b 1M and -b 1048576 agree.
+            let parsed = match name {
+                "b" => parse_block_size(&value).ok().map(|n| n as u64),
+                "bwlimit" => parse_rate(&value).ok(),
+                _ => None,
+            };
+            (
+                parsed.map_or_else(|| value.clone(), |n| n.to_string()),
+                value,
+            )
         } else {
-            match value.as_str() {
+            let v = match value.as_str() {
                 "true" | "1" | "t" | "T" | "TRUE" | "True" => "true".to_string(),
                 "false" | "0" | "f" | "F" | "FALSE" | "False" => "false".to_string(),
                 _ => value,
-            }
+            };
+            (v.clone(), v)
         };
-        match seen.iter().find(|(n, _)| *n == name) {
-            Some((_, first)) if *first != value => {
+        match seen.iter().find(|(n, _, _)| *n == name) {
+            Some((_, first, shown)) if *first != value => {
                 return Err(Error::usage(if name == "K" {
                     "-K is given twice with different keys: give it once".to_string()
                 } else {
-                    format!("-{name} is given twice, as {first:?} and {value:?}: give it once")
+                    format!("-{name} is given twice, as {shown:?} and {typed:?}: give it once")
                 }));
             }
             Some(_) => {}
-            None => seen.push((name, value)),
+            None => seen.push((name, value, typed)),
         }
     }
     Ok(())

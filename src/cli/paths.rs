@@ -32,7 +32,20 @@ impl RawArgs {
 
     /// A rescue map is rewritten as the run goes: never at the path of the
     /// source or a local destination (which may not exist yet).
+    /// Nor at the path of the `--write-patch` file, which it would
+    /// overwrite.
     pub(super) fn check_map_path(&self, map: &Path) -> Result<()> {
+        if let Some(patch) = self.write_patch.as_deref().filter(|p| p.as_os_str() != "-") {
+            let absolute = |p: &Path| std::path::absolute(p).ok();
+            if absolute(map).is_some() && absolute(map) == absolute(patch)
+                || crate::disk::same_file(map, patch)
+            {
+                return Err(Error::usage(format!(
+                    "-rescue {}: is the --write-patch file; the map and the patch are                      two files, each written during the run: give them different names",
+                    map.display()
+                )));
+            }
+        }
         match self.end_named(map) {
             Some(what) => Err(Error::usage(format!(
                 "-rescue {}: is {what}; the map is a file of its own, rewritten during the run",

@@ -8,7 +8,9 @@
 //! From a file (a regular file on stdin included) every range is checked
 //! first, then the whole target is digested with the ranges already
 //! patched counted as they were before, so an interrupted apply can be
-//! finished; from a pipe the whole target is digested first and must be
+//! finished (an undo patch, which has no such digest: with all its ranges
+//! counted as what they put back, the target must be the image before the
+//! apply that wrote it, `check_undo`); from a pipe the whole target is digested first and must be
 //! the original image (or the result: already applied), then each record
 //! is checked just before it is written. A range that already holds its
 //! new content is skipped, so a patch applied twice writes nothing more. At
@@ -24,12 +26,14 @@ use std::path::Path;
 
 use super::format::{self, Decoder, Item};
 use super::records::{
-    Counted, State, Wrote, after_writing, check_trailer, corrupt, cut_short, differs, diffsize,
-    finish, range_state, stop_if_asked, write_record, writing, written,
+    Counted, State, Wrote, after_result, after_writing, check_trailer, corrupt, cut_short, differs,
+    diffsize, finish, no_undo, range_state, stop_if_asked, write_record, writing, written,
 };
 use super::rollback::UndoWriter;
 use super::stop::Stop;
-use super::target::{check_size, check_whole, open_target, result_digest_masked, target_path};
+use super::target::{
+    check_size, check_undo, check_whole, open_target, result_digest_masked, target_path,
+};
 use super::unknown;
 use crate::compress::Decompressor;
 use crate::config::{Apply, DiffSize, Env};
@@ -95,7 +99,9 @@ fn apply_file(
     let mut d = Decoder::new(&mut r);
     // The records' checks cover their stored bytes: no need to decompress.
     d.skip_data = true;
-    let h = d.header().map_err(|e| corrupt(what, e))?;
+    // A patch that breaks in this pass has written nothing: said so.
+    let untouched = |e: Error| Error::Failed(format!("{e}; the target is untouched"));
+    let h = d.header().map_err(|e| untouched(corrupt(what, e)))?;
     let path = target_path(a, &h, log)?;
     let diffsize = diffsize(a, &h);
     let mut disk = open_target(&path, env, log)?;
@@ -111,10 +117,13 @@ fn apply_file(
     // Those ranges' offsets and digests before, for the whole-target check.
     let mut befores: Vec<(u64, u128)> = Vec::new();
     let mut spans = Vec::new();
+    // An undo patch's ranges (offset, length, digest of what each puts
+    // back), for its whole-target check.
+    let mut puts: Vec<(u64, u32, u128)> = Vec::new();
     let trailer = loop {
         let item = match d.next(&mut dec) {
             Ok(item) => item,
-            Err(e) => break cut_short(&d, &h, read, e, what, log)?,
+            Err(e) => break cut_short(&d, &h, read, e, what, log).map_err(untouched)?,
         };
         match item {
             Item::Record(rec, check) => {
@@ -123,6 +132,9 @@ fn apply_file(
                 read.chain = format::chain(read.chain, check);
                 for r in &rec.ranges {
                     read.ranges += 1;
+                    if h.kind == format::Kind::Undo {
+                        puts.push((rec.offset + u64::from(r.start), r.len, r.after));
+                    }
                     let state = range_state(&disk, &h, &rec, r, &mut buf)?;
                     done.push(state == State::After);
                     if state == State::After {
@@ -144,14 +156,14 @@ fn apply_file(
             Item::End(t) => break t,
         }
     };
-    check_trailer(what, &trailer, read.records, read.ranges, read.chain)?;
+    check_trailer(what, &trailer, read.records, read.ranges, read.chain).map_err(untouched)?;
     // An undo patch cut short: its last record's ranges may be partly
     // written (the apply was killed while writing them), and are written.
     let cut = d.cut;
     let mut extra = [0u8; 1];
     if d_read_more(&mut r, &mut extra) {
         return Err(Error::Failed(format!(
-            "{what}: corrupted: bytes after the trailer"
+            "{what}: corrupted: bytes after the trailer; the target is untouched"
         )));
     }
     match first_other {
@@ -161,6 +173,10 @@ fn apply_file(
     }
     check_whole(&disk, &h, &befores, what, false)?;
     drop(befores);
+    if h.kind == format::Kind::Undo {
+        check_undo(&disk, &h, &puts, trailer.result, what)?;
+    }
+    drop(puts);
     let undo = a
         .undo
         .as_deref()
@@ -170,11 +186,13 @@ fn apply_file(
         let got = result_digest_masked(&disk, &h, h.source_size, &spans)?;
         if got == trailer.result {
             log.line(format!(
-                "{}: this patch is already applied ({applied} ranges); nothing was written",
-                disk.label()
+                "{}: this patch is already applied ({applied} ranges); nothing was written{}",
+                disk.label(),
+                no_undo(a)
             ));
+            // Nothing to undo: no undo patch, so its name stays free.
             if let Some(u) = undo {
-                u.finish(&disk)?;
+                u.discard();
             }
             return Ok(());
         }
@@ -220,11 +238,14 @@ fn apply_file(
         if let Some(u) = undo.take() {
             u.finish(&disk)?;
         }
-        finish(&mut disk, &h, &trailer, (diffsize, &spans), what, log)
+        Ok(())
     };
     let passed = pass();
     if let Err(e) = passed {
         return Err(after_writing(e, &disk, a, wrote.ranges, wrote.bytes));
+    }
+    if let Err(e) = finish(&mut disk, &h, &trailer, (diffsize, &spans), what, log) {
+        return Err(after_result(e, &disk, a, wrote));
     }
     log.info(format!(
         "{}: applied {what}: {} written in {pending} ranges{}",

@@ -99,6 +99,7 @@ impl Output {
                 // Only the name is made here; the maker opens it.
                 std::fs::File::create(&part)
                     .map_err(|e| Error::io(format!("patch {}", part.display()), "create", e))?;
+                super::part::started(&part, path);
                 Ok(Output {
                     writer: Box::new(std::io::sink()),
                     rename: Some((part, path.to_path_buf())),
@@ -354,7 +355,7 @@ fn write_out(
         ..
     }) = output
     {
-        std::fs::rename(&part, &path)?;
+        super::part::complete(&part, &path)?;
     }
     Ok(())
 }
@@ -473,7 +474,7 @@ pub(super) fn run_source_here(
                 ..
             }) = output
             {
-                let _ = std::fs::remove_file(part);
+                super::part::remove(&part);
             }
             return Err(e);
         }

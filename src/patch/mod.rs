@@ -14,6 +14,7 @@ pub mod apply;
 pub mod format;
 pub mod local;
 pub mod make;
+pub mod part;
 mod pipe;
 mod records;
 mod rollback;

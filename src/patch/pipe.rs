@@ -10,8 +10,8 @@ use std::path::Path;
 
 use super::format::{self, Decoder, Header, Item};
 use super::records::{
-    Counted, State, Wrote, after_writing, check_trailer, corrupt, cut_short, differs, diffsize,
-    finish, range_state, stop_if_asked, write_record, writing, written,
+    Counted, State, Wrote, after_result, after_writing, check_trailer, corrupt, cut_short, differs,
+    diffsize, finish, no_undo, range_state, stop_if_asked, write_record, writing, written,
 };
 use super::rollback::UndoWriter;
 use super::stop::Stop;
@@ -106,8 +106,9 @@ pub(super) fn apply(
         };
         check_trailer(what, &trailer, records, ranges, chain)?;
         log.line(format!(
-            "{}: this patch is already applied; nothing was written",
-            disk.label()
+            "{}: this patch is already applied; nothing was written{}",
+            disk.label(),
+            no_undo(a)
         ));
         return Ok(());
     }
@@ -210,16 +211,24 @@ pub(super) fn apply(
     }
     if wrote.ranges == 0 && (disk.size() == h.source_size || diffsize != DiffSize::Resize) {
         let got = result_digest_masked(&disk, &h, h.source_size, &spans)?;
-        if got == trailer.result {
+        if got == trailer.result && !wrote.touched {
+            // Nothing to undo: no undo patch, so its name stays free.
+            if let Some(u) = &a.undo {
+                let _ = std::fs::remove_file(u);
+            }
             log.line(format!(
-                "{}: this patch is already applied ({skipped} ranges); nothing was written",
-                disk.label()
+                "{}: this patch is already applied ({skipped} ranges); nothing was written{}",
+                disk.label(),
+                no_undo(a)
             ));
             return Ok(());
         }
     }
     if let Err(e) = finish(&mut disk, &h, &trailer, (diffsize, &spans), what, log) {
-        return Err(stopped(&disk, e, wrote));
+        if !wrote.touched {
+            return Err(Error::Failed(format!("{e}; nothing was written")));
+        }
+        return Err(after_result(e, &disk, a, wrote));
     }
     log.info(format!(
         "{}: applied {what}: {} written in {} ranges",

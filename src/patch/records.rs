@@ -162,9 +162,13 @@ pub(super) fn finish(
     let got = result_digest_masked(disk, h, size, unknown)?;
     if got != t.result {
         return Err(Error::Failed(format!(
-            "{}: after applying {what}, the content's digest {got:032x} is not the \
-             patch's result {:032x}",
+            "{}: after applying {what}, the content's digest {got:032x} is not {} {:032x}",
             disk.label(),
+            if h.kind == format::Kind::Undo {
+                "the digest the target had before that apply"
+            } else {
+                "the patch's result"
+            },
             t.result
         )));
     }
@@ -188,28 +192,47 @@ pub(super) fn after_writing(e: Error, disk: &Disk, a: &Apply, ranges: u64, bytes
             bytes,
             touched: true,
         },
+        true,
     ))
 }
 
-/// `E; the target WAS changed: ...; undo with ...`.
-fn changed(e: &Error, disk: &Disk, a: &Apply, wrote: Wrote) -> String {
+/// What a failed result check (`finish`) says after writing: the target
+/// changed, and how to put it back, but not to apply the patch again:
+/// the target holds something else outside the patch's ranges, which the
+/// whole-target check of another apply refuses as well.
+pub(super) fn after_result(e: Error, disk: &Disk, a: &Apply, wrote: Wrote) -> Error {
+    let _ = disk.flush();
+    let wrote = Wrote {
+        touched: true,
+        ..wrote
+    };
+    Error::Failed(changed(&e, disk, a, wrote, false))
+}
+
+/// `E; the target WAS changed: ...; undo with ...`; `again`: applying the
+/// same patch again would finish it (a stop, not a wrong result).
+fn changed(e: &Error, disk: &Disk, a: &Apply, wrote: Wrote, again: bool) -> String {
     format!(
         "{e}; the target WAS changed: {} ranges ({}) written in full before the stop; {}",
         wrote.ranges,
         human_bytes(wrote.bytes),
-        how_to_undo(disk, a)
+        how_to_undo(disk, a, again)
     )
 }
 
-fn how_to_undo(disk: &Disk, a: &Apply) -> String {
+fn how_to_undo(disk: &Disk, a: &Apply, again: bool) -> String {
     match &a.undo {
         Some(u) => format!(
             "undo with: bsync --patch={} < {}",
             disk_path(disk),
             u.display()
         ),
+        None if again => "no undo patch was asked for (--remdata=FILE); applying the same \
+                          patch again from a file finishes it"
+            .to_string(),
         None => "no undo patch was asked for (--remdata=FILE); applying the same patch \
-                 again from a file finishes it"
+                 again would not help: the target holds something else than the patch \
+                 expects outside its ranges (changed meanwhile?)"
             .to_string(),
     }
 }
@@ -237,7 +260,7 @@ pub(super) fn writing(stop: &Stop, disk: &Disk, a: &Apply) {
         "{}: stopped while writing: the target WAS changed; {} (every range it \
          overwrote went into it first; cut short, it applies up to its last whole record)",
         disk.label(),
-        how_to_undo(disk, a)
+        how_to_undo(disk, a, true)
     ));
 }
 
@@ -268,7 +291,7 @@ pub(super) fn stop_if_asked(
         _ => Error::Failed(format!("{}: stopped", disk.label())),
     };
     let _ = disk.flush();
-    stop.now(changed(&e, disk, a, wrote))
+    stop.now(changed(&e, disk, a, wrote, true))
 }
 
 /// Every record written: what a signal says from now on.
@@ -277,5 +300,18 @@ pub(super) fn written(stop: &Stop, disk: &Disk, a: &Apply, wrote: Wrote) {
         "{}: stopped after the last record, before the result was checked",
         disk.label()
     ));
-    stop.written(changed(&e, disk, a, wrote));
+    stop.written(changed(&e, disk, a, wrote, true));
+}
+
+/// What an "already applied" line adds when `--remdata` was given.
+pub(super) fn no_undo(a: &Apply) -> String {
+    a.undo
+        .as_ref()
+        .map(|u| {
+            format!(
+                ", and no undo patch was made ({} was not created: nothing to undo)",
+                u.display()
+            )
+        })
+        .unwrap_or_default()
 }

@@ -196,6 +196,43 @@ pub(super) fn check_whole(
     )))
 }
 
+/// Before the first write of an undo patch from a file: the whole target,
+/// each of the undo's ranges (`puts`: offset, digest of what it puts back,
+/// in offset order) counted as what it puts back, must digest to the
+/// undo's result, the target before that apply. Else it changed since,
+/// outside those ranges, and undoing would not give that image (the final
+/// check would fail after writing). Where a range is not one grain of the
+/// digest (bdsync's client-made undo patches), nothing is checked here.
+pub(super) fn check_undo(
+    disk: &Disk,
+    h: &Header,
+    puts: &[(u64, u32, u128)],
+    result: u128,
+    what: &str,
+) -> Result<()> {
+    let (bs, grain, size) = (u64::from(h.block_size), u64::from(h.grain), h.source_size);
+    let one_grain = |&(at, len, _): &(u64, u32, u128)| {
+        let block_end = (at / bs + 1) * bs;
+        at % bs % grain == 0
+            && at < size
+            && u64::from(len) == grain.min(block_end - at).min(size - at)
+    };
+    if !puts.iter().all(one_grain) {
+        return Ok(());
+    }
+    let befores: Vec<(u64, u128)> = puts.iter().map(|&(at, _, d)| (at, d)).collect();
+    if digest_as_before(disk, h, size, &befores)? == result {
+        return Ok(());
+    }
+    Err(Error::Failed(format!(
+        "{}: not as the apply that wrote {what} left it: its ranges counted as what they \
+         put back, the digest of the whole target is not the digest the target had before \
+         that apply (it changed since that apply, outside the ranges the undo writes), so \
+         undoing would not restore that image; the target is untouched",
+        disk.label()
+    )))
+}
+
 pub(super) fn open_target(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
     if std::fs::metadata(path).is_err() {
         return Err(Error::Failed(format!(

@@ -417,9 +417,14 @@ impl Rescue {
             return Ok(());
         }
         Err(Error::Unreadable(format!(
-            "{} ({bad} bytes) of the source could not be read and were not written; \
+            "{} ({bad} bytes) of the source could not be read and {}; \
              they are marked - in the map {}: run again with the same -rescue to retry them",
             human_bytes(bad),
+            if patch {
+                "are unknown spans of the patch (applying it leaves the target's own bytes there)"
+            } else {
+                "were not written"
+            },
             self.path.display()
         )))
     }
