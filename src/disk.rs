@@ -436,11 +436,17 @@ impl Disk {
     }
 
     /// After a run into a device larger than the source: say what was left
-    /// alone. Nothing for files (they are cut to size) or equal sizes.
+    /// alone (a dry run's: what a sync leaves alone, no difference). Nothing
+    /// for files (they are cut to size) or equal sizes.
     pub fn report_excess(&self, source_size: u64) {
         if self.is_device && self.size > source_size {
+            let left = if self.dry {
+                "a sync leaves the bytes past the source's end alone"
+            } else {
+                "bytes past the source's end were left alone"
+            };
             self.log.info(format!(
-                "{} is larger than the source by {}; bytes past the source's end were left alone",
+                "{} is larger than the source by {}; {left}",
                 self.label,
                 human_bytes(self.size - source_size)
             ));
