@@ -252,6 +252,21 @@ impl RawArgs {
                 "{flag} needs a destination to read: -t PATH, -t user@host:/path or -r HOST:PORT"
             )));
         }
+        if self.download && self.remote.is_some() {
+            // Refused before connecting: a -d server started for this one
+            // still waits for its client, which the user must hear.
+            let instead = if self.compare {
+                "drop -d here and serve the other end without -d (the same blocks differ \
+                 either way round)"
+            } else {
+                "to patch this end's -f, serve it here (no -d) and run --write-patch on the \
+                 server's machine with -r naming this one"
+            };
+            return Err(Error::usage(format!(
+                "{flag} over -r reads this end as the source, never a -d server's: {instead}; \
+                 a -d server started for this still waits for a client (stop it)"
+            )));
+        }
         if self.download {
             return Err(Error::usage(format!(
                 "{flag} reads this end as the source: drop -d (swap -f and the -t path instead)"
