@@ -438,6 +438,21 @@ fn a_dry_download_over_r_gets_a_hint_that_fits_r() {
     assert!(line.contains("swap -f and the -t path"), "{line}");
 }
 
+/// The new-user trial: `-over-ssh` with a local `-t` was refused for a
+/// sync but accepted for `--compare` and `--write-patch`: refused alike.
+#[test]
+fn over_ssh_without_a_remote_is_refused_for_dry_runs_too() {
+    let scene = Scene::new("over-ssh-local");
+    for dry in [&[][..], &["--compare"], &["--write-patch", "p.bsync"]] {
+        let args = [&["-over-ssh", "-f", "SRC", "-t", "DST"][..], dry].concat();
+        let line = usage_error(&scene, &args);
+        assert!(
+            line.contains("-over-ssh applies only to -t user@host:"),
+            "{line}"
+        );
+    }
+}
+
 /// Issue 15, item 12: buffers that would take more than half the memory are
 /// refused with the figure and the formula.
 #[test]

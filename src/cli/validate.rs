@@ -223,6 +223,9 @@ impl RawArgs {
     /// `--compare` and `--write-patch`: a source that reads a destination
     /// and writes nothing to it.
     fn dry_run(&self) -> Result<Option<DryRun>> {
+        if self.over_ssh && !matches!(self.target, Some(Target::Remote(_))) {
+            return Err(Error::usage("-over-ssh applies only to -t user@host:/path"));
+        }
         let dry = match (&self.write_patch, self.compare) {
             (Some(_), true) => {
                 return Err(Error::usage(
@@ -235,12 +238,7 @@ impl RawArgs {
                 DryRun::Patch(Some(p.clone()))
             }
             (None, true) => DryRun::Compare,
-            (None, false) => {
-                if self.over_ssh && !matches!(self.target, Some(Target::Remote(_))) {
-                    return Err(Error::usage("-over-ssh applies only to -t user@host:/path"));
-                }
-                return Ok(None);
-            }
+            (None, false) => return Ok(None),
         };
         let flag = if self.compare {
             "--compare"
