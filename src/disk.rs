@@ -32,8 +32,8 @@ use crate::sys::{self, Advice, Cleared, PinnedBuf};
 
 mod checks;
 
-pub use checks::{DEFAULT_SOURCE_HINT, check_destination, check_source, same_file};
-use checks::{open_read_only, unsized_source};
+pub use checks::{DEFAULT_SOURCE_HINT, MISSING_DRY, check_destination, check_source, same_file};
+use checks::{open_dry, open_read_only, unsized_source};
 
 /// Read-ahead asked for on block devices.
 pub const READ_AHEAD: u64 = 4 << 20;
@@ -176,7 +176,7 @@ impl Disk {
     /// and reads past its end see zeros.
     pub fn open_dry(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
         let label = format!("destination {} (read only)", path.display());
-        let (file, regular, is_device) = open_read_only(path, &label)?;
+        let (file, regular, is_device) = open_dry(path, &label)?;
         if !regular && !is_device {
             return Err(Error::Failed(format!(
                 "{label}: not a regular file or block device"
