@@ -32,8 +32,8 @@ use crate::sys::{self, Advice, Cleared, PinnedBuf};
 
 mod checks;
 
-pub use checks::{DEFAULT_SOURCE_HINT, check_destination, check_source, same_file};
-use checks::{open_read_only, unsized_source};
+pub use checks::{DEFAULT_SOURCE_HINT, MISSING_DRY, check_destination, check_source, same_file};
+use checks::{open_dry, open_read_only, unsized_source};
 
 /// Read-ahead asked for on block devices.
 pub const READ_AHEAD: u64 = 4 << 20;
@@ -176,7 +176,7 @@ impl Disk {
     /// and reads past its end see zeros.
     pub fn open_dry(path: &Path, env: &Env, log: &Log) -> Result<Disk> {
         let label = format!("destination {} (read only)", path.display());
-        let (file, regular, is_device) = open_read_only(path, &label)?;
+        let (file, regular, is_device) = open_dry(path, &label)?;
         if !regular && !is_device {
             return Err(Error::Failed(format!(
                 "{label}: not a regular file or block device"
@@ -436,11 +436,17 @@ impl Disk {
     }
 
     /// After a run into a device larger than the source: say what was left
-    /// alone. Nothing for files (they are cut to size) or equal sizes.
+    /// alone (a dry run's: what a sync leaves alone, no difference). Nothing
+    /// for files (they are cut to size) or equal sizes.
     pub fn report_excess(&self, source_size: u64) {
         if self.is_device && self.size > source_size {
+            let left = if self.dry {
+                "a sync leaves the bytes past the source's end alone"
+            } else {
+                "bytes past the source's end were left alone"
+            };
             self.log.info(format!(
-                "{} is larger than the source by {}; bytes past the source's end were left alone",
+                "{} is larger than the source by {}; {left}",
                 self.label,
                 human_bytes(self.size - source_size)
             ));

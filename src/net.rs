@@ -211,12 +211,13 @@ impl FrameReader {
             };
             match proto::decode(&self.buf, self.max) {
                 Ok(Some((Frame::Notice(msg), _))) => {
-                    log.line(format!("warning from {}: {msg}", self.peer));
-                    // A dry destination of another size: a compare's verdict.
-                    if let (Some(stats), Some((size, _))) =
-                        (&self.counted, crate::summary::parse_resized(msg))
-                    {
-                        let _ = stats.destination_size.set(size);
+                    // A dry destination of another size: no warning but a
+                    // dry run's verdict, which its source says.
+                    match (&self.counted, crate::summary::parse_resized(msg)) {
+                        (Some(stats), Some((size, _, device))) => {
+                            let _ = stats.destination_size.set((size, device));
+                        }
+                        _ => log.line(format!("warning from {}: {msg}", self.peer)),
                     }
                 }
                 _ => break, // Malformed: decoded again below, and refused.

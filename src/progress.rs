@@ -238,10 +238,10 @@ pub struct Stats {
     /// A dry run: bytes of the ranges that differ where the source holds
     /// zeros (those with data are `bytes_changed`).
     pub dry_zero_bytes: AtomicU64,
-    /// A dry run's source: the destination's size, where the destination
-    /// said in a `Notice` that it differs from the source's
-    /// (`summary::resized`).
-    pub destination_size: std::sync::OnceLock<u64>,
+    /// A dry run's source: the destination's size and whether it is a
+    /// device, where the destination said in a `Notice` that a sync would
+    /// resize or refuse it (`summary::resized`).
+    pub destination_size: std::sync::OnceLock<(u64, bool)>,
     /// What encrypted the session's data on the way, if anything: said in
     /// `--json`, which even a quiet run prints.
     pub encryption: std::sync::OnceLock<Encryption>,

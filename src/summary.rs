@@ -121,29 +121,43 @@ pub fn summary_json(
 
 /// `destination b.img is 50 bytes, the source 40: a sync would truncate
 /// it`: a dry run's word on a destination of another size (`what` names
-/// it), whose blocks may all agree.
-pub fn resized(what: &str, have: u64, source: u64) -> String {
-    let change = if have > source { "truncate" } else { "grow" };
-    format!("{what} is {have} bytes, the source {source}: a sync would {change} it")
+/// it), whose blocks may all agree. A smaller `device` cannot grow: a sync
+/// would refuse it. (A larger device is no difference: a sync leaves its
+/// tail alone, see `Disk::report_excess`.)
+pub fn resized(what: &str, have: u64, source: u64, device: bool) -> String {
+    let change = if have > source {
+        "truncate it"
+    } else if device {
+        REFUSE
+    } else {
+        "grow it"
+    };
+    format!("{what} is {have} bytes, the source {source}: a sync would {change}")
 }
 
-/// The destination's and the source's sizes in a sentence of
-/// [`resized`], which a dry run's destination sends its source as a
-/// `Notice`: how a `--compare` over the network learns that the sizes
-/// differ (see `crate::proto`). `None` for any other text.
-pub fn parse_resized(note: &str) -> Option<(u64, u64)> {
+/// What a sync does to a device smaller than the source ([`resized`]).
+const REFUSE: &str = "refuse it (a device cannot grow)";
+
+/// The destination's and the source's sizes, and whether it is a device,
+/// in a sentence of [`resized`], which a dry run's destination sends its
+/// source as a `Notice`: how a `--compare` over the network learns that
+/// the sizes differ (see `crate::proto`). `None` for any other text.
+pub fn parse_resized(note: &str) -> Option<(u64, u64, bool)> {
     let (head, change) = note.rsplit_once(": a sync would ")?;
     let (head, source) = head.rsplit_once(" bytes, the source ")?;
     let (_, have) = head.rsplit_once(" is ")?;
     // As `resized` writes it: `parse` would also take a sign or zeros.
     let number = |s: &str| s.parse::<u64>().ok().filter(|n| n.to_string() == s);
     let (have, source) = (number(have)?, number(source)?);
+    let device = have < source && change == REFUSE;
     let said = if have > source {
         "truncate it"
+    } else if device {
+        REFUSE
     } else {
         "grow it"
     };
-    (have != source && change == said).then_some((have, source))
+    (have != source && change == said).then_some((have, source, device))
 }
 
 /// `3 blocks finished in the rescue map skipped, not verified`.
@@ -242,9 +256,13 @@ mod tests {
             ),
             ("", u64::MAX, 0),
         ] {
-            let note = resized(what, have, source);
-            assert_eq!(parse_resized(&note), Some((have, source)), "{note}");
+            let note = resized(what, have, source, false);
+            assert_eq!(parse_resized(&note), Some((have, source, false)), "{note}");
         }
+        // A smaller device: a sync refuses it; a larger one it truncates not.
+        let note = resized("destination /dev/loop0 (read only)", 3, 5, true);
+        assert!(note.ends_with("a sync would refuse it (a device cannot grow)"));
+        assert_eq!(parse_resized(&note), Some((3, 5, true)), "{note}");
         for note in [
             "source /dev/vda is mounted read-write",
             "d is 50 bytes, the source 40: a sync would grow it",
@@ -252,6 +270,7 @@ mod tests {
             "d is +50 bytes, the source 40: a sync would truncate it",
             "d is 050 bytes, the source 40: a sync would truncate it",
             "d is 50 bytes, the source 40: a sync would truncate it!",
+            "d is 50 bytes, the source 40: a sync would refuse it (a device cannot grow)",
             "d is  bytes, the source 40: a sync would grow it",
             "d is 99999999999999999999 bytes, the source 4: a sync would truncate it",
         ] {

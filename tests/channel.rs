@@ -571,3 +571,48 @@ fn a_remote_shell_that_ends_at_once_is_named_with_its_status() {
         }
     }
 }
+
+/// The new-user trial: the remote's refusal of a directory named the `-t`
+/// without its user and port (`-t myhost:/d is a directory` for `-t
+/// me@myhost:2222:/d`); and a dry run to a missing remote destination said
+/// `open: No such file` (a missing file) or `the remote bsync did not
+/// start … create in` (a missing directory). Now the `-t` as typed, and a
+/// missing destination is said plainly, before any server starts, as a
+/// local `--compare` says it.
+#[test]
+fn remote_refusals_name_the_t_as_typed_and_a_missing_dry_destination() {
+    let dir = TempDir::new("channel-typed");
+    let shell = standin_ssh(&dir, "exit $?");
+    let a = dir.join("a.img");
+    write_file(&a, &random_bytes(100_000, 29));
+    let typed = |path: &Path| format!("me@myhost:2222:{}", path.display());
+    let err = run_status(
+        bsync()
+            .args(["-ssh", &shell, "-f"])
+            .arg(&a)
+            .args(["-t", &typed(dir.path())]),
+        2,
+    );
+    let said = format!("bsync: -t {} is a directory", typed(dir.path()));
+    assert!(err.contains(&said), "{err}");
+    let missing = "does not exist: --compare and --write-patch read an existing file or device";
+    for path in [dir.join("missing.img"), dir.join("no-dir/missing.img")] {
+        for dry in [&["--compare"][..], &["--write-patch", "-"]] {
+            let err = run_status(
+                bsync()
+                    .args(["-q", "-ssh", &shell, "-f"])
+                    .arg(&a)
+                    .args(["-t", &typed(&path)])
+                    .args(dry),
+                1,
+            );
+            let said = format!(
+                "bsync: destination {} {missing} (a sync would create it)",
+                typed(&path)
+            );
+            assert_eq!(err.trim(), said, "{dry:?}");
+        }
+    }
+    let err = run_status(&mut local(&a, &dir.join("missing.img"), &["--compare"]), 1);
+    assert!(err.contains(missing), "{err}");
+}

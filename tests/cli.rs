@@ -414,6 +414,45 @@ fn unreadable_sources_get_a_hint_that_fits() {
     }
 }
 
+/// The new-user trial: a download `--compare` over `-r` was refused with
+/// a hint only `-t` fits (`swap -f and the -t path`), and the `-d` server
+/// started for it was left waiting, unsaid. Now the hint fits `-r` and says
+/// that server still waits; the refusal comes before connecting.
+#[test]
+fn a_dry_download_over_r_gets_a_hint_that_fits_r() {
+    let scene = Scene::new("dry-download");
+    for (flag, want) in [
+        (&["--compare"][..], "serve the other end without -d"),
+        (
+            &["--write-patch", "p.bsync"],
+            "run --write-patch on the server's machine",
+        ),
+    ] {
+        let args = [&["-d", "-f", "DST", "-r", "127.0.0.1:9"][..], flag].concat();
+        let line = usage_error(&scene, &args);
+        assert!(line.contains(want), "{flag:?}: {line}");
+        assert!(line.contains("still waits for a client"), "{line}");
+        assert!(!line.contains("-t path"), "{line}");
+    }
+    let line = usage_error(&scene, &["-d", "-f", "SRC", "-t", "DST", "--compare"]);
+    assert!(line.contains("swap -f and the -t path"), "{line}");
+}
+
+/// The new-user trial: `-over-ssh` with a local `-t` was refused for a
+/// sync but accepted for `--compare` and `--write-patch`: refused alike.
+#[test]
+fn over_ssh_without_a_remote_is_refused_for_dry_runs_too() {
+    let scene = Scene::new("over-ssh-local");
+    for dry in [&[][..], &["--compare"], &["--write-patch", "p.bsync"]] {
+        let args = [&["-over-ssh", "-f", "SRC", "-t", "DST"][..], dry].concat();
+        let line = usage_error(&scene, &args);
+        assert!(
+            line.contains("-over-ssh applies only to -t user@host:"),
+            "{line}"
+        );
+    }
+}
+
 /// Issue 15, item 12: buffers that would take more than half the memory are
 /// refused with the figure and the formula.
 #[test]

@@ -782,3 +782,52 @@ fn a_resize_patch_onto_a_larger_device_says_the_device_keeps_its_size() {
         "{err}"
     );
 }
+
+/// The new-user trial: `--compare` after a good sync into a larger device
+/// exited 3 (`a sync would truncate it`), locally and over `-r`, though a
+/// sync leaves the device's tail alone; `--write-patch` warned the same.
+/// Now a larger device is no difference (one line says its tail would be
+/// left alone), and a smaller one, which a sync refuses, differs and says
+/// so.
+#[test]
+fn a_compare_judges_a_device_of_another_size_as_a_sync_would() {
+    let dir = TempDir::new("dev-compare-size");
+    let src = random_bytes(2 * MIB, 33);
+    let file = dir.join("src");
+    write_file(&file, &src);
+    let Some(big) = device(&dir, "big", &random_bytes(3 * MIB, 34)) else {
+        return;
+    };
+    run_ok(&mut local(&file, big.path(), &["-b", "1M"]));
+    let tail = "is larger than the source by 1.0 MiB; a sync leaves the bytes past the \
+                source's end alone";
+    let err = run_ok(&mut local(&file, big.path(), &["-b", "1M", "--compare"]));
+    assert!(err.contains("the two sides are identical"), "{err}");
+    assert!(err.contains(tail), "{err}");
+    assert!(!err.contains("a sync would"), "{err}");
+    let patch = dir.join("p.bsync");
+    let args = ["--write-patch", patch.to_str().expect("UTF-8")];
+    let err = run_ok(&mut local(&file, big.path(), &args));
+    assert!(!err.contains("a sync would"), "{err}");
+    let path = big.path().to_str().expect("UTF-8");
+    let (server, port) = Server::start(&["-f", path]);
+    let err = run_ok(&mut client(&port, &["--compare"], &file));
+    assert!(err.contains("the two sides are identical"), "{err}");
+    server.finish();
+
+    let Some(small) = device(&dir, "small", &src[..MIB]) else {
+        return;
+    };
+    let said = format!(
+        "compare: the destination is {MIB} bytes, the source {}: a sync would refuse it (a \
+         device cannot grow)",
+        2 * MIB
+    );
+    let err = run_status(&mut local(&file, small.path(), &["--compare"]), 3);
+    assert!(err.lines().any(|l| l == said), "{err}");
+    let path = small.path().to_str().expect("UTF-8");
+    let (server, port) = Server::start(&["-f", path]);
+    let err = run_status(&mut client(&port, &["--compare"], &file), 3);
+    assert!(err.lines().any(|l| l == said), "{err}");
+    server.finish();
+}

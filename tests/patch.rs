@@ -390,6 +390,29 @@ fn compare_says_whether_they_differ() {
     assert!(!err.contains("identical"), "{err}");
 }
 
+/// The new-user trial: `-q` left `warning from destination: … a sync would
+/// truncate it` on a quiet `--compare` and `--write-patch` of a longer
+/// destination. The size is the verdict's, not a warning: a quiet compare
+/// says only that the sides differ (exit 3), a quiet patch nothing; without
+/// `-q` one line says it, not two.
+#[test]
+fn a_quiet_dry_run_does_not_warn_about_the_destinations_size() {
+    let p = pair("quiet-size");
+    let longer = p.dir.join("longer.img");
+    write_file(&longer, &[&p.src_bytes[..], &[7u8; 5000]].concat());
+    let err = run_status(&mut local(&p.src, &longer, &["--compare", "-q"]), 3);
+    assert_eq!(err.trim(), "bsync: compare: the two sides differ");
+    let patch = p.dir.join("q.bsync");
+    let args = ["--write-patch", patch.to_str().expect("UTF-8")];
+    let err = run_ok(&mut local(&p.src, &longer, &[&args[..], &["-q"]].concat()));
+    assert_eq!(err, "");
+    let err = run_status(&mut local(&p.src, &longer, &["--compare"]), 3);
+    assert_eq!(err.matches("a sync would truncate it").count(), 1, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    let err = run_ok(&mut local(&p.src, &longer, &args));
+    assert_eq!(err.matches("a sync would truncate it").count(), 1, "{err}");
+}
+
 #[test]
 fn compare_and_write_patch_against_a_server_write_nothing() {
     let p = pair("compare-r");

@@ -989,3 +989,28 @@ fn e_inside_ssh_is_said_and_quiet_is_quiet() {
     }
     s.check_clean();
 }
+
+/// The new-user trial: `tests/sshd.sh start` with the sshd already running
+/// exported `BSYNC_SSH` with a relative key path (`-i target/sshd/...`),
+/// which works only from the repository's root. Now it is absolute.
+#[test]
+fn sshd_sh_exports_an_absolute_key_path_when_already_running() {
+    if sshd().is_none() {
+        return;
+    }
+    let out = run(Command::new("tests/sshd.sh")
+        .arg("start")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let env = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = env
+        .lines()
+        .find(|l| l.starts_with("export BSYNC_SSH="))
+        .unwrap_or_else(|| panic!("no BSYNC_SSH: {env}"));
+    let key = line
+        .split("-i\\ ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no -i: {line}"));
+    assert!(key.starts_with('/'), "a relative key path: {line}");
+}

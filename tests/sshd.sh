@@ -20,6 +20,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 dir=${SSHD_DIR:-${CARGO_TARGET_DIR:-target}/sshd}
+# Absolute, so that the exported key path works from any directory.
+case $dir in /*) ;; *) dir=$PWD/$dir ;; esac
 sshd=${SSHD:-/usr/sbin/sshd}
 
 say() { printf 'sshd.sh: %s\n' "$*" >&2; }
@@ -61,7 +63,6 @@ start() {
     fi
     rm -rf "$dir"
     mkdir -p "$dir"
-    dir=$(cd "$dir" && pwd)
     chmod 700 "$dir"
     ssh-keygen -q -t ed25519 -N '' -C bsync-test-host -f "$dir/host_key"
     ssh-keygen -q -t ed25519 -N '' -C bsync-test-client -f "$dir/client_key"

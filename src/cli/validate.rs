@@ -223,6 +223,9 @@ impl RawArgs {
     /// `--compare` and `--write-patch`: a source that reads a destination
     /// and writes nothing to it.
     fn dry_run(&self) -> Result<Option<DryRun>> {
+        if self.over_ssh && !matches!(self.target, Some(Target::Remote(_))) {
+            return Err(Error::usage("-over-ssh applies only to -t user@host:/path"));
+        }
         let dry = match (&self.write_patch, self.compare) {
             (Some(_), true) => {
                 return Err(Error::usage(
@@ -235,12 +238,7 @@ impl RawArgs {
                 DryRun::Patch(Some(p.clone()))
             }
             (None, true) => DryRun::Compare,
-            (None, false) => {
-                if self.over_ssh && !matches!(self.target, Some(Target::Remote(_))) {
-                    return Err(Error::usage("-over-ssh applies only to -t user@host:/path"));
-                }
-                return Ok(None);
-            }
+            (None, false) => return Ok(None),
         };
         let flag = if self.compare {
             "--compare"
@@ -250,6 +248,21 @@ impl RawArgs {
         if self.remote.is_none() && self.target.is_none() {
             return Err(Error::usage(format!(
                 "{flag} needs a destination to read: -t PATH, -t user@host:/path or -r HOST:PORT"
+            )));
+        }
+        if self.download && self.remote.is_some() {
+            // Refused before connecting: a -d server started for this one
+            // still waits for its client, which the user must hear.
+            let instead = if self.compare {
+                "drop -d here and serve the other end without -d (the same blocks differ \
+                 either way round)"
+            } else {
+                "to patch this end's -f, serve it here (no -d) and run --write-patch on the \
+                 server's machine with -r naming this one"
+            };
+            return Err(Error::usage(format!(
+                "{flag} over -r reads this end as the source, never a -d server's: {instead}; \
+                 a -d server started for this still waits for a client (stop it)"
             )));
         }
         if self.download {

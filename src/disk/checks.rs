@@ -34,6 +34,25 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// and whether a block device. `label` names it in errors.
 pub(super) fn open_read_only(path: &Path, label: &str) -> Result<(File, bool, bool)> {
     let file = File::open(path).map_err(|e| Error::io(label, "open", e))?;
+    open_checked(file, label)
+}
+
+/// A dry run's destination that does not exist, after its name.
+pub const MISSING_DRY: &str = "does not exist: --compare and --write-patch read an existing \
+                               file or device (a sync would create it)";
+
+/// [`open_read_only`] for a dry run's destination: a missing one is said
+/// plainly ([`MISSING_DRY`]), not as a failed `open`.
+pub(super) fn open_dry(path: &Path, label: &str) -> Result<(File, bool, bool)> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::Failed(format!("{label} {MISSING_DRY}")),
+        _ => Error::io(label, "open", e),
+    })?;
+    open_checked(file, label)
+}
+
+/// Whether the opened `file` is a regular file, and whether a device.
+fn open_checked(file: File, label: &str) -> Result<(File, bool, bool)> {
     let regular = file
         .metadata()
         .map_err(|e| Error::io(label, "stat", e))?

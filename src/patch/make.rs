@@ -483,15 +483,18 @@ pub(super) fn run_source_here(
     if let Some(rescue) = disk.rescue() {
         rescue.patched(p.geo, log)?;
     }
+    // A destination of another size differs even where its blocks agree:
+    // a sync would truncate or grow it (refuse a smaller device). It said
+    // so in a `Notice`, here and over the network alike.
+    let resized = stats
+        .destination_size
+        .get()
+        .filter(|&&(n, _)| n != p.geo.size);
+    if let Some(&(n, device)) = resized {
+        let note = crate::summary::resized("the destination", n, p.geo.size, device);
+        log.info(format!("{what}: {note}"));
+    }
     if *dry == DryRun::Compare {
-        // A destination of another size differs even where its blocks
-        // agree: a sync would truncate or grow it. It said so in a
-        // `Notice`, here and over the network alike.
-        let resized = stats.destination_size.get().filter(|&&n| n != p.geo.size);
-        if let Some(&n) = resized {
-            let note = crate::summary::resized("the destination", n, p.geo.size);
-            log.info(format!("compare: {note}"));
-        }
         if differ || resized.is_some() {
             return Err(Error::Differ("compare: the two sides differ".into()));
         }

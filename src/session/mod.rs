@@ -258,22 +258,23 @@ pub fn run(end: End<'_>) -> Result<u128> {
         send_notice(lane, warning)?;
     }
     // A dry run's destination of another size: its blocks may all agree,
-    // but a sync would truncate or grow it, which the source cannot see.
-    // The source's compare reads its verdict in this `Notice`, which must
-    // not be cut: a name too long for one goes unnamed.
+    // but a sync would truncate or grow it (refuse a smaller device), which
+    // the source cannot see. A larger device a sync leaves alone past the
+    // source's end: no difference (`report_excess` says so). The source's
+    // compare reads its verdict in this `Notice`, which must not be cut: a
+    // name too long for one goes unnamed.
+    let device = disk.is_device();
     let resized = (role == Role::Destination && disk.is_dry() && !disk.captures())
         .then(|| disk.size())
-        .filter(|&n| n != p.geo.size);
+        .filter(|&n| n < p.geo.size || (n > p.geo.size && !device));
     if let (Some(n), Some(lane)) = (resized, lanes.first()) {
-        let note = crate::summary::resized(disk.label(), n, p.geo.size);
+        let note = crate::summary::resized(disk.label(), n, p.geo.size, device);
         log.info(&note);
         if note.len() <= crate::proto::NOTICE_MAX {
             send_notice(lane, &note)?;
         } else {
-            send_notice(
-                lane,
-                &crate::summary::resized("the destination", n, p.geo.size),
-            )?;
+            let note = crate::summary::resized("the destination", n, p.geo.size, device);
+            send_notice(lane, &note)?;
         }
     }
     stats.resume_at.store(p.first, Ordering::Relaxed);

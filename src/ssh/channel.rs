@@ -116,7 +116,7 @@ pub(super) fn sync(
     // cannot come back), and ssh is waited for only within a deadline.
     let _ = stream.shutdown();
     if session.is_err() {
-        return super::conclude(session, server, config, name, log).map(|()| Carried::Channel);
+        return super::conclude(session, server, config, endpoint, log).map(|()| Carried::Channel);
     }
     // Both ends agreed, and an upload's destination said it was flushed
     // before that: ssh gets a moment to end and is stopped if it lingers.
@@ -125,7 +125,7 @@ pub(super) fn sync(
         return Err(super::explain(
             None,
             &exit,
-            name,
+            endpoint,
             "the remote bsync failed after the transfer",
         ));
     }

@@ -100,6 +100,19 @@ pub(super) struct Endpoint {
 }
 
 impl Endpoint {
+    /// `[user@]host[:port]` as `-t` gives it, before its `:/path`.
+    pub(super) fn typed(&self) -> String {
+        let mut s = self
+            .user
+            .as_ref()
+            .map_or(String::new(), |u| format!("{u}@"));
+        s.push_str(&super::bracketed(&self.host));
+        if let Some(port) = self.port {
+            s.push_str(&format!(":{port}"));
+        }
+        s
+    }
+
     /// The machine `target` names, reached with the remote shell command
     /// `shell` (validation never lets an empty one through; it would mean
     /// plain `ssh`).

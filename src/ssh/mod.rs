@@ -165,7 +165,10 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
     };
     let mut remote = Remote::start(endpoint.command(&script), log)?;
     remote.send_secret(&secret);
-    let copy = match provide(&mut remote, &exe, launch, log) {
+    // A dry run's destination that does not exist: said plainly once the
+    // remote has its copy, its server stopped (or refusing) at once.
+    let mut missing = false;
+    let copy = match provide(&mut remote, &exe, launch, log, &mut missing) {
         Ok(copy) => copy,
         Err(what) => {
             let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
@@ -180,15 +183,30 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
                     // A login shell such as nologin says why on stdout.
                     let mut exit = exit;
                     exit.tail.push(line);
-                    explain(None, &exit, name, "the remote shell failed")
+                    explain(None, &exit, endpoint, "the remote shell failed")
                 }
-                Provide::Failed(what) => explain(None, &exit, name, &what),
+                Provide::Failed(what) => explain(None, &exit, endpoint, &what),
             });
         }
     };
+    if missing {
+        let _ = remote.port();
+        let _ = remote.finish(Some(Duration::ZERO));
+        return Err(Error::Failed(format!(
+            "destination {}:{} {}",
+            endpoint.typed(),
+            target.path,
+            crate::disk::MISSING_DRY
+        )));
+    }
     let Some(port) = remote.port() else {
         let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
-        return Err(explain(None, &exit, name, "the remote bsync did not start"));
+        return Err(explain(
+            None,
+            &exit,
+            endpoint,
+            "the remote bsync did not start",
+        ));
     };
     let host = connect_host
         .join()
@@ -225,7 +243,7 @@ fn launch_and_sync(launch: &Launch, endpoint: &Endpoint, log: &Log) -> Result<()
             let _ = remote.finish(Some(Duration::ZERO));
             Ok(())
         }
-        synced => conclude(synced.map(|_| ()), remote, config, name, log),
+        synced => conclude(synced.map(|_| ()), remote, config, endpoint, log),
     }
 }
 
@@ -297,6 +315,7 @@ fn provide(
     exe: &[u8],
     launch: &Launch,
     log: &Log,
+    missing: &mut bool,
 ) -> std::result::Result<String, Provide> {
     use Provide::Failed;
     let name = &launch.target.host;
@@ -312,14 +331,17 @@ fn provide(
         if line == NEW {
             // As a local run says it, of the path as typed: a typo (say
             // /dev/vdzz9) would otherwise become a file without a word.
-            // A dry run opens nothing new: it fails on the missing path.
-            if launch.dry.is_none() {
-                log.info(format!(
-                    "destination {}:{}: a new file (it did not exist)",
-                    bracketed(name),
-                    launch.target.path
-                ));
+            // A dry run opens nothing new: it fails on the missing path,
+            // as a local one does.
+            if launch.dry.is_some() {
+                *missing = true;
+                continue;
             }
+            log.info(format!(
+                "destination {}:{}: a new file (it did not exist)",
+                bracketed(name),
+                launch.target.path
+            ));
         } else if let Some(dir) = line.strip_prefix(DIR) {
             if !is_safe_dir(dir) {
                 return Err(Failed(format!(
@@ -356,12 +378,13 @@ fn conclude(
     synced: Result<()>,
     remote: Remote,
     config: &Config,
-    name: &str,
+    at: &Endpoint,
     log: &Log,
 ) -> Result<()> {
+    let name = &at.host;
     if let Err(e) = synced {
         let exit = remote.finish(Some(FAILED_REMOTE_GRACE));
-        return Err(explain(Some(e), &exit, name, "the remote bsync failed"));
+        return Err(explain(Some(e), &exit, at, "the remote bsync failed"));
     }
     // The server exits once the destination is flushed; it gets as long as
     // any other network step.
@@ -370,7 +393,7 @@ fn conclude(
         return Err(explain(
             None,
             &exit,
-            name,
+            at,
             "the remote bsync failed after the transfer",
         ));
     }
@@ -398,8 +421,10 @@ fn remove_remote(endpoint: &Endpoint, dir: &str, log: &Log) {
     }
 }
 
-/// One line out of the local error (if any) and how the remote ended.
-fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> Error {
+/// One line out of the local error (if any) and how the remote ended, at
+/// the machine `at`.
+fn explain(local: Option<Error>, exit: &RemoteExit, at: &Endpoint, what: &str) -> Error {
+    let name = &at.host;
     if exit.status.and_then(|s| s.code()) == Some(SSH_FAILED) {
         return Error::Failed(format!(
             "ssh to {name} failed: {}",
@@ -423,7 +448,7 @@ fn explain(local: Option<Error>, exit: &RemoteExit, name: &str, what: &str) -> E
         // The remote bsync refused its command line (exit 2): a usage
         // error of this run, such as a directory as the remote path.
         None if exit.own && exit.status.and_then(|s| s.code()) == Some(EXIT_USAGE) => {
-            Error::usage(as_typed(exit, name, what))
+            Error::usage(as_typed(exit, at, what))
         }
         None => Error::Failed(format!("{name}: {what}: {}", exit.describe())),
     }
@@ -439,12 +464,13 @@ fn bracketed(host: &str) -> String {
 
 /// The remote bsync's usage error in the words of this run: the remote's
 /// `-f` is the path the user gave in `-t`, so `-f: /srv/d is a directory`
-/// reads `-t host:/srv/d is a directory`, and a remote `/dev/zero` is no
-/// missing `-f`.
-fn as_typed(exit: &RemoteExit, name: &str, what: &str) -> String {
+/// reads `-t user@host:2222:/srv/d is a directory` (the `-t` as typed),
+/// and a remote `/dev/zero` is no missing `-f`.
+fn as_typed(exit: &RemoteExit, at: &Endpoint, what: &str) -> String {
+    let name = &at.host;
     let said = exit.last_line().map(|l| l.trim_start_matches("bsync: "));
     if let Some(rest) = said.and_then(|l| l.strip_prefix("-f: ")) {
-        return format!("-t {}:{rest}", bracketed(name));
+        return format!("-t {}:{rest}", at.typed());
     }
     let hint = crate::disk::DEFAULT_SOURCE_HINT;
     format!("{name}: {what}: {}", exit.describe()).replace(hint, "a character device")
@@ -463,7 +489,15 @@ mod tests {
             own: true,
             tail: vec!["ssh: connect to host h port 1: Connection refused".into()],
         };
-        let e = explain(None, &exit, "h", "failed");
+        let target = crate::config::RemoteTarget {
+            user: Some("u".into()),
+            host: "h".into(),
+            port: Some(2222),
+            path: "/d".into(),
+        };
+        let at = Endpoint::new("ssh", &target);
+        assert_eq!(at.typed(), "u@h:2222");
+        let e = explain(None, &exit, &at, "failed");
         assert_eq!(
             e.to_string(),
             "ssh to h failed: ssh: connect to host h port 1: Connection refused"
