@@ -147,6 +147,7 @@ impl Pool {
         };
         Ok(self.wrap(Block {
             index: 0,
+            at: 0,
             len: 0,
             data,
             extents,
@@ -179,6 +180,11 @@ impl Pool {
         }
     }
 
+    /// The length of this pool's buffers (0 for a [`Pool::sized`]).
+    pub fn buffer_len(&self) -> usize {
+        self.inner.buf_len
+    }
+
     /// Buffers created so far, or of a [`Pool::sized`] those alive (for
     /// tests and the allocation benchmark).
     pub fn allocated(&self) -> usize {
@@ -196,6 +202,7 @@ impl Pool {
         let data = PinnedBuf::new(len, self.inner.lock_memory, self.inner.hints)?;
         Ok(Block {
             index: 0,
+            at: 0,
             len: 0,
             data,
             extents: Vec::new(),
@@ -254,6 +261,7 @@ impl Drop for Pooled {
         if let Some(mut block) = self.block.take() {
             block.extents.clear();
             block.digests.clear();
+            block.at = 0;
             block.hole = false;
             block.unreadable.clear();
             block.finished = false;
