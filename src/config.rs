@@ -299,21 +299,28 @@ pub fn env_flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-/// What a reader reads at a time where a block's bytes are not kept once
-/// compared or digested (local mode, and a network destination, which
-/// keeps only its page digests): the block goes through in pieces of this
-/// size (or whole, if smaller), so that what was read is used while it is
-/// still in the CPU's cache and the buffers are few pages, not blocks of
-/// `-b`. A block stays the unit of progress, resume and a rescue's map.
-/// Locally 512 KiB ran the least CPU of 128 KiB to 1 MiB
+/// What local mode reads at a time: a block goes through its pipeline in
+/// pieces of this size (or whole, if smaller), so that what was read is
+/// compared while it is still in the CPU's cache and the buffers are few
+/// pages, not blocks of `-b`. A block stays the unit of progress, resume
+/// and a rescue's map. 512 KiB ran the least CPU of 128 KiB to 1 MiB
 /// (benches/BENCHMARKS.md).
-pub const PIECE: usize = 512 << 10;
+pub const LOCAL_PIECE: usize = 512 << 10;
+
+/// What a network destination reads at a time: it keeps only page
+/// digests, so a block is read and digested in pieces of this size (or
+/// whole, if smaller), and its read buffers are a few of these, not
+/// blocks of `-b`. Larger than [`LOCAL_PIECE`]: the digest is slower
+/// than a comparison, and each piece costs a hand-over between the reader
+/// and a worker; 2 MiB ran less CPU than 512 KiB or whole 10 MiB blocks
+/// (benches/BENCHMARKS.md).
+pub const DIGEST_PIECE: usize = 2 << 20;
 
 /// Block buffers one end holds at most, the bound the pools set: on the
 /// network `2 × workers + 1` (the source's read pool, one block per
 /// worker and one being read, and a frame of up to a block per worker or
-/// lane; the destination reads in pieces of [`PIECE`]), and locally both
-/// sides at once, `2 × prefetch + 3 × workers + 3` pieces of [`PIECE`].
+/// lane; the destination reads in pieces of [`DIGEST_PIECE`]), and locally both
+/// sides at once, `2 × prefetch + 3 × workers + 3` pieces of [`LOCAL_PIECE`].
 /// On the network a read is fast next to a round trip, and the
 /// destination's digests wait in its window, so more read-ahead would
 /// only hold buffers.
@@ -354,7 +361,7 @@ pub fn flight_cap(block_size: usize, workers: usize) -> u64 {
 pub fn memory_needed(t: &Transfer, local: bool) -> u64 {
     let buffers = buffers_needed(t.workers, t.prefetch, local) as u64;
     if local {
-        return buffers.saturating_mul(t.block_size.min(PIECE) as u64);
+        return buffers.saturating_mul(t.block_size.min(LOCAL_PIECE) as u64);
     }
     buffers
         .saturating_mul(t.block_size as u64)
@@ -394,7 +401,7 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
             "(2 × prefetch {} + 3 × workers {} + 3) pieces of {}",
             t.prefetch,
             t.workers,
-            crate::units::human_bytes(t.block_size.min(PIECE) as u64)
+            crate::units::human_bytes(t.block_size.min(LOCAL_PIECE) as u64)
         )
     } else {
         let human = crate::units::human_bytes;

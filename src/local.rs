@@ -3,7 +3,7 @@
 //! It runs the same engine as the network modes: one sequential reader per
 //! side feeding a bounded prefetch queue, `-w` workers that decide what each
 //! block needs, and the single ordered [`Writer`]. Blocks go through in
-//! pieces of [`PIECE`], so that what was read is compared while still
+//! pieces of [`LOCAL_PIECE`], so that what was read is compared while still
 //! in the CPU's cache. With both ends at hand
 //! there is no need for digests: workers compare the bytes page by page
 //! ([`GRAIN`], the same 4 KiB grain as the network's `proto::PAGE`), so a
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::block::{Block, ExtentKind, Geometry, is_zero, push_extent};
-use crate::config::{Env, PIECE, Transfer};
+use crate::config::{Env, LOCAL_PIECE, Transfer};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
@@ -116,7 +116,7 @@ fn run_pipeline(
 ) -> Result<u64> {
     let workers = t.workers;
     // Pieces that stay in the CPU's cache between read and comparison.
-    let piece = geo.buffer_len().min(PIECE);
+    let piece = geo.buffer_len().min(LOCAL_PIECE);
     let src_pool = Pool::new(t.prefetch + 2 * workers + 2, piece, true, source.hints());
     let dst_pool = Pool::new(t.prefetch + workers + 1, piece, false, dest.hints());
     let (src_tx, src_rx) = sync_channel(t.prefetch);

@@ -285,7 +285,7 @@ fn local_rescue_loses_only_the_bad_sectors_with_one_and_four_workers() {
     assert!(err.contains("read at block 1: Input/output error"), "{err}");
 }
 
-/// Local mode reads a block in pieces (`config::PIECE`): a block
+/// Local mode reads a block in pieces (`config::LOCAL_PIECE`): a block
 /// with a bad sector in two of its pieces keeps both bad in the map once
 /// the block is written, not only the last piece's.
 #[test]
@@ -296,7 +296,7 @@ fn local_rescue_keeps_the_bad_sectors_of_every_piece_of_a_block() {
     let dir = TempDir::new("rescue-pieces");
     let (src, dst, data) = images(&dir);
     let first_piece = MIB + 0x200;
-    assert!(IN_CHANGED - MIB >= bsync::config::PIECE as u64);
+    assert!(IN_CHANGED - MIB >= bsync::config::LOCAL_PIECE as u64);
     let faulty = Faulty::new(&dir, "mnt", &src, &[bad(first_piece), bad(IN_CHANGED)], 0.0);
     let map = dir.join("pieces.map");
     let mut cmd = bsync();

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::block::{ExtentKind, push_extent};
 use crate::compress::Decompressor;
-use crate::config::{DIGEST_WINDOW, PIECE, flight_cap};
+use crate::config::{DIGEST_PIECE, DIGEST_WINDOW, flight_cap};
 use crate::digest::{self, Digest};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -116,11 +116,11 @@ pub(super) fn run_told(
     let window = Window::new(in_flight);
     let abort = Abort::new(senders.clone(), vec![&window], rejoin);
     // Read buffers only live while their digests are computed, so blocks
-    // are read in pieces that are digested while still in the CPU's cache
-    // (and a few pages are mapped for them, not blocks). Received data is
+    // are read in pieces (`config::DIGEST_PIECE`): a few of those are
+    // mapped and faulted in, not a block per worker. Received data is
     // held in buffers of its own size until written, and what the source
     // sends unacknowledged is bounded by its flight budget.
-    let piece = p.geo.buffer_len().min(PIECE);
+    let piece = p.geo.buffer_len().min(DIGEST_PIECE);
     let read_pool = Pool::new(2 * (p.workers + 1), piece, true, disk.hints());
     // What is received and not yet written is bounded by the source's
     // budget in flight, which counts these buffers' bytes (within its

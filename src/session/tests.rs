@@ -16,7 +16,7 @@ use crate::aead::Key;
 use crate::auth::{Direction, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress::Level;
-use crate::config::{Env, PIECE};
+use crate::config::{DIGEST_PIECE, Env};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
@@ -591,13 +591,13 @@ fn two_level_exchange_moves_exactly_the_pages_that_differ() {
     }
 }
 
-/// Blocks larger than a read piece (`config::PIECE`) reach the
+/// Blocks larger than a read piece (`config::DIGEST_PIECE`) reach the
 /// destination's workers in pieces, digested by any worker in any order;
 /// a destination grown to the source's size is a hole, read as such.
 #[test]
 fn a_destination_digests_blocks_that_come_in_pieces() {
     let dir = TempDir::new("pieces");
-    let bs = 2 * PIECE + PIECE / 2;
+    let bs = 2 * DIGEST_PIECE + DIGEST_PIECE / 2;
     let len = 3 * bs + 5000;
     let base = random(len, 30);
     let scattered = change_pages(&base, (0..len.div_ceil(PAGE)).step_by(97), 31);
