@@ -299,10 +299,29 @@ pub fn env_flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// What local mode reads at a time: a block goes through its pipeline in
+/// pieces of this size (or whole, if smaller), so that what was read is
+/// compared while it is still in the CPU's cache and the buffers are few
+/// pages, not blocks of `-b`. A block stays the unit of progress, resume
+/// and a rescue's map. 512 KiB ran the least CPU of 128 KiB to 1 MiB
+/// (benches/BENCHMARKS.md).
+pub const LOCAL_PIECE: usize = 512 << 10;
+
+/// What a network destination reads at a time: it keeps only page
+/// digests, so a block is read and digested in pieces of this size (or
+/// whole, if smaller), and its read buffers are a few of these, not
+/// blocks of `-b`. Larger than [`LOCAL_PIECE`]: the digest is slower
+/// than a comparison, and each piece costs a hand-over between the reader
+/// and a worker; 2 MiB ran less CPU than 512 KiB or whole 10 MiB blocks
+/// (benches/BENCHMARKS.md).
+pub const DIGEST_PIECE: usize = 2 << 20;
+
 /// Block buffers one end holds at most, the bound the pools set: on the
-/// network `2 × workers + 1` (each end's read pool, one block per worker
-/// and one being read, and a frame of up to a block per worker or lane), and locally both sides at once, `2 × prefetch + 3 × workers +
-/// 3`. On the network a read is fast next to a round trip, and the
+/// network `2 × workers + 1` (the source's read pool, one block per
+/// worker and one being read, and a frame of up to a block per worker or
+/// lane; the destination reads in pieces of [`DIGEST_PIECE`]), and locally both
+/// sides at once, `2 × prefetch + 3 × workers + 3` pieces of [`LOCAL_PIECE`].
+/// On the network a read is fast next to a round trip, and the
 /// destination's digests wait in its window, so more read-ahead would
 /// only hold buffers.
 pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
@@ -341,14 +360,13 @@ pub fn flight_cap(block_size: usize, workers: usize) -> u64 {
 /// and on the network its outstanding work and the digest window.
 pub fn memory_needed(t: &Transfer, local: bool) -> u64 {
     let buffers = buffers_needed(t.workers, t.prefetch, local) as u64;
-    let blocks = buffers.saturating_mul(t.block_size as u64);
     if local {
-        blocks
-    } else {
-        blocks
-            .saturating_add(flight_cap(t.block_size, t.workers))
-            .saturating_add(DIGEST_WINDOW)
+        return buffers.saturating_mul(t.block_size.min(LOCAL_PIECE) as u64);
     }
+    buffers
+        .saturating_mul(t.block_size as u64)
+        .saturating_add(flight_cap(t.block_size, t.workers))
+        .saturating_add(DIGEST_WINDOW)
 }
 
 /// The memory this process may use: `MemAvailable` from `/proc/meminfo`,
@@ -380,10 +398,10 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
     }
     let formula = if local {
         format!(
-            "(2 × prefetch {} + 3 × workers {} + 3) blocks of {}",
+            "(2 × prefetch {} + 3 × workers {} + 3) pieces of {}",
             t.prefetch,
             t.workers,
-            crate::units::human_bytes(t.block_size as u64)
+            crate::units::human_bytes(t.block_size.min(LOCAL_PIECE) as u64)
         )
     } else {
         let human = crate::units::human_bytes;
@@ -467,5 +485,30 @@ mod tests {
             "{msg}"
         );
         assert!(memory_refusal(&t, false, 12 << 30).is_none());
+    }
+
+    #[test]
+    fn local_buffers_are_pieces_whatever_the_block_size() {
+        let t = Transfer {
+            block_size: 1 << 30,
+            skip: 0,
+            compression: None,
+            workers: 4,
+            prefetch: 16,
+            bwlimit: None,
+        };
+        // 47 buffers of 512 KiB, not of 1 GiB.
+        assert_eq!(memory_needed(&t, true), 47 * (512 << 10));
+        assert!(memory_refusal(&t, true, 1 << 30).is_none());
+        let small = Transfer {
+            block_size: 64 << 10,
+            prefetch: 1 << 20,
+            ..t
+        };
+        let msg = memory_refusal(&small, true, 8 << 30).unwrap_or_default();
+        assert!(
+            msg.contains("(2 × prefetch 1048576 + 3 × workers 4 + 3) pieces of 64.0 KiB"),
+            "{msg}"
+        );
     }
 }

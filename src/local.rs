@@ -2,7 +2,9 @@
 //!
 //! It runs the same engine as the network modes: one sequential reader per
 //! side feeding a bounded prefetch queue, `-w` workers that decide what each
-//! block needs, and the single ordered [`Writer`]. With both ends at hand
+//! block needs, and the single ordered [`Writer`]. Blocks go through in
+//! pieces of [`LOCAL_PIECE`], so that what was read is compared while still
+//! in the CPU's cache. With both ends at hand
 //! there is no need for digests: workers compare the bytes page by page
 //! ([`GRAIN`], the same 4 KiB grain as the network's `proto::PAGE`), so a
 //! changed sector costs one page write.
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::block::{Block, ExtentKind, Geometry, is_zero, push_extent};
-use crate::config::{Env, Transfer};
+use crate::config::{Env, LOCAL_PIECE, Transfer};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
@@ -109,18 +111,10 @@ fn run_pipeline(
     stats: &Stats,
 ) -> Result<u64> {
     let workers = t.workers;
-    let src_pool = Pool::new(
-        t.prefetch + 2 * workers + 2,
-        geo.buffer_len(),
-        true,
-        source.hints(),
-    );
-    let dst_pool = Pool::new(
-        t.prefetch + workers + 1,
-        geo.buffer_len(),
-        false,
-        dest.hints(),
-    );
+    // Pieces that stay in the CPU's cache between read and comparison.
+    let piece = geo.buffer_len().min(LOCAL_PIECE);
+    let src_pool = Pool::new(t.prefetch + 2 * workers + 2, piece, true, source.hints());
+    let dst_pool = Pool::new(t.prefetch + workers + 1, piece, false, dest.hints());
     let (src_tx, src_rx) = sync_channel(t.prefetch);
     let (dst_tx, dst_rx) = sync_channel(t.prefetch);
     let (out_tx, out_rx) = sync_channel(workers * 2);
@@ -189,7 +183,7 @@ fn compare_blocks(
             let Ok(dst) = rx.1.recv() else { return Ok(()) };
             (src, dst)
         };
-        debug_assert_eq!(src.index, dst.index);
+        debug_assert_eq!((src.index, src.at), (dst.index, dst.at));
         plan_extents(&mut src, &dst, grain);
         drop(dst);
         if out.send(src).is_err() {

@@ -16,7 +16,7 @@ use crate::aead::Key;
 use crate::auth::{Direction, Handshake, Secret};
 use crate::block::Geometry;
 use crate::compress::Level;
-use crate::config::Env;
+use crate::config::{DIGEST_PIECE, Env};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::{lock, wait_timeout};
@@ -587,6 +587,43 @@ fn two_level_exchange_moves_exactly_the_pages_that_differ() {
                 assert_eq!(get(&ds.bytes_written), data, "{case}: data written");
                 assert_eq!(get(&ds.bytes_cleared), zero, "{case}: zeros cleared");
             }
+        }
+    }
+}
+
+/// Blocks larger than a read piece (`config::DIGEST_PIECE`) reach the
+/// destination's workers in pieces, digested by any worker in any order;
+/// a destination grown to the source's size is a hole, read as such.
+#[test]
+fn a_destination_digests_blocks_that_come_in_pieces() {
+    let dir = TempDir::new("pieces");
+    let bs = 2 * DIGEST_PIECE + DIGEST_PIECE / 2;
+    let len = 3 * bs + 5000;
+    let base = random(len, 30);
+    let scattered = change_pages(&base, (0..len.div_ceil(PAGE)).step_by(97), 31);
+    let scenes = [
+        ("scattered", scattered, base.clone()),
+        ("shorter destination", base.clone(), base[..bs / 3].to_vec()),
+    ];
+    for (name, src_data, dst_data) in scenes {
+        for workers in [1, 4] {
+            let case = format!("{name}, -w {workers}");
+            let src = dir.file("src", &src_data);
+            let dst = dir.file("dst", &dst_data);
+            let p = params_bs(len as u64, bs, workers, Some(Level::Fast));
+            let lanes = (0..workers)
+                .map(|_| {
+                    let (mut ours, mut theirs) = direct();
+                    ours.reader.set_max(proto::max_payload(bs));
+                    theirs.reader.set_max(proto::max_payload(bs));
+                    (ours, theirs)
+                })
+                .collect();
+            let (s, d, (ss, _)) = sync_stats(&src, &dst, &p, lanes, (&NoRejoin, &NoRejoin));
+            assert_eq!(s.unwrap(), d.unwrap(), "{case}: verification");
+            assert!(std::fs::read(&dst).unwrap() == src_data, "{case}: content");
+            let (data, _) = page_diff(&src_data, &dst_data, bs, 0);
+            assert_eq!(ss.bytes_changed.load(Ordering::Relaxed), data, "{case}");
         }
     }
 }
