@@ -18,7 +18,7 @@ use super::{
 };
 use crate::block::{ExtentKind, push_extent};
 use crate::compress::Decompressor;
-use crate::config::{DIGEST_WINDOW, flight_cap};
+use crate::config::{flight_cap, window_blocks};
 use crate::digest::{self, Digest};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -108,7 +108,7 @@ pub(super) fn run_told(
     // arrival to write, the data received), so its size is a budget of
     // digests, not of buffers: far ahead of the source over a long round
     // trip, and no block buffer held while the digests travel.
-    let in_flight = window_blocks(p);
+    let in_flight = window_blocks(p.geo.block_size, p.workers, p.prefetch);
     let window = Window::new(in_flight);
     let abort = Abort::new(senders.clone(), vec![&window], rejoin);
     // Read buffers only live while their digests are computed. Received
@@ -228,23 +228,6 @@ pub(super) fn run_told(
     let told = *lock(&tally);
     Ok((v, told))
 }
-
-/// How many blocks the destination may have between read and write: as
-/// many as [`DIGEST_WINDOW`] bytes of their page digests, at least the
-/// read-ahead twice over and at most [`MAX_WINDOW`].
-fn window_blocks(p: &Params) -> usize {
-    let pages = proto::pages(p.geo.block_size, p.page());
-    let digests = usize::try_from(DIGEST_WINDOW).unwrap_or(usize::MAX);
-    (digests / (pages * proto::DIGEST_LEN).max(1))
-        .min(MAX_WINDOW)
-        .max(2 * (p.prefetch + p.workers))
-}
-
-/// The most blocks in a destination's window, whatever their size: each
-/// costs a digest list on both ends, allocated once and reused, so the
-/// steady state allocates nothing per block (tests/alloc.rs). 32 blocks of
-/// the default 10 MiB keep 320 MiB ahead, a 100 ms round trip at 3 GB/s.
-const MAX_WINDOW: usize = 32;
 
 impl DestCtx<'_> {
     /// Digest destination blocks and send their range digests to the
