@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use super::exchange::Differing;
+use super::exchange::{Differing, Keep};
 use super::ledger::{Ledger, Parked, Sent, Task};
 use super::{Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane};
 use crate::block::Extent;
@@ -43,8 +43,9 @@ use crate::net::{FrameSender, Lane};
 use crate::pool::{Pool, Pooled, sized_len};
 use crate::progress::Stats;
 use crate::proto::{self, BlockBuilder, Change, Frame};
-use crate::reader::read_blocks;
+use crate::reader::read_blocks_keeping;
 
+mod back;
 mod frames;
 mod replies;
 
@@ -102,7 +103,11 @@ pub(super) fn run_with(
     thread::scope(|s| {
         super::spawn_or_fail(s, abort, move || {
             let blocks = p.first..p.geo.blocks();
-            abort.guard(|| read_blocks(disk, p.geo, blocks, pool, &tx, stats, &|| !abort.is_set()));
+            // Pages stay cached until their block is acknowledged: those
+            // that differ are read back once their page digests arrive.
+            abort.guard(|| {
+                read_blocks_keeping(disk, p.geo, blocks, pool, &tx, stats, &|| !abort.is_set())
+            });
         });
         for (i, lane) in lanes.into_iter().enumerate() {
             let mut reader = lane.reader;
@@ -183,6 +188,10 @@ struct FrameScratch {
     frame: Vec<u8>,
     /// `--rescue`: the unreadable ranges of the block being compared.
     unreadable: Vec<(usize, usize)>,
+    /// The spans of a parked block to read back.
+    spans: Vec<std::ops::Range<usize>>,
+    /// Pages read back that changed since the comparison.
+    changed: Vec<(usize, Digest)>,
 }
 
 /// What comparing a block's range digests decided.
@@ -248,6 +257,14 @@ impl SourceCtx<'_> {
                 return Ok(());
             };
             let index = block.index;
+            // Our digests first: the destination's may still be on the way.
+            let b = &mut *block;
+            let digested = !b.finished && self.dry.is_none();
+            if digested {
+                let mut pages = std::mem::take(&mut b.digests);
+                self.digest_block(Content::of(b), &mut pages, &mut scratch);
+                b.digests = pages;
+            }
             let Some(theirs) = self
                 .state
                 .wait_for(self.abort, |st| st.remote.remove(&index))
@@ -298,17 +315,7 @@ impl SourceCtx<'_> {
                 self.send(index, &mut scratch.frame);
                 continue;
             }
-            let mut pages = std::mem::take(&mut b.digests);
-            let compared = self.compare(
-                index,
-                Content::of(b),
-                &mut pages,
-                &theirs,
-                &mut scratch,
-                map,
-            );
-            b.digests = pages;
-            let compared = compared?;
+            let compared = self.compare(index, &theirs, &mut scratch, map)?;
             {
                 let mut v = lock(self.verify);
                 *v = v
@@ -334,8 +341,9 @@ impl SourceCtx<'_> {
                 }
                 Compared::Refine(ranges) => {
                     let content = Content::of(&block);
+                    let how = self.keep(&scratch.ranges);
                     let need =
-                        Differing::need(content, block.digests.len(), &ranges, self.p.page());
+                        Differing::need(content, block.digests.len(), &ranges, self.p.page(), how);
                     // Room first, then the copy: what is being kept counts
                     // as parked, and a worker waits with the read buffer,
                     // which the pool counts, not with a copy beside it.
@@ -352,6 +360,7 @@ impl SourceCtx<'_> {
                         ranges,
                         self.p.page(),
                         reuse,
+                        how,
                     );
                     drop(block);
                     let parked = Parked {
@@ -424,11 +433,21 @@ impl SourceCtx<'_> {
         }) else {
             return Ok(()); // Acknowledged meanwhile.
         };
-        let raw_len = self.build_block(index, &parked, compressor, scratch);
+        let back = match self.read_back(index, &parked, scratch) {
+            Ok(back) => back,
+            Err(e) => {
+                self.state.lock().recycle(parked);
+                return Err(e);
+            }
+        };
+        let raw_len = self.build_block(index, &parked, back.as_deref(), compressor, scratch);
         let first = parked.first;
         {
             let mut st = self.state.lock();
             st.recycle(parked);
+            if let Some(buf) = back {
+                st.give_back(buf);
+            }
             if let Ok(raw) = raw_len
                 && let Some(sent) = st.unacked.get_mut(&index)
             {
@@ -482,7 +501,8 @@ impl SourceCtx<'_> {
         let mut pages = Vec::new();
         let content = Content::Bytes(&data);
         scratch.unreadable = unreadable;
-        let compared = self.compare(index, content, &mut pages, theirs, scratch, Vec::new())?;
+        self.digest_block(content, &mut pages, scratch);
+        let compared = self.compare(index, theirs, scratch, Vec::new())?;
         let mut guard = self.state.lock();
         let st = &mut *guard;
         let Some(sent) = st.unacked.get_mut(&index) else {
@@ -492,8 +512,15 @@ impl SourceCtx<'_> {
             Compared::Refine(ranges) => {
                 let page = self.p.page();
                 let lost = &scratch.unreadable;
-                let kept =
-                    Differing::keep(content, &pages, lost, ranges, page, Differing::default());
+                let kept = Differing::keep(
+                    content,
+                    &pages,
+                    lost,
+                    ranges,
+                    page,
+                    Differing::default(),
+                    Keep::Bytes,
+                );
                 st.parked += kept.bytes() as u64;
                 sent.waiting = Some(Parked {
                     kept,
