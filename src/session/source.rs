@@ -118,10 +118,24 @@ pub(super) fn run_with(
                     abort,
                     |r| ctx.lane_loop(r),
                     || {
-                        ctx.state.lock().rejoined = true;
+                        let told = {
+                            let mut st = ctx.state.lock();
+                            st.rejoined = true;
+                            st.verdict
+                        };
+                        // What went out on the lost connection may be lost
+                        // with it: the verdict too.
+                        if told {
+                            ctx.verdict(&ctx.senders[i..=i]);
+                        }
                         Ok(())
                     },
-                    &|| ctx.state.lock().finished,
+                    // Once the destination completed, it may close: a
+                    // lane ending then is no loss.
+                    &|| {
+                        let st = ctx.state.lock();
+                        st.finished || st.complete.is_some()
+                    },
                 );
             });
         }
@@ -146,12 +160,12 @@ pub(super) fn run_with(
             } else {
                 state.lock().finished = true;
                 state.notify();
+                // The answer to `Complete`: a destination that has the
+                // verdict on every lane is gone by now (this `Bye` goes
+                // nowhere); one that lost it with a connection waits for
+                // this.
+                ctx.verdict(&senders);
                 for s in &senders {
-                    let tally = dry.map(|_| super::dry::tally(stats));
-                    let _ = s.send_frame(&Frame::Bye {
-                        verify: ours,
-                        tally,
-                    });
                     s.shutdown();
                 }
             }
@@ -279,6 +293,7 @@ impl SourceCtx<'_> {
                     dry.block(index, &[], &theirs, &theirs, &[])?;
                 }
                 self.finished_block(index, b.len as u64, theirs, &mut scratch);
+                self.went_out();
                 continue;
             }
             scratch.unreadable.clone_from(&b.unreadable);
@@ -313,6 +328,7 @@ impl SourceCtx<'_> {
                 drop(st);
                 drop(block);
                 self.send(index, &mut scratch.frame);
+                self.went_out();
                 continue;
             }
             let compared = self.compare(index, &theirs, &mut scratch, map)?;
@@ -324,6 +340,7 @@ impl SourceCtx<'_> {
             }
             let bytes = b.len as u64;
             // Registered before sending: the answer may beat us back.
+            let same = matches!(compared, Compared::Same);
             match compared {
                 Compared::Same => {
                     drop(block);
@@ -375,6 +392,9 @@ impl SourceCtx<'_> {
                 }
             }
             self.send(index, &mut scratch.frame);
+            if same {
+                self.went_out();
+            }
         }
     }
 
@@ -472,6 +492,9 @@ impl SourceCtx<'_> {
             Stats::add(class, 1);
         }
         self.send(index, &mut scratch.frame);
+        if first {
+            self.went_out();
+        }
         Ok(())
     }
 
