@@ -4,11 +4,12 @@
 //! budgets let more work out. `source.rs` holds its lock and moves the
 //! frames.
 //!
-//! Both budgets count memory really held: what parked blocks keep (their
-//! buffers' capacity, spares included) here, and what the destination
-//! holds of the blocks in flight until it writes them there. Each stays
-//! within `config::flight_cap`: the budgets within it less one block, the
-//! one block the lowest unacknowledged may always add.
+//! Both budgets count memory really held: what parked blocks keep and
+//! what finishers read back into (their buffers' capacity, spares
+//! included) here, and what the destination holds of the blocks in flight
+//! until it writes them there. Each stays within `config::flight_cap`: the
+//! budgets within it less one block, the one block the lowest
+//! unacknowledged (or the one finisher reading back) may always add.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;

@@ -13,14 +13,17 @@
 //! readers never send anything themselves, so a full socket can never stop
 //! a lane from reading the answers that would empty it.
 //!
-//! What is outstanding is bounded in bytes, not blocks: the ranges parked,
-//! and the block data sent and not acknowledged, each by a flight budget
-//! of twice the measured round trip times the measured rate (at most
-//! `config::flight_cap`), each counted in memory held (`ledger.rs`). A
-//! worker waits for room before it copies a block's ranges, holding the
-//! read buffer, so a full budget slows the reader instead of adding a
-//! copy. The lowest unacknowledged block is never held back by either, so
-//! the budgets cannot stall the session. The decisions themselves are in
+//! What is outstanding is bounded in bytes, not blocks: what is parked
+//! (page digests; under `--rescue` the ranges' bytes) and read back, and
+//! the block data sent and not acknowledged, each by a flight budget of
+//! twice the measured round trip times the measured rate (at most
+//! `config::flight_cap`, all of it until measured), each counted in memory
+//! held (`ledger.rs`). A worker waits for room before it keeps a block's
+//! ranges, holding the read buffer, so a full budget slows the reader
+//! instead of adding a copy. The lowest unacknowledged block is never held
+//! back by either, nor a finisher that alone reads back, so the budgets
+//! cannot stall the session. Once every block went out, the verdict
+//! (`Bye`) goes ahead of the destination's `Complete`. The decisions themselves are in
 //! `exchange.rs`; what the lane readers file is `source/replies.rs`'s, the
 //! frames built for a block `source/frames.rs`'s.
 
@@ -79,9 +82,9 @@ pub(super) fn run_with(
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
     // A buffer per worker and one being read (`config::buffers_needed`
-    // counts them, and a frame per worker): a parked block keeps only its differing
-    // ranges, so no buffer waits a round trip, and the buffers go round at
-    // the reader's pace.
+    // counts them, and a frame per worker): a parked block keeps only the
+    // page digests of its differing ranges (`source/back.rs`), so no buffer
+    // waits a round trip, and the buffers go round at the reader's pace.
     let pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
     let (tx, rx) = sync_channel(1);
     let rx = Arc::new(Mutex::new(rx));
