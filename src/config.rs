@@ -340,8 +340,10 @@ pub fn window_blocks(block_size: usize, workers: usize, prefetch: usize) -> usiz
         .max(2 * (prefetch + workers))
 }
 
-/// The digests that window holds: the destination's page digests of every
-/// block in it, and the source's copy of their range digests.
+/// The digests that window holds on either end: on the destination the
+/// page digests of every block in it; on the source their range digests
+/// and, for the blocks it parked, the destination's page digests of the
+/// ranges that differ (its own count in flight, [`flight_cap`]).
 pub fn window_digests(block_size: usize, workers: usize, prefetch: usize) -> u64 {
     let pages = crate::proto::pages(block_size, crate::proto::page_size(block_size));
     let each = (pages + crate::proto::ranges(pages)) * crate::proto::DIGEST_LEN;
