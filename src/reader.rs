@@ -44,9 +44,37 @@ pub fn read_blocks(
     stats: &Stats,
     gate: &dyn Fn() -> bool,
 ) -> Result<()> {
+    read_in_order(disk, geo, blocks, (pool, tx), stats, gate, false)
+}
+
+/// [`read_blocks`], but the pages read stay in the page cache for the
+/// caller to drop ([`drop_read`]): a network source reads back the pages
+/// that differ a round trip later.
+pub fn read_blocks_keeping(
+    disk: &Disk,
+    geo: Geometry,
+    blocks: Range<u64>,
+    pool: &Pool,
+    tx: &SyncSender<Pooled>,
+    stats: &Stats,
+    gate: &dyn Fn() -> bool,
+) -> Result<()> {
+    read_in_order(disk, geo, blocks, (pool, tx), stats, gate, true)
+}
+
+/// [`read_blocks`]; with `keep`, [`read_blocks_keeping`].
+fn read_in_order(
+    disk: &Disk,
+    geo: Geometry,
+    blocks: Range<u64>,
+    (pool, tx): (&Pool, &SyncSender<Pooled>),
+    stats: &Stats,
+    gate: &dyn Fn() -> bool,
+    keep: bool,
+) -> Result<()> {
     let mut dropped_to = geo.offset(blocks.start);
     let mut next_data = 0u64;
-    let hints = disk.hints();
+    let hints = disk.hints() && !keep;
     for index in blocks {
         if !gate() {
             break;
@@ -100,14 +128,7 @@ pub fn read_blocks(
             Stats::add(&stats.bytes_read, n as u64);
             let end = offset + n as u64;
             if hints && end - dropped_to >= DROP_BEHIND {
-                let outcome = disk.drop_behind(dropped_to, end - dropped_to);
-                disk.detail_once(Note::DropBehind, || match outcome {
-                    Ok(()) => format!(
-                        "read pages dropped from the page cache every {} (fadvise DONTNEED)",
-                        human_bytes(DROP_BEHIND)
-                    ),
-                    Err(e) => format!("fadvise DONTNEED refused ({e}): read pages stay cached"),
-                });
+                drop_read(disk, dropped_to, end);
                 dropped_to = end;
             }
             if tx.send(block).is_err() {
@@ -116,6 +137,28 @@ pub fn read_blocks(
         }
     }
     Ok(())
+}
+
+/// Whether pages read from `from` on should be dropped from the page
+/// cache up to `to`: every [`DROP_BEHIND`] bytes, and at `end`.
+pub fn drop_due(from: u64, to: u64, end: u64) -> bool {
+    to > from && (to - from >= DROP_BEHIND || to == end)
+}
+
+/// Drop the pages read from `from` to `to` from the page cache (kernel
+/// hints on), saying once how that went.
+pub fn drop_read(disk: &Disk, from: u64, to: u64) {
+    if !disk.hints() {
+        return;
+    }
+    let outcome = disk.drop_behind(from, to - from);
+    disk.detail_once(Note::DropBehind, || match outcome {
+        Ok(()) => format!(
+            "read pages dropped from the page cache every {} (fadvise DONTNEED)",
+            human_bytes(DROP_BEHIND)
+        ),
+        Err(e) => format!("fadvise DONTNEED refused ({e}): read pages stay cached"),
+    });
 }
 
 /// Read block `index` of `geo` into `buf` once more (a block sent again

@@ -28,7 +28,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(20);
 /// How long a server may take to print its port.
 const PORT_LIMIT: Duration = Duration::from_secs(10);
 /// What each side of a connection sends first.
-const PREAMBLE: &[u8; 14] = b"BSYNC ver0.02\n";
+const PREAMBLE: &[u8; 14] = b"BSYNC ver0.03\n";
 const MIB: usize = 1 << 20;
 /// The change grain (see SPEC: 4 KiB pages, or the block size if smaller).
 const PAGE: usize = 4096;
@@ -1147,13 +1147,18 @@ fn server_rejects_other_protocol_version_and_stays_up() {
     fake.read_exact(&mut theirs)
         .expect("read the server's preamble");
     assert_eq!(&theirs, PREAMBLE, "{:?}", String::from_utf8_lossy(&theirs));
+    // The server's Challenge went with its preamble, before the client's
+    // arrived (it costs no wait); nothing after it.
     let rest = read_to_close(&mut fake);
-    assert!(rest.is_empty(), "the server sent more: {rest:?}");
+    assert!(
+        rest.len() == 5 + 17 && rest[0] == 9,
+        "the server sent more than its Challenge: {rest:?}"
+    );
     let err = server
         .proc
         .wait_stderr(Duration::from_secs(10), |e| e.contains("ver0.01"));
     assert_eq!(
-        lines_with(&err, &["ver0.01", "ver0.02"]).len(),
+        lines_with(&err, &["ver0.01", "ver0.03"]).len(),
         1,
         "want one line naming both versions:\n{err}"
     );
@@ -1194,7 +1199,7 @@ fn client_rejects_other_protocol_version() {
     let err = Proc::start(&["-f", arg(&s), "-r", &addr]).expect_status(1);
     let line = error_line(&err);
     assert!(
-        line.contains("ver0.01") && line.contains("ver0.02"),
+        line.contains("ver0.01") && line.contains("ver0.03"),
         "want both versions named: {line}"
     );
     assert!(!err.contains("done:"), "{err}");

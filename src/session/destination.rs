@@ -18,7 +18,7 @@ use super::{
 };
 use crate::block::{ExtentKind, push_extent};
 use crate::compress::Decompressor;
-use crate::config::{DIGEST_PIECE, DIGEST_WINDOW, flight_cap};
+use crate::config::{DIGEST_PIECE, flight_cap, window_blocks};
 use crate::digest::{self, Digest};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -72,6 +72,18 @@ struct DestCtx<'a> {
     /// Why the source's `Bye` was refused, kept for the end of the run:
     /// every block is written by then, so the lane ends either way.
     refused: &'a Mutex<Option<Error>>,
+    /// The source's verdicts that came ahead of the end.
+    verdicts: &'a Mutex<Verdicts>,
+}
+
+/// The source's verdicts (its `Bye`s) that came before every block was
+/// written, by lane: judged once our own digest is final.
+#[derive(Default)]
+struct Verdicts {
+    /// Every block is written and flushed: a `Bye` now is judged at once.
+    ended: bool,
+    /// By lane: the digest and the dry run's tally the source said.
+    early: Vec<Option<(u128, Option<proto::Tally>)>>,
 }
 
 /// Run the destination side over `lanes` into `disk` (already sized);
@@ -107,12 +119,16 @@ pub(super) fn run_told(
     let partial = Mutex::new(HashMap::new());
     let tally = Mutex::new(None);
     let refused = Mutex::new(None);
+    let verdicts = Mutex::new(Verdicts {
+        ended: false,
+        early: vec![None; n],
+    });
     // The window counts the blocks between their read here and their
     // write; what each holds meanwhile is its page digests (and, from
     // arrival to write, the data received), so its size is a budget of
     // digests, not of buffers: far ahead of the source over a long round
     // trip, and no block buffer held while the digests travel.
-    let in_flight = window_blocks(p);
+    let in_flight = window_blocks(p.geo.block_size, p.workers, p.prefetch);
     let window = Window::new(in_flight);
     let abort = Abort::new(senders.clone(), vec![&window], rejoin);
     // Read buffers only live while their digests are computed, so blocks
@@ -150,6 +166,7 @@ pub(super) fn run_told(
         dry: disk.is_dry() && !disk.captures(),
         tally: &tally,
         refused: &refused,
+        verdicts: &verdicts,
     };
 
     let abort = &abort;
@@ -179,7 +196,7 @@ pub(super) fn run_told(
                     i,
                     &mut reader,
                     abort,
-                    |r| ctx.lane_loop(r, pool, &tx, &mut decompressor, &mut answer),
+                    |r| ctx.lane_loop(i, r, (pool, &tx), &mut decompressor, &mut answer),
                     || ctx.resume(i),
                     &|| ctx.done.load(Ordering::Acquire),
                 );
@@ -203,7 +220,12 @@ pub(super) fn run_told(
                 return Ok(());
             }
             disk.flush()?;
-            done.store(true, Ordering::Release);
+            let early = {
+                let mut said = lock(&verdicts);
+                said.ended = true;
+                done.store(true, Ordering::Release);
+                std::mem::take(&mut said.early)
+            };
             let v = *lock(&verify);
             for s in &senders {
                 // A lane that is down sends it again once rejoined.
@@ -211,6 +233,15 @@ pub(super) fn run_told(
                     blocks: p.geo.blocks(),
                     verify: v,
                 });
+            }
+            // A lane whose verdict came ahead carries nothing more: judged
+            // now and closed, without waiting a round trip for the answer
+            // to `Complete`. The others wait for it.
+            for (lane, said) in early.into_iter().enumerate() {
+                if let Some((theirs, tally)) = said {
+                    ctx.judge(&senders[lane].peer, theirs, tally);
+                    senders[lane].shutdown();
+                }
             }
             Ok(())
         });
@@ -236,23 +267,6 @@ pub(super) fn run_told(
     let told = *lock(&tally);
     Ok((v, told))
 }
-
-/// How many blocks the destination may have between read and write: as
-/// many as [`DIGEST_WINDOW`] bytes of their page digests, at least the
-/// read-ahead twice over and at most [`MAX_WINDOW`].
-fn window_blocks(p: &Params) -> usize {
-    let pages = proto::pages(p.geo.block_size, p.page());
-    let digests = usize::try_from(DIGEST_WINDOW).unwrap_or(usize::MAX);
-    (digests / (pages * proto::DIGEST_LEN).max(1))
-        .min(MAX_WINDOW)
-        .max(2 * (p.prefetch + p.workers))
-}
-
-/// The most blocks in a destination's window, whatever their size: each
-/// costs a digest list on both ends, allocated once and reused, so the
-/// steady state allocates nothing per block (tests/alloc.rs). 32 blocks of
-/// the default 10 MiB keep 320 MiB ahead, a 100 ms round trip at 3 GB/s.
-const MAX_WINDOW: usize = 32;
 
 impl DestCtx<'_> {
     /// Digest destination blocks (or pieces of them) and send their range
@@ -340,12 +354,13 @@ impl DestCtx<'_> {
         sender.send(&mut frames)
     }
 
-    /// Receive blocks from a lane, check them and pass them to the writer.
+    /// Receive blocks from lane `lane`, check them and pass them to the
+    /// writer (`tx`, in buffers of `pool`).
     fn lane_loop(
         &self,
+        lane: usize,
         reader: &mut FrameReader,
-        pool: &Pool,
-        tx: &SyncSender<Pooled>,
+        (pool, tx): (&Pool, &SyncSender<Pooled>),
         decompressor: &mut Decompressor,
         answer: &mut Vec<u8>,
     ) -> Result<()> {
@@ -363,7 +378,19 @@ impl DestCtx<'_> {
                         return Ok(());
                     }
                 }
-                Frame::Bye { verify, tally } => return self.bye(peer, verify, tally),
+                Frame::Bye { verify, tally } => {
+                    let mut guard = lock(self.verdicts);
+                    let said = &mut *guard;
+                    if let Some(slot) = said.early.get_mut(lane).filter(|_| !said.ended) {
+                        // Ahead of the end: judged once every block is
+                        // written, and more may come on this lane.
+                        *slot = Some((verify, tally));
+                        continue;
+                    }
+                    drop(guard);
+                    self.judge(peer, verify, tally);
+                    return Ok(());
+                }
                 other => return Err(unexpected(peer, &other)),
             }
         }
@@ -401,15 +428,10 @@ impl DestCtx<'_> {
         Ok(())
     }
 
-    /// The source's verdict: it saw our `Complete` and its digest equals
-    /// ours. Success is reported only after this.
-    fn bye(&self, peer: &str, theirs: u128, tally: Option<proto::Tally>) -> Result<()> {
-        if !self.done.load(Ordering::Acquire) {
-            return Err(Error::protocol(
-                peer,
-                "the source ended the session before every block was written",
-            ));
-        }
+    /// The source's verdict, judged once every block is written: its
+    /// digest must equal ours (and a dry run's tally fit the session).
+    /// Success is reported only after this.
+    fn judge(&self, peer: &str, theirs: u128, tally: Option<proto::Tally>) {
         let ours = *lock(self.verify);
         let verdict = if theirs != ours {
             Err(Error::Failed(format!(
@@ -425,7 +447,6 @@ impl DestCtx<'_> {
                 lock(self.refused).get_or_insert(e);
             }
         }
-        Ok(())
     }
 
     /// A dry session's `Bye` said what differs (on every lane: the
