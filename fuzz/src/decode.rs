@@ -49,9 +49,9 @@ pub fn fuzz(data: &[u8]) {
                 // from a sentence that says it, never a size equal to the
                 // source's.
                 Frame::Notice(text) => {
-                    if let Some((have, source)) = bsync::summary::parse_resized(text) {
+                    if let Some((have, source, device)) = bsync::summary::parse_resized(text) {
                         assert_ne!(have, source, "{text:?}");
-                        let again = bsync::summary::resized("d", have, source);
+                        let again = bsync::summary::resized("d", have, source, device);
                         assert!(text.ends_with(&again[1..]), "{text:?} is not {again:?}");
                     }
                 }
