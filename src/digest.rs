@@ -7,7 +7,7 @@
 //! independent lanes lets the CPU overlap the chains, and lets a SIMD
 //! implementation put one lane in each vector element.
 //!
-//! # Definition (part of the wire protocol since `ver0.02`; never change it)
+//! # Definition (part of the wire protocol `ver0.02`; never change it)
 //!
 //! Every implementation, portable or vectorised, on every machine, must
 //! compute exactly this value.

@@ -249,7 +249,7 @@ fn version_names_the_protocol() {
         let out = run(bsync().arg(flag));
         assert_eq!(out.status.code(), Some(0), "{flag}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("ver0.03"), "{flag}: {text}");
+        assert!(text.contains("ver0.02"), "{flag}: {text}");
         assert_eq!(text.lines().count(), 1, "{flag}: {text}");
     }
 }

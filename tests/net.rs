@@ -28,7 +28,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(20);
 /// How long a server may take to print its port.
 const PORT_LIMIT: Duration = Duration::from_secs(10);
 /// What each side of a connection sends first.
-const PREAMBLE: &[u8; 14] = b"BSYNC ver0.03\n";
+const PREAMBLE: &[u8; 14] = b"BSYNC ver0.02\n";
 const MIB: usize = 1 << 20;
 /// The change grain (see SPEC: 4 KiB pages, or the block size if smaller).
 const PAGE: usize = 4096;
@@ -1158,7 +1158,7 @@ fn server_rejects_other_protocol_version_and_stays_up() {
         .proc
         .wait_stderr(Duration::from_secs(10), |e| e.contains("ver0.01"));
     assert_eq!(
-        lines_with(&err, &["ver0.01", "ver0.03"]).len(),
+        lines_with(&err, &["ver0.01", "ver0.02"]).len(),
         1,
         "want one line naming both versions:\n{err}"
     );
@@ -1199,7 +1199,7 @@ fn client_rejects_other_protocol_version() {
     let err = Proc::start(&["-f", arg(&s), "-r", &addr]).expect_status(1);
     let line = error_line(&err);
     assert!(
-        line.contains("ver0.01") && line.contains("ver0.03"),
+        line.contains("ver0.01") && line.contains("ver0.02"),
         "want both versions named: {line}"
     );
     assert!(!err.contains("done:"), "{err}");

@@ -1,4 +1,4 @@
-//! The wire protocol `ver0.03`: everything that travels between two bsyncs,
+//! The wire protocol `ver0.02`: everything that travels between two bsyncs,
 //! defined once.
 //!
 //! The version, the preamble, the limits both ends enforce, the frame types,
@@ -14,7 +14,7 @@
 //! # Layout
 //!
 //! A connection starts with each side sending the 14-byte [`PREAMBLE`]
-//! `BSYNC ver0.03\n`, so a peer of another version is named, not misparsed.
+//! `BSYNC ver0.02\n`, so a peer of another version is named, not misparsed.
 //! Then frames follow: a 5-byte header — type (`u8`) and payload length
 //! (`u32`, little-endian) — and the payload. All integers are little-endian.
 //!
@@ -31,7 +31,7 @@
 //! | 5    | `Block`    | source → destination| block `u64`, flags `u8` (bit 0: compressed), raw length `u32`, change count `u32`, changes, data |
 //! | 6    | `Ack`      | destination → source| block `u64`: written |
 //! | 7    | `Complete` | destination → source| blocks `u64`, verification digest `u128`: blocks `skip..blocks` written and flushed |
-//! | 8    | `Bye`      | source → destination| verification digest `u128`: the source's verdict, once every block went out, and again in answer to `Complete`; in a dry session then a [`Tally`]: changed blocks `u64`, zero blocks `u64`, data bytes `u64`, zero bytes `u64` |
+//! | 8    | `Bye`      | source → destination| verification digest `u128`: the source's verdict, equal to the destination's; in a dry session then a [`Tally`]: changed blocks `u64`, zero blocks `u64`, data bytes `u64`, zero bytes `u64` |
 //! | 11   | `Probe`    | either, before `Hello` | any bytes, at most [`HANDSHAKE_MAX`] |
 //! | 14   | `Notice`   | either, after `Welcome` | UTF-8 warning for the other end to show its user, at most [`NOTICE_MAX`] bytes |
 //!
@@ -59,34 +59,23 @@
 //! The destination acknowledges blocks cumulatively (`Ack { n }`: every
 //! block up to `n` is written) and only blocks the source sent: an `Ack` or a
 //! `Complete` covering a block the source has not sent is a protocol error,
-//! never a reason to reconnect. Once every block's `Block` went out, the
-//! source's verification digest is final, and it says so at once: its
-//! verdict, a `Bye` carrying the digest, on every lane, behind that lane's
-//! last `Block` (and again on a lane reconnected after it). Once every
-//! block is written and flushed the destination sends `Complete` with the
-//! block count and its verification digest on every lane. A lane whose
-//! verdict came ahead carries nothing more: the destination compares the
-//! digests and closes it, without waiting for the source to hear of
-//! `Complete`. The source compares the count and the digest with its own
-//! and answers `Bye` on every lane, or an `Error` naming both digests; a
-//! destination still waiting on a lane (its verdict was lost with a
-//! connection) takes that one. The destination reports success only after
-//! a `Bye` whose digest equals its own, on every lane: a lane that closes
-//! without one fails the run on both ends.
-//!
-//! `ver0.03` differs from `ver0.02` only there: a `ver0.02` destination
-//! refused a `Bye` before its `Complete` ("ended the session before every
-//! block was written"), so the two do not speak to each other; the
-//! preambles say so before anything else is exchanged.
+//! never a reason to reconnect. Once every block is written and flushed the
+//! destination sends `Complete` with the block count and its verification
+//! digest on every lane; the source compares the count and the digest with
+//! its own and answers `Bye` carrying its digest on every lane, or an
+//! `Error` naming both digests. The destination reports success only after a
+//! `Bye` whose digest equals its own: a lane that closes without one fails
+//! the run on both ends.
 //!
 //! In a dry session ([`FLAG_DRY`]: `--compare`, `--write-patch`) the
 //! destination writes nothing and acknowledges empty `Block`s, so only the
 //! source knows what differs; its `Bye` then carries that count, a
 //! [`Tally`], so that the destination's summary can say what a real run
-//! would change. A `Bye` without one (16 bytes) is still valid, and its
-//! destination says it was not told: it is what a `ver0.02` source made
-//! before the tally existed sent (a `ver0.02` destination of then refused
-//! the longer `Bye`, "trailing bytes"); since `ver0.03` both ends have it.
+//! would change. A `Bye` without one (16 bytes) is still valid: it is what
+//! a source made before the tally existed sends, and its destination says
+//! it was not told. A destination made before then refuses the longer
+//! `Bye` ("trailing bytes") after the source has its result; a session
+//! that writes never carries a tally, so those are unaffected.
 //!
 //! The one `Notice` with a meaning for its receiver: a dry session's
 //! destination whose size differs from the source's says so on lane 0
@@ -182,9 +171,9 @@ pub use codec::{
 };
 
 /// The protocol version spoken on the wire.
-pub const PROTOCOL_VERSION: &str = "ver0.03";
+pub const PROTOCOL_VERSION: &str = "ver0.02";
 /// The first bytes each side sends.
-pub const PREAMBLE: &[u8; 14] = b"BSYNC ver0.03\n";
+pub const PREAMBLE: &[u8; 14] = b"BSYNC ver0.02\n";
 /// What every bsync preamble starts with, whatever its version.
 pub const PREAMBLE_MAGIC: &[u8] = b"BSYNC ver";
 /// Frame header: type and length.

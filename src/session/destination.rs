@@ -72,18 +72,6 @@ struct DestCtx<'a> {
     /// Why the source's `Bye` was refused, kept for the end of the run:
     /// every block is written by then, so the lane ends either way.
     refused: &'a Mutex<Option<Error>>,
-    /// The source's verdicts that came ahead of the end.
-    verdicts: &'a Mutex<Verdicts>,
-}
-
-/// The source's verdicts (its `Bye`s) that came before every block was
-/// written, by lane: judged once our own digest is final.
-#[derive(Default)]
-struct Verdicts {
-    /// Every block is written and flushed: a `Bye` now is judged at once.
-    ended: bool,
-    /// By lane: the digest and the dry run's tally the source said.
-    early: Vec<Option<(u128, Option<proto::Tally>)>>,
 }
 
 /// Run the destination side over `lanes` into `disk` (already sized);
@@ -119,10 +107,6 @@ pub(super) fn run_told(
     let partial = Mutex::new(HashMap::new());
     let tally = Mutex::new(None);
     let refused = Mutex::new(None);
-    let verdicts = Mutex::new(Verdicts {
-        ended: false,
-        early: vec![None; n],
-    });
     // The window counts the blocks between their read here and their
     // write; what each holds meanwhile is its page digests (and, from
     // arrival to write, the data received), so its size is a budget of
@@ -166,7 +150,6 @@ pub(super) fn run_told(
         dry: disk.is_dry() && !disk.captures(),
         tally: &tally,
         refused: &refused,
-        verdicts: &verdicts,
     };
 
     let abort = &abort;
@@ -196,7 +179,7 @@ pub(super) fn run_told(
                     i,
                     &mut reader,
                     abort,
-                    |r| ctx.lane_loop(i, r, (pool, &tx), &mut decompressor, &mut answer),
+                    |r| ctx.lane_loop(r, pool, &tx, &mut decompressor, &mut answer),
                     || ctx.resume(i),
                     &|| ctx.done.load(Ordering::Acquire),
                 );
@@ -220,12 +203,7 @@ pub(super) fn run_told(
                 return Ok(());
             }
             disk.flush()?;
-            let early = {
-                let mut said = lock(&verdicts);
-                said.ended = true;
-                done.store(true, Ordering::Release);
-                std::mem::take(&mut said.early)
-            };
+            done.store(true, Ordering::Release);
             let v = *lock(&verify);
             for s in &senders {
                 // A lane that is down sends it again once rejoined.
@@ -233,15 +211,6 @@ pub(super) fn run_told(
                     blocks: p.geo.blocks(),
                     verify: v,
                 });
-            }
-            // A lane whose verdict came ahead carries nothing more: judged
-            // now and closed, without waiting a round trip for the answer
-            // to `Complete`. The others wait for it.
-            for (lane, said) in early.into_iter().enumerate() {
-                if let Some((theirs, tally)) = said {
-                    ctx.judge(&senders[lane].peer, theirs, tally);
-                    senders[lane].shutdown();
-                }
             }
             Ok(())
         });
@@ -354,13 +323,12 @@ impl DestCtx<'_> {
         sender.send(&mut frames)
     }
 
-    /// Receive blocks from lane `lane`, check them and pass them to the
-    /// writer (`tx`, in buffers of `pool`).
+    /// Receive blocks from a lane, check them and pass them to the writer.
     fn lane_loop(
         &self,
-        lane: usize,
         reader: &mut FrameReader,
-        (pool, tx): (&Pool, &SyncSender<Pooled>),
+        pool: &Pool,
+        tx: &SyncSender<Pooled>,
         decompressor: &mut Decompressor,
         answer: &mut Vec<u8>,
     ) -> Result<()> {
@@ -378,19 +346,7 @@ impl DestCtx<'_> {
                         return Ok(());
                     }
                 }
-                Frame::Bye { verify, tally } => {
-                    let mut guard = lock(self.verdicts);
-                    let said = &mut *guard;
-                    if let Some(slot) = said.early.get_mut(lane).filter(|_| !said.ended) {
-                        // Ahead of the end: judged once every block is
-                        // written, and more may come on this lane.
-                        *slot = Some((verify, tally));
-                        continue;
-                    }
-                    drop(guard);
-                    self.judge(peer, verify, tally);
-                    return Ok(());
-                }
+                Frame::Bye { verify, tally } => return self.bye(peer, verify, tally),
                 other => return Err(unexpected(peer, &other)),
             }
         }
@@ -428,10 +384,15 @@ impl DestCtx<'_> {
         Ok(())
     }
 
-    /// The source's verdict, judged once every block is written: its
-    /// digest must equal ours (and a dry run's tally fit the session).
-    /// Success is reported only after this.
-    fn judge(&self, peer: &str, theirs: u128, tally: Option<proto::Tally>) {
+    /// The source's verdict: it saw our `Complete` and its digest equals
+    /// ours. Success is reported only after this.
+    fn bye(&self, peer: &str, theirs: u128, tally: Option<proto::Tally>) -> Result<()> {
+        if !self.done.load(Ordering::Acquire) {
+            return Err(Error::protocol(
+                peer,
+                "the source ended the session before every block was written",
+            ));
+        }
         let ours = *lock(self.verify);
         let verdict = if theirs != ours {
             Err(Error::Failed(format!(
@@ -447,6 +408,7 @@ impl DestCtx<'_> {
                 lock(self.refused).get_or_insert(e);
             }
         }
+        Ok(())
     }
 
     /// A dry session's `Bye` said what differs (on every lane: the

@@ -80,10 +80,6 @@ pub struct Ledger {
     pub complete: Option<u128>,
     /// `Bye` went out: lanes closing now is expected.
     pub finished: bool,
-    /// Blocks whose `Block` went out at least once.
-    pub out: u64,
-    /// The verdict (a `Bye` ahead of `Complete`) went out.
-    pub verdict: bool,
     /// A lane was rejoined: repeated answers are expected now.
     pub rejoined: bool,
     /// Digest lists done with, reused so a block costs no allocation.
@@ -260,16 +256,6 @@ impl Ledger {
             Task::Refine(_) | Task::Resend(..) => true,
         })?;
         self.tasks.remove(next)
-    }
-
-    /// A block's first `Block` went out: whether that was the last of the
-    /// session's `blocks`, so that the verification digest is final and
-    /// the verdict is due (once).
-    pub fn went_out(&mut self, blocks: u64) -> bool {
-        self.out += 1;
-        let due = self.out >= blocks && !self.verdict;
-        self.verdict |= due;
-        due
     }
 
     /// Everything before block `upto` is written: returns the blocks and

@@ -22,8 +22,7 @@
 //! ranges, holding the read buffer, so a full budget slows the reader
 //! instead of adding a copy. The lowest unacknowledged block is never held
 //! back by either, nor a finisher that alone reads back, so the budgets
-//! cannot stall the session. Once every block went out, the verdict
-//! (`Bye`) goes ahead of the destination's `Complete`. The decisions themselves are in
+//! cannot stall the session. The decisions themselves are in
 //! `exchange.rs`; what the lane readers file is `source/replies.rs`'s, the
 //! frames built for a block `source/frames.rs`'s.
 
@@ -121,24 +120,10 @@ pub(super) fn run_with(
                     abort,
                     |r| ctx.lane_loop(r),
                     || {
-                        let told = {
-                            let mut st = ctx.state.lock();
-                            st.rejoined = true;
-                            st.verdict
-                        };
-                        // What went out on the lost connection may be lost
-                        // with it: the verdict too.
-                        if told {
-                            ctx.verdict(&ctx.senders[i..=i]);
-                        }
+                        ctx.state.lock().rejoined = true;
                         Ok(())
                     },
-                    // Once the destination completed, it may close: a
-                    // lane ending then is no loss.
-                    &|| {
-                        let st = ctx.state.lock();
-                        st.finished || st.complete.is_some()
-                    },
+                    &|| ctx.state.lock().finished,
                 );
             });
         }
@@ -163,12 +148,12 @@ pub(super) fn run_with(
             } else {
                 state.lock().finished = true;
                 state.notify();
-                // The answer to `Complete`: a destination that has the
-                // verdict on every lane is gone by now (this `Bye` goes
-                // nowhere); one that lost it with a connection waits for
-                // this.
-                ctx.verdict(&senders);
                 for s in &senders {
+                    let tally = dry.map(|_| super::dry::tally(stats));
+                    let _ = s.send_frame(&Frame::Bye {
+                        verify: ours,
+                        tally,
+                    });
                     s.shutdown();
                 }
             }
@@ -296,7 +281,6 @@ impl SourceCtx<'_> {
                     dry.block(index, &[], &theirs, &theirs, &[])?;
                 }
                 self.finished_block(index, b.len as u64, theirs, &mut scratch);
-                self.went_out();
                 continue;
             }
             scratch.unreadable.clone_from(&b.unreadable);
@@ -331,7 +315,6 @@ impl SourceCtx<'_> {
                 drop(st);
                 drop(block);
                 self.send(index, &mut scratch.frame);
-                self.went_out();
                 continue;
             }
             let compared = self.compare(index, &theirs, &mut scratch, map)?;
@@ -343,7 +326,6 @@ impl SourceCtx<'_> {
             }
             let bytes = b.len as u64;
             // Registered before sending: the answer may beat us back.
-            let same = matches!(compared, Compared::Same);
             match compared {
                 Compared::Same => {
                     drop(block);
@@ -395,9 +377,6 @@ impl SourceCtx<'_> {
                 }
             }
             self.send(index, &mut scratch.frame);
-            if same {
-                self.went_out();
-            }
         }
     }
 
@@ -495,9 +474,6 @@ impl SourceCtx<'_> {
             Stats::add(class, 1);
         }
         self.send(index, &mut scratch.frame);
-        if first {
-            self.went_out();
-        }
         Ok(())
     }
 

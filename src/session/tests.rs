@@ -1176,42 +1176,6 @@ fn a_long_round_trip_is_not_paid_again_to_learn_how_much_may_be_in_flight() {
     );
 }
 
-#[test]
-fn the_destination_ends_without_waiting_for_the_answer_to_its_complete() {
-    // Issue 21: the source says its verdict (its `Bye`, the verification
-    // digest) as soon as every block went out, behind the last `Block`; so
-    // once the destination has written and flushed everything it ends,
-    // with the digests compared, as many one-way trips in as the last
-    // `Block` took (digests, `Refine`, `Pages`, `Block`: four), not after
-    // its `Complete` reached the source and the source's `Bye` came back
-    // (six).
-    let delay = Duration::from_millis(50);
-    let dir = TempDir::new("verdict");
-    let (blocks, bs) = (8, 64 << 10);
-    let data = random(blocks * bs, 50);
-    let old = change_pages(&data, (0..blocks).map(|b| b * (bs / PAGE)), 51);
-    let (src, dst) = (dir.file("src", &data), dir.file("dst", &old));
-    let p = params_bs(data.len() as u64, bs, 1, Some(Level::Fast));
-    let trips = Arc::new(Trips::default());
-    let (ours, theirs) = delayed(delay, &trips);
-    let opened = trips.most();
-    let (env, log) = (Env::default(), Log::default());
-    let source = Disk::open_source(&src, &env, &log).unwrap();
-    let mut dest = Disk::open_destination(&dst, &env, &log).unwrap();
-    dest.fit_to(p.geo.size).unwrap();
-    let (s, (d, ended)) = thread::scope(|sc| {
-        let d = sc.spawn(|| {
-            let d = destination::run(&p, &dest, vec![theirs], &Stats::default(), &NoRejoin);
-            (d, trips.to_dst.load(Ordering::SeqCst) - opened)
-        });
-        let s = source::run(&p, &source, vec![ours], &Stats::default(), &NoRejoin);
-        (s, d.join().unwrap())
-    });
-    assert_eq!(s.unwrap(), d.unwrap());
-    assert_eq!(std::fs::read(&dst).unwrap(), data);
-    assert!(ended <= 4, "the destination ended {ended} one-way trips in");
-}
-
 /// Issue 18, item 5: a dry session's destination takes the source's count
 /// of what differs from its `Bye`; a destination that writes refuses such a
 /// count, and a dry one refuses a count larger than the session.

@@ -16,36 +16,6 @@ use crate::session::ledger;
 use crate::session::unexpected;
 
 impl SourceCtx<'_> {
-    /// A block's first `Block` went out; after the session's last, the
-    /// verdict.
-    pub(super) fn went_out(&self) {
-        let blocks = self.p.geo.blocks().saturating_sub(self.p.first);
-        if self.state.lock().went_out(blocks) {
-            // Read everything: a source changed since it was opened fails
-            // here, before the destination is told the digest.
-            match self.disk.check_unchanged() {
-                Ok(()) => self.verdict(self.senders),
-                Err(e) => self.abort.fail(e),
-            }
-        }
-    }
-
-    /// Say the source's verdict on `senders`: its `Bye`, the verification
-    /// digest (and a dry run's tally). Once every block went out the
-    /// digest is final, so it goes ahead of the destination's `Complete`,
-    /// and a destination that has it on every lane ends once it has
-    /// written and flushed everything, a round trip before the answer to
-    /// its `Complete` would reach it; that answer goes too.
-    pub(super) fn verdict(&self, senders: &[std::sync::Arc<crate::net::FrameSender>]) {
-        let bye = Frame::Bye {
-            verify: *crate::lock::lock(self.verify),
-            tally: self.dry.map(|_| crate::session::dry::tally(self.stats)),
-        };
-        for s in senders {
-            let _ = s.send_frame(&bye);
-        }
-    }
-
     /// Everything before block `upto` (exclusive) is written.
     fn acknowledge(&self, upto: u64) {
         // A dry run's blocks are finished once the patch is whole.
