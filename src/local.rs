@@ -169,31 +169,71 @@ fn join(h: thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
     })
 }
 
-/// A worker: take the next (source, destination) pair of blocks, decide the
-/// extents the destination needs, pass the source block to the writer.
+/// A worker: take the next (source, destination) pair of blocks (or pieces
+/// of them), decide the extents the destination needs, pass the source's to
+/// the writer.
 fn compare_blocks(
     inputs: &Mutex<(Receiver<Pooled>, Receiver<Pooled>)>,
     out: &SyncSender<Pooled>,
     grain: usize,
 ) -> Result<()> {
     loop {
-        let (mut src, dst) = {
-            let rx = lock(inputs);
-            let Ok(src) = rx.0.recv() else { return Ok(()) };
-            let Ok(dst) = rx.1.recv() else { return Ok(()) };
-            (src, dst)
+        let rx = lock(inputs);
+        let Ok(mut src) = rx.0.recv() else {
+            return Ok(());
+        };
+        let Ok(mut dst) = rx.1.recv() else {
+            return Ok(());
         };
         debug_assert_eq!((src.index, src.at), (dst.index, dst.at));
-        plan_extents(&mut src, &dst, grain);
-        drop(dst);
-        if out.send(src).is_err() {
-            return Ok(());
+        if src.len == dst.len {
+            drop(rx);
+            plan_extents(&mut src, &dst, grain);
+            drop(dst);
+            if out.send(src).is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        // One side sent a block with nothing to read (a hole, or finished
+        // by a rescue's map) whole, the other in pieces: the pieces are
+        // paired with it here, under the lock, so that they stay in order.
+        if src.len > dst.len {
+            loop {
+                plan_zeros(&mut src, &dst, grain);
+                let end = dst.at + dst.len;
+                drop(dst);
+                if end == src.len {
+                    break;
+                }
+                let Ok(next) = rx.1.recv() else { return Ok(()) };
+                dst = next;
+            }
+            drop(rx);
+            if out.send(src).is_err() {
+                return Ok(());
+            }
+        } else {
+            debug_assert!(dst.hole && dst.at == 0);
+            loop {
+                plan_extents(&mut src, &dst, grain);
+                let end = src.at + src.len;
+                if out.send(src).is_err() {
+                    return Ok(());
+                }
+                if end == dst.len {
+                    break;
+                }
+                let Ok(next) = rx.0.recv() else { return Ok(()) };
+                src = next;
+            }
         }
     }
 }
 
-/// Fill `src.extents` with what turns `dst` into `src`. A hole on either
-/// side is known to be zeros and is not looked at.
+/// Fill `src.extents` with what turns `dst` into `src`, two pieces of the
+/// same bytes (or whole blocks); `dst` may also be a whole hole. A hole on
+/// either side is known to be zeros and is not looked at.
 fn plan_extents(src: &mut Block, dst: &Block, grain: usize) {
     if (src.hole && dst.hole) || src.finished {
         return;
@@ -219,6 +259,23 @@ fn plan_extents(src: &mut Block, dst: &Block, grain: usize) {
         };
         if let Some(kind) = kind {
             push_extent(extents, start, end - start, kind, start);
+        }
+    }
+}
+
+/// Fill `src.extents`, a whole block with nothing read (a hole, or
+/// finished by a rescue's map), with what the piece `dst` of it needs: its
+/// pages that are not zeros are cleared (nothing, where finished).
+fn plan_zeros(src: &mut Block, dst: &Block, grain: usize) {
+    if dst.hole || src.finished {
+        return;
+    }
+    debug_assert!(src.hole && src.at == 0);
+    for start in (0..dst.len).step_by(grain) {
+        let end = (start + grain).min(dst.len);
+        if !is_zero(&dst.data[start..end]) {
+            let at = dst.at + start;
+            push_extent(&mut src.extents, at, end - start, ExtentKind::Zero, at);
         }
     }
 }

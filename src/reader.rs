@@ -2,7 +2,8 @@
 //! into pooled buffers and handed down a bounded queue. A pool whose
 //! buffers are smaller than a block gets each block in pieces of the
 //! buffers' size, in order (local mode: pieces that stay in the CPU's
-//! cache).
+//! cache), except a block with nothing to read (a hole, or finished by a
+//! rescue's map), which goes whole.
 //!
 //! A block that lies in a hole of a regular file (`SEEK_DATA`) is not read
 //! at all: it goes down the queue marked [`Block::hole`](crate::block::Block),
@@ -85,20 +86,41 @@ fn read_in_order(
             let mut block = pool
                 .get()
                 .map_err(|e| Error::io(disk.label(), "allocate a block buffer", e))?;
-            // The whole block, or the next piece of it that fits the buffer.
+            // The whole block, or the next piece of it that fits the buffer;
+            // a block with nothing to read (a hole, or finished by a
+            // rescue's map) goes whole, however small the buffer.
+            let offset = geo.offset(index) + at as u64;
             let n = match block.data.len() {
-                0 => len,
+                0 => len - at,
                 room => room.min(len - at),
             };
-            let offset = geo.offset(index) + at as u64;
+            let whole = if at > 0 || n == len {
+                None
+            } else if disk
+                .rescue()
+                .is_some_and(|r| r.finished(offset, len as u64))
+            {
+                Some((true, false))
+            } else if disk.is_hole(offset, len, &mut next_data) {
+                Some((false, true))
+            } else {
+                None
+            };
+            let n = if whole.is_some() { len } else { n };
             block.index = index;
             block.at = at;
             block.len = n;
             at += n;
-            if let Some(rescue) = disk.rescue() {
-                block.finished = rescue.finished(offset, n as u64);
-            }
-            block.hole = !block.finished && disk.is_hole(offset, n, &mut next_data);
+            (block.finished, block.hole) = match whole {
+                Some(flags) => flags,
+                None => {
+                    let finished = disk.rescue().is_some_and(|r| r.finished(offset, n as u64));
+                    (
+                        finished,
+                        !finished && disk.is_hole(offset, n, &mut next_data),
+                    )
+                }
+            };
             if block.hole || block.finished {
                 if tx.send(block).is_err() {
                     return Ok(());
@@ -263,5 +285,48 @@ mod tests {
         ];
         assert_eq!(got, want);
         assert_eq!(stats.bytes_read.into_inner(), data.len() as u64);
+    }
+
+    #[test]
+    fn a_block_with_nothing_to_read_goes_whole_whatever_the_buffer() {
+        use std::os::unix::fs::FileExt;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        let path = dir.join(format!("bsync-holes-{}", std::process::id()));
+        // Blocks of 1 MiB: block 0 a hole, block 1 data in its second half
+        // only, block 2 a hole up to the end of the file.
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(3 << 20).unwrap();
+        f.write_all_at(&[5u8; 1 << 19], (1 << 20) + (1 << 19))
+            .unwrap();
+        let disk = Disk::open_source(&path, &Env::default(), &Log::default());
+        std::fs::remove_file(&path).unwrap();
+        let disk = disk.unwrap();
+        let geo = Geometry {
+            size: 3 << 20,
+            block_size: 1 << 20,
+        };
+        let pool = Pool::new(16, 256 << 10, false, false);
+        let (tx, rx) = sync_channel(16);
+        let stats = Stats::default();
+        read_blocks(&disk, geo, 0..3, &pool, &tx, &stats, &|| true).unwrap();
+        drop(tx);
+        let got: Vec<_> = rx
+            .iter()
+            .map(|b| (b.index, b.at >> 10, b.len >> 10, b.hole))
+            .collect();
+        if !got[0].3 {
+            eprintln!("skipped: this file system does not say where holes are");
+            return;
+        }
+        let want = [
+            (0, 0, 1024, true),
+            (1, 0, 256, true),
+            (1, 256, 256, true),
+            (1, 512, 256, false),
+            (1, 768, 256, false),
+            (2, 0, 1024, true),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(stats.bytes_read.into_inner(), 1 << 19);
     }
 }
