@@ -39,7 +39,8 @@ impl SourceCtx<'_> {
         // The reader keeps the pages it read cached, for those read back;
         // an acknowledged block's are done with.
         let geo = self.p.geo;
-        let (from, to) = (geo.offset(st.dropped), geo.offset(st.acked_to));
+        let at = |block| geo.offset(block).min(geo.size);
+        let (from, to) = (at(st.dropped), at(st.acked_to));
         let due = reader::drop_due(from, to, geo.size);
         if due {
             st.dropped = st.acked_to;
