@@ -359,15 +359,9 @@ fn connect_retrying(
 }
 
 /// Whether `e` says the server could not be reached at all (resolving or
-/// connecting failed), rather than that a connection was lost. A
-/// connection reset or closed as it was made reached the server: the
-/// server sends its preamble and challenge at once, so the connection may
-/// be lost before connecting returns.
+/// connecting failed), rather than that a connection was lost.
 fn unreachable(e: &Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    matches!(e, Error::Io { op, source, .. }
-        if (op == "connect" || op == "resolve")
-            && !matches!(source.kind(), BrokenPipe | ConnectionAborted | ConnectionReset))
+    matches!(e, Error::Io { op, .. } if op == "connect" || op == "resolve")
 }
 
 /// Connection attempts when a lane is rejoined, and the pause between them.
