@@ -916,6 +916,10 @@ fn the_map_and_the_patch_are_never_the_same_file() {
             let err = stderr(&out);
             assert_eq!(out.status.code(), Some(2), "{map:?} {remote}: {err}");
             assert!(err.contains("is the --write-patch file"), "{err}");
+            assert!(
+                err.contains("the patch are two files"),
+                "one line, one space: {err}"
+            );
         }
     }
     assert_eq!(read_file(&patch), b"old patch");

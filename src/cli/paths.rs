@@ -41,7 +41,8 @@ impl RawArgs {
                 || crate::disk::same_file(map, patch)
             {
                 return Err(Error::usage(format!(
-                    "-rescue {}: is the --write-patch file; the map and the patch are                      two files, each written during the run: give them different names",
+                    "-rescue {}: is the --write-patch file; the map and the patch are \
+                     two files, each written during the run: give them different names",
                     map.display()
                 )));
             }
