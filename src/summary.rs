@@ -125,14 +125,20 @@ pub fn summary_json(
 /// would refuse it. (A larger device is no difference: a sync leaves its
 /// tail alone, see `Disk::report_excess`.)
 pub fn resized(what: &str, have: u64, source: u64, device: bool) -> String {
-    let change = if have > source {
+    let change = change(have, source, device);
+    format!("{what} is {have} bytes, the source {source}: a sync would {change}")
+}
+
+/// What a sync would do to a destination of `have` bytes (a `device` or
+/// not) from a source of `source` bytes, in [`resized`]'s words.
+fn change(have: u64, source: u64, device: bool) -> &'static str {
+    if have > source {
         "truncate it"
     } else if device {
         REFUSE
     } else {
         "grow it"
-    };
-    format!("{what} is {have} bytes, the source {source}: a sync would {change}")
+    }
 }
 
 /// What a sync does to a device smaller than the source ([`resized`]).
@@ -150,14 +156,8 @@ pub fn parse_resized(note: &str) -> Option<(u64, u64, bool)> {
     let number = |s: &str| s.parse::<u64>().ok().filter(|n| n.to_string() == s);
     let (have, source) = (number(have)?, number(source)?);
     let device = have < source && change == REFUSE;
-    let said = if have > source {
-        "truncate it"
-    } else if device {
-        REFUSE
-    } else {
-        "grow it"
-    };
-    (have != source && change == said).then_some((have, source, device))
+    (have != source && change == self::change(have, source, device))
+        .then_some((have, source, device))
 }
 
 /// `3 blocks finished in the rescue map skipped, not verified`.

@@ -268,14 +268,12 @@ pub fn run(end: End<'_>) -> Result<u128> {
         .then(|| disk.size())
         .filter(|&n| n < p.geo.size || (n > p.geo.size && !device));
     if let (Some(n), Some(lane)) = (resized, lanes.first()) {
-        let note = crate::summary::resized(disk.label(), n, p.geo.size, device);
+        let mut note = crate::summary::resized(disk.label(), n, p.geo.size, device);
         log.info(&note);
-        if note.len() <= crate::proto::NOTICE_MAX {
-            send_notice(lane, &note)?;
-        } else {
-            let note = crate::summary::resized("the destination", n, p.geo.size, device);
-            send_notice(lane, &note)?;
+        if note.len() > crate::proto::NOTICE_MAX {
+            note = crate::summary::resized("the destination", n, p.geo.size, device);
         }
+        send_notice(lane, &note)?;
     }
     stats.resume_at.store(p.first, Ordering::Relaxed);
     let totals = Totals::from_block(p.geo, p.first);
