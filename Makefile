@@ -29,7 +29,9 @@
 #                 SSH_OPTS="$SSH_OPTS"
 #   make demo     sync a small real ext4 image with a modified copy of itself
 #   make bench    cargo bench; bsync against the read floor, dd, and rsync over loopback
-#                 (benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd;
+#                 (benches/cpu.sh: CPU beyond reading, against cat, and against
+#                 another build with BSYNC_BASE;
+#                 benches/ssh.sh: -t against rsync -e ssh, via a loopback sshd;
 #                 benches/patch.sh: patch files against rsync batch files;
 #                 benches/auto.sh: -auto against the defaults, on loopback and
 #                 on a 100 Mbit/s veth between two network namespaces;
@@ -137,6 +139,7 @@ bench: all
 	benches/io.sh
 	benches/net.sh
 	benches/delay.sh
+	benches/cpu.sh
 	benches/seal.sh
 	benches/ssh.sh
 	benches/patch.sh

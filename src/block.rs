@@ -15,9 +15,14 @@ use crate::sys::PinnedBuf;
 pub struct Block {
     /// Block number.
     pub index: u64,
+    /// Where in the block these bytes start: 0 where `data` holds the whole
+    /// block. Local mode reads a block in pieces that stay in the CPU's
+    /// cache (the reader reads pieces of its pool's buffer size), each its
+    /// own `Block` of `len` bytes from `at`.
+    pub at: usize,
     /// Valid bytes in `data`.
     pub len: usize,
-    /// The buffer, `block_size` long.
+    /// The buffer, `block_size` long (or a piece's size).
     pub data: PinnedBuf,
     /// What the destination must do (filled by a worker).
     pub extents: Vec<Extent>,

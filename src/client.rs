@@ -359,9 +359,15 @@ fn connect_retrying(
 }
 
 /// Whether `e` says the server could not be reached at all (resolving or
-/// connecting failed), rather than that a connection was lost.
+/// connecting failed), rather than that a connection was lost. A
+/// connection reset or closed as it was made reached the server: the
+/// server sends its preamble and challenge at once, so the connection may
+/// be lost before connecting returns.
 fn unreachable(e: &Error) -> bool {
-    matches!(e, Error::Io { op, .. } if op == "connect" || op == "resolve")
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e, Error::Io { op, source, .. }
+        if (op == "connect" || op == "resolve")
+            && !matches!(source.kind(), BrokenPipe | ConnectionAborted | ConnectionReset))
 }
 
 /// Connection attempts when a lane is rejoined, and the pause between them.

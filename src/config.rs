@@ -299,10 +299,29 @@ pub fn env_flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// What local mode reads at a time: a block goes through its pipeline in
+/// pieces of this size (or whole, if smaller), so that what was read is
+/// compared while it is still in the CPU's cache and the buffers are few
+/// pages, not blocks of `-b`. A block stays the unit of progress, resume
+/// and a rescue's map. 512 KiB ran the least CPU of 128 KiB to 1 MiB
+/// (benches/BENCHMARKS.md).
+pub const LOCAL_PIECE: usize = 512 << 10;
+
+/// What a network destination reads at a time: it keeps only page
+/// digests, so a block is read and digested in pieces of this size (or
+/// whole, if smaller), and its read buffers are a few of these, not
+/// blocks of `-b`. Larger than [`LOCAL_PIECE`]: the digest is slower
+/// than a comparison, and each piece costs a hand-over between the reader
+/// and a worker; 2 MiB ran less CPU than 512 KiB or whole 10 MiB blocks
+/// (benches/BENCHMARKS.md).
+pub const DIGEST_PIECE: usize = 2 << 20;
+
 /// Block buffers one end holds at most, the bound the pools set: on the
-/// network `2 × workers + 1` (each end's read pool, one block per worker
-/// and one being read, and a frame of up to a block per worker or lane), and locally both sides at once, `2 × prefetch + 3 × workers +
-/// 3`. On the network a read is fast next to a round trip, and the
+/// network `2 × workers + 1` (the source's read pool, one block per
+/// worker and one being read, and a frame of up to a block per worker or
+/// lane; the destination reads in pieces of [`DIGEST_PIECE`]), and locally both
+/// sides at once, `2 × prefetch + 3 × workers + 3` pieces of [`LOCAL_PIECE`].
+/// On the network a read is fast next to a round trip, and the
 /// destination's digests wait in its window, so more read-ahead would
 /// only hold buffers.
 pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
@@ -315,8 +334,40 @@ pub fn buffers_needed(workers: usize, prefetch: usize, local: bool) -> usize {
 
 /// The page digests a network destination keeps for the blocks between
 /// its read and its write: the window measured in bytes (see
-/// `session::destination`), 4 MiB, at most 32 blocks ahead.
+/// `session::destination`), 4 MiB, at most [`MAX_WINDOW`] blocks ahead.
 pub const DIGEST_WINDOW: u64 = 4 << 20;
+
+/// The most blocks in a destination's window, whatever their size: each
+/// costs a digest list on both ends, allocated once and reused, so the
+/// steady state allocates nothing per block (tests/alloc.rs, whose short
+/// run has as many blocks). A permit comes back only once its block is
+/// written: for a changed block two round trips after its digests left
+/// (digests, `Refine`, `Pages`, `Block`), and more where the source
+/// queues. 64 blocks of the default 10 MiB keep 640 MiB ahead: a 100 ms
+/// round trip at 1.6 GB/s with the queues as long again.
+pub const MAX_WINDOW: usize = 64;
+
+/// How many blocks of `block_size` a network destination may have
+/// between read and write: as many as [`DIGEST_WINDOW`] bytes of their
+/// page digests, at least the read-ahead twice over (`prefetch` and
+/// `workers`) and at most [`MAX_WINDOW`].
+pub fn window_blocks(block_size: usize, workers: usize, prefetch: usize) -> usize {
+    let pages = crate::proto::pages(block_size, crate::proto::page_size(block_size));
+    let digests = usize::try_from(DIGEST_WINDOW).unwrap_or(usize::MAX);
+    (digests / (pages * crate::proto::DIGEST_LEN).max(1))
+        .min(MAX_WINDOW)
+        .max(2 * (prefetch + workers))
+}
+
+/// The digests that window holds on either end: on the destination the
+/// page digests of every block in it; on the source their range digests
+/// and, for the blocks it parked, the destination's page digests of the
+/// ranges that differ (its own count in flight, [`flight_cap`]).
+pub fn window_digests(block_size: usize, workers: usize, prefetch: usize) -> u64 {
+    let pages = crate::proto::pages(block_size, crate::proto::page_size(block_size));
+    let each = (pages + crate::proto::ranges(pages)) * crate::proto::DIGEST_LEN;
+    (window_blocks(block_size, workers, prefetch) as u64).saturating_mul(each as u64)
+}
 
 /// How much outstanding work a network end lets out on a long link, per
 /// worker and one more: on the source the changed ranges parked while
@@ -324,7 +375,7 @@ pub const DIGEST_WINDOW: u64 = 4 << 20;
 /// destination the data received and not yet written, which the source's
 /// budget of block data sent and not acknowledged bounds. Each is counted
 /// in memory really held.
-const FLIGHT_PER_WORKER: u64 = 6 << 20;
+const FLIGHT_PER_WORKER: u64 = 5 << 20;
 
 /// The most memory the outstanding work of a network end holds: what the
 /// flight budgets may let out, [`FLIGHT_PER_WORKER`] per worker and one
@@ -341,14 +392,13 @@ pub fn flight_cap(block_size: usize, workers: usize) -> u64 {
 /// and on the network its outstanding work and the digest window.
 pub fn memory_needed(t: &Transfer, local: bool) -> u64 {
     let buffers = buffers_needed(t.workers, t.prefetch, local) as u64;
-    let blocks = buffers.saturating_mul(t.block_size as u64);
     if local {
-        blocks
-    } else {
-        blocks
-            .saturating_add(flight_cap(t.block_size, t.workers))
-            .saturating_add(DIGEST_WINDOW)
+        return buffers.saturating_mul(t.block_size.min(LOCAL_PIECE) as u64);
     }
+    buffers
+        .saturating_mul(t.block_size as u64)
+        .saturating_add(flight_cap(t.block_size, t.workers))
+        .saturating_add(window_digests(t.block_size, t.workers, t.prefetch))
 }
 
 /// The memory this process may use: `MemAvailable` from `/proc/meminfo`,
@@ -380,10 +430,10 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
     }
     let formula = if local {
         format!(
-            "(2 × prefetch {} + 3 × workers {} + 3) blocks of {}",
+            "(2 × prefetch {} + 3 × workers {} + 3) pieces of {}",
             t.prefetch,
             t.workers,
-            crate::units::human_bytes(t.block_size as u64)
+            crate::units::human_bytes(t.block_size.min(LOCAL_PIECE) as u64)
         )
     } else {
         let human = crate::units::human_bytes;
@@ -392,7 +442,7 @@ pub fn memory_refusal(t: &Transfer, local: bool, available: u64) -> Option<Strin
             t.workers,
             human(t.block_size as u64),
             human(flight_cap(t.block_size, t.workers)),
-            human(DIGEST_WINDOW)
+            human(window_digests(t.block_size, t.workers, t.prefetch))
         )
     };
     Some(format!(
@@ -437,7 +487,35 @@ mod tests {
     fn the_cap_is_the_budgets_and_the_one_block_beyond_them() {
         let block = (10 << 20) + (40 << 10) + (64 << 10);
         assert_eq!(flight_cap(10 << 20, 1), (20 << 20) + block, "two blocks");
-        assert_eq!(flight_cap(10 << 20, 4), (30 << 20) + block);
+        assert_eq!(flight_cap(10 << 20, 4), (25 << 20) + block);
+    }
+
+    #[test]
+    fn the_defaults_need_at_most_64_and_128_mib() {
+        // Issue 21's targets for 10 MiB blocks at -w 1 and -w 4.
+        for (workers, most) in [(1, 64 << 20), (4, 128 << 20)] {
+            let t = Transfer {
+                block_size: 10 << 20,
+                skip: 0,
+                compression: None,
+                workers,
+                prefetch: 4 * workers,
+                bwlimit: None,
+            };
+            let need = memory_needed(&t, false);
+            assert!(need <= most, "-w {workers}: {need}");
+        }
+    }
+
+    #[test]
+    fn the_window_is_its_digests_within_its_bounds() {
+        // 10 MiB blocks: 2560 page and 160 range digests each, 102 blocks'
+        // worth in 4 MiB, held to 64.
+        assert_eq!(window_blocks(10 << 20, 1, 4), MAX_WINDOW);
+        assert_eq!(window_digests(10 << 20, 1, 4), 64 * 2720 * 16);
+        // 100 MiB blocks: 10 blocks' worth, or the read-ahead twice over.
+        assert_eq!(window_blocks(100 << 20, 1, 4), 10);
+        assert_eq!(window_blocks(100 << 20, 4, 16), 40);
     }
 
     #[test]
@@ -452,20 +530,46 @@ mod tests {
             bwlimit: None,
         };
         // Nine buffers, two blocks in flight and the one beyond them, and
-        // the digest window.
+        // the digest window: the read-ahead twice over, 40 blocks of
+        // 128000 page and 8000 range digests.
         let beyond = 524_288_000 / 256 + (64 << 10);
         assert_eq!(
             memory_needed(&t, false),
-            12 * 524_288_000 + beyond + (4 << 20)
+            12 * 524_288_000 + beyond + 40 * 136_000 * 16
         );
         let msg = memory_refusal(&t, false, 8 << 30).unwrap_or_default();
         assert!(
             msg.contains(
                 "5.9 GiB = (2 × workers 4 + 1) blocks of 500.0 MiB \
-                 + 1.5 GiB in flight + 4.0 MiB of digests"
+                 + 1.5 GiB in flight + 83.0 MiB of digests"
             ),
             "{msg}"
         );
         assert!(memory_refusal(&t, false, 12 << 30).is_none());
+    }
+
+    #[test]
+    fn local_buffers_are_pieces_whatever_the_block_size() {
+        let t = Transfer {
+            block_size: 1 << 30,
+            skip: 0,
+            compression: None,
+            workers: 4,
+            prefetch: 16,
+            bwlimit: None,
+        };
+        // 47 buffers of 512 KiB, not of 1 GiB.
+        assert_eq!(memory_needed(&t, true), 47 * (512 << 10));
+        assert!(memory_refusal(&t, true, 1 << 30).is_none());
+        let small = Transfer {
+            block_size: 64 << 10,
+            prefetch: 1 << 20,
+            ..t
+        };
+        let msg = memory_refusal(&small, true, 8 << 30).unwrap_or_default();
+        assert!(
+            msg.contains("(2 × prefetch 1048576 + 3 × workers 4 + 3) pieces of 64.0 KiB"),
+            "{msg}"
+        );
     }
 }

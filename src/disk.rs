@@ -38,6 +38,11 @@ use checks::{open_dry, open_read_only, unsized_source};
 /// Read-ahead asked for on block devices.
 pub const READ_AHEAD: u64 = 4 << 20;
 
+/// A disk counts as held in the page cache when no more than this share
+/// (1 / N) of its bytes is missing: a few pages of a file read in full
+/// may be gone again.
+const CACHED_SLACK: u64 = 256;
+
 /// One fact `-v` reports about a disk, at most once per run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Note {
@@ -78,6 +83,11 @@ pub struct Disk {
     is_device: bool,
     /// Kernel I/O hints are on.
     hints: bool,
+    /// (All but [`CACHED_SLACK`] of) its pages were in the page cache when
+    /// it was opened: pages read are left there, not dropped behind the
+    /// reader, which would only cost the freeing (and evict what was hot
+    /// before the run).
+    cached: bool,
     /// Where `-v` lines go.
     log: Log,
     /// The [`Note`]s already reported.
@@ -295,6 +305,7 @@ impl Disk {
             size,
             is_device,
             hints: env.hints,
+            cached: false,
             log: log.clone(),
             said: AtomicU32::new(0),
             restore_read_ahead: None,
@@ -317,6 +328,15 @@ impl Disk {
                 "kernel hints off ({NO_HINTS_ENV}): no fadvise, read-ahead, mlock, huge pages or sync_file_range"
             ));
             return Ok(disk);
+        }
+        // Asked before anything is read: pages this run reads go, pages
+        // that were (all but a few) there already stay.
+        disk.cached = sys::cached_bytes(&disk.file, size)
+            .is_ok_and(|cached| size > 0 && cached >= size - size / CACHED_SLACK);
+        if disk.cached {
+            disk.said
+                .fetch_or(Note::DropBehind.bit(), Ordering::Relaxed);
+            disk.detail("in the page cache: pages read are left there (no fadvise DONTNEED)");
         }
         match sys::fadvise(&disk.file, 0, 0, Advice::Sequential) {
             Ok(()) => disk.detail("fadvise SEQUENTIAL applied"),
@@ -549,8 +569,12 @@ impl Disk {
         Ok(())
     }
 
-    /// Drop the read pages of `len` bytes at `offset` from the page cache.
+    /// Drop the read pages of `len` bytes at `offset` from the page cache;
+    /// nothing when every page was cached before the run.
     pub fn drop_behind(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.cached {
+            return Ok(());
+        }
         sys::fadvise(&self.file, offset, len, Advice::DontNeed)
     }
 
@@ -648,5 +672,55 @@ impl Drop for Disk {
             // Best effort, like raising it: nobody is left to tell.
             let _ = sys::set_read_ahead(&self.file, ra);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Removes the file on drop, also when an assertion fails.
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn read_pages_are_dropped_only_where_the_run_brought_them_in() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        let file = Scratch(dir.join(format!("bsync-cached-{}", std::process::id())));
+        let len = 1 << 20;
+        std::fs::write(&file.0, vec![7u8; len]).unwrap();
+        let f = File::open(&file.0).unwrap();
+        f.sync_all().unwrap();
+        sys::fadvise(&f, 0, 0, Advice::DontNeed).unwrap();
+        let cached = || sys::cached_bytes(&f, len as u64).unwrap();
+        if !matches!(sys::cached_bytes(&f, len as u64), Ok(0)) {
+            eprintln!("skipped: the kernel cannot say what is cached (no cachestat)");
+            return;
+        }
+        let (env, log) = (Env::default(), Log::default());
+        let mut buf = vec![0u8; len];
+        // Read from the disk: dropped behind the reader, as ever.
+        let cold = Disk::open_source(&file.0, &env, &log).unwrap();
+        assert_eq!(cold.read_at(&mut buf, 0).unwrap(), len);
+        assert_eq!(cached(), len as u64);
+        cold.drop_behind(0, len as u64).unwrap();
+        assert_eq!(cached(), 0);
+        // All in the page cache before the run: left there.
+        assert_eq!(std::fs::read(&file.0).unwrap().len(), len);
+        let hot = Disk::open_source(&file.0, &env, &log).unwrap();
+        assert_eq!(hot.read_at(&mut buf, 0).unwrap(), len);
+        hot.drop_behind(0, len as u64).unwrap();
+        assert_eq!(cached(), len as u64);
+        // Without the kernel hints nothing is asked, nor dropped.
+        let off = Env {
+            hints: false,
+            ..Env::default()
+        };
+        assert!(!Disk::open_source(&file.0, &off, &log).unwrap().cached);
     }
 }

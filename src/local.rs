@@ -2,7 +2,9 @@
 //!
 //! It runs the same engine as the network modes: one sequential reader per
 //! side feeding a bounded prefetch queue, `-w` workers that decide what each
-//! block needs, and the single ordered [`Writer`]. With both ends at hand
+//! block needs, and the single ordered [`Writer`]. Blocks go through in
+//! pieces of [`LOCAL_PIECE`], so that what was read is compared while still
+//! in the CPU's cache. With both ends at hand
 //! there is no need for digests: workers compare the bytes page by page
 //! ([`GRAIN`], the same 4 KiB grain as the network's `proto::PAGE`), so a
 //! changed sector costs one page write.
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::block::{Block, ExtentKind, Geometry, is_zero, push_extent};
-use crate::config::{Env, Transfer};
+use crate::config::{Env, LOCAL_PIECE, Transfer};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::lock::lock;
@@ -109,18 +111,10 @@ fn run_pipeline(
     stats: &Stats,
 ) -> Result<u64> {
     let workers = t.workers;
-    let src_pool = Pool::new(
-        t.prefetch + 2 * workers + 2,
-        geo.buffer_len(),
-        true,
-        source.hints(),
-    );
-    let dst_pool = Pool::new(
-        t.prefetch + workers + 1,
-        geo.buffer_len(),
-        false,
-        dest.hints(),
-    );
+    // Pieces that stay in the CPU's cache between read and comparison.
+    let piece = geo.buffer_len().min(LOCAL_PIECE);
+    let src_pool = Pool::new(t.prefetch + 2 * workers + 2, piece, true, source.hints());
+    let dst_pool = Pool::new(t.prefetch + workers + 1, piece, false, dest.hints());
     let (src_tx, src_rx) = sync_channel(t.prefetch);
     let (dst_tx, dst_rx) = sync_channel(t.prefetch);
     let (out_tx, out_rx) = sync_channel(workers * 2);
@@ -175,31 +169,71 @@ fn join(h: thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
     })
 }
 
-/// A worker: take the next (source, destination) pair of blocks, decide the
-/// extents the destination needs, pass the source block to the writer.
+/// A worker: take the next (source, destination) pair of blocks (or pieces
+/// of them), decide the extents the destination needs, pass the source's to
+/// the writer.
 fn compare_blocks(
     inputs: &Mutex<(Receiver<Pooled>, Receiver<Pooled>)>,
     out: &SyncSender<Pooled>,
     grain: usize,
 ) -> Result<()> {
     loop {
-        let (mut src, dst) = {
-            let rx = lock(inputs);
-            let Ok(src) = rx.0.recv() else { return Ok(()) };
-            let Ok(dst) = rx.1.recv() else { return Ok(()) };
-            (src, dst)
-        };
-        debug_assert_eq!(src.index, dst.index);
-        plan_extents(&mut src, &dst, grain);
-        drop(dst);
-        if out.send(src).is_err() {
+        let rx = lock(inputs);
+        let Ok(mut src) = rx.0.recv() else {
             return Ok(());
+        };
+        let Ok(mut dst) = rx.1.recv() else {
+            return Ok(());
+        };
+        debug_assert_eq!((src.index, src.at), (dst.index, dst.at));
+        if src.len == dst.len {
+            drop(rx);
+            plan_extents(&mut src, &dst, grain);
+            drop(dst);
+            if out.send(src).is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        // One side sent a block with nothing to read (a hole, or finished
+        // by a rescue's map) whole, the other in pieces: the pieces are
+        // paired with it here, under the lock, so that they stay in order.
+        if src.len > dst.len {
+            loop {
+                plan_zeros(&mut src, &dst, grain);
+                let end = dst.at + dst.len;
+                drop(dst);
+                if end == src.len {
+                    break;
+                }
+                let Ok(next) = rx.1.recv() else { return Ok(()) };
+                dst = next;
+            }
+            drop(rx);
+            if out.send(src).is_err() {
+                return Ok(());
+            }
+        } else {
+            debug_assert!(dst.hole && dst.at == 0);
+            loop {
+                plan_extents(&mut src, &dst, grain);
+                let end = src.at + src.len;
+                if out.send(src).is_err() {
+                    return Ok(());
+                }
+                if end == dst.len {
+                    break;
+                }
+                let Ok(next) = rx.0.recv() else { return Ok(()) };
+                src = next;
+            }
         }
     }
 }
 
-/// Fill `src.extents` with what turns `dst` into `src`. A hole on either
-/// side is known to be zeros and is not looked at.
+/// Fill `src.extents` with what turns `dst` into `src`, two pieces of the
+/// same bytes (or whole blocks); `dst` may also be a whole hole. A hole on
+/// either side is known to be zeros and is not looked at.
 fn plan_extents(src: &mut Block, dst: &Block, grain: usize) {
     if (src.hole && dst.hole) || src.finished {
         return;
@@ -225,6 +259,23 @@ fn plan_extents(src: &mut Block, dst: &Block, grain: usize) {
         };
         if let Some(kind) = kind {
             push_extent(extents, start, end - start, kind, start);
+        }
+    }
+}
+
+/// Fill `src.extents`, a whole block with nothing read (a hole, or
+/// finished by a rescue's map), with what the piece `dst` of it needs: its
+/// pages that are not zeros are cleared (nothing, where finished).
+fn plan_zeros(src: &mut Block, dst: &Block, grain: usize) {
+    if dst.hole || src.finished {
+        return;
+    }
+    debug_assert!(src.hole && src.at == 0);
+    for start in (0..dst.len).step_by(grain) {
+        let end = (start + grain).min(dst.len);
+        if !is_zero(&dst.data[start..end]) {
+            let at = dst.at + start;
+            push_extent(&mut src.extents, at, end - start, ExtentKind::Zero, at);
         }
     }
 }

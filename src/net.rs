@@ -134,11 +134,13 @@ pub fn net_error(peer: &str, phase: &str, e: io::Error) -> Error {
     }
 }
 
-/// Send our preamble and check the peer's: same protocol version or a clear
-/// error naming both versions.
-fn exchange_preamble(stream: &mut impl Stream, peer: &str) -> Result<()> {
+/// Send our preamble, and `then` (whole frames) with it, and check the
+/// peer's: same protocol version or a clear error naming both versions.
+fn exchange_preamble(stream: &mut impl Stream, peer: &str, then: &[u8]) -> Result<()> {
+    let mut ours = PREAMBLE.to_vec();
+    ours.extend_from_slice(then);
     stream
-        .write_all(PREAMBLE)
+        .write_all(&ours)
         .map_err(|e| net_error(peer, "handshake", e))?;
     let mut theirs = [0u8; PREAMBLE.len()];
     stream
@@ -488,11 +490,23 @@ impl Lane {
     /// `peer` (a version mismatch is named on both ends) and split it.
     /// Frames up to the handshake's limit are accepted until
     /// [`FrameReader::set_max`] raises it.
-    pub fn open<S: Stream>(mut stream: S, peer: String, deadline: Duration) -> Result<Lane> {
+    pub fn open<S: Stream>(stream: S, peer: String, deadline: Duration) -> Result<Lane> {
+        Lane::open_sending(stream, peer, deadline, &[])
+    }
+
+    /// [`Lane::open`], sending `first` (whole frames) with the preamble,
+    /// before the peer's arrives: a server's `Challenge`, which so costs
+    /// no wait for the client's preamble, half a round trip.
+    pub fn open_sending<S: Stream>(
+        mut stream: S,
+        peer: String,
+        deadline: Duration,
+        first: &[u8],
+    ) -> Result<Lane> {
         stream
             .set_deadline(deadline)
             .map_err(|e| Error::io(&peer, "set deadlines", e))?;
-        exchange_preamble(&mut stream, &peer)?;
+        exchange_preamble(&mut stream, &peer, first)?;
         let write_half = stream
             .try_clone()
             .map_err(|e| Error::io(&peer, "clone socket", e))?;

@@ -117,11 +117,14 @@ impl Pool {
 
     /// From a [`Pool::sized`]: a buffer of at least `len` bytes, the
     /// smallest spare big enough and at most twice [`sized_len`] (a much
-    /// larger one would hold more than the sender counted), else a new one
-    /// of [`sized_len`] bytes; none for a `len` of 0. Never waits.
+    /// larger one would hold more than the sender counted), else a spare
+    /// made [`sized_len`] bytes long (the smallest larger one, else the
+    /// largest: its pages are not faulted in and zeroed again, as a new
+    /// buffer's are), else a new one; none for a `len` of 0. Never waits.
     pub fn get_len(&self, len: usize) -> io::Result<Pooled> {
         let mut state = self.inner.state();
-        let most = 2 * sized_len(len);
+        let size = sized_len(len);
+        let most = 2 * size;
         let fits = (0..state.free.len())
             .filter(|&i| (len..=most).contains(&state.free[i].data.len()))
             .min_by_key(|&i| state.free[i].data.len());
@@ -129,7 +132,30 @@ impl Pool {
             let block = state.free.swap_remove(i);
             return Ok(self.wrap(block));
         }
-        let size = sized_len(len);
+        let free = &state.free;
+        let larger = (0..free.len())
+            .filter(|&i| free[i].data.len() >= size)
+            .min_by_key(|&i| free[i].data.len());
+        let largest = (0..free.len()).max_by_key(|&i| free[i].data.len());
+        if let Some(i) = larger.or(largest).filter(|_| len > 0) {
+            let mut block = state.free.swap_remove(i);
+            let old = block.data.len();
+            state.held = state.held - old + size;
+            state.peak = state.peak.max(state.held);
+            drop(state);
+            match block.data.resize(size) {
+                Ok(()) => return Ok(self.wrap(block)),
+                Err(_) => {
+                    // Let it go, and make a new one below.
+                    let mut state = self.inner.state();
+                    state.held = state.held + old - size;
+                    let data = state.let_go(block);
+                    drop(state);
+                    drop(data);
+                }
+            }
+            state = self.inner.state();
+        }
         state.allocated += 1;
         state.held += size;
         state.peak = state.peak.max(state.held);
@@ -147,6 +173,7 @@ impl Pool {
         };
         Ok(self.wrap(Block {
             index: 0,
+            at: 0,
             len: 0,
             data,
             extents,
@@ -179,6 +206,11 @@ impl Pool {
         }
     }
 
+    /// The length of this pool's buffers (0 for a [`Pool::sized`]).
+    pub fn buffer_len(&self) -> usize {
+        self.inner.buf_len
+    }
+
     /// Buffers created so far, or of a [`Pool::sized`] those alive (for
     /// tests and the allocation benchmark).
     pub fn allocated(&self) -> usize {
@@ -196,6 +228,7 @@ impl Pool {
         let data = PinnedBuf::new(len, self.inner.lock_memory, self.inner.hints)?;
         Ok(Block {
             index: 0,
+            at: 0,
             len: 0,
             data,
             extents: Vec::new(),
@@ -254,6 +287,7 @@ impl Drop for Pooled {
         if let Some(mut block) = self.block.take() {
             block.extents.clear();
             block.digests.clear();
+            block.at = 0;
             block.hole = false;
             block.unreadable.clear();
             block.finished = false;
@@ -342,14 +376,20 @@ mod tests {
         drop(big);
         assert_eq!(pool.allocated(), 1, "within the limit: kept");
         assert_eq!(pool.get_len(5).unwrap().data.len(), 2 * U);
-        // A spare much larger than asked for is not taken: the sender
-        // counted what it asked for.
+        // A spare much larger than asked for is cut to size (the sender
+        // counted what it asked for), one too small grows: no new buffer.
         let wide = Pool::sized(4 * U, false);
         drop(wide.get_len(2 * U + 1).unwrap());
         let tiny = wide.get_len(1).unwrap();
         assert_eq!(tiny.data.len(), U);
-        assert_eq!(wide.allocated(), 2);
-        assert_eq!(wide.get_len(U + 1).unwrap().data.len(), 3 * U, "fits");
+        assert_eq!((wide.allocated(), wide.peak()), (1, 3 * U));
+        let other = wide.get_len(U + 1).unwrap();
+        assert_eq!((other.data.len(), wide.allocated()), (2 * U, 2), "new");
+        drop((tiny, other));
+        assert_eq!(wide.get_len(U + 1).unwrap().data.len(), 2 * U, "fits");
+        assert_eq!(wide.get_len(3 * U + 1).unwrap().data.len(), 4 * U);
+        // Grown from the larger spare; the smaller goes, over the limit.
+        assert_eq!((wide.allocated(), wide.peak()), (1, 5 * U));
         // Nothing received: no buffer, and no spare taken for it.
         let none = pool.get_len(0).unwrap();
         assert!(none.data.is_empty());

@@ -753,17 +753,25 @@ fn measured_8_buffers_beyond_available_memory_are_refused_before_anything_is_cre
     let tmp = TempDir::new("measured-8");
     let (s, d) = (tmp.join("src"), tmp.join("new-dst"));
     write_file(&s, &random_bytes(1 << 20, 1));
+    // A server for an upload into a new file: blocks of 1 GiB per worker.
     let out = run(bsync()
         .args(["-b", "1G", "-w", "32", "-prefetch", "64", "-f"])
-        .arg(&s)
-        .arg("-t")
-        .arg(&d));
+        .arg(&d)
+        .args(["-p", "0", "-i", "127.0.0.1"]));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     for flag in ["-b", "-w", "-prefetch"] {
         assert!(err.contains(flag), "{flag}: {err}");
     }
     assert!(!d.exists(), "the destination was created");
+    // Locally blocks are read in pieces of 512 KiB: the same flags fit.
+    let out = run(bsync()
+        .args(["-q", "-b", "1G", "-w", "32", "-prefetch", "64", "-f"])
+        .arg(&s)
+        .arg("-t")
+        .arg(&d));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(read_file(&d), read_file(&s));
 }
 
 /// User plus system CPU time of a process so far, in clock ticks.

@@ -294,6 +294,34 @@ fn local_rescue_loses_only_the_bad_sectors_with_one_and_four_workers() {
     assert!(err.contains("read at block 1: Input/output error"), "{err}");
 }
 
+/// Local mode reads a block in pieces (`config::LOCAL_PIECE`): a block
+/// with a bad sector in two of its pieces keeps both bad in the map once
+/// the block is written, not only the last piece's.
+#[test]
+fn local_rescue_keeps_the_bad_sectors_of_every_piece_of_a_block() {
+    if let Some(why) = missing() {
+        return skip(&why);
+    }
+    let dir = TempDir::new("rescue-pieces");
+    let (src, dst, data) = images(&dir);
+    let first_piece = MIB + 0x200;
+    assert!(IN_CHANGED - MIB >= bsync::config::LOCAL_PIECE as u64);
+    let faulty = Faulty::new(&dir, "mnt", &src, &[bad(first_piece), bad(IN_CHANGED)], 0.0);
+    let map = dir.join("pieces.map");
+    let mut cmd = bsync();
+    cmd.arg("-f").arg(faulty.dev()).arg("-t").arg(&dst);
+    cmd.args(["-b", "2M", "-rescue"]).arg(&map);
+    let err = run_status(&mut cmd, 4);
+    assert!(
+        err.contains("(1024 bytes) of the source could not be read"),
+        "{err}"
+    );
+    // The destination held the source's bytes in the first bad sector.
+    check_destination(&dst, &data, &[(IN_CHANGED, YESTERDAY)]);
+    let ours = read_map(&map);
+    assert_eq!(bad_areas(&ours), [(first_piece, 512), (IN_CHANGED, 512)]);
+}
+
 /// A server on a free loopback port: the child and its `HOST:PORT`.
 fn server(args: &[&std::ffi::OsStr]) -> (Child, String) {
     let mut child = bsync()

@@ -101,7 +101,7 @@ SERVER
 SPEED
   -w N          workers: parallel connections and CPU threads [1]
                 (HDD: 1, SSD: 4-8)
-  -prefetch N   blocks read ahead locally; 0 means workers x 4 [0]
+  -prefetch N   pieces (512 KiB) read ahead locally; 0: workers x 4 [0]
   -n            no compression (the client chooses, for both directions)
   -L LEVEL      zstd level: fast, default, better, best [default] (client)
   -bwlimit RATE  at most RATE bytes/s of block data from the sending end,

@@ -35,8 +35,9 @@
 //! | 11   | `Probe`    | either, before `Hello` | any bytes, at most [`HANDSHAKE_MAX`] |
 //! | 14   | `Notice`   | either, after `Welcome` | UTF-8 warning for the other end to show its user, at most [`NOTICE_MAX`] bytes |
 //!
-//! A connection opens with the server's `Challenge` (sent right after the
-//! preambles, so it costs no round trip), the client's `Hello` and `Proof`,
+//! A connection opens with the server's `Challenge` (sent with its
+//! preamble, before the client's arrives, so it costs no round trip), the
+//! client's `Hello` and `Proof`,
 //! the server's `Proof`, then the `Welcome`. The proofs cover the
 //! `Challenge` and the `Hello` as each end saw them, so a bit changed in
 //! transit is caught before the server opens, sizes or writes anything.

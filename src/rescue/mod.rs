@@ -244,8 +244,8 @@ impl Rescue {
         }
     }
 
-    /// Read block `index`, `buf.len()` bytes at `offset`, again in pages
-    /// and sectors after a failed read: what fails is zeroed in `buf` and
+    /// Read block `index` (or a piece of it), `buf.len()` bytes at
+    /// `offset`, again in pages and sectors after a failed read: what fails is zeroed in `buf` and
     /// returned, and marked bad in the map.
     pub fn recover(
         &self,
@@ -287,7 +287,12 @@ impl Rescue {
         for &(pos, len) in &absolute {
             st.map.set(pos, len, Status::Bad);
         }
-        st.pending.insert(index, absolute);
+        // A block read in pieces gathers each piece's; a range read again
+        // (a block sent again after a rejoin) replaces what it found before.
+        let end = offset + buf.len() as u64;
+        let pending = st.pending.entry(index).or_default();
+        pending.retain(|&(pos, _)| pos < offset || pos >= end);
+        pending.extend(absolute);
         st.dirty = true;
         drop(st);
         if !bad.is_empty() {

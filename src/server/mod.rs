@@ -306,11 +306,11 @@ fn handshake<S: Stream>(
     secret: Option<&Secret>,
     deadline: Duration,
 ) -> Result<Arrival> {
-    let mut lane = Lane::open(stream, peer.to_string(), deadline)?;
     let mut nonce = [0u8; proto::NONCE_LEN];
     sys::getrandom(&mut nonce).map_err(|e| Error::io("server", "get random bytes", e))?;
-    let (mut server, mut challenge) = handshake::Server::new(peer, secret, nonce);
-    lane.sender.send(&mut challenge)?;
+    let (mut server, challenge) = handshake::Server::new(peer, secret, nonce);
+    // The challenge goes with the preamble: the client waits for neither.
+    let mut lane = Lane::open_sending(stream, peer.to_string(), deadline, &challenge)?;
     let hello = lane.handshake(&mut server, None)?;
     Ok(Arrival { hello, lane })
 }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::block::{ExtentKind, push_extent};
 use crate::compress::Decompressor;
-use crate::config::{DIGEST_WINDOW, flight_cap};
+use crate::config::{DIGEST_PIECE, flight_cap, window_blocks};
 use crate::digest::{self, Digest};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
@@ -60,6 +60,9 @@ struct DestCtx<'a> {
     rejoined: &'a AtomicBool,
     /// Digest lists done with, reused so a block costs no allocation.
     spare: &'a Mutex<Vec<Vec<Digest>>>,
+    /// Blocks read in pieces and digested in part: their page digests so
+    /// far and the bytes still to digest.
+    partial: &'a Mutex<HashMap<u64, (Vec<Digest>, usize)>>,
     /// The digest of a whole page of zeros.
     zero: Digest,
     /// A dry session: nothing is written, and the source's `Bye` says
@@ -101,6 +104,7 @@ pub(super) fn run_told(
     let confirmed = AtomicBool::new(false);
     let rejoined = AtomicBool::new(false);
     let spare = Mutex::new(Vec::new());
+    let partial = Mutex::new(HashMap::new());
     let tally = Mutex::new(None);
     let refused = Mutex::new(None);
     // The window counts the blocks between their read here and their
@@ -108,13 +112,16 @@ pub(super) fn run_told(
     // arrival to write, the data received), so its size is a budget of
     // digests, not of buffers: far ahead of the source over a long round
     // trip, and no block buffer held while the digests travel.
-    let in_flight = window_blocks(p);
+    let in_flight = window_blocks(p.geo.block_size, p.workers, p.prefetch);
     let window = Window::new(in_flight);
     let abort = Abort::new(senders.clone(), vec![&window], rejoin);
-    // Read buffers only live while their digests are computed. Received
-    // data is held in buffers of its own size until written, and what the
-    // source sends unacknowledged is bounded by its flight budget.
-    let read_pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
+    // Read buffers only live while their digests are computed, so blocks
+    // are read in pieces (`config::DIGEST_PIECE`): a few of those are
+    // mapped and faulted in, not a block per worker. Received data is
+    // held in buffers of its own size until written, and what the source
+    // sends unacknowledged is bounded by its flight budget.
+    let piece = p.geo.buffer_len().min(DIGEST_PIECE);
+    let read_pool = Pool::new(2 * (p.workers + 1), piece, true, disk.hints());
     // What is received and not yet written is bounded by the source's
     // budget in flight, which counts these buffers' bytes (within its
     // `config::flight_cap`); spares are kept only while the pool holds no
@@ -138,6 +145,7 @@ pub(super) fn run_told(
         confirmed: &confirmed,
         rejoined: &rejoined,
         spare: &spare,
+        partial: &partial,
         zero: p.zero_digest(p.page()),
         dry: disk.is_dry() && !disk.captures(),
         tally: &tally,
@@ -229,47 +237,62 @@ pub(super) fn run_told(
     Ok((v, told))
 }
 
-/// How many blocks the destination may have between read and write: as
-/// many as [`DIGEST_WINDOW`] bytes of their page digests, at least the
-/// read-ahead twice over and at most [`MAX_WINDOW`].
-fn window_blocks(p: &Params) -> usize {
-    let pages = proto::pages(p.geo.block_size, p.page());
-    let digests = usize::try_from(DIGEST_WINDOW).unwrap_or(usize::MAX);
-    (digests / (pages * proto::DIGEST_LEN).max(1))
-        .min(MAX_WINDOW)
-        .max(2 * (p.prefetch + p.workers))
-}
-
-/// The most blocks in a destination's window, whatever their size: each
-/// costs a digest list on both ends, allocated once and reused, so the
-/// steady state allocates nothing per block (tests/alloc.rs). 32 blocks of
-/// the default 10 MiB keep 320 MiB ahead, a 100 ms round trip at 3 GB/s.
-const MAX_WINDOW: usize = 32;
-
 impl DestCtx<'_> {
-    /// Digest destination blocks and send their range digests to the
-    /// source, keeping the page digests for `Refine` and the check.
+    /// Digest destination blocks (or pieces of them) and send their range
+    /// digests to the source, keeping the page digests for `Refine` and
+    /// the check.
     fn digest_worker(&self, rx: &Mutex<Receiver<Pooled>>) -> Result<()> {
         let mut frame = Vec::new();
         let mut ranges = Vec::new();
+        let mut part = Vec::new();
         loop {
             let Ok(mut block) = lock(rx).recv() else {
                 return Ok(());
             };
             let index = block.index;
-            let b = &mut *block;
-            let mut digests = std::mem::take(&mut b.digests);
-            Content::of(b).digests(self.p, self.zero, &mut digests);
-            b.digests = digests;
-            proto::range_digests(&b.digests, &mut ranges);
+            let digests = if block.at == 0 && block.len == self.p.geo.len(index) {
+                let b = &mut *block;
+                let mut digests = std::mem::take(&mut b.digests);
+                Content::of(b).digests(self.p, self.zero, &mut digests);
+                b.digests = lock(self.spare).pop().unwrap_or_default();
+                digests
+            } else {
+                Content::of(&block).digests(self.p, self.zero, &mut part);
+                let Some(digests) = self.gather(&block, &part) else {
+                    continue;
+                };
+                digests
+            };
+            drop(block);
+            proto::range_digests(&digests, &mut ranges);
             frame.clear();
             proto::encode_digests(&mut frame, index, &ranges);
-            let fresh = lock(self.spare).pop().unwrap_or_default();
-            lock(self.expected).insert(index, std::mem::replace(&mut b.digests, fresh));
-            drop(block);
+            lock(self.expected).insert(index, digests);
             // A lost lane sends every digest still awaiting data once rejoined.
             let _ = self.senders[lane_of(index, self.senders.len())].send(&mut frame);
         }
+    }
+
+    /// File `part`, the page digests of the piece `block` of its block
+    /// (pieces are digested by any worker, in any order); the block's page
+    /// digests once this was its last piece.
+    fn gather(&self, block: &Pooled, part: &[Digest]) -> Option<Vec<Digest>> {
+        let (index, len) = (block.index, self.p.geo.len(block.index));
+        let mut partial = lock(self.partial);
+        let (digests, left) = partial.entry(index).or_insert_with(|| {
+            let mut list = lock(self.spare).pop().unwrap_or_default();
+            list.clear();
+            list.resize(len.div_ceil(self.p.page()), 0);
+            (list, len)
+        });
+        // Pieces start on a page: they are a multiple of it long.
+        let first = block.at / self.p.page();
+        digests[first..first + part.len()].copy_from_slice(part);
+        *left -= block.len;
+        if *left > 0 {
+            return None;
+        }
+        partial.remove(&index).map(|(digests, _)| digests)
     }
 
     /// After lane `lane` was rejoined: ask again for every block of that lane

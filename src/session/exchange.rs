@@ -4,10 +4,13 @@
 //! may be outstanding on the link.
 //!
 //! A block whose ranges differ is kept as a [`Differing`]: only its
-//! differing ranges (their bytes and page digests), not the block's
-//! buffer, so what the source holds across a round trip is bounded by
-//! what differs, not by `-b`. What it holds is counted as memory, its
-//! buffers' capacity, and the buffers done with are kept for reuse
+//! differing ranges' page digests, not the block's buffer, and their
+//! bytes only where they cannot be read again ([`Keep`]): otherwise the
+//! finisher reads the ranges back from the source when the destination's
+//! page digests arrive, so what the source holds across a round trip is
+//! 16 bytes per page that differs, and a long round trip does not stall
+//! the comparison for want of memory. What it holds is counted as memory,
+//! its buffers' capacity, and the buffers done with are kept for reuse
 //! ([`Spares`]) only within the memory the flight budget leaves unused.
 
 use std::time::{Duration, Instant};
@@ -42,9 +45,23 @@ pub fn differing_ranges(
     differ
 }
 
+/// What a parked block keeps of its differing ranges besides their page
+/// digests.
+#[derive(Clone, Copy, Debug)]
+pub enum Keep<'a> {
+    /// Their bytes: a block that must not be read twice (`--rescue`, whose
+    /// second read of a failing disk may not give what the first did).
+    Bytes,
+    /// Nothing: they are read back from the source once the destination's
+    /// page digests arrive. These are the block's range digests as
+    /// compared, which the verification digest took: should the source
+    /// have changed in between, it is corrected ([`Differing::ranges_now`]).
+    ReadBack(&'a [Digest]),
+}
+
 /// The differing ranges of a block, kept while their page digests are
 /// asked for: the `Refine` bitmap, our page digests of the marked ranges
-/// and their bytes, packed in range order.
+/// and (with [`Keep::Bytes`]) their bytes, packed in range order.
 #[derive(Debug, Default)]
 pub struct Differing {
     /// The `Refine` bitmap: the ranges asked about.
@@ -52,8 +69,12 @@ pub struct Differing {
     /// Our page digests of the marked ranges, in order.
     pages: Vec<Digest>,
     /// The bytes of the marked ranges, packed; empty for a hole, whose
-    /// bytes are all zeros.
+    /// bytes are all zeros, and for a block read back.
     data: Vec<u8>,
+    /// [`Keep::ReadBack`]: the bytes are read back, and these are the
+    /// block's range digests as compared, all of them.
+    read_back: bool,
+    compared: Vec<Digest>,
     /// Pages in the whole block.
     block_pages: usize,
     /// The block's length.
@@ -67,8 +88,8 @@ pub struct Differing {
 impl Differing {
     /// Keep the ranges of `content` marked in `ranges`, whose block has
     /// page digests `pages` (all of them) in pages of `page` bytes and the
-    /// byte ranges `unreadable` that could not be read. `reuse` lends its
-    /// buffers.
+    /// byte ranges `unreadable` that could not be read; their bytes as
+    /// `how` says. `reuse` lends its buffers.
     pub fn keep(
         content: Content<'_>,
         pages: &[Digest],
@@ -76,31 +97,46 @@ impl Differing {
         ranges: Vec<u8>,
         page: usize,
         reuse: Differing,
+        how: Keep<'_>,
     ) -> Differing {
         let Differing {
             pages: mut kept,
             mut data,
+            mut compared,
             unreadable: mut lost,
             ..
         } = reuse;
         kept.clear();
         data.clear();
+        compared.clear();
         lost.clear();
         lost.extend_from_slice(unreadable);
         let len = content.len();
+        let bytes = match (content, how) {
+            (Content::Bytes(bytes), Keep::Bytes) => Some(bytes),
+            _ => None,
+        };
         // What is held is about what `need` said: reserved once and
         // exactly, and a reused buffer much larger is shrunk, or a small
         // block would be charged a large one's memory and the budget
         // would park a few blocks per round trip.
         fit(
             &mut data,
-            Differing::data_len(content, pages.len(), &ranges, page),
+            Differing::data_len(content, pages.len(), &ranges, page, how),
         );
         fit(&mut kept, Differing::pages_len(pages.len(), &ranges));
+        let read_back = matches!((content, how), (Content::Bytes(_), Keep::ReadBack(_)));
+        match how {
+            Keep::ReadBack(all) if read_back => {
+                fit(&mut compared, all.len());
+                compared.extend_from_slice(all);
+            }
+            _ => fit(&mut compared, 0),
+        }
         for r in marked(&ranges, pages.len()) {
             let span = proto::range_pages(r, pages.len());
             kept.extend_from_slice(&pages[span.clone()]);
-            if let Content::Bytes(bytes) = content {
+            if let Some(bytes) = bytes {
                 let end = (span.end * page).min(len);
                 data.extend_from_slice(&bytes[span.start * page..end]);
             }
@@ -109,6 +145,8 @@ impl Differing {
             ranges,
             pages: kept,
             data,
+            read_back,
+            compared,
             block_pages: pages.len(),
             len,
             hole: matches!(content, Content::Hole(_)),
@@ -119,19 +157,80 @@ impl Differing {
     /// The memory this holds, its buffers' capacity: what a parked block
     /// costs.
     pub fn bytes(&self) -> usize {
-        self.data.capacity() + self.pages.capacity() * proto::DIGEST_LEN
+        self.data.capacity()
+            + (self.pages.capacity() + self.compared.capacity()) * proto::DIGEST_LEN
     }
 
     /// The memory [`Differing::keep`] needs for the ranges marked in
-    /// `ranges` of `content`, a block of `pages` pages of `page` bytes.
-    pub fn need(content: Content<'_>, pages: usize, ranges: &[u8], page: usize) -> usize {
-        Differing::data_len(content, pages, ranges, page)
-            + Differing::pages_len(pages, ranges) * proto::DIGEST_LEN
+    /// `ranges` of `content`, a block of `pages` pages of `page` bytes,
+    /// kept as `how` says.
+    pub fn need(
+        content: Content<'_>,
+        pages: usize,
+        ranges: &[u8],
+        page: usize,
+        how: Keep<'_>,
+    ) -> usize {
+        let all = match (content, how) {
+            (Content::Bytes(_), Keep::ReadBack(all)) => all.len(),
+            _ => 0,
+        };
+        Differing::data_len(content, pages, ranges, page, how)
+            + (Differing::pages_len(pages, ranges) + all) * proto::DIGEST_LEN
     }
 
-    /// The bytes of the marked ranges of `content` (none for a hole).
-    fn data_len(content: Content<'_>, pages: usize, ranges: &[u8], page: usize) -> usize {
-        let Content::Bytes(bytes) = content else {
+    /// A block read back: the byte spans of its pages that differ from
+    /// `theirs` (as [`Differing::changes`] finds them), runs of pages
+    /// joined, into `spans`; returns their bytes. Read end to end into
+    /// one buffer, they are the `data` that `changes` takes. None when the
+    /// bytes are kept (or the block is a hole, all zeros).
+    pub fn to_read(
+        &self,
+        theirs: &[Digest],
+        page: usize,
+        spans: &mut Vec<std::ops::Range<usize>>,
+    ) -> usize {
+        spans.clear();
+        if !self.read_back {
+            return 0;
+        }
+        let mut ours = self.pages.iter().zip(theirs);
+        let mut total = 0;
+        for r in marked(&self.ranges, self.block_pages) {
+            for j in proto::range_pages(r, self.block_pages) {
+                let Some((mine, other)) = ours.next() else {
+                    return total;
+                };
+                let start = j * page;
+                let span = start..(start + page).min(self.len);
+                if mine == other && !self.lost(&span) {
+                    continue;
+                }
+                total += span.len();
+                match spans.last_mut() {
+                    Some(last) if last.end == span.start => last.end = span.end,
+                    _ => spans.push(span),
+                }
+            }
+        }
+        total
+    }
+
+    /// Whether any byte of `span` of the block could not be read.
+    fn lost(&self, span: &std::ops::Range<usize>) -> bool {
+        proto::unreadable_mask(&self.unreadable, span.start, span.end) != 0
+    }
+
+    /// The bytes of the marked ranges of `content` kept as `how` says
+    /// (none for a hole, or a block read back).
+    fn data_len(
+        content: Content<'_>,
+        pages: usize,
+        ranges: &[u8],
+        page: usize,
+        how: Keep<'_>,
+    ) -> usize {
+        let (Content::Bytes(bytes), Keep::Bytes) = (content, how) else {
             return 0;
         };
         marked(ranges, pages)
@@ -155,28 +254,36 @@ impl Differing {
     }
 
     /// The kept bytes, packed: what [`Differing::changes`]' data extents
-    /// point into.
+    /// point into (empty for a block read back, whose pages that differ
+    /// are read into a buffer of the finisher's, [`Differing::to_read`]).
     pub fn data(&self) -> &[u8] {
         &self.data
     }
 
     /// The changes of this block, given `theirs`, the destination's page
-    /// digests of the marked ranges ([`Differing::asked`] of them): every
-    /// page whose digest differs, as zeros or as data, and every page with
-    /// unreadable bytes, as partly unreadable data. `extents` gets the
-    /// writes, their `data` offsets into [`Differing::data`]. Returns the
-    /// bytes of data to send.
+    /// digests of the marked ranges ([`Differing::asked`] of them), and
+    /// `data`, the marked ranges' bytes packed ([`Differing::data`]) or,
+    /// for a block read back, its pages that differ packed
+    /// ([`Differing::to_read`]): every page whose digest differs, as zeros or as data,
+    /// and every page with unreadable bytes, as partly unreadable data.
+    /// `extents` gets the writes, their `data` offsets into `data`.
+    /// With `recheck` (a block read back), each changed page is digested
+    /// as read now, and one that differs from the digest compared (the
+    /// source changed in between) goes with the new digest, noted in
+    /// `recheck`. Returns the bytes of data to send.
     pub fn changes(
         &self,
+        data: &[u8],
         theirs: &[Digest],
         page: usize,
         changes: &mut Vec<Change>,
         extents: &mut Vec<Extent>,
+        mut recheck: Option<&mut Recheck<'_>>,
     ) -> usize {
         changes.clear();
         extents.clear();
         let mut raw = 0usize;
-        let mut ours = self.pages.iter().zip(theirs);
+        let mut ours = self.pages.iter().zip(theirs).enumerate();
         let mut at = 0usize;
         for r in marked(&self.ranges, self.block_pages) {
             for j in proto::range_pages(r, self.block_pages) {
@@ -184,23 +291,35 @@ impl Differing {
                 let n = (start + page).min(self.len) - start;
                 let here = at;
                 at += n;
-                let Some((mine, other)) = ours.next() else {
+                let Some((k, (mine, other))) = ours.next() else {
                     return raw;
                 };
                 let lost = proto::unreadable_mask(&self.unreadable, start, start + n);
                 if mine == other && lost == 0 {
+                    if self.read_back {
+                        at = here; // Not read back: nothing of it in `data`.
+                    }
                     continue;
                 }
-                let zero = self.hole || crate::block::is_zero(&self.data[here..here + n]);
+                let bytes = data.get(here..here + n).unwrap_or_default();
+                let zero = self.hole || crate::block::is_zero(bytes);
+                let mut mine = *mine;
+                if let Some(recheck) = recheck.as_deref_mut() {
+                    let now = (recheck.digest)(bytes);
+                    if now != mine {
+                        recheck.changed.push((k, now));
+                        mine = now;
+                    }
+                }
                 let (kind, ext) = if lost != 0 {
                     raw += n;
-                    let (digest, unreadable) = (*mine, lost);
+                    let (digest, unreadable) = (mine, lost);
                     (ChangeKind::Partial { digest, unreadable }, ExtentKind::Data)
                 } else if zero {
                     (ChangeKind::Zero, ExtentKind::Zero)
                 } else {
                     raw += n;
-                    (ChangeKind::Data(*mine), ExtentKind::Data)
+                    (ChangeKind::Data(mine), ExtentKind::Data)
                 };
                 changes.push(Change {
                     // A block has at most MAX_BLOCK_SIZE / PAGE pages.
@@ -212,6 +331,49 @@ impl Differing {
         }
         raw
     }
+
+    /// A block read back: its range digests as they are now, given the
+    /// pages [`Differing::changes`] found changed since the comparison
+    /// (by their place among the kept pages, with their digest now).
+    /// What the verification digest took at the comparison is
+    /// `block_hash` of the range digests kept; this is what it must take
+    /// instead.
+    pub fn ranges_now(&self, changed: &[(usize, Digest)]) -> Vec<Digest> {
+        let mut ranges = self.compared.clone();
+        let mut changed = changed.iter().peekable();
+        let mut at = 0usize;
+        for r in marked(&self.ranges, self.block_pages) {
+            let span = proto::range_pages(r, self.block_pages);
+            let kept = at..at + span.len();
+            at = kept.end;
+            if changed.peek().is_none_or(|(k, _)| !kept.contains(k)) {
+                continue;
+            }
+            let mut pages = self.pages.get(kept.clone()).unwrap_or_default().to_vec();
+            while let Some((k, now)) = changed.next_if(|(k, _)| kept.contains(k)) {
+                pages[k - kept.start] = *now;
+            }
+            if let Some(range) = ranges.get_mut(r) {
+                *range = proto::range_digest(&pages);
+            }
+        }
+        ranges
+    }
+
+    /// [`Keep::ReadBack`]: the block's range digests as compared.
+    pub fn ranges_compared(&self) -> &[Digest] {
+        &self.compared
+    }
+}
+
+/// What [`Differing::changes`] digests a block read back with, and the
+/// pages it found changed since the comparison.
+pub struct Recheck<'a> {
+    /// The digest of a page's bytes (the session's salt).
+    pub digest: &'a dyn Fn(&[u8]) -> Digest,
+    /// Pages whose digest now differs: their place among the kept pages,
+    /// and the digest now.
+    pub changed: Vec<(usize, Digest)>,
 }
 
 /// Make the empty `list` hold `need` items, with no more than a quarter
@@ -223,43 +385,69 @@ fn fit<T>(list: &mut Vec<T>, need: usize) {
     list.reserve_exact(need);
 }
 
-/// [`Differing`]s done with, kept for reuse so that parking a block costs
-/// no allocation, but only within the memory left: their buffers' bytes
-/// never exceed the room given.
-#[derive(Default)]
-pub struct Spares {
-    list: Vec<Differing>,
+/// Buffers that hold memory: what [`Spares`] keeps.
+pub trait Held: Default {
+    /// The memory held, the buffers' capacity.
+    fn held(&self) -> usize;
+}
+
+impl Held for Differing {
+    fn held(&self) -> usize {
+        self.bytes()
+    }
+}
+
+/// A finisher's buffer for a block's pages read back.
+impl Held for Vec<u8> {
+    fn held(&self) -> usize {
+        self.capacity()
+    }
+}
+
+/// Buffers done with ([`Differing`]s, read-back buffers), kept for reuse
+/// so that parking or finishing a block costs no allocation, but only
+/// within the memory left: their bytes never exceed the room given.
+pub struct Spares<T> {
+    list: Vec<T>,
     /// Bytes of the spares' buffers.
     bytes: usize,
 }
 
-impl Spares {
+impl<T> Default for Spares<T> {
+    fn default() -> Spares<T> {
+        Spares {
+            list: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<T: Held> Spares<T> {
     /// A spare for `need` bytes: the smallest big enough, else the
     /// largest (which grows), else a new one; spares over `room` bytes
     /// (after this one is taken) go first.
-    pub fn take(&mut self, need: usize, room: usize) -> Differing {
+    pub fn take(&mut self, need: usize, room: usize) -> T {
         let fits = (0..self.list.len())
-            .filter(|&i| self.list[i].bytes() >= need)
-            .min_by_key(|&i| self.list[i].bytes());
-        let largest = (0..self.list.len()).max_by_key(|&i| self.list[i].bytes());
+            .filter(|&i| self.list[i].held() >= need)
+            .min_by_key(|&i| self.list[i].held());
+        let largest = (0..self.list.len()).max_by_key(|&i| self.list[i].held());
         let Some(i) = fits.or(largest) else {
-            return Differing::default();
+            return T::default();
         };
         let spare = self.list.swap_remove(i);
-        self.bytes -= spare.bytes();
+        self.bytes -= spare.held();
         self.trim(room);
         spare
     }
 
     /// Keep `done` for reuse, and no more spares than `room` bytes.
-    pub fn give(&mut self, done: Differing, room: usize) {
-        self.bytes += done.bytes();
+    pub fn give(&mut self, done: T, room: usize) {
+        self.bytes += done.held();
         self.list.push(done);
         self.trim(room);
     }
 
     /// Bytes of the spares' buffers.
-    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -267,9 +455,9 @@ impl Spares {
     /// Let the largest spares go until they hold at most `room` bytes.
     fn trim(&mut self, room: usize) {
         while self.bytes > room {
-            let largest = (0..self.list.len()).max_by_key(|&i| self.list[i].bytes());
+            let largest = (0..self.list.len()).max_by_key(|&i| self.list[i].held());
             let Some(i) = largest else { break };
-            self.bytes -= self.list.swap_remove(i).bytes();
+            self.bytes -= self.list.swap_remove(i).held();
         }
     }
 }
@@ -279,16 +467,22 @@ fn marked(map: &[u8], pages: usize) -> impl Iterator<Item = usize> + '_ {
     (0..proto::ranges(pages)).filter(move |&r| proto::marked(map, r))
 }
 
-/// The least a source keeps outstanding, in bytes, before the round trip
+/// The least a source keeps outstanding, in bytes, once the round trip
 /// and the rate are measured.
 pub const FLIGHT_FLOOR: u64 = 4 << 20;
 
 /// How many bytes of outstanding work (changed data parked, or sent and
 /// not acknowledged) keep a link busy: twice the bandwidth-delay product
 /// of `rate` bytes per second over a round trip of `rtt`, as TCP sizes
-/// its window, within `FLIGHT_FLOOR..=cap`.
+/// its window, within `FLIGHT_FLOOR..=cap`. Until both are measured, all
+/// of `cap`: the memory allows it, and a budget that started small and
+/// grew with the rate it let through (TCP's slow start) would pay a
+/// round trip per doubling on a long link, where it matters most.
 pub fn flight_budget(rtt: Option<Duration>, rate: f64, cap: u64) -> u64 {
-    let bdp = rtt.map_or(0.0, |rtt| 2.0 * rate * rtt.as_secs_f64());
+    let Some(rtt) = rtt.filter(|_| rate > 0.0) else {
+        return cap;
+    };
+    let bdp = 2.0 * rate * rtt.as_secs_f64();
     // Non-negative and at most `cap`: the cast cannot truncate.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let bdp = bdp.clamp(0.0, cap as f64) as u64;
@@ -398,6 +592,7 @@ mod tests {
             vec![0b101],
             PAGE,
             Differing::default(),
+            Keep::Bytes,
         );
         assert_eq!(kept.asked(), 16 + 8);
         assert_eq!(kept.data().len(), (16 + 8) * PAGE);
@@ -411,7 +606,7 @@ mod tests {
         let data = block();
         let pages = digests(&data);
         let content = Content::Bytes(&data);
-        let need = Differing::need(content, pages.len(), &[0b101], PAGE);
+        let need = Differing::need(content, pages.len(), &[0b101], PAGE, Keep::Bytes);
         assert_eq!(need, 24 * PAGE + 24 * 16);
         let kept = Differing::keep(
             content,
@@ -420,16 +615,20 @@ mod tests {
             vec![0b101],
             PAGE,
             Differing::default(),
+            Keep::Bytes,
         );
         assert_eq!(kept.bytes(), need);
         // A spare about big enough is reused as it is, a much larger one
         // shrunk to what is kept; a hole keeps no bytes.
-        let again = Differing::keep(content, &pages, &[], vec![0b101], PAGE, kept);
+        let again = Differing::keep(content, &pages, &[], vec![0b101], PAGE, kept, Keep::Bytes);
         assert_eq!(again.bytes(), need);
-        let small = Differing::keep(content, &pages, &[], vec![0b100], PAGE, again);
+        let small = Differing::keep(content, &pages, &[], vec![0b100], PAGE, again, Keep::Bytes);
         assert_eq!(small.bytes(), 8 * PAGE + 8 * 16);
         let hole = Content::Hole(data.len());
-        assert_eq!(Differing::need(hole, pages.len(), &[0b101], PAGE), 24 * 16);
+        assert_eq!(
+            Differing::need(hole, pages.len(), &[0b101], PAGE, Keep::Bytes),
+            24 * 16
+        );
     }
 
     /// A spare that holds `bytes` bytes of data.
@@ -444,6 +643,7 @@ mod tests {
             ranges,
             PAGE,
             Differing::default(),
+            Keep::Bytes,
         );
         kept.pages = Vec::new();
         kept
@@ -482,6 +682,7 @@ mod tests {
             vec![0b101],
             PAGE,
             Differing::default(),
+            Keep::Bytes,
         );
         // The destination's digests of ranges 0 and 2: pages 3 and 4 and
         // 33 differ.
@@ -490,7 +691,7 @@ mod tests {
         theirs[4] = 0;
         theirs[16 + 1] = 0;
         let (mut changes, mut extents) = (Vec::new(), Vec::new());
-        let raw = kept.changes(&theirs, PAGE, &mut changes, &mut extents);
+        let raw = kept.changes(kept.data(), &theirs, PAGE, &mut changes, &mut extents, None);
         assert_eq!(raw, 2 * PAGE, "two pages of data, one of zeros");
         let found: Vec<_> = changes.iter().map(|c| (c.page, c.kind)).collect();
         assert_eq!(
@@ -514,6 +715,94 @@ mod tests {
     }
 
     #[test]
+    fn a_block_read_back_keeps_digests_only_and_reads_the_pages_that_differ() {
+        let mut data = block();
+        data[33 * PAGE] = 0; // page 33 is a zero page
+        let pages = digests(&data);
+        let mut ranges = Vec::new();
+        proto::range_digests(&pages, &mut ranges);
+        let content = Content::Bytes(&data);
+        let how = Keep::ReadBack(&ranges);
+        // Ranges 0 and 2: their 24 page digests and the 3 range digests.
+        let need = Differing::need(content, pages.len(), &[0b101], PAGE, how);
+        assert_eq!(need, (24 + 3) * 16);
+        let kept = Differing::keep(
+            content,
+            &pages,
+            &[],
+            vec![0b101],
+            PAGE,
+            Differing::default(),
+            how,
+        );
+        assert!(kept.data().is_empty());
+        assert_eq!(kept.bytes(), need);
+        // The destination's pages 3, 4 and 33 differ: those are read back,
+        // pages 3 and 4 in one read.
+        let mut theirs: Vec<Digest> = pages[..16].iter().chain(&pages[32..]).copied().collect();
+        theirs[3] = 0;
+        theirs[4] = 0;
+        theirs[16 + 1] = 0;
+        let mut spans = Vec::new();
+        assert_eq!(kept.to_read(&theirs, PAGE, &mut spans), 3 * PAGE);
+        assert_eq!(spans, [3 * PAGE..5 * PAGE, 33 * PAGE..34 * PAGE]);
+        let read = |data: &[u8]| -> Vec<u8> {
+            spans
+                .iter()
+                .flat_map(|s| data[s.clone()].to_vec())
+                .collect()
+        };
+        let digest = |bytes: &[u8]| digests(bytes)[0];
+        let mut recheck = Recheck {
+            digest: &digest,
+            changed: Vec::new(),
+        };
+        let (mut changes, mut extents) = (Vec::new(), Vec::new());
+        let back = read(&data);
+        let raw = kept.changes(
+            &back,
+            &theirs,
+            PAGE,
+            &mut changes,
+            &mut extents,
+            Some(&mut recheck),
+        );
+        assert_eq!(raw, 2 * PAGE);
+        let found: Vec<_> = changes.iter().map(|c| (c.page, c.kind)).collect();
+        assert_eq!(
+            found,
+            [
+                (3, ChangeKind::Data(pages[3])),
+                (4, ChangeKind::Data(pages[4])),
+                (33, ChangeKind::Zero),
+            ]
+        );
+        // Offsets into what was read back, not into the ranges.
+        assert_eq!((extents[0].start, extents[0].data), (3 * PAGE, 0));
+        assert_eq!((extents[1].start, extents[1].data), (33 * PAGE, 2 * PAGE));
+        assert!(recheck.changed.is_empty(), "unchanged since compared");
+        // Page 4 changed since: it goes as it is now, and the block's
+        // range digests are what they are now.
+        let mut now = data.clone();
+        now[4 * PAGE] = 99;
+        let back = read(&now);
+        kept.changes(
+            &back,
+            &theirs,
+            PAGE,
+            &mut changes,
+            &mut extents,
+            Some(&mut recheck),
+        );
+        assert_eq!(changes[1].kind, ChangeKind::Data(100));
+        assert_eq!(recheck.changed, [(4, 100)]);
+        let mut want = Vec::new();
+        proto::range_digests(&digests(&now), &mut want);
+        assert_eq!(kept.ranges_now(&recheck.changed), want);
+        assert_eq!(kept.ranges_compared(), &ranges[..]);
+    }
+
+    #[test]
     fn a_hole_keeps_no_bytes_and_changes_only_to_zeros() {
         let zero = digests(&[0; PAGE])[0];
         let pages = vec![zero; 20];
@@ -524,12 +813,16 @@ mod tests {
             vec![0b11],
             PAGE,
             Differing::default(),
+            Keep::Bytes,
         );
         assert!(kept.data().is_empty());
         let mut theirs = pages.clone();
         theirs[17] = 9;
         let (mut changes, mut extents) = (Vec::new(), Vec::new());
-        assert_eq!(kept.changes(&theirs, PAGE, &mut changes, &mut extents), 0);
+        assert_eq!(
+            kept.changes(kept.data(), &theirs, PAGE, &mut changes, &mut extents, None),
+            0
+        );
         assert_eq!(
             changes,
             [Change {
@@ -550,11 +843,15 @@ mod tests {
             vec![1],
             PAGE,
             Differing::default(),
+            Keep::Bytes,
         );
         assert_eq!(kept.data(), &data[..]);
         let theirs = [pages[0], pages[1], 0];
         let (mut changes, mut extents) = (Vec::new(), Vec::new());
-        assert_eq!(kept.changes(&theirs, PAGE, &mut changes, &mut extents), 2);
+        assert_eq!(
+            kept.changes(kept.data(), &theirs, PAGE, &mut changes, &mut extents, None),
+            2
+        );
         assert_eq!(
             (extents[0].start, extents[0].len, extents[0].data),
             (8, 2, 8)
@@ -592,9 +889,17 @@ mod tests {
             map,
             PAGE,
             Differing::default(),
+            Keep::Bytes,
         );
         let (mut changes, mut extents) = (Vec::new(), Vec::new());
-        let raw = kept.changes(&pages[16..32], PAGE, &mut changes, &mut extents);
+        let raw = kept.changes(
+            kept.data(),
+            &pages[16..32],
+            PAGE,
+            &mut changes,
+            &mut extents,
+            None,
+        );
         assert_eq!(raw, PAGE);
         assert_eq!(
             changes,
@@ -611,9 +916,11 @@ mod tests {
     #[test]
     fn the_budget_is_twice_the_bandwidth_delay_product_within_bounds() {
         let cap = 64 << 20;
-        assert_eq!(flight_budget(None, 1e9, cap), FLIGHT_FLOOR);
+        // Not measured yet: all the memory allows.
+        assert_eq!(flight_budget(None, 1e9, cap), cap);
         // 100 MB/s over 100 ms: 10 MB in flight, twice that budgeted.
         let rtt = Some(Duration::from_millis(100));
+        assert_eq!(flight_budget(rtt, 0.0, cap), cap);
         assert_eq!(flight_budget(rtt, 100e6, cap), 20_000_000);
         assert_eq!(flight_budget(rtt, 1e12, cap), cap);
         assert_eq!(flight_budget(rtt, 1.0, cap), FLIGHT_FLOOR);

@@ -4,16 +4,17 @@
 //! budgets let more work out. `source.rs` holds its lock and moves the
 //! frames.
 //!
-//! Both budgets count memory really held: what parked blocks keep (their
-//! buffers' capacity, spares included) here, and what the destination
-//! holds of the blocks in flight until it writes them there. Each stays
-//! within `config::flight_cap`: the budgets within it less one block, the
-//! one block the lowest unacknowledged may always add.
+//! Both budgets count memory really held: what parked blocks keep and
+//! what finishers read back into (their buffers' capacity, spares
+//! included) here, and what the destination holds of the blocks in flight
+//! until it writes them there. Each stays within `config::flight_cap`: the
+//! budgets within it less one block, the one block the lowest
+//! unacknowledged (or the one finisher reading back) may always add.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use super::exchange::{Differing, Meter, RoundTrip, Spares, flight_budget};
+use super::exchange::{Differing, Held, Meter, RoundTrip, Spares, flight_budget};
 use crate::digest::Digest;
 use crate::pool::sized_len;
 use crate::proto;
@@ -73,6 +74,9 @@ pub struct Ledger {
     pub tasks: VecDeque<Task>,
     /// Every block before this one is written at the destination.
     pub acked_to: u64,
+    /// The source's pages before this block were dropped from the page
+    /// cache (the reader keeps them for the pages read back).
+    pub dropped: u64,
     pub complete: Option<u128>,
     /// `Bye` went out: lanes closing now is expected.
     pub finished: bool,
@@ -83,9 +87,13 @@ pub struct Ledger {
     /// `Refine` bitmaps done with, reused likewise.
     pub spare_maps: Vec<Vec<u8>>,
     /// Kept ranges done with, reused likewise within the memory left.
-    pub spare_kept: Spares,
+    pub spare_kept: Spares<Differing>,
+    /// Finishers' buffers for pages read back, reused likewise.
+    pub spare_back: Spares<Vec<u8>>,
     /// Memory of the parked blocks' kept ranges, and of those being kept.
     pub parked: u64,
+    /// Memory of the finishers' buffers of pages read back, in use.
+    pub reading: u64,
     /// How fast blocks are parked, and sent.
     pub parking: Meter,
     pub sending: Meter,
@@ -109,15 +117,18 @@ impl Ledger {
         let block = sized_len(block_size) + pages * proto::DIGEST_LEN;
         Ledger {
             acked_to: first,
+            dropped: first,
             memory,
             limit: memory.saturating_sub(block as u64),
             ..Ledger::default()
         }
     }
 
-    /// Memory neither parked nor being kept: what spares may hold.
-    fn room(&self) -> usize {
-        usize::try_from(self.memory.saturating_sub(self.parked)).unwrap_or(usize::MAX)
+    /// Memory neither parked, nor being kept, nor read back: what spares
+    /// may hold, `other`'s spares taken.
+    fn room<T: Held>(&self, other: &Spares<T>) -> usize {
+        let used = self.parked + self.reading + other.bytes() as u64;
+        usize::try_from(self.memory.saturating_sub(used)).unwrap_or(usize::MAX)
     }
 
     /// `parked` left the parking: give back its bytes and buffers.
@@ -131,8 +142,31 @@ impl Ledger {
         // Kept while parked blocks and spares together stay within the
         // memory: a long round trip's parked blocks then cost no
         // allocation each, and spares never outgrow the budget.
-        let room = self.room();
+        let room = self.room(&self.spare_back);
         self.spare_kept.give(kept, room);
+    }
+
+    /// A buffer of `len` bytes for a finisher to read back a block's
+    /// pages into, if the memory allows: with what is parked and read
+    /// back by other finishers it stays within [`Ledger::limit`], or no
+    /// other finisher is reading back (one always may, so finishing never
+    /// waits on itself). Counted until [`Ledger::give_back`].
+    pub fn take_back(&mut self, len: usize) -> Option<Vec<u8>> {
+        if self.reading > 0 && self.parked + self.reading + len as u64 > self.limit {
+            return None;
+        }
+        let room = self.room(&self.spare_kept);
+        let mut buf = self.spare_back.take(len, room);
+        buf.resize(len, 0);
+        self.reading += buf.capacity() as u64;
+        Some(buf)
+    }
+
+    /// A finisher is done with `buf` from [`Ledger::take_back`].
+    pub fn give_back(&mut self, buf: Vec<u8>) {
+        self.reading = self.reading.saturating_sub(buf.capacity() as u64);
+        let room = self.room(&self.spare_kept);
+        self.spare_back.give(buf, room);
     }
 
     /// If block `index` may park `need` bytes (see [`Ledger::may_park`]):
@@ -143,7 +177,7 @@ impl Ledger {
             return None;
         }
         self.parked += need as u64;
-        let room = self.room();
+        let room = self.room(&self.spare_back);
         Some(self.spare_kept.take(need, room))
     }
 
@@ -329,6 +363,7 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
+    use super::super::exchange::Keep;
     use super::*;
 
     fn sent(sent: bool, parked: Option<Parked>) -> Sent {
@@ -407,13 +442,20 @@ mod tests {
         let mut high = 0;
         for round in 0..4u64 {
             let ranges = vec![if round % 2 == 0 { 0b0001 } else { 0b1111 }];
-            let need = Differing::need(content, pages.len(), &ranges, proto::PAGE);
+            let need = Differing::need(content, pages.len(), &ranges, proto::PAGE, Keep::Bytes);
             // Park as many as the budget lets, the lowest always.
             let mut index = round * 100;
             l.acked_to = index;
             while let Some(reuse) = l.make_room(index, need) {
-                let kept =
-                    Differing::keep(content, &pages, &[], ranges.clone(), proto::PAGE, reuse);
+                let kept = Differing::keep(
+                    content,
+                    &pages,
+                    &[],
+                    ranges.clone(),
+                    proto::PAGE,
+                    reuse,
+                    Keep::Bytes,
+                );
                 l.park(index, block as u64, parked_with(kept), need);
                 high = high.max(l.parked + l.spare_kept.bytes() as u64);
                 index += 1;
@@ -426,6 +468,30 @@ mod tests {
         }
         assert!(high <= memory, "{high} held, {memory} allowed");
         assert!(l.spare_kept.bytes() > 0, "spares are kept for reuse");
+    }
+
+    #[test]
+    fn buffers_read_back_stay_within_the_memory_but_one_finisher_always_reads() {
+        let block = 1 << 20;
+        let mut l = Ledger::new(0, 3 << 20, block);
+        let limit = l.limit as usize;
+        // Nothing else read back: a finisher may, whatever is parked.
+        l.parked = l.limit;
+        let first = l.take_back(block).expect("one always may");
+        assert_eq!((first.len(), l.reading), (block, block as u64));
+        // Another must fit with what is parked and read back.
+        assert!(l.take_back(1).is_none());
+        l.parked = 0;
+        let second = l.take_back(limit - block).expect("within the limit");
+        assert!(l.take_back(1).is_none());
+        l.give_back(first);
+        l.give_back(second);
+        assert_eq!(l.reading, 0);
+        // Returned buffers are spares within the memory, reused.
+        assert!(l.spare_back.bytes() <= l.memory as usize);
+        let again = l.take_back(block).unwrap();
+        assert!(again.capacity() >= block);
+        assert_eq!(l.reading, again.capacity() as u64);
     }
 
     fn parked_with(kept: Differing) -> Parked {

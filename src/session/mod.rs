@@ -17,13 +17,16 @@
 //! `index % n == i`. The destination holds a window of permits: a block's
 //! digests go out only with a permit, which comes back when the block is
 //! written. The window is measured in bytes of page digests
-//! (`config::DIGEST_WINDOW`), not in block buffers, so over a long round
-//! trip the destination runs far ahead; the source bounds what it parks and
-//! what it has sent unacknowledged by a flight budget in bytes
-//! (`exchange.rs`, `ledger.rs`), so a long link costs a few round trips in
-//! all, and memory follows what differs, not `-b`. When everything is written and flushed the
-//! destination sends `Complete` with a verification digest over the final
-//! content; the source checks it against its own and says `Bye`.
+//! (`config::window_blocks`), not in block buffers, so over a long round
+//! trip the destination runs far ahead; the source parks page digests and
+//! reads back the pages that differ, and bounds what it has sent
+//! unacknowledged by a flight budget in bytes (`exchange.rs`, `ledger.rs`),
+//! so a long link costs a few round trips in all, and memory follows what
+//! differs, not `-b`. Once every block went out the source says its
+//! verdict (`Bye`, its verification digest); when everything is written
+//! and flushed the destination sends `Complete` with its own, compares
+//! them and ends; the source checks `Complete` against its own digest and
+//! answers `Bye` again.
 //!
 //! [`run`] is the one entry point: it runs either role over lanes that the
 //! client or the server opened, with progress, the summary and the

@@ -13,14 +13,16 @@
 //! readers never send anything themselves, so a full socket can never stop
 //! a lane from reading the answers that would empty it.
 //!
-//! What is outstanding is bounded in bytes, not blocks: the ranges parked,
-//! and the block data sent and not acknowledged, each by a flight budget
-//! of twice the measured round trip times the measured rate (at most
-//! `config::flight_cap`), each counted in memory held (`ledger.rs`). A
-//! worker waits for room before it copies a block's ranges, holding the
-//! read buffer, so a full budget slows the reader instead of adding a
-//! copy. The lowest unacknowledged block is never held back by either, so
-//! the budgets cannot stall the session. The decisions themselves are in
+//! What is outstanding is bounded in bytes, not blocks: what is parked
+//! (page digests; under `--rescue` the ranges' bytes) and read back, and
+//! the block data sent and not acknowledged, each by a flight budget of
+//! twice the measured round trip times the measured rate (at most
+//! `config::flight_cap`, all of it until measured), each counted in memory
+//! held (`ledger.rs`). A worker waits for room before it keeps a block's
+//! ranges, holding the read buffer, so a full budget slows the reader
+//! instead of adding a copy. The lowest unacknowledged block is never held
+//! back by either, nor a finisher that alone reads back, so the budgets
+//! cannot stall the session. The decisions themselves are in
 //! `exchange.rs`; what the lane readers file is `source/replies.rs`'s, the
 //! frames built for a block `source/frames.rs`'s.
 
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use super::exchange::Differing;
+use super::exchange::{Differing, Keep};
 use super::ledger::{Ledger, Parked, Sent, Task};
 use super::{Abort, Content, DrySink, Params, Rejoin, Signal, block_hash, lane_of, run_lane};
 use crate::block::Extent;
@@ -43,8 +45,9 @@ use crate::net::{FrameSender, Lane};
 use crate::pool::{Pool, Pooled, sized_len};
 use crate::progress::Stats;
 use crate::proto::{self, BlockBuilder, Change, Frame};
-use crate::reader::read_blocks;
+use crate::reader::read_blocks_keeping;
 
+mod back;
 mod frames;
 mod replies;
 
@@ -78,9 +81,9 @@ pub(super) fn run_with(
     let verify = Mutex::new(0u128);
     let end = p.geo.blocks();
     // A buffer per worker and one being read (`config::buffers_needed`
-    // counts them, and a frame per worker): a parked block keeps only its differing
-    // ranges, so no buffer waits a round trip, and the buffers go round at
-    // the reader's pace.
+    // counts them, and a frame per worker): a parked block keeps only the
+    // page digests of its differing ranges (`source/back.rs`), so no buffer
+    // waits a round trip, and the buffers go round at the reader's pace.
     let pool = Pool::new(p.workers + 1, p.geo.buffer_len(), true, disk.hints());
     let (tx, rx) = sync_channel(1);
     let rx = Arc::new(Mutex::new(rx));
@@ -102,7 +105,11 @@ pub(super) fn run_with(
     thread::scope(|s| {
         super::spawn_or_fail(s, abort, move || {
             let blocks = p.first..p.geo.blocks();
-            abort.guard(|| read_blocks(disk, p.geo, blocks, pool, &tx, stats, &|| !abort.is_set()));
+            // Pages stay cached until their block is acknowledged: those
+            // that differ are read back once their page digests arrive.
+            abort.guard(|| {
+                read_blocks_keeping(disk, p.geo, blocks, pool, &tx, stats, &|| !abort.is_set())
+            });
         });
         for (i, lane) in lanes.into_iter().enumerate() {
             let mut reader = lane.reader;
@@ -183,6 +190,10 @@ struct FrameScratch {
     frame: Vec<u8>,
     /// `--rescue`: the unreadable ranges of the block being compared.
     unreadable: Vec<(usize, usize)>,
+    /// The spans of a parked block to read back.
+    spans: Vec<std::ops::Range<usize>>,
+    /// Pages read back that changed since the comparison.
+    changed: Vec<(usize, Digest)>,
 }
 
 /// What comparing a block's range digests decided.
@@ -248,6 +259,14 @@ impl SourceCtx<'_> {
                 return Ok(());
             };
             let index = block.index;
+            // Our digests first: the destination's may still be on the way.
+            let b = &mut *block;
+            let digested = !b.finished && self.dry.is_none();
+            if digested {
+                let mut pages = std::mem::take(&mut b.digests);
+                self.digest_block(Content::of(b), &mut pages, &mut scratch);
+                b.digests = pages;
+            }
             let Some(theirs) = self
                 .state
                 .wait_for(self.abort, |st| st.remote.remove(&index))
@@ -298,17 +317,7 @@ impl SourceCtx<'_> {
                 self.send(index, &mut scratch.frame);
                 continue;
             }
-            let mut pages = std::mem::take(&mut b.digests);
-            let compared = self.compare(
-                index,
-                Content::of(b),
-                &mut pages,
-                &theirs,
-                &mut scratch,
-                map,
-            );
-            b.digests = pages;
-            let compared = compared?;
+            let compared = self.compare(index, &theirs, &mut scratch, map)?;
             {
                 let mut v = lock(self.verify);
                 *v = v
@@ -334,8 +343,9 @@ impl SourceCtx<'_> {
                 }
                 Compared::Refine(ranges) => {
                     let content = Content::of(&block);
+                    let how = self.keep(&scratch.ranges);
                     let need =
-                        Differing::need(content, block.digests.len(), &ranges, self.p.page());
+                        Differing::need(content, block.digests.len(), &ranges, self.p.page(), how);
                     // Room first, then the copy: what is being kept counts
                     // as parked, and a worker waits with the read buffer,
                     // which the pool counts, not with a copy beside it.
@@ -352,6 +362,7 @@ impl SourceCtx<'_> {
                         ranges,
                         self.p.page(),
                         reuse,
+                        how,
                     );
                     drop(block);
                     let parked = Parked {
@@ -424,11 +435,21 @@ impl SourceCtx<'_> {
         }) else {
             return Ok(()); // Acknowledged meanwhile.
         };
-        let raw_len = self.build_block(index, &parked, compressor, scratch);
+        let back = match self.read_back(index, &parked, scratch) {
+            Ok(back) => back,
+            Err(e) => {
+                self.state.lock().recycle(parked);
+                return Err(e);
+            }
+        };
+        let raw_len = self.build_block(index, &parked, back.as_deref(), compressor, scratch);
         let first = parked.first;
         {
             let mut st = self.state.lock();
             st.recycle(parked);
+            if let Some(buf) = back {
+                st.give_back(buf);
+            }
             if let Ok(raw) = raw_len
                 && let Some(sent) = st.unacked.get_mut(&index)
             {
@@ -482,7 +503,8 @@ impl SourceCtx<'_> {
         let mut pages = Vec::new();
         let content = Content::Bytes(&data);
         scratch.unreadable = unreadable;
-        let compared = self.compare(index, content, &mut pages, theirs, scratch, Vec::new())?;
+        self.digest_block(content, &mut pages, scratch);
+        let compared = self.compare(index, theirs, scratch, Vec::new())?;
         let mut guard = self.state.lock();
         let st = &mut *guard;
         let Some(sent) = st.unacked.get_mut(&index) else {
@@ -492,8 +514,15 @@ impl SourceCtx<'_> {
             Compared::Refine(ranges) => {
                 let page = self.p.page();
                 let lost = &scratch.unreadable;
-                let kept =
-                    Differing::keep(content, &pages, lost, ranges, page, Differing::default());
+                let kept = Differing::keep(
+                    content,
+                    &pages,
+                    lost,
+                    ranges,
+                    page,
+                    Differing::default(),
+                    Keep::Bytes,
+                );
                 st.parked += kept.bytes() as u64;
                 sent.waiting = Some(Parked {
                     kept,

@@ -101,6 +101,35 @@ impl PinnedBuf {
         Ok(buf)
     }
 
+    /// Make an unlocked buffer `len` bytes long (`mremap`, which may move
+    /// it): the first bytes are kept, pages added read as zeros, pages
+    /// cut go back to the system. Its pages already touched are not
+    /// touched again, as a new mapping's would be (each costs a fault
+    /// and zeroing). Neither length may be 0.
+    pub fn resize(&mut self, len: usize) -> io::Result<()> {
+        if self.locked || self.len == 0 || len == 0 {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        // SAFETY: the range is exactly the mapping this value owns, borrowed
+        // mutably, so no slice of it is alive; on success the old range is
+        // gone and the result, checked, is the whole new mapping.
+        let p = unsafe {
+            libc::mremap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                len,
+                libc::MREMAP_MAYMOVE,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        self.ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mremap returned a null mapping"))?;
+        self.len = len;
+        Ok(())
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -350,6 +379,33 @@ mod tests {
         assert_eq!(cgroup_room(both, mounts, &read), Some(536870912 - 12582912));
         assert_eq!(cgroup_room("0::/\n", mounts, &read), None);
         assert_eq!(cgroup_room(v2_only, "", &read), None);
+    }
+
+    #[test]
+    fn a_resized_buffer_keeps_its_bytes_and_reads_zeros_beyond() {
+        let mut b = PinnedBuf::new(3 << 16, false, true).unwrap();
+        b[..3 << 16].fill(7);
+        b.resize(5 << 20).unwrap();
+        assert_eq!(b.len(), 5 << 20);
+        assert!(b[..3 << 16].iter().all(|&x| x == 7));
+        assert!(b[3 << 16..].iter().all(|&x| x == 0));
+        b[(5 << 20) - 1] = 9;
+        b.resize(4096).unwrap();
+        assert_eq!(b.len(), 4096);
+        assert!(b.iter().all(|&x| x == 7));
+        let mut locked = PinnedBuf::new(4096, true, true).unwrap();
+        if locked.is_locked() {
+            assert!(
+                locked.resize(8192).is_err(),
+                "a locked buffer stays as it is"
+            );
+        }
+        assert!(
+            PinnedBuf::new(0, false, true)
+                .unwrap()
+                .resize(4096)
+                .is_err()
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! One file per subject:
 //!
-//! - `file`: block-device ioctls, pread/pwrite, fadvise, writeback, and
+//! - `file`: block-device ioctls, pread/pwrite, fadvise, cachestat, writeback, and
 //!   the chain that clears a range (punch hole → zero range → write zeros);
 //! - `memory`: `PinnedBuf` (mlocked, huge-page mapped) and the memlock limit;
 //! - `pipe`: `poll` with a deadline, and stdout moved onto stderr, for
@@ -31,10 +31,10 @@ mod socket;
 mod syslog;
 
 pub use file::{
-    Advice, Cleared, blk_zero_out, block_device_size, clear_range, fadvise, is_block_device,
-    is_read_only_device, logical_sector_size, loop_backing, may_write, next_data, pread_full,
-    punch_hole, pwrite_all, read_ahead, read_full_with, set_read_ahead, start_writeback,
-    wait_writeback, write_all_with, writeback_unsupported, zero_range,
+    Advice, Cleared, blk_zero_out, block_device_size, cached_bytes, clear_range, fadvise,
+    is_block_device, is_read_only_device, logical_sector_size, loop_backing, may_write, next_data,
+    pread_full, punch_hole, pwrite_all, read_ahead, read_full_with, set_read_ahead,
+    start_writeback, wait_writeback, write_all_with, writeback_unsupported, zero_range,
 };
 pub use memory::{HUGE_PAGE_SIZE, PinnedBuf, cgroup_memory_room, memlock_limit};
 pub use pipe::{stdout_to_stderr, wait_ready};

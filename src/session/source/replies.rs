@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::net::FrameReader;
 use crate::progress::Stats;
 use crate::proto::{self, Frame};
+use crate::reader;
 use crate::session::ledger;
 use crate::session::unexpected;
 
@@ -35,8 +36,20 @@ impl SourceCtx<'_> {
         self.stats
             .resume_at
             .store(st.acked_to, std::sync::atomic::Ordering::Relaxed);
+        // The reader keeps the pages it read cached, for those read back;
+        // an acknowledged block's are done with.
+        let geo = self.p.geo;
+        let at = |block| geo.offset(block).min(geo.size);
+        let (from, to) = (at(st.dropped), at(st.acked_to));
+        let due = reader::drop_due(from, to, geo.size);
+        if due {
+            st.dropped = st.acked_to;
+        }
         drop(st);
         self.state.notify();
+        if due {
+            reader::drop_read(self.disk, from, to);
+        }
     }
 
     /// Whether an acknowledgement (or completion) of every block before
