@@ -8,7 +8,7 @@
 //! source's lane readers never stop reading to send, so it cannot stall.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -58,6 +58,9 @@ struct DestCtx<'a> {
     confirmed: &'a AtomicBool,
     /// A lane was rejoined: duplicate blocks are expected now.
     rejoined: &'a AtomicBool,
+    /// Every block before this one is written (and acknowledged, unless
+    /// the acknowledgement was lost with a connection).
+    written: &'a AtomicU64,
     /// Digest lists done with, reused so a block costs no allocation.
     spare: &'a Mutex<Vec<Vec<Digest>>>,
     /// Blocks read in pieces and digested in part: their page digests so
@@ -103,6 +106,7 @@ pub(super) fn run_told(
     let done = AtomicBool::new(false);
     let confirmed = AtomicBool::new(false);
     let rejoined = AtomicBool::new(false);
+    let written = AtomicU64::new(p.first);
     let spare = Mutex::new(Vec::new());
     let partial = Mutex::new(HashMap::new());
     let tally = Mutex::new(None);
@@ -144,6 +148,7 @@ pub(super) fn run_told(
         done: &done,
         confirmed: &confirmed,
         rejoined: &rejoined,
+        written: &written,
         spare: &spare,
         partial: &partial,
         zero: p.zero_digest(p.page()),
@@ -192,6 +197,9 @@ pub(super) fn run_told(
             let next = writer.run(write_rx, |index| {
                 ack.clear();
                 proto::encode(&Frame::Ack { index }, &mut ack);
+                // Stored before sending: a lane rejoined from now on
+                // repeats it if this one is lost (`DestCtx::resume`).
+                written.store(index + 1, Ordering::Release);
                 window.release();
                 // Acks are cumulative: a lost one is covered by the next,
                 // and by Complete at the end.
@@ -295,13 +303,24 @@ impl DestCtx<'_> {
         partial.remove(&index).map(|(digests, _)| digests)
     }
 
-    /// After lane `lane` was rejoined: ask again for every block of that lane
-    /// whose data has not arrived, and repeat `Complete` if we are done.
+    /// After lane `lane` was rejoined: repeat the last acknowledgement,
+    /// ask again for every block of that lane whose data has not arrived,
+    /// and repeat `Complete` if we are done.
     fn resume(&self, lane: usize) -> Result<()> {
         self.rejoined.store(true, Ordering::Release);
         let n = self.senders.len();
         let sender = &self.senders[lane];
         let mut frames = Vec::new();
+        // The acknowledgements sent while the connection was going down
+        // may be lost, and the source lets the lowest unacknowledged
+        // block out over its budget in flight: without this, a source
+        // whose budget is spent waits for an acknowledgement of a block
+        // already written, which is never asked for again.
+        let written = self.written.load(Ordering::Acquire);
+        if written > self.p.first {
+            let index = written - 1;
+            proto::encode(&Frame::Ack { index }, &mut frames);
+        }
         {
             let expected = lock(self.expected);
             let mut waiting: Vec<_> = expected

@@ -323,7 +323,13 @@ impl Ledger {
                 self.spare.push(list);
                 self.tasks.push_back(Task::Refine(index));
             }
-            None => self.tasks.push_back(Task::Resend(index, list)),
+            None => {
+                // Its `Block` was lost with the connection: the destination
+                // holds none of it, and the resent one is counted anew.
+                self.in_flight = self.in_flight.saturating_sub(sent.held);
+                sent.held = 0;
+                self.tasks.push_back(Task::Resend(index, list));
+            }
         }
         Digests::Again
     }
@@ -504,7 +510,10 @@ mod tests {
         assert!(matches!(l.digests(0, vec![1]), Digests::Filed));
         l.unacked.insert(1, sent(true, None));
         l.unacked.insert(2, sent(false, Some(parked())));
+        l.in_flight = 200;
         assert!(matches!(l.digests(1, vec![1]), Digests::Again));
+        // Block 1's data was lost: no longer in flight.
+        assert_eq!((l.in_flight, l.unacked[&1].held), (100, 0));
         assert!(matches!(l.digests(2, vec![1]), Digests::Again));
         let tasks: Vec<_> = l.tasks.drain(..).collect();
         assert!(matches!(tasks[..], [Task::Resend(1, _), Task::Refine(2)]));

@@ -125,10 +125,14 @@ enum Fault {
     CutBack(usize),
     /// Invert the byte at this offset from the source.
     Flip(usize),
+    /// Drop every `Ack` from the destination; once the source has sent
+    /// nothing for a while (its budget in flight spent on blocks written
+    /// long ago), close both directions.
+    LoseAcks,
 }
 
 /// Bytes a relay forwarded: (source to destination, destination to source).
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counted {
     up: AtomicUsize,
     back: AtomicUsize,
@@ -151,11 +155,17 @@ fn relay(fault: Option<Fault>, count: Arc<Counted>) -> (Lane, Lane) {
     let (a2, b2) = (relay_a.try_clone().unwrap(), relay_b.try_clone().unwrap());
     let (up, back) = match fault {
         Some(Fault::CutBack(at)) => (None, Some(Fault::Cut(at))),
+        Some(Fault::LoseAcks) => (None, Some(Fault::LoseAcks)),
         other => (other, None),
     };
     let c2 = Arc::clone(&count);
-    thread::spawn(move || forward(relay_a, relay_b, up, &count.up));
-    thread::spawn(move || forward(b2, a2, back, &c2.back));
+    if let Some(Fault::LoseAcks) = back {
+        thread::spawn(move || buffer_all(relay_a, relay_b, &count.up));
+        thread::spawn(move || lose_acks(b2, a2, &c2));
+    } else {
+        thread::spawn(move || forward(relay_a, relay_b, up, &count.up));
+        thread::spawn(move || forward(b2, a2, back, &c2.back));
+    }
     let (mut s, mut d) = open_both(src, dst);
     // Blocks up to 1 MiB.
     s.reader.set_max(proto::max_payload(1 << 20));
@@ -188,6 +198,82 @@ fn forward(mut from: UnixStream, mut to: UnixStream, fault: Option<Fault>, count
         if to.write_all(chunk).is_err() {
             break;
         }
+    }
+    let _ = Stream::shutdown(&from);
+    let _ = Stream::shutdown(&to);
+}
+
+/// Forward everything from the source, reading it as fast as it comes
+/// whatever the destination takes, as a long path's buffers would.
+fn buffer_all(from: UnixStream, mut to: UnixStream, count: &AtomicUsize) {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    thread::scope(|s| {
+        s.spawn(move || {
+            while let Ok(chunk) = rx.recv() {
+                if to.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            let _ = Stream::shutdown(&to);
+        });
+        let mut from = from;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            count.fetch_add(n, Ordering::Relaxed);
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = Stream::shutdown(&from);
+    });
+}
+
+/// Forward the destination's frames to the source until its first `Ack`,
+/// then hold back that one and all that follow (frames are tagged in
+/// sequence: one dropped fails the rest); once the source has sent
+/// nothing for 300 ms, its budget in flight spent, close both ends.
+fn lose_acks(mut from: UnixStream, mut to: UnixStream, count: &Counted) {
+    const IDLE: Duration = Duration::from_millis(300);
+    from.set_read_timeout(Some(IDLE / 3)).unwrap();
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 8192];
+    // The preamble, then frames: type u8, length u32, payload.
+    let mut preamble = proto::PREAMBLE.len();
+    let mut held = false;
+    let (mut up, mut quiet_since) = (0, Instant::now());
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+        let now_up = count.up.load(Ordering::Relaxed);
+        if now_up != up {
+            (up, quiet_since) = (now_up, Instant::now());
+        } else if held && quiet_since.elapsed() >= IDLE {
+            break;
+        }
+        let mut ready = preamble.min(pending.len());
+        preamble -= ready;
+        while preamble == 0 && !held && pending.len() >= ready + 5 {
+            let header = &pending[ready..ready + 5];
+            let len = u32::from_le_bytes(header[1..5].try_into().unwrap()) as usize;
+            held = header[0] == 6; // Ack
+            if held || pending.len() < ready + 5 + len {
+                break;
+            }
+            ready += 5 + len;
+        }
+        if to.write_all(&pending[..ready]).is_err() {
+            break;
+        }
+        pending.drain(..ready);
     }
     let _ = Stream::shutdown(&from);
     let _ = Stream::shutdown(&to);
@@ -454,6 +540,68 @@ fn download_rejoins_a_cut_lane() {
         "the cut lane came back"
     );
     assert_eq!(std::fs::read(&dst).unwrap(), data);
+}
+
+/// A destination's writes, the first held until the source has sent
+/// nothing through the relay for 200 ms: it has spent its budget in flight.
+#[derive(Debug)]
+struct HoldFirstWrite(Arc<Counted>, std::sync::atomic::AtomicBool);
+
+impl crate::disk::DiskIo for HoldFirstWrite {
+    fn read_at(&self, file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(file, buf, offset)
+    }
+    fn write_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<usize> {
+        if !self.1.swap(true, Ordering::Relaxed) {
+            let (mut seen, mut since) = (0, Instant::now());
+            let give_up = Instant::now() + Duration::from_secs(5);
+            while since.elapsed() < Duration::from_millis(200) && Instant::now() < give_up {
+                let now = self.0.up.load(Ordering::Relaxed);
+                if now != seen {
+                    (seen, since) = (now, Instant::now());
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        std::os::unix::fs::FileExt::write_at(file, buf, offset)
+    }
+}
+
+#[test]
+fn acknowledgements_lost_with_a_connection_are_repeated() {
+    // The source lets only the lowest unacknowledged block out over its
+    // budget in flight: once the acknowledgements of blocks already
+    // written are lost with the connection, nothing else frees it, and
+    // the destination repeats its last one on the new connection.
+    // Blocks of 4 MiB: a few are the budget.
+    let block = 4 << 20;
+    let dir = TempDir::new("lost-acks");
+    let (src, dst, data) = pair(&dir, 12 * block);
+    let p = params_bs(data.len() as u64, block, 1, None);
+    let (env, log) = (Env::default(), Log::default());
+    let count = Arc::new(Counted::default());
+    let (mut ours, mut theirs) = relay(Some(Fault::LoseAcks), Arc::clone(&count));
+    ours.reader.set_max(proto::max_payload(block));
+    theirs.reader.set_max(proto::max_payload(block));
+    let source_disk = Disk::open_source(&src, &env, &log).unwrap();
+    let hold = HoldFirstWrite(count, false.into());
+    let mut dest_disk = Disk::open_destination(&dst, &env, &log)
+        .unwrap()
+        .with_io(Arc::new(hold));
+    dest_disk.fit_to(p.geo.size).unwrap();
+    let pairs = Pairs::default();
+    let (s, d) = thread::scope(|s| {
+        let d = s.spawn(|| {
+            let stats = Stats::default();
+            destination::run(&p, &dest_disk, vec![theirs], &stats, &Dialer(&pairs))
+        });
+        let stats = Stats::default();
+        let r = source::run(&p, &source_disk, vec![ours], &stats, &Waiter(&pairs));
+        (r, d.join().unwrap())
+    });
+    assert_eq!(s.unwrap(), d.unwrap());
+    assert_eq!(pairs.dialed.load(Ordering::Relaxed), 1, "no cut");
+    assert!(std::fs::read(&dst).unwrap() == data);
 }
 
 #[test]
