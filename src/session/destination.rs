@@ -305,8 +305,9 @@ impl DestCtx<'_> {
 
     /// After lane `lane` was rejoined: repeat the last acknowledgement,
     /// ask again for every block of that lane whose data has not arrived,
-    /// and repeat `Complete` if we are done.
-    fn resume(&self, lane: usize) -> Result<()> {
+    /// and repeat `Complete` if we are done. Should the new connection be
+    /// lost before these go, the lane is rejoined again and they go then.
+    fn resume(&self, lane: usize) {
         self.rejoined.store(true, Ordering::Release);
         let n = self.senders.len();
         let sender = &self.senders[lane];
@@ -339,7 +340,7 @@ impl DestCtx<'_> {
             let blocks = self.p.geo.blocks();
             proto::encode(&Frame::Complete { blocks, verify: v }, &mut frames);
         }
-        sender.send(&mut frames)
+        let _ = sender.send(&mut frames);
     }
 
     /// Receive blocks from a lane, check them and pass them to the writer.

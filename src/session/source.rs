@@ -119,10 +119,7 @@ pub(super) fn run_with(
                     &mut reader,
                     abort,
                     |r| ctx.lane_loop(r),
-                    || {
-                        ctx.state.lock().rejoined = true;
-                        Ok(())
-                    },
+                    || ctx.state.lock().rejoined = true,
                     &|| ctx.state.lock().finished,
                 );
             });
@@ -511,6 +508,9 @@ impl SourceCtx<'_> {
             return Ok(()); // Acknowledged meanwhile.
         };
         match compared {
+            // Asked again twice before the first was done (two reconnects):
+            // that one's Refine went, and its block is parked for the answer.
+            Compared::Refine(_) if sent.waiting.is_some() => return Ok(()),
             Compared::Refine(ranges) => {
                 let page = self.p.page();
                 let lost = &scratch.unreadable;

@@ -604,6 +604,38 @@ fn acknowledgements_lost_with_a_connection_are_repeated() {
     assert!(std::fs::read(&dst).unwrap() == data);
 }
 
+/// Dials like [`Dialer`], but the first connection it makes is closed at
+/// the far end at once: what is sent on it right after a rejoin fails.
+struct DeadFirst<'a>(&'a Pairs);
+
+impl Rejoin for DeadFirst<'_> {
+    fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane> {
+        if self.0.dialed.fetch_add(1, Ordering::Relaxed) == 0 {
+            let (ours, theirs) = direct();
+            drop(theirs);
+            return Ok(ours);
+        }
+        self.0.dialed.fetch_sub(1, Ordering::Relaxed);
+        Dialer(self.0).rejoin(lane, stop)
+    }
+}
+
+#[test]
+fn a_connection_lost_again_while_resuming_is_rejoined_again() {
+    // The destination dials again, and its first new connection is dead:
+    // the digests it asks again with cannot go. That used to fail the
+    // session; the lane's reader finds the loss and dials once more.
+    let dir = TempDir::new("cut-twice");
+    let (src, dst, data) = pair(&dir, 6 * BLOCK);
+    let p = params(data.len() as u64, 1, None);
+    let pairs = Pairs::default();
+    let lanes = vec![relayed(Fault::Cut(BLOCK))];
+    let (s, d) = sync(&src, &dst, &p, lanes, (&Waiter(&pairs), &DeadFirst(&pairs)));
+    assert_eq!(s.unwrap(), d.unwrap());
+    assert_eq!(pairs.dialed.load(Ordering::Relaxed), 2, "dialed twice");
+    assert!(std::fs::read(&dst).unwrap() == data);
+}
+
 #[test]
 fn a_corrupted_block_fails_both_ends_and_a_rerun_repairs() {
     let dir = TempDir::new("flip");
