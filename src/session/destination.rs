@@ -187,6 +187,8 @@ pub(super) fn run_told(
                     |r| ctx.lane_loop(r, pool, &tx, &mut decompressor, &mut answer),
                     || ctx.resume(i),
                     &|| ctx.done.load(Ordering::Acquire),
+                    // Its Complete must reach the source, done or not.
+                    &|| false,
                 );
             });
         }

@@ -520,8 +520,8 @@ pub trait Rejoin: Sync {
     /// A fresh, handshaken connection for `lane`; gives up when `stop` says so.
     fn rejoin(&self, lane: usize, stop: &dyn Fn() -> bool) -> Result<Lane>;
 
-    /// The session failed: a thread waiting in [`Rejoin::rejoin`] should
-    /// look at `stop` again now.
+    /// The session failed, or its source gave its verdict: a thread
+    /// waiting in [`Rejoin::rejoin`] should look at `stop` again now.
     fn wake(&self) {}
 }
 
@@ -723,8 +723,11 @@ fn lane_of(index: u64, lanes: usize) -> usize {
 /// Read a lane until it ends; when its connection is lost, rejoin and call
 /// `resumed`, then read on. Errors that are not a lost connection, or a
 /// failed rejoin, abort the session unless `finished` says we are done.
-/// What `resumed` sends is not checked: should the new connection be lost
-/// too, the next read says so, and the lane is rejoined again.
+/// A rejoin is given up when the session fails, or when `given_up` says
+/// the lane has nothing more to say (the source's verdict went out: a
+/// server must not wait for a client that has it). What `resumed` sends
+/// is not checked: should the new connection be lost too, the next read
+/// says so, and the lane is rejoined again.
 fn run_lane(
     lane: usize,
     reader: &mut FrameReader,
@@ -732,6 +735,7 @@ fn run_lane(
     mut read: impl FnMut(&mut FrameReader) -> Result<()>,
     mut resumed: impl FnMut(),
     finished: &dyn Fn() -> bool,
+    given_up: &dyn Fn() -> bool,
 ) {
     loop {
         let Err(e) = read(reader) else { return };
@@ -742,8 +746,9 @@ fn run_lane(
             abort.fail(e);
             return;
         }
-        match abort.rejoin.rejoin(lane, &|| abort.is_set()) {
+        match abort.rejoin.rejoin(lane, &|| abort.is_set() || given_up()) {
             Ok(fresh) => fresh.take_over(reader, &abort.senders[lane]),
+            Err(_) if finished() => return,
             Err(again) => {
                 abort.fail(Error::Failed(format!("{e}; reconnecting failed: {again}")));
                 return;

@@ -121,6 +121,7 @@ pub(super) fn run_with(
                     |r| ctx.lane_loop(r),
                     || ctx.state.lock().rejoined = true,
                     &|| ctx.state.lock().finished,
+                    &|| ctx.state.lock().finished,
                 );
             });
         }
@@ -145,6 +146,8 @@ pub(super) fn run_with(
             } else {
                 state.lock().finished = true;
                 state.notify();
+                // A lane waiting for its client to come back stops.
+                abort.rejoin.wake();
                 for s in &senders {
                     let tally = dry.map(|_| super::dry::tally(stats));
                     let _ = s.send_frame(&Frame::Bye {

@@ -125,10 +125,13 @@ enum Fault {
     CutBack(usize),
     /// Invert the byte at this offset from the source.
     Flip(usize),
-    /// Drop every `Ack` from the destination; once the source has sent
-    /// nothing for a while (its budget in flight spent on blocks written
-    /// long ago), close both directions.
+    /// Hold back the destination's first `Ack` and all that follow; once
+    /// the source has sent nothing for a while (its budget in flight spent
+    /// on blocks written long ago), close both directions.
     LoseAcks,
+    /// Close both directions as the destination's `Complete` comes, before
+    /// it passes.
+    CutAtComplete,
 }
 
 /// Bytes a relay forwarded: (source to destination, destination to source).
@@ -156,12 +159,17 @@ fn relay(fault: Option<Fault>, count: Arc<Counted>) -> (Lane, Lane) {
     let (up, back) = match fault {
         Some(Fault::CutBack(at)) => (None, Some(Fault::Cut(at))),
         Some(Fault::LoseAcks) => (None, Some(Fault::LoseAcks)),
+        Some(Fault::CutAtComplete) => (None, Some(Fault::CutAtComplete)),
         other => (other, None),
     };
     let c2 = Arc::clone(&count);
     if let Some(Fault::LoseAcks) = back {
         thread::spawn(move || buffer_all(relay_a, relay_b, &count.up));
-        thread::spawn(move || lose_acks(b2, a2, &c2));
+        let quiet = Duration::from_millis(300);
+        thread::spawn(move || hold_back(b2, a2, &c2, (6, quiet))); // Ack
+    } else if let Some(Fault::CutAtComplete) = back {
+        thread::spawn(move || forward(relay_a, relay_b, None, &count.up));
+        thread::spawn(move || hold_back(b2, a2, &c2, (7, Duration::ZERO))); // Complete
     } else {
         thread::spawn(move || forward(relay_a, relay_b, up, &count.up));
         thread::spawn(move || forward(b2, a2, back, &c2.back));
@@ -233,13 +241,18 @@ fn buffer_all(from: UnixStream, mut to: UnixStream, count: &AtomicUsize) {
     });
 }
 
-/// Forward the destination's frames to the source until its first `Ack`,
-/// then hold back that one and all that follow (frames are tagged in
-/// sequence: one dropped fails the rest); once the source has sent
-/// nothing for 300 ms, its budget in flight spent, close both ends.
-fn lose_acks(mut from: UnixStream, mut to: UnixStream, count: &Counted) {
-    const IDLE: Duration = Duration::from_millis(300);
-    from.set_read_timeout(Some(IDLE / 3)).unwrap();
+/// Forward the destination's frames to the source until the first of
+/// type `kind`, then hold back that one and all that follow (frames are
+/// tagged in sequence: one dropped fails the rest); once the source has
+/// sent nothing for `quiet`, close both ends.
+fn hold_back(
+    mut from: UnixStream,
+    mut to: UnixStream,
+    count: &Counted,
+    (kind, quiet): (u8, Duration),
+) {
+    from.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut pending = Vec::new();
     let mut buf = [0u8; 8192];
     // The preamble, then frames: type u8, length u32, payload.
@@ -256,7 +269,7 @@ fn lose_acks(mut from: UnixStream, mut to: UnixStream, count: &Counted) {
         let now_up = count.up.load(Ordering::Relaxed);
         if now_up != up {
             (up, quiet_since) = (now_up, Instant::now());
-        } else if held && quiet_since.elapsed() >= IDLE {
+        } else if held && quiet_since.elapsed() >= quiet {
             break;
         }
         let mut ready = preamble.min(pending.len());
@@ -264,11 +277,15 @@ fn lose_acks(mut from: UnixStream, mut to: UnixStream, count: &Counted) {
         while preamble == 0 && !held && pending.len() >= ready + 5 {
             let header = &pending[ready..ready + 5];
             let len = u32::from_le_bytes(header[1..5].try_into().unwrap()) as usize;
-            held = header[0] == 6; // Ack
+            held = header[0] == kind;
             if held || pending.len() < ready + 5 + len {
                 break;
             }
             ready += 5 + len;
+        }
+        if held && quiet.is_zero() {
+            let _ = to.write_all(&pending[..ready]);
+            break;
         }
         if to.write_all(&pending[..ready]).is_err() {
             break;
@@ -633,6 +650,30 @@ fn a_connection_lost_again_while_resuming_is_rejoined_again() {
     let (s, d) = sync(&src, &dst, &p, lanes, (&Waiter(&pairs), &DeadFirst(&pairs)));
     assert_eq!(s.unwrap(), d.unwrap());
     assert_eq!(pairs.dialed.load(Ordering::Relaxed), 2, "dialed twice");
+    assert!(std::fs::read(&dst).unwrap() == data);
+}
+
+#[test]
+fn a_lane_lost_at_the_end_is_not_waited_for_once_the_verdict_is_given() {
+    // A download over two lanes: lane 1 is cut as the destination's
+    // Complete comes, and the destination, done, does not dial again;
+    // lane 0 is slow, so its Complete arrives after the source saw lane 1
+    // go. The source gives its verdict on lane 0's; its lane 1, waiting
+    // for the client to come back, must stop then, not fail the session
+    // when the wait runs out.
+    let dir = TempDir::new("end-cut");
+    let (src, dst, data) = pair(&dir, 6 * BLOCK);
+    let p = params(data.len() as u64, 2, None);
+    let pairs = Pairs::default();
+    let trips = Arc::new(Trips::default());
+    let lanes = vec![
+        delayed(Duration::from_millis(100), &trips),
+        relayed(Fault::CutAtComplete),
+    ];
+    let start = Instant::now();
+    let (s, d) = sync(&src, &dst, &p, lanes, (&Waiter(&pairs), &Dialer(&pairs)));
+    assert_eq!(s.unwrap(), d.unwrap());
+    assert!(start.elapsed() < DEADLINE, "waited out the deadline");
     assert!(std::fs::read(&dst).unwrap() == data);
 }
 
