@@ -463,7 +463,9 @@ impl SourceCtx<'_> {
         }
         self.state.notify();
         let raw_len = raw_len?;
+        // A block sent again after a reconnect counts once.
         if first {
+            Stats::add(&self.stats.bytes_changed, raw_len as u64);
             let class = if scratch.changes.is_empty() {
                 &self.stats.same
             } else if raw_len > 0 {

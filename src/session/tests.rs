@@ -536,7 +536,11 @@ fn upload_rejoins_a_cut_lane() {
     let p = params(data.len() as u64, 2, None);
     let pairs = Pairs::default();
     let lanes = vec![direct(), relayed(Fault::Cut(3 * BLOCK / 2))];
-    let (s, d) = sync(&src, &dst, &p, lanes, (&Dialer(&pairs), &Waiter(&pairs)));
+    let rejoin = (
+        &Dialer(&pairs) as &dyn Rejoin,
+        &Waiter(&pairs) as &dyn Rejoin,
+    );
+    let (s, d, (ss, ds)) = sync_stats(&src, &dst, &p, lanes, rejoin);
     assert_eq!(s.unwrap(), d.unwrap());
     assert_eq!(
         pairs.dialed.load(Ordering::Relaxed),
@@ -544,6 +548,9 @@ fn upload_rejoins_a_cut_lane() {
         "the cut lane came back"
     );
     assert_eq!(std::fs::read(&dst).unwrap(), data);
+    // A block sent again counts once on both ends.
+    let changed = |s: &Stats| s.bytes_changed.load(Ordering::Relaxed);
+    assert_eq!(changed(&ss), changed(&ds));
 }
 
 #[test]

@@ -151,7 +151,6 @@ impl SourceCtx<'_> {
             .map(|e| &data[e.data..e.data + e.len]);
         let compressed = compressor.append(pieces, block.data());
         block.finish(compressed);
-        Stats::add(&self.stats.bytes_changed, raw_len as u64);
         Ok(raw_len)
     }
 
