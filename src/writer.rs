@@ -95,12 +95,15 @@ impl<'a> Writer<'a> {
                     continue;
                 }
                 self.count_block();
+                // Before `done`, which acknowledges it: a lane rejoined from
+                // then on repeats that acknowledgement, should it be lost
+                // with the connection (`session::destination`).
+                self.stats
+                    .resume_at
+                    .store(self.next + 1, std::sync::atomic::Ordering::Release);
                 done(self.next)?;
                 self.next += 1;
                 self.at = 0;
-                self.stats
-                    .resume_at
-                    .store(self.next, std::sync::atomic::Ordering::Relaxed);
             }
         }
         Ok(self.next)

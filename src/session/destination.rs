@@ -8,7 +8,7 @@
 //! source's lane readers never stop reading to send, so it cannot stall.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -58,9 +58,6 @@ struct DestCtx<'a> {
     confirmed: &'a AtomicBool,
     /// A lane was rejoined: duplicate blocks are expected now.
     rejoined: &'a AtomicBool,
-    /// Every block before this one is written (and acknowledged, unless
-    /// the acknowledgement was lost with a connection).
-    written: &'a AtomicU64,
     /// Digest lists done with, reused so a block costs no allocation.
     spare: &'a Mutex<Vec<Vec<Digest>>>,
     /// Blocks read in pieces and digested in part: their page digests so
@@ -106,7 +103,6 @@ pub(super) fn run_told(
     let done = AtomicBool::new(false);
     let confirmed = AtomicBool::new(false);
     let rejoined = AtomicBool::new(false);
-    let written = AtomicU64::new(p.first);
     let spare = Mutex::new(Vec::new());
     let partial = Mutex::new(HashMap::new());
     let tally = Mutex::new(None);
@@ -148,7 +144,6 @@ pub(super) fn run_told(
         done: &done,
         confirmed: &confirmed,
         rejoined: &rejoined,
-        written: &written,
         spare: &spare,
         partial: &partial,
         zero: p.zero_digest(p.page()),
@@ -199,9 +194,6 @@ pub(super) fn run_told(
             let next = writer.run(write_rx, |index| {
                 ack.clear();
                 proto::encode(&Frame::Ack { index }, &mut ack);
-                // Stored before sending: a lane rejoined from now on
-                // repeats it if this one is lost (`DestCtx::resume`).
-                written.store(index + 1, Ordering::Release);
                 window.release();
                 // Acks are cumulative: a lost one is covered by the next,
                 // and by Complete at the end.
@@ -318,8 +310,9 @@ impl DestCtx<'_> {
         // may be lost, and the source lets the lowest unacknowledged
         // block out over its budget in flight: without this, a source
         // whose budget is spent waits for an acknowledgement of a block
-        // already written, which is never asked for again.
-        let written = self.written.load(Ordering::Acquire);
+        // already written, which is never asked for again. (The writer
+        // counts a block written before it acknowledges it.)
+        let written = self.stats.resume_at.load(Ordering::Acquire);
         if written > self.p.first {
             let index = written - 1;
             proto::encode(&Frame::Ack { index }, &mut frames);
