@@ -111,6 +111,7 @@ pub(super) fn run_with(
                 read_blocks_keeping(disk, p.geo, blocks, pool, &tx, stats, &|| !abort.is_set())
             });
         });
+        let finished = || ctx.state.lock().finished;
         for (i, lane) in lanes.into_iter().enumerate() {
             let mut reader = lane.reader;
             super::spawn_or_fail(s, abort, move || {
@@ -120,8 +121,9 @@ pub(super) fn run_with(
                     abort,
                     |r| ctx.lane_loop(r),
                     || ctx.state.lock().rejoined = true,
-                    &|| ctx.state.lock().finished,
-                    &|| ctx.state.lock().finished,
+                    // The verdict went out: nothing more to say, or wait for.
+                    &finished,
+                    &finished,
                 );
             });
         }

@@ -156,23 +156,25 @@ fn relay(fault: Option<Fault>, count: Arc<Counted>) -> (Lane, Lane) {
     let (src, relay_a) = UnixStream::pair().unwrap();
     let (relay_b, dst) = UnixStream::pair().unwrap();
     let (a2, b2) = (relay_a.try_clone().unwrap(), relay_b.try_clone().unwrap());
-    let (up, back) = match fault {
-        Some(Fault::CutBack(at)) => (None, Some(Fault::Cut(at))),
-        Some(Fault::LoseAcks) => (None, Some(Fault::LoseAcks)),
-        Some(Fault::CutAtComplete) => (None, Some(Fault::CutAtComplete)),
-        other => (other, None),
-    };
     let c2 = Arc::clone(&count);
-    if let Some(Fault::LoseAcks) = back {
-        thread::spawn(move || buffer_all(relay_a, relay_b, &count.up));
-        let quiet = Duration::from_millis(300);
-        thread::spawn(move || hold_back(b2, a2, &c2, (6, quiet))); // Ack
-    } else if let Some(Fault::CutAtComplete) = back {
-        thread::spawn(move || forward(relay_a, relay_b, None, &count.up));
-        thread::spawn(move || hold_back(b2, a2, &c2, (7, Duration::ZERO))); // Complete
-    } else {
-        thread::spawn(move || forward(relay_a, relay_b, up, &count.up));
-        thread::spawn(move || forward(b2, a2, back, &c2.back));
+    match fault {
+        Some(Fault::LoseAcks) => {
+            thread::spawn(move || buffer_all(relay_a, relay_b, &count.up));
+            let quiet = Duration::from_millis(300);
+            thread::spawn(move || hold_back(b2, a2, &c2, (6, quiet))); // Ack
+        }
+        Some(Fault::CutAtComplete) => {
+            thread::spawn(move || forward(relay_a, relay_b, None, &count.up));
+            thread::spawn(move || hold_back(b2, a2, &c2, (7, Duration::ZERO))); // Complete
+        }
+        _ => {
+            let (up, back) = match fault {
+                Some(Fault::CutBack(at)) => (None, Some(Fault::Cut(at))),
+                other => (other, None),
+            };
+            thread::spawn(move || forward(relay_a, relay_b, up, &count.up));
+            thread::spawn(move || forward(b2, a2, back, &c2.back));
+        }
     }
     let (mut s, mut d) = open_both(src, dst);
     // Blocks up to 1 MiB.
@@ -409,9 +411,9 @@ impl Rejoin for Waiter<'_> {
             if let Some(l) = slots.remove(&lane) {
                 return Ok(l);
             }
-            let now = Instant::now();
-            if stop() || now >= deadline {
-                if !stop() {
+            let (now, stopped) = (Instant::now(), stop());
+            if stopped || now >= deadline {
+                if !stopped {
                     self.0.timed_out.fetch_add(1, Ordering::Relaxed);
                 }
                 return Err(Error::Failed(format!("lane {lane} did not come back")));
@@ -468,11 +470,22 @@ fn sync_stats(
     let source_disk = Disk::open_source(src, &env, &log).unwrap();
     let mut dest_disk = Disk::open_destination(dst, &env, &log).unwrap();
     dest_disk.fit_to(p.geo.size).unwrap();
+    sync_disks(&source_disk, &dest_disk, p, lanes, rejoin)
+}
+
+/// [`sync_stats`] between disks already open (the destination's sized).
+fn sync_disks(
+    source_disk: &Disk,
+    dest_disk: &Disk,
+    p: &Params,
+    lanes: Vec<(Lane, Lane)>,
+    rejoin: (&dyn Rejoin, &dyn Rejoin),
+) -> (Result<u128>, Result<u128>, (Stats, Stats)) {
     let (ours, theirs): (Vec<_>, Vec<_>) = lanes.into_iter().unzip();
     let (stats_s, stats_d) = (Stats::default(), Stats::default());
     let (s, d) = thread::scope(|s| {
-        let d = s.spawn(|| destination::run(p, &dest_disk, theirs, &stats_d, rejoin.1));
-        let r = source::run(p, &source_disk, ours, &stats_s, rejoin.0);
+        let d = s.spawn(|| destination::run(p, dest_disk, theirs, &stats_d, rejoin.1));
+        let r = source::run(p, source_disk, ours, &stats_s, rejoin.0);
         (r, d.join().unwrap())
     });
     (s, d, (stats_s, stats_d))
@@ -619,15 +632,12 @@ fn acknowledgements_lost_with_a_connection_are_repeated() {
         .with_io(Arc::new(hold));
     dest_disk.fit_to(p.geo.size).unwrap();
     let pairs = Pairs::default();
-    let (s, d) = thread::scope(|s| {
-        let d = s.spawn(|| {
-            let stats = Stats::default();
-            destination::run(&p, &dest_disk, vec![theirs], &stats, &Dialer(&pairs))
-        });
-        let stats = Stats::default();
-        let r = source::run(&p, &source_disk, vec![ours], &stats, &Waiter(&pairs));
-        (r, d.join().unwrap())
-    });
+    let lanes = vec![(ours, theirs)];
+    let rejoin = (
+        &Waiter(&pairs) as &dyn Rejoin,
+        &Dialer(&pairs) as &dyn Rejoin,
+    );
+    let (s, d, _) = sync_disks(&source_disk, &dest_disk, &p, lanes, rejoin);
     assert_eq!(s.unwrap(), d.unwrap());
     assert_eq!(pairs.dialed.load(Ordering::Relaxed), 1, "no cut");
     assert!(std::fs::read(&dst).unwrap() == data);
